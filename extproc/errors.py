@@ -1,0 +1,55 @@
+"""Error bodies in the client's own API format.
+
+Anthropic: ``{"type":"error","error":{"type":...,"message":...}}``
+OpenAI:    ``{"error":{"message":...,"type":...,"param":null,"code":...}}``
+The same builders are used by ext_proc immediate responses and, as literal templates, by Envoy's
+local_reply_config (see control_plane.resources) so every error a client sees has one shape.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from extproc.translate.base import Api
+
+# Anthropic's documented error types by HTTP status.
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "api_error",
+    504: "api_error",
+    529: "overloaded_error",
+}
+
+# OpenAI's error "type" by HTTP status (its SDK maps status to exception class; type is informative).
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def anthropic_error_type(status: int) -> str:
+    return _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+
+
+def openai_error_type(status: int) -> str:
+    return _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+
+
+def error_body(api: Api, status: int, message: str, code: str | None = None) -> bytes:
+    """The JSON error body a client of ``api`` expects for ``status``."""
+    if api is Api.OPENAI:
+        return orjson.dumps(
+            {"error": {"message": message, "type": openai_error_type(status), "param": None, "code": code}}
+        )
+    return orjson.dumps({"type": "error", "error": {"type": anthropic_error_type(status), "message": message}})

@@ -1,0 +1,39 @@
+"""Same API on both sides: only the model id and the path change; the response goes back untouched."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from extproc.translate.base import Api, Target, TranslatedBody, TranslatedChunk, UpstreamRequest
+
+# Path of each API's endpoint relative to the provider's base URL path.
+_PATHS = {Api.ANTHROPIC: "/v1/messages", Api.OPENAI: "/chat/completions"}
+
+
+class PassthroughTranslator:
+    rewrites_response = False
+
+    def __init__(self, api: Api) -> None:
+        self.client_api = api
+        self.provider_api = api
+
+    def request(self, body: Mapping[str, Any], target: Target) -> UpstreamRequest:
+        upstream = dict(body)  # shallow copy: the parsed body stays intact for a fallback attempt
+        upstream["model"] = target.model
+        if target.max_output_tokens is not None:
+            key = "max_tokens" if self.client_api is Api.ANTHROPIC else None
+            if key and isinstance(upstream.get(key), int) and upstream[key] > target.max_output_tokens:
+                upstream[key] = target.max_output_tokens
+        return UpstreamRequest(path=target.base_path + _PATHS[self.client_api], body=orjson.dumps(upstream))
+
+    def response_headers(self, status: int, headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+        return ()
+
+    def response_body(self, chunk: bytes, end_of_stream: bool) -> TranslatedChunk:
+        return TranslatedChunk(body=chunk)
+
+    def response_error(self, status: int, body: bytes) -> TranslatedBody:
+        return TranslatedBody(status=status, body=body)
