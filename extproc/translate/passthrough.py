@@ -37,3 +37,13 @@ class PassthroughTranslator:
 
     def response_error(self, status: int, body: bytes) -> TranslatedBody:
         return TranslatedBody(status=status, body=body)
+
+
+class AnthropicPassthrough(PassthroughTranslator):
+    def __init__(self) -> None:
+        super().__init__(Api.ANTHROPIC)
+
+
+class OpenAIPassthrough(PassthroughTranslator):
+    def __init__(self) -> None:
+        super().__init__(Api.OPENAI)

@@ -1,24 +1,40 @@
-"""{(client API, provider API): translator factory}: the whole translation table on one screen.
+"""{(client API, provider API): translator class}: the whole translation table on one screen.
 
-A new provider format is one new module and one line here.
+A new provider format is one new module and one line here. Classes are imported on first use so
+that a process only loads the translators its policy needs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from functools import cache
 
 from extproc.translate.base import Api, Translator
-from extproc.translate.passthrough import PassthroughTranslator
 
-TranslatorFactory = Callable[[], Translator]
-
-TRANSLATORS: dict[tuple[Api, Api], TranslatorFactory] = {
-    (Api.ANTHROPIC, Api.ANTHROPIC): lambda: PassthroughTranslator(Api.ANTHROPIC),
-    (Api.OPENAI, Api.OPENAI): lambda: PassthroughTranslator(Api.OPENAI),
+TRANSLATORS: dict[tuple[Api, Api], str] = {
+    (Api.ANTHROPIC, Api.ANTHROPIC): "extproc.translate.passthrough:AnthropicPassthrough",
+    (Api.OPENAI, Api.OPENAI): "extproc.translate.passthrough:OpenAIPassthrough",
+    (Api.ANTHROPIC, Api.OPENAI): "extproc.translate.anthropic_openai:AnthropicToOpenAI",
+    (Api.ANTHROPIC, Api.GEMINI): "extproc.translate.anthropic_gemini:AnthropicToGemini",
+    (Api.OPENAI, Api.ANTHROPIC): "extproc.translate.openai_anthropic:OpenAIToAnthropic",
+    (Api.OPENAI, Api.GEMINI): "extproc.translate.openai_gemini:OpenAIToGemini",
 }
+
+
+@cache
+def translator_class(client: Api, provider: Api) -> type[Translator] | None:
+    dotted = TRANSLATORS.get((client, provider))
+    if dotted is None:
+        return None
+    module, _, name = dotted.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def supports(client: Api, provider: Api) -> bool:
+    return (client, provider) in TRANSLATORS
 
 
 def translator_for(client: Api, provider: Api) -> Translator | None:
     """A fresh translator for one request, or None when the pair is not supported."""
-    factory = TRANSLATORS.get((client, provider))
-    return factory() if factory is not None else None
+    cls = translator_class(client, provider)
+    return cls() if cls is not None else None
