@@ -1,2 +1,168 @@
-def main() -> None:
-    raise SystemExit("not yet")
+"""`ccr-gateway` command line: one entry point, one subcommand per component."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+
+from control_plane.policy import PolicyError, load_policy_file
+
+EPILOG = """examples:
+  ccr-gateway up -c examples/gateway.yaml --with-fake-provider
+  ccr-gateway validate -c examples/gateway.yaml
+  ccr-gateway fake-provider --port 9100
+"""
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+def _load_or_exit(path: str):
+    try:
+        return load_policy_file(path)
+    except PolicyError as exc:
+        print(f"invalid policy:\n{exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from control_plane.supervisor import GatewayProcesses, StartupError
+
+    policy = _load_or_exit(args.config)
+    gateway = GatewayProcesses(
+        policy_path=args.config,
+        policy=policy,
+        admin_port=args.admin_port,
+        xds=args.xds or "",
+        log_level=args.log_level,
+        envoy_log_level=args.envoy_log_level,
+        fake_provider_port=args.fake_provider_port if args.with_fake_provider else None,
+    )
+    print("starting ccr-gateway:", flush=True)
+    try:
+        gateway.start(timeout=args.timeout)
+    except (StartupError, KeyboardInterrupt) as exc:
+        print(f"startup failed: {exc}", file=sys.stderr, flush=True)
+        gateway.stop()
+        return 1
+    url = gateway.listener_url
+    print(
+        f"\nccr-gateway is ready on {url}\n"
+        f"  Claude Code:     ANTHROPIC_BASE_URL={url} ANTHROPIC_AUTH_TOKEN=any claude\n"
+        f"  Anthropic SDK:   anthropic.Anthropic(base_url='{url}')\n"
+        f"  OpenAI SDK:      openai.OpenAI(base_url='{url}/v1')\n"
+        f"  models:          curl {url}/v1/models\n"
+        f"  Envoy admin:     http://127.0.0.1:{args.admin_port}/config_dump\n"
+        f"Edit {args.config} to change routing live. Ctrl-C stops everything.",
+        flush=True,
+    )
+    try:
+        return gateway.wait()
+    finally:
+        gateway.stop()
+
+
+def cmd_control_plane(args: argparse.Namespace) -> int:
+    from control_plane.server import ControlPlane, ControlPlaneConfig
+
+    _load_or_exit(args.config)
+    config = ControlPlaneConfig(policy_path=args.config, xds_address=args.xds, metrics_port=args.metrics_port)
+    asyncio.run(ControlPlane(config).run())
+    return 0
+
+
+def cmd_extproc(args: argparse.Namespace) -> int:
+    from extproc.server import ExtProcConfig, serve
+
+    asyncio.run(
+        serve(ExtProcConfig(listen=args.listen, control_plane=args.control_plane, metrics_port=args.metrics_port))
+    )
+    return 0
+
+
+def cmd_fake_provider(args: argparse.Namespace) -> int:
+    from fake_provider.server import run
+
+    run(args)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    policy = _load_or_exit(args.config)
+    models = sum(len(p.models) for p in policy.providers)
+    print(f"{args.config}: valid ({len(policy.providers)} providers, {models} models)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ccr-gateway",
+        description="Claude Code Router as an LLM API gateway on Envoy.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="run control plane, ext_proc and Envoy together (Ctrl-C stops all)")
+    up.add_argument("-c", "--config", required=True, help="policy YAML file (watched for edits)")
+    up.add_argument("--admin-port", type=int, default=9901, help="Envoy admin port (default 9901)")
+    up.add_argument("--xds", help="control plane xDS address host:port (default: a free local port)")
+    up.add_argument("--envoy-log-level", default="warning", help="Envoy's own log level (default warning)")
+    up.add_argument("--with-fake-provider", action="store_true", help="also start the bundled fake provider")
+    up.add_argument("--fake-provider-port", type=int, default=9100, help="port for --with-fake-provider")
+    up.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for readiness (default 30)")
+    up.set_defaults(func=cmd_up)
+
+    cp = sub.add_parser("control-plane", help="run only the xDS control plane")
+    cp.add_argument("-c", "--config", required=True, help="policy YAML file (watched for edits)")
+    cp.add_argument("--xds", default="127.0.0.1:18000", help="listen address host:port or unix:PATH")
+    cp.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics port (0: off)")
+    cp.set_defaults(func=cmd_control_plane)
+
+    ep = sub.add_parser("extproc", help="run only the ext_proc service")
+    ep.add_argument("--listen", default="unix:/tmp/ccr-extproc.sock", help="unix:PATH or host:port")
+    ep.add_argument("--control-plane", default="127.0.0.1:18000", help="xDS address of the control plane")
+    ep.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics port (0: off)")
+    ep.set_defaults(func=cmd_extproc)
+
+    fp = sub.add_parser("fake-provider", help="a fake LLM upstream (Anthropic, OpenAI, Gemini APIs)")
+    from fake_provider.server import add_arguments
+
+    add_arguments(fp)
+    fp.set_defaults(func=cmd_fake_provider)
+
+    va = sub.add_parser("validate", help="check a policy file and print every problem with its line")
+    va.add_argument("-c", "--config", required=True, help="policy YAML file")
+    va.set_defaults(func=cmd_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    raise SystemExit(args.func(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,303 @@
+"""Pure builders: GatewayPolicy -> Envoy resources (clusters, endpoints, listener, routes).
+
+Resources are written as dicts in the same shape as Envoy's YAML docs (easier to read and compare
+with them than nested proto constructors) and parsed into typed protos once, here. Nothing in this
+module does I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Importing the proto modules registers their types so that "@type" in typed_config resolves.
+import envoy.extensions.access_loggers.stream.v3.stream_pb2
+import envoy.extensions.filters.http.ext_proc.v3.ext_proc_pb2
+import envoy.extensions.filters.http.router.v3.router_pb2
+import envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2
+import envoy.extensions.transport_sockets.tls.v3.tls_pb2
+import envoy.extensions.upstreams.http.v3.http_protocol_options_pb2  # noqa: F401
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
+from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
+from envoy.config.listener.v3.listener_pb2 import Listener
+from envoy.config.route.v3.route_pb2 import RouteConfiguration
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from control_plane.policy import GatewayPolicy, ProviderSpec
+
+LISTENER_NAME = "ccr_listener"
+ROUTE_CONFIG_NAME = "ccr_routes"
+EXTPROC_CLUSTER = "ccr_extproc"  # static, in the bootstrap
+CLUSTER_HEADER = "x-ccr-cluster"  # set by ext_proc; names the provider cluster for this request
+INTERNAL_HEADER_PREFIX = "x-ccr-"
+METADATA_NAMESPACE = "ccr"  # ext_proc's dynamic metadata (client_api, provider, model) for logs
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+# LLM calls are long: a non-streaming completion of a big model can take minutes.
+ROUTE_TIMEOUT = "600s"
+STREAM_IDLE_TIMEOUT = "300s"
+# ext_proc answers in well under a millisecond; this bound only matters when it is wedged.
+EXTPROC_MESSAGE_TIMEOUT = "5s"
+
+_ADS = {"ads": {}, "resource_api_version": "V3"}
+_P = "type.googleapis.com/"
+
+
+def _parse(message: Message, data: dict[str, Any]) -> Message:
+    json_format.ParseDict(data, message)
+    return message
+
+
+def provider_cluster(provider: ProviderSpec) -> Cluster:
+    """One cluster per provider. IP hosts come through EDS (like Consul catalog pools, later); DNS
+    hosts (SaaS APIs) use LOGICAL_DNS, since EDS endpoints must be IP addresses."""
+    cluster: dict[str, Any] = {
+        "name": provider.cluster,
+        "connect_timeout": "5s",
+        "lb_policy": "ROUND_ROBIN",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _protocol_options(provider),
+        },
+    }
+    if provider.host_is_ip:
+        cluster["type"] = "EDS"
+        cluster["eds_cluster_config"] = {"eds_config": _ADS, "service_name": provider.cluster}
+    else:
+        cluster["type"] = "LOGICAL_DNS"
+        cluster["dns_lookup_family"] = "V4_PREFERRED"
+        cluster["load_assignment"] = _load_assignment(provider)
+    if provider.scheme == "https":
+        cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": _P + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": provider.host,
+                "common_tls_context": {
+                    "alpn_protocols": ["h2", "http/1.1"],
+                    "validation_context": {
+                        "trusted_ca": {"filename": SYSTEM_CA_BUNDLE},
+                        "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": provider.host}}],
+                    },
+                },
+            },
+        }
+    return _parse(Cluster(), cluster)
+
+
+def _protocol_options(provider: ProviderSpec) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "@type": _P + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "common_http_protocol_options": {"idle_timeout": "60s"},
+    }
+    if provider.scheme == "https":  # ALPN picks h2 where the provider offers it
+        options["auto_config"] = {"http_protocol_options": {}, "http2_protocol_options": {}}
+    else:
+        options["explicit_http_config"] = {"http_protocol_options": {}}
+    return options
+
+
+def _load_assignment(provider: ProviderSpec) -> dict[str, Any]:
+    return {
+        "cluster_name": provider.cluster,
+        "endpoints": [
+            {
+                "lb_endpoints": [
+                    {
+                        "endpoint": {
+                            "address": {"socket_address": {"address": provider.host, "port_value": provider.port}},
+                            # auto_host_rewrite sends this as :authority (the provider's own host name).
+                            "hostname": provider.host,
+                        }
+                    }
+                ]
+            }
+        ],
+    }
+
+
+def provider_endpoints(provider: ProviderSpec) -> ClusterLoadAssignment:
+    return _parse(ClusterLoadAssignment(), _load_assignment(provider))
+
+
+def route_configuration() -> RouteConfiguration:
+    """Routing is decided by ext_proc: it names the cluster in x-ccr-cluster and clears the route
+    cache. A request that reaches the router without that header was not routed (fail closed)."""
+    return _parse(
+        RouteConfiguration(),
+        {
+            "name": ROUTE_CONFIG_NAME,
+            "virtual_hosts": [
+                {
+                    "name": "gateway",
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "match": {"prefix": "/", "headers": [{"name": CLUSTER_HEADER, "present_match": True}]},
+                            "route": {
+                                "cluster_header": CLUSTER_HEADER,
+                                "timeout": ROUTE_TIMEOUT,
+                                "auto_host_rewrite": True,
+                            },
+                        },
+                        {
+                            "match": {"prefix": "/"},
+                            "direct_response": {"status": 404, "body": {"inline_string": "no route for this request"}},
+                        },
+                    ],
+                    # Internal headers never leave the gateway (the route was already chosen).
+                    "request_headers_to_remove": [CLUSTER_HEADER],
+                }
+            ],
+        },
+    )
+
+
+def _access_log() -> dict[str, Any]:
+    fields = {
+        "time": "%START_TIME%",
+        "method": "%REQ(:METHOD)%",
+        "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+        "status": "%RESPONSE_CODE%",
+        "flags": "%RESPONSE_FLAGS%",
+        "details": "%RESPONSE_CODE_DETAILS%",
+        "cluster": "%UPSTREAM_CLUSTER%",
+        "upstream": "%UPSTREAM_HOST%",
+        "duration_ms": "%DURATION%",
+        "upstream_ms": "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%",
+        "bytes_in": "%BYTES_RECEIVED%",
+        "bytes_out": "%BYTES_SENT%",
+        "client_api": f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:client_api)%",
+        "provider": f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:provider)%",
+        "model": f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:model)%",
+        "request_id": "%REQ(X-REQUEST-ID)%",
+    }
+    return {
+        "name": "envoy.access_loggers.stdout",
+        "typed_config": {
+            "@type": _P + "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+            "log_format": {"json_format": fields},
+        },
+    }
+
+
+def _error_mappers() -> list[dict[str, Any]]:
+    """Errors Envoy itself generates (body over the limit, provider unreachable, ext_proc down) get
+    the same JSON shape ext_proc uses, in the client's format. The client's API is known from the
+    path the client called (ext_proc may have rewritten :path, so the original path is checked
+    via x-envoy-original-path first)."""
+    openai_paths = {
+        "or_filter": {
+            "filters": [
+                {"header_filter": {"header": {"name": name, "string_match": {"suffix": "/chat/completions"}}}}
+                for name in ("x-envoy-original-path", ":path")
+            ]
+        }
+    }
+    envoy_generated = {"response_flag_filter": {}}  # any response flag: a reply Envoy made itself
+    mappers = []
+    for status_filter, anthropic_type, openai_type in (
+        (
+            {"comparison": {"op": "EQ", "value": {"default_value": 413, "runtime_key": "ccr.413"}}},
+            "request_too_large",
+            "invalid_request_error",
+        ),
+        (
+            {"comparison": {"op": "GE", "value": {"default_value": 500, "runtime_key": "ccr.5xx"}}},
+            "api_error",
+            "server_error",
+        ),
+        (
+            {"comparison": {"op": "GE", "value": {"default_value": 400, "runtime_key": "ccr.4xx"}}},
+            "invalid_request_error",
+            "invalid_request_error",
+        ),
+    ):
+        status = {"status_code_filter": status_filter}
+        mappers.append(
+            {
+                "filter": {"and_filter": {"filters": [status, envoy_generated, openai_paths]}},
+                "body_format_override": {
+                    "json_format": {
+                        "error": {
+                            "message": "%LOCAL_REPLY_BODY%",
+                            "type": openai_type,
+                            "param": None,
+                            "code": "%RESPONSE_CODE_DETAILS%",
+                        }
+                    },
+                    "content_type": "application/json",
+                },
+            }
+        )
+        mappers.append(
+            {
+                "filter": {"and_filter": {"filters": [status, envoy_generated]}},
+                "body_format_override": {
+                    "json_format": {
+                        "type": "error",
+                        "error": {"type": anthropic_type, "message": "%LOCAL_REPLY_BODY%"},
+                    },
+                    "content_type": "application/json",
+                },
+            }
+        )
+    return mappers
+
+
+def extproc_filter() -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.ext_proc",
+        "typed_config": {
+            "@type": _P + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "grpc_service": {"envoy_grpc": {"cluster_name": EXTPROC_CLUSTER}},
+            # Routing depends on it: never let a request through undecided.
+            "failure_mode_allow": False,
+            "status_on_error": {"code": 503},
+            "message_timeout": EXTPROC_MESSAGE_TIMEOUT,
+            "processing_mode": {
+                "request_header_mode": "SEND",
+                "request_body_mode": "BUFFERED",
+                "request_trailer_mode": "SKIP",
+                "response_header_mode": "SEND",
+                "response_body_mode": "NONE",
+                "response_trailer_mode": "SKIP",
+            },
+            # Per request, ext_proc turns response body processing on only when it rewrites it.
+            "allow_mode_override": True,
+            "metadata_options": {"receiving_namespaces": {"untyped": [METADATA_NAMESPACE]}},
+        },
+    }
+
+
+def listener(policy: GatewayPolicy) -> Listener:
+    hcm = {
+        "@type": _P + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "ccr",
+        "codec_type": "AUTO",
+        "rds": {"route_config_name": ROUTE_CONFIG_NAME, "config_source": _ADS},
+        "http_filters": [
+            extproc_filter(),
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": _P + "envoy.extensions.filters.http.router.v3.Router"},
+            },
+        ],
+        "stream_idle_timeout": STREAM_IDLE_TIMEOUT,
+        "request_timeout": "0s",
+        "normalize_path": True,
+        "merge_slashes": True,
+        "access_log": [_access_log()],
+        "local_reply_config": {"mappers": _error_mappers()},
+    }
+    return _parse(
+        Listener(),
+        {
+            "name": LISTENER_NAME,
+            "address": {"socket_address": {"address": policy.listener_address, "port_value": policy.listener_port}},
+            # ext_proc receives the whole body in one message (BUFFERED); above this Envoy answers 413.
+            "per_connection_buffer_limit_bytes": policy.max_request_bytes,
+            "filter_chains": [
+                {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+            ],
+        },
+    )

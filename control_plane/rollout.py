@@ -1,0 +1,162 @@
+"""Make-before-break across the two consumers of a policy: Envoy and ext_proc.
+
+ext_proc names a cluster for every request, so it must never know a cluster that Envoy does not
+have, and Envoy must not lose a cluster that ext_proc may still name. A policy change therefore
+rolls out in steps, each gated on the consumers' ACKs:
+
+1. Envoy gets the clusters of the new policy *plus* every cluster the policy ext_proc holds still
+   names (additions first, nothing removed).
+2. Once every connected Envoy has ACKed those clusters and their endpoints, and a short warm-up
+   grace has passed, ext_proc is offered the new policy.
+3. Once every connected ext_proc has ACKed it, clusters only the old policy named are kept for one
+   more grace period (requests decided just before the switch are still in flight to Envoy's
+   router), then dropped from Envoy.
+
+Everything here is synchronous state transition; timers come from the event loop passed in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from control_plane import resources
+from control_plane.cache import ENVOY_GROUP, EXTPROC_GROUP, Ack, SnapshotCache
+from control_plane.policy import GatewayPolicy, ProviderSpec
+from control_plane.snapshot import CLUSTER, ENDPOINT, POLICY, POLICY_RESOURCE_NAME, Snapshot, consistency_errors
+
+log = logging.getLogger("ccr.control_plane.rollout")
+_UNTIL_EXTPROC_ACKS = float("inf")
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    policy: GatewayPolicy
+    version: str
+
+
+class Rollout:
+    def __init__(self, cache: SnapshotCache, grace_seconds: float = 1.0) -> None:
+        self.cache = cache
+        self.grace = grace_seconds
+        self.generation = 0
+        self.desired: Offer | None = None
+        self.offered: Offer | None = None  # the policy ext_proc is being served
+        self._retained: dict[str, tuple[ProviderSpec, float]] = {}  # cluster -> (spec, drop after)
+        self._warm_since: float | None = None  # when Envoy first ACKed everything `desired` needs
+        self._timer: asyncio.TimerHandle | None = None
+        cache.on_ack(self._on_ack)
+
+    # --- inputs -----------------------------------------------------------------------------
+
+    def update(self, policy: GatewayPolicy) -> str:
+        """A new validated policy from a source. Returns its version."""
+        self.generation += 1
+        version = f"{self.generation}"
+        self.desired = Offer(policy, version)
+        self._warm_since = None
+        self.reconcile()
+        return version
+
+    def _on_ack(self, ack: Ack | None) -> None:
+        self.reconcile()
+
+    # --- the state machine ------------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        if self.desired is None:
+            return
+        now = time.monotonic()
+        envoy = self._envoy_snapshot(now)
+        self.cache.set(ENVOY_GROUP, envoy)
+        if self.offered != self.desired and self._envoy_ready(envoy, now):
+            self._offer(self.desired, envoy)
+        if self.offered is not None and self._extproc_caught_up():
+            self._retire_old_clusters(now)
+            self.cache.set(ENVOY_GROUP, self._envoy_snapshot(now))
+        self._schedule_next(now)
+
+    def _envoy_snapshot(self, now: float) -> Snapshot:
+        assert self.desired is not None
+        providers = {p.cluster: p for p in self.desired.policy.providers}
+        if self.offered is not None:
+            for provider in self.offered.policy.providers:
+                providers.setdefault(provider.cluster, provider)
+        for cluster, (spec, drop_after) in list(self._retained.items()):
+            if drop_after <= now:
+                del self._retained[cluster]
+            else:
+                providers.setdefault(cluster, spec)
+        specs = sorted(providers.values(), key=lambda p: p.cluster)
+        policy = self.desired.policy
+        return Snapshot.build(
+            self.desired.version,
+            clusters=[(p.cluster, resources.provider_cluster(p)) for p in specs],
+            endpoints=[(p.cluster, resources.provider_endpoints(p)) for p in specs if p.host_is_ip],
+            listeners=[(resources.LISTENER_NAME, resources.listener(policy))],
+            routes=[(resources.ROUTE_CONFIG_NAME, resources.route_configuration())],
+        )
+
+    def _envoy_ready(self, envoy: Snapshot, now: float) -> bool:
+        """Every connected Envoy ACKed the clusters and endpoints that `desired` needs, and the
+        warm-up grace has passed since. With no Envoy connected, nothing is ready."""
+        nodes = self.cache.nodes(ENVOY_GROUP)
+        if not nodes:
+            self._warm_since = None
+            return False
+        for acked in nodes.values():
+            if acked.get(CLUSTER) != envoy.get(CLUSTER).version:
+                self._warm_since = None
+                return False
+            if envoy.get(ENDPOINT).by_name and acked.get(ENDPOINT) != envoy.get(ENDPOINT).version:
+                self._warm_since = None
+                return False
+        if self._warm_since is None:
+            self._warm_since = now
+        return now - self._warm_since >= self.grace
+
+    def _offer(self, offer: Offer, envoy: Snapshot) -> None:
+        proto = offer.policy.to_proto(offer.version)
+        errors = consistency_errors(envoy, proto)
+        if errors:  # a bug in this module, never the user's policy: refuse loudly, keep the old one
+            log.error("refusing to offer policy %s to ext_proc: %s", offer.version, "; ".join(errors))
+            return
+        previous = self.offered
+        self.offered = offer
+        if previous is not None:
+            kept = {p.cluster for p in offer.policy.providers}
+            for provider in previous.policy.providers:
+                if provider.cluster not in kept:
+                    # Held until ext_proc ACKs the new policy; then the grace clock starts.
+                    self._retained[provider.cluster] = (provider, _UNTIL_EXTPROC_ACKS)
+        self.cache.set(EXTPROC_GROUP, Snapshot.build(offer.version, policy=[(POLICY_RESOURCE_NAME, proto)]))
+        log.info("policy %s offered to ext_proc", offer.version)
+
+    def _extproc_caught_up(self) -> bool:
+        assert self.offered is not None
+        snapshot = self.cache.get(EXTPROC_GROUP)
+        if snapshot is None:
+            return False
+        version = snapshot.get(POLICY).version
+        return all(acked.get(POLICY) == version for acked in self.cache.nodes(EXTPROC_GROUP).values())
+
+    def _retire_old_clusters(self, now: float) -> None:
+        for cluster, (spec, drop_after) in list(self._retained.items()):
+            if drop_after == _UNTIL_EXTPROC_ACKS:
+                self._retained[cluster] = (spec, now + self.grace)
+
+    def _schedule_next(self, now: float) -> None:
+        deadlines = [d for _, d in self._retained.values() if d != _UNTIL_EXTPROC_ACKS]
+        if self._warm_since is not None and self.offered != self.desired:
+            deadlines.append(self._warm_since + self.grace)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if deadlines:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # driven synchronously (unit tests call reconcile() themselves)
+                return
+            self._timer = loop.call_later(max(0.0, min(deadlines) - now) + 0.01, self.reconcile)

@@ -1,0 +1,96 @@
+"""The control plane process: policy source -> rollout -> snapshot cache -> ADS gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc
+from prometheus_client import Counter, Gauge, start_http_server
+
+from control_plane.ads import AggregatedDiscoveryService
+from control_plane.cache import SnapshotCache
+from control_plane.policy import GatewayPolicy, PolicyError
+from control_plane.rollout import Rollout
+from control_plane.sources.file import FilePolicySource
+
+log = logging.getLogger("ccr.control_plane")
+
+POLICY_VERSION = Gauge("ccr_policy_generation", "Generation of the policy currently desired")
+POLICY_REJECTED = Counter("ccr_policy_rejected_total", "Policy updates rejected by validation")
+
+
+@dataclass(frozen=True)
+class ControlPlaneConfig:
+    policy_path: str
+    xds_address: str = "127.0.0.1:18000"  # host:port or unix:/path
+    metrics_port: int = 0  # 0: no metrics endpoint
+    grace_seconds: float = 1.0
+    poll_interval: float = 0.5
+
+
+class ControlPlane:
+    def __init__(self, config: ControlPlaneConfig) -> None:
+        self.config = config
+        self.cache = SnapshotCache()
+        self.rollout = Rollout(self.cache, grace_seconds=config.grace_seconds)
+        self.source = FilePolicySource(config.policy_path, interval=config.poll_interval)
+        self.last_error: str | None = None
+        self._server: grpc.aio.Server | None = None
+
+    def load_initial(self) -> GatewayPolicy:
+        """The first policy must be valid: there is no last good one to fall back to."""
+        policy = self.source.load()
+        assert policy is not None
+        self._apply(policy)
+        return policy
+
+    def _apply(self, policy: GatewayPolicy) -> None:
+        version = self.rollout.update(policy)
+        POLICY_VERSION.set(int(version))
+        self.last_error = None
+        names = ", ".join(p.name for p in policy.providers)
+        log.info("policy generation %s accepted from %s (providers: %s)", version, policy.source, names)
+
+    def _reject(self, error: PolicyError) -> None:
+        POLICY_REJECTED.inc()
+        message = str(error)
+        if message != self.last_error:  # once per distinct error, not every poll
+            log.error("policy rejected, keeping the last good one:\n%s", message)
+        self.last_error = message
+
+    async def start(self) -> None:
+        server = grpc.aio.server(
+            options=[
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.http2.max_pings_without_data", 0),
+                ("grpc.keepalive_permit_without_calls", 1),
+            ]
+        )
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(AggregatedDiscoveryService(self.cache), server)
+        server.add_insecure_port(self.config.xds_address)
+        await server.start()
+        self._server = server
+        if self.config.metrics_port:
+            start_http_server(self.config.metrics_port, addr="127.0.0.1")
+        log.info("xDS (ADS) listening on %s", self.config.xds_address)
+
+    async def run(self) -> None:
+        self.load_initial()
+        await self.start()
+        watcher = asyncio.create_task(self.source.watch(self._apply, self._reject))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        watcher.cancel()
+        await self.stop()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(grace=1.0)
+            self._server = None

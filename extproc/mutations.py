@@ -1,0 +1,96 @@
+"""Builders for the ext_proc messages we send back to Envoy. Nothing here decides anything."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+from envoy.type.v3.http_status_pb2 import HttpStatus
+from google.protobuf.struct_pb2 import Struct
+
+from extproc.errors import error_body
+from extproc.translate.base import Api
+
+_OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+Headers = Iterable[tuple[str, str]]
+
+# Constant answers, built once: most requests need nothing more than these.
+CONTINUE_REQUEST_HEADERS = ep.ProcessingResponse(request_headers=ep.HeadersResponse())
+CONTINUE_RESPONSE_HEADERS = ep.ProcessingResponse(response_headers=ep.HeadersResponse())
+CONTINUE_REQUEST_BODY = ep.ProcessingResponse(request_body=ep.BodyResponse())
+CONTINUE_RESPONSE_BODY = ep.ProcessingResponse(response_body=ep.BodyResponse())
+
+
+def header_mutation(set_headers: Headers = (), remove: Iterable[str] = ()) -> ep.HeaderMutation:
+    return ep.HeaderMutation(
+        set_headers=[
+            HeaderValueOption(header=HeaderValue(key=key, raw_value=value.encode()), append_action=_OVERWRITE)
+            for key, value in set_headers
+        ],
+        remove_headers=list(remove),
+    )
+
+
+def request_body_response(
+    body: bytes, set_headers: Headers, remove: Iterable[str], metadata: dict[str, dict[str, str]] | None
+) -> ep.ProcessingResponse:
+    """Replace the buffered request body and headers, and re-pick the route (x-ccr-cluster)."""
+    common = ep.CommonResponse(
+        header_mutation=header_mutation(set_headers, remove),
+        body_mutation=ep.BodyMutation(body=body),
+        clear_route_cache=True,
+    )
+    response = ep.ProcessingResponse(request_body=ep.BodyResponse(response=common))
+    if metadata:
+        response.dynamic_metadata.CopyFrom(_struct(metadata))
+    return response
+
+
+def response_headers_response(
+    set_headers: Headers = (), remove: Iterable[str] = (), body_mode: int | None = None
+) -> ep.ProcessingResponse:
+    response = ep.ProcessingResponse(
+        response_headers=ep.HeadersResponse(
+            response=ep.CommonResponse(header_mutation=header_mutation(set_headers, remove))
+        )
+    )
+    if body_mode is not None:
+        response.mode_override.CopyFrom(ProcessingMode(response_body_mode=body_mode))
+    return response
+
+
+def response_body_response(body: bytes) -> ep.ProcessingResponse:
+    return ep.ProcessingResponse(
+        response_body=ep.BodyResponse(response=ep.CommonResponse(body_mutation=ep.BodyMutation(body=body)))
+    )
+
+
+def immediate(
+    status: int, body: bytes, content_type: str = "application/json", details: str = ""
+) -> ep.ProcessingResponse:
+    return ep.ProcessingResponse(
+        immediate_response=ep.ImmediateResponse(
+            status=HttpStatus(code=status),
+            headers=header_mutation([("content-type", content_type)]),
+            body=body,
+            details=details,
+        )
+    )
+
+
+def immediate_error(api: Api, status: int, message: str, details: str) -> ep.ProcessingResponse:
+    """An error in the client's own format, answered by Envoy without contacting any provider."""
+    return immediate(status, error_body(api, status, message), details=details)
+
+
+def _struct(metadata: dict[str, dict[str, str]]) -> Struct:
+    struct = Struct()
+    struct.update(metadata)
+    return struct
+
+
+STREAMED = ProcessingMode.STREAMED
+BUFFERED = ProcessingMode.BUFFERED

@@ -1,0 +1,244 @@
+"""Per-request ext_proc state machine: Envoy's ProcessingRequests in, ProcessingResponses out.
+
+Sans-IO: the gRPC server feeds it messages and writes back what it returns. One instance per
+HTTP request (one ext_proc stream). It holds the request's endpoint, route and translator.
+
+Phases (static processing mode, see control_plane.resources.extproc_filter):
+  request headers  -> pick the endpoint from method + path; answer local endpoints directly
+  request body     -> parse once, route by model, translate, rewrite path/headers/body, pick cluster
+  response headers -> passthrough: nothing; translated: ask for the body (buffered or streamed)
+  response body    -> translated chunk(s) back to the client's format
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import orjson
+from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, ProcessingRequest, ProcessingResponse
+
+from control_plane.resources import CLUSTER_HEADER, INTERNAL_HEADER_PREFIX, METADATA_NAMESPACE
+from extproc import mutations as m
+from extproc.routing import ModelRoute, RoutingTable
+from extproc.translate.base import Api, ClientRequestError, Translator, UpstreamProtocolError
+from extproc.translate.registry import translator_for
+
+log = logging.getLogger("ccr.extproc")
+
+# Credentials the client sent for the gateway; never forwarded to a provider.
+_CLIENT_CREDENTIALS = ("authorization", "x-api-key", "x-goog-api-key")
+# Headers that only mean something to one API; dropped when the provider speaks another.
+_API_HEADER_PREFIXES = {Api.ANTHROPIC: ("anthropic-",), Api.OPENAI: ("openai-",), Api.GEMINI: ("x-goog-",)}
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    api: Api | None  # None: decided from the request's headers (GET /v1/models)
+    kind: str  # "generate" | "count_tokens" | "models"
+
+
+ENDPOINTS: dict[tuple[str, str], Endpoint] = {
+    ("POST", "/v1/messages"): Endpoint(Api.ANTHROPIC, "generate"),
+    ("POST", "/v1/chat/completions"): Endpoint(Api.OPENAI, "generate"),
+    ("POST", "/chat/completions"): Endpoint(Api.OPENAI, "generate"),
+    ("POST", "/v1/messages/count_tokens"): Endpoint(Api.ANTHROPIC, "count_tokens"),
+    ("GET", "/v1/models"): Endpoint(None, "models"),
+    ("GET", "/models"): Endpoint(Api.OPENAI, "models"),
+}
+
+
+class GatewayState:
+    """What every request reads: the routing table currently in force (None until the first policy)."""
+
+    def __init__(self) -> None:
+        self.table: RoutingTable | None = None
+
+
+def _guess_api(path: str, headers: Mapping[str, str]) -> Api:
+    if "chat/completions" in path or ("anthropic-version" not in headers and "authorization" in headers):
+        return Api.OPENAI
+    return Api.ANTHROPIC
+
+
+class RequestProcessor:
+    __slots__ = ("api", "endpoint", "headers", "route", "state", "status", "stream", "translator")
+
+    def __init__(self, state: GatewayState) -> None:
+        self.state = state
+        self.api = Api.ANTHROPIC
+        self.endpoint: Endpoint | None = None
+        self.headers: dict[str, str] = {}
+        self.route: ModelRoute | None = None
+        self.translator: Translator | None = None
+        self.stream = False
+        self.status = 0
+
+    def handle(self, request: ProcessingRequest) -> ProcessingResponse:
+        phase = request.WhichOneof("request")
+        try:
+            if phase == "request_headers":
+                return self._request_headers(request.request_headers)
+            if phase == "request_body":
+                return self._request_body(request.request_body.body)
+            if phase == "response_headers":
+                return self._response_headers(request.response_headers)
+            if phase == "response_body":
+                return self._response_body(request.response_body.body, request.response_body.end_of_stream)
+        except Exception:  # a bug: fail closed, in the client's format, and say so in the log
+            log.exception("ext_proc failed in phase %s", phase)
+            return m.immediate_error(self.api, 500, "internal gateway error", "ccr_internal_error")
+        return _continue(phase)
+
+    # --- request --------------------------------------------------------------------------
+
+    def _request_headers(self, message: HttpHeaders) -> ProcessingResponse:
+        headers = self.headers
+        for header in message.headers.headers:
+            headers[header.key] = header.raw_value.decode("utf-8", "replace") if header.raw_value else header.value
+        method = headers.get(":method", "")
+        path = headers.get(":path", "/").split("?", 1)[0]
+        endpoint = ENDPOINTS.get((method, path))
+        self.api = endpoint.api if endpoint and endpoint.api else _guess_api(path, headers)
+        if endpoint is None:
+            return m.immediate_error(self.api, 404, f"no such endpoint: {method} {path}", "ccr_unknown_endpoint")
+        self.endpoint = endpoint
+        table = self.state.table
+        if table is None:
+            return m.immediate_error(
+                self.api, 503, "the gateway has no routing policy yet; retry shortly", "ccr_no_policy"
+            )
+        if endpoint.kind == "models":
+            return m.immediate(200, _models_body(self.api, table))
+        if message.end_of_stream:
+            return m.immediate_error(self.api, 400, "request body is required", "ccr_empty_body")
+        return m.CONTINUE_REQUEST_HEADERS
+
+    def _request_body(self, raw: bytes) -> ProcessingResponse:
+        table = self.state.table
+        if table is None or self.endpoint is None:
+            return m.immediate_error(
+                self.api, 503, "the gateway has no routing policy yet; retry shortly", "ccr_no_policy"
+            )
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return m.immediate_error(self.api, 400, f"request body is not valid JSON: {exc}", "ccr_bad_json")
+        if not isinstance(body, dict):
+            return m.immediate_error(self.api, 400, "request body must be a JSON object", "ccr_bad_json")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return m.immediate_error(self.api, 400, "model: a model name (string) is required", "ccr_no_model")
+        if self.endpoint.kind == "count_tokens":
+            # A byte-based estimate (~4 bytes per token), answered locally: no provider round trip.
+            return m.immediate(200, orjson.dumps({"input_tokens": max(1, len(raw) // 4)}))
+        route = table.route(model)
+        if route is None:
+            return m.immediate_error(
+                self.api, 404, f"model {model!r} is not served by this gateway", "ccr_unknown_model"
+            )
+        provider = route.provider
+        if provider.unavailable:
+            return m.immediate_error(self.api, 503, provider.unavailable, "ccr_provider_unavailable")
+        translator = translator_for(self.api, provider.api)
+        if translator is None:
+            message = (
+                f"model {model!r} is served by a {provider.api}-format provider, and requests in "
+                f"{self.api} format cannot be translated to it"
+            )
+            return m.immediate_error(self.api, 400, message, "ccr_no_translator")
+        self.stream = body.get("stream") is True
+        try:
+            upstream = translator.request(body, replace(route.target, stream=self.stream))
+        except ClientRequestError as exc:
+            return m.immediate_error(self.api, exc.status, exc.message, "ccr_bad_request")
+        self.route = route
+        self.translator = translator
+        set_headers = [
+            (":path", upstream.path),
+            ("content-length", str(len(upstream.body))),
+            ("content-type", "application/json"),
+            (CLUSTER_HEADER, provider.cluster),
+            *provider.headers,
+            *upstream.headers,
+        ]
+        overwritten = {name for name, _ in set_headers}
+        remove = [
+            name
+            for name in self.headers
+            if name not in overwritten and _strip_before_egress(name, self.api, provider.api)
+        ]
+        metadata = {
+            METADATA_NAMESPACE: {
+                "client_api": self.api.value,
+                "provider": provider.name,
+                "model": route.target.model,
+            }
+        }
+        return m.request_body_response(upstream.body, set_headers, remove, metadata)
+
+    # --- response -------------------------------------------------------------------------
+
+    def _response_headers(self, message: HttpHeaders) -> ProcessingResponse:
+        translator = self.translator
+        if translator is None or not translator.rewrites_response:
+            return m.CONTINUE_RESPONSE_HEADERS
+        headers = {h.key: (h.raw_value.decode("latin-1") if h.raw_value else h.value) for h in message.headers.headers}
+        self.status = int(headers.get(":status", "0") or 0)
+        if message.end_of_stream:
+            return m.CONTINUE_RESPONSE_HEADERS
+        ok = 200 <= self.status < 300
+        set_headers = translator.response_headers(self.status, headers) if ok else ()
+        mode = m.STREAMED if ok and self.stream else m.BUFFERED
+        return m.response_headers_response(set_headers, remove=("content-length",), body_mode=mode)
+
+    def _response_body(self, chunk: bytes, end_of_stream: bool) -> ProcessingResponse:
+        translator = self.translator
+        if translator is None:
+            return m.CONTINUE_RESPONSE_BODY
+        if not 200 <= self.status < 300:
+            translated = translator.response_error(self.status, chunk)
+            return m.response_body_response(translated.body)
+        try:
+            out = translator.response_body(chunk, end_of_stream)
+        except UpstreamProtocolError as exc:
+            log.warning("provider %s broke its API: %s", self.route.provider.name if self.route else "?", exc)
+            return m.immediate_error(self.api, 502, f"the provider sent an invalid response: {exc}", "ccr_bad_upstream")
+        return m.response_body_response(out.body)
+
+
+def _strip_before_egress(name: str, client: Api, provider: Api) -> bool:
+    if name.startswith(":") or name == "content-length":
+        return False
+    if name in _CLIENT_CREDENTIALS or name.startswith(INTERNAL_HEADER_PREFIX):
+        return True
+    return client is not provider and name.startswith(_API_HEADER_PREFIXES[client])
+
+
+def _continue(phase: str | None) -> ProcessingResponse:
+    return {
+        "request_headers": m.CONTINUE_REQUEST_HEADERS,
+        "request_body": m.CONTINUE_REQUEST_BODY,
+        "response_headers": m.CONTINUE_RESPONSE_HEADERS,
+        "response_body": m.CONTINUE_RESPONSE_BODY,
+    }.get(phase or "", m.CONTINUE_REQUEST_HEADERS)
+
+
+def _models_body(api: Api, table: RoutingTable) -> bytes:
+    names = table.model_names()
+    if api is Api.OPENAI:
+        data: Any = [
+            {"id": n, "object": "model", "created": 0, "owned_by": table.models[n].provider.name} for n in names
+        ]
+        return orjson.dumps({"object": "list", "data": data})
+    data = [{"type": "model", "id": n, "display_name": n, "created_at": "1970-01-01T00:00:00Z"} for n in names]
+    return orjson.dumps(
+        {
+            "data": data,
+            "has_more": False,
+            "first_id": names[0] if names else None,
+            "last_id": names[-1] if names else None,
+        }
+    )

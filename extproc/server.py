@@ -1,0 +1,71 @@
+"""The ext_proc gRPC service: the stream loop and nothing else (decisions live in processor.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
+from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, ProcessingResponse
+from prometheus_client import start_http_server
+
+from extproc.policy_client import PolicySubscriber
+from extproc.processor import GatewayState, RequestProcessor
+from extproc.routing import RoutingTable
+
+log = logging.getLogger("ccr.extproc")
+
+
+class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer):
+    def __init__(self, state: GatewayState) -> None:
+        self.state = state
+
+    async def Process(
+        self, request_iterator: AsyncIterator[ProcessingRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ProcessingResponse]:
+        processor = RequestProcessor(self.state)
+        async for request in request_iterator:
+            yield processor.handle(request)
+
+
+@dataclass(frozen=True)
+class ExtProcConfig:
+    listen: str  # "unix:/path/extproc.sock" or "host:port"
+    control_plane: str = "127.0.0.1:18000"
+    metrics_port: int = 0
+
+
+async def serve(config: ExtProcConfig, ready: asyncio.Event | None = None) -> None:
+    state = GatewayState()
+
+    def install(table: RoutingTable) -> None:
+        state.table = table
+
+    subscriber = PolicySubscriber(config.control_plane, install)
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 256 * 1024 * 1024)])
+    external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(state), server)
+    if config.listen.startswith("unix:"):
+        path = config.listen[len("unix:") :]
+        if os.path.exists(path):
+            os.unlink(path)  # a stale socket from a crashed run
+    server.add_insecure_port(config.listen)
+    await server.start()
+    if config.metrics_port:
+        start_http_server(config.metrics_port, addr="127.0.0.1")
+    log.info("ext_proc listening on %s; policy from %s", config.listen, config.control_plane)
+    subscription = asyncio.create_task(subscriber.run())
+    if ready is not None:
+        ready.set()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    subscription.cancel()
+    # Finish in-flight requests (streams included) before exiting; new ones go elsewhere.
+    await server.stop(grace=5.0)

@@ -1,0 +1,55 @@
+"""The one interface each API module (anthropic_api, openai_api, gemini_api) implements.
+
+Parsing and rendering are pure (no I/O), so the server owns every await and every API module can be
+tested, or read, without a socket in sight.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from fake_provider.reply import Conversation, Reply
+
+SSE_CONTENT_TYPE = "text/event-stream"
+JSON_CONTENT_TYPE = "application/json"
+
+
+class BadRequest(ValueError):
+    """The request is not a valid call of the API; answered with 400 in the API's error format."""
+
+
+class ProviderApi(Protocol):
+    name: str  # "anthropic" | "openai" | "gemini", also the word used in the reply text
+
+    def parse(self, body: Any, body_size: int, path_model: str | None) -> Conversation:
+        """Pull the reply-deciding facts out of a request body; raises BadRequest."""
+        ...
+
+    def wants_stream(self, body: Any) -> bool: ...
+
+    def render_json(self, reply: Reply) -> bytes: ...
+
+    def render_stream(self, reply: Reply, body: Any, chunks: int) -> list[bytes]:
+        """The complete SSE body as a list of encoded events, the text split into ``chunks``;
+        ``body`` is the request, for stream options such as OpenAI's include_usage."""
+        ...
+
+    def error_body(self, status: int, message: str) -> bytes: ...
+
+    def stream_error_event(self) -> bytes:
+        """The event this API sends when it fails after a stream has begun."""
+        ...
+
+
+def text_of(content: Any) -> str:
+    """Text of a message content that is either a string or a list of typed parts (Anthropic and
+    OpenAI share this shape: parts with ``"type": "text"``)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            part.get("text", "")
+            for part in content
+            if isinstance(part, dict) and part.get("type") in ("text", "input_text")
+        )
+    return ""
