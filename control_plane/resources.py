@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 # Importing the proto modules registers their types so that "@type" in typed_config resolves.
+import envoy.extensions.access_loggers.filters.cel.v3.cel_pb2
 import envoy.extensions.access_loggers.stream.v3.stream_pb2
 import envoy.extensions.filters.http.ext_proc.v3.ext_proc_pb2
 import envoy.extensions.filters.http.router.v3.router_pb2
@@ -180,68 +181,86 @@ def _access_log() -> dict[str, Any]:
     }
 
 
-def _error_mappers() -> list[dict[str, Any]]:
+def _error_mappers(max_request_bytes: int) -> list[dict[str, Any]]:
     """Errors Envoy itself generates (body over the limit, provider unreachable, ext_proc down) get
-    the same JSON shape ext_proc uses, in the client's format. The client's API is known from the
-    path the client called (ext_proc may have rewritten :path, so the original path is checked
-    via x-envoy-original-path first)."""
-    openai_paths = {
-        "or_filter": {
-            "filters": [
-                {"header_filter": {"header": {"name": name, "string_match": {"suffix": "/chat/completions"}}}}
-                for name in ("x-envoy-original-path", ":path")
-            ]
+    the JSON shape ext_proc uses, in the client's format. ext_proc's own immediate responses are
+    already in that shape: they carry response details starting with "ccr_" and are left alone.
+
+    The client's API comes from ext_proc's dynamic metadata when it got that far (the path may have
+    been rewritten for the provider by then), otherwise from the path the client called."""
+    envoy_generated = _cel("!response.code_details.startsWith('ccr_')")
+    openai_path = {"header_filter": {"header": {"name": ":path", "string_match": {"contains": "/chat/completions"}}}}
+    by_metadata = {
+        api: {
+            "metadata_filter": {
+                "matcher": {
+                    "filter": METADATA_NAMESPACE,
+                    "path": [{"key": "client_api"}],
+                    "value": {"string_match": {"exact": api}},
+                },
+                "match_if_key_not_found": False,
+            }
+        }
+        for api in ("openai", "anthropic")
+    }
+    # Envoy's own texts ("Payload Too Large", empty for a failed ext_proc stream) say too little.
+    message = (
+        f"%CEL(response.code == 413 ? 'request body is larger than the gateway limit of {max_request_bytes} bytes: ' "
+        ": response.code_details.startsWith('ext_proc_error') ? "
+        "'the gateway routing service (ext_proc) is unavailable: ' : '')%%LOCAL_REPLY_BODY%"
+    )
+    anthropic_type = (
+        "%CEL(response.code == 413 ? 'request_too_large' : response.code == 429 ? 'rate_limit_error' : "
+        "response.code >= 500 ? 'api_error' : response.code == 404 ? 'not_found_error' : 'invalid_request_error')%"
+    )
+    openai_type = "%CEL(response.code >= 500 ? 'server_error' : 'invalid_request_error')%"
+    openai_body = {"error": {"message": message, "type": openai_type, "param": None, "code": "%RESPONSE_CODE_DETAILS%"}}
+    anthropic_body = {"type": "error", "error": {"type": anthropic_type, "message": message}}
+    formats = {
+        "openai": _json_body(openai_body),
+        "anthropic": _json_body(anthropic_body),
+    }
+    # First match wins: metadata beats the path, the path beats the Anthropic default.
+    rules = [
+        ([by_metadata["openai"]], "openai"),
+        ([by_metadata["anthropic"]], "anthropic"),
+        ([openai_path], "openai"),
+        ([], "anthropic"),
+    ]
+    return [
+        {
+            "filter": {"and_filter": {"filters": [envoy_generated, _status_at_least(400), *extra]}}
+            if extra
+            else {"and_filter": {"filters": [envoy_generated, _status_at_least(400)]}},
+            "body_format_override": formats[api],
+        }
+        for extra, api in rules
+    ]
+
+
+def _cel(expression: str) -> dict[str, Any]:
+    return {
+        "extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": {
+                "@type": _P + "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                "expression": expression,
+            },
         }
     }
-    envoy_generated = {"response_flag_filter": {}}  # any response flag: a reply Envoy made itself
-    mappers = []
-    for status_filter, anthropic_type, openai_type in (
-        (
-            {"comparison": {"op": "EQ", "value": {"default_value": 413, "runtime_key": "ccr.413"}}},
-            "request_too_large",
-            "invalid_request_error",
-        ),
-        (
-            {"comparison": {"op": "GE", "value": {"default_value": 500, "runtime_key": "ccr.5xx"}}},
-            "api_error",
-            "server_error",
-        ),
-        (
-            {"comparison": {"op": "GE", "value": {"default_value": 400, "runtime_key": "ccr.4xx"}}},
-            "invalid_request_error",
-            "invalid_request_error",
-        ),
-    ):
-        status = {"status_code_filter": status_filter}
-        mappers.append(
-            {
-                "filter": {"and_filter": {"filters": [status, envoy_generated, openai_paths]}},
-                "body_format_override": {
-                    "json_format": {
-                        "error": {
-                            "message": "%LOCAL_REPLY_BODY%",
-                            "type": openai_type,
-                            "param": None,
-                            "code": "%RESPONSE_CODE_DETAILS%",
-                        }
-                    },
-                    "content_type": "application/json",
-                },
-            }
-        )
-        mappers.append(
-            {
-                "filter": {"and_filter": {"filters": [status, envoy_generated]}},
-                "body_format_override": {
-                    "json_format": {
-                        "type": "error",
-                        "error": {"type": anthropic_type, "message": "%LOCAL_REPLY_BODY%"},
-                    },
-                    "content_type": "application/json",
-                },
-            }
-        )
-    return mappers
+
+
+def _status_at_least(code: int) -> dict[str, Any]:
+    return {
+        "status_code_filter": {"comparison": {"op": "GE", "value": {"default_value": code, "runtime_key": "ccr.x"}}}
+    }
+
+
+def _json_body(body: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "json_format": body,
+        "content_type": "application/json",
+    }
 
 
 def extproc_filter() -> dict[str, Any]:
@@ -287,7 +306,7 @@ def listener(policy: GatewayPolicy) -> Listener:
         "normalize_path": True,
         "merge_slashes": True,
         "access_log": [_access_log()],
-        "local_reply_config": {"mappers": _error_mappers()},
+        "local_reply_config": {"mappers": _error_mappers(policy.max_request_bytes)},
     }
     return _parse(
         Listener(),

@@ -1,0 +1,210 @@
+"""Run the real thing for end-to-end tests: `ccr-gateway up` (control plane + ext_proc + Envoy)
+plus the fake provider, each as a subprocess, on free local ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 10):
+    """(status, headers, body) without raising on HTTP errors."""
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def wait_until(check, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass
+class FakeProvider:
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def requests(self) -> list[dict]:
+        return json.loads(http("GET", f"{self.url}/_fake/requests")[2])
+
+    def clear(self) -> None:
+        http("DELETE", f"{self.url}/_fake/requests")
+
+    def configure(self, **settings: object) -> None:
+        http("POST", f"{self.url}/_fake/config", json.dumps(settings).encode(), {"content-type": "application/json"})
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+    @classmethod
+    def start(cls, log_dir: Path, port: int | None = None) -> FakeProvider:
+        port = port or free_port()
+        log = open(log_dir / f"fake-provider-{port}.log", "wb")  # noqa: SIM115 (lives as long as the process)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "control_plane.cli", "fake-provider", "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        provider = cls(port, process)
+        wait_until(
+            lambda: http("GET", f"{provider.url}/healthz", timeout=1)[0] == 200 if _open(port) else False,
+            15,
+            "fake provider",
+        )
+        return provider
+
+
+def _open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def base_policy(listener_port: int, fake: FakeProvider, max_request_bytes: int = 1 << 20) -> dict:
+    return {
+        "listener": {"address": "127.0.0.1", "port": listener_port},
+        "limits": {"max_request_bytes": max_request_bytes},
+        "providers": [
+            {
+                "name": "fake-anthropic",
+                "api": "anthropic",
+                "base_url": fake.url,
+                "api_key_env": "CCR_TEST_ANTHROPIC_KEY",
+                "models": [
+                    {
+                        "name": "claude-sonnet-4-5",
+                        "id": "fake-sonnet",
+                        "max_output_tokens": 64000,
+                        "capabilities": ["tools", "vision", "thinking"],
+                    },
+                    "claude-haiku-4-5",
+                ],
+            },
+            {
+                "name": "fake-openai",
+                "api": "openai",
+                "base_url": f"{fake.url}/v1",
+                "api_key_env": "CCR_TEST_OPENAI_KEY",
+                "models": [{"name": "gpt-4o", "id": "fake-gpt-4o", "max_output_tokens": 16384}],
+            },
+            {
+                # Nothing listens there: the provider is down.
+                "name": "unreachable",
+                "api": "anthropic",
+                "base_url": f"http://127.0.0.1:{free_port()}",
+                "models": ["claude-unreachable"],
+            },
+        ],
+    }
+
+
+PROVIDER_KEYS = {"CCR_TEST_ANTHROPIC_KEY": "sk-ant-provider-key", "CCR_TEST_OPENAI_KEY": "sk-openai-provider-key"}
+
+
+@dataclass
+class Gateway:
+    policy_path: Path
+    policy: dict
+    listener_port: int
+    admin_port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener_port}"
+
+    @property
+    def admin(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def write_policy(self, policy: dict | str) -> None:
+        """Replace the policy file atomically, as an editor or a ConfigMap update would."""
+        text = policy if isinstance(policy, str) else yaml.safe_dump(policy, sort_keys=False)
+        tmp = self.policy_path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.policy_path)
+        if isinstance(policy, dict):
+            self.policy = policy
+
+    def dynamic_clusters(self) -> set[str]:
+        dump = json.loads(http("GET", f"{self.admin}/config_dump?resource=dynamic_active_clusters")[2])
+        return {c["cluster"]["name"] for c in dump.get("configs", [])}
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+    @classmethod
+    def start(cls, directory: Path, policy: dict, name: str = "gateway") -> Gateway:
+        policy_path = directory / f"{name}.yaml"
+        policy_path.write_text(yaml.safe_dump(policy, sort_keys=False))
+        admin_port = free_port()
+        log_path = directory / f"{name}.log"
+        env = {**os.environ, **PROVIDER_KEYS}
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "control_plane.cli",
+                "up",
+                "-c",
+                str(policy_path),
+                "--admin-port",
+                str(admin_port),
+                "--timeout",
+                "60",
+            ],
+            stdout=open(log_path, "wb"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        gateway = cls(policy_path, policy, policy["listener"]["port"], admin_port, process, log_path)
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"ccr-gateway up exited ({process.returncode}):\n{gateway.log()}")
+            return "is ready on" in gateway.log()
+
+        wait_until(ready, 60, "ccr-gateway up")
+        return gateway
