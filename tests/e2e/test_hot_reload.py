@@ -45,7 +45,12 @@ class Traffic:
 def _with_extra_provider(policy: dict, fake: FakeProvider) -> dict:
     edited = copy.deepcopy(policy)
     edited["providers"].append(
-        {"name": "fake-extra", "api": "anthropic", "base_url": fake.url, "models": [{"name": "extra-model", "id": "x1"}]}
+        {
+            "name": "fake-extra",
+            "api": "anthropic",
+            "base_url": fake.url,
+            "models": [{"name": "extra-model", "id": "x1"}],
+        }
     )
     return edited
 
@@ -64,11 +69,15 @@ def test_adding_and_removing_a_provider_under_load_fails_no_request(gateway: Gat
             assert all(_ask(gateway, "extra-model") == 200 for _ in range(20))
             gateway.write_policy(original)
             statuses = []
-            wait_until(lambda: statuses.append(_ask(gateway, "extra-model")) or statuses[-1] == 404, 10,
-                       "the removed provider to be gone")
+            wait_until(
+                lambda: statuses.append(_ask(gateway, "extra-model")) or statuses[-1] == 404,
+                10,
+                "the removed provider to be gone",
+            )
             assert set(statuses) <= {200, 404}, f"a request failed during removal: {statuses}"
-            wait_until(lambda: "provider_fake-extra" not in gateway.dynamic_clusters(), 10,
-                       "Envoy to drop the removed cluster")
+            wait_until(
+                lambda: "provider_fake-extra" not in gateway.dynamic_clusters(), 10, "Envoy to drop the removed cluster"
+            )
             time.sleep(0.3)
         for model, counts in traffic.statuses.items():
             assert set(counts) == {200}, f"{model}: {dict(counts)}"
@@ -84,8 +93,11 @@ def test_an_invalid_edit_is_rejected_and_traffic_continues(gateway: Gateway):
     try:
         with Traffic(gateway, ["claude-sonnet-4-5"], threads=2) as traffic:
             gateway.write_policy(broken)
-            wait_until(lambda: "must be one of anthropic, openai, gemini (got 'openia')" in gateway.log(), 10,
-                       "the rejection to be logged")
+            wait_until(
+                lambda: "must be one of anthropic, openai, gemini (got 'openia')" in gateway.log(),
+                10,
+                "the rejection to be logged",
+            )
             assert f"{gateway.policy_path.name}:" in gateway.log()  # file:line:col precise
             gateway.write_policy("providers: [unclosed\n")
             wait_until(lambda: "invalid YAML" in gateway.log(), 10, "the YAML error to be logged")

@@ -57,16 +57,18 @@ def body(data: bytes | dict) -> ProcessingRequest:
 
 def response_headers(status: int = 200) -> ProcessingRequest:
     return ProcessingRequest(
-        response_headers=HttpHeaders(headers=HeaderMap(headers=[HeaderValue(key=":status", raw_value=str(status).encode())]))
+        response_headers=HttpHeaders(
+            headers=HeaderMap(headers=[HeaderValue(key=":status", raw_value=str(status).encode())])
+        )
     )
 
 
-def set_headers_of(response) -> dict[str, str]:  # noqa: ANN001
+def set_headers_of(response) -> dict[str, str]:
     mutation = response.request_body.response.header_mutation
     return {h.header.key: h.header.raw_value.decode() for h in mutation.set_headers}
 
 
-def immediate_json(response) -> tuple[int, dict]:  # noqa: ANN001
+def immediate_json(response) -> tuple[int, dict]:
     assert response.HasField("immediate_response"), response
     return response.immediate_response.status.code, orjson.loads(response.immediate_response.body)
 
@@ -76,9 +78,13 @@ MESSAGE = {"model": "claude-sonnet-4-5", "max_tokens": 100000, "messages": [{"ro
 
 def test_anthropic_request_is_routed_rewritten_and_the_client_key_stripped(state):
     processor = RequestProcessor(state)
-    first = processor.handle(headers("POST", "/v1/messages?beta=true", **{"x-api-key": "client-key",
-                                                                           "anthropic-version": "2023-06-01",
-                                                                           "x-ccr-cluster": "spoofed"}))
+    first = processor.handle(
+        headers(
+            "POST",
+            "/v1/messages?beta=true",
+            **{"x-api-key": "client-key", "anthropic-version": "2023-06-01", "x-ccr-cluster": "spoofed"},
+        )
+    )
     assert first.HasField("request_headers") and not first.request_headers.HasField("response")
     response = processor.handle(body(MESSAGE))
     common = response.request_body.response
@@ -178,20 +184,20 @@ class _Upper:
 
     rewrites_response = True
 
-    def request(self, body, target):  # noqa: ANN001, ANN201
+    def request(self, body, target):
         from extproc.translate.base import UpstreamRequest
 
         return UpstreamRequest(path="/x", body=b"{}")
 
-    def response_headers(self, status, headers):  # noqa: ANN001, ANN201
+    def response_headers(self, status, headers):
         return (("content-type", "text/event-stream"),)
 
-    def response_body(self, chunk, end_of_stream):  # noqa: ANN001, ANN201
+    def response_body(self, chunk, end_of_stream):
         from extproc.translate.base import TranslatedChunk
 
         return TranslatedChunk(body=chunk.upper())
 
-    def response_error(self, status, body):  # noqa: ANN001, ANN201
+    def response_error(self, status, body):
         from extproc.translate.base import TranslatedBody
 
         return TranslatedBody(status=status, body=b"translated error")
@@ -221,7 +227,7 @@ def test_translated_errors_are_buffered_and_rewritten(state, monkeypatch):
 
 
 def test_a_bug_in_a_phase_fails_closed_in_the_client_format(state, monkeypatch):
-    def explode(client, provider):  # noqa: ANN001, ANN202
+    def explode(client, provider):
         raise RuntimeError("boom")
 
     monkeypatch.setattr("extproc.processor.translator_for", explode)

@@ -12,7 +12,15 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_generated_policy_code_is_up_to_date(tmp_path):
     proto = "ccr/v1/policy.proto"
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", "-Iprotos", f"--python_out={tmp_path}", f"--pyi_out={tmp_path}", f"protos/{proto}"],
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-Iprotos",
+            f"--python_out={tmp_path}",
+            f"--pyi_out={tmp_path}",
+            f"protos/{proto}",
+        ],
         cwd=ROOT,
         check=True,
     )

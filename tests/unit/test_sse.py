@@ -10,9 +10,9 @@ from extproc.sse import SSEDecoder, SSEEvent, encode_event
 
 STREAM = (
     b": keep-alive comment\n"
-    b"event: message_start\ndata: {\"a\": 1}\n\n"
+    b'event: message_start\ndata: {"a": 1}\n\n'
     b"data: multi\ndata: line\n\n"
-    b"event: content_block_delta\ndata: {\"text\": \"caf\xc3\xa9 \xe2\x9c\x93 \xf0\x9f\x98\x80\"}\n\n"
+    b'event: content_block_delta\ndata: {"text": "caf\xc3\xa9 \xe2\x9c\x93 \xf0\x9f\x98\x80"}\n\n'
     b"id: 7\ndata:no-space\n\n"
     b"data: [DONE]\n\n"
 )
@@ -63,9 +63,16 @@ def test_an_event_without_its_final_blank_line_is_delivered_at_close():
     assert decode([b"data: tail"]) == [SSEEvent(data="tail")]
 
 
-@given(st.lists(st.tuples(st.text(alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=30),
-                          st.none() | st.from_regex(r"[a-z_]{1,12}", fullmatch=True)), max_size=8),
-       st.lists(st.integers(min_value=0, max_value=500), max_size=6))
+@given(
+    st.lists(
+        st.tuples(
+            st.text(alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=30),
+            st.none() | st.from_regex(r"[a-z_]{1,12}", fullmatch=True),
+        ),
+        max_size=8,
+    ),
+    st.lists(st.integers(min_value=0, max_value=500), max_size=6),
+)
 def test_decode_of_encode_is_identity(events, points):
     encoded = b"".join(encode_event(data, event) for data, event in events)
     assert decode(split_at(encoded, points)) == [SSEEvent(data=d, event=e) for d, e in events]

@@ -1,0 +1,577 @@
+"""Anthropic Messages client -> Google Gemini ``generateContent`` provider.
+
+Request: system -> ``systemInstruction``; messages -> ``contents`` (user/model; consecutive messages
+of one role merged, empty ones dropped); text/image/document blocks -> text/inlineData/fileData parts;
+assistant ``tool_use`` -> ``functionCall`` (with its id, plus ``SKIP_SIGNATURE`` on the first call of
+a turn); ``tool_result`` -> ``functionResponse`` named after the earlier ``tool_use`` with that id;
+tools -> ``functionDeclarations`` with cleaned schemas, the web_search server tool -> ``googleSearch``
+(Gemini 2.x refuses googleSearch next to function declarations; Gemini 3 accepts both);
+tool_choice -> ``toolConfig``; max_tokens (clamped) / temperature / top_p / top_k / stop_sequences /
+thinking -> ``generationConfig``. Thinking blocks in the history are dropped (their signatures are not
+Gemini's), as are Anthropic server-tool blocks (web_search_tool_result etc.: Gemini cannot replay
+another provider's server tools) and Anthropic-only fields (metadata, context_management,
+output_config, service_tier, cache_control, citations).
+
+Response: Gemini parts -> text / thinking / tool_use blocks. Thinking blocks carry ``signature: ""``:
+Gemini's ``thoughtSignature`` is not an Anthropic signature and none is invented. Tool-use ids are
+``toolu_<turn>_<index>_<name>`` (see ``gemini_common.tool_id``); the message id is
+``msg_<responseId>``. Streams: one ``message_start`` (usage
+from the first chunk, or an estimate from the request size), ``ping``, blocks opened and closed in
+order (each function call is one block with ONE ``input_json_delta`` holding its full arguments),
+then ``message_delta`` with the exact usage and ``message_stop``. An error payload mid-stream ends
+the stream with an ``event: error`` frame.
+
+One instance per request; not thread-safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from extproc.errors import error_body
+from extproc.sse import encode_event
+from extproc.translate import gemini_common as g
+from extproc.translate.base import (
+    Api,
+    ClientRequestError,
+    Target,
+    TranslatedBody,
+    TranslatedChunk,
+    UpstreamRequest,
+    Usage,
+)
+from extproc.translate.gemini_schema import declaration, memoized_tools
+
+# History blocks Gemini cannot take and that carry nothing the model needs from us.
+_DROPPED_BLOCKS = frozenset(
+    {
+        "thinking",
+        "redacted_thinking",
+        "server_tool_use",
+        "web_search_tool_result",
+        "web_fetch_tool_result",
+        "code_execution_tool_result",
+        "bash_code_execution_tool_result",
+        "text_editor_code_execution_tool_result",
+        "tool_search_tool_result",
+        "mcp_tool_use",
+        "mcp_tool_result",
+        "container_upload",
+    }
+)
+_TOOL_CHOICE_MODES = {"auto": "AUTO", "any": "ANY", "none": "NONE"}
+
+_PING = encode_event(b'{"type":"ping"}', "ping")
+_MESSAGE_STOP = encode_event(b'{"type":"message_stop"}', "message_stop")
+_DELTA_EVENT = "content_block_delta"
+
+
+def _stop_reason(finish: str | None, calls: int) -> str:
+    if finish == "MAX_TOKENS":
+        return "max_tokens"
+    if finish in g.REFUSALS:
+        return "refusal"
+    return "tool_use" if calls else "end_turn"
+
+
+class AnthropicToGemini:
+    client_api = Api.ANTHROPIC
+    provider_api = Api.GEMINI
+    rewrites_response = True
+
+    def __init__(self) -> None:
+        self._model = ""
+        self._stream = False
+        self._turn = 0  # assistant turns in the request history: part of generated tool ids
+        self._estimate = 0  # input tokens guessed from the request size, for message_start
+        self._reader = g.GeminiReader()
+        self._buffer: list[bytes] = []  # non-stream body pieces
+        self._block: str | None = None  # kind of the open content block ("text" / "thinking")
+        self._index = -1  # index of the last content block opened
+        self._closed = False  # message_stop or error sent
+
+    # -- request ---------------------------------------------------------------------------------
+
+    def request(self, body: Mapping[str, Any], target: Target) -> UpstreamRequest:
+        if not isinstance(body, Mapping):
+            raise ClientRequestError("request body must be a JSON object")
+        self._model = target.model
+        self._stream = target.stream
+        contents, self._turn = _contents(body.get("messages"))
+        out: dict[str, Any] = {"contents": contents}
+        system = _system(body.get("system"))
+        if system:
+            out["systemInstruction"] = {"parts": system}
+        tools = body.get("tools")
+        if tools is not None:
+            if not isinstance(tools, list):
+                raise ClientRequestError("tools: must be an array")
+            converted = memoized_tools("anthropic", tools, _tools) if tools else None
+            if converted is not None:
+                out["tools"] = converted
+                config = _tool_config(body.get("tool_choice"))
+                if config is not None:
+                    out["toolConfig"] = config
+        generation = _generation_config(body, target)
+        if generation:
+            out["generationConfig"] = generation
+        raw = orjson.dumps(out)
+        self._estimate = max(1, len(raw) // 4)
+        return UpstreamRequest(path=g.upstream_path(target), body=raw)
+
+    # -- response --------------------------------------------------------------------------------
+
+    def response_headers(self, status: int, headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+        return g.content_type(self._stream, status)
+
+    def response_body(self, chunk: bytes, end_of_stream: bool) -> TranslatedChunk:
+        if not self._stream:
+            self._buffer.append(chunk)
+            if not end_of_stream:
+                return TranslatedChunk(body=b"")
+            return self._message(b"".join(self._buffer))
+        if self._closed:
+            return TranslatedChunk(body=b"")
+        out: list[bytes] = []
+        usage = None
+        for event in self._reader.feed_sse(chunk, end_of_stream):
+            usage = self._render(event, out) or usage
+        if end_of_stream and not self._closed:
+            if self._reader.started:
+                usage = self._finish(out)
+            else:
+                self._error(502, "upstream closed the stream without sending a response", out)
+        return TranslatedChunk(body=b"".join(out), usage=usage)
+
+    def response_error(self, status: int, body: bytes) -> TranslatedBody:
+        return TranslatedBody(status=status, body=error_body(Api.ANTHROPIC, status, g.error_message(body)))
+
+    def _message(self, body: bytes) -> TranslatedChunk:
+        reader = self._reader
+        blocks: list[dict[str, Any]] = []
+        for event in reader.whole(body):
+            kind = event[0]
+            if kind == g.TEXT or kind == g.THOUGHT:
+                key = "text" if kind == g.TEXT else "thinking"
+                if blocks and blocks[-1]["type"] == key:
+                    blocks[-1][key] += event[1]
+                elif kind == g.TEXT:
+                    blocks.append({"type": "text", "text": event[1]})
+                else:
+                    blocks.append({"type": "thinking", "thinking": event[1], "signature": ""})
+            elif kind == g.CALL:
+                _, index, name, args = event
+                tid = g.tool_id("toolu_", self._turn, index, name)
+                blocks.append({"type": "tool_use", "id": tid, "name": name, "input": args})
+        usage = g.usage_of(reader.meta)
+        message = {
+            "id": "msg_" + (reader.response_id or "gemini"),
+            "type": "message",
+            "role": "assistant",
+            "model": reader.model or self._model,
+            "content": blocks,
+            "stop_reason": _stop_reason(reader.finish, reader.calls),
+            "stop_sequence": None,
+            "usage": _usage_json(usage),
+        }
+        return TranslatedChunk(body=orjson.dumps(message), usage=usage)
+
+    def _render(self, event: tuple[Any, ...], out: list[bytes]) -> Usage | None:
+        kind = event[0]
+        if kind == g.TEXT or kind == g.THOUGHT:
+            self._delta(kind, event[1], out)
+        elif kind == g.CALL:
+            _, index, name, args = event
+            self._close_block(out)
+            self._index += 1
+            idx = self._index
+            tid = g.tool_id("toolu_", self._turn, index, name)
+            start = {"type": "tool_use", "id": tid, "name": name, "input": {}}
+            out.append(_frame({"type": "content_block_start", "index": idx, "content_block": start}))
+            delta = {"type": "input_json_delta", "partial_json": orjson.dumps(args).decode()}
+            out.append(_frame({"type": _DELTA_EVENT, "index": idx, "delta": delta}))
+            out.append(_stop_frame(idx))
+        elif kind == g.START:
+            self._start(event[1], out)
+        elif kind == g.FINISH:
+            return self._finish(out)
+        elif kind == g.ERROR:
+            self._error(event[1], event[2], out)
+        return None
+
+    def _start(self, meta: dict[str, Any] | None, out: list[bytes]) -> None:
+        reader = self._reader
+        usage = g.usage_of(meta)
+        if not usage.input_tokens and not usage.cache_read_input_tokens:
+            usage = Usage(input_tokens=self._estimate)  # no prompt count yet: the size estimate
+        start_usage = _usage_json(usage)
+        start_usage["output_tokens"] = 0
+        message = {
+            "id": "msg_" + (reader.response_id or "gemini"),
+            "type": "message",
+            "role": "assistant",
+            "model": reader.model or self._model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": start_usage,
+        }
+        out.append(_frame({"type": "message_start", "message": message}))
+        out.append(_PING)
+
+    def _delta(self, kind: int, text: str, out: list[bytes]) -> None:
+        block = "text" if kind == g.TEXT else "thinking"
+        if self._block != block:
+            self._close_block(out)
+            self._index += 1
+            self._block = block
+            start = {"type": "text", "text": ""} if block == "text" else _EMPTY_THINKING
+            out.append(_frame({"type": "content_block_start", "index": self._index, "content_block": start}))
+        # Hand-built JSON: this runs for every streamed text piece.
+        field = b'"text_delta","text":' if block == "text" else b'"thinking_delta","thinking":'
+        data = b'{"type":"content_block_delta","index":%d,"delta":{"type":%s%s}}' % (
+            self._index,
+            field,
+            orjson.dumps(text),
+        )
+        out.append(encode_event(data, _DELTA_EVENT))
+
+    def _close_block(self, out: list[bytes]) -> None:
+        if self._block is not None:
+            out.append(_stop_frame(self._index))
+            self._block = None
+
+    def _finish(self, out: list[bytes]) -> Usage:
+        self._close_block(out)
+        reader = self._reader
+        usage = g.usage_of(reader.meta)
+        delta = {"stop_reason": _stop_reason(reader.finish, reader.calls), "stop_sequence": None}
+        out.append(_frame({"type": "message_delta", "delta": delta, "usage": _usage_json(usage)}))
+        out.append(_MESSAGE_STOP)
+        self._closed = True
+        return usage
+
+    def _error(self, status: int, message: str, out: list[bytes]) -> None:
+        # An error frame ends the stream: the SDKs raise on it, so nothing may follow.
+        out.append(encode_event(error_body(Api.ANTHROPIC, status, message), "error"))
+        self._closed = True
+
+
+_EMPTY_THINKING = {"type": "thinking", "thinking": "", "signature": ""}
+
+
+def _frame(event: dict[str, Any]) -> bytes:
+    return encode_event(orjson.dumps(event), event["type"])
+
+
+def _stop_frame(index: int) -> bytes:
+    return encode_event(b'{"type":"content_block_stop","index":%d}' % index, "content_block_stop")
+
+
+def _usage_json(usage: Usage) -> dict[str, Any]:
+    return {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_read_input_tokens": usage.cache_read_input_tokens,
+        "cache_creation_input_tokens": 0,
+    }
+
+
+# -- request helpers ------------------------------------------------------------------------------
+
+
+def _system(system: Any) -> list[dict[str, Any]]:
+    if system is None:
+        return []
+    if isinstance(system, str):
+        return [{"text": system}] if system else []
+    if not isinstance(system, list):
+        raise ClientRequestError("system: must be a string or an array of text blocks")
+    parts = []
+    for i, block in enumerate(system):
+        if not isinstance(block, dict) or block.get("type") != "text":
+            raise ClientRequestError(f"system.{i}: must be a text block")
+        text = block.get("text")
+        if not isinstance(text, str):
+            raise ClientRequestError(f"system.{i}.text: must be a string")
+        if text:
+            parts.append({"text": text})
+    return parts
+
+
+def _contents(messages: Any) -> tuple[list[dict[str, Any]], int]:
+    """-> (contents, number of assistant turns)."""
+    if not isinstance(messages, list) or not messages:
+        raise ClientRequestError("messages: must be a non-empty array")
+    contents: list[dict[str, Any]] = []
+    names: dict[str, str] = {}  # tool_use id -> tool name, for the functionResponse that answers it
+    turns = 0
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise ClientRequestError(f"messages.{i}: must be an object")
+        role = message.get("role")
+        if role == "assistant":
+            turns += 1
+            parts = _assistant_parts(message.get("content"), i, names)
+            role = "model"
+        elif role == "user":
+            parts = _user_parts(message.get("content"), i, names)
+        else:
+            raise ClientRequestError(f"messages.{i}.role: must be 'user' or 'assistant'")
+        if not parts:
+            continue  # Gemini rejects a content without parts (e.g. a turn that was only thinking)
+        if contents and contents[-1]["role"] == role:
+            contents[-1]["parts"].extend(parts)
+        else:
+            contents.append({"role": role, "parts": parts})
+    if not contents:
+        raise ClientRequestError("messages: no message has any content Gemini can take")
+    return contents, turns
+
+
+def _blocks(content: Any, i: int) -> list[Any]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if not isinstance(content, list):
+        raise ClientRequestError(f"messages.{i}.content: must be a string or an array of content blocks")
+    return content
+
+
+def _assistant_parts(content: Any, i: int, names: dict[str, str]) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = []
+    signed = False
+    for j, block in enumerate(_blocks(content, i)):
+        btype = _block_type(block, i, j)
+        if btype == "text":
+            text = _text(block, i, j)
+            if text:
+                parts.append({"text": text})
+        elif btype == "tool_use":
+            tid, name, args = block.get("id"), block.get("name"), block.get("input", {})
+            if not isinstance(tid, str) or not tid:
+                raise ClientRequestError(f"messages.{i}.content.{j}.id: must be a non-empty string")
+            if not isinstance(name, str) or not name:
+                raise ClientRequestError(f"messages.{i}.content.{j}.name: must be a non-empty string")
+            if not isinstance(args, dict):
+                raise ClientRequestError(f"messages.{i}.content.{j}.input: must be an object")
+            names[tid] = name
+            part: dict[str, Any] = {"functionCall": {"id": tid, "name": name, "args": args}}
+            if not signed:
+                part["thoughtSignature"] = g.SKIP_SIGNATURE
+                signed = True
+            parts.append(part)
+        elif btype in _DROPPED_BLOCKS:
+            continue
+        elif btype in ("image", "document", "search_result"):
+            parts.extend(_media_parts(block, btype, f"messages.{i}.content.{j}"))
+        else:
+            raise ClientRequestError(f"messages.{i}.content.{j}: unknown block type {btype!r}")
+    return parts
+
+
+def _user_parts(content: Any, i: int, names: dict[str, str]) -> list[dict[str, Any]]:
+    parts: list[dict[str, Any]] = []
+    for j, block in enumerate(_blocks(content, i)):
+        btype = _block_type(block, i, j)
+        path = f"messages.{i}.content.{j}"
+        if btype == "text":
+            text = _text(block, i, j)
+            if text:
+                parts.append({"text": text})
+        elif btype in ("image", "document", "search_result"):
+            parts.extend(_media_parts(block, btype, path))
+        elif btype == "tool_result":
+            parts.extend(_tool_result(block, path, names))
+        elif btype in _DROPPED_BLOCKS:
+            continue
+        elif btype == "tool_use":
+            raise ClientRequestError(f"{path}: tool_use blocks belong in assistant messages")
+        else:
+            raise ClientRequestError(f"{path}: unknown block type {btype!r}")
+    return parts
+
+
+def _block_type(block: Any, i: int, j: int) -> str:
+    if not isinstance(block, dict):
+        raise ClientRequestError(f"messages.{i}.content.{j}: must be an object")
+    btype = block.get("type")
+    if not isinstance(btype, str):
+        raise ClientRequestError(f"messages.{i}.content.{j}.type: must be a string")
+    return btype
+
+
+def _text(block: dict[str, Any], i: int, j: int) -> str:
+    text = block.get("text")
+    if not isinstance(text, str):
+        raise ClientRequestError(f"messages.{i}.content.{j}.text: must be a string")
+    return text
+
+
+def _media_parts(block: dict[str, Any], btype: str, path: str) -> list[dict[str, Any]]:
+    if btype == "search_result":
+        pieces = [block.get("title"), block.get("source")]
+        pieces += [b.get("text") for b in block.get("content") or () if isinstance(b, dict)]
+        text = "\n".join(p for p in pieces if isinstance(p, str) and p)
+        return [{"text": text}] if text else []
+    source = block.get("source")
+    if not isinstance(source, dict):
+        raise ClientRequestError(f"{path}.source: must be an object")
+    stype = source.get("type")
+    if stype == "base64":
+        data, mime = source.get("data"), source.get("media_type")
+        if not isinstance(data, str) or not isinstance(mime, str) or not mime:
+            raise ClientRequestError(f"{path}.source: base64 sources need string data and media_type")
+        return [{"inlineData": {"mimeType": mime, "data": data}}]
+    if stype == "url":
+        url = source.get("url")
+        if not isinstance(url, str) or not url:
+            raise ClientRequestError(f"{path}.source.url: must be a non-empty string")
+        default = "image/jpeg" if btype == "image" else "application/pdf"
+        return [{"fileData": {"mimeType": g.guess_mime(url, default), "fileUri": url}}]
+    if btype == "document" and stype == "text":
+        data = source.get("data")
+        if not isinstance(data, str):
+            raise ClientRequestError(f"{path}.source.data: must be a string")
+        return [{"text": data}] if data else []
+    if btype == "document" and stype == "content":
+        inner = source.get("content")
+        if isinstance(inner, str):
+            return [{"text": inner}] if inner else []
+        if not isinstance(inner, list):
+            raise ClientRequestError(f"{path}.source.content: must be a string or an array")
+        return [p for k, b in enumerate(inner) for p in _nested_part(b, f"{path}.source.content.{k}")]
+    if stype == "file":
+        raise ClientRequestError(f"{path}.source: file_id sources cannot be sent to a Gemini model")
+    raise ClientRequestError(f"{path}.source.type: unknown source type {stype!r}")
+
+
+def _nested_part(block: Any, path: str) -> list[dict[str, Any]]:
+    """A block inside a tool_result or a content document: text, image or document."""
+    if not isinstance(block, dict):
+        raise ClientRequestError(f"{path}: must be an object")
+    btype = block.get("type")
+    if btype == "text":
+        text = block.get("text")
+        if not isinstance(text, str):
+            raise ClientRequestError(f"{path}.text: must be a string")
+        return [{"text": text}] if text else []
+    if btype in ("image", "document", "search_result"):
+        return _media_parts(block, btype, path)
+    raise ClientRequestError(f"{path}: unknown block type {btype!r}")
+
+
+def _tool_result(block: dict[str, Any], path: str, names: dict[str, str]) -> list[dict[str, Any]]:
+    tid = block.get("tool_use_id")
+    if not isinstance(tid, str):
+        raise ClientRequestError(f"{path}.tool_use_id: must be a string")
+    name = names.get(tid)
+    if name is None:
+        raise ClientRequestError(f"{path}.tool_use_id: {tid!r} answers no earlier tool_use block")
+    content = block.get("content", "")
+    extra: list[dict[str, Any]] = []
+    if isinstance(content, str):
+        text = content
+    elif isinstance(content, list):
+        texts = []
+        for k, inner in enumerate(content):
+            for part in _nested_part(inner, f"{path}.content.{k}"):
+                if "text" in part:
+                    texts.append(part["text"])
+                else:
+                    extra.append(part)  # images etc. follow the response as ordinary parts
+        text = "\n".join(texts)
+    else:
+        raise ClientRequestError(f"{path}.content: must be a string or an array of blocks")
+    key = "error" if block.get("is_error") is True else "content"
+    response = {"id": tid, "name": name, "response": {key: text}}
+    return [{"functionResponse": response}, *extra]
+
+
+def _tools(tools: list[Any]) -> list[dict[str, Any]]:
+    declarations: list[dict[str, Any]] = []
+    search = False
+    for k, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise ClientRequestError(f"tools.{k}: must be an object")
+        ttype = tool.get("type")
+        if ttype is None or ttype == "custom":
+            name = tool.get("name")
+            if not isinstance(name, str) or not name:
+                raise ClientRequestError(f"tools.{k}.name: must be a non-empty string")
+            schema = tool.get("input_schema")
+            if schema is not None and not isinstance(schema, dict):
+                raise ClientRequestError(f"tools.{k}.input_schema: must be an object")
+            declarations.append(declaration(name, tool.get("description"), schema))
+        elif isinstance(ttype, str) and ttype.startswith("web_search_"):
+            search = True
+        else:
+            raise ClientRequestError(f"tools.{k}: tool type {ttype!r} is not supported by Gemini models")
+    out: list[dict[str, Any]] = []
+    if declarations:
+        out.append({"functionDeclarations": declarations})
+    if search:
+        out.append({"googleSearch": {}})
+    return out
+
+
+def _tool_config(choice: Any) -> dict[str, Any] | None:
+    if choice is None:
+        return None
+    if not isinstance(choice, dict):
+        raise ClientRequestError("tool_choice: must be an object")
+    ctype = choice.get("type")
+    if ctype == "tool":
+        name = choice.get("name")
+        if not isinstance(name, str) or not name:
+            raise ClientRequestError("tool_choice.name: must be a non-empty string")
+        return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [name]}}
+    mode = _TOOL_CHOICE_MODES.get(ctype) if isinstance(ctype, str) else None
+    if mode is None:
+        raise ClientRequestError(f"tool_choice.type: unknown tool choice {ctype!r}")
+    return {"functionCallingConfig": {"mode": mode}}
+
+
+def _generation_config(body: Mapping[str, Any], target: Target) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    max_tokens = g.clamp_max_tokens(body.get("max_tokens"), target, "max_tokens")
+    if max_tokens is not None:
+        config["maxOutputTokens"] = max_tokens
+    for key, name in (("temperature", "temperature"), ("top_p", "topP")):
+        value = g.number(body, key)
+        if value is not None:
+            config[name] = value
+    top_k = g.number(body, "top_k", integer=True)
+    if top_k is not None:
+        config["topK"] = top_k
+    stops = body.get("stop_sequences")
+    if stops is not None:
+        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+            raise ClientRequestError("stop_sequences: must be an array of strings")
+        stops = [s for s in stops if s][: g.MAX_STOP_SEQUENCES]
+        if stops:
+            config["stopSequences"] = stops
+    thinking = body.get("thinking")
+    if thinking is not None:
+        budget = _thinking_budget(thinking)
+        if budget is not None and "thinking" in target.capabilities:
+            config["thinkingConfig"] = g.thinking_config(budget, max_tokens)
+    return config
+
+
+def _thinking_budget(thinking: Any) -> int | None:
+    if not isinstance(thinking, dict):
+        raise ClientRequestError("thinking: must be an object")
+    ttype = thinking.get("type")
+    if ttype == "enabled":
+        budget = thinking.get("budget_tokens")
+        if not isinstance(budget, int) or isinstance(budget, bool) or budget < 0:
+            raise ClientRequestError("thinking.budget_tokens: must be a non-negative integer")
+        return budget
+    if ttype == "adaptive":
+        return -1  # Gemini's dynamic thinking
+    if ttype == "disabled":
+        return None
+    raise ClientRequestError(f"thinking.type: unknown thinking type {ttype!r}")

@@ -1,0 +1,288 @@
+"""What both Gemini translators share: upstream paths, the Gemini response reader, usage, finish
+reasons, tool-call ids, media parts and error bodies.
+
+The reader (``GeminiReader``) turns Gemini's answer -- one JSON ``GenerateContentResponse``, or an SSE
+stream (``streamGenerateContent?alt=sse``) whose every ``data:`` is such a response holding only the
+new parts -- into a flat list of small tuples. Each client format then only renders those tuples:
+
+    (START, usage_metadata)   first payload seen (its usageMetadata or None); ``reader.model`` and
+                              ``reader.response_id`` are set. Render from the event, not from
+                              ``reader.meta``: a chunk may hold several payloads, and output must
+                              not depend on how the stream was split.
+    (TEXT, text)              visible text
+    (THOUGHT, text)           thought-summary text (``"thought": true`` parts)
+    (CALL, index, name, args) one complete function call (Gemini never splits a call across chunks)
+    (FINISH, reason)          Gemini ``finishReason`` (or a ``promptFeedback.blockReason``); last event
+    (ERROR, status, message)  an error payload, or a payload that is not a JSON object; last event
+
+Gemini has no ``[DONE]``: the stream ends with the chunk carrying ``finishReason`` (whose
+``usageMetadata`` is final) and the connection closing. Anything after FINISH or ERROR is ignored.
+Gemini's ``thoughtSignature`` is opaque and only Gemini can check it; it has no Anthropic or OpenAI
+field, so it is dropped (see ``SKIP_SIGNATURE`` for the way back).
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from extproc.sse import SSEDecoder
+from extproc.translate.base import ClientRequestError, Target, UpstreamProtocolError, Usage
+
+START, TEXT, THOUGHT, CALL, FINISH, ERROR = range(6)
+
+# Gemini 3 rejects a replayed model turn whose functionCall part lacks the thoughtSignature it was
+# generated with ("Function call is missing a thought_signature"). Clients of the Anthropic/OpenAI
+# formats cannot carry that signature back, so replayed calls carry the value Google documents for
+# history it did not generate (https://ai.google.dev/gemini-api/docs/thought-signatures); earlier
+# models accept it too. It goes on the first functionCall of each model turn, as Gemini puts it.
+SKIP_SIGNATURE = "skip_thought_signature_validator"
+
+# Finish reasons where the model declined or was stopped by a content filter.
+REFUSALS = frozenset({"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY", "OTHER_BLOCK"})
+_BLOCK_REASONS = {"SAFETY", "OTHER", "BLOCKLIST", "PROHIBITED_CONTENT", "IMAGE_SAFETY"}
+
+MAX_STOP_SEQUENCES = 5  # Gemini rejects more
+_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def upstream_path(target: Target) -> str:
+    if target.stream:
+        return f"{target.base_path}/models/{target.model}:streamGenerateContent?alt=sse"
+    return f"{target.base_path}/models/{target.model}:generateContent"
+
+
+def content_type(stream: bool, status: int) -> tuple[tuple[str, str], ...]:
+    """Client response headers. Gemini already answers with these types; they are set explicitly so
+    the client sees its own API's type whatever the upstream says. The processor drops
+    ``content-length`` whenever the body is rewritten, so it is not set here."""
+    if stream and 200 <= status < 300:
+        return (("content-type", "text/event-stream"),)
+    return (("content-type", "application/json"),)
+
+
+def tool_id(prefix: str, turn: int, index: int, name: str) -> str:
+    """A deterministic tool-call id: Gemini may not return ids. ``turn`` (the number of assistant
+    turns in the request history) keeps ids unique within a conversation; the name makes them
+    readable. Only ``[A-Za-z0-9_-]`` is used, as Anthropic requires of tool_use ids."""
+    return f"{prefix}{turn}_{index}_{_UNSAFE_ID_CHARS.sub('_', name)[:40]}"
+
+
+def clamp_max_tokens(value: Any, target: Target, field: str) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ClientRequestError(f"{field}: must be a positive integer")
+    if target.max_output_tokens is not None and value > target.max_output_tokens:
+        return target.max_output_tokens
+    return value
+
+
+def number(body: Mapping[str, Any], key: str, integer: bool = False) -> int | float | None:
+    """``body[key]`` checked to be a number (an integer if asked), or None when absent."""
+    value = body.get(key)
+    if value is None:
+        return None
+    kinds = int if integer else (int, float)
+    if not isinstance(value, kinds) or isinstance(value, bool):
+        raise ClientRequestError(f"{key}: must be a{'n integer' if integer else ' number'}")
+    return value
+
+
+def openai_usage(meta: dict[str, Any] | None) -> dict[str, Any]:
+    """Gemini ``usageMetadata`` -> OpenAI ``usage`` (prompt_tokens includes cached tokens there)."""
+    meta = meta or {}
+    prompt = _count(meta, "promptTokenCount") + _count(meta, "toolUsePromptTokenCount")
+    thoughts = _count(meta, "thoughtsTokenCount")
+    completion = _count(meta, "candidatesTokenCount") + thoughts
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": _count(meta, "cachedContentTokenCount")},
+        "completion_tokens_details": {"reasoning_tokens": thoughts},
+    }
+
+
+def thinking_config(budget: int, max_output_tokens: int | None) -> dict[str, Any]:
+    """``thinkingConfig`` with thought summaries on. Gemini counts thoughts against
+    ``maxOutputTokens`` (as Anthropic counts thinking against ``max_tokens``), so a budget that no
+    longer fits under a clamped limit is halved to leave room for the answer. -1 = dynamic."""
+    if max_output_tokens is not None and budget >= max_output_tokens:
+        budget = max_output_tokens // 2
+    return {"thinkingBudget": budget, "includeThoughts": True}
+
+
+def guess_mime(uri: str, default: str) -> str:
+    guessed, _ = mimetypes.guess_type(uri.split("?", 1)[0], strict=False)
+    return guessed or default
+
+
+def parse_data_url(url: str) -> tuple[str, str] | None:
+    """``data:<mime>;base64,<data>`` -> (mime, data); None for anything else."""
+    if not url.startswith("data:"):
+        return None
+    header, sep, data = url[5:].partition(",")
+    if not sep or not header.endswith(";base64"):
+        return None
+    return header[:-7].split(";", 1)[0] or "application/octet-stream", data
+
+
+def usage_of(meta: dict[str, Any] | None) -> Usage:
+    """Gemini ``usageMetadata`` -> Usage. ``promptTokenCount`` includes cached tokens, so they are
+    taken out of ``input_tokens`` (Anthropic's meaning); prompt tokens spent on tool use (e.g. Google
+    Search results) are input too. Thought tokens are billed as output."""
+    if not meta:
+        return Usage()
+    cached = _count(meta, "cachedContentTokenCount")
+    prompt = _count(meta, "promptTokenCount") + _count(meta, "toolUsePromptTokenCount")
+    output = _count(meta, "candidatesTokenCount") + _count(meta, "thoughtsTokenCount")
+    return Usage(input_tokens=max(prompt - cached, 0), output_tokens=output, cache_read_input_tokens=cached)
+
+
+def _count(meta: dict[str, Any], key: str) -> int:
+    value = meta.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def error_message(body: bytes) -> str:
+    """The ``message`` of a Gemini error body (``{"error": {...}}``, or a one-element list of it, as
+    non-SSE streaming errors come), else the body text itself."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        text = body.decode("utf-8", "replace").strip()
+        return text[:2000] or "upstream error"
+    if isinstance(parsed, list) and parsed:
+        parsed = parsed[0]
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        status = error.get("status")
+        return f"{status}: {error['message']}" if isinstance(status, str) and status else error["message"]
+    return body.decode("utf-8", "replace")[:2000] or "upstream error"
+
+
+class GeminiReader:
+    """Gemini response bytes -> flat events (see the module docstring). Not thread-safe."""
+
+    __slots__ = ("_decoder", "calls", "done", "finish", "meta", "model", "response_id", "started")
+
+    def __init__(self) -> None:
+        self._decoder = SSEDecoder()
+        self.started = False
+        self.done = False  # FINISH or ERROR was emitted
+        self.calls = 0  # function calls seen so far
+        self.finish: str | None = None
+        self.meta: dict[str, Any] | None = None  # latest usageMetadata (cumulative in Gemini)
+        self.model: str | None = None
+        self.response_id: str | None = None
+
+    def feed_sse(self, chunk: bytes, end_of_stream: bool) -> list[tuple[Any, ...]]:
+        events = self._decoder.feed(chunk) if chunk else []
+        if end_of_stream:
+            events.extend(self._decoder.close())
+        out: list[tuple[Any, ...]] = []
+        for event in events:
+            if self.done:
+                break
+            data = event.data
+            if not data or data == "[DONE]":
+                continue
+            try:
+                payload = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                out.append((ERROR, 502, "upstream sent a stream chunk that is not JSON"))
+                self.done = True
+                break
+            self.payload(payload, out)
+        return out
+
+    def whole(self, body: bytes) -> list[tuple[Any, ...]]:
+        """A buffered (non-stream) answer. The status line already went out as 2xx, so an answer
+        that is not a GenerateContentResponse is the provider breaking its API."""
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamProtocolError(f"Gemini answered with invalid JSON: {exc}") from None
+        if not isinstance(payload, dict):
+            raise UpstreamProtocolError("Gemini answered with JSON that is not an object")
+        if isinstance(payload.get("error"), dict):
+            raise UpstreamProtocolError(f"Gemini answered 2xx with an error: {error_message(body)}")
+        out: list[tuple[Any, ...]] = []
+        self.payload(payload, out)
+        if not self.done:
+            out.append((FINISH, None))
+            self.done = True
+        return out
+
+    def payload(self, payload: Any, out: list[tuple[Any, ...]]) -> None:
+        if not isinstance(payload, dict):
+            out.append((ERROR, 502, "upstream sent a stream chunk that is not a JSON object"))
+            self.done = True
+            return
+        error = payload.get("error")
+        if error is not None:
+            out.append(_error_event(error))
+            self.done = True
+            return
+        meta = payload.get("usageMetadata")
+        if isinstance(meta, dict):
+            self.meta = meta
+        if not self.started:
+            self.started = True
+            model, rid = payload.get("modelVersion"), payload.get("responseId")
+            self.model = model if isinstance(model, str) and model else None
+            self.response_id = rid if isinstance(rid, str) and rid else None
+            out.append((START, self.meta))
+        candidates = payload.get("candidates")
+        candidate = candidates[0] if isinstance(candidates, list) and candidates else None
+        if not isinstance(candidate, dict):
+            feedback = payload.get("promptFeedback")
+            reason = feedback.get("blockReason") if isinstance(feedback, dict) else None
+            if isinstance(reason, str) and reason:
+                self._finish("SAFETY" if reason in _BLOCK_REASONS else reason, out)
+            return
+        content = candidate.get("content")
+        parts = content.get("parts") if isinstance(content, dict) else None
+        if isinstance(parts, list):
+            for part in parts:
+                if isinstance(part, dict):
+                    self._part(part, out)
+        reason = candidate.get("finishReason")
+        if isinstance(reason, str) and reason and reason != "FINISH_REASON_UNSPECIFIED":
+            self._finish(reason, out)
+
+    def _part(self, part: dict[str, Any], out: list[tuple[Any, ...]]) -> None:
+        call = part.get("functionCall")
+        if isinstance(call, dict):
+            name = call.get("name")
+            args = call.get("args")
+            out.append(
+                (CALL, self.calls, name if isinstance(name, str) else "", args if isinstance(args, dict) else {})
+            )
+            self.calls += 1
+            return
+        text = part.get("text")
+        if isinstance(text, str) and text:  # signature-only parts carry text "" and are skipped
+            out.append((THOUGHT if part.get("thought") is True else TEXT, text))
+        # inlineData / executableCode / codeExecutionResult output parts have no client field
+
+    def _finish(self, reason: str, out: list[tuple[Any, ...]]) -> None:
+        self.finish = reason
+        self.done = True
+        out.append((FINISH, reason))
+
+
+def _error_event(error: Any) -> tuple[Any, ...]:
+    if isinstance(error, dict):
+        code = error.get("code")
+        message = error.get("message")
+        status = code if isinstance(code, int) and 400 <= code <= 599 else 500
+        text = message if isinstance(message, str) and message else "upstream error"
+        name = error.get("status")
+        return (ERROR, status, f"{name}: {text}" if isinstance(name, str) and name else text)
+    return (ERROR, 500, str(error) or "upstream error")

@@ -1,0 +1,506 @@
+"""OpenAI Chat Completions client -> Google Gemini ``generateContent`` provider.
+
+Request: system/developer messages -> ``systemInstruction`` (Gemini has one, so every such message
+goes there, in order); user/assistant/tool messages -> ``contents`` (user/model; consecutive ones of
+a role merged); text / ``image_url`` (data: URLs -> inlineData, others -> fileData) / ``input_audio`` /
+``file`` (data) parts; assistant ``tool_calls`` -> ``functionCall`` (arguments parsed; a string that is
+not a JSON object is kept as ``{"arguments": <string>}`` rather than refused, as OpenAI itself never
+checks what it gets back); ``tool`` messages -> ``functionResponse`` named via ``tool_call_id``;
+tools -> ``functionDeclarations`` (cleaned schemas); ``web_search_options`` -> ``googleSearch``;
+tool_choice, max_tokens / max_completion_tokens (clamped), stop, temperature, top_p, seed,
+reasoning_effort (thinking-capable targets only), response_format -> generation/tool config.
+``n`` > 1 is refused (one candidate is all the translation handles). Penalties, logit_bias, logprobs,
+user, metadata, store, service_tier and the like are dropped.
+
+Response: ``chat.completion`` or ``chat.completion.chunk`` SSE ending with ``data: [DONE]``; thought
+parts become ``reasoning_content``; tool-call ids are ``call_<turn>_<index>_<name>``; the usage chunk
+is sent only when ``stream_options.include_usage`` asked for it. ``created`` comes from the clock
+given to the constructor (``time.time`` by default), read once per response.
+
+One instance per request; not thread-safe.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+
+from extproc.errors import error_body
+from extproc.sse import encode_event
+from extproc.translate import gemini_common as g
+from extproc.translate.base import (
+    Api,
+    ClientRequestError,
+    Target,
+    TranslatedBody,
+    TranslatedChunk,
+    UpstreamRequest,
+    Usage,
+)
+from extproc.translate.gemini_schema import clean_schema, declaration, memoized_tools
+
+_DONE = encode_event(b"[DONE]")
+_TOOL_CHOICE_MODES = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
+# Google's own OpenAI-compatibility mapping of reasoning_effort to thinking budgets.
+_EFFORT_BUDGETS = {"none": 0, "minimal": 128, "low": 1024, "medium": 8192, "high": 24576, "xhigh": 32768}
+_AUDIO_MIME = {"wav": "audio/wav", "mp3": "audio/mp3"}
+
+
+def _finish_reason(finish: str | None, calls: int) -> str:
+    if finish == "MAX_TOKENS":
+        return "length"
+    if finish in g.REFUSALS:
+        return "content_filter"
+    return "tool_calls" if calls else "stop"
+
+
+class OpenAIToGemini:
+    client_api = Api.OPENAI
+    provider_api = Api.GEMINI
+    rewrites_response = True
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._model = ""
+        self._stream = False
+        self._include_usage = False
+        self._turn = 0
+        self._reader = g.GeminiReader()
+        self._buffer: list[bytes] = []
+        self._head = b""  # chunk JSON up to the delta, fixed once the stream started
+        self._closed = False
+
+    # -- request ---------------------------------------------------------------------------------
+
+    def request(self, body: Mapping[str, Any], target: Target) -> UpstreamRequest:
+        if not isinstance(body, Mapping):
+            raise ClientRequestError("request body must be a JSON object")
+        self._model = target.model
+        self._stream = target.stream
+        options = body.get("stream_options")
+        self._include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        n = body.get("n")
+        if n is not None and n != 1:
+            raise ClientRequestError("n: only 1 choice is supported with this model")
+        contents, system, self._turn = _contents(body.get("messages"))
+        out: dict[str, Any] = {"contents": contents}
+        if system:
+            out["systemInstruction"] = {"parts": system}
+        tools = body.get("tools")
+        if tools is not None and not isinstance(tools, list):
+            raise ClientRequestError("tools: must be an array")
+        search = body.get("web_search_options") is not None
+        convert = _tools_and_search if search else _tools
+        converted = memoized_tools("openai", tools, convert) if tools else None
+        if converted is not None:
+            out["tools"] = converted
+            config = _tool_config(body.get("tool_choice"))
+            if config is not None:
+                out["toolConfig"] = config
+        elif search:
+            out["tools"] = [{"googleSearch": {}}]
+        generation = _generation_config(body, target)
+        if generation:
+            out["generationConfig"] = generation
+        return UpstreamRequest(path=g.upstream_path(target), body=orjson.dumps(out))
+
+    # -- response --------------------------------------------------------------------------------
+
+    def response_headers(self, status: int, headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+        return g.content_type(self._stream, status)
+
+    def response_body(self, chunk: bytes, end_of_stream: bool) -> TranslatedChunk:
+        if not self._stream:
+            self._buffer.append(chunk)
+            if not end_of_stream:
+                return TranslatedChunk(body=b"")
+            return self._completion(b"".join(self._buffer))
+        if self._closed:
+            return TranslatedChunk(body=b"")
+        out: list[bytes] = []
+        usage = None
+        for event in self._reader.feed_sse(chunk, end_of_stream):
+            usage = self._render(event, out) or usage
+        if end_of_stream and not self._closed:
+            if self._reader.started:
+                usage = self._finish(out)
+            else:
+                self._error(502, "upstream closed the stream without sending a response", out)
+        return TranslatedChunk(body=b"".join(out), usage=usage)
+
+    def response_error(self, status: int, body: bytes) -> TranslatedBody:
+        return TranslatedBody(status=status, body=error_body(Api.OPENAI, status, g.error_message(body)))
+
+    def _completion(self, body: bytes) -> TranslatedChunk:
+        reader = self._reader
+        texts: list[str] = []
+        thoughts: list[str] = []
+        calls: list[dict[str, Any]] = []
+        for event in reader.whole(body):
+            kind = event[0]
+            if kind == g.TEXT:
+                texts.append(event[1])
+            elif kind == g.THOUGHT:
+                thoughts.append(event[1])
+            elif kind == g.CALL:
+                calls.append(self._call(event))
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}
+        if thoughts:
+            message["reasoning_content"] = "".join(thoughts)
+        if calls:
+            message["tool_calls"] = calls
+        completion = {
+            "id": "chatcmpl-" + (reader.response_id or "gemini"),
+            "object": "chat.completion",
+            "created": int(self._clock()),
+            "model": reader.model or self._model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "finish_reason": _finish_reason(reader.finish, reader.calls),
+                    "logprobs": None,
+                }
+            ],
+            "usage": g.openai_usage(reader.meta),
+        }
+        return TranslatedChunk(body=orjson.dumps(completion), usage=g.usage_of(reader.meta))
+
+    def _call(self, event: tuple[Any, ...]) -> dict[str, Any]:
+        _, index, name, args = event
+        return {
+            "id": g.tool_id("call_", self._turn, index, name),
+            "type": "function",
+            "function": {"name": name, "arguments": orjson.dumps(args).decode()},
+        }
+
+    def _render(self, event: tuple[Any, ...], out: list[bytes]) -> Usage | None:
+        kind = event[0]
+        if kind == g.TEXT:
+            out.append(self._chunk(b'{"content":%s}' % orjson.dumps(event[1])))
+        elif kind == g.THOUGHT:
+            out.append(self._chunk(b'{"reasoning_content":%s}' % orjson.dumps(event[1])))
+        elif kind == g.CALL:
+            call = {"index": event[1], **self._call(event)}
+            out.append(self._chunk(orjson.dumps({"tool_calls": [call]})))
+        elif kind == g.START:
+            reader = self._reader
+            head = {
+                "id": "chatcmpl-" + (reader.response_id or "gemini"),
+                "object": "chat.completion.chunk",
+                "created": int(self._clock()),
+                "model": reader.model or self._model,
+            }
+            self._head = orjson.dumps(head)[:-1] + b',"choices":[{"index":0,"delta":'
+            out.append(self._chunk(b'{"role":"assistant","content":""}'))
+        elif kind == g.FINISH:
+            return self._finish(out)
+        elif kind == g.ERROR:
+            self._error(event[1], event[2], out)
+        return None
+
+    def _chunk(self, delta: bytes, finish: bytes = b"null") -> bytes:
+        return encode_event(self._head + delta + b',"finish_reason":' + finish + b',"logprobs":null}]}')
+
+    def _finish(self, out: list[bytes]) -> Usage:
+        reader = self._reader
+        reason = _finish_reason(reader.finish, reader.calls)
+        out.append(self._chunk(b"{}", b'"%s"' % reason.encode()))
+        if self._include_usage:
+            usage = orjson.dumps(g.openai_usage(reader.meta))
+            head = self._head[: self._head.rindex(b'"choices":')]
+            out.append(encode_event(head + b'"choices":[],"usage":' + usage + b"}"))
+        out.append(_DONE)
+        self._closed = True
+        return g.usage_of(reader.meta)
+
+    def _error(self, status: int, message: str, out: list[bytes]) -> None:
+        # OpenAI streams report errors as a data payload with an "error" key; the SDK raises on it.
+        out.append(encode_event(error_body(Api.OPENAI, status, message)))
+        self._closed = True
+
+
+# -- request helpers ------------------------------------------------------------------------------
+
+
+def _contents(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+    """-> (contents, systemInstruction parts, number of assistant turns)."""
+    if not isinstance(messages, list) or not messages:
+        raise ClientRequestError("messages: must be a non-empty array")
+    contents: list[dict[str, Any]] = []
+    system: list[dict[str, Any]] = []
+    names: dict[str, str] = {}  # tool_call id -> function name
+    turns = 0
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise ClientRequestError(f"messages.{i}: must be an object")
+        role = message.get("role")
+        content = message.get("content")
+        if role in ("system", "developer"):
+            system.extend(p for p in _parts(content, i, text_only=True) if p.get("text"))
+            continue
+        if role == "user":
+            parts = _parts(content, i, text_only=False)
+        elif role == "assistant":
+            turns += 1
+            role = "model"
+            parts = [p for p in _parts(content, i, text_only=True) if p.get("text")]
+            parts.extend(_tool_calls(message, i, names))
+        elif role in ("tool", "function"):
+            role = "user"
+            parts = [_tool_response(message, i, names)]
+        else:
+            raise ClientRequestError(f"messages.{i}.role: unknown role {role!r}")
+        if not parts:
+            continue
+        if contents and contents[-1]["role"] == role:
+            contents[-1]["parts"].extend(parts)
+        else:
+            contents.append({"role": role, "parts": parts})
+    if not contents:
+        raise ClientRequestError("messages: no user or assistant message has any content")
+    return contents, system, turns
+
+
+def _parts(content: Any, i: int, text_only: bool) -> list[dict[str, Any]]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"text": content}] if content else []
+    if not isinstance(content, list):
+        raise ClientRequestError(f"messages.{i}.content: must be a string or an array of parts")
+    parts: list[dict[str, Any]] = []
+    for j, item in enumerate(content):
+        path = f"messages.{i}.content.{j}"
+        if not isinstance(item, dict):
+            raise ClientRequestError(f"{path}: must be an object")
+        ptype = item.get("type")
+        if ptype in ("text", "refusal"):
+            text = item.get(ptype)
+            if not isinstance(text, str):
+                raise ClientRequestError(f"{path}.{ptype}: must be a string")
+            if text:
+                parts.append({"text": text})
+        elif text_only and ptype in ("image_url", "input_audio", "file"):
+            raise ClientRequestError(f"{path}: {ptype} parts are only allowed in user messages")
+        elif ptype == "image_url":
+            parts.append(_image(item.get("image_url"), path))
+        elif ptype == "input_audio":
+            audio = item.get("input_audio")
+            data = audio.get("data") if isinstance(audio, dict) else None
+            fmt = audio.get("format") if isinstance(audio, dict) else None
+            if not isinstance(data, str) or not isinstance(fmt, str):
+                raise ClientRequestError(f"{path}.input_audio: needs string data and format")
+            parts.append({"inlineData": {"mimeType": _AUDIO_MIME.get(fmt, f"audio/{fmt}"), "data": data}})
+        elif ptype == "file":
+            parts.append(_file(item.get("file"), path))
+        else:
+            raise ClientRequestError(f"{path}: unknown content part type {ptype!r}")
+    return parts
+
+
+def _image(image: Any, path: str) -> dict[str, Any]:
+    url = image.get("url") if isinstance(image, dict) else image
+    if not isinstance(url, str) or not url:
+        raise ClientRequestError(f"{path}.image_url.url: must be a non-empty string")
+    if url.startswith("data:"):
+        parsed = g.parse_data_url(url)
+        if parsed is None:
+            raise ClientRequestError(f"{path}.image_url.url: only base64 data: URLs are supported")
+        return {"inlineData": {"mimeType": parsed[0], "data": parsed[1]}}
+    return {"fileData": {"mimeType": g.guess_mime(url, "image/jpeg"), "fileUri": url}}
+
+
+def _file(file: Any, path: str) -> dict[str, Any]:
+    if not isinstance(file, dict):
+        raise ClientRequestError(f"{path}.file: must be an object")
+    data = file.get("file_data")
+    if not isinstance(data, str) or not data:
+        if file.get("file_id") is not None:
+            raise ClientRequestError(f"{path}.file.file_id: uploaded file ids cannot be sent to a Gemini model")
+        raise ClientRequestError(f"{path}.file.file_data: must be a non-empty string")
+    parsed = g.parse_data_url(data)
+    if parsed is not None:
+        return {"inlineData": {"mimeType": parsed[0], "data": parsed[1]}}
+    filename = file.get("filename")
+    mime = g.guess_mime(filename, "application/pdf") if isinstance(filename, str) else "application/pdf"
+    return {"inlineData": {"mimeType": mime, "data": data}}
+
+
+def _tool_calls(message: dict[str, Any], i: int, names: dict[str, str]) -> list[dict[str, Any]]:
+    calls = message.get("tool_calls")
+    legacy = message.get("function_call")
+    if calls is None:
+        calls = [] if legacy is None else [{"id": None, "type": "function", "function": legacy}]
+    if not isinstance(calls, list):
+        raise ClientRequestError(f"messages.{i}.tool_calls: must be an array")
+    parts: list[dict[str, Any]] = []
+    for k, call in enumerate(calls):
+        path = f"messages.{i}.tool_calls.{k}"
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or call.get("type", "function") != "function":
+            raise ClientRequestError(f"{path}: must be a function tool call")
+        name = function.get("name")
+        if not isinstance(name, str) or not name:
+            raise ClientRequestError(f"{path}.function.name: must be a non-empty string")
+        cid = call.get("id")
+        if cid is not None and not isinstance(cid, str):
+            raise ClientRequestError(f"{path}.id: must be a string")
+        fc: dict[str, Any] = {"name": name, "args": _arguments(function.get("arguments"), path)}
+        if cid:
+            fc["id"] = cid
+            names[cid] = name
+        part: dict[str, Any] = {"functionCall": fc}
+        if not parts:
+            part["thoughtSignature"] = g.SKIP_SIGNATURE  # see gemini_common.SKIP_SIGNATURE
+        parts.append(part)
+    return parts
+
+
+def _arguments(raw: Any, path: str) -> dict[str, Any]:
+    if raw is None or raw == "":
+        return {}
+    if not isinstance(raw, str):
+        raise ClientRequestError(f"{path}.function.arguments: must be a string")
+    try:
+        args = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {"arguments": raw}
+    return args if isinstance(args, dict) else {"arguments": args}
+
+
+def _tool_response(message: dict[str, Any], i: int, names: dict[str, str]) -> dict[str, Any]:
+    if message.get("role") == "function":  # legacy function-calling API: the name is given
+        name, cid = message.get("name"), None
+        if not isinstance(name, str) or not name:
+            raise ClientRequestError(f"messages.{i}.name: must be a non-empty string")
+    else:
+        cid = message.get("tool_call_id")
+        if not isinstance(cid, str):
+            raise ClientRequestError(f"messages.{i}.tool_call_id: must be a string")
+        name = names.get(cid)
+        if name is None:
+            raise ClientRequestError(f"messages.{i}.tool_call_id: {cid!r} answers no earlier tool call")
+    texts = [p["text"] for p in _parts(message.get("content"), i, text_only=True) if "text" in p]
+    response: dict[str, Any] = {"name": name, "response": {"content": "\n".join(texts)}}
+    if cid:
+        response = {"id": cid, **response}
+    return {"functionResponse": response}
+
+
+def _tools(tools: list[Any]) -> list[dict[str, Any]]:
+    declarations = []
+    for k, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise ClientRequestError(f"tools.{k}: must be an object")
+        function = tool.get("function")
+        if tool.get("type", "function") != "function" or not isinstance(function, dict):
+            raise ClientRequestError(f"tools.{k}: only function tools are supported by Gemini models")
+        name = function.get("name")
+        if not isinstance(name, str) or not name:
+            raise ClientRequestError(f"tools.{k}.function.name: must be a non-empty string")
+        params = function.get("parameters")
+        if params is not None and not isinstance(params, dict):
+            raise ClientRequestError(f"tools.{k}.function.parameters: must be an object")
+        declarations.append(declaration(name, function.get("description"), params))
+    return [{"functionDeclarations": declarations}] if declarations else []
+
+
+def _tools_and_search(tools: list[Any]) -> list[dict[str, Any]]:
+    return [*_tools(tools), {"googleSearch": {}}]
+
+
+def _tool_config(choice: Any) -> dict[str, Any] | None:
+    if choice is None:
+        return None
+    if isinstance(choice, str):
+        mode = _TOOL_CHOICE_MODES.get(choice)
+        if mode is None:
+            raise ClientRequestError(f"tool_choice: unknown tool choice {choice!r}")
+        return {"functionCallingConfig": {"mode": mode}}
+    if not isinstance(choice, dict):
+        raise ClientRequestError("tool_choice: must be a string or an object")
+    if choice.get("type") == "function":
+        function = choice.get("function")
+        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(name, str) or not name:
+            raise ClientRequestError("tool_choice.function.name: must be a non-empty string")
+        return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [name]}}
+    if choice.get("type") == "allowed_tools":
+        allowed = choice.get("allowed_tools")
+        mode = allowed.get("mode") if isinstance(allowed, dict) else None
+        tools = allowed.get("tools") if isinstance(allowed, dict) else None
+        if mode not in ("auto", "required") or not isinstance(tools, list):
+            raise ClientRequestError("tool_choice.allowed_tools: needs mode auto|required and a tools array")
+        names = [t["function"]["name"] for t in tools if _function_name(t)]
+        config: dict[str, Any] = {"mode": "ANY" if mode == "required" else "AUTO"}
+        if names and mode == "required":
+            config["allowedFunctionNames"] = names  # Gemini only restricts names in ANY mode
+        return {"functionCallingConfig": config}
+    raise ClientRequestError(f"tool_choice.type: unknown tool choice {choice.get('type')!r}")
+
+
+def _function_name(tool: Any) -> bool:
+    function = tool.get("function") if isinstance(tool, dict) else None
+    return isinstance(function, dict) and isinstance(function.get("name"), str)
+
+
+def _generation_config(body: Mapping[str, Any], target: Target) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    limit = body.get("max_completion_tokens")
+    field = "max_completion_tokens"
+    if limit is None:
+        limit, field = body.get("max_tokens"), "max_tokens"
+    max_tokens = g.clamp_max_tokens(limit, target, field)
+    if max_tokens is not None:
+        config["maxOutputTokens"] = max_tokens
+    for key, name in (("temperature", "temperature"), ("top_p", "topP")):
+        value = g.number(body, key)
+        if value is not None:
+            config[name] = value
+    seed = g.number(body, "seed", integer=True)
+    if seed is not None:
+        config["seed"] = seed
+    stop = body.get("stop")
+    if stop is not None:
+        stops = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+            raise ClientRequestError("stop: must be a string or an array of strings")
+        stops = [s for s in stops if s][: g.MAX_STOP_SEQUENCES]
+        if stops:
+            config["stopSequences"] = stops
+    effort = body.get("reasoning_effort")
+    if effort is not None:
+        budget = _EFFORT_BUDGETS.get(effort) if isinstance(effort, str) else None
+        if budget is None:
+            raise ClientRequestError(f"reasoning_effort: unknown effort {effort!r}")
+        if "thinking" in target.capabilities:
+            config["thinkingConfig"] = g.thinking_config(budget, max_tokens)
+            if budget == 0:
+                config["thinkingConfig"] = {"thinkingBudget": 0}
+    _response_format(body.get("response_format"), config)
+    return config
+
+
+def _response_format(fmt: Any, config: dict[str, Any]) -> None:
+    if fmt is None:
+        return
+    ftype = fmt.get("type") if isinstance(fmt, dict) else None
+    if ftype == "text":
+        return
+    if ftype == "json_object":
+        config["responseMimeType"] = "application/json"
+        return
+    if ftype == "json_schema":
+        spec = fmt.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if schema is not None and not isinstance(schema, dict):
+            raise ClientRequestError("response_format.json_schema.schema: must be an object")
+        config["responseMimeType"] = "application/json"
+        if schema:
+            config["responseSchema"] = clean_schema(schema)
+        return
+    raise ClientRequestError(f"response_format.type: unknown response format {ftype!r}")
