@@ -117,7 +117,28 @@ def base_policy(listener_port: int, fake: FakeProvider, max_request_bytes: int =
                 "api": "openai",
                 "base_url": f"{fake.url}/v1",
                 "api_key_env": "CCR_TEST_OPENAI_KEY",
-                "models": [{"name": "gpt-4o", "id": "fake-gpt-4o", "max_output_tokens": 16384}],
+                "models": [
+                    {
+                        "name": "gpt-4o",
+                        "id": "fake-gpt-4o",
+                        "max_output_tokens": 16384,
+                        "capabilities": ["tools", "vision"],
+                    }
+                ],
+            },
+            {
+                "name": "fake-gemini",
+                "api": "gemini",
+                "base_url": f"{fake.url}/v1beta",
+                "api_key_env": "CCR_TEST_GEMINI_KEY",
+                "models": [
+                    {
+                        "name": "gemini-2.5-pro",
+                        "id": "fake-gemini-pro",
+                        "max_output_tokens": 65536,
+                        "capabilities": ["tools", "vision", "thinking"],
+                    }
+                ],
             },
             {
                 # Nothing listens there: the provider is down.
@@ -130,7 +151,11 @@ def base_policy(listener_port: int, fake: FakeProvider, max_request_bytes: int =
     }
 
 
-PROVIDER_KEYS = {"CCR_TEST_ANTHROPIC_KEY": "sk-ant-provider-key", "CCR_TEST_OPENAI_KEY": "sk-openai-provider-key"}
+PROVIDER_KEYS = {
+    "CCR_TEST_ANTHROPIC_KEY": "sk-ant-provider-key",
+    "CCR_TEST_OPENAI_KEY": "sk-openai-provider-key",
+    "CCR_TEST_GEMINI_KEY": "gemini-provider-key",
+}
 
 
 @dataclass
