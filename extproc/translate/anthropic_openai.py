@@ -1,0 +1,598 @@
+"""Client speaks Anthropic Messages, provider speaks OpenAI Chat Completions.
+
+Request: system -> a system message; content blocks -> OpenAI parts; ``tool_use`` -> ``tool_calls``;
+``tool_result`` -> ``tool`` messages placed right after the assistant message that called them (the
+rest of that user turn follows them). Choices made where the formats differ:
+
+- ``thinking`` / ``output_config.effort`` -> ``reasoning_effort`` only for targets with the
+  ``thinking`` capability (budget <= 4096 low, <= 16384 medium, above high; adaptive thinking uses
+  the effort, default medium). Thinking blocks in history are dropped: unsigned reasoning from
+  another provider must never be replayed as if it were the model's own.
+- ``max_tokens`` -> ``max_completion_tokens`` (``max_tokens`` instead for targets with the
+  ``max_tokens`` capability: older OpenAI-compatible servers), clamped to the target's limit.
+- ``metadata.user_id`` -> ``user``; Claude Code puts a JSON document there, so values over OpenAI's
+  64 characters become their SHA-256 hex digest (stable per value, 64 characters).
+- ``tool_result`` with ``is_error`` -> content prefixed with ``"Error: "``. Images in a tool result
+  (OpenAI tool messages carry text only) go into the user message that follows the tool messages.
+- Anthropic server tools (web search, code execution...) cannot run at an OpenAI provider: dropped.
+- Anthropic-only fields (top_k, context_management, container, mcp_servers, service_tier, betas,
+  cache_control...) are dropped.
+
+Response: OpenAI -> Anthropic, both as a whole message and as a stream state machine (`_Stream`).
+Thinking from ``reasoning_content`` becomes a thinking block with an empty signature (never a
+fabricated one). Unparseable tool arguments: see ``openai_schema.parse_arguments``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from extproc.errors import error_body
+from extproc.sse import SSEDecoder, SSEEvent
+from extproc.translate import anthropic_schema as A
+from extproc.translate import openai_schema as O
+from extproc.translate.base import (
+    Api,
+    ClientRequestError,
+    Target,
+    TranslatedBody,
+    TranslatedChunk,
+    UpstreamProtocolError,
+    UpstreamRequest,
+    Usage,
+)
+from extproc.translate.wire import error_message, error_status, short, upstream_error_message
+
+_USER_ID_LIMIT = 64
+_IMAGE_TOKENS = 1600  # rough cost of one image, for the input-token estimate only
+_EFFORT_VALUES = ("low", "medium", "high", "max")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+class _RequestBuilder(A.UserBlocks):
+    """One Anthropic request -> one OpenAI request body. Tracks a cheap input-token estimate."""
+
+    def __init__(self, target: Target) -> None:
+        super().__init__()
+        self.target = target
+
+    # --- top level ---------------------------------------------------------------------------
+
+    def build(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        target = self.target
+        out: dict[str, Any] = {"model": target.model}
+        messages: list[dict[str, Any]] = []
+        system = self.system(body.get("system"))
+        if system:
+            messages.append({"role": "system", "content": system})
+        self.messages(body.get("messages"), messages)
+        out["messages"] = messages
+
+        max_tokens = body.get("max_tokens")
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            raise ClientRequestError("max_tokens: required, must be a positive integer")
+        if target.max_output_tokens is not None:
+            max_tokens = min(max_tokens, target.max_output_tokens)
+        out["max_tokens" if "max_tokens" in target.capabilities else "max_completion_tokens"] = max_tokens
+
+        for key in ("temperature", "top_p"):
+            value = body.get(key)
+            if value is not None:
+                if not _is_number(value):
+                    raise ClientRequestError(f"{key}: must be a number")
+                out[key] = value
+        stop = body.get("stop_sequences")
+        if stop is not None:
+            if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+                raise ClientRequestError("stop_sequences: must be an array of strings")
+            if stop:
+                out["stop"] = stop
+        self.user(body.get("metadata"), out)
+        self.tools(body.get("tools"), body.get("tool_choice"), out)
+        effort = self.effort(body.get("thinking"), body.get("output_config"))
+        if effort is not None and "thinking" in target.capabilities:
+            out["reasoning_effort"] = effort
+        if target.stream:
+            out["stream"] = True
+            out["stream_options"] = {"include_usage": True}
+        return out
+
+    def system(self, system: Any) -> str:
+        if system is None:
+            return ""
+        if isinstance(system, str):
+            return system
+        if not isinstance(system, list):
+            raise ClientRequestError("system: must be a string or an array of text blocks")
+        texts = []
+        for k, block in enumerate(system):
+            if not isinstance(block, dict) or block.get("type") != "text":
+                raise ClientRequestError(f"system.{k}: must be a text block")
+            text = block.get("text")
+            if not isinstance(text, str):
+                raise ClientRequestError(f"system.{k}.text: must be a string")
+            if text:
+                texts.append(text)
+        return "\n\n".join(texts)
+
+    def user(self, metadata: Any, out: dict[str, Any]) -> None:
+        if metadata is None:
+            return
+        if not isinstance(metadata, dict):
+            raise ClientRequestError("metadata: must be an object")
+        user_id = metadata.get("user_id")
+        if isinstance(user_id, str) and user_id:
+            if len(user_id) > _USER_ID_LIMIT:
+                user_id = hashlib.sha256(user_id.encode()).hexdigest()
+            out["user"] = user_id
+
+    def effort(self, thinking: Any, output_config: Any) -> str | None:
+        effort = None
+        if isinstance(output_config, dict):
+            value = output_config.get("effort")
+            if value in _EFFORT_VALUES:
+                effort = A.EFFORT_TO_OPENAI[value]
+        elif output_config is not None:
+            raise ClientRequestError("output_config: must be an object")
+        if thinking is None:
+            return effort
+        if not isinstance(thinking, dict):
+            raise ClientRequestError("thinking: must be an object")
+        kind = thinking.get("type")
+        if kind == "disabled":
+            return None
+        if kind == "adaptive":
+            return effort or "medium"
+        if kind == "enabled":
+            budget = thinking.get("budget_tokens")
+            if not isinstance(budget, int) or isinstance(budget, bool):
+                raise ClientRequestError("thinking.budget_tokens: required, must be an integer")
+            return effort or A.effort_for_budget(budget)
+        raise ClientRequestError(f"thinking.type: must be 'enabled', 'adaptive' or 'disabled', got {short(kind)}")
+
+    # --- tools -------------------------------------------------------------------------------
+
+    def tools(self, tools: Any, tool_choice: Any, out: dict[str, Any]) -> None:
+        functions: list[dict[str, Any]] = []
+        dropped: set[str] = set()
+        if tools is not None:
+            if not isinstance(tools, list):
+                raise ClientRequestError("tools: must be an array")
+            for k, tool in enumerate(tools):
+                if not isinstance(tool, dict):
+                    raise ClientRequestError(f"tools.{k}: must be an object")
+                kind = tool.get("type")
+                if "input_schema" not in tool and kind not in (None, "custom"):
+                    dropped.add(str(tool.get("name")))  # an Anthropic server tool
+                    continue
+                name = tool.get("name")
+                if not isinstance(name, str) or not name:
+                    raise ClientRequestError(f"tools.{k}.name: required, must be a non-empty string")
+                schema = tool.get("input_schema")
+                if not isinstance(schema, dict):
+                    raise ClientRequestError(f"tools.{k}.input_schema: required, must be an object")
+                function: dict[str, Any] = {"name": name}
+                description = tool.get("description")
+                if isinstance(description, str) and description:
+                    function["description"] = description
+                function["parameters"] = schema
+                if isinstance(tool.get("strict"), bool):
+                    function["strict"] = tool["strict"]
+                functions.append({"type": "function", "function": function})
+        if tool_choice is not None:
+            if not isinstance(tool_choice, dict):
+                raise ClientRequestError("tool_choice: must be an object")
+            kind = tool_choice.get("type")
+            choice: Any
+            if kind == "auto":
+                choice = "auto"
+            elif kind == "any":
+                choice = "required"
+            elif kind == "none":
+                choice = "none"
+            elif kind == "tool":
+                name = tool_choice.get("name")
+                if not isinstance(name, str) or not name:
+                    raise ClientRequestError("tool_choice.name: required when type is 'tool'")
+                choice = None if name in dropped else {"type": "function", "function": {"name": name}}
+            else:
+                raise ClientRequestError(
+                    f"tool_choice.type: must be 'auto', 'any', 'tool' or 'none', got {short(kind)}"
+                )
+            if functions and choice is not None:
+                out["tool_choice"] = choice
+                if tool_choice.get("disable_parallel_tool_use") is True and choice != "none":
+                    out["parallel_tool_calls"] = False
+        if functions:
+            out["tools"] = functions
+
+    # --- messages ----------------------------------------------------------------------------
+
+    def messages(self, messages: Any, out: list[dict[str, Any]]) -> None:
+        if not isinstance(messages, list):
+            raise ClientRequestError("messages: required, must be an array")
+        if not messages:
+            raise ClientRequestError("messages: at least one message is required")
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict):
+                raise ClientRequestError(f"messages.{i}: must be an object")
+            role = message.get("role")
+            content = message.get("content")
+            if role == "user":
+                self.user_message(i, content, out)
+            elif role == "assistant":
+                self.assistant_message(i, content, out)
+            else:
+                raise ClientRequestError(f"messages.{i}.role: must be 'user' or 'assistant', got {short(role)}")
+
+    def blocks(self, i: int, content: Any) -> list[Mapping[str, Any]]:
+        if not isinstance(content, list):
+            raise ClientRequestError(f"messages.{i}.content: must be a string or an array of content blocks")
+        for j, block in enumerate(content):
+            if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+                raise ClientRequestError(f"messages.{i}.content.{j}: must be an object with a string 'type'")
+        return content
+
+    def user_message(self, i: int, content: Any, out: list[dict[str, Any]]) -> None:
+        if isinstance(content, str):
+            out.append({"role": "user", "content": content})
+            return
+        parts: list[dict[str, Any]] = []
+        tool_parts: list[dict[str, Any]] = []  # images/files returned by tools, after the tool messages
+        for j, block in enumerate(self.blocks(i, content)):
+            kind = block["type"]
+            if kind == "tool_result":
+                out.append(self.tool_result(f"messages.{i}.content.{j}", block, tool_parts))
+            elif kind in A.DROPPED_BLOCKS:
+                continue
+            elif kind == "tool_use":
+                raise ClientRequestError(f"messages.{i}.content.{j}: tool_use blocks belong in assistant messages")
+            else:
+                parts.extend(self.content_block(f"messages.{i}.content.{j}", block))
+        parts = tool_parts + parts
+        if not parts:
+            return
+        if len(parts) == 1 and parts[0]["type"] == "text":
+            out.append({"role": "user", "content": parts[0]["text"]})
+        else:
+            out.append({"role": "user", "content": parts})
+
+    def assistant_message(self, i: int, content: Any, out: list[dict[str, Any]]) -> None:
+        if isinstance(content, str):
+            if content:
+                out.append({"role": "assistant", "content": content})
+            return
+        texts: list[str] = []
+        calls: list[dict[str, Any]] = []
+        for j, block in enumerate(self.blocks(i, content)):
+            kind = block["type"]
+            path = f"messages.{i}.content.{j}"
+            if kind == "text":
+                text = self.text(path, block)
+                if text:
+                    texts.append(text)
+            elif kind == "tool_use":
+                tool_id, name, tool_input = block.get("id"), block.get("name"), block.get("input", {})
+                if not isinstance(tool_id, str) or not tool_id:
+                    raise ClientRequestError(f"{path}.id: required, must be a non-empty string")
+                if not isinstance(name, str) or not name:
+                    raise ClientRequestError(f"{path}.name: required, must be a non-empty string")
+                if not isinstance(tool_input, dict):
+                    raise ClientRequestError(f"{path}.input: must be an object")
+                arguments = orjson.dumps(tool_input).decode()
+                calls.append({"id": tool_id, "type": "function", "function": {"name": name, "arguments": arguments}})
+            elif kind in A.DROPPED_BLOCKS:
+                continue
+            elif kind in ("image", "document", "tool_result", "search_result"):
+                raise ClientRequestError(f"{path}: {kind} blocks are only allowed in user messages")
+            else:
+                raise ClientRequestError(f"{path}: unknown block type {short(kind)}")
+        if not texts and not calls:
+            return  # e.g. a turn that only held thinking
+        message: dict[str, Any] = {"role": "assistant", "content": "\n\n".join(texts) if texts else None}
+        if calls:
+            message["tool_calls"] = calls
+        out.append(message)
+
+    def tool_result(self, path: str, block: Mapping[str, Any], tool_parts: list[dict[str, Any]]) -> dict[str, Any]:
+        tool_id = block.get("tool_use_id")
+        if not isinstance(tool_id, str) or not tool_id:
+            raise ClientRequestError(f"{path}.tool_use_id: required, must be a non-empty string")
+        content = block.get("content")
+        texts: list[str] = []
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            attached: list[dict[str, Any]] = []
+            for k, inner in enumerate(content):
+                inner_path = f"{path}.content.{k}"
+                if not isinstance(inner, dict) or not isinstance(inner.get("type"), str):
+                    raise ClientRequestError(f"{inner_path}: must be an object with a string 'type'")
+                for part in self.content_block(inner_path, inner):
+                    if part["type"] == "text":
+                        texts.append(part["text"])
+                    else:
+                        attached.append(part)
+            if attached:
+                tool_parts.append({"type": "text", "text": f"Attachments returned by tool call {tool_id}:"})
+                tool_parts.extend(attached)
+                if not texts:
+                    texts.append("(attachments follow in the next message)")
+        elif content is not None:
+            raise ClientRequestError(f"{path}.content: must be a string or an array of content blocks")
+        text = "\n".join(texts)
+        if block.get("is_error") is True:
+            text = "Error: " + text
+        return {"role": "tool", "tool_call_id": tool_id, "content": text}
+
+
+_NONE, _TEXT, _THINKING, _TOOL = 0, 1, 2, 3
+
+
+class _Stream:
+    """OpenAI ``chat.completion.chunk`` SSE -> Anthropic stream events. All stream state lives here.
+
+    Blocks are opened lazily and closed before the next one opens, so every content_block_start is
+    matched by its stop in order. Tool calls are keyed by the upstream ``index``; a fragment for a
+    call whose block is already closed (no known provider interleaves calls) is still sent, to that
+    call's block index, rather than dropped: clients accumulate input by index.
+    """
+
+    __slots__ = (
+        "decoder",
+        "done",
+        "estimate",
+        "finish_reason",
+        "message_id",
+        "model",
+        "open_index",
+        "open_kind",
+        "open_tool",
+        "out_chars",
+        "refusal",
+        "started",
+        "tools",
+        "upstream_usage",
+    )
+
+    def __init__(self, model: str, estimate: int) -> None:
+        self.decoder = SSEDecoder()
+        self.model = model
+        self.estimate = estimate
+        self.started = False
+        self.done = False
+        self.message_id = "msg_unknown"
+        self.open_kind = _NONE
+        self.open_index = -1
+        self.open_tool: Any = None
+        self.tools: dict[Any, int] = {}  # upstream tool-call key -> Anthropic block index
+        self.finish_reason: Any = None
+        self.refusal = False
+        self.upstream_usage: Any = None
+        self.out_chars = 0
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> TranslatedChunk:
+        out: list[bytes] = []
+        usage = None
+        for event in self.decoder.feed(chunk):
+            usage = self.event(event, out) or usage
+        if end_of_stream:
+            for event in self.decoder.close():
+                usage = self.event(event, out) or usage
+            usage = self.finish(out) or usage
+        return TranslatedChunk(body=b"".join(out), usage=usage)
+
+    def event(self, event: SSEEvent, out: list[bytes]) -> Usage | None:
+        if self.done:
+            return None
+        data = event.data
+        if not data:
+            return None
+        if data == "[DONE]":
+            return self.finish(out)
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return self.fail(out, 502, "upstream sent an invalid stream chunk")
+        if not isinstance(obj, dict):
+            return self.fail(out, 502, "upstream sent an invalid stream chunk")
+        if event.event == "error" or obj.get("error") is not None:
+            return self.fail(out, error_status(obj), error_message(obj) or "upstream stream error")
+        self.chunk(obj, out)
+        return None
+
+    def fail(self, out: list[bytes], status: int, message: str) -> None:
+        out.append(A.error_frame(status, message))
+        self.done = True
+
+    def chunk(self, obj: dict[str, Any], out: list[bytes]) -> None:
+        if not self.started:
+            self.started = True
+            self.message_id = O.anthropic_message_id(obj.get("id"))
+            model = obj.get("model")
+            out.append(
+                A.message_start_frame(
+                    self.message_id, model if isinstance(model, str) and model else self.model, self.estimate
+                )
+            )
+        usage = obj.get("usage")
+        if isinstance(usage, dict):
+            self.upstream_usage = usage
+        choices = obj.get("choices")
+        if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
+            return
+        choice = choices[0]
+        delta = choice.get("delta")
+        if isinstance(delta, dict):
+            reasoning = O.reasoning_of(delta)
+            if reasoning and isinstance(reasoning, str):
+                self.thinking(reasoning, out)
+            content = delta.get("content")
+            if content and isinstance(content, str):
+                self.text(content, out)
+            refusal = delta.get("refusal")
+            if refusal and isinstance(refusal, str):
+                self.refusal = True
+                self.text(refusal, out)
+            calls = delta.get("tool_calls")
+            if isinstance(calls, list):
+                for call in calls:
+                    if isinstance(call, dict):
+                        self.tool(call, out)
+            elif isinstance(delta.get("function_call"), dict):
+                self.tool({"index": 0, "id": "call_0", "function": delta["function_call"]}, out)
+        finish_reason = choice.get("finish_reason")
+        if finish_reason:
+            self.finish_reason = finish_reason
+            self.close_block(out)
+
+    def open(self, kind: int, out: list[bytes]) -> int:
+        self.close_block(out)
+        self.open_index += 1
+        self.open_kind = kind
+        return self.open_index
+
+    def close_block(self, out: list[bytes]) -> None:
+        if self.open_kind != _NONE:
+            out.append(A.block_stop_frame(self.open_index))
+            self.open_kind = _NONE
+
+    def text(self, text: str, out: list[bytes]) -> None:
+        if self.open_kind != _TEXT:
+            out.append(A.text_start_frame(self.open(_TEXT, out)))
+        self.out_chars += len(text)
+        out.append(A.text_delta_frame(self.open_index, text))
+
+    def thinking(self, text: str, out: list[bytes]) -> None:
+        if self.open_kind != _THINKING:
+            out.append(A.thinking_start_frame(self.open(_THINKING, out)))
+        self.out_chars += len(text)
+        out.append(A.thinking_delta_frame(self.open_index, text))
+
+    def tool(self, call: dict[str, Any], out: list[bytes]) -> None:
+        key = call.get("index")
+        call_id = call.get("id")
+        if not isinstance(key, int) or isinstance(key, bool):
+            # No index: a new id starts a new call, otherwise it continues the open one.
+            if isinstance(call_id, str) and call_id and call_id not in self.tools:
+                key = call_id
+            else:
+                key = self.open_tool if self.open_kind == _TOOL else call_id
+        function = call.get("function")
+        if not isinstance(function, dict):
+            function = {}
+        index = self.tools.get(key)
+        if index is None:
+            index = self.open(_TOOL, out)
+            self.tools[key] = index
+            self.open_tool = key
+            if not isinstance(call_id, str) or not call_id:
+                call_id = f"toolu_{self.message_id.removeprefix('msg_')}_{index}"
+            name = function.get("name")
+            out.append(A.tool_start_frame(index, call_id, name if isinstance(name, str) else ""))
+        arguments = function.get("arguments")
+        if arguments is not None and not isinstance(arguments, str):
+            arguments = orjson.dumps(arguments).decode()  # some servers send the object itself
+        if arguments:
+            self.out_chars += len(arguments)
+            out.append(A.input_json_delta_frame(index, arguments))
+
+    def finish(self, out: list[bytes]) -> Usage | None:
+        if self.done:
+            return None
+        if not self.started:
+            self.fail(out, 502, "upstream closed the stream without a response")
+            return None
+        self.close_block(out)
+        self.done = True
+        stop_reason = "refusal" if self.refusal else O.anthropic_stop_reason(self.finish_reason, bool(self.tools))
+        if self.upstream_usage is not None:
+            usage = A.usage_from_openai(self.upstream_usage)
+            out.append(A.message_delta_frame(stop_reason, A.anthropic_usage(usage)))
+            out.append(A.MESSAGE_STOP_FRAME)
+            return usage
+        # No usage from the provider: the frame needs numbers, so estimates go to the client, but
+        # nothing is reported as the provider's usage.
+        estimate = Usage(input_tokens=self.estimate, output_tokens=self.out_chars // 4)
+        out.append(A.message_delta_frame(stop_reason, A.anthropic_usage(estimate)))
+        out.append(A.MESSAGE_STOP_FRAME)
+        return None
+
+
+class AnthropicToOpenAI:
+    """One instance per request; not thread-safe."""
+
+    client_api = Api.ANTHROPIC
+    provider_api = Api.OPENAI
+    rewrites_response = True
+
+    def __init__(self) -> None:
+        self._model = ""
+        self._stream = False
+        self._upstream_sse = False
+        self._estimate = 0
+        self._buffer: list[bytes] = []
+        self._machine: _Stream | None = None
+
+    def request(self, body: Mapping[str, Any], target: Target) -> UpstreamRequest:
+        if not isinstance(body, Mapping):  # orjson gives a dict; any mapping will do
+            raise ClientRequestError("request body must be a JSON object")
+        builder = _RequestBuilder(target)
+        upstream = orjson.dumps(builder.build(body))
+        self._model = target.model
+        self._stream = self._upstream_sse = target.stream
+        # ~4 characters per token for text and JSON; base64 payloads count as a flat per-image cost.
+        self._estimate = (len(upstream) - builder.binary_chars) // 4 + builder.images * _IMAGE_TOKENS
+        return UpstreamRequest(path=target.base_path + "/chat/completions", body=upstream)
+
+    def response_headers(self, status: int, headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+        """Headers to set on the client response. The processor removes ``content-length``: the
+        translated body has a different size."""
+        if status >= 300 or not self._stream:
+            return (("content-type", "application/json"),)
+        # A provider that ignored stream=true answers JSON; the stream machine replays it as SSE.
+        self._upstream_sse = "json" not in headers.get("content-type", "").lower()
+        return (("content-type", "text/event-stream"), ("cache-control", "no-cache"))
+
+    def response_body(self, chunk: bytes, end_of_stream: bool) -> TranslatedChunk:
+        if self._stream and self._upstream_sse:
+            return self._stream_machine().feed(chunk, end_of_stream)
+        self._buffer.append(chunk)
+        if not end_of_stream:
+            return TranslatedChunk(body=b"")
+        raw = b"".join(self._buffer)
+        self._buffer.clear()
+        try:
+            completion = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamProtocolError(f"invalid JSON from upstream: {exc}") from None
+        if self._stream:
+            machine = self._stream_machine()
+            out: list[bytes] = []
+            try:
+                synthetic = O.chunk_from_completion(completion)
+            except UpstreamProtocolError as exc:
+                machine.fail(out, 502, str(exc))
+                return TranslatedChunk(body=b"".join(out))
+            machine.chunk(synthetic, out)
+            usage = machine.finish(out)
+            return TranslatedChunk(body=b"".join(out), usage=usage)
+        message, usage = O.message_from_completion(completion, self._model)
+        return TranslatedChunk(body=orjson.dumps(message), usage=usage)
+
+    def response_error(self, status: int, body: bytes) -> TranslatedBody:
+        return TranslatedBody(
+            status=status, body=error_body(Api.ANTHROPIC, status, upstream_error_message(status, body))
+        )
+
+    def _stream_machine(self) -> _Stream:
+        if self._machine is None:
+            self._machine = _Stream(self._model, self._estimate)
+        return self._machine

@@ -1,0 +1,587 @@
+"""Client speaks OpenAI Chat Completions, provider speaks Anthropic Messages.
+
+Request: system/developer messages -> ``system`` text blocks (hoisted, in order); content parts ->
+Anthropic blocks; ``tool_calls`` -> ``tool_use``; ``tool`` (and legacy ``function``) messages ->
+``tool_result`` blocks in one user message; consecutive same-role messages merge (tool results
+first, as Anthropic requires). Choices made where the formats differ:
+
+- ``max_tokens`` is required by Anthropic: ``max_completion_tokens`` or ``max_tokens``, else 4096
+  (plus the thinking budget when thinking is on), clamped to the target's limit.
+- ``temperature`` is clamped to Anthropic's 0..1. When both ``temperature`` and ``top_p`` are set,
+  ``top_p`` is dropped (current Claude models reject the pair).
+- ``reasoning_effort`` -> ``thinking.budget_tokens`` (minimal 1024, low 2048, medium 8192, high
+  24576, xhigh 32000; half of max_tokens when it does not fit below it; under 1024 thinking is
+  off), only for targets with the ``thinking`` capability, and not when the tool choice forces a
+  tool or the request is in the middle of a tool loop (Anthropic then requires the signed thinking
+  block of the previous turn, which an OpenAI client cannot send back). With thinking on,
+  temperature/top_p are dropped.
+- Whitespace-only stop sequences and empty text parts are dropped (Anthropic rejects them).
+- ``response_format`` json_object/json_schema -> an instruction appended to the system prompt.
+- ``n`` > 1 and audio input are refused; logprobs, seed, penalties, logit_bias are dropped.
+
+Response: Anthropic -> ``chat.completion`` or a ``chat.completion.chunk`` stream (`_Stream`).
+Thinking becomes ``reasoning_content``; text blocks are joined with a blank line in both forms.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+
+from extproc.errors import error_body
+from extproc.sse import SSEDecoder, SSEEvent
+from extproc.translate import anthropic_schema as A
+from extproc.translate import openai_schema as O
+from extproc.translate.base import (
+    Api,
+    ClientRequestError,
+    Target,
+    TranslatedBody,
+    TranslatedChunk,
+    UpstreamProtocolError,
+    UpstreamRequest,
+    Usage,
+)
+from extproc.translate.wire import error_message, error_status, short, upstream_error_message
+
+_DEFAULT_MAX_TOKENS = 4096
+_USER_ID_LIMIT = 256
+_EMPTY_SCHEMA = {"type": "object", "properties": {}}
+_HEADERS = (("anthropic-version", A.ANTHROPIC_VERSION),)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _positive_int(body: Mapping[str, Any], key: str) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ClientRequestError(f"{key}: must be a positive integer")
+    return value
+
+
+class _RequestBuilder:
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.system: list[dict[str, Any]] = []
+        self.messages: list[dict[str, Any]] = []
+        self.function_call_id: str | None = None  # legacy function calling has no ids: make them
+
+    def build(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        target = self.target
+        n = body.get("n")
+        if n is not None and n != 1:
+            raise ClientRequestError("n: only 1 choice is supported for this model")
+        self.convert_messages(body.get("messages"))
+        self.response_format(body.get("response_format"))
+
+        out: dict[str, Any] = {"model": target.model}
+        if self.system:
+            out["system"] = self.system
+        out["messages"] = self.messages
+        tools = self.tools(body)
+        choice = self.tool_choice(body) if tools else None
+        if tools:
+            out["tools"] = tools
+            if choice is not None:
+                out["tool_choice"] = choice
+
+        requested = _positive_int(body, "max_completion_tokens") or _positive_int(body, "max_tokens")
+        budget = self.thinking_budget(body.get("reasoning_effort"), choice)
+        max_tokens = requested or _DEFAULT_MAX_TOKENS + (budget or 0)
+        if target.max_output_tokens is not None:
+            max_tokens = min(max_tokens, target.max_output_tokens)
+        out["max_tokens"] = max_tokens
+        if budget:
+            if budget >= max_tokens:  # Anthropic needs budget < max_tokens: share the client's cap
+                budget = max_tokens // 2
+            if budget >= A.MIN_THINKING_BUDGET:
+                out["thinking"] = {"type": "enabled", "budget_tokens": budget}
+        thinking = "thinking" in out
+
+        temperature, top_p = body.get("temperature"), body.get("top_p")
+        for key, value in (("temperature", temperature), ("top_p", top_p)):
+            if value is not None and not _is_number(value):
+                raise ClientRequestError(f"{key}: must be a number")
+        if not thinking:
+            if temperature is not None:
+                out["temperature"] = min(max(temperature, 0), 1)
+            elif top_p is not None:
+                out["top_p"] = top_p
+        stop = self.stop(body.get("stop"))
+        if stop:
+            out["stop_sequences"] = stop
+        user = body.get("user")
+        if isinstance(user, str) and user:
+            if len(user) > _USER_ID_LIMIT:
+                user = hashlib.sha256(user.encode()).hexdigest()
+            out["metadata"] = {"user_id": user}
+        if target.stream:
+            out["stream"] = True
+        return out
+
+    # --- messages ----------------------------------------------------------------------------
+
+    def push(self, role: str, blocks: list[dict[str, Any]]) -> None:
+        if not blocks:
+            return
+        if self.messages and self.messages[-1]["role"] == role:
+            self.messages[-1]["content"].extend(blocks)
+        else:
+            self.messages.append({"role": role, "content": blocks})
+
+    def convert_messages(self, messages: Any) -> None:
+        if not isinstance(messages, list):
+            raise ClientRequestError("messages: required, must be an array")
+        if not messages:
+            raise ClientRequestError("messages: at least one message is required")
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict):
+                raise ClientRequestError(f"messages.{i}: must be an object")
+            role = message.get("role")
+            content = message.get("content")
+            path = f"messages.{i}"
+            if role in ("system", "developer"):
+                self.system.extend(O.content_blocks(path, content, text_only=True))
+            elif role == "user":
+                self.push("user", O.content_blocks(path, content, text_only=False))
+            elif role == "assistant":
+                self.push("assistant", self.assistant(path, message))
+            elif role == "tool":
+                tool_id = message.get("tool_call_id")
+                if not isinstance(tool_id, str) or not tool_id:
+                    raise ClientRequestError(f"{path}.tool_call_id: required, must be a non-empty string")
+                self.push("user", [self.tool_result(path, tool_id, content)])
+            elif role == "function":
+                if self.function_call_id is None:
+                    raise ClientRequestError(f"{path}: function message without a preceding function_call")
+                self.push("user", [self.tool_result(path, self.function_call_id, content)])
+                self.function_call_id = None
+            else:
+                raise ClientRequestError(
+                    f"{path}.role: must be one of system, developer, user, assistant, tool, got {short(role)}"
+                )
+        if not self.messages:
+            raise ClientRequestError("messages: no user or assistant message with content")
+
+    def tool_result(self, path: str, tool_id: str, content: Any) -> dict[str, Any]:
+        block: dict[str, Any] = {"type": "tool_result", "tool_use_id": tool_id}
+        if isinstance(content, str):
+            if content:
+                block["content"] = content
+        elif content is not None:
+            parts = O.content_blocks(path, content, text_only=False)
+            if parts:
+                block["content"] = parts
+        return block
+
+    def assistant(self, path: str, message: Mapping[str, Any]) -> list[dict[str, Any]]:
+        content = message.get("content")
+        blocks: list[dict[str, Any]] = []
+        if isinstance(content, list):  # text and refusal parts
+            for j, part in enumerate(content):
+                if not isinstance(part, dict) or part.get("type") not in ("text", "refusal"):
+                    raise ClientRequestError(f"{path}.content.{j}: must be a text or refusal part")
+                text = part.get(part["type"])
+                if not isinstance(text, str):
+                    raise ClientRequestError(f"{path}.content.{j}.{part['type']}: required, must be a string")
+                if text.strip():
+                    blocks.append({"type": "text", "text": text})
+        elif isinstance(content, str):
+            if content.strip():
+                blocks.append({"type": "text", "text": content})
+        elif content is not None:
+            raise ClientRequestError(f"{path}.content: must be a string, an array of parts or null")
+        calls = message.get("tool_calls")
+        if calls is not None:
+            if not isinstance(calls, list):
+                raise ClientRequestError(f"{path}.tool_calls: must be an array")
+            for k, call in enumerate(calls):
+                call_path = f"{path}.tool_calls.{k}"
+                if not isinstance(call, dict):
+                    raise ClientRequestError(f"{call_path}: must be an object")
+                if call.get("type", "function") != "function":
+                    raise ClientRequestError(f"{call_path}.type: only function tool calls are supported")
+                call_id = call.get("id")
+                if not isinstance(call_id, str) or not call_id:
+                    raise ClientRequestError(f"{call_path}.id: required, must be a non-empty string")
+                blocks.append(self.tool_use(call_path, call_id, call.get("function")))
+        legacy = message.get("function_call")
+        if isinstance(legacy, dict):
+            self.function_call_id = f"call_{path.rpartition('.')[2]}"
+            blocks.append(self.tool_use(f"{path}.function_call", self.function_call_id, legacy))
+        return blocks
+
+    def tool_use(self, path: str, call_id: str, function: Any) -> dict[str, Any]:
+        if not isinstance(function, dict):
+            raise ClientRequestError(f"{path}.function: required, must be an object")
+        name = function.get("name")
+        if not isinstance(name, str) or not name:
+            raise ClientRequestError(f"{path}.function.name: required, must be a non-empty string")
+        return {"type": "tool_use", "id": call_id, "name": name, "input": O.parse_arguments(function.get("arguments"))}
+
+    def response_format(self, response_format: Any) -> None:
+        """Anthropic has no portable JSON mode: ask for it in the system prompt (best effort)."""
+        if not isinstance(response_format, dict):
+            return
+        kind = response_format.get("type")
+        if kind == "json_object":
+            self.system.append({"type": "text", "text": "Respond with a single valid JSON object and nothing else."})
+        elif kind == "json_schema":
+            spec = response_format.get("json_schema")
+            schema = spec.get("schema") if isinstance(spec, dict) else None
+            text = "Respond with a single valid JSON object and nothing else"
+            if isinstance(schema, dict):
+                text += ", matching this JSON schema: " + orjson.dumps(schema).decode()
+            self.system.append({"type": "text", "text": text + "."})
+
+    # --- tools and sampling ----------------------------------------------------------------------
+
+    def tools(self, body: Mapping[str, Any]) -> list[dict[str, Any]]:
+        tools = body.get("tools")
+        key = "tools"
+        if tools is None:
+            tools, key = body.get("functions"), "functions"
+            if tools is None:
+                return []
+        if not isinstance(tools, list):
+            raise ClientRequestError(f"{key}: must be an array")
+        out = []
+        for k, tool in enumerate(tools):
+            if not isinstance(tool, dict):
+                raise ClientRequestError(f"{key}.{k}: must be an object")
+            function = tool
+            if key == "tools":
+                if tool.get("type") != "function":
+                    raise ClientRequestError(f"tools.{k}.type: only 'function' tools are supported")
+                function = tool.get("function")
+                if not isinstance(function, dict):
+                    raise ClientRequestError(f"tools.{k}.function: required, must be an object")
+            name = function.get("name")
+            if not isinstance(name, str) or not name:
+                raise ClientRequestError(f"{key}.{k}.name: required, must be a non-empty string")
+            converted: dict[str, Any] = {"name": name}
+            description = function.get("description")
+            if isinstance(description, str) and description:
+                converted["description"] = description
+            schema = function.get("parameters")
+            if schema is None:
+                schema = _EMPTY_SCHEMA
+            elif not isinstance(schema, dict):
+                raise ClientRequestError(f"{key}.{k}.parameters: must be an object")
+            elif schema.get("type") != "object":
+                schema = {**schema, "type": "object"}  # Anthropic requires an object schema
+            converted["input_schema"] = schema
+            out.append(converted)
+        return out
+
+    def tool_choice(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        choice = body.get("tool_choice", body.get("function_call"))
+        result: dict[str, Any] | None
+        if choice is None or choice == "auto":
+            result = None
+        elif choice == "required":
+            result = {"type": "any"}
+        elif choice == "none":
+            return {"type": "none"}
+        elif isinstance(choice, dict):
+            kind = choice.get("type")
+            function = choice.get("function") if kind == "function" else choice
+            if kind == "allowed_tools":
+                allowed = choice.get("allowed_tools")
+                mode = allowed.get("mode") if isinstance(allowed, dict) else None
+                result = {"type": "any"} if mode == "required" else None
+            elif isinstance(function, dict) and isinstance(function.get("name"), str) and function["name"]:
+                result = {"type": "tool", "name": function["name"]}
+            else:
+                raise ClientRequestError("tool_choice: a function choice needs function.name")
+        else:
+            raise ClientRequestError(
+                f"tool_choice: must be 'auto', 'required', 'none' or an object, got {short(choice)}"
+            )
+        if body.get("parallel_tool_calls") is False:
+            result = {**(result or {"type": "auto"}), "disable_parallel_tool_use": True}
+        return result
+
+    def thinking_budget(self, effort: Any, choice: dict[str, Any] | None) -> int | None:
+        if effort is None or effort == "none":
+            return None
+        if effort not in A.BUDGET_FOR_EFFORT:
+            raise ClientRequestError(
+                f"reasoning_effort: must be one of none, minimal, low, medium, high, xhigh, got {short(effort)}"
+            )
+        if "thinking" not in self.target.capabilities:
+            return None
+        if choice is not None and choice["type"] in ("any", "tool"):
+            return None  # Anthropic refuses thinking with a forced tool
+        last = self.messages[-1]
+        if last["role"] == "user" and any(b["type"] == "tool_result" for b in last["content"]):
+            return None  # mid tool loop: the previous turn's signed thinking block is not available
+        return A.BUDGET_FOR_EFFORT[effort]
+
+    def stop(self, stop: Any) -> list[str]:
+        if stop is None:
+            return []
+        if isinstance(stop, str):
+            stop = [stop]
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+            raise ClientRequestError("stop: must be a string or an array of strings")
+        return [s for s in stop if s.strip()]
+
+
+# --- responses -------------------------------------------------------------------------------
+
+
+_TEXT, _THINKING, _IGNORED = -1, -2, -3  # block kinds; a tool_use block's kind is its tool position
+
+
+class _Stream:
+    """Anthropic stream events -> ``chat.completion.chunk`` SSE. All stream state lives here."""
+
+    __slots__ = (
+        "blocks",
+        "created",
+        "decoder",
+        "done",
+        "finish_sent",
+        "include_usage",
+        "model",
+        "separate",
+        "stop_reason",
+        "tool_count",
+        "usage",
+        "writer",
+        "wrote",
+    )
+
+    def __init__(self, model: str, created: int, include_usage: bool) -> None:
+        self.decoder = SSEDecoder()
+        self.model = model
+        self.created = created
+        self.include_usage = include_usage
+        self.writer: O.ChunkWriter | None = None
+        self.blocks: dict[int, int] = {}  # Anthropic block index -> kind
+        self.tool_count = 0
+        self.wrote: set[int] = set()  # fields (text, reasoning) that got some output
+        self.separate: set[int] = set()  # fields whose next output starts a new block
+        self.stop_reason: Any = None
+        self.usage = Usage()
+        self.finish_sent = False
+        self.done = False
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> TranslatedChunk:
+        out: list[bytes] = []
+        usage = None
+        for event in self.decoder.feed(chunk):
+            usage = self.sse_event(event, out) or usage
+        if end_of_stream:
+            for event in self.decoder.close():
+                usage = self.sse_event(event, out) or usage
+            usage = self.finish(out) or usage
+        return TranslatedChunk(body=b"".join(out), usage=usage)
+
+    def sse_event(self, event: SSEEvent, out: list[bytes]) -> Usage | None:
+        if self.done or not event.data:
+            return None
+        try:
+            obj = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            self.fail(out, 502, "upstream sent an invalid stream event")
+            return None
+        if not isinstance(obj, dict):
+            self.fail(out, 502, "upstream sent an invalid stream event")
+            return None
+        return self.event(obj, out)
+
+    def fail(self, out: list[bytes], status: int, message: str, code: str | None = None) -> None:
+        out.append(O.error_frame(status, message, code))
+        self.done = True
+
+    def start(self, message: Any, out: list[bytes]) -> None:
+        message = message if isinstance(message, dict) else {}
+        model = message.get("model")
+        if isinstance(model, str) and model:
+            self.model = model
+        self.usage = A.usage_from_anthropic(message.get("usage"))
+        self.writer = O.ChunkWriter(A.completion_id(message.get("id")), self.created, self.model)
+        out.append(self.writer.delta({"role": "assistant", "content": ""}))
+
+    def event(self, obj: dict[str, Any], out: list[bytes]) -> Usage | None:
+        kind = obj.get("type")
+        if kind == "error":
+            err = obj.get("error")
+            code = err.get("type") if isinstance(err, dict) and isinstance(err.get("type"), str) else None
+            self.fail(out, error_status(obj), error_message(obj) or "upstream stream error", code)
+            return None
+        if kind == "ping":
+            return None
+        writer = self.writer
+        if writer is None:
+            self.start(obj.get("message") if kind == "message_start" else None, out)
+            writer = self.writer
+            if kind == "message_start":
+                return None
+        assert writer is not None
+        if kind == "content_block_delta":
+            delta = obj.get("delta")
+            if not isinstance(delta, dict):
+                return None
+            index = obj.get("index")
+            block = self.blocks.get(index) if isinstance(index, int) else None
+            dtype = delta.get("type")
+            if dtype == "text_delta":
+                self.text(_TEXT, delta.get("text"), out)
+            elif dtype == "thinking_delta":
+                self.text(_THINKING, delta.get("thinking"), out)
+            elif dtype == "input_json_delta":
+                fragment = delta.get("partial_json")
+                if fragment and isinstance(fragment, str) and isinstance(block, int) and block >= 0:
+                    out.append(writer.tool_arguments(block, fragment))
+            return None
+        if kind == "content_block_start":
+            self.block_start(obj.get("index"), obj.get("content_block"), out)
+        elif kind == "message_delta":
+            delta = obj.get("delta")
+            if isinstance(delta, dict) and delta.get("stop_reason"):
+                self.stop_reason = delta["stop_reason"]
+            self.usage = A.usage_from_anthropic(obj.get("usage"), self.usage)
+            if self.finish_sent:
+                return None
+            out.append(writer.finish(A.finish_reason(self.stop_reason)))
+            self.finish_sent = True
+            return self.usage
+        elif kind == "message_stop":
+            self.finish(out)
+        return None
+
+    def block_start(self, index: Any, block: Any, out: list[bytes]) -> None:
+        assert self.writer is not None
+        if not isinstance(block, dict) or not isinstance(index, int):
+            return
+        kind = block.get("type")
+        if kind in ("text", "thinking"):
+            field = _TEXT if kind == "text" else _THINKING
+            self.blocks[index] = field
+            if field in self.wrote:
+                self.separate.add(field)
+            self.text(field, block.get(kind), out)
+        elif kind == "tool_use":
+            position = self.tool_count
+            self.tool_count += 1
+            self.blocks[index] = position
+            tool_input = block.get("input")
+            arguments = orjson.dumps(tool_input).decode() if isinstance(tool_input, dict) and tool_input else ""
+            call = {
+                "index": position,
+                "id": str(block.get("id", "")),
+                "type": "function",
+                "function": {"name": str(block.get("name", "")), "arguments": arguments},
+            }
+            out.append(self.writer.delta({"tool_calls": [call]}))
+        else:
+            self.blocks[index] = _IGNORED  # redacted thinking, server tools: nothing to show
+
+    def text(self, field: int, text: Any, out: list[bytes]) -> None:
+        """Text or reasoning; consecutive blocks of one kind are joined by a blank line, as in
+        ``completion_from_message``."""
+        if not text or not isinstance(text, str):
+            return
+        assert self.writer is not None
+        if field in self.separate:
+            text = "\n\n" + text
+            self.separate.discard(field)
+        self.wrote.add(field)
+        out.append(self.writer.content(text) if field == _TEXT else self.writer.reasoning(text))
+
+    def finish(self, out: list[bytes]) -> Usage | None:
+        if self.done:
+            return None
+        if self.writer is None:
+            self.fail(out, 502, "upstream closed the stream without a response")
+            return None
+        self.done = True
+        usage = None
+        if not self.finish_sent:
+            out.append(self.writer.finish(A.finish_reason(self.stop_reason)))
+            usage = self.usage
+        if self.include_usage:
+            out.append(self.writer.usage(A.openai_usage(self.usage)))
+        out.append(O.DONE_FRAME)
+        return usage
+
+
+class OpenAIToAnthropic:
+    """One instance per request; not thread-safe. ``clock`` gives ``created`` (injectable for tests)."""
+
+    client_api = Api.OPENAI
+    provider_api = Api.ANTHROPIC
+    rewrites_response = True
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._model = ""
+        self._stream = False
+        self._upstream_sse = False
+        self._include_usage = False
+        self._buffer: list[bytes] = []
+        self._machine: _Stream | None = None
+
+    def request(self, body: Mapping[str, Any], target: Target) -> UpstreamRequest:
+        if not isinstance(body, Mapping):  # orjson gives a dict; any mapping will do
+            raise ClientRequestError("request body must be a JSON object")
+        upstream = _RequestBuilder(target).build(body)
+        options = body.get("stream_options")
+        self._include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        self._model = target.model
+        self._stream = self._upstream_sse = target.stream
+        return UpstreamRequest(path=target.base_path + "/v1/messages", body=orjson.dumps(upstream), headers=_HEADERS)
+
+    def response_headers(self, status: int, headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+        """Headers to set on the client response. The processor removes ``content-length``: the
+        translated body has a different size."""
+        if status >= 300 or not self._stream:
+            return (("content-type", "application/json"),)
+        self._upstream_sse = "json" not in headers.get("content-type", "").lower()
+        return (("content-type", "text/event-stream"), ("cache-control", "no-cache"))
+
+    def response_body(self, chunk: bytes, end_of_stream: bool) -> TranslatedChunk:
+        if self._stream and self._upstream_sse:
+            return self._stream_machine().feed(chunk, end_of_stream)
+        self._buffer.append(chunk)
+        if not end_of_stream:
+            return TranslatedChunk(body=b"")
+        raw = b"".join(self._buffer)
+        self._buffer.clear()
+        try:
+            message = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamProtocolError(f"invalid JSON from upstream: {exc}") from None
+        if self._stream:
+            machine = self._stream_machine()
+            out: list[bytes] = []
+            usage = None
+            try:
+                events = A.events_from_message(message)
+            except UpstreamProtocolError as exc:
+                machine.fail(out, 502, str(exc))
+                events = []
+            for event in events:
+                usage = machine.event(event, out) or usage
+            return TranslatedChunk(body=b"".join(out), usage=usage)
+        completion, usage = A.completion_from_message(message, int(self._clock()), self._model)
+        return TranslatedChunk(body=orjson.dumps(completion), usage=usage)
+
+    def response_error(self, status: int, body: bytes) -> TranslatedBody:
+        return TranslatedBody(status=status, body=error_body(Api.OPENAI, status, upstream_error_message(status, body)))
+
+    def _stream_machine(self) -> _Stream:
+        if self._machine is None:
+            self._machine = _Stream(self._model, int(self._clock()), self._include_usage)
+        return self._machine
