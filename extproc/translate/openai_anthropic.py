@@ -313,7 +313,7 @@ class _RequestBuilder:
     def thinking_budget(self, effort: Any, choice: dict[str, Any] | None) -> int | None:
         if effort is None or effort == "none":
             return None
-        if effort not in A.BUDGET_FOR_EFFORT:
+        if not isinstance(effort, str) or effort not in A.BUDGET_FOR_EFFORT:
             raise ClientRequestError(
                 f"reasoning_effort: must be one of none, minimal, low, medium, high, xhigh, got {short(effort)}"
             )

@@ -23,6 +23,10 @@ class PassthroughTranslator:
     def request(self, body: Mapping[str, Any], target: Target) -> UpstreamRequest:
         upstream = dict(body)  # shallow copy: the parsed body stays intact for a fallback attempt
         upstream["model"] = target.model
+        if self.client_api is Api.ANTHROPIC:
+            messages = body.get("messages")
+            if isinstance(messages, list) and _has_unsigned_thinking(messages):
+                upstream["messages"] = _without_unsigned_thinking(messages)
         if target.max_output_tokens is not None:
             key = "max_tokens" if self.client_api is Api.ANTHROPIC else None
             if key and isinstance(upstream.get(key), int) and upstream[key] > target.max_output_tokens:
@@ -37,6 +41,33 @@ class PassthroughTranslator:
 
     def response_error(self, status: int, body: bytes) -> TranslatedBody:
         return TranslatedBody(status=status, body=body)
+
+
+def _is_unsigned_thinking(block: Any) -> bool:
+    return isinstance(block, dict) and block.get("type") == "thinking" and not block.get("signature")
+
+
+def _has_unsigned_thinking(messages: list[Any]) -> bool:
+    return any(
+        isinstance(m, dict) and isinstance(m.get("content"), list) and any(map(_is_unsigned_thinking, m["content"]))
+        for m in messages
+        if isinstance(m, dict) and m.get("role") == "assistant"
+    )
+
+
+def _without_unsigned_thinking(messages: list[Any]) -> list[Any]:
+    """Thinking that another provider produced carries no Anthropic signature (we never invent one);
+    Anthropic rejects such blocks when a conversation that switched providers is replayed to it."""
+    out = []
+    for message in messages:
+        if (
+            isinstance(message, dict)
+            and message.get("role") == "assistant"
+            and isinstance(message.get("content"), list)
+        ):
+            message = {**message, "content": [b for b in message["content"] if not _is_unsigned_thinking(b)]}
+        out.append(message)
+    return out
 
 
 class AnthropicPassthrough(PassthroughTranslator):
