@@ -34,6 +34,9 @@ class SnapshotCache:
         self._ack_listeners: list[Callable[[Ack | None], None]] = []
         # group -> node -> type_url -> acked version
         self.acks: dict[str, dict[str, dict[str, str]]] = {}
+        # A node may briefly hold two streams (it reconnected before its old stream was reaped):
+        # its ACKs are forgotten only when its last stream closes.
+        self._streams: dict[tuple[str, str], int] = {}
 
     def get(self, group: str) -> Snapshot | None:
         return self._snapshots.get(group)
@@ -60,10 +63,17 @@ class SnapshotCache:
             listener(ack)
 
     def connect_node(self, group: str, node: str) -> None:
+        self._streams[(group, node)] = self._streams.get((group, node), 0) + 1
         self.acks.setdefault(group, {}).setdefault(node, {})
 
     def forget_node(self, group: str, node: str) -> None:
-        """A stream closed: its node no longer holds back (or waits for) a rollout."""
+        """A stream closed: once it was the node's last, the node no longer holds back (or waits
+        for) a rollout."""
+        remaining = self._streams.get((group, node), 1) - 1
+        if remaining > 0:
+            self._streams[(group, node)] = remaining
+            return
+        self._streams.pop((group, node), None)
         self.acks.get(group, {}).pop(node, None)
         for listener in self._ack_listeners:
             listener(None)

@@ -300,8 +300,8 @@ _PROVIDER_FIELDS = ("name", "api", "base_url", "api_key_env", "headers", "models
 
 
 def _provider(check: _Checker, at: _Located, path: str) -> ProviderSpec | None:
-    fields = check.mapping(at, path, _PROVIDER_FIELDS, required=("name", "api", "base_url", "models"))
     before = len(check.problems)
+    fields = check.mapping(at, path, _PROVIDER_FIELDS, required=("name", "api", "base_url", "models"))
     name = (
         check.string(fields["name"], _join(path, "name"), _NAME, "provider name ([a-z0-9_-])")
         if "name" in fields
@@ -361,7 +361,9 @@ def _base_url(check: _Checker, at: _Located, path: str) -> tuple[str, str, int, 
         check.problem(at, path, f"{text!r} must not carry a query, fragment or credentials")
         return None
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        port = parts.port if parts.port is not None else (443 if parts.scheme == "https" else 80)
+        if port == 0:
+            raise ValueError("port 0")
     except ValueError:
         check.problem(at, path, f"{text!r} has an invalid port")
         return None
@@ -370,11 +372,14 @@ def _base_url(check: _Checker, at: _Located, path: str) -> tuple[str, str, int, 
 
 def _model(check: _Checker, at: _Located, path: str) -> ModelSpec | None:
     if isinstance(at.value, str):
-        return ModelSpec(name=at.value, id=at.value) if at.value else None
+        if at.value:
+            return ModelSpec(name=at.value, id=at.value)
+        check.problem(at, path, "a model name must not be empty")
+        return None
+    before = len(check.problems)
     fields = check.mapping(
         at, path, ("name", "id", "max_output_tokens", "context_window", "capabilities"), required=("name",)
     )
-    before = len(check.problems)
     name = check.string(fields["name"], _join(path, "name")) if "name" in fields else None
     model_id = check.string(fields["id"], _join(path, "id")) if "id" in fields else name
     max_output = (
@@ -391,12 +396,11 @@ def _model(check: _Checker, at: _Located, path: str) -> ModelSpec | None:
     if "capabilities" in fields:
         for index, item in enumerate(check.sequence(fields["capabilities"], _join(path, "capabilities"))):
             cap_path = _join(_join(path, "capabilities"), index)
-            if item.value not in KNOWN_CAPABILITIES:
-                check.problem(
-                    item,
-                    cap_path,
-                    f"unknown capability {item.value!r} (known: {', '.join(sorted(KNOWN_CAPABILITIES))})",
-                )
+            known = ", ".join(sorted(KNOWN_CAPABILITIES))
+            if not isinstance(item.value, str):
+                check.problem(item, cap_path, f"must be a capability name, got {_kind(item.value)} (known: {known})")
+            elif item.value not in KNOWN_CAPABILITIES:
+                check.problem(item, cap_path, f"unknown capability {item.value!r} (known: {known})")
             else:
                 capabilities.append(item.value)
     if len(check.problems) > before or name is None or model_id is None:
@@ -405,16 +409,20 @@ def _model(check: _Checker, at: _Located, path: str) -> ModelSpec | None:
 
 
 def _cross_checks(check: _Checker, providers_at: _Located | None, providers: list[tuple[int, ProviderSpec]]) -> None:
+    """Problems across entries, reported where the offending name is written."""
     items: list[_Located] = providers_at.value if providers_at and isinstance(providers_at.value, list) else []
     seen_names: set[str] = set()
     model_owner: dict[str, str] = {}
     for index, provider in providers:
-        path, at = _join("providers", index), items[index]
+        path, entry = _join("providers", index), items[index].value
         if provider.name in seen_names:
-            check.problem(at, _join(path, "name"), f"duplicate provider name {provider.name!r}")
+            check.problem(entry["name"][1], _join(path, "name"), f"duplicate provider name {provider.name!r}")
         seen_names.add(provider.name)
         seen_models: set[str] = set()
+        model_nodes = _model_name_nodes(entry["models"][1])
         for model in provider.models:
+            occurrences = model_nodes.get(model.name, [])
+            at = occurrences[-1] if occurrences else items[index]
             if model.name in seen_models:
                 check.problem(at, _join(path, "models"), f"model {model.name!r} is listed twice")
             seen_models.add(model.name)
@@ -425,3 +433,13 @@ def _cross_checks(check: _Checker, providers_at: _Located | None, providers: lis
                     _join(path, "models"),
                     f"model {model.name!r} is also served by provider {owner!r}; a model name must map to one provider",
                 )
+
+
+def _model_name_nodes(models_at: _Located) -> dict[str, list[_Located]]:
+    """Where each model name is written in a provider's models list (shorthand or `name:`)."""
+    found: dict[str, list[_Located]] = {}
+    for item in models_at.value:
+        node = item.value["name"][1] if isinstance(item.value, dict) and "name" in item.value else item
+        if isinstance(node.value, str):
+            found.setdefault(node.value, []).append(node)
+    return found
