@@ -76,6 +76,7 @@ class ProviderSpec:
     api_key_env: str = ""
     headers: tuple[tuple[str, str], ...] = ()
     models: tuple[ModelSpec, ...] = ()
+    forward_count_tokens: bool = False
 
     @property
     def cluster(self) -> str:
@@ -114,6 +115,7 @@ class GatewayPolicy:
                     base_path=p.base_path,
                     api_key_env=p.api_key_env,
                     headers=dict(p.headers),
+                    forward_count_tokens=p.forward_count_tokens,
                     models=[
                         policy_pb2.Model(
                             name=m.name,
@@ -296,7 +298,7 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
     return GatewayPolicy(listener_address, listener_port, max_request_bytes, specs, source)
 
 
-_PROVIDER_FIELDS = ("name", "api", "base_url", "api_key_env", "headers", "models")
+_PROVIDER_FIELDS = ("name", "api", "base_url", "api_key_env", "headers", "models", "forward_count_tokens")
 
 
 def _provider(check: _Checker, at: _Located, path: str) -> ProviderSpec | None:
@@ -334,6 +336,17 @@ def _provider(check: _Checker, at: _Located, path: str) -> ProviderSpec | None:
                     check.problem(value_at, header_path, f"must be a string, got {_kind(value_at.value)}")
                 else:
                     headers.append((lower, value_at.value))
+    forward_count_tokens = False
+    if "forward_count_tokens" in fields:
+        flag_at = fields["forward_count_tokens"]
+        if not isinstance(flag_at.value, bool):
+            check.problem(
+                flag_at, _join(path, "forward_count_tokens"), f"must be true or false, got {_kind(flag_at.value)}"
+            )
+        elif flag_at.value and api != "anthropic":
+            check.problem(flag_at, _join(path, "forward_count_tokens"), "only Anthropic-format providers count tokens")
+        else:
+            forward_count_tokens = flag_at.value
     models: list[ModelSpec] = []
     if "models" in fields:
         items = check.sequence(fields["models"], _join(path, "models"))
@@ -346,7 +359,9 @@ def _provider(check: _Checker, at: _Located, path: str) -> ProviderSpec | None:
     if len(check.problems) > before or name is None or api is None or url is None:
         return None
     scheme, host, port, base_path = url
-    return ProviderSpec(name, api, scheme, host, port, base_path, key_env, tuple(headers), tuple(models))
+    return ProviderSpec(
+        name, api, scheme, host, port, base_path, key_env, tuple(headers), tuple(models), forward_count_tokens
+    )
 
 
 def _base_url(check: _Checker, at: _Located, path: str) -> tuple[str, str, int, str] | None:

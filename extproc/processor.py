@@ -24,6 +24,7 @@ from control_plane.resources import CLUSTER_HEADER, INTERNAL_HEADER_PREFIX, META
 from extproc import mutations as m
 from extproc.routing import ModelRoute, RoutingTable
 from extproc.translate.base import Api, ClientRequestError, Translator, UpstreamProtocolError
+from extproc.translate.passthrough import CountTokensPassthrough
 from extproc.translate.registry import translator_for
 
 log = logging.getLogger("ccr.extproc")
@@ -131,10 +132,12 @@ class RequestProcessor:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             return m.immediate_error(self.api, 400, "model: a model name (string) is required", "ccr_no_model")
-        if self.endpoint.kind == "count_tokens":
+        route = table.route(model)
+        if self.endpoint.kind == "count_tokens" and not (
+            route is not None and route.provider.forward_count_tokens and not route.provider.unavailable
+        ):
             # A byte-based estimate (~4 bytes per token), answered locally: no provider round trip.
             return m.immediate(200, orjson.dumps({"input_tokens": max(1, len(raw) // 4)}))
-        route = table.route(model)
         if route is None:
             return m.immediate_error(
                 self.api, 404, f"model {model!r} is not served by this gateway", "ccr_unknown_model"
@@ -142,7 +145,10 @@ class RequestProcessor:
         provider = route.provider
         if provider.unavailable:
             return m.immediate_error(self.api, 503, provider.unavailable, "ccr_provider_unavailable")
-        translator = translator_for(self.api, provider.api)
+        if self.endpoint.kind == "count_tokens":
+            translator: Translator | None = CountTokensPassthrough()
+        else:
+            translator = translator_for(self.api, provider.api)
         if translator is None:
             message = (
                 f"model {model!r} is served by a {provider.api}-format provider, and requests in "

@@ -43,6 +43,7 @@ class ProviderRoute:
     headers: tuple[tuple[str, str], ...]
     # Set when the provider cannot be used from this process (e.g. its key variable is unset).
     unavailable: str | None = None
+    forward_count_tokens: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +86,15 @@ def compile_policy(policy: policy_pb2.Policy, environ: Mapping[str, str] | None 
                     f"provider {provider.name!r} has no API key: environment variable "
                     f"{provider.api_key_env} is not set for the ext_proc service"
                 )
-        route = ProviderRoute(provider.name, api, provider.cluster, provider.base_path, headers, unavailable)
+        route = ProviderRoute(
+            provider.name,
+            api,
+            provider.cluster,
+            provider.base_path,
+            headers,
+            unavailable,
+            provider.forward_count_tokens,
+        )
         for model in provider.models:
             if model.name in models:
                 raise PolicyCompileError(f"model {model.name!r} is served by two providers")

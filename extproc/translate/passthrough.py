@@ -75,6 +75,17 @@ class AnthropicPassthrough(PassthroughTranslator):
         super().__init__(Api.ANTHROPIC)
 
 
+class CountTokensPassthrough(PassthroughTranslator):
+    """POST /v1/messages/count_tokens forwarded to an Anthropic provider (policy: forward_count_tokens)."""
+
+    def __init__(self) -> None:
+        super().__init__(Api.ANTHROPIC)
+
+    def request(self, body: Mapping[str, Any], target: Target) -> UpstreamRequest:
+        upstream = super().request(body, target)
+        return UpstreamRequest(path=upstream.path + "/count_tokens", body=upstream.body)
+
+
 class OpenAIPassthrough(PassthroughTranslator):
     def __init__(self) -> None:
         super().__init__(Api.OPENAI)

@@ -102,6 +102,7 @@ def base_policy(listener_port: int, fake: FakeProvider, max_request_bytes: int =
                 "api": "anthropic",
                 "base_url": fake.url,
                 "api_key_env": "CCR_TEST_ANTHROPIC_KEY",
+                "forward_count_tokens": True,
                 "models": [
                     {
                         "name": "claude-sonnet-4-5",

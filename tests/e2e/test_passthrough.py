@@ -105,3 +105,17 @@ def test_provider_clusters_are_dynamic_from_ads(gateway):
     assert {"provider_fake-anthropic", "provider_fake-openai"} <= gateway.dynamic_clusters()
     listeners = kinds["ListenersConfigDump"]
     assert [entry["name"] for entry in listeners["dynamic_listeners"]] == ["ccr_listener"]
+
+
+def test_count_tokens_is_forwarded_to_anthropic_providers_and_estimated_for_others(gateway, fake):
+    client = _anthropic(gateway)
+    counted = client.messages.count_tokens(
+        model="claude-sonnet-4-5", messages=[{"role": "user", "content": "count me"}]
+    )
+    assert counted.input_tokens > 0
+    received = _only_request(fake)
+    assert received["path"] == "/v1/messages/count_tokens" and received["body"]["model"] == "fake-sonnet"
+    fake.clear()
+    estimated = client.messages.count_tokens(model="gpt-4o", messages=[{"role": "user", "content": "count me"}])
+    assert estimated.input_tokens > 0
+    assert fake.requests() == []

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x63\x63r/v1/policy.proto\x12\x06\x63\x63r.v1\"^\n\x06Policy\x12\x0f\n\x07version\x18\x01 \x01(\t\x12#\n\tproviders\x18\x02 \x03(\x0b\x32\x10.ccr.v1.Provider\x12\x1e\n\x06limits\x18\x03 \x01(\x0b\x32\x0e.ccr.v1.Limits\"#\n\x06Limits\x12\x19\n\x11max_request_bytes\x18\x01 \x01(\x04\"\xea\x01\n\x08Provider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x03\x61pi\x18\x02 \x01(\x0e\x32\x0b.ccr.v1.Api\x12\x0f\n\x07\x63luster\x18\x03 \x01(\t\x12\x11\n\tbase_path\x18\x04 \x01(\t\x12\x13\n\x0b\x61pi_key_env\x18\x05 \x01(\t\x12\x1d\n\x06models\x18\x06 \x03(\x0b\x32\r.ccr.v1.Model\x12.\n\x07headers\x18\x07 \x03(\x0b\x32\x1d.ccr.v1.Provider.HeadersEntry\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"j\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x19\n\x11max_output_tokens\x18\x03 \x01(\r\x12\x16\n\x0e\x63ontext_window\x18\x04 \x01(\r\x12\x14\n\x0c\x63\x61pabilities\x18\x05 \x03(\t*M\n\x03\x41pi\x12\x13\n\x0f\x41PI_UNSPECIFIED\x10\x00\x12\x11\n\rAPI_ANTHROPIC\x10\x01\x12\x0e\n\nAPI_OPENAI\x10\x02\x12\x0e\n\nAPI_GEMINI\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x63\x63r/v1/policy.proto\x12\x06\x63\x63r.v1\"^\n\x06Policy\x12\x0f\n\x07version\x18\x01 \x01(\t\x12#\n\tproviders\x18\x02 \x03(\x0b\x32\x10.ccr.v1.Provider\x12\x1e\n\x06limits\x18\x03 \x01(\x0b\x32\x0e.ccr.v1.Limits\"#\n\x06Limits\x12\x19\n\x11max_request_bytes\x18\x01 \x01(\x04\"\x88\x02\n\x08Provider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x03\x61pi\x18\x02 \x01(\x0e\x32\x0b.ccr.v1.Api\x12\x0f\n\x07\x63luster\x18\x03 \x01(\t\x12\x11\n\tbase_path\x18\x04 \x01(\t\x12\x13\n\x0b\x61pi_key_env\x18\x05 \x01(\t\x12\x1d\n\x06models\x18\x06 \x03(\x0b\x32\r.ccr.v1.Model\x12.\n\x07headers\x18\x07 \x03(\x0b\x32\x1d.ccr.v1.Provider.HeadersEntry\x12\x1c\n\x14\x66orward_count_tokens\x18\x08 \x01(\x08\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"j\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x19\n\x11max_output_tokens\x18\x03 \x01(\r\x12\x16\n\x0e\x63ontext_window\x18\x04 \x01(\r\x12\x14\n\x0c\x63\x61pabilities\x18\x05 \x03(\t*M\n\x03\x41pi\x12\x13\n\x0f\x41PI_UNSPECIFIED\x10\x00\x12\x11\n\rAPI_ANTHROPIC\x10\x01\x12\x0e\n\nAPI_OPENAI\x10\x02\x12\x0e\n\nAPI_GEMINI\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,16 +33,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PROVIDER_HEADERSENTRY']._loaded_options = None
   _globals['_PROVIDER_HEADERSENTRY']._serialized_options = b'8\001'
-  _globals['_API']._serialized_start=509
-  _globals['_API']._serialized_end=586
+  _globals['_API']._serialized_start=539
+  _globals['_API']._serialized_end=616
   _globals['_POLICY']._serialized_start=31
   _globals['_POLICY']._serialized_end=125
   _globals['_LIMITS']._serialized_start=127
   _globals['_LIMITS']._serialized_end=162
   _globals['_PROVIDER']._serialized_start=165
-  _globals['_PROVIDER']._serialized_end=399
-  _globals['_PROVIDER_HEADERSENTRY']._serialized_start=353
-  _globals['_PROVIDER_HEADERSENTRY']._serialized_end=399
-  _globals['_MODEL']._serialized_start=401
-  _globals['_MODEL']._serialized_end=507
+  _globals['_PROVIDER']._serialized_end=429
+  _globals['_PROVIDER_HEADERSENTRY']._serialized_start=383
+  _globals['_PROVIDER_HEADERSENTRY']._serialized_end=429
+  _globals['_MODEL']._serialized_start=431
+  _globals['_MODEL']._serialized_end=537
 # @@protoc_insertion_point(module_scope)

@@ -35,7 +35,7 @@ class Limits(_message.Message):
     def __init__(self, max_request_bytes: _Optional[int] = ...) -> None: ...
 
 class Provider(_message.Message):
-    __slots__ = ("name", "api", "cluster", "base_path", "api_key_env", "models", "headers")
+    __slots__ = ("name", "api", "cluster", "base_path", "api_key_env", "models", "headers", "forward_count_tokens")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,7 @@ class Provider(_message.Message):
     API_KEY_ENV_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_COUNT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     name: str
     api: Api
     cluster: str
@@ -57,7 +58,8 @@ class Provider(_message.Message):
     api_key_env: str
     models: _containers.RepeatedCompositeFieldContainer[Model]
     headers: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., api: _Optional[_Union[Api, str]] = ..., cluster: _Optional[str] = ..., base_path: _Optional[str] = ..., api_key_env: _Optional[str] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., headers: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    forward_count_tokens: bool
+    def __init__(self, name: _Optional[str] = ..., api: _Optional[_Union[Api, str]] = ..., cluster: _Optional[str] = ..., base_path: _Optional[str] = ..., api_key_env: _Optional[str] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., headers: _Optional[_Mapping[str, str]] = ..., forward_count_tokens: _Optional[bool] = ...) -> None: ...
 
 class Model(_message.Message):
     __slots__ = ("name", "id", "max_output_tokens", "context_window", "capabilities")
