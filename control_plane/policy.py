@@ -10,12 +10,10 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
 from ccr.v1 import policy_pb2
+from control_plane.yaml_check import Checker, Located, PolicyError, Problem, compose, join, kind_of
 
 API_NAMES = ("anthropic", "openai", "gemini")
 _PROTO_API = {
@@ -29,31 +27,6 @@ _HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
 _RESERVED_HEADERS = ("x-ccr-", ":", "host", "content-length", "authorization", "x-api-key", "x-goog-api-key")
 KNOWN_CAPABILITIES = frozenset({"tools", "vision", "thinking", "web_search"})
 DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    source: str
-    line: int  # 1-based; 0 when unknown
-    column: int
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.source}:{self.line}:{self.column}" if self.line else self.source
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
-
-
-class PolicyError(ValueError):
-    """The policy is invalid; ``problems`` lists every problem found, in file order."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = sorted(problems, key=lambda p: (p.line, p.column))
-        super().__init__("\n".join(str(p) for p in self.problems))
-
-    @classmethod
-    def single(cls, source: str, message: str) -> PolicyError:
-        return cls([Problem(source, 0, 0, "", message)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,122 +105,6 @@ class GatewayPolicy:
         )
 
 
-# --- YAML with positions -------------------------------------------------------------------------
-
-
-class _Located:
-    """A YAML value together with where it was written."""
-
-    __slots__ = ("column", "line", "value")
-
-    def __init__(self, value: Any, line: int, column: int) -> None:
-        self.value = value
-        self.line = line
-        self.column = column
-
-
-def _compose(text: str, source: str) -> _Located | None:
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
-        raise PolicyError([Problem(source, line, col, "", f"invalid YAML: {exc.problem}")]) from None
-    if node is None:
-        return None
-    return _locate(node)
-
-
-def _locate(node: yaml.Node) -> _Located:
-    line, col = node.start_mark.line + 1, node.start_mark.column + 1
-    if isinstance(node, yaml.MappingNode):
-        mapping: dict[str, tuple[_Located, _Located]] = {}
-        for key_node, value_node in node.value:
-            key = _locate(key_node)
-            mapping[str(key.value)] = (key, _locate(value_node))
-        return _Located(mapping, line, col)
-    if isinstance(node, yaml.SequenceNode):
-        return _Located([_locate(item) for item in node.value], line, col)
-    # PyYAML's own tag resolution: 8080 is an int, true a bool, "8080" a string.
-    return _Located(yaml.SafeLoader("").construct_object(node, deep=True), line, col)
-
-
-# --- validation ---------------------------------------------------------------------------------
-
-
-class _Checker:
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.problems: list[Problem] = []
-
-    def problem(self, at: _Located | None, path: str, message: str) -> None:
-        line, col = (at.line, at.column) if at else (0, 0)
-        self.problems.append(Problem(self.source, line, col, path, message))
-
-    def mapping(
-        self, at: _Located, path: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()
-    ) -> dict[str, _Located]:
-        if not isinstance(at.value, dict):
-            self.problem(at, path, f"must be a mapping, got {_kind(at.value)}")
-            return {}
-        out: dict[str, _Located] = {}
-        for key, (key_at, value_at) in at.value.items():
-            if key not in allowed:
-                hint = _closest(key, allowed)
-                self.problem(key_at, _join(path, key), "unknown field" + (f" (did you mean '{hint}'?)" if hint else ""))
-                continue
-            out[key] = value_at
-        for key in required:
-            if key not in out and key in allowed and key not in at.value:
-                self.problem(at, _join(path, key), "is required")
-        return out
-
-    def string(self, at: _Located, path: str, pattern: re.Pattern[str] | None = None, what: str = "") -> str | None:
-        if not isinstance(at.value, str) or not at.value:
-            self.problem(at, path, f"must be a non-empty string, got {_kind(at.value)}")
-            return None
-        if pattern is not None and not pattern.match(at.value):
-            self.problem(at, path, f"{at.value!r} is not a valid {what or 'value'}")
-            return None
-        return at.value
-
-    def integer(self, at: _Located, path: str, low: int, high: int) -> int | None:
-        if isinstance(at.value, bool) or not isinstance(at.value, int):
-            self.problem(at, path, f"must be an integer, got {_kind(at.value)}")
-            return None
-        if not low <= at.value <= high:
-            self.problem(at, path, f"must be between {low} and {high}, got {at.value}")
-            return None
-        return at.value
-
-    def sequence(self, at: _Located, path: str) -> list[_Located]:
-        if not isinstance(at.value, list):
-            self.problem(at, path, f"must be a list, got {_kind(at.value)}")
-            return []
-        return at.value
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer"}.get(
-        type(value), type(value).__name__
-    )
-
-
-def _join(path: str, key: str | int) -> str:
-    if isinstance(key, int):
-        return f"{path}[{key}]"
-    return f"{path}.{key}" if path else key
-
-
-def _closest(word: str, options: tuple[str, ...]) -> str | None:
-    import difflib
-
-    match = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
-    return match[0] if match else None
-
-
 def load_policy_file(path: str) -> GatewayPolicy:
     try:
         with open(path, encoding="utf-8") as handle:
@@ -258,8 +115,8 @@ def load_policy_file(path: str) -> GatewayPolicy:
 
 
 def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
-    root = _compose(text, source)
-    check = _Checker(source)
+    root = compose(text, source)
+    check = Checker(source)
     if root is None:
         raise PolicyError([Problem(source, 1, 1, "", "policy is empty; at least one provider is required")])
     top = check.mapping(root, "", ("listener", "limits", "providers"), required=("providers",))
@@ -288,7 +145,7 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
         if not items and isinstance(top["providers"].value, list):
             check.problem(top["providers"], "providers", "at least one provider is required")
         for index, item in enumerate(items):
-            provider = _provider(check, item, _join("providers", index))
+            provider = _provider(check, item, join("providers", index))
             if provider is not None:
                 providers.append((index, provider))
     _cross_checks(check, top.get("providers"), providers)
@@ -301,39 +158,38 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
 _PROVIDER_FIELDS = ("name", "api", "base_url", "api_key_env", "headers", "models", "forward_count_tokens")
 
 
-def _provider(check: _Checker, at: _Located, path: str) -> ProviderSpec | None:
+def _provider(check: Checker, at: Located, path: str) -> ProviderSpec | None:
     before = len(check.problems)
     fields = check.mapping(at, path, _PROVIDER_FIELDS, required=("name", "api", "base_url", "models"))
     name = (
-        check.string(fields["name"], _join(path, "name"), _NAME, "provider name ([a-z0-9_-])")
+        check.string(fields["name"], join(path, "name"), _NAME, "provider name ([a-z0-9_-])")
         if "name" in fields
         else None
     )
     api = None
     if "api" in fields:
-        api = check.string(fields["api"], _join(path, "api"))
+        api = check.string(fields["api"], join(path, "api"))
         if api is not None and api not in API_NAMES:
-            check.problem(fields["api"], _join(path, "api"), f"must be one of {', '.join(API_NAMES)} (got {api!r})")
-    url = _base_url(check, fields["base_url"], _join(path, "base_url")) if "base_url" in fields else None
+            check.problem(fields["api"], join(path, "api"), f"must be one of {', '.join(API_NAMES)} (got {api!r})")
+    url = _base_url(check, fields["base_url"], join(path, "base_url")) if "base_url" in fields else None
     key_env = ""
     if "api_key_env" in fields:
         key_env = (
-            check.string(fields["api_key_env"], _join(path, "api_key_env"), _ENV_NAME, "environment variable name")
-            or ""
+            check.string(fields["api_key_env"], join(path, "api_key_env"), _ENV_NAME, "environment variable name") or ""
         )
     headers: list[tuple[str, str]] = []
     if "headers" in fields:
         headers_at = fields["headers"]
         if not isinstance(headers_at.value, dict):
-            check.problem(headers_at, _join(path, "headers"), f"must be a mapping, got {_kind(headers_at.value)}")
+            check.problem(headers_at, join(path, "headers"), f"must be a mapping, got {kind_of(headers_at.value)}")
         else:
             for key, (key_at, value_at) in headers_at.value.items():
-                header_path = _join(_join(path, "headers"), key)
+                header_path = join(join(path, "headers"), key)
                 lower = key.lower()
                 if not _HEADER_NAME.match(lower) or lower.startswith(_RESERVED_HEADERS):
                     check.problem(key_at, header_path, "is not a header the policy may set")
                 elif not isinstance(value_at.value, str):
-                    check.problem(value_at, header_path, f"must be a string, got {_kind(value_at.value)}")
+                    check.problem(value_at, header_path, f"must be a string, got {kind_of(value_at.value)}")
                 else:
                     headers.append((lower, value_at.value))
     forward_count_tokens = False
@@ -341,19 +197,19 @@ def _provider(check: _Checker, at: _Located, path: str) -> ProviderSpec | None:
         flag_at = fields["forward_count_tokens"]
         if not isinstance(flag_at.value, bool):
             check.problem(
-                flag_at, _join(path, "forward_count_tokens"), f"must be true or false, got {_kind(flag_at.value)}"
+                flag_at, join(path, "forward_count_tokens"), f"must be true or false, got {kind_of(flag_at.value)}"
             )
         elif flag_at.value and api != "anthropic":
-            check.problem(flag_at, _join(path, "forward_count_tokens"), "only Anthropic-format providers count tokens")
+            check.problem(flag_at, join(path, "forward_count_tokens"), "only Anthropic-format providers count tokens")
         else:
             forward_count_tokens = flag_at.value
     models: list[ModelSpec] = []
     if "models" in fields:
-        items = check.sequence(fields["models"], _join(path, "models"))
+        items = check.sequence(fields["models"], join(path, "models"))
         if not items and isinstance(fields["models"].value, list):
-            check.problem(fields["models"], _join(path, "models"), "at least one model is required")
+            check.problem(fields["models"], join(path, "models"), "at least one model is required")
         for index, item in enumerate(items):
-            model = _model(check, item, _join(_join(path, "models"), index))
+            model = _model(check, item, join(join(path, "models"), index))
             if model is not None:
                 models.append(model)
     if len(check.problems) > before or name is None or api is None or url is None:
@@ -364,7 +220,7 @@ def _provider(check: _Checker, at: _Located, path: str) -> ProviderSpec | None:
     )
 
 
-def _base_url(check: _Checker, at: _Located, path: str) -> tuple[str, str, int, str] | None:
+def _base_url(check: Checker, at: Located, path: str) -> tuple[str, str, int, str] | None:
     text = check.string(at, path)
     if text is None:
         return None
@@ -385,7 +241,7 @@ def _base_url(check: _Checker, at: _Located, path: str) -> tuple[str, str, int, 
     return parts.scheme, parts.hostname, port, parts.path.rstrip("/")
 
 
-def _model(check: _Checker, at: _Located, path: str) -> ModelSpec | None:
+def _model(check: Checker, at: Located, path: str) -> ModelSpec | None:
     if isinstance(at.value, str):
         if at.value:
             return ModelSpec(name=at.value, id=at.value)
@@ -395,25 +251,25 @@ def _model(check: _Checker, at: _Located, path: str) -> ModelSpec | None:
     fields = check.mapping(
         at, path, ("name", "id", "max_output_tokens", "context_window", "capabilities"), required=("name",)
     )
-    name = check.string(fields["name"], _join(path, "name")) if "name" in fields else None
-    model_id = check.string(fields["id"], _join(path, "id")) if "id" in fields else name
+    name = check.string(fields["name"], join(path, "name")) if "name" in fields else None
+    model_id = check.string(fields["id"], join(path, "id")) if "id" in fields else name
     max_output = (
-        check.integer(fields["max_output_tokens"], _join(path, "max_output_tokens"), 1, 10_000_000)
+        check.integer(fields["max_output_tokens"], join(path, "max_output_tokens"), 1, 10_000_000)
         if "max_output_tokens" in fields
         else 0
     )
     window = (
-        check.integer(fields["context_window"], _join(path, "context_window"), 1, 100_000_000)
+        check.integer(fields["context_window"], join(path, "context_window"), 1, 100_000_000)
         if "context_window" in fields
         else 0
     )
     capabilities: list[str] = []
     if "capabilities" in fields:
-        for index, item in enumerate(check.sequence(fields["capabilities"], _join(path, "capabilities"))):
-            cap_path = _join(_join(path, "capabilities"), index)
+        for index, item in enumerate(check.sequence(fields["capabilities"], join(path, "capabilities"))):
+            cap_path = join(join(path, "capabilities"), index)
             known = ", ".join(sorted(KNOWN_CAPABILITIES))
             if not isinstance(item.value, str):
-                check.problem(item, cap_path, f"must be a capability name, got {_kind(item.value)} (known: {known})")
+                check.problem(item, cap_path, f"must be a capability name, got {kind_of(item.value)} (known: {known})")
             elif item.value not in KNOWN_CAPABILITIES:
                 check.problem(item, cap_path, f"unknown capability {item.value!r} (known: {known})")
             else:
@@ -423,15 +279,15 @@ def _model(check: _Checker, at: _Located, path: str) -> ModelSpec | None:
     return ModelSpec(name, model_id, max_output or 0, window or 0, tuple(capabilities))
 
 
-def _cross_checks(check: _Checker, providers_at: _Located | None, providers: list[tuple[int, ProviderSpec]]) -> None:
+def _cross_checks(check: Checker, providers_at: Located | None, providers: list[tuple[int, ProviderSpec]]) -> None:
     """Problems across entries, reported where the offending name is written."""
-    items: list[_Located] = providers_at.value if providers_at and isinstance(providers_at.value, list) else []
+    items: list[Located] = providers_at.value if providers_at and isinstance(providers_at.value, list) else []
     seen_names: set[str] = set()
     model_owner: dict[str, str] = {}
     for index, provider in providers:
-        path, entry = _join("providers", index), items[index].value
+        path, entry = join("providers", index), items[index].value
         if provider.name in seen_names:
-            check.problem(entry["name"][1], _join(path, "name"), f"duplicate provider name {provider.name!r}")
+            check.problem(entry["name"][1], join(path, "name"), f"duplicate provider name {provider.name!r}")
         seen_names.add(provider.name)
         seen_models: set[str] = set()
         model_nodes = _model_name_nodes(entry["models"][1])
@@ -439,20 +295,20 @@ def _cross_checks(check: _Checker, providers_at: _Located | None, providers: lis
             occurrences = model_nodes.get(model.name, [])
             at = occurrences[-1] if occurrences else items[index]
             if model.name in seen_models:
-                check.problem(at, _join(path, "models"), f"model {model.name!r} is listed twice")
+                check.problem(at, join(path, "models"), f"model {model.name!r} is listed twice")
             seen_models.add(model.name)
             owner = model_owner.setdefault(model.name, provider.name)
             if owner != provider.name:
                 check.problem(
                     at,
-                    _join(path, "models"),
+                    join(path, "models"),
                     f"model {model.name!r} is also served by provider {owner!r}; a model name must map to one provider",
                 )
 
 
-def _model_name_nodes(models_at: _Located) -> dict[str, list[_Located]]:
+def _model_name_nodes(models_at: Located) -> dict[str, list[Located]]:
     """Where each model name is written in a provider's models list (shorthand or `name:`)."""
-    found: dict[str, list[_Located]] = {}
+    found: dict[str, list[Located]] = {}
     for item in models_at.value:
         node = item.value["name"][1] if isinstance(item.value, dict) and "name" in item.value else item
         if isinstance(node.value, str):

@@ -19,14 +19,91 @@ API_OPENAI: Api
 API_GEMINI: Api
 
 class Policy(_message.Message):
-    __slots__ = ("version", "providers", "limits")
+    __slots__ = ("version", "providers", "limits", "router", "aliases", "fallbacks", "tenants")
+    class AliasesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Choice
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Choice, _Mapping]] = ...) -> None: ...
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PROVIDERS_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    ROUTER_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    FALLBACKS_FIELD_NUMBER: _ClassVar[int]
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
     version: str
     providers: _containers.RepeatedCompositeFieldContainer[Provider]
     limits: Limits
-    def __init__(self, version: _Optional[str] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
+    router: Router
+    aliases: _containers.MessageMap[str, Choice]
+    fallbacks: _containers.RepeatedCompositeFieldContainer[FallbackChain]
+    tenants: _containers.RepeatedCompositeFieldContainer[Tenant]
+    def __init__(self, version: _Optional[str] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., router: _Optional[_Union[Router, _Mapping]] = ..., aliases: _Optional[_Mapping[str, Choice]] = ..., fallbacks: _Optional[_Iterable[_Union[FallbackChain, _Mapping]]] = ..., tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ...) -> None: ...
+
+class Target(_message.Message):
+    __slots__ = ("provider", "model")
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    provider: str
+    model: str
+    def __init__(self, provider: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
+
+class WeightedTarget(_message.Message):
+    __slots__ = ("target", "weight")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    target: Target
+    weight: int
+    def __init__(self, target: _Optional[_Union[Target, _Mapping]] = ..., weight: _Optional[int] = ...) -> None: ...
+
+class Choice(_message.Message):
+    __slots__ = ("options",)
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    options: _containers.RepeatedCompositeFieldContainer[WeightedTarget]
+    def __init__(self, options: _Optional[_Iterable[_Union[WeightedTarget, _Mapping]]] = ...) -> None: ...
+
+class Router(_message.Message):
+    __slots__ = ("default", "background", "think", "long_context", "web_search", "image", "long_context_threshold", "custom_hook")
+    DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_FIELD_NUMBER: _ClassVar[int]
+    THINK_FIELD_NUMBER: _ClassVar[int]
+    LONG_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    WEB_SEARCH_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    LONG_CONTEXT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_HOOK_FIELD_NUMBER: _ClassVar[int]
+    default: Choice
+    background: Choice
+    think: Choice
+    long_context: Choice
+    web_search: Choice
+    image: Choice
+    long_context_threshold: int
+    custom_hook: str
+    def __init__(self, default: _Optional[_Union[Choice, _Mapping]] = ..., background: _Optional[_Union[Choice, _Mapping]] = ..., think: _Optional[_Union[Choice, _Mapping]] = ..., long_context: _Optional[_Union[Choice, _Mapping]] = ..., web_search: _Optional[_Union[Choice, _Mapping]] = ..., image: _Optional[_Union[Choice, _Mapping]] = ..., long_context_threshold: _Optional[int] = ..., custom_hook: _Optional[str] = ...) -> None: ...
+
+class FallbackChain(_message.Message):
+    __slots__ = ("primary", "then", "cluster")
+    PRIMARY_FIELD_NUMBER: _ClassVar[int]
+    THEN_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    primary: Target
+    then: _containers.RepeatedCompositeFieldContainer[Target]
+    cluster: str
+    def __init__(self, primary: _Optional[_Union[Target, _Mapping]] = ..., then: _Optional[_Iterable[_Union[Target, _Mapping]]] = ..., cluster: _Optional[str] = ...) -> None: ...
+
+class Tenant(_message.Message):
+    __slots__ = ("name", "api_key_sha256", "router")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_SHA256_FIELD_NUMBER: _ClassVar[int]
+    ROUTER_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    api_key_sha256: _containers.RepeatedScalarFieldContainer[str]
+    router: Router
+    def __init__(self, name: _Optional[str] = ..., api_key_sha256: _Optional[_Iterable[str]] = ..., router: _Optional[_Union[Router, _Mapping]] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_request_bytes",)
