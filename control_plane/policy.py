@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from ccr.v1 import policy_pb2
+from control_plane.policy_routes import RoutingSpec, parse_routing
 from control_plane.yaml_check import Checker, Located, PolicyError, Problem, compose, join, kind_of
 
 API_NAMES = ("anthropic", "openai", "gemini")
@@ -71,6 +72,7 @@ class GatewayPolicy:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     providers: tuple[ProviderSpec, ...] = ()
     source: str = "<policy>"
+    routing: RoutingSpec = field(default_factory=RoutingSpec)
 
     def provider(self, name: str) -> ProviderSpec | None:
         return next((p for p in self.providers if p.name == name), None)
@@ -102,6 +104,7 @@ class GatewayPolicy:
                 )
                 for p in self.providers
             ],
+            **self.routing.to_proto_fields(),
         )
 
 
@@ -114,12 +117,15 @@ def load_policy_file(path: str) -> GatewayPolicy:
     return load_policy(text, source=path)
 
 
+_TOP_FIELDS = ("listener", "limits", "providers", "aliases", "router", "fallback", "tenants")
+
+
 def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
     root = compose(text, source)
     check = Checker(source)
     if root is None:
         raise PolicyError([Problem(source, 1, 1, "", "policy is empty; at least one provider is required")])
-    top = check.mapping(root, "", ("listener", "limits", "providers"), required=("providers",))
+    top = check.mapping(root, "", _TOP_FIELDS, required=("providers",))
     listener_address, listener_port = "127.0.0.1", 8080
     if "listener" in top:
         listener = check.mapping(top["listener"], "listener", ("address", "port"))
@@ -149,10 +155,12 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
             if provider is not None:
                 providers.append((index, provider))
     _cross_checks(check, top.get("providers"), providers)
+    specs = tuple(provider for _, provider in providers)
+    catalog = {p.name: {**{m.id: m.name for m in p.models}, **{m.name: m.name for m in p.models}} for p in specs}
+    routing = parse_routing(check, top, catalog, {m.name for p in specs for m in p.models})
     if check.problems:
         raise PolicyError(check.problems)
-    specs = tuple(provider for _, provider in providers)
-    return GatewayPolicy(listener_address, listener_port, max_request_bytes, specs, source)
+    return GatewayPolicy(listener_address, listener_port, max_request_bytes, specs, source, routing)
 
 
 _PROVIDER_FIELDS = ("name", "api", "base_url", "api_key_env", "headers", "models", "forward_count_tokens")

@@ -1,0 +1,298 @@
+"""The routing part of the policy: aliases, CCR-style scenario router, fallback chains, tenants.
+
+YAML (CCR users will recognise the Router keys)::
+
+    aliases:
+      sonnet: anthropic,claude-sonnet-4-5            # one target: "provider,model"
+      mix:                                           # weighted split, stable per session
+        - {target: anthropic,claude-sonnet-4-5, weight: 3}
+        - {target: openai,gpt-4o, weight: 1}
+    router:
+      default: sonnet                                # an alias or "provider,model"
+      background: anthropic,claude-haiku-4-5         # haiku-class requests
+      think: anthropic,claude-opus-4-1               # requests with thinking
+      longContext: gemini,gemini-2.5-pro             # over longContextThreshold tokens
+      longContextThreshold: 60000
+      webSearch: ...                                 # a web_search tool is present
+      image: ...                                     # the request carries images
+      custom: my_package.routing:choose              # hook: (request, context) -> "provider,model" | None
+    fallback:
+      anthropic,claude-sonnet-4-5: [openai,gpt-4o, gemini,gemini-2.5-pro]
+    tenants:
+      - name: team-a
+        api_key_sha256: [<hex sha256 of a client key>]
+        router: {default: openai,gpt-4o}
+
+"model" in a target is the model's policy name (or its upstream id) within that provider.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+from ccr.v1 import policy_pb2
+from control_plane.yaml_check import Checker, Located, join, kind_of
+
+SCENARIOS = {  # YAML key -> field name, in CCR's spelling
+    "default": "default",
+    "background": "background",
+    "think": "think",
+    "longContext": "long_context",
+    "webSearch": "web_search",
+    "image": "image",
+}
+DEFAULT_LONG_CONTEXT_THRESHOLD = 60_000
+MAX_CHAIN = 5
+_HOOK = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class TargetSpec:
+    provider: str
+    model: str  # the model's policy name
+
+    def __str__(self) -> str:
+        return f"{self.provider},{self.model}"
+
+    def to_proto(self) -> policy_pb2.Target:
+        return policy_pb2.Target(provider=self.provider, model=self.model)
+
+
+Choice = tuple[tuple[TargetSpec, int], ...]  # (target, weight); one entry = no split
+
+
+def choice_to_proto(choice: Choice) -> policy_pb2.Choice:
+    return policy_pb2.Choice(options=[policy_pb2.WeightedTarget(target=t.to_proto(), weight=w) for t, w in choice])
+
+
+@dataclass(frozen=True, slots=True)
+class RouterSpec:
+    default: Choice = ()
+    background: Choice = ()
+    think: Choice = ()
+    long_context: Choice = ()
+    web_search: Choice = ()
+    image: Choice = ()
+    long_context_threshold: int = DEFAULT_LONG_CONTEXT_THRESHOLD
+    custom_hook: str = ""
+
+    def to_proto(self) -> policy_pb2.Router:
+        return policy_pb2.Router(
+            **{name: choice_to_proto(getattr(self, name)) for name in SCENARIOS.values()},
+            long_context_threshold=self.long_context_threshold,
+            custom_hook=self.custom_hook,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackSpec:
+    primary: TargetSpec
+    then: tuple[TargetSpec, ...]
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        return (self.primary.provider, *(t.provider for t in self.then))
+
+    @property
+    def cluster(self) -> str:
+        """One Envoy cluster per distinct provider sequence (priority i = the i-th provider)."""
+        digest = hashlib.sha256(",".join(self.providers).encode()).hexdigest()[:12]
+        return f"chain_{digest}"
+
+
+@dataclass(frozen=True, slots=True)
+class TenantSpec:
+    name: str
+    api_key_sha256: tuple[str, ...]
+    router: RouterSpec
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingSpec:
+    aliases: tuple[tuple[str, Choice], ...] = ()
+    router: RouterSpec = field(default_factory=RouterSpec)
+    fallbacks: tuple[FallbackSpec, ...] = ()
+    tenants: tuple[TenantSpec, ...] = ()
+
+    def to_proto_fields(self) -> dict:
+        return {
+            "router": self.router.to_proto(),
+            "aliases": {name: choice_to_proto(choice) for name, choice in self.aliases},
+            "fallbacks": [
+                policy_pb2.FallbackChain(
+                    primary=f.primary.to_proto(), then=[t.to_proto() for t in f.then], cluster=f.cluster
+                )
+                for f in self.fallbacks
+            ],
+            "tenants": [
+                policy_pb2.Tenant(name=t.name, api_key_sha256=t.api_key_sha256, router=t.router.to_proto())
+                for t in self.tenants
+            ],
+        }
+
+
+class _Catalog:
+    """Which provider serves which model names (and ids), for resolving "provider,model"."""
+
+    def __init__(self, providers: dict[str, dict[str, str]]) -> None:
+        self.providers = providers  # provider -> {name or id: policy name}
+
+    def resolve(self, text: str) -> TargetSpec | str:
+        """A target, or a message saying what is wrong with ``text``."""
+        provider, sep, model = text.partition(",")
+        provider, model = provider.strip(), model.strip()
+        if not sep or not provider or not model:
+            return (
+                f"{text!r} is not 'provider,model' or an alias "
+                "(inside YAML [...] or {...} a comma splits values: quote it, \"provider,model\")"
+            )
+        models = self.providers.get(provider)
+        if models is None:
+            return f"unknown provider {provider!r} in {text!r}"
+        name = models.get(model)
+        if name is None:
+            return f"provider {provider!r} has no model {model!r}"
+        return TargetSpec(provider, name)
+
+
+def parse_routing(
+    check: Checker, top: dict[str, Located], providers: dict[str, dict[str, str]], model_names: set[str]
+) -> RoutingSpec:
+    catalog = _Catalog(providers)
+    aliases: dict[str, Choice] = {}
+    if "aliases" in top:
+        aliases = _aliases(check, top["aliases"], catalog, model_names)
+    router = RouterSpec()
+    if "router" in top:
+        router = _router(check, top["router"], "router", catalog, aliases)
+    fallbacks: list[FallbackSpec] = []
+    if "fallback" in top:
+        fallbacks = _fallbacks(check, top["fallback"], catalog)
+    tenants: list[TenantSpec] = []
+    if "tenants" in top:
+        tenants = _tenants(check, top["tenants"], catalog, aliases)
+    return RoutingSpec(tuple(sorted(aliases.items())), router, tuple(fallbacks), tuple(tenants))
+
+
+def _aliases(check: Checker, at: Located, catalog: _Catalog, model_names: set[str]) -> dict[str, Choice]:
+    if not isinstance(at.value, dict):
+        check.problem(at, "aliases", f"must be a mapping of name -> target, got {kind_of(at.value)}")
+        return {}
+    out: dict[str, Choice] = {}
+    for name, (key_at, value_at) in at.value.items():
+        path = join("aliases", name)
+        if name in model_names:
+            check.problem(key_at, path, f"{name!r} is already a model name; an alias must not shadow it")
+            continue
+        choice = _choice(check, value_at, path, catalog, {})
+        if choice:
+            out[name] = choice
+    return out
+
+
+def _choice(check: Checker, at: Located, path: str, catalog: _Catalog, aliases: dict[str, Choice]) -> Choice:
+    if isinstance(at.value, str):
+        if at.value in aliases:
+            return aliases[at.value]
+        target = catalog.resolve(at.value)
+        if isinstance(target, str):
+            check.problem(at, path, target)
+            return ()
+        return ((target, 1),)
+    if not isinstance(at.value, list) or not at.value:
+        check.problem(
+            at, path, f"must be 'provider,model', an alias, or a list of {{target, weight}}, got {kind_of(at.value)}"
+        )
+        return ()
+    options: list[tuple[TargetSpec, int]] = []
+    for index, item in enumerate(at.value):
+        item_path = join(path, index)
+        fields = check.mapping(item, item_path, ("target", "weight"), required=("target",))
+        if "target" not in fields:
+            continue
+        target_at = fields["target"]
+        target = catalog.resolve(target_at.value) if isinstance(target_at.value, str) else "must be 'provider,model'"
+        weight = check.integer(fields["weight"], join(item_path, "weight"), 1, 1_000_000) if "weight" in fields else 1
+        if isinstance(target, str):
+            check.problem(target_at, join(item_path, "target"), target)
+        elif weight is not None:
+            options.append((target, weight))
+    return tuple(options)
+
+
+def _router(check: Checker, at: Located, path: str, catalog: _Catalog, aliases: dict[str, Choice]) -> RouterSpec:
+    allowed = (*SCENARIOS, "longContextThreshold", "custom")
+    fields = check.mapping(at, path, allowed)
+    values: dict = {}
+    for key, name in SCENARIOS.items():
+        if key in fields:
+            values[name] = _choice(check, fields[key], join(path, key), catalog, aliases)
+    if "longContextThreshold" in fields:
+        threshold = check.integer(fields["longContextThreshold"], join(path, "longContextThreshold"), 1, 100_000_000)
+        if threshold is not None:
+            values["long_context_threshold"] = threshold
+    if "custom" in fields:
+        hook = check.string(fields["custom"], join(path, "custom"), _HOOK, "hook ('package.module:function')")
+        if hook is not None:
+            values["custom_hook"] = hook
+    return RouterSpec(**values)
+
+
+def _fallbacks(check: Checker, at: Located, catalog: _Catalog) -> list[FallbackSpec]:
+    if not isinstance(at.value, dict):
+        check.problem(at, "fallback", f"must be a mapping of 'provider,model' -> list, got {kind_of(at.value)}")
+        return []
+    out = []
+    for key, (key_at, value_at) in at.value.items():
+        path = join("fallback", key)
+        primary = catalog.resolve(key)
+        if isinstance(primary, str):
+            check.problem(key_at, path, primary)
+            continue
+        items = check.sequence(value_at, path)
+        then: list[TargetSpec] = []
+        seen = {primary.provider}
+        for index, item in enumerate(items):
+            target = catalog.resolve(item.value) if isinstance(item.value, str) else "must be 'provider,model'"
+            if isinstance(target, str):
+                check.problem(item, join(path, index), target)
+            elif target.provider in seen:
+                check.problem(item, join(path, index), f"provider {target.provider!r} appears twice in this chain")
+            else:
+                seen.add(target.provider)
+                then.append(target)
+        if len(then) + 1 > MAX_CHAIN:
+            check.problem(value_at, path, f"a chain holds at most {MAX_CHAIN} providers")
+        elif then:
+            out.append(FallbackSpec(primary, tuple(then)))
+    return out
+
+
+def _tenants(check: Checker, at: Located, catalog: _Catalog, aliases: dict[str, Choice]) -> list[TenantSpec]:
+    out = []
+    names: set[str] = set()
+    for index, item in enumerate(check.sequence(at, "tenants")):
+        path = join("tenants", index)
+        fields = check.mapping(item, path, ("name", "api_key_sha256", "router"), required=("name", "api_key_sha256"))
+        name = check.string(fields["name"], join(path, "name")) if "name" in fields else None
+        if name in names:
+            check.problem(fields["name"], join(path, "name"), f"duplicate tenant {name!r}")
+        keys: list[str] = []
+        if "api_key_sha256" in fields:
+            for key_index, key_at in enumerate(check.sequence(fields["api_key_sha256"], join(path, "api_key_sha256"))):
+                if isinstance(key_at.value, str) and _SHA256.match(key_at.value.lower()):
+                    keys.append(key_at.value.lower())
+                else:
+                    check.problem(key_at, join(join(path, "api_key_sha256"), key_index), "must be a hex SHA-256 digest")
+        router = (
+            _router(check, fields["router"], join(path, "router"), catalog, aliases)
+            if "router" in fields
+            else RouterSpec()
+        )
+        if name is not None:
+            names.add(name)
+            out.append(TenantSpec(name, tuple(keys), router))
+    return out
