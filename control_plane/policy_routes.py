@@ -147,7 +147,7 @@ class _Catalog:
         if not sep or not provider or not model:
             return (
                 f"{text!r} is not 'provider,model' or an alias "
-                "(inside YAML [...] or {...} a comma splits values: quote it, \"provider,model\")"
+                '(inside YAML [...] or {...} a comma splits values: quote it, "provider,model")'
             )
         models = self.providers.get(provider)
         if models is None:

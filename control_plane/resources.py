@@ -41,10 +41,10 @@ STREAM_IDLE_TIMEOUT = "300s"
 EXTPROC_MESSAGE_TIMEOUT = "5s"
 
 _ADS = {"ads": {}, "resource_api_version": "V3"}
-_P = "type.googleapis.com/"
+TYPE_PREFIX = "type.googleapis.com/"
 
 
-def _parse(message: Message, data: dict[str, Any]) -> Message:
+def parse_resource(message: Message, data: dict[str, Any]) -> Message:
     json_format.ParseDict(data, message)
     return message
 
@@ -68,26 +68,31 @@ def provider_cluster(provider: ProviderSpec) -> Cluster:
         cluster["dns_lookup_family"] = "V4_PREFERRED"
         cluster["load_assignment"] = _load_assignment(provider)
     if provider.scheme == "https":
-        cluster["transport_socket"] = {
-            "name": "envoy.transport_sockets.tls",
-            "typed_config": {
-                "@type": _P + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                "sni": provider.host,
-                "common_tls_context": {
-                    "alpn_protocols": ["h2", "http/1.1"],
-                    "validation_context": {
-                        "trusted_ca": {"filename": SYSTEM_CA_BUNDLE},
-                        "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": provider.host}}],
-                    },
+        cluster["transport_socket"] = tls_socket(provider)
+    return parse_resource(Cluster(), cluster)
+
+
+def tls_socket(provider: ProviderSpec, alpn: tuple[str, ...] = ("h2", "http/1.1")) -> dict[str, Any]:
+    """TLS to the provider: SNI and certificate checked against its host name and the system CAs."""
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": TYPE_PREFIX + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": provider.host,
+            "common_tls_context": {
+                "alpn_protocols": list(alpn),
+                "validation_context": {
+                    "trusted_ca": {"filename": SYSTEM_CA_BUNDLE},
+                    "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": provider.host}}],
                 },
             },
-        }
-    return _parse(Cluster(), cluster)
+        },
+    }
 
 
 def _protocol_options(provider: ProviderSpec) -> dict[str, Any]:
     options: dict[str, Any] = {
-        "@type": _P + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "@type": TYPE_PREFIX + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
         "common_http_protocol_options": {"idle_timeout": "60s"},
     }
     if provider.scheme == "https":  # ALPN picks h2 where the provider offers it
@@ -117,13 +122,14 @@ def _load_assignment(provider: ProviderSpec) -> dict[str, Any]:
 
 
 def provider_endpoints(provider: ProviderSpec) -> ClusterLoadAssignment:
-    return _parse(ClusterLoadAssignment(), _load_assignment(provider))
+    return parse_resource(ClusterLoadAssignment(), _load_assignment(provider))
 
 
-def route_configuration() -> RouteConfiguration:
+def route_configuration(chain_routes: list[dict[str, Any]] | None = None) -> RouteConfiguration:
     """Routing is decided by ext_proc: it names the cluster in x-ccr-cluster and clears the route
-    cache. A request that reaches the router without that header was not routed (fail closed)."""
-    return _parse(
+    cache. A request that reaches the router without that header was not routed (fail closed).
+    Requests with a fallback chain take the chain route first (it adds the retry policy)."""
+    return parse_resource(
         RouteConfiguration(),
         {
             "name": ROUTE_CONFIG_NAME,
@@ -131,7 +137,9 @@ def route_configuration() -> RouteConfiguration:
                 {
                     "name": "gateway",
                     "domains": ["*"],
+                    "include_attempt_count_in_response": True,
                     "routes": [
+                        *(chain_routes or []),
                         {
                             "match": {"prefix": "/", "headers": [{"name": CLUSTER_HEADER, "present_match": True}]},
                             "route": {
@@ -175,7 +183,7 @@ def _access_log() -> dict[str, Any]:
     return {
         "name": "envoy.access_loggers.stdout",
         "typed_config": {
-            "@type": _P + "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+            "@type": TYPE_PREFIX + "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
             "log_format": {"json_format": fields},
         },
     }
@@ -243,7 +251,7 @@ def _cel(expression: str) -> dict[str, Any]:
         "extension_filter": {
             "name": "envoy.access_loggers.extension_filters.cel",
             "typed_config": {
-                "@type": _P + "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                "@type": TYPE_PREFIX + "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
                 "expression": expression,
             },
         }
@@ -267,7 +275,7 @@ def extproc_filter() -> dict[str, Any]:
     return {
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
-            "@type": _P + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "@type": TYPE_PREFIX + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
             "grpc_service": {"envoy_grpc": {"cluster_name": EXTPROC_CLUSTER}},
             # Routing depends on it: never let a request through undecided.
             "failure_mode_allow": False,
@@ -290,7 +298,7 @@ def extproc_filter() -> dict[str, Any]:
 
 def listener(policy: GatewayPolicy) -> Listener:
     hcm = {
-        "@type": _P + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "@type": TYPE_PREFIX + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "ccr",
         "codec_type": "AUTO",
         "rds": {"route_config_name": ROUTE_CONFIG_NAME, "config_source": _ADS},
@@ -298,7 +306,7 @@ def listener(policy: GatewayPolicy) -> Listener:
             extproc_filter(),
             {
                 "name": "envoy.filters.http.router",
-                "typed_config": {"@type": _P + "envoy.extensions.filters.http.router.v3.Router"},
+                "typed_config": {"@type": TYPE_PREFIX + "envoy.extensions.filters.http.router.v3.Router"},
             },
         ],
         "stream_idle_timeout": STREAM_IDLE_TIMEOUT,
@@ -308,7 +316,7 @@ def listener(policy: GatewayPolicy) -> Listener:
         "access_log": [_access_log()],
         "local_reply_config": {"mappers": _error_mappers(policy.max_request_bytes)},
     }
-    return _parse(
+    return parse_resource(
         Listener(),
         {
             "name": LISTENER_NAME,

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from control_plane import resources
 from control_plane.cache import ENVOY_GROUP, EXTPROC_GROUP, Ack, SnapshotCache
+from control_plane.chains import chain_cluster, chain_route
 from control_plane.policy import GatewayPolicy, ProviderSpec
 from control_plane.snapshot import CLUSTER, ENDPOINT, POLICY, POLICY_RESOURCE_NAME, Snapshot, consistency_errors
 
@@ -91,12 +92,24 @@ class Rollout:
                 providers.setdefault(cluster, spec)
         specs = sorted(providers.values(), key=lambda p: p.cluster)
         policy = self.desired.policy
+        # Chain clusters of the offered policy stay while ext_proc may still name them.
+        chains = {c.cluster: (c, policy) for c in policy.routing.fallbacks}
+        if self.offered is not None:
+            for chain in self.offered.policy.routing.fallbacks:
+                chains.setdefault(chain.cluster, (chain, self.offered.policy))
+        clusters = [(p.cluster, resources.provider_cluster(p)) for p in specs]
+        clusters += [
+            (name, chain_cluster(chain, {p.name: p for p in owner.providers}))
+            for name, (chain, owner) in chains.items()
+        ]
+        longest = max((len(chain.providers) for chain, _ in chains.values()), default=0)
+        routes = resources.route_configuration([chain_route(resources.ROUTE_TIMEOUT, longest)] if chains else None)
         return Snapshot.build(
             self.desired.version,
-            clusters=[(p.cluster, resources.provider_cluster(p)) for p in specs],
+            clusters=clusters,
             endpoints=[(p.cluster, resources.provider_endpoints(p)) for p in specs if p.host_is_ip],
             listeners=[(resources.LISTENER_NAME, resources.listener(policy))],
-            routes=[(resources.ROUTE_CONFIG_NAME, resources.route_configuration())],
+            routes=[(resources.ROUTE_CONFIG_NAME, routes)],
         )
 
     def _envoy_ready(self, envoy: Snapshot, now: float) -> bool:

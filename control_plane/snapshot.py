@@ -111,6 +111,9 @@ def consistency_errors(snapshot: Snapshot, policy: Policy | None = None) -> list
                 errors.append(
                     f"policy sends provider {provider.name!r} to cluster {provider.cluster!r}, which is missing"
                 )
+        for chain in policy.fallbacks:
+            if chain.cluster not in clusters:
+                errors.append(f"policy sends a fallback chain to cluster {chain.cluster!r}, which is missing")
     return errors
 
 

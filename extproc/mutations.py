@@ -35,14 +35,19 @@ def header_mutation(set_headers: Headers = (), remove: Iterable[str] = ()) -> ep
 
 
 def request_body_response(
-    body: bytes, set_headers: Headers, remove: Iterable[str], metadata: dict[str, dict[str, str]] | None
+    body: bytes | None,
+    set_headers: Headers,
+    remove: Iterable[str],
+    metadata: dict[str, dict[str, str]] | None,
+    clear_route_cache: bool = True,
 ) -> ep.ProcessingResponse:
-    """Replace the buffered request body and headers, and re-pick the route (x-ccr-cluster)."""
+    """Replace the buffered request body (None: keep it) and headers, and re-pick the route
+    (x-ccr-cluster). Upstream filters cannot re-route: they pass clear_route_cache=False."""
     common = ep.CommonResponse(
-        header_mutation=header_mutation(set_headers, remove),
-        body_mutation=ep.BodyMutation(body=body),
-        clear_route_cache=True,
+        header_mutation=header_mutation(set_headers, remove), clear_route_cache=clear_route_cache
     )
+    if body is not None:
+        common.body_mutation.body = body
     response = ep.ProcessingResponse(request_body=ep.BodyResponse(response=common))
     if metadata:
         response.dynamic_metadata.CopyFrom(_struct(metadata))

@@ -174,7 +174,7 @@ class RequestProcessor:
         remove = [
             name
             for name in self.headers
-            if name not in overwritten and _strip_before_egress(name, self.api, provider.api)
+            if name not in overwritten and strip_before_egress(name, self.api, provider.api)
         ]
         metadata = {
             METADATA_NAMESPACE: {
@@ -215,7 +215,7 @@ class RequestProcessor:
         return m.response_body_response(out.body)
 
 
-def _strip_before_egress(name: str, client: Api, provider: Api) -> bool:
+def strip_before_egress(name: str, client: Api, provider: Api) -> bool:
     if name.startswith(":") or name == "content-length":
         return False
     if name in _CLIENT_CREDENTIALS or name.startswith(INTERNAL_HEADER_PREFIX):

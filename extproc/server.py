@@ -14,6 +14,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, ProcessingResponse
 from prometheus_client import start_http_server
 
+from control_plane.chains import UPSTREAM_PHASE_METADATA
+from extproc.attempt import AttemptProcessor
 from extproc.policy_client import PolicySubscriber
 from extproc.processor import GatewayState, RequestProcessor
 from extproc.routing import RoutingTable
@@ -28,7 +30,9 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer):
     async def Process(
         self, request_iterator: AsyncIterator[ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[ProcessingResponse]:
-        processor = RequestProcessor(self.state)
+        # The ext_proc in a chain cluster's upstream filters says so in its gRPC metadata.
+        upstream = any(tuple(item) == UPSTREAM_PHASE_METADATA for item in context.invocation_metadata() or ())
+        processor = AttemptProcessor(self.state) if upstream else RequestProcessor(self.state)
         async for request in request_iterator:
             yield processor.handle(request)
 

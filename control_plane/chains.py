@@ -1,0 +1,169 @@
+"""Fallback chains in Envoy: one cluster per chain, one priority level per provider, retried by
+Envoy's router, each attempt rewritten for its provider by an ext_proc in the cluster's upstream
+filter chain (it runs after the load balancer picked the endpoint, once per attempt).
+
+Why Envoy and not Python: the retry happens where the connection state is (connect refused,
+reset, 429/5xx before any byte reached the client), open circuit breakers and ejected hosts are
+skipped by Envoy's own load balancer, and Python never re-sends a body.
+
+The attempt's provider is read from the endpoint's metadata (``ccr.provider``): the upstream
+ext_proc asks for it as the ``xds.upstream_host_metadata`` attribute, and the router copies it to
+the response as ``x-ccr-provider`` so the downstream ext_proc translates the answer from the
+provider that actually produced it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import envoy.extensions.filters.http.upstream_codec.v3.upstream_codec_pb2
+import envoy.extensions.retry.host.previous_hosts.v3.previous_hosts_pb2
+import envoy.extensions.retry.priority.previous_priorities.v3.previous_priorities_config_pb2  # noqa: F401
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
+
+from control_plane.policy import ProviderSpec
+from control_plane.policy_routes import FallbackSpec
+from control_plane.resources import (
+    CLUSTER_HEADER,
+    EXTPROC_CLUSTER,
+    EXTPROC_MESSAGE_TIMEOUT,
+    METADATA_NAMESPACE,
+    TYPE_PREFIX,
+    parse_resource,
+    tls_socket,
+)
+
+CHAIN_HEADER = "x-ccr-chain"  # set by the downstream ext_proc: client API and model per provider
+PROVIDER_RESPONSE_HEADER = "x-ccr-provider"  # which provider answered (from endpoint metadata)
+UPSTREAM_PHASE_METADATA = ("x-ccr-phase", "upstream")  # gRPC metadata telling ext_proc which filter calls
+# Conditions under which the next provider of the chain is tried.
+RETRY_ON = "5xx,reset,connect-failure,refused-stream,retriable-status-codes"
+
+
+def chain_cluster(chain: FallbackSpec, providers: dict[str, ProviderSpec]) -> Cluster:
+    specs = [providers[name] for name in chain.providers]
+    tls_matches = [
+        {"name": f"tls-{p.name}", "match": {"provider": p.name}, "transport_socket": tls_socket(p, alpn=("http/1.1",))}
+        for p in specs
+        if p.scheme == "https"
+    ]
+    cluster: dict[str, Any] = {
+        "name": chain.cluster,
+        # STRICT_DNS resolves SaaS host names and IP literals alike; one priority per provider.
+        "type": "STRICT_DNS",
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": "5s",
+        "lb_policy": "ROUND_ROBIN",
+        "load_assignment": {
+            "cluster_name": chain.cluster,
+            "endpoints": [
+                {
+                    "priority": priority,
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {"socket_address": {"address": p.host, "port_value": p.port}},
+                                "hostname": p.host,
+                            },
+                            "metadata": {"filter_metadata": {METADATA_NAMESPACE: {"provider": p.name}}},
+                        }
+                    ],
+                }
+                for priority, p in enumerate(specs)
+            ],
+        },
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": TYPE_PREFIX + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "common_http_protocol_options": {"idle_timeout": "60s"},
+                "explicit_http_config": {"http_protocol_options": {}},
+                "http_filters": [_upstream_extproc(), _upstream_codec()],
+            }
+        },
+    }
+    if tls_matches:
+        cluster["transport_socket_matches"] = tls_matches
+    return parse_resource(Cluster(), cluster)
+
+
+def _upstream_extproc() -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.ext_proc",
+        "typed_config": {
+            "@type": TYPE_PREFIX + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "grpc_service": {
+                "envoy_grpc": {"cluster_name": EXTPROC_CLUSTER},
+                "initial_metadata": [{"key": UPSTREAM_PHASE_METADATA[0], "value": UPSTREAM_PHASE_METADATA[1]}],
+            },
+            "failure_mode_allow": False,
+            "message_timeout": EXTPROC_MESSAGE_TIMEOUT,
+            "processing_mode": {
+                "request_header_mode": "SEND",
+                "request_body_mode": "BUFFERED",
+                "request_trailer_mode": "SKIP",
+                "response_header_mode": "SKIP",
+                "response_body_mode": "NONE",
+                "response_trailer_mode": "SKIP",
+            },
+            "request_attributes": ["xds.upstream_host_metadata"],
+        },
+    }
+
+
+def _upstream_codec() -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.upstream_codec",
+        "typed_config": {"@type": TYPE_PREFIX + "envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"},
+    }
+
+
+def chain_route(timeout: str, max_attempts: int) -> dict[str, Any]:
+    """The route for requests whose ext_proc decision carries a chain (x-ccr-chain present)."""
+    return {
+        "match": {
+            "prefix": "/",
+            "headers": [
+                {"name": CLUSTER_HEADER, "present_match": True},
+                {"name": CHAIN_HEADER, "present_match": True},
+            ],
+        },
+        "route": {
+            "cluster_header": CLUSTER_HEADER,
+            "timeout": timeout,
+            "auto_host_rewrite": True,
+            "retry_policy": {
+                "retry_on": RETRY_ON,
+                "retriable_status_codes": [429],
+                "num_retries": max_attempts - 1,
+                # Each retry moves to the next priority (= the next provider of the chain).
+                "retry_priority": {
+                    "name": "envoy.retry_priorities.previous_priorities",
+                    "typed_config": {
+                        "@type": TYPE_PREFIX
+                        + "envoy.extensions.retry.priority.previous_priorities.v3.PreviousPrioritiesConfig",
+                        "update_frequency": 1,
+                    },
+                },
+                "retry_host_predicate": [
+                    {
+                        "name": "envoy.retry_host_predicates.previous_hosts",
+                        "typed_config": {
+                            "@type": TYPE_PREFIX
+                            + "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                        },
+                    }
+                ],
+                "host_selection_retry_max_attempts": 5,
+                "retry_back_off": {"base_interval": "0.01s", "max_interval": "0.1s"},
+            },
+        },
+        "response_headers_to_add": [
+            {
+                "header": {
+                    "key": PROVIDER_RESPONSE_HEADER,
+                    "value": f'%UPSTREAM_METADATA(["{METADATA_NAMESPACE}","provider"])%',
+                },
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ],
+    }
