@@ -40,6 +40,16 @@ UPSTREAM_PHASE_METADATA = ("x-ccr-phase", "upstream")  # gRPC metadata telling e
 RETRY_ON = "5xx,reset,connect-failure,refused-stream,retriable-status-codes"
 
 
+def encode_chain(client_api: str, chain: list[tuple[str, str]]) -> str:
+    """x-ccr-chain: "<client api>;<provider>=<model name>;..." (names cannot hold ';' or '=')."""
+    return ";".join([client_api, *(f"{provider}={model}" for provider, model in chain)])
+
+
+def decode_chain(value: str) -> tuple[str, dict[str, str]]:
+    client, *pairs = value.split(";")
+    return client, dict(pair.split("=", 1) for pair in pairs if "=" in pair)
+
+
 def chain_cluster(chain: FallbackSpec, providers: dict[str, ProviderSpec]) -> Cluster:
     specs = [providers[name] for name in chain.providers]
     tls_matches = [

@@ -14,6 +14,7 @@ from control_plane.policy import PolicyError, load_policy_file
 EPILOG = """examples:
   ccr-gateway up -c examples/gateway.yaml --with-fake-provider
   ccr-gateway validate -c examples/gateway.yaml
+  ccr-gateway route --explain request.json -c examples/gateway.yaml
   ccr-gateway fake-provider --port 9100
 """
 
@@ -151,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(fp)
     fp.set_defaults(func=cmd_fake_provider)
+
+    ro = sub.add_parser("route", help="show how a request would be routed (--explain), without sending it")
+    from control_plane import explain
+
+    explain.add_arguments(ro)
+    ro.set_defaults(func=explain.run)
 
     va = sub.add_parser("validate", help="check a policy file and print every problem with its line")
     va.add_argument("-c", "--config", required=True, help="policy YAML file")

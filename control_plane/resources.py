@@ -178,6 +178,9 @@ def _access_log() -> dict[str, Any]:
         "client_api": f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:client_api)%",
         "provider": f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:provider)%",
         "model": f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:model)%",
+        "scenario": f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:scenario)%",
+        "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
+        "answered_by": f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:provider)%",
         "request_id": "%REQ(X-REQUEST-ID)%",
     }
     return {

@@ -19,7 +19,7 @@ import orjson
 from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, ProcessingRequest, ProcessingResponse
 from google.protobuf.struct_pb2 import Struct
 
-from control_plane.chains import CHAIN_HEADER
+from control_plane.chains import CHAIN_HEADER, decode_chain
 from control_plane.resources import METADATA_NAMESPACE
 from extproc import mutations as m
 from extproc.processor import GatewayState, strip_before_egress
@@ -30,15 +30,6 @@ from extproc.translate.registry import translator_for
 log = logging.getLogger("ccr.extproc.attempt")
 
 HOST_METADATA_ATTRIBUTE = "xds.upstream_host_metadata"
-
-
-def encode_chain(client_api: Api, chain: tuple[ModelRoute, ...]) -> str:
-    return ";".join([client_api.value, *(f"{r.provider.name}={r.model}" for r in chain)])
-
-
-def decode_chain(value: str) -> tuple[Api, dict[str, str]]:
-    client, *pairs = value.split(";")
-    return Api(client), dict(pair.split("=", 1) for pair in pairs)
 
 
 def attempt_provider(request: ProcessingRequest) -> str | None:
@@ -90,7 +81,8 @@ class AttemptProcessor:
         table = self.state.table
         if chain is None or provider is None or table is None:
             return m.immediate_error(self.client_api, 503, "fallback attempt without a chain decision", "ccr_no_chain")
-        self.client_api, models = decode_chain(chain)
+        client_api, models = decode_chain(chain)
+        self.client_api = Api(client_api)
         model = models.get(provider)
         route = table.route_for(provider, model) if model is not None else None
         if route is None:

@@ -20,15 +20,19 @@ from typing import Any
 import orjson
 from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, ProcessingRequest, ProcessingResponse
 
+from control_plane.chains import CHAIN_HEADER, PROVIDER_RESPONSE_HEADER, encode_chain
 from control_plane.resources import CLUSTER_HEADER, INTERNAL_HEADER_PREFIX, METADATA_NAMESPACE
 from extproc import mutations as m
+from extproc.router import Decision, RoutingError, decide
 from extproc.routing import ModelRoute, RoutingTable
+from extproc.tokens import SessionUsage
 from extproc.translate.base import Api, ClientRequestError, Translator, UpstreamProtocolError
 from extproc.translate.passthrough import CountTokensPassthrough
-from extproc.translate.registry import translator_for
+from extproc.translate.registry import translator_class, translator_for
 
 log = logging.getLogger("ccr.extproc")
 
+ROUTE_HEADER = "x-ccr-route"  # on every routed response: scenario, provider, model, attempts
 # Credentials the client sent for the gateway; never forwarded to a provider.
 _CLIENT_CREDENTIALS = ("authorization", "x-api-key", "x-goog-api-key")
 # Headers that only mean something to one API; dropped when the provider speaks another.
@@ -56,6 +60,7 @@ class GatewayState:
 
     def __init__(self) -> None:
         self.table: RoutingTable | None = None
+        self.sessions = SessionUsage()  # last real input tokens per session (long-context routing)
 
 
 def _guess_api(path: str, headers: Mapping[str, str]) -> Api:
@@ -65,14 +70,15 @@ def _guess_api(path: str, headers: Mapping[str, str]) -> Api:
 
 
 class RequestProcessor:
-    __slots__ = ("api", "endpoint", "headers", "route", "state", "status", "stream", "translator")
+    __slots__ = ("api", "decision", "endpoint", "headers", "parsed_body", "state", "status", "stream", "translator")
 
     def __init__(self, state: GatewayState) -> None:
         self.state = state
         self.api = Api.ANTHROPIC
         self.endpoint: Endpoint | None = None
         self.headers: dict[str, str] = {}
-        self.route: ModelRoute | None = None
+        self.decision: Decision | None = None
+        self.parsed_body: dict[str, Any] | None = None
         self.translator: Translator | None = None
         self.stream = False
         self.status = 0
@@ -129,38 +135,42 @@ class RequestProcessor:
             return m.immediate_error(self.api, 400, f"request body is not valid JSON: {exc}", "ccr_bad_json")
         if not isinstance(body, dict):
             return m.immediate_error(self.api, 400, "request body must be a JSON object", "ccr_bad_json")
+        self.parsed_body = body
         model = body.get("model")
         if not isinstance(model, str) or not model:
             return m.immediate_error(self.api, 400, "model: a model name (string) is required", "ccr_no_model")
-        route = table.route(model)
-        if self.endpoint.kind == "count_tokens" and not (
-            route is not None and route.provider.forward_count_tokens and not route.provider.unavailable
-        ):
-            # A byte-based estimate (~4 bytes per token), answered locally: no provider round trip.
-            return m.immediate(200, orjson.dumps({"input_tokens": max(1, len(raw) // 4)}))
-        if route is None:
-            return m.immediate_error(
-                self.api, 404, f"model {model!r} is not served by this gateway", "ccr_unknown_model"
-            )
+        try:
+            decision = decide(table, body, self.headers, len(raw), self.state.sessions)
+        except RoutingError as exc:
+            if self.endpoint.kind == "count_tokens":
+                return _estimate_tokens(raw)
+            return m.immediate_error(self.api, exc.status, exc.message, "ccr_no_route")
+        self.decision = decision
+        self.stream = decision.body.get("stream") is True
+        if self.endpoint.kind == "count_tokens":
+            provider = decision.route.provider
+            if not provider.forward_count_tokens or provider.unavailable:
+                return _estimate_tokens(raw)
+            return self._forward(decision.route, decision.body, CountTokensPassthrough())
+        if len(decision.chain) > 1:
+            return self._forward_chain(decision, raw)
+        return self._forward(decision.route, decision.body, translator_for(self.api, decision.route.provider.api))
+
+    def _forward(self, route: ModelRoute, body: dict[str, Any], translator: Translator | None) -> ProcessingResponse:
+        """One provider: translate here and send Envoy to that provider's cluster."""
         provider = route.provider
         if provider.unavailable:
             return m.immediate_error(self.api, 503, provider.unavailable, "ccr_provider_unavailable")
-        if self.endpoint.kind == "count_tokens":
-            translator: Translator | None = CountTokensPassthrough()
-        else:
-            translator = translator_for(self.api, provider.api)
         if translator is None:
             message = (
-                f"model {model!r} is served by a {provider.api}-format provider, and requests in "
+                f"model {route.model!r} is served by a {provider.api}-format provider, and requests in "
                 f"{self.api} format cannot be translated to it"
             )
             return m.immediate_error(self.api, 400, message, "ccr_no_translator")
-        self.stream = body.get("stream") is True
         try:
             upstream = translator.request(body, replace(route.target, stream=self.stream))
         except ClientRequestError as exc:
             return m.immediate_error(self.api, exc.status, exc.message, "ccr_bad_request")
-        self.route = route
         self.translator = translator
         set_headers = [
             (":path", upstream.path),
@@ -170,35 +180,83 @@ class RequestProcessor:
             *provider.headers,
             *upstream.headers,
         ]
+        return m.request_body_response(
+            upstream.body, set_headers, self._removed(set_headers, provider.api), self._metadata(route)
+        )
+
+    def _forward_chain(self, decision: Decision, raw: bytes) -> ProcessingResponse:
+        """A fallback chain: Envoy retries across the chain's providers and the upstream ext_proc
+        (extproc.attempt) rewrites each attempt, so the client's body goes on untranslated."""
+        for route in decision.chain:
+            if translator_class(self.api, route.provider.api) is None:
+                message = f"fallback provider {route.provider.name!r} cannot serve {self.api}-format requests"
+                return m.immediate_error(self.api, 400, message, "ccr_no_translator")
+        set_headers = [
+            (CLUSTER_HEADER, decision.chain_cluster or ""),
+            (CHAIN_HEADER, encode_chain(self.api.value, [(r.provider.name, r.model) for r in decision.chain])),
+        ]
+        body = None
+        if decision.body is not self.parsed_body:  # the router changed it (subagent tag stripped)
+            body = orjson.dumps(decision.body)
+            set_headers.append(("content-length", str(len(body))))
+        # Credentials are dropped now; provider headers are set per attempt.
+        remove = [name for name in self.headers if name in _CLIENT_CREDENTIALS or _internal(name, set_headers)]
+        return m.request_body_response(body, set_headers, remove, self._metadata(decision.route))
+
+    def _removed(self, set_headers: list[tuple[str, str]], provider_api: Api) -> list[str]:
         overwritten = {name for name, _ in set_headers}
-        remove = [
+        return [
             name
             for name in self.headers
-            if name not in overwritten and strip_before_egress(name, self.api, provider.api)
+            if name not in overwritten and strip_before_egress(name, self.api, provider_api)
         ]
-        metadata = {
+
+    def _metadata(self, route: ModelRoute) -> dict[str, dict[str, str]]:
+        scenario = self.decision.scenario if self.decision is not None else "model"
+        return {
             METADATA_NAMESPACE: {
                 "client_api": self.api.value,
-                "provider": provider.name,
+                "scenario": scenario,
+                "provider": route.provider.name,
                 "model": route.target.model,
             }
         }
-        return m.request_body_response(upstream.body, set_headers, remove, metadata)
 
     # --- response -------------------------------------------------------------------------
 
     def _response_headers(self, message: HttpHeaders) -> ProcessingResponse:
-        translator = self.translator
-        if translator is None or not translator.rewrites_response:
+        decision = self.decision
+        if decision is None:
             return m.CONTINUE_RESPONSE_HEADERS
         headers = {h.key: (h.raw_value.decode("latin-1") if h.raw_value else h.value) for h in message.headers.headers}
         self.status = int(headers.get(":status", "0") or 0)
-        if message.end_of_stream:
-            return m.CONTINUE_RESPONSE_HEADERS
+        route, remove = decision.route, ["content-length"]
+        if len(decision.chain) > 1:
+            # Whichever provider of the chain answered (Envoy copied it from the endpoint's metadata).
+            answered = headers.get(PROVIDER_RESPONSE_HEADER)
+            route = next((r for r in decision.chain if r.provider.name == answered), route)
+            self.translator = self._primed_translator(route, decision.body)
+            remove.append(PROVIDER_RESPONSE_HEADER)
+        attempts = headers.get("x-envoy-attempt-count", "1")
+        route_header = (
+            ROUTE_HEADER,
+            f"scenario={decision.scenario}; provider={route.provider.name}; model={route.model}; attempts={attempts}",
+        )
+        translator = self.translator
+        if translator is None or not translator.rewrites_response or message.end_of_stream:
+            return m.response_headers_response([route_header], remove=remove[1:])
         ok = 200 <= self.status < 300
-        set_headers = translator.response_headers(self.status, headers) if ok else ()
+        set_headers = [route_header, *(translator.response_headers(self.status, headers) if ok else ())]
         mode = m.STREAMED if ok and self.stream else m.BUFFERED
-        return m.response_headers_response(set_headers, remove=("content-length",), body_mode=mode)
+        return m.response_headers_response(set_headers, remove=remove, body_mode=mode)
+
+    def _primed_translator(self, route: ModelRoute, body: dict[str, Any]) -> Translator | None:
+        """A translator for the provider that answered, fed the request so that its response state
+        (model, token estimate, tool names) matches what that attempt sent."""
+        translator = translator_for(self.api, route.provider.api)
+        if translator is not None and translator.rewrites_response:
+            translator.request(body, replace(route.target, stream=self.stream))
+        return translator
 
     def _response_body(self, chunk: bytes, end_of_stream: bool) -> ProcessingResponse:
         translator = self.translator
@@ -210,7 +268,8 @@ class RequestProcessor:
         try:
             out = translator.response_body(chunk, end_of_stream)
         except UpstreamProtocolError as exc:
-            log.warning("provider %s broke its API: %s", self.route.provider.name if self.route else "?", exc)
+            provider = self.decision.route.provider.name if self.decision else "?"
+            log.warning("provider %s broke its API: %s", provider, exc)
             return m.immediate_error(self.api, 502, f"the provider sent an invalid response: {exc}", "ccr_bad_upstream")
         return m.response_body_response(out.body)
 
@@ -221,6 +280,15 @@ def strip_before_egress(name: str, client: Api, provider: Api) -> bool:
     if name in _CLIENT_CREDENTIALS or name.startswith(INTERNAL_HEADER_PREFIX):
         return True
     return client is not provider and name.startswith(_API_HEADER_PREFIXES[client])
+
+
+def _estimate_tokens(raw: bytes) -> ProcessingResponse:
+    """count_tokens answered locally: a byte-based estimate (~4 bytes per token), no round trip."""
+    return m.immediate(200, orjson.dumps({"input_tokens": max(1, len(raw) // 4)}))
+
+
+def _internal(name: str, set_headers: list[tuple[str, str]]) -> bool:
+    return name.startswith(INTERNAL_HEADER_PREFIX) and name not in {n for n, _ in set_headers}
 
 
 def _continue(phase: str | None) -> ProcessingResponse:
