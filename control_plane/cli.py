@@ -15,6 +15,7 @@ EPILOG = """examples:
   ccr-gateway up -c examples/gateway.yaml --with-fake-provider
   ccr-gateway validate -c examples/gateway.yaml
   ccr-gateway route --explain request.json -c examples/gateway.yaml
+  ccr-gateway import-ccr ~/.claude-code-router/config.json -o policy.yaml
   ccr-gateway fake-provider --port 9100
 """
 
@@ -158,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     explain.add_arguments(ro)
     ro.set_defaults(func=explain.run)
+
+    ic = sub.add_parser("import-ccr", help="convert a Claude Code Router config.json into a policy file")
+    from control_plane import import_ccr
+
+    import_ccr.add_arguments(ic)
+    ic.set_defaults(func=import_ccr.run)
 
     va = sub.add_parser("validate", help="check a policy file and print every problem with its line")
     va.add_argument("-c", "--config", required=True, help="policy YAML file")

@@ -92,7 +92,9 @@ def _blank_comments_and_trailing_commas(text: str, source: str) -> str:
             if out[i] not in "\r\n":
                 out[i] = " "
 
-    i, n, pending_comma = 0, len(text), -1
+    # pending_comma: a comma after a value, removed if the next significant character closes the
+    # container. A comma after "[", "{", ":" or another comma is left for json to reject.
+    i, n, pending_comma, previous = 0, len(text), -1, ""
     while i < n:
         c = text[i]
         if c == '"':
@@ -100,7 +102,7 @@ def _blank_comments_and_trailing_commas(text: str, source: str) -> str:
             while i < n and text[i] != '"':
                 i += 2 if text[i] == "\\" else 1
             i += 1
-            pending_comma = -1
+            pending_comma, previous = -1, '"'
             continue
         if text.startswith("//", i):
             end = text.find("\n", i)
@@ -117,14 +119,15 @@ def _blank_comments_and_trailing_commas(text: str, source: str) -> str:
             blank(i, end + 2)
             i = end + 2
             continue
-        if c == ",":
+        if c == "," and previous not in ("", "[", "{", ",", ":"):
             pending_comma = i
-        elif c in "}]":
-            if pending_comma >= 0:
-                out[pending_comma] = " "
+        elif c in "}]" and pending_comma >= 0:
+            out[pending_comma] = " "
             pending_comma = -1
         elif not c.isspace():
             pending_comma = -1
+        if not c.isspace():
+            previous = c
         i += 1
     return "".join(out)
 
@@ -147,7 +150,10 @@ _HANDLED = {
         "not needed: the OpenAI translator hands unparseable tool arguments to the client as "
         "_raw_arguments instead of failing the response"
     ),
-    "cleancache": "handled by the OpenAI and Gemini translators (they drop cache_control)",
+    "cleancache": (
+        "handled by the OpenAI and Gemini translators (they drop cache_control); requests to an "
+        "api: anthropic provider keep it"
+    ),
     "maxcompletiontokens": "handled by the OpenAI translator (it sends max_completion_tokens)",
     "streamoptions": "handled by the OpenAI translator (it asks for usage in streams)",
     "sampling": "handled by the translators (they map temperature and top_p themselves)",
@@ -265,7 +271,10 @@ class _Converter:
             )
         provider = _Provider(name, original, api, base_url)
         provider.api_key_env = self._api_key_env(provider, entry.get("api_key"))
-        for model in entry.get("models") or []:
+        models = entry.get("models")
+        if models is not None and not isinstance(models, list):
+            self.add(Kind.CANNOT, f"{label}: models is not a list; ignored")
+        for model in models if isinstance(models, list) else []:
             if not isinstance(model, str) or not model.strip():
                 self.add(Kind.CANNOT, f"{label}: model {model!r} is not a model name; skipped")
             elif model.strip() not in provider.models:
@@ -355,6 +364,7 @@ class _Converter:
         if ref:
             variable = ref.group(1) or ref.group(2)
             self.add(Kind.NOTE, f"{label} reads its key from ${variable} (api_key_env: {variable})")
+            self.key_env_values.setdefault(variable, key.strip())  # a literal key must not reuse this name
             return variable
         base = re.sub(r"[^A-Z0-9]+", "_", provider.name.upper()).strip("_")
         base = f"_{base}" if base[:1].isdigit() else base
@@ -381,7 +391,7 @@ class _Converter:
         for model, spec in value.items():
             if model != "use":
                 uses = spec.get("use") if isinstance(spec, dict) else None
-                per_model[model] = self._uses(uses, f"{original}/{model}")
+                per_model[model] = self._uses(uses, f"{original}[{model}]")
         return provider_uses, per_model
 
     def _uses(self, value: Any, where: str) -> list[tuple[str, Any]]:
@@ -411,7 +421,7 @@ class _Converter:
 
     def _transformer_findings(self) -> None:
         for key, places in self.transformer_uses.items():
-            where = f"transformer {key!r} ({', '.join(dict.fromkeys(places))})"
+            where = f"transformer {key!r} (used by {', '.join(dict.fromkeys(places))})"
             if key in _HANDLED:
                 self.add(Kind.NOTE, f"{where}: {_HANDLED[key]}")
             elif key in _UNSUPPORTED:
@@ -419,7 +429,11 @@ class _Converter:
             elif key in _VERTEX:
                 continue  # reported with its provider
             else:
-                self.add(Kind.CANNOT, f"{where} is unknown to the gateway (a custom plugin?); not applied")
+                self.add(
+                    Kind.CANNOT,
+                    f"{where} is unknown to the gateway (a custom plugin?); not applied, so requests to "
+                    "these providers may fail",
+                )
             if key in self.transformer_options and key in _HANDLED:
                 self.add(Kind.CANNOT, f"{where}: its options were not applied")
         for index, plugin in enumerate(self.config.get("transformers") or []):
@@ -479,7 +493,7 @@ class _Converter:
             return None
         if model not in provider.models:
             provider.models.append(model)
-            self.add(Kind.NOTE, f"Router.{key}: model {model!r} added to provider {provider.name!r}'s models")
+            self.add(Kind.NOTE, f"Router.{key}: model {model!r} was not in provider {provider.name!r}'s models; added")
         return provider, model
 
     def _target_text(self, target: tuple[_Provider, str]) -> str:
@@ -632,7 +646,7 @@ _Dumper.add_representer(_Target, lambda dumper, value: dumper.represent_scalar("
 
 def render(conversion: Conversion, source: str) -> str:
     lines = [
-        f"# Generated by `ccr-gateway import-ccr` from {source}.",
+        f"# Generated by `ccr-gateway import-ccr` from {' '.join(source.splitlines())}.",
         "# Review it, then check it with: ccr-gateway validate -c <this file>",
     ]
     if conversion.findings:
