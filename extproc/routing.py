@@ -1,15 +1,23 @@
-"""The routing table ext_proc compiles from each Policy it receives, and the pure decision on it.
+"""The routing table ext_proc compiles from each Policy it receives.
 
-Compiling happens once per policy version (off the hot path); a request's decision is one dict
-lookup. Provider keys are read from this process's environment at compile time and never travel
-over xDS.
+Compiling happens once per policy version (off the hot path): model names, "provider,model" strings,
+aliases, scenario routers (global and per tenant, already merged), fallback chains and the custom
+hook are all resolved to `ModelRoute`s here, so a request's decision (extproc.router.decide) is a
+few dict lookups. Provider keys are read from this process's environment at compile time and never
+travel over xDS. Anything the table cannot honour raises PolicyCompileError, which ext_proc answers
+to the control plane as a NACK, keeping the previous table in force.
 """
 
 from __future__ import annotations
 
+import bisect
+import hashlib
+import importlib
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from ccr.v1 import policy_pb2
 from extproc.translate.base import Api, Target
@@ -19,6 +27,18 @@ _API_OF = {
     policy_pb2.API_OPENAI: Api.OPENAI,
     policy_pb2.API_GEMINI: Api.GEMINI,
 }
+DEFAULT_LONG_CONTEXT_THRESHOLD = 60_000
+# Scenario names as CCR spells them (and as Decision.scenario reports them) -> Router proto field.
+SCENARIO_FIELDS = {
+    "default": "default",
+    "background": "background",
+    "think": "think",
+    "longContext": "long_context",
+    "webSearch": "web_search",
+    "image": "image",
+}
+
+Hook = Callable[[dict, Any], Any]
 
 
 class PolicyCompileError(ValueError):
@@ -49,15 +69,88 @@ class ProviderRoute:
 @dataclass(frozen=True, slots=True)
 class ModelRoute:
     provider: ProviderRoute
-    model: str  # the name the client asked for
+    model: str  # the model's policy name (what clients put in "model")
     target: Target  # the provider's model id and limits (stream flag filled per request)
+
+    def __str__(self) -> str:
+        return f"{self.provider.name},{self.model}"
+
+
+@dataclass(frozen=True, slots=True)
+class WeightedChoice:
+    """One target, or a weighted split between several.
+
+    ``name`` (the scenario or alias) is mixed into the session hash so that one session's splits
+    for different scenarios are independent of each other, yet each is stable across its turns.
+    """
+
+    name: str
+    routes: tuple[ModelRoute, ...]
+    cumulative: tuple[int, ...]  # running sums of the weights; the last one is the total
+
+    @property
+    def is_split(self) -> bool:
+        return len(self.routes) > 1
+
+    def pick(self, session: str | None) -> ModelRoute:
+        if len(self.routes) == 1:
+            return self.routes[0]
+        total = self.cumulative[-1]
+        if session:
+            # A stable hash (Python's hash() of str is salted per process): the same session lands on
+            # the same target in every ext_proc process and after restarts.
+            digest = hashlib.blake2b(f"{session}\0{self.name}".encode(), digest_size=8).digest()
+            point = int.from_bytes(digest, "big") % total
+        else:
+            point = int(random.random() * total)
+        return self.routes[bisect.bisect_right(self.cumulative, point)]
+
+
+@dataclass(frozen=True, slots=True)
+class ScenarioRouter:
+    """CCR's Router section, compiled. An unset scenario is None and does not apply."""
+
+    default: WeightedChoice | None = None
+    background: WeightedChoice | None = None
+    think: WeightedChoice | None = None
+    long_context: WeightedChoice | None = None
+    web_search: WeightedChoice | None = None
+    image: WeightedChoice | None = None
+    long_context_threshold: int = DEFAULT_LONG_CONTEXT_THRESHOLD
+    hook: Hook | None = None
+    hook_path: str = ""  # "package.module:function", "" without a hook
+
+    def scenarios(self) -> frozenset[str]:
+        """The CCR names of the scenarios that are set."""
+        return frozenset(name for name, attr in SCENARIO_FIELDS.items() if getattr(self, attr) is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantRouter:
+    name: str
+    router: ScenarioRouter  # the global router with this tenant's settings laid over it
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackRoute:
+    cluster: str  # the Envoy cluster holding every provider of the chain, one priority each
+    chain: tuple[ModelRoute, ...]  # the primary first, then the fallbacks in order
 
 
 @dataclass(frozen=True, slots=True)
 class RoutingTable:
     version: str
-    models: Mapping[str, ModelRoute]
+    models: Mapping[str, ModelRoute]  # policy model name -> route
     max_request_bytes: int
+    # (provider name, model policy name) -> route
+    targets: Mapping[tuple[str, str], ModelRoute] = field(default_factory=dict)
+    # "provider,model" as a client may write it (policy name or upstream id; as given and lowercased)
+    explicit: Mapping[str, ModelRoute] = field(default_factory=dict)
+    providers: Mapping[str, ProviderRoute] = field(default_factory=dict)
+    router: ScenarioRouter = field(default_factory=ScenarioRouter)
+    aliases: Mapping[str, WeightedChoice] = field(default_factory=dict)
+    fallbacks: Mapping[tuple[str, str], FallbackRoute] = field(default_factory=dict)
+    tenants: Mapping[str, TenantRouter] = field(default_factory=dict)  # api key sha256 hex -> tenant
 
     def route(self, model: str) -> ModelRoute | None:
         return self.models.get(model)
@@ -65,16 +158,32 @@ class RoutingTable:
     def model_names(self) -> list[str]:
         return sorted(self.models)
 
+    def target(self, provider: str, model: str) -> ModelRoute | None:
+        return self.targets.get((provider, model))
+
+    @property
+    def long_context_threshold(self) -> int:
+        return self.router.long_context_threshold
+
+    @property
+    def custom_hook(self) -> str:
+        return self.router.hook_path
+
 
 def compile_policy(policy: policy_pb2.Policy, environ: Mapping[str, str] | None = None) -> RoutingTable:
     env = os.environ if environ is None else environ
     models: dict[str, ModelRoute] = {}
+    targets: dict[tuple[str, str], ModelRoute] = {}
+    explicit: dict[str, ModelRoute] = {}
+    providers: dict[str, ProviderRoute] = {}
     for provider in policy.providers:
         api = _API_OF.get(provider.api)
         if api is None:
             raise PolicyCompileError(f"provider {provider.name!r}: unsupported api {provider.api}")
         if not provider.cluster:
             raise PolicyCompileError(f"provider {provider.name!r}: no cluster")
+        if provider.name in providers:
+            raise PolicyCompileError(f"provider {provider.name!r} is defined twice")
         headers = tuple(sorted(provider.headers.items()))
         unavailable = None
         if provider.api_key_env:
@@ -95,6 +204,8 @@ def compile_policy(policy: policy_pb2.Policy, environ: Mapping[str, str] | None 
             unavailable,
             provider.forward_count_tokens,
         )
+        providers[provider.name] = route
+        served: list[ModelRoute] = []
         for model in provider.models:
             if model.name in models:
                 raise PolicyCompileError(f"model {model.name!r} is served by two providers")
@@ -104,5 +215,121 @@ def compile_policy(policy: policy_pb2.Policy, environ: Mapping[str, str] | None 
                 max_output_tokens=model.max_output_tokens or None,
                 capabilities=frozenset(model.capabilities),
             )
-            models[model.name] = ModelRoute(route, model.name, target)
-    return RoutingTable(policy.version, models, policy.limits.max_request_bytes)
+            model_route = ModelRoute(route, model.name, target)
+            models[model.name] = model_route
+            targets[(provider.name, model.name)] = model_route
+            served.append(model_route)
+        # Explicit "provider,model" (Claude Code's `/model provider,model`) by upstream id or policy
+        # name, the name winning a clash; each also lowercased, as CCR compares case-insensitively.
+        for text, model_route in [(f"{provider.name},{r.target.model}", r) for r in served] + [
+            (f"{provider.name},{r.model}", r) for r in served
+        ]:
+            explicit[text.lower()] = model_route
+            explicit[text] = model_route
+
+    def resolve(where: str, target: policy_pb2.Target) -> ModelRoute:
+        found = targets.get((target.provider, target.model)) or explicit.get(f"{target.provider},{target.model}")
+        if found is None:
+            raise PolicyCompileError(f"{where}: no model {target.model!r} at provider {target.provider!r}")
+        return found
+
+    def choice(where: str, name: str, message: policy_pb2.Choice) -> WeightedChoice | None:
+        if not message.options:
+            return None
+        routes = tuple(resolve(where, option.target) for option in message.options)
+        weights = [option.weight for option in message.options]
+        if not any(weights):  # proto3 cannot tell 0 from unset: all unset means an even split
+            weights = [1] * len(weights)
+        running, cumulative = 0, []
+        for weight in weights:
+            running += weight
+            cumulative.append(running)
+        # A zero-weight option gets no traffic (it is drained): leave it out.
+        kept = [(r, c) for r, c, w in zip(routes, cumulative, weights, strict=True) if w]
+        return WeightedChoice(name, tuple(r for r, _ in kept), tuple(c for _, c in kept))
+
+    hooks: dict[str, Hook] = {}
+
+    def router(where: str, message: policy_pb2.Router, base: ScenarioRouter | None) -> ScenarioRouter:
+        values: dict[str, Any] = {}
+        for scenario, attr in SCENARIO_FIELDS.items():
+            compiled = choice(f"{where}.{scenario}", scenario, getattr(message, attr))
+            if compiled is None and base is not None:
+                compiled = getattr(base, attr)
+            values[attr] = compiled
+        threshold = message.long_context_threshold
+        if not threshold:
+            threshold = base.long_context_threshold if base is not None else DEFAULT_LONG_CONTEXT_THRESHOLD
+        hook_path = message.custom_hook or (base.hook_path if base is not None else "")
+        hook = None
+        if hook_path:
+            hook = hooks.get(hook_path)
+            if hook is None:
+                hook = hooks[hook_path] = import_hook(hook_path, f"{where}.custom")
+        return ScenarioRouter(**values, long_context_threshold=threshold, hook=hook, hook_path=hook_path)
+
+    global_router = router("router", policy.router, None)
+
+    aliases: dict[str, WeightedChoice] = {}
+    for name in sorted(policy.aliases):
+        if name in models:
+            raise PolicyCompileError(f"alias {name!r} shadows a model name")
+        compiled = choice(f"aliases.{name}", name, policy.aliases[name])
+        if compiled is None:
+            raise PolicyCompileError(f"aliases.{name}: no target")
+        aliases[name] = compiled
+
+    fallbacks: dict[tuple[str, str], FallbackRoute] = {}
+    for chain in policy.fallbacks:
+        primary = resolve("fallback", chain.primary)
+        where = f"fallback {primary}"
+        key = (primary.provider.name, primary.model)
+        if key in fallbacks:
+            raise PolicyCompileError(f"{where}: defined twice")
+        if not chain.cluster:
+            raise PolicyCompileError(f"{where}: no cluster")
+        routes = (primary, *(resolve(where, t) for t in chain.then))
+        fallbacks[key] = FallbackRoute(chain.cluster, routes)
+
+    tenants: dict[str, TenantRouter] = {}
+    for tenant in policy.tenants:
+        compiled_tenant = TenantRouter(
+            tenant.name, router(f"tenants.{tenant.name}.router", tenant.router, global_router)
+        )
+        for digest in tenant.api_key_sha256:
+            digest = digest.lower()
+            if digest in tenants:
+                raise PolicyCompileError(
+                    f"tenants {tenants[digest].name!r} and {tenant.name!r} share an API key digest"
+                )
+            tenants[digest] = compiled_tenant
+
+    return RoutingTable(
+        policy.version,
+        models,
+        policy.limits.max_request_bytes,
+        targets=targets,
+        explicit=explicit,
+        providers=providers,
+        router=global_router,
+        aliases=aliases,
+        fallbacks=fallbacks,
+        tenants=tenants,
+    )
+
+
+def import_hook(path: str, where: str = "router.custom") -> Hook:
+    """Import "package.module:function"; any failure is a PolicyCompileError saying why."""
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise PolicyCompileError(f"{where}: {path!r} is not 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # the user's module may raise anything while importing
+        raise PolicyCompileError(f"{where}: cannot import {module_name!r}: {type(exc).__name__}: {exc}") from exc
+    hook = getattr(module, attr, None)
+    if hook is None:
+        raise PolicyCompileError(f"{where}: module {module_name!r} has no attribute {attr!r}")
+    if not callable(hook):
+        raise PolicyCompileError(f"{where}: {path!r} is not callable")
+    return hook

@@ -186,3 +186,169 @@ def test_a_model_served_by_two_providers_cannot_be_compiled():
 def test_an_empty_policy_compiles_to_an_empty_table():
     table = compile_policy(policy_pb2.Policy(version="0"), {})
     assert (table.version, table.model_names(), table.max_request_bytes) == ("0", [], 0)
+
+
+# --- router, aliases, fallback chains, tenants ----------------------------------------------------
+
+ROUTING_YAML = """\
+aliases:
+  fast: oai,gpt-4o
+  mix:
+    - {target: "claude,sonnet", weight: 3}
+    - {target: "oai,gpt-4o", weight: 1}
+router:
+  default: mix
+  think: claude,sonnet
+  longContext: gem,gemini-2.5-pro
+  longContextThreshold: 90000
+fallback:
+  claude,sonnet: ["oai,gpt-4o", "gem,gemini-2.5-pro"]
+tenants:
+  - name: team-a
+    api_key_sha256: ["%s"]
+    router: {default: "local,llama", longContextThreshold: 1000}
+""" % ("AB" * 32)
+
+
+def routed(version: str = "6") -> policy_pb2.Policy:
+    return load_policy(POLICY_YAML + ROUTING_YAML).to_proto(version)
+
+
+def names(routes) -> list[str]:
+    return [str(r) for r in routes]
+
+
+def test_targets_are_keyed_by_provider_and_model_name():
+    table = compile_policy(proto(), KEYS)
+    assert table.target("claude", "sonnet") is table.route("sonnet")
+    assert table.targets[("gem", "gemini-2.5-pro")] is table.route("gemini-2.5-pro")
+    assert table.target("oai", "sonnet") is None
+
+
+def test_explicit_provider_model_strings_match_the_policy_name_and_the_upstream_id():
+    table = compile_policy(proto(), KEYS)
+    sonnet = table.route("sonnet")
+    assert table.explicit["claude,sonnet"] is sonnet
+    assert table.explicit["claude,claude-sonnet-4-5-20250929"] is sonnet
+    assert "oai,sonnet" not in table.explicit
+
+
+def test_the_router_is_compiled_to_weighted_choices_of_routes():
+    table = compile_policy(routed(), KEYS)
+    router = table.router
+    assert names(router.default.routes) == ["claude,sonnet", "oai,gpt-4o"]
+    assert router.default.cumulative == (3, 4)
+    assert router.default.name == "default"
+    assert names(router.think.routes) == ["claude,sonnet"]
+    assert router.background is None and router.web_search is None and router.image is None
+    assert router.scenarios() == frozenset({"default", "think", "longContext"})
+    assert (table.long_context_threshold, table.custom_hook) == (90000, "")
+
+
+def test_an_unset_threshold_is_ccrs_default():
+    table = compile_policy(policy_pb2.Policy(version="0"), {})
+    assert table.long_context_threshold == 60000
+    assert table.router.default is None
+
+
+def test_aliases_are_compiled_with_their_name():
+    table = compile_policy(routed(), KEYS)
+    assert sorted(table.aliases) == ["fast", "mix"]
+    assert names(table.aliases["fast"].routes) == ["oai,gpt-4o"]
+    assert table.aliases["mix"].name == "mix"
+    assert not table.aliases["fast"].is_split and table.aliases["mix"].is_split
+
+
+def test_fallback_chains_are_keyed_by_their_primary_and_start_with_it():
+    table = compile_policy(routed(), KEYS)
+    chain = table.fallbacks[("claude", "sonnet")]
+    assert names(chain.chain) == ["claude,sonnet", "oai,gpt-4o", "gem,gemini-2.5-pro"]
+    assert chain.chain[0] is table.route("sonnet")
+    assert chain.cluster.startswith("chain_")
+    assert ("oai", "gpt-4o") not in table.fallbacks
+
+
+def test_a_tenant_router_is_the_global_one_with_its_own_settings_laid_over_it():
+    table = compile_policy(routed(), KEYS)
+    tenant = table.tenants["ab" * 32]  # digests are matched in lower case
+    assert tenant.name == "team-a"
+    assert names(tenant.router.default.routes) == ["local,llama"]
+    assert tenant.router.think is table.router.think
+    assert tenant.router.long_context is table.router.long_context
+    assert tenant.router.long_context_threshold == 1000
+
+
+def test_weights_all_unset_split_evenly_and_a_zero_weight_drains_an_option():
+    message = routed()
+    for option in message.aliases["mix"].options:
+        option.weight = 0
+    assert compile_policy(message, KEYS).aliases["mix"].cumulative == (1, 2)
+    message.aliases["mix"].options[0].weight = 5
+    choice = compile_policy(message, KEYS).aliases["mix"]
+    assert (names(choice.routes), choice.cumulative) == (["claude,sonnet"], (5,))
+
+
+def hook_for_tests(body, context):
+    return None
+
+
+NOT_CALLABLE = 42
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("no_such_package.mod:fn", r"router.custom: cannot import 'no_such_package.mod': ModuleNotFoundError"),
+        (f"{__name__}:missing", r"router.custom: module '.*' has no attribute 'missing'"),
+        (f"{__name__}:NOT_CALLABLE", r"router.custom: '.*:NOT_CALLABLE' is not callable"),
+        ("no-colon", r"router.custom: 'no-colon' is not 'package.module:function'"),
+    ],
+)
+def test_a_custom_hook_that_cannot_be_loaded_fails_the_policy(path, message):
+    policy = routed()
+    policy.router.custom_hook = path
+    with pytest.raises(PolicyCompileError, match=message):
+        compile_policy(policy, KEYS)
+
+
+def test_a_custom_hook_is_imported_at_compile_time():
+    policy = routed()
+    policy.router.custom_hook = f"{__name__}:hook_for_tests"
+    table = compile_policy(policy, KEYS)
+    assert table.router.hook is hook_for_tests
+    assert table.custom_hook == f"{__name__}:hook_for_tests"
+    assert table.tenants["ab" * 32].router.hook is hook_for_tests  # inherited
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda p: p.router.think.options[0].target.__setattr__("model", "nope"), r"router.think: no model 'nope'"),
+        (lambda p: p.aliases["mix"].options[1].target.__setattr__("provider", "x"), r"aliases.mix: no model"),
+        (
+            lambda p: p.aliases["sonnet"].options.add(target=policy_pb2.Target(provider="oai", model="gpt-4o")),
+            "alias 'sonnet' shadows a model name",
+        ),
+        (lambda p: p.fallbacks[0].__setattr__("cluster", ""), r"fallback claude,sonnet: no cluster"),
+        (lambda p: p.fallbacks.add().CopyFrom(p.fallbacks[0]), r"fallback claude,sonnet: defined twice"),
+        (lambda p: p.tenants.add(name="team-b", api_key_sha256=["ab" * 32]), "tenants 'team-a' and 'team-b' share"),
+        (
+            lambda p: p.tenants[0].router.default.options[0].target.__setattr__("model", "zz"),
+            r"tenants.team-a.router.default",
+        ),
+    ],
+    ids=[
+        "scenario-target",
+        "alias-target",
+        "alias-shadows",
+        "chain-cluster",
+        "chain-twice",
+        "tenant-key",
+        "tenant-target",
+    ],
+)
+def test_a_policy_naming_what_this_table_cannot_serve_is_rejected(edit, message):
+    policy = routed()
+    edit(policy)
+    with pytest.raises(PolicyCompileError, match=message):
+        compile_policy(policy, KEYS)

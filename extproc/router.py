@@ -1,0 +1,374 @@
+"""Per-request scenario routing on the compiled RoutingTable: CCR's order, CCR's semantics.
+
+`decide()` is pure apart from reading the SessionUsage cache and calling the policy's custom hook.
+It runs once per request on the hot path: every check is a dict lookup or a short loop over
+top-level lists, and only checks whose scenario is configured run at all. The token count is
+estimated from the body's size and counted exactly only near the threshold (extproc.tokens).
+
+The order is load-bearing (it is what CCR users expect) and lives in `decide` alone:
+
+    custom hook -> explicit "provider,model" -> longContext -> <CCR-SUBAGENT-MODEL> tag
+    -> background (haiku-class model) -> webSearch -> think -> image -> alias / model name -> default
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from prometheus_client import Counter
+
+from extproc import tokens as token_count
+from extproc.routing import ModelRoute, RoutingTable, ScenarioRouter, TenantRouter, WeightedChoice
+from extproc.tokens import SessionUsage
+
+log = logging.getLogger("ccr.extproc.router")
+
+HOOK_ERRORS = Counter(
+    "ccr_router_hook_errors",
+    "Calls of the policy's custom routing hook that raised or returned something naming no target",
+)
+
+SUBAGENT_OPEN = "<CCR-SUBAGENT-MODEL>"
+SUBAGENT_CLOSE = "</CCR-SUBAGENT-MODEL>"
+# CCR keeps a session on longContext while its previous turn was over the threshold and the
+# current request is still over this many tokens.
+SESSION_LONG_CONTEXT_TOKENS = 20_000
+
+
+class RoutingError(Exception):
+    """The request cannot be routed; answered to the client with ``status`` in its API's format."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class HookContext:
+    """What a custom hook gets besides the parsed body (which it must not mutate)."""
+
+    headers: Mapping[str, str]
+    tokens: int
+    session: str | None
+    scenarios: frozenset[str]  # the scenarios configured for this request's router (CCR names)
+    tenant: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    scenario: str  # explicit longContext subagent background webSearch think image model alias custom default
+    route: ModelRoute
+    chain: tuple[ModelRoute, ...]  # fallback chain, `route` first; (route,) without one
+    chain_cluster: str | None  # the chain's Envoy cluster, None without a chain
+    body: dict  # what to forward: the request's own dict, or a shallow copy without the subagent tag
+    tokens: int
+    session: str | None
+    reason: str  # one sentence, for `ccr-gateway route --explain` and logs
+    tenant: str | None
+
+
+def decide(
+    table: RoutingTable,
+    body: dict,
+    headers: Mapping[str, str],
+    raw_size: int,
+    sessions: SessionUsage | None = None,
+) -> Decision:
+    """Pick the target for one parsed request body. Raises RoutingError (404/400)."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise RoutingError(400, "model: a model name (string) is required")
+    tenant = _tenant(table.tenants, headers) if table.tenants else None
+    router = tenant.router if tenant is not None else table.router
+    tenant_name = tenant.name if tenant is not None else None
+    session = session_id(body)
+
+    # The subagent tag is a routing instruction, never meant for the model: it is stripped from
+    # what is forwarded whichever scenario wins (CCR strips it only when the tag decides). The
+    # input dict is never changed: on a fallback attempt the same parsed body is translated again.
+    forward = body
+    subagent: str | None = None
+    system = body.get("system")
+    if isinstance(system, list) and len(system) > 1:
+        tagged = _subagent_tag(system[1])
+        if tagged is not None:
+            subagent, rest = tagged
+            forward = {**body, "system": [system[0], {**system[1], "text": rest}, *system[2:]]}
+
+    def done(scenario: str, route: ModelRoute, tokens: int, reason: str) -> Decision:
+        fallback = table.fallbacks.get((route.provider.name, route.model))
+        if tenant_name is not None:
+            reason = f"{reason} (tenant {tenant_name!r})"
+        if fallback is None:
+            return Decision(scenario, route, (route,), None, forward, tokens, session, reason, tenant_name)
+        return Decision(
+            scenario, route, fallback.chain, fallback.cluster, forward, tokens, session, reason, tenant_name
+        )
+
+    # The threshold this request's count is compared with: CCR's own, or 20000 while the session's
+    # previous turn was over it.
+    limit: int | None = None
+    session_over: int | None = None
+    if router.long_context is not None:
+        limit = router.long_context_threshold
+        if sessions is not None and session:
+            last = sessions.last(session)
+            if last is not None and last > limit:
+                session_over = last
+                limit = min(limit, SESSION_LONG_CONTEXT_TOKENS)
+    tokens = -1  # counted when first needed: an explicit model never needs the exact count
+
+    # 0. The custom hook, before everything else (as CCR's CUSTOM_ROUTER_PATH).
+    if router.hook is not None:
+        tokens = token_count.count(body, raw_size, limit)
+        picked = _run_hook(table, router, body, HookContext(headers, tokens, session, router.scenarios(), tenant_name))
+        if picked is not None:
+            route, how = picked
+            return done("custom", route, tokens, f"the custom hook {router.hook_path} chose {how}")
+
+    # 1. Explicit "provider,model" (Claude Code's `/model provider,model`).
+    if "," in model:
+        route = _explicit(table, model)
+        return done(
+            "explicit",
+            route,
+            tokens if tokens >= 0 else token_count.estimate(raw_size),
+            f"the request names {model!r} explicitly",
+        )
+
+    if tokens < 0:
+        tokens = token_count.count(body, raw_size, limit)
+
+    # 2. longContext.
+    if limit is not None and tokens > limit:
+        choice = router.long_context
+        assert choice is not None
+        if session_over is not None and tokens <= router.long_context_threshold:
+            why = (
+                f"the session's previous turn had {session_over} input tokens, over the long-context "
+                f"threshold of {router.long_context_threshold}, and this request has {tokens} "
+                f"(over {SESSION_LONG_CONTEXT_TOKENS})"
+            )
+        else:
+            why = f"{tokens} tokens is over the long-context threshold of {router.long_context_threshold}"
+        return _scenario(done, "longContext", choice, session, tokens, why)
+
+    # 3. The subagent tag at the start of the second system block.
+    if subagent:
+        route = _resolve(table, subagent, session)
+        if route is None:
+            raise RoutingError(404, f"the {SUBAGENT_OPEN} tag names {subagent!r}, which is not served by this gateway")
+        return done("subagent", route, tokens, f"the second system block's {SUBAGENT_OPEN} tag names {subagent!r}")
+
+    # 4. background: a haiku-class model.
+    if router.background is not None and "haiku" in model.lower():
+        return _scenario(done, "background", router.background, session, tokens, f"{model!r} is a haiku-class model")
+
+    # 5. webSearch (before think: CCR gives web search the higher priority).
+    if router.web_search is not None and wants_web_search(body):
+        return _scenario(done, "webSearch", router.web_search, session, tokens, "the request carries a web_search tool")
+
+    # 6. think.
+    if router.think is not None and wants_thinking(body):
+        return _scenario(done, "think", router.think, session, tokens, "the request asks for thinking")
+
+    # 7. image.
+    if router.image is not None and has_image(body):
+        return _scenario(done, "image", router.image, session, tokens, "the request carries an image")
+
+    # 8. The model field itself: an alias, or a model a provider serves.
+    alias = table.aliases.get(model)
+    if alias is not None:
+        return _scenario(done, "alias", alias, session, tokens, f"{model!r} is an alias")
+    route = table.models.get(model)
+    if route is not None:
+        return done("model", route, tokens, f"{model!r} is served by provider {route.provider.name!r}")
+
+    # 9. default.
+    if router.default is not None:
+        return _scenario(
+            done, "default", router.default, session, tokens, f"{model!r} matches no scenario, alias or model"
+        )
+    raise RoutingError(404, f"model {model!r} is not served by this gateway")
+
+
+def _scenario(done: Any, scenario: str, choice: WeightedChoice, session: str | None, tokens: int, why: str) -> Decision:
+    route = choice.pick(session)
+    if choice.is_split:
+        how = "stable for the session" if session else "at random: no session id"
+        why = f"{why}; {route} won the weighted split ({how})"
+    return done(scenario, route, tokens, f"{why}: {scenario} -> {route}")
+
+
+# --- request inspection (cheap, top-level only) ----------------------------------------------------
+
+
+def session_id(body: Mapping[str, Any]) -> str | None:
+    """The client's session key: Claude Code's session id, else its user id, else OpenAI's "user".
+
+    Claude Code sends metadata.user_id as a JSON string holding "session_id"; older versions as
+    "user_<hash>_account_<uuid>_session_<uuid>".
+    """
+    metadata = body.get("metadata")
+    if isinstance(metadata, dict):
+        user_id = metadata.get("user_id")
+        if isinstance(user_id, str) and user_id:
+            return _session_of(user_id)
+    user = body.get("user")
+    if isinstance(user, str) and user:
+        return user
+    return None
+
+
+def _session_of(user_id: str) -> str:
+    if user_id[0] == "{":
+        try:
+            parsed = orjson.loads(user_id)
+        except orjson.JSONDecodeError:
+            return user_id
+        if isinstance(parsed, dict):
+            session = parsed.get("session_id")
+            if isinstance(session, str) and session:
+                return session
+        return user_id
+    _, sep, session = user_id.partition("_session_")
+    return session if sep and session else user_id
+
+
+def wants_web_search(body: Mapping[str, Any]) -> bool:
+    """An Anthropic/OpenAI web_search* tool, or OpenAI's web_search_options."""
+    if body.get("web_search_options") is not None:
+        return True
+    tools = body.get("tools")
+    if isinstance(tools, list):
+        for tool in tools:
+            if isinstance(tool, dict):
+                kind = tool.get("type")
+                if isinstance(kind, str) and kind.startswith("web_search"):
+                    return True
+    return False
+
+
+def wants_thinking(body: Mapping[str, Any]) -> bool:
+    """Anthropic thinking enabled/adaptive, or an OpenAI reasoning_effort other than "none"."""
+    thinking = body.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive"):
+        return True
+    effort = body.get("reasoning_effort")
+    return isinstance(effort, str) and effort != "none"
+
+
+def has_image(body: Mapping[str, Any]) -> bool:
+    """An image in a user message (Anthropic image blocks, also inside tool results; OpenAI image_url).
+
+    Walks from the newest message, where a fresh screenshot sits, and stops at the first image.
+    """
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return False
+    for message in reversed(messages):
+        if not isinstance(message, dict) or message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if not isinstance(content, list):
+            continue
+        for block in content:
+            if not isinstance(block, dict):
+                continue
+            kind = block.get("type")
+            if kind == "image" or kind == "image_url":
+                return True
+            if kind == "tool_result":
+                inner = block.get("content")
+                if isinstance(inner, list):
+                    for part in inner:
+                        if isinstance(part, dict) and part.get("type") == "image":
+                            return True
+    return False
+
+
+def _subagent_tag(block: Any) -> tuple[str, str] | None:
+    """(what the tag names, the text after it) when ``block``'s text starts with the tag."""
+    if not isinstance(block, dict):
+        return None
+    text = block.get("text")
+    if not isinstance(text, str) or not text.startswith(SUBAGENT_OPEN):
+        return None
+    end = text.find(SUBAGENT_CLOSE, len(SUBAGENT_OPEN))
+    if end < 0:
+        return None
+    return text[len(SUBAGENT_OPEN) : end].strip(), text[end + len(SUBAGENT_CLOSE) :].lstrip()
+
+
+def _tenant(tenants: Mapping[str, TenantRouter], headers: Mapping[str, str]) -> TenantRouter | None:
+    key = headers.get("x-api-key")
+    if not key:
+        authorization = headers.get("authorization", "")
+        if authorization[:7].lower() == "bearer ":
+            key = authorization[7:].strip()
+    if not key:
+        return None
+    return tenants.get(hashlib.sha256(key.encode()).hexdigest())
+
+
+# --- resolving names -------------------------------------------------------------------------------
+
+
+def _explicit(table: RoutingTable, text: str) -> ModelRoute:
+    route = table.explicit.get(text)
+    if route is not None:
+        return route
+    provider, _, model = text.partition(",")
+    provider, model = provider.strip(), model.strip()
+    tidy = f"{provider},{model}"
+    route = table.explicit.get(tidy) or table.explicit.get(tidy.lower())
+    if route is not None:
+        return route
+    if not any(name.lower() == provider.lower() for name in table.providers):
+        raise RoutingError(404, f"unknown provider {provider!r} in {text!r}")
+    raise RoutingError(404, f"provider {provider!r} has no model {model!r}")
+
+
+def _resolve(table: RoutingTable, name: str, session: str | None) -> ModelRoute | None:
+    """ "provider,model", an alias or a model name; None when it names nothing served here."""
+    if "," in name:
+        try:
+            return _explicit(table, name)
+        except RoutingError:
+            return None
+    alias = table.aliases.get(name)
+    if alias is not None:
+        return alias.pick(session)
+    return table.models.get(name)
+
+
+def _run_hook(
+    table: RoutingTable, router: ScenarioRouter, body: dict, context: HookContext
+) -> tuple[ModelRoute, str] | None:
+    """The hook's choice, or None to route on; its failures never fail the request."""
+    assert router.hook is not None
+    try:
+        result = router.hook(body, context)
+    except Exception:
+        HOOK_ERRORS.inc()
+        log.exception("custom routing hook %s raised; routing on without it", router.hook_path)
+        return None
+    if result is None:
+        return None
+    route = _resolve(table, result, context.session) if isinstance(result, str) and result else None
+    if route is None:
+        HOOK_ERRORS.inc()
+        log.warning(
+            "custom routing hook %s returned %.200r, which names no target served here; routing on without it",
+            router.hook_path,
+            result,
+        )
+        return None
+    how = repr(result) if str(route) == result else f"{result!r} ({route})"
+    return route, how
