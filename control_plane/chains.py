@@ -33,15 +33,16 @@ from control_plane.resources import (
     tls_socket,
 )
 
-CHAIN_HEADER = "x-ccr-chain"  # set by the downstream ext_proc: client API and model per provider
+CHAIN_METADATA_KEY = "chain"  # ccr.chain dynamic metadata: client API and model per provider
 PROVIDER_RESPONSE_HEADER = "x-ccr-provider"  # which provider answered (from endpoint metadata)
 UPSTREAM_PHASE_METADATA = ("x-ccr-phase", "upstream")  # gRPC metadata telling ext_proc which filter calls
 # Conditions under which the next provider of the chain is tried.
+CHAIN_CLUSTER_PREFIX = "chain_"
 RETRY_ON = "5xx,reset,connect-failure,refused-stream,retriable-status-codes"
 
 
 def encode_chain(client_api: str, chain: list[tuple[str, str]]) -> str:
-    """x-ccr-chain: "<client api>;<provider>=<model name>;..." (names cannot hold ';' or '=')."""
+    """ccr.chain: "<client api>;<provider>=<model name>;..." (names cannot hold ';' or '=')."""
     return ";".join([client_api, *(f"{provider}={model}" for provider, model in chain)])
 
 
@@ -116,6 +117,7 @@ def _upstream_extproc() -> dict[str, Any]:
                 "response_trailer_mode": "SKIP",
             },
             "request_attributes": ["xds.upstream_host_metadata"],
+            "metadata_options": {"forwarding_namespaces": {"untyped": [METADATA_NAMESPACE]}},
         },
     }
 
@@ -128,14 +130,11 @@ def _upstream_codec() -> dict[str, Any]:
 
 
 def chain_route(timeout: str, max_attempts: int) -> dict[str, Any]:
-    """The route for requests whose ext_proc decision carries a chain (x-ccr-chain present)."""
+    """The route for requests ext_proc sent to a chain cluster: the same, plus the retry policy."""
     return {
         "match": {
             "prefix": "/",
-            "headers": [
-                {"name": CLUSTER_HEADER, "present_match": True},
-                {"name": CHAIN_HEADER, "present_match": True},
-            ],
+            "headers": [{"name": CLUSTER_HEADER, "string_match": {"prefix": CHAIN_CLUSTER_PREFIX}}],
         },
         "route": {
             "cluster_header": CLUSTER_HEADER,

@@ -100,7 +100,7 @@ class FallbackSpec:
     def cluster(self) -> str:
         """One Envoy cluster per distinct provider sequence (priority i = the i-th provider)."""
         digest = hashlib.sha256(",".join(self.providers).encode()).hexdigest()[:12]
-        return f"chain_{digest}"
+        return f"chain_{digest}"  # chains.CHAIN_CLUSTER_PREFIX
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,8 +6,10 @@ that attempt for the provider the load balancer chose: path, auth, model and, wh
 speaks another API, the whole body. It runs once per attempt, so a retry on the next provider
 gets a body in that provider's format.
 
-Chain header (set by the downstream processor, removed here before egress):
-    x-ccr-chain: <client api>;<provider>=<model name>;<provider>=<model name>...
+The chain comes as dynamic metadata set by the downstream processor and forwarded by Envoy to
+every attempt (a request header would not do: attempts share one header map, mutated in place):
+    ccr.chain = "<client api>;<provider>=<model name>;<provider>=<model name>..."
+Provider credentials a previous attempt set are removed like the client's own.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import logging
 from dataclasses import replace
 
 import orjson
+from envoy.config.core.v3.base_pb2 import Metadata
 from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, ProcessingRequest, ProcessingResponse
+from google.protobuf import json_format, text_format
 from google.protobuf.struct_pb2 import Struct
 
-from control_plane.chains import CHAIN_HEADER, decode_chain
+from control_plane.chains import CHAIN_METADATA_KEY, decode_chain
 from control_plane.resources import METADATA_NAMESPACE
 from extproc import mutations as m
 from extproc.processor import GatewayState, strip_before_egress
@@ -33,20 +37,24 @@ HOST_METADATA_ATTRIBUTE = "xds.upstream_host_metadata"
 
 
 def attempt_provider(request: ProcessingRequest) -> str | None:
-    """The provider of the endpoint Envoy picked, from the endpoint metadata attribute."""
+    """The provider of the endpoint Envoy picked. Envoy sends the endpoint's metadata attribute as
+    the text form of an envoy.config.core.v3.Metadata message."""
     for attributes in request.attributes.values():
         value = attributes.fields.get(HOST_METADATA_ATTRIBUTE)
         if value is None:
             continue
-        metadata = value.struct_value
-        filter_metadata = metadata.fields.get("filter_metadata") or metadata.fields.get("filterMetadata")
-        if filter_metadata is None:
-            continue
-        ours = filter_metadata.struct_value.fields.get(METADATA_NAMESPACE)
-        if ours is not None:
-            provider = ours.struct_value.fields.get("provider")
-            if provider is not None:
-                return provider.string_value
+        metadata = Metadata()
+        try:
+            if value.HasField("struct_value"):
+                json_format.ParseDict(json_format.MessageToDict(value.struct_value), metadata)
+            else:
+                text_format.Parse(value.string_value, metadata)
+        except (text_format.ParseError, json_format.ParseError):
+            log.warning("unreadable upstream host metadata: %r", value)
+            return None
+        ours = metadata.filter_metadata.get(METADATA_NAMESPACE)
+        if ours is not None and "provider" in ours.fields:
+            return ours.fields["provider"].string_value
     return None
 
 
@@ -76,15 +84,23 @@ class AttemptProcessor:
         message: HttpHeaders = request.request_headers
         for header in message.headers.headers:
             self.headers[header.key] = header.raw_value.decode("utf-8", "replace") if header.raw_value else header.value
-        chain = self.headers.get(CHAIN_HEADER)
+        ours = request.metadata_context.filter_metadata.get(METADATA_NAMESPACE)
+        chain = ours.fields[CHAIN_METADATA_KEY].string_value if ours and CHAIN_METADATA_KEY in ours.fields else None
         provider = attempt_provider(request)
         table = self.state.table
         if chain is None or provider is None or table is None:
+            log.warning(
+                "attempt without chain=%r provider=%r table=%s attributes=%s",
+                chain,
+                provider,
+                table is not None,
+                self.headers,
+            )
             return m.immediate_error(self.client_api, 503, "fallback attempt without a chain decision", "ccr_no_chain")
         client_api, models = decode_chain(chain)
         self.client_api = Api(client_api)
         model = models.get(provider)
-        route = table.route_for(provider, model) if model is not None else None
+        route = table.target(provider, model) if model is not None else None
         if route is None:
             return m.immediate_error(
                 self.client_api, 503, f"provider {provider!r} is not part of this chain", "ccr_bad_chain"
@@ -123,7 +139,9 @@ class AttemptProcessor:
 
 
 def attempt_metadata_struct(provider: str) -> Struct:
-    """Test helper shape: the attribute Envoy sends for an endpoint with ccr.provider metadata."""
+    """The attribute as Envoy sends it for an endpoint with ccr.provider metadata (for tests)."""
+    metadata = Metadata()
+    metadata.filter_metadata[METADATA_NAMESPACE].update({"provider": provider})
     struct = Struct()
-    struct.update({HOST_METADATA_ATTRIBUTE: {"filter_metadata": {METADATA_NAMESPACE: {"provider": provider}}}})
+    struct.fields[HOST_METADATA_ATTRIBUTE].string_value = text_format.MessageToString(metadata, as_one_line=True)
     return struct

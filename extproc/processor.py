@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, ProcessingRequest, ProcessingResponse
 
-from control_plane.chains import CHAIN_HEADER, PROVIDER_RESPONSE_HEADER, encode_chain
+from control_plane.chains import CHAIN_METADATA_KEY, PROVIDER_RESPONSE_HEADER, encode_chain
 from control_plane.resources import CLUSTER_HEADER, INTERNAL_HEADER_PREFIX, METADATA_NAMESPACE
 from extproc import mutations as m
 from extproc.router import Decision, RoutingError, decide
@@ -191,17 +191,20 @@ class RequestProcessor:
             if translator_class(self.api, route.provider.api) is None:
                 message = f"fallback provider {route.provider.name!r} cannot serve {self.api}-format requests"
                 return m.immediate_error(self.api, 400, message, "ccr_no_translator")
-        set_headers = [
-            (CLUSTER_HEADER, decision.chain_cluster or ""),
-            (CHAIN_HEADER, encode_chain(self.api.value, [(r.provider.name, r.model) for r in decision.chain])),
-        ]
+        set_headers = [(CLUSTER_HEADER, decision.chain_cluster or "")]
         body = None
         if decision.body is not self.parsed_body:  # the router changed it (subagent tag stripped)
             body = orjson.dumps(decision.body)
             set_headers.append(("content-length", str(len(body))))
         # Credentials are dropped now; provider headers are set per attempt.
         remove = [name for name in self.headers if name in _CLIENT_CREDENTIALS or _internal(name, set_headers)]
-        return m.request_body_response(body, set_headers, remove, self._metadata(decision.route))
+        # The chain travels as dynamic metadata, which Envoy forwards to every attempt's upstream
+        # ext_proc: a header would be mutated in place by the first attempt (retries share it).
+        metadata = self._metadata(decision.route)
+        metadata[METADATA_NAMESPACE][CHAIN_METADATA_KEY] = encode_chain(
+            self.api.value, [(r.provider.name, r.model) for r in decision.chain]
+        )
+        return m.request_body_response(body, set_headers, remove, metadata)
 
     def _removed(self, set_headers: list[tuple[str, str]], provider_api: Api) -> list[str]:
         overwritten = {name for name, _ in set_headers}

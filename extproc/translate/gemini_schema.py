@@ -213,8 +213,9 @@ def _set_enum(out: dict[str, Any], enum: list[Any], type_: str | None) -> None:
 
 def _merge_all_of(node: dict[str, Any], members: list[Any]) -> dict[str, Any]:
     merged: dict[str, Any] = {k: v for k, v in node.items() if k != "allOf"}
-    props: dict[str, Any] = dict(merged.get("properties") or {})
-    required: list[Any] = list(merged.get("required") or [])
+    own_props, own_required = merged.get("properties"), merged.get("required")
+    props: dict[str, Any] = dict(own_props) if isinstance(own_props, dict) else {}
+    required: list[Any] = list(own_required) if isinstance(own_required, list) else []
     for member in members:
         if not isinstance(member, dict):
             continue

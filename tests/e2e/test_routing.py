@@ -95,7 +95,10 @@ def route_of(headers: dict[str, str]) -> dict[str, str]:
 
 
 def last_model(provider: FakeProvider) -> str:
-    return provider.requests()[-1]["body"]["model"]
+    received = provider.requests()[-1]
+    if "/models/" in received["path"]:  # Gemini names the model in the path
+        return received["path"].split("/models/", 1)[1].split(":", 1)[0]
+    return received["body"]["model"]
 
 
 SCENARIOS = [
@@ -251,7 +254,9 @@ def test_route_explain_prints_the_decision_without_sending(tmp_path, routed, fak
     policy = tmp_path / "policy.yaml"
     policy.write_text(yaml.safe_dump(copy.deepcopy(routed.policy), sort_keys=False))
     request = tmp_path / "request.json"
-    request.write_text(json.dumps({"model": "claude-3-5-haiku", "max_tokens": 10, "messages": []}))
+    request.write_text(
+        json.dumps({"model": "claude-3-5-haiku", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})
+    )
     fake.clear()
     result = subprocess.run(
         [sys.executable, "-m", "control_plane.cli", "route", "--explain", str(request), "-c", str(policy)],
