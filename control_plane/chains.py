@@ -129,9 +129,11 @@ def _upstream_codec() -> dict[str, Any]:
     }
 
 
-def chain_route(timeout: str, max_attempts: int) -> dict[str, Any]:
-    """The route for requests ext_proc sent to a chain cluster: the same, plus the retry policy."""
-    return {
+def chain_route(timeout: str, max_attempts: int, attempt_timeout_seconds: float = 0.0) -> dict[str, Any]:
+    """The route for requests ext_proc sent to a chain cluster: the same, plus the retry policy.
+    With an attempt timeout, a provider that sends no response headers in time is given up on and
+    the next one tried (Envoy's per_try_timeout: it ends at the first byte of the response)."""
+    route = {
         "match": {
             "prefix": "/",
             "headers": [{"name": CLUSTER_HEADER, "string_match": {"prefix": CHAIN_CLUSTER_PREFIX}}],
@@ -176,3 +178,6 @@ def chain_route(timeout: str, max_attempts: int) -> dict[str, Any]:
             }
         ],
     }
+    if attempt_timeout_seconds > 0:
+        route["route"]["retry_policy"]["per_try_timeout"] = f"{attempt_timeout_seconds:g}s"
+    return route

@@ -59,6 +59,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         envoy_log_level=args.envoy_log_level,
         fake_provider_port=args.fake_provider_port if args.with_fake_provider else None,
+        metrics_port=args.metrics_port,
     )
     print("starting ccr-gateway:", flush=True)
     try:
@@ -75,7 +76,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         f"  OpenAI SDK:      openai.OpenAI(base_url='{url}/v1')\n"
         f"  models:          curl {url}/v1/models\n"
         f"  Envoy admin:     http://127.0.0.1:{args.admin_port}/config_dump\n"
-        f"Edit {args.config} to change routing live. Ctrl-C stops everything.",
+        + (
+            f"  metrics:         http://127.0.0.1:{args.metrics_port}/metrics (ext_proc), "
+            f":{args.metrics_port + 1} (control plane), :{args.admin_port}/stats/prometheus (Envoy)\n"
+            if args.metrics_port
+            else ""
+        )
+        + f"Edit {args.config} to change routing live. Ctrl-C stops everything.",
         flush=True,
     )
     try:
@@ -133,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--envoy-log-level", default="warning", help="Envoy's own log level (default warning)")
     up.add_argument("--with-fake-provider", action="store_true", help="also start the bundled fake provider")
     up.add_argument("--fake-provider-port", type=int, default=9100, help="port for --with-fake-provider")
+    up.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="Prometheus metrics: ext_proc on this port, control plane on the next (0: off)",
+    )
     up.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for readiness (default 30)")
     up.set_defaults(func=cmd_up)
 

@@ -14,10 +14,6 @@ from dataclasses import replace
 import orjson
 
 from control_plane.policy import PolicyError, load_policy_file
-from extproc.router import RoutingError, decide
-from extproc.routing import PolicyCompileError, compile_policy
-from extproc.translate.base import Api, ClientRequestError
-from extproc.translate.registry import translator_for
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # ext_proc's own code, imported here so that the control plane process does not load it.
+    from extproc.router import RoutingError, decide
+    from extproc.routing import PolicyCompileError, compile_policy
+    from extproc.translate.base import Api, ClientRequestError
+    from extproc.translate.registry import translator_for
+
     try:
         policy = load_policy_file(args.config)
         table = compile_policy(policy.to_proto("explain"))

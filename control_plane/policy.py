@@ -73,6 +73,8 @@ class GatewayPolicy:
     providers: tuple[ProviderSpec, ...] = ()
     source: str = "<policy>"
     routing: RoutingSpec = field(default_factory=RoutingSpec)
+    # How long one attempt of a fallback chain may wait for response headers (0: no limit).
+    attempt_timeout_seconds: float = 0.0
 
     def provider(self, name: str) -> ProviderSpec | None:
         return next((p for p in self.providers if p.name == name), None)
@@ -140,11 +142,17 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
         if "port" in listener:
             listener_port = check.integer(listener["port"], "listener.port", 1, 65535) or listener_port
     max_request_bytes = DEFAULT_MAX_REQUEST_BYTES
+    attempt_timeout_seconds = 0.0
     if "limits" in top:
-        limits = check.mapping(top["limits"], "limits", ("max_request_bytes",))
+        limits = check.mapping(top["limits"], "limits", ("max_request_bytes", "attempt_timeout_seconds"))
         if "max_request_bytes" in limits:
             value = check.integer(limits["max_request_bytes"], "limits.max_request_bytes", 1024, 1 << 30)
             max_request_bytes = value or max_request_bytes
+        if "attempt_timeout_seconds" in limits:
+            attempt_timeout = check.integer(
+                limits["attempt_timeout_seconds"], "limits.attempt_timeout_seconds", 0, 3600
+            )
+            attempt_timeout_seconds = float(attempt_timeout or 0)
     providers: list[tuple[int, ProviderSpec]] = []
     if "providers" in top:
         items = check.sequence(top["providers"], "providers")
@@ -160,7 +168,9 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
     routing = parse_routing(check, top, catalog, {m.name for p in specs for m in p.models})
     if check.problems:
         raise PolicyError(check.problems)
-    return GatewayPolicy(listener_address, listener_port, max_request_bytes, specs, source, routing)
+    return GatewayPolicy(
+        listener_address, listener_port, max_request_bytes, specs, source, routing, attempt_timeout_seconds
+    )
 
 
 _PROVIDER_FIELDS = ("name", "api", "base_url", "api_key_env", "headers", "models", "forward_count_tokens")

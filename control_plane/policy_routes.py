@@ -223,10 +223,14 @@ def _choice(check: Checker, at: Located, path: str, catalog: _Catalog, aliases: 
     return tuple(options)
 
 
-def _router(check: Checker, at: Located, path: str, catalog: _Catalog, aliases: dict[str, Choice]) -> RouterSpec:
+def _router(
+    check: Checker, at: Located, path: str, catalog: _Catalog, aliases: dict[str, Choice], inherit: bool = False
+) -> RouterSpec:
+    """A tenant's router (inherit=True) leaves unset values empty: 0 threshold, no hook, no
+    scenario, so that the global router's values apply to them."""
     allowed = (*SCENARIOS, "longContextThreshold", "custom")
     fields = check.mapping(at, path, allowed)
-    values: dict = {}
+    values: dict = {"long_context_threshold": 0} if inherit else {}
     for key, name in SCENARIOS.items():
         if key in fields:
             values[name] = _choice(check, fields[key], join(path, key), catalog, aliases)
@@ -288,9 +292,9 @@ def _tenants(check: Checker, at: Located, catalog: _Catalog, aliases: dict[str, 
                 else:
                     check.problem(key_at, join(join(path, "api_key_sha256"), key_index), "must be a hex SHA-256 digest")
         router = (
-            _router(check, fields["router"], join(path, "router"), catalog, aliases)
+            _router(check, fields["router"], join(path, "router"), catalog, aliases, inherit=True)
             if "router" in fields
-            else RouterSpec()
+            else RouterSpec(long_context_threshold=0)
         )
         if name is not None:
             names.add(name)

@@ -103,7 +103,10 @@ class Rollout:
             for name, (chain, owner) in chains.items()
         ]
         longest = max((len(chain.providers) for chain, _ in chains.values()), default=0)
-        routes = resources.route_configuration([chain_route(resources.ROUTE_TIMEOUT, longest)] if chains else None)
+        chain_routes = (
+            [chain_route(resources.ROUTE_TIMEOUT, longest, policy.attempt_timeout_seconds)] if chains else None
+        )
+        routes = resources.route_configuration(chain_routes)
         return Snapshot.build(
             self.desired.version,
             clusters=clusters,

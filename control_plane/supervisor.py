@@ -66,6 +66,7 @@ class GatewayProcesses:
     log_level: str = "info"
     envoy_log_level: str = "warning"
     fake_provider_port: int | None = None
+    metrics_port: int = 0  # ext_proc serves Prometheus metrics here, the control plane on the next port
     quiet: bool = False
     run_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="ccr-gateway-"))
     children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
@@ -99,13 +100,21 @@ class GatewayProcesses:
             self._spawn("fake-provider", self._python("fake-provider", "--port", str(self.fake_provider_port)))
             self._wait_port("127.0.0.1", self.fake_provider_port, deadline, "fake provider")
         self.say(f"- control plane (xDS on {self.xds}, policy {self.policy_path})")
-        self._spawn("control-plane", self._python("control-plane", "-c", self.policy_path, "--xds", self.xds))
+        metrics = ["--metrics-port", str(self.metrics_port + 1)] if self.metrics_port else []
+        self._spawn("control-plane", self._python("control-plane", "-c", self.policy_path, "--xds", self.xds, *metrics))
         host, _, port = self.xds.rpartition(":")
         self._wait_port(host, int(port), deadline, "control plane")
         self.say(f"- ext_proc (unix:{self.extproc_socket})")
         self._spawn(
             "extproc",
-            self._python("extproc", "--listen", f"unix:{self.extproc_socket}", "--control-plane", self.xds),
+            self._python(
+                "extproc",
+                "--listen",
+                f"unix:{self.extproc_socket}",
+                "--control-plane",
+                self.xds,
+                *(["--metrics-port", str(self.metrics_port)] if self.metrics_port else []),
+            ),
         )
         self._wait(lambda: os.path.exists(self.extproc_socket), deadline, "ext_proc socket")
         bootstrap = os.path.join(self.run_dir, "bootstrap.yaml")

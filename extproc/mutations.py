@@ -11,6 +11,7 @@ from envoy.type.v3.http_status_pb2 import HttpStatus
 from google.protobuf.struct_pb2 import Struct
 
 from extproc.errors import error_body
+from extproc.metrics import REJECTED
 from extproc.translate.base import Api
 
 _OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
@@ -88,6 +89,7 @@ def immediate(
 
 def immediate_error(api: Api, status: int, message: str, details: str) -> ep.ProcessingResponse:
     """An error in the client's own format, answered by Envoy without contacting any provider."""
+    REJECTED.labels(api.value, str(status), details).inc()
     return immediate(status, error_body(api, status, message), details=details)
 
 

@@ -23,10 +23,11 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, Proces
 from control_plane.chains import CHAIN_METADATA_KEY, PROVIDER_RESPONSE_HEADER, encode_chain
 from control_plane.resources import CLUSTER_HEADER, INTERNAL_HEADER_PREFIX, METADATA_NAMESPACE
 from extproc import mutations as m
+from extproc.metrics import RESPONSES, ROUTED, TOKENS
 from extproc.router import Decision, RoutingError, decide
 from extproc.routing import ModelRoute, RoutingTable
 from extproc.tokens import SessionUsage
-from extproc.translate.base import Api, ClientRequestError, Translator, UpstreamProtocolError
+from extproc.translate.base import Api, ClientRequestError, Translator, UpstreamProtocolError, Usage
 from extproc.translate.passthrough import CountTokensPassthrough
 from extproc.translate.registry import translator_class, translator_for
 
@@ -147,6 +148,7 @@ class RequestProcessor:
             return m.immediate_error(self.api, exc.status, exc.message, "ccr_no_route")
         self.decision = decision
         self.stream = decision.body.get("stream") is True
+        ROUTED.labels(self.api.value, decision.scenario, decision.route.provider.name, decision.route.model).inc()
         if self.endpoint.kind == "count_tokens":
             provider = decision.route.provider
             if not provider.forward_count_tokens or provider.unavailable:
@@ -241,6 +243,7 @@ class RequestProcessor:
             self.translator = self._primed_translator(route, decision.body)
             remove.append(PROVIDER_RESPONSE_HEADER)
         attempts = headers.get("x-envoy-attempt-count", "1")
+        RESPONSES.labels(route.provider.name, f"{self.status // 100}xx", attempts).inc()
         route_header = (
             ROUTE_HEADER,
             f"scenario={decision.scenario}; provider={route.provider.name}; model={route.model}; attempts={attempts}",
@@ -252,6 +255,18 @@ class RequestProcessor:
         set_headers = [route_header, *(translator.response_headers(self.status, headers) if ok else ())]
         mode = m.STREAMED if ok and self.stream else m.BUFFERED
         return m.response_headers_response(set_headers, remove=remove, body_mode=mode)
+
+    def _record_usage(self, usage: Usage) -> None:
+        decision = self.decision
+        if decision is None:
+            return
+        # The whole prompt counts for the next turn's long-context decision, cached part included.
+        prompt = usage.input_tokens + usage.cache_read_input_tokens + usage.cache_creation_input_tokens
+        self.state.sessions.record(decision.session, prompt)
+        provider = decision.route.provider.name
+        TOKENS.labels(provider, "input").inc(usage.input_tokens)
+        TOKENS.labels(provider, "output").inc(usage.output_tokens)
+        TOKENS.labels(provider, "cache_read").inc(usage.cache_read_input_tokens)
 
     def _primed_translator(self, route: ModelRoute, body: dict[str, Any]) -> Translator | None:
         """A translator for the provider that answered, fed the request so that its response state
@@ -270,6 +285,8 @@ class RequestProcessor:
             return m.response_body_response(translated.body)
         try:
             out = translator.response_body(chunk, end_of_stream)
+            if out.usage is not None:
+                self._record_usage(out.usage)
         except UpstreamProtocolError as exc:
             provider = self.decision.route.provider.name if self.decision else "?"
             log.warning("provider %s broke its API: %s", provider, exc)

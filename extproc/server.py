@@ -15,6 +15,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, 
 from prometheus_client import start_http_server
 
 from control_plane.chains import UPSTREAM_PHASE_METADATA
+from extproc import tokens
 from extproc.attempt import AttemptProcessor
 from extproc.policy_client import PolicySubscriber
 from extproc.processor import GatewayState, RequestProcessor
@@ -51,6 +52,8 @@ async def serve(config: ExtProcConfig, ready: asyncio.Event | None = None) -> No
         state.table = table
 
     subscriber = PolicySubscriber(config.control_plane, install)
+    # Load the exact token counter now, not on the first request near the long-context threshold.
+    await asyncio.get_running_loop().run_in_executor(None, tokens.preload)
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 256 * 1024 * 1024)])
     external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(state), server)
     if config.listen.startswith("unix:"):

@@ -37,6 +37,7 @@ def primary(workdir: Path) -> Iterator[FakeProvider]:
 def routing_policy(port: int, fake: FakeProvider, primary: FakeProvider, backup: FakeProvider) -> dict:
     return {
         "listener": {"address": "127.0.0.1", "port": port},
+        "limits": {"attempt_timeout_seconds": 1},
         "providers": [
             {
                 "name": "ant",
@@ -197,6 +198,16 @@ def test_connection_refused_falls_back(routed, backup):
     message, headers = ask(routed, model="claude-dead")
     assert route_of(headers)["provider"] == "backup"
     assert message.content[0].type == "text"
+
+
+def test_a_primary_that_sends_nothing_in_time_falls_back(routed, primary):
+    primary.configure(latency_ms=3000)
+    try:
+        message, headers = ask(routed, model="claude-primary")
+    finally:
+        primary.configure(reset=True)
+    assert route_of(headers)["provider"] == "backup"
+    assert message.content[0].text.startswith("Hello from fake-openai model gpt-backup")
 
 
 def test_streams_fall_back_too(routed, primary):

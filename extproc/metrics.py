@@ -1,0 +1,26 @@
+"""Prometheus metrics of the ext_proc service (served with --metrics-port)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+ROUTED = Counter(
+    "ccr_routed_requests_total",
+    "Requests routed, by the client's API and the router's decision",
+    ["client_api", "scenario", "provider", "model"],
+)
+REJECTED = Counter(
+    "ccr_rejected_requests_total",
+    "Requests answered by the gateway itself with an error, by reason (response details)",
+    ["client_api", "status", "reason"],
+)
+RESPONSES = Counter(
+    "ccr_responses_total",
+    "Provider responses seen by ext_proc, by the provider that answered, status class and attempts",
+    ["provider", "status_class", "attempts"],
+)
+TOKENS = Counter(
+    "ccr_tokens_total",
+    "Tokens reported by providers in translated responses",
+    ["provider", "kind"],
+)
