@@ -186,7 +186,8 @@ def test_a_snapshot_built_by_rollout_from_the_example_is_consistent():
     envoy = cache.get(ENVOY_GROUP)
     assert envoy is not None
     assert consistency_errors(envoy, example.to_proto(version)) == []
-    assert sorted(envoy.get(CLUSTER).by_name) == ["provider_fake-anthropic", "provider_fake-openai"]
+    chain = example.routing.fallbacks[0].cluster  # the example's fallback chain has a cluster of its own
+    assert sorted(envoy.get(CLUSTER).by_name) == sorted([chain, "provider_fake-anthropic", "provider_fake-openai"])
     assert sorted(envoy.get(ENDPOINT).by_name) == ["provider_fake-anthropic", "provider_fake-openai"]
     assert list(envoy.get(LISTENER).by_name) == [resources.LISTENER_NAME]
     assert list(envoy.get(ROUTE).by_name) == [resources.ROUTE_CONFIG_NAME]
