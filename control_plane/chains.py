@@ -21,6 +21,7 @@ import envoy.extensions.retry.host.previous_hosts.v3.previous_hosts_pb2
 import envoy.extensions.retry.priority.previous_priorities.v3.previous_priorities_config_pb2  # noqa: F401
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 
+from control_plane import resilience
 from control_plane.policy import ProviderSpec
 from control_plane.policy_routes import FallbackSpec
 from control_plane.resources import (
@@ -52,19 +53,39 @@ def decode_chain(value: str) -> tuple[str, dict[str, str]]:
 
 
 def chain_cluster(chain: FallbackSpec, providers: dict[str, ProviderSpec]) -> Cluster:
+    """Envoy has one set of limits and one outlier detector per cluster, not per priority, so the
+    chain cluster takes them from its primary (it carries the chain's traffic while all is well);
+    each fallback's own settings govern its provider cluster. Per endpoint: the provider's TLS.
+
+    An ejected host is skipped: with no panic threshold, a priority whose only host is ejected has
+    no healthy host and its load moves to the next priority, so the next request goes straight to
+    the fallback instead of failing on the primary first. At most all providers but one are ejected
+    (chain_ejection_cap): with none left, Envoy would answer 503 without trying anyone."""
     specs = [providers[name] for name in chain.providers]
+    primary = specs[0].resilience
     tls_matches = [
-        {"name": f"tls-{p.name}", "match": {"provider": p.name}, "transport_socket": tls_socket(p, alpn=("http/1.1",))}
+        {
+            "name": f"tls-{p.name}",
+            "match": {"provider": p.name},
+            # HTTP/1.1 only: protocol options are per cluster, and the chain mixes providers.
+            "transport_socket": tls_socket(p, alpn=("http/1.1",)),
+        }
         for p in specs
         if p.scheme == "https"
     ]
+    # Active checks only when every provider of the chain is checked the same way (one path for
+    # all hosts): a SaaS fallback has no /health to answer a self-hosted primary's check.
+    checks = {p.resilience.health_check for p in specs}
+    health_check = checks.pop() if len(checks) == 1 else None
     cluster: dict[str, Any] = {
         "name": chain.cluster,
         # STRICT_DNS resolves SaaS host names and IP literals alike; one priority per provider.
         "type": "STRICT_DNS",
         "dns_lookup_family": "V4_PREFERRED",
-        "connect_timeout": "5s",
+        "connect_timeout": resilience.duration(primary.connect_timeout_ms),
         "lb_policy": "ROUND_ROBIN",
+        "common_lb_config": resilience.no_panic(),
+        "circuit_breakers": resilience.circuit_breakers(primary),
         "load_assignment": {
             "cluster_name": chain.cluster,
             "endpoints": [
@@ -72,10 +93,7 @@ def chain_cluster(chain: FallbackSpec, providers: dict[str, ProviderSpec]) -> Cl
                     "priority": priority,
                     "lb_endpoints": [
                         {
-                            "endpoint": {
-                                "address": {"socket_address": {"address": p.host, "port_value": p.port}},
-                                "hostname": p.host,
-                            },
+                            "endpoint": _endpoint(p, health_check is not None),
                             "metadata": {"filter_metadata": {METADATA_NAMESPACE: {"provider": p.name}}},
                         }
                     ],
@@ -86,15 +104,30 @@ def chain_cluster(chain: FallbackSpec, providers: dict[str, ProviderSpec]) -> Cl
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": TYPE_PREFIX + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "common_http_protocol_options": {"idle_timeout": "60s"},
+                "common_http_protocol_options": {"idle_timeout": resilience.duration(primary.idle_timeout_ms)},
                 "explicit_http_config": {"http_protocol_options": {}},
                 "http_filters": [_upstream_extproc(), _upstream_codec()],
             }
         },
     }
+    if primary.outlier_detection is not None:
+        cap = resilience.chain_ejection_cap(len(specs), primary.outlier_detection.max_ejection_percent)
+        cluster["outlier_detection"] = resilience.outlier_detection(primary.outlier_detection, cap)
+    if health_check is not None:
+        cluster["health_checks"] = resilience.health_checks(health_check)
     if tls_matches:
         cluster["transport_socket_matches"] = tls_matches
     return parse_resource(Cluster(), cluster)
+
+
+def _endpoint(provider: ProviderSpec, health_checked: bool) -> dict[str, Any]:
+    endpoint: dict[str, Any] = {
+        "address": {"socket_address": {"address": provider.host, "port_value": provider.port}},
+        "hostname": provider.host,
+    }
+    if health_checked:  # the checks' Host header, per endpoint (the cluster's name otherwise)
+        endpoint["health_check_config"] = {"hostname": provider.host}
+    return endpoint
 
 
 def _upstream_extproc() -> dict[str, Any]:

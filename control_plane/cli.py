@@ -10,7 +10,7 @@ import os
 import sys
 import time
 
-from control_plane.policy import PolicyError, load_policy_file
+from control_plane.policy import GatewayPolicy, PolicyError, load_policy_file
 
 EPILOG = """examples:
   ccr-gateway up -c examples/gateway.yaml --with-fake-provider
@@ -51,9 +51,11 @@ def _load_or_exit(path: str):
 def cmd_up(args: argparse.Namespace) -> int:
     from control_plane.supervisor import GatewayProcesses, StartupError
 
-    policy = _load_or_exit(args.config)
+    _require_policy_source(args)
+    policy = _consul_policy_or_exit(args) if args.consul else _load_or_exit(args.config)
     gateway = GatewayProcesses(
-        policy_path=args.config,
+        policy_path=args.config or "",
+        consul=(args.consul, args.consul_prefix, args.consul_token) if args.consul else None,
         policy=policy,
         admin_port=args.admin_port,
         xds=args.xds or "",
@@ -85,7 +87,12 @@ def cmd_up(args: argparse.Namespace) -> int:
             if args.metrics_port
             else ""
         )
-        + f"Edit {args.config} to change routing live. Ctrl-C stops everything.",
+        + (
+            f"Change routing live: ccr-gateway policy push FILE --consul {args.consul}"
+            if args.consul
+            else f"Edit {args.config} to change routing live."
+        )
+        + " Ctrl-C stops everything.",
         flush=True,
     )
     try:
@@ -97,10 +104,53 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_control_plane(args: argparse.Namespace) -> int:
     from control_plane.server import ControlPlane, ControlPlaneConfig
 
-    _load_or_exit(args.config)
-    config = ControlPlaneConfig(policy_path=args.config, xds_address=args.xds, metrics_port=args.metrics_port)
-    asyncio.run(ControlPlane(config).run())
+    _require_policy_source(args)
+    if not args.consul:
+        _load_or_exit(args.config)
+    config = ControlPlaneConfig(
+        policy_path=args.config or "",
+        consul_address=args.consul or "",
+        consul_prefix=args.consul_prefix,
+        consul_token=args.consul_token,
+        xds_address=args.xds,
+        metrics_port=args.metrics_port,
+    )
+    try:
+        asyncio.run(ControlPlane(config).run())
+    except PolicyError as exc:
+        print(f"invalid policy:\n{exc}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _require_policy_source(args: argparse.Namespace) -> None:
+    if bool(args.config) == bool(args.consul):
+        raise SystemExit("give exactly one policy source: -c POLICY.yaml or --consul URL")
+
+
+def _consul_policy_or_exit(args: argparse.Namespace) -> GatewayPolicy:
+    """The policy currently in Consul (`up` needs its listener address before starting Envoy)."""
+    from control_plane.sources.consul import ConsulPolicySource
+
+    async def fetch() -> GatewayPolicy | None:
+        source = ConsulPolicySource(args.consul, args.consul_prefix, args.consul_token, write_status=False)
+        try:
+            return await source.load_once()
+        finally:
+            await source.close()
+
+    try:
+        policy = asyncio.run(fetch())
+    except PolicyError as exc:
+        print(f"invalid policy in Consul:\n{exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except Exception as exc:  # unreachable Consul, denied token: say which
+        print(f"cannot read the policy from Consul at {args.consul}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if policy is None:
+        print(f"no policy under {args.consul_prefix!r} in Consul at {args.consul}", file=sys.stderr)
+        raise SystemExit(2)
+    return policy
 
 
 def cmd_extproc(args: argparse.Namespace) -> int:
@@ -126,6 +176,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _consul_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--consul",
+        metavar="URL",
+        help="take the policy from Consul KV instead of a file (e.g. http://127.0.0.1:8500)",
+    )
+    parser.add_argument(
+        "--consul-prefix", default="ccr-gateway/", help="KV prefix of the policy (default ccr-gateway/)"
+    )
+    parser.add_argument(
+        "--consul-token", default=os.environ.get("CONSUL_HTTP_TOKEN"), help="ACL token (default $CONSUL_HTTP_TOKEN)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ccr-gateway",
@@ -137,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = sub.add_parser("up", help="run control plane, ext_proc and Envoy together (Ctrl-C stops all)")
-    up.add_argument("-c", "--config", required=True, help="policy YAML file (watched for edits)")
+    up.add_argument("-c", "--config", help="policy YAML file (watched for edits)")
+    _consul_arguments(up)
     up.add_argument("--admin-port", type=int, default=9901, help="Envoy admin port (default 9901)")
     up.add_argument("--xds", help="control plane xDS address host:port (default: a free local port)")
     up.add_argument("--envoy-log-level", default="warning", help="Envoy's own log level (default warning)")
@@ -159,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
 
     cp = sub.add_parser("control-plane", help="run only the xDS control plane")
-    cp.add_argument("-c", "--config", required=True, help="policy YAML file (watched for edits)")
+    cp.add_argument("-c", "--config", help="policy YAML file (watched for edits)")
+    _consul_arguments(cp)
     cp.add_argument("--xds", default="127.0.0.1:18000", help="listen address host:port or unix:PATH")
     cp.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics port (0: off)")
     cp.set_defaults(func=cmd_control_plane)
@@ -181,6 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     explain.add_arguments(ro)
     ro.set_defaults(func=explain.run)
+
+    po = sub.add_parser("policy", help="the policy in Consul KV: push | get | diff | validate (CAS-safe)")
+    from control_plane import consul_cli
+
+    consul_cli.add_arguments(po)
 
     ic = sub.add_parser("import-ccr", help="convert a Claude Code Router config.json into a policy file")
     from control_plane import import_ccr

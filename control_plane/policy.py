@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from typing import Any
 from urllib.parse import urlsplit
 
 from ccr.v1 import policy_pb2
 from control_plane.policy_routes import RoutingSpec, parse_routing
+from control_plane.resilience import DEFAULT as DEFAULT_RESILIENCE
+from control_plane.resilience import HealthCheck, Http2, OutlierDetection, Resilience, RetryBudget, TlsSettings
 from control_plane.yaml_check import Checker, Located, PolicyError, Problem, compose, join, kind_of
 
 API_NAMES = ("anthropic", "openai", "gemini")
@@ -51,6 +55,7 @@ class ProviderSpec:
     headers: tuple[tuple[str, str], ...] = ()
     models: tuple[ModelSpec, ...] = ()
     forward_count_tokens: bool = False
+    resilience: Resilience = DEFAULT_RESILIENCE  # Envoy-only: limits, passive/active health, TLS
 
     @property
     def cluster(self) -> str:
@@ -173,7 +178,16 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
     )
 
 
-_PROVIDER_FIELDS = ("name", "api", "base_url", "api_key_env", "headers", "models", "forward_count_tokens")
+_PROVIDER_FIELDS = (
+    "name",
+    "api",
+    "base_url",
+    "api_key_env",
+    "headers",
+    "models",
+    "forward_count_tokens",
+    "resilience",
+)
 
 
 def _provider(check: Checker, at: Located, path: str) -> ProviderSpec | None:
@@ -230,11 +244,25 @@ def _provider(check: Checker, at: Located, path: str) -> ProviderSpec | None:
             model = _model(check, item, join(join(path, "models"), index))
             if model is not None:
                 models.append(model)
+    resilience = DEFAULT_RESILIENCE
+    if "resilience" in fields:
+        scheme = url[0] if url is not None else None
+        resilience = _resilience(check, fields["resilience"], join(path, "resilience"), scheme)
     if len(check.problems) > before or name is None or api is None or url is None:
         return None
     scheme, host, port, base_path = url
     return ProviderSpec(
-        name, api, scheme, host, port, base_path, key_env, tuple(headers), tuple(models), forward_count_tokens
+        name,
+        api,
+        scheme,
+        host,
+        port,
+        base_path,
+        key_env,
+        tuple(headers),
+        tuple(models),
+        forward_count_tokens,
+        resilience,
     )
 
 
@@ -257,6 +285,201 @@ def _base_url(check: Checker, at: Located, path: str) -> tuple[str, str, int, st
         check.problem(at, path, f"{text!r} has an invalid port")
         return None
     return parts.scheme, parts.hostname, port, parts.path.rstrip("/")
+
+
+# --- resilience (Envoy-only settings; control_plane/resilience.py says where each one goes) ------
+
+_MAX_LIMIT = 1 << 24  # far above any real pool, well inside Envoy's uint32
+_HOUR_MS = 3_600_000
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": _HOUR_MS}
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+# Number fields: YAML key -> (attribute, lowest, highest). An attribute ending in _ms is a duration
+# written as "500ms", "10s", "2m", "1h" and kept in milliseconds.
+_Table = dict[str, tuple[str, int, int]]
+_RESILIENCE_NUMBERS: _Table = {
+    "max_connections": ("max_connections", 1, _MAX_LIMIT),
+    # At least 1: a request waits "pending" while its connection is set up, so with 0 every request
+    # that finds no idle connection (the first one of each Envoy worker, too) would be refused.
+    "max_pending_requests": ("max_pending_requests", 1, _MAX_LIMIT),
+    "max_requests": ("max_requests", 1, _MAX_LIMIT),
+    "max_retries": ("max_retries", 0, _MAX_LIMIT),
+    "connect_timeout": ("connect_timeout_ms", 1, 10 * 60_000),
+    "idle_timeout": ("idle_timeout_ms", 0, 24 * _HOUR_MS),  # 0s: never closed for being idle
+}
+_OUTLIER_NUMBERS: _Table = {
+    "consecutive_5xx": ("consecutive_5xx", 1, 1000),
+    "consecutive_gateway_failure": ("consecutive_gateway_failure", 1, 1000),
+    "interval": ("interval_ms", 1, _HOUR_MS),
+    "base_ejection_time": ("base_ejection_time_ms", 1, _HOUR_MS),
+    "max_ejection_percent": ("max_ejection_percent", 0, 100),
+}
+_HEALTH_CHECK_NUMBERS: _Table = {
+    "interval": ("interval_ms", 1, _HOUR_MS),
+    "timeout": ("timeout_ms", 1, _HOUR_MS),
+    "unhealthy_threshold": ("unhealthy_threshold", 1, 100),
+    "healthy_threshold": ("healthy_threshold", 1, 100),
+}
+
+
+def _resilience(check: Checker, at: Located, path: str, scheme: str | None) -> Resilience:
+    """A provider's `resilience:` mapping; every field is optional. Where a field has a problem the
+    default stands in (the provider is dropped anyway: a policy with problems is never returned)."""
+    fields = check.mapping(at, path, (*_RESILIENCE_NUMBERS, *_SECTIONS, "tls"))
+    values = _numbers(check, fields, path, _RESILIENCE_NUMBERS)
+    for key, parse in _SECTIONS.items():
+        if key in fields:
+            values[key] = parse(check, fields[key], join(path, key))  # None: switched off
+    if values.get("http2", Http2.AUTO) is None:  # invalid, already reported
+        del values["http2"]
+    if "tls" in fields and (tls := _tls(check, fields["tls"], join(path, "tls"), scheme)) is not None:
+        values["tls"] = tls
+    return replace(DEFAULT_RESILIENCE, **values)
+
+
+def _numbers(check: Checker, fields: dict[str, Located], path: str, table: _Table) -> dict[str, Any]:
+    """The table's fields that are present and valid, by attribute name."""
+    values: dict[str, Any] = {}
+    for key, (attribute, low, high) in table.items():
+        if key in fields:
+            parse = _duration if attribute.endswith("_ms") else Checker.integer
+            value = parse(check, fields[key], join(path, key), low, high)
+            if value is not None:
+                values[attribute] = value
+    return values
+
+
+def _switch(check: Checker, at: Located, path: str) -> bool | None:
+    """A sub-section written as `true` (its defaults), `false` (off), or a mapping (None here)."""
+    if isinstance(at.value, bool):
+        return at.value
+    if not isinstance(at.value, dict):
+        check.problem(at, path, f"must be a mapping, true or false, got {kind_of(at.value)}")
+        return False
+    return None
+
+
+def _retry_budget(check: Checker, at: Located, path: str) -> RetryBudget | None:
+    switch = _switch(check, at, path)
+    if switch is not None:
+        return RetryBudget() if switch else None
+    fields = check.mapping(at, path, ("budget_percent", "min_retry_concurrency"))
+    values = _numbers(check, fields, path, {"min_retry_concurrency": ("min_retry_concurrency", 0, _MAX_LIMIT)})
+    if "budget_percent" in fields:
+        percent = fields["budget_percent"].value
+        if isinstance(percent, bool) or not isinstance(percent, int | float) or not 0 <= percent <= 100:
+            message = f"must be a number from 0 to 100, got {percent!r}"
+            check.problem(fields["budget_percent"], join(path, "budget_percent"), message)
+        else:
+            values["budget_percent"] = float(percent)
+    return RetryBudget(**values)
+
+
+def _outlier_detection(check: Checker, at: Located, path: str) -> OutlierDetection | None:
+    switch = _switch(check, at, path)
+    if switch is not None:
+        return OutlierDetection() if switch else None
+    fields = check.mapping(at, path, tuple(_OUTLIER_NUMBERS))
+    return OutlierDetection(**_numbers(check, fields, path, _OUTLIER_NUMBERS))
+
+
+def _health_check(check: Checker, at: Located, path: str) -> HealthCheck | None:
+    switch = _switch(check, at, path)
+    if switch is not None:
+        return HealthCheck() if switch else None
+    fields = check.mapping(at, path, ("path", *_HEALTH_CHECK_NUMBERS, "expected_statuses"))
+    values = _numbers(check, fields, path, _HEALTH_CHECK_NUMBERS)
+    if "path" in fields:
+        url_path = check.string(fields["path"], join(path, "path"))
+        if url_path is not None and (not url_path.startswith("/") or any(c.isspace() for c in url_path)):
+            check.problem(fields["path"], join(path, "path"), f"{url_path!r} must be a URL path starting with /")
+        elif url_path is not None:
+            values["path"] = url_path
+    if "expected_statuses" in fields:
+        statuses_path = join(path, "expected_statuses")
+        items = check.sequence(fields["expected_statuses"], statuses_path)
+        if not items and isinstance(fields["expected_statuses"].value, list):
+            check.problem(fields["expected_statuses"], statuses_path, "at least one status is required")
+        statuses = [check.integer(item, join(statuses_path, index), 100, 599) for index, item in enumerate(items)]
+        if items and None not in statuses:
+            values["expected_statuses"] = tuple(sorted(set(statuses)))
+    return HealthCheck(**values)
+
+
+def _http2(check: Checker, at: Located, path: str) -> Http2 | None:
+    if at.value == "auto":
+        return Http2.AUTO
+    if isinstance(at.value, bool):
+        return Http2.ALWAYS if at.value else Http2.NEVER
+    check.problem(at, path, f"must be auto, true or false, got {at.value!r}")
+    return None
+
+
+_SECTIONS = {
+    "retry_budget": _retry_budget,
+    "outlier_detection": _outlier_detection,
+    "health_check": _health_check,
+    "http2": _http2,
+}
+
+
+def _tls(check: Checker, at: Located, path: str, scheme: str | None) -> TlsSettings | None:
+    fields = check.mapping(at, path, ("sni", "ca_file", "insecure_skip_verify"))
+    if scheme == "http":
+        check.problem(at, path, "only an https:// base_url uses TLS")
+        return None
+    tls = TlsSettings()
+    if "sni" in fields:
+        sni = check.string(fields["sni"], join(path, "sni"), _HOSTNAME, "host name")
+        tls = replace(tls, sni=sni or "")
+    if "ca_file" in fields:
+        ca_file = check.string(fields["ca_file"], join(path, "ca_file"))
+        # Envoy reads it, from its own working directory: a relative path would be a guess.
+        if ca_file is not None and not ca_file.startswith("/"):
+            check.problem(fields["ca_file"], join(path, "ca_file"), f"{ca_file!r} must be an absolute path")
+        tls = replace(tls, ca_file=ca_file or "")
+    if "insecure_skip_verify" in fields:
+        flag_at = fields["insecure_skip_verify"]
+        if not isinstance(flag_at.value, bool):
+            check.problem(
+                flag_at, join(path, "insecure_skip_verify"), f"must be true or false, got {kind_of(flag_at.value)}"
+            )
+        elif flag_at.value and tls.ca_file:
+            check.problem(
+                flag_at, join(path, "insecure_skip_verify"), "contradicts ca_file (nothing would be verified)"
+            )
+        else:
+            tls = replace(tls, insecure_skip_verify=flag_at.value)
+    return tls
+
+
+def _duration(check: Checker, at: Located, path: str, low_ms: int, high_ms: int) -> int | None:
+    """A duration as written ("500ms", "10s", "1.5s", "2m", "1h"), in milliseconds."""
+    text = at.value
+    if not isinstance(text, str):
+        check.problem(at, path, f"must be a duration like 500ms, 10s or 2m, got {kind_of(text)}")
+        return None
+    match = _DURATION.match(text)
+    if match is None:
+        check.problem(at, path, f"{text!r} is not a duration (like 500ms, 10s or 2m)")
+        return None
+    amount = Decimal(match[1]) * _UNIT_MS[match[2]]
+    if amount != amount.to_integral_value():
+        check.problem(at, path, f"{text!r} is finer than a millisecond")
+        return None
+    if not low_ms <= amount <= high_ms:
+        check.problem(at, path, f"must be between {_human(low_ms)} and {_human(high_ms)}, got {text}")
+        return None
+    return int(amount)
+
+
+def _human(ms: int) -> str:
+    for unit, size in (("h", _HOUR_MS), ("m", 60_000), ("s", 1000)):
+        if ms and ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
 
 
 def _model(check: Checker, at: Located, path: str) -> ModelSpec | None:

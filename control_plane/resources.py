@@ -24,6 +24,7 @@ from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from control_plane import resilience
 from control_plane.policy import GatewayPolicy, ProviderSpec
 
 LISTENER_NAME = "ccr_listener"
@@ -41,7 +42,7 @@ STREAM_IDLE_TIMEOUT = "300s"
 EXTPROC_MESSAGE_TIMEOUT = "5s"
 
 _ADS = {"ads": {}, "resource_api_version": "V3"}
-TYPE_PREFIX = "type.googleapis.com/"
+TYPE_PREFIX = resilience.TYPE_PREFIX
 
 
 def parse_resource(message: Message, data: dict[str, Any]) -> Message:
@@ -51,15 +52,29 @@ def parse_resource(message: Message, data: dict[str, Any]) -> Message:
 
 def provider_cluster(provider: ProviderSpec) -> Cluster:
     """One cluster per provider. IP hosts come through EDS (like Consul catalog pools, later); DNS
-    hosts (SaaS APIs) use LOGICAL_DNS, since EDS endpoints must be IP addresses."""
+    hosts (SaaS APIs) use LOGICAL_DNS, since EDS endpoints must be IP addresses.
+
+    The provider's resilience settings become the cluster's circuit breakers, outlier detection and
+    (when asked for) active health checks. The panic threshold stays at Envoy's default (50 %): a
+    single-host provider whose host is ejected still gets its requests (there is nothing else to
+    send them to, and the client is better served by the provider's own answer than by a 503
+    "no healthy upstream"), while a pool of several hosts sheds its ejected ones until half are out."""
+    settings = provider.resilience
     cluster: dict[str, Any] = {
         "name": provider.cluster,
-        "connect_timeout": "5s",
+        "connect_timeout": resilience.duration(settings.connect_timeout_ms),
         "lb_policy": "ROUND_ROBIN",
+        "circuit_breakers": resilience.circuit_breakers(settings),
         "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _protocol_options(provider),
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": resilience.protocol_options(
+                settings, provider.scheme
+            ),
         },
     }
+    if settings.outlier_detection is not None:
+        cluster["outlier_detection"] = resilience.outlier_detection(settings.outlier_detection)
+    if settings.health_check is not None:
+        cluster["health_checks"] = resilience.health_checks(settings.health_check, host=provider.host)
     if provider.host_is_ip:
         cluster["type"] = "EDS"
         cluster["eds_cluster_config"] = {"eds_config": _ADS, "service_name": provider.cluster}
@@ -68,38 +83,29 @@ def provider_cluster(provider: ProviderSpec) -> Cluster:
         cluster["dns_lookup_family"] = "V4_PREFERRED"
         cluster["load_assignment"] = _load_assignment(provider)
     if provider.scheme == "https":
-        cluster["transport_socket"] = tls_socket(provider)
+        cluster["transport_socket"] = tls_socket(provider, resilience.alpn(settings))
     return parse_resource(Cluster(), cluster)
 
 
-def tls_socket(provider: ProviderSpec, alpn: tuple[str, ...] = ("h2", "http/1.1")) -> dict[str, Any]:
-    """TLS to the provider: SNI and certificate checked against its host name and the system CAs."""
+def tls_socket(provider: ProviderSpec, alpn: tuple[str, ...]) -> dict[str, Any]:
+    """TLS to the provider: SNI and certificate checked against its host name (or the SNI the policy
+    names) and the system CAs (or the policy's CA file), unless the policy says not to verify."""
+    tls = provider.resilience.tls
+    name = tls.sni or provider.host
+    common: dict[str, Any] = {"alpn_protocols": list(alpn)}
+    if not tls.insecure_skip_verify:
+        common["validation_context"] = {
+            "trusted_ca": {"filename": tls.ca_file or SYSTEM_CA_BUNDLE},
+            "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": name}}],
+        }
     return {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
             "@type": TYPE_PREFIX + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-            "sni": provider.host,
-            "common_tls_context": {
-                "alpn_protocols": list(alpn),
-                "validation_context": {
-                    "trusted_ca": {"filename": SYSTEM_CA_BUNDLE},
-                    "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": provider.host}}],
-                },
-            },
+            "sni": name,
+            "common_tls_context": common,
         },
     }
-
-
-def _protocol_options(provider: ProviderSpec) -> dict[str, Any]:
-    options: dict[str, Any] = {
-        "@type": TYPE_PREFIX + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-        "common_http_protocol_options": {"idle_timeout": "60s"},
-    }
-    if provider.scheme == "https":  # ALPN picks h2 where the provider offers it
-        options["auto_config"] = {"http_protocol_options": {}, "http2_protocol_options": {}}
-    else:
-        options["explicit_http_config"] = {"http_protocol_options": {}}
-    return options
 
 
 def _load_assignment(provider: ProviderSpec) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from control_plane.ads import AggregatedDiscoveryService
 from control_plane.cache import SnapshotCache
 from control_plane.policy import GatewayPolicy, PolicyError
 from control_plane.rollout import Rollout
+from control_plane.sources.consul import ConsulPolicySource
 from control_plane.sources.file import FilePolicySource
 
 log = logging.getLogger("ccr.control_plane")
@@ -25,7 +26,10 @@ POLICY_REJECTED = Counter("ccr_policy_rejected_total", "Policy updates rejected 
 
 @dataclass(frozen=True)
 class ControlPlaneConfig:
-    policy_path: str
+    policy_path: str = ""  # a local file, or
+    consul_address: str = ""  # Consul KV (then the policy lives under consul_prefix)
+    consul_prefix: str = "ccr-gateway/"
+    consul_token: str | None = None
     xds_address: str = "127.0.0.1:18000"  # host:port or unix:/path
     metrics_port: int = 0  # 0: no metrics endpoint
     grace_seconds: float = 1.0
@@ -37,13 +41,20 @@ class ControlPlane:
         self.config = config
         self.cache = SnapshotCache()
         self.rollout = Rollout(self.cache, grace_seconds=config.grace_seconds)
-        self.source = FilePolicySource(config.policy_path, interval=config.poll_interval)
+        self.source: FilePolicySource | ConsulPolicySource
+        if config.consul_address:
+            self.source = ConsulPolicySource(config.consul_address, config.consul_prefix, config.consul_token)
+        else:
+            self.source = FilePolicySource(config.policy_path, interval=config.poll_interval)
         self.last_error: str | None = None
         self._server: grpc.aio.Server | None = None
 
-    def load_initial(self) -> GatewayPolicy:
+    async def load_initial(self) -> GatewayPolicy:
         """The first policy must be valid: there is no last good one to fall back to."""
-        policy = self.source.load()
+        if isinstance(self.source, ConsulPolicySource):
+            policy = await self.source.load_once()
+        else:
+            policy = self.source.load()
         assert policy is not None
         self._apply(policy)
         return policy
@@ -79,7 +90,7 @@ class ControlPlane:
         log.info("xDS (ADS) listening on %s", self.config.xds_address)
 
     async def run(self) -> None:
-        self.load_initial()
+        await self.load_initial()
         await self.start()
         watcher = asyncio.create_task(self.source.watch(self._apply, self._reject))
         stop = asyncio.Event()
@@ -89,6 +100,8 @@ class ControlPlane:
         await stop.wait()
         watcher.cancel()
         await self.stop()
+        if isinstance(self.source, ConsulPolicySource):
+            await self.source.close()
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -63,6 +63,7 @@ def free_port() -> int:
 class GatewayProcesses:
     policy_path: str
     policy: GatewayPolicy
+    consul: tuple[str, str, str | None] | None = None  # (address, prefix, token): policy from Consul KV
     admin_port: int = 9901
     xds: str = ""
     log_level: str = "info"
@@ -102,9 +103,15 @@ class GatewayProcesses:
             self.say(f"- fake provider on 127.0.0.1:{self.fake_provider_port}")
             self._spawn("fake-provider", self._python("fake-provider", "--port", str(self.fake_provider_port)))
             self._wait_port("127.0.0.1", self.fake_provider_port, deadline, "fake provider")
-        self.say(f"- control plane (xDS on {self.xds}, policy {self.policy_path})")
         metrics = ["--metrics-port", str(self.metrics_port)] if self.metrics_port else []
-        self._spawn("control-plane", self._python("control-plane", "-c", self.policy_path, "--xds", self.xds, *metrics))
+        if self.consul is not None:
+            address, prefix, token = self.consul
+            source = ["--consul", address, "--consul-prefix", prefix, *(["--consul-token", token] if token else [])]
+            self.say(f"- control plane (xDS on {self.xds}, policy from Consul {address} {prefix})")
+        else:
+            source = ["-c", self.policy_path]
+            self.say(f"- control plane (xDS on {self.xds}, policy {self.policy_path})")
+        self._spawn("control-plane", self._python("control-plane", *source, "--xds", self.xds, *metrics))
         host, _, port = self.xds.rpartition(":")
         self._wait_port(host, int(port), deadline, "control plane")
         self.say(f"- ext_proc ({self.workers} worker{'s' if self.workers > 1 else ''}, Unix sockets in {self.run_dir})")

@@ -157,6 +157,7 @@ def next_index(current: int, returned: int) -> int:
     An index that went backwards (a snapshot restore, a KV tombstone reaped, a new leader with a
     different view) says nothing about what was missed: start over with a non-blocking read (0).
     An index below 1 would make the next query non-blocking and the loop spin: use 1 instead."""
+    returned = max(returned, 0)
     if returned < current:
         return 0
     return max(returned, 1)
@@ -199,7 +200,7 @@ class Backoff:
         self.failures = 0
 
     def next(self) -> float:
-        ceiling = min(self.maximum, self.minimum * (2**self.failures))
+        ceiling = min(self.maximum, self.minimum * 2.0 ** min(self.failures, 60))  # no overflow in long outages
         self.failures += 1
         return ceiling * (0.5 + 0.5 * self.rng())
 
@@ -219,6 +220,9 @@ class LoopSettings:
     backoff_max: float = 30.0
 
 
+DEFAULT_SETTINGS = LoopSettings()
+
+
 class BlockingLoop(Generic[T]):
     """One Consul blocking query, repeated forever by the rules in FIELD_NOTES:
 
@@ -236,7 +240,7 @@ class BlockingLoop(Generic[T]):
         self,
         name: str,
         fetch: Callable[[int, str], Awaitable[tuple[int, T]]],
-        settings: LoopSettings = LoopSettings(),
+        settings: LoopSettings = DEFAULT_SETTINGS,
     ) -> None:
         self.name = name
         self.fetch = fetch
@@ -491,7 +495,7 @@ class ConsulPolicySource:
         token: str | None = None,
         *,
         datacenter: str | None = None,
-        settings: LoopSettings = LoopSettings(),
+        settings: LoopSettings = DEFAULT_SETTINGS,
         write_status: bool = True,
     ) -> None:
         parse_address(address)  # fail at construction, not in the loop

@@ -1,0 +1,150 @@
+"""`ccr-gateway bench`: run the benchmark, print the table, write JSON and docs/performance.md.
+
+Progress goes to stderr, the table to stdout. Exit code 0 when the run completed (budget lines
+that are not met do not fail it: numbers are for people; CI only checks that the harness runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.runner import BenchError, Settings, run_bench
+from bench.workloads import CASES, CASES_BY_NAME, QUICK_CASES
+
+QUICK_DURATION_S = 1.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Benchmark the gateway against plain Envoy on the same fake upstream: req/s, latency, CPU per "
+        "request per component, RSS, ext_proc messages, and the budget verdicts."
+    )
+    names = ", ".join(case.name for case in CASES)
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds measured per case and target (15)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured load before each (2)")
+    parser.add_argument("--connections", type=int, default=16, help="concurrent connections (16)")
+    parser.add_argument("--threads", type=int, default=1, help="load generator threads (1)")
+    parser.add_argument("--cases", help=f"comma-separated, default all: {names}")
+    parser.add_argument("--no-half-load", action="store_true", help="skip the latency run at half the max req/s")
+    parser.add_argument(
+        "--soak",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also send N requests (200000 for the budget) and report RSS growth",
+    )
+    parser.add_argument(
+        "--load-generator",
+        choices=["auto", "wrk", "h2load", "python"],
+        default="auto",
+        help="closed-loop driver (auto: wrk, else h2load, else Python)",
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write all results as JSON")
+    parser.add_argument(
+        "--write-docs", type=Path, metavar="PATH", help="write the Markdown report (docs/performance.md)"
+    )
+    parser.add_argument("--keep-workdir", action="store_true", help="keep the logs and generated configs")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke run: {QUICK_DURATION_S:g} s per measurement, cases {','.join(QUICK_CASES)}, 4 connections",
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    if args.cases:
+        cases = tuple(name.strip() for name in args.cases.split(",") if name.strip())
+    else:
+        cases = QUICK_CASES if args.quick else tuple(case.name for case in CASES)
+    unknown = [name for name in cases if name not in CASES_BY_NAME]
+    if unknown:
+        raise BenchError(f"unknown case(s): {', '.join(unknown)}; known: {', '.join(CASES_BY_NAME)}")
+    quick = args.quick
+    return Settings(
+        cases=cases,
+        duration_s=QUICK_DURATION_S if quick else args.duration,
+        warmup_s=min(args.warmup, 1.0) if quick else args.warmup,
+        connections=4 if quick else args.connections,
+        threads=args.threads,
+        half_load=not args.no_half_load,
+        soak_requests=args.soak,
+        load_generator=args.load_generator,
+    )
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this run (options at their defaults left out)."""
+    argv = ["ccr-gateway", "bench"]
+    if args.quick:
+        argv.append("--quick")
+    for flag, value, default in (
+        ("--duration", args.duration, 15.0),
+        ("--warmup", args.warmup, 2.0),
+        ("--connections", args.connections, 16),
+        ("--threads", args.threads, 1),
+        ("--soak", args.soak, 0),
+        ("--load-generator", args.load_generator, "auto"),
+    ):
+        if value != default:
+            argv += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    if args.cases:
+        argv += ["--cases", args.cases]
+    if args.no_half_load:
+        argv.append("--no-half-load")
+    if args.json:
+        argv += ["--json", str(args.json)]
+    if args.write_docs:
+        argv += ["--write-docs", str(args.write_docs)]
+    return shlex.join(argv)
+
+
+def _progress(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from_args(args)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    # SIGTERM takes the same way out as Ctrl-C: through the finally blocks that stop the processes.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        results = run_bench(settings, _progress)
+    except KeyboardInterrupt:
+        _progress("interrupted; everything it started has been stopped")
+        return 130
+    except BenchError as exc:
+        _progress(f"failed: {exc}")
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    summary = report.summarize(results)
+    summary["command"] = command_line(args)
+    print(report.stdout_report(summary), flush=True)
+    if args.json:
+        report.write_json(summary, args.json)
+        _progress(f"wrote {args.json}")
+    if args.write_docs:
+        args.write_docs.parent.mkdir(parents=True, exist_ok=True)
+        args.write_docs.write_text(report.markdown(summary, summary["command"]))
+        _progress(f"wrote {args.write_docs}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m bench``: the same command without the ccr-gateway wrapper."""
+    parser = argparse.ArgumentParser(prog="ccr-gateway bench")
+    add_arguments(parser)
+    raise SystemExit(run(parser.parse_args(argv)))

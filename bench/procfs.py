@@ -1,0 +1,136 @@
+"""CPU time and memory of processes, read from /proc (Linux only; no psutil needed).
+
+CPU is ``utime + stime`` from ``/proc/<pid>/stat``: all threads of the process, including threads
+that have already exited, in clock ticks (10 ms on most kernels, so measure windows of seconds).
+RSS is ``VmRSS`` from ``/proc/<pid>/status``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True, slots=True)
+class ProcStat:
+    pid: int
+    ppid: int
+    cpu_s: float  # user + system
+    start_ticks: int  # identifies the process: a reused pid has a different start time
+
+
+def read_stat(pid: int) -> ProcStat | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces or ")": split at the last ")".
+    fields = raw[raw.rindex(b")") + 2 :].split()
+    # fields[0] is field 3 (state): utime is field 14, stime 15, starttime 22.
+    return ProcStat(
+        pid=pid,
+        ppid=int(fields[1]),
+        cpu_s=(int(fields[11]) + int(fields[12])) / CLOCK_TICKS,
+        start_ticks=int(fields[19]),
+    )
+
+
+def read_rss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def read_cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [part.decode(errors="replace") for part in f.read().split(b"\0") if part]
+    except OSError:
+        return []
+
+
+def all_pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def descendants(root: int) -> list[int]:
+    """``root`` and every process below it (children, grandchildren...)."""
+    children: dict[int, list[int]] = {}
+    for pid in all_pids():
+        stat = read_stat(pid)
+        if stat is not None:
+            children.setdefault(stat.ppid, []).append(pid)
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, ()))
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """CPU seconds and RSS of one component (a set of processes) at one moment."""
+
+    cpu_by_pid: dict[int, float]
+    rss_kb: int
+
+    @property
+    def cpu_s(self) -> float:
+        return sum(self.cpu_by_pid.values())
+
+    @property
+    def pids(self) -> frozenset[int]:
+        return frozenset(self.cpu_by_pid)
+
+
+def measure(pids: Iterable[int]) -> Usage:
+    cpu: dict[int, float] = {}
+    rss = 0
+    for pid in pids:
+        stat = read_stat(pid)
+        if stat is None:
+            continue
+        cpu[pid] = stat.cpu_s
+        rss += read_rss_kb(pid)
+    return Usage(cpu, rss)
+
+
+class Components:
+    """Named groups of processes (envoy, ext_proc, ...), re-discovered before every snapshot so
+    that a restarted child is found; ``discover`` returns {component: [pid, ...]}."""
+
+    def __init__(self, discover: Callable[[], Mapping[str, list[int]]]) -> None:
+        self._discover = discover
+
+    def snapshot(self) -> dict[str, Usage]:
+        return {name: measure(pids) for name, pids in self._discover().items()}
+
+
+def cpu_delta(before: Mapping[str, Usage], after: Mapping[str, Usage]) -> dict[str, float]:
+    """CPU seconds spent per component between two snapshots. Only processes present at both ends
+    count: the CPU of a process that started or died inside the window is unknown (the runner
+    reports such windows)."""
+    delta: dict[str, float] = {}
+    for name, end in after.items():
+        start = before.get(name)
+        if start is None:
+            continue
+        delta[name] = sum(
+            max(0.0, cpu - start.cpu_by_pid[pid]) for pid, cpu in end.cpu_by_pid.items() if pid in start.cpu_by_pid
+        )
+    return delta
+
+
+def changed(before: Mapping[str, Usage], after: Mapping[str, Usage]) -> list[str]:
+    """Components whose set of processes differs between two snapshots."""
+    return sorted(name for name, end in after.items() if name in before and before[name].pids != end.pids)

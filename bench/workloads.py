@@ -1,0 +1,310 @@
+"""What the benchmark sends: deterministic request bodies and the benchmark cases.
+
+Bodies are generated, not stored: the same seed and size always give the same bytes, so two runs
+(and the gateway and the plain-Envoy baseline within one run) send exactly the same request. The
+40 KB body is shaped like a Claude Code request: two system blocks (the big one cached), 16 tools
+with JSON schemas, and a tool_use/tool_result history ending in tool results, which is what an
+agent loop sends on most turns. The 2 KB and 400 KB bodies are the same shape, smaller and larger.
+
+The conversation deliberately ends with two tool results of a few hundred characters: the fake
+provider answers with "Tool result: ..." quoting up to 200 characters of each, so its reply text
+is long enough to be cut into 200 stream chunks (it never cuts a text into more pieces than it has
+characters).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from extproc.translate.base import Api, Target
+from extproc.translate.registry import translator_for
+
+KB = 1024
+SIZES = {"2k": 2 * KB, "40k": 40 * KB, "400k": 400 * KB}
+
+ANTHROPIC_MODEL = "bench-anthropic"  # served by an anthropic-format provider: passthrough
+OPENAI_MODEL = "bench-openai"  # served by an openai-format provider: Anthropic -> OpenAI translation
+MAX_OUTPUT_TOKENS = 16384  # the policy's limit for both models; Claude Code asks for 32000
+
+SEED = 20250101
+
+_VOCABULARY = (
+    "the function returns a list of items when called with the given arguments and raises an error "
+    "if the path does not exist use the tool to read files before editing them keep changes minimal "
+    "prefer editing existing files never commit unless asked run the tests after every change check "
+    "types imports config module class method handler request response stream buffer cache token"
+)
+_WORDS = tuple(_VOCABULARY.split())
+_CODE = (
+    "def handle(request):",
+    "    body = orjson.loads(request.body)",
+    "    if not isinstance(body, dict):",
+    "        raise ValueError('request body must be a JSON object')",
+    "    return Response(status=200, body=orjson.dumps(result))",
+    "class Router:",
+    "    def __init__(self, table: dict[str, Route]) -> None:",
+    "        self.table = table",
+    "for index, item in enumerate(items):",
+    "    total += item.size  # bytes, not characters",
+    "import asyncio",
+    "from dataclasses import dataclass, field",
+    "    await asyncio.sleep(0.05)",
+    "logger.info('routed %s to %s', model, provider)",
+    "",
+)
+
+# Claude Code's own tool names (the 16 a session typically carries).
+_TOOLS = (
+    "Task",
+    "Bash",
+    "Glob",
+    "Grep",
+    "LS",
+    "ExitPlanMode",
+    "Read",
+    "Edit",
+    "MultiEdit",
+    "Write",
+    "NotebookEdit",
+    "WebFetch",
+    "TodoWrite",
+    "BashOutput",
+    "KillShell",
+    "SlashCommand",
+)
+
+
+def _prose(rng: random.Random, size: int) -> str:
+    words: list[str] = []
+    length = 0
+    while length < size:
+        word = rng.choice(_WORDS)
+        words.append(word)
+        length += len(word) + 1
+    return " ".join(words)[:size]
+
+
+def _file_listing(rng: random.Random, size: int) -> str:
+    """Read-tool output: numbered source lines, with Claude Code's arrow separator (non-ASCII)."""
+    lines: list[str] = []
+    length = 0
+    number = 1
+    while length < size:
+        line = f"{number:6}\u2192{rng.choice(_CODE)}"
+        lines.append(line)
+        length += len(line.encode()) + 1
+        number += 1
+    return "\n".join(lines)
+
+
+def _tool(rng: random.Random, name: str, description_bytes: int) -> dict[str, Any]:
+    if description_bytes < 200:  # a small request's one tool
+        schema = {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}
+        return {"name": name, "description": _prose(rng, description_bytes), "input_schema": schema}
+    return {
+        "name": name,
+        "description": _prose(rng, description_bytes),
+        "input_schema": {
+            "type": "object",
+            "properties": {
+                "path": {"type": "string", "description": "The absolute path to operate on"},
+                "pattern": {"type": "string", "description": _prose(rng, 60)},
+                "limit": {"type": "number", "description": "The number of lines to read"},
+                "recursive": {"type": "boolean"},
+                "mode": {"type": "string", "enum": ["content", "files_with_matches", "count"]},
+            },
+            "required": ["path"],
+            "additionalProperties": False,
+            "$schema": "http://json-schema.org/draft-07/schema#",
+        },
+    }
+
+
+def _size(body: dict[str, Any]) -> int:
+    return len(encode(body))
+
+
+def encode(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def claude_code_body(size: int, *, seed: int = SEED, model: str = ANTHROPIC_MODEL, stream: bool = False) -> bytes:
+    """An Anthropic Messages request of exactly ``size`` bytes (without ``stream``; a streamed
+    request is the same body plus ``"stream":true``)."""
+    rng = random.Random(seed)
+    big = size >= 16 * KB
+    system_bytes = 10 * KB if big else size // 16
+    tool_count, description_bytes = (len(_TOOLS), 700) if big else (1, 100)
+    session = "0b5f3c1e-7a52-4c1e-9a57-5d2e0c7f9b11"
+    body: dict[str, Any] = {
+        "model": model,
+        "max_tokens": 32000,
+        "system": [
+            {
+                "type": "text",
+                "text": "You are Claude Code, Anthropic's official CLI for Claude.",
+                "cache_control": {"type": "ephemeral"},
+            },
+            {"type": "text", "text": _prose(rng, system_bytes), "cache_control": {"type": "ephemeral"}},
+        ],
+        "tools": [_tool(rng, name, description_bytes) for name in _TOOLS[:tool_count]],
+        "metadata": {"user_id": json.dumps({"device_id": "bench", "session_id": session})},
+        "temperature": 1,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": _prose(rng, 200 if big else 80)}]}],
+    }
+    messages: list[dict[str, Any]] = body["messages"]
+    # The closing turn: two parallel tool calls and their results (see the module docstring).
+    closing_calls = [
+        {"type": "tool_use", "id": f"toolu_bench_final_{i}", "name": name, "input": {"path": f"/src/app/{name}.py"}}
+        for i, name in enumerate(("Read", "Grep"))
+    ]
+    closing_results = [
+        {"type": "tool_result", "tool_use_id": call["id"], "content": _file_listing(rng, 220)} for call in closing_calls
+    ]
+    closing = [
+        {"role": "assistant", "content": [{"type": "text", "text": "Let me look at both files."}, *closing_calls]},
+        {"role": "user", "content": closing_results},
+    ]
+    # History: tool_use/tool_result turns sharing what is left of the budget.
+    rest = size - _size({**body, "messages": messages + closing})
+    turns = max(0, min(48, rest // (3 * KB)))
+    for turn in range(turns):
+        name = _TOOLS[(turn * 5 + 6) % tool_count] if big else _TOOLS[0]
+        call_id = f"toolu_bench_{turn:03d}"
+        messages.append(
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "text", "text": _prose(rng, 120)},
+                    {"type": "tool_use", "id": call_id, "name": name, "input": {"path": f"/src/app/m{turn}.py"}},
+                ],
+            }
+        )
+        share = max(0, (rest - 700 * turns) // turns)  # 700: the JSON around it, newlines escaped
+        result = {"type": "tool_result", "tool_use_id": call_id, "content": _file_listing(rng, share)}
+        messages.append({"role": "user", "content": [result]})
+    messages.extend(closing)
+    # Pad (ASCII, so one character is one byte) to the exact size.
+    pad_target = messages[-3]["content"][0] if turns else messages[0]["content"][0]
+    key = "content" if pad_target["type"] == "tool_result" else "text"
+    missing = size - _size(body)
+    if missing < 0:  # the shares above leave room for the JSON around them; a size too small for the shape
+        raise ValueError(f"a Claude Code-shaped body needs more than {size} bytes")
+    pad_target[key] += _prose(rng, missing)
+    if stream:
+        body["stream"] = True
+    return encode(body)
+
+
+def openai_body(anthropic_body: bytes) -> bytes:
+    """The OpenAI Chat Completions request the gateway sends upstream for ``anthropic_body``,
+    produced by the gateway's own translator: the plain-Envoy baseline sends exactly this."""
+    body = json.loads(anthropic_body)
+    translator = translator_for(Api.ANTHROPIC, Api.OPENAI)
+    if translator is None:
+        raise RuntimeError("no Anthropic -> OpenAI translator registered")
+    target = Target(
+        model=OPENAI_MODEL,
+        base_path="/v1",
+        stream=bool(body.get("stream")),
+        max_output_tokens=MAX_OUTPUT_TOKENS,
+    )
+    return translator.request(body, target).body
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    """One benchmark case: a body size, passthrough or translated, buffered or streamed."""
+
+    name: str
+    description: str
+    size: str  # a key of SIZES
+    translated: bool  # Anthropic client -> OpenAI provider; else Anthropic -> Anthropic passthrough
+    stream: bool = False
+    chunks: int = 0  # text pieces the fake provider streams (x-fake-chunks)
+    chunk_gap_ms: float = 0.0  # gap between streamed events; 0 = the whole stream in one write
+
+    @property
+    def body_bytes(self) -> int:
+        return SIZES[self.size]
+
+    def client_body(self) -> bytes:
+        model = OPENAI_MODEL if self.translated else ANTHROPIC_MODEL
+        return claude_code_body(SIZES[self.size], model=model, stream=self.stream)
+
+    def baseline_body(self) -> bytes:
+        """What plain Envoy forwards: the body the gateway would send upstream."""
+        body = self.client_body()
+        return openai_body(body) if self.translated else body
+
+    def client_path(self) -> str:
+        return "/v1/messages"
+
+    def baseline_path(self) -> str:
+        return "/v1/chat/completions" if self.translated else "/v1/messages"
+
+    def fake_headers(self) -> dict[str, str]:
+        if not self.stream:
+            return {}
+        return {"x-fake-chunks": str(self.chunks), "x-fake-chunk-delay-ms": f"{self.chunk_gap_ms:g}"}
+
+    def client_headers(self) -> dict[str, str]:
+        return {
+            "content-type": "application/json",
+            "anthropic-version": "2023-06-01",
+            "x-api-key": "sk-ant-bench-client-key",
+            **self.fake_headers(),
+        }
+
+    def baseline_headers(self) -> dict[str, str]:
+        if not self.translated:
+            return self.client_headers()
+        return {
+            "content-type": "application/json",
+            "authorization": "Bearer sk-bench-provider-key",
+            **self.fake_headers(),
+        }
+
+
+CASES: tuple[Case, ...] = (
+    Case("passthrough-40k", "Anthropic -> Anthropic provider, 40 KB, non-streaming", "40k", translated=False),
+    Case(
+        "passthrough-stream-40k",
+        "Anthropic -> Anthropic provider, 40 KB, stream of 60 chunks sent at once",
+        "40k",
+        translated=False,
+        stream=True,
+        chunks=60,
+    ),
+    Case("translated-2k", "Anthropic -> OpenAI provider, 2 KB, non-streaming", "2k", translated=True),
+    Case("translated-40k", "Anthropic -> OpenAI provider, 40 KB (Claude Code-shaped), non-streaming", "40k", True),
+    Case("translated-400k", "Anthropic -> OpenAI provider, 400 KB, non-streaming", "400k", translated=True),
+    Case(
+        "translated-stream-40k",
+        "Anthropic -> OpenAI provider, 40 KB, stream of 60 chunks sent at once",
+        "40k",
+        translated=True,
+        stream=True,
+        chunks=60,
+    ),
+    Case(
+        "translated-paced-stream-40k",
+        "Anthropic -> OpenAI provider, 40 KB, stream of 200 chunks sent one by one, 5 ms apart",
+        "40k",
+        translated=True,
+        stream=True,
+        chunks=200,
+        chunk_gap_ms=5.0,
+    ),
+)
+CASES_BY_NAME = {case.name: case for case in CASES}
+QUICK_CASES = ("translated-40k", "translated-stream-40k")
+# The budget's reference cases.
+MAIN_CASE = "translated-40k"
+STREAM_CASE = "translated-stream-40k"
+PACED_STREAM_CASE = "translated-paced-stream-40k"
+PASSTHROUGH_CASE = "passthrough-40k"
+PASSTHROUGH_STREAM_CASE = "passthrough-stream-40k"
