@@ -32,6 +32,8 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict[str, st
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers), exc.read()
+    except (urllib.error.URLError, OSError):  # nothing listening (yet): status 0
+        return 0, {}, b""
 
 
 def wait_until(check, timeout: float, what: str, interval: float = 0.05):

@@ -1,0 +1,131 @@
+"""Issue acceptance: `ccr-gateway up --consul URL` (against the Consul double), a `policy push`
+changes routing live with zero failed requests, a broken policy in KV changes nothing but the
+status key, and a KV edit reaches Envoy's config_dump quickly."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.e2e.gateway import FakeProvider, free_port, http, wait_until
+from tests.e2e.test_hot_reload import Traffic
+
+
+@pytest.fixture(scope="module")
+def consul(workdir: Path) -> Iterator[str]:
+    port = free_port()
+    log = open(workdir / "consul-double.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.consul_double", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: http("GET", f"{url}/v1/kv/?recurse", timeout=1)[0] in (200, 404), 15, "the Consul double")
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def _policy(port: int, fake: FakeProvider, extra_model: bool = False) -> dict:
+    models = ["claude-sonnet-4-5"] + (["claude-extra"] if extra_model else [])
+    return {
+        "listener": {"address": "127.0.0.1", "port": port},
+        "providers": [{"name": "fake", "api": "anthropic", "base_url": fake.url, "models": models}],
+    }
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "control_plane.cli", *args], capture_output=True, text=True)
+
+
+def _push(consul: str, path: Path, policy: dict) -> subprocess.CompletedProcess[str]:
+    path.write_text(yaml.safe_dump(policy, sort_keys=False))
+    return _cli("policy", "push", str(path), "--consul", consul)
+
+
+class _Gateway:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+
+def _ask(url: str, model: str) -> int:
+    body = json.dumps({"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}).encode()
+    return http("POST", f"{url}/v1/messages", body, {"content-type": "application/json"})[0]
+
+
+def _status(consul: str) -> dict:
+    return json.loads(http("GET", f"{consul}/v1/kv/ccr-gateway/status?raw")[2])
+
+
+def test_up_with_consul_push_changes_routing_live_and_a_broken_policy_changes_only_the_status(
+    workdir: Path, consul: str, fake: FakeProvider
+):
+    listener, admin = free_port(), free_port()
+    local = workdir / "consul-policy.yaml"
+    pushed = _push(consul, local, _policy(listener, fake))
+    assert pushed.returncode == 0, pushed.stderr
+    log = workdir / "up-consul.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "control_plane.cli", "up", "--consul", consul, "--admin-port", str(admin)],
+        stdout=open(log, "wb"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
+        env={**os.environ},
+    )
+    url = f"http://127.0.0.1:{listener}"
+    try:
+        wait_until(lambda: "is ready on" in log.read_text() or process.poll() is not None, 60, "up --consul")
+        assert process.poll() is None, log.read_text()
+        assert _ask(url, "claude-sonnet-4-5") == 200
+        assert _ask(url, "claude-extra") == 404
+
+        with Traffic(_Gateway(url), ["claude-sonnet-4-5"]) as traffic:  # type: ignore[arg-type]
+            started = time.monotonic()
+            pushed = _push(consul, local, _policy(listener, fake, extra_model=True))
+            assert pushed.returncode == 0, pushed.stderr
+            wait_until(lambda: _ask(url, "claude-extra") == 200, 10, "the pushed policy to route")
+            elapsed = time.monotonic() - started
+            assert _status(consul)["accepted"] is True
+
+            # A broken policy written straight into KV (bypassing push's own validation).
+            broken = yaml.safe_dump(_policy(listener, fake)).replace("api: anthropic", "api: antropic")
+            assert http("PUT", f"{consul}/v1/kv/ccr-gateway/policy", broken.encode())[0] == 200
+            wait_until(lambda: _status(consul)["accepted"] is False, 10, "the status key to report the rejection")
+            assert "antropic" in _status(consul)["error"]
+            time.sleep(0.5)
+            assert _ask(url, "claude-extra") == 200  # the last good policy is still in force
+        assert set(traffic.statuses["claude-sonnet-4-5"]) == {200}, traffic.statuses
+        assert elapsed < 5, f"a push took {elapsed:.1f}s to route"
+
+        # A KV edit reaches Envoy's config_dump within 2 s.
+        edited = copy.deepcopy(_policy(listener, fake, extra_model=True))
+        edited["providers"].append(
+            {"name": "second", "api": "openai", "base_url": f"{fake.url}/v1", "models": ["gpt-x"]}
+        )
+        started = time.monotonic()
+        assert _push(consul, local, edited).returncode == 0
+        dump_url = f"http://127.0.0.1:{admin}/config_dump?resource=dynamic_active_clusters"
+        wait_until(lambda: b"provider_second" in http("GET", dump_url)[2], 5, "the new cluster in config_dump")
+        assert time.monotonic() - started < 2.0
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def test_push_refuses_an_invalid_policy_and_a_stale_cas(workdir: Path, consul: str, fake: FakeProvider):
+    local = workdir / "bad.yaml"
+    local.write_text("providers: [ {name: x, api: nope} ]\n")
+    result = _cli("policy", "push", str(local), "--consul", consul)
+    assert result.returncode == 2 and "nope" in result.stderr
+    good = workdir / "good.yaml"
+    good.write_text(yaml.safe_dump(_policy(free_port(), fake)))
+    result = _cli("policy", "push", str(good), "--consul", consul, "--cas", "1")
+    assert result.returncode == 3, result.stderr + result.stdout
