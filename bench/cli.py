@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
+from bench.load import LoadError, pick_driver
 from bench.runner import BenchError, Settings, run_bench
 from bench.workloads import CASES, CASES_BY_NAME, QUICK_CASES
 
@@ -115,7 +116,8 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
-    except BenchError as exc:
+        pick_driver(settings.load_generator)  # a missing tool fails here, before anything starts
+    except (BenchError, LoadError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
     # SIGTERM takes the same way out as Ctrl-C: through the finally blocks that stop the processes.
@@ -125,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         _progress("interrupted; everything it started has been stopped")
         return 130
-    except BenchError as exc:
+    except (BenchError, LoadError) as exc:
         _progress(f"failed: {exc}")
         return 1
     finally:

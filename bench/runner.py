@@ -511,10 +511,14 @@ class Bench:
         start = gateway.components.snapshot()
         trajectory = [{"requests": 0, "rss_mb": {k: round(u.rss_kb / 1024, 1) for k, u in start.items()}}]
         done = errors = 0
+        rps = 0.0
         while done < target_requests:
+            # Windows of 10 s, the last one sized to end near the requested count.
+            window = min(10.0, max(1.0, (target_requests - done) / rps)) if rps else 10.0
             load, _ = self._drive(
-                self.driver, self.spec(gateway, case, files, duration_s=10), "[soak]", self.workdir / "soak"
+                self.driver, self.spec(gateway, case, files, duration_s=window), "[soak]", self.workdir / "soak"
             )
+            rps = load.rps
             done += load.requests
             errors += load.error_count
             now = gateway.components.snapshot()
@@ -531,6 +535,7 @@ class Bench:
         }
         return {
             "case": case.name,
+            "connections": self.settings.connections,
             "requests": done,
             "errors": errors,
             "rss_mb_start": trajectory[0]["rss_mb"],

@@ -156,9 +156,10 @@ def _consul_policy_or_exit(args: argparse.Namespace) -> GatewayPolicy:
 def cmd_extproc(args: argparse.Namespace) -> int:
     from extproc.server import ExtProcConfig, serve
 
-    asyncio.run(
-        serve(ExtProcConfig(listen=args.listen, control_plane=args.control_plane, metrics_port=args.metrics_port))
+    config = ExtProcConfig(
+        listen=args.listen, control_plane=args.control_plane, metrics_port=args.metrics_port, consul=args.consul or ""
     )
+    asyncio.run(serve(config))
     return 0
 
 
@@ -234,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--listen", default="unix:/tmp/ccr-extproc.sock", help="unix:PATH or host:port")
     ep.add_argument("--control-plane", default="127.0.0.1:18000", help="xDS address of the control plane")
     ep.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics port (0: off)")
+    ep.add_argument("--consul", metavar="URL", help="register this worker in Consul's catalog (TTL health check)")
     ep.set_defaults(func=cmd_extproc)
 
     fp = sub.add_parser("fake-provider", help="a fake LLM upstream (Anthropic, OpenAI, Gemini APIs)")

@@ -14,6 +14,7 @@ from prometheus_client import Counter, Gauge, start_http_server
 from control_plane.ads import AggregatedDiscoveryService
 from control_plane.cache import SnapshotCache
 from control_plane.policy import GatewayPolicy, PolicyError
+from control_plane.registration import registered
 from control_plane.rollout import Rollout
 from control_plane.sources.consul import ConsulPolicySource
 from control_plane.sources.file import FilePolicySource
@@ -97,7 +98,11 @@ class ControlPlane:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        config = self.config
+        async with registered(
+            config.consul_address, "ccr-control-plane", config.xds_address, lambda: True, config.consul_token
+        ):
+            await stop.wait()
         watcher.cancel()
         await self.stop()
         if isinstance(self.source, ConsulPolicySource):

@@ -120,7 +120,15 @@ class GatewayProcesses:
             metrics = ["--metrics-port", str(metrics_ports[index])] if metrics_ports else []
             self._spawn(
                 f"extproc-{index}",
-                self._python("extproc", "--listen", f"unix:{path}", "--control-plane", self.xds, *metrics),
+                self._python(
+                    "extproc",
+                    "--listen",
+                    f"unix:{path}",
+                    "--control-plane",
+                    self.xds,
+                    *metrics,
+                    *(["--consul", self.consul[0]] if self.consul else []),
+                ),
             )
         self._wait(lambda: all(os.path.exists(p) for p in self.extproc_sockets), deadline, "ext_proc sockets")
         bootstrap = os.path.join(self.run_dir, "bootstrap.yaml")

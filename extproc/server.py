@@ -15,6 +15,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, 
 from prometheus_client import start_http_server
 
 from control_plane.chains import UPSTREAM_PHASE_METADATA
+from control_plane.registration import registered
 from extproc import tokens
 from extproc.attempt import AttemptProcessor
 from extproc.policy_client import PolicySubscriber
@@ -43,6 +44,7 @@ class ExtProcConfig:
     listen: str  # "unix:/path/extproc.sock" or "host:port"
     control_plane: str = "127.0.0.1:18000"
     metrics_port: int = 0
+    consul: str = ""  # register this worker in Consul's catalog (TTL check) when set
 
 
 async def serve(config: ExtProcConfig, ready: asyncio.Event | None = None) -> None:
@@ -72,7 +74,9 @@ async def serve(config: ExtProcConfig, ready: asyncio.Event | None = None) -> No
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    # Healthy in Consul once a policy is installed: before that every request would get a 503.
+    async with registered(config.consul, "ccr-extproc", config.listen, lambda: state.table is not None):
+        await stop.wait()
     subscription.cancel()
     # Finish in-flight requests (streams included) before exiting; new ones go elsewhere.
     await server.stop(grace=5.0)

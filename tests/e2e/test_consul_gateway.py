@@ -86,6 +86,13 @@ def test_up_with_consul_push_changes_routing_live_and_a_broken_policy_changes_on
         assert process.poll() is None, log.read_text()
         assert _ask(url, "claude-sonnet-4-5") == 200
         assert _ask(url, "claude-extra") == 404
+        # The gateway's own processes are in the catalog, healthy.
+        for service in ("ccr-control-plane", "ccr-extproc"):  # TTL checks pass within a heartbeat (~3 s)
+            wait_until(
+                lambda s=service: json.loads(http("GET", f"{consul}/v1/health/service/{s}?passing")[2] or b"[]"),
+                10,
+                f"{service} to be registered and passing in Consul",
+            )
 
         with Traffic(_Gateway(url), ["claude-sonnet-4-5"]) as traffic:  # type: ignore[arg-type]
             started = time.monotonic()
@@ -118,6 +125,7 @@ def test_up_with_consul_push_changes_routing_live_and_a_broken_policy_changes_on
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
+    assert json.loads(http("GET", f"{consul}/v1/health/service/ccr-extproc")[2]) == []  # deregistered
 
 
 def test_push_refuses_an_invalid_policy_and_a_stale_cas(workdir: Path, consul: str, fake: FakeProvider):
