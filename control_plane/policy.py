@@ -56,10 +56,18 @@ class ProviderSpec:
     models: tuple[ModelSpec, ...] = ()
     forward_count_tokens: bool = False
     resilience: Resilience = DEFAULT_RESILIENCE  # Envoy-only: limits, passive/active health, TLS
+    # Endpoints come from Consul's catalog (health, weights, locality) instead of base_url's host.
+    consul_service: str = ""
 
     @property
     def cluster(self) -> str:
         return f"provider_{self.name}"
+
+    @property
+    def uses_eds(self) -> bool:
+        """Endpoints pushed over EDS: IP hosts and Consul catalog pools (EDS needs IP addresses;
+        host names go to a DNS cluster instead)."""
+        return self.host_is_ip or bool(self.consul_service)
 
     @property
     def host_is_ip(self) -> bool:
@@ -187,6 +195,7 @@ _PROVIDER_FIELDS = (
     "models",
     "forward_count_tokens",
     "resilience",
+    "consul_service",
 )
 
 
@@ -224,6 +233,11 @@ def _provider(check: Checker, at: Located, path: str) -> ProviderSpec | None:
                     check.problem(value_at, header_path, f"must be a string, got {kind_of(value_at.value)}")
                 else:
                     headers.append((lower, value_at.value))
+    consul_service = ""
+    if "consul_service" in fields:
+        consul_service = (
+            check.string(fields["consul_service"], join(path, "consul_service"), _NAME, "Consul service name") or ""
+        )
     forward_count_tokens = False
     if "forward_count_tokens" in fields:
         flag_at = fields["forward_count_tokens"]
@@ -263,6 +277,7 @@ def _provider(check: Checker, at: Located, path: str) -> ProviderSpec | None:
         tuple(models),
         forward_count_tokens,
         resilience,
+        consul_service,
     )
 
 

@@ -75,7 +75,7 @@ def provider_cluster(provider: ProviderSpec) -> Cluster:
         cluster["outlier_detection"] = resilience.outlier_detection(settings.outlier_detection)
     if settings.health_check is not None:
         cluster["health_checks"] = resilience.health_checks(settings.health_check, host=provider.host)
-    if provider.host_is_ip:
+    if provider.uses_eds:
         cluster["type"] = "EDS"
         cluster["eds_cluster_config"] = {"eds_config": _ADS, "service_name": provider.cluster}
     else:

@@ -22,6 +22,8 @@ import logging
 import time
 from dataclasses import dataclass
 
+from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
+
 from control_plane import resources
 from control_plane.cache import ENVOY_GROUP, EXTPROC_GROUP, Ack, SnapshotCache
 from control_plane.chains import chain_cluster, chain_route
@@ -48,6 +50,7 @@ class Rollout:
         self._retained: dict[str, tuple[ProviderSpec, float]] = {}  # cluster -> (spec, drop after)
         self._warm_since: float | None = None  # when Envoy first ACKed everything `desired` needs
         self._timer: asyncio.TimerHandle | None = None
+        self.catalog_endpoints: dict[str, ClusterLoadAssignment] = {}  # cluster -> from Consul
         cache.on_ack(self._on_ack)
 
     # --- inputs -----------------------------------------------------------------------------
@@ -110,10 +113,23 @@ class Rollout:
         return Snapshot.build(
             self.desired.version,
             clusters=clusters,
-            endpoints=[(p.cluster, resources.provider_endpoints(p)) for p in specs if p.host_is_ip],
+            endpoints=[(p.cluster, self._endpoints_of(p)) for p in specs if p.uses_eds],
             listeners=[(resources.LISTENER_NAME, resources.listener(policy))],
             routes=[(resources.ROUTE_CONFIG_NAME, routes)],
         )
+
+    def set_catalog_endpoints(self, cluster: str, assignment: ClusterLoadAssignment) -> None:
+        """Endpoints of a Consul catalog provider changed (health, weights, instances)."""
+        if self.catalog_endpoints.get(cluster) == assignment:
+            return
+        self.catalog_endpoints[cluster] = assignment
+        self.reconcile()
+
+    def _endpoints_of(self, provider: ProviderSpec) -> ClusterLoadAssignment:
+        if provider.consul_service:
+            # Until the catalog answers, an empty assignment: Envoy has the cluster, no endpoint yet.
+            return self.catalog_endpoints.get(provider.cluster) or ClusterLoadAssignment(cluster_name=provider.cluster)
+        return resources.provider_endpoints(provider)
 
     def _envoy_ready(self, envoy: Snapshot, now: float) -> bool:
         """Every connected Envoy ACKed the clusters and endpoints that `desired` needs, and the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from prometheus_client import Counter, Gauge, start_http_server
 
 from control_plane.ads import AggregatedDiscoveryService
 from control_plane.cache import SnapshotCache
+from control_plane.consul_catalog import CatalogWatcher, Endpoint, is_ip, to_cluster_load_assignment
 from control_plane.policy import GatewayPolicy, PolicyError
 from control_plane.registration import registered
 from control_plane.rollout import Rollout
@@ -49,6 +51,7 @@ class ControlPlane:
             self.source = FilePolicySource(config.policy_path, interval=config.poll_interval)
         self.last_error: str | None = None
         self._server: grpc.aio.Server | None = None
+        self._catalog: dict[str, tuple[str, asyncio.Task[None]]] = {}  # cluster -> (service, watcher)
 
     async def load_initial(self) -> GatewayPolicy:
         """The first policy must be valid: there is no last good one to fall back to."""
@@ -57,10 +60,47 @@ class ControlPlane:
         else:
             policy = self.source.load()
         assert policy is not None
+        problem = self._catalog_problem(policy)
+        if problem is not None:
+            raise problem
         self._apply(policy)
         return policy
 
+    def _catalog_problem(self, policy: GatewayPolicy) -> PolicyError | None:
+        needing = [p.name for p in policy.providers if p.consul_service]
+        if needing and not self.config.consul_address:
+            return PolicyError.single(
+                policy.source,
+                f"providers {', '.join(needing)} take endpoints from Consul's catalog (consul_service), "
+                "but the control plane runs without --consul",
+            )
+        return None
+
+    def _watch_catalog(self, policy: GatewayPolicy) -> None:
+        """One blocking health query per catalog-backed provider; watchers follow policy edits."""
+        wanted = {p.cluster: p.consul_service for p in policy.providers if p.consul_service}
+        for cluster, (service, task) in list(self._catalog.items()):
+            if wanted.get(cluster) != service:
+                task.cancel()
+                del self._catalog[cluster]
+        for cluster, service in wanted.items():
+            if cluster in self._catalog:
+                continue
+            watcher = CatalogWatcher(self.config.consul_address, service, token=self.config.consul_token)
+
+            def update(endpoints: list[Endpoint], cluster: str = cluster) -> None:
+                usable = [e for e in endpoints if is_ip(e.address)]  # EDS takes IP addresses only
+                self.rollout.set_catalog_endpoints(cluster, to_cluster_load_assignment(cluster, usable))
+
+            self._catalog[cluster] = (service, asyncio.get_running_loop().create_task(watcher.watch(update)))
+
     def _apply(self, policy: GatewayPolicy) -> None:
+        problem = self._catalog_problem(policy)
+        if problem is not None:
+            self._reject(problem)
+            return
+        with contextlib.suppress(RuntimeError):  # no running loop: unit tests drive the rollout directly
+            self._watch_catalog(policy)
         version = self.rollout.update(policy)
         POLICY_VERSION.set(int(version))
         self.last_error = None
@@ -104,6 +144,8 @@ class ControlPlane:
         ):
             await stop.wait()
         watcher.cancel()
+        for _, task in self._catalog.values():
+            task.cancel()
         await self.stop()
         if isinstance(self.source, ConsulPolicySource):
             await self.source.close()

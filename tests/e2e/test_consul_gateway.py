@@ -137,3 +137,66 @@ def test_push_refuses_an_invalid_policy_and_a_stale_cas(workdir: Path, consul: s
     good.write_text(yaml.safe_dump(_policy(free_port(), fake)))
     result = _cli("policy", "push", str(good), "--consul", consul, "--cas", "1")
     assert result.returncode == 3, result.stderr + result.stdout
+
+
+def _register(consul: str, service_id: str, port: int) -> None:
+    body = {
+        "ID": service_id,
+        "Name": "llm-pool",
+        "Address": "127.0.0.1",
+        "Port": port,
+        "Check": {"TTL": "30s", "DeregisterCriticalServiceAfter": "10m"},
+    }
+    assert http("PUT", f"{consul}/v1/agent/service/register", json.dumps(body).encode())[0] == 200
+    assert http("PUT", f"{consul}/v1/agent/check/pass/service:{service_id}")[0] == 200
+
+
+def test_a_catalog_pool_gets_its_endpoints_and_health_from_consul(workdir: Path, consul: str):
+    pool = [FakeProvider.start(workdir), FakeProvider.start(workdir)]
+    listener, admin = free_port(), free_port()
+    try:
+        for index, member in enumerate(pool):
+            _register(consul, f"pool-{index}", member.port)
+        policy = {
+            "listener": {"address": "127.0.0.1", "port": listener},
+            "providers": [
+                {
+                    "name": "pool",
+                    "api": "openai",
+                    "base_url": "http://llm-pool/v1",
+                    "consul_service": "llm-pool",
+                    "models": ["llama-3"],
+                }
+            ],
+        }
+        assert _push(consul, workdir / "pool.yaml", policy).returncode == 0
+        log = workdir / "up-pool.log"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "control_plane.cli", "up", "--consul", consul, "--admin-port", str(admin)],
+            stdout=open(log, "wb"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{listener}"
+        try:
+            wait_until(lambda: "is ready on" in log.read_text() or process.poll() is not None, 60, "up --consul")
+            assert process.poll() is None, log.read_text()
+            body = json.dumps({"model": "llama-3", "messages": [{"role": "user", "content": "x"}]}).encode()
+            ok = lambda: http("POST", f"{url}/v1/chat/completions", body, {"content-type": "application/json"})[0]  # noqa: E731
+            wait_until(lambda: ok() == 200, 10, "the pool's endpoints to arrive from the catalog")
+            for _ in range(8):
+                assert ok() == 200
+            assert pool[0].requests() and pool[1].requests()  # both instances serve
+            # One instance fails its check: Envoy marks it unhealthy and stops sending to it.
+            assert http("PUT", f"{consul}/v1/agent/check/fail/service:pool-1")[0] == 200
+            clusters = f"http://127.0.0.1:{admin}/clusters"
+            wait_until(lambda: b"/failed_eds_health" in http("GET", clusters)[2], 5, "Envoy to see the failed check")
+            pool[1].clear()
+            for _ in range(8):
+                assert ok() == 200
+            assert pool[1].requests() == []
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+    finally:
+        for member in pool:
+            member.stop()
