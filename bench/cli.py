@@ -7,6 +7,7 @@ that are not met do not fail it: numbers are for people; CI only checks that the
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import signal
 import sys
@@ -49,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, metavar="PATH", help="write all results as JSON")
     parser.add_argument(
         "--write-docs", type=Path, metavar="PATH", help="write the Markdown report (docs/performance.md)"
+    )
+    parser.add_argument(
+        "--from-json", type=Path, metavar="PATH", help="run nothing: re-render the table and docs from a --json file"
     )
     parser.add_argument("--keep-workdir", action="store_true", help="keep the logs and generated configs")
     parser.add_argument(
@@ -114,6 +118,8 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.from_json:
+        return _render(json.loads(args.from_json.read_text()), args)
     try:
         settings = settings_from_args(args)
         pick_driver(settings.load_generator)  # a missing tool fails here, before anything starts
@@ -132,8 +138,11 @@ def run(args: argparse.Namespace) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
-    summary = report.summarize(results)
-    summary["command"] = command_line(args)
+    return _render(results | {"command": command_line(args)}, args)
+
+
+def _render(results: dict[str, Any], args: argparse.Namespace) -> int:
+    summary = report.summarize(results)  # derived numbers and verdicts are recomputed from the raw ones
     print(report.stdout_report(summary), flush=True)
     if args.json:
         report.write_json(summary, args.json)

@@ -75,6 +75,8 @@ def derive(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 row["ext_proc_msgs_per_chunk"] = round(max(0.0, msgs - 3) / events, 4)
                 row["per_chunk_method"] = "all ext_proc CPU / upstream SSE events (upper bound)"
         derived[case["name"]] = row
+    if soak := results.get("soak"):
+        derived["soak"] = {"trend_mb_per_100k_requests": soak_trend(soak)}
     if half := results.get("half_load"):
         derived["half_load"] = {
             "rate": half["rate"],
@@ -86,6 +88,24 @@ def derive(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
             ),
         }
     return derived
+
+
+def soak_trend(soak: dict[str, Any]) -> dict[str, float]:
+    """RSS change per 100,000 requests after the first soak window, by least squares: a leak grows
+    steadily, while allocator warm-up and caches filling show as a step at the start."""
+    points = soak["trajectory"][1:]
+    trend: dict[str, float] = {}
+    if len(points) < 3:
+        return trend
+    for name in soak["growth_pct"]:
+        xs = [p["requests"] for p in points]
+        ys = [p["rss_mb"].get(name, 0.0) for p in points]
+        mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+        var = sum((x - mean_x) ** 2 for x in xs)
+        if var:
+            slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / var
+            trend[name] = round(slope * 100_000, 2)
+    return trend
 
 
 def _line(text: str, value: str, verdict: str, detail: str = "") -> dict[str, str]:
@@ -134,8 +154,12 @@ def budget(results: dict[str, Any], derived: dict[str, dict[str, Any]]) -> list[
     if soak and soak["growth_pct"]:
         worst = max(soak["growth_pct"].values())
         value = ", ".join(f"{k} {v:+.1f}%" for k, v in soak["growth_pct"].items())
+        growing = [f"{k} {v:+.1f} MB" for k, v in derived.get("soak", {}).get("trend_mb_per_100k_requests", {}).items()]
+        detail = f"{soak['requests']:,} requests" + (
+            f"; trend {', '.join(growing)} per 100k requests" if growing else ""
+        )
         if soak["requests"] >= SOAK_REQUESTS:
-            lines.append(_line(text, value, _verdict(worst < RSS_GROWTH_PCT_MAX), f"{soak['requests']:,} requests"))
+            lines.append(_line(text, value, _verdict(worst < RSS_GROWTH_PCT_MAX), detail))
         else:
             lines.append(_line(text, value, NOT_MEASURED, f"only {soak['requests']:,} requests (--soak 200000)"))
     else:
@@ -284,11 +308,10 @@ def text_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    out = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|",
-    ]
+def markdown_table(header: list[str], rows: list[list[str]], text_columns: int = 2) -> str:
+    """Columns after the first ``text_columns`` hold numbers: right-aligned."""
+    align = ["---" if i < text_columns else "---:" for i in range(len(header))]
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     out += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(out)
 
@@ -383,8 +406,18 @@ def markdown(summary: dict[str, Any], command: str) -> str:
             "",
             f"{soak['requests']:,} requests of {soak['case']} through the gateway ({soak['errors']} errors).",
             "RSS (MB) at the start (after warm-up) and the end: "
-            + ", ".join(
-                f"{k} {soak['rss_mb_start'].get(k)} -> {soak['rss_mb_end'].get(k)}" for k in soak["growth_pct"]
+            + ", ".join(f"{k} {soak['rss_mb_start'].get(k)} -> {soak['rss_mb_end'].get(k)}" for k in soak["growth_pct"])
+            + ". Trend after the first window (least squares, MB per 100,000 requests): "
+            + (", ".join(f"{k} {v:+.2f}" for k, v in soak_trend(soak).items()) or "too few windows")
+            + ".",
+            "",
+            markdown_table(
+                ["requests", *(f"RSS MB {k}" for k in soak["growth_pct"])],
+                [
+                    [f"{p['requests']:,}", *(f"{p['rss_mb'].get(k, 0):.1f}" for k in soak["growth_pct"])]
+                    for p in soak["trajectory"]
+                ],
+                text_columns=0,
             ),
             "",
         ]

@@ -17,6 +17,7 @@ EPILOG = """examples:
   ccr-gateway validate -c examples/gateway.yaml
   ccr-gateway route --explain request.json -c examples/gateway.yaml
   ccr-gateway import-ccr ~/.claude-code-router/config.json -o policy.yaml
+  ccr-gateway bench --write-docs docs/performance.md
   ccr-gateway fake-provider --port 9100
 """
 
@@ -260,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     import_ccr.add_arguments(ic)
     ic.set_defaults(func=import_ccr.run)
+
+    be = sub.add_parser("bench", help="benchmark the gateway against plain Envoy (req/s, latency, CPU, RSS)")
+    from bench import cli as bench_cli
+
+    bench_cli.add_arguments(be)
+    be.set_defaults(func=bench_cli.run)
 
     va = sub.add_parser("validate", help="check a policy file and print every problem with its line")
     va.add_argument("-c", "--config", required=True, help="policy YAML file")
