@@ -122,6 +122,21 @@ def test_up_with_consul_push_changes_routing_live_and_a_broken_policy_changes_on
         dump_url = f"http://127.0.0.1:{admin}/config_dump?resource=dynamic_active_clusters"
         wait_until(lambda: b"provider_second" in http("GET", dump_url)[2], 5, "the new cluster in config_dump")
         assert time.monotonic() - started < 2.0
+
+        # 20 edits under load (providers and models coming and going): no request fails.
+        with Traffic(_Gateway(url), ["claude-sonnet-4-5"]) as traffic:  # type: ignore[arg-type]
+            for round_ in range(20):
+                policy = _policy(listener, fake, extra_model=round_ % 2 == 0)
+                if round_ % 3 == 0:
+                    policy["providers"].append(
+                        {"name": f"p{round_}", "api": "openai", "base_url": f"{fake.url}/v1", "models": [f"m{round_}"]}
+                    )
+                assert _push(consul, local, policy).returncode == 0
+                time.sleep(0.25)
+            final = 19
+            wait_until(lambda: _ask(url, "claude-extra") == 404, 10, f"edit {final} to be in force")
+        assert set(traffic.statuses["claude-sonnet-4-5"]) == {200}, traffic.statuses
+        assert sum(traffic.statuses["claude-sonnet-4-5"].values()) > 20
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
