@@ -31,42 +31,20 @@ from typing import Any
 
 import orjson
 
-from extproc.errors import error_body
 from extproc.sse import encode_event
+from extproc.translate import anthropic_schema as A
 from extproc.translate import gemini_common as g
 from extproc.translate.base import (
     Api,
     ClientRequestError,
     Target,
-    TranslatedBody,
     TranslatedChunk,
     UpstreamRequest,
     Usage,
 )
 from extproc.translate.gemini_schema import declaration, memoized_tools
 
-# History blocks Gemini cannot take and that carry nothing the model needs from us.
-_DROPPED_BLOCKS = frozenset(
-    {
-        "thinking",
-        "redacted_thinking",
-        "server_tool_use",
-        "web_search_tool_result",
-        "web_fetch_tool_result",
-        "code_execution_tool_result",
-        "bash_code_execution_tool_result",
-        "text_editor_code_execution_tool_result",
-        "tool_search_tool_result",
-        "mcp_tool_use",
-        "mcp_tool_result",
-        "container_upload",
-    }
-)
 _TOOL_CHOICE_MODES = {"auto": "AUTO", "any": "ANY", "none": "NONE"}
-
-_PING = encode_event(b'{"type":"ping"}', "ping")
-_MESSAGE_STOP = encode_event(b'{"type":"message_stop"}', "message_stop")
-_DELTA_EVENT = "content_block_delta"
 
 
 def _stop_reason(finish: str | None, calls: int) -> str:
@@ -77,21 +55,16 @@ def _stop_reason(finish: str | None, calls: int) -> str:
     return "tool_use" if calls else "end_turn"
 
 
-class AnthropicToGemini:
+class AnthropicToGemini(g.GeminiResponse):
     client_api = Api.ANTHROPIC
     provider_api = Api.GEMINI
     rewrites_response = True
 
     def __init__(self) -> None:
-        self._model = ""
-        self._stream = False
-        self._turn = 0  # assistant turns in the request history: part of generated tool ids
+        super().__init__()
         self._estimate = 0  # input tokens guessed from the request size, for message_start
-        self._reader = g.GeminiReader()
-        self._buffer: list[bytes] = []  # non-stream body pieces
         self._block: str | None = None  # kind of the open content block ("text" / "thinking")
         self._index = -1  # index of the last content block opened
-        self._closed = False  # message_stop or error sent
 
     # -- request ---------------------------------------------------------------------------------
 
@@ -102,7 +75,7 @@ class AnthropicToGemini:
         self._stream = target.stream
         contents, self._turn = _contents(body.get("messages"))
         out: dict[str, Any] = {"contents": contents}
-        system = _system(body.get("system"))
+        system = [{"text": text} for text in A.system_texts(body.get("system"))]
         if system:
             out["systemInstruction"] = {"parts": system}
         tools = body.get("tools")
@@ -124,32 +97,7 @@ class AnthropicToGemini:
 
     # -- response --------------------------------------------------------------------------------
 
-    def response_headers(self, status: int, headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-        return g.content_type(self._stream, status)
-
-    def response_body(self, chunk: bytes, end_of_stream: bool) -> TranslatedChunk:
-        if not self._stream:
-            self._buffer.append(chunk)
-            if not end_of_stream:
-                return TranslatedChunk(body=b"")
-            return self._message(b"".join(self._buffer))
-        if self._closed:
-            return TranslatedChunk(body=b"")
-        out: list[bytes] = []
-        usage = None
-        for event in self._reader.feed_sse(chunk, end_of_stream):
-            usage = self._render(event, out) or usage
-        if end_of_stream and not self._closed:
-            if self._reader.started:
-                usage = self._finish(out)
-            else:
-                self._error(502, "upstream closed the stream without sending a response", out)
-        return TranslatedChunk(body=b"".join(out), usage=usage)
-
-    def response_error(self, status: int, body: bytes) -> TranslatedBody:
-        return TranslatedBody(status=status, body=error_body(Api.ANTHROPIC, status, g.error_message(body)))
-
-    def _message(self, body: bytes) -> TranslatedChunk:
+    def _whole(self, body: bytes) -> TranslatedChunk:
         reader = self._reader
         blocks: list[dict[str, Any]] = []
         for event in reader.whole(body):
@@ -168,7 +116,7 @@ class AnthropicToGemini:
                 blocks.append({"type": "tool_use", "id": tid, "name": name, "input": args})
         usage = g.usage_of(reader.meta)
         message = {
-            "id": "msg_" + (reader.response_id or "gemini"),
+            "id": self._message_id(),
             "type": "message",
             "role": "assistant",
             "model": reader.model or self._model,
@@ -179,7 +127,10 @@ class AnthropicToGemini:
         }
         return TranslatedChunk(body=orjson.dumps(message), usage=usage)
 
-    def _render(self, event: tuple[Any, ...], out: list[bytes]) -> Usage | None:
+    def _message_id(self) -> str:
+        return "msg_" + (self._reader.response_id or "gemini")
+
+    def _render(self, event: tuple[Any, ...], out: list[bytes]) -> None:
         kind = event[0]
         if kind == g.TEXT or kind == g.THOUGHT:
             self._delta(kind, event[1], out)
@@ -187,91 +138,68 @@ class AnthropicToGemini:
             _, index, name, args = event
             self._close_block(out)
             self._index += 1
-            idx = self._index
             tid = g.tool_id("toolu_", self._turn, index, name)
-            start = {"type": "tool_use", "id": tid, "name": name, "input": {}}
-            out.append(_frame({"type": "content_block_start", "index": idx, "content_block": start}))
-            delta = {"type": "input_json_delta", "partial_json": orjson.dumps(args).decode()}
-            out.append(_frame({"type": _DELTA_EVENT, "index": idx, "delta": delta}))
-            out.append(_stop_frame(idx))
+            out.append(A.tool_start_frame(self._index, tid, name))
+            out.append(A.input_json_delta_frame(self._index, orjson.dumps(args).decode()))
+            out.append(A.block_stop_frame(self._index))
         elif kind == g.START:
             self._start(event[1], out)
-        elif kind == g.FINISH:
-            return self._finish(out)
-        elif kind == g.ERROR:
-            self._error(event[1], event[2], out)
-        return None
 
     def _start(self, meta: dict[str, Any] | None, out: list[bytes]) -> None:
-        reader = self._reader
         usage = g.usage_of(meta)
         if not usage.input_tokens and not usage.cache_read_input_tokens:
             usage = Usage(input_tokens=self._estimate)  # no prompt count yet: the size estimate
         start_usage = _usage_json(usage)
         start_usage["output_tokens"] = 0
         message = {
-            "id": "msg_" + (reader.response_id or "gemini"),
+            "id": self._message_id(),
             "type": "message",
             "role": "assistant",
-            "model": reader.model or self._model,
+            "model": self._reader.model or self._model,
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
             "usage": start_usage,
         }
-        out.append(_frame({"type": "message_start", "message": message}))
-        out.append(_PING)
+        out.append(encode_event(orjson.dumps({"type": "message_start", "message": message}), "message_start"))
+        out.append(A.PING_FRAME)
 
     def _delta(self, kind: int, text: str, out: list[bytes]) -> None:
-        block = "text" if kind == g.TEXT else "thinking"
-        if self._block != block:
-            self._close_block(out)
-            self._index += 1
-            self._block = block
-            start = {"type": "text", "text": ""} if block == "text" else _EMPTY_THINKING
-            out.append(_frame({"type": "content_block_start", "index": self._index, "content_block": start}))
-        # Hand-built JSON: this runs for every streamed text piece.
-        field = b'"text_delta","text":' if block == "text" else b'"thinking_delta","thinking":'
-        data = b'{"type":"content_block_delta","index":%d,"delta":{"type":%s%s}}' % (
-            self._index,
-            field,
-            orjson.dumps(text),
-        )
-        out.append(encode_event(data, _DELTA_EVENT))
+        if kind == g.TEXT:
+            if self._block != "text":
+                out.append(A.text_start_frame(self._open_block("text", out)))
+            out.append(A.text_delta_frame(self._index, text))
+        else:
+            if self._block != "thinking":
+                out.append(A.thinking_start_frame(self._open_block("thinking", out)))
+            out.append(A.thinking_delta_frame(self._index, text))
+
+    def _open_block(self, block: str, out: list[bytes]) -> int:
+        self._close_block(out)
+        self._index += 1
+        self._block = block
+        return self._index
 
     def _close_block(self, out: list[bytes]) -> None:
         if self._block is not None:
-            out.append(_stop_frame(self._index))
+            out.append(A.block_stop_frame(self._index))
             self._block = None
 
     def _finish(self, out: list[bytes]) -> Usage:
         self._close_block(out)
         reader = self._reader
         usage = g.usage_of(reader.meta)
-        delta = {"stop_reason": _stop_reason(reader.finish, reader.calls), "stop_sequence": None}
-        out.append(_frame({"type": "message_delta", "delta": delta, "usage": _usage_json(usage)}))
-        out.append(_MESSAGE_STOP)
+        out.append(A.message_delta_frame(_stop_reason(reader.finish, reader.calls), _usage_json(usage)))
+        out.append(A.MESSAGE_STOP_FRAME)
         self._closed = True
         return usage
 
-    def _error(self, status: int, message: str, out: list[bytes]) -> None:
-        # An error frame ends the stream: the SDKs raise on it, so nothing may follow.
-        out.append(encode_event(error_body(Api.ANTHROPIC, status, message), "error"))
-        self._closed = True
-
-
-_EMPTY_THINKING = {"type": "thinking", "thinking": "", "signature": ""}
-
-
-def _frame(event: dict[str, Any]) -> bytes:
-    return encode_event(orjson.dumps(event), event["type"])
-
-
-def _stop_frame(index: int) -> bytes:
-    return encode_event(b'{"type":"content_block_stop","index":%d}' % index, "content_block_stop")
+    def _error_frame(self, status: int, message: str) -> bytes:
+        return A.error_frame(status, message)
 
 
 def _usage_json(usage: Usage) -> dict[str, Any]:
+    # Gemini never reports cache writes; key order kept as this translator always sent it.
     return {
         "input_tokens": usage.input_tokens,
         "output_tokens": usage.output_tokens,
@@ -281,25 +209,6 @@ def _usage_json(usage: Usage) -> dict[str, Any]:
 
 
 # -- request helpers ------------------------------------------------------------------------------
-
-
-def _system(system: Any) -> list[dict[str, Any]]:
-    if system is None:
-        return []
-    if isinstance(system, str):
-        return [{"text": system}] if system else []
-    if not isinstance(system, list):
-        raise ClientRequestError("system: must be a string or an array of text blocks")
-    parts = []
-    for i, block in enumerate(system):
-        if not isinstance(block, dict) or block.get("type") != "text":
-            raise ClientRequestError(f"system.{i}: must be a text block")
-        text = block.get("text")
-        if not isinstance(text, str):
-            raise ClientRequestError(f"system.{i}.text: must be a string")
-        if text:
-            parts.append({"text": text})
-    return parts
 
 
 def _contents(messages: Any) -> tuple[list[dict[str, Any]], int]:
@@ -363,7 +272,7 @@ def _assistant_parts(content: Any, i: int, names: dict[str, str]) -> list[dict[s
                 part["thoughtSignature"] = g.SKIP_SIGNATURE
                 signed = True
             parts.append(part)
-        elif btype in _DROPPED_BLOCKS:
+        elif btype in A.DROPPED_BLOCKS:
             continue
         elif btype in ("image", "document", "search_result"):
             parts.extend(_media_parts(block, btype, f"messages.{i}.content.{j}"))
@@ -385,7 +294,7 @@ def _user_parts(content: Any, i: int, names: dict[str, str]) -> list[dict[str, A
             parts.extend(_media_parts(block, btype, path))
         elif btype == "tool_result":
             parts.extend(_tool_result(block, path, names))
-        elif btype in _DROPPED_BLOCKS:
+        elif btype in A.DROPPED_BLOCKS:
             continue
         elif btype == "tool_use":
             raise ClientRequestError(f"{path}: tool_use blocks belong in assistant messages")
@@ -535,14 +444,8 @@ def _tool_config(choice: Any) -> dict[str, Any] | None:
 
 
 def _generation_config(body: Mapping[str, Any], target: Target) -> dict[str, Any]:
-    config: dict[str, Any] = {}
     max_tokens = g.clamp_max_tokens(body.get("max_tokens"), target, "max_tokens")
-    if max_tokens is not None:
-        config["maxOutputTokens"] = max_tokens
-    for key, name in (("temperature", "temperature"), ("top_p", "topP")):
-        value = g.number(body, key)
-        if value is not None:
-            config[name] = value
+    config = g.sampling_config(body, max_tokens)
     top_k = g.number(body, "top_k", integer=True)
     if top_k is not None:
         config["topK"] = top_k
@@ -550,7 +453,7 @@ def _generation_config(body: Mapping[str, Any], target: Target) -> dict[str, Any
     if stops is not None:
         if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
             raise ClientRequestError("stop_sequences: must be an array of strings")
-        stops = [s for s in stops if s][: g.MAX_STOP_SEQUENCES]
+        stops = g.stop_sequences(stops)
         if stops:
             config["stopSequences"] = stops
     thinking = body.get("thinking")

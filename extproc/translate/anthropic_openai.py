@@ -31,21 +31,20 @@ from typing import Any
 
 import orjson
 
-from extproc.errors import error_body
-from extproc.sse import SSEDecoder, SSEEvent
+from extproc.sse import SSEEvent
 from extproc.translate import anthropic_schema as A
 from extproc.translate import openai_schema as O
 from extproc.translate.base import (
     Api,
     ClientRequestError,
     Target,
-    TranslatedBody,
     TranslatedChunk,
     UpstreamProtocolError,
     UpstreamRequest,
     Usage,
 )
-from extproc.translate.wire import error_message, error_status, short, upstream_error_message
+from extproc.translate.buffering import JsonOrSseResponse, SseStreamMachine
+from extproc.translate.wire import each_message, error_message, error_status, short
 
 _USER_ID_LIMIT = 64
 _IMAGE_TOKENS = 1600  # rough cost of one image, for the input-token estimate only
@@ -69,7 +68,7 @@ class _RequestBuilder(A.UserBlocks):
         target = self.target
         out: dict[str, Any] = {"model": target.model}
         messages: list[dict[str, Any]] = []
-        system = self.system(body.get("system"))
+        system = "\n\n".join(A.system_texts(body.get("system")))
         if system:
             messages.append({"role": "system", "content": system})
         self.messages(body.get("messages"), messages)
@@ -103,24 +102,6 @@ class _RequestBuilder(A.UserBlocks):
             out["stream"] = True
             out["stream_options"] = {"include_usage": True}
         return out
-
-    def system(self, system: Any) -> str:
-        if system is None:
-            return ""
-        if isinstance(system, str):
-            return system
-        if not isinstance(system, list):
-            raise ClientRequestError("system: must be a string or an array of text blocks")
-        texts = []
-        for k, block in enumerate(system):
-            if not isinstance(block, dict) or block.get("type") != "text":
-                raise ClientRequestError(f"system.{k}: must be a text block")
-            text = block.get("text")
-            if not isinstance(text, str):
-                raise ClientRequestError(f"system.{k}.text: must be a string")
-            if text:
-                texts.append(text)
-        return "\n\n".join(texts)
 
     def user(self, metadata: Any, out: dict[str, Any]) -> None:
         if metadata is None:
@@ -216,13 +197,7 @@ class _RequestBuilder(A.UserBlocks):
     # --- messages ----------------------------------------------------------------------------
 
     def messages(self, messages: Any, out: list[dict[str, Any]]) -> None:
-        if not isinstance(messages, list):
-            raise ClientRequestError("messages: required, must be an array")
-        if not messages:
-            raise ClientRequestError("messages: at least one message is required")
-        for i, message in enumerate(messages):
-            if not isinstance(message, dict):
-                raise ClientRequestError(f"messages.{i}: must be an object")
+        for i, message in each_message(messages):
             role = message.get("role")
             content = message.get("content")
             if role == "user":
@@ -336,7 +311,7 @@ class _RequestBuilder(A.UserBlocks):
 _NONE, _TEXT, _THINKING, _TOOL = 0, 1, 2, 3
 
 
-class _Stream:
+class _Stream(SseStreamMachine):
     """OpenAI ``chat.completion.chunk`` SSE -> Anthropic stream events. All stream state lives here.
 
     Blocks are opened lazily and closed before the next one opens, so every content_block_start is
@@ -346,7 +321,6 @@ class _Stream:
     """
 
     __slots__ = (
-        "decoder",
         "done",
         "estimate",
         "finish_reason",
@@ -363,7 +337,7 @@ class _Stream:
     )
 
     def __init__(self, model: str, estimate: int) -> None:
-        self.decoder = SSEDecoder()
+        super().__init__()
         self.model = model
         self.estimate = estimate
         self.started = False
@@ -378,18 +352,7 @@ class _Stream:
         self.upstream_usage: Any = None
         self.out_chars = 0
 
-    def feed(self, chunk: bytes, end_of_stream: bool) -> TranslatedChunk:
-        out: list[bytes] = []
-        usage = None
-        for event in self.decoder.feed(chunk):
-            usage = self.event(event, out) or usage
-        if end_of_stream:
-            for event in self.decoder.close():
-                usage = self.event(event, out) or usage
-            usage = self.finish(out) or usage
-        return TranslatedChunk(body=b"".join(out), usage=usage)
-
-    def event(self, event: SSEEvent, out: list[bytes]) -> Usage | None:
+    def sse_event(self, event: SSEEvent, out: list[bytes]) -> Usage | None:
         if self.done:
             return None
         data = event.data
@@ -526,7 +489,7 @@ class _Stream:
         return None
 
 
-class AnthropicToOpenAI:
+class AnthropicToOpenAI(JsonOrSseResponse[_Stream]):
     """One instance per request; not thread-safe."""
 
     client_api = Api.ANTHROPIC
@@ -534,12 +497,8 @@ class AnthropicToOpenAI:
     rewrites_response = True
 
     def __init__(self) -> None:
-        self._model = ""
-        self._stream = False
-        self._upstream_sse = False
+        super().__init__()
         self._estimate = 0
-        self._buffer: list[bytes] = []
-        self._machine: _Stream | None = None
 
     def request(self, body: Mapping[str, Any], target: Target) -> UpstreamRequest:
         if not isinstance(body, Mapping):  # orjson gives a dict; any mapping will do
@@ -552,47 +511,20 @@ class AnthropicToOpenAI:
         self._estimate = (len(upstream) - builder.binary_chars) // 4 + builder.images * _IMAGE_TOKENS
         return UpstreamRequest(path=target.base_path + "/chat/completions", body=upstream)
 
-    def response_headers(self, status: int, headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-        """Headers to set on the client response. The processor removes ``content-length``: the
-        translated body has a different size."""
-        if status >= 300 or not self._stream:
-            return (("content-type", "application/json"),)
-        # A provider that ignored stream=true answers JSON; the stream machine replays it as SSE.
-        self._upstream_sse = "json" not in headers.get("content-type", "").lower()
-        return (("content-type", "text/event-stream"), ("cache-control", "no-cache"))
+    def _new_stream_machine(self) -> _Stream:
+        return _Stream(self._model, self._estimate)
 
-    def response_body(self, chunk: bytes, end_of_stream: bool) -> TranslatedChunk:
-        if self._stream and self._upstream_sse:
-            return self._stream_machine().feed(chunk, end_of_stream)
-        self._buffer.append(chunk)
-        if not end_of_stream:
-            return TranslatedChunk(body=b"")
-        raw = b"".join(self._buffer)
-        self._buffer.clear()
+    def _replay_as_stream(self, machine: _Stream, completion: Any) -> TranslatedChunk:
+        out: list[bytes] = []
         try:
-            completion = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamProtocolError(f"invalid JSON from upstream: {exc}") from None
-        if self._stream:
-            machine = self._stream_machine()
-            out: list[bytes] = []
-            try:
-                synthetic = O.chunk_from_completion(completion)
-            except UpstreamProtocolError as exc:
-                machine.fail(out, 502, str(exc))
-                return TranslatedChunk(body=b"".join(out))
-            machine.chunk(synthetic, out)
-            usage = machine.finish(out)
-            return TranslatedChunk(body=b"".join(out), usage=usage)
+            synthetic = O.chunk_from_completion(completion)
+        except UpstreamProtocolError as exc:
+            machine.fail(out, 502, str(exc))
+            return TranslatedChunk(body=b"".join(out))
+        machine.chunk(synthetic, out)
+        usage = machine.finish(out)
+        return TranslatedChunk(body=b"".join(out), usage=usage)
+
+    def _whole(self, completion: Any) -> TranslatedChunk:
         message, usage = O.message_from_completion(completion, self._model)
         return TranslatedChunk(body=orjson.dumps(message), usage=usage)
-
-    def response_error(self, status: int, body: bytes) -> TranslatedBody:
-        return TranslatedBody(
-            status=status, body=error_body(Api.ANTHROPIC, status, upstream_error_message(status, body))
-        )
-
-    def _stream_machine(self) -> _Stream:
-        if self._machine is None:
-            self._machine = _Stream(self._model, self._estimate)
-        return self._machine

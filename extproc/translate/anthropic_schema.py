@@ -77,6 +77,26 @@ def effort_for_budget(budget: int) -> str:
     return "high"
 
 
+def system_texts(system: Any) -> list[str]:
+    """The non-empty texts of an Anthropic ``system`` (a string or an array of text blocks)."""
+    if system is None:
+        return []
+    if isinstance(system, str):
+        return [system] if system else []
+    if not isinstance(system, list):
+        raise ClientRequestError("system: must be a string or an array of text blocks")
+    texts = []
+    for k, block in enumerate(system):
+        if not isinstance(block, dict) or block.get("type") != "text":
+            raise ClientRequestError(f"system.{k}: must be a text block")
+        text = block.get("text")
+        if not isinstance(text, str):
+            raise ClientRequestError(f"system.{k}.text: must be a string")
+        if text:
+            texts.append(text)
+    return texts
+
+
 # --- usage ------------------------------------------------------------------------------------
 
 

@@ -1,5 +1,6 @@
-"""What both Gemini translators share: upstream paths, the Gemini response reader, usage, finish
-reasons, tool-call ids, media parts and error bodies.
+"""What both Gemini translators share: upstream paths, the Gemini response reader and the response
+phases built on it (``GeminiResponse``), usage, finish reasons, tool-call ids, media parts and error
+bodies.
 
 The reader (``GeminiReader``) turns Gemini's answer -- one JSON ``GenerateContentResponse``, or an SSE
 stream (``streamGenerateContent?alt=sse``) whose every ``data:`` is such a response holding only the
@@ -30,8 +31,18 @@ from typing import Any
 
 import orjson
 
+from extproc.errors import error_body
 from extproc.sse import SSEDecoder
-from extproc.translate.base import ClientRequestError, Target, UpstreamProtocolError, Usage
+from extproc.translate.base import (
+    Api,
+    ClientRequestError,
+    Target,
+    TranslatedBody,
+    TranslatedChunk,
+    UpstreamProtocolError,
+    Usage,
+)
+from extproc.translate.buffering import NOTHING_YET, BodyBuffer
 
 START, TEXT, THOUGHT, CALL, FINISH, ERROR = range(6)
 
@@ -80,6 +91,24 @@ def clamp_max_tokens(value: Any, target: Target, field: str) -> int | None:
     if target.max_output_tokens is not None and value > target.max_output_tokens:
         return target.max_output_tokens
     return value
+
+
+def sampling_config(body: Mapping[str, Any], max_tokens: int | None) -> dict[str, Any]:
+    """The start of a ``generationConfig``: the fields both client APIs spell alike (the output
+    limit, already clamped, then temperature and top_p)."""
+    config: dict[str, Any] = {}
+    if max_tokens is not None:
+        config["maxOutputTokens"] = max_tokens
+    for key, name in (("temperature", "temperature"), ("top_p", "topP")):
+        value = number(body, key)
+        if value is not None:
+            config[name] = value
+    return config
+
+
+def stop_sequences(stops: list[str]) -> list[str]:
+    """Empty sequences dropped, and only the first ``MAX_STOP_SEQUENCES`` kept: Gemini rejects more."""
+    return [s for s in stops if s][:MAX_STOP_SEQUENCES]
 
 
 def number(body: Mapping[str, Any], key: str, integer: bool = False) -> int | float | None:
@@ -286,3 +315,67 @@ def _error_event(error: Any) -> tuple[Any, ...]:
         name = error.get("status")
         return (ERROR, status, f"{name}: {text}" if isinstance(name, str) and name else text)
     return (ERROR, 500, str(error) or "upstream error")
+
+
+class GeminiResponse:
+    """The response phases both Gemini translators share: buffering, feeding the reader, closing the
+    stream. A subclass sets ``_model``, ``_stream`` and ``_turn`` in ``request`` and renders the
+    reader's events in its client's format: a whole answer (``_whole``), START / TEXT / THOUGHT /
+    CALL events (``_render``), the end of the stream (``_finish``) and a stream error frame
+    (``_error_frame``)."""
+
+    client_api: Api
+
+    def __init__(self) -> None:
+        self._model = ""
+        self._stream = False
+        self._turn = 0  # assistant turns in the request history: part of generated tool ids
+        self._reader = GeminiReader()
+        self._buffer = BodyBuffer()
+        self._closed = False  # the stream's last frame was sent
+
+    def response_headers(self, status: int, headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+        return content_type(self._stream, status)
+
+    def response_body(self, chunk: bytes, end_of_stream: bool) -> TranslatedChunk:
+        if not self._stream:
+            body = self._buffer.feed(chunk, end_of_stream)
+            return NOTHING_YET if body is None else self._whole(body)
+        if self._closed:
+            return NOTHING_YET
+        out: list[bytes] = []
+        usage = None
+        for event in self._reader.feed_sse(chunk, end_of_stream):
+            kind = event[0]
+            if kind == FINISH:
+                usage = self._finish(out)
+            elif kind == ERROR:
+                self._error(event[1], event[2], out)
+            else:
+                self._render(event, out)
+        if end_of_stream and not self._closed:
+            if self._reader.started:
+                usage = self._finish(out)
+            else:
+                self._error(502, "upstream closed the stream without sending a response", out)
+        return TranslatedChunk(body=b"".join(out), usage=usage)
+
+    def response_error(self, status: int, body: bytes) -> TranslatedBody:
+        return TranslatedBody(status=status, body=error_body(self.client_api, status, error_message(body)))
+
+    def _error(self, status: int, message: str, out: list[bytes]) -> None:
+        # An error frame ends the stream: the client SDKs raise on it, so nothing may follow.
+        out.append(self._error_frame(status, message))
+        self._closed = True
+
+    def _whole(self, body: bytes) -> TranslatedChunk:
+        raise NotImplementedError
+
+    def _render(self, event: tuple[Any, ...], out: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def _finish(self, out: list[bytes]) -> Usage:
+        raise NotImplementedError
+
+    def _error_frame(self, status: int, message: str) -> bytes:
+        raise NotImplementedError

@@ -32,21 +32,20 @@ from typing import Any
 
 import orjson
 
-from extproc.errors import error_body
-from extproc.sse import SSEDecoder, SSEEvent
+from extproc.sse import SSEEvent
 from extproc.translate import anthropic_schema as A
 from extproc.translate import openai_schema as O
 from extproc.translate.base import (
     Api,
     ClientRequestError,
     Target,
-    TranslatedBody,
     TranslatedChunk,
     UpstreamProtocolError,
     UpstreamRequest,
     Usage,
 )
-from extproc.translate.wire import error_message, error_status, short, upstream_error_message
+from extproc.translate.buffering import JsonOrSseResponse, SseStreamMachine
+from extproc.translate.wire import each_message, error_message, error_status, short
 
 _DEFAULT_MAX_TOKENS = 4096
 _USER_ID_LIMIT = 256
@@ -138,13 +137,7 @@ class _RequestBuilder:
             self.messages.append({"role": role, "content": blocks})
 
     def convert_messages(self, messages: Any) -> None:
-        if not isinstance(messages, list):
-            raise ClientRequestError("messages: required, must be an array")
-        if not messages:
-            raise ClientRequestError("messages: at least one message is required")
-        for i, message in enumerate(messages):
-            if not isinstance(message, dict):
-                raise ClientRequestError(f"messages.{i}: must be an object")
+        for i, message in each_message(messages):
             role = message.get("role")
             content = message.get("content")
             path = f"messages.{i}"
@@ -342,13 +335,12 @@ class _RequestBuilder:
 _TEXT, _THINKING, _IGNORED = -1, -2, -3  # block kinds; a tool_use block's kind is its tool position
 
 
-class _Stream:
+class _Stream(SseStreamMachine):
     """Anthropic stream events -> ``chat.completion.chunk`` SSE. All stream state lives here."""
 
     __slots__ = (
         "blocks",
         "created",
-        "decoder",
         "done",
         "finish_sent",
         "include_usage",
@@ -362,7 +354,7 @@ class _Stream:
     )
 
     def __init__(self, model: str, created: int, include_usage: bool) -> None:
-        self.decoder = SSEDecoder()
+        super().__init__()
         self.model = model
         self.created = created
         self.include_usage = include_usage
@@ -375,17 +367,6 @@ class _Stream:
         self.usage = Usage()
         self.finish_sent = False
         self.done = False
-
-    def feed(self, chunk: bytes, end_of_stream: bool) -> TranslatedChunk:
-        out: list[bytes] = []
-        usage = None
-        for event in self.decoder.feed(chunk):
-            usage = self.sse_event(event, out) or usage
-        if end_of_stream:
-            for event in self.decoder.close():
-                usage = self.sse_event(event, out) or usage
-            usage = self.finish(out) or usage
-        return TranslatedChunk(body=b"".join(out), usage=usage)
 
     def sse_event(self, event: SSEEvent, out: list[bytes]) -> Usage | None:
         if self.done or not event.data:
@@ -517,7 +498,7 @@ class _Stream:
         return usage
 
 
-class OpenAIToAnthropic:
+class OpenAIToAnthropic(JsonOrSseResponse[_Stream]):
     """One instance per request; not thread-safe. ``clock`` gives ``created`` (injectable for tests)."""
 
     client_api = Api.OPENAI
@@ -525,13 +506,9 @@ class OpenAIToAnthropic:
     rewrites_response = True
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        super().__init__()
         self._clock = clock
-        self._model = ""
-        self._stream = False
-        self._upstream_sse = False
         self._include_usage = False
-        self._buffer: list[bytes] = []
-        self._machine: _Stream | None = None
 
     def request(self, body: Mapping[str, Any], target: Target) -> UpstreamRequest:
         if not isinstance(body, Mapping):  # orjson gives a dict; any mapping will do
@@ -543,45 +520,21 @@ class OpenAIToAnthropic:
         self._stream = self._upstream_sse = target.stream
         return UpstreamRequest(path=target.base_path + "/v1/messages", body=orjson.dumps(upstream), headers=_HEADERS)
 
-    def response_headers(self, status: int, headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-        """Headers to set on the client response. The processor removes ``content-length``: the
-        translated body has a different size."""
-        if status >= 300 or not self._stream:
-            return (("content-type", "application/json"),)
-        self._upstream_sse = "json" not in headers.get("content-type", "").lower()
-        return (("content-type", "text/event-stream"), ("cache-control", "no-cache"))
+    def _new_stream_machine(self) -> _Stream:
+        return _Stream(self._model, int(self._clock()), self._include_usage)
 
-    def response_body(self, chunk: bytes, end_of_stream: bool) -> TranslatedChunk:
-        if self._stream and self._upstream_sse:
-            return self._stream_machine().feed(chunk, end_of_stream)
-        self._buffer.append(chunk)
-        if not end_of_stream:
-            return TranslatedChunk(body=b"")
-        raw = b"".join(self._buffer)
-        self._buffer.clear()
+    def _replay_as_stream(self, machine: _Stream, message: Any) -> TranslatedChunk:
+        out: list[bytes] = []
+        usage = None
         try:
-            message = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamProtocolError(f"invalid JSON from upstream: {exc}") from None
-        if self._stream:
-            machine = self._stream_machine()
-            out: list[bytes] = []
-            usage = None
-            try:
-                events = A.events_from_message(message)
-            except UpstreamProtocolError as exc:
-                machine.fail(out, 502, str(exc))
-                events = []
-            for event in events:
-                usage = machine.event(event, out) or usage
-            return TranslatedChunk(body=b"".join(out), usage=usage)
+            events = A.events_from_message(message)
+        except UpstreamProtocolError as exc:
+            machine.fail(out, 502, str(exc))
+            events = []
+        for event in events:
+            usage = machine.event(event, out) or usage
+        return TranslatedChunk(body=b"".join(out), usage=usage)
+
+    def _whole(self, message: Any) -> TranslatedChunk:
         completion, usage = A.completion_from_message(message, int(self._clock()), self._model)
         return TranslatedChunk(body=orjson.dumps(completion), usage=usage)
-
-    def response_error(self, status: int, body: bytes) -> TranslatedBody:
-        return TranslatedBody(status=status, body=error_body(Api.OPENAI, status, upstream_error_message(status, body)))
-
-    def _stream_machine(self) -> _Stream:
-        if self._machine is None:
-            self._machine = _Stream(self._model, int(self._clock()), self._include_usage)
-        return self._machine

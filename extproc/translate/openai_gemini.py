@@ -35,7 +35,6 @@ from extproc.translate.base import (
     Api,
     ClientRequestError,
     Target,
-    TranslatedBody,
     TranslatedChunk,
     UpstreamRequest,
     Usage,
@@ -57,21 +56,16 @@ def _finish_reason(finish: str | None, calls: int) -> str:
     return "tool_calls" if calls else "stop"
 
 
-class OpenAIToGemini:
+class OpenAIToGemini(g.GeminiResponse):
     client_api = Api.OPENAI
     provider_api = Api.GEMINI
     rewrites_response = True
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        super().__init__()
         self._clock = clock
-        self._model = ""
-        self._stream = False
         self._include_usage = False
-        self._turn = 0
-        self._reader = g.GeminiReader()
-        self._buffer: list[bytes] = []
         self._head = b""  # chunk JSON up to the delta, fixed once the stream started
-        self._closed = False
 
     # -- request ---------------------------------------------------------------------------------
 
@@ -109,32 +103,7 @@ class OpenAIToGemini:
 
     # -- response --------------------------------------------------------------------------------
 
-    def response_headers(self, status: int, headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-        return g.content_type(self._stream, status)
-
-    def response_body(self, chunk: bytes, end_of_stream: bool) -> TranslatedChunk:
-        if not self._stream:
-            self._buffer.append(chunk)
-            if not end_of_stream:
-                return TranslatedChunk(body=b"")
-            return self._completion(b"".join(self._buffer))
-        if self._closed:
-            return TranslatedChunk(body=b"")
-        out: list[bytes] = []
-        usage = None
-        for event in self._reader.feed_sse(chunk, end_of_stream):
-            usage = self._render(event, out) or usage
-        if end_of_stream and not self._closed:
-            if self._reader.started:
-                usage = self._finish(out)
-            else:
-                self._error(502, "upstream closed the stream without sending a response", out)
-        return TranslatedChunk(body=b"".join(out), usage=usage)
-
-    def response_error(self, status: int, body: bytes) -> TranslatedBody:
-        return TranslatedBody(status=status, body=error_body(Api.OPENAI, status, g.error_message(body)))
-
-    def _completion(self, body: bytes) -> TranslatedChunk:
+    def _whole(self, body: bytes) -> TranslatedChunk:
         reader = self._reader
         texts: list[str] = []
         thoughts: list[str] = []
@@ -177,7 +146,7 @@ class OpenAIToGemini:
             "function": {"name": name, "arguments": orjson.dumps(args).decode()},
         }
 
-    def _render(self, event: tuple[Any, ...], out: list[bytes]) -> Usage | None:
+    def _render(self, event: tuple[Any, ...], out: list[bytes]) -> None:
         kind = event[0]
         if kind == g.TEXT:
             out.append(self._chunk(b'{"content":%s}' % orjson.dumps(event[1])))
@@ -196,11 +165,6 @@ class OpenAIToGemini:
             }
             self._head = orjson.dumps(head)[:-1] + b',"choices":[{"index":0,"delta":'
             out.append(self._chunk(b'{"role":"assistant","content":""}'))
-        elif kind == g.FINISH:
-            return self._finish(out)
-        elif kind == g.ERROR:
-            self._error(event[1], event[2], out)
-        return None
 
     def _chunk(self, delta: bytes, finish: bytes = b"null") -> bytes:
         return encode_event(self._head + delta + b',"finish_reason":' + finish + b',"logprobs":null}]}')
@@ -217,10 +181,9 @@ class OpenAIToGemini:
         self._closed = True
         return g.usage_of(reader.meta)
 
-    def _error(self, status: int, message: str, out: list[bytes]) -> None:
+    def _error_frame(self, status: int, message: str) -> bytes:
         # OpenAI streams report errors as a data payload with an "error" key; the SDK raises on it.
-        out.append(encode_event(error_body(Api.OPENAI, status, message)))
-        self._closed = True
+        return encode_event(error_body(Api.OPENAI, status, message))
 
 
 # -- request helpers ------------------------------------------------------------------------------
@@ -449,18 +412,12 @@ def _function_name(tool: Any) -> bool:
 
 
 def _generation_config(body: Mapping[str, Any], target: Target) -> dict[str, Any]:
-    config: dict[str, Any] = {}
     limit = body.get("max_completion_tokens")
     field = "max_completion_tokens"
     if limit is None:
         limit, field = body.get("max_tokens"), "max_tokens"
     max_tokens = g.clamp_max_tokens(limit, target, field)
-    if max_tokens is not None:
-        config["maxOutputTokens"] = max_tokens
-    for key, name in (("temperature", "temperature"), ("top_p", "topP")):
-        value = g.number(body, key)
-        if value is not None:
-            config[name] = value
+    config = g.sampling_config(body, max_tokens)
     seed = g.number(body, "seed", integer=True)
     if seed is not None:
         config["seed"] = seed
@@ -469,7 +426,7 @@ def _generation_config(body: Mapping[str, Any], target: Target) -> dict[str, Any
         stops = [stop] if isinstance(stop, str) else stop
         if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
             raise ClientRequestError("stop: must be a string or an array of strings")
-        stops = [s for s in stops if s][: g.MAX_STOP_SEQUENCES]
+        stops = g.stop_sequences(stops)
         if stops:
             config["stopSequences"] = stops
     effort = body.get("reasoning_effort")

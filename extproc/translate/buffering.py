@@ -1,0 +1,133 @@
+"""Response-body plumbing the translators share, so each one keeps only its own rendering.
+
+- ``BodyBuffer``: a buffered (non-stream) answer arrives from ext_proc in any number of chunks, but
+  can only be translated whole.
+- ``SseStreamMachine``: the loop that feeds upstream SSE bytes to a per-request stream state machine
+  and flushes it at end of stream.
+- ``JsonOrSseResponse``: the response phases of a translator whose provider streams SSE but may answer
+  a stream request with one JSON body anyway (OpenAI-compatible servers that ignore ``stream``); the
+  JSON is then replayed through the stream machine so the client still gets the stream it asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Generic, TypeVar
+
+import orjson
+
+from extproc.errors import error_body
+from extproc.sse import SSEDecoder, SSEEvent
+from extproc.translate.base import Api, TranslatedBody, TranslatedChunk, UpstreamProtocolError, Usage
+from extproc.translate.wire import upstream_error_message
+
+NOTHING_YET = TranslatedChunk(body=b"")
+
+
+class BodyBuffer:
+    """Collects the chunks of a buffered response body until end of stream."""
+
+    __slots__ = ("_pieces",)
+
+    def __init__(self) -> None:
+        self._pieces: list[bytes] = []
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> bytes | None:
+        """The whole body once ``end_of_stream`` is set, None before."""
+        self._pieces.append(chunk)
+        if not end_of_stream:
+            return None
+        body = b"".join(self._pieces)
+        self._pieces.clear()
+        return body
+
+
+class SseStreamMachine:
+    """Base of the stream state machines: SSE bytes in, client frames out. Subclasses handle one
+    decoded event (``sse_event``) and close the stream (``finish``); both append to ``out``."""
+
+    __slots__ = ("decoder",)
+
+    def __init__(self) -> None:
+        self.decoder = SSEDecoder()
+
+    def feed(self, chunk: bytes, end_of_stream: bool) -> TranslatedChunk:
+        out: list[bytes] = []
+        usage = None
+        for event in self.decoder.feed(chunk):
+            usage = self.sse_event(event, out) or usage
+        if end_of_stream:
+            for event in self.decoder.close():
+                usage = self.sse_event(event, out) or usage
+            usage = self.finish(out) or usage
+        return TranslatedChunk(body=b"".join(out), usage=usage)
+
+    def sse_event(self, event: SSEEvent, out: list[bytes]) -> Usage | None:
+        raise NotImplementedError
+
+    def finish(self, out: list[bytes]) -> Usage | None:
+        raise NotImplementedError
+
+
+Machine = TypeVar("Machine", bound=SseStreamMachine)
+
+
+class JsonOrSseResponse(Generic[Machine]):
+    """Response phases for a provider that streams SSE and otherwise answers one JSON body.
+
+    The subclass sets ``_model``, ``_stream`` and ``_upstream_sse`` in ``request`` and supplies the
+    three renderings: a new stream machine, a JSON answer replayed as a stream, a JSON answer whole.
+    """
+
+    client_api: Api
+
+    def __init__(self) -> None:
+        self._model = ""
+        self._stream = False
+        self._upstream_sse = False  # what the provider actually sends, known from its content-type
+        self._buffer = BodyBuffer()
+        self._machine: Machine | None = None
+
+    def response_headers(self, status: int, headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+        """Headers to set on the client response. The processor removes ``content-length``: the
+        translated body has a different size."""
+        if status >= 300 or not self._stream:
+            return (("content-type", "application/json"),)
+        # A provider that ignored stream=true answers JSON; the stream machine replays it as SSE.
+        self._upstream_sse = "json" not in headers.get("content-type", "").lower()
+        return (("content-type", "text/event-stream"), ("cache-control", "no-cache"))
+
+    def response_body(self, chunk: bytes, end_of_stream: bool) -> TranslatedChunk:
+        if self._stream and self._upstream_sse:
+            return self._stream_machine().feed(chunk, end_of_stream)
+        raw = self._buffer.feed(chunk, end_of_stream)
+        if raw is None:
+            return NOTHING_YET
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamProtocolError(f"invalid JSON from upstream: {exc}") from None
+        if self._stream:
+            return self._replay_as_stream(self._stream_machine(), parsed)
+        return self._whole(parsed)
+
+    def response_error(self, status: int, body: bytes) -> TranslatedBody:
+        return TranslatedBody(
+            status=status, body=error_body(self.client_api, status, upstream_error_message(status, body))
+        )
+
+    def _stream_machine(self) -> Machine:
+        if self._machine is None:
+            self._machine = self._new_stream_machine()
+        return self._machine
+
+    def _new_stream_machine(self) -> Machine:
+        raise NotImplementedError
+
+    def _replay_as_stream(self, machine: Machine, parsed: Any) -> TranslatedChunk:
+        """A JSON answer to a stream request, sent on as the stream the client asked for."""
+        raise NotImplementedError
+
+    def _whole(self, parsed: Any) -> TranslatedChunk:
+        """A JSON answer to a buffered request, in the client's format."""
+        raise NotImplementedError
