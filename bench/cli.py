@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured load before each (2)")
     parser.add_argument("--connections", type=int, default=16, help="concurrent connections (16)")
     parser.add_argument("--threads", type=int, default=1, help="load generator threads (1)")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="ext_proc worker processes of the gateway (default: one per core)"
+    )
     parser.add_argument("--cases", help=f"comma-separated, default all: {names}")
     parser.add_argument("--no-half-load", action="store_true", help="skip the latency run at half the max req/s")
     parser.add_argument(
@@ -80,6 +83,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         half_load=not args.no_half_load,
         soak_requests=args.soak,
         load_generator=args.load_generator,
+        workers=args.workers,
     )
 
 
@@ -95,6 +99,7 @@ def command_line(args: argparse.Namespace) -> str:
         ("--threads", args.threads, 1),
         ("--soak", args.soak, 0),
         ("--load-generator", args.load_generator, "auto"),
+        ("--workers", args.workers, 0),
     ):
         if value != default:
             argv += [flag, f"{value:g}" if isinstance(value, float) else str(value)]

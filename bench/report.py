@@ -376,7 +376,8 @@ def markdown(summary: dict[str, Any], command: str) -> str:
         f"- machine: {m['nproc']} CPUs ({m['cpu_model'] or 'unknown model'}), {m['memory_gb']} GB RAM, "
         f"Linux {m['kernel']}, Python {m['python']}",
         f"- Envoy {m['envoy']}; load generator: {m['load_generator']}, {s['connections']} connections, "
-        f"{s['threads']} thread(s), {s['duration_s']:g} s per measurement after {s['warmup_s']:g} s of warm-up",
+        f"{s['threads']} thread(s), {s['duration_s']:g} s per measurement after {s['warmup_s']:g} s of warm-up; "
+        f"ext_proc workers: {s.get('workers') or m['nproc']}",
         f"- load average at start / end: {' '.join(map(str, m['loadavg_at_start']))} / "
         f"{' '.join(map(str, m.get('loadavg_at_end', [])))}; CPU used by other processes during the "
         f"measurements: up to {max(other, default=0):.0f}% of the machine",

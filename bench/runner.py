@@ -70,6 +70,7 @@ class Settings:
     load_generator: str = "auto"
     startup_timeout_s: float = 60.0
     keep_workdir: bool = False
+    workers: int = 0  # ext_proc worker processes of the gateway (0: ccr-gateway up's default, one per core)
 
 
 def free_port() -> int:
@@ -251,7 +252,17 @@ def environment(settings: Settings, progress: Progress) -> Iterator[tuple[Target
         timeout = settings.startup_timeout_s
         up = processes.start(
             "gateway",
-            [*python, "up", "-c", str(policy), "--admin-port", str(gw_admin), "--timeout", f"{timeout:g}"],
+            [
+                *python,
+                "up",
+                "-c",
+                str(policy),
+                "--admin-port",
+                str(gw_admin),
+                "--timeout",
+                f"{timeout:g}",
+                *(["--workers", str(settings.workers)] if settings.workers else []),
+            ],
             env=env,
         )
         gw_url = f"http://127.0.0.1:{gw_port}"
