@@ -59,6 +59,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_free(address: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
 @dataclass
 class GatewayProcesses:
     policy_path: str
@@ -97,6 +107,13 @@ class GatewayProcesses:
         return [sys.executable, "-m", "control_plane.cli", "--log-level", self.log_level, *args]
 
     def start(self, timeout: float = 30.0) -> None:
+        # Say it now, not after Envoy's listener update fails and the readiness wait times out.
+        for what, address, port in (
+            ("the policy's listener", self.policy.listener_address, self.policy.listener_port),
+            ("Envoy's admin port (--admin-port)", "127.0.0.1", self.admin_port),
+        ):
+            if not port_free(address, port):
+                raise StartupError(f"{address}:{port} is already in use: it is {what}")
         self.xds = self.xds or f"127.0.0.1:{free_port()}"
         deadline = time.monotonic() + timeout
         if self.fake_provider_port is not None:

@@ -39,3 +39,19 @@ def test_up_refuses_an_invalid_policy_before_starting_anything(tmp_path):
     result = run("up", "-c", str(bad))
     assert result.returncode == 2
     assert "at least one provider is required" in result.stderr
+
+
+def test_up_says_which_port_is_taken_before_starting_anything(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        policy = tmp_path / "p.yaml"
+        policy.write_text(
+            f"listener: {{port: {port}}}\nproviders:\n  - {{name: a, api: openai, base_url: 'http://127.0.0.1:1/v1', models: [m]}}\n"
+        )
+        result = run("up", "-c", str(policy))
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port} is already in use: it is the policy's listener" in result.stderr
