@@ -74,9 +74,31 @@ async def serve(config: ExtProcConfig, ready: asyncio.Event | None = None) -> No
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if os.environ.get("CCR_TRACEMALLOC"):
+        _install_allocation_report(loop)
     # Healthy in Consul once a policy is installed: before that every request would get a 503.
     async with registered(config.consul, "ccr-extproc", config.listen, lambda: state.table is not None):
         await stop.wait()
     subscription.cancel()
     # Finish in-flight requests (streams included) before exiting; new ones go elsewhere.
     await server.stop(grace=5.0)
+
+
+def _install_allocation_report(loop: asyncio.AbstractEventLoop) -> None:
+    """Debugging memory growth: with CCR_TRACEMALLOC=1, the first SIGUSR1 takes a baseline and each
+    later one logs the allocation sites that grew most since then."""
+    import tracemalloc
+
+    tracemalloc.start(12)
+    baseline: list[tracemalloc.Snapshot] = []
+
+    def report() -> None:
+        snapshot = tracemalloc.take_snapshot()
+        if not baseline:
+            baseline.append(snapshot)
+            log.warning("tracemalloc baseline taken")
+            return
+        for stat in snapshot.compare_to(baseline[0], "traceback")[:10]:
+            log.warning("tracemalloc %s\n%s", stat, "\n".join(stat.traceback.format()[-6:]))
+
+    loop.add_signal_handler(signal.SIGUSR1, report)
