@@ -323,6 +323,8 @@ _RESILIENCE_NUMBERS: _Table = {
     "max_retries": ("max_retries", 0, _MAX_LIMIT),
     "connect_timeout": ("connect_timeout_ms", 1, 10 * 60_000),
     "idle_timeout": ("idle_timeout_ms", 0, 24 * _HOUR_MS),  # 0s: never closed for being idle
+    "request_timeout": ("request_timeout_ms", 0, 24 * _HOUR_MS),  # 0s: no limit
+    "stream_idle_timeout": ("stream_idle_timeout_ms", 0, 24 * _HOUR_MS),  # 0s: no limit
 }
 _OUTLIER_NUMBERS: _Table = {
     "consecutive_5xx": ("consecutive_5xx", 1, 1000),

@@ -9,6 +9,8 @@ outlier_detection          ``outlier_detection`` (passive health: consecutive 5x
 health_check               ``health_checks[0].http_health_check`` (active, off by default)
 connect_timeout            ``connect_timeout``
 idle_timeout               ``HttpProtocolOptions.common_http_protocol_options.idle_timeout``
+request_timeout            the provider's route: ``timeout``
+stream_idle_timeout        the provider's route: ``idle_timeout``
 http2                      ``HttpProtocolOptions`` auto/explicit config + the TLS ALPN list
 tls                        ``UpstreamTlsContext`` (built in resources.tls_socket)
 =========================  =============================================================
@@ -85,6 +87,10 @@ class Resilience:
     health_check: HealthCheck | None = None
     connect_timeout_ms: int = 5_000
     idle_timeout_ms: int = 60_000
+    # Per request, on this provider's route: a non-streamed completion of a big model can take
+    # minutes; a stream may pause while the model thinks.
+    request_timeout_ms: int = 600_000
+    stream_idle_timeout_ms: int = 300_000
     http2: Http2 = Http2.AUTO
     tls: TlsSettings = field(default_factory=TlsSettings)
 

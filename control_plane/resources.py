@@ -131,7 +131,26 @@ def provider_endpoints(provider: ProviderSpec) -> ClusterLoadAssignment:
     return parse_resource(ClusterLoadAssignment(), _load_assignment(provider))
 
 
-def route_configuration(chain_routes: list[dict[str, Any]] | None = None) -> RouteConfiguration:
+def provider_route(provider: ProviderSpec) -> dict[str, Any]:
+    """The route of requests ext_proc sent to this provider: its own timeouts (resilience)."""
+    settings = provider.resilience
+    return {
+        "match": {
+            "prefix": "/",
+            "headers": [{"name": CLUSTER_HEADER, "string_match": {"exact": provider.cluster}}],
+        },
+        "route": {
+            "cluster": provider.cluster,
+            "timeout": resilience.duration(settings.request_timeout_ms),
+            "idle_timeout": resilience.duration(settings.stream_idle_timeout_ms),
+            "auto_host_rewrite": True,
+        },
+    }
+
+
+def route_configuration(
+    chain_routes: list[dict[str, Any]] | None = None, provider_routes: list[dict[str, Any]] | None = None
+) -> RouteConfiguration:
     """Routing is decided by ext_proc: it names the cluster in x-ccr-cluster and clears the route
     cache. A request that reaches the router without that header was not routed (fail closed).
     Requests with a fallback chain take the chain route first (it adds the retry policy)."""
@@ -146,6 +165,7 @@ def route_configuration(chain_routes: list[dict[str, Any]] | None = None) -> Rou
                     "include_attempt_count_in_response": True,
                     "routes": [
                         *(chain_routes or []),
+                        *(provider_routes or []),
                         {
                             "match": {"prefix": "/", "headers": [{"name": CLUSTER_HEADER, "present_match": True}]},
                             "route": {

@@ -109,7 +109,7 @@ class Rollout:
         chain_routes = (
             [chain_route(resources.ROUTE_TIMEOUT, longest, policy.attempt_timeout_seconds)] if chains else None
         )
-        routes = resources.route_configuration(chain_routes)
+        routes = resources.route_configuration(chain_routes, [resources.provider_route(p) for p in specs])
         return Snapshot.build(
             self.desired.version,
             clusters=clusters,

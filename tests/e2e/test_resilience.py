@@ -64,6 +64,13 @@ def resilience_policy(port: int, fakes: dict[str, FakeProvider]) -> dict:
                 "resilience": {"outlier_detection": {"consecutive_5xx": 2, "base_ejection_time": "60s"}},
             },
             {"name": "backup", "api": "openai", "base_url": f"{fakes['backup'].url}/v1", "models": ["gpt-backup"]},
+            {
+                "name": "hasty",
+                "api": "anthropic",
+                "base_url": upstream,
+                "models": ["claude-hasty"],
+                "resilience": {"request_timeout": "1s"},
+            },
             # Active checks, on the provider clusters and on their chain (both checked alike).
             {
                 "name": "checked",
@@ -196,3 +203,11 @@ def test_active_health_checks_and_tls_settings_are_accepted_by_envoy(gw, fakes):
     assert stat(gw, f"cluster.{chain}.membership_healthy") == 2
     status, headers, _ = ask(gw, "claude-checked")
     assert status == 200 and route_of(headers)["provider"] == "checked"
+
+
+def test_a_providers_own_request_timeout_answers_504_in_the_clients_format(gw, fakes):
+    fakes["upstream"].configure(latency_ms=3000)
+    status, _, body = ask(gw, "claude-hasty")
+    assert status == 504
+    assert body["type"] == "error" and body["error"]["type"] == "api_error"
+    assert "timeout" in body["error"]["message"].lower()

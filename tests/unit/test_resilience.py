@@ -391,3 +391,19 @@ def test_each_chain_member_keeps_its_own_tls_settings():
     assert contexts["tls-saas"].sni == "proxy.example.com"
     assert list(contexts["tls-saas"].common_tls_context.alpn_protocols) == ["http/1.1"]
     assert not contexts["tls-other"].common_tls_context.HasField("validation_context")
+
+
+def test_each_provider_gets_a_route_with_its_own_timeouts():
+    from control_plane.policy import load_policy
+
+    policy = load_policy(
+        "providers:\n"
+        "  - {name: slow, api: openai, base_url: 'http://10.0.0.1/v1', models: [m1],"
+        " resilience: {request_timeout: 20m, stream_idle_timeout: 90s}}\n"
+        "  - {name: fast, api: openai, base_url: 'http://10.0.0.2/v1', models: [m2]}\n"
+    )
+    routes = {p.name: resources.provider_route(p) for p in policy.providers}
+    assert routes["slow"]["route"]["timeout"] == "1200s" and routes["slow"]["route"]["idle_timeout"] == "90s"
+    assert routes["fast"]["route"]["timeout"] == "600s" and routes["fast"]["route"]["idle_timeout"] == "300s"
+    table = resources.route_configuration(None, list(routes.values()))
+    assert [r.route.cluster for r in table.virtual_hosts[0].routes[:2]] == ["provider_slow", "provider_fast"]

@@ -439,7 +439,8 @@ MEMO_RESOURCES = SimpleNamespace(
     provider_cluster=functools.cache(resources.provider_cluster),
     provider_endpoints=functools.cache(resources.provider_endpoints),
     listener=functools.cache(resources.listener),
-    route_configuration=functools.cache(resources.route_configuration),
+    route_configuration=resources.route_configuration,  # takes lists: not memoizable
+    provider_route=resources.provider_route,
 )
 POOL = (A, B, DNS, provider("b", port=9002, scheme="https"))
 ENVOYS = ("envoy-1", "envoy-2")
