@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from fake_provider.api import BadRequest, text_of
+from fake_provider.api import BadRequest, last_user_text, text_of
 from fake_provider.reply import (
     THINKING_SIGNATURE,
     Conversation,
@@ -51,7 +51,7 @@ class AnthropicApi:
             raise BadRequest("max_tokens: Field required")
         return Conversation(
             model=body["model"],
-            last_user_text=_last_user_text(messages),
+            last_user_text=last_user_text(messages),
             first_tool=_first_tool(body.get("tools")),
             tool_results=_trailing_tool_results(messages),
             wants_thinking=_wants_thinking(body.get("thinking")),
@@ -170,15 +170,6 @@ def _block_start(index: int, block: dict) -> bytes:
 
 def _delta(index: int, delta: dict) -> bytes:
     return _event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
-
-
-def _last_user_text(messages: list) -> str:
-    for message in reversed(messages):
-        if isinstance(message, dict) and message.get("role") == "user":
-            text = text_of(message.get("content"))
-            if text:
-                return text
-    return ""
 
 
 def _trailing_tool_results(messages: list) -> tuple[str, ...]:

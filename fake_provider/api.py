@@ -53,3 +53,13 @@ def text_of(content: Any) -> str:
             if isinstance(part, dict) and part.get("type") in ("text", "input_text")
         )
     return ""
+
+
+def last_user_text(messages: list) -> str:
+    """Text of the latest user message that has any (Anthropic and OpenAI message lists alike)."""
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            text = text_of(message.get("content"))
+            if text:
+                return text
+    return ""

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from fake_provider.api import BadRequest, text_of
+from fake_provider.api import BadRequest, last_user_text, text_of
 from fake_provider.reply import Conversation, Reply, Stop, Tool, estimate_tokens, next_id, split_text
 
 _FINISH_REASONS = {Stop.END: "stop", Stop.TOOL: "tool_calls", Stop.LENGTH: "length"}
@@ -53,7 +53,7 @@ class OpenAIApi:
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
         return Conversation(
             model=body["model"],
-            last_user_text=_last_user_text(messages),
+            last_user_text=last_user_text(messages),
             first_tool=_first_tool(body.get("tools")),
             tool_results=_trailing_tool_results(messages),
             wants_thinking=body.get("reasoning_effort") not in (None, "none")
@@ -160,15 +160,6 @@ def _usage(reply: Reply) -> dict:
         "prompt_tokens_details": {"cached_tokens": reply.cached_tokens, "audio_tokens": 0},
         "completion_tokens_details": {"reasoning_tokens": reply.thinking_tokens, "audio_tokens": 0},
     }
-
-
-def _last_user_text(messages: list) -> str:
-    for message in reversed(messages):
-        if isinstance(message, dict) and message.get("role") == "user":
-            text = text_of(message.get("content"))
-            if text:
-                return text
-    return ""
 
 
 def _trailing_tool_results(messages: list) -> tuple[str, ...]:
