@@ -24,7 +24,7 @@ from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from control_plane import resilience
+from control_plane import resilience, usage_capture
 from control_plane.policy import GatewayPolicy, ProviderSpec
 
 LISTENER_NAME = "ccr_listener"
@@ -333,6 +333,9 @@ def listener(policy: GatewayPolicy) -> Listener:
         "rds": {"route_config_name": ROUTE_CONFIG_NAME, "config_source": _ADS},
         "http_filters": [
             extproc_filter(),
+            # After ext_proc: on the response path they read the provider's bytes, untranslated.
+            usage_capture.sse_usage_filter(),
+            usage_capture.json_usage_filter(),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {"@type": TYPE_PREFIX + "envoy.extensions.filters.http.router.v3.Router"},
@@ -342,7 +345,7 @@ def listener(policy: GatewayPolicy) -> Listener:
         "request_timeout": "0s",
         "normalize_path": True,
         "merge_slashes": True,
-        "access_log": [_access_log()],
+        "access_log": [_access_log(), usage_capture.usage_access_log(EXTPROC_CLUSTER, METADATA_NAMESPACE)],
         "local_reply_config": {"mappers": _error_mappers(policy.max_request_bytes)},
     }
     return parse_resource(

@@ -21,6 +21,6 @@ RESPONSES = Counter(
 )
 TOKENS = Counter(
     "ccr_tokens_total",
-    "Tokens reported by providers in translated responses",
-    ["provider", "kind"],
+    "Tokens reported by providers (every response; read by Envoy, see control_plane.usage_capture)",
+    ["provider", "model", "kind"],
 )

@@ -23,7 +23,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, Proces
 from control_plane.chains import CHAIN_METADATA_KEY, PROVIDER_RESPONSE_HEADER, encode_chain
 from control_plane.resources import CLUSTER_HEADER, INTERNAL_HEADER_PREFIX, METADATA_NAMESPACE
 from extproc import mutations as m
-from extproc.metrics import RESPONSES, ROUTED, TOKENS
+from extproc.metrics import RESPONSES, ROUTED
 from extproc.router import Decision, RoutingError, decide
 from extproc.routing import ModelRoute, RoutingTable
 from extproc.tokens import SessionUsage
@@ -217,15 +217,17 @@ class RequestProcessor:
         ]
 
     def _metadata(self, route: ModelRoute) -> dict[str, dict[str, str]]:
-        scenario = self.decision.scenario if self.decision is not None else "model"
-        return {
-            METADATA_NAMESPACE: {
-                "client_api": self.api.value,
-                "scenario": scenario,
-                "provider": route.provider.name,
-                "model": route.target.model,
-            }
+        """Routing labels for the access logs; the usage log (extproc.usage_log) reads them too."""
+        decision = self.decision
+        labels = {
+            "client_api": self.api.value,
+            "scenario": decision.scenario if decision is not None else "model",
+            "provider": route.provider.name,
+            "model": route.target.model,
         }
+        if decision is not None and decision.session:
+            labels["session"] = decision.session
+        return {METADATA_NAMESPACE: labels}
 
     # --- response -------------------------------------------------------------------------
 
@@ -257,16 +259,10 @@ class RequestProcessor:
         return m.response_headers_response(set_headers, remove=remove, body_mode=mode)
 
     def _record_usage(self, usage: Usage) -> None:
-        decision = self.decision
-        if decision is None:
-            return
-        # The whole prompt counts for the next turn's long-context decision, cached part included.
-        prompt = usage.input_tokens + usage.cache_read_input_tokens + usage.cache_creation_input_tokens
-        self.state.sessions.record(decision.session, prompt)
-        provider = decision.route.provider.name
-        TOKENS.labels(provider, "input").inc(usage.input_tokens)
-        TOKENS.labels(provider, "output").inc(usage.output_tokens)
-        TOKENS.labels(provider, "cache_read").inc(usage.cache_read_input_tokens)
+        """The next turn's long-context check reads it at once; ccr_tokens_total is counted from
+        Envoy's usage log (extproc.usage_log), for every response, so not here."""
+        if self.decision is not None:
+            self.state.sessions.record(self.decision.session, usage.prompt_tokens)
 
     def _primed_translator(self, route: ModelRoute, body: dict[str, Any]) -> Translator | None:
         """A translator for the provider that answered, fed the request so that its response state

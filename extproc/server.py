@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
+from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, ProcessingResponse
 from prometheus_client import start_http_server
@@ -21,6 +22,7 @@ from extproc.attempt import AttemptProcessor
 from extproc.policy_client import PolicySubscriber
 from extproc.processor import GatewayState, RequestProcessor
 from extproc.routing import RoutingTable
+from extproc.usage_log import UsageLogService
 
 log = logging.getLogger("ccr.extproc")
 
@@ -58,6 +60,8 @@ async def serve(config: ExtProcConfig, ready: asyncio.Event | None = None) -> No
     await asyncio.get_running_loop().run_in_executor(None, tokens.preload)
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 256 * 1024 * 1024)])
     external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(state), server)
+    # Envoy's usage access log comes to the same sockets (one long-lived stream per Envoy thread).
+    als_pb2_grpc.add_AccessLogServiceServicer_to_server(UsageLogService(state.sessions), server)
     if config.listen.startswith("unix:"):
         path = config.listen[len("unix:") :]
         if os.path.exists(path):

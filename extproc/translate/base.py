@@ -66,6 +66,11 @@ class Usage:
     cache_read_input_tokens: int = 0
     cache_creation_input_tokens: int = 0
 
+    @property
+    def prompt_tokens(self) -> int:
+        """The whole prompt, cached parts included (what the next turn's long-context check reads)."""
+        return self.input_tokens + self.cache_read_input_tokens + self.cache_creation_input_tokens
+
 
 @dataclass(frozen=True, slots=True)
 class TranslatedChunk:

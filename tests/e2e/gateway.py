@@ -24,6 +24,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_port_run(length: int) -> int:
+    """The first of ``length`` consecutive free ports (the metrics ports of `up`)."""
+    for _ in range(50):
+        first = free_port()
+        if first + length < 65536 and all(_free(first + i) for i in range(1, length)):
+            return first
+    raise AssertionError(f"no run of {length} free ports")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 10):
     """(status, headers, body) without raising on HTTP errors."""
     request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
@@ -169,6 +187,8 @@ class Gateway:
     admin_port: int
     process: subprocess.Popen[bytes]
     log_path: Path
+    metrics_port: int  # control plane; ext_proc worker i on metrics_port + 1 + i
+    workers: int
     extra: dict = field(default_factory=dict)
 
     @property
@@ -192,6 +212,17 @@ class Gateway:
         dump = json.loads(http("GET", f"{self.admin}/config_dump?resource=dynamic_active_clusters")[2])
         return {c["cluster"]["name"] for c in dump.get("configs", [])}
 
+    def extproc_metric(self, name: str, **labels: str) -> float:
+        """A Prometheus sample summed over the ext_proc workers (0 when absent)."""
+        total = 0.0
+        for index in range(self.workers):
+            status, _, body = http("GET", f"http://127.0.0.1:{self.metrics_port + 1 + index}/metrics")
+            assert status == 200, f"ext_proc worker {index} metrics: {status}"
+            for line in body.decode().splitlines():
+                if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+                    total += float(line.rsplit(" ", 1)[1])
+        return total
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -204,10 +235,11 @@ class Gateway:
                 self.process.kill()
 
     @classmethod
-    def start(cls, directory: Path, policy: dict, name: str = "gateway") -> Gateway:
+    def start(cls, directory: Path, policy: dict, name: str = "gateway", workers: int = 2) -> Gateway:
         policy_path = directory / f"{name}.yaml"
         policy_path.write_text(yaml.safe_dump(policy, sort_keys=False))
         admin_port = free_port()
+        metrics_port = free_port_run(workers + 1)
         log_path = directory / f"{name}.log"
         env = {**os.environ, **PROVIDER_KEYS}
         process = subprocess.Popen(
@@ -222,12 +254,18 @@ class Gateway:
                 str(admin_port),
                 "--timeout",
                 "60",
+                "--metrics-port",
+                str(metrics_port),
+                "--workers",
+                str(workers),
             ],
             stdout=open(log_path, "wb"),  # noqa: SIM115
             stderr=subprocess.STDOUT,
             env=env,
         )
-        gateway = cls(policy_path, policy, policy["listener"]["port"], admin_port, process, log_path)
+        gateway = cls(
+            policy_path, policy, policy["listener"]["port"], admin_port, process, log_path, metrics_port, workers
+        )
 
         def ready() -> bool:
             if process.poll() is not None:

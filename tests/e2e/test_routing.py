@@ -12,7 +12,7 @@ from pathlib import Path
 import anthropic
 import pytest
 
-from tests.e2e.gateway import FakeProvider, Gateway, free_port
+from tests.e2e.gateway import FakeProvider, Gateway, free_port, wait_until
 
 PIXEL = base64.b64encode(bytes.fromhex("89504e470d0a1a0a0000000d49484452")).decode()
 
@@ -180,12 +180,22 @@ def test_weighted_alias_is_stable_per_session(routed):
 
 
 def test_a_429_from_the_primary_falls_back_to_another_format(routed, primary, backup):
+    before = routed.extproc_metric("ccr_tokens_total", provider="backup", model="gpt-backup", kind="output")
     primary.configure(status=429, fail_count=1)
     message, headers = ask(routed, model="claude-primary")
     route = route_of(headers)
     assert (route["provider"], route["attempts"]) == ("backup", "2")
     assert message.content[0].text.startswith("Hello from fake-openai model gpt-backup")
     assert backup.requests()[-1]["path"] == "/v1/chat/completions"
+    # The usage log credits the attempt that answered (the chain endpoint's metadata), not the primary.
+    wait_until(
+        lambda: (
+            routed.extproc_metric("ccr_tokens_total", provider="backup", model="gpt-backup", kind="output")
+            == before + message.usage.output_tokens
+        ),
+        5,
+        "the fallback's tokens",
+    )
 
 
 def test_a_500_from_the_primary_falls_back(routed, primary, backup):

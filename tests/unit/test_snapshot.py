@@ -243,7 +243,12 @@ def test_the_listener_uses_the_policy_address_port_and_body_limit_and_routes_ove
     hcm = HttpConnectionManager()
     assert listener.filter_chains[0].filters[0].typed_config.Unpack(hcm)
     assert hcm.rds.route_config_name == resources.ROUTE_CONFIG_NAME
-    assert [f.name for f in hcm.http_filters] == ["envoy.filters.http.ext_proc", "envoy.filters.http.router"]
+    assert [f.name for f in hcm.http_filters] == [
+        "envoy.filters.http.ext_proc",
+        "envoy.filters.http.sse_to_metadata",
+        "envoy.filters.http.json_to_metadata",
+        "envoy.filters.http.router",
+    ]
 
 
 def test_the_route_table_routes_by_the_cluster_header_and_fails_closed_without_it():

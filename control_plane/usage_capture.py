@@ -1,0 +1,149 @@
+"""Token usage taken by Envoy itself, for every provider response, translated or not.
+
+A response that ext_proc does not rewrite (same API on both sides) never shows its body to Python:
+streaming it through ext_proc would cost a gRPC round trip per chunk. Envoy reads the usage instead:
+
+  sse_to_metadata  (text/event-stream)  and  json_to_metadata  (application/json responses)
+      -> the provider's own usage fields as numbers in the ``ccr.usage`` dynamic metadata
+  http_grpc access log  -> one entry per request, batched, to ext_proc's AccessLogService
+      (extproc.usage_log), which normalises them and counts ``ccr_tokens_total``
+
+Both filters sit after ext_proc in the chain, so on the response path they see the provider's raw
+bytes, before any translation. Each key is named after the field it comes from, which tells the
+reader the provider's API: Anthropic ``input_tokens``, OpenAI ``prompt_tokens``, Gemini
+``promptTokenCount``. Later events overwrite earlier ones, so a stream leaves its final counts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Imported for their side effect: registering the types named in "@type" below.
+import envoy.extensions.access_loggers.grpc.v3.als_pb2
+import envoy.extensions.filters.http.json_to_metadata.v3.json_to_metadata_pb2  # noqa: F401
+import xds.type.v3.typed_struct_pb2  # noqa: F401
+
+from control_plane.resilience import TYPE_PREFIX
+
+USAGE_NAMESPACE = "ccr.usage"
+USAGE_LOG_NAME = "ccr_usage"
+ANSWERED_BY_TAG = "answered_by"  # the chain endpoint that answered (its ccr.provider metadata)
+# Small batches, flushed often: the next turn of a session reads the last turn's prompt size.
+USAGE_LOG_FLUSH = "0.1s"
+USAGE_LOG_BUFFER_BYTES = 16384
+# An SSE event over this is skipped, usage and all; Gemini's last chunk carries text beside its usage.
+MAX_SSE_EVENT_BYTES = 1 << 20
+
+# metadata key -> JSON paths in the provider's events or body that carry it
+USAGE_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
+    # Anthropic: message_start.message.usage, then message_delta.usage; non-streaming body.usage
+    "input_tokens": (("message", "usage", "input_tokens"), ("usage", "input_tokens")),
+    "output_tokens": (("message", "usage", "output_tokens"), ("usage", "output_tokens")),
+    "cache_read_input_tokens": (
+        ("message", "usage", "cache_read_input_tokens"),
+        ("usage", "cache_read_input_tokens"),
+    ),
+    "cache_creation_input_tokens": (
+        ("message", "usage", "cache_creation_input_tokens"),
+        ("usage", "cache_creation_input_tokens"),
+    ),
+    # OpenAI Chat Completions (streams: the final chunk, when the client asked for include_usage)
+    "prompt_tokens": (("usage", "prompt_tokens"),),
+    "completion_tokens": (("usage", "completion_tokens"),),
+    "cached_tokens": (("usage", "prompt_tokens_details", "cached_tokens"),),
+    "prompt_cache_hit_tokens": (("usage", "prompt_cache_hit_tokens"),),
+    # Gemini: usageMetadata on every chunk, cumulative
+    "promptTokenCount": (("usageMetadata", "promptTokenCount"),),
+    "candidatesTokenCount": (("usageMetadata", "candidatesTokenCount"),),
+    "cachedContentTokenCount": (("usageMetadata", "cachedContentTokenCount"),),
+    "thoughtsTokenCount": (("usageMetadata", "thoughtsTokenCount"),),
+    "toolUsePromptTokenCount": (("usageMetadata", "toolUsePromptTokenCount"),),
+}
+# One of these is in every usage report of its API: an access log entry without any has no usage.
+PROMPT_KEYS = ("input_tokens", "prompt_tokens", "promptTokenCount")
+
+
+def _rules() -> list[dict[str, Any]]:
+    return [
+        {
+            "selectors": [{"key": part} for part in path],
+            "on_present": {"metadata_namespace": USAGE_NAMESPACE, "key": key, "type": "NUMBER"},
+        }
+        for key, paths in USAGE_FIELDS.items()
+        for path in paths
+    ]
+
+
+def sse_usage_filter() -> dict[str, Any]:
+    """sse_to_metadata has no Python proto in xds-protos: it goes as a TypedStruct, which Envoy
+    converts with its own descriptors (and validates: a bad field is a NACK, not a silent no-op)."""
+    return {
+        "name": "envoy.filters.http.sse_to_metadata",
+        "typed_config": {
+            "@type": TYPE_PREFIX + "xds.type.v3.TypedStruct",
+            "type_url": TYPE_PREFIX + "envoy.extensions.filters.http.sse_to_metadata.v3.SseToMetadata",
+            "value": {
+                "response_rules": {
+                    "content_parser": {
+                        "name": "envoy.content_parsers.json",
+                        "typed_config": {
+                            "@type": TYPE_PREFIX + "envoy.extensions.content_parsers.json.v3.JsonContentParser",
+                            "rules": [{"rule": rule} for rule in _rules()],
+                        },
+                    },
+                    "max_event_size": MAX_SSE_EVENT_BYTES,
+                }
+            },
+        },
+    }
+
+
+def json_usage_filter() -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.json_to_metadata",
+        "typed_config": {
+            "@type": TYPE_PREFIX + "envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata",
+            "response_rules": {"rules": _rules()},
+        },
+    }
+
+
+def usage_access_log(cluster: str, metadata_namespace: str) -> dict[str, Any]:
+    """One entry per request that carried usage, batched to ext_proc's AccessLogService. The
+    routing labels (client API, provider, model, session) ride in ext_proc's own namespace."""
+    has_usage = [
+        {
+            "metadata_filter": {
+                "matcher": {
+                    "filter": USAGE_NAMESPACE,
+                    "path": [{"key": key}],
+                    "value": {"present_match": True},
+                },
+                "match_if_key_not_found": False,
+            }
+        }
+        for key in PROMPT_KEYS
+    ]
+    return {
+        "name": "envoy.access_loggers.http_grpc",
+        "filter": {"or_filter": {"filters": has_usage}},
+        "typed_config": {
+            "@type": TYPE_PREFIX + "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
+            "common_config": {
+                "log_name": USAGE_LOG_NAME,
+                "grpc_service": {"envoy_grpc": {"cluster_name": cluster}},
+                "transport_api_version": "V3",
+                "buffer_flush_interval": USAGE_LOG_FLUSH,
+                "buffer_size_bytes": USAGE_LOG_BUFFER_BYTES,
+                "custom_tags": [
+                    {
+                        "tag": ANSWERED_BY_TAG,
+                        "metadata": {
+                            "kind": {"host": {}},
+                            "metadata_key": {"key": metadata_namespace, "path": [{"key": "provider"}]},
+                        },
+                    }
+                ],
+            },
+        },
+    }

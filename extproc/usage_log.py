@@ -1,0 +1,109 @@
+"""Token usage from Envoy's gRPC access log (see control_plane.usage_capture for the Envoy side).
+
+Envoy reads each provider response's usage into the ``ccr.usage`` dynamic metadata and sends one
+access log entry per request, in batches, on a long-lived stream per Envoy worker thread. This is
+how usage of passthrough responses (whose bodies never reach Python) is known, and it is the one
+place where ``ccr_tokens_total`` is counted, for translated responses too.
+
+``usage_record`` is pure (entry in, record out); the servicer only loops and records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+import grpc
+from envoy.data.accesslog.v3.accesslog_pb2 import HTTPAccessLogEntry
+from envoy.service.accesslog.v3 import als_pb2_grpc
+from envoy.service.accesslog.v3.als_pb2 import StreamAccessLogsMessage, StreamAccessLogsResponse
+from google.protobuf.struct_pb2 import Struct
+
+from control_plane.chains import CHAIN_METADATA_KEY, decode_chain
+from control_plane.resources import METADATA_NAMESPACE
+from control_plane.usage_capture import ANSWERED_BY_TAG, USAGE_NAMESPACE
+from extproc.metrics import TOKENS
+from extproc.tokens import SessionUsage
+from extproc.translate.anthropic_schema import usage_from_anthropic, usage_from_openai
+from extproc.translate.base import Usage
+from extproc.translate.gemini_common import usage_of
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    provider: str  # the provider that answered (for a fallback chain: the attempt that succeeded)
+    model: str
+    session: str | None
+    usage: Usage
+
+
+def usage_from_counts(counts: Mapping[str, int]) -> Usage:
+    """The provider's own field names (as usage_capture keeps them) -> Anthropic-meaning Usage."""
+    if "prompt_tokens" in counts:
+        return usage_from_openai(
+            {
+                "prompt_tokens": counts["prompt_tokens"],
+                "completion_tokens": counts.get("completion_tokens", 0),
+                "prompt_tokens_details": {"cached_tokens": counts.get("cached_tokens", 0)},
+                "prompt_cache_hit_tokens": counts.get("prompt_cache_hit_tokens", 0),
+            }
+        )
+    if "promptTokenCount" in counts:
+        return usage_of(dict(counts))
+    return usage_from_anthropic(dict(counts))
+
+
+def usage_record(entry: HTTPAccessLogEntry) -> UsageRecord | None:
+    """None for an entry without usage or without ext_proc's routing labels (not a routed request)."""
+    metadata = entry.common_properties.metadata.filter_metadata
+    if USAGE_NAMESPACE not in metadata or METADATA_NAMESPACE not in metadata:
+        return None
+    counts = {
+        key: int(value.number_value)
+        for key, value in metadata[USAGE_NAMESPACE].fields.items()
+        if value.WhichOneof("kind") == "number_value" and value.number_value >= 0
+    }
+    labels = _strings(metadata[METADATA_NAMESPACE])
+    provider, model = labels.get("provider", ""), labels.get("model", "")
+    if not provider or not counts:
+        return None
+    answered = entry.common_properties.custom_tags.get(ANSWERED_BY_TAG, "")
+    chain = labels.get(CHAIN_METADATA_KEY)
+    if chain and answered and answered != provider:
+        _, models = decode_chain(chain)
+        provider, model = answered, models.get(answered, model)
+    return UsageRecord(provider, model, labels.get("session") or None, usage_from_counts(counts))
+
+
+def _strings(struct: Struct) -> dict[str, str]:
+    return {
+        key: value.string_value for key, value in struct.fields.items() if value.WhichOneof("kind") == "string_value"
+    }
+
+
+def record_usage(record: UsageRecord, sessions: SessionUsage) -> None:
+    usage = record.usage
+    sessions.record(record.session, usage.prompt_tokens)
+    for kind, count in (
+        ("input", usage.input_tokens),
+        ("output", usage.output_tokens),
+        ("cache_read", usage.cache_read_input_tokens),
+        ("cache_creation", usage.cache_creation_input_tokens),
+    ):
+        if count:
+            TOKENS.labels(record.provider, record.model, kind).inc(count)
+
+
+class UsageLogService(als_pb2_grpc.AccessLogServiceServicer):
+    def __init__(self, sessions: SessionUsage) -> None:
+        self.sessions = sessions
+
+    async def StreamAccessLogs(
+        self, request_iterator: AsyncIterator[StreamAccessLogsMessage], context: grpc.aio.ServicerContext
+    ) -> StreamAccessLogsResponse:
+        async for message in request_iterator:
+            for entry in message.http_logs.log_entry:
+                record = usage_record(entry)
+                if record is not None:
+                    record_usage(record, self.sessions)
+        return StreamAccessLogsResponse()

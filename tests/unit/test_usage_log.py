@@ -1,0 +1,218 @@
+"""Usage read by Envoy (control_plane.usage_capture) and counted from its access log (extproc.usage_log).
+
+The golden check ties the two halves to the translators: applying Envoy's rules to every golden
+provider response, as sse_to_metadata / json_to_metadata do, and normalising the result must give
+the usage our translator reported to the client for that same response.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from envoy.data.accesslog.v3.accesslog_pb2 import HTTPAccessLogEntry
+from envoy.service.accesslog.v3.als_pb2 import StreamAccessLogsMessage
+from google.protobuf import json_format
+
+from control_plane.chains import encode_chain
+from control_plane.resources import EXTPROC_CLUSTER, METADATA_NAMESPACE, listener
+from control_plane.usage_capture import (
+    ANSWERED_BY_TAG,
+    PROMPT_KEYS,
+    USAGE_FIELDS,
+    USAGE_NAMESPACE,
+    json_usage_filter,
+    sse_usage_filter,
+)
+from extproc.metrics import TOKENS
+from extproc.sse import SSEDecoder
+from extproc.tokens import SessionUsage
+from extproc.translate.base import Usage
+from extproc.usage_log import UsageLogService, UsageRecord, record_usage, usage_from_counts, usage_record
+from tests.unit.cp_helpers import policy, provider
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
+
+
+# --- Envoy's rules, applied here the way Envoy applies them --------------------------------------
+
+
+def _rule_paths() -> list[tuple[str, tuple[str, ...]]]:
+    """(metadata key, selector path) in the order of the filter's rules."""
+    rules = json_usage_filter()["typed_config"]["response_rules"]["rules"]
+    return [(rule["on_present"]["key"], tuple(selector["key"] for selector in rule["selectors"])) for rule in rules]
+
+
+def _lookup(document: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        if not isinstance(document, dict) or key not in document:
+            return None
+        document = document[key]
+    return document
+
+
+def envoy_counts(documents: list[Any]) -> dict[str, int]:
+    """Every rule against every document in order; a later match overwrites (stop_processing 0)."""
+    counts: dict[str, int] = {}
+    for document in documents:
+        for key, path in _rule_paths():
+            value = _lookup(document, path)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                counts[key] = int(value)
+    return counts
+
+
+def _documents(path: Path) -> list[Any]:
+    raw = path.read_bytes()
+    if path.suffix == ".json":
+        return [orjson.loads(raw)]
+    decoder = SSEDecoder()
+    events = decoder.feed(raw) + decoder.close()
+    return [orjson.loads(e.data) for e in events if e.data and e.data != "[DONE]"]
+
+
+def _has_usage(path: Path) -> bool:
+    return any(key in envoy_counts(_documents(path)) for key in PROMPT_KEYS)
+
+
+def _golden_cases() -> list[Path]:
+    """Cases where the provider reported usage and the client was told it (an OpenAI stream client
+    that did not ask for include_usage is told nothing; an error carries no usage)."""
+    return sorted(
+        case
+        for pair in GOLDEN.iterdir()
+        if pair.is_dir()
+        for case in pair.iterdir()
+        if case.is_dir()
+        and any(case.glob("provider_response.*"))
+        and _has_usage(next(case.glob("provider_response.*")))
+        and _has_usage(next(case.glob("client_response.*")))
+    )
+
+
+def test_the_golden_check_covers_every_pair() -> None:
+    assert {case.parent.name for case in _golden_cases()} == {p.name for p in GOLDEN.iterdir() if p.is_dir()}
+    assert len(_golden_cases()) >= 30
+
+
+@pytest.mark.parametrize("case", _golden_cases(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_envoy_rules_read_the_usage_the_translator_reported(case: Path) -> None:
+    provider = envoy_counts(_documents(next(case.glob("provider_response.*"))))
+    client = envoy_counts(_documents(next(case.glob("client_response.*"))))
+    # OpenAI's shape has no cache-creation count (the translator folds it into prompt_tokens):
+    # compare the prompt as a whole, the cache reads and the output.
+    ours, told = usage_from_counts(provider), usage_from_counts(client)
+    assert (ours.prompt_tokens, ours.cache_read_input_tokens, ours.output_tokens) == (
+        told.prompt_tokens,
+        told.cache_read_input_tokens,
+        told.output_tokens,
+    )
+
+
+def test_every_usage_field_has_a_rule_in_both_filters() -> None:
+    sse_rules = sse_usage_filter()["typed_config"]["value"]["response_rules"]["content_parser"]["typed_config"]
+    assert [entry["rule"] for entry in sse_rules["rules"]] == json_usage_filter()["typed_config"]["response_rules"][
+        "rules"
+    ]
+    assert {key for key, _ in _rule_paths()} == set(USAGE_FIELDS)
+
+
+def test_usage_from_counts_normalises_each_api_to_anthropic_meaning() -> None:
+    assert usage_from_counts({"input_tokens": 10, "output_tokens": 3, "cache_read_input_tokens": 5}) == Usage(
+        10, 3, 5, 0
+    )
+    openai = usage_from_counts({"prompt_tokens": 100, "completion_tokens": 7, "cached_tokens": 60})
+    assert openai == Usage(input_tokens=40, output_tokens=7, cache_read_input_tokens=60)
+    gemini = usage_from_counts(
+        {"promptTokenCount": 50, "candidatesTokenCount": 4, "thoughtsTokenCount": 6, "cachedContentTokenCount": 20}
+    )
+    assert gemini == Usage(input_tokens=30, output_tokens=10, cache_read_input_tokens=20)
+
+
+# --- the access log entry -> record --------------------------------------------------------------
+
+
+def _entry(usage: dict[str, float] | None, labels: dict[str, str] | None, answered_by: str = "") -> HTTPAccessLogEntry:
+    metadata: dict[str, Any] = {}
+    if usage is not None:
+        metadata[USAGE_NAMESPACE] = usage
+    if labels is not None:
+        metadata[METADATA_NAMESPACE] = labels
+    common: dict[str, Any] = {"metadata": {"filter_metadata": metadata}}
+    if answered_by:
+        common["custom_tags"] = {ANSWERED_BY_TAG: answered_by}
+    return json_format.ParseDict({"common_properties": common}, HTTPAccessLogEntry())
+
+
+LABELS = {"client_api": "anthropic", "scenario": "default", "provider": "p1", "model": "m1", "session": "s-1"}
+
+
+def test_a_routed_entry_becomes_a_record_of_the_routed_provider() -> None:
+    record = usage_record(_entry({"input_tokens": 12, "output_tokens": 4}, LABELS))
+    assert record == UsageRecord("p1", "m1", "s-1", Usage(input_tokens=12, output_tokens=4))
+
+
+def test_a_chain_entry_is_credited_to_the_provider_that_answered_with_its_model() -> None:
+    labels = {**LABELS, "chain": encode_chain("anthropic", [("p1", "m1"), ("p2", "m2")])}
+    record = usage_record(_entry({"prompt_tokens": 9, "completion_tokens": 2}, labels, answered_by="p2"))
+    assert record is not None and (record.provider, record.model) == ("p2", "m2")
+    assert record.usage == Usage(input_tokens=9, output_tokens=2)
+
+
+@pytest.mark.parametrize(
+    "usage, labels",
+    [
+        (None, LABELS),  # no usage read (error response, OpenAI stream without include_usage)
+        ({"input_tokens": 5}, None),  # not routed by ext_proc
+        ({}, LABELS),
+        ({"input_tokens": 5}, {**LABELS, "provider": ""}),
+    ],
+)
+def test_entries_without_usage_or_routing_labels_are_skipped(usage, labels) -> None:
+    assert usage_record(_entry(usage, labels)) is None
+
+
+def test_a_record_counts_tokens_and_remembers_the_sessions_prompt_size() -> None:
+    sessions = SessionUsage()
+    before = TOKENS.labels("p-unit", "m-unit", "cache_read")._value.get()
+    record_usage(UsageRecord("p-unit", "m-unit", "s-9", Usage(10, 2, 30, 5)), sessions)
+    assert sessions.last("s-9") == 45  # the whole prompt, cached parts included
+    assert TOKENS.labels("p-unit", "m-unit", "cache_read")._value.get() - before == 30
+
+
+async def test_the_service_consumes_a_batched_stream() -> None:
+    sessions = SessionUsage()
+    message = StreamAccessLogsMessage()
+    message.http_logs.log_entry.extend(
+        [
+            _entry({"input_tokens": 7, "output_tokens": 1}, {**LABELS, "session": "a"}),
+            _entry(None, {**LABELS, "session": "b"}),
+            _entry({"promptTokenCount": 70}, {**LABELS, "session": "c"}),
+        ]
+    )
+
+    async def stream():
+        yield message
+
+    await UsageLogService(sessions).StreamAccessLogs(stream(), context=None)
+    assert (sessions.last("a"), sessions.last("b"), sessions.last("c")) == (7, None, 70)
+
+
+# --- the Envoy resources -------------------------------------------------------------------------
+
+
+def test_the_usage_filters_follow_ext_proc_and_the_usage_log_reaches_ext_proc() -> None:
+    hcm = json_format.MessageToDict(listener(policy(provider("p1"))).filter_chains[0].filters[0].typed_config)
+    assert [f["name"] for f in hcm["httpFilters"]] == [
+        "envoy.filters.http.ext_proc",
+        "envoy.filters.http.sse_to_metadata",  # response path: these see the provider's own bytes
+        "envoy.filters.http.json_to_metadata",
+        "envoy.filters.http.router",
+    ]
+    usage_log = hcm["accessLog"][1]
+    assert usage_log["name"] == "envoy.access_loggers.http_grpc"
+    common = usage_log["typedConfig"]["commonConfig"]
+    assert common["grpcService"] == {"envoyGrpc": {"clusterName": EXTPROC_CLUSTER}}
+    assert common["customTags"][0]["tag"] == ANSWERED_BY_TAG
