@@ -17,7 +17,7 @@ import grpc
 from envoy.data.accesslog.v3.accesslog_pb2 import HTTPAccessLogEntry
 from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.accesslog.v3.als_pb2 import StreamAccessLogsMessage, StreamAccessLogsResponse
-from google.protobuf.struct_pb2 import Struct
+from google.protobuf.struct_pb2 import Value
 
 from control_plane.chains import CHAIN_METADATA_KEY, decode_chain
 from control_plane.resources import METADATA_NAMESPACE
@@ -63,22 +63,21 @@ def usage_record(entry: HTTPAccessLogEntry) -> UsageRecord | None:
         for key, value in metadata[USAGE_NAMESPACE].fields.items()
         if value.WhichOneof("kind") == "number_value" and value.number_value >= 0
     }
-    labels = _strings(metadata[METADATA_NAMESPACE])
-    provider, model = labels.get("provider", ""), labels.get("model", "")
+    labels = metadata[METADATA_NAMESPACE].fields
+    provider, model = _string(labels, "provider"), _string(labels, "model")
     if not provider or not counts:
         return None
     answered = entry.common_properties.custom_tags.get(ANSWERED_BY_TAG, "")
-    chain = labels.get(CHAIN_METADATA_KEY)
+    chain = _string(labels, CHAIN_METADATA_KEY)
     if chain and answered and answered != provider:
         _, models = decode_chain(chain)
         provider, model = answered, models.get(answered, model)
-    return UsageRecord(provider, model, labels.get("session") or None, usage_from_counts(counts))
+    return UsageRecord(provider, model, _string(labels, "session") or None, usage_from_counts(counts))
 
 
-def _strings(struct: Struct) -> dict[str, str]:
-    return {
-        key: value.string_value for key, value in struct.fields.items() if value.WhichOneof("kind") == "string_value"
-    }
+def _string(fields: Mapping[str, Value], key: str) -> str:
+    """Only the labels read here (a Struct's values are costly to walk, and this runs per request)."""
+    return fields[key].string_value if key in fields else ""
 
 
 def record_usage(record: UsageRecord, sessions: SessionUsage) -> None:
