@@ -154,7 +154,8 @@ def _render(results: dict[str, Any], args: argparse.Namespace) -> int:
         _progress(f"wrote {args.json}")
     if args.write_docs:
         args.write_docs.parent.mkdir(parents=True, exist_ok=True)
-        args.write_docs.write_text(report.markdown(summary, summary["command"]))
+        previous = args.write_docs.read_text() if args.write_docs.exists() else None
+        args.write_docs.write_text(report.with_kept_notes(report.markdown(summary, summary["command"]), previous))
         _progress(f"wrote {args.write_docs}")
     return 0
 

@@ -456,3 +456,14 @@ def markdown(summary: dict[str, Any], command: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+# Hand-written notes (e.g. runs with other options) live below this line and survive a rewrite.
+NOTES_MARKER = "<!-- notes below this line are kept when ccr-gateway bench rewrites the file -->"
+
+
+def with_kept_notes(generated: str, previous: str | None) -> str:
+    """The new report, followed by the previous file's notes section when it had one."""
+    if not previous or NOTES_MARKER not in previous:
+        return generated
+    return generated.rstrip("\n") + "\n\n" + NOTES_MARKER + previous.split(NOTES_MARKER, 1)[1]

@@ -103,6 +103,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_control_plane(args: argparse.Namespace) -> int:
+    from control_plane.resources import EXTPROC_CLUSTER
     from control_plane.server import ControlPlane, ControlPlaneConfig
 
     _require_policy_source(args)
@@ -115,6 +116,7 @@ def cmd_control_plane(args: argparse.Namespace) -> int:
         consul_token=args.consul_token,
         xds_address=args.xds,
         metrics_port=args.metrics_port,
+        usage_log_clusters=tuple(args.usage_log_cluster or [EXTPROC_CLUSTER]),
     )
     try:
         asyncio.run(ControlPlane(config).run())
@@ -230,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     _consul_arguments(cp)
     cp.add_argument("--xds", default="127.0.0.1:18000", help="listen address host:port or unix:PATH")
     cp.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics port (0: off)")
+    cp.add_argument(
+        "--usage-log-cluster",
+        action="append",
+        metavar="CLUSTER",
+        help="Envoy cluster that receives the usage access log; repeat for one per ext_proc worker "
+        "(default: ccr_extproc, one stream per Envoy thread to any worker)",
+    )
     cp.set_defaults(func=cmd_control_plane)
 
     ep = sub.add_parser("extproc", help="run only the ext_proc service")

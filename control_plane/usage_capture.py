@@ -26,7 +26,8 @@ import xds.type.v3.typed_struct_pb2  # noqa: F401
 from control_plane.resilience import TYPE_PREFIX
 
 USAGE_NAMESPACE = "ccr.usage"
-USAGE_LOG_NAME = "ccr_usage"
+USAGE_LOG_NAME = "ccr_usage"  # count the tokens and remember the sessions
+SESSION_LOG_NAME = "ccr_usage_sessions"  # only remember the sessions (the other workers' copies)
 ANSWERED_BY_TAG = "answered_by"  # the chain endpoint that answered (its ccr.provider metadata)
 # Small batches, flushed often: the next turn of a session reads the last turn's prompt size.
 USAGE_LOG_FLUSH = "0.1s"
@@ -108,9 +109,12 @@ def json_usage_filter() -> dict[str, Any]:
     }
 
 
-def usage_access_log(cluster: str, metadata_namespace: str) -> dict[str, Any]:
+def usage_access_log(cluster: str, metadata_namespace: str, count_tokens: bool = True) -> dict[str, Any]:
     """One entry per request that carried usage, batched to ext_proc's AccessLogService. The
-    routing labels (client API, provider, model, session) ride in ext_proc's own namespace."""
+    routing labels (client API, provider, model, session) ride in ext_proc's own namespace.
+
+    When every worker gets its own copy (for session memory), only one copy may count tokens: the
+    log name tells the receiver which one it holds."""
     has_usage = [
         {
             "metadata_filter": {
@@ -130,7 +134,7 @@ def usage_access_log(cluster: str, metadata_namespace: str) -> dict[str, Any]:
         "typed_config": {
             "@type": TYPE_PREFIX + "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
             "common_config": {
-                "log_name": USAGE_LOG_NAME,
+                "log_name": USAGE_LOG_NAME if count_tokens else SESSION_LOG_NAME,
                 "grpc_service": {"envoy_grpc": {"cluster_name": cluster}},
                 "transport_api_version": "V3",
                 "buffer_flush_interval": USAGE_LOG_FLUSH,

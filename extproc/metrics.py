@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 ROUTED = Counter(
     "ccr_routed_requests_total",
@@ -23,4 +23,8 @@ TOKENS = Counter(
     "ccr_tokens_total",
     "Tokens reported by providers (every response; read by Envoy, see control_plane.usage_capture)",
     ["provider", "model", "kind"],
+)
+SESSIONS = Gauge(
+    "ccr_sessions_remembered",
+    "Sessions whose last prompt size this worker knows (CCR's long-context rule reads it)",
 )

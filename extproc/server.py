@@ -19,6 +19,7 @@ from control_plane.chains import UPSTREAM_PHASE_METADATA
 from control_plane.registration import registered
 from extproc import tokens
 from extproc.attempt import AttemptProcessor
+from extproc.metrics import SESSIONS
 from extproc.policy_client import PolicySubscriber
 from extproc.processor import GatewayState, RequestProcessor
 from extproc.routing import RoutingTable
@@ -51,6 +52,7 @@ class ExtProcConfig:
 
 async def serve(config: ExtProcConfig, ready: asyncio.Event | None = None) -> None:
     state = GatewayState()
+    SESSIONS.set_function(lambda: len(state.sessions))  # read at scrape time: nothing per request
 
     def install(table: RoutingTable) -> None:
         state.table = table

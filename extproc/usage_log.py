@@ -21,7 +21,7 @@ from google.protobuf.struct_pb2 import Value
 
 from control_plane.chains import CHAIN_METADATA_KEY, decode_chain
 from control_plane.resources import METADATA_NAMESPACE
-from control_plane.usage_capture import ANSWERED_BY_TAG, USAGE_NAMESPACE
+from control_plane.usage_capture import ANSWERED_BY_TAG, SESSION_LOG_NAME, USAGE_NAMESPACE
 from extproc.metrics import TOKENS
 from extproc.tokens import SessionUsage
 from extproc.translate.anthropic_schema import usage_from_anthropic, usage_from_openai
@@ -80,9 +80,11 @@ def _string(fields: Mapping[str, Value], key: str) -> str:
     return fields[key].string_value if key in fields else ""
 
 
-def record_usage(record: UsageRecord, sessions: SessionUsage) -> None:
+def record_usage(record: UsageRecord, sessions: SessionUsage, count_tokens: bool = True) -> None:
     usage = record.usage
     sessions.record(record.session, usage.prompt_tokens)
+    if not count_tokens:  # another worker's copy of the log counts them
+        return
     for kind, count in (
         ("input", usage.input_tokens),
         ("output", usage.output_tokens),
@@ -100,9 +102,12 @@ class UsageLogService(als_pb2_grpc.AccessLogServiceServicer):
     async def StreamAccessLogs(
         self, request_iterator: AsyncIterator[StreamAccessLogsMessage], context: grpc.aio.ServicerContext
     ) -> StreamAccessLogsResponse:
+        count_tokens = True
         async for message in request_iterator:
+            if message.HasField("identifier"):  # the stream's first message names the log
+                count_tokens = message.identifier.log_name != SESSION_LOG_NAME
             for entry in message.http_logs.log_entry:
                 record = usage_record(entry)
                 if record is not None:
-                    record_usage(record, self.sessions)
+                    record_usage(record, self.sessions, count_tokens)
         return StreamAccessLogsResponse()

@@ -219,7 +219,7 @@ class Gateway:
             status, _, body = http("GET", f"http://127.0.0.1:{self.metrics_port + 1 + index}/metrics")
             assert status == 200, f"ext_proc worker {index} metrics: {status}"
             for line in body.decode().splitlines():
-                if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+                if line.startswith((name + "{", name + " ")) and all(f'{k}="{v}"' in line for k, v in labels.items()):
                     total += float(line.rsplit(" ", 1)[1])
         return total
 

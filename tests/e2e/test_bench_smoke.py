@@ -40,6 +40,14 @@ def test_every_case_has_a_baseline_body_for_plain_envoy() -> None:
         assert body.get("stream", False) == case.stream
 
 
+def test_a_rewrite_keeps_the_hand_written_notes_and_only_them() -> None:
+    old = f"# Performance\nold figures\n\n{report.NOTES_MARKER}\n## By hand\nworker scaling\n"
+    new = report.with_kept_notes("# Performance\nnew figures\n", old)
+    assert new == f"# Performance\nnew figures\n\n{report.NOTES_MARKER}\n## By hand\nworker scaling\n"
+    assert report.with_kept_notes("# new\n", "# old, no notes\n") == "# new\n"
+    assert report.with_kept_notes("# new\n", None) == "# new\n"
+
+
 def test_unknown_case_is_refused_before_anything_starts(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.run(_args("--cases", "no-such-case")) == 2
     assert "unknown case" in capsys.readouterr().err

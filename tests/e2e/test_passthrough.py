@@ -101,7 +101,8 @@ def test_provider_clusters_are_dynamic_from_ads(gateway):
     dump = json.loads(http("GET", f"{gateway.admin}/config_dump")[2])
     kinds = {c["@type"].rsplit(".", 1)[-1]: c for c in dump["configs"]}
     static = {c["cluster"]["name"] for c in kinds["ClustersConfigDump"].get("static_clusters", [])}
-    assert static == {"ccr_xds", "ccr_extproc"}
+    # The xDS server, ext_proc (all workers), and each worker alone (its own usage log stream).
+    assert static == {"ccr_xds", "ccr_extproc", *(f"ccr_extproc_{i}" for i in range(gateway.workers))}
     assert {"provider_fake-anthropic", "provider_fake-openai"} <= gateway.dynamic_clusters()
     listeners = kinds["ListenersConfigDump"]
     assert [entry["name"] for entry in listeners["dynamic_listeners"]] == ["ccr_listener"]

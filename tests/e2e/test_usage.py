@@ -101,7 +101,7 @@ THRESHOLD = 30_000
 
 @pytest.fixture(scope="module")
 def remembering(workdir: Path, fake: FakeProvider) -> Iterator[Gateway]:
-    """One ext_proc worker: session memory is per process (two workers each see a part)."""
+    """Two ext_proc workers: each receives the usage log, so either one routes the next turn."""
     policy = {
         "listener": {"address": "127.0.0.1", "port": free_port()},
         "providers": [
@@ -114,7 +114,7 @@ def remembering(workdir: Path, fake: FakeProvider) -> Iterator[Gateway]:
             "longContextThreshold": THRESHOLD,
         },
     }
-    gw = Gateway.start(workdir, policy, name="remembering", workers=1)
+    gw = Gateway.start(workdir, policy, name="remembering", workers=2)
     yield gw
     gw.stop()
 

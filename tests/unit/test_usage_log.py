@@ -21,7 +21,9 @@ from control_plane.resources import EXTPROC_CLUSTER, METADATA_NAMESPACE, listene
 from control_plane.usage_capture import (
     ANSWERED_BY_TAG,
     PROMPT_KEYS,
+    SESSION_LOG_NAME,
     USAGE_FIELDS,
+    USAGE_LOG_NAME,
     USAGE_NAMESPACE,
     json_usage_filter,
     sse_usage_filter,
@@ -198,6 +200,31 @@ async def test_the_service_consumes_a_batched_stream() -> None:
 
     await UsageLogService(sessions).StreamAccessLogs(stream(), context=None)
     assert (sessions.last("a"), sessions.last("b"), sessions.last("c")) == (7, None, 70)
+
+
+async def test_a_session_only_copy_of_the_log_remembers_sessions_without_counting_tokens() -> None:
+    sessions = SessionUsage()
+    first = StreamAccessLogsMessage()
+    first.identifier.log_name = SESSION_LOG_NAME
+    first.http_logs.log_entry.append(_entry({"input_tokens": 11, "output_tokens": 2}, {**LABELS, "provider": "p-copy"}))
+
+    async def stream():
+        yield first
+
+    await UsageLogService(sessions).StreamAccessLogs(stream(), context=None)
+    assert sessions.last("s-1") == 11
+    assert TOKENS.labels("p-copy", "m1", "input")._value.get() == 0
+
+
+def test_with_one_usage_log_per_worker_only_the_first_counts_tokens() -> None:
+    hcm = json_format.MessageToDict(
+        listener(policy(provider("p1")), ("ccr_extproc_0", "ccr_extproc_1")).filter_chains[0].filters[0].typed_config
+    )
+    logs = [(log["typedConfig"]["commonConfig"]) for log in hcm["accessLog"][1:]]
+    assert [(c["logName"], c["grpcService"]["envoyGrpc"]["clusterName"]) for c in logs] == [
+        (USAGE_LOG_NAME, "ccr_extproc_0"),
+        (SESSION_LOG_NAME, "ccr_extproc_1"),
+    ]
 
 
 # --- the Envoy resources -------------------------------------------------------------------------
