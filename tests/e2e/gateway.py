@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,6 +213,13 @@ class Gateway:
     def dynamic_clusters(self) -> set[str]:
         dump = json.loads(http("GET", f"{self.admin}/config_dump?resource=dynamic_active_clusters")[2])
         return {c["cluster"]["name"] for c in dump.get("configs", [])}
+
+    def envoy_stat(self, name: str) -> int:
+        """One counter or gauge from Envoy's admin endpoint (0 while Envoy has not created it)."""
+        query = urllib.parse.urlencode({"filter": f"^{re.escape(name)}$"})
+        text = http("GET", f"{self.admin}/stats?{query}")[2].decode()
+        match = re.search(rf"^{re.escape(name)}: (\d+)$", text, re.MULTILINE)
+        return int(match[1]) if match else 0
 
     def extproc_metric(self, name: str, **labels: str) -> float:
         """A Prometheus sample summed over the ext_proc workers (0 when absent)."""

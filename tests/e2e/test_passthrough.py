@@ -120,3 +120,17 @@ def test_count_tokens_is_forwarded_to_anthropic_providers_and_estimated_for_othe
     estimated = client.messages.count_tokens(model="gpt-4o", messages=[{"role": "user", "content": "count me"}])
     assert estimated.input_tokens > 0
     assert fake.requests() == []
+
+
+def test_ext_proc_streams_end_cleanly_instead_of_being_reset(gateway, fake):
+    """Envoy half-closes each ext_proc stream when done (ext_proc_graceful_grpc_close) and the
+    server ends it: a reset stream would leak grpc.aio memory, ~100 bytes each."""
+    resets = "cluster.ccr_extproc.upstream_rq_tx_reset"
+    before = gateway.envoy_stat(resets)
+    client = _anthropic(gateway)
+    for model in ("claude-sonnet-4-5", "gpt-4o"):  # passthrough, then translated
+        client.messages.create(model=model, max_tokens=50, messages=[{"role": "user", "content": "hi"}])
+        with client.messages.stream(model=model, max_tokens=50, messages=[{"role": "user", "content": "hi"}]) as s:
+            s.get_final_message()
+    _anthropic(gateway).models.list()  # answered by ext_proc itself (an immediate response)
+    assert gateway.envoy_stat(resets) == before

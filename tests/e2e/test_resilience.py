@@ -4,8 +4,6 @@ provider, and a fallback chain that skips its ejected primary."""
 from __future__ import annotations
 
 import json
-import re
-import urllib.parse
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -131,11 +129,7 @@ def ask(gateway: Gateway, model: str) -> tuple[int, dict[str, str], dict]:
 
 
 def stat(gateway: Gateway, name: str) -> int:
-    """One counter or gauge from Envoy's admin endpoint (0 while Envoy has not created it)."""
-    query = urllib.parse.urlencode({"filter": f"^{re.escape(name)}$"})
-    text = http("GET", f"{gateway.admin}/stats?{query}")[2].decode()
-    match = re.search(rf"^{re.escape(name)}: (\d+)$", text, re.MULTILINE)
-    return int(match[1]) if match else 0
+    return gateway.envoy_stat(name)
 
 
 def chain_cluster(gateway: Gateway, primary: str) -> str:
