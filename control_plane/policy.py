@@ -30,7 +30,9 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
 _RESERVED_HEADERS = ("x-ccr-", ":", "host", "content-length", "authorization", "x-api-key", "x-goog-api-key")
-KNOWN_CAPABILITIES = frozenset({"tools", "vision", "thinking", "web_search"})
+KNOWN_CAPABILITIES = frozenset({"tools", "vision", "thinking", "web_search", "max_tokens"})
+# Capabilities that say how to speak one API, meaningless for the others.
+API_CAPABILITIES = {"max_tokens": "openai"}  # send max_tokens, not max_completion_tokens (older servers)
 DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
 
 
@@ -255,7 +257,7 @@ def _provider(check: Checker, at: Located, path: str) -> ProviderSpec | None:
         if not items and isinstance(fields["models"].value, list):
             check.problem(fields["models"], join(path, "models"), "at least one model is required")
         for index, item in enumerate(items):
-            model = _model(check, item, join(join(path, "models"), index))
+            model = _model(check, item, join(join(path, "models"), index), api)
             if model is not None:
                 models.append(model)
     resilience = DEFAULT_RESILIENCE
@@ -499,7 +501,7 @@ def _human(ms: int) -> str:
     return f"{ms}ms"
 
 
-def _model(check: Checker, at: Located, path: str) -> ModelSpec | None:
+def _model(check: Checker, at: Located, path: str, api: str | None) -> ModelSpec | None:
     if isinstance(at.value, str):
         if at.value:
             return ModelSpec(name=at.value, id=at.value)
@@ -530,6 +532,9 @@ def _model(check: Checker, at: Located, path: str) -> ModelSpec | None:
                 check.problem(item, cap_path, f"must be a capability name, got {kind_of(item.value)} (known: {known})")
             elif item.value not in KNOWN_CAPABILITIES:
                 check.problem(item, cap_path, f"unknown capability {item.value!r} (known: {known})")
+            elif api is not None and API_CAPABILITIES.get(item.value, api) != api:
+                only = API_CAPABILITIES[item.value]
+                check.problem(item, cap_path, f"capability {item.value!r} only applies to {only}-format providers")
             else:
                 capabilities.append(item.value)
     if len(check.problems) > before or name is None or model_id is None:

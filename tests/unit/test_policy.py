@@ -305,7 +305,17 @@ def test_an_unknown_capability_is_reported_at_the_item_with_the_known_list():
     text = provider_yaml(models="") + "      - name: m\n        capabilities: [tools, telepathy]\n"
     assert one_problem(text) == (
         "7:31: providers[0].models[0].capabilities[1]: unknown capability 'telepathy' "
-        "(known: thinking, tools, vision, web_search)"
+        "(known: max_tokens, thinking, tools, vision, web_search)"
+    )
+
+
+def test_max_tokens_is_a_capability_of_openai_format_models_only():
+    text = provider_yaml(models="") + "      - name: m\n        capabilities: [tools, max_tokens]\n"
+    (provider,) = load_policy(text).providers
+    assert provider.models[0].capabilities == ("tools", "max_tokens")
+    text = provider_yaml(api="anthropic", models="") + "      - name: m\n        capabilities: [max_tokens]\n"
+    assert one_problem(text) == (
+        "7:24: providers[0].models[0].capabilities[0]: capability 'max_tokens' only applies to openai-format providers"
     )
 
 
@@ -435,7 +445,7 @@ def test_every_problem_is_collected_into_one_error_sorted_by_line():
         "3:10: providers[0].api: must be one of anthropic, openai, gemini (got 'nope')",
         "4:15: providers[0].base_url: 'ftp://h' must be an http:// or https:// URL with a host",
         "7:24: providers[0].models[0].capabilities[0]: unknown capability 'telepathy' "
-        "(known: thinking, tools, vision, web_search)",
+        "(known: max_tokens, thinking, tools, vision, web_search)",
         "13:9: listener.port: must be between 1 and 65535, got 0",
         "14:3: listener.adress: unknown field (did you mean 'address'?)",
     ]

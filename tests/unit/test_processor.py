@@ -104,6 +104,26 @@ def test_anthropic_request_is_routed_rewritten_and_the_client_key_stripped(state
     assert metadata["client_api"].string_value == "anthropic"
 
 
+@pytest.mark.parametrize(("capabilities", "field"), [("[]", "max_completion_tokens"), ("[max_tokens]", "max_tokens")])
+def test_the_max_tokens_capability_reaches_the_translator(capabilities, field):
+    gateway = GatewayState()
+    policy = f"""
+providers:
+  - name: old
+    api: openai
+    base_url: http://10.0.0.3:8000/v1
+    models:
+      - {{name: claude-sonnet-4-5, id: local-model, capabilities: {capabilities}}}
+"""
+    gateway.table = compile_policy(load_policy(policy).to_proto("1"), environ={})
+    processor = RequestProcessor(gateway)
+    processor.handle(headers("POST", "/v1/messages", **{"anthropic-version": "2023-06-01"}))
+    upstream = orjson.loads(processor.handle(body(MESSAGE)).request_body.response.body_mutation.body)
+    assert upstream[field] == MESSAGE["max_tokens"]
+    (other,) = {"max_tokens", "max_completion_tokens"} - {field}
+    assert other not in upstream
+
+
 def test_openai_request_strips_the_client_authorization(state):
     processor = RequestProcessor(state)
     processor.handle(headers("POST", "/v1/chat/completions", authorization="Bearer client-key"))
