@@ -374,7 +374,12 @@ def markdown(summary: dict[str, Any], command: str) -> str:
         "",
         f"- date: {summary['started']} (took {summary['elapsed_s']:.0f} s)",
         f"- machine: {m['nproc']} CPUs ({m['cpu_model'] or 'unknown model'}), {m['memory_gb']} GB RAM, "
-        f"Linux {m['kernel']}, Python {m['python']}",
+        f"Linux {m['kernel']}, Python {m['python']}"
+        + (
+            f"; speed yardstick: a pure-Python loop of 10 million additions took {m['python_loop_s']:.2f} s"
+            if m.get("python_loop_s")
+            else ""
+        ),
         f"- Envoy {m['envoy']}; load generator: {m['load_generator']}, {s['connections']} connections, "
         f"{s['threads']} thread(s), {s['duration_s']:g} s per measurement after {s['warmup_s']:g} s of warm-up; "
         f"ext_proc workers: {s.get('workers') or m['nproc']}",

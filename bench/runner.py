@@ -578,7 +578,22 @@ def machine_facts(driver: Driver) -> dict[str, Any]:
         "envoy": envoy_version(),
         "load_generator": tool_version(driver.name),
         "loadavg_at_start": [float(v) for v in loadavg],
+        "python_loop_s": python_loop_seconds(),
     }
+
+
+def python_loop_seconds() -> float:
+    """Seconds for 10 million additions in a pure-Python loop (best of three runs of 2 million,
+    scaled): a yardstick of this machine's speed at the time of the run (the same host can be
+    several times slower from one hour to the next), so that the absolute CPU figures of two runs
+    can be compared."""
+    best = float("inf")
+    for _ in range(3):
+        start, total = time.perf_counter(), 0
+        for i in range(2_000_000):
+            total += i
+        best = min(best, time.perf_counter() - start)
+    return round(best * 5, 3)
 
 
 def envoy_version() -> str:

@@ -73,6 +73,7 @@ def test_quick_bench_runs_both_targets_and_reports_every_number(
         assert gateway["rss_mb"]["ext_proc"] > 0
         assert gateway["ext_proc_per_request"]["streams_started"] > 0
     assert summary["half_load"][report.GATEWAY]["load"]["requests"] > 0
+    assert summary["machine"]["python_loop_s"] > 0  # the speed yardstick that makes runs comparable
     verdicts = {line["verdict"] for line in summary["budget"]}
     assert verdicts <= {report.MET, report.NOT_MET, report.NOT_MEASURED}
     assert len(summary["budget"]) == 8
@@ -80,4 +81,9 @@ def test_quick_bench_runs_both_targets_and_reports_every_number(
     out = capsys.readouterr().out
     assert "translated-40k" in out and "budget:" in out
     docs = docs_path.read_text()
-    assert "ccr-gateway bench --quick" in docs and "## Budget" in docs and "| translated-40k | gateway |" in docs
+    assert (
+        "ccr-gateway bench --quick" in docs
+        and "## Budget" in docs
+        and "speed yardstick" in docs
+        and "| translated-40k | gateway |" in docs
+    )
