@@ -85,11 +85,12 @@ def record_usage(record: UsageRecord, sessions: SessionUsage, count_tokens: bool
     sessions.record(record.session, usage.prompt_tokens)
     if not count_tokens:  # another worker's copy of the log counts them
         return
+    # Output last: a reader that sees a response's output counted sees the rest of it counted too.
     for kind, count in (
         ("input", usage.input_tokens),
-        ("output", usage.output_tokens),
         ("cache_read", usage.cache_read_input_tokens),
         ("cache_creation", usage.cache_creation_input_tokens),
+        ("output", usage.output_tokens),
     ):
         if count:
             TOKENS.labels(record.provider, record.model, kind).inc(count)

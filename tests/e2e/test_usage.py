@@ -23,7 +23,8 @@ def counted(gateway: Gateway, provider: str, model: str) -> dict[str, float]:
 
 
 def wait_for_count(gateway: Gateway, provider: str, model: str, before: dict[str, float], expected: dict[str, int]):
-    """The access log is flushed every 100 ms: wait for the counts to move, then compare exactly."""
+    """The access log is flushed every 100 ms: wait for the output count to move (ext_proc counts it
+    last), then compare every count exactly."""
 
     def delta() -> dict[str, float]:
         now = counted(gateway, provider, model)
