@@ -35,6 +35,8 @@ HOOK_ERRORS = Counter(
 
 SUBAGENT_OPEN = "<CCR-SUBAGENT-MODEL>"
 SUBAGENT_CLOSE = "</CCR-SUBAGENT-MODEL>"
+# How many system blocks after the first may carry the subagent tag (CCR: the second only).
+SUBAGENT_BLOCKS = 3
 # CCR keeps a session on longContext while its previous turn was over the threshold and the
 # current request is still over this many tokens.
 SESSION_LONG_CONTEXT_TOKENS = 20_000
@@ -94,12 +96,20 @@ def decide(
     # input dict is never changed: on a fallback attempt the same parsed body is translated again.
     forward = body
     subagent: str | None = None
+    subagent_block = 0
     system = body.get("system")
     if isinstance(system, list) and len(system) > 1:
-        tagged = _subagent_tag(system[1])
-        if tagged is not None:
-            subagent, rest = tagged
-            forward = {**body, "system": [system[0], {**system[1], "text": rest}, *system[2:]]}
+        # CCR reads the second system block. Claude Code 2.1 sends a billing attribution block
+        # first, so there the agent's prompt is the third: a block after the first is looked at,
+        # the first tagged one wins (a startswith per block, no scan of any text).
+        for index in range(1, min(len(system), 1 + SUBAGENT_BLOCKS)):
+            tagged = _subagent_tag(system[index])
+            if tagged is not None:
+                subagent, rest = tagged
+                subagent_block = index
+                stripped = {**system[index], "text": rest}
+                forward = {**body, "system": [*system[:index], stripped, *system[index + 1 :]]}
+                break
 
     def done(scenario: str, route: ModelRoute, tokens: int, reason: str) -> Decision:
         fallback = table.fallbacks.get((route.provider.name, route.model))
@@ -159,12 +169,12 @@ def decide(
             why = f"{tokens} tokens is over the long-context threshold of {router.long_context_threshold}"
         return _scenario(done, "longContext", choice, session, tokens, why)
 
-    # 3. The subagent tag at the start of the second system block.
+    # 3. The subagent tag at the start of a system block after the first (CCR: the second).
     if subagent:
         route = _resolve(table, subagent, session)
         if route is None:
             raise RoutingError(404, f"the {SUBAGENT_OPEN} tag names {subagent!r}, which is not served by this gateway")
-        return done("subagent", route, tokens, f"the second system block's {SUBAGENT_OPEN} tag names {subagent!r}")
+        return done("subagent", route, tokens, f"system block {subagent_block}'s {SUBAGENT_OPEN} tag names {subagent!r}")
 
     # 4. background: a haiku-class model.
     if router.background is not None and "haiku" in model.lower():

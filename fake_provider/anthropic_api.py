@@ -52,11 +52,12 @@ class AnthropicApi:
         return Conversation(
             model=body["model"],
             last_user_text=last_user_text(messages),
-            first_tool=_first_tool(body.get("tools")),
+            tools=_tools(body.get("tools")),
             tool_results=_trailing_tool_results(messages),
             wants_thinking=_wants_thinking(body.get("thinking")),
             max_tokens=body["max_tokens"],
             input_tokens=estimate_tokens(body_size),
+            answer_schema=_answer_schema(body),
         )
 
     def count_tokens(self, body: Any, body_size: int) -> bytes:
@@ -183,14 +184,27 @@ def _trailing_tool_results(messages: list) -> tuple[str, ...]:
     )
 
 
-def _first_tool(tools: Any) -> Tool | None:
+def _tools(tools: Any) -> tuple[Tool, ...]:
     if not isinstance(tools, list):
+        return ()
+    # Server tools (web_search and the like) carry no input_schema and are run by Anthropic; deferred
+    # tools are not offered to the model until a tool search loads them.
+    return tuple(
+        Tool(str(tool.get("name", "")), tool["input_schema"])
+        for tool in tools
+        if isinstance(tool, dict) and isinstance(tool.get("input_schema"), dict) and not tool.get("defer_loading")
+    )
+
+
+def _answer_schema(body: dict) -> dict | None:
+    """The JSON schema of a structured-output request: ``output_config.format`` (what Claude Code sends
+    for prompt hooks) or ``output_format``, as the structured-outputs beta spelled it."""
+    config = body.get("output_config")
+    output_format = (config.get("format") if isinstance(config, dict) else None) or body.get("output_format")
+    if not isinstance(output_format, dict) or output_format.get("type") != "json_schema":
         return None
-    for tool in tools:
-        # Server tools (web_search and the like) carry no input_schema and are run by Anthropic.
-        if isinstance(tool, dict) and isinstance(tool.get("input_schema"), dict):
-            return Tool(str(tool.get("name", "")), tool["input_schema"])
-    return None
+    schema = output_format.get("schema")
+    return schema if isinstance(schema, dict) else None
 
 
 def _wants_thinking(thinking: Any) -> bool:

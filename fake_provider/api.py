@@ -12,6 +12,8 @@ from fake_provider.reply import Conversation, Reply
 
 SSE_CONTENT_TYPE = "text/event-stream"
 JSON_CONTENT_TYPE = "application/json"
+_REMINDER_OPEN = "<system-reminder>"
+_REMINDER_CLOSE = "</system-reminder>"
 
 
 class BadRequest(ValueError):
@@ -44,22 +46,42 @@ class ProviderApi(Protocol):
 def text_of(content: Any) -> str:
     """Text of a message content that is either a string or a list of typed parts (Anthropic and
     OpenAI share this shape: parts with ``"type": "text"``)."""
+    return "".join(_texts(content))
+
+
+def _texts(content: Any) -> list[str]:
     if isinstance(content, str):
-        return content
+        return [content]
     if isinstance(content, list):
-        return "".join(
+        return [
             part.get("text", "")
             for part in content
             if isinstance(part, dict) and part.get("type") in ("text", "input_text")
-        )
-    return ""
+        ]
+    return []
 
 
 def last_user_text(messages: list) -> str:
-    """Text of the latest user message that has any (Anthropic and OpenAI message lists alike)."""
+    """The user's own words in the latest user message that has any (Anthropic and OpenAI message
+    lists alike); system reminders are left out, see ``without_reminders``."""
     for message in reversed(messages):
         if isinstance(message, dict) and message.get("role") == "user":
-            text = text_of(message.get("content"))
+            text = "".join(without_reminders(part) for part in _texts(message.get("content")))
             if text:
                 return text
     return ""
+
+
+def without_reminders(text: str) -> str:
+    """``text`` without the ``<system-reminder>`` blocks it starts with.
+
+    Claude Code adds such blocks to user messages (as text blocks of their own or ahead of the prompt);
+    they are not the user's words, and echoing them would push the prompt a test looks for out of the
+    reply. A text that is all reminder gives "", and an unclosed reminder runs to the end."""
+    rest = text
+    while rest.lstrip().startswith(_REMINDER_OPEN):
+        _, closed, rest = rest.partition(_REMINDER_CLOSE)
+        if not closed:
+            return ""
+        rest = rest.strip()
+    return rest

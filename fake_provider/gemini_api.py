@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from fake_provider.api import BadRequest
+from fake_provider.api import JSON_CONTENT_TYPE, BadRequest, without_reminders
 from fake_provider.reply import (
     THINKING_SIGNATURE,
     Conversation,
@@ -60,11 +60,12 @@ class GeminiApi:
         return Conversation(
             model=path_model or "",
             last_user_text=_last_user_text(contents),
-            first_tool=_first_tool(body.get("tools")),
+            tools=_tools(body.get("tools")),
             tool_results=_trailing_function_responses(contents),
             wants_thinking=_wants_thinking(generation_config.get("thinkingConfig")),
             max_tokens=max_tokens if isinstance(max_tokens, int) else None,
             input_tokens=estimate_tokens(body_size),
+            answer_schema=_answer_schema(generation_config),
         )
 
     def count_tokens(self, body: Any, body_size: int) -> bytes:
@@ -152,7 +153,7 @@ def _last_user_text(contents: list) -> str:
     for content in reversed(contents):
         if isinstance(content, dict) and content.get("role", "user") == "user":
             text = "".join(
-                part.get("text", "")
+                without_reminders(part.get("text", ""))
                 for part in _part_list(content)
                 if isinstance(part, dict) and not part.get("thought")
             )
@@ -169,16 +170,27 @@ def _trailing_function_responses(contents: list) -> tuple[str, ...]:
     )
 
 
-def _first_tool(tools: Any) -> Tool | None:
+def _tools(tools: Any) -> tuple[Tool, ...]:
     if not isinstance(tools, list):
-        return None
+        return ()
+    found = []
     for tool in tools:
         declarations = tool.get("functionDeclarations") if isinstance(tool, dict) else None
         for declaration in declarations if isinstance(declarations, list) else ():
             if isinstance(declaration, dict) and declaration.get("name"):
                 schema = declaration.get("parameters") or declaration.get("parametersJsonSchema") or {}
-                return Tool(declaration["name"], schema if isinstance(schema, dict) else {})
-    return None
+                found.append(Tool(declaration["name"], schema if isinstance(schema, dict) else {}))
+    return tuple(found)
+
+
+def _answer_schema(generation_config: dict) -> dict | None:
+    """The schema of a JSON-mode request: ``responseJsonSchema`` (plain JSON schema) or ``responseSchema``
+    (OpenAPI subset, upper-case type names). Gemini only holds its answer to a schema when the mime type
+    is JSON, so a schema without it is ignored here too."""
+    if generation_config.get("responseMimeType") != JSON_CONTENT_TYPE:
+        return None
+    schema = generation_config.get("responseJsonSchema") or generation_config.get("responseSchema")
+    return schema if isinstance(schema, dict) else None
 
 
 def _wants_thinking(thinking_config: Any) -> bool:

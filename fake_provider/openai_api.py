@@ -54,12 +54,13 @@ class OpenAIApi:
         return Conversation(
             model=body["model"],
             last_user_text=last_user_text(messages),
-            first_tool=_first_tool(body.get("tools")),
+            tools=_tools(body.get("tools")),
             tool_results=_trailing_tool_results(messages),
             wants_thinking=body.get("reasoning_effort") not in (None, "none")
             or isinstance(body.get("reasoning"), dict),
             max_tokens=max_tokens if isinstance(max_tokens, int) else None,
             input_tokens=estimate_tokens(body_size),
+            answer_schema=_answer_schema(body.get("response_format")),
         )
 
     def wants_stream(self, body: Any) -> bool:
@@ -171,12 +172,23 @@ def _trailing_tool_results(messages: list) -> tuple[str, ...]:
     return tuple(reversed(results))
 
 
-def _first_tool(tools: Any) -> Tool | None:
-    if not isinstance(tools, list):
+def _answer_schema(response_format: Any) -> dict | None:
+    """The schema of ``response_format: {"type": "json_schema", "json_schema": {"schema": ...}}``; the
+    schema-less ``json_object`` mode asks for no particular shape, so it is answered in plain text."""
+    if not isinstance(response_format, dict) or response_format.get("type") != "json_schema":
         return None
+    json_schema = response_format.get("json_schema")
+    schema = json_schema.get("schema") if isinstance(json_schema, dict) else None
+    return schema if isinstance(schema, dict) else None
+
+
+def _tools(tools: Any) -> tuple[Tool, ...]:
+    if not isinstance(tools, list):
+        return ()
+    found = []
     for tool in tools:
         function = tool.get("function") if isinstance(tool, dict) else None
         if isinstance(function, dict) and function.get("name"):
             parameters = function.get("parameters")
-            return Tool(function["name"], parameters if isinstance(parameters, dict) else {})
-    return None
+            found.append(Tool(function["name"], parameters if isinstance(parameters, dict) else {}))
+    return tuple(found)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import re
 from dataclasses import dataclass
 
 import orjson
@@ -20,6 +21,10 @@ ECHO_CHARS = 40
 # Tool results are echoed so tests can check they reached the model; long ones are cut.
 TOOL_RESULT_CHARS = 200
 TOOL_TRIGGER_WORD = "weather"
+# A user text can script the model's next tool call, so that a real agent (Claude Code) can be driven
+# through a tool loop: `[fake-tool Bash {"command": "echo hi"}]` calls the request's tool "Bash" with
+# those arguments. The JSON object ends the directive: `]` may not appear inside it.
+TOOL_DIRECTIVE = re.compile(r"\[fake-tool ([A-Za-z0-9_.:-]+) (\{[^\]]*\})\]")
 THINKING_SIGNATURE = "ZmFrZS10aGlua2luZy1zaWduYXR1cmU="  # base64("fake-thinking-signature")
 
 # Ids only need to be unique within one process; a counter is cheaper than uuid4.
@@ -48,12 +53,18 @@ class Conversation:
 
     model: str
     last_user_text: str
-    first_tool: Tool | None
+    tools: tuple[Tool, ...]  # the client tools offered, in request order
     # Contents of the tool results the request ends with; empty unless the last turn is tool output.
     tool_results: tuple[str, ...]
     wants_thinking: bool
     max_tokens: int | None
     input_tokens: int
+    # JSON schema the text answer must satisfy (structured output), None for free text.
+    answer_schema: dict | None = None
+
+    @property
+    def first_tool(self) -> Tool | None:
+        return self.tools[0] if self.tools else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,16 +104,18 @@ def plan_reply(api_name: str, conv: Conversation, *, force_tool_call: bool, cach
     cached = min(max(cached_tokens, 0), conv.input_tokens)
 
     # A trailing tool result wins over a new tool call, or a "weather" question would loop forever.
-    wants_tool = conv.first_tool is not None and (force_tool_call or TOOL_TRIGGER_WORD in conv.last_user_text.lower())
-    if not conv.tool_results and wants_tool:
-        assert conv.first_tool is not None
-        arguments = example_arguments(conv.first_tool.schema)
+    planned = None if conv.tool_results else _planned_call(conv, force_tool_call)
+    if planned is not None:
+        name, arguments = planned
         arguments_json = orjson.dumps(arguments).decode()
-        call = ToolCall(f"fake_{next_id()}", conv.first_tool.name, arguments, arguments_json)
+        call = ToolCall(f"fake_{next_id()}", name, arguments, arguments_json)
         output = thinking_tokens + estimate_tokens(len(call.name) + len(arguments_json))
         return Reply(conv.model, "", thinking, call, Stop.TOOL, conv.input_tokens, cached, output, thinking_tokens)
 
-    if conv.tool_results:
+    if conv.answer_schema is not None:
+        # A structured-output client parses the answer, so a greeting or an echo would break it.
+        text = orjson.dumps(example_value(conv.answer_schema)).decode()
+    elif conv.tool_results:
         text = "Tool result: " + " | ".join(r[:TOOL_RESULT_CHARS] for r in conv.tool_results)
     else:
         text = f"Hello from fake-{api_name} model {conv.model}: {conv.last_user_text[:ECHO_CHARS]}"
@@ -114,18 +127,37 @@ def plan_reply(api_name: str, conv: Conversation, *, force_tool_call: bool, cach
     return Reply(conv.model, text, thinking, None, stop, conv.input_tokens, cached, output, thinking_tokens)
 
 
+def _planned_call(conv: Conversation, force_tool_call: bool) -> tuple[str, dict] | None:
+    """(tool name, arguments) of the call the model makes now, or None to answer in text."""
+    offered = {tool.name for tool in conv.tools}
+    for match in TOOL_DIRECTIVE.finditer(conv.last_user_text):
+        if match[1] in offered:
+            try:
+                arguments = orjson.loads(match[2])
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(arguments, dict):
+                return match[1], arguments
+    first = conv.first_tool
+    if first is not None and (force_tool_call or TOOL_TRIGGER_WORD in conv.last_user_text.lower()):
+        return first.name, example_arguments(first.schema)
+    return None
+
+
 def example_arguments(schema: dict) -> dict:
     """Deterministic arguments satisfying an object schema: required properties (or all, if none are
     marked required) filled with "Paris", 1, true, [] or a nested object."""
     properties = schema.get("properties") or {}
     names = schema.get("required") or list(properties)
-    return {name: _example_value(properties.get(name) or {}) for name in names}
+    return {name: example_value(properties.get(name) or {}) for name in names}
 
 
-def _example_value(schema: dict) -> object:
+def example_value(schema: dict) -> object:
+    """A deterministic value of any schema type; objects are filled as ``example_arguments`` does."""
     if enum_values := schema.get("enum"):
         return enum_values[0]
-    kind = schema.get("type", "string")
+    # A schema with properties but no type is an object in practice (and in OpenAPI).
+    kind = schema.get("type", "object" if "properties" in schema else "string")
     if isinstance(kind, list):  # e.g. ["string", "null"]
         kind = next((k for k in kind if k != "null"), "null")
     kind = str(kind).lower()
@@ -134,12 +166,21 @@ def _example_value(schema: dict) -> object:
     if kind == "boolean":
         return True
     if kind == "array":
-        return []
+        return _example_items(schema)
     if kind == "object":
         return example_arguments(schema)
     if kind == "null":
         return None
     return "Paris"
+
+
+def _example_items(schema: dict) -> list:
+    """As few items as the array schema allows: none, unless minItems asks for some."""
+    min_items = schema.get("minItems")
+    if not isinstance(min_items, int) or min_items <= 0:
+        return []
+    items = schema.get("items")
+    return [example_value(items if isinstance(items, dict) else {})] * min_items
 
 
 def split_text(text: str, pieces: int) -> list[str]:

@@ -154,7 +154,7 @@ class FakeProvider:
         except orjson.JSONDecodeError:
             body = _MALFORMED
         if self.config.record_requests:
-            self._record(request, body)
+            self._record(request, body, len(raw))
         try:
             faults = take_faults(self.config, request.headers)
         except ValueError as error:
@@ -172,7 +172,7 @@ class FakeProvider:
             raise _EarlyAnswer(_error(api, 400, "request body is not valid JSON"))
         return body, len(raw), faults
 
-    def _record(self, request: web.Request, body: Any) -> None:
+    def _record(self, request: web.Request, body: Any, size: int) -> None:
         self.requests.append(
             {
                 "method": request.method,
@@ -180,6 +180,9 @@ class FakeProvider:
                 "query": dict(request.query),
                 "headers": {name.lower(): value for name, value in request.headers.items()},
                 "body": None if body is _MALFORMED else body,
+                # The raw byte count the token estimate comes from, so a test can compute the input
+                # tokens this provider reported without re-encoding the body.
+                "size": size,
             }
         )
 

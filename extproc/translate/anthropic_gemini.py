@@ -1,13 +1,18 @@
 """Anthropic Messages client -> Google Gemini ``generateContent`` provider.
 
 Request: system -> ``systemInstruction``; messages -> ``contents`` (user/model; consecutive messages
-of one role merged, empty ones dropped); text/image/document blocks -> text/inlineData/fileData parts;
+of one role merged, empty ones dropped); ``system``-role messages inside ``messages`` (Claude Code's
+environment block) -> text parts of the user turn where they stand, so their order is kept (Gemini's
+contents have no system role); text/image/document blocks -> text/inlineData/fileData parts;
 assistant ``tool_use`` -> ``functionCall`` (with its id, plus ``SKIP_SIGNATURE`` on the first call of
 a turn); ``tool_result`` -> ``functionResponse`` named after the earlier ``tool_use`` with that id;
 tools -> ``functionDeclarations`` with cleaned schemas, the web_search server tool -> ``googleSearch``
 (Gemini 2.x refuses googleSearch next to function declarations; Gemini 3 accepts both);
 tool_choice -> ``toolConfig``; max_tokens (clamped) / temperature / top_p / top_k / stop_sequences /
-thinking -> ``generationConfig``. Thinking blocks in the history are dropped (their signatures are not
+thinking / ``output_config`` (effort -> thinking budget, as Google maps OpenAI's reasoning_effort;
+format -> ``responseSchema``) -> ``generationConfig``; ``thinking.display: "omitted"`` -> no thought
+summaries asked for, none sent to the client. Tools with ``defer_loading`` are declared once a
+``tool_reference`` loaded them (Claude Code's ToolSearch); Claude Code's billing system block is dropped. Thinking blocks in the history are dropped (their signatures are not
 Gemini's), as are Anthropic server-tool blocks (web_search_tool_result etc.: Gemini cannot replay
 another provider's server tools) and Anthropic-only fields (metadata, context_management,
 output_config, service_tier, cache_control, citations).
@@ -42,7 +47,7 @@ from extproc.translate.base import (
     UpstreamRequest,
     Usage,
 )
-from extproc.translate.gemini_schema import declaration, memoized_tools
+from extproc.translate.gemini_schema import clean_schema, declaration, memoized_tools
 
 _TOOL_CHOICE_MODES = {"auto": "AUTO", "any": "ANY", "none": "NONE"}
 
@@ -65,6 +70,7 @@ class AnthropicToGemini(g.GeminiResponse):
         self._estimate = 0  # input tokens guessed from the request size, for message_start
         self._block: str | None = None  # kind of the open content block ("text" / "thinking")
         self._index = -1  # index of the last content block opened
+        self._show_thinking = True
 
     # -- request ---------------------------------------------------------------------------------
 
@@ -73,7 +79,9 @@ class AnthropicToGemini(g.GeminiResponse):
             raise ClientRequestError("request body must be a JSON object")
         self._model = target.model
         self._stream = target.stream
-        contents, self._turn = _contents(body.get("messages"))
+        self._show_thinking = A.thinking_shown(body.get("thinking"))
+        messages = body.get("messages")
+        contents, self._turn = _contents(messages)
         out: dict[str, Any] = {"contents": contents}
         system = [{"text": text} for text in A.system_texts(body.get("system"))]
         if system:
@@ -82,6 +90,9 @@ class AnthropicToGemini(g.GeminiResponse):
         if tools is not None:
             if not isinstance(tools, list):
                 raise ClientRequestError("tools: must be an array")
+            hidden = A.hidden_tools(tools, messages)
+            if hidden:
+                tools = [t for t in tools if not (isinstance(t, dict) and t.get("name") in hidden)]
             converted = memoized_tools("anthropic", tools, _tools) if tools else None
             if converted is not None:
                 out["tools"] = converted
@@ -102,6 +113,8 @@ class AnthropicToGemini(g.GeminiResponse):
         blocks: list[dict[str, Any]] = []
         for event in reader.whole(body):
             kind = event[0]
+            if kind == g.THOUGHT and not self._show_thinking:
+                continue
             if kind == g.TEXT or kind == g.THOUGHT:
                 key = "text" if kind == g.TEXT else "thinking"
                 if blocks and blocks[-1]["type"] == key:
@@ -132,6 +145,8 @@ class AnthropicToGemini(g.GeminiResponse):
 
     def _render(self, event: tuple[Any, ...], out: list[bytes]) -> None:
         kind = event[0]
+        if kind == g.THOUGHT and not self._show_thinking:
+            return
         if kind == g.TEXT or kind == g.THOUGHT:
             self._delta(kind, event[1], out)
         elif kind == g.CALL:
@@ -228,8 +243,11 @@ def _contents(messages: Any) -> tuple[list[dict[str, Any]], int]:
             role = "model"
         elif role == "user":
             parts = _user_parts(message.get("content"), i, names)
+        elif role == "system":
+            parts = [{"text": text} for text in A.system_texts(message.get("content"), f"messages.{i}.content")]
+            role = "user"
         else:
-            raise ClientRequestError(f"messages.{i}.role: must be 'user' or 'assistant'")
+            raise ClientRequestError(f"messages.{i}.role: must be 'user', 'assistant' or 'system'")
         if not parts:
             continue  # Gemini rejects a content without parts (e.g. a turn that was only thinking)
         if contents and contents[-1]["role"] == role:
@@ -369,6 +387,8 @@ def _nested_part(block: Any, path: str) -> list[dict[str, Any]]:
         return [{"text": text}] if text else []
     if btype in ("image", "document", "search_result"):
         return _media_parts(block, btype, path)
+    if btype == "tool_reference":
+        return [{"text": A.tool_reference_text(path, block)}]
     raise ClientRequestError(f"{path}: unknown block type {btype!r}")
 
 
@@ -456,15 +476,26 @@ def _generation_config(body: Mapping[str, Any], target: Target) -> dict[str, Any
         stops = g.stop_sequences(stops)
         if stops:
             config["stopSequences"] = stops
-    thinking = body.get("thinking")
-    if thinking is not None:
-        budget = _thinking_budget(thinking)
-        if budget is not None and "thinking" in target.capabilities:
-            config["thinkingConfig"] = g.thinking_config(budget, max_tokens)
+    budget = _thinking_budget(body.get("thinking"), body.get("output_config"))
+    if budget is not None and "thinking" in target.capabilities:
+        config["thinkingConfig"] = g.thinking_config(budget, max_tokens)
+        if not A.thinking_shown(body.get("thinking")):
+            config["thinkingConfig"]["includeThoughts"] = False
+    schema = A.answer_schema(body)
+    if schema is not None:
+        config["responseMimeType"] = "application/json"
+        config["responseSchema"] = clean_schema(schema)
     return config
 
 
-def _thinking_budget(thinking: Any) -> int | None:
+def _thinking_budget(thinking: Any, output_config: Any) -> int | None:
+    """Gemini's thinkingBudget for Anthropic's thinking and effort settings; None = leave it out."""
+    effort = output_config.get("effort") if isinstance(output_config, dict) else None
+    if output_config is not None and not isinstance(output_config, dict):
+        raise ClientRequestError("output_config: must be an object")
+    effort_budget = g.EFFORT_BUDGETS.get(effort) if isinstance(effort, str) else None
+    if thinking is None:
+        return None  # effort alone does not turn thinking on: the client did not ask for it
     if not isinstance(thinking, dict):
         raise ClientRequestError("thinking: must be an object")
     ttype = thinking.get("type")
@@ -474,7 +505,7 @@ def _thinking_budget(thinking: Any) -> int | None:
             raise ClientRequestError("thinking.budget_tokens: must be a non-negative integer")
         return budget
     if ttype == "adaptive":
-        return -1  # Gemini's dynamic thinking
+        return -1 if effort_budget is None else effort_budget  # -1: Gemini's dynamic thinking
     if ttype == "disabled":
         return None
     raise ClientRequestError(f"thinking.type: unknown thinking type {ttype!r}")

@@ -1,13 +1,20 @@
 """Client speaks Anthropic Messages, provider speaks OpenAI Chat Completions.
 
-Request: system -> a system message; content blocks -> OpenAI parts; ``tool_use`` -> ``tool_calls``;
-``tool_result`` -> ``tool`` messages placed right after the assistant message that called them (the
-rest of that user turn follows them). Choices made where the formats differ:
+Request: system -> a system message; ``system``-role messages inside ``messages`` (Claude Code sends
+its environment block as one after the first user turn) -> system messages in place; content blocks ->
+OpenAI parts; ``tool_use`` -> ``tool_calls``; ``tool_result`` -> ``tool`` messages placed right after
+the assistant message that called them (the rest of that user turn follows them). Choices made where
+the formats differ:
 
 - ``thinking`` / ``output_config.effort`` -> ``reasoning_effort`` only for targets with the
   ``thinking`` capability (budget <= 4096 low, <= 16384 medium, above high; adaptive thinking uses
   the effort, default medium). Thinking blocks in history are dropped: unsigned reasoning from
-  another provider must never be replayed as if it were the model's own.
+  another provider must never be replayed as if it were the model's own. With ``thinking.display:
+  "omitted"`` the provider's reasoning text is not sent to the client.
+- ``output_config.format`` (a JSON schema) -> ``response_format`` json_schema.
+- Tools with ``defer_loading`` are offered only once a ``tool_reference`` in a tool result loaded
+  them (Claude Code's ToolSearch); the reference itself becomes a line of text.
+- Claude Code's ``x-anthropic-billing-header`` system block is attribution, not prompt: dropped.
 - ``max_tokens`` -> ``max_completion_tokens`` (``max_tokens`` instead for targets with the
   ``max_tokens`` capability: older OpenAI-compatible servers), clamped to the target's limit.
 - ``metadata.user_id`` -> ``user``; Claude Code puts a JSON document there, so values over OpenAI's
@@ -16,7 +23,7 @@ rest of that user turn follows them). Choices made where the formats differ:
   (OpenAI tool messages carry text only) go into the user message that follows the tool messages.
 - Anthropic server tools (web search, code execution...) cannot run at an OpenAI provider: dropped.
 - Anthropic-only fields (top_k, context_management, container, mcp_servers, service_tier, betas,
-  cache_control...) are dropped.
+  cache_control, speed...) are dropped.
 
 Response: OpenAI -> Anthropic, both as a whole message and as a stream state machine (`_Stream`).
 Thinking from ``reasoning_content`` becomes a thinking block with an empty signature (never a
@@ -94,7 +101,10 @@ class _RequestBuilder(A.UserBlocks):
             if stop:
                 out["stop"] = stop
         self.user(body.get("metadata"), out)
-        self.tools(body.get("tools"), body.get("tool_choice"), out)
+        self.tools(body.get("tools"), body.get("tool_choice"), body.get("messages"), out)
+        schema = A.answer_schema(body)
+        if schema is not None:
+            out["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
         effort = self.effort(body.get("thinking"), body.get("output_config"))
         if effort is not None and "thinking" in target.capabilities:
             out["reasoning_effort"] = effort
@@ -140,15 +150,19 @@ class _RequestBuilder(A.UserBlocks):
 
     # --- tools -------------------------------------------------------------------------------
 
-    def tools(self, tools: Any, tool_choice: Any, out: dict[str, Any]) -> None:
+    def tools(self, tools: Any, tool_choice: Any, messages: Any, out: dict[str, Any]) -> None:
         functions: list[dict[str, Any]] = []
         dropped: set[str] = set()
         if tools is not None:
             if not isinstance(tools, list):
                 raise ClientRequestError("tools: must be an array")
+            hidden = A.hidden_tools(tools, messages)
             for k, tool in enumerate(tools):
                 if not isinstance(tool, dict):
                     raise ClientRequestError(f"tools.{k}: must be an object")
+                if hidden and tool.get("name") in hidden:
+                    dropped.add(str(tool.get("name")))
+                    continue
                 kind = tool.get("type")
                 if "input_schema" not in tool and kind not in (None, "custom"):
                     dropped.add(str(tool.get("name")))  # an Anthropic server tool
@@ -204,8 +218,14 @@ class _RequestBuilder(A.UserBlocks):
                 self.user_message(i, content, out)
             elif role == "assistant":
                 self.assistant_message(i, content, out)
+            elif role == "system":
+                text = "\n\n".join(A.system_texts(content, f"messages.{i}.content"))
+                if text:
+                    out.append({"role": "system", "content": text})
             else:
-                raise ClientRequestError(f"messages.{i}.role: must be 'user' or 'assistant', got {short(role)}")
+                raise ClientRequestError(
+                    f"messages.{i}.role: must be 'user', 'assistant' or 'system', got {short(role)}"
+                )
 
     def blocks(self, i: int, content: Any) -> list[Mapping[str, Any]]:
         if not isinstance(content, list):
@@ -331,15 +351,17 @@ class _Stream(SseStreamMachine):
         "open_tool",
         "out_chars",
         "refusal",
+        "show_thinking",
         "started",
         "tools",
         "upstream_usage",
     )
 
-    def __init__(self, model: str, estimate: int) -> None:
+    def __init__(self, model: str, estimate: int, show_thinking: bool = True) -> None:
         super().__init__()
         self.model = model
         self.estimate = estimate
+        self.show_thinking = show_thinking
         self.started = False
         self.done = False
         self.message_id = "msg_unknown"
@@ -395,7 +417,7 @@ class _Stream(SseStreamMachine):
         delta = choice.get("delta")
         if isinstance(delta, dict):
             reasoning = O.reasoning_of(delta)
-            if reasoning and isinstance(reasoning, str):
+            if reasoning and isinstance(reasoning, str) and self.show_thinking:
                 self.thinking(reasoning, out)
             content = delta.get("content")
             if content and isinstance(content, str):
@@ -499,6 +521,7 @@ class AnthropicToOpenAI(JsonOrSseResponse[_Stream]):
     def __init__(self) -> None:
         super().__init__()
         self._estimate = 0
+        self._show_thinking = True
 
     def request(self, body: Mapping[str, Any], target: Target) -> UpstreamRequest:
         if not isinstance(body, Mapping):  # orjson gives a dict; any mapping will do
@@ -507,12 +530,13 @@ class AnthropicToOpenAI(JsonOrSseResponse[_Stream]):
         upstream = orjson.dumps(builder.build(body))
         self._model = target.model
         self._stream = self._upstream_sse = target.stream
+        self._show_thinking = A.thinking_shown(body.get("thinking"))
         # ~4 characters per token for text and JSON; base64 payloads count as a flat per-image cost.
         self._estimate = (len(upstream) - builder.binary_chars) // 4 + builder.images * _IMAGE_TOKENS
         return UpstreamRequest(path=target.base_path + "/chat/completions", body=upstream)
 
     def _new_stream_machine(self) -> _Stream:
-        return _Stream(self._model, self._estimate)
+        return _Stream(self._model, self._estimate, self._show_thinking)
 
     def _replay_as_stream(self, machine: _Stream, completion: Any) -> TranslatedChunk:
         out: list[bytes] = []
@@ -527,4 +551,6 @@ class AnthropicToOpenAI(JsonOrSseResponse[_Stream]):
 
     def _whole(self, completion: Any) -> TranslatedChunk:
         message, usage = O.message_from_completion(completion, self._model)
+        if not self._show_thinking:
+            message["content"] = [block for block in message["content"] if block.get("type") != "thinking"]
         return TranslatedChunk(body=orjson.dumps(message), usage=usage)

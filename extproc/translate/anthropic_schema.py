@@ -17,6 +17,10 @@ from extproc.translate.base import ClientRequestError, UpstreamProtocolError, Us
 from extproc.translate.wire import as_int, error_message, short
 
 ANTHROPIC_VERSION = "2023-06-01"
+# Claude Code's first system block, ``x-anthropic-billing-header: cc_version=...;``: attribution for
+# Anthropic's billing, not an instruction to the model. Anthropic-format providers get it as sent;
+# others do not (its per-build hash would also change the prompt prefix their caches key on).
+BILLING_HEADER_PREFIX = "x-anthropic-billing-header:"
 
 # Content blocks accepted in a request and dropped toward other providers: reasoning is never
 # replayed unsigned; server-tool blocks describe work done at Anthropic that nobody else can continue.
@@ -77,24 +81,87 @@ def effort_for_budget(budget: int) -> str:
     return "high"
 
 
-def system_texts(system: Any) -> list[str]:
-    """The non-empty texts of an Anthropic ``system`` (a string or an array of text blocks)."""
+def system_texts(system: Any, path: str = "system") -> list[str]:
+    """The non-empty texts of an Anthropic ``system`` (a string or an array of text blocks), for a
+    provider of another format: Claude Code's billing attribution block is left out."""
     if system is None:
         return []
     if isinstance(system, str):
-        return [system] if system else []
+        return [system] if system and not system.startswith(BILLING_HEADER_PREFIX) else []
     if not isinstance(system, list):
-        raise ClientRequestError("system: must be a string or an array of text blocks")
+        raise ClientRequestError(f"{path}: must be a string or an array of text blocks")
     texts = []
     for k, block in enumerate(system):
         if not isinstance(block, dict) or block.get("type") != "text":
-            raise ClientRequestError(f"system.{k}: must be a text block")
+            raise ClientRequestError(f"{path}.{k}: must be a text block")
         text = block.get("text")
         if not isinstance(text, str):
-            raise ClientRequestError(f"system.{k}.text: must be a string")
-        if text:
+            raise ClientRequestError(f"{path}.{k}.text: must be a string")
+        if text and not text.startswith(BILLING_HEADER_PREFIX):
             texts.append(text)
     return texts
+
+
+# --- what Claude Code sends besides plain messages ------------------------------------------------
+
+
+def thinking_shown(thinking: Any) -> bool:
+    """False when the client asked for thinking without its text (``display: "omitted"``): the
+    reasoning a provider returns is then not sent on."""
+    return not (isinstance(thinking, dict) and thinking.get("display") == "omitted")
+
+
+def answer_schema(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema the answer must follow (structured outputs), or None.
+
+    ``output_config.format`` is the current field (Claude Code's prompt hooks send it);
+    ``output_format`` is the beta's."""
+    output_config = body.get("output_config")
+    fmt = output_config.get("format") if isinstance(output_config, dict) else None
+    path = "output_config.format"
+    if fmt is None:
+        fmt, path = body.get("output_format"), "output_format"
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        raise ClientRequestError(f"{path}.type: must be 'json_schema'")
+    schema = fmt.get("schema")
+    if not isinstance(schema, dict):
+        raise ClientRequestError(f"{path}.schema: required, must be an object")
+    return schema
+
+
+def hidden_tools(tools: list[Any], messages: Any) -> frozenset[str]:
+    """Names of the tools the model may not see yet. A tool with ``defer_loading`` stays hidden
+    until a tool search loaded it, that is until a ``tool_reference`` block naming it came back in a
+    tool result (Claude Code defers its rarer tools and MCP tools behind its ToolSearch tool)."""
+    deferred = {
+        tool.get("name") for tool in tools if isinstance(tool, dict) and tool.get("defer_loading") is True
+    }
+    if not deferred:
+        return frozenset()
+    return frozenset(deferred - referenced_tools(messages))
+
+
+def referenced_tools(messages: Any) -> set[str]:
+    """Names of the tools that ``tool_reference`` blocks in tool results have loaded."""
+    names: set[str] = set()
+    for message in messages if isinstance(messages, list) else ():
+        content = message.get("content") if isinstance(message, dict) else None
+        for block in content if isinstance(content, list) else ():
+            inner = block.get("content") if isinstance(block, dict) and block.get("type") == "tool_result" else None
+            for item in inner if isinstance(inner, list) else ():
+                if isinstance(item, dict) and item.get("type") == "tool_reference":
+                    names.add(str(item.get("tool_name")))
+    return names
+
+
+def tool_reference_text(path: str, block: Mapping[str, Any]) -> str:
+    """A ``tool_reference`` (a tool search's answer) as text: the tool itself is now offered."""
+    name = block.get("tool_name")
+    if not isinstance(name, str) or not name:
+        raise ClientRequestError(f"{path}.tool_name: required, must be a non-empty string")
+    return f"Tool {name} is now available."
 
 
 # --- usage ------------------------------------------------------------------------------------
@@ -280,6 +347,8 @@ class UserBlocks:
                 if isinstance(inner, dict) and inner.get("type") == "text":
                     parts.append({"type": "text", "text": self.text(f"{path}.content.{k}", inner)})
             return parts
+        if kind == "tool_reference":
+            return [{"type": "text", "text": tool_reference_text(path, block)}]
         if kind in DROPPED_BLOCKS:
             return []
         if kind in ("tool_use", "tool_result"):

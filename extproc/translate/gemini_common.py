@@ -61,6 +61,18 @@ MAX_STOP_SEQUENCES = 5  # Gemini rejects more
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 
 
+# Google's own OpenAI-compatibility mapping of reasoning_effort to thinking budgets; Anthropic's
+# output_config.effort uses it too ("max" as OpenAI's "xhigh").
+EFFORT_BUDGETS = {
+    "none": 0,
+    "minimal": 128,
+    "low": 1024,
+    "medium": 8192,
+    "high": 24576,
+    "xhigh": 32768,
+    "max": 32768,
+}
+
 def upstream_path(target: Target) -> str:
     if target.stream:
         return f"{target.base_path}/models/{target.model}:streamGenerateContent?alt=sse"

@@ -43,8 +43,6 @@ from extproc.translate.gemini_schema import clean_schema, declaration, memoized_
 
 _DONE = encode_event(b"[DONE]")
 _TOOL_CHOICE_MODES = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
-# Google's own OpenAI-compatibility mapping of reasoning_effort to thinking budgets.
-_EFFORT_BUDGETS = {"none": 0, "minimal": 128, "low": 1024, "medium": 8192, "high": 24576, "xhigh": 32768}
 _AUDIO_MIME = {"wav": "audio/wav", "mp3": "audio/mp3"}
 
 
@@ -431,7 +429,7 @@ def _generation_config(body: Mapping[str, Any], target: Target) -> dict[str, Any
             config["stopSequences"] = stops
     effort = body.get("reasoning_effort")
     if effort is not None:
-        budget = _EFFORT_BUDGETS.get(effort) if isinstance(effort, str) else None
+        budget = g.EFFORT_BUDGETS.get(effort) if isinstance(effort, str) else None
         if budget is None:
             raise ClientRequestError(f"reasoning_effort: unknown effort {effort!r}")
         if "thinking" in target.capabilities:

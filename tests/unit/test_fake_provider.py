@@ -16,8 +16,9 @@ import openai
 import orjson
 import pytest
 
+from fake_provider.api import last_user_text, without_reminders
 from fake_provider.config import FakeConfig
-from fake_provider.reply import THINKING_SIGNATURE, example_arguments, split_text
+from fake_provider.reply import THINKING_SIGNATURE, estimate_tokens, example_arguments, example_value, split_text
 from fake_provider.server import FakeProvider, add_arguments, provider_of, start
 
 WEATHER_TOOL_ANTHROPIC = {
@@ -48,6 +49,14 @@ WEATHER_TOOL_GEMINI = {
         }
     ]
 }
+# What Claude Code sends with a prompt hook (output_config.format): the answer must parse as this.
+VERDICT_SCHEMA = {
+    "type": "object",
+    "properties": {"ok": {"type": "boolean"}, "reason": {"type": "string"}},
+    "required": ["ok"],
+    "additionalProperties": False,
+}
+REMINDER = "<system-reminder>\nThe date is 2025-01-01.\n</system-reminder>"
 
 
 @pytest.fixture(scope="session")
@@ -241,6 +250,51 @@ async def test_cached_tokens_are_reported_beside_input(claude: anthropic.AsyncAn
     assert message.usage.input_tokens >= 1
 
 
+async def test_anthropic_system_reminder_blocks_are_not_echoed(claude: anthropic.AsyncAnthropic) -> None:
+    content = [{"type": "text", "text": REMINDER}, {"type": "text", "text": "Hi there"}]
+    message = await claude.messages.create(model="m", max_tokens=100, messages=[{"role": "user", "content": content}])
+    assert message.content[0].text == "Hello from fake-anthropic model m: Hi there"
+
+
+async def test_anthropic_structured_output_answers_with_schema_json(claude: anthropic.AsyncAnthropic) -> None:
+    message = await claude.messages.create(
+        model="m",
+        max_tokens=100,
+        messages=user("Is this command safe?"),
+        output_config={"format": {"type": "json_schema", "schema": VERDICT_SCHEMA}},
+    )
+    assert message.stop_reason == "end_turn"
+    assert orjson.loads(message.content[0].text) == {"ok": True}
+
+
+async def test_anthropic_structured_output_replaces_the_tool_result_echo(claude: anthropic.AsyncAnthropic) -> None:
+    messages = [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "Sunny"}]},
+    ]
+    message = await claude.messages.create(
+        model="m",
+        max_tokens=100,
+        messages=messages,
+        tools=[WEATHER_TOOL_ANTHROPIC],
+        output_config={"format": {"type": "json_schema", "schema": VERDICT_SCHEMA}},
+    )
+    assert orjson.loads(message.content[0].text) == {"ok": True}
+
+
+async def test_anthropic_planned_tool_call_wins_over_structured_output(claude: anthropic.AsyncAnthropic) -> None:
+    message = await claude.messages.create(
+        model="m",
+        max_tokens=100,
+        messages=user("What's the weather?"),
+        tools=[WEATHER_TOOL_ANTHROPIC],
+        output_config={"format": {"type": "json_schema", "schema": VERDICT_SCHEMA}},
+    )
+    assert message.stop_reason == "tool_use"
+    assert [block.type for block in message.content] == ["tool_use"]
+
+
 # --- OpenAI ------------------------------------------------------------------------------------
 
 
@@ -346,6 +400,20 @@ async def test_models_listing_reads_in_both_sdks(gpt: openai.AsyncOpenAI, claude
     assert "gpt-4o-mini" in openai_ids
 
 
+async def test_openai_system_reminder_parts_are_not_echoed(gpt: openai.AsyncOpenAI) -> None:
+    content = [{"type": "text", "text": "Hi there"}, {"type": "text", "text": "  " + REMINDER}]
+    completion = await gpt.chat.completions.create(model="m", messages=[{"role": "user", "content": content}])
+    assert completion.choices[0].message.content == "Hello from fake-openai model m: Hi there"
+
+
+async def test_openai_json_schema_response_format(gpt: openai.AsyncOpenAI) -> None:
+    json_schema = {"name": "verdict", "schema": VERDICT_SCHEMA, "strict": True}
+    response_format = {"type": "json_schema", "json_schema": json_schema}
+    completion = await gpt.chat.completions.create(model="m", messages=user("safe?"), response_format=response_format)
+    assert orjson.loads(completion.choices[0].message.content) == {"ok": True}
+    assert completion.choices[0].finish_reason == "stop"
+
+
 # --- Gemini ------------------------------------------------------------------------------------
 
 GEMINI_PATH = "/v1beta/models/gemini-test:"
@@ -419,6 +487,44 @@ async def test_gemini_injected_error_format(base_url: str, http: aiohttp.ClientS
     assert error["status"] == "RESOURCE_EXHAUSTED"
 
 
+async def test_gemini_system_reminder_parts_are_not_echoed(base_url: str, http: aiohttp.ClientSession) -> None:
+    body = {"contents": [{"role": "user", "parts": [{"text": REMINDER}, {"text": "Hi there"}]}]}
+    async with http.post(f"{base_url}{GEMINI_PATH}generateContent", json=body) as response:
+        parts = (await response.json())["candidates"][0]["content"]["parts"]
+    assert parts == [{"text": "Hello from fake-gemini model gemini-test: Hi there"}]
+
+
+# The OpenAPI-style schema of responseSchema, with its upper-case type names.
+VERDICT_SCHEMA_GEMINI = {
+    "type": "OBJECT",
+    "properties": {"ok": {"type": "BOOLEAN"}, "reason": {"type": "STRING"}},
+    "required": ["ok"],
+}
+
+
+@pytest.mark.parametrize(
+    ("schema_field", "schema"),
+    [("responseJsonSchema", VERDICT_SCHEMA), ("responseSchema", VERDICT_SCHEMA_GEMINI)],
+)
+async def test_gemini_json_response_schema(
+    base_url: str, http: aiohttp.ClientSession, schema_field: str, schema: dict
+) -> None:
+    body = {
+        "contents": gemini_user("safe?"),
+        "generationConfig": {"responseMimeType": "application/json", schema_field: schema},
+    }
+    async with http.post(f"{base_url}{GEMINI_PATH}generateContent", json=body) as response:
+        [part] = (await response.json())["candidates"][0]["content"]["parts"]
+    assert orjson.loads(part["text"]) == {"ok": True}
+
+
+async def test_gemini_schema_without_json_mime_type_is_free_text(base_url: str, http: aiohttp.ClientSession) -> None:
+    body = {"contents": gemini_user("safe?"), "generationConfig": {"responseJsonSchema": VERDICT_SCHEMA}}
+    async with http.post(f"{base_url}{GEMINI_PATH}generateContent", json=body) as response:
+        [part] = (await response.json())["candidates"][0]["content"]["parts"]
+    assert part["text"].startswith("Hello from fake-gemini")
+
+
 # --- faults, recording and control ---------------------------------------------------------------
 
 
@@ -457,6 +563,25 @@ async def test_recorded_requests_show_what_arrived(
         assert (await response.json()) == {"cleared": 1}
     async with http.get(f"{base_url}/_fake/requests") as response:
         assert await response.json() == []
+
+
+async def test_recorded_size_is_what_the_input_tokens_count(base_url: str, http: aiohttp.ClientSession) -> None:
+    raw = orjson.dumps({"model": "m", "max_tokens": 10, "messages": user("hi " * 50)})
+    async with http.post(f"{base_url}/v1/messages", data=raw) as response:
+        usage = (await response.json())["usage"]
+    async with http.get(f"{base_url}/_fake/requests") as response:
+        [recorded] = await response.json()
+
+    assert recorded["size"] == len(raw)
+    assert usage["input_tokens"] == estimate_tokens(recorded["size"])
+
+
+async def test_recorded_size_of_a_malformed_body(base_url: str, http: aiohttp.ClientSession) -> None:
+    async with http.post(f"{base_url}/v1/messages", data=b"{not json") as response:
+        assert response.status == 400
+    async with http.get(f"{base_url}/_fake/requests") as response:
+        [recorded] = await response.json()
+    assert (recorded["body"], recorded["size"]) == (None, 9)
 
 
 async def test_fail_count_fails_only_the_next_requests(
@@ -528,6 +653,34 @@ def test_example_arguments_fill_required_properties_by_type() -> None:
         "required": ["city", "count", "metric", "unit"],
     }
     assert example_arguments(schema) == {"city": "Paris", "count": 1, "metric": True, "unit": "c"}
+
+
+def test_without_reminders_keeps_only_the_users_words() -> None:
+    assert without_reminders("plain text ") == "plain text "
+    assert without_reminders("  " + REMINDER + "\n") == ""
+    assert without_reminders(REMINDER + "\n\n  Fix the bug  \n") == "Fix the bug"
+    assert without_reminders(REMINDER + REMINDER + "\nFix it") == "Fix it"
+    assert without_reminders("<system-reminder>never closed") == ""
+    # A reminder appended after the prompt stays: the prompt still leads the echo.
+    assert without_reminders("Fix it\n" + REMINDER) == "Fix it\n" + REMINDER
+
+
+def test_last_user_text_skips_messages_that_are_only_reminders() -> None:
+    messages = [
+        {"role": "user", "content": "the real question"},
+        {"role": "assistant", "content": "an answer"},
+        {"role": "user", "content": [{"type": "text", "text": REMINDER}]},
+        {"role": "user", "content": REMINDER},
+    ]
+    assert last_user_text(messages) == "the real question"
+    assert last_user_text([{"role": "user", "content": REMINDER + "\nnext step"}]) == "next step"
+
+
+def test_example_value_of_non_object_schemas() -> None:
+    assert example_value({"type": "array", "items": {"type": "STRING"}, "minItems": 2}) == ["Paris", "Paris"]
+    assert example_value({"type": "array", "items": {"type": "string"}}) == []
+    assert example_value({"properties": {"n": {"type": "integer"}}}) == {"n": 1}
+    assert example_value({"type": ["null", "boolean"]}) is True
 
 
 def test_split_text_keeps_every_character() -> None:

@@ -279,6 +279,24 @@ def test_the_subagent_tag_is_stripped_from_a_copy_and_the_input_is_untouched():
     assert decision.body["messages"] is body["messages"]
 
 
+def test_the_subagent_tag_after_claude_codes_billing_block_routes_the_subagent():
+    # Claude Code 2.1.328's subagent requests: billing attribution, identity line, then the agent's prompt.
+    body = {
+        "model": "claude-opus-5-5",
+        "system": [
+            {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.328.471; cc_is_subagent=true;"},
+            {"type": "text", "text": "You are a Claude agent, built on Anthropic's Claude Agent SDK."},
+            {"type": "text", "text": f"{SUBAGENT_OPEN}ant,subagent-model{SUBAGENT_CLOSE}\nYou review.", "x": 1},
+        ],
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    decision = ask(body)
+    assert (decision.scenario, route(decision)) == ("subagent", "ant,subagent-model")
+    assert decision.body["system"][2] == {"type": "text", "text": "You review.", "x": 1}
+    assert decision.body["system"][:2] == body["system"][:2]
+    assert "system block 2" in decision.reason
+
+
 def test_the_subagent_tag_may_name_an_alias():
     decision = ask(subagent_body(f"{SUBAGENT_OPEN}opus{SUBAGENT_CLOSE}x"))
     assert (decision.scenario, route(decision)) == ("subagent", "ant,claude-opus-4-1")
@@ -313,7 +331,7 @@ def test_the_subagent_tag_is_stripped_even_when_an_earlier_scenario_wins():
     ],
     ids=["one-block", "tag-in-first-block", "unclosed", "not-at-start", "string"],
 )
-def test_without_a_tag_at_the_start_of_the_second_block_the_body_is_forwarded_as_is(system):
+def test_without_a_tag_at_the_start_of_a_later_block_the_body_is_forwarded_as_is(system):
     body = {"model": "claude-sonnet-4-5", "system": system, "messages": []}
     decision = ask(body)
     assert decision.scenario == "model"

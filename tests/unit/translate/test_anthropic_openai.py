@@ -31,7 +31,7 @@ def _body(request: dict[str, Any], target: Target = TARGET) -> dict[str, Any]:
         ({"max_tokens": 10, "messages": []}, "messages: at least one message is required"),
         ({"messages": [{"role": "user", "content": "x"}]}, "max_tokens: required, must be a positive integer"),
         (_req(max_tokens=True), "max_tokens: required, must be a positive integer"),
-        (_req(messages=[{"role": "system", "content": "x"}]), "messages.0.role: must be 'user' or 'assistant'"),
+        (_req(messages=[{"role": "tool", "content": "x"}]), "messages.0.role: must be 'user', 'assistant' or 'system'"),
         (_req(messages=["x"]), "messages.0: must be an object"),
         (_req(messages=[{"role": "user", "content": 5}]), "messages.0.content: must be a string or an array"),
         (

@@ -43,7 +43,7 @@ def test_the_registry_builds_this_translator() -> None:
     ("body", "message"),
     [
         ({"messages": []}, "messages: must be a non-empty array"),
-        ({"messages": [{"role": "system", "content": "x"}]}, "messages.0.role: must be 'user' or 'assistant'"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.role: must be 'user', 'assistant' or 'system'"),
         (
             {
                 "messages": [
