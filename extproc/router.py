@@ -174,7 +174,9 @@ def decide(
         route = _resolve(table, subagent, session)
         if route is None:
             raise RoutingError(404, f"the {SUBAGENT_OPEN} tag names {subagent!r}, which is not served by this gateway")
-        return done("subagent", route, tokens, f"system block {subagent_block}'s {SUBAGENT_OPEN} tag names {subagent!r}")
+        return done(
+            "subagent", route, tokens, f"system block {subagent_block}'s {SUBAGENT_OPEN} tag names {subagent!r}"
+        )
 
     # 4. background: a haiku-class model.
     if router.background is not None and "haiku" in model.lower():

@@ -62,13 +62,24 @@ def _texts(content: Any) -> list[str]:
 
 
 def last_user_text(messages: list) -> str:
-    """The user's own words in the latest user message that has any (Anthropic and OpenAI message
-    lists alike); system reminders are left out, see ``without_reminders``."""
+    """The user's own words: the first text of the latest user message that has any (Anthropic and
+    OpenAI message lists alike), system reminders left out (see ``without_reminders``). Later texts
+    of the message are what a client attached after the prompt (Claude Code's environment block,
+    when a gateway folds it into the turn)."""
     for message in reversed(messages):
         if isinstance(message, dict) and message.get("role") == "user":
-            text = "".join(without_reminders(part) for part in _texts(message.get("content")))
+            text = first_words(_texts(message.get("content")))
             if text:
                 return text
+    return ""
+
+
+def first_words(texts: list[str]) -> str:
+    """The first of ``texts`` that is not only system reminders, without them."""
+    for text in texts:
+        words = without_reminders(text)
+        if words:
+            return words
     return ""
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from fake_provider.api import JSON_CONTENT_TYPE, BadRequest, without_reminders
+from fake_provider.api import JSON_CONTENT_TYPE, BadRequest, first_words
 from fake_provider.reply import (
     THINKING_SIGNATURE,
     Conversation,
@@ -152,10 +152,12 @@ def _part_list(content: Any) -> list:
 def _last_user_text(contents: list) -> str:
     for content in reversed(contents):
         if isinstance(content, dict) and content.get("role", "user") == "user":
-            text = "".join(
-                without_reminders(part.get("text", ""))
-                for part in _part_list(content)
-                if isinstance(part, dict) and not part.get("thought")
+            text = first_words(
+                [
+                    part.get("text", "")
+                    for part in _part_list(content)
+                    if isinstance(part, dict) and not part.get("thought")
+                ]
             )
             if text:
                 return text

@@ -135,9 +135,7 @@ def hidden_tools(tools: list[Any], messages: Any) -> frozenset[str]:
     """Names of the tools the model may not see yet. A tool with ``defer_loading`` stays hidden
     until a tool search loaded it, that is until a ``tool_reference`` block naming it came back in a
     tool result (Claude Code defers its rarer tools and MCP tools behind its ToolSearch tool)."""
-    deferred = {
-        tool.get("name") for tool in tools if isinstance(tool, dict) and tool.get("defer_loading") is True
-    }
+    deferred = {tool.get("name") for tool in tools if isinstance(tool, dict) and tool.get("defer_loading") is True}
     if not deferred:
         return frozenset()
     return frozenset(deferred - referenced_tools(messages))

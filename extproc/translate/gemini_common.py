@@ -73,6 +73,7 @@ EFFORT_BUDGETS = {
     "max": 32768,
 }
 
+
 def upstream_path(target: Target) -> str:
     if target.stream:
         return f"{target.base_path}/models/{target.model}:streamGenerateContent?alt=sse"
