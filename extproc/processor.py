@@ -26,7 +26,7 @@ from extproc import mutations as m
 from extproc.metrics import RESPONSES, ROUTED
 from extproc.router import Decision, RoutingError, decide
 from extproc.routing import ModelRoute, RoutingTable
-from extproc.tokens import SessionUsage
+from extproc.tokens import SessionUsage, count_for_client
 from extproc.translate.base import Api, ClientRequestError, Translator, UpstreamProtocolError, Usage
 from extproc.translate.passthrough import CountTokensPassthrough
 from extproc.translate.registry import translator_class, translator_for
@@ -144,7 +144,7 @@ class RequestProcessor:
             decision = decide(table, body, self.headers, len(raw), self.state.sessions)
         except RoutingError as exc:
             if self.endpoint.kind == "count_tokens":
-                return _estimate_tokens(raw)
+                return _count_tokens(body)
             return m.immediate_error(self.api, exc.status, exc.message, "ccr_no_route")
         self.decision = decision
         self.stream = decision.body.get("stream") is True
@@ -152,7 +152,7 @@ class RequestProcessor:
         if self.endpoint.kind == "count_tokens":
             provider = decision.route.provider
             if not provider.forward_count_tokens or provider.unavailable:
-                return _estimate_tokens(raw)
+                return _count_tokens(decision.body)
             return self._forward(decision.route, decision.body, CountTokensPassthrough())
         if len(decision.chain) > 1:
             return self._forward_chain(decision, raw)
@@ -298,9 +298,10 @@ def strip_before_egress(name: str, client: Api, provider: Api) -> bool:
     return client is not provider and name.startswith(_API_HEADER_PREFIXES[client])
 
 
-def _estimate_tokens(raw: bytes) -> ProcessingResponse:
-    """count_tokens answered locally: a byte-based estimate (~4 bytes per token), no round trip."""
-    return m.immediate(200, orjson.dumps({"input_tokens": max(1, len(raw) // 4)}))
+def _count_tokens(body: dict[str, Any]) -> ProcessingResponse:
+    """count_tokens answered locally (no round trip): Claude Code's context meter and auto-compact
+    read it, so it is counted (extproc.tokens.count_for_client), not guessed from the size."""
+    return m.immediate(200, orjson.dumps({"input_tokens": count_for_client(body)}))
 
 
 def _internal(name: str, set_headers: list[tuple[str, str]]) -> bool:
