@@ -12,6 +12,7 @@ that Claude Code asked not to be shown.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +174,7 @@ def check_translated(api: str, client: dict[str, Any], upstream: dict[str, Any])
         assert ("response_format" in upstream) == wants_json
     else:
         roles = [c["role"] for c in upstream["contents"]]
-        assert roles[0] == "user" and all(a != b for a, b in zip(roles, roles[1:], strict=False))
+        assert roles[0] == "user" and all(a != b for a, b in itertools.pairwise(roles))
         texts = [p.get("text") for c in upstream["contents"] if c["role"] == "user" for p in c["parts"]]
         positions = [texts.index(text) for text in system_messages(client)]
         assert positions == sorted(positions)  # folded into the user turns, in order, text intact
@@ -210,15 +211,18 @@ def test_count_tokens_is_within_ten_percent_of_the_providers_count(state: Gatewa
 
 # --- thinking the client asked not to see ------------------------------------------------------
 
-REASONING_STREAM = b"".join(
-    b"data: " + orjson.dumps(chunk) + b"\n\n"
-    for chunk in (
-        {"id": "c1", "model": "m", "choices": [{"index": 0, "delta": {"reasoning_content": "secret plan"}}]},
-        {"id": "c1", "model": "m", "choices": [{"index": 0, "delta": {"content": "Hello"}}]},
-        {"id": "c1", "model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
-        {"id": "c1", "model": "m", "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 3}},
+REASONING_STREAM = (
+    b"".join(
+        b"data: " + orjson.dumps(chunk) + b"\n\n"
+        for chunk in (
+            {"id": "c1", "model": "m", "choices": [{"index": 0, "delta": {"reasoning_content": "secret plan"}}]},
+            {"id": "c1", "model": "m", "choices": [{"index": 0, "delta": {"content": "Hello"}}]},
+            {"id": "c1", "model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+            {"id": "c1", "model": "m", "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 3}},
+        )
     )
-) + b"data: [DONE]\n\n"
+    + b"data: [DONE]\n\n"
+)
 
 
 @pytest.mark.parametrize(("display", "shown"), [("omitted", False), ("updates", True), (None, True)])
@@ -230,4 +234,6 @@ def test_reasoning_reaches_claude_code_only_when_it_asked_to_see_it(display: str
     translator.response_headers(200, {"content-type": "text/event-stream"})
     out = translator.response_body(REASONING_STREAM, True).body
     assert (b"secret plan" in out) == shown
-    assert b'"text_delta","text":"Hello"' in out and out.endswith(b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")
+    assert b'"text_delta","text":"Hello"' in out and out.endswith(
+        b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+    )
