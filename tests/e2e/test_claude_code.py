@@ -24,7 +24,7 @@ import pytest
 from tests.claude_code import scenarios
 from tests.claude_code.cli import PINNED_VERSION, ClaudeCode, Run, find_binary
 from tests.claude_code.scenarios import QUICK_PROMPT, SUBAGENT_PROMPT, TOOL_MARKER, Scenario
-from tests.e2e.gateway import FakeProvider, Gateway, free_port, http
+from tests.e2e.gateway import FakeProvider, Gateway, base_policy, free_port, http
 
 CORPUS = sorted((Path(__file__).resolve().parents[1] / "fixtures" / "claude_code").glob("*/*.json"))
 
@@ -69,7 +69,7 @@ FORMATS = {
         "sk-tenant-anthropic",
         "fake-anthropic,claude-sonnet-4-5",
         "fake-sonnet",
-        "fake-haiku",
+        "claude-haiku-4-5",
         "fake-openai,gpt-4o",
         "openai",
         "fake-gpt-4o",
@@ -84,62 +84,23 @@ PATHS = {"openai": "/v1/chat/completions", "anthropic": "/v1/messages"}
 
 
 def claude_code_policy(listener_port: int, fake: FakeProvider) -> dict:
-    thinking = ["tools", "thinking"]
-    return {
-        "listener": {"address": "127.0.0.1", "port": listener_port},
-        "limits": {"max_request_bytes": 4 << 20},
-        "providers": [
-            {
-                "name": "fake-anthropic",
-                "api": "anthropic",
-                "base_url": fake.url,
-                "api_key_env": "CCR_TEST_ANTHROPIC_KEY",
-                "models": [
-                    {
-                        "name": "claude-sonnet-4-5",
-                        "id": "fake-sonnet",
-                        "max_output_tokens": 64000,
-                        "capabilities": thinking,
-                    },
-                    {"name": "claude-haiku-4-5", "id": "fake-haiku"},
-                ],
-            },
-            {
-                "name": "fake-openai",
-                "api": "openai",
-                "base_url": f"{fake.url}/v1",
-                "api_key_env": "CCR_TEST_OPENAI_KEY",
-                "models": [
-                    {"name": "gpt-4o", "id": "fake-gpt-4o", "max_output_tokens": 16384, "capabilities": thinking},
-                    {"name": "gpt-4o-mini", "id": "fake-gpt-4o-mini", "max_output_tokens": 16384},
-                ],
-            },
-            {
-                "name": "fake-gemini",
-                "api": "gemini",
-                "base_url": f"{fake.url}/v1beta",
-                "api_key_env": "CCR_TEST_GEMINI_KEY",
-                "models": [
-                    {
-                        "name": "gemini-2.5-pro",
-                        "id": "fake-gemini-pro",
-                        "max_output_tokens": 65536,
-                        "capabilities": thinking,
-                    },
-                    {"name": "gemini-2.5-flash", "id": "fake-gemini-flash", "max_output_tokens": 65536},
-                ],
-            },
-        ],
-        "router": {"default": "fake-anthropic,claude-sonnet-4-5", "background": "fake-anthropic,claude-haiku-4-5"},
-        "tenants": [
-            {
-                "name": name,
-                "api_key_sha256": [hashlib.sha256(f.key.encode()).hexdigest()],
-                "router": {"default": f.default, "background": BACKGROUND[name]},
-            }
-            for name, f in FORMATS.items()
-        ],
-    }
+    """The shared e2e policy, plus a background model per format and a tenant per format."""
+    policy = base_policy(listener_port, fake, max_request_bytes=4 << 20)
+    providers = {p["name"]: p for p in policy["providers"] if p["name"] != "unreachable"}
+    providers["fake-openai"]["models"][0]["capabilities"].append("thinking")
+    providers["fake-openai"]["models"].append({"name": "gpt-4o-mini", "id": "fake-gpt-4o-mini"})
+    providers["fake-gemini"]["models"].append({"name": "gemini-2.5-flash", "id": "fake-gemini-flash"})
+    policy["providers"] = list(providers.values())
+    policy["router"] = {"default": "fake-anthropic,claude-sonnet-4-5", "background": BACKGROUND["anthropic"]}
+    policy["tenants"] = [
+        {
+            "name": name,
+            "api_key_sha256": [hashlib.sha256(f.key.encode()).hexdigest()],
+            "router": {"default": f.default, "background": BACKGROUND[name]},
+        }
+        for name, f in FORMATS.items()
+    ]
+    return policy
 
 
 @pytest.fixture(scope="module")
