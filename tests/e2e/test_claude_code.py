@@ -80,6 +80,7 @@ BACKGROUND = {
     "gemini": "fake-gemini,gemini-2.5-flash",
     "anthropic": "fake-anthropic,claude-haiku-4-5",
 }
+FALLBACK_KEY = "sk-tenant-fallback"  # its default is an Anthropic model with a Gemini fallback
 PATHS = {"openai": "/v1/chat/completions", "anthropic": "/v1/messages"}
 
 
@@ -90,7 +91,9 @@ def claude_code_policy(listener_port: int, fake: FakeProvider) -> dict:
     providers["fake-openai"]["models"][0]["capabilities"].append("thinking")
     providers["fake-openai"]["models"].append({"name": "gpt-4o-mini", "id": "fake-gpt-4o-mini"})
     providers["fake-gemini"]["models"].append({"name": "gemini-2.5-flash", "id": "fake-gemini-flash"})
+    providers["fake-anthropic"]["models"].append({"name": "claude-opus-4-1", "id": "fake-opus"})
     policy["providers"] = list(providers.values())
+    policy["fallback"] = {"fake-anthropic,claude-opus-4-1": ["fake-gemini,gemini-2.5-pro"]}
     policy["router"] = {"default": "fake-anthropic,claude-sonnet-4-5", "background": BACKGROUND["anthropic"]}
     policy["tenants"] = [
         {
@@ -100,6 +103,13 @@ def claude_code_policy(listener_port: int, fake: FakeProvider) -> dict:
         }
         for name, f in FORMATS.items()
     ]
+    policy["tenants"].append(
+        {
+            "name": "fallback",
+            "api_key_sha256": [hashlib.sha256(FALLBACK_KEY.encode()).hexdigest()],
+            "router": {"default": "fake-anthropic,claude-opus-4-1"},
+        }
+    )
     return policy
 
 
@@ -154,7 +164,7 @@ def api_of(request: dict) -> str:
 
 
 def assert_no_client_key(requests: list[dict]) -> None:
-    keys = [f.key for f in FORMATS.values()]
+    keys = [f.key for f in FORMATS.values()] + [FALLBACK_KEY]
     for request in requests:
         seen = json.dumps(request)
         assert not any(key in seen for key in keys), f"a client key reached the provider: {request['path']}"
@@ -313,3 +323,19 @@ def test_every_captured_claude_code_body_is_served_by_every_format(cc_gateway, f
         )
         assert status == 200, f"{fixture.name} to {f.api}: {status} {body[:400]!r}"
         assert body.startswith(b"event: message_start"), body[:200]
+
+
+def test_claude_code_falls_back_across_formats_inside_envoy(claude, cc_gateway, fake) -> None:
+    # The Anthropic-format primary is overloaded once: Envoy retries on the chain's Gemini provider,
+    # whose attempt the upstream ext_proc translates, and Claude Code never sees the failure.
+    fake.configure(status=529, fail_count=1)
+    tenant = Format("fallback", FALLBACK_KEY, "", "", "", "", "", "")
+    result = run(claude, cc_gateway, tenant, scenarios.tool_loop()).json()
+    assert result["result"].startswith("Tool result: ") and TOOL_MARKER in result["result"]
+    first, second, third = generations(fake)
+    assert [(api_of(r), model_of(r)) for r in (first, second, third)] == [
+        ("anthropic", "fake-opus"),  # answered 529
+        ("gemini", "fake-gemini-pro"),
+        ("anthropic", "fake-opus"),  # the next turn starts at the primary again, which is back
+    ]
+    assert_no_client_key([first, second, third])
