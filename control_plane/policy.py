@@ -247,8 +247,10 @@ def _provider(check: Checker, at: Located, path: str) -> ProviderSpec | None:
             check.problem(
                 flag_at, join(path, "forward_count_tokens"), f"must be true or false, got {kind_of(flag_at.value)}"
             )
-        elif flag_at.value and api != "anthropic":
-            check.problem(flag_at, join(path, "forward_count_tokens"), "only Anthropic-format providers count tokens")
+        elif flag_at.value and api not in ("anthropic", "gemini"):
+            check.problem(
+                flag_at, join(path, "forward_count_tokens"), "only Anthropic- and Gemini-format providers count tokens"
+            )
         else:
             forward_count_tokens = flag_at.value
     models: list[ModelSpec] = []

@@ -28,8 +28,7 @@ from extproc.router import Decision, RoutingError, decide
 from extproc.routing import ModelRoute, RoutingTable
 from extproc.tokens import SessionUsage, count_for_client
 from extproc.translate.base import Api, ClientRequestError, Translator, UpstreamProtocolError, Usage
-from extproc.translate.passthrough import CountTokensPassthrough
-from extproc.translate.registry import translator_class, translator_for
+from extproc.translate.registry import count_tokens_translator, translator_class, translator_for
 
 log = logging.getLogger("ccr.extproc")
 
@@ -153,7 +152,10 @@ class RequestProcessor:
             provider = decision.route.provider
             if not provider.forward_count_tokens or provider.unavailable:
                 return _count_tokens(decision.body)
-            return self._forward(decision.route, decision.body, CountTokensPassthrough())
+            counter = count_tokens_translator(provider.api)
+            if counter is None:  # the policy allows forwarding only to formats that can count
+                return _count_tokens(decision.body)
+            return self._forward(decision.route, decision.body, counter)
         if len(decision.chain) > 1:
             return self._forward_chain(decision, raw)
         return self._forward(decision.route, decision.body, translator_for(self.api, decision.route.provider.api))

@@ -69,7 +69,10 @@ class GeminiApi:
         )
 
     def count_tokens(self, body: Any, body_size: int) -> bytes:
-        _contents(body)
+        # countTokens takes either bare contents or a whole generateContentRequest (the form that
+        # can carry a system instruction and tools).
+        wrapped = body.get("generateContentRequest") if isinstance(body, dict) else None
+        _contents(wrapped if wrapped is not None else body)
         return orjson.dumps({"totalTokens": estimate_tokens(body_size)})
 
     def wants_stream(self, body: Any) -> bool:

@@ -32,10 +32,12 @@ One instance per request; not thread-safe.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
+from extproc.errors import error_body
 from extproc.sse import encode_event
 from extproc.translate import anthropic_schema as A
 from extproc.translate import gemini_common as g
@@ -43,10 +45,13 @@ from extproc.translate.base import (
     Api,
     ClientRequestError,
     Target,
+    TranslatedBody,
     TranslatedChunk,
+    UpstreamProtocolError,
     UpstreamRequest,
     Usage,
 )
+from extproc.translate.buffering import BodyBuffer
 from extproc.translate.gemini_schema import clean_schema, declaration, memoized_tools
 
 _TOOL_CHOICE_MODES = {"auto": "AUTO", "any": "ANY", "none": "NONE"}
@@ -211,6 +216,44 @@ class AnthropicToGemini(g.GeminiResponse):
 
     def _error_frame(self, status: int, message: str) -> bytes:
         return A.error_frame(status, message)
+
+
+class AnthropicToGeminiCountTokens:
+    """``POST /v1/messages/count_tokens`` forwarded to Gemini's ``countTokens`` (policy:
+    ``forward_count_tokens``): the request translated as for generateContent and wrapped as the
+    ``generateContentRequest`` (the form that carries system instruction and tools), Gemini's
+    ``totalTokens`` answered as ``input_tokens``. One instance per request; not thread-safe."""
+
+    client_api = Api.ANTHROPIC
+    provider_api = Api.GEMINI
+    rewrites_response = True
+
+    def __init__(self) -> None:
+        self._buffer = BodyBuffer()
+
+    def request(self, body: Mapping[str, Any], target: Target) -> UpstreamRequest:
+        generate = AnthropicToGemini().request(body, replace(target, stream=False))
+        wrapped = b'{"generateContentRequest":{"model":' + orjson.dumps(f"models/{target.model}") + b","
+        path = f"{target.base_path}/models/{target.model}:countTokens"
+        return UpstreamRequest(path=path, body=wrapped + generate.body[1:] + b"}")
+
+    def response_headers(self, status: int, headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+        return (("content-type", "application/json"),)
+
+    def response_body(self, chunk: bytes, end_of_stream: bool) -> TranslatedChunk:
+        raw = self._buffer.feed(chunk, end_of_stream)
+        if raw is None:
+            return TranslatedChunk(body=b"")
+        try:
+            total = orjson.loads(raw).get("totalTokens")
+        except (orjson.JSONDecodeError, AttributeError):
+            total = None
+        if not isinstance(total, int) or isinstance(total, bool):
+            raise UpstreamProtocolError("countTokens answered without an integer totalTokens")
+        return TranslatedChunk(body=orjson.dumps({"input_tokens": total}))
+
+    def response_error(self, status: int, body: bytes) -> TranslatedBody:
+        return TranslatedBody(status=status, body=error_body(Api.ANTHROPIC, status, g.error_message(body)))
 
 
 def _usage_json(usage: Usage) -> dict[str, Any]:

@@ -21,9 +21,26 @@ TRANSLATORS: dict[tuple[Api, Api], str] = {
 }
 
 
+# POST /v1/messages/count_tokens, forwarded to providers that count (policy: forward_count_tokens).
+COUNT_TOKENS: dict[Api, str] = {
+    Api.ANTHROPIC: "extproc.translate.passthrough:CountTokensPassthrough",
+    Api.GEMINI: "extproc.translate.anthropic_gemini:AnthropicToGeminiCountTokens",
+}
+
+
 @cache
 def translator_class(client: Api, provider: Api) -> type[Translator] | None:
-    dotted = TRANSLATORS.get((client, provider))
+    return _load(TRANSLATORS.get((client, provider)))
+
+
+def count_tokens_translator(provider: Api) -> Translator | None:
+    """A fresh count_tokens translator for an Anthropic client, or None when ``provider`` cannot count."""
+    cls = _load(COUNT_TOKENS.get(provider))
+    return cls() if cls is not None else None
+
+
+@cache
+def _load(dotted: str | None) -> type[Translator] | None:
     if dotted is None:
         return None
     module, _, name = dotted.partition(":")

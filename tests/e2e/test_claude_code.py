@@ -91,6 +91,7 @@ def claude_code_policy(listener_port: int, fake: FakeProvider) -> dict:
     providers["fake-openai"]["models"][0]["capabilities"].append("thinking")
     providers["fake-openai"]["models"].append({"name": "gpt-4o-mini", "id": "fake-gpt-4o-mini"})
     providers["fake-gemini"]["models"].append({"name": "gemini-2.5-flash", "id": "fake-gemini-flash"})
+    providers["fake-gemini"]["forward_count_tokens"] = True  # fake-anthropic forwards them already
     providers["fake-anthropic"]["models"].append({"name": "claude-opus-4-1", "id": "fake-opus"})
     policy["providers"] = list(providers.values())
     policy["fallback"] = {"fake-anthropic,claude-opus-4-1": ["fake-gemini,gemini-2.5-pro"]}
@@ -323,6 +324,27 @@ def test_every_captured_claude_code_body_is_served_by_every_format(cc_gateway, f
         )
         assert status == 200, f"{fixture.name} to {f.api}: {status} {body[:400]!r}"
         assert body.startswith(b"event: message_start"), body[:200]
+
+
+@pytest.mark.parametrize("fixture", CORPUS[:3], ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_count_tokens_of_a_claude_code_body_is_the_providers_own_or_counted(cc_gateway, fake, fixture: Path) -> None:
+    captured = json.loads(fixture.read_text())
+    request = {k: v for k, v in captured["body"].items() if k in ("model", "messages", "system", "tools")}
+    for f in FORMATS.values():
+        fake.clear()
+        headers = {**captured["headers"], "content-type": "application/json", "x-api-key": f.key}
+        url = cc_gateway.url + "/v1/messages/count_tokens"
+        status, _, body = http("POST", url, json.dumps(request).encode(), headers)
+        assert status == 200, body
+        counted = json.loads(body)["input_tokens"]
+        asked = fake.requests()
+        if f.api == "openai":  # no OpenAI endpoint counts: the gateway counts (within 10%, unit-tested)
+            assert asked == [] and counted > 1000
+            continue
+        [provider] = asked  # Anthropic and Gemini count for themselves
+        assert provider["path"].endswith("/count_tokens" if f.api == "anthropic" else ":countTokens")
+        assert counted == (provider["size"] + 3) // 4  # what the fake provider counts
+        assert_no_client_key(asked)
 
 
 def test_claude_code_falls_back_across_formats_inside_envoy(claude, cc_gateway, fake) -> None:

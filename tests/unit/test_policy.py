@@ -526,3 +526,15 @@ def test_to_proto_carries_no_secret_and_no_listener_details(monkeypatch):
     assert b"10.1.2.3" not in wire
     assert b"a.example" not in wire  # hosts are Envoy's business; ext_proc only names the cluster
     assert b"A_KEY" in wire
+
+
+@pytest.mark.parametrize("api", ["anthropic", "gemini"])
+def test_anthropic_and_gemini_providers_may_count_tokens(api):
+    policy = load(provider_yaml(api=api, forward_count_tokens="true"))
+    assert policy.providers[0].forward_count_tokens is True
+
+
+def test_an_openai_provider_cannot_count_tokens():
+    assert one_problem(provider_yaml(forward_count_tokens="true")) == (
+        "6:27: providers[0].forward_count_tokens: only Anthropic- and Gemini-format providers count tokens"
+    )

@@ -9,9 +9,9 @@ import orjson
 import pytest
 from gemini_cases import check_anthropic_stream, make_target, sse_events
 
-from extproc.translate.anthropic_gemini import AnthropicToGemini
+from extproc.translate.anthropic_gemini import AnthropicToGemini, AnthropicToGeminiCountTokens
 from extproc.translate.base import Api, ClientRequestError, UpstreamProtocolError
-from extproc.translate.registry import translator_for
+from extproc.translate.registry import count_tokens_translator, translator_for
 
 USER = {"role": "user", "content": "hi"}
 
@@ -250,3 +250,43 @@ def test_response_content_type_follows_the_client_request() -> None:
     translator.request(body, make_target(body))
     assert translator.response_headers(200, {}) == (("content-type", "text/event-stream"),)
     assert translator.response_headers(500, {}) == (("content-type", "application/json"),)
+
+
+# --- count_tokens forwarded to Gemini's countTokens ----------------------------------------------
+
+
+def test_count_tokens_goes_to_count_tokens_as_a_whole_generate_content_request() -> None:
+    body = {
+        "model": "c",
+        "system": [
+            {"type": "text", "text": "x-anthropic-billing-header: cc_version=2;"},
+            {"type": "text", "text": "Be brief."},
+        ],
+        "messages": [USER, {"role": "system", "content": "# Environment"}],
+        "tools": [{"name": "Bash", "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}}}],
+    }
+    counter = count_tokens_translator(Api.GEMINI)
+    assert isinstance(counter, AnthropicToGeminiCountTokens)
+    upstream = counter.request(body, make_target(body))
+    assert upstream.path == "/v1beta/models/gemini-2.5-pro:countTokens"
+    wrapped = orjson.loads(upstream.body)
+    assert list(wrapped) == ["generateContentRequest"]
+    request = wrapped["generateContentRequest"]
+    assert request["model"] == "models/gemini-2.5-pro"
+    assert request["contents"] == [{"role": "user", "parts": [{"text": "hi"}, {"text": "# Environment"}]}]
+    assert request["systemInstruction"] == {"parts": [{"text": "Be brief."}]}
+    assert request["tools"][0]["functionDeclarations"][0]["name"] == "Bash"
+
+
+def test_count_tokens_answers_the_providers_total_as_input_tokens() -> None:
+    counter = AnthropicToGeminiCountTokens()
+    assert counter.response_headers(200, {}) == (("content-type", "application/json"),)
+    assert counter.response_body(b'{"totalTok', False).body == b""
+    assert orjson.loads(counter.response_body(b'ens": 1234}', True).body) == {"input_tokens": 1234}
+    with pytest.raises(UpstreamProtocolError):
+        AnthropicToGeminiCountTokens().response_body(b'{"error": "no"}', True)
+    error = AnthropicToGeminiCountTokens().response_error(
+        429, b'{"error": {"code": 429, "message": "quota", "status": "RESOURCE_EXHAUSTED"}}'
+    )
+    assert error.status == 429
+    assert orjson.loads(error.body)["error"] == {"type": "rate_limit_error", "message": "RESOURCE_EXHAUSTED: quota"}
