@@ -13,9 +13,6 @@ from dataclasses import dataclass
 
 from control_plane.snapshot import Snapshot
 
-ENVOY_GROUP = "ccr-gateway"
-EXTPROC_GROUP = "ccr-extproc"
-
 CHANGED = object()  # put on a watch queue when the group's snapshot changed
 
 

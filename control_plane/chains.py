@@ -21,35 +21,21 @@ import envoy.extensions.retry.host.previous_hosts.v3.previous_hosts_pb2
 import envoy.extensions.retry.priority.previous_priorities.v3.previous_priorities_config_pb2  # noqa: F401
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 
+from ccr.v1.contract import CLUSTER_HEADER, METADATA_NAMESPACE, PROVIDER_RESPONSE_HEADER, UPSTREAM_PHASE_METADATA
 from control_plane import resilience
 from control_plane.policy import ProviderSpec
 from control_plane.policy_routes import FallbackSpec
 from control_plane.resources import (
-    CLUSTER_HEADER,
     EXTPROC_CLUSTER,
     EXTPROC_MESSAGE_TIMEOUT,
-    METADATA_NAMESPACE,
     TYPE_PREFIX,
     parse_resource,
     tls_socket,
 )
 
-CHAIN_METADATA_KEY = "chain"  # ccr.chain dynamic metadata: client API and model per provider
-PROVIDER_RESPONSE_HEADER = "x-ccr-provider"  # which provider answered (from endpoint metadata)
-UPSTREAM_PHASE_METADATA = ("x-ccr-phase", "upstream")  # gRPC metadata telling ext_proc which filter calls
 # Conditions under which the next provider of the chain is tried.
 CHAIN_CLUSTER_PREFIX = "chain_"
 RETRY_ON = "5xx,reset,connect-failure,refused-stream,retriable-status-codes"
-
-
-def encode_chain(client_api: str, chain: list[tuple[str, str]]) -> str:
-    """ccr.chain: "<client api>;<provider>=<model name>;..." (names cannot hold ';' or '=')."""
-    return ";".join([client_api, *(f"{provider}={model}" for provider, model in chain)])
-
-
-def decode_chain(value: str) -> tuple[str, dict[str, str]]:
-    client, *pairs = value.split(";")
-    return client, dict(pair.split("=", 1) for pair in pairs if "=" in pair)
 
 
 def chain_cluster(chain: FallbackSpec, providers: dict[str, ProviderSpec]) -> Cluster:

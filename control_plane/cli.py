@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -157,12 +158,11 @@ def _consul_policy_or_exit(args: argparse.Namespace) -> GatewayPolicy:
 
 
 def cmd_extproc(args: argparse.Namespace) -> int:
+    from control_plane.registration import registered
     from extproc.server import ExtProcConfig, serve
 
-    config = ExtProcConfig(
-        listen=args.listen, control_plane=args.control_plane, metrics_port=args.metrics_port, consul=args.consul or ""
-    )
-    asyncio.run(serve(config))
+    config = ExtProcConfig(listen=args.listen, control_plane=args.control_plane, metrics_port=args.metrics_port)
+    asyncio.run(serve(config, register=functools.partial(registered, args.consul or "")))
     return 0
 
 

@@ -28,11 +28,12 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from ccr.v1.contract import SCENARIOS
 from control_plane.policy import PolicyError, load_policy
 
 CCR_DEFAULT_PORT = 3456
 DEFAULT_LISTEN_PORT = 8080
-SCENARIO_KEYS = ("default", "background", "think", "longContext", "webSearch", "image")
+SCENARIO_KEYS = tuple(SCENARIOS)
 APIKEY_TENANT = "ccr-apikey"
 
 _NAME_INVALID = re.compile(r"[^a-z0-9_-]+")

@@ -33,17 +33,9 @@ import re
 from dataclasses import dataclass, field
 
 from ccr.v1 import policy_pb2
+from ccr.v1.contract import DEFAULT_LONG_CONTEXT_THRESHOLD, SCENARIOS
 from control_plane.yaml_check import Checker, Located, join, kind_of
 
-SCENARIOS = {  # YAML key -> field name, in CCR's spelling
-    "default": "default",
-    "background": "background",
-    "think": "think",
-    "longContext": "long_context",
-    "webSearch": "web_search",
-    "image": "image",
-}
-DEFAULT_LONG_CONTEXT_THRESHOLD = 60_000
 MAX_CHAIN = 5
 _HOOK = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")

@@ -25,15 +25,13 @@ from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from ccr.v1.contract import CLUSTER_HEADER, METADATA_NAMESPACE
 from control_plane import resilience, usage_capture
 from control_plane.policy import GatewayPolicy, ProviderSpec
 
 LISTENER_NAME = "ccr_listener"
 ROUTE_CONFIG_NAME = "ccr_routes"
 EXTPROC_CLUSTER = "ccr_extproc"  # static, in the bootstrap
-CLUSTER_HEADER = "x-ccr-cluster"  # set by ext_proc; names the provider cluster for this request
-INTERNAL_HEADER_PREFIX = "x-ccr-"
-METADATA_NAMESPACE = "ccr"  # ext_proc's dynamic metadata (client_api, provider, model) for logs
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 # LLM calls are long: a non-streaming completion of a big model can take minutes.

@@ -24,11 +24,12 @@ from dataclasses import dataclass
 
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 
+from ccr.v1.contract import ENVOY_GROUP, EXTPROC_GROUP, POLICY_RESOURCE_NAME
 from control_plane import resources
-from control_plane.cache import ENVOY_GROUP, EXTPROC_GROUP, Ack, SnapshotCache
+from control_plane.cache import Ack, SnapshotCache
 from control_plane.chains import chain_cluster, chain_route
 from control_plane.policy import GatewayPolicy, ProviderSpec
-from control_plane.snapshot import CLUSTER, ENDPOINT, POLICY, POLICY_RESOURCE_NAME, Snapshot, consistency_errors
+from control_plane.snapshot import CLUSTER, ENDPOINT, POLICY, Snapshot, consistency_errors
 
 log = logging.getLogger("ccr.control_plane.rollout")
 _UNTIL_EXTPROC_ACKS = float("inf")

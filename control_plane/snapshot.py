@@ -20,14 +20,14 @@ from envoy.extensions.filters.network.http_connection_manager.v3.http_connection
 )
 from google.protobuf.message import Message
 
+from ccr.v1.contract import POLICY_TYPE_URL
 from ccr.v1.policy_pb2 import Policy
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-POLICY = "type.googleapis.com/ccr.v1.Policy"
-POLICY_RESOURCE_NAME = "policy"
+POLICY = POLICY_TYPE_URL
 
 # The order Envoy must receive types in (make-before-break): clusters before the endpoints that
 # warm them, both before listeners and routes that might send traffic to them. The ext_proc policy

@@ -23,12 +23,9 @@ import envoy.extensions.access_loggers.grpc.v3.als_pb2
 import envoy.extensions.filters.http.json_to_metadata.v3.json_to_metadata_pb2  # noqa: F401
 import xds.type.v3.typed_struct_pb2  # noqa: F401
 
+from ccr.v1.contract import ANSWERED_BY_TAG, SESSION_LOG_NAME, USAGE_LOG_NAME, USAGE_NAMESPACE
 from control_plane.resilience import TYPE_PREFIX
 
-USAGE_NAMESPACE = "ccr.usage"
-USAGE_LOG_NAME = "ccr_usage"  # count the tokens and remember the sessions
-SESSION_LOG_NAME = "ccr_usage_sessions"  # only remember the sessions (the other workers' copies)
-ANSWERED_BY_TAG = "answered_by"  # the chain endpoint that answered (its ccr.provider metadata)
 # Small batches, flushed often: the next turn of a session reads the last turn's prompt size.
 USAGE_LOG_FLUSH = "0.1s"
 USAGE_LOG_BUFFER_BYTES = 16384

@@ -23,8 +23,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, Proces
 from google.protobuf import json_format, text_format
 from google.protobuf.struct_pb2 import Struct
 
-from control_plane.chains import CHAIN_METADATA_KEY, decode_chain
-from control_plane.resources import METADATA_NAMESPACE
+from ccr.v1.contract import CHAIN_METADATA_KEY, METADATA_NAMESPACE, decode_chain
 from extproc import mutations as m
 from extproc.processor import GatewayState, strip_before_egress
 from extproc.routing import ModelRoute

@@ -20,9 +20,9 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest
 from google.rpc.status_pb2 import Status
 
+from ccr.v1.contract import EXTPROC_GROUP, POLICY_RESOURCE_NAME
+from ccr.v1.contract import POLICY_TYPE_URL as POLICY
 from ccr.v1.policy_pb2 import Policy
-from control_plane.cache import EXTPROC_GROUP
-from control_plane.snapshot import POLICY, POLICY_RESOURCE_NAME
 from extproc.routing import PolicyCompileError, RoutingTable, compile_policy
 
 log = logging.getLogger("ccr.extproc.policy")

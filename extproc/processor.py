@@ -20,8 +20,15 @@ from typing import Any
 import orjson
 from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, ProcessingRequest, ProcessingResponse
 
-from control_plane.chains import CHAIN_METADATA_KEY, PROVIDER_RESPONSE_HEADER, encode_chain
-from control_plane.resources import CLUSTER_HEADER, INTERNAL_HEADER_PREFIX, METADATA_NAMESPACE
+from ccr.v1.contract import (
+    CHAIN_METADATA_KEY,
+    CLUSTER_HEADER,
+    INTERNAL_HEADER_PREFIX,
+    METADATA_NAMESPACE,
+    PROVIDER_RESPONSE_HEADER,
+    ROUTE_HEADER,
+    encode_chain,
+)
 from extproc import mutations as m
 from extproc.metrics import RESPONSES, ROUTED
 from extproc.router import Decision, RoutingError, decide
@@ -32,7 +39,6 @@ from extproc.translate.registry import count_tokens_translator, translator_class
 
 log = logging.getLogger("ccr.extproc")
 
-ROUTE_HEADER = "x-ccr-route"  # on every routed response: scenario, provider, model, attempts
 # Credentials the client sent for the gateway; never forwarded to a provider.
 _CLIENT_CREDENTIALS = ("authorization", "x-api-key", "x-goog-api-key")
 # Headers that only mean something to one API; dropped when the provider speaks another.

@@ -20,22 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ccr.v1 import policy_pb2
+from ccr.v1.contract import DEFAULT_LONG_CONTEXT_THRESHOLD
+from ccr.v1.contract import SCENARIOS as SCENARIO_FIELDS
 from extproc.translate.base import Api, Target
 
 _API_OF = {
     policy_pb2.API_ANTHROPIC: Api.ANTHROPIC,
     policy_pb2.API_OPENAI: Api.OPENAI,
     policy_pb2.API_GEMINI: Api.GEMINI,
-}
-DEFAULT_LONG_CONTEXT_THRESHOLD = 60_000
-# Scenario names as CCR spells them (and as Decision.scenario reports them) -> Router proto field.
-SCENARIO_FIELDS = {
-    "default": "default",
-    "background": "background",
-    "think": "think",
-    "longContext": "long_context",
-    "webSearch": "web_search",
-    "image": "image",
 }
 
 Hook = Callable[[dict, Any], Any]

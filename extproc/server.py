@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 import grpc
@@ -15,8 +17,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, ProcessingResponse
 from prometheus_client import start_http_server
 
-from control_plane.chains import UPSTREAM_PHASE_METADATA
-from control_plane.registration import registered
+from ccr.v1.contract import UPSTREAM_PHASE_METADATA
 from extproc import tokens
 from extproc.attempt import AttemptProcessor
 from extproc.metrics import SESSIONS
@@ -26,6 +27,15 @@ from extproc.routing import RoutingTable
 from extproc.usage_log import UsageLogService
 
 log = logging.getLogger("ccr.extproc")
+
+# Keeps this worker in a service catalog while the block runs: (service name, listen address,
+# healthy?) -> context. Handed in by the composition root (Consul registration), so that ext_proc
+# itself knows no catalog.
+Registrar = Callable[[str, str, Callable[[], bool]], AbstractAsyncContextManager[None]]
+
+
+def _unregistered(name: str, listen: str, healthy: Callable[[], bool]) -> AbstractAsyncContextManager[None]:
+    return contextlib.nullcontext()
 
 
 class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer):
@@ -47,10 +57,9 @@ class ExtProcConfig:
     listen: str  # "unix:/path/extproc.sock" or "host:port"
     control_plane: str = "127.0.0.1:18000"
     metrics_port: int = 0
-    consul: str = ""  # register this worker in Consul's catalog (TTL check) when set
 
 
-async def serve(config: ExtProcConfig, ready: asyncio.Event | None = None) -> None:
+async def serve(config: ExtProcConfig, ready: asyncio.Event | None = None, register: Registrar = _unregistered) -> None:
     state = GatewayState()
     SESSIONS.set_function(lambda: len(state.sessions))  # read at scrape time: nothing per request
 
@@ -82,8 +91,8 @@ async def serve(config: ExtProcConfig, ready: asyncio.Event | None = None) -> No
         loop.add_signal_handler(sig, stop.set)
     if os.environ.get("CCR_TRACEMALLOC"):
         _install_allocation_report(loop)
-    # Healthy in Consul once a policy is installed: before that every request would get a 503.
-    async with registered(config.consul, "ccr-extproc", config.listen, lambda: state.table is not None):
+    # Healthy in the catalog once a policy is installed: before that every request would get a 503.
+    async with register("ccr-extproc", config.listen, lambda: state.table is not None):
         await stop.wait()
     subscription.cancel()
     # Finish in-flight requests (streams included) before exiting; new ones go elsewhere.

@@ -19,9 +19,14 @@ from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.accesslog.v3.als_pb2 import StreamAccessLogsMessage, StreamAccessLogsResponse
 from google.protobuf.struct_pb2 import Value
 
-from control_plane.chains import CHAIN_METADATA_KEY, decode_chain
-from control_plane.resources import METADATA_NAMESPACE
-from control_plane.usage_capture import ANSWERED_BY_TAG, SESSION_LOG_NAME, USAGE_NAMESPACE
+from ccr.v1.contract import (
+    ANSWERED_BY_TAG,
+    CHAIN_METADATA_KEY,
+    METADATA_NAMESPACE,
+    SESSION_LOG_NAME,
+    USAGE_NAMESPACE,
+    decode_chain,
+)
 from extproc.metrics import TOKENS
 from extproc.tokens import SessionUsage
 from extproc.translate.anthropic_schema import usage_from_anthropic, usage_from_openai

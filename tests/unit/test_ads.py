@@ -16,8 +16,9 @@ from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from prometheus_client import REGISTRY
 
 from ccr.v1 import policy_pb2
+from ccr.v1.contract import ENVOY_GROUP, EXTPROC_GROUP
 from control_plane import resources
-from control_plane.cache import ENVOY_GROUP, EXTPROC_GROUP, SnapshotCache
+from control_plane.cache import SnapshotCache
 from control_plane.policy import GatewayPolicy
 from control_plane.snapshot import CLUSTER, ENDPOINT, LISTENER, POLICY, ROUTE, Snapshot
 from extproc.policy_client import PolicySubscriber

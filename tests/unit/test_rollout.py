@@ -21,9 +21,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from ccr.v1.contract import ENVOY_GROUP, EXTPROC_GROUP
 from control_plane import resources
 from control_plane import rollout as rollout_module
-from control_plane.cache import ENVOY_GROUP, EXTPROC_GROUP, Ack, SnapshotCache
+from control_plane.cache import Ack, SnapshotCache
 from control_plane.policy import GatewayPolicy, ProviderSpec
 from control_plane.rollout import Rollout
 from control_plane.snapshot import CLUSTER, ENDPOINT, POLICY, Snapshot

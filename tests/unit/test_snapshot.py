@@ -11,8 +11,9 @@ from envoy.extensions.filters.network.http_connection_manager.v3.http_connection
 )
 from envoy.extensions.transport_sockets.tls.v3.tls_pb2 import UpstreamTlsContext
 
+from ccr.v1.contract import ENVOY_GROUP, EXTPROC_GROUP
 from control_plane import resources
-from control_plane.cache import ENVOY_GROUP, EXTPROC_GROUP, Ack, SnapshotCache
+from control_plane.cache import Ack, SnapshotCache
 from control_plane.policy import load_policy_file
 from control_plane.rollout import Rollout
 from control_plane.snapshot import (

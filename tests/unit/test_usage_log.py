@@ -16,18 +16,16 @@ from envoy.data.accesslog.v3.accesslog_pb2 import HTTPAccessLogEntry
 from envoy.service.accesslog.v3.als_pb2 import StreamAccessLogsMessage
 from google.protobuf import json_format
 
-from control_plane.chains import encode_chain
-from control_plane.resources import EXTPROC_CLUSTER, METADATA_NAMESPACE, listener
-from control_plane.usage_capture import (
+from ccr.v1.contract import (
     ANSWERED_BY_TAG,
-    PROMPT_KEYS,
+    METADATA_NAMESPACE,
     SESSION_LOG_NAME,
-    USAGE_FIELDS,
     USAGE_LOG_NAME,
     USAGE_NAMESPACE,
-    json_usage_filter,
-    sse_usage_filter,
+    encode_chain,
 )
+from control_plane.resources import EXTPROC_CLUSTER, listener
+from control_plane.usage_capture import PROMPT_KEYS, USAGE_FIELDS, json_usage_filter, sse_usage_filter
 from extproc.metrics import TOKENS
 from extproc.sse import SSEDecoder
 from extproc.tokens import SessionUsage

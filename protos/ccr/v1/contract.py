@@ -1,0 +1,60 @@
+"""The names the control plane, Envoy's configuration and ext_proc must agree on, in one place.
+
+policy.proto is the contract for the policy resource itself; this module is the rest of it: the
+internal headers Envoy routes and logs by, the dynamic-metadata namespaces and keys, the fallback
+chain's encoding, the xDS node groups and the policy's type URL, the usage log's names, and CCR's
+scenario vocabulary. Both processes import it; it imports neither (nor anything but the standard
+library), so either side can be read, tested and deployed without loading the other.
+"""
+
+from __future__ import annotations
+
+# --- headers ------------------------------------------------------------------------------------
+# Every internal header starts with this prefix: always overwritten, never trusted from a client,
+# stripped before a request leaves for a provider.
+INTERNAL_HEADER_PREFIX = "x-ccr-"
+CLUSTER_HEADER = "x-ccr-cluster"  # set by ext_proc; the route's cluster_header: the provider's cluster
+PROVIDER_RESPONSE_HEADER = "x-ccr-provider"  # which provider of a chain answered (endpoint metadata)
+ROUTE_HEADER = "x-ccr-route"  # on every routed response: scenario, provider, model, attempts
+# gRPC metadata on the upstream (per-attempt) ext_proc filter's calls, telling ext_proc which filter calls.
+UPSTREAM_PHASE_METADATA = ("x-ccr-phase", "upstream")
+
+# --- dynamic metadata ---------------------------------------------------------------------------
+METADATA_NAMESPACE = "ccr"  # ext_proc's routing labels (client_api, scenario, provider, model, session)
+CHAIN_METADATA_KEY = "chain"  # ccr.chain: the client API and the model per provider of a fallback chain
+USAGE_NAMESPACE = "ccr.usage"  # the provider's usage fields, copied by Envoy from the response body
+
+
+def encode_chain(client_api: str, chain: list[tuple[str, str]]) -> str:
+    """ccr.chain: "<client api>;<provider>=<model name>;..." (names cannot hold ';' or '=')."""
+    return ";".join([client_api, *(f"{provider}={model}" for provider, model in chain)])
+
+
+def decode_chain(value: str) -> tuple[str, dict[str, str]]:
+    """The inverse of ``encode_chain``: (client API, {provider: model name})."""
+    client, *pairs = value.split(";")
+    return client, dict(pair.split("=", 1) for pair in pairs if "=" in pair)
+
+
+# --- xDS ----------------------------------------------------------------------------------------
+ENVOY_GROUP = "ccr-gateway"  # node.cluster of the Envoys the control plane serves
+EXTPROC_GROUP = "ccr-extproc"  # node.cluster of the ext_proc workers
+POLICY_TYPE_URL = "type.googleapis.com/ccr.v1.Policy"
+POLICY_RESOURCE_NAME = "policy"
+
+# --- the usage log (Envoy's gRPC access log to ext_proc) ------------------------------------------
+USAGE_LOG_NAME = "ccr_usage"  # count the tokens and remember the sessions
+SESSION_LOG_NAME = "ccr_usage_sessions"  # only remember the sessions (the other workers' copies)
+ANSWERED_BY_TAG = "answered_by"  # the chain endpoint that answered (its ccr.provider metadata)
+
+# --- CCR's routing vocabulary ---------------------------------------------------------------------
+# Router keys as CCR spells them (also what Decision.scenario reports) -> policy.proto Router field.
+SCENARIOS = {
+    "default": "default",
+    "background": "background",
+    "think": "think",
+    "longContext": "long_context",
+    "webSearch": "web_search",
+    "image": "image",
+}
+DEFAULT_LONG_CONTEXT_THRESHOLD = 60_000  # tokens; CCR's default
