@@ -162,7 +162,7 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str, processes: Pr
 
 
 def envoy_binary() -> str:
-    from control_plane.supervisor import envoy_binary as find
+    from ccr_gateway.supervisor import envoy_binary as find
 
     return find()
 
@@ -221,7 +221,7 @@ def environment(settings: Settings, progress: Progress) -> Iterator[tuple[Target
     """Fake provider, plain Envoy and the gateway, up and checked; all stopped on exit."""
     workdir = Path(tempfile.mkdtemp(prefix="ccr-bench-"))
     processes = Processes(workdir)
-    python = [sys.executable, "-m", "control_plane.cli"]
+    python = [sys.executable, "-m", "ccr_gateway.cli"]
     try:
         fake_port = free_port()
         progress(f"starting the fake provider on 127.0.0.1:{fake_port}")

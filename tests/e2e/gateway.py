@@ -93,7 +93,7 @@ class FakeProvider:
         port = port or free_port()
         log = open(log_dir / f"fake-provider-{port}.log", "wb")  # noqa: SIM115 (lives as long as the process)
         process = subprocess.Popen(
-            [sys.executable, "-m", "control_plane.cli", "fake-provider", "--port", str(port)],
+            [sys.executable, "-m", "ccr_gateway.cli", "fake-provider", "--port", str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -255,7 +255,7 @@ class Gateway:
             [
                 sys.executable,
                 "-m",
-                "control_plane.cli",
+                "ccr_gateway.cli",
                 "up",
                 "-c",
                 str(policy_path),

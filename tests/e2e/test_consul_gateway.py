@@ -44,7 +44,7 @@ def _policy(port: int, fake: FakeProvider, extra_model: bool = False) -> dict:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "control_plane.cli", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "ccr_gateway.cli", *args], capture_output=True, text=True)
 
 
 def _push(consul: str, path: Path, policy: dict) -> subprocess.CompletedProcess[str]:
@@ -75,7 +75,7 @@ def test_up_with_consul_push_changes_routing_live_and_a_broken_policy_changes_on
     assert pushed.returncode == 0, pushed.stderr
     log = workdir / "up-consul.log"
     process = subprocess.Popen(
-        [sys.executable, "-m", "control_plane.cli", "up", "--consul", consul, "--admin-port", str(admin)],
+        [sys.executable, "-m", "ccr_gateway.cli", "up", "--consul", consul, "--admin-port", str(admin)],
         stdout=open(log, "wb"),  # noqa: SIM115
         stderr=subprocess.STDOUT,
         env={**os.environ},
@@ -187,7 +187,7 @@ def test_a_catalog_pool_gets_its_endpoints_and_health_from_consul(workdir: Path,
         assert _push(consul, workdir / "pool.yaml", policy).returncode == 0
         log = workdir / "up-pool.log"
         process = subprocess.Popen(
-            [sys.executable, "-m", "control_plane.cli", "up", "--consul", consul, "--admin-port", str(admin)],
+            [sys.executable, "-m", "ccr_gateway.cli", "up", "--consul", consul, "--admin-port", str(admin)],
             stdout=open(log, "wb"),  # noqa: SIM115
             stderr=subprocess.STDOUT,
         )

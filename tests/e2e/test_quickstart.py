@@ -27,7 +27,7 @@ def test_quickstart_with_the_example_policy(tmp_path: Path):
         [
             sys.executable,
             "-m",
-            "control_plane.cli",
+            "ccr_gateway.cli",
             "up",
             "-c",
             str(policy),

@@ -280,7 +280,7 @@ def test_route_explain_prints_the_decision_without_sending(tmp_path, routed, fak
     )
     fake.clear()
     result = subprocess.run(
-        [sys.executable, "-m", "control_plane.cli", "route", "--explain", str(request), "-c", str(policy)],
+        [sys.executable, "-m", "ccr_gateway.cli", "route", "--explain", str(request), "-c", str(policy)],
         capture_output=True,
         text=True,
     )

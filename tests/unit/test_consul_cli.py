@@ -1,4 +1,4 @@
-"""control_plane.consul_cli: `ccr-gateway policy push|get|diff|validate` against the Consul double.
+"""ccr_gateway.consul_cli: `ccr-gateway policy push|get|diff|validate` against the Consul double.
 
 The commands are synchronous (urllib) and the double serves from this test's event loop, so each
 command runs in a thread."""
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from control_plane import consul_cli
+from ccr_gateway import consul_cli
 from tests.consul_double import ConsulDouble, running_double
 from tests.unit.cp_helpers import EXAMPLE_POLICY
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from control_plane import import_ccr
-from control_plane.import_ccr import ConfigError, Kind, convert, import_text, parse_config
+from ccr_gateway import import_ccr
+from ccr_gateway.import_ccr import ConfigError, Kind, convert, import_text, parse_config
 from control_plane.policy import load_policy, load_policy_file
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ccr"

@@ -134,7 +134,7 @@ class GatewayProcesses:
         return process
 
     def _python(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "control_plane.cli", "--log-level", self.log_level, *args]
+        return [sys.executable, "-m", "ccr_gateway.cli", "--log-level", self.log_level, *args]
 
     def start(self, timeout: float = 30.0) -> None:
         # Say it now, not after Envoy's listener update fails and the readiness wait times out.

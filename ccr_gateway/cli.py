@@ -51,7 +51,7 @@ def _load_or_exit(path: str):
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from control_plane.supervisor import GatewayProcesses, StartupError
+    from ccr_gateway.supervisor import GatewayProcesses, StartupError
 
     _require_policy_source(args)
     policy = _consul_policy_or_exit(args) if args.consul else _load_or_exit(args.config)
@@ -255,18 +255,18 @@ def build_parser() -> argparse.ArgumentParser:
     fp.set_defaults(func=cmd_fake_provider)
 
     ro = sub.add_parser("route", help="show how a request would be routed (--explain), without sending it")
-    from control_plane import explain
+    from ccr_gateway import explain
 
     explain.add_arguments(ro)
     ro.set_defaults(func=explain.run)
 
     po = sub.add_parser("policy", help="the policy in Consul KV: push | get | diff | validate (CAS-safe)")
-    from control_plane import consul_cli
+    from ccr_gateway import consul_cli
 
     consul_cli.add_arguments(po)
 
     ic = sub.add_parser("import-ccr", help="convert a Claude Code Router config.json into a policy file")
-    from control_plane import import_ccr
+    from ccr_gateway import import_ccr
 
     import_ccr.add_arguments(ic)
     ic.set_defaults(func=import_ccr.run)
