@@ -5,12 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import json
-import logging
 import os
 import sys
-import time
 
+from ccr_gateway.logs import setup_logging
 from control_plane.policy import GatewayPolicy, PolicyError, load_policy_file
 
 EPILOG = """examples:
@@ -21,25 +19,6 @@ EPILOG = """examples:
   ccr-gateway bench --write-docs docs/performance.md
   ccr-gateway fake-provider --port 9100
 """
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def _setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
 def _load_or_exit(path: str):
@@ -285,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_level)
+    setup_logging(args.log_level)
     raise SystemExit(args.func(args))
 
 

@@ -88,12 +88,13 @@ class AttemptProcessor:
         provider = attempt_provider(request)
         table = self.state.table
         if chain is None or provider is None or table is None:
+            # Header names only: on a retry the map holds the provider key the last attempt set.
             log.warning(
-                "attempt without chain=%r provider=%r table=%s attributes=%s",
+                "attempt without chain=%r provider=%r table=%s headers=%s",
                 chain,
                 provider,
                 table is not None,
-                self.headers,
+                sorted(self.headers),
             )
             return m.immediate_error(self.client_api, 503, "fallback attempt without a chain decision", "ccr_no_chain")
         client_api, models = decode_chain(chain)
