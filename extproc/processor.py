@@ -277,7 +277,12 @@ class RequestProcessor:
         (model, token estimate, tool names) matches what that attempt sent."""
         translator = translator_for(self.api, route.provider.api)
         if translator is not None and translator.rewrites_response:
-            translator.request(body, replace(route.target, stream=self.stream))
+            try:
+                translator.request(body, replace(route.target, stream=self.stream))
+            except ClientRequestError:
+                # That attempt refused the request and answered the client itself, in the client's
+                # format: its answer goes on untouched.
+                return None
         return translator
 
     def _response_body(self, chunk: bytes, end_of_stream: bool) -> ProcessingResponse:

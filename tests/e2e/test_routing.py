@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from pathlib import Path
 import anthropic
 import pytest
 
-from tests.e2e.gateway import FakeProvider, Gateway, free_port, wait_until
+from tests.e2e.gateway import FakeProvider, Gateway, free_port, http, wait_until
 
 PIXEL = base64.b64encode(bytes.fromhex("89504e470d0a1a0a0000000d49484452")).decode()
 
@@ -196,6 +197,18 @@ def test_a_429_from_the_primary_falls_back_to_another_format(routed, primary, ba
         5,
         "the fallback's tokens",
     )
+
+
+@pytest.mark.parametrize(
+    "bad", [{"n": 2}, {"messages": []}, {"max_tokens": -5}], ids=["n", "no-messages", "max-tokens"]
+)
+def test_a_bad_openai_request_to_a_chain_model_gets_the_400_a_single_provider_gives(routed, primary, bad):
+    body = {"model": "claude-primary", "messages": [{"role": "user", "content": "hi"}], **bad}
+    headers = {"content-type": "application/json", "authorization": "Bearer client"}
+    status, _, answer = http("POST", f"{routed.url}/v1/chat/completions", json.dumps(body).encode(), headers)
+    assert status == 400, answer
+    assert json.loads(answer)["error"]["type"] == "invalid_request_error"
+    assert primary.requests() == []  # refused before any provider was asked
 
 
 def test_a_500_from_the_primary_falls_back(routed, primary, backup):

@@ -255,3 +255,38 @@ def test_a_bug_in_a_phase_fails_closed_in_the_client_format(state, monkeypatch):
     processor.handle(headers("POST", "/v1/chat/completions"))
     code, error = immediate_json(processor.handle(body({"model": "gpt-4o", "messages": []})))
     assert code == 500 and set(error) == {"error"}
+
+
+# --- fallback chains ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def chain_state() -> GatewayState:
+    gateway = GatewayState()
+    policy = load_policy(POLICY + 'fallback:\n  ant,claude-sonnet-4-5: ["oai,gpt-4o"]\n').to_proto("8")
+    gateway.table = compile_policy(policy, environ={"ANT_KEY": "provider-secret"})
+    return gateway
+
+
+def test_a_request_the_chain_attempt_refused_keeps_its_400_and_is_not_turned_into_a_500(chain_state):
+    # The per-attempt processor refuses the request in the client's format; the downstream processor
+    # must pass that answer on, not fail while priming its response translator with the same body.
+    processor = RequestProcessor(chain_state)
+    processor.handle(headers("POST", "/v1/chat/completions", authorization="Bearer client"))
+    bad = {"model": "claude-sonnet-4-5", "n": 2, "messages": [{"role": "user", "content": "hi"}]}
+    forwarded = processor.handle(body(bad))
+    assert not forwarded.HasField("immediate_response")
+    refused = ProcessingRequest(
+        response_headers=HttpHeaders(
+            headers=HeaderMap(
+                headers=[
+                    HeaderValue(key=":status", raw_value=b"400"),
+                    HeaderValue(key="x-ccr-provider", raw_value=b"ant"),
+                ]
+            )
+        )
+    )
+    answer = processor.handle(refused)
+    assert not answer.HasField("immediate_response"), answer
+    passed = processor.handle(ProcessingRequest(response_body=HttpBody(body=b'{"error": {}}', end_of_stream=True)))
+    assert not passed.response_body.response.HasField("body_mutation")
