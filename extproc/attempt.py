@@ -15,7 +15,6 @@ Provider credentials a previous attempt set are removed like the client's own.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 
 import orjson
 from envoy.config.core.v3.base_pb2 import Metadata
@@ -25,9 +24,10 @@ from google.protobuf.struct_pb2 import Struct
 
 from ccr.v1.contract import CHAIN_METADATA_KEY, METADATA_NAMESPACE, decode_chain
 from extproc import mutations as m
+from extproc.plan import Answer, translated
 from extproc.processor import GatewayState, strip_before_egress
 from extproc.routing import ModelRoute
-from extproc.translate.base import Api, ClientRequestError
+from extproc.translate.base import Api
 from extproc.translate.registry import translator_for
 
 log = logging.getLogger("ccr.extproc.attempt")
@@ -105,7 +105,7 @@ class AttemptProcessor:
             return m.immediate_error(
                 self.client_api, 503, f"provider {provider!r} is not part of this chain", "ccr_bad_chain"
             )
-        if route.provider.unavailable:
+        if route.provider.unavailable:  # answered now, before Envoy connects for this attempt
             return m.immediate_error(self.client_api, 503, route.provider.unavailable, "ccr_provider_unavailable")
         self.route = route
         self.provider = provider
@@ -114,14 +114,11 @@ class AttemptProcessor:
     def _body(self, raw: bytes) -> ProcessingResponse:
         route = self.route
         assert route is not None
-        body = orjson.loads(raw)  # the downstream processor already validated it
+        body = orjson.loads(raw)  # the downstream processor already parsed it
         translator = translator_for(self.client_api, route.provider.api)
-        if translator is None:
-            return m.immediate_error(self.client_api, 400, "no translation to this provider", "ccr_no_translator")
-        try:
-            upstream = translator.request(body, replace(route.target, stream=body.get("stream") is True))
-        except ClientRequestError as exc:
-            return m.immediate_error(self.client_api, exc.status, exc.message, "ccr_bad_request")
+        upstream = translated(self.client_api, body, route, translator, body.get("stream") is True)
+        if isinstance(upstream, Answer):
+            return m.immediate_error(self.client_api, upstream.status, upstream.message, upstream.details)
         set_headers = [
             (":path", upstream.path),
             ("content-length", str(len(upstream.body))),

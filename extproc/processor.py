@@ -31,11 +31,12 @@ from ccr.v1.contract import (
 )
 from extproc import mutations as m
 from extproc.metrics import RESPONSES, ROUTED
-from extproc.router import Decision, RoutingError, decide
+from extproc.plan import Answer, Chain, Forward, plan
+from extproc.router import Decision
 from extproc.routing import ModelRoute, RoutingTable
-from extproc.tokens import SessionUsage, count_for_client
+from extproc.tokens import SessionUsage
 from extproc.translate.base import Api, ClientRequestError, Translator, UpstreamProtocolError, Usage
-from extproc.translate.registry import count_tokens_translator, translator_class, translator_for
+from extproc.translate.registry import translator_for
 
 log = logging.getLogger("ccr.extproc")
 
@@ -76,7 +77,7 @@ def _guess_api(path: str, headers: Mapping[str, str]) -> Api:
 
 
 class RequestProcessor:
-    __slots__ = ("api", "decision", "endpoint", "headers", "parsed_body", "state", "status", "stream", "translator")
+    __slots__ = ("api", "decision", "endpoint", "headers", "state", "status", "stream", "translator")
 
     def __init__(self, state: GatewayState) -> None:
         self.state = state
@@ -84,7 +85,6 @@ class RequestProcessor:
         self.endpoint: Endpoint | None = None
         self.headers: dict[str, str] = {}
         self.decision: Decision | None = None
-        self.parsed_body: dict[str, Any] | None = None
         self.translator: Translator | None = None
         self.stream = False
         self.status = 0
@@ -130,58 +130,27 @@ class RequestProcessor:
         return m.CONTINUE_REQUEST_HEADERS
 
     def _request_body(self, raw: bytes) -> ProcessingResponse:
-        table = self.state.table
-        if table is None or self.endpoint is None:
-            return m.immediate_error(
-                self.api, 503, "the gateway has no routing policy yet; retry shortly", "ccr_no_policy"
-            )
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            return m.immediate_error(self.api, 400, f"request body is not valid JSON: {exc}", "ccr_bad_json")
-        if not isinstance(body, dict):
-            return m.immediate_error(self.api, 400, "request body must be a JSON object", "ccr_bad_json")
-        self.parsed_body = body
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            return m.immediate_error(self.api, 400, "model: a model name (string) is required", "ccr_no_model")
-        try:
-            decision = decide(table, body, self.headers, len(raw), self.state.sessions)
-        except RoutingError as exc:
-            if self.endpoint.kind == "count_tokens":
-                return _count_tokens(body)
-            return m.immediate_error(self.api, exc.status, exc.message, "ccr_no_route")
-        self.decision = decision
-        self.stream = decision.body.get("stream") is True
-        ROUTED.labels(self.api.value, decision.scenario, decision.route.provider.name, decision.route.model).inc()
-        if self.endpoint.kind == "count_tokens":
-            provider = decision.route.provider
-            if not provider.forward_count_tokens or provider.unavailable:
-                return _count_tokens(decision.body)
-            counter = count_tokens_translator(provider.api)
-            if counter is None:  # the policy allows forwarding only to formats that can count
-                return _count_tokens(decision.body)
-            return self._forward(decision.route, decision.body, counter)
-        if len(decision.chain) > 1:
-            return self._forward_chain(decision, raw)
-        return self._forward(decision.route, decision.body, translator_for(self.api, decision.route.provider.api))
+        if self.endpoint is None:  # headers were answered already; nothing to plan
+            return m.CONTINUE_REQUEST_BODY
+        outcome = plan(self.state.table, self.api, self.endpoint.kind, self.headers, raw, self.state.sessions)
+        decision = outcome.decision
+        if decision is not None:
+            self.decision = decision
+            self.stream = decision.body.get("stream") is True
+            route = decision.route
+            ROUTED.labels(self.api.value, decision.scenario, route.provider.name, route.model).inc()
+        if isinstance(outcome, Answer):
+            if outcome.is_error:
+                return m.immediate_error(self.api, outcome.status, outcome.message, outcome.details)
+            return m.immediate(outcome.status, outcome.body)
+        if isinstance(outcome, Chain):
+            return self._forward_chain(outcome)
+        return self._forward(outcome)
 
-    def _forward(self, route: ModelRoute, body: dict[str, Any], translator: Translator | None) -> ProcessingResponse:
-        """One provider: translate here and send Envoy to that provider's cluster."""
-        provider = route.provider
-        if provider.unavailable:
-            return m.immediate_error(self.api, 503, provider.unavailable, "ccr_provider_unavailable")
-        if translator is None:
-            message = (
-                f"model {route.model!r} is served by a {provider.api}-format provider, and requests in "
-                f"{self.api} format cannot be translated to it"
-            )
-            return m.immediate_error(self.api, 400, message, "ccr_no_translator")
-        try:
-            upstream = translator.request(body, replace(route.target, stream=self.stream))
-        except ClientRequestError as exc:
-            return m.immediate_error(self.api, exc.status, exc.message, "ccr_bad_request")
-        self.translator = translator
+    def _forward(self, outcome: Forward) -> ProcessingResponse:
+        """One provider: the request translated, and Envoy sent to that provider's cluster."""
+        route, upstream, provider = outcome.route, outcome.upstream, outcome.route.provider
+        self.translator = outcome.translator
         set_headers = [
             (":path", upstream.path),
             ("content-length", str(len(upstream.body))),
@@ -194,18 +163,13 @@ class RequestProcessor:
             upstream.body, set_headers, self._removed(set_headers, provider.api), self._metadata(route)
         )
 
-    def _forward_chain(self, decision: Decision, raw: bytes) -> ProcessingResponse:
+    def _forward_chain(self, outcome: Chain) -> ProcessingResponse:
         """A fallback chain: Envoy retries across the chain's providers and the upstream ext_proc
         (extproc.attempt) rewrites each attempt, so the client's body goes on untranslated."""
-        for route in decision.chain:
-            if translator_class(self.api, route.provider.api) is None:
-                message = f"fallback provider {route.provider.name!r} cannot serve {self.api}-format requests"
-                return m.immediate_error(self.api, 400, message, "ccr_no_translator")
+        decision = outcome.decision
         set_headers = [(CLUSTER_HEADER, decision.chain_cluster or "")]
-        body = None
-        if decision.body is not self.parsed_body:  # the router changed it (subagent tag stripped)
-            body = orjson.dumps(decision.body)
-            set_headers.append(("content-length", str(len(body))))
+        if outcome.body is not None:
+            set_headers.append(("content-length", str(len(outcome.body))))
         # Credentials are dropped now; provider headers are set per attempt.
         remove = [name for name in self.headers if name in _CLIENT_CREDENTIALS or _internal(name, set_headers)]
         # The chain travels as dynamic metadata, which Envoy forwards to every attempt's upstream
@@ -214,7 +178,7 @@ class RequestProcessor:
         metadata[METADATA_NAMESPACE][CHAIN_METADATA_KEY] = encode_chain(
             self.api.value, [(r.provider.name, r.model) for r in decision.chain]
         )
-        return m.request_body_response(body, set_headers, remove, metadata)
+        return m.request_body_response(outcome.body, set_headers, remove, metadata)
 
     def _removed(self, set_headers: list[tuple[str, str]], provider_api: Api) -> list[str]:
         overwritten = {name for name, _ in set_headers}
@@ -309,12 +273,6 @@ def strip_before_egress(name: str, client: Api, provider: Api) -> bool:
     if name in _CLIENT_CREDENTIALS or name.startswith(INTERNAL_HEADER_PREFIX):
         return True
     return client is not provider and name.startswith(_API_HEADER_PREFIXES[client])
-
-
-def _count_tokens(body: dict[str, Any]) -> ProcessingResponse:
-    """count_tokens answered locally (no round trip): Claude Code's context meter and auto-compact
-    read it, so it is counted (extproc.tokens.count_for_client), not guessed from the size."""
-    return m.immediate(200, orjson.dumps({"input_tokens": count_for_client(body)}))
 
 
 def _internal(name: str, set_headers: list[tuple[str, str]]) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import os
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from pathlib import Path
 import anthropic
 import pytest
 
-from tests.e2e.gateway import FakeProvider, Gateway, free_port, http, wait_until
+from tests.e2e.gateway import PROVIDER_KEYS, FakeProvider, Gateway, free_port, http, wait_until
 
 PIXEL = base64.b64encode(bytes.fromhex("89504e470d0a1a0a0000000d49484452")).decode()
 
@@ -296,6 +297,7 @@ def test_route_explain_prints_the_decision_without_sending(tmp_path, routed, fak
         [sys.executable, "-m", "ccr_gateway.cli", "route", "--explain", str(request), "-c", str(policy)],
         capture_output=True,
         text=True,
+        env={**os.environ, **PROVIDER_KEYS},  # explain reads provider keys from its environment, as ext_proc does
     )
     assert result.returncode == 0, result.stderr
     assert "background" in result.stdout and "oai" in result.stdout and "gpt-4o-mini" in result.stdout

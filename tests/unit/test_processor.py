@@ -224,7 +224,7 @@ class _Upper:
 
 
 def test_translated_streams_ask_for_streamed_body_and_rewrite_each_chunk(state, monkeypatch):
-    monkeypatch.setattr("extproc.processor.translator_for", lambda client, provider: _Upper())
+    monkeypatch.setattr("extproc.plan.translator_for", lambda client, provider: _Upper())
     processor = RequestProcessor(state)
     processor.handle(headers("POST", "/v1/messages"))
     processor.handle(body({**MESSAGE, "stream": True}))
@@ -236,7 +236,7 @@ def test_translated_streams_ask_for_streamed_body_and_rewrite_each_chunk(state, 
 
 
 def test_translated_errors_are_buffered_and_rewritten(state, monkeypatch):
-    monkeypatch.setattr("extproc.processor.translator_for", lambda client, provider: _Upper())
+    monkeypatch.setattr("extproc.plan.translator_for", lambda client, provider: _Upper())
     processor = RequestProcessor(state)
     processor.handle(headers("POST", "/v1/messages"))
     processor.handle(body(MESSAGE))
@@ -250,7 +250,7 @@ def test_a_bug_in_a_phase_fails_closed_in_the_client_format(state, monkeypatch):
     def explode(client, provider):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("extproc.processor.translator_for", explode)
+    monkeypatch.setattr("extproc.plan.translator_for", explode)
     processor = RequestProcessor(state)
     processor.handle(headers("POST", "/v1/chat/completions"))
     code, error = immediate_json(processor.handle(body({"model": "gpt-4o", "messages": []})))

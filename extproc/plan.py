@@ -1,0 +1,152 @@
+"""What the gateway does with one request body: the pure decision every transport shares.
+
+``plan(table, api, kind, headers, raw, sessions)`` parses the body once, routes it and translates
+it, and returns one of three outcomes:
+
+- ``Answer``: the gateway answers itself (an error in the client's format, or a local count);
+- ``Forward``: one provider, with the translated request and the translator that will read the
+  response;
+- ``Chain``: a fallback chain; Envoy tries its providers in order and the per-attempt processor
+  (extproc.attempt) rewrites each attempt.
+
+The ext_proc processor turns the outcome into Envoy mutations; ``ccr-gateway route --explain``
+prints it. Sharing this function is what keeps the two from drifting: whatever the gateway would
+answer (a provider without its key, a pair that cannot be translated, a body a translator refuses),
+explain says too. No I/O, no protos, no metrics here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import orjson
+
+from extproc.router import Decision, RoutingError, decide
+from extproc.routing import ModelRoute, RoutingTable
+from extproc.tokens import SessionUsage, count_for_client
+from extproc.translate.base import Api, ClientRequestError, Translator, UpstreamRequest
+from extproc.translate.registry import count_tokens_translator, translator_class, translator_for
+
+GENERATE = "generate"
+COUNT_TOKENS = "count_tokens"
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """Answered by the gateway, no provider asked. ``body`` for a success; ``message`` (formatted in
+    the client's API by the caller) for an error; ``details`` names the reason in access logs."""
+
+    status: int
+    message: str = ""
+    details: str = ""
+    body: bytes = b""
+    decision: Decision | None = None  # when routing got that far
+
+    @property
+    def is_error(self) -> bool:
+        return self.status >= 400
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """One provider: send ``upstream`` to ``route``'s cluster; ``translator`` reads the answer."""
+
+    decision: Decision
+    route: ModelRoute
+    upstream: UpstreamRequest
+    translator: Translator
+    stream: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """A fallback chain: the client's body goes on (``body`` is set when the router changed it, e.g.
+    stripped the subagent tag), Envoy picks the provider per attempt."""
+
+    decision: Decision
+    body: bytes | None
+    stream: bool
+
+
+Outcome = Answer | Forward | Chain
+
+
+def plan(
+    table: RoutingTable | None,
+    api: Api,
+    kind: str,
+    headers: Mapping[str, str],
+    raw: bytes,
+    sessions: SessionUsage | None = None,
+) -> Outcome:
+    if table is None:
+        return Answer(503, "the gateway has no routing policy yet; retry shortly", "ccr_no_policy")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return Answer(400, f"request body is not valid JSON: {exc}", "ccr_bad_json")
+    if not isinstance(body, dict):
+        return Answer(400, "request body must be a JSON object", "ccr_bad_json")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        return Answer(400, "model: a model name (string) is required", "ccr_no_model")
+    try:
+        decision = decide(table, body, headers, len(raw), sessions)
+    except RoutingError as exc:
+        if kind == COUNT_TOKENS:  # counting needs no provider
+            return _counted(body)
+        return Answer(exc.status, exc.message, "ccr_no_route")
+    stream = decision.body.get("stream") is True
+    if kind == COUNT_TOKENS:
+        provider = decision.route.provider
+        counter = count_tokens_translator(provider.api) if provider.forward_count_tokens else None
+        if counter is None or provider.unavailable:
+            return _counted(decision.body, decision)
+        return forward(api, decision, decision.route, counter, stream=False)
+    if len(decision.chain) > 1:
+        for route in decision.chain:
+            if translator_class(api, route.provider.api) is None:
+                message = f"fallback provider {route.provider.name!r} cannot serve {api}-format requests"
+                return Answer(400, message, "ccr_no_translator", decision=decision)
+        changed = decision.body is not body  # the router changed it (subagent tag stripped)
+        return Chain(decision, orjson.dumps(decision.body) if changed else None, stream)
+    return forward(api, decision, decision.route, translator_for(api, decision.route.provider.api), stream)
+
+
+def forward(
+    api: Api, decision: Decision, route: ModelRoute, translator: Translator | None, stream: bool
+) -> Forward | Answer:
+    """The decided request translated for ``route``'s provider, or why it cannot be."""
+    upstream = translated(api, decision.body, route, translator, stream)
+    if isinstance(upstream, Answer):
+        return replace(upstream, decision=decision)
+    assert translator is not None
+    return Forward(decision, route, upstream, translator, stream)
+
+
+def translated(
+    api: Api, body: Mapping[str, Any], route: ModelRoute, translator: Translator | None, stream: bool
+) -> UpstreamRequest | Answer:
+    """``body`` as ``route``'s provider takes it: for one provider here, for each attempt of a
+    chain in extproc.attempt."""
+    provider = route.provider
+    if provider.unavailable:
+        return Answer(503, provider.unavailable, "ccr_provider_unavailable")
+    if translator is None:
+        message = (
+            f"model {route.model!r} is served by a {provider.api}-format provider, and requests in "
+            f"{api} format cannot be translated to it"
+        )
+        return Answer(400, message, "ccr_no_translator")
+    try:
+        return translator.request(body, replace(route.target, stream=stream))
+    except ClientRequestError as exc:
+        return Answer(exc.status, exc.message, "ccr_bad_request")
+
+
+def _counted(body: dict[str, Any], decision: Decision | None = None) -> Answer:
+    """count_tokens answered locally (no round trip): Claude Code's context meter and auto-compact
+    read it, so it is counted (extproc.tokens.count_for_client), not guessed from the size."""
+    return Answer(200, body=orjson.dumps({"input_tokens": count_for_client(body)}), decision=decision)

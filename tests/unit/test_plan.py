@@ -1,0 +1,133 @@
+"""extproc.plan: one decision for ext_proc and `route --explain`, and the two agree on every outcome.
+
+A corpus of requests (each scenario, a fallback chain, count_tokens counted and forwarded, unknown
+model, provider without its key, untranslatable pair, bodies a translator refuses, bad JSON) goes
+through the ext_proc processor and through explain's description of the same plan: the status the
+client would get, the cluster and the upstream path must be the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import orjson
+import pytest
+
+from ccr_gateway.explain import describe
+from control_plane.policy import load_policy
+from extproc.plan import COUNT_TOKENS, GENERATE, Answer, Chain, Forward, plan
+from extproc.processor import GatewayState, RequestProcessor
+from extproc.routing import compile_policy
+from extproc.translate.base import Api
+from tests.unit.test_processor import body, headers, set_headers_of
+
+TEAM_KEY = "team-key"
+POLICY = f"""
+providers:
+  - {{name: ant, api: anthropic, base_url: "http://10.0.0.1:8000", api_key_env: ANT_KEY, forward_count_tokens: true,
+      models: [claude-sonnet-4-5, claude-haiku-4-5, {{name: claude-opus-4-1, id: opus-up}}]}}
+  - {{name: oai, api: openai, base_url: "https://api.example.com/v1", models: [gpt-4o, gpt-4o-mini]}}
+  - {{name: gem, api: gemini, base_url: "https://g.example.com/v1beta", models: [gemini-2.5-pro]}}
+  - {{name: nokey, api: anthropic, base_url: "http://10.0.0.2:8000", api_key_env: MISSING_KEY, models: [claude-nokey]}}
+router:
+  default: "ant,claude-sonnet-4-5"
+  background: "oai,gpt-4o-mini"
+  think: "ant,claude-opus-4-1"
+  longContext: "gem,gemini-2.5-pro"
+  longContextThreshold: 1000
+fallback:
+  "ant,claude-opus-4-1": ["oai,gpt-4o", "gem,gemini-2.5-pro"]
+tenants:
+  - {{name: team, api_key_sha256: [{hashlib.sha256(TEAM_KEY.encode()).hexdigest()}], router: {{default: "gem,gemini-2.5-pro"}}}}
+"""
+USER = [{"role": "user", "content": "hi"}]
+
+
+def anthropic(model: str = "claude-sonnet-4-5", **fields) -> dict:
+    return {"model": model, "max_tokens": 100, "messages": USER, **fields}
+
+
+# (name, client api, endpoint kind, extra headers, body): the corpus both sides see.
+CASES = [
+    ("default", Api.ANTHROPIC, GENERATE, {}, anthropic("claude-unknown-model")),
+    ("model", Api.ANTHROPIC, GENERATE, {}, anthropic()),
+    ("explicit", Api.ANTHROPIC, GENERATE, {}, anthropic("gem,gemini-2.5-pro")),
+    ("background", Api.ANTHROPIC, GENERATE, {}, anthropic("claude-3-5-haiku")),
+    ("think-chain", Api.ANTHROPIC, GENERATE, {}, anthropic(thinking={"type": "enabled", "budget_tokens": 2048})),
+    ("long-context", Api.ANTHROPIC, GENERATE, {}, anthropic(messages=[{"role": "user", "content": "word " * 2000}])),
+    ("tenant", Api.ANTHROPIC, GENERATE, {"x-api-key": TEAM_KEY}, anthropic()),
+    ("openai-client", Api.OPENAI, GENERATE, {}, {"model": "gpt-4o", "messages": USER}),
+    ("openai-to-chain", Api.OPENAI, GENERATE, {}, {"model": "claude-opus-4-1", "messages": USER}),
+    ("no-key", Api.ANTHROPIC, GENERATE, {}, anthropic("claude-nokey")),
+    ("refused-by-translator", Api.ANTHROPIC, GENERATE, {}, {"model": "gpt-4o", "messages": USER}),
+    ("openai-refused", Api.OPENAI, GENERATE, {}, {"model": "gpt-4o", "messages": []}),
+    ("no-model", Api.ANTHROPIC, GENERATE, {}, {"messages": USER}),
+    ("not-an-object", Api.ANTHROPIC, GENERATE, {}, [1, 2]),
+    ("bad-json", Api.ANTHROPIC, GENERATE, {}, b"{not json"),
+    ("count-local", Api.ANTHROPIC, COUNT_TOKENS, {}, {"model": "gpt-4o", "messages": USER}),
+    ("count-forwarded", Api.ANTHROPIC, COUNT_TOKENS, {}, {"model": "claude-sonnet-4-5", "messages": USER}),
+    ("count-unknown-model", Api.ANTHROPIC, COUNT_TOKENS, {}, {"model": "x", "messages": USER}),
+    ("count-no-key", Api.ANTHROPIC, COUNT_TOKENS, {}, {"model": "claude-nokey", "messages": USER}),
+]
+PATHS = {
+    (Api.ANTHROPIC, GENERATE): "/v1/messages",
+    (Api.ANTHROPIC, COUNT_TOKENS): "/v1/messages/count_tokens",
+    (Api.OPENAI, GENERATE): "/v1/chat/completions",
+}
+
+
+@pytest.fixture(scope="module")
+def state() -> GatewayState:
+    gateway = GatewayState()
+    gateway.table = compile_policy(load_policy(POLICY).to_proto("1"), environ={"ANT_KEY": "k"})
+    return gateway
+
+
+def raw_of(value: object) -> bytes:
+    return value if isinstance(value, bytes) else orjson.dumps(value)
+
+
+def processor_outcome(state: GatewayState, api: Api, kind: str, extra: dict, raw: bytes) -> dict:
+    processor = RequestProcessor(state)
+    auth = {"authorization": "Bearer c"} if api is Api.OPENAI else {}
+    processor.handle(headers("POST", PATHS[(api, kind)], **auth, **extra))
+    response = processor.handle(body(raw))
+    if response.HasField("immediate_response"):
+        return {"status": int(response.immediate_response.status.code), "cluster": None, "path": None}
+    set_headers = set_headers_of(response)
+    return {"status": None, "cluster": set_headers["x-ccr-cluster"], "path": set_headers.get(":path")}
+
+
+def explain_outcome(state: GatewayState, api: Api, kind: str, extra: dict, raw: bytes) -> dict:
+    result = describe(plan(state.table, api, kind, extra, raw), api)
+    upstream = result.get("upstream_request") or {}
+    cluster = None if result["status"] is not None else result["cluster"]
+    return {"status": result["status"], "cluster": cluster, "path": upstream.get("path")}
+
+
+@pytest.mark.parametrize(("name", "api", "kind", "extra", "payload"), CASES, ids=[c[0] for c in CASES])
+def test_explain_and_ext_proc_agree(state, name, api, kind, extra, payload) -> None:
+    raw = raw_of(payload)
+    assert explain_outcome(state, api, kind, extra, raw) == processor_outcome(state, api, kind, extra, raw)
+
+
+def test_the_corpus_covers_every_outcome(state) -> None:
+    outcomes = {type(plan(state.table, api, kind, extra, raw_of(payload))) for _, api, kind, extra, payload in CASES}
+    assert outcomes == {Answer, Forward, Chain}
+    statuses = {
+        outcome.status
+        for _, api, kind, extra, payload in CASES
+        if isinstance(outcome := plan(state.table, api, kind, extra, raw_of(payload)), Answer)
+    }
+    assert statuses == {200, 400, 503}
+
+
+def test_a_provider_without_its_key_is_a_503_in_explain_too(state) -> None:
+    outcome = plan(state.table, Api.ANTHROPIC, GENERATE, {}, orjson.dumps(anthropic("claude-nokey")))
+    assert isinstance(outcome, Answer) and outcome.status == 503
+    assert "MISSING_KEY" in describe(outcome, Api.ANTHROPIC)["problem"]
+
+
+def test_without_a_policy_everything_is_503() -> None:
+    outcome = plan(None, Api.ANTHROPIC, GENERATE, {}, orjson.dumps(anthropic()))
+    assert isinstance(outcome, Answer) and (outcome.status, outcome.details) == (503, "ccr_no_policy")
