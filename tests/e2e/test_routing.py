@@ -204,6 +204,7 @@ def test_a_429_from_the_primary_falls_back_to_another_format(routed, primary, ba
     "bad", [{"n": 2}, {"messages": []}, {"max_tokens": -5}], ids=["n", "no-messages", "max-tokens"]
 )
 def test_a_bad_openai_request_to_a_chain_model_gets_the_400_a_single_provider_gives(routed, primary, bad):
+    primary.clear()
     body = {"model": "claude-primary", "messages": [{"role": "user", "content": "hi"}], **bad}
     headers = {"content-type": "application/json", "authorization": "Bearer client"}
     status, _, answer = http("POST", f"{routed.url}/v1/chat/completions", json.dumps(body).encode(), headers)

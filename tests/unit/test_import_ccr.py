@@ -505,7 +505,7 @@ def test_cli_exit_codes_for_unusable_input(tmp_path, capsys):
 
 
 def test_cli_exits_1_when_the_generated_policy_does_not_validate(monkeypatch, capsys):
-    monkeypatch.setattr(import_ccr, "render", lambda conversion, source: "providers: []\n")
+    monkeypatch.setattr("ccr_gateway.import_ccr.emit.render", lambda conversion, source: "providers: []\n")
     assert run_cli(str(FIXTURES / "minimal.json")) == 1
     err = capsys.readouterr().err
     assert "does not validate (a bug)" in err

@@ -1,35 +1,16 @@
-"""`ccr-gateway import-ccr`: a Claude Code Router ``config.json`` -> this gateway's policy YAML.
-
-Everything here is pure except ``run``: ``parse_config`` (JSON with ``//`` and ``/* */`` comments and
-trailing commas, as CCR accepts) -> ``convert`` (a ``Conversion``: the policy as plain data plus one
-``Finding`` per thing worth telling the user) -> ``render`` (YAML with the findings as a comment
-header). ``import_text`` chains the three and checks the result with ``load_policy``, so an import
-either yields a policy the gateway accepts or is a bug in this module.
-
-What the importer never does: copy a secret. Literal API keys become ``api_key_env`` names plus an
-"action needed" finding; CCR's ``APIKEY`` becomes only its SHA-256 digest; query strings and
-transformer options (which may hold keys) are dropped and never echoed in findings.
-"""
+"""A parsed CCR config -> the policy as plain data, plus a finding for everything worth telling."""
 
 from __future__ import annotations
 
-import argparse
-import enum
 import hashlib
 import ipaddress
-import json
-import os
 import re
-import sys
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
 from ccr.v1.contract import SCENARIOS
-from control_plane.policy import PolicyError, load_policy
+from ccr_gateway.import_ccr.model import ConfigError, Conversion, Finding, Kind, Target
 
 CCR_DEFAULT_PORT = 3456
 DEFAULT_LISTEN_PORT = 8080
@@ -39,101 +20,6 @@ APIKEY_TENANT = "ccr-apikey"
 _NAME_INVALID = re.compile(r"[^a-z0-9_-]+")
 _ENV_REF = re.compile(r"^\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))$")
 _MAX_OUTPUT_TOKENS = 10_000_000
-
-
-class Kind(enum.Enum):
-    ACTION = "action needed"  # the gateway will not work as CCR did until the user does this
-    CANNOT = "cannot express"  # a CCR feature the policy has no equivalent for; it was dropped
-    NOTE = "note"  # mapped, perhaps differently than the user may expect
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    kind: Kind
-    text: str
-
-    def __str__(self) -> str:
-        return f"{self.kind.value}: {self.text}"
-
-
-class ConfigError(ValueError):
-    """The CCR config cannot be imported at all: unreadable, not JSON, or no usable provider."""
-
-    def __init__(self, message: str, findings: tuple[Finding, ...] = ()) -> None:
-        super().__init__(message)
-        self.findings = findings
-
-
-@dataclass(frozen=True, slots=True)
-class Conversion:
-    policy: dict[str, Any]  # plain data, in the order it is written
-    findings: tuple[Finding, ...]  # action needed first, then cannot express, then notes
-
-
-# --- JSON as CCR writes it -------------------------------------------------------------------------
-
-
-def parse_config(text: str, source: str = "<config>") -> dict[str, Any]:
-    """CCR's config.json -> dict. Comments and trailing commas are blanked out in place, so a JSON
-    error's line:col still points into the user's file."""
-    try:
-        value = json.loads(_blank_comments_and_trailing_commas(text.removeprefix("\ufeff"), source))
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{source}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
-    if not isinstance(value, dict):
-        raise ConfigError(f"{source}: the top level must be a JSON object, got {_kind(value)}")
-    return value
-
-
-def _blank_comments_and_trailing_commas(text: str, source: str) -> str:
-    out = list(text)
-
-    def blank(start: int, end: int) -> None:
-        for i in range(start, end):
-            if out[i] not in "\r\n":
-                out[i] = " "
-
-    # pending_comma: a comma after a value, removed if the next significant character closes the
-    # container. A comma after "[", "{", ":" or another comma is left for json to reject.
-    i, n, pending_comma, previous = 0, len(text), -1, ""
-    while i < n:
-        c = text[i]
-        if c == '"':
-            i += 1
-            while i < n and text[i] != '"':
-                i += 2 if text[i] == "\\" else 1
-            i += 1
-            pending_comma, previous = -1, '"'
-            continue
-        if text.startswith("//", i):
-            end = text.find("\n", i)
-            end = n if end < 0 else end
-            blank(i, end)
-            i = end
-            continue
-        if text.startswith("/*", i):
-            end = text.find("*/", i + 2)
-            if end < 0:
-                line = text.count("\n", 0, i) + 1
-                col = i - (text.rfind("\n", 0, i) + 1) + 1
-                raise ConfigError(f"{source}:{line}:{col}: invalid JSON: unterminated /* comment")
-            blank(i, end + 2)
-            i = end + 2
-            continue
-        if c == "," and previous not in ("", "[", "{", ",", ":"):
-            pending_comma = i
-        elif c in "}]" and pending_comma >= 0:
-            out[pending_comma] = " "
-            pending_comma = -1
-        elif not c.isspace():
-            pending_comma = -1
-        if not c.isspace():
-            previous = c
-        i += 1
-    return "".join(out)
-
-
-# --- conversion ------------------------------------------------------------------------------------
 
 # Transformers the gateway's translators make unnecessary (lower-cased CCR name -> why).
 _HANDLED = {
@@ -220,7 +106,7 @@ class _Converter:
         policy["providers"] = [self._provider_data(p) for p in self.providers]
         if router:
             policy["router"] = {
-                key: _Target(self._target_text(value)) if isinstance(value, tuple) else value
+                key: Target(self._target_text(value)) if isinstance(value, tuple) else value
                 for key, value in router.items()
             }
         tenant = self._apikey()
@@ -633,117 +519,6 @@ _IGNORED = {
 }
 
 
-class _Target(str):
-    """A "provider,model" string, always written double-quoted (a bare comma splits values inside
-    YAML flow collections, and a reader copying it into one must not be surprised)."""
-
-
-class _Dumper(yaml.SafeDumper):
-    pass
-
-
-_Dumper.add_representer(_Target, lambda dumper, value: dumper.represent_scalar("tag:yaml.org,2002:str", value, '"'))
-
-
-def render(conversion: Conversion, source: str) -> str:
-    lines = [
-        f"# Generated by `ccr-gateway import-ccr` from {' '.join(source.splitlines())}.",
-        "# Review it, then check it with: ccr-gateway validate -c <this file>",
-    ]
-    if conversion.findings:
-        lines += ["#", "# Import report:"]
-        lines += [f"#   {finding}" for finding in conversion.findings]
-    body = yaml.dump(conversion.policy, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
-    return "\n".join(lines) + "\n" + body
-
-
-def import_text(text: str, source: str = "<config>", listen_port: int | None = None) -> tuple[str, tuple[Finding, ...]]:
-    """config.json text -> (policy YAML, findings). Raises ``ConfigError``; a ``PolicyError`` means
-    this module produced a policy the gateway rejects (a bug)."""
-    conversion = convert(parse_config(text, source), listen_port)
-    rendered = render(conversion, source)
-    load_policy(rendered, source=f"<import of {source}>")
-    return rendered, conversion.findings
-
-
-# --- command line ----------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="CCR config file (e.g. ~/.claude-code-router/config.json)")
-    parser.add_argument("-o", "--output", help="policy YAML file to write (default: stdout)")
-    parser.add_argument("--force", action="store_true", help="overwrite --output if it exists")
-    parser.add_argument(
-        "--listen-port",
-        type=int,
-        default=None,
-        help=f"gateway listener port (default: the config's PORT, else {DEFAULT_LISTEN_PORT})",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    """0: written; 1: the generated policy does not validate (a bug); 2: the input or output is unusable."""
-    source = args.config
-    path = os.path.expanduser(source)
-    output = getattr(args, "output", None)
-    output = None if output in (None, "-") else os.path.expanduser(output)
-    if output and os.path.exists(output):
-        if os.path.exists(path) and os.path.samefile(output, path):
-            return _fail(f"error: {args.output} is the CCR config itself; choose another --output")
-        if not getattr(args, "force", False):
-            return _fail(f"error: {args.output} exists; use --force to overwrite it")
-    listen_port = getattr(args, "listen_port", None)
-    if listen_port is not None and not 1 <= listen_port <= 65535:
-        return _fail(f"error: --listen-port {listen_port} is not a port number")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return _fail(f"error: cannot read {source}: {reason}")
-    try:
-        rendered, findings = import_text(text, source, listen_port)
-    except ConfigError as exc:
-        for finding in exc.findings:
-            print(finding, file=sys.stderr)
-        return _fail(f"error: {exc}")
-    except PolicyError as exc:
-        return _fail(f"internal error: import-ccr produced a policy that does not validate (a bug):\n{exc}", 1)
-    for finding in findings:
-        print(finding, file=sys.stderr)
-    if output is None:
-        sys.stdout.write(rendered)
-        return 0
-    try:
-        _write_atomically(output, rendered)
-    except OSError as exc:
-        return _fail(f"error: cannot write {args.output}: {exc.strerror or exc}")
-    print(f"wrote {args.output}; check it with: ccr-gateway validate -c {args.output}", file=sys.stderr)
-    return 0
-
-
-def _write_atomically(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temp = tempfile.mkstemp(prefix=".import-ccr-", suffix=".yaml", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
-
-
-def _fail(message: str, code: int = 2) -> int:
-    print(message, file=sys.stderr)
-    return code
-
-
-# --- helpers ---------------------------------------------------------------------------------------
-
-
 def _int(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
@@ -756,7 +531,3 @@ def _int(value: Any) -> int | None:
 
 def _strip_suffix(path: str, suffix: str) -> str:
     return path[: -len(suffix)] if path.endswith(suffix) else path
-
-
-def _kind(value: Any) -> str:
-    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
