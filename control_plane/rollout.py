@@ -27,7 +27,7 @@ from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from ccr.v1.contract import ENVOY_GROUP, EXTPROC_GROUP, POLICY_RESOURCE_NAME
 from control_plane import resources
 from control_plane.cache import Ack, SnapshotCache
-from control_plane.chains import chain_cluster, chain_route
+from control_plane.envoy_snapshot import envoy_snapshot
 from control_plane.policy import GatewayPolicy, ProviderSpec
 from control_plane.snapshot import CLUSTER, ENDPOINT, POLICY, Snapshot, consistency_errors
 
@@ -81,15 +81,18 @@ class Rollout:
             return
         now = time.monotonic()
         envoy = self._envoy_snapshot(now)
-        self.cache.set(ENVOY_GROUP, envoy)
+        if not self._serve_envoy(envoy):
+            return
         if self.offered != self.desired and self._envoy_ready(envoy, now):
             self._offer(self.desired, envoy)
         if self.offered is not None and self._extproc_caught_up():
             self._retire_old_clusters(now)
-            self.cache.set(ENVOY_GROUP, self._envoy_snapshot(now))
+            self._serve_envoy(self._envoy_snapshot(now))
         self._schedule_next(now)
 
     def _envoy_snapshot(self, now: float) -> Snapshot:
+        """Envoy's half: the desired policy's providers and chains, plus those of the offered
+        policy (ext_proc may still name them) and the retained ones (requests still in flight)."""
         assert self.desired is not None
         providers = {p.cluster: p for p in self.desired.policy.providers}
         if self.offered is not None:
@@ -100,30 +103,24 @@ class Rollout:
                 del self._retained[cluster]
             else:
                 providers.setdefault(cluster, spec)
-        specs = sorted(providers.values(), key=lambda p: p.cluster)
         policy = self.desired.policy
-        # Chain clusters of the offered policy stay while ext_proc may still name them.
         chains = {c.cluster: (c, policy) for c in policy.routing.fallbacks}
         if self.offered is not None:
             for chain in self.offered.policy.routing.fallbacks:
                 chains.setdefault(chain.cluster, (chain, self.offered.policy))
-        clusters = [(p.cluster, resources.provider_cluster(p)) for p in specs]
-        clusters += [
-            (name, chain_cluster(chain, {p.name: p for p in owner.providers}))
-            for name, (chain, owner) in chains.items()
-        ]
-        longest = max((len(chain.providers) for chain, _ in chains.values()), default=0)
-        chain_routes = (
-            [chain_route(resources.ROUTE_TIMEOUT, longest, policy.attempt_timeout_seconds)] if chains else None
+        return envoy_snapshot(
+            self.desired.version, policy, providers.values(), chains, self._endpoints_of, self.usage_log_clusters
         )
-        routes = resources.route_configuration(chain_routes, [resources.provider_route(p) for p in specs])
-        return Snapshot.build(
-            self.desired.version,
-            clusters=clusters,
-            endpoints=[(p.cluster, self._endpoints_of(p)) for p in specs if p.uses_eds],
-            listeners=[(resources.LISTENER_NAME, resources.listener(policy, self.usage_log_clusters))],
-            routes=[(resources.ROUTE_CONFIG_NAME, routes)],
-        )
+
+    def _serve_envoy(self, snapshot: Snapshot) -> bool:
+        """Serve ``snapshot`` to Envoy unless it is inconsistent (a bug here, never the user's
+        policy): then Envoy keeps what it has, and the log says why."""
+        errors = consistency_errors(snapshot)
+        if errors:
+            log.error("refusing to serve Envoy snapshot %s: %s", snapshot.version, "; ".join(errors))
+            return False
+        self.cache.set(ENVOY_GROUP, snapshot)
+        return True
 
     def set_catalog_endpoints(self, cluster: str, assignment: ClusterLoadAssignment) -> None:
         """Endpoints of a Consul catalog provider changed (health, weights, instances)."""

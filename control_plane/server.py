@@ -19,6 +19,7 @@ from control_plane.policy import GatewayPolicy, PolicyError
 from control_plane.registration import registered
 from control_plane.resources import EXTPROC_CLUSTER
 from control_plane.rollout import Rollout
+from control_plane.sources import PolicySource
 from control_plane.sources.consul import ConsulPolicySource
 from control_plane.sources.file import FilePolicySource
 
@@ -49,7 +50,7 @@ class ControlPlane:
         self.rollout = Rollout(
             self.cache, grace_seconds=config.grace_seconds, usage_log_clusters=config.usage_log_clusters
         )
-        self.source: FilePolicySource | ConsulPolicySource
+        self.source: PolicySource
         if config.consul_address:
             self.source = ConsulPolicySource(config.consul_address, config.consul_prefix, config.consul_token)
         else:
@@ -60,11 +61,8 @@ class ControlPlane:
 
     async def load_initial(self) -> GatewayPolicy:
         """The first policy must be valid: there is no last good one to fall back to."""
-        if isinstance(self.source, ConsulPolicySource):
-            policy = await self.source.load_once()
-        else:
-            policy = self.source.load()
-        assert policy is not None
+        policy = await self.source.load_once()
+        assert policy is not None  # a first read has nothing to compare with: it is always a change
         problem = self._catalog_problem(policy)
         if problem is not None:
             raise problem
@@ -152,8 +150,7 @@ class ControlPlane:
         for _, task in self._catalog.values():
             task.cancel()
         await self.stop()
-        if isinstance(self.source, ConsulPolicySource):
-            await self.source.close()
+        await self.source.close()
 
     async def stop(self) -> None:
         if self._server is not None:

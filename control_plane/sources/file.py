@@ -48,6 +48,12 @@ class FilePolicySource:
             raise PolicyError.single(self.path, f"not UTF-8 text: {exc.reason} at byte {exc.start}") from None
         return load_policy(text, source=self.path)
 
+    async def load_once(self) -> GatewayPolicy | None:
+        return self.load()
+
+    async def close(self) -> None:
+        """Nothing to release: the file is opened per read."""
+
     async def watch(self, on_policy: Callable[[GatewayPolicy], None], on_error: Callable[[PolicyError], None]) -> None:
         while True:
             try:

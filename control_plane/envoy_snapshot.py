@@ -1,0 +1,46 @@
+"""Everything Envoy is served for one state of the rollout, built in one pure function.
+
+The rollout (control_plane.rollout) decides *which* providers and fallback chains Envoy must have
+at a moment (the desired policy's, plus those the policy ext_proc still holds may name); this module
+turns that into clusters, endpoints, the listener and the route table. Building and checking are
+separate steps: the rollout runs snapshot.consistency_errors on the result before serving it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
+
+from control_plane import resources
+from control_plane.chains import chain_cluster, chain_route
+from control_plane.policy import GatewayPolicy, ProviderSpec
+from control_plane.policy_routes import FallbackSpec
+from control_plane.snapshot import Snapshot
+
+
+def envoy_snapshot(
+    version: str,
+    policy: GatewayPolicy,
+    providers: Iterable[ProviderSpec],
+    chains: Mapping[str, tuple[FallbackSpec, GatewayPolicy]],
+    endpoints_of: Callable[[ProviderSpec], ClusterLoadAssignment],
+    usage_log_clusters: tuple[str, ...],
+) -> Snapshot:
+    """``policy`` gives the listener and the chains' timeouts; ``providers`` every provider cluster
+    Envoy must have; ``chains`` every chain cluster, with the policy whose providers it names."""
+    specs = sorted(providers, key=lambda p: p.cluster)
+    clusters = [(p.cluster, resources.provider_cluster(p)) for p in specs]
+    clusters += [
+        (name, chain_cluster(chain, {p.name: p for p in owner.providers})) for name, (chain, owner) in chains.items()
+    ]
+    longest = max((len(chain.providers) for chain, _ in chains.values()), default=0)
+    chain_routes = [chain_route(resources.ROUTE_TIMEOUT, longest, policy.attempt_timeout_seconds)] if chains else None
+    routes = resources.route_configuration(chain_routes, [resources.provider_route(p) for p in specs])
+    return Snapshot.build(
+        version,
+        clusters=clusters,
+        endpoints=[(p.cluster, endpoints_of(p)) for p in specs if p.uses_eds],
+        listeners=[(resources.LISTENER_NAME, resources.listener(policy, usage_log_clusters))],
+        routes=[(resources.ROUTE_CONFIG_NAME, routes)],
+    )
