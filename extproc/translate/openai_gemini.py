@@ -181,7 +181,8 @@ class OpenAIToGemini(g.GeminiResponse):
 
     def _error_frame(self, status: int, message: str) -> bytes:
         # OpenAI streams report errors as a data payload with an "error" key; the SDK raises on it.
-        return encode_event(error_body(Api.OPENAI, status, message))
+        # [DONE] still ends the stream, as it ends every OpenAI stream the gateway writes.
+        return encode_event(error_body(Api.OPENAI, status, message)) + _DONE
 
 
 # -- request helpers ------------------------------------------------------------------------------

@@ -167,17 +167,15 @@ def check_anthropic_stream(body: bytes) -> list[dict[str, Any]]:
 
 def check_openai_stream(body: bytes, include_usage: bool = False) -> list[dict[str, Any]]:
     """OpenAI chunk invariants: every chunk validates, the first delta has the role, one chunk has a
-    finish_reason, usage only when asked, ``[DONE]`` last -- or an error payload last."""
+    finish_reason, usage only when asked, ``[DONE]`` last, after an error payload when one ends it
+    (as every OpenAI stream the gateway writes, whatever the provider)."""
     datas = [data for _, data in sse_events(body)]
-    if datas and datas[-1] != "[DONE]":
-        error = json.loads(datas[-1])
-        assert set(error) == {"error"}, datas[-1]
+    assert datas and datas[-1] == "[DONE]" and datas.count("[DONE]") == 1, datas[-3:]
+    datas = datas[:-1]
+    done = True
+    if datas and set(json.loads(datas[-1])) == {"error"}:
         datas = datas[:-1]
         done = False
-    else:
-        assert datas and datas.count("[DONE]") == 1, datas
-        datas = datas[:-1]
-        done = True
     chunks = [json.loads(d) for d in datas]
     for chunk in chunks:
         openai.types.chat.ChatCompletionChunk.model_validate(chunk)

@@ -184,8 +184,8 @@ def test_empty_upstream_stream_becomes_an_error_payload() -> None:
     body = {"model": "g", "stream": True, "messages": [USER]}
     translator.request(body, make_target(body))
     out = translator.response_body(b"", True).body
-    [(_, data)] = sse_events(out)
-    assert orjson.loads(data)["error"]["type"] == "server_error"
+    [(_, data), (_, done)] = sse_events(out)
+    assert orjson.loads(data)["error"]["type"] == "server_error" and done == "[DONE]"
 
 
 def test_gemini_errors_become_openai_errors_with_the_same_status() -> None:
