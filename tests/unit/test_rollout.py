@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from ccr.v1.contract import ENVOY_GROUP, EXTPROC_GROUP
+from control_plane import envoy_snapshot as envoy_snapshot_module
 from control_plane import resources
 from control_plane import rollout as rollout_module
 from control_plane.cache import Ack, SnapshotCache
@@ -442,6 +443,7 @@ MEMO_RESOURCES = SimpleNamespace(
     listener=functools.cache(resources.listener),
     route_configuration=resources.route_configuration,  # takes lists: not memoizable
     provider_route=resources.provider_route,
+    ROUTE_TIMEOUT=resources.ROUTE_TIMEOUT,
 )
 POOL = (A, B, DNS, provider("b", port=9002, scheme="https"))
 ENVOYS = ("envoy-1", "envoy-2")
@@ -457,13 +459,13 @@ class RolloutMachine(RuleBasedStateMachine):
         self.clock = FakeClock()
         self._saved_time = rollout_module.time
         rollout_module.time = SimpleNamespace(monotonic=self.clock.monotonic)  # type: ignore[assignment]
-        self._saved_resources = rollout_module.resources
-        rollout_module.resources = MEMO_RESOURCES  # type: ignore[assignment]
+        self._saved_resources = envoy_snapshot_module.resources
+        envoy_snapshot_module.resources = MEMO_RESOURCES  # type: ignore[assignment]
         self.h = Harness(self.clock, grace=1.0)
 
     def teardown(self) -> None:
         rollout_module.time = self._saved_time
-        rollout_module.resources = self._saved_resources
+        envoy_snapshot_module.resources = self._saved_resources
 
     @initialize(choice=st.sets(st.integers(0, len(POOL) - 1), min_size=1))
     def first_policy(self, choice: set[int]) -> None:
