@@ -83,7 +83,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_control_plane(args: argparse.Namespace) -> int:
-    from control_plane.resources import EXTPROC_CLUSTER
+    from control_plane.resources.gateway import EXTPROC_CLUSTER
     from control_plane.server import ControlPlane, ControlPlaneConfig
 
     _require_policy_source(args)
@@ -113,7 +113,7 @@ def _require_policy_source(args: argparse.Namespace) -> None:
 
 def _consul_policy_or_exit(args: argparse.Namespace) -> GatewayPolicy:
     """The policy currently in Consul (`up` needs its listener address before starting Envoy)."""
-    from control_plane.sources.consul import ConsulPolicySource
+    from control_plane.consul.kv import ConsulPolicySource
 
     async def fetch() -> GatewayPolicy | None:
         source = ConsulPolicySource(args.consul, args.consul_prefix, args.consul_token, write_status=False)
@@ -137,7 +137,7 @@ def _consul_policy_or_exit(args: argparse.Namespace) -> GatewayPolicy:
 
 
 def cmd_extproc(args: argparse.Namespace) -> int:
-    from control_plane.registration import registered
+    from control_plane.consul.registration import registered
     from extproc.server import ExtProcConfig, serve
 
     config = ExtProcConfig(listen=args.listen, control_plane=args.control_plane, metrics_port=args.metrics_port)

@@ -27,18 +27,16 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
-from control_plane.policy import GatewayPolicy, PolicyError, load_policy_file
-from control_plane.sources.consul import (
-    DEFAULT_ADDRESS,
+from control_plane.consul.client import DEFAULT_ADDRESS, REQUEST_TIMEOUT, parse_address
+from control_plane.consul.kv import (
     DEFAULT_PREFIX,
     MAX_VALUE_BYTES,
     POLICY_KEY,
-    REQUEST_TIMEOUT,
     PolicyDocument,
     assemble,
     normalize_prefix,
-    parse_address,
 )
+from control_plane.policy import GatewayPolicy, PolicyError, load_policy_file
 
 EXIT_OK, EXIT_DIFFERENT, EXIT_INVALID, EXIT_CONFLICT = 0, 1, 2, 3
 EXIT_UNAVAILABLE = 1

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from control_plane.policy import GatewayPolicy
-from control_plane.resources import EXTPROC_CLUSTER
+from control_plane.resources.gateway import EXTPROC_CLUSTER
 
 BOOTSTRAP_TEMPLATE = Path(__file__).resolve().parent.parent / "envoy" / "bootstrap.yaml"
 

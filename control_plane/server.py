@@ -12,16 +12,16 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from prometheus_client import Counter, Gauge, start_http_server
 
-from control_plane.ads import AggregatedDiscoveryService
-from control_plane.cache import SnapshotCache
-from control_plane.consul_catalog import CatalogWatcher, Endpoint, is_ip, to_cluster_load_assignment
+from control_plane.consul.catalog import CatalogWatcher, Endpoint, is_ip, to_cluster_load_assignment
+from control_plane.consul.kv import ConsulPolicySource
+from control_plane.consul.registration import registered
 from control_plane.policy import GatewayPolicy, PolicyError
-from control_plane.registration import registered
-from control_plane.resources import EXTPROC_CLUSTER
-from control_plane.rollout import Rollout
-from control_plane.sources import PolicySource
-from control_plane.sources.consul import ConsulPolicySource
-from control_plane.sources.file import FilePolicySource
+from control_plane.policy.file_source import FilePolicySource
+from control_plane.policy.source import PolicySource
+from control_plane.resources.gateway import EXTPROC_CLUSTER
+from control_plane.xds.ads import AggregatedDiscoveryService
+from control_plane.xds.cache import SnapshotCache
+from control_plane.xds.rollout import Rollout
 
 log = logging.getLogger("ccr.control_plane")
 

@@ -3,7 +3,7 @@
 Anthropic: ``{"type":"error","error":{"type":...,"message":...}}``
 OpenAI:    ``{"error":{"message":...,"type":...,"param":null,"code":...}}``
 The same builders are used by ext_proc immediate responses and, as literal templates, by Envoy's
-local_reply_config (see control_plane.resources) so every error a client sees has one shape.
+local_reply_config (see control_plane.resources.gateway) so every error a client sees has one shape.
 """
 
 from __future__ import annotations

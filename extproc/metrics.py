@@ -21,7 +21,7 @@ RESPONSES = Counter(
 )
 TOKENS = Counter(
     "ccr_tokens_total",
-    "Tokens reported by providers (every response; read by Envoy, see control_plane.usage_capture)",
+    "Tokens reported by providers (every response; read by Envoy, see control_plane.resources.usage_capture)",
     ["provider", "model", "kind"],
 )
 SESSIONS = Gauge(

@@ -1,4 +1,4 @@
-"""Token usage from Envoy's gRPC access log (see control_plane.usage_capture for the Envoy side).
+"""Token usage from Envoy's gRPC access log (see control_plane.resources.usage_capture for the Envoy side).
 
 Envoy reads each provider response's usage into the ``ccr.usage`` dynamic metadata and sends one
 access log entry per request, in batches, on a long-lived stream per Envoy worker thread. This is

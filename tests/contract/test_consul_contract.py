@@ -12,8 +12,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from control_plane.consul_catalog import CatalogWatcher, Endpoint
-from control_plane.sources.consul import ConsulPolicySource
+from control_plane.consul.catalog import CatalogWatcher, Endpoint
+from control_plane.consul.kv import ConsulPolicySource
 from tests.contract.conftest import Backend
 from tests.unit.cp_helpers import EXAMPLE_POLICY
 

@@ -15,9 +15,9 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
 from google.rpc.status_pb2 import Status
 
-from control_plane.ads import AggregatedDiscoveryService
-from control_plane.cache import SnapshotCache
 from control_plane.policy import GatewayPolicy, ModelSpec, ProviderSpec
+from control_plane.xds.ads import AggregatedDiscoveryService
+from control_plane.xds.cache import SnapshotCache
 
 EXAMPLE_POLICY = Path(__file__).resolve().parents[2] / "examples" / "gateway.yaml"
 

@@ -1,4 +1,4 @@
-"""control_plane.ads (SotW ADS over grpc.aio) and extproc.policy_client, in process on 127.0.0.1."""
+"""control_plane.xds.ads (SotW ADS over grpc.aio) and extproc.policy_client, in process on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from prometheus_client import REGISTRY
 
 from ccr.v1 import policy_pb2
 from ccr.v1.contract import ENVOY_GROUP, EXTPROC_GROUP
-from control_plane import resources
-from control_plane.cache import SnapshotCache
 from control_plane.policy import GatewayPolicy
-from control_plane.snapshot import CLUSTER, ENDPOINT, LISTENER, POLICY, ROUTE, Snapshot
+from control_plane.resources import gateway as resources
+from control_plane.xds.cache import SnapshotCache
+from control_plane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, POLICY, ROUTE, Snapshot
 from extproc.policy_client import PolicySubscriber
 from extproc.routing import RoutingTable
 from tests.unit.cp_helpers import AdsClient, ads_server, eventually, names_in, policy, provider
@@ -159,7 +159,7 @@ async def test_a_nack_is_not_answered_with_the_same_version_but_the_next_snapsho
 
 async def test_a_nack_is_logged_with_its_reason(cache, target, caplog):
     cache.set(ENVOY_GROUP, envoy_snapshot(A))
-    with caplog.at_level(logging.ERROR, logger="ccr.control_plane.ads"):
+    with caplog.at_level(logging.ERROR, logger="ccr.control_plane.xds.ads"):
         async with client(target) as envoy:
             envoy.send(CLUSTER)
             response = await envoy.recv()
@@ -401,7 +401,7 @@ async def test_a_policy_the_subscriber_cannot_compile_is_nacked_and_the_previous
     bad_proto = policy(A).to_proto("2")
     bad_proto.providers[0].api = 99  # an API this ext_proc does not know
     nacked_before = nacks(EXTPROC_GROUP, "Policy")
-    with caplog.at_level(logging.ERROR, logger="ccr.control_plane.ads"):
+    with caplog.at_level(logging.ERROR, logger="ccr.control_plane.xds.ads"):
         async with subscriber(target) as (sub, tables):
             await eventually(lambda: acked_policy(cache) == good.get(POLICY).version)
             cache.set(EXTPROC_GROUP, extproc_snapshot(bad_proto, version="2"))
@@ -428,7 +428,7 @@ async def test_a_policy_the_subscriber_cannot_compile_is_nacked_and_the_previous
 async def test_a_malformed_policy_response_is_nacked(cache, target, caplog, resources, reason):
     nacked_before = nacks(EXTPROC_GROUP, "Policy")
     cache.set(EXTPROC_GROUP, Snapshot.build("1", policy=resources))
-    with caplog.at_level(logging.ERROR, logger="ccr.control_plane.ads"):
+    with caplog.at_level(logging.ERROR, logger="ccr.control_plane.xds.ads"):
         async with subscriber(target) as (sub, tables):
             await eventually(lambda: nacks(EXTPROC_GROUP, "Policy") == nacked_before + 1, what="the NACK")
             assert tables == []

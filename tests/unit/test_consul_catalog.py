@@ -1,4 +1,4 @@
-"""control_plane.consul_catalog: Consul health -> Envoy endpoints, and service registration."""
+"""control_plane.consul.catalog: Consul health -> Envoy endpoints, and service registration."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from envoy.config.core.v3.health_check_pb2 import HealthStatus
 
-from control_plane.consul_catalog import (
+from control_plane.consul.catalog import (
     CatalogWatcher,
     Endpoint,
     ServiceRegistration,

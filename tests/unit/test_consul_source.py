@@ -1,4 +1,4 @@
-"""control_plane.sources.consul: the policy in Consul KV, against the local Consul double."""
+"""control_plane.consul.kv: the policy in Consul KV, against the local Consul double."""
 
 from __future__ import annotations
 
@@ -11,19 +11,9 @@ import consul
 import pytest
 from prometheus_client import REGISTRY
 
+from control_plane.consul.client import Backoff, LoopSettings, TokenBucket, next_index, parse_address, parse_duration
+from control_plane.consul.kv import AssembledPolicyError, ConsulPolicySource, assemble, normalize_prefix
 from control_plane.policy import GatewayPolicy, PolicyError
-from control_plane.sources.consul import (
-    AssembledPolicyError,
-    Backoff,
-    ConsulPolicySource,
-    LoopSettings,
-    TokenBucket,
-    assemble,
-    next_index,
-    normalize_prefix,
-    parse_address,
-    parse_duration,
-)
 from tests.consul_double import ConsulDouble, running_double
 from tests.unit.cp_helpers import EXAMPLE_POLICY
 

@@ -1,4 +1,4 @@
-"""control_plane.envoy_snapshot (pure) and the rollout's check before anything reaches Envoy."""
+"""control_plane.xds.envoy_snapshot (pure) and the rollout's check before anything reaches Envoy."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import logging
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 
 from ccr.v1.contract import ENVOY_GROUP
-from control_plane import resources
-from control_plane.cache import SnapshotCache
-from control_plane.envoy_snapshot import envoy_snapshot
-from control_plane.rollout import Rollout
-from control_plane.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot, consistency_errors
+from control_plane.resources import gateway as resources
+from control_plane.xds.cache import SnapshotCache
+from control_plane.xds.envoy_snapshot import envoy_snapshot
+from control_plane.xds.rollout import Rollout
+from control_plane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot, consistency_errors
 from tests.unit.cp_helpers import policy, provider
 
 
@@ -47,8 +47,8 @@ def test_an_inconsistent_snapshot_is_never_served_to_envoy(monkeypatch, caplog):
             routes=list(good.get(ROUTE).by_name.items()),
         )
 
-    monkeypatch.setattr("control_plane.rollout.envoy_snapshot", dangling)
-    with caplog.at_level(logging.ERROR, logger="ccr.control_plane.rollout"):
+    monkeypatch.setattr("control_plane.xds.rollout.envoy_snapshot", dangling)
+    with caplog.at_level(logging.ERROR, logger="ccr.control_plane.xds.rollout"):
         rollout.update(policy(provider("a"), provider("b")))
     assert cache.get(ENVOY_GROUP) is served  # Envoy keeps what it had
     assert "refusing to serve Envoy snapshot" in caplog.text and "not named by any EDS cluster" in caplog.text

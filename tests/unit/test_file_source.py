@@ -1,4 +1,4 @@
-"""control_plane.sources.file: the polled policy file."""
+"""control_plane.policy.file_source: the polled policy file."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from control_plane.policy import GatewayPolicy, PolicyError
-from control_plane.sources.file import FilePolicySource
+from control_plane.policy.file_source import FilePolicySource
 from tests.unit.cp_helpers import EXAMPLE_POLICY
 
 VALID = EXAMPLE_POLICY.read_text()

@@ -12,11 +12,12 @@ from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.extensions.transport_sockets.tls.v3.tls_pb2 import UpstreamTlsContext
 from envoy.extensions.upstreams.http.v3.http_protocol_options_pb2 import HttpProtocolOptions
 
-from control_plane import resilience, resources
-from control_plane.chains import chain_cluster
 from control_plane.policy import GatewayPolicy, load_policy
-from control_plane.resilience import HealthCheck, Http2, OutlierDetection, Resilience, RetryBudget, TlsSettings
-from control_plane.yaml_check import PolicyError
+from control_plane.policy.resilience import HealthCheck, Http2, OutlierDetection, Resilience, RetryBudget, TlsSettings
+from control_plane.policy.yaml_check import PolicyError
+from control_plane.resources import gateway as resources
+from control_plane.resources import resilience
+from control_plane.resources.chains import chain_cluster
 
 PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 

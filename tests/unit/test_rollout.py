@@ -1,4 +1,4 @@
-"""control_plane.rollout: make-before-break between Envoy and ext_proc, driven by hand.
+"""control_plane.xds.rollout: make-before-break between Envoy and ext_proc, driven by hand.
 
 ACKs are recorded straight into the cache (as the ADS server would) and the clock is a fake one, so
 every step is synchronous. A recording cache checks the make-before-break invariant on every single
@@ -22,13 +22,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from ccr.v1.contract import ENVOY_GROUP, EXTPROC_GROUP
-from control_plane import envoy_snapshot as envoy_snapshot_module
-from control_plane import resources
-from control_plane import rollout as rollout_module
-from control_plane.cache import Ack, SnapshotCache
 from control_plane.policy import GatewayPolicy, ProviderSpec
-from control_plane.rollout import Rollout
-from control_plane.snapshot import CLUSTER, ENDPOINT, POLICY, Snapshot
+from control_plane.resources import gateway as resources
+from control_plane.xds import envoy_snapshot as envoy_snapshot_module
+from control_plane.xds import rollout as rollout_module
+from control_plane.xds.cache import Ack, SnapshotCache
+from control_plane.xds.rollout import Rollout
+from control_plane.xds.snapshot import CLUSTER, ENDPOINT, POLICY, Snapshot
 from tests.unit.cp_helpers import policy, provider
 
 A = provider("a", port=9001)

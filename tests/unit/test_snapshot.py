@@ -1,4 +1,4 @@
-"""control_plane.snapshot (content-hash versions, consistency check) and the resource builders."""
+"""control_plane.xds.snapshot (content-hash versions, consistency check) and the resource builders."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from envoy.extensions.filters.network.http_connection_manager.v3.http_connection
 from envoy.extensions.transport_sockets.tls.v3.tls_pb2 import UpstreamTlsContext
 
 from ccr.v1.contract import ENVOY_GROUP, EXTPROC_GROUP
-from control_plane import resources
-from control_plane.cache import Ack, SnapshotCache
 from control_plane.policy import load_policy_file
-from control_plane.rollout import Rollout
-from control_plane.snapshot import (
+from control_plane.resources import gateway as resources
+from control_plane.xds.cache import Ack, SnapshotCache
+from control_plane.xds.rollout import Rollout
+from control_plane.xds.snapshot import (
     CLUSTER,
     ENDPOINT,
     LISTENER,

@@ -1,4 +1,4 @@
-"""Usage read by Envoy (control_plane.usage_capture) and counted from its access log (extproc.usage_log).
+"""Usage read by Envoy (control_plane.resources.usage_capture) and counted from its access log (extproc.usage_log).
 
 The golden check ties the two halves to the translators: applying Envoy's rules to every golden
 provider response, as sse_to_metadata / json_to_metadata do, and normalising the result must give
@@ -24,8 +24,8 @@ from ccr.v1.contract import (
     USAGE_NAMESPACE,
     encode_chain,
 )
-from control_plane.resources import EXTPROC_CLUSTER, listener
-from control_plane.usage_capture import PROMPT_KEYS, USAGE_FIELDS, json_usage_filter, sse_usage_filter
+from control_plane.resources.gateway import EXTPROC_CLUSTER, listener
+from control_plane.resources.usage_capture import PROMPT_KEYS, USAGE_FIELDS, json_usage_filter, sse_usage_filter
 from extproc.metrics import TOKENS
 from extproc.sse import SSEDecoder
 from extproc.tokens import SessionUsage

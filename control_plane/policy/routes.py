@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from ccr.v1 import policy_pb2
 from ccr.v1.contract import DEFAULT_LONG_CONTEXT_THRESHOLD, SCENARIOS
-from control_plane.yaml_check import Checker, Located, join, kind_of
+from control_plane.policy.yaml_check import Checker, Located, join, kind_of
 
 MAX_CHAIN = 5
 _HOOK = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")

@@ -10,8 +10,8 @@ import os
 import socket
 from collections.abc import AsyncIterator, Callable
 
-from control_plane.consul_catalog import ServiceRegistration
-from control_plane.sources.consul import TRANSIENT_ERRORS
+from control_plane.consul.catalog import ServiceRegistration
+from control_plane.consul.client import TRANSIENT_ERRORS
 
 log = logging.getLogger("ccr.registration")
 

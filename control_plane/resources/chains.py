@@ -22,14 +22,14 @@ import envoy.extensions.retry.priority.previous_priorities.v3.previous_prioritie
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 
 from ccr.v1.contract import CLUSTER_HEADER, METADATA_NAMESPACE, PROVIDER_RESPONSE_HEADER, UPSTREAM_PHASE_METADATA
-from control_plane import resilience
 from control_plane.policy import ProviderSpec
-from control_plane.policy_routes import FallbackSpec
-from control_plane.resources import (
+from control_plane.policy.routes import FallbackSpec
+from control_plane.resources.gateway import (
     EXTPROC_CLUSTER,
     EXTPROC_MESSAGE_TIMEOUT,
     TYPE_PREFIX,
     parse_resource,
+    resilience,
     tls_socket,
 )
 

@@ -26,10 +26,10 @@ from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, Discovery
 from google.protobuf.any_pb2 import Any as AnyProto
 from prometheus_client import Counter
 
-from control_plane.cache import CHANGED, Ack, SnapshotCache
-from control_plane.snapshot import CLUSTER, ENDPOINT, NAMED_TYPES, TYPE_ORDER, Resources
+from control_plane.xds.cache import CHANGED, Ack, SnapshotCache
+from control_plane.xds.snapshot import CLUSTER, ENDPOINT, NAMED_TYPES, TYPE_ORDER, Resources
 
-log = logging.getLogger("ccr.control_plane.ads")
+log = logging.getLogger("ccr.control_plane.xds.ads")
 
 XDS_RESPONSES = Counter("ccr_xds_responses_total", "xDS responses sent", ["group", "type"])
 XDS_NACKS = Counter("ccr_xds_nacks_total", "xDS responses rejected (NACK) by a node", ["group", "type"])

@@ -26,8 +26,8 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from ccr.v1.contract import CLUSTER_HEADER, METADATA_NAMESPACE
-from control_plane import resilience, usage_capture
 from control_plane.policy import GatewayPolicy, ProviderSpec
+from control_plane.resources import resilience, usage_capture
 
 LISTENER_NAME = "ccr_listener"
 ROUTE_CONFIG_NAME = "ccr_routes"

@@ -1,6 +1,6 @@
 """Everything Envoy is served for one state of the rollout, built in one pure function.
 
-The rollout (control_plane.rollout) decides *which* providers and fallback chains Envoy must have
+The rollout (control_plane.xds.rollout) decides *which* providers and fallback chains Envoy must have
 at a moment (the desired policy's, plus those the policy ext_proc still holds may name); this module
 turns that into clusters, endpoints, the listener and the route table. Building and checking are
 separate steps: the rollout runs snapshot.consistency_errors on the result before serving it.
@@ -12,11 +12,11 @@ from collections.abc import Callable, Iterable, Mapping
 
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 
-from control_plane import resources
-from control_plane.chains import chain_cluster, chain_route
 from control_plane.policy import GatewayPolicy, ProviderSpec
-from control_plane.policy_routes import FallbackSpec
-from control_plane.snapshot import Snapshot
+from control_plane.policy.routes import FallbackSpec
+from control_plane.resources import gateway as resources
+from control_plane.resources.chains import chain_cluster, chain_route
+from control_plane.xds.snapshot import Snapshot
 
 
 def envoy_snapshot(

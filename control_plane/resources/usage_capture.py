@@ -24,7 +24,7 @@ import envoy.extensions.filters.http.json_to_metadata.v3.json_to_metadata_pb2  #
 import xds.type.v3.typed_struct_pb2  # noqa: F401
 
 from ccr.v1.contract import ANSWERED_BY_TAG, SESSION_LOG_NAME, USAGE_LOG_NAME, USAGE_NAMESPACE
-from control_plane.resilience import TYPE_PREFIX
+from control_plane.resources.resilience import TYPE_PREFIX
 
 # Small batches, flushed often: the next turn of a session reads the last turn's prompt size.
 USAGE_LOG_FLUSH = "0.1s"

@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 
 from ccr.v1.contract import ENVOY_GROUP, EXTPROC_GROUP, POLICY_RESOURCE_NAME
-from control_plane import resources
-from control_plane.cache import Ack, SnapshotCache
-from control_plane.envoy_snapshot import envoy_snapshot
 from control_plane.policy import GatewayPolicy, ProviderSpec
-from control_plane.snapshot import CLUSTER, ENDPOINT, POLICY, Snapshot, consistency_errors
+from control_plane.resources import gateway as resources
+from control_plane.xds.cache import Ack, SnapshotCache
+from control_plane.xds.envoy_snapshot import envoy_snapshot
+from control_plane.xds.snapshot import CLUSTER, ENDPOINT, POLICY, Snapshot, consistency_errors
 
-log = logging.getLogger("ccr.control_plane.rollout")
+log = logging.getLogger("ccr.control_plane.xds.rollout")
 _UNTIL_EXTPROC_ACKS = float("inf")
 
 

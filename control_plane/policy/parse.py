@@ -9,23 +9,17 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
-from ccr.v1 import policy_pb2
-from control_plane.policy_routes import RoutingSpec, parse_routing
-from control_plane.resilience import DEFAULT as DEFAULT_RESILIENCE
-from control_plane.resilience import HealthCheck, Http2, OutlierDetection, Resilience, RetryBudget, TlsSettings
-from control_plane.yaml_check import Checker, Located, PolicyError, Problem, compose, join, kind_of
+from control_plane.policy.model import API_NAMES, DEFAULT_MAX_REQUEST_BYTES, GatewayPolicy, ModelSpec, ProviderSpec
+from control_plane.policy.resilience import DEFAULT as DEFAULT_RESILIENCE
+from control_plane.policy.resilience import HealthCheck, Http2, OutlierDetection, Resilience, RetryBudget, TlsSettings
+from control_plane.policy.routes import parse_routing
+from control_plane.policy.yaml_check import Checker, Located, PolicyError, Problem, compose, join, kind_of
 
-API_NAMES = ("anthropic", "openai", "gemini")
-_PROTO_API = {
-    "anthropic": policy_pb2.API_ANTHROPIC,
-    "openai": policy_pb2.API_OPENAI,
-    "gemini": policy_pb2.API_GEMINI,
-}
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
@@ -33,96 +27,6 @@ _RESERVED_HEADERS = ("x-ccr-", ":", "host", "content-length", "authorization", "
 KNOWN_CAPABILITIES = frozenset({"tools", "vision", "thinking", "web_search", "max_tokens"})
 # Capabilities that say how to speak one API, meaningless for the others.
 API_CAPABILITIES = {"max_tokens": "openai"}  # send max_tokens, not max_completion_tokens (older servers)
-DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class ModelSpec:
-    name: str
-    id: str
-    max_output_tokens: int = 0
-    context_window: int = 0
-    capabilities: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class ProviderSpec:
-    name: str
-    api: str
-    scheme: str  # "http" | "https"
-    host: str
-    port: int
-    base_path: str
-    api_key_env: str = ""
-    headers: tuple[tuple[str, str], ...] = ()
-    models: tuple[ModelSpec, ...] = ()
-    forward_count_tokens: bool = False
-    resilience: Resilience = DEFAULT_RESILIENCE  # Envoy-only: limits, passive/active health, TLS
-    # Endpoints come from Consul's catalog (health, weights, locality) instead of base_url's host.
-    consul_service: str = ""
-
-    @property
-    def cluster(self) -> str:
-        return f"provider_{self.name}"
-
-    @property
-    def uses_eds(self) -> bool:
-        """Endpoints pushed over EDS: IP hosts and Consul catalog pools (EDS needs IP addresses;
-        host names go to a DNS cluster instead)."""
-        return self.host_is_ip or bool(self.consul_service)
-
-    @property
-    def host_is_ip(self) -> bool:
-        try:
-            ipaddress.ip_address(self.host)
-        except ValueError:
-            return False
-        return True
-
-
-@dataclass(frozen=True, slots=True)
-class GatewayPolicy:
-    listener_address: str = "127.0.0.1"
-    listener_port: int = 8080
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
-    providers: tuple[ProviderSpec, ...] = ()
-    source: str = "<policy>"
-    routing: RoutingSpec = field(default_factory=RoutingSpec)
-    # How long one attempt of a fallback chain may wait for response headers (0: no limit).
-    attempt_timeout_seconds: float = 0.0
-
-    def provider(self, name: str) -> ProviderSpec | None:
-        return next((p for p in self.providers if p.name == name), None)
-
-    def to_proto(self, version: str) -> policy_pb2.Policy:
-        """The ext_proc-facing contract (no listener details, no secrets)."""
-        return policy_pb2.Policy(
-            version=version,
-            limits=policy_pb2.Limits(max_request_bytes=self.max_request_bytes),
-            providers=[
-                policy_pb2.Provider(
-                    name=p.name,
-                    api=_PROTO_API[p.api],
-                    cluster=p.cluster,
-                    base_path=p.base_path,
-                    api_key_env=p.api_key_env,
-                    headers=dict(p.headers),
-                    forward_count_tokens=p.forward_count_tokens,
-                    models=[
-                        policy_pb2.Model(
-                            name=m.name,
-                            id=m.id,
-                            max_output_tokens=m.max_output_tokens,
-                            context_window=m.context_window,
-                            capabilities=m.capabilities,
-                        )
-                        for m in p.models
-                    ],
-                )
-                for p in self.providers
-            ],
-            **self.routing.to_proto_fields(),
-        )
 
 
 def load_policy_file(path: str) -> GatewayPolicy:
@@ -306,7 +210,7 @@ def _base_url(check: Checker, at: Located, path: str) -> tuple[str, str, int, st
     return parts.scheme, parts.hostname, port, parts.path.rstrip("/")
 
 
-# --- resilience (Envoy-only settings; control_plane/resilience.py says where each one goes) ------
+# --- resilience (Envoy-only settings; control_plane/resources/resilience.py says where each goes) --
 
 _MAX_LIMIT = 1 << 24  # far above any real pool, well inside Envoy's uint32
 _HOUR_MS = 3_600_000

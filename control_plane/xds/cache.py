@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from control_plane.snapshot import Snapshot
+from control_plane.xds.snapshot import Snapshot
 
 CHANGED = object()  # put on a watch queue when the group's snapshot changed
 

@@ -33,7 +33,7 @@ from envoy.config.endpoint.v3.endpoint_components_pb2 import LbEndpoint
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from google.protobuf.wrappers_pb2 import UInt32Value
 
-from control_plane.sources.consul import (
+from control_plane.consul.client import (
     DEFAULT_ADDRESS,
     DEFAULT_SETTINGS,
     REQUEST_TIMEOUT,
@@ -47,7 +47,7 @@ from control_plane.sources.consul import (
     parse_duration,
 )
 
-log = logging.getLogger("ccr.control_plane.consul_catalog")
+log = logging.getLogger("ccr.control_plane.consul.catalog")
 
 Health = Literal["HEALTHY", "UNHEALTHY", "DEGRADED"]
 _ENVOY_HEALTH = {

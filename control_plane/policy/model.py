@@ -1,0 +1,111 @@
+"""The gateway policy as the control plane holds it: immutable specs, and their proto form for ext_proc.
+
+control_plane.policy.parse builds them from YAML (with line-precise errors); nothing else does.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from ccr.v1 import policy_pb2
+from control_plane.policy.resilience import DEFAULT as DEFAULT_RESILIENCE
+from control_plane.policy.resilience import Resilience
+from control_plane.policy.routes import RoutingSpec
+
+API_NAMES = ("anthropic", "openai", "gemini")
+_PROTO_API = {
+    "anthropic": policy_pb2.API_ANTHROPIC,
+    "openai": policy_pb2.API_OPENAI,
+    "gemini": policy_pb2.API_GEMINI,
+}
+DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    name: str
+    id: str
+    max_output_tokens: int = 0
+    context_window: int = 0
+    capabilities: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSpec:
+    name: str
+    api: str
+    scheme: str  # "http" | "https"
+    host: str
+    port: int
+    base_path: str
+    api_key_env: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+    models: tuple[ModelSpec, ...] = ()
+    forward_count_tokens: bool = False
+    resilience: Resilience = DEFAULT_RESILIENCE  # Envoy-only: limits, passive/active health, TLS
+    # Endpoints come from Consul's catalog (health, weights, locality) instead of base_url's host.
+    consul_service: str = ""
+
+    @property
+    def cluster(self) -> str:
+        return f"provider_{self.name}"
+
+    @property
+    def uses_eds(self) -> bool:
+        """Endpoints pushed over EDS: IP hosts and Consul catalog pools (EDS needs IP addresses;
+        host names go to a DNS cluster instead)."""
+        return self.host_is_ip or bool(self.consul_service)
+
+    @property
+    def host_is_ip(self) -> bool:
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return False
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayPolicy:
+    listener_address: str = "127.0.0.1"
+    listener_port: int = 8080
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    providers: tuple[ProviderSpec, ...] = ()
+    source: str = "<policy>"
+    routing: RoutingSpec = field(default_factory=RoutingSpec)
+    # How long one attempt of a fallback chain may wait for response headers (0: no limit).
+    attempt_timeout_seconds: float = 0.0
+
+    def provider(self, name: str) -> ProviderSpec | None:
+        return next((p for p in self.providers if p.name == name), None)
+
+    def to_proto(self, version: str) -> policy_pb2.Policy:
+        """The ext_proc-facing contract (no listener details, no secrets)."""
+        return policy_pb2.Policy(
+            version=version,
+            limits=policy_pb2.Limits(max_request_bytes=self.max_request_bytes),
+            providers=[
+                policy_pb2.Provider(
+                    name=p.name,
+                    api=_PROTO_API[p.api],
+                    cluster=p.cluster,
+                    base_path=p.base_path,
+                    api_key_env=p.api_key_env,
+                    headers=dict(p.headers),
+                    forward_count_tokens=p.forward_count_tokens,
+                    models=[
+                        policy_pb2.Model(
+                            name=m.name,
+                            id=m.id,
+                            max_output_tokens=m.max_output_tokens,
+                            context_window=m.context_window,
+                            capabilities=m.capabilities,
+                        )
+                        for m in p.models
+                    ],
+                )
+                for p in self.providers
+            ],
+            **self.routing.to_proto_fields(),
+        )
