@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # ext_proc's own code, imported here so that the other commands do not load it.
     from extproc.plan import COUNT_TOKENS, GENERATE, Answer, plan
-    from extproc.routing import PolicyCompileError, compile_policy
+    from extproc.routing_table import PolicyCompileError, compile_policy
     from extproc.translate.base import Api
 
     try:

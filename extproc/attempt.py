@@ -26,7 +26,7 @@ from ccr.v1.contract import CHAIN_METADATA_KEY, METADATA_NAMESPACE, decode_chain
 from extproc import mutations as m
 from extproc.plan import Answer, translated
 from extproc.processor import GatewayState, strip_before_egress
-from extproc.routing import ModelRoute
+from extproc.routing_table import ModelRoute
 from extproc.translate.base import Api
 from extproc.translate.registry import translator_for
 

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from extproc.router import Decision, RoutingError, decide
-from extproc.routing import ModelRoute, RoutingTable
+from extproc.routing_table import ModelRoute, RoutingTable
 from extproc.tokens import SessionUsage, count_for_client
 from extproc.translate.base import Api, ClientRequestError, Translator, UpstreamRequest
 from extproc.translate.registry import count_tokens_translator, translator_class, translator_for

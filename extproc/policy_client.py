@@ -23,7 +23,7 @@ from google.rpc.status_pb2 import Status
 from ccr.v1.contract import EXTPROC_GROUP, POLICY_RESOURCE_NAME
 from ccr.v1.contract import POLICY_TYPE_URL as POLICY
 from ccr.v1.policy_pb2 import Policy
-from extproc.routing import PolicyCompileError, RoutingTable, compile_policy
+from extproc.routing_table import PolicyCompileError, RoutingTable, compile_policy
 
 log = logging.getLogger("ccr.extproc.policy")
 

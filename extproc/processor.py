@@ -33,7 +33,7 @@ from extproc import mutations as m
 from extproc.metrics import RESPONSES, ROUTED
 from extproc.plan import Answer, Chain, Forward, plan
 from extproc.router import Decision
-from extproc.routing import ModelRoute, RoutingTable
+from extproc.routing_table import ModelRoute, RoutingTable
 from extproc.tokens import SessionUsage
 from extproc.translate.base import Api, ClientRequestError, Translator, UpstreamProtocolError, Usage
 from extproc.translate.registry import translator_for

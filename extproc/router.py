@@ -23,7 +23,7 @@ import orjson
 from prometheus_client import Counter
 
 from extproc import tokens as token_count
-from extproc.routing import ModelRoute, RoutingTable, ScenarioRouter, TenantRouter, WeightedChoice
+from extproc.routing_table import ModelRoute, RoutingTable, ScenarioRouter, TenantRouter, WeightedChoice
 from extproc.tokens import SessionUsage
 
 log = logging.getLogger("ccr.extproc.router")

@@ -23,7 +23,7 @@ from extproc.attempt import AttemptProcessor
 from extproc.metrics import SESSIONS
 from extproc.policy_client import PolicySubscriber
 from extproc.processor import GatewayState, RequestProcessor
-from extproc.routing import RoutingTable
+from extproc.routing_table import RoutingTable
 from extproc.usage_log import UsageLogService
 
 log = logging.getLogger("ccr.extproc")

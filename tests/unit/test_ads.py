@@ -22,7 +22,7 @@ from control_plane.resources import gateway as resources
 from control_plane.xds.cache import SnapshotCache
 from control_plane.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, POLICY, ROUTE, Snapshot
 from extproc.policy_client import PolicySubscriber
-from extproc.routing import RoutingTable
+from extproc.routing_table import RoutingTable
 from tests.unit.cp_helpers import AdsClient, ads_server, eventually, names_in, policy, provider
 
 A = provider("a", port=9001, models=["model-a"])

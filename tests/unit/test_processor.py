@@ -10,7 +10,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import HttpBody, HttpHeade
 
 from control_plane.policy import load_policy
 from extproc.processor import GatewayState, RequestProcessor
-from extproc.routing import compile_policy
+from extproc.routing_table import compile_policy
 
 POLICY = """
 providers:

@@ -13,7 +13,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from control_plane.policy import load_policy
-from extproc import routing, tokens
+from extproc import routing_table as routing
+from extproc import tokens
 from extproc.router import (
     SUBAGENT_CLOSE,
     SUBAGENT_OPEN,
@@ -26,7 +27,7 @@ from extproc.router import (
     wants_thinking,
     wants_web_search,
 )
-from extproc.routing import compile_policy
+from extproc.routing_table import compile_policy
 from extproc.tokens import SessionUsage
 
 TEAM_KEY = "team-a-key"

@@ -1,4 +1,4 @@
-"""extproc.routing.compile_policy: Policy proto -> the table ext_proc routes requests with."""
+"""extproc.routing_table.compile_policy: Policy proto -> the table ext_proc routes requests with."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from ccr.v1 import policy_pb2
 from control_plane.policy import load_policy, load_policy_file
-from extproc.routing import PolicyCompileError, auth_headers, compile_policy
+from extproc.routing_table import PolicyCompileError, auth_headers, compile_policy
 from extproc.translate.base import Api
 from tests.unit.cp_helpers import EXAMPLE_POLICY
 

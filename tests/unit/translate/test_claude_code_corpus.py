@@ -22,7 +22,7 @@ import tiktoken
 
 from control_plane.policy import load_policy
 from extproc.processor import GatewayState, RequestProcessor
-from extproc.routing import compile_policy
+from extproc.routing_table import compile_policy
 from extproc.translate.anthropic_openai import AnthropicToOpenAI
 from extproc.translate.base import Target
 from tests.unit.test_processor import body, headers, immediate_json, set_headers_of
