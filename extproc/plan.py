@@ -1,7 +1,8 @@
 """What the gateway does with one request body: the pure decision every transport shares.
 
-``plan(table, api, kind, headers, raw, sessions)`` parses the body once, routes it and translates
-it, and returns one of three outcomes:
+``plan(table, api, kind, headers, raw, sessions)`` parses the body once, checks it against the
+client's API (extproc.translate.request_checks: the same answer whatever the provider), routes it
+and translates it, and returns one of three outcomes:
 
 - ``Answer``: the gateway answers itself (an error in the client's format, or a local count);
 - ``Forward``: one provider, with the translated request and the translator that will read the
@@ -28,6 +29,7 @@ from extproc.routing_table import ModelRoute, RoutingTable
 from extproc.tokens import SessionUsage, count_for_client
 from extproc.translate.base import Api, ClientRequestError, Translator, UpstreamRequest
 from extproc.translate.registry import count_tokens_translator, translator_class, translator_for
+from extproc.translate.request_checks import check_request
 
 GENERATE = "generate"
 COUNT_TOKENS = "count_tokens"
@@ -92,6 +94,11 @@ def plan(
     model = body.get("model")
     if not isinstance(model, str) or not model:
         return Answer(400, "model: a model name (string) is required", "ccr_no_model")
+    try:
+        # Checked once for every provider: a malformed request gets the same 400 wherever it goes.
+        check_request(api, body, counting=kind == COUNT_TOKENS)
+    except ClientRequestError as exc:
+        return Answer(exc.status, exc.message, "ccr_bad_request")
     try:
         decision = decide(table, body, headers, len(raw), sessions)
     except RoutingError as exc:

@@ -7,7 +7,8 @@ contents have no system role); text/image/document blocks -> text/inlineData/fil
 assistant ``tool_use`` -> ``functionCall`` (with its id, plus ``SKIP_SIGNATURE`` on the first call of
 a turn); ``tool_result`` -> ``functionResponse`` named after the earlier ``tool_use`` with that id;
 tools -> ``functionDeclarations`` with cleaned schemas, the web_search server tool -> ``googleSearch``
-(Gemini 2.x refuses googleSearch next to function declarations; Gemini 3 accepts both);
+(Gemini 2.x refuses googleSearch next to function declarations; Gemini 3 accepts both), other
+Anthropic-defined tools are dropped (as for OpenAI-format providers);
 tool_choice -> ``toolConfig``; max_tokens (clamped) / temperature / top_p / top_k / stop_sequences /
 thinking / ``output_config`` (effort -> thinking budget, as Google maps OpenAI's reasoning_effort;
 format -> ``responseSchema``) -> ``generationConfig``; ``thinking.display: "omitted"`` -> no thought
@@ -101,7 +102,7 @@ class AnthropicToGemini(g.GeminiResponse):
             converted = memoized_tools("anthropic", tools, _tools) if tools else None
             if converted is not None:
                 out["tools"] = converted
-                config = _tool_config(body.get("tool_choice"))
+                config = _tool_config(body.get("tool_choice"), _declared(tools))
                 if config is not None:
                     out["toolConfig"] = config
         generation = _generation_config(body, target)
@@ -479,8 +480,8 @@ def _tools(tools: list[Any]) -> list[dict[str, Any]]:
             declarations.append(declaration(name, tool.get("description"), schema))
         elif isinstance(ttype, str) and ttype.startswith("web_search_"):
             search = True
-        else:
-            raise ClientRequestError(f"tools.{k}: tool type {ttype!r} is not supported by Gemini models")
+        # Other Anthropic-defined tools (code execution, web fetch, bash, computer...) run at Anthropic
+        # or have Anthropic's own schema: dropped, as for OpenAI-format providers.
     out: list[dict[str, Any]] = []
     if declarations:
         out.append({"functionDeclarations": declarations})
@@ -489,7 +490,12 @@ def _tools(tools: list[Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _tool_config(choice: Any) -> dict[str, Any] | None:
+def _declared(tools: list[Any]) -> set[str]:
+    """Names of the client tools that become function declarations."""
+    return {t["name"] for t in tools if isinstance(t, dict) and t.get("type") in (None, "custom") and t.get("name")}
+
+
+def _tool_config(choice: Any, declared: set[str]) -> dict[str, Any] | None:
     if choice is None:
         return None
     if not isinstance(choice, dict):
@@ -499,6 +505,8 @@ def _tool_config(choice: Any) -> dict[str, Any] | None:
         name = choice.get("name")
         if not isinstance(name, str) or not name:
             raise ClientRequestError("tool_choice.name: must be a non-empty string")
+        if name not in declared:  # a tool this provider does not get (dropped above)
+            return None
         return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [name]}}
     mode = _TOOL_CHOICE_MODES.get(ctype) if isinstance(ctype, str) else None
     if mode is None:

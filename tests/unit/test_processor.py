@@ -147,8 +147,18 @@ def test_passthrough_response_needs_no_body_processing(state):
         ("/v1/messages", b"{not json", 400, "not valid JSON"),
         ("/v1/messages", b"[]", 400, "JSON object"),
         ("/v1/messages", {"messages": []}, 400, "model"),
-        ("/v1/messages", {"model": "nope", "max_tokens": 1, "messages": []}, 404, "'nope'"),
-        ("/v1/messages", {"model": "claude-nokey", "max_tokens": 1, "messages": []}, 503, "MISSING_KEY"),
+        (
+            "/v1/messages",
+            {"model": "nope", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]},
+            404,
+            "'nope'",
+        ),
+        (
+            "/v1/messages",
+            {"model": "claude-nokey", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]},
+            503,
+            "MISSING_KEY",
+        ),
     ],
 )
 def test_bad_anthropic_requests_get_anthropic_errors(state, path, payload, status, fragment):
@@ -163,7 +173,9 @@ def test_bad_anthropic_requests_get_anthropic_errors(state, path, payload, statu
 def test_bad_openai_requests_get_openai_errors(state):
     processor = RequestProcessor(state)
     processor.handle(headers("POST", "/v1/chat/completions"))
-    code, error = immediate_json(processor.handle(body({"model": "nope", "messages": []})))
+    code, error = immediate_json(
+        processor.handle(body({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}))
+    )
     assert code == 404
     assert set(error) == {"error"} and "'nope'" in error["error"]["message"]
 
@@ -253,7 +265,8 @@ def test_a_bug_in_a_phase_fails_closed_in_the_client_format(state, monkeypatch):
     monkeypatch.setattr("extproc.plan.translator_for", explode)
     processor = RequestProcessor(state)
     processor.handle(headers("POST", "/v1/chat/completions"))
-    code, error = immediate_json(processor.handle(body({"model": "gpt-4o", "messages": []})))
+    request = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    code, error = immediate_json(processor.handle(body(request)))
     assert code == 500 and set(error) == {"error"}
 
 
@@ -268,12 +281,22 @@ def chain_state() -> GatewayState:
     return gateway
 
 
-def test_a_request_the_chain_attempt_refused_keeps_its_400_and_is_not_turned_into_a_500(chain_state):
-    # The per-attempt processor refuses the request in the client's format; the downstream processor
-    # must pass that answer on, not fail while priming its response translator with the same body.
+def test_a_malformed_request_to_a_chain_model_is_refused_before_any_attempt(chain_state):
     processor = RequestProcessor(chain_state)
     processor.handle(headers("POST", "/v1/chat/completions", authorization="Bearer client"))
     bad = {"model": "claude-sonnet-4-5", "n": 2, "messages": [{"role": "user", "content": "hi"}]}
+    code, error = immediate_json(processor.handle(body(bad)))
+    assert code == 400 and error["error"]["message"] == "n: only 1 choice is supported"
+
+
+def test_a_request_the_chain_attempt_refused_keeps_its_400_and_is_not_turned_into_a_500(chain_state):
+    # Well-formed, but the primary's translator cannot carry it (audio to an Anthropic-format
+    # provider): the per-attempt processor refuses it in the client's format, and the downstream
+    # processor must pass that answer on, not fail while priming its response translator.
+    processor = RequestProcessor(chain_state)
+    processor.handle(headers("POST", "/v1/chat/completions", authorization="Bearer client"))
+    audio = {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}
+    bad = {"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": [audio]}]}
     forwarded = processor.handle(body(bad))
     assert not forwarded.HasField("immediate_response")
     refused = ProcessingRequest(

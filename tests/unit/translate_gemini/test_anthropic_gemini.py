@@ -79,10 +79,6 @@ def test_the_registry_builds_this_translator() -> None:
             "messages.0.content.0: tool_use blocks belong in assistant messages",
         ),
         (
-            {"messages": [USER], "tools": [{"type": "bash_20250124", "name": "bash"}]},
-            "tools.0: tool type 'bash_20250124' is not supported by Gemini models",
-        ),
-        (
             {"messages": [USER], "tools": [{"name": "a"}], "tool_choice": {"type": "some"}},
             "tool_choice.type: unknown tool choice 'some'",
         ),
@@ -290,3 +286,19 @@ def test_count_tokens_answers_the_providers_total_as_input_tokens() -> None:
     )
     assert error.status == 429
     assert orjson.loads(error.body)["error"] == {"type": "rate_limit_error", "message": "RESOURCE_EXHAUSTED: quota"}
+
+
+def test_anthropic_defined_tools_gemini_cannot_run_are_dropped_like_for_openai() -> None:
+    body = {
+        "model": "c",
+        "max_tokens": 10,
+        "messages": [USER],
+        "tools": [
+            {"type": "bash_20250124", "name": "bash"},
+            {"name": "Read", "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}}},
+        ],
+        "tool_choice": {"type": "tool", "name": "bash"},
+    }
+    upstream = _request(body)
+    assert [d["name"] for d in upstream["tools"][0]["functionDeclarations"]] == ["Read"]
+    assert "toolConfig" not in upstream  # the choice named a tool that is not there

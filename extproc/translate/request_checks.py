@@ -1,0 +1,291 @@
+"""Each client API's request checked once, before any provider's translator sees it.
+
+Whatever provider a request is routed to, the same malformed request gets the same 400 with the
+same message (and a well-formed one is refused by none): the checks here run first, in
+extproc.plan, so the pair translators' own checks only ever see requests that passed them. They
+check the shapes the client API defines (types, required fields, the values an enum allows) and
+nothing a provider merely cannot do (that is the translator's to say). Unknown fields are not
+errors: a client may send what a newer API version accepts.
+
+Pure: dicts in, ``ClientRequestError`` out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from extproc.translate.anthropic_schema import answer_schema, system_texts
+from extproc.translate.base import Api, ClientRequestError
+from extproc.translate.wire import short
+
+_ANTHROPIC_ROLES = ("user", "assistant", "system")
+_ANTHROPIC_TOOL_CHOICES = ("auto", "any", "tool", "none")
+_THINKING_TYPES = ("enabled", "adaptive", "disabled")
+_OPENAI_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+_OPENAI_TOOL_CHOICES = ("auto", "required", "none")
+_REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+_RESPONSE_FORMATS = ("text", "json_object", "json_schema")
+
+
+def check_request(api: Api, body: Mapping[str, Any], counting: bool = False) -> None:
+    """Raise ClientRequestError for a request ``api`` itself would refuse. ``counting``: a
+    count_tokens request (no max_tokens)."""
+    if api is Api.ANTHROPIC:
+        check_anthropic(body, counting)
+    elif api is Api.OPENAI:
+        check_openai(body)
+
+
+# --- Anthropic Messages ---------------------------------------------------------------------------
+
+
+def check_anthropic(body: Mapping[str, Any], counting: bool = False) -> None:
+    if not counting:
+        _positive_int(body, "max_tokens", required=True)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ClientRequestError("messages: required, must be a non-empty array")
+    called: set[str] = set()  # tool_use ids so far: a tool_result must answer one of them
+    for i, message in enumerate(messages):
+        _anthropic_message(i, message, called)
+    system_texts(body.get("system"))
+    _anthropic_tools(body.get("tools"))
+    _anthropic_tool_choice(body.get("tool_choice"))
+    _thinking(body.get("thinking"))
+    for key in ("temperature", "top_p"):
+        _number(body, key)
+    top_k = body.get("top_k")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0):
+        raise ClientRequestError("top_k: must be a non-negative integer")
+    _strings(body, "stop_sequences")
+    _object(body, "metadata")
+    output_config = _object(body, "output_config")
+    if output_config is not None and not isinstance(output_config.get("effort", ""), str):
+        raise ClientRequestError("output_config.effort: must be a string")
+    answer_schema(body)
+
+
+def _anthropic_message(i: int, message: Any, called: set[str]) -> None:
+    if not isinstance(message, dict):
+        raise ClientRequestError(f"messages.{i}: must be an object")
+    role = message.get("role")
+    if role not in _ANTHROPIC_ROLES:
+        raise ClientRequestError(f"messages.{i}.role: must be 'user', 'assistant' or 'system', got {short(role)}")
+    content = message.get("content")
+    if isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        raise ClientRequestError(f"messages.{i}.content: must be a string or an array of content blocks")
+    for j, block in enumerate(content):
+        path = f"messages.{i}.content.{j}"
+        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+            raise ClientRequestError(f"{path}: must be an object with a string 'type'")
+        kind = block["type"]
+        if kind == "text" and not isinstance(block.get("text"), str):
+            raise ClientRequestError(f"{path}.text: required, must be a string")
+        if kind == "tool_use":
+            for field in ("id", "name"):
+                if not isinstance(block.get(field), str) or not block[field]:
+                    raise ClientRequestError(f"{path}.{field}: required, must be a non-empty string")
+            if not isinstance(block.get("input", {}), dict):
+                raise ClientRequestError(f"{path}.input: must be an object")
+            called.add(block["id"])
+        if kind == "tool_result":
+            answered = block.get("tool_use_id")
+            if not isinstance(answered, str) or not answered:
+                raise ClientRequestError(f"{path}.tool_use_id: required, must be a non-empty string")
+            if answered not in called:
+                raise ClientRequestError(f"{path}.tool_use_id: {short(answered)} answers no earlier tool_use block")
+        if kind in ("image", "document") and not isinstance(block.get("source"), dict):
+            raise ClientRequestError(f"{path}.source: required, must be an object")
+
+
+def _anthropic_tools(tools: Any) -> None:
+    if tools is None:
+        return
+    if not isinstance(tools, list):
+        raise ClientRequestError("tools: must be an array")
+    for k, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise ClientRequestError(f"tools.{k}: must be an object")
+        if tool.get("type") not in (None, "custom"):
+            continue  # an Anthropic-defined tool (web search, bash...): its shape is Anthropic's to check
+        if not isinstance(tool.get("name"), str) or not tool["name"]:
+            raise ClientRequestError(f"tools.{k}.name: required, must be a non-empty string")
+        if not isinstance(tool.get("input_schema"), dict):
+            raise ClientRequestError(f"tools.{k}.input_schema: required, must be an object")
+
+
+def _anthropic_tool_choice(choice: Any) -> None:
+    if choice is None:
+        return
+    if not isinstance(choice, dict):
+        raise ClientRequestError("tool_choice: must be an object")
+    kind = choice.get("type")
+    if kind not in _ANTHROPIC_TOOL_CHOICES:
+        raise ClientRequestError(f"tool_choice.type: must be 'auto', 'any', 'tool' or 'none', got {short(kind)}")
+    if kind == "tool" and (not isinstance(choice.get("name"), str) or not choice["name"]):
+        raise ClientRequestError("tool_choice.name: required when type is 'tool'")
+
+
+def _thinking(thinking: Any) -> None:
+    if thinking is None:
+        return
+    if not isinstance(thinking, dict):
+        raise ClientRequestError("thinking: must be an object")
+    kind = thinking.get("type")
+    if kind not in _THINKING_TYPES:
+        raise ClientRequestError(f"thinking.type: must be 'enabled', 'adaptive' or 'disabled', got {short(kind)}")
+    if kind == "enabled":
+        budget = thinking.get("budget_tokens")
+        if not isinstance(budget, int) or isinstance(budget, bool) or budget < 0:
+            raise ClientRequestError("thinking.budget_tokens: required, must be a non-negative integer")
+
+
+# --- OpenAI Chat Completions ----------------------------------------------------------------------
+
+
+def check_openai(body: Mapping[str, Any]) -> None:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ClientRequestError("messages: required, must be a non-empty array")
+    called: set[str] = set()  # tool call ids so far: a tool message must answer one of them
+    for i, message in enumerate(messages):
+        _openai_message(i, message, called)
+    for key in ("max_tokens", "max_completion_tokens"):
+        _positive_int(body, key)
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise ClientRequestError("n: only 1 choice is supported")
+    _openai_tools(body.get("tools"))
+    _openai_tool_choice(body.get("tool_choice"))
+    for key in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
+        _number(body, key)
+    stop = body.get("stop")
+    if stop is not None and not isinstance(stop, str):
+        _strings(body, "stop", "must be a string or an array of strings")
+    effort = body.get("reasoning_effort")
+    if effort is not None and effort not in _REASONING_EFFORTS:
+        raise ClientRequestError(
+            f"reasoning_effort: must be one of {', '.join(_REASONING_EFFORTS)}, got {short(effort)}"
+        )
+    _response_format(body.get("response_format"))
+    _object(body, "stream_options")
+
+
+def _openai_message(i: int, message: Any, called: set[str]) -> None:
+    if not isinstance(message, dict):
+        raise ClientRequestError(f"messages.{i}: must be an object")
+    role = message.get("role")
+    if role not in _OPENAI_ROLES:
+        raise ClientRequestError(f"messages.{i}.role: must be one of {', '.join(_OPENAI_ROLES)}, got {short(role)}")
+    content = message.get("content")
+    if content is None and role not in ("assistant", "function"):
+        raise ClientRequestError(f"messages.{i}.content: required for role {short(role)}")
+    if content is not None and not isinstance(content, str):
+        if not isinstance(content, list):
+            raise ClientRequestError(f"messages.{i}.content: must be a string, an array of parts or null")
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise ClientRequestError(f"messages.{i}.content.{j}: must be an object with a string 'type'")
+            if part["type"] == "text" and not isinstance(part.get("text"), str):
+                raise ClientRequestError(f"messages.{i}.content.{j}.text: required, must be a string")
+    if role == "tool":
+        answered = message.get("tool_call_id")
+        if not isinstance(answered, str) or not answered:
+            raise ClientRequestError(f"messages.{i}.tool_call_id: required, must be a non-empty string")
+        if answered not in called:
+            raise ClientRequestError(f"messages.{i}.tool_call_id: {short(answered)} answers no earlier tool call")
+    calls = message.get("tool_calls")
+    if calls is None:
+        return
+    if not isinstance(calls, list):
+        raise ClientRequestError(f"messages.{i}.tool_calls: must be an array")
+    for k, call in enumerate(calls):
+        path = f"messages.{i}.tool_calls.{k}"
+        if not isinstance(call, dict) or call.get("type", "function") != "function":
+            raise ClientRequestError(f"{path}: must be a function tool call")
+        if not isinstance(call.get("id"), str) or not call["id"]:
+            raise ClientRequestError(f"{path}.id: required, must be a non-empty string")
+        function = call.get("function")
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            raise ClientRequestError(f"{path}.function.name: required, must be a non-empty string")
+        called.add(call["id"])
+
+
+def _openai_tools(tools: Any) -> None:
+    if tools is None:
+        return
+    if not isinstance(tools, list):
+        raise ClientRequestError("tools: must be an array")
+    for k, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise ClientRequestError(f"tools.{k}: must be an object")
+        if tool.get("type", "function") != "function":
+            raise ClientRequestError(f"tools.{k}.type: only 'function' tools are supported")
+        function = tool.get("function")
+        if not isinstance(function, dict):
+            raise ClientRequestError(f"tools.{k}.function: required, must be an object")
+        if not isinstance(function.get("name"), str) or not function["name"]:
+            raise ClientRequestError(f"tools.{k}.function.name: required, must be a non-empty string")
+        if function.get("parameters") is not None and not isinstance(function["parameters"], dict):
+            raise ClientRequestError(f"tools.{k}.function.parameters: must be an object")
+
+
+def _openai_tool_choice(choice: Any) -> None:
+    if choice is None or choice in _OPENAI_TOOL_CHOICES:
+        return
+    if not isinstance(choice, dict):
+        raise ClientRequestError(f"tool_choice: must be 'auto', 'required', 'none' or an object, got {short(choice)}")
+    kind = choice.get("type")
+    if kind == "function":
+        function = choice.get("function")
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            raise ClientRequestError("tool_choice.function.name: required when type is 'function'")
+    elif kind != "allowed_tools":
+        raise ClientRequestError(f"tool_choice.type: must be 'function' or 'allowed_tools', got {short(kind)}")
+
+
+def _response_format(fmt: Any) -> None:
+    if fmt is None:
+        return
+    if not isinstance(fmt, dict) or fmt.get("type") not in _RESPONSE_FORMATS:
+        kind = fmt.get("type") if isinstance(fmt, dict) else fmt
+        raise ClientRequestError(
+            f"response_format.type: must be one of {', '.join(_RESPONSE_FORMATS)}, got {short(kind)}"
+        )
+    if fmt["type"] == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+            raise ClientRequestError("response_format.json_schema.schema: must be an object")
+
+
+# --- shared ---------------------------------------------------------------------------------------
+
+
+def _positive_int(body: Mapping[str, Any], key: str, required: bool = False) -> None:
+    value = body.get(key)
+    if value is None and not required:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ClientRequestError(f"{key}: {'required, ' if required else ''}must be a positive integer")
+
+
+def _number(body: Mapping[str, Any], key: str) -> None:
+    value = body.get(key)
+    if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
+        raise ClientRequestError(f"{key}: must be a number")
+
+
+def _strings(body: Mapping[str, Any], key: str, message: str = "must be an array of strings") -> None:
+    value = body.get(key)
+    if value is not None and (not isinstance(value, list) or not all(isinstance(s, str) for s in value)):
+        raise ClientRequestError(f"{key}: {message}")
+
+
+def _object(body: Mapping[str, Any], key: str) -> dict[str, Any] | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, dict):
+        raise ClientRequestError(f"{key}: must be an object")
+    return value
