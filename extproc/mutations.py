@@ -10,9 +10,9 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.type.v3.http_status_pb2 import HttpStatus
 from google.protobuf.struct_pb2 import Struct
 
-from extproc.errors import error_body
 from extproc.metrics import REJECTED
 from extproc.translate.base import Api
+from extproc.translate.errors import error_body
 
 _OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 

@@ -38,7 +38,6 @@ from typing import Any
 
 import orjson
 
-from extproc.errors import error_body
 from extproc.sse import encode_event
 from extproc.translate import anthropic_schema as A
 from extproc.translate import gemini_common as g
@@ -53,6 +52,7 @@ from extproc.translate.base import (
     Usage,
 )
 from extproc.translate.buffering import BodyBuffer
+from extproc.translate.errors import error_body
 from extproc.translate.gemini_schema import clean_schema, declaration, memoized_tools
 
 _TOOL_CHOICE_MODES = {"auto": "AUTO", "any": "ANY", "none": "NONE"}

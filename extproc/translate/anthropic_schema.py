@@ -12,8 +12,8 @@ from typing import Any
 
 import orjson
 
-from extproc.errors import anthropic_error_type
 from extproc.translate.base import ClientRequestError, UpstreamProtocolError, Usage
+from extproc.translate.errors import anthropic_error_type
 from extproc.translate.wire import as_int, error_message, short
 
 ANTHROPIC_VERSION = "2023-06-01"

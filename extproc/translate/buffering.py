@@ -16,9 +16,9 @@ from typing import Any, Generic, TypeVar
 
 import orjson
 
-from extproc.errors import error_body
 from extproc.sse import SSEDecoder, SSEEvent
 from extproc.translate.base import Api, TranslatedBody, TranslatedChunk, UpstreamProtocolError, Usage
+from extproc.translate.errors import error_body
 from extproc.translate.wire import upstream_error_message
 
 NOTHING_YET = TranslatedChunk(body=b"")

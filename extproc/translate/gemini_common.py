@@ -31,7 +31,6 @@ from typing import Any
 
 import orjson
 
-from extproc.errors import error_body
 from extproc.sse import SSEDecoder
 from extproc.translate.base import (
     Api,
@@ -43,6 +42,7 @@ from extproc.translate.base import (
     Usage,
 )
 from extproc.translate.buffering import NOTHING_YET, BodyBuffer
+from extproc.translate.errors import error_body
 
 START, TEXT, THOUGHT, CALL, FINISH, ERROR = range(6)
 

@@ -28,7 +28,6 @@ from typing import Any
 
 import orjson
 
-from extproc.errors import error_body
 from extproc.sse import encode_event
 from extproc.translate import gemini_common as g
 from extproc.translate.base import (
@@ -39,6 +38,7 @@ from extproc.translate.base import (
     UpstreamRequest,
     Usage,
 )
+from extproc.translate.errors import error_body
 from extproc.translate.gemini_schema import clean_schema, declaration, memoized_tools
 
 _DONE = encode_event(b"[DONE]")

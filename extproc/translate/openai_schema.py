@@ -11,9 +11,9 @@ from typing import Any
 
 import orjson
 
-from extproc.errors import error_body
 from extproc.translate import anthropic_schema as A
 from extproc.translate.base import Api, ClientRequestError, UpstreamProtocolError, Usage
+from extproc.translate.errors import error_body
 from extproc.translate.wire import error_message, short
 
 DONE_FRAME = b"data: [DONE]\n\n"
