@@ -16,12 +16,10 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import HttpBody, HttpHeade
 from google.protobuf.struct_pb2 import Struct
 
 from ccr.v1.contract import CHAIN_METADATA_KEY, METADATA_NAMESPACE, UPSTREAM_PHASE_METADATA, encode_chain
-from control_plane.policy import load_policy
 from extproc.attempt import AttemptProcessor, attempt_metadata_struct
 from extproc.processor import GatewayState, RequestProcessor
-from extproc.routing_table import compile_policy
 from extproc.server import ExternalProcessor
-from tests.unit.test_processor import POLICY, immediate_json, set_headers_of
+from tests.unit.test_processor import chain_gateway_state, immediate_json, set_headers_of
 
 CHAIN = encode_chain("anthropic", [("ant", "claude-sonnet-4-5"), ("oai", "gpt-4o")])
 MESSAGE = {"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
@@ -29,10 +27,7 @@ MESSAGE = {"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": [{"role"
 
 @pytest.fixture
 def state() -> GatewayState:
-    gateway = GatewayState()
-    policy = load_policy(POLICY + 'fallback:\n  ant,claude-sonnet-4-5: ["oai,gpt-4o"]\n').to_proto("3")
-    gateway.table = compile_policy(policy, environ={"ANT_KEY": "provider-secret"})
-    return gateway
+    return chain_gateway_state()
 
 
 def attempt_headers(provider: str | None, chain: str | None = CHAIN, **extra: str) -> ProcessingRequest:

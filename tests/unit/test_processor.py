@@ -273,12 +273,17 @@ def test_a_bug_in_a_phase_fails_closed_in_the_client_format(state, monkeypatch):
 # --- fallback chains ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def chain_state() -> GatewayState:
+def chain_gateway_state() -> GatewayState:
+    """POLICY with a fallback chain: the Anthropic-format primary, then the OpenAI-format provider."""
     gateway = GatewayState()
     policy = load_policy(POLICY + 'fallback:\n  ant,claude-sonnet-4-5: ["oai,gpt-4o"]\n').to_proto("8")
     gateway.table = compile_policy(policy, environ={"ANT_KEY": "provider-secret"})
     return gateway
+
+
+@pytest.fixture
+def chain_state() -> GatewayState:
+    return chain_gateway_state()
 
 
 def test_a_malformed_request_to_a_chain_model_is_refused_before_any_attempt(chain_state):
