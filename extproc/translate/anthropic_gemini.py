@@ -74,8 +74,7 @@ class AnthropicToGemini(g.GeminiResponse):
     def __init__(self) -> None:
         super().__init__()
         self._estimate = 0  # input tokens guessed from the request size, for message_start
-        self._block: str | None = None  # kind of the open content block ("text" / "thinking")
-        self._index = -1  # index of the last content block opened
+        self._blocks = A.BlockWriter()
         self._show_thinking = True
 
     # -- request ---------------------------------------------------------------------------------
@@ -157,12 +156,9 @@ class AnthropicToGemini(g.GeminiResponse):
             self._delta(kind, event[1], out)
         elif kind == g.CALL:
             _, index, name, args = event
-            self._close_block(out)
-            self._index += 1
-            tid = g.tool_id("toolu_", self._turn, index, name)
-            out.append(A.tool_start_frame(self._index, tid, name))
-            out.append(A.input_json_delta_frame(self._index, orjson.dumps(args).decode()))
-            out.append(A.block_stop_frame(self._index))
+            block = self._blocks.tool(g.tool_id("toolu_", self._turn, index, name), name, out)
+            self._blocks.tool_input(block, orjson.dumps(args).decode(), out)  # Gemini sends whole calls
+            self._blocks.close(out)
         elif kind == g.START:
             self._start(event[1], out)
 
@@ -187,27 +183,12 @@ class AnthropicToGemini(g.GeminiResponse):
 
     def _delta(self, kind: int, text: str, out: list[bytes]) -> None:
         if kind == g.TEXT:
-            if self._block != "text":
-                out.append(A.text_start_frame(self._open_block("text", out)))
-            out.append(A.text_delta_frame(self._index, text))
+            self._blocks.text(text, out)
         else:
-            if self._block != "thinking":
-                out.append(A.thinking_start_frame(self._open_block("thinking", out)))
-            out.append(A.thinking_delta_frame(self._index, text))
-
-    def _open_block(self, block: str, out: list[bytes]) -> int:
-        self._close_block(out)
-        self._index += 1
-        self._block = block
-        return self._index
-
-    def _close_block(self, out: list[bytes]) -> None:
-        if self._block is not None:
-            out.append(A.block_stop_frame(self._index))
-            self._block = None
+            self._blocks.thinking(text, out)
 
     def _finish(self, out: list[bytes]) -> Usage:
-        self._close_block(out)
+        self._blocks.close(out)
         reader = self._reader
         usage = g.usage_of(reader.meta)
         out.append(A.message_delta_frame(_stop_reason(reader.finish, reader.calls), _usage_json(usage)))

@@ -328,9 +328,6 @@ class _RequestBuilder(A.UserBlocks):
         return {"role": "tool", "tool_call_id": tool_id, "content": text}
 
 
-_NONE, _TEXT, _THINKING, _TOOL = 0, 1, 2, 3
-
-
 class _Stream(SseStreamMachine):
     """OpenAI ``chat.completion.chunk`` SSE -> Anthropic stream events. All stream state lives here.
 
@@ -341,13 +338,12 @@ class _Stream(SseStreamMachine):
     """
 
     __slots__ = (
+        "blocks",
         "done",
         "estimate",
         "finish_reason",
         "message_id",
         "model",
-        "open_index",
-        "open_kind",
         "open_tool",
         "out_chars",
         "refusal",
@@ -365,8 +361,7 @@ class _Stream(SseStreamMachine):
         self.started = False
         self.done = False
         self.message_id = "msg_unknown"
-        self.open_kind = _NONE
-        self.open_index = -1
+        self.blocks = A.BlockWriter()
         self.open_tool: Any = None
         self.tools: dict[Any, int] = {}  # upstream tool-call key -> Anthropic block index
         self.finish_reason: Any = None
@@ -436,30 +431,15 @@ class _Stream(SseStreamMachine):
         finish_reason = choice.get("finish_reason")
         if finish_reason:
             self.finish_reason = finish_reason
-            self.close_block(out)
-
-    def open(self, kind: int, out: list[bytes]) -> int:
-        self.close_block(out)
-        self.open_index += 1
-        self.open_kind = kind
-        return self.open_index
-
-    def close_block(self, out: list[bytes]) -> None:
-        if self.open_kind != _NONE:
-            out.append(A.block_stop_frame(self.open_index))
-            self.open_kind = _NONE
+            self.blocks.close(out)
 
     def text(self, text: str, out: list[bytes]) -> None:
-        if self.open_kind != _TEXT:
-            out.append(A.text_start_frame(self.open(_TEXT, out)))
         self.out_chars += len(text)
-        out.append(A.text_delta_frame(self.open_index, text))
+        self.blocks.text(text, out)
 
     def thinking(self, text: str, out: list[bytes]) -> None:
-        if self.open_kind != _THINKING:
-            out.append(A.thinking_start_frame(self.open(_THINKING, out)))
         self.out_chars += len(text)
-        out.append(A.thinking_delta_frame(self.open_index, text))
+        self.blocks.thinking(text, out)
 
     def tool(self, call: dict[str, Any], out: list[bytes]) -> None:
         key = call.get("index")
@@ -469,25 +449,24 @@ class _Stream(SseStreamMachine):
             if isinstance(call_id, str) and call_id and call_id not in self.tools:
                 key = call_id
             else:
-                key = self.open_tool if self.open_kind == _TOOL else call_id
+                key = self.open_tool if self.blocks.kind == A.BlockWriter.TOOL else call_id
         function = call.get("function")
         if not isinstance(function, dict):
             function = {}
         index = self.tools.get(key)
         if index is None:
-            index = self.open(_TOOL, out)
+            if not isinstance(call_id, str) or not call_id:
+                call_id = f"toolu_{self.message_id.removeprefix('msg_')}_{self.blocks.index + 1}"
+            name = function.get("name")
+            index = self.blocks.tool(call_id, name if isinstance(name, str) else "", out)
             self.tools[key] = index
             self.open_tool = key
-            if not isinstance(call_id, str) or not call_id:
-                call_id = f"toolu_{self.message_id.removeprefix('msg_')}_{index}"
-            name = function.get("name")
-            out.append(A.tool_start_frame(index, call_id, name if isinstance(name, str) else ""))
         arguments = function.get("arguments")
         if arguments is not None and not isinstance(arguments, str):
             arguments = orjson.dumps(arguments).decode()  # some servers send the object itself
         if arguments:
             self.out_chars += len(arguments)
-            out.append(A.input_json_delta_frame(index, arguments))
+            self.blocks.tool_input(index, arguments, out)
 
     def finish(self, out: list[bytes]) -> Usage | None:
         if self.done:
@@ -495,7 +474,7 @@ class _Stream(SseStreamMachine):
         if not self.started:
             self.fail(out, 502, "upstream closed the stream without a response")
             return None
-        self.close_block(out)
+        self.blocks.close(out)
         self.done = True
         stop_reason = "refusal" if self.refusal else O.anthropic_stop_reason(self.finish_reason, bool(self.tools))
         if self.upstream_usage is not None:

@@ -299,6 +299,49 @@ def block_stop_frame(index: int) -> bytes:
     return _STOP_HEAD + _index(index) + b"}\n\n"
 
 
+class BlockWriter:
+    """The content blocks of an Anthropic stream, for every translator that writes one: one block
+    open at a time, indexes in order, every content_block_start matched by its stop before the next
+    block starts. Not thread-safe; one per response."""
+
+    NONE, TEXT, THINKING, TOOL = 0, 1, 2, 3
+    __slots__ = ("index", "kind")
+
+    def __init__(self) -> None:
+        self.index = -1  # of the last block opened
+        self.kind = BlockWriter.NONE  # of the open block; NONE when none is open
+
+    def text(self, text: str, out: list[bytes]) -> None:
+        if self.kind != BlockWriter.TEXT:
+            out.append(text_start_frame(self._open(BlockWriter.TEXT, out)))
+        out.append(text_delta_frame(self.index, text))
+
+    def thinking(self, text: str, out: list[bytes]) -> None:
+        if self.kind != BlockWriter.THINKING:
+            out.append(thinking_start_frame(self._open(BlockWriter.THINKING, out)))
+        out.append(thinking_delta_frame(self.index, text))
+
+    def tool(self, tool_id: str, name: str, out: list[bytes]) -> int:
+        """Open a tool_use block; its input follows as ``input_json_delta``s (``tool_input``)."""
+        index = self._open(BlockWriter.TOOL, out)
+        out.append(tool_start_frame(index, tool_id, name))
+        return index
+
+    def tool_input(self, index: int, partial_json: str, out: list[bytes]) -> None:
+        out.append(input_json_delta_frame(index, partial_json))
+
+    def close(self, out: list[bytes]) -> None:
+        if self.kind != BlockWriter.NONE:
+            out.append(block_stop_frame(self.index))
+            self.kind = BlockWriter.NONE
+
+    def _open(self, kind: int, out: list[bytes]) -> int:
+        self.close(out)
+        self.index += 1
+        self.kind = kind
+        return self.index
+
+
 def message_delta_frame(stop_reason: str, usage: Mapping[str, int]) -> bytes:
     payload = {"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": None}}
     payload["usage"] = usage

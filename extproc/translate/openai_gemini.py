@@ -28,8 +28,8 @@ from typing import Any
 
 import orjson
 
-from extproc.sse import encode_event
 from extproc.translate import gemini_common as g
+from extproc.translate import openai_schema as O
 from extproc.translate.base import (
     Api,
     ClientRequestError,
@@ -38,10 +38,8 @@ from extproc.translate.base import (
     UpstreamRequest,
     Usage,
 )
-from extproc.translate.errors import error_body
 from extproc.translate.gemini_schema import clean_schema, declaration, memoized_tools
 
-_DONE = encode_event(b"[DONE]")
 _TOOL_CHOICE_MODES = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
 _AUDIO_MIME = {"wav": "audio/wav", "mp3": "audio/mp3"}
 
@@ -63,7 +61,7 @@ class OpenAIToGemini(g.GeminiResponse):
         super().__init__()
         self._clock = clock
         self._include_usage = False
-        self._head = b""  # chunk JSON up to the delta, fixed once the stream started
+        self._writer: O.ChunkWriter | None = None  # chunk frames, once the stream started
 
     # -- request ---------------------------------------------------------------------------------
 
@@ -146,43 +144,36 @@ class OpenAIToGemini(g.GeminiResponse):
 
     def _render(self, event: tuple[Any, ...], out: list[bytes]) -> None:
         kind = event[0]
-        if kind == g.TEXT:
-            out.append(self._chunk(b'{"content":%s}' % orjson.dumps(event[1])))
-        elif kind == g.THOUGHT:
-            out.append(self._chunk(b'{"reasoning_content":%s}' % orjson.dumps(event[1])))
-        elif kind == g.CALL:
-            call = {"index": event[1], **self._call(event)}
-            out.append(self._chunk(orjson.dumps({"tool_calls": [call]})))
-        elif kind == g.START:
+        if kind == g.START:
             reader = self._reader
-            head = {
-                "id": "chatcmpl-" + (reader.response_id or "gemini"),
-                "object": "chat.completion.chunk",
-                "created": int(self._clock()),
-                "model": reader.model or self._model,
-            }
-            self._head = orjson.dumps(head)[:-1] + b',"choices":[{"index":0,"delta":'
-            out.append(self._chunk(b'{"role":"assistant","content":""}'))
-
-    def _chunk(self, delta: bytes, finish: bytes = b"null") -> bytes:
-        return encode_event(self._head + delta + b',"finish_reason":' + finish + b',"logprobs":null}]}')
+            completion_id = "chatcmpl-" + (reader.response_id or "gemini")
+            self._writer = O.ChunkWriter(completion_id, int(self._clock()), reader.model or self._model)
+            out.append(self._writer.delta({"role": "assistant", "content": ""}))
+            return
+        writer = self._writer
+        assert writer is not None  # the reader starts every stream with START
+        if kind == g.TEXT:
+            out.append(writer.content(event[1]))
+        elif kind == g.THOUGHT:
+            out.append(writer.reasoning(event[1]))
+        elif kind == g.CALL:
+            out.append(writer.delta({"tool_calls": [{"index": event[1], **self._call(event)}]}))
 
     def _finish(self, out: list[bytes]) -> Usage:
         reader = self._reader
         reason = _finish_reason(reader.finish, reader.calls)
-        out.append(self._chunk(b"{}", b'"%s"' % reason.encode()))
+        writer = self._writer
+        assert writer is not None
+        out.append(writer.finish(reason))
         if self._include_usage:
-            usage = orjson.dumps(g.openai_usage(reader.meta))
-            head = self._head[: self._head.rindex(b'"choices":')]
-            out.append(encode_event(head + b'"choices":[],"usage":' + usage + b"}"))
-        out.append(_DONE)
+            out.append(writer.usage(g.openai_usage(reader.meta)))
+        out.append(O.DONE_FRAME)
         self._closed = True
         return g.usage_of(reader.meta)
 
     def _error_frame(self, status: int, message: str) -> bytes:
-        # OpenAI streams report errors as a data payload with an "error" key; the SDK raises on it.
-        # [DONE] still ends the stream, as it ends every OpenAI stream the gateway writes.
-        return encode_event(error_body(Api.OPENAI, status, message)) + _DONE
+        # The error payload, then [DONE]: as every OpenAI stream the gateway writes ends.
+        return O.error_frame(status, message)
 
 
 # -- request helpers ------------------------------------------------------------------------------
