@@ -117,21 +117,20 @@ class AnthropicToGemini(g.GeminiResponse):
         reader = self._reader
         blocks: list[dict[str, Any]] = []
         for event in reader.whole(body):
-            kind = event[0]
-            if kind == g.THOUGHT and not self._show_thinking:
+            kind = event.kind
+            if kind is g.THOUGHT and not self._show_thinking:
                 continue
-            if kind == g.TEXT or kind == g.THOUGHT:
-                key = "text" if kind == g.TEXT else "thinking"
+            if kind is g.TEXT or kind is g.THOUGHT:
+                key = "text" if kind is g.TEXT else "thinking"
                 if blocks and blocks[-1]["type"] == key:
-                    blocks[-1][key] += event[1]
-                elif kind == g.TEXT:
-                    blocks.append({"type": "text", "text": event[1]})
+                    blocks[-1][key] += event.text
+                elif kind is g.TEXT:
+                    blocks.append({"type": "text", "text": event.text})
                 else:
-                    blocks.append({"type": "thinking", "thinking": event[1], "signature": ""})
-            elif kind == g.CALL:
-                _, index, name, args = event
-                tid = g.tool_id("toolu_", self._turn, index, name)
-                blocks.append({"type": "tool_use", "id": tid, "name": name, "input": args})
+                    blocks.append({"type": "thinking", "thinking": event.text, "signature": ""})
+            elif kind is g.CALL:
+                tid = g.tool_id("toolu_", self._turn, event.index, event.name)
+                blocks.append({"type": "tool_use", "id": tid, "name": event.name, "input": event.args})
         usage = g.usage_of(reader.meta)
         message = {
             "id": self._message_id(),
@@ -148,21 +147,22 @@ class AnthropicToGemini(g.GeminiResponse):
     def _message_id(self) -> str:
         return "msg_" + (self._reader.response_id or "gemini")
 
-    def _render(self, event: tuple[Any, ...], out: list[bytes]) -> None:
-        kind = event[0]
-        if kind == g.THOUGHT and not self._show_thinking:
-            return
-        if kind == g.TEXT or kind == g.THOUGHT:
-            self._delta(kind, event[1], out)
-        elif kind == g.CALL:
-            _, index, name, args = event
-            block = self._blocks.tool(g.tool_id("toolu_", self._turn, index, name), name, out)
-            self._blocks.tool_input(block, orjson.dumps(args).decode(), out)  # Gemini sends whole calls
+    def _render(self, event: g.GeminiEvent, out: list[bytes]) -> None:
+        kind = event.kind
+        if kind is g.TEXT:
+            self._blocks.text(event.text, out)
+        elif kind is g.THOUGHT:
+            if self._show_thinking:
+                self._blocks.thinking(event.text, out)
+        elif kind is g.CALL:
+            tool_id = g.tool_id("toolu_", self._turn, event.index, event.name)
+            block = self._blocks.tool(tool_id, event.name, out)
+            self._blocks.tool_input(block, orjson.dumps(event.args).decode(), out)  # Gemini sends whole calls
             self._blocks.close(out)
-        elif kind == g.START:
-            self._start(event[1], out)
+        elif kind is g.START:
+            self._start(event.meta, out)
 
-    def _start(self, meta: dict[str, Any] | None, out: list[bytes]) -> None:
+    def _start(self, meta: Mapping[str, Any] | None, out: list[bytes]) -> None:
         usage = g.usage_of(meta)
         if not usage.input_tokens and not usage.cache_read_input_tokens:
             usage = Usage(input_tokens=self._estimate)  # no prompt count yet: the size estimate
@@ -180,12 +180,6 @@ class AnthropicToGemini(g.GeminiResponse):
         }
         out.append(encode_event(orjson.dumps({"type": "message_start", "message": message}), "message_start"))
         out.append(A.PING_FRAME)
-
-    def _delta(self, kind: int, text: str, out: list[bytes]) -> None:
-        if kind == g.TEXT:
-            self._blocks.text(text, out)
-        else:
-            self._blocks.thinking(text, out)
 
     def _finish(self, out: list[bytes]) -> Usage:
         self._blocks.close(out)

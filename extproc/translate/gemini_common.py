@@ -4,17 +4,16 @@ bodies.
 
 The reader (``GeminiReader``) turns Gemini's answer -- one JSON ``GenerateContentResponse``, or an SSE
 stream (``streamGenerateContent?alt=sse``) whose every ``data:`` is such a response holding only the
-new parts -- into a flat list of small tuples. Each client format then only renders those tuples:
+new parts -- into a flat list of ``GeminiEvent``s. Each client format then only renders those:
 
-    (START, usage_metadata)   first payload seen (its usageMetadata or None); ``reader.model`` and
-                              ``reader.response_id`` are set. Render from the event, not from
-                              ``reader.meta``: a chunk may hold several payloads, and output must
-                              not depend on how the stream was split.
-    (TEXT, text)              visible text
-    (THOUGHT, text)           thought-summary text (``"thought": true`` parts)
-    (CALL, index, name, args) one complete function call (Gemini never splits a call across chunks)
-    (FINISH, reason)          Gemini ``finishReason`` (or a ``promptFeedback.blockReason``); last event
-    (ERROR, status, message)  an error payload, or a payload that is not a JSON object; last event
+    START    first payload seen (``meta``: its usageMetadata or None); ``reader.model`` and
+             ``reader.response_id`` are set. Render from the event, not from ``reader.meta``: a
+             chunk may hold several payloads, and output must not depend on how the stream was split.
+    TEXT     ``text``: visible text
+    THOUGHT  ``text``: thought-summary text (``"thought": true`` parts)
+    CALL     ``index``, ``name``, ``args``: one complete function call (Gemini never splits a call)
+    FINISH   ``text``: Gemini's ``finishReason`` (or a ``promptFeedback.blockReason``); last event
+    ERROR    ``status``, ``text``: an error payload, or a payload that is not a JSON object; last event
 
 Gemini has no ``[DONE]``: the stream ends with the chunk carrying ``finishReason`` (whose
 ``usageMetadata`` is final) and the connection closing. Anything after FINISH or ERROR is ignored.
@@ -24,9 +23,11 @@ field, so it is dropped (see ``SKIP_SIGNATURE`` for the way back).
 
 from __future__ import annotations
 
+import enum
 import mimetypes
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -44,7 +45,32 @@ from extproc.translate.base import (
 from extproc.translate.buffering import NOTHING_YET, BodyBuffer
 from extproc.translate.errors import error_body
 
-START, TEXT, THOUGHT, CALL, FINISH, ERROR = range(6)
+
+class EventKind(enum.Enum):
+    START = "start"
+    TEXT = "text"
+    THOUGHT = "thought"
+    CALL = "call"
+    FINISH = "finish"
+    ERROR = "error"
+
+
+START, TEXT, THOUGHT, CALL, FINISH, ERROR = EventKind
+
+
+@dataclass(frozen=True, slots=True)
+class GeminiEvent:
+    """One thing the reader found in Gemini's answer; which fields mean something depends on ``kind``
+    (see the module docstring)."""
+
+    kind: EventKind
+    text: str = ""
+    index: int = 0
+    name: str = ""
+    args: Mapping[str, Any] | None = None
+    meta: Mapping[str, Any] | None = None
+    status: int = 0
+
 
 # Gemini 3 rejects a replayed model turn whose functionCall part lacks the thoughtSignature it was
 # generated with ("Function call is missing a thought_signature"). Clients of the Anthropic/OpenAI
@@ -135,7 +161,7 @@ def number(body: Mapping[str, Any], key: str, integer: bool = False) -> int | fl
     return value
 
 
-def openai_usage(meta: dict[str, Any] | None) -> dict[str, Any]:
+def openai_usage(meta: Mapping[str, Any] | None) -> dict[str, Any]:
     """Gemini ``usageMetadata`` -> OpenAI ``usage`` (prompt_tokens includes cached tokens there)."""
     meta = meta or {}
     prompt = _count(meta, "promptTokenCount") + _count(meta, "toolUsePromptTokenCount")
@@ -174,7 +200,7 @@ def parse_data_url(url: str) -> tuple[str, str] | None:
     return header[:-7].split(";", 1)[0] or "application/octet-stream", data
 
 
-def usage_of(meta: dict[str, Any] | None) -> Usage:
+def usage_of(meta: Mapping[str, Any] | None) -> Usage:
     """Gemini ``usageMetadata`` -> Usage. ``promptTokenCount`` includes cached tokens, so they are
     taken out of ``input_tokens`` (Anthropic's meaning); prompt tokens spent on tool use (e.g. Google
     Search results) are input too. Thought tokens are billed as output."""
@@ -186,7 +212,7 @@ def usage_of(meta: dict[str, Any] | None) -> Usage:
     return Usage(input_tokens=max(prompt - cached, 0), output_tokens=output, cache_read_input_tokens=cached)
 
 
-def _count(meta: dict[str, Any], key: str) -> int:
+def _count(meta: Mapping[str, Any], key: str) -> int:
     value = meta.get(key)
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
@@ -223,11 +249,11 @@ class GeminiReader:
         self.model: str | None = None
         self.response_id: str | None = None
 
-    def feed_sse(self, chunk: bytes, end_of_stream: bool) -> list[tuple[Any, ...]]:
+    def feed_sse(self, chunk: bytes, end_of_stream: bool) -> list[GeminiEvent]:
         events = self._decoder.feed(chunk) if chunk else []
         if end_of_stream:
             events.extend(self._decoder.close())
-        out: list[tuple[Any, ...]] = []
+        out: list[GeminiEvent] = []
         for event in events:
             if self.done:
                 break
@@ -237,13 +263,13 @@ class GeminiReader:
             try:
                 payload = orjson.loads(data)
             except orjson.JSONDecodeError:
-                out.append((ERROR, 502, "upstream sent a stream chunk that is not JSON"))
+                out.append(GeminiEvent(ERROR, "upstream sent a stream chunk that is not JSON", status=502))
                 self.done = True
                 break
             self.payload(payload, out)
         return out
 
-    def whole(self, body: bytes) -> list[tuple[Any, ...]]:
+    def whole(self, body: bytes) -> list[GeminiEvent]:
         """A buffered (non-stream) answer. The status line already went out as 2xx, so an answer
         that is not a GenerateContentResponse is the provider breaking its API."""
         try:
@@ -254,16 +280,16 @@ class GeminiReader:
             raise UpstreamProtocolError("Gemini answered with JSON that is not an object")
         if isinstance(payload.get("error"), dict):
             raise UpstreamProtocolError(f"Gemini answered 2xx with an error: {error_message(body)}")
-        out: list[tuple[Any, ...]] = []
+        out: list[GeminiEvent] = []
         self.payload(payload, out)
         if not self.done:
-            out.append((FINISH, None))
+            out.append(GeminiEvent(FINISH))
             self.done = True
         return out
 
-    def payload(self, payload: Any, out: list[tuple[Any, ...]]) -> None:
+    def payload(self, payload: Any, out: list[GeminiEvent]) -> None:
         if not isinstance(payload, dict):
-            out.append((ERROR, 502, "upstream sent a stream chunk that is not a JSON object"))
+            out.append(GeminiEvent(ERROR, "upstream sent a stream chunk that is not a JSON object", status=502))
             self.done = True
             return
         error = payload.get("error")
@@ -279,7 +305,7 @@ class GeminiReader:
             model, rid = payload.get("modelVersion"), payload.get("responseId")
             self.model = model if isinstance(model, str) and model else None
             self.response_id = rid if isinstance(rid, str) and rid else None
-            out.append((START, self.meta))
+            out.append(GeminiEvent(START, meta=self.meta))
         candidates = payload.get("candidates")
         candidate = candidates[0] if isinstance(candidates, list) and candidates else None
         if not isinstance(candidate, dict):
@@ -298,36 +324,35 @@ class GeminiReader:
         if isinstance(reason, str) and reason and reason != "FINISH_REASON_UNSPECIFIED":
             self._finish(reason, out)
 
-    def _part(self, part: dict[str, Any], out: list[tuple[Any, ...]]) -> None:
+    def _part(self, part: dict[str, Any], out: list[GeminiEvent]) -> None:
         call = part.get("functionCall")
         if isinstance(call, dict):
             name = call.get("name")
             args = call.get("args")
-            out.append(
-                (CALL, self.calls, name if isinstance(name, str) else "", args if isinstance(args, dict) else {})
-            )
+            name = name if isinstance(name, str) else ""
+            out.append(GeminiEvent(CALL, index=self.calls, name=name, args=args if isinstance(args, dict) else {}))
             self.calls += 1
             return
         text = part.get("text")
         if isinstance(text, str) and text:  # signature-only parts carry text "" and are skipped
-            out.append((THOUGHT if part.get("thought") is True else TEXT, text))
+            out.append(GeminiEvent(THOUGHT if part.get("thought") is True else TEXT, text))
         # inlineData / executableCode / codeExecutionResult output parts have no client field
 
-    def _finish(self, reason: str, out: list[tuple[Any, ...]]) -> None:
+    def _finish(self, reason: str, out: list[GeminiEvent]) -> None:
         self.finish = reason
         self.done = True
-        out.append((FINISH, reason))
+        out.append(GeminiEvent(FINISH, reason))
 
 
-def _error_event(error: Any) -> tuple[Any, ...]:
+def _error_event(error: Any) -> GeminiEvent:
     if isinstance(error, dict):
         code = error.get("code")
         message = error.get("message")
         status = code if isinstance(code, int) and 400 <= code <= 599 else 500
         text = message if isinstance(message, str) and message else "upstream error"
         name = error.get("status")
-        return (ERROR, status, f"{name}: {text}" if isinstance(name, str) and name else text)
-    return (ERROR, 500, str(error) or "upstream error")
+        return GeminiEvent(ERROR, f"{name}: {text}" if isinstance(name, str) and name else text, status=status)
+    return GeminiEvent(ERROR, str(error) or "upstream error", status=500)
 
 
 class GeminiResponse:
@@ -359,11 +384,11 @@ class GeminiResponse:
         out: list[bytes] = []
         usage = None
         for event in self._reader.feed_sse(chunk, end_of_stream):
-            kind = event[0]
-            if kind == FINISH:
+            kind = event.kind
+            if kind is FINISH:
                 usage = self._finish(out)
-            elif kind == ERROR:
-                self._error(event[1], event[2], out)
+            elif kind is ERROR:
+                self._error(event.status, event.text, out)
             else:
                 self._render(event, out)
         if end_of_stream and not self._closed:
@@ -384,7 +409,7 @@ class GeminiResponse:
     def _whole(self, body: bytes) -> TranslatedChunk:
         raise NotImplementedError
 
-    def _render(self, event: tuple[Any, ...], out: list[bytes]) -> None:
+    def _render(self, event: GeminiEvent, out: list[bytes]) -> None:
         raise NotImplementedError
 
     def _finish(self, out: list[bytes]) -> Usage:

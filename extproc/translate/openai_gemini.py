@@ -105,12 +105,12 @@ class OpenAIToGemini(g.GeminiResponse):
         thoughts: list[str] = []
         calls: list[dict[str, Any]] = []
         for event in reader.whole(body):
-            kind = event[0]
-            if kind == g.TEXT:
-                texts.append(event[1])
-            elif kind == g.THOUGHT:
-                thoughts.append(event[1])
-            elif kind == g.CALL:
+            kind = event.kind
+            if kind is g.TEXT:
+                texts.append(event.text)
+            elif kind is g.THOUGHT:
+                thoughts.append(event.text)
+            elif kind is g.CALL:
                 calls.append(self._call(event))
         message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}
         if thoughts:
@@ -134,17 +134,16 @@ class OpenAIToGemini(g.GeminiResponse):
         }
         return TranslatedChunk(body=orjson.dumps(completion), usage=g.usage_of(reader.meta))
 
-    def _call(self, event: tuple[Any, ...]) -> dict[str, Any]:
-        _, index, name, args = event
+    def _call(self, event: g.GeminiEvent) -> dict[str, Any]:
         return {
-            "id": g.tool_id("call_", self._turn, index, name),
+            "id": g.tool_id("call_", self._turn, event.index, event.name),
             "type": "function",
-            "function": {"name": name, "arguments": orjson.dumps(args).decode()},
+            "function": {"name": event.name, "arguments": orjson.dumps(event.args).decode()},
         }
 
-    def _render(self, event: tuple[Any, ...], out: list[bytes]) -> None:
-        kind = event[0]
-        if kind == g.START:
+    def _render(self, event: g.GeminiEvent, out: list[bytes]) -> None:
+        kind = event.kind
+        if kind is g.START:
             reader = self._reader
             completion_id = "chatcmpl-" + (reader.response_id or "gemini")
             self._writer = O.ChunkWriter(completion_id, int(self._clock()), reader.model or self._model)
@@ -152,12 +151,12 @@ class OpenAIToGemini(g.GeminiResponse):
             return
         writer = self._writer
         assert writer is not None  # the reader starts every stream with START
-        if kind == g.TEXT:
-            out.append(writer.content(event[1]))
-        elif kind == g.THOUGHT:
-            out.append(writer.reasoning(event[1]))
-        elif kind == g.CALL:
-            out.append(writer.delta({"tool_calls": [{"index": event[1], **self._call(event)}]}))
+        if kind is g.TEXT:
+            out.append(writer.content(event.text))
+        elif kind is g.THOUGHT:
+            out.append(writer.reasoning(event.text))
+        elif kind is g.CALL:
+            out.append(writer.delta({"tool_calls": [{"index": event.index, **self._call(event)}]}))
 
     def _finish(self, out: list[bytes]) -> Usage:
         reader = self._reader
