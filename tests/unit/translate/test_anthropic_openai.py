@@ -7,10 +7,10 @@ from typing import Any
 
 import orjson
 import pytest
-from chat_cases import accumulate_anthropic, check_anthropic_stream, sse_events
 
 from extproc.translate.anthropic_openai import AnthropicToOpenAI
 from extproc.translate.base import ClientRequestError, Target, UpstreamProtocolError, Usage
+from tests.unit.stream_checks import accumulate_anthropic, check_anthropic_stream, sse_events
 
 TARGET = Target(model="gpt-x", capabilities=frozenset({"tools", "thinking"}))
 STREAM = Target(model="gpt-x", stream=True, capabilities=frozenset({"tools", "thinking"}))

@@ -13,23 +13,17 @@ import anthropic.types
 import openai.types.chat
 import orjson
 import pytest
-from chat_cases import (
-    Case,
-    all_cases,
-    check_anthropic_stream,
-    check_openai_stream,
-    make_translator,
-    sse_events,
-)
+from chat_cases import Case, all_cases, make_translator
 
 from extproc.translate.base import Api
+from tests.unit.stream_checks import check_anthropic_stream, check_openai_stream, sse_events
 
 
 def _expect(case: Case, name: str, actual: bytes, update: bool) -> bytes:
     path = case.path / name
     if update:
         path.write_bytes(actual)
-    assert path.exists(), f"{path} missing: run pytest tests/unit/translate --update-golden"
+    assert path.exists(), f"{path} missing: run pytest tests/unit --update-golden"
     return path.read_bytes()
 
 

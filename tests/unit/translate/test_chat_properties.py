@@ -18,20 +18,20 @@ import anthropic.types
 import openai.types.chat
 import orjson
 import pytest
-from chat_cases import (
-    CREATED,
-    accumulate_anthropic,
-    accumulate_openai,
-    check_anthropic_stream,
-    check_openai_stream,
-    split_at,
-)
+from chat_cases import CREATED
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from extproc.translate.anthropic_openai import AnthropicToOpenAI
 from extproc.translate.base import ClientRequestError, Target, UpstreamProtocolError
 from extproc.translate.openai_anthropic import OpenAIToAnthropic
+from tests.unit.stream_checks import (
+    accumulate_anthropic,
+    accumulate_openai,
+    check_anthropic_stream,
+    check_openai_stream,
+    split_at,
+)
 
 # The request strategies are big; hypothesis warns when it prints their repr.
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")

@@ -4,9 +4,11 @@ points, and with CRLF line endings: the client bytes and the reported usage neve
 from __future__ import annotations
 
 import pytest
-from chat_cases import Case, replay, split_at, stream_cases
+from chat_cases import Case, replay, stream_cases
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from tests.unit.stream_checks import split_at
 
 CASES = stream_cases()
 IDS = [case.name for case in CASES]

@@ -7,10 +7,11 @@ from typing import Any
 
 import orjson
 import pytest
-from chat_cases import CREATED, accumulate_openai, check_openai_stream
+from chat_cases import CREATED
 
 from extproc.translate.base import ClientRequestError, Target, UpstreamProtocolError, Usage
 from extproc.translate.openai_anthropic import OpenAIToAnthropic
+from tests.unit.stream_checks import accumulate_openai, check_openai_stream
 
 TARGET = Target(model="claude-x", capabilities=frozenset({"tools", "thinking"}))
 STREAM = Target(model="claude-x", stream=True, capabilities=frozenset({"tools", "thinking"}))

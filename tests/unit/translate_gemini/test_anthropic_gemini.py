@@ -3,15 +3,14 @@ of the stream state machine, error bodies, headers."""
 
 from __future__ import annotations
 
-import json
-
 import orjson
 import pytest
-from gemini_cases import check_anthropic_stream, make_target, sse_events
+from gemini_cases import make_target
 
 from extproc.translate.anthropic_gemini import AnthropicToGemini, AnthropicToGeminiCountTokens
 from extproc.translate.base import Api, ClientRequestError, UpstreamProtocolError
 from extproc.translate.registry import count_tokens_translator, translator_for
+from tests.unit.stream_checks import check_anthropic_stream, sse_events
 
 USER = {"role": "user", "content": "hi"}
 
@@ -155,7 +154,7 @@ def test_tool_result_images_follow_the_function_response() -> None:
 def test_message_start_falls_back_to_the_request_size_estimate() -> None:
     body = {"model": "c", "max_tokens": 10, "stream": True, "messages": [{"role": "user", "content": "x" * 400}]}
     out = _stream(_sse({"candidates": [{"content": {"parts": [{"text": "a"}]}, "finishReason": "STOP"}]}), body)
-    start = json.loads(sse_events(out)[0][1])
+    start = sse_events(out)[0][1]
     assert start["message"]["usage"]["input_tokens"] >= 100
 
 
@@ -168,7 +167,7 @@ def test_stream_ending_without_finish_reason_is_closed_cleanly() -> None:
 def test_empty_upstream_stream_becomes_an_error_event() -> None:
     out = _stream(b"")
     assert [name for name, _ in sse_events(out)] == ["error"]
-    assert json.loads(sse_events(out)[0][1])["error"]["type"] == "api_error"
+    assert sse_events(out)[0][1]["error"]["type"] == "api_error"
 
 
 def test_a_chunk_that_is_not_json_ends_the_stream_with_an_error() -> None:

@@ -9,20 +9,12 @@ import anthropic.types
 import openai.types.chat
 import orjson
 import pytest
-from gemini_cases import (
-    Case,
-    all_cases,
-    check_anthropic_stream,
-    check_openai_stream,
-    make_translator,
-    pretty,
-    replay,
-    stream_cases,
-)
+from gemini_cases import Case, all_cases, make_translator, pretty, replay, stream_cases
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from extproc.translate.base import Api
+from tests.unit.stream_checks import check_anthropic_stream, check_openai_stream
 
 CASES = all_cases()
 STREAMS = stream_cases()
@@ -33,7 +25,7 @@ def _expect_text(case: Case, name: str, actual: str, update: bool) -> None:
     if update:
         path.write_text(actual)
         return
-    assert path.exists(), f"{path} missing: run pytest {__file__} --update-golden-gemini"
+    assert path.exists(), f"{path} missing: run pytest {__file__} --update-golden"
     assert actual == path.read_text(), f"{case.id}: {name} differs"
 
 
@@ -42,7 +34,7 @@ def _expect_json(case: Case, name: str, actual: object, update: bool) -> None:
     if update:
         path.write_text(pretty(actual))
         return
-    assert path.exists(), f"{path} missing: run pytest {__file__} --update-golden-gemini"
+    assert path.exists(), f"{path} missing: run pytest {__file__} --update-golden"
     assert actual == json.loads(path.read_text()), f"{case.id}: {name} differs"
 
 

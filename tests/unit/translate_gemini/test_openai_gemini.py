@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from gemini_cases import CREATED, check_openai_stream, make_target, sse_events
+from gemini_cases import CREATED, make_target
 
 from extproc.translate.base import Api, ClientRequestError
 from extproc.translate.openai_gemini import OpenAIToGemini
 from extproc.translate.registry import translator_for
+from tests.unit.stream_checks import check_openai_stream, sse_events
 
 USER = {"role": "user", "content": "hi"}
 
@@ -185,7 +186,7 @@ def test_empty_upstream_stream_becomes_an_error_payload() -> None:
     translator.request(body, make_target(body))
     out = translator.response_body(b"", True).body
     [(_, data), (_, done)] = sse_events(out)
-    assert orjson.loads(data)["error"]["type"] == "server_error" and done == "[DONE]"
+    assert data["error"]["type"] == "server_error" and done == "[DONE]"
 
 
 def test_gemini_errors_become_openai_errors_with_the_same_status() -> None:

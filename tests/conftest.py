@@ -1,0 +1,25 @@
+"""Options every test directory shares.
+
+Rewrite golden expectations after an intended change, then review the diff:
+    python -m pytest tests/unit --update-golden
+(translator goldens under tests/golden/<client>_<provider>/ and the Claude Code corpus goldens
+under tests/golden/claude_code/).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        default=False,
+        help="rewrite the expected files of the golden translator cases (tests/golden/)",
+    )
+
+
+@pytest.fixture
+def update_golden(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--update-golden"))
