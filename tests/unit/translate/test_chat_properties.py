@@ -18,13 +18,13 @@ import anthropic.types
 import openai.types.chat
 import orjson
 import pytest
-from chat_cases import CREATED
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from extproc.translate.anthropic_openai import AnthropicToOpenAI
 from extproc.translate.base import ClientRequestError, Target, UpstreamProtocolError
 from extproc.translate.openai_anthropic import OpenAIToAnthropic
+from tests.unit.golden_cases import CREATED
 from tests.unit.stream_checks import (
     accumulate_anthropic,
     accumulate_openai,

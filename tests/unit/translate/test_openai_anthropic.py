@@ -7,10 +7,10 @@ from typing import Any
 
 import orjson
 import pytest
-from chat_cases import CREATED
 
 from extproc.translate.base import ClientRequestError, Target, UpstreamProtocolError, Usage
 from extproc.translate.openai_anthropic import OpenAIToAnthropic
+from tests.unit.golden_cases import CREATED
 from tests.unit.stream_checks import accumulate_openai, check_openai_stream
 
 TARGET = Target(model="claude-x", capabilities=frozenset({"tools", "thinking"}))

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from gemini_cases import make_target
 
 from extproc.translate.anthropic_gemini import AnthropicToGemini, AnthropicToGeminiCountTokens
 from extproc.translate.base import Api, ClientRequestError, UpstreamProtocolError
 from extproc.translate.registry import count_tokens_translator, translator_for
+from tests.unit.golden_cases import make_target
 from tests.unit.stream_checks import check_anthropic_stream, sse_events
 
 USER = {"role": "user", "content": "hi"}

@@ -10,13 +10,13 @@ import anthropic.types
 import openai.types.chat
 import orjson
 import pytest
-from gemini_cases import CREATED, make_target
 
 from extproc.translate.anthropic_gemini import AnthropicToGemini
 from extproc.translate.base import Api
 from extproc.translate.openai_gemini import OpenAIToGemini
 from fake_provider.gemini_api import GeminiApi
 from fake_provider.reply import plan_reply
+from tests.unit.golden_cases import CREATED, make_target
 from tests.unit.stream_checks import check_anthropic_stream, check_openai_stream
 
 SCHEMA = {

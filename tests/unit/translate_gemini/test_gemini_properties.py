@@ -11,7 +11,6 @@ import json
 import anthropic.types
 import openai.types.chat
 import orjson
-from gemini_cases import CREATED, make_target
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_gemini_schema import SCHEMA
@@ -19,6 +18,7 @@ from test_gemini_schema import SCHEMA
 from extproc.translate.anthropic_gemini import AnthropicToGemini
 from extproc.translate.base import Api, ClientRequestError, UpstreamProtocolError
 from extproc.translate.openai_gemini import OpenAIToGemini
+from tests.unit.golden_cases import CREATED, make_target
 from tests.unit.stream_checks import check_anthropic_stream, check_openai_stream
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

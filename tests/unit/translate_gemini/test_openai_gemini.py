@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from gemini_cases import CREATED, make_target
 
 from extproc.translate.base import Api, ClientRequestError
 from extproc.translate.openai_gemini import OpenAIToGemini
 from extproc.translate.registry import translator_for
+from tests.unit.golden_cases import CREATED, make_target
 from tests.unit.stream_checks import check_openai_stream, sse_events
 
 USER = {"role": "user", "content": "hi"}
