@@ -27,7 +27,8 @@ import orjson
 from extproc.router import Decision, RoutingError, decide
 from extproc.routing_table import ModelRoute, RoutingTable
 from extproc.tokens import SessionUsage, count_for_client
-from extproc.translate.base import Api, ClientRequestError, Translator, UpstreamRequest
+from extproc.translate.anthropic_schema import thinking_shown
+from extproc.translate.base import Api, ClientRequestError, ResponseContext, Translator, UpstreamRequest
 from extproc.translate.registry import count_tokens_translator, translator_class, translator_for
 from extproc.translate.request_checks import check_request
 
@@ -65,11 +66,13 @@ class Forward:
 @dataclass(frozen=True, slots=True)
 class Chain:
     """A fallback chain: the client's body goes on (``body`` is set when the router changed it, e.g.
-    stripped the subagent tag), Envoy picks the provider per attempt."""
+    stripped the subagent tag), Envoy picks the provider per attempt. ``context`` primes the
+    translator of whichever provider answers (its ``model`` is that provider's, set then)."""
 
     decision: Decision
     body: bytes | None
     stream: bool
+    context: ResponseContext
 
 
 Outcome = Answer | Forward | Chain
@@ -118,7 +121,8 @@ def plan(
                 message = f"fallback provider {route.provider.name!r} cannot serve {api}-format requests"
                 return Answer(400, message, "ccr_no_translator", decision=decision)
         changed = decision.body is not body  # the router changed it (subagent tag stripped)
-        return Chain(decision, orjson.dumps(decision.body) if changed else None, stream)
+        context = response_context(api, decision.body, stream, decision.tokens)
+        return Chain(decision, orjson.dumps(decision.body) if changed else None, stream, context)
     return forward(api, decision, decision.route, translator_for(api, decision.route.provider.api), stream)
 
 
@@ -151,6 +155,21 @@ def translated(
         return translator.request(body, replace(route.target, stream=stream))
     except ClientRequestError as exc:
         return Answer(exc.status, exc.message, "ccr_bad_request")
+
+
+def response_context(api: Api, body: Mapping[str, Any], stream: bool, estimate: int) -> ResponseContext:
+    """What any provider's translator needs to read the answer to ``body`` (model set later)."""
+    messages = body.get("messages")
+    turns = (
+        sum(1 for m in messages if isinstance(m, dict) and m.get("role") == "assistant")
+        if isinstance(messages, list)
+        else 0
+    )
+    if api is Api.ANTHROPIC:
+        return ResponseContext("", stream, estimate, show_thinking=thinking_shown(body.get("thinking")), turn=turns)
+    options = body.get("stream_options")
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    return ResponseContext("", stream, estimate, include_usage=include_usage, turn=turns)
 
 
 def _counted(body: dict[str, Any], decision: Decision | None = None) -> Answer:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, ProcessingRequest, ProcessingResponse
@@ -35,7 +35,7 @@ from extproc.plan import Answer, Chain, Forward, plan
 from extproc.router import Decision
 from extproc.routing_table import ModelRoute, RoutingTable
 from extproc.tokens import SessionUsage
-from extproc.translate.base import Api, ClientRequestError, Translator, UpstreamProtocolError, Usage
+from extproc.translate.base import Api, Primable, ResponseContext, Translator, UpstreamProtocolError, Usage
 from extproc.translate.registry import translator_for
 
 log = logging.getLogger("ccr.extproc")
@@ -77,7 +77,7 @@ def _guess_api(path: str, headers: Mapping[str, str]) -> Api:
 
 
 class RequestProcessor:
-    __slots__ = ("api", "decision", "endpoint", "headers", "state", "status", "stream", "translator")
+    __slots__ = ("api", "context", "decision", "endpoint", "headers", "state", "status", "stream", "translator")
 
     def __init__(self, state: GatewayState) -> None:
         self.state = state
@@ -86,6 +86,7 @@ class RequestProcessor:
         self.headers: dict[str, str] = {}
         self.decision: Decision | None = None
         self.translator: Translator | None = None
+        self.context: ResponseContext | None = None  # a chain's, for the translator of whoever answers
         self.stream = False
         self.status = 0
 
@@ -144,6 +145,7 @@ class RequestProcessor:
                 return m.immediate_error(self.api, outcome.status, outcome.message, outcome.details)
             return m.immediate(outcome.status, outcome.body)
         if isinstance(outcome, Chain):
+            self.context = outcome.context
             return self._forward_chain(outcome)
         return self._forward(outcome)
 
@@ -214,7 +216,7 @@ class RequestProcessor:
             # Whichever provider of the chain answered (Envoy copied it from the endpoint's metadata).
             answered = headers.get(PROVIDER_RESPONSE_HEADER)
             route = next((r for r in decision.chain if r.provider.name == answered), route)
-            self.translator = self._primed_translator(route, decision.body)
+            self.translator = self._primed_translator(route)
             remove.append(PROVIDER_RESPONSE_HEADER)
         attempts = headers.get("x-envoy-attempt-count", "1")
         RESPONSES.labels(route.provider.name, f"{self.status // 100}xx", attempts).inc()
@@ -236,17 +238,14 @@ class RequestProcessor:
         if self.decision is not None:
             self.state.sessions.record(self.decision.session, usage.prompt_tokens)
 
-    def _primed_translator(self, route: ModelRoute, body: dict[str, Any]) -> Translator | None:
-        """A translator for the provider that answered, fed the request so that its response state
-        (model, token estimate, tool names) matches what that attempt sent."""
+    def _primed_translator(self, route: ModelRoute) -> Translator | None:
+        """A translator for the provider of the chain that answered, primed with the plan's response
+        context (the request is never translated again here: each attempt was, upstream). An
+        attempt the upstream processor refused answered in the client's format; its error is read
+        like any provider's and reaches the client with the same status and message."""
         translator = translator_for(self.api, route.provider.api)
-        if translator is not None and translator.rewrites_response:
-            try:
-                translator.request(body, replace(route.target, stream=self.stream))
-            except ClientRequestError:
-                # That attempt refused the request and answered the client itself, in the client's
-                # format: its answer goes on untouched.
-                return None
+        if translator is not None and translator.rewrites_response and self.context is not None:
+            cast(Primable, translator).prime(replace(self.context, model=route.target.model))
         return translator
 
     def _response_body(self, chunk: bytes, end_of_stream: bool) -> ProcessingResponse:

@@ -44,6 +44,7 @@ from extproc.translate import gemini_common as g
 from extproc.translate.base import (
     Api,
     ClientRequestError,
+    ResponseContext,
     Target,
     TranslatedBody,
     TranslatedChunk,
@@ -110,6 +111,13 @@ class AnthropicToGemini(g.GeminiResponse):
         raw = orjson.dumps(out)
         self._estimate = max(1, len(raw) // 4)
         return UpstreamRequest(path=g.upstream_path(target), body=raw)
+
+    def prime(self, context: ResponseContext) -> None:
+        self._model = context.model
+        self._stream = context.stream
+        self._show_thinking = context.show_thinking
+        self._turn = context.turn
+        self._estimate = context.estimate
 
     # -- response --------------------------------------------------------------------------------
 

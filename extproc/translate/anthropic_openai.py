@@ -44,6 +44,7 @@ from extproc.translate import openai_schema as O
 from extproc.translate.base import (
     Api,
     ClientRequestError,
+    ResponseContext,
     Target,
     TranslatedChunk,
     UpstreamProtocolError,
@@ -513,6 +514,12 @@ class AnthropicToOpenAI(JsonOrSseResponse[_Stream]):
         # ~4 characters per token for text and JSON; base64 payloads count as a flat per-image cost.
         self._estimate = (len(upstream) - builder.binary_chars) // 4 + builder.images * _IMAGE_TOKENS
         return UpstreamRequest(path=target.base_path + "/chat/completions", body=upstream)
+
+    def prime(self, context: ResponseContext) -> None:
+        self._model = context.model
+        self._stream = self._upstream_sse = context.stream
+        self._show_thinking = context.show_thinking
+        self._estimate = context.estimate
 
     def _new_stream_machine(self) -> _Stream:
         return _Stream(self._model, self._estimate, self._show_thinking)

@@ -85,6 +85,20 @@ class TranslatedBody:
     headers: tuple[tuple[str, str], ...] = field(default=(("content-type", "application/json"),))
 
 
+@dataclass(frozen=True, slots=True)
+class ResponseContext:
+    """What a translator's response phases need to know of the request, without translating it: a
+    fallback chain's answer is read by a translator for whichever provider answered, primed with
+    this (extproc.plan computes it once from the client's body)."""
+
+    model: str  # the provider's model id, the fallback for a response that names none
+    stream: bool
+    estimate: int = 0  # input tokens guessed before the provider reports its own
+    show_thinking: bool = True  # Anthropic clients: thinking.display != "omitted"
+    include_usage: bool = False  # OpenAI clients: stream_options.include_usage
+    turn: int = 0  # assistant turns in the history (part of the tool ids Gemini translators make)
+
+
 class ClientRequestError(Exception):
     """The client's request cannot be served; answered in the client's error format."""
 
@@ -116,3 +130,10 @@ class Translator(Protocol):
     def rewrites_response(self) -> bool:
         """False when the response can go to the client untouched (no body messages needed)."""
         ...
+
+
+class Primable(Protocol):
+    """The optional ability of a translator that rewrites responses: set the response state that
+    ``request`` would have set, from a ResponseContext, without translating the request."""
+
+    def prime(self, context: ResponseContext) -> None: ...

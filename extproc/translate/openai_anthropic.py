@@ -38,6 +38,7 @@ from extproc.translate import openai_schema as O
 from extproc.translate.base import (
     Api,
     ClientRequestError,
+    ResponseContext,
     Target,
     TranslatedChunk,
     UpstreamProtocolError,
@@ -519,6 +520,11 @@ class OpenAIToAnthropic(JsonOrSseResponse[_Stream]):
         self._model = target.model
         self._stream = self._upstream_sse = target.stream
         return UpstreamRequest(path=target.base_path + "/v1/messages", body=orjson.dumps(upstream), headers=_HEADERS)
+
+    def prime(self, context: ResponseContext) -> None:
+        self._include_usage = context.include_usage
+        self._model = context.model
+        self._stream = self._upstream_sse = context.stream
 
     def _new_stream_machine(self) -> _Stream:
         return _Stream(self._model, int(self._clock()), self._include_usage)

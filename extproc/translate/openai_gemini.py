@@ -33,6 +33,7 @@ from extproc.translate import openai_schema as O
 from extproc.translate.base import (
     Api,
     ClientRequestError,
+    ResponseContext,
     Target,
     TranslatedChunk,
     UpstreamRequest,
@@ -64,6 +65,12 @@ class OpenAIToGemini(g.GeminiResponse):
         self._writer: O.ChunkWriter | None = None  # chunk frames, once the stream started
 
     # -- request ---------------------------------------------------------------------------------
+
+    def prime(self, context: ResponseContext) -> None:
+        self._model = context.model
+        self._stream = context.stream
+        self._include_usage = context.include_usage
+        self._turn = context.turn
 
     def request(self, body: Mapping[str, Any], target: Target) -> UpstreamRequest:
         if not isinstance(body, Mapping):

@@ -5,6 +5,8 @@ the same single usage report. Rewrite expectations with ``--update-golden`` and 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import anthropic.types
 import openai.types.chat
 import orjson
@@ -12,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from extproc.plan import response_context
 from extproc.translate.base import Api
 from tests.unit.golden_cases import Case, all_cases, make_translator, replay, stream_cases
 from tests.unit.stream_checks import check_anthropic_stream, check_openai_stream, split_at, sse_events
@@ -123,3 +126,26 @@ def test_stream_split_at_random_points_translates_identically(case: Case, data: 
     body, usages = _whole(case)
     result = replay(case, split_at(raw, points))
     assert (result.body, result.usages) == (body, usages)
+
+
+# --- a translator primed from the plan's response context reads answers as one that translated -----
+
+
+def _answer(body: bytes, stream: bool) -> object:
+    return sse_events(body) if stream else orjson.loads(body)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.status < 300], ids=lambda c: c.name)
+def test_a_primed_translator_answers_like_one_that_translated_the_request(case: Case) -> None:
+    target = case.target()
+    translated = make_translator(case.pair)
+    translated.request(case.client_request, target)
+    primed = make_translator(case.pair)
+    # The same input-token guess as the translating one made (it shows where the provider reports none).
+    context = response_context(case.client, case.client_request, target.stream, getattr(translated, "_estimate", 0))
+    primed.prime(replace(context, model=target.model))
+    answers = []
+    for translator in (translated, primed):
+        translator.response_headers(200, {"content-type": case.provider_content_type()})
+        answers.append(_answer(translator.response_body(case.provider_response(), True).body, target.stream))
+    assert answers[0] == answers[1]

@@ -297,7 +297,8 @@ def test_a_malformed_request_to_a_chain_model_is_refused_before_any_attempt(chai
 def test_a_request_the_chain_attempt_refused_keeps_its_400_and_is_not_turned_into_a_500(chain_state):
     # Well-formed, but the primary's translator cannot carry it (audio to an Anthropic-format
     # provider): the per-attempt processor refuses it in the client's format, and the downstream
-    # processor must pass that answer on, not fail while priming its response translator.
+    # processor passes that answer on (its response translator is primed from the plan, never by
+    # translating the request again, so nothing can fail there).
     processor = RequestProcessor(chain_state)
     processor.handle(headers("POST", "/v1/chat/completions", authorization="Bearer client"))
     audio = {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}
@@ -316,5 +317,10 @@ def test_a_request_the_chain_attempt_refused_keeps_its_400_and_is_not_turned_int
     )
     answer = processor.handle(refused)
     assert not answer.HasField("immediate_response"), answer
-    passed = processor.handle(ProcessingRequest(response_body=HttpBody(body=b'{"error": {}}', end_of_stream=True)))
-    assert not passed.response_body.response.HasField("body_mutation")
+    # The attempt's own answer, in the client's (OpenAI) format: read like a provider's error, it
+    # reaches the client with the same message, in the client's format still.
+    attempt_error = b'{"error": {"message": "messages.0.content.0: audio input is not supported", "type": "x"}}'
+    passed = processor.handle(ProcessingRequest(response_body=HttpBody(body=attempt_error, end_of_stream=True)))
+    client = orjson.loads(passed.response_body.response.body_mutation.body)
+    assert client["error"]["message"] == "messages.0.content.0: audio input is not supported"
+    assert client["error"]["type"] == "invalid_request_error"
