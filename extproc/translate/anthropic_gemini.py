@@ -46,14 +46,12 @@ from extproc.translate.base import (
     ClientRequestError,
     ResponseContext,
     Target,
-    TranslatedBody,
     TranslatedChunk,
     UpstreamProtocolError,
     UpstreamRequest,
     Usage,
 )
-from extproc.translate.buffering import BodyBuffer
-from extproc.translate.errors import error_body
+from extproc.translate.buffering import ResponsePhases
 from extproc.translate.gemini_schema import clean_schema, declaration, memoized_tools
 
 _TOOL_CHOICE_MODES = {"auto": "AUTO", "any": "ANY", "none": "NONE"}
@@ -202,7 +200,7 @@ class AnthropicToGemini(g.GeminiResponse):
         return A.error_frame(status, message)
 
 
-class AnthropicToGeminiCountTokens:
+class AnthropicToGeminiCountTokens(ResponsePhases):
     """``POST /v1/messages/count_tokens`` forwarded to Gemini's ``countTokens`` (policy:
     ``forward_count_tokens``): the request translated as for generateContent and wrapped as the
     ``generateContentRequest`` (the form that carries system instruction and tools), Gemini's
@@ -211,9 +209,6 @@ class AnthropicToGeminiCountTokens:
     client_api = Api.ANTHROPIC
     provider_api = Api.GEMINI
     rewrites_response = True
-
-    def __init__(self) -> None:
-        self._buffer = BodyBuffer()
 
     def request(self, body: Mapping[str, Any], target: Target) -> UpstreamRequest:
         generate = AnthropicToGemini().request(body, replace(target, stream=False))
@@ -224,10 +219,7 @@ class AnthropicToGeminiCountTokens:
     def response_headers(self, status: int, headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
         return (("content-type", "application/json"),)
 
-    def response_body(self, chunk: bytes, end_of_stream: bool) -> TranslatedChunk:
-        raw = self._buffer.feed(chunk, end_of_stream)
-        if raw is None:
-            return TranslatedChunk(body=b"")
+    def _whole_body(self, raw: bytes) -> TranslatedChunk:
         try:
             total = orjson.loads(raw).get("totalTokens")
         except (orjson.JSONDecodeError, AttributeError):
@@ -236,8 +228,8 @@ class AnthropicToGeminiCountTokens:
             raise UpstreamProtocolError("countTokens answered without an integer totalTokens")
         return TranslatedChunk(body=orjson.dumps({"input_tokens": total}))
 
-    def response_error(self, status: int, body: bytes) -> TranslatedBody:
-        return TranslatedBody(status=status, body=error_body(Api.ANTHROPIC, status, g.error_message(body)))
+    def _error_message(self, status: int, body: bytes) -> str:
+        return g.error_message(body)
 
 
 def _usage_json(usage: Usage) -> dict[str, Any]:

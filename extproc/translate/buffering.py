@@ -4,9 +4,13 @@
   can only be translated whole.
 - ``SseStreamMachine``: the loop that feeds upstream SSE bytes to a per-request stream state machine
   and flushes it at end of stream.
+- ``ResponsePhases``: the response phases every rewriting translator shares (a buffered answer
+  gathered and translated whole, a stream translated chunk by chunk, an error in the client's
+  format); subclasses supply the three renderings.
 - ``JsonOrSseResponse``: the response phases of a translator whose provider streams SSE but may answer
   a stream request with one JSON body anyway (OpenAI-compatible servers that ignore ``stream``); the
   JSON is then replayed through the stream machine so the client still gets the stream it asked for.
+  (Gemini's, on the same base: extproc.translate.gemini_common.GeminiResponse.)
 """
 
 from __future__ import annotations
@@ -72,20 +76,54 @@ class SseStreamMachine:
 Machine = TypeVar("Machine", bound=SseStreamMachine)
 
 
-class JsonOrSseResponse(Generic[Machine]):
-    """Response phases for a provider that streams SSE and otherwise answers one JSON body.
-
-    The subclass sets ``_model``, ``_stream`` and ``_upstream_sse`` in ``request`` and supplies the
-    three renderings: a new stream machine, a JSON answer replayed as a stream, a JSON answer whole.
-    """
+class ResponsePhases:
+    """The response phases of every translator that rewrites responses. A buffered answer is
+    gathered and rendered whole (``_whole_body``); a stream is rendered as it comes
+    (``_stream_body``); a provider error becomes the client's error shape (``_error_message`` reads
+    the provider's message). ``_streaming`` says which applies; the subclass sets ``_model`` and
+    ``_stream`` in ``request`` (or ``prime``)."""
 
     client_api: Api
 
     def __init__(self) -> None:
         self._model = ""
         self._stream = False
-        self._upstream_sse = False  # what the provider actually sends, known from its content-type
         self._buffer = BodyBuffer()
+
+    def response_body(self, chunk: bytes, end_of_stream: bool) -> TranslatedChunk:
+        if self._streaming():
+            return self._stream_body(chunk, end_of_stream)
+        raw = self._buffer.feed(chunk, end_of_stream)
+        return NOTHING_YET if raw is None else self._whole_body(raw)
+
+    def response_error(self, status: int, body: bytes) -> TranslatedBody:
+        return TranslatedBody(
+            status=status, body=error_body(self.client_api, status, self._error_message(status, body))
+        )
+
+    def _streaming(self) -> bool:
+        return self._stream
+
+    def _stream_body(self, chunk: bytes, end_of_stream: bool) -> TranslatedChunk:
+        raise NotImplementedError
+
+    def _whole_body(self, raw: bytes) -> TranslatedChunk:
+        raise NotImplementedError
+
+    def _error_message(self, status: int, body: bytes) -> str:
+        return upstream_error_message(status, body)
+
+
+class JsonOrSseResponse(ResponsePhases, Generic[Machine]):
+    """Response phases for a provider that streams SSE and otherwise answers one JSON body.
+
+    The subclass sets ``_model``, ``_stream`` and ``_upstream_sse`` in ``request`` and supplies the
+    three renderings: a new stream machine, a JSON answer replayed as a stream, a JSON answer whole.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._upstream_sse = False  # what the provider actually sends, known from its content-type
         self._machine: Machine | None = None
 
     def response_headers(self, status: int, headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
@@ -97,12 +135,13 @@ class JsonOrSseResponse(Generic[Machine]):
         self._upstream_sse = "json" not in headers.get("content-type", "").lower()
         return (("content-type", "text/event-stream"), ("cache-control", "no-cache"))
 
-    def response_body(self, chunk: bytes, end_of_stream: bool) -> TranslatedChunk:
-        if self._stream and self._upstream_sse:
-            return self._stream_machine().feed(chunk, end_of_stream)
-        raw = self._buffer.feed(chunk, end_of_stream)
-        if raw is None:
-            return NOTHING_YET
+    def _streaming(self) -> bool:
+        return self._stream and self._upstream_sse
+
+    def _stream_body(self, chunk: bytes, end_of_stream: bool) -> TranslatedChunk:
+        return self._stream_machine().feed(chunk, end_of_stream)
+
+    def _whole_body(self, raw: bytes) -> TranslatedChunk:
         try:
             parsed = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -110,11 +149,6 @@ class JsonOrSseResponse(Generic[Machine]):
         if self._stream:
             return self._replay_as_stream(self._stream_machine(), parsed)
         return self._whole(parsed)
-
-    def response_error(self, status: int, body: bytes) -> TranslatedBody:
-        return TranslatedBody(
-            status=status, body=error_body(self.client_api, status, upstream_error_message(status, body))
-        )
 
     def _stream_machine(self) -> Machine:
         if self._machine is None:

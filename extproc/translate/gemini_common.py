@@ -34,16 +34,13 @@ import orjson
 
 from extproc.sse import SSEDecoder
 from extproc.translate.base import (
-    Api,
     ClientRequestError,
     Target,
-    TranslatedBody,
     TranslatedChunk,
     UpstreamProtocolError,
     Usage,
 )
-from extproc.translate.buffering import NOTHING_YET, BodyBuffer
-from extproc.translate.errors import error_body
+from extproc.translate.buffering import NOTHING_YET, ResponsePhases
 
 
 class EventKind(enum.Enum):
@@ -355,30 +352,25 @@ def _error_event(error: Any) -> GeminiEvent:
     return GeminiEvent(ERROR, str(error) or "upstream error", status=500)
 
 
-class GeminiResponse:
-    """The response phases both Gemini translators share: buffering, feeding the reader, closing the
-    stream. A subclass sets ``_model``, ``_stream`` and ``_turn`` in ``request`` and renders the
-    reader's events in its client's format: a whole answer (``_whole``), START / TEXT / THOUGHT /
-    CALL events (``_render``), the end of the stream (``_finish``) and a stream error frame
-    (``_error_frame``)."""
-
-    client_api: Api
+class GeminiResponse(ResponsePhases):
+    """The response phases both Gemini translators share: feeding the reader, closing the stream.
+    A subclass sets ``_model``, ``_stream`` and ``_turn`` in ``request`` and renders the reader's
+    events in its client's format: a whole answer (``_whole``), START / TEXT / THOUGHT / CALL events
+    (``_render``), the end of the stream (``_finish``) and a stream error frame (``_error_frame``)."""
 
     def __init__(self) -> None:
-        self._model = ""
-        self._stream = False
+        super().__init__()
         self._turn = 0  # assistant turns in the request history: part of generated tool ids
         self._reader = GeminiReader()
-        self._buffer = BodyBuffer()
         self._closed = False  # the stream's last frame was sent
 
     def response_headers(self, status: int, headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
         return content_type(self._stream, status)
 
-    def response_body(self, chunk: bytes, end_of_stream: bool) -> TranslatedChunk:
-        if not self._stream:
-            body = self._buffer.feed(chunk, end_of_stream)
-            return NOTHING_YET if body is None else self._whole(body)
+    def _whole_body(self, raw: bytes) -> TranslatedChunk:
+        return self._whole(raw)
+
+    def _stream_body(self, chunk: bytes, end_of_stream: bool) -> TranslatedChunk:
         if self._closed:
             return NOTHING_YET
         out: list[bytes] = []
@@ -398,8 +390,8 @@ class GeminiResponse:
                 self._error(502, "upstream closed the stream without sending a response", out)
         return TranslatedChunk(body=b"".join(out), usage=usage)
 
-    def response_error(self, status: int, body: bytes) -> TranslatedBody:
-        return TranslatedBody(status=status, body=error_body(self.client_api, status, error_message(body)))
+    def _error_message(self, status: int, body: bytes) -> str:
+        return error_message(body)
 
     def _error(self, status: int, message: str, out: list[bytes]) -> None:
         # An error frame ends the stream: the client SDKs raise on it, so nothing may follow.
