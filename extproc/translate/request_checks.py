@@ -86,15 +86,13 @@ def _anthropic_message(i: int, message: Any, called: set[str]) -> None:
             raise ClientRequestError(f"{path}.text: required, must be a string")
         if kind == "tool_use":
             for field in ("id", "name"):
-                if not isinstance(block.get(field), str) or not block[field]:
-                    raise ClientRequestError(f"{path}.{field}: required, must be a non-empty string")
+                _required_name(block.get(field), f"{path}.{field}")
             if not isinstance(block.get("input", {}), dict):
                 raise ClientRequestError(f"{path}.input: must be an object")
             called.add(block["id"])
         if kind == "tool_result":
             answered = block.get("tool_use_id")
-            if not isinstance(answered, str) or not answered:
-                raise ClientRequestError(f"{path}.tool_use_id: required, must be a non-empty string")
+            _required_name(answered, f"{path}.tool_use_id")
             if answered not in called:
                 raise ClientRequestError(f"{path}.tool_use_id: {short(answered)} answers no earlier tool_use block")
         if kind in ("image", "document") and not isinstance(block.get("source"), dict):
@@ -111,8 +109,7 @@ def _anthropic_tools(tools: Any) -> None:
             raise ClientRequestError(f"tools.{k}: must be an object")
         if tool.get("type") not in (None, "custom"):
             continue  # an Anthropic-defined tool (web search, bash...): its shape is Anthropic's to check
-        if not isinstance(tool.get("name"), str) or not tool["name"]:
-            raise ClientRequestError(f"tools.{k}.name: required, must be a non-empty string")
+        _required_name(tool.get("name"), f"tools.{k}.name")
         if not isinstance(tool.get("input_schema"), dict):
             raise ClientRequestError(f"tools.{k}.input_schema: required, must be an object")
 
@@ -193,8 +190,7 @@ def _openai_message(i: int, message: Any, called: set[str]) -> None:
                 raise ClientRequestError(f"messages.{i}.content.{j}.text: required, must be a string")
     if role == "tool":
         answered = message.get("tool_call_id")
-        if not isinstance(answered, str) or not answered:
-            raise ClientRequestError(f"messages.{i}.tool_call_id: required, must be a non-empty string")
+        _required_name(answered, f"messages.{i}.tool_call_id")
         if answered not in called:
             raise ClientRequestError(f"messages.{i}.tool_call_id: {short(answered)} answers no earlier tool call")
     calls = message.get("tool_calls")
@@ -206,11 +202,9 @@ def _openai_message(i: int, message: Any, called: set[str]) -> None:
         path = f"messages.{i}.tool_calls.{k}"
         if not isinstance(call, dict) or call.get("type", "function") != "function":
             raise ClientRequestError(f"{path}: must be a function tool call")
-        if not isinstance(call.get("id"), str) or not call["id"]:
-            raise ClientRequestError(f"{path}.id: required, must be a non-empty string")
+        _required_name(call.get("id"), f"{path}.id")
         function = call.get("function")
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
-            raise ClientRequestError(f"{path}.function.name: required, must be a non-empty string")
+        _required_name(function.get("name") if isinstance(function, dict) else None, f"{path}.function.name")
         called.add(call["id"])
 
 
@@ -227,8 +221,7 @@ def _openai_tools(tools: Any) -> None:
         function = tool.get("function")
         if not isinstance(function, dict):
             raise ClientRequestError(f"tools.{k}.function: required, must be an object")
-        if not isinstance(function.get("name"), str) or not function["name"]:
-            raise ClientRequestError(f"tools.{k}.function.name: required, must be a non-empty string")
+        _required_name(function.get("name"), f"tools.{k}.function.name")
         if function.get("parameters") is not None and not isinstance(function["parameters"], dict):
             raise ClientRequestError(f"tools.{k}.function.parameters: must be an object")
 
@@ -262,6 +255,12 @@ def _response_format(fmt: Any) -> None:
 
 
 # --- shared ---------------------------------------------------------------------------------------
+
+
+def _required_name(value: Any, path: str) -> None:
+    """Ids and names: a non-empty string."""
+    if not isinstance(value, str) or not value:
+        raise ClientRequestError(f"{path}: required, must be a non-empty string")
 
 
 def _positive_int(body: Mapping[str, Any], key: str, required: bool = False) -> None:
