@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from extproc.translate.base import Api, Target
+from extproc.translate.client_request import parse_request
 from extproc.translate.registry import translator_for
 
 KB = 1024
@@ -212,7 +213,7 @@ def openai_body(anthropic_body: bytes) -> bytes:
         stream=bool(body.get("stream")),
         max_output_tokens=MAX_OUTPUT_TOKENS,
     )
-    return translator.request(body, target).body
+    return translator.request(parse_request(translator.client_api, body), target).body
 
 
 @dataclass(frozen=True, slots=True)

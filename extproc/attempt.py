@@ -28,6 +28,7 @@ from extproc.plan import Answer, translated
 from extproc.processor import GatewayState, strip_before_egress
 from extproc.routing_table import ModelRoute
 from extproc.translate.base import Api
+from extproc.translate.client_request import read_request
 from extproc.translate.registry import translator_for
 
 log = logging.getLogger("ccr.extproc.attempt")
@@ -114,9 +115,10 @@ class AttemptProcessor:
     def _body(self, raw: bytes) -> ProcessingResponse:
         route = self.route
         assert route is not None
-        body = orjson.loads(raw)  # the downstream processor already parsed it
+        # The downstream processor checked this body (extproc.plan): read, not checked again.
+        request = read_request(self.client_api, orjson.loads(raw))
         translator = translator_for(self.client_api, route.provider.api)
-        upstream = translated(self.client_api, body, route, translator, body.get("stream") is True)
+        upstream = translated(request, route, translator, request.stream)
         if isinstance(upstream, Answer):
             return m.immediate_error(self.client_api, upstream.status, upstream.message, upstream.details)
         set_headers = [

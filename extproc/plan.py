@@ -1,8 +1,8 @@
 """What the gateway does with one request body: the pure decision every transport shares.
 
 ``plan(table, api, kind, headers, raw, sessions)`` parses the body once, checks it against the
-client's API (extproc.translate.request_checks: the same answer whatever the provider), routes it
-and translates it, and returns one of three outcomes:
+client's API and reads it into typed values (extproc.translate.client_request: the same answer
+whatever the provider), routes it and translates it, and returns one of three outcomes:
 
 - ``Answer``: the gateway answers itself (an error in the client's format, or a local count);
 - ``Forward``: one provider, with the translated request and the translator that will read the
@@ -27,10 +27,9 @@ import orjson
 from extproc.router import Decision, RoutingError, decide
 from extproc.routing_table import ModelRoute, RoutingTable
 from extproc.tokens import SessionUsage, count_for_client
-from extproc.translate.anthropic_schema import thinking_shown
 from extproc.translate.base import Api, ClientRequestError, ResponseContext, Translator, UpstreamRequest
+from extproc.translate.client_request import ClientRequest, OpenAIRequest, parse_request, read_request
 from extproc.translate.registry import count_tokens_translator, translator_class, translator_for
-from extproc.translate.request_checks import check_request
 
 GENERATE = "generate"
 COUNT_TOKENS = "count_tokens"
@@ -99,7 +98,7 @@ def plan(
         return Answer(400, "model: a model name (string) is required", "ccr_no_model")
     try:
         # Checked once for every provider: a malformed request gets the same 400 wherever it goes.
-        check_request(api, body, counting=kind == COUNT_TOKENS)
+        request = parse_request(api, body, counting=kind == COUNT_TOKENS)
     except ClientRequestError as exc:
         return Answer(exc.status, exc.message, "ccr_bad_request")
     try:
@@ -108,29 +107,31 @@ def plan(
         if kind == COUNT_TOKENS:  # counting needs no provider
             return _counted(body)
         return Answer(exc.status, exc.message, "ccr_no_route")
-    stream = decision.body.get("stream") is True
+    if decision.body is not body:  # the router changed it (subagent tag stripped from the system prompt)
+        request = read_request(api, decision.body)
+    stream = request.stream
     if kind == COUNT_TOKENS:
         provider = decision.route.provider
         counter = count_tokens_translator(provider.api) if provider.forward_count_tokens else None
         if counter is None or provider.unavailable:
             return _counted(decision.body, decision)
-        return forward(api, decision, decision.route, counter, stream=False)
+        return forward(request, decision, decision.route, counter, stream=False)
     if len(decision.chain) > 1:
         for route in decision.chain:
             if translator_class(api, route.provider.api) is None:
                 message = f"fallback provider {route.provider.name!r} cannot serve {api}-format requests"
                 return Answer(400, message, "ccr_no_translator", decision=decision)
-        changed = decision.body is not body  # the router changed it (subagent tag stripped)
-        context = response_context(api, decision.body, stream, decision.tokens)
+        changed = decision.body is not body
+        context = response_context(request, decision.tokens)
         return Chain(decision, orjson.dumps(decision.body) if changed else None, stream, context)
-    return forward(api, decision, decision.route, translator_for(api, decision.route.provider.api), stream)
+    return forward(request, decision, decision.route, translator_for(api, decision.route.provider.api), stream)
 
 
 def forward(
-    api: Api, decision: Decision, route: ModelRoute, translator: Translator | None, stream: bool
+    request: ClientRequest, decision: Decision, route: ModelRoute, translator: Translator | None, stream: bool
 ) -> Forward | Answer:
     """The decided request translated for ``route``'s provider, or why it cannot be."""
-    upstream = translated(api, decision.body, route, translator, stream)
+    upstream = translated(request, route, translator, stream)
     if isinstance(upstream, Answer):
         return replace(upstream, decision=decision)
     assert translator is not None
@@ -138,9 +139,9 @@ def forward(
 
 
 def translated(
-    api: Api, body: Mapping[str, Any], route: ModelRoute, translator: Translator | None, stream: bool
+    request: ClientRequest, route: ModelRoute, translator: Translator | None, stream: bool
 ) -> UpstreamRequest | Answer:
-    """``body`` as ``route``'s provider takes it: for one provider here, for each attempt of a
+    """``request`` as ``route``'s provider takes it: for one provider here, for each attempt of a
     chain in extproc.attempt."""
     provider = route.provider
     if provider.unavailable:
@@ -148,28 +149,21 @@ def translated(
     if translator is None:
         message = (
             f"model {route.model!r} is served by a {provider.api}-format provider, and requests in "
-            f"{api} format cannot be translated to it"
+            f"{request.api} format cannot be translated to it"
         )
         return Answer(400, message, "ccr_no_translator")
     try:
-        return translator.request(body, replace(route.target, stream=stream))
+        return translator.request(request, replace(route.target, stream=stream))
     except ClientRequestError as exc:
         return Answer(exc.status, exc.message, "ccr_bad_request")
 
 
-def response_context(api: Api, body: Mapping[str, Any], stream: bool, estimate: int) -> ResponseContext:
-    """What any provider's translator needs to read the answer to ``body`` (model set later)."""
-    messages = body.get("messages")
-    turns = (
-        sum(1 for m in messages if isinstance(m, dict) and m.get("role") == "assistant")
-        if isinstance(messages, list)
-        else 0
-    )
-    if api is Api.ANTHROPIC:
-        return ResponseContext("", stream, estimate, show_thinking=thinking_shown(body.get("thinking")), turn=turns)
-    options = body.get("stream_options")
-    include_usage = isinstance(options, dict) and options.get("include_usage") is True
-    return ResponseContext("", stream, estimate, include_usage=include_usage, turn=turns)
+def response_context(request: ClientRequest, estimate: int) -> ResponseContext:
+    """What any provider's translator needs to read the answer to ``request`` (model set later)."""
+    if isinstance(request, OpenAIRequest):
+        return ResponseContext("", request.stream, estimate, include_usage=request.include_usage, turn=request.turns)
+    shown = request.thinking is None or request.thinking.shown
+    return ResponseContext("", request.stream, estimate, show_thinking=shown, turn=request.turns)
 
 
 def _counted(body: dict[str, Any], decision: Decision | None = None) -> Answer:

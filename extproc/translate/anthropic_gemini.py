@@ -32,7 +32,7 @@ One instance per request; not thread-safe.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -52,9 +52,8 @@ from extproc.translate.base import (
     Usage,
 )
 from extproc.translate.buffering import ResponsePhases
-from extproc.translate.gemini_schema import clean_schema, declaration, memoized_tools
-
-_TOOL_CHOICE_MODES = {"auto": "AUTO", "any": "ANY", "none": "NONE"}
+from extproc.translate.client_request import AnthropicRequest
+from extproc.translate.gemini_schema import clean_schema, memoized_tools
 
 
 def _stop_reason(finish: str | None, calls: int) -> str:
@@ -78,32 +77,21 @@ class AnthropicToGemini(g.GeminiResponse):
 
     # -- request ---------------------------------------------------------------------------------
 
-    def request(self, body: Mapping[str, Any], target: Target) -> UpstreamRequest:
-        if not isinstance(body, Mapping):
-            raise ClientRequestError("request body must be a JSON object")
+    def request(self, request: AnthropicRequest, target: Target) -> UpstreamRequest:
         self._model = target.model
         self._stream = target.stream
-        self._show_thinking = A.thinking_shown(body.get("thinking"))
-        messages = body.get("messages")
-        contents, self._turn = _contents(messages)
-        out: dict[str, Any] = {"contents": contents}
-        system = [{"text": text} for text in A.system_texts(body.get("system"))]
-        if system:
-            out["systemInstruction"] = {"parts": system}
-        tools = body.get("tools")
+        self._show_thinking = request.thinking is None or request.thinking.shown
+        self._turn = request.turns
+        out: dict[str, Any] = {"contents": _contents(request.messages)}
+        if request.system:
+            out["systemInstruction"] = {"parts": [{"text": text} for text in request.system]}
+        tools = memoized_tools(request.tools, request.web_search)
         if tools is not None:
-            if not isinstance(tools, list):
-                raise ClientRequestError("tools: must be an array")
-            hidden = A.hidden_tools(tools, messages)
-            if hidden:
-                tools = [t for t in tools if not (isinstance(t, dict) and t.get("name") in hidden)]
-            converted = memoized_tools("anthropic", tools, _tools) if tools else None
-            if converted is not None:
-                out["tools"] = converted
-                config = _tool_config(body.get("tool_choice"), _declared(tools))
-                if config is not None:
-                    out["toolConfig"] = config
-        generation = _generation_config(body, target)
+            out["tools"] = tools
+        config = g.tool_config(request.tools, request.tool_choice)
+        if config is not None:
+            out["toolConfig"] = config
+        generation = _generation_config(request, target)
         if generation:
             out["generationConfig"] = generation
         raw = orjson.dumps(out)
@@ -210,8 +198,8 @@ class AnthropicToGeminiCountTokens(ResponsePhases):
     provider_api = Api.GEMINI
     rewrites_response = True
 
-    def request(self, body: Mapping[str, Any], target: Target) -> UpstreamRequest:
-        generate = AnthropicToGemini().request(body, replace(target, stream=False))
+    def request(self, request: AnthropicRequest, target: Target) -> UpstreamRequest:
+        generate = AnthropicToGemini().request(request, replace(target, stream=False))
         wrapped = b'{"generateContentRequest":{"model":' + orjson.dumps(f"models/{target.model}") + b","
         path = f"{target.base_path}/models/{target.model}:countTokens"
         return UpstreamRequest(path=path, body=wrapped + generate.body[1:] + b"}")
@@ -245,28 +233,21 @@ def _usage_json(usage: Usage) -> dict[str, Any]:
 # -- request helpers ------------------------------------------------------------------------------
 
 
-def _contents(messages: Any) -> tuple[list[dict[str, Any]], int]:
-    """-> (contents, number of assistant turns)."""
-    if not isinstance(messages, list) or not messages:
-        raise ClientRequestError("messages: must be a non-empty array")
+def _contents(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     contents: list[dict[str, Any]] = []
     names: dict[str, str] = {}  # tool_use id -> tool name, for the functionResponse that answers it
-    turns = 0
     for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise ClientRequestError(f"messages.{i}: must be an object")
-        role = message.get("role")
+        role, content = message["role"], message["content"]
+        if isinstance(content, str):
+            content = [{"type": "text", "text": content}]
         if role == "assistant":
-            turns += 1
-            parts = _assistant_parts(message.get("content"), i, names)
+            parts = _assistant_parts(content, i, names)
             role = "model"
         elif role == "user":
-            parts = _user_parts(message.get("content"), i, names)
-        elif role == "system":
-            parts = [{"text": text} for text in A.system_texts(message.get("content"), f"messages.{i}.content")]
+            parts = _user_parts(content, i, names)
+        else:  # "system": Claude Code's environment block after the first user turn
+            parts = [{"text": text} for text in A.system_texts(content, f"messages.{i}.content")]
             role = "user"
-        else:
-            raise ClientRequestError(f"messages.{i}.role: must be 'user', 'assistant' or 'system'")
         if not parts:
             continue  # Gemini rejects a content without parts (e.g. a turn that was only thinking)
         if contents and contents[-1]["role"] == role:
@@ -275,85 +256,45 @@ def _contents(messages: Any) -> tuple[list[dict[str, Any]], int]:
             contents.append({"role": role, "parts": parts})
     if not contents:
         raise ClientRequestError("messages: no message has any content Gemini can take")
-    return contents, turns
+    return contents
 
 
-def _blocks(content: Any, i: int) -> list[Any]:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}]
-    if not isinstance(content, list):
-        raise ClientRequestError(f"messages.{i}.content: must be a string or an array of content blocks")
-    return content
-
-
-def _assistant_parts(content: Any, i: int, names: dict[str, str]) -> list[dict[str, Any]]:
+def _assistant_parts(content: list[Any], i: int, names: dict[str, str]) -> list[dict[str, Any]]:
     parts: list[dict[str, Any]] = []
     signed = False
-    for j, block in enumerate(_blocks(content, i)):
-        btype = _block_type(block, i, j)
+    for j, block in enumerate(content):
+        btype = block["type"]
         if btype == "text":
-            text = _text(block, i, j)
-            if text:
-                parts.append({"text": text})
+            if block["text"]:
+                parts.append({"text": block["text"]})
         elif btype == "tool_use":
-            tid, name, args = block.get("id"), block.get("name"), block.get("input", {})
-            if not isinstance(tid, str) or not tid:
-                raise ClientRequestError(f"messages.{i}.content.{j}.id: must be a non-empty string")
-            if not isinstance(name, str) or not name:
-                raise ClientRequestError(f"messages.{i}.content.{j}.name: must be a non-empty string")
-            if not isinstance(args, dict):
-                raise ClientRequestError(f"messages.{i}.content.{j}.input: must be an object")
+            tid, name = block["id"], block["name"]
             names[tid] = name
-            part: dict[str, Any] = {"functionCall": {"id": tid, "name": name, "args": args}}
+            part: dict[str, Any] = {"functionCall": {"id": tid, "name": name, "args": block.get("input", {})}}
             if not signed:
                 part["thoughtSignature"] = g.SKIP_SIGNATURE
                 signed = True
             parts.append(part)
-        elif btype in A.DROPPED_BLOCKS:
-            continue
-        elif btype in ("image", "document", "search_result"):
-            parts.extend(_media_parts(block, btype, f"messages.{i}.content.{j}"))
-        else:
+        elif btype not in A.DROPPED_BLOCKS:
             raise ClientRequestError(f"messages.{i}.content.{j}: unknown block type {btype!r}")
     return parts
 
 
-def _user_parts(content: Any, i: int, names: dict[str, str]) -> list[dict[str, Any]]:
+def _user_parts(content: list[Any], i: int, names: dict[str, str]) -> list[dict[str, Any]]:
     parts: list[dict[str, Any]] = []
-    for j, block in enumerate(_blocks(content, i)):
-        btype = _block_type(block, i, j)
+    for j, block in enumerate(content):
+        btype = block["type"]
         path = f"messages.{i}.content.{j}"
         if btype == "text":
-            text = _text(block, i, j)
-            if text:
-                parts.append({"text": text})
+            if block["text"]:
+                parts.append({"text": block["text"]})
         elif btype in ("image", "document", "search_result"):
             parts.extend(_media_parts(block, btype, path))
         elif btype == "tool_result":
             parts.extend(_tool_result(block, path, names))
-        elif btype in A.DROPPED_BLOCKS:
-            continue
-        elif btype == "tool_use":
-            raise ClientRequestError(f"{path}: tool_use blocks belong in assistant messages")
-        else:
+        elif btype not in A.DROPPED_BLOCKS:
             raise ClientRequestError(f"{path}: unknown block type {btype!r}")
     return parts
-
-
-def _block_type(block: Any, i: int, j: int) -> str:
-    if not isinstance(block, dict):
-        raise ClientRequestError(f"messages.{i}.content.{j}: must be an object")
-    btype = block.get("type")
-    if not isinstance(btype, str):
-        raise ClientRequestError(f"messages.{i}.content.{j}.type: must be a string")
-    return btype
-
-
-def _text(block: dict[str, Any], i: int, j: int) -> str:
-    text = block.get("text")
-    if not isinstance(text, str):
-        raise ClientRequestError(f"messages.{i}.content.{j}.text: must be a string")
-    return text
 
 
 def _media_parts(block: dict[str, Any], btype: str, path: str) -> list[dict[str, Any]]:
@@ -412,12 +353,8 @@ def _nested_part(block: Any, path: str) -> list[dict[str, Any]]:
 
 
 def _tool_result(block: dict[str, Any], path: str, names: dict[str, str]) -> list[dict[str, Any]]:
-    tid = block.get("tool_use_id")
-    if not isinstance(tid, str):
-        raise ClientRequestError(f"{path}.tool_use_id: must be a string")
-    name = names.get(tid)
-    if name is None:
-        raise ClientRequestError(f"{path}.tool_use_id: {tid!r} answers no earlier tool_use block")
+    tid = block["tool_use_id"]
+    name = names[tid]  # parse_request checked that an earlier tool_use has this id
     content = block.get("content", "")
     extra: list[dict[str, Any]] = []
     if isinstance(content, str):
@@ -438,100 +375,31 @@ def _tool_result(block: dict[str, Any], path: str, names: dict[str, str]) -> lis
     return [{"functionResponse": response}, *extra]
 
 
-def _tools(tools: list[Any]) -> list[dict[str, Any]]:
-    declarations: list[dict[str, Any]] = []
-    search = False
-    for k, tool in enumerate(tools):
-        if not isinstance(tool, dict):
-            raise ClientRequestError(f"tools.{k}: must be an object")
-        ttype = tool.get("type")
-        if ttype is None or ttype == "custom":
-            name = tool.get("name")
-            if not isinstance(name, str) or not name:
-                raise ClientRequestError(f"tools.{k}.name: must be a non-empty string")
-            schema = tool.get("input_schema")
-            if schema is not None and not isinstance(schema, dict):
-                raise ClientRequestError(f"tools.{k}.input_schema: must be an object")
-            declarations.append(declaration(name, tool.get("description"), schema))
-        elif isinstance(ttype, str) and ttype.startswith("web_search_"):
-            search = True
-        # Other Anthropic-defined tools (code execution, web fetch, bash, computer...) run at Anthropic
-        # or have Anthropic's own schema: dropped, as for OpenAI-format providers.
-    out: list[dict[str, Any]] = []
-    if declarations:
-        out.append({"functionDeclarations": declarations})
-    if search:
-        out.append({"googleSearch": {}})
-    return out
-
-
-def _declared(tools: list[Any]) -> set[str]:
-    """Names of the client tools that become function declarations."""
-    return {t["name"] for t in tools if isinstance(t, dict) and t.get("type") in (None, "custom") and t.get("name")}
-
-
-def _tool_config(choice: Any, declared: set[str]) -> dict[str, Any] | None:
-    if choice is None:
-        return None
-    if not isinstance(choice, dict):
-        raise ClientRequestError("tool_choice: must be an object")
-    ctype = choice.get("type")
-    if ctype == "tool":
-        name = choice.get("name")
-        if not isinstance(name, str) or not name:
-            raise ClientRequestError("tool_choice.name: must be a non-empty string")
-        if name not in declared:  # a tool this provider does not get (dropped above)
-            return None
-        return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [name]}}
-    mode = _TOOL_CHOICE_MODES.get(ctype) if isinstance(ctype, str) else None
-    if mode is None:
-        raise ClientRequestError(f"tool_choice.type: unknown tool choice {ctype!r}")
-    return {"functionCallingConfig": {"mode": mode}}
-
-
-def _generation_config(body: Mapping[str, Any], target: Target) -> dict[str, Any]:
-    max_tokens = g.clamp_max_tokens(body.get("max_tokens"), target, "max_tokens")
-    config = g.sampling_config(body, max_tokens)
-    top_k = g.number(body, "top_k", integer=True)
-    if top_k is not None:
-        config["topK"] = top_k
-    stops = body.get("stop_sequences")
-    if stops is not None:
-        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-            raise ClientRequestError("stop_sequences: must be an array of strings")
-        stops = g.stop_sequences(stops)
-        if stops:
-            config["stopSequences"] = stops
-    budget = _thinking_budget(body.get("thinking"), body.get("output_config"))
+def _generation_config(request: AnthropicRequest, target: Target) -> dict[str, Any]:
+    max_tokens = g.clamp_max_tokens(request.max_tokens, target)
+    config = g.sampling_config(max_tokens, request.temperature, request.top_p)
+    if request.top_k is not None:
+        config["topK"] = request.top_k
+    stops = g.stop_sequences(request.stop)
+    if stops:
+        config["stopSequences"] = stops
+    budget = _thinking_budget(request)
     if budget is not None and "thinking" in target.capabilities:
         config["thinkingConfig"] = g.thinking_config(budget, max_tokens)
-        if not A.thinking_shown(body.get("thinking")):
+        if request.thinking is not None and not request.thinking.shown:
             config["thinkingConfig"]["includeThoughts"] = False
-    schema = A.answer_schema(body)
-    if schema is not None:
+    if request.answer_schema is not None:
         config["responseMimeType"] = "application/json"
-        config["responseSchema"] = clean_schema(schema)
+        config["responseSchema"] = clean_schema(request.answer_schema)
     return config
 
 
-def _thinking_budget(thinking: Any, output_config: Any) -> int | None:
+def _thinking_budget(request: AnthropicRequest) -> int | None:
     """Gemini's thinkingBudget for Anthropic's thinking and effort settings; None = leave it out."""
-    effort = output_config.get("effort") if isinstance(output_config, dict) else None
-    if output_config is not None and not isinstance(output_config, dict):
-        raise ClientRequestError("output_config: must be an object")
-    effort_budget = g.EFFORT_BUDGETS.get(effort) if isinstance(effort, str) else None
-    if thinking is None:
+    thinking = request.thinking
+    if thinking is None or thinking.mode == "disabled":
         return None  # effort alone does not turn thinking on: the client did not ask for it
-    if not isinstance(thinking, dict):
-        raise ClientRequestError("thinking: must be an object")
-    ttype = thinking.get("type")
-    if ttype == "enabled":
-        budget = thinking.get("budget_tokens")
-        if not isinstance(budget, int) or isinstance(budget, bool) or budget < 0:
-            raise ClientRequestError("thinking.budget_tokens: must be a non-negative integer")
-        return budget
-    if ttype == "adaptive":
-        return -1 if effort_budget is None else effort_budget  # -1: Gemini's dynamic thinking
-    if ttype == "disabled":
-        return None
-    raise ClientRequestError(f"thinking.type: unknown thinking type {ttype!r}")
+    if thinking.mode == "enabled":
+        return thinking.budget
+    effort_budget = g.EFFORT_BUDGETS.get(request.effort) if request.effort is not None else None
+    return -1 if effort_budget is None else effort_budget  # adaptive; -1: Gemini's dynamic thinking

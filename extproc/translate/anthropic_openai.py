@@ -33,7 +33,7 @@ fabricated one). Unparseable tool arguments: see ``openai_schema.parse_arguments
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -52,15 +52,27 @@ from extproc.translate.base import (
     Usage,
 )
 from extproc.translate.buffering import JsonOrSseResponse, SseStreamMachine
-from extproc.translate.wire import each_message, error_message, error_status, short
+from extproc.translate.client_request import AnthropicRequest
+from extproc.translate.wire import error_message, error_status, short
 
 _USER_ID_LIMIT = 64
 _IMAGE_TOKENS = 1600  # rough cost of one image, for the input-token estimate only
 _EFFORT_VALUES = ("low", "medium", "high", "max")
+_TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def _effort(request: AnthropicRequest) -> str | None:
+    """OpenAI's reasoning_effort for Anthropic's thinking and effort settings."""
+    effort = A.EFFORT_TO_OPENAI[request.effort] if request.effort in _EFFORT_VALUES else None
+    thinking = request.thinking
+    if thinking is None:
+        return effort
+    if thinking.mode == "disabled":
+        return None
+    if thinking.mode == "adaptive":
+        return effort or "medium"
+    assert thinking.budget is not None  # "enabled" (parse_request checked it)
+    return effort or A.effort_for_budget(thinking.budget)
 
 
 class _RequestBuilder(A.UserBlocks):
@@ -72,41 +84,35 @@ class _RequestBuilder(A.UserBlocks):
 
     # --- top level ---------------------------------------------------------------------------
 
-    def build(self, body: Mapping[str, Any]) -> dict[str, Any]:
+    def build(self, request: AnthropicRequest) -> dict[str, Any]:
         target = self.target
         out: dict[str, Any] = {"model": target.model}
         messages: list[dict[str, Any]] = []
-        system = "\n\n".join(A.system_texts(body.get("system")))
+        system = "\n\n".join(request.system)
         if system:
             messages.append({"role": "system", "content": system})
-        self.messages(body.get("messages"), messages)
+        self.messages(request.messages, messages)
         out["messages"] = messages
 
-        max_tokens = body.get("max_tokens")
-        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-            raise ClientRequestError("max_tokens: required, must be a positive integer")
+        max_tokens = request.max_tokens
+        assert max_tokens is not None  # a generate request (parse_request checked it)
         if target.max_output_tokens is not None:
             max_tokens = min(max_tokens, target.max_output_tokens)
         out["max_tokens" if "max_tokens" in target.capabilities else "max_completion_tokens"] = max_tokens
-
-        for key in ("temperature", "top_p"):
-            value = body.get(key)
-            if value is not None:
-                if not _is_number(value):
-                    raise ClientRequestError(f"{key}: must be a number")
-                out[key] = value
-        stop = body.get("stop_sequences")
-        if stop is not None:
-            if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-                raise ClientRequestError("stop_sequences: must be an array of strings")
-            if stop:
-                out["stop"] = stop
-        self.user(body.get("metadata"), out)
-        self.tools(body.get("tools"), body.get("tool_choice"), body.get("messages"), out)
-        schema = A.answer_schema(body)
-        if schema is not None:
+        if request.temperature is not None:
+            out["temperature"] = request.temperature
+        if request.top_p is not None:
+            out["top_p"] = request.top_p
+        if request.stop:
+            out["stop"] = list(request.stop)
+        user_id = request.user_id
+        if user_id is not None:
+            out["user"] = hashlib.sha256(user_id.encode()).hexdigest() if len(user_id) > _USER_ID_LIMIT else user_id
+        self.tools(request, out)
+        if request.answer_schema is not None:
+            schema = request.answer_schema
             out["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
-        effort = self.effort(body.get("thinking"), body.get("output_config"))
+        effort = _effort(request)
         if effort is not None and "thinking" in target.capabilities:
             out["reasoning_effort"] = effort
         if target.stream:
@@ -114,127 +120,47 @@ class _RequestBuilder(A.UserBlocks):
             out["stream_options"] = {"include_usage": True}
         return out
 
-    def user(self, metadata: Any, out: dict[str, Any]) -> None:
-        if metadata is None:
-            return
-        if not isinstance(metadata, dict):
-            raise ClientRequestError("metadata: must be an object")
-        user_id = metadata.get("user_id")
-        if isinstance(user_id, str) and user_id:
-            if len(user_id) > _USER_ID_LIMIT:
-                user_id = hashlib.sha256(user_id.encode()).hexdigest()
-            out["user"] = user_id
-
-    def effort(self, thinking: Any, output_config: Any) -> str | None:
-        effort = None
-        if isinstance(output_config, dict):
-            value = output_config.get("effort")
-            if value in _EFFORT_VALUES:
-                effort = A.EFFORT_TO_OPENAI[value]
-        elif output_config is not None:
-            raise ClientRequestError("output_config: must be an object")
-        if thinking is None:
-            return effort
-        if not isinstance(thinking, dict):
-            raise ClientRequestError("thinking: must be an object")
-        kind = thinking.get("type")
-        if kind == "disabled":
-            return None
-        if kind == "adaptive":
-            return effort or "medium"
-        if kind == "enabled":
-            budget = thinking.get("budget_tokens")
-            if not isinstance(budget, int) or isinstance(budget, bool):
-                raise ClientRequestError("thinking.budget_tokens: required, must be an integer")
-            return effort or A.effort_for_budget(budget)
-        raise ClientRequestError(f"thinking.type: must be 'enabled', 'adaptive' or 'disabled', got {short(kind)}")
-
     # --- tools -------------------------------------------------------------------------------
 
-    def tools(self, tools: Any, tool_choice: Any, messages: Any, out: dict[str, Any]) -> None:
-        functions: list[dict[str, Any]] = []
-        dropped: set[str] = set()
-        if tools is not None:
-            if not isinstance(tools, list):
-                raise ClientRequestError("tools: must be an array")
-            hidden = A.hidden_tools(tools, messages)
-            for k, tool in enumerate(tools):
-                if not isinstance(tool, dict):
-                    raise ClientRequestError(f"tools.{k}: must be an object")
-                if hidden and tool.get("name") in hidden:
-                    dropped.add(str(tool.get("name")))
-                    continue
-                kind = tool.get("type")
-                if "input_schema" not in tool and kind not in (None, "custom"):
-                    dropped.add(str(tool.get("name")))  # an Anthropic server tool
-                    continue
-                name = tool.get("name")
-                if not isinstance(name, str) or not name:
-                    raise ClientRequestError(f"tools.{k}.name: required, must be a non-empty string")
-                schema = tool.get("input_schema")
-                if not isinstance(schema, dict):
-                    raise ClientRequestError(f"tools.{k}.input_schema: required, must be an object")
-                function: dict[str, Any] = {"name": name}
-                description = tool.get("description")
-                if isinstance(description, str) and description:
-                    function["description"] = description
-                function["parameters"] = schema
-                if isinstance(tool.get("strict"), bool):
-                    function["strict"] = tool["strict"]
-                functions.append({"type": "function", "function": function})
-        if tool_choice is not None:
-            if not isinstance(tool_choice, dict):
-                raise ClientRequestError("tool_choice: must be an object")
-            kind = tool_choice.get("type")
-            choice: Any
-            if kind == "auto":
-                choice = "auto"
-            elif kind == "any":
-                choice = "required"
-            elif kind == "none":
-                choice = "none"
-            elif kind == "tool":
-                name = tool_choice.get("name")
-                if not isinstance(name, str) or not name:
-                    raise ClientRequestError("tool_choice.name: required when type is 'tool'")
-                choice = None if name in dropped else {"type": "function", "function": {"name": name}}
-            else:
-                raise ClientRequestError(
-                    f"tool_choice.type: must be 'auto', 'any', 'tool' or 'none', got {short(kind)}"
-                )
-            if functions and choice is not None:
-                out["tool_choice"] = choice
-                if tool_choice.get("disable_parallel_tool_use") is True and choice != "none":
-                    out["parallel_tool_calls"] = False
-        if functions:
-            out["tools"] = functions
+    def tools(self, request: AnthropicRequest, out: dict[str, Any]) -> None:
+        """Anthropic's server tools and deferred tools not yet loaded are left out (see the module
+        docstring); a tool choice naming one of them is dropped with it."""
+        if not request.tools:
+            return
+        functions = []
+        for tool in request.tools:
+            function: dict[str, Any] = {"name": tool.name}
+            if tool.description:
+                function["description"] = tool.description
+            function["parameters"] = tool.schema
+            if tool.strict is not None:
+                function["strict"] = tool.strict
+            functions.append({"type": "function", "function": function})
+        out["tools"] = functions
+        choice = request.tool_choice
+        if choice is None or (choice.mode == "tool" and choice.name in request.dropped_tools):
+            return
+        out["tool_choice"] = (
+            {"type": "function", "function": {"name": choice.name}}
+            if choice.mode == "tool"
+            else _TOOL_CHOICES[choice.mode]
+        )
+        if not request.parallel_tool_calls and choice.mode != "none":
+            out["parallel_tool_calls"] = False
 
     # --- messages ----------------------------------------------------------------------------
 
-    def messages(self, messages: Any, out: list[dict[str, Any]]) -> None:
-        for i, message in each_message(messages):
-            role = message.get("role")
-            content = message.get("content")
+    def messages(self, messages: Sequence[Mapping[str, Any]], out: list[dict[str, Any]]) -> None:
+        for i, message in enumerate(messages):
+            role, content = message["role"], message["content"]
             if role == "user":
                 self.user_message(i, content, out)
             elif role == "assistant":
                 self.assistant_message(i, content, out)
-            elif role == "system":
+            else:  # "system": Claude Code's environment block after the first user turn
                 text = "\n\n".join(A.system_texts(content, f"messages.{i}.content"))
                 if text:
                     out.append({"role": "system", "content": text})
-            else:
-                raise ClientRequestError(
-                    f"messages.{i}.role: must be 'user', 'assistant' or 'system', got {short(role)}"
-                )
-
-    def blocks(self, i: int, content: Any) -> list[Mapping[str, Any]]:
-        if not isinstance(content, list):
-            raise ClientRequestError(f"messages.{i}.content: must be a string or an array of content blocks")
-        for j, block in enumerate(content):
-            if not isinstance(block, dict) or not isinstance(block.get("type"), str):
-                raise ClientRequestError(f"messages.{i}.content.{j}: must be an object with a string 'type'")
-        return content
 
     def user_message(self, i: int, content: Any, out: list[dict[str, Any]]) -> None:
         if isinstance(content, str):
@@ -242,14 +168,12 @@ class _RequestBuilder(A.UserBlocks):
             return
         parts: list[dict[str, Any]] = []
         tool_parts: list[dict[str, Any]] = []  # images/files returned by tools, after the tool messages
-        for j, block in enumerate(self.blocks(i, content)):
+        for j, block in enumerate(content):
             kind = block["type"]
             if kind == "tool_result":
                 out.append(self.tool_result(f"messages.{i}.content.{j}", block, tool_parts))
             elif kind in A.DROPPED_BLOCKS:
                 continue
-            elif kind == "tool_use":
-                raise ClientRequestError(f"messages.{i}.content.{j}: tool_use blocks belong in assistant messages")
             else:
                 parts.extend(self.content_block(f"messages.{i}.content.{j}", block))
         parts = tool_parts + parts
@@ -267,7 +191,7 @@ class _RequestBuilder(A.UserBlocks):
             return
         texts: list[str] = []
         calls: list[dict[str, Any]] = []
-        for j, block in enumerate(self.blocks(i, content)):
+        for j, block in enumerate(content):
             kind = block["type"]
             path = f"messages.{i}.content.{j}"
             if kind == "text":
@@ -275,19 +199,11 @@ class _RequestBuilder(A.UserBlocks):
                 if text:
                     texts.append(text)
             elif kind == "tool_use":
-                tool_id, name, tool_input = block.get("id"), block.get("name"), block.get("input", {})
-                if not isinstance(tool_id, str) or not tool_id:
-                    raise ClientRequestError(f"{path}.id: required, must be a non-empty string")
-                if not isinstance(name, str) or not name:
-                    raise ClientRequestError(f"{path}.name: required, must be a non-empty string")
-                if not isinstance(tool_input, dict):
-                    raise ClientRequestError(f"{path}.input: must be an object")
-                arguments = orjson.dumps(tool_input).decode()
-                calls.append({"id": tool_id, "type": "function", "function": {"name": name, "arguments": arguments}})
+                arguments = orjson.dumps(block.get("input", {})).decode()
+                function = {"name": block["name"], "arguments": arguments}
+                calls.append({"id": block["id"], "type": "function", "function": function})
             elif kind in A.DROPPED_BLOCKS:
                 continue
-            elif kind in ("image", "document", "tool_result", "search_result"):
-                raise ClientRequestError(f"{path}: {kind} blocks are only allowed in user messages")
             else:
                 raise ClientRequestError(f"{path}: unknown block type {short(kind)}")
         if not texts and not calls:
@@ -298,9 +214,7 @@ class _RequestBuilder(A.UserBlocks):
         out.append(message)
 
     def tool_result(self, path: str, block: Mapping[str, Any], tool_parts: list[dict[str, Any]]) -> dict[str, Any]:
-        tool_id = block.get("tool_use_id")
-        if not isinstance(tool_id, str) or not tool_id:
-            raise ClientRequestError(f"{path}.tool_use_id: required, must be a non-empty string")
+        tool_id = block["tool_use_id"]
         content = block.get("content")
         texts: list[str] = []
         if isinstance(content, str):
@@ -503,14 +417,12 @@ class AnthropicToOpenAI(JsonOrSseResponse[_Stream]):
         self._estimate = 0
         self._show_thinking = True
 
-    def request(self, body: Mapping[str, Any], target: Target) -> UpstreamRequest:
-        if not isinstance(body, Mapping):  # orjson gives a dict; any mapping will do
-            raise ClientRequestError("request body must be a JSON object")
+    def request(self, request: AnthropicRequest, target: Target) -> UpstreamRequest:
         builder = _RequestBuilder(target)
-        upstream = orjson.dumps(builder.build(body))
+        upstream = orjson.dumps(builder.build(request))
         self._model = target.model
         self._stream = self._upstream_sse = target.stream
-        self._show_thinking = A.thinking_shown(body.get("thinking"))
+        self._show_thinking = request.thinking is None or request.thinking.shown
         # ~4 characters per token for text and JSON; base64 payloads count as a flat per-image cost.
         self._estimate = (len(upstream) - builder.binary_chars) // 4 + builder.images * _IMAGE_TOKENS
         return UpstreamRequest(path=target.base_path + "/chat/completions", body=upstream)

@@ -7,9 +7,11 @@ serves one HTTP request; instances are not thread-safe and keep their streaming 
 
 Phases, in the order the ext_proc processor calls them:
 
-1. ``request(body, target)`` -> ``UpstreamRequest`` (path, body bytes, extra headers).
-   Raises ``ClientRequestError`` for a well-formed-JSON request the API does not accept.
-   Must not mutate ``body``: on a fallback attempt the same parsed body is translated again.
+1. ``request(request, target)`` -> ``UpstreamRequest`` (path, body bytes, extra headers).
+   ``request`` is the client's request already checked and typed (extproc.translate.client_request:
+   whatever the client API itself refuses never reaches a translator); a translator raises
+   ``ClientRequestError`` only for what its provider cannot take. Must not mutate the request's
+   JSON: on a fallback attempt the same parsed body is translated again.
 2. ``response_headers(status, headers)`` -> headers to set on the client response (e.g.
    ``content-type`` when a JSON upstream answer becomes SSE, or the reverse).
 3. ``response_body(chunk, end_of_stream)`` -> ``TranslatedChunk``; called once with the whole body
@@ -28,7 +30,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:  # the typed request is built from these values' module: no import cycle at runtime
+    from extproc.translate.client_request import ClientRequest
 
 
 class Api(enum.StrEnum):
@@ -118,7 +123,7 @@ class Translator(Protocol):
     client_api: Api
     provider_api: Api
 
-    def request(self, body: Mapping[str, Any], target: Target) -> UpstreamRequest: ...
+    def request(self, request: ClientRequest, target: Target) -> UpstreamRequest: ...
 
     def response_headers(self, status: int, headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]: ...
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import enum
 import mimetypes
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,13 +34,13 @@ import orjson
 
 from extproc.sse import SSEDecoder
 from extproc.translate.base import (
-    ClientRequestError,
     Target,
     TranslatedChunk,
     UpstreamProtocolError,
     Usage,
 )
 from extproc.translate.buffering import NOTHING_YET, ResponsePhases
+from extproc.translate.client_request import Tool, ToolChoice
 
 
 class EventKind(enum.Enum):
@@ -81,6 +81,8 @@ REFUSALS = frozenset({"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT",
 _BLOCK_REASONS = {"SAFETY", "OTHER", "BLOCKLIST", "PROHIBITED_CONTENT", "IMAGE_SAFETY"}
 
 MAX_STOP_SEQUENCES = 5  # Gemini rejects more
+# A client's tool choice mode (extproc.translate.client_request.ToolChoice) as Gemini's.
+TOOL_CHOICE_MODES = {"auto": "AUTO", "any": "ANY", "none": "NONE"}
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -119,43 +121,42 @@ def tool_id(prefix: str, turn: int, index: int, name: str) -> str:
     return f"{prefix}{turn}_{index}_{_UNSAFE_ID_CHARS.sub('_', name)[:40]}"
 
 
-def clamp_max_tokens(value: Any, target: Target, field: str) -> int | None:
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ClientRequestError(f"{field}: must be a positive integer")
-    if target.max_output_tokens is not None and value > target.max_output_tokens:
+def clamp_max_tokens(value: int | None, target: Target) -> int | None:
+    if value is not None and target.max_output_tokens is not None and value > target.max_output_tokens:
         return target.max_output_tokens
     return value
 
 
-def sampling_config(body: Mapping[str, Any], max_tokens: int | None) -> dict[str, Any]:
+def sampling_config(max_tokens: int | None, temperature: float | None, top_p: float | None) -> dict[str, Any]:
     """The start of a ``generationConfig``: the fields both client APIs spell alike (the output
     limit, already clamped, then temperature and top_p)."""
     config: dict[str, Any] = {}
     if max_tokens is not None:
         config["maxOutputTokens"] = max_tokens
-    for key, name in (("temperature", "temperature"), ("top_p", "topP")):
-        value = number(body, key)
-        if value is not None:
-            config[name] = value
+    if temperature is not None:
+        config["temperature"] = temperature
+    if top_p is not None:
+        config["topP"] = top_p
     return config
 
 
-def stop_sequences(stops: list[str]) -> list[str]:
+def tool_config(tools: Sequence[Tool], choice: ToolChoice | None) -> dict[str, Any] | None:
+    """Gemini's ``toolConfig`` for the client's tool choice; None: Gemini's default (auto)."""
+    if choice is None or not tools:
+        return None
+    if choice.mode == "tool":
+        if all(tool.name != choice.name for tool in tools):  # a tool this provider does not get
+            return None
+        return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [choice.name]}}
+    config: dict[str, Any] = {"mode": TOOL_CHOICE_MODES[choice.mode]}
+    if choice.allowed and choice.mode == "any":
+        config["allowedFunctionNames"] = list(choice.allowed)  # Gemini only restricts names in ANY mode
+    return {"functionCallingConfig": config}
+
+
+def stop_sequences(stops: Sequence[str]) -> list[str]:
     """Empty sequences dropped, and only the first ``MAX_STOP_SEQUENCES`` kept: Gemini rejects more."""
     return [s for s in stops if s][:MAX_STOP_SEQUENCES]
-
-
-def number(body: Mapping[str, Any], key: str, integer: bool = False) -> int | float | None:
-    """``body[key]`` checked to be a number (an integer if asked), or None when absent."""
-    value = body.get(key)
-    if value is None:
-        return None
-    kinds = int if integer else (int, float)
-    if not isinstance(value, kinds) or isinstance(value, bool):
-        raise ClientRequestError(f"{key}: must be a{'n integer' if integer else ' number'}")
-    return value
 
 
 def openai_usage(meta: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -21,18 +21,20 @@ Rewrites (semantics kept where Gemini can express them):
 - ``required`` names only properties that exist (Gemini rejects the others); an empty ``properties``
   object is dropped (Gemini rejects it), and a tool without parameters gets no ``parameters`` at all.
 
-Pure functions over parsed JSON; the input is never mutated. ``function_declarations`` memoizes whole
+Pure functions over parsed JSON; the input is never mutated. ``memoized_tools`` memoizes whole
 tool lists by their serialized bytes: a client such as Claude Code sends the same ~20 tool schemas on
 every request, and cleaning them costs far more than hashing their bytes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
 import orjson
+
+from extproc.translate.client_request import Tool
 
 _KEEP_AS_IS = frozenset(
     {
@@ -247,20 +249,22 @@ def declaration(name: str, description: Any, schema: Any) -> dict[str, Any]:
 
 
 @lru_cache(maxsize=64)
-def _memoized(kind: str, raw: bytes, convert: Callable[[Any], list[dict[str, Any]]]) -> orjson.Fragment | None:
-    tools = convert(orjson.loads(raw))
+def _memoized(raw: bytes, web_search: bool) -> orjson.Fragment | None:
+    declarations = [declaration(name, description, schema) for name, description, schema in orjson.loads(raw)]
+    tools: list[dict[str, Any]] = [{"functionDeclarations": declarations}] if declarations else []
+    if web_search:
+        tools.append({"googleSearch": {}})
     return orjson.Fragment(orjson.dumps(tools)) if tools else None
 
 
-def memoized_tools(
-    kind: str, tools: list[Any], convert: Callable[[Any], list[dict[str, Any]]]
-) -> orjson.Fragment | None:
-    """``convert(tools)`` (Gemini's ``tools`` array) serialized once per distinct tool list, or None
-    when it comes out empty. ``kind`` names the converter in the cache key.
+def memoized_tools(tools: Sequence[Tool], web_search: bool) -> orjson.Fragment | None:
+    """Gemini's ``tools`` array for the client's function tools (and Google Search when the client
+    offered a web search), serialized once per distinct tool list; None when there is nothing to
+    offer.
 
     The result is an ``orjson.Fragment`` so the final ``orjson.dumps`` of the request body embeds the
-    cached bytes without serializing the schemas again. ``convert`` must be a module-level function
-    and raise nothing but ``ClientRequestError``; errors are not cached, so an invalid tool list is
-    re-checked (and rejected) each time.
+    cached bytes without serializing the schemas again.
     """
-    return _memoized(kind, orjson.dumps(tools), convert)
+    if not tools and not web_search:
+        return None
+    return _memoized(orjson.dumps([(t.name, t.description, t.schema) for t in tools]), web_search)

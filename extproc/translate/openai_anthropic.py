@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -46,25 +46,13 @@ from extproc.translate.base import (
     Usage,
 )
 from extproc.translate.buffering import JsonOrSseResponse, SseStreamMachine
-from extproc.translate.wire import each_message, error_message, error_status, short
+from extproc.translate.client_request import OpenAIRequest, Tool
+from extproc.translate.wire import error_message, error_status
 
 _DEFAULT_MAX_TOKENS = 4096
 _USER_ID_LIMIT = 256
 _EMPTY_SCHEMA = {"type": "object", "properties": {}}
 _HEADERS = (("anthropic-version", A.ANTHROPIC_VERSION),)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _positive_int(body: Mapping[str, Any], key: str) -> int | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ClientRequestError(f"{key}: must be a positive integer")
-    return value
 
 
 class _RequestBuilder:
@@ -74,28 +62,23 @@ class _RequestBuilder:
         self.messages: list[dict[str, Any]] = []
         self.function_call_id: str | None = None  # legacy function calling has no ids: make them
 
-    def build(self, body: Mapping[str, Any]) -> dict[str, Any]:
+    def build(self, request: OpenAIRequest) -> dict[str, Any]:
         target = self.target
-        n = body.get("n")
-        if n is not None and n != 1:
-            raise ClientRequestError("n: only 1 choice is supported for this model")
-        self.convert_messages(body.get("messages"))
-        self.response_format(body.get("response_format"))
+        self.convert_messages(request.messages)
+        self.response_format(request)
 
         out: dict[str, Any] = {"model": target.model}
         if self.system:
             out["system"] = self.system
         out["messages"] = self.messages
-        tools = self.tools(body)
-        choice = self.tool_choice(body) if tools else None
-        if tools:
-            out["tools"] = tools
+        choice = _tool_choice(request) if request.tools else None
+        if request.tools:
+            out["tools"] = [_tool(tool) for tool in request.tools]
             if choice is not None:
                 out["tool_choice"] = choice
 
-        requested = _positive_int(body, "max_completion_tokens") or _positive_int(body, "max_tokens")
-        budget = self.thinking_budget(body.get("reasoning_effort"), choice)
-        max_tokens = requested or _DEFAULT_MAX_TOKENS + (budget or 0)
+        budget = self.thinking_budget(request.reasoning_effort, choice)
+        max_tokens = request.max_tokens or _DEFAULT_MAX_TOKENS + (budget or 0)
         if target.max_output_tokens is not None:
             max_tokens = min(max_tokens, target.max_output_tokens)
         out["max_tokens"] = max_tokens
@@ -104,25 +87,19 @@ class _RequestBuilder:
                 budget = max_tokens // 2
             if budget >= A.MIN_THINKING_BUDGET:
                 out["thinking"] = {"type": "enabled", "budget_tokens": budget}
-        thinking = "thinking" in out
-
-        temperature, top_p = body.get("temperature"), body.get("top_p")
-        for key, value in (("temperature", temperature), ("top_p", top_p)):
-            if value is not None and not _is_number(value):
-                raise ClientRequestError(f"{key}: must be a number")
-        if not thinking:
-            if temperature is not None:
-                out["temperature"] = min(max(temperature, 0), 1)
-            elif top_p is not None:
-                out["top_p"] = top_p
-        stop = self.stop(body.get("stop"))
+        if "thinking" not in out:  # Anthropic takes no sampling settings with thinking on
+            if request.temperature is not None:
+                out["temperature"] = min(max(request.temperature, 0), 1)
+            elif request.top_p is not None:
+                out["top_p"] = request.top_p
+        stop = [s for s in request.stop if s.strip()]
         if stop:
             out["stop_sequences"] = stop
-        user = body.get("user")
-        if isinstance(user, str) and user:
-            if len(user) > _USER_ID_LIMIT:
-                user = hashlib.sha256(user.encode()).hexdigest()
-            out["metadata"] = {"user_id": user}
+        user = request.user
+        if user is not None:
+            out["metadata"] = {
+                "user_id": hashlib.sha256(user.encode()).hexdigest() if len(user) > _USER_ID_LIMIT else user
+            }
         if target.stream:
             out["stream"] = True
         return out
@@ -137,9 +114,9 @@ class _RequestBuilder:
         else:
             self.messages.append({"role": role, "content": blocks})
 
-    def convert_messages(self, messages: Any) -> None:
-        for i, message in each_message(messages):
-            role = message.get("role")
+    def convert_messages(self, messages: Sequence[Mapping[str, Any]]) -> None:
+        for i, message in enumerate(messages):
+            role = message["role"]
             content = message.get("content")
             path = f"messages.{i}"
             if role in ("system", "developer"):
@@ -149,19 +126,12 @@ class _RequestBuilder:
             elif role == "assistant":
                 self.push("assistant", self.assistant(path, message))
             elif role == "tool":
-                tool_id = message.get("tool_call_id")
-                if not isinstance(tool_id, str) or not tool_id:
-                    raise ClientRequestError(f"{path}.tool_call_id: required, must be a non-empty string")
-                self.push("user", [self.tool_result(path, tool_id, content)])
-            elif role == "function":
+                self.push("user", [self.tool_result(path, message["tool_call_id"], content)])
+            else:  # "function": the older function-calling API, answering the last function_call
                 if self.function_call_id is None:
                     raise ClientRequestError(f"{path}: function message without a preceding function_call")
                 self.push("user", [self.tool_result(path, self.function_call_id, content)])
                 self.function_call_id = None
-            else:
-                raise ClientRequestError(
-                    f"{path}.role: must be one of system, developer, user, assistant, tool, got {short(role)}"
-                )
         if not self.messages:
             raise ClientRequestError("messages: no user or assistant message with content")
 
@@ -188,25 +158,10 @@ class _RequestBuilder:
                     raise ClientRequestError(f"{path}.content.{j}.{part['type']}: required, must be a string")
                 if text.strip():
                     blocks.append({"type": "text", "text": text})
-        elif isinstance(content, str):
-            if content.strip():
-                blocks.append({"type": "text", "text": content})
-        elif content is not None:
-            raise ClientRequestError(f"{path}.content: must be a string, an array of parts or null")
-        calls = message.get("tool_calls")
-        if calls is not None:
-            if not isinstance(calls, list):
-                raise ClientRequestError(f"{path}.tool_calls: must be an array")
-            for k, call in enumerate(calls):
-                call_path = f"{path}.tool_calls.{k}"
-                if not isinstance(call, dict):
-                    raise ClientRequestError(f"{call_path}: must be an object")
-                if call.get("type", "function") != "function":
-                    raise ClientRequestError(f"{call_path}.type: only function tool calls are supported")
-                call_id = call.get("id")
-                if not isinstance(call_id, str) or not call_id:
-                    raise ClientRequestError(f"{call_path}.id: required, must be a non-empty string")
-                blocks.append(self.tool_use(call_path, call_id, call.get("function")))
+        elif isinstance(content, str) and content.strip():
+            blocks.append({"type": "text", "text": content})
+        for k, call in enumerate(message.get("tool_calls") or ()):
+            blocks.append(self.tool_use(f"{path}.tool_calls.{k}", call["id"], call["function"]))
         legacy = message.get("function_call")
         if isinstance(legacy, dict):
             self.function_call_id = f"call_{path.rpartition('.')[2]}"
@@ -214,6 +169,7 @@ class _RequestBuilder:
         return blocks
 
     def tool_use(self, path: str, call_id: str, function: Any) -> dict[str, Any]:
+        """A tool call, or a legacy ``function_call`` (which only this check sees)."""
         if not isinstance(function, dict):
             raise ClientRequestError(f"{path}.function: required, must be an object")
         name = function.get("name")
@@ -221,96 +177,18 @@ class _RequestBuilder:
             raise ClientRequestError(f"{path}.function.name: required, must be a non-empty string")
         return {"type": "tool_use", "id": call_id, "name": name, "input": O.parse_arguments(function.get("arguments"))}
 
-    def response_format(self, response_format: Any) -> None:
+    def response_format(self, request: OpenAIRequest) -> None:
         """Anthropic has no portable JSON mode: ask for it in the system prompt (best effort)."""
-        if not isinstance(response_format, dict):
+        if request.response_format not in ("json_object", "json_schema"):
             return
-        kind = response_format.get("type")
-        if kind == "json_object":
-            self.system.append({"type": "text", "text": "Respond with a single valid JSON object and nothing else."})
-        elif kind == "json_schema":
-            spec = response_format.get("json_schema")
-            schema = spec.get("schema") if isinstance(spec, dict) else None
-            text = "Respond with a single valid JSON object and nothing else"
-            if isinstance(schema, dict):
-                text += ", matching this JSON schema: " + orjson.dumps(schema).decode()
-            self.system.append({"type": "text", "text": text + "."})
+        text = "Respond with a single valid JSON object and nothing else"
+        if request.response_schema is not None:
+            text += ", matching this JSON schema: " + orjson.dumps(request.response_schema).decode()
+        self.system.append({"type": "text", "text": text + "."})
 
-    # --- tools and sampling ----------------------------------------------------------------------
-
-    def tools(self, body: Mapping[str, Any]) -> list[dict[str, Any]]:
-        tools = body.get("tools")
-        key = "tools"
-        if tools is None:
-            tools, key = body.get("functions"), "functions"
-            if tools is None:
-                return []
-        if not isinstance(tools, list):
-            raise ClientRequestError(f"{key}: must be an array")
-        out = []
-        for k, tool in enumerate(tools):
-            if not isinstance(tool, dict):
-                raise ClientRequestError(f"{key}.{k}: must be an object")
-            function = tool
-            if key == "tools":
-                if tool.get("type") != "function":
-                    raise ClientRequestError(f"tools.{k}.type: only 'function' tools are supported")
-                function = tool.get("function")
-                if not isinstance(function, dict):
-                    raise ClientRequestError(f"tools.{k}.function: required, must be an object")
-            name = function.get("name")
-            if not isinstance(name, str) or not name:
-                raise ClientRequestError(f"{key}.{k}.name: required, must be a non-empty string")
-            converted: dict[str, Any] = {"name": name}
-            description = function.get("description")
-            if isinstance(description, str) and description:
-                converted["description"] = description
-            schema = function.get("parameters")
-            if schema is None:
-                schema = _EMPTY_SCHEMA
-            elif not isinstance(schema, dict):
-                raise ClientRequestError(f"{key}.{k}.parameters: must be an object")
-            elif schema.get("type") != "object":
-                schema = {**schema, "type": "object"}  # Anthropic requires an object schema
-            converted["input_schema"] = schema
-            out.append(converted)
-        return out
-
-    def tool_choice(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
-        choice = body.get("tool_choice", body.get("function_call"))
-        result: dict[str, Any] | None
-        if choice is None or choice == "auto":
-            result = None
-        elif choice == "required":
-            result = {"type": "any"}
-        elif choice == "none":
-            return {"type": "none"}
-        elif isinstance(choice, dict):
-            kind = choice.get("type")
-            function = choice.get("function") if kind == "function" else choice
-            if kind == "allowed_tools":
-                allowed = choice.get("allowed_tools")
-                mode = allowed.get("mode") if isinstance(allowed, dict) else None
-                result = {"type": "any"} if mode == "required" else None
-            elif isinstance(function, dict) and isinstance(function.get("name"), str) and function["name"]:
-                result = {"type": "tool", "name": function["name"]}
-            else:
-                raise ClientRequestError("tool_choice: a function choice needs function.name")
-        else:
-            raise ClientRequestError(
-                f"tool_choice: must be 'auto', 'required', 'none' or an object, got {short(choice)}"
-            )
-        if body.get("parallel_tool_calls") is False:
-            result = {**(result or {"type": "auto"}), "disable_parallel_tool_use": True}
-        return result
-
-    def thinking_budget(self, effort: Any, choice: dict[str, Any] | None) -> int | None:
+    def thinking_budget(self, effort: str | None, choice: dict[str, Any] | None) -> int | None:
         if effort is None or effort == "none":
             return None
-        if not isinstance(effort, str) or effort not in A.BUDGET_FOR_EFFORT:
-            raise ClientRequestError(
-                f"reasoning_effort: must be one of none, minimal, low, medium, high, xhigh, got {short(effort)}"
-            )
         if "thinking" not in self.target.capabilities:
             return None
         if choice is not None and choice["type"] in ("any", "tool"):
@@ -320,17 +198,32 @@ class _RequestBuilder:
             return None  # mid tool loop: the previous turn's signed thinking block is not available
         return A.BUDGET_FOR_EFFORT[effort]
 
-    def stop(self, stop: Any) -> list[str]:
-        if stop is None:
-            return []
-        if isinstance(stop, str):
-            stop = [stop]
-        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-            raise ClientRequestError("stop: must be a string or an array of strings")
-        return [s for s in stop if s.strip()]
+
+def _tool(tool: Tool) -> dict[str, Any]:
+    converted: dict[str, Any] = {"name": tool.name}
+    if tool.description:
+        converted["description"] = tool.description
+    schema = tool.schema
+    if schema is None:
+        schema = _EMPTY_SCHEMA
+    elif schema.get("type") != "object":
+        schema = {**schema, "type": "object"}  # Anthropic requires an object schema
+    converted["input_schema"] = schema
+    return converted
 
 
-# --- responses -------------------------------------------------------------------------------
+def _tool_choice(request: OpenAIRequest) -> dict[str, Any] | None:
+    choice = request.tool_choice
+    if choice is not None and choice.mode == "none":
+        return {"type": "none"}
+    result: dict[str, Any] | None = None
+    if choice is not None and choice.mode == "tool":
+        result = {"type": "tool", "name": choice.name}
+    elif choice is not None and choice.mode == "any":
+        result = {"type": "any"}
+    if not request.parallel_tool_calls:
+        result = {**(result or {"type": "auto"}), "disable_parallel_tool_use": True}
+    return result
 
 
 _TEXT, _THINKING, _IGNORED = -1, -2, -3  # block kinds; a tool_use block's kind is its tool position
@@ -511,12 +404,9 @@ class OpenAIToAnthropic(JsonOrSseResponse[_Stream]):
         self._clock = clock
         self._include_usage = False
 
-    def request(self, body: Mapping[str, Any], target: Target) -> UpstreamRequest:
-        if not isinstance(body, Mapping):  # orjson gives a dict; any mapping will do
-            raise ClientRequestError("request body must be a JSON object")
-        upstream = _RequestBuilder(target).build(body)
-        options = body.get("stream_options")
-        self._include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    def request(self, request: OpenAIRequest, target: Target) -> UpstreamRequest:
+        upstream = _RequestBuilder(target).build(request)
+        self._include_usage = request.include_usage
         self._model = target.model
         self._stream = self._upstream_sse = target.stream
         return UpstreamRequest(path=target.base_path + "/v1/messages", body=orjson.dumps(upstream), headers=_HEADERS)

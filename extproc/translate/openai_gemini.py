@@ -23,7 +23,7 @@ One instance per request; not thread-safe.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -39,9 +39,9 @@ from extproc.translate.base import (
     UpstreamRequest,
     Usage,
 )
-from extproc.translate.gemini_schema import clean_schema, declaration, memoized_tools
+from extproc.translate.client_request import OpenAIRequest
+from extproc.translate.gemini_schema import clean_schema, memoized_tools
 
-_TOOL_CHOICE_MODES = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
 _AUDIO_MIME = {"wav": "audio/wav", "mp3": "audio/mp3"}
 
 
@@ -72,34 +72,22 @@ class OpenAIToGemini(g.GeminiResponse):
         self._include_usage = context.include_usage
         self._turn = context.turn
 
-    def request(self, body: Mapping[str, Any], target: Target) -> UpstreamRequest:
-        if not isinstance(body, Mapping):
-            raise ClientRequestError("request body must be a JSON object")
+    def request(self, request: OpenAIRequest, target: Target) -> UpstreamRequest:
         self._model = target.model
         self._stream = target.stream
-        options = body.get("stream_options")
-        self._include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        n = body.get("n")
-        if n is not None and n != 1:
-            raise ClientRequestError("n: only 1 choice is supported with this model")
-        contents, system, self._turn = _contents(body.get("messages"))
+        self._include_usage = request.include_usage
+        self._turn = request.turns
+        contents, system = _contents(request.messages)
         out: dict[str, Any] = {"contents": contents}
         if system:
             out["systemInstruction"] = {"parts": system}
-        tools = body.get("tools")
-        if tools is not None and not isinstance(tools, list):
-            raise ClientRequestError("tools: must be an array")
-        search = body.get("web_search_options") is not None
-        convert = _tools_and_search if search else _tools
-        converted = memoized_tools("openai", tools, convert) if tools else None
-        if converted is not None:
-            out["tools"] = converted
-            config = _tool_config(body.get("tool_choice"))
-            if config is not None:
-                out["toolConfig"] = config
-        elif search:
-            out["tools"] = [{"googleSearch": {}}]
-        generation = _generation_config(body, target)
+        tools = memoized_tools(request.tools, request.web_search)
+        if tools is not None:
+            out["tools"] = tools
+        config = g.tool_config(request.tools, request.tool_choice)
+        if config is not None:
+            out["toolConfig"] = config
+        generation = _generation_config(request, target)
         if generation:
             out["generationConfig"] = generation
         return UpstreamRequest(path=g.upstream_path(target), body=orjson.dumps(out))
@@ -185,18 +173,13 @@ class OpenAIToGemini(g.GeminiResponse):
 # -- request helpers ------------------------------------------------------------------------------
 
 
-def _contents(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
-    """-> (contents, systemInstruction parts, number of assistant turns)."""
-    if not isinstance(messages, list) or not messages:
-        raise ClientRequestError("messages: must be a non-empty array")
+def _contents(messages: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """-> (contents, systemInstruction parts)."""
     contents: list[dict[str, Any]] = []
     system: list[dict[str, Any]] = []
     names: dict[str, str] = {}  # tool_call id -> function name
-    turns = 0
     for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise ClientRequestError(f"messages.{i}: must be an object")
-        role = message.get("role")
+        role = message["role"]
         content = message.get("content")
         if role in ("system", "developer"):
             system.extend(p for p in _parts(content, i, text_only=True) if p.get("text"))
@@ -204,15 +187,12 @@ def _contents(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
         if role == "user":
             parts = _parts(content, i, text_only=False)
         elif role == "assistant":
-            turns += 1
             role = "model"
             parts = [p for p in _parts(content, i, text_only=True) if p.get("text")]
             parts.extend(_tool_calls(message, i, names))
-        elif role in ("tool", "function"):
+        else:  # "tool", or "function" (the older function-calling API)
             role = "user"
             parts = [_tool_response(message, i, names)]
-        else:
-            raise ClientRequestError(f"messages.{i}.role: unknown role {role!r}")
         if not parts:
             continue
         if contents and contents[-1]["role"] == role:
@@ -221,7 +201,7 @@ def _contents(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
             contents.append({"role": role, "parts": parts})
     if not contents:
         raise ClientRequestError("messages: no user or assistant message has any content")
-    return contents, system, turns
+    return contents, system
 
 
 def _parts(content: Any, i: int, text_only: bool) -> list[dict[str, Any]]:
@@ -291,23 +271,17 @@ def _file(file: Any, path: str) -> dict[str, Any]:
 
 def _tool_calls(message: dict[str, Any], i: int, names: dict[str, str]) -> list[dict[str, Any]]:
     calls = message.get("tool_calls")
-    legacy = message.get("function_call")
-    if calls is None:
-        calls = [] if legacy is None else [{"id": None, "type": "function", "function": legacy}]
-    if not isinstance(calls, list):
-        raise ClientRequestError(f"messages.{i}.tool_calls: must be an array")
+    if calls is None:  # the older function-calling API: one call, no id (only this check sees it)
+        legacy = message.get("function_call")
+        calls = [] if legacy is None else [{"id": None, "function": legacy}]
     parts: list[dict[str, Any]] = []
     for k, call in enumerate(calls):
         path = f"messages.{i}.tool_calls.{k}"
-        function = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(function, dict) or call.get("type", "function") != "function":
-            raise ClientRequestError(f"{path}: must be a function tool call")
-        name = function.get("name")
+        function = call["function"]
+        name = function.get("name") if isinstance(function, dict) else None
         if not isinstance(name, str) or not name:
             raise ClientRequestError(f"{path}.function.name: must be a non-empty string")
-        cid = call.get("id")
-        if cid is not None and not isinstance(cid, str):
-            raise ClientRequestError(f"{path}.id: must be a string")
+        cid = call["id"]
         fc: dict[str, Any] = {"name": name, "args": _arguments(function.get("arguments"), path)}
         if cid:
             fc["id"] = cid
@@ -337,12 +311,8 @@ def _tool_response(message: dict[str, Any], i: int, names: dict[str, str]) -> di
         if not isinstance(name, str) or not name:
             raise ClientRequestError(f"messages.{i}.name: must be a non-empty string")
     else:
-        cid = message.get("tool_call_id")
-        if not isinstance(cid, str):
-            raise ClientRequestError(f"messages.{i}.tool_call_id: must be a string")
-        name = names.get(cid)
-        if name is None:
-            raise ClientRequestError(f"messages.{i}.tool_call_id: {cid!r} answers no earlier tool call")
+        cid = message["tool_call_id"]
+        name = names[cid]  # parse_request checked that an earlier tool call has this id
     texts = [p["text"] for p in _parts(message.get("content"), i, text_only=True) if "text" in p]
     response: dict[str, Any] = {"name": name, "response": {"content": "\n".join(texts)}}
     if cid:
@@ -350,110 +320,20 @@ def _tool_response(message: dict[str, Any], i: int, names: dict[str, str]) -> di
     return {"functionResponse": response}
 
 
-def _tools(tools: list[Any]) -> list[dict[str, Any]]:
-    declarations = []
-    for k, tool in enumerate(tools):
-        if not isinstance(tool, dict):
-            raise ClientRequestError(f"tools.{k}: must be an object")
-        function = tool.get("function")
-        if tool.get("type", "function") != "function" or not isinstance(function, dict):
-            raise ClientRequestError(f"tools.{k}: only function tools are supported by Gemini models")
-        name = function.get("name")
-        if not isinstance(name, str) or not name:
-            raise ClientRequestError(f"tools.{k}.function.name: must be a non-empty string")
-        params = function.get("parameters")
-        if params is not None and not isinstance(params, dict):
-            raise ClientRequestError(f"tools.{k}.function.parameters: must be an object")
-        declarations.append(declaration(name, function.get("description"), params))
-    return [{"functionDeclarations": declarations}] if declarations else []
-
-
-def _tools_and_search(tools: list[Any]) -> list[dict[str, Any]]:
-    return [*_tools(tools), {"googleSearch": {}}]
-
-
-def _tool_config(choice: Any) -> dict[str, Any] | None:
-    if choice is None:
-        return None
-    if isinstance(choice, str):
-        mode = _TOOL_CHOICE_MODES.get(choice)
-        if mode is None:
-            raise ClientRequestError(f"tool_choice: unknown tool choice {choice!r}")
-        return {"functionCallingConfig": {"mode": mode}}
-    if not isinstance(choice, dict):
-        raise ClientRequestError("tool_choice: must be a string or an object")
-    if choice.get("type") == "function":
-        function = choice.get("function")
-        name = function.get("name") if isinstance(function, dict) else None
-        if not isinstance(name, str) or not name:
-            raise ClientRequestError("tool_choice.function.name: must be a non-empty string")
-        return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [name]}}
-    if choice.get("type") == "allowed_tools":
-        allowed = choice.get("allowed_tools")
-        mode = allowed.get("mode") if isinstance(allowed, dict) else None
-        tools = allowed.get("tools") if isinstance(allowed, dict) else None
-        if mode not in ("auto", "required") or not isinstance(tools, list):
-            raise ClientRequestError("tool_choice.allowed_tools: needs mode auto|required and a tools array")
-        names = [t["function"]["name"] for t in tools if _function_name(t)]
-        config: dict[str, Any] = {"mode": "ANY" if mode == "required" else "AUTO"}
-        if names and mode == "required":
-            config["allowedFunctionNames"] = names  # Gemini only restricts names in ANY mode
-        return {"functionCallingConfig": config}
-    raise ClientRequestError(f"tool_choice.type: unknown tool choice {choice.get('type')!r}")
-
-
-def _function_name(tool: Any) -> bool:
-    function = tool.get("function") if isinstance(tool, dict) else None
-    return isinstance(function, dict) and isinstance(function.get("name"), str)
-
-
-def _generation_config(body: Mapping[str, Any], target: Target) -> dict[str, Any]:
-    limit = body.get("max_completion_tokens")
-    field = "max_completion_tokens"
-    if limit is None:
-        limit, field = body.get("max_tokens"), "max_tokens"
-    max_tokens = g.clamp_max_tokens(limit, target, field)
-    config = g.sampling_config(body, max_tokens)
-    seed = g.number(body, "seed", integer=True)
-    if seed is not None:
-        config["seed"] = seed
-    stop = body.get("stop")
-    if stop is not None:
-        stops = [stop] if isinstance(stop, str) else stop
-        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-            raise ClientRequestError("stop: must be a string or an array of strings")
-        stops = g.stop_sequences(stops)
-        if stops:
-            config["stopSequences"] = stops
-    effort = body.get("reasoning_effort")
-    if effort is not None:
-        budget = g.EFFORT_BUDGETS.get(effort) if isinstance(effort, str) else None
-        if budget is None:
-            raise ClientRequestError(f"reasoning_effort: unknown effort {effort!r}")
-        if "thinking" in target.capabilities:
-            config["thinkingConfig"] = g.thinking_config(budget, max_tokens)
-            if budget == 0:
-                config["thinkingConfig"] = {"thinkingBudget": 0}
-    _response_format(body.get("response_format"), config)
+def _generation_config(request: OpenAIRequest, target: Target) -> dict[str, Any]:
+    max_tokens = g.clamp_max_tokens(request.max_tokens, target)
+    config = g.sampling_config(max_tokens, request.temperature, request.top_p)
+    if request.seed is not None:
+        config["seed"] = request.seed
+    stops = g.stop_sequences(request.stop)
+    if stops:
+        config["stopSequences"] = stops
+    effort = request.reasoning_effort
+    if effort is not None and "thinking" in target.capabilities:
+        budget = g.EFFORT_BUDGETS[effort]
+        config["thinkingConfig"] = {"thinkingBudget": 0} if budget == 0 else g.thinking_config(budget, max_tokens)
+    if request.response_format in ("json_object", "json_schema"):
+        config["responseMimeType"] = "application/json"
+        if request.response_schema:
+            config["responseSchema"] = clean_schema(request.response_schema)
     return config
-
-
-def _response_format(fmt: Any, config: dict[str, Any]) -> None:
-    if fmt is None:
-        return
-    ftype = fmt.get("type") if isinstance(fmt, dict) else None
-    if ftype == "text":
-        return
-    if ftype == "json_object":
-        config["responseMimeType"] = "application/json"
-        return
-    if ftype == "json_schema":
-        spec = fmt.get("json_schema")
-        schema = spec.get("schema") if isinstance(spec, dict) else None
-        if schema is not None and not isinstance(schema, dict):
-            raise ClientRequestError("response_format.json_schema.schema: must be an object")
-        config["responseMimeType"] = "application/json"
-        if schema:
-            config["responseSchema"] = clean_schema(schema)
-        return
-    raise ClientRequestError(f"response_format.type: unknown response format {ftype!r}")

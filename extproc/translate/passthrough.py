@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
 
 from extproc.translate.base import Api, Target, TranslatedBody, TranslatedChunk, UpstreamRequest
+from extproc.translate.client_request import AnthropicRequest, ClientRequest
 
 # Path of each API's endpoint relative to the provider's base URL path.
 _PATHS = {Api.ANTHROPIC: "/v1/messages", Api.OPENAI: "/chat/completions"}
@@ -20,17 +21,15 @@ class PassthroughTranslator:
         self.client_api = api
         self.provider_api = api
 
-    def request(self, body: Mapping[str, Any], target: Target) -> UpstreamRequest:
-        upstream = dict(body)  # shallow copy: the parsed body stays intact for a fallback attempt
+    def request(self, request: ClientRequest, target: Target) -> UpstreamRequest:
+        upstream = dict(request.body)  # shallow copy: the parsed body stays intact for a fallback attempt
         upstream["model"] = target.model
-        if self.client_api is Api.ANTHROPIC:
-            messages = body.get("messages")
-            if isinstance(messages, list) and _has_unsigned_thinking(messages):
-                upstream["messages"] = _without_unsigned_thinking(messages)
-        if target.max_output_tokens is not None:
-            key = "max_tokens" if self.client_api is Api.ANTHROPIC else None
-            if key and isinstance(upstream.get(key), int) and upstream[key] > target.max_output_tokens:
-                upstream[key] = target.max_output_tokens
+        if isinstance(request, AnthropicRequest):
+            if _has_unsigned_thinking(request.messages):
+                upstream["messages"] = _without_unsigned_thinking(request.messages)
+            limit = target.max_output_tokens
+            if limit is not None and request.max_tokens is not None and request.max_tokens > limit:
+                upstream["max_tokens"] = limit
         return UpstreamRequest(path=target.base_path + _PATHS[self.client_api], body=orjson.dumps(upstream))
 
     def response_headers(self, status: int, headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
@@ -47,24 +46,20 @@ def _is_unsigned_thinking(block: Any) -> bool:
     return isinstance(block, dict) and block.get("type") == "thinking" and not block.get("signature")
 
 
-def _has_unsigned_thinking(messages: list[Any]) -> bool:
+def _has_unsigned_thinking(messages: Sequence[Mapping[str, Any]]) -> bool:
     return any(
-        isinstance(m, dict) and isinstance(m.get("content"), list) and any(map(_is_unsigned_thinking, m["content"]))
+        isinstance(m["content"], list) and any(map(_is_unsigned_thinking, m["content"]))
         for m in messages
-        if isinstance(m, dict) and m.get("role") == "assistant"
+        if m["role"] == "assistant"
     )
 
 
-def _without_unsigned_thinking(messages: list[Any]) -> list[Any]:
+def _without_unsigned_thinking(messages: Sequence[Mapping[str, Any]]) -> list[Any]:
     """Thinking that another provider produced carries no Anthropic signature (we never invent one);
     Anthropic rejects such blocks when a conversation that switched providers is replayed to it."""
     out = []
     for message in messages:
-        if (
-            isinstance(message, dict)
-            and message.get("role") == "assistant"
-            and isinstance(message.get("content"), list)
-        ):
+        if message["role"] == "assistant" and isinstance(message["content"], list):
             message = {**message, "content": [b for b in message["content"] if not _is_unsigned_thinking(b)]}
         out.append(message)
     return out
@@ -81,8 +76,8 @@ class CountTokensPassthrough(PassthroughTranslator):
     def __init__(self) -> None:
         super().__init__(Api.ANTHROPIC)
 
-    def request(self, body: Mapping[str, Any], target: Target) -> UpstreamRequest:
-        upstream = super().request(body, target)
+    def request(self, request: ClientRequest, target: Target) -> UpstreamRequest:
+        upstream = super().request(request, target)
         return UpstreamRequest(path=upstream.path + "/count_tokens", body=upstream.body)
 
 

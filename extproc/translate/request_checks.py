@@ -1,8 +1,9 @@
 """Each client API's request checked once, before any provider's translator sees it.
 
 Whatever provider a request is routed to, the same malformed request gets the same 400 with the
-same message (and a well-formed one is refused by none): the checks here run first, in
-extproc.plan, so the pair translators' own checks only ever see requests that passed them. They
+same message (and a well-formed one is refused by none): the checks here run first (through
+extproc.translate.client_request.parse_request, from extproc.plan), so the pair translators read
+only requests that passed them and check nothing these check. They
 check the shapes the client API defines (types, required fields, the values an enum allows) and
 nothing a provider merely cannot do (that is the translator's to say). Unknown fields are not
 errors: a client may send what a newer API version accepts.
@@ -21,6 +22,7 @@ from extproc.translate.wire import short
 
 _ANTHROPIC_ROLES = ("user", "assistant", "system")
 _ANTHROPIC_TOOL_CHOICES = ("auto", "any", "tool", "none")
+_USER_ONLY_BLOCKS = ("image", "document", "tool_result", "search_result")
 _THINKING_TYPES = ("enabled", "adaptive", "disabled")
 _OPENAI_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 _OPENAI_TOOL_CHOICES = ("auto", "required", "none")
@@ -82,6 +84,10 @@ def _anthropic_message(i: int, message: Any, called: set[str]) -> None:
         if not isinstance(block, dict) or not isinstance(block.get("type"), str):
             raise ClientRequestError(f"{path}: must be an object with a string 'type'")
         kind = block["type"]
+        if kind == "tool_use" and role != "assistant":
+            raise ClientRequestError(f"{path}: tool_use blocks belong in assistant messages")
+        if kind in _USER_ONLY_BLOCKS and role == "assistant":
+            raise ClientRequestError(f"{path}: {kind} blocks are only allowed in user messages")
         if kind == "text" and not isinstance(block.get("text"), str):
             raise ClientRequestError(f"{path}.text: required, must be a string")
         if kind == "tool_use":
@@ -152,6 +158,9 @@ def check_openai(body: Mapping[str, Any]) -> None:
         _openai_message(i, message, called)
     for key in ("max_tokens", "max_completion_tokens"):
         _positive_int(body, key)
+    seed = body.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise ClientRequestError("seed: must be an integer")
     n = body.get("n")
     if n is not None and n != 1:
         raise ClientRequestError("n: only 1 choice is supported")

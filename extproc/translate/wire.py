@@ -6,12 +6,9 @@ Provider bodies are untrusted: every reader here accepts any JSON value (or none
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
-
-from extproc.translate.base import ClientRequestError
 
 _MESSAGE_LIMIT = 2000  # an HTML error page must not become a 1 MB error message
 
@@ -20,19 +17,6 @@ def short(value: Any) -> str:
     """A value quoted in an error message, cut short (a client may send a megabyte there)."""
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-def each_message(messages: Any) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(index, message) for a request's ``messages``: a non-empty array of objects. Checked as it
-    goes, so an earlier message's own error is reported before a later malformed one."""
-    if not isinstance(messages, list):
-        raise ClientRequestError("messages: required, must be an array")
-    if not messages:
-        raise ClientRequestError("messages: at least one message is required")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise ClientRequestError(f"messages.{i}: must be an object")
-        yield i, message
 
 
 def as_int(value: Any) -> int:

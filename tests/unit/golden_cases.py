@@ -26,6 +26,7 @@ from extproc.translate.anthropic_openai import AnthropicToOpenAI
 from extproc.translate.base import Api, Target, Translator, Usage
 from extproc.translate.openai_anthropic import OpenAIToAnthropic
 from extproc.translate.openai_gemini import OpenAIToGemini
+from tests.unit.translating import translate
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 CREATED = 1_700_000_000  # the fixed clock of translators that write OpenAI answers, in tests
@@ -130,7 +131,7 @@ def replay(case: Case, pieces: list[bytes]) -> Replay:
     """Run a case's request, then feed its provider response split into ``pieces`` (the last one
     with end of stream)."""
     translator = make_translator(case.pair)
-    translator.request(case.client_request, case.target())
+    translate(translator, case.client_request, case.target())
     translator.response_headers(case.status, {"content-type": case.provider_content_type()})
     body = b""
     usages = []

@@ -16,8 +16,10 @@ from hypothesis import strategies as st
 
 from extproc.plan import response_context
 from extproc.translate.base import Api
+from extproc.translate.client_request import parse_request
 from tests.unit.golden_cases import Case, all_cases, make_translator, replay, stream_cases
 from tests.unit.stream_checks import check_anthropic_stream, check_openai_stream, split_at, sse_events
+from tests.unit.translating import translate
 
 CASES = all_cases()
 STREAMS = stream_cases()
@@ -49,7 +51,7 @@ def test_golden_case_translates_as_recorded(case: Case, update_golden: bool) -> 
     translator = make_translator(case.pair)
     client_request = case.client_request
     snapshot = orjson.dumps(client_request)
-    upstream = translator.request(client_request, case.target())
+    upstream = translate(translator, client_request, case.target())
     assert orjson.dumps(client_request) == snapshot, "request() must not mutate the parsed body"
 
     actual_request = {"path": upstream.path, "headers": dict(upstream.headers), "body": orjson.loads(upstream.body)}
@@ -139,10 +141,11 @@ def _answer(body: bytes, stream: bool) -> object:
 def test_a_primed_translator_answers_like_one_that_translated_the_request(case: Case) -> None:
     target = case.target()
     translated = make_translator(case.pair)
-    translated.request(case.client_request, target)
+    translate(translated, case.client_request, target)
     primed = make_translator(case.pair)
     # The same input-token guess as the translating one made (it shows where the provider reports none).
-    context = response_context(case.client, case.client_request, target.stream, getattr(translated, "_estimate", 0))
+    request = replace(parse_request(case.client, case.client_request), stream=target.stream)
+    context = response_context(request, getattr(translated, "_estimate", 0))
     primed.prime(replace(context, model=target.model))
     answers = []
     for translator in (translated, primed):

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from extproc.translate.base import Api, ClientRequestError, Target
 from extproc.translate.registry import translator_for
 from extproc.translate.request_checks import check_request
+from tests.unit.translating import translate
 
 MISSING = object()
 TARGET = Target(model="m", capabilities=frozenset({"tools", "thinking", "vision"}), max_output_tokens=1000)
@@ -150,7 +151,7 @@ def outcome(client: Api, provider: Api, body: dict[str, Any]) -> str:
         check_request(client, body)
         translator = translator_for(client, provider)
         assert translator is not None
-        translator.request(body, TARGET)
+        translate(translator, body, TARGET)
     except ClientRequestError as exc:
         return f"{exc.status} {exc.message}"
     return "accepted"

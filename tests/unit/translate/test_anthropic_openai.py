@@ -11,6 +11,7 @@ import pytest
 from extproc.translate.anthropic_openai import AnthropicToOpenAI
 from extproc.translate.base import ClientRequestError, Target, UpstreamProtocolError, Usage
 from tests.unit.stream_checks import accumulate_anthropic, check_anthropic_stream, sse_events
+from tests.unit.translating import translate
 
 TARGET = Target(model="gpt-x", capabilities=frozenset({"tools", "thinking"}))
 STREAM = Target(model="gpt-x", stream=True, capabilities=frozenset({"tools", "thinking"}))
@@ -21,14 +22,14 @@ def _req(**fields: Any) -> dict[str, Any]:
 
 
 def _body(request: dict[str, Any], target: Target = TARGET) -> dict[str, Any]:
-    return orjson.loads(AnthropicToOpenAI().request(request, target).body)
+    return orjson.loads(translate(AnthropicToOpenAI(), request, target).body)
 
 
 @pytest.mark.parametrize(
     ("request_", "message"),
     [
-        ({"max_tokens": 10}, "messages: required, must be an array"),
-        ({"max_tokens": 10, "messages": []}, "messages: at least one message is required"),
+        ({"max_tokens": 10}, "messages: required, must be a non-empty array"),
+        ({"max_tokens": 10, "messages": []}, "messages: required, must be a non-empty array"),
         ({"messages": [{"role": "user", "content": "x"}]}, "max_tokens: required, must be a positive integer"),
         (_req(max_tokens=True), "max_tokens: required, must be a positive integer"),
         (_req(messages=[{"role": "tool", "content": "x"}]), "messages.0.role: must be 'user', 'assistant' or 'system'"),
@@ -63,8 +64,13 @@ def _body(request: dict[str, Any], target: Target = TARGET) -> dict[str, Any]:
             "messages.0.content.0.tool_use_id: required",
         ),
         (
-            _req(messages=[{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": 1}]}]),
-            "messages.0.content.0.content: must be a string or an array",
+            _req(
+                messages=[
+                    {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "b", "input": {}}]},
+                    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": 1}]},
+                ]
+            ),
+            "messages.1.content.0.content: must be a string or an array",
         ),
         (
             _req(
@@ -92,14 +98,14 @@ def _body(request: dict[str, Any], target: Target = TARGET) -> dict[str, Any]:
 )
 def test_malformed_request_is_refused_with_a_precise_message(request_: dict[str, Any], message: str) -> None:
     with pytest.raises(ClientRequestError) as info:
-        AnthropicToOpenAI().request(request_, TARGET)
+        translate(AnthropicToOpenAI(), request_, TARGET)
     assert info.value.message.startswith(message), info.value.message
     assert info.value.status == 400
 
 
 def test_non_object_body_is_refused() -> None:
     with pytest.raises(ClientRequestError):
-        AnthropicToOpenAI().request([], TARGET)  # type: ignore[arg-type]
+        translate(AnthropicToOpenAI(), [], TARGET)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -204,8 +210,8 @@ def test_document_url_and_content_sources_become_text() -> None:
 def test_request_does_not_mutate_the_parsed_body_and_can_run_twice() -> None:
     request = _req(system=[{"type": "text", "text": "s", "cache_control": {"type": "ephemeral"}}], tools=[TOOL])
     snapshot = orjson.dumps(request)
-    first = AnthropicToOpenAI().request(request, TARGET)
-    second = AnthropicToOpenAI().request(request, TARGET)
+    first = translate(AnthropicToOpenAI(), request, TARGET)
+    second = translate(AnthropicToOpenAI(), request, TARGET)
     assert orjson.dumps(request) == snapshot and first == second
 
 
@@ -233,11 +239,11 @@ def test_response_error_keeps_the_upstream_message_and_status() -> None:
 
 def test_response_headers_name_the_client_content_type() -> None:
     t = AnthropicToOpenAI()
-    t.request(_req(), STREAM)
+    translate(t, _req(), STREAM)
     assert dict(t.response_headers(200, {"content-type": "text/event-stream"}))["content-type"] == "text/event-stream"
     assert t.response_headers(400, {}) == (("content-type", "application/json"),)
     t = AnthropicToOpenAI()
-    t.request(_req(), TARGET)
+    translate(t, _req(), TARGET)
     assert t.response_headers(200, {"content-type": "application/json"}) == (("content-type", "application/json"),)
 
 
@@ -248,7 +254,7 @@ def _completion(message: dict[str, Any], finish: Any = "stop", **extra: Any) -> 
 
 def test_buffered_body_split_in_pieces_is_translated_at_the_end() -> None:
     t = AnthropicToOpenAI()
-    t.request(_req(), TARGET)
+    translate(t, _req(), TARGET)
     raw = _completion({"role": "assistant", "content": "hey"})
     assert t.response_body(raw[:7], False).body == b""
     chunk = t.response_body(raw[7:], True)
@@ -274,13 +280,13 @@ def test_finish_reason_maps_to_stop_reason(finish: Any, has_tool: bool, stop_rea
     if has_tool:
         message["tool_calls"] = [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
     t = AnthropicToOpenAI()
-    t.request(_req(), TARGET)
+    translate(t, _req(), TARGET)
     assert orjson.loads(t.response_body(_completion(message, finish), True).body)["stop_reason"] == stop_reason
 
 
 def test_legacy_function_call_and_empty_arguments() -> None:
     t = AnthropicToOpenAI()
-    t.request(_req(), TARGET)
+    translate(t, _req(), TARGET)
     message = {"role": "assistant", "content": None, "function_call": {"name": "f", "arguments": ""}}
     out = orjson.loads(t.response_body(_completion(message, "function_call"), True).body)
     assert out["content"] == [{"type": "tool_use", "id": "call_0", "name": "f", "input": {}}]
@@ -289,14 +295,14 @@ def test_legacy_function_call_and_empty_arguments() -> None:
 @pytest.mark.parametrize("raw", [b"not json", b"[]", b'{"choices": []}', b'{"error": {"message": "quota"}}'])
 def test_broken_completion_is_an_upstream_protocol_error(raw: bytes) -> None:
     t = AnthropicToOpenAI()
-    t.request(_req(), TARGET)
+    translate(t, _req(), TARGET)
     with pytest.raises(UpstreamProtocolError):
         t.response_body(raw, True)
 
 
 def _stream(*frames: bytes | dict[str, Any]) -> tuple[bytes, Usage | None]:
     t = AnthropicToOpenAI()
-    t.request(_req(), STREAM)
+    translate(t, _req(), STREAM)
     t.response_headers(200, {"content-type": "text/event-stream"})
     raw = b"".join(f if isinstance(f, bytes) else b"data: " + orjson.dumps(f) + b"\n\n" for f in frames)
     chunk = t.response_body(raw, True)
@@ -375,7 +381,7 @@ def test_data_after_done_is_ignored() -> None:
 
 def test_json_answer_to_a_stream_request_that_is_an_error_becomes_an_error_event() -> None:
     t = AnthropicToOpenAI()
-    t.request(_req(), STREAM)
+    translate(t, _req(), STREAM)
     t.response_headers(200, {"content-type": "application/json"})
     body = t.response_body(b'{"error": {"message": "bad key"}}', True).body
     assert body.startswith(b"event: error\n") and b"bad key" in body

@@ -26,6 +26,7 @@ from extproc.routing_table import compile_policy
 from extproc.translate.anthropic_openai import AnthropicToOpenAI
 from extproc.translate.base import Target
 from tests.unit.test_processor import body, headers, immediate_json, set_headers_of
+from tests.unit.translating import translate
 
 ROOT = Path(__file__).resolve().parents[3]
 CORPUS = sorted((ROOT / "tests" / "fixtures" / "claude_code").glob("*/*.json"))
@@ -187,7 +188,7 @@ def check_translated(api: str, client: dict[str, Any], upstream: dict[str, Any])
 def provider_count(client: dict[str, Any]) -> int:
     """What an OpenAI-format provider counts for this request: a BPE tokenizer over the messages and
     tool definitions it receives (cl100k, the one that ships offline here)."""
-    upstream = orjson.loads(AnthropicToOpenAI().request(client, Target(model="m")).body)
+    upstream = orjson.loads(translate(AnthropicToOpenAI(), client, Target(model="m")).body)
     pieces = []
     for message in upstream["messages"]:
         content = message.get("content")
@@ -230,7 +231,7 @@ def test_reasoning_reaches_claude_code_only_when_it_asked_to_see_it(display: str
     captured = load(next(p for p in CORPUS if p.stem == "text-1"))
     thinking = {"type": "adaptive", **({"display": display} if display else {})}
     translator = AnthropicToOpenAI()
-    translator.request({**captured["body"], "thinking": thinking}, Target(model="m", stream=True))
+    translate(translator, {**captured["body"], "thinking": thinking}, Target(model="m", stream=True))
     translator.response_headers(200, {"content-type": "text/event-stream"})
     out = translator.response_body(REASONING_STREAM, True).body
     assert (b"secret plan" in out) == shown

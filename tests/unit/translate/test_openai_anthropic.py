@@ -12,6 +12,7 @@ from extproc.translate.base import ClientRequestError, Target, UpstreamProtocolE
 from extproc.translate.openai_anthropic import OpenAIToAnthropic
 from tests.unit.golden_cases import CREATED
 from tests.unit.stream_checks import accumulate_openai, check_openai_stream
+from tests.unit.translating import translate
 
 TARGET = Target(model="claude-x", capabilities=frozenset({"tools", "thinking"}))
 STREAM = Target(model="claude-x", stream=True, capabilities=frozenset({"tools", "thinking"}))
@@ -27,18 +28,18 @@ def _req(**fields: Any) -> dict[str, Any]:
 
 
 def _body(request: dict[str, Any], target: Target = TARGET) -> dict[str, Any]:
-    return orjson.loads(_translator().request(request, target).body)
+    return orjson.loads(translate(_translator(), request, target).body)
 
 
 @pytest.mark.parametrize(
     ("request_", "message"),
     [
-        ({}, "messages: required, must be an array"),
-        ({"messages": []}, "messages: at least one message is required"),
+        ({}, "messages: required, must be a non-empty array"),
+        ({"messages": []}, "messages: required, must be a non-empty array"),
         (_req(messages=[{"role": "system", "content": "s"}]), "messages: no user or assistant message"),
         (_req(n=2), "n: only 1 choice is supported"),
         (_req(messages=[{"role": "robot", "content": "x"}]), "messages.0.role: must be one of"),
-        (_req(messages=[{"role": "user", "content": 3}]), "messages.0.content: must be a string or an array"),
+        (_req(messages=[{"role": "user", "content": 3}]), "messages.0.content: must be a string, an array of parts"),
         (
             _req(messages=[{"role": "user", "content": [{"type": "video"}]}]),
             "messages.0.content.0: unknown content part type 'video'",
@@ -79,7 +80,7 @@ def _body(request: dict[str, Any], target: Target = TARGET) -> dict[str, Any]:
         ),
         (
             _req(messages=[{"role": "assistant", "tool_calls": [{"id": "c", "type": "custom", "custom": {}}]}]),
-            "messages.0.tool_calls.0.type: only function tool calls",
+            "messages.0.tool_calls.0: must be a function tool call",
         ),
         (
             _req(messages=[{"role": "assistant", "tool_calls": [{"id": "c", "function": {"arguments": "{}"}}]}]),
@@ -96,13 +97,16 @@ def _body(request: dict[str, Any], target: Target = TARGET) -> dict[str, Any]:
         (_req(temperature="warm"), "temperature: must be a number"),
         (_req(tools=[{"type": "custom", "custom": {"name": "x"}}]), "tools.0.type: only 'function' tools"),
         (_req(tools=[{"type": "function"}]), "tools.0.function: required"),
-        (_req(tools=[TOOL], tool_choice={"type": "function", "function": {}}), "tool_choice: a function choice needs"),
+        (
+            _req(tools=[TOOL], tool_choice={"type": "function", "function": {}}),
+            "tool_choice.function.name: required when type is 'function'",
+        ),
         (_req(tools=[TOOL], tool_choice="sometimes"), "tool_choice: must be 'auto', 'required', 'none' or an object"),
     ],
 )
 def test_malformed_request_is_refused_with_a_precise_message(request_: dict[str, Any], message: str) -> None:
     with pytest.raises(ClientRequestError) as info:
-        _translator().request(request_, TARGET)
+        translate(_translator(), request_, TARGET)
     assert info.value.message.startswith(message), info.value.message
 
 
@@ -233,7 +237,7 @@ def test_long_user_is_hashed_and_json_object_mode_is_an_instruction() -> None:
 
 
 def test_request_headers_and_path() -> None:
-    up = _translator().request(_req(), Target(model="m", base_path="/anthropic"))
+    up = translate(_translator(), _req(), Target(model="m", base_path="/anthropic"))
     assert up.path == "/anthropic/v1/messages" and up.headers == (("anthropic-version", "2023-06-01"),)
 
 
@@ -254,7 +258,7 @@ def test_request_headers_and_path() -> None:
 )
 def test_stop_reason_maps_to_finish_reason(stop_reason: Any, finish: str) -> None:
     t = _translator()
-    t.request(_req(), TARGET)
+    translate(t, _req(), TARGET)
     message = {"id": "msg_1", "type": "message", "model": "c", "content": [], "stop_reason": stop_reason, "usage": {}}
     out = orjson.loads(t.response_body(orjson.dumps(message), True).body)
     assert out["choices"][0]["finish_reason"] == finish
@@ -264,7 +268,7 @@ def test_stop_reason_maps_to_finish_reason(stop_reason: Any, finish: str) -> Non
 @pytest.mark.parametrize("raw", [b"nope", b"[1]", b'{"type": "message"}', b'{"type":"error","error":{"message":"x"}}'])
 def test_broken_message_is_an_upstream_protocol_error(raw: bytes) -> None:
     t = _translator()
-    t.request(_req(), TARGET)
+    translate(t, _req(), TARGET)
     with pytest.raises(UpstreamProtocolError):
         t.response_body(raw, True)
 
@@ -278,7 +282,7 @@ def test_response_error_plain_text_and_status() -> None:
 
 def _stream(*events: bytes | dict[str, Any], include_usage: bool = False) -> tuple[bytes, Usage | None]:
     t = _translator()
-    t.request(_req(stream=True, stream_options={"include_usage": include_usage}), STREAM)
+    translate(t, _req(stream=True, stream_options={"include_usage": include_usage}), STREAM)
     t.response_headers(200, {"content-type": "text/event-stream"})
     raw = b"".join(
         e if isinstance(e, bytes) else b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n"

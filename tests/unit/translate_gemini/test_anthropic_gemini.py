@@ -8,22 +8,25 @@ import pytest
 
 from extproc.translate.anthropic_gemini import AnthropicToGemini, AnthropicToGeminiCountTokens
 from extproc.translate.base import Api, ClientRequestError, UpstreamProtocolError
+from extproc.translate.client_request import parse_request
 from extproc.translate.registry import count_tokens_translator, translator_for
 from tests.unit.golden_cases import make_target
 from tests.unit.stream_checks import check_anthropic_stream, sse_events
+from tests.unit.translating import translate
 
 USER = {"role": "user", "content": "hi"}
 
 
 def _request(body: dict, **target) -> dict:
-    upstream = AnthropicToGemini().request(body, make_target(body, target))
+    body = {"max_tokens": 10, **body}
+    upstream = translate(AnthropicToGemini(), body, make_target(body, target))
     return orjson.loads(upstream.body)
 
 
 def _stream(raw: bytes, body: dict | None = None) -> bytes:
     body = body or {"model": "c", "max_tokens": 10, "stream": True, "messages": [USER]}
     translator = AnthropicToGemini()
-    translator.request(body, make_target(body))
+    translate(translator, body, make_target(body))
     return translator.response_body(raw, False).body + translator.response_body(b"", True).body
 
 
@@ -41,8 +44,11 @@ def test_the_registry_builds_this_translator() -> None:
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ({"messages": []}, "messages: must be a non-empty array"),
-        ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.role: must be 'user', 'assistant' or 'system'"),
+        ({"messages": []}, "messages: required, must be a non-empty array"),
+        (
+            {"messages": [{"role": "tool", "content": "x"}]},
+            "messages.0.role: must be 'user', 'assistant' or 'system', got 'tool'",
+        ),
         (
             {
                 "messages": [
@@ -59,7 +65,7 @@ def test_the_registry_builds_this_translator() -> None:
         ),
         (
             {"messages": [{"role": "user", "content": [{"type": "text", "text": 1}]}]},
-            "messages.0.content.0.text: must be a string",
+            "messages.0.content.0.text: required, must be a string",
         ),
         (
             {"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t9", "content": "x"}]}]},
@@ -78,14 +84,14 @@ def test_the_registry_builds_this_translator() -> None:
             "messages.0.content.0: tool_use blocks belong in assistant messages",
         ),
         (
-            {"messages": [USER], "tools": [{"name": "a"}], "tool_choice": {"type": "some"}},
-            "tool_choice.type: unknown tool choice 'some'",
+            {"messages": [USER], "tools": [{"name": "a", "input_schema": {}}], "tool_choice": {"type": "some"}},
+            "tool_choice.type: must be 'auto', 'any', 'tool' or 'none', got 'some'",
         ),
-        ({"messages": [USER], "max_tokens": 0}, "max_tokens: must be a positive integer"),
+        ({"messages": [USER], "max_tokens": 0}, "max_tokens: required, must be a positive integer"),
         ({"messages": [USER], "temperature": "hot"}, "temperature: must be a number"),
         (
             {"messages": [USER], "thinking": {"type": "enabled"}},
-            "thinking.budget_tokens: must be a non-negative integer",
+            "thinking.budget_tokens: required, must be a non-negative integer",
         ),
         ({"messages": [USER], "system": [{"type": "image"}]}, "system.0: must be a text block"),
         (
@@ -96,15 +102,15 @@ def test_the_registry_builds_this_translator() -> None:
 )
 def test_malformed_requests_are_refused_with_a_precise_message(body: dict, message: str) -> None:
     with pytest.raises(ClientRequestError) as info:
-        AnthropicToGemini().request({"model": "c", **body}, make_target(body))
+        translate(AnthropicToGemini(), {"model": "c", "max_tokens": 10, **body}, make_target(body))
     assert info.value.message == message
     assert info.value.status == 400
 
 
 def test_streaming_requests_go_to_stream_generate_content_with_alt_sse() -> None:
     body = {"model": "c", "max_tokens": 5, "stream": True, "messages": [USER]}
-    upstream = AnthropicToGemini().request(
-        body, make_target(body, {"base_path": "/v1", "model": "gemini-3-pro-preview"})
+    upstream = translate(
+        AnthropicToGemini(), body, make_target(body, {"base_path": "/v1", "model": "gemini-3-pro-preview"})
     )
     assert upstream.path == "/v1/models/gemini-3-pro-preview:streamGenerateContent?alt=sse"
 
@@ -187,7 +193,7 @@ def test_chunks_after_the_finish_are_ignored() -> None:
 def test_final_usage_is_reported_with_the_chunk_that_ends_the_message() -> None:
     translator = AnthropicToGemini()
     body = {"model": "c", "max_tokens": 10, "stream": True, "messages": [USER]}
-    translator.request(body, make_target(body))
+    translate(translator, body, make_target(body))
     first = translator.response_body(_sse({"candidates": [{"content": {"parts": [{"text": "a"}]}}]}), False)
     assert first.usage is None
     meta = {"promptTokenCount": 10, "cachedContentTokenCount": 4, "candidatesTokenCount": 2, "thoughtsTokenCount": 3}
@@ -198,7 +204,7 @@ def test_final_usage_is_reported_with_the_chunk_that_ends_the_message() -> None:
 def test_non_stream_body_may_arrive_in_pieces() -> None:
     translator = AnthropicToGemini()
     body = {"model": "c", "max_tokens": 10, "messages": [USER]}
-    translator.request(body, make_target(body))
+    translate(translator, body, make_target(body))
     raw = orjson.dumps({"candidates": [{"content": {"parts": [{"text": "hello"}]}, "finishReason": "STOP"}]})
     assert translator.response_body(raw[:7], False).body == b""
     message = orjson.loads(translator.response_body(raw[7:], True).body)
@@ -208,7 +214,7 @@ def test_non_stream_body_may_arrive_in_pieces() -> None:
 def test_non_stream_invalid_json_is_an_upstream_protocol_error() -> None:
     translator = AnthropicToGemini()
     body = {"model": "c", "max_tokens": 10, "messages": [USER]}
-    translator.request(body, make_target(body))
+    translate(translator, body, make_target(body))
     with pytest.raises(UpstreamProtocolError):
         translator.response_body(b"<html>", True)
 
@@ -242,7 +248,7 @@ def test_gemini_errors_become_anthropic_errors_with_the_same_status(
 def test_response_content_type_follows_the_client_request() -> None:
     translator = AnthropicToGemini()
     body = {"model": "c", "max_tokens": 10, "stream": True, "messages": [USER]}
-    translator.request(body, make_target(body))
+    translate(translator, body, make_target(body))
     assert translator.response_headers(200, {}) == (("content-type", "text/event-stream"),)
     assert translator.response_headers(500, {}) == (("content-type", "application/json"),)
 
@@ -262,7 +268,7 @@ def test_count_tokens_goes_to_count_tokens_as_a_whole_generate_content_request()
     }
     counter = count_tokens_translator(Api.GEMINI)
     assert isinstance(counter, AnthropicToGeminiCountTokens)
-    upstream = counter.request(body, make_target(body))
+    upstream = counter.request(parse_request(Api.ANTHROPIC, body, counting=True), make_target(body))
     assert upstream.path == "/v1beta/models/gemini-2.5-pro:countTokens"
     wrapped = orjson.loads(upstream.body)
     assert list(wrapped) == ["generateContentRequest"]

@@ -18,6 +18,7 @@ from fake_provider.gemini_api import GeminiApi
 from fake_provider.reply import plan_reply
 from tests.unit.golden_cases import CREATED, make_target
 from tests.unit.stream_checks import check_anthropic_stream, check_openai_stream
+from tests.unit.translating import translate
 
 SCHEMA = {
     "type": "object",
@@ -50,7 +51,7 @@ def test_fake_gemini_round_trip(client: Api, stream: bool, tool_call: bool) -> N
     body = {**BODIES[client], "stream": stream}
     translator = AnthropicToGemini() if client is Api.ANTHROPIC else OpenAIToGemini(clock=lambda: CREATED)
     target = make_target(body, {"model": "gemini-2.5-flash"})
-    upstream = translator.request(body, target)
+    upstream = translate(translator, body, target)
     api = GeminiApi()
     conversation = api.parse(orjson.loads(upstream.body), len(upstream.body), target.model)
     assert conversation.first_tool is not None and conversation.wants_thinking

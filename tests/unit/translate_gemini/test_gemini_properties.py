@@ -20,6 +20,7 @@ from extproc.translate.base import Api, ClientRequestError, UpstreamProtocolErro
 from extproc.translate.openai_gemini import OpenAIToGemini
 from tests.unit.golden_cases import CREATED, make_target
 from tests.unit.stream_checks import check_anthropic_stream, check_openai_stream
+from tests.unit.translating import translate
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -190,7 +191,7 @@ TARGET_OVERRIDES = st.fixed_dictionaries(
 def _check_request(translator, body, overrides) -> None:
     before = copy.deepcopy(body)
     try:
-        upstream = translator.request(body, make_target(body, overrides))
+        upstream = translate(translator, body, make_target(body, overrides))
     except ClientRequestError as exc:
         assert exc.message and exc.status == 400
         assert body == before
@@ -293,7 +294,7 @@ def _streaming(client: Api, include_usage: bool = False):
         body = {"model": "g", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
         if include_usage:
             body["stream_options"] = {"include_usage": True}
-    translator.request(body, make_target(body))
+    translate(translator, body, make_target(body))
     return translator
 
 
@@ -320,7 +321,7 @@ def test_any_gemini_answer_gives_sdk_valid_messages_and_completions(answer: dict
     for client in (Api.ANTHROPIC, Api.OPENAI):
         translator = AnthropicToGemini() if client is Api.ANTHROPIC else OpenAIToGemini(clock=lambda: CREATED)
         body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
-        translator.request(body, make_target(body))
+        translate(translator, body, make_target(body))
         result = translator.response_body(raw, True)
         parsed = json.loads(result.body)
         if client is Api.ANTHROPIC:
@@ -335,7 +336,7 @@ def test_any_gemini_answer_gives_sdk_valid_messages_and_completions(answer: dict
 def test_a_non_stream_answer_that_is_not_a_response_is_an_upstream_protocol_error(raw: bytes) -> None:
     translator = AnthropicToGemini()
     body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
-    translator.request(body, make_target(body))
+    translate(translator, body, make_target(body))
     try:
         parsed = orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -8,6 +8,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from extproc.translate.client_request import Tool
 from extproc.translate.gemini_schema import clean_schema, declaration, memoized_tools
 
 ALLOWED_KEYS = {
@@ -164,17 +165,16 @@ def test_clean_schema_does_not_mutate_its_input() -> None:
     assert schema == before
 
 
-def _convert(tools: list) -> list:
-    return [{"functionDeclarations": [declaration(t["name"], None, t.get("schema")) for t in tools]}]
-
-
 def test_tool_lists_are_converted_once_per_distinct_content() -> None:
-    tools = [{"name": "A", "schema": {"type": "object", "properties": {"x": {"type": "string"}}}}]
-    first = memoized_tools("test", tools, _convert)
-    again = memoized_tools("test", copy.deepcopy(tools), _convert)
+    schema = {"type": "object", "properties": {"x": {"type": "string"}}}
+    first = memoized_tools((Tool("A", "", schema),), web_search=False)
+    again = memoized_tools((Tool("A", "", copy.deepcopy(schema)),), web_search=False)
     assert first is again
-    assert orjson.loads(orjson.dumps({"tools": first}))["tools"] == _convert(tools)
-    assert memoized_tools("test", [], lambda tools: []) is None
+    expected = [{"functionDeclarations": [declaration("A", "", schema)]}]
+    assert orjson.loads(orjson.dumps({"tools": first}))["tools"] == expected
+    searching = memoized_tools((Tool("A", "", schema),), web_search=True)
+    assert orjson.loads(orjson.dumps(searching)) == [*expected, {"googleSearch": {}}]
+    assert memoized_tools((), web_search=False) is None
 
 
 JSON = st.recursive(

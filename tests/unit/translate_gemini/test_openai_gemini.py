@@ -10,12 +10,13 @@ from extproc.translate.openai_gemini import OpenAIToGemini
 from extproc.translate.registry import translator_for
 from tests.unit.golden_cases import CREATED, make_target
 from tests.unit.stream_checks import check_openai_stream, sse_events
+from tests.unit.translating import translate
 
 USER = {"role": "user", "content": "hi"}
 
 
 def _request(body: dict, **target) -> dict:
-    upstream = OpenAIToGemini(clock=lambda: CREATED).request(body, make_target(body, target))
+    upstream = translate(OpenAIToGemini(clock=lambda: CREATED), body, make_target(body, target))
     return orjson.loads(upstream.body)
 
 
@@ -28,8 +29,11 @@ def test_the_registry_builds_this_translator() -> None:
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ({"messages": [USER], "n": 2}, "n: only 1 choice is supported with this model"),
-        ({"messages": [{"role": "critic", "content": "x"}]}, "messages.0.role: unknown role 'critic'"),
+        ({"messages": [USER], "n": 2}, "n: only 1 choice is supported"),
+        (
+            {"messages": [{"role": "critic", "content": "x"}]},
+            "messages.0.role: must be one of system, developer, user, assistant, tool, function, got 'critic'",
+        ),
         (
             {"messages": [{"role": "tool", "tool_call_id": "c", "content": "x"}]},
             "messages.0.tool_call_id: 'c' answers no earlier tool call",
@@ -52,7 +56,7 @@ def test_the_registry_builds_this_translator() -> None:
         ),
         (
             {"messages": [USER], "tools": [{"type": "custom", "custom": {"name": "x"}}]},
-            "tools.0: only function tools are supported by Gemini models",
+            "tools.0.type: only 'function' tools are supported",
         ),
         (
             {
@@ -60,12 +64,15 @@ def test_the_registry_builds_this_translator() -> None:
                 "tools": [{"type": "function", "function": {"name": "f"}}],
                 "tool_choice": "sometimes",
             },
-            "tool_choice: unknown tool choice 'sometimes'",
+            "tool_choice: must be 'auto', 'required', 'none' or an object, got 'sometimes'",
         ),
-        ({"messages": [USER], "reasoning_effort": "extreme"}, "reasoning_effort: unknown effort 'extreme'"),
+        (
+            {"messages": [USER], "reasoning_effort": "extreme"},
+            "reasoning_effort: must be one of none, minimal, low, medium, high, xhigh, got 'extreme'",
+        ),
         (
             {"messages": [USER], "response_format": {"type": "yaml"}},
-            "response_format.type: unknown response format 'yaml'",
+            "response_format.type: must be one of text, json_object, json_schema, got 'yaml'",
         ),
         ({"messages": [USER], "max_completion_tokens": -1}, "max_completion_tokens: must be a positive integer"),
         (
@@ -76,7 +83,7 @@ def test_the_registry_builds_this_translator() -> None:
 )
 def test_malformed_requests_are_refused_with_a_precise_message(body: dict, message: str) -> None:
     with pytest.raises(ClientRequestError) as info:
-        OpenAIToGemini().request({"model": "g", **body}, make_target(body))
+        translate(OpenAIToGemini(), {"model": "g", **body}, make_target(body))
     assert info.value.message == message
 
 
@@ -136,7 +143,7 @@ def test_created_comes_from_the_injected_clock_once_per_response() -> None:
     ticks = iter(range(100, 200))
     translator = OpenAIToGemini(clock=lambda: next(ticks))
     body = {"model": "g", "stream": True, "messages": [USER]}
-    translator.request(body, make_target(body))
+    translate(translator, body, make_target(body))
     raw = b"".join(
         b"data: " + orjson.dumps({"candidates": [{"content": {"parts": [{"text": t}]}}]}) + b"\n\n" for t in "abc"
     )
@@ -148,7 +155,7 @@ def test_created_comes_from_the_injected_clock_once_per_response() -> None:
 def test_parallel_tool_calls_keep_their_indexes() -> None:
     translator = OpenAIToGemini(clock=lambda: CREATED)
     body = {"model": "g", "stream": True, "messages": [USER]}
-    translator.request(body, make_target(body))
+    translate(translator, body, make_target(body))
     parts = [{"functionCall": {"name": "a", "args": {}}}, {"functionCall": {"name": "b", "args": {"x": 1}}}]
     raw = b"data: " + orjson.dumps({"candidates": [{"content": {"parts": parts}, "finishReason": "STOP"}]}) + b"\n\n"
     chunks = check_openai_stream(translator.response_body(raw, True).body)
@@ -163,7 +170,7 @@ def test_parallel_tool_calls_keep_their_indexes() -> None:
 def test_non_stream_tool_calls_leave_content_null() -> None:
     translator = OpenAIToGemini(clock=lambda: CREATED)
     body = {"model": "g", "messages": [USER, {"role": "assistant", "content": "earlier"}, USER]}
-    translator.request(body, make_target(body))
+    translate(translator, body, make_target(body))
     raw = orjson.dumps(
         {
             "candidates": [
@@ -183,7 +190,7 @@ def test_non_stream_tool_calls_leave_content_null() -> None:
 def test_empty_upstream_stream_becomes_an_error_payload() -> None:
     translator = OpenAIToGemini(clock=lambda: CREATED)
     body = {"model": "g", "stream": True, "messages": [USER]}
-    translator.request(body, make_target(body))
+    translate(translator, body, make_target(body))
     out = translator.response_body(b"", True).body
     [(_, data), (_, done)] = sse_events(out)
     assert data["error"]["type"] == "server_error" and done == "[DONE]"
