@@ -10,9 +10,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.type.v3.http_status_pb2 import HttpStatus
 from google.protobuf.struct_pb2 import Struct
 
-from extproc.metrics import REJECTED
+from extproc.request_steps import error_reply
 from extproc.translate.base import Api
-from extproc.translate.errors import error_body
 
 _OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
@@ -89,8 +88,8 @@ def immediate(
 
 def immediate_error(api: Api, status: int, message: str, details: str) -> ep.ProcessingResponse:
     """An error in the client's own format, answered by Envoy without contacting any provider."""
-    REJECTED.labels(api.value, str(status), details).inc()
-    return immediate(status, error_body(api, status, message), details=details)
+    reply = error_reply(api, status, message, details)
+    return immediate(reply.status, reply.body, details=details)
 
 
 def _struct(metadata: dict[str, dict[str, str]]) -> Struct:

@@ -13,25 +13,20 @@ Phases (static processing mode, see control_plane.resources.extproc_filter):
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from typing import Any, cast
+from dataclasses import replace
+from typing import cast
 
-import orjson
 from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, ProcessingRequest, ProcessingResponse
 
 from ccr.v1.contract import (
-    CHAIN_METADATA_KEY,
-    CLUSTER_HEADER,
-    INTERNAL_HEADER_PREFIX,
     METADATA_NAMESPACE,
     PROVIDER_RESPONSE_HEADER,
     ROUTE_HEADER,
-    encode_chain,
 )
 from extproc import mutations as m
 from extproc.metrics import RESPONSES, ROUTED
-from extproc.plan import Answer, Chain, Forward, plan
+from extproc.plan import Answer, Chain, plan
+from extproc.request_steps import Endpoint, Reply, chain_rewrite, endpoint_step, forward_rewrite
 from extproc.router import Decision
 from extproc.routing_table import ModelRoute, RoutingTable
 from extproc.tokens import SessionUsage
@@ -40,40 +35,12 @@ from extproc.translate.registry import translator_for
 
 log = logging.getLogger("ccr.extproc")
 
-# Credentials the client sent for the gateway; never forwarded to a provider.
-_CLIENT_CREDENTIALS = ("authorization", "x-api-key", "x-goog-api-key")
-# Headers that only mean something to one API; dropped when the provider speaks another.
-_API_HEADER_PREFIXES = {Api.ANTHROPIC: ("anthropic-",), Api.OPENAI: ("openai-",), Api.GEMINI: ("x-goog-",)}
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    api: Api | None  # None: decided from the request's headers (GET /v1/models)
-    kind: str  # "generate" | "count_tokens" | "models"
-
-
-ENDPOINTS: dict[tuple[str, str], Endpoint] = {
-    ("POST", "/v1/messages"): Endpoint(Api.ANTHROPIC, "generate"),
-    ("POST", "/v1/chat/completions"): Endpoint(Api.OPENAI, "generate"),
-    ("POST", "/chat/completions"): Endpoint(Api.OPENAI, "generate"),
-    ("POST", "/v1/messages/count_tokens"): Endpoint(Api.ANTHROPIC, "count_tokens"),
-    ("GET", "/v1/models"): Endpoint(None, "models"),
-    ("GET", "/models"): Endpoint(Api.OPENAI, "models"),
-}
-
-
 class GatewayState:
     """What every request reads: the routing table currently in force (None until the first policy)."""
 
     def __init__(self) -> None:
         self.table: RoutingTable | None = None
         self.sessions = SessionUsage()  # last real input tokens per session (long-context routing)
-
-
-def _guess_api(path: str, headers: Mapping[str, str]) -> Api:
-    if "chat/completions" in path or ("anthropic-version" not in headers and "authorization" in headers):
-        return Api.OPENAI
-    return Api.ANTHROPIC
 
 
 class RequestProcessor:
@@ -112,22 +79,16 @@ class RequestProcessor:
         headers = self.headers
         for header in message.headers.headers:
             headers[header.key] = header.raw_value.decode("utf-8", "replace") if header.raw_value else header.value
-        method = headers.get(":method", "")
-        path = headers.get(":path", "/").split("?", 1)[0]
-        endpoint = ENDPOINTS.get((method, path))
-        self.api = endpoint.api if endpoint and endpoint.api else _guess_api(path, headers)
-        if endpoint is None:
-            return m.immediate_error(self.api, 404, f"no such endpoint: {method} {path}", "ccr_unknown_endpoint")
-        self.endpoint = endpoint
-        table = self.state.table
-        if table is None:
-            return m.immediate_error(
-                self.api, 503, "the gateway has no routing policy yet; retry shortly", "ccr_no_policy"
-            )
-        if endpoint.kind == "models":
-            return m.immediate(200, _models_body(self.api, table))
-        if message.end_of_stream:
-            return m.immediate_error(self.api, 400, "request body is required", "ccr_empty_body")
+        self.api, step = endpoint_step(
+            self.state.table,
+            headers.get(":method", ""),
+            headers.get(":path", "/"),
+            headers,
+            has_body=not message.end_of_stream,
+        )
+        if isinstance(step, Reply):
+            return m.immediate(step.status, step.body, step.content_type, step.details)
+        self.endpoint = step
         return m.CONTINUE_REQUEST_HEADERS
 
     def _request_body(self, raw: bytes) -> ProcessingResponse:
@@ -146,62 +107,12 @@ class RequestProcessor:
             return m.immediate(outcome.status, outcome.body)
         if isinstance(outcome, Chain):
             self.context = outcome.context
-            return self._forward_chain(outcome)
-        return self._forward(outcome)
-
-    def _forward(self, outcome: Forward) -> ProcessingResponse:
-        """One provider: the request translated, and Envoy sent to that provider's cluster."""
-        route, upstream, provider = outcome.route, outcome.upstream, outcome.route.provider
-        self.translator = outcome.translator
-        set_headers = [
-            (":path", upstream.path),
-            ("content-length", str(len(upstream.body))),
-            ("content-type", "application/json"),
-            (CLUSTER_HEADER, provider.cluster),
-            *provider.headers,
-            *upstream.headers,
-        ]
-        return m.request_body_response(
-            upstream.body, set_headers, self._removed(set_headers, provider.api), self._metadata(route)
-        )
-
-    def _forward_chain(self, outcome: Chain) -> ProcessingResponse:
-        """A fallback chain: Envoy retries across the chain's providers and the upstream ext_proc
-        (extproc.attempt) rewrites each attempt, so the client's body goes on untranslated."""
-        decision = outcome.decision
-        set_headers = [(CLUSTER_HEADER, decision.chain_cluster or "")]
-        if outcome.body is not None:
-            set_headers.append(("content-length", str(len(outcome.body))))
-        # Credentials are dropped now; provider headers are set per attempt.
-        remove = [name for name in self.headers if name in _CLIENT_CREDENTIALS or _internal(name, set_headers)]
-        # The chain travels as dynamic metadata, which Envoy forwards to every attempt's upstream
-        # ext_proc: a header would be mutated in place by the first attempt (retries share it).
-        metadata = self._metadata(decision.route)
-        metadata[METADATA_NAMESPACE][CHAIN_METADATA_KEY] = encode_chain(
-            self.api.value, [(r.provider.name, r.model) for r in decision.chain]
-        )
-        return m.request_body_response(outcome.body, set_headers, remove, metadata)
-
-    def _removed(self, set_headers: list[tuple[str, str]], provider_api: Api) -> list[str]:
-        overwritten = {name for name, _ in set_headers}
-        return [
-            name
-            for name in self.headers
-            if name not in overwritten and strip_before_egress(name, self.api, provider_api)
-        ]
-
-    def _metadata(self, route: ModelRoute) -> dict[str, dict[str, str]]:
-        """Routing labels for the access logs; the usage log (extproc.usage_log) reads them too."""
-        decision = self.decision
-        labels = {
-            "client_api": self.api.value,
-            "scenario": decision.scenario if decision is not None else "model",
-            "provider": route.provider.name,
-            "model": route.target.model,
-        }
-        if decision is not None and decision.session:
-            labels["session"] = decision.session
-        return {METADATA_NAMESPACE: labels}
+            rewrite = chain_rewrite(self.api, outcome, self.headers)
+        else:
+            self.translator = outcome.translator
+            rewrite = forward_rewrite(self.api, outcome, self.headers)
+        metadata = {METADATA_NAMESPACE: dict(rewrite.labels)}
+        return m.request_body_response(rewrite.body, rewrite.set_headers, rewrite.remove_headers, metadata)
 
     # --- response -------------------------------------------------------------------------
 
@@ -266,18 +177,6 @@ class RequestProcessor:
         return m.response_body_response(out.body)
 
 
-def strip_before_egress(name: str, client: Api, provider: Api) -> bool:
-    if name.startswith(":") or name == "content-length":
-        return False
-    if name in _CLIENT_CREDENTIALS or name.startswith(INTERNAL_HEADER_PREFIX):
-        return True
-    return client is not provider and name.startswith(_API_HEADER_PREFIXES[client])
-
-
-def _internal(name: str, set_headers: list[tuple[str, str]]) -> bool:
-    return name.startswith(INTERNAL_HEADER_PREFIX) and name not in {n for n, _ in set_headers}
-
-
 def _continue(phase: str | None) -> ProcessingResponse:
     return {
         "request_headers": m.CONTINUE_REQUEST_HEADERS,
@@ -285,21 +184,3 @@ def _continue(phase: str | None) -> ProcessingResponse:
         "response_headers": m.CONTINUE_RESPONSE_HEADERS,
         "response_body": m.CONTINUE_RESPONSE_BODY,
     }.get(phase or "", m.CONTINUE_REQUEST_HEADERS)
-
-
-def _models_body(api: Api, table: RoutingTable) -> bytes:
-    names = table.model_names()
-    if api is Api.OPENAI:
-        data: Any = [
-            {"id": n, "object": "model", "created": 0, "owned_by": table.models[n].provider.name} for n in names
-        ]
-        return orjson.dumps({"object": "list", "data": data})
-    data = [{"type": "model", "id": n, "display_name": n, "created_at": "1970-01-01T00:00:00Z"} for n in names]
-    return orjson.dumps(
-        {
-            "data": data,
-            "has_more": False,
-            "first_id": names[0] if names else None,
-            "last_id": names[-1] if names else None,
-        }
-    )
