@@ -7,6 +7,8 @@ import asyncio
 import functools
 import os
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from ccr_gateway.logs import setup_logging
 from control_plane.policy import GatewayPolicy, PolicyError, load_policy_file
@@ -136,12 +138,24 @@ def _consul_policy_or_exit(args: argparse.Namespace) -> GatewayPolicy:
     return policy
 
 
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """asyncio.run, on uvloop when it is installed (a cheaper event loop for the per-request hops)."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
+
+
 def cmd_extproc(args: argparse.Namespace) -> int:
     from control_plane.consul.registration import registered
     from extproc.server import ExtProcConfig, serve
 
-    config = ExtProcConfig(listen=args.listen, control_plane=args.control_plane, metrics_port=args.metrics_port)
-    asyncio.run(serve(config, register=functools.partial(registered, args.consul or "")))
+    config = ExtProcConfig(
+        listen=args.listen, control_plane=args.control_plane, metrics_port=args.metrics_port, hop_listen=args.hop_listen
+    )
+    run(serve(config, register=functools.partial(registered, args.consul or "")))
     return 0
 
 
@@ -222,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     ep = sub.add_parser("extproc", help="run only the ext_proc service")
     ep.add_argument("--listen", default="unix:/tmp/ccr-extproc.sock", help="unix:PATH or host:port")
+    ep.add_argument(
+        "--hop-listen",
+        default="",
+        metavar="ADDRESS",
+        help="also serve the decision hop (HTTP, for Envoy's Lua filter) on unix:PATH or host:port",
+    )
     ep.add_argument("--control-plane", default="127.0.0.1:18000", help="xDS address of the control plane")
     ep.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics port (0: off)")
     ep.add_argument("--consul", metavar="URL", help="register this worker in Consul's catalog (TTL health check)")

@@ -51,9 +51,12 @@ def worker_cluster(index: int) -> str:
     return f"{EXTPROC_CLUSTER}_{index}"
 
 
-def render_bootstrap(node_id: str, admin_port: int, xds: str, extproc_sockets: list[str]) -> str:
+def render_bootstrap(
+    node_id: str, admin_port: int, xds: str, extproc_sockets: list[str], hop_sockets: list[str]
+) -> str:
     host, _, port = xds.rpartition(":")
     endpoints = [{"endpoint": {"address": {"pipe": {"path": path}}}} for path in extproc_sockets]
+    hop_endpoints = [{"endpoint": {"address": {"pipe": {"path": path}}}} for path in hop_sockets]
     # One flow-style YAML list item per worker, under static_resources.clusters.
     workers = "\n".join(
         "    - "
@@ -79,6 +82,7 @@ def render_bootstrap(node_id: str, admin_port: int, xds: str, extproc_sockets: l
         xds_host=host,
         xds_port=port,
         extproc_lb_endpoints=json.dumps(endpoints),
+        hop_lb_endpoints=json.dumps(hop_endpoints),
         extproc_worker_clusters=workers.lstrip(),
     )
 
@@ -122,6 +126,10 @@ class GatewayProcesses:
     @property
     def extproc_sockets(self) -> list[str]:
         return [os.path.join(self.run_dir, f"extproc-{index}.sock") for index in range(self.workers)]
+
+    @property
+    def hop_sockets(self) -> list[str]:
+        return [os.path.join(self.run_dir, f"hop-{index}.sock") for index in range(self.workers)]
 
     def say(self, message: str) -> None:
         if not self.quiet:
@@ -172,16 +180,19 @@ class GatewayProcesses:
                     "extproc",
                     "--listen",
                     f"unix:{path}",
+                    "--hop-listen",
+                    f"unix:{self.hop_sockets[index]}",
                     "--control-plane",
                     self.xds,
                     *metrics,
                     *(["--consul", self.consul[0]] if self.consul else []),
                 ),
             )
-        self._wait(lambda: all(os.path.exists(p) for p in self.extproc_sockets), deadline, "ext_proc sockets")
+        sockets = [*self.extproc_sockets, *self.hop_sockets]
+        self._wait(lambda: all(os.path.exists(p) for p in sockets), deadline, "ext_proc sockets")
         bootstrap = os.path.join(self.run_dir, "bootstrap.yaml")
         Path(bootstrap).write_text(
-            render_bootstrap(f"envoy-{os.getpid()}", self.admin_port, self.xds, self.extproc_sockets)
+            render_bootstrap(f"envoy-{os.getpid()}", self.admin_port, self.xds, self.extproc_sockets, self.hop_sockets)
         )
         self.say(f"- envoy (admin http://127.0.0.1:{self.admin_port})")
         self._spawn(

@@ -60,6 +60,7 @@ class Forward:
     upstream: UpstreamRequest
     translator: Translator
     stream: bool
+    context: ResponseContext  # what reading the answer needs, for a translator primed elsewhere
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +136,8 @@ def forward(
     if isinstance(upstream, Answer):
         return replace(upstream, decision=decision)
     assert translator is not None
-    return Forward(decision, route, upstream, translator, stream)
+    context = replace(response_context(request, decision.tokens), stream=stream, model=route.target.model)
+    return Forward(decision, route, upstream, translator, stream, context)
 
 
 def translated(

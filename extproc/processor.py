@@ -35,6 +35,7 @@ from extproc.translate.registry import translator_for
 
 log = logging.getLogger("ccr.extproc")
 
+
 class GatewayState:
     """What every request reads: the routing table currently in force (None until the first policy)."""
 

@@ -107,9 +107,7 @@ def forward_rewrite(api: Api, outcome: Forward, headers: Mapping[str, str]) -> R
         *upstream.headers,
     )
     overwritten = {name for name, _ in set_headers}
-    remove = tuple(
-        name for name in headers if name not in overwritten and strip_before_egress(name, api, provider.api)
-    )
+    remove = tuple(name for name in headers if name not in overwritten and strip_before_egress(name, api, provider.api))
     return Rewrite(upstream.body, set_headers, remove, routing_labels(api, outcome.decision, route))
 
 

@@ -18,7 +18,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, 
 from prometheus_client import start_http_server
 
 from ccr.v1.contract import UPSTREAM_PHASE_METADATA
-from extproc import tokens
+from extproc import hop_server, tokens
 from extproc.attempt import AttemptProcessor
 from extproc.metrics import SESSIONS
 from extproc.policy_client import PolicySubscriber
@@ -57,6 +57,7 @@ class ExtProcConfig:
     listen: str  # "unix:/path/extproc.sock" or "host:port"
     control_plane: str = "127.0.0.1:18000"
     metrics_port: int = 0
+    hop_listen: str = ""  # the decision hop's HTTP server (extproc.hop_server); "" = none
 
 
 async def serve(config: ExtProcConfig, ready: asyncio.Event | None = None, register: Registrar = _unregistered) -> None:
@@ -79,9 +80,15 @@ async def serve(config: ExtProcConfig, ready: asyncio.Event | None = None, regis
             os.unlink(path)  # a stale socket from a crashed run
     server.add_insecure_port(config.listen)
     await server.start()
+    hop = await hop_server.start(config.hop_listen, state) if config.hop_listen else None
     if config.metrics_port:
         start_http_server(config.metrics_port, addr="127.0.0.1")
-    log.info("ext_proc listening on %s; policy from %s", config.listen, config.control_plane)
+    log.info(
+        "ext_proc listening on %s%s; policy from %s",
+        config.listen,
+        f", decision hop on {config.hop_listen}" if config.hop_listen else "",
+        config.control_plane,
+    )
     subscription = asyncio.create_task(subscriber.run())
     if ready is not None:
         ready.set()
@@ -95,6 +102,8 @@ async def serve(config: ExtProcConfig, ready: asyncio.Event | None = None, regis
     async with register("ccr-extproc", config.listen, lambda: state.table is not None):
         await stop.wait()
     subscription.cancel()
+    if hop is not None:
+        hop.close()
     # Finish in-flight requests (streams included) before exiting; new ones go elsewhere.
     await server.stop(grace=5.0)
 

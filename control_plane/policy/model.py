@@ -20,6 +20,7 @@ _PROTO_API = {
     "gemini": policy_pb2.API_GEMINI,
 }
 DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
+DECISION_PATHS = ("hop", "ext_proc")  # GatewayPolicy.decision_path, the default first
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,10 @@ class GatewayPolicy:
     routing: RoutingSpec = field(default_factory=RoutingSpec)
     # How long one attempt of a fallback chain may wait for response headers (0: no limit).
     attempt_timeout_seconds: float = 0.0
+    # How Envoy asks for each request's decision (DECISION_PATHS): "hop", one unary HTTP call from
+    # a Lua filter (ext_proc only for translated streams and fallback chains); "ext_proc", a gRPC
+    # ext_proc stream for every request.
+    decision_path: str = "hop"
 
     def provider(self, name: str) -> ProviderSpec | None:
         return next((p for p in self.providers if p.name == name), None)

@@ -14,7 +14,14 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
-from control_plane.policy.model import API_NAMES, DEFAULT_MAX_REQUEST_BYTES, GatewayPolicy, ModelSpec, ProviderSpec
+from control_plane.policy.model import (
+    API_NAMES,
+    DECISION_PATHS,
+    DEFAULT_MAX_REQUEST_BYTES,
+    GatewayPolicy,
+    ModelSpec,
+    ProviderSpec,
+)
 from control_plane.policy.resilience import DEFAULT as DEFAULT_RESILIENCE
 from control_plane.policy.resilience import HealthCheck, Http2, OutlierDetection, Resilience, RetryBudget, TlsSettings
 from control_plane.policy.routes import parse_routing
@@ -48,8 +55,9 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
         raise PolicyError([Problem(source, 1, 1, "", "policy is empty; at least one provider is required")])
     top = check.mapping(root, "", _TOP_FIELDS, required=("providers",))
     listener_address, listener_port = "127.0.0.1", 8080
+    decision_path = DECISION_PATHS[0]
     if "listener" in top:
-        listener = check.mapping(top["listener"], "listener", ("address", "port"))
+        listener = check.mapping(top["listener"], "listener", ("address", "port", "decision"))
         if "address" in listener:
             address = check.string(listener["address"], "listener.address")
             if address is not None:
@@ -60,6 +68,13 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
                     check.problem(listener["address"], "listener.address", f"{address!r} is not an IP address")
         if "port" in listener:
             listener_port = check.integer(listener["port"], "listener.port", 1, 65535) or listener_port
+        if "decision" in listener:
+            decision = check.string(listener["decision"], "listener.decision")
+            if decision is not None and decision not in DECISION_PATHS:
+                choices = " or ".join(repr(d) for d in DECISION_PATHS)
+                check.problem(listener["decision"], "listener.decision", f"must be {choices}, got {decision!r}")
+            elif decision is not None:
+                decision_path = decision
     max_request_bytes = DEFAULT_MAX_REQUEST_BYTES
     attempt_timeout_seconds = 0.0
     if "limits" in top:
@@ -88,7 +103,14 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
     if check.problems:
         raise PolicyError(check.problems)
     return GatewayPolicy(
-        listener_address, listener_port, max_request_bytes, specs, source, routing, attempt_timeout_seconds
+        listener_address,
+        listener_port,
+        max_request_bytes,
+        specs,
+        source,
+        routing,
+        attempt_timeout_seconds,
+        decision_path,
     )
 
 

@@ -25,8 +25,9 @@ from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from ccr.v1.contract import CLUSTER_HEADER, METADATA_NAMESPACE
+from ccr.v1.contract import CLUSTER_HEADER, HOP_DETAILS_KEY, METADATA_NAMESPACE
 from control_plane.policy import GatewayPolicy, ProviderSpec
+from control_plane.resources import decision_hop as decision_hop_resources
 from control_plane.resources import resilience, usage_capture
 
 LISTENER_NAME = "ccr_listener"
@@ -130,10 +131,11 @@ def provider_endpoints(provider: ProviderSpec) -> ClusterLoadAssignment:
     return parse_resource(ClusterLoadAssignment(), _load_assignment(provider))
 
 
-def provider_route(provider: ProviderSpec) -> dict[str, Any]:
-    """The route of requests ext_proc sent to this provider: its own timeouts (resilience)."""
+def provider_route(provider: ProviderSpec, decision_hop: bool = False) -> dict[str, Any]:
+    """The route of requests sent to this provider: its own timeouts (resilience). With the
+    decision hop, ext_proc is off here (decision_hop.extproc_off)."""
     settings = provider.resilience
-    return {
+    route: dict[str, Any] = {
         "match": {
             "prefix": "/",
             "headers": [{"name": CLUSTER_HEADER, "string_match": {"exact": provider.cluster}}],
@@ -145,10 +147,15 @@ def provider_route(provider: ProviderSpec) -> dict[str, Any]:
             "auto_host_rewrite": True,
         },
     }
+    if decision_hop:
+        route["typed_per_filter_config"] = decision_hop_resources.extproc_off()
+    return route
 
 
 def route_configuration(
-    chain_routes: list[dict[str, Any]] | None = None, provider_routes: list[dict[str, Any]] | None = None
+    chain_routes: list[dict[str, Any]] | None = None,
+    provider_routes: list[dict[str, Any]] | None = None,
+    decision_hop: bool = False,
 ) -> RouteConfiguration:
     """Routing is decided by ext_proc: it names the cluster in x-ccr-cluster and clears the route
     cache. A request that reaches the router without that header was not routed (fail closed).
@@ -172,6 +179,11 @@ def route_configuration(
                                 "timeout": ROUTE_TIMEOUT,
                                 "auto_host_rewrite": True,
                             },
+                            **(
+                                {"typed_per_filter_config": decision_hop_resources.extproc_off()}
+                                if decision_hop
+                                else {}
+                            ),
                         },
                         {
                             "match": {"prefix": "/"},
@@ -207,6 +219,7 @@ def _access_log() -> dict[str, Any]:
         "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
         "answered_by": f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:provider)%",
         "request_id": "%REQ(X-REQUEST-ID)%",
+        "reason": f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:{HOP_DETAILS_KEY})%",
     }
     return {
         "name": "envoy.access_loggers.stdout",
@@ -224,7 +237,8 @@ def _error_mappers(max_request_bytes: int) -> list[dict[str, Any]]:
 
     The client's API comes from ext_proc's dynamic metadata when it got that far (the path may have
     been rewritten for the provider by then), otherwise from the path the client called."""
-    envoy_generated = _cel("!response.code_details.startsWith('ccr_')")
+    # The decision hop's own answers come from the Lua filter ("lua_response") and are formatted too.
+    envoy_generated = _cel("!response.code_details.startsWith('ccr_') && response.code_details != 'lua_response'")
     openai_path = {"header_filter": {"header": {"name": ":path", "string_match": {"contains": "/chat/completions"}}}}
     by_metadata = {
         api: {
@@ -334,6 +348,7 @@ def listener(policy: GatewayPolicy, usage_log_clusters: Sequence[str] = (EXTPROC
         "codec_type": "AUTO",
         "rds": {"route_config_name": ROUTE_CONFIG_NAME, "config_source": _ADS},
         "http_filters": [
+            *([decision_hop_resources.lua_filter()] if policy.decision_path == "hop" else []),
             extproc_filter(),
             # After ext_proc: on the response path they read the provider's bytes, untranslated.
             usage_capture.sse_usage_filter(),

@@ -36,7 +36,8 @@ def envoy_snapshot(
     ]
     longest = max((len(chain.providers) for chain, _ in chains.values()), default=0)
     chain_routes = [chain_route(resources.ROUTE_TIMEOUT, longest, policy.attempt_timeout_seconds)] if chains else None
-    routes = resources.route_configuration(chain_routes, [resources.provider_route(p) for p in specs])
+    hop = policy.decision_path == "hop"
+    routes = resources.route_configuration(chain_routes, [resources.provider_route(p, hop) for p in specs], hop)
     return Snapshot.build(
         version,
         clusters=clusters,

@@ -204,6 +204,9 @@ class AnthropicToGeminiCountTokens(ResponsePhases):
         path = f"{target.base_path}/models/{target.model}:countTokens"
         return UpstreamRequest(path=path, body=wrapped + generate.body[1:] + b"}")
 
+    def prime(self, context: ResponseContext) -> None:
+        """Reading a count needs nothing of the request."""
+
     def response_headers(self, status: int, headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
         return (("content-type", "application/json"),)
 

@@ -245,6 +245,7 @@ def test_the_listener_uses_the_policy_address_port_and_body_limit_and_routes_ove
     assert listener.filter_chains[0].filters[0].typed_config.Unpack(hcm)
     assert hcm.rds.route_config_name == resources.ROUTE_CONFIG_NAME
     assert [f.name for f in hcm.http_filters] == [
+        "envoy.filters.http.lua",  # the decision hop, the default decision path
         "envoy.filters.http.ext_proc",
         "envoy.filters.http.sse_to_metadata",
         "envoy.filters.http.json_to_metadata",

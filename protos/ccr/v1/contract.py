@@ -23,6 +23,10 @@ UPSTREAM_PHASE_METADATA = ("x-ccr-phase", "upstream")
 METADATA_NAMESPACE = "ccr"  # ext_proc's routing labels (client_api, scenario, provider, model, session)
 CHAIN_METADATA_KEY = "chain"  # ccr.chain: the client API and the model per provider of a fallback chain
 USAGE_NAMESPACE = "ccr.usage"  # the provider's usage fields, copied by Envoy from the response body
+# The decision hop's labels (ccr.*): the response context a translated answer is read with (Envoy's
+# Lua filter hands it back with the provider's answer), and why the gateway answered itself.
+HOP_CONTEXT_KEY = "response_context"
+HOP_DETAILS_KEY = "details"
 
 
 def encode_chain(client_api: str, chain: list[tuple[str, str]]) -> str:

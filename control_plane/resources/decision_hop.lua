@@ -1,0 +1,158 @@
+-- The decision hop, Envoy's half (the Python half is extproc/hop.py; the answer format is there).
+--
+-- Request: buffer the body, POST it with the client's headers to the decision service, then apply
+-- the answer: reply to the client, or rewrite the request (body, headers, routing labels) and let
+-- the route be picked again, or defer to the ext_proc filter (translated streams, fallback chains).
+-- Response: when the decision left a response context, buffer the provider's answer and POST it to
+-- the decision service, which returns it in the client's format.
+--
+-- Fail closed: when the decision service cannot be reached, answers late or answers something
+-- malformed, the client gets a 503 in its own API's format and nothing goes upstream.
+-- The control plane fills in the @NAMES@ before sending this to Envoy.
+
+local HOP_CLUSTER = "@HOP_CLUSTER@"
+local NAMESPACE = "@NAMESPACE@"
+local INTERNAL_PREFIX = "@INTERNAL_PREFIX@"
+local CONTEXT_LABEL = "@CONTEXT_LABEL@"
+local TIMEOUT_MS = @TIMEOUT_MS@
+local MAGIC = "ccr1 "
+local PREFIX_LENGTH = #INTERNAL_PREFIX
+local SKIPPED = { ["content-length"] = true, ["transfer-encoding"] = true, ["connection"] = true }
+
+-- An error in the client's API format (messages here hold no quote or backslash).
+local function error_body(openai, message)
+  if openai then
+    return '{"error":{"message":"' .. message .. '","type":"server_error","param":null,"code":"ccr_hop_unavailable"}}'
+  end
+  return '{"type":"error","error":{"type":"api_error","message":"' .. message .. '"}}'
+end
+
+local function fail(handle, openai, message)
+  handle:respond({ [":status"] = "503", ["content-type"] = "application/json" }, error_body(openai, message))
+end
+
+-- "ccr1 <action>\n<op>\t<name>\t<value>\n...\n\n<payload>" -> action, ops, payload (nil if malformed)
+local function parse(answer)
+  if answer == nil or string.sub(answer, 1, #MAGIC) ~= MAGIC then
+    return nil
+  end
+  local cut = string.find(answer, "\n\n", 1, true)
+  if cut == nil then
+    return nil
+  end
+  local head = string.sub(answer, 1, cut)
+  local first = string.find(head, "\n", 1, true)
+  local action = string.sub(head, #MAGIC + 1, first - 1)
+  local ops = {}
+  for op, name, value in string.gmatch(string.sub(head, first + 1), "([^\t\n]*)\t([^\t\n]*)\t([^\n]*)\n") do
+    ops[#ops + 1] = { op, name, value }
+  end
+  return action, ops, string.sub(answer, cut + 2)
+end
+
+local function call(handle, path, headers, body)
+  headers[":method"] = "POST"
+  headers[":path"] = path
+  headers[":authority"] = "ccr-hop"
+  local answer_headers, answer = handle:httpCall(HOP_CLUSTER, headers, body, { timeout_ms = TIMEOUT_MS, send_xff = false })
+  if answer_headers == nil or answer_headers[":status"] ~= "200" then
+    return nil
+  end
+  return parse(answer)
+end
+
+function envoy_on_request(handle)
+  local headers = handle:headers()
+  local forwarded = {}
+  local internal = {}
+  for name, value in pairs(headers) do
+    if string.sub(name, 1, PREFIX_LENGTH) == INTERNAL_PREFIX then
+      internal[#internal + 1] = name -- never trusted from a client
+    elseif name == ":path" then
+      forwarded["x-ccr-hop-path"] = value
+    elseif name == ":method" then
+      forwarded["x-ccr-hop-method"] = value
+    elseif string.sub(name, 1, 1) ~= ":" and not SKIPPED[name] then
+      forwarded[name] = value
+    end
+  end
+  for _, name in ipairs(internal) do
+    headers:remove(name)
+  end
+  local openai = string.find(forwarded["x-ccr-hop-path"] or "", "chat/completions", 1, true) ~= nil
+  local body = handle:body(true)
+  local raw = ""
+  if body:length() > 0 then
+    raw = body:getBytes(0, body:length())
+  end
+  local action, ops, payload = call(handle, "/decide", forwarded, raw)
+  if action == nil then
+    return fail(handle, openai, "the gateway decision service is unavailable")
+  end
+  local metadata = handle:streamInfo():dynamicMetadata()
+  if action == "reply" then
+    local reply = { [":status"] = "500" }
+    for _, op in ipairs(ops) do
+      if op[1] == "status" then
+        reply[":status"] = op[2]
+      elseif op[1] == "header" then
+        reply[op[2]] = op[3]
+      elseif op[1] == "label" then
+        metadata:set(NAMESPACE, op[2], op[3])
+      end
+    end
+    handle:respond(reply, payload)
+  elseif action == "forward" then
+    for _, op in ipairs(ops) do
+      if op[1] == "set" then
+        headers:replace(op[2], op[3])
+      elseif op[1] == "remove" then
+        headers:remove(op[2])
+      elseif op[1] == "label" then
+        metadata:set(NAMESPACE, op[2], op[3])
+      end
+    end
+    body:setBytes(payload)
+    headers:replace("content-length", tostring(#payload))
+    handle:clearRouteCache()
+  elseif action == "defer" then
+    handle:clearRouteCache() -- internal headers a client sent are gone: the ext_proc route now
+  else
+    return fail(handle, openai, "the gateway decision service answered " .. action)
+  end
+end
+
+function envoy_on_response(handle)
+  local labels = handle:streamInfo():dynamicMetadata():get(NAMESPACE)
+  local context = labels and labels[CONTEXT_LABEL]
+  if context == nil then
+    return
+  end
+  local headers = handle:headers()
+  local body = handle:body(true)
+  local raw = ""
+  if body:length() > 0 then
+    raw = body:getBytes(0, body:length())
+  end
+  local request = {
+    ["x-ccr-context"] = context,
+    ["x-ccr-status"] = headers:get(":status") or "0",
+    ["content-type"] = headers:get("content-type") or "",
+  }
+  local action, ops, payload = call(handle, "/respond", request, raw)
+  if action ~= "response" then
+    headers:replace(":status", "502")
+    headers:replace("content-type", "application/json")
+    payload = error_body(labels["client_api"] == "openai", "the gateway decision service could not translate the answer")
+    ops = {}
+  end
+  for _, op in ipairs(ops) do
+    if op[1] == "status" then
+      headers:replace(":status", op[2])
+    elseif op[1] == "header" then
+      headers:replace(op[2], op[3])
+    end
+  end
+  body:setBytes(payload)
+  headers:replace("content-length", tostring(#payload))
+end

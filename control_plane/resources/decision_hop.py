@@ -1,0 +1,58 @@
+"""The decision hop's Envoy half: the Lua filter (decision_hop.lua) and the per-route switch that
+keeps the ext_proc filter off the requests the hop already decided.
+
+The ext_proc filter reads its per-route config once, when it first sees the request: after the Lua
+filter cleared the route cache. A request the hop forwarded is then on a provider route, where
+ext_proc is off (no gRPC stream at all); a deferred one is still on the catch-all route, where
+ext_proc runs as it always has, and keeps running after it picks the provider route itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import envoy.extensions.filters.http.lua.v3.lua_pb2  # noqa: F401  (registers the type for "@type")
+
+from ccr.v1.contract import HOP_CONTEXT_KEY, INTERNAL_HEADER_PREFIX, METADATA_NAMESPACE
+from control_plane.resources.resilience import TYPE_PREFIX
+
+HOP_CLUSTER = "ccr_hop"  # static, in the bootstrap
+EXTPROC_FILTER = "envoy.filters.http.ext_proc"
+# A decision takes well under a millisecond; this bounds a wedged decision service (fail closed).
+HOP_TIMEOUT_MS = 5000
+_SCRIPT = Path(__file__).with_name("decision_hop.lua")
+
+
+def lua_source(timeout_ms: int = HOP_TIMEOUT_MS) -> str:
+    values = {
+        "@HOP_CLUSTER@": HOP_CLUSTER,
+        "@NAMESPACE@": METADATA_NAMESPACE,
+        "@INTERNAL_PREFIX@": INTERNAL_HEADER_PREFIX,
+        "@CONTEXT_LABEL@": HOP_CONTEXT_KEY,
+        "@TIMEOUT_MS@": str(timeout_ms),
+    }
+    source = _SCRIPT.read_text()
+    for name, value in values.items():
+        source = source.replace(name, value)
+    return source
+
+
+def lua_filter() -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.lua",
+        "typed_config": {
+            "@type": TYPE_PREFIX + "envoy.extensions.filters.http.lua.v3.Lua",
+            "default_source_code": {"inline_string": lua_source()},
+        },
+    }
+
+
+def extproc_off() -> dict[str, Any]:
+    """typed_per_filter_config for the routes a hop-decided request ends on."""
+    return {
+        EXTPROC_FILTER: {
+            "@type": TYPE_PREFIX + "envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
+            "disabled": True,
+        }
+    }

@@ -1,0 +1,174 @@
+"""The decision hop: the gateway's answer for one request in one unary HTTP call from Envoy.
+
+A gRPC ext_proc stream costs ~0.8 ms of Python CPU per request whatever it carries (docs/
+performance.md); the decision itself costs a fraction of that. So Envoy's Lua filter
+(control_plane/resources/decision_hop.lua) buffers the request, POSTs it to ``/decide`` with the
+client's headers and applies the answer; for a translated non-streaming response it POSTs the
+provider's answer to ``/respond`` and sends the client what comes back. What needs a rewrite chunk by
+chunk (translated streams) or per attempt (fallback chains) is deferred to the ext_proc path, which
+Envoy then runs for that request only (per-route config).
+
+Both calls are answered here, from the same steps the ext_proc processor uses (extproc.plan,
+extproc.request_steps): only the encoding differs. An answer is a few lines, then the payload:
+
+    ccr1 <action>\\n                    reply | forward | defer | response
+    <op>\\t<name>\\t<value>\\n ...       status, header, set, remove, label
+    \\n
+    <payload>                         the reply's or the response's body, the upstream request body
+
+Line-based because the Lua side has no JSON parser and splitting a few lines costs nothing there.
+Values never hold a tab or a newline (header values cannot; labels are checked). Sans-IO: bytes in,
+bytes out; extproc.hop_server carries them.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import orjson
+
+from ccr.v1.contract import HOP_CONTEXT_KEY, HOP_DETAILS_KEY
+from extproc.metrics import RESPONSES, ROUTED
+from extproc.plan import Answer, Chain, Forward, plan
+from extproc.processor import GatewayState
+from extproc.request_steps import Reply, Rewrite, endpoint_step, error_reply, forward_rewrite
+from extproc.translate.base import Api, Primable, ResponseContext, UpstreamProtocolError
+from extproc.translate.registry import count_tokens_translator, translator_for
+
+log = logging.getLogger("ccr.extproc")
+
+MAGIC = b"ccr1 "
+
+
+@dataclass(frozen=True, slots=True)
+class HopContext:
+    """What ``/respond`` needs to read a provider's answer: the pair, the plan's response context,
+    and who answered (for metrics and the session's usage)."""
+
+    client: Api
+    provider: Api
+    counting: bool  # a count_tokens answer
+    context: ResponseContext
+    provider_name: str
+    session: str
+
+    def encode(self) -> str:
+        c = self.context
+        fields = [
+            self.client.value,
+            self.provider.value,
+            self.counting,
+            c.model,
+            c.estimate,
+            c.show_thinking,
+            c.include_usage,
+            c.turn,
+            self.provider_name,
+            self.session,
+        ]
+        return base64.urlsafe_b64encode(orjson.dumps(fields)).decode()
+
+    @classmethod
+    def decode(cls, token: str) -> HopContext:
+        client, provider, counting, model, estimate, shown, usage, turn, name, session = orjson.loads(
+            base64.urlsafe_b64decode(token)
+        )
+        context = ResponseContext(model, False, estimate, show_thinking=shown, include_usage=usage, turn=turn)
+        return cls(Api(client), Api(provider), counting, context, name, session)
+
+
+def decide(state: GatewayState, method: str, path: str, headers: Mapping[str, str], raw: bytes) -> bytes:
+    """``POST /decide``: the request's answer (reply), its rewrite (forward), or ``defer`` to ext_proc."""
+    api, step = endpoint_step(state.table, method, path, headers, has_body=bool(raw))
+    if isinstance(step, Reply):
+        return _reply(step)
+    outcome = plan(state.table, api, step.kind, headers, raw, state.sessions)
+    if isinstance(outcome, Answer):
+        if outcome.is_error:
+            return _reply(error_reply(api, outcome.status, outcome.message, outcome.details))
+        return _reply(Reply(outcome.status, outcome.body))
+    translator = outcome.translator if isinstance(outcome, Forward) else None
+    if isinstance(outcome, Chain) or (translator is not None and translator.rewrites_response and outcome.stream):
+        return _encode("defer", ())  # per attempt, or chunk by chunk: the ext_proc path's work
+    assert isinstance(outcome, Forward)
+    decision = outcome.decision
+    ROUTED.labels(api.value, decision.scenario, outcome.route.provider.name, outcome.route.model).inc()
+    rewrite = forward_rewrite(api, outcome, headers)
+    labels = dict(rewrite.labels)
+    if outcome.translator.rewrites_response:
+        labels[HOP_CONTEXT_KEY] = HopContext(
+            api,
+            outcome.route.provider.api,
+            step.kind == "count_tokens",
+            outcome.context,
+            outcome.route.provider.name,
+            decision.session or "",
+        ).encode()
+    return _forward(rewrite, labels)
+
+
+def respond(state: GatewayState, token: str, status: int, content_type: str, raw: bytes) -> bytes:
+    """``POST /respond``: a provider's non-streaming answer in the client's format."""
+    hop = HopContext.decode(token)
+    translator = count_tokens_translator(hop.provider) if hop.counting else translator_for(hop.client, hop.provider)
+    if translator is None:  # the policy changed under the request: nothing can read this answer
+        return _response(502, error_reply(hop.client, 502, "the gateway cannot read this provider's answer", ""))
+    if isinstance(translator, Primable):
+        translator.prime(hop.context)
+    RESPONSES.labels(hop.provider_name, f"{status // 100}xx", "1").inc()
+    if not 200 <= status < 300:
+        error = translator.response_error(status, raw)
+        return _encode("response", [("status", str(error.status), ""), *_headers(error.headers)], error.body)
+    headers = translator.response_headers(status, {"content-type": content_type})
+    try:
+        out = translator.response_body(raw, True)
+    except UpstreamProtocolError as exc:
+        log.warning("provider %s broke its API: %s", hop.provider_name, exc)
+        message = f"the provider sent an invalid response: {exc}"
+        return _response(502, error_reply(hop.client, 502, message, "ccr_bad_upstream"))
+    if out.usage is not None:
+        state.sessions.record(hop.session or None, out.usage.prompt_tokens)
+    return _encode("response", [("status", str(status), ""), *_headers(headers)], out.body)
+
+
+# --- encoding ---------------------------------------------------------------------------------------
+
+
+def _reply(reply: Reply) -> bytes:
+    ops = [("status", str(reply.status), ""), ("header", "content-type", reply.content_type)]
+    if reply.details:
+        ops.append(("label", HOP_DETAILS_KEY, reply.details))
+    return _encode("reply", ops, reply.body)
+
+
+def _forward(rewrite: Rewrite, labels: Mapping[str, str]) -> bytes:
+    ops = [("set", name, value) for name, value in rewrite.set_headers]
+    ops += [("remove", name, "") for name in rewrite.remove_headers]
+    ops += [("label", key, value) for key, value in labels.items()]
+    return _encode("forward", ops, rewrite.body or b"")
+
+
+def _response(status: int, reply: Reply) -> bytes:
+    return _encode(
+        "response", [("status", str(status), ""), ("header", "content-type", reply.content_type)], reply.body
+    )
+
+
+def _headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str, str]]:
+    return [("header", name, value) for name, value in headers]
+
+
+def _encode(action: str, ops: Iterable[tuple[str, str, str]], payload: bytes = b"") -> bytes:
+    lines = [MAGIC + action.encode()]
+    for op, name, value in ops:
+        lines.append(f"{op}\t{name}\t{_clean(value)}".encode())
+    lines.append(b"")
+    return b"\n".join(lines) + b"\n" + payload
+
+
+def _clean(value: str) -> str:
+    """A value on one line: tabs and newlines (never in a header value) become spaces."""
+    return value.replace("\t", " ").replace("\n", " ").replace("\r", " ") if "\t" in value or "\n" in value else value
