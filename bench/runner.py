@@ -51,6 +51,7 @@ from bench.workloads import (
 
 MAX_REQUEST_BYTES = 32 * 1024 * 1024  # the policy default; the 400 KB body is far below it
 EXTPROC_STATS = ("stream_msgs_sent", "stream_msgs_received", "streams_started")
+HOP_CALLS = "hop_calls"  # calls to the decision hop (extproc/hop.py), from Envoy's ccr_hop cluster
 Progress = Callable[[str], None]
 
 
@@ -313,17 +314,22 @@ def machine_busy_s() -> float:
 
 
 def extproc_stats(admin: str) -> dict[str, int]:
-    status, body = http("GET", f"{admin}/stats?format=json&filter=ext_proc", timeout=5)
+    """The listener's ext_proc stream counters, and the decision hop's calls (``hop_calls``)."""
+    status, body = http("GET", f"{admin}/stats?format=json&filter=ext_proc|ccr_hop.upstream_rq_total", timeout=5)
     if status != 200:
         return {}
-    totals = dict.fromkeys(EXTPROC_STATS, 0)
+    totals = dict.fromkeys((*EXTPROC_STATS, HOP_CALLS), 0)
     for stat in json.loads(body).get("stats", []):
         name, value = stat.get("name", ""), stat.get("value")
+        if not isinstance(value, int):
+            continue
         # Only the listener's filter: upstream (per-attempt) ext_proc filters have other prefixes.
-        if name.startswith("http.ccr.ext_proc.") and isinstance(value, int):
+        if name.startswith("http.ccr.ext_proc."):
             key = name.rsplit(".", 1)[1]
             if key in totals:
                 totals[key] += value
+        elif name == "cluster.ccr_hop.upstream_rq_total":
+            totals[HOP_CALLS] += value
     return totals
 
 
@@ -397,7 +403,8 @@ class Bench:
         }
         if target.name == GATEWAY:
             window["ext_proc_per_request"] = {
-                k: round((stats_after.get(k, 0) - stats_before.get(k, 0)) / requests, 3) for k in EXTPROC_STATS
+                k: round((stats_after.get(k, 0) - stats_before.get(k, 0)) / requests, 3)
+                for k in (*EXTPROC_STATS, HOP_CALLS)
             }
         if restarted := procfs.changed(usage_before, usage_after):
             window["warnings"].append(f"processes changed during the window: {', '.join(restarted)}")

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from ccr.v1.contract import HOP_CONTEXT_KEY, HOP_DETAILS_KEY
+from ccr.v1.contract import HOP_CONTEXT_KEY, HOP_DETAILS_KEY, HOP_ROUTE_KEY
 from extproc.metrics import RESPONSES, ROUTED
 from extproc.plan import Answer, Chain, Forward, plan
 from extproc.processor import GatewayState
@@ -98,6 +98,8 @@ def decide(state: GatewayState, method: str, path: str, headers: Mapping[str, st
     ROUTED.labels(api.value, decision.scenario, outcome.route.provider.name, outcome.route.model).inc()
     rewrite = forward_rewrite(api, outcome, headers)
     labels = dict(rewrite.labels)
+    route = outcome.route
+    labels[HOP_ROUTE_KEY] = f"scenario={decision.scenario}; provider={route.provider.name}; model={route.model}"
     if outcome.translator.rewrites_response:
         labels[HOP_CONTEXT_KEY] = HopContext(
             api,

@@ -14,6 +14,9 @@ local HOP_CLUSTER = "@HOP_CLUSTER@"
 local NAMESPACE = "@NAMESPACE@"
 local INTERNAL_PREFIX = "@INTERNAL_PREFIX@"
 local CONTEXT_LABEL = "@CONTEXT_LABEL@"
+local CLUSTER_HEADER = "@CLUSTER_HEADER@"
+local ROUTE_HEADER = "@ROUTE_HEADER@"
+local ROUTE_LABEL = "@ROUTE_LABEL@"
 local TIMEOUT_MS = @TIMEOUT_MS@
 local MAGIC = "ccr1 "
 local PREFIX_LENGTH = #INTERNAL_PREFIX
@@ -61,7 +64,7 @@ local function call(handle, path, headers, body)
   return parse(answer)
 end
 
-function envoy_on_request(handle)
+local function on_request(handle)
   local headers = handle:headers()
   local forwarded = {}
   local internal = {}
@@ -89,6 +92,8 @@ function envoy_on_request(handle)
   if action == nil then
     return fail(handle, openai, "the gateway decision service is unavailable")
   end
+  -- Handles taken before httpCall yielded are dead now: take them again.
+  headers = handle:headers()
   local metadata = handle:streamInfo():dynamicMetadata()
   if action == "reply" then
     local reply = { [":status"] = "500" }
@@ -101,8 +106,14 @@ function envoy_on_request(handle)
         metadata:set(NAMESPACE, op[2], op[3])
       end
     end
+    -- On the catch-all route ext_proc would open a stream just to see this reply's headers: a
+    -- route of the cluster header has it off (the reply never goes upstream).
+    headers:replace(CLUSTER_HEADER, "local_reply")
+    handle:clearRouteCache()
     handle:respond(reply, payload)
   elseif action == "forward" then
+    -- The body first: if anything below failed, the request must not leave half rewritten.
+    handle:body(true):setBytes(payload)
     for _, op in ipairs(ops) do
       if op[1] == "set" then
         headers:replace(op[2], op[3])
@@ -112,7 +123,6 @@ function envoy_on_request(handle)
         metadata:set(NAMESPACE, op[2], op[3])
       end
     end
-    body:setBytes(payload)
     headers:replace("content-length", tostring(#payload))
     handle:clearRouteCache()
   elseif action == "defer" then
@@ -122,24 +132,30 @@ function envoy_on_request(handle)
   end
 end
 
-function envoy_on_response(handle)
+local function on_response(handle)
   local labels = handle:streamInfo():dynamicMetadata():get(NAMESPACE)
-  local context = labels and labels[CONTEXT_LABEL]
-  if context == nil then
-    return
+  local route = labels and labels[ROUTE_LABEL]
+  if route == nil then
+    return -- not decided by the hop (answered by it, or by ext_proc)
   end
   local headers = handle:headers()
-  local body = handle:body(true)
-  local raw = ""
-  if body:length() > 0 then
-    raw = body:getBytes(0, body:length())
+  headers:replace(ROUTE_HEADER, route .. "; attempts=" .. (headers:get("x-envoy-attempt-count") or "1"))
+  local context = labels[CONTEXT_LABEL]
+  if context == nil then
+    return -- the provider's answer goes to the client as it is
   end
   local request = {
     ["x-ccr-context"] = context,
     ["x-ccr-status"] = headers:get(":status") or "0",
     ["content-type"] = headers:get("content-type") or "",
   }
+  local body = handle:body(true) -- waits for the whole answer: handles taken before are dead after
+  local raw = ""
+  if body:length() > 0 then
+    raw = body:getBytes(0, body:length())
+  end
   local action, ops, payload = call(handle, "/respond", request, raw)
+  headers = handle:headers()
   if action ~= "response" then
     headers:replace(":status", "502")
     headers:replace("content-type", "application/json")
@@ -153,6 +169,23 @@ function envoy_on_response(handle)
       headers:replace(op[2], op[3])
     end
   end
-  body:setBytes(payload)
+  handle:body(true):setBytes(payload)
   headers:replace("content-length", tostring(#payload))
+end
+
+-- A script error must not let a request through undecided or half rewritten: answer 503 instead.
+function envoy_on_request(handle)
+  local ok, err = pcall(on_request, handle)
+  if not ok then
+    handle:logErr("decision hop: " .. tostring(err))
+    local path = handle:headers():get(":path") or ""
+    fail(handle, string.find(path, "chat/completions", 1, true) ~= nil, "the gateway decision hop failed")
+  end
+end
+
+function envoy_on_response(handle)
+  local ok, err = pcall(on_response, handle)
+  if not ok then
+    handle:logErr("decision hop (response): " .. tostring(err))
+  end
 end

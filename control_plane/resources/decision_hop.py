@@ -14,7 +14,14 @@ from typing import Any
 
 import envoy.extensions.filters.http.lua.v3.lua_pb2  # noqa: F401  (registers the type for "@type")
 
-from ccr.v1.contract import HOP_CONTEXT_KEY, INTERNAL_HEADER_PREFIX, METADATA_NAMESPACE
+from ccr.v1.contract import (
+    CLUSTER_HEADER,
+    HOP_CONTEXT_KEY,
+    HOP_ROUTE_KEY,
+    INTERNAL_HEADER_PREFIX,
+    METADATA_NAMESPACE,
+    ROUTE_HEADER,
+)
 from control_plane.resources.resilience import TYPE_PREFIX
 
 HOP_CLUSTER = "ccr_hop"  # static, in the bootstrap
@@ -30,6 +37,9 @@ def lua_source(timeout_ms: int = HOP_TIMEOUT_MS) -> str:
         "@NAMESPACE@": METADATA_NAMESPACE,
         "@INTERNAL_PREFIX@": INTERNAL_HEADER_PREFIX,
         "@CONTEXT_LABEL@": HOP_CONTEXT_KEY,
+        "@CLUSTER_HEADER@": CLUSTER_HEADER,
+        "@ROUTE_HEADER@": ROUTE_HEADER,
+        "@ROUTE_LABEL@": HOP_ROUTE_KEY,
         "@TIMEOUT_MS@": str(timeout_ms),
     }
     source = _SCRIPT.read_text()

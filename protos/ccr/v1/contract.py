@@ -27,6 +27,7 @@ USAGE_NAMESPACE = "ccr.usage"  # the provider's usage fields, copied by Envoy fr
 # Lua filter hands it back with the provider's answer), and why the gateway answered itself.
 HOP_CONTEXT_KEY = "response_context"
 HOP_DETAILS_KEY = "details"
+HOP_ROUTE_KEY = "route"  # the x-ccr-route header's value but the attempts, which Envoy knows
 
 
 def encode_chain(client_api: str, chain: list[tuple[str, str]]) -> str:
