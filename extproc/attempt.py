@@ -25,9 +25,9 @@ from google.protobuf.struct_pb2 import Struct
 from ccr.v1.contract import CHAIN_METADATA_KEY, METADATA_NAMESPACE, decode_chain
 from extproc import mutations as m
 from extproc.plan import Answer, translated
-from extproc.processor import GatewayState
 from extproc.request_steps import strip_before_egress
 from extproc.routing_table import ModelRoute
+from extproc.state import GatewayState
 from extproc.translate.base import Api
 from extproc.translate.client_request import read_request
 from extproc.translate.registry import translator_for

@@ -30,12 +30,12 @@ from dataclasses import dataclass
 
 import orjson
 
-from ccr.v1.contract import HOP_CONTEXT_KEY, HOP_DETAILS_KEY, HOP_ROUTE_KEY
+from ccr.v1.contract import HOP_CONTEXT_KEY, HOP_DETAILS_KEY, HOP_ROUTE_KEY, HOP_STREAM_KEY, REWRITE_HEADER
 from extproc.metrics import RESPONSES, ROUTED
-from extproc.plan import Answer, Chain, Forward, plan
-from extproc.processor import GatewayState
-from extproc.request_steps import Reply, Rewrite, endpoint_step, error_reply, forward_rewrite
-from extproc.translate.base import Api, Primable, ResponseContext, UpstreamProtocolError
+from extproc.plan import Answer, Chain, plan
+from extproc.request_steps import Reply, endpoint_step, error_reply, forward_rewrite
+from extproc.state import GatewayState
+from extproc.translate.base import Api, Primable, ResponseContext, Translator, UpstreamProtocolError
 from extproc.translate.registry import count_tokens_translator, translator_for
 
 log = logging.getLogger("ccr.extproc")
@@ -55,12 +55,24 @@ class HopContext:
     provider_name: str
     session: str
 
+    def translator(self) -> Translator | None:
+        """The pair's translator, primed to read the answer; None if the pair has none (the
+        policy changed under the request)."""
+        if self.counting:
+            translator = count_tokens_translator(self.provider)
+        else:
+            translator = translator_for(self.client, self.provider)
+        if isinstance(translator, Primable):
+            translator.prime(self.context)
+        return translator
+
     def encode(self) -> str:
         c = self.context
         fields = [
             self.client.value,
             self.provider.value,
             self.counting,
+            c.stream,
             c.model,
             c.estimate,
             c.show_thinking,
@@ -73,10 +85,10 @@ class HopContext:
 
     @classmethod
     def decode(cls, token: str) -> HopContext:
-        client, provider, counting, model, estimate, shown, usage, turn, name, session = orjson.loads(
+        client, provider, counting, stream, model, estimate, shown, usage, turn, name, session = orjson.loads(
             base64.urlsafe_b64decode(token)
         )
-        context = ResponseContext(model, False, estimate, show_thinking=shown, include_usage=usage, turn=turn)
+        context = ResponseContext(model, stream, estimate, show_thinking=shown, include_usage=usage, turn=turn)
         return cls(Api(client), Api(provider), counting, context, name, session)
 
 
@@ -90,18 +102,17 @@ def decide(state: GatewayState, method: str, path: str, headers: Mapping[str, st
         if outcome.is_error:
             return _reply(error_reply(api, outcome.status, outcome.message, outcome.details))
         return _reply(Reply(outcome.status, outcome.body))
-    translator = outcome.translator if isinstance(outcome, Forward) else None
-    if isinstance(outcome, Chain) or (translator is not None and translator.rewrites_response and outcome.stream):
-        return _encode("defer", ())  # per attempt, or chunk by chunk: the ext_proc path's work
-    assert isinstance(outcome, Forward)
+    if isinstance(outcome, Chain):
+        return _encode("defer", ())  # rewritten per attempt: the ext_proc path's work
     decision = outcome.decision
     ROUTED.labels(api.value, decision.scenario, outcome.route.provider.name, outcome.route.model).inc()
     rewrite = forward_rewrite(api, outcome, headers)
     labels = dict(rewrite.labels)
     route = outcome.route
     labels[HOP_ROUTE_KEY] = f"scenario={decision.scenario}; provider={route.provider.name}; model={route.model}"
+    set_headers = rewrite.set_headers
     if outcome.translator.rewrites_response:
-        labels[HOP_CONTEXT_KEY] = HopContext(
+        context = HopContext(
             api,
             outcome.route.provider.api,
             step.kind == "count_tokens",
@@ -109,17 +120,20 @@ def decide(state: GatewayState, method: str, path: str, headers: Mapping[str, st
             outcome.route.provider.name,
             decision.session or "",
         ).encode()
-    return _forward(rewrite, labels)
+        if outcome.stream:  # rewritten chunk by chunk: by ext_proc, on the response only
+            labels[HOP_STREAM_KEY] = context
+            set_headers = (*set_headers, (REWRITE_HEADER, "stream"))
+        else:  # rewritten whole: Envoy's Lua filter POSTs it to /respond
+            labels[HOP_CONTEXT_KEY] = context
+    return _forward(set_headers, rewrite.remove_headers, labels, rewrite.body or b"")
 
 
 def respond(state: GatewayState, token: str, status: int, content_type: str, raw: bytes) -> bytes:
     """``POST /respond``: a provider's non-streaming answer in the client's format."""
     hop = HopContext.decode(token)
-    translator = count_tokens_translator(hop.provider) if hop.counting else translator_for(hop.client, hop.provider)
+    translator = hop.translator()
     if translator is None:  # the policy changed under the request: nothing can read this answer
         return _response(502, error_reply(hop.client, 502, "the gateway cannot read this provider's answer", ""))
-    if isinstance(translator, Primable):
-        translator.prime(hop.context)
     RESPONSES.labels(hop.provider_name, f"{status // 100}xx", "1").inc()
     if not 200 <= status < 300:
         error = translator.response_error(status, raw)
@@ -146,11 +160,13 @@ def _reply(reply: Reply) -> bytes:
     return _encode("reply", ops, reply.body)
 
 
-def _forward(rewrite: Rewrite, labels: Mapping[str, str]) -> bytes:
-    ops = [("set", name, value) for name, value in rewrite.set_headers]
-    ops += [("remove", name, "") for name in rewrite.remove_headers]
+def _forward(
+    set_headers: Iterable[tuple[str, str]], remove: Iterable[str], labels: Mapping[str, str], body: bytes
+) -> bytes:
+    ops = [("set", name, value) for name, value in set_headers]
+    ops += [("remove", name, "") for name in remove]
     ops += [("label", key, value) for key, value in labels.items()]
-    return _encode("forward", ops, rewrite.body or b"")
+    return _encode("forward", ops, body)
 
 
 def _response(status: int, reply: Reply) -> bytes:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import httptools
 
 from extproc import hop
-from extproc.processor import GatewayState
+from extproc.state import GatewayState
 
 log = logging.getLogger("ccr.extproc")
 

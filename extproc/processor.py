@@ -19,33 +19,38 @@ from typing import cast
 from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, ProcessingRequest, ProcessingResponse
 
 from ccr.v1.contract import (
+    HOP_STREAM_KEY,
     METADATA_NAMESPACE,
     PROVIDER_RESPONSE_HEADER,
     ROUTE_HEADER,
 )
 from extproc import mutations as m
+from extproc.hop import HopContext
 from extproc.metrics import RESPONSES, ROUTED
 from extproc.plan import Answer, Chain, plan
 from extproc.request_steps import Endpoint, Reply, chain_rewrite, endpoint_step, forward_rewrite
 from extproc.router import Decision
-from extproc.routing_table import ModelRoute, RoutingTable
-from extproc.tokens import SessionUsage
+from extproc.routing_table import ModelRoute
+from extproc.state import GatewayState
 from extproc.translate.base import Api, Primable, ResponseContext, Translator, UpstreamProtocolError, Usage
 from extproc.translate.registry import translator_for
 
 log = logging.getLogger("ccr.extproc")
 
 
-class GatewayState:
-    """What every request reads: the routing table currently in force (None until the first policy)."""
-
-    def __init__(self) -> None:
-        self.table: RoutingTable | None = None
-        self.sessions = SessionUsage()  # last real input tokens per session (long-context routing)
-
-
 class RequestProcessor:
-    __slots__ = ("api", "context", "decision", "endpoint", "headers", "state", "status", "stream", "translator")
+    __slots__ = (
+        "api",
+        "context",
+        "decision",
+        "endpoint",
+        "headers",
+        "hop",
+        "state",
+        "status",
+        "stream",
+        "translator",
+    )
 
     def __init__(self, state: GatewayState) -> None:
         self.state = state
@@ -57,6 +62,7 @@ class RequestProcessor:
         self.context: ResponseContext | None = None  # a chain's, for the translator of whoever answers
         self.stream = False
         self.status = 0
+        self.hop: HopContext | None = None  # a translated stream the decision hop forwarded
 
     def handle(self, request: ProcessingRequest) -> ProcessingResponse:
         phase = request.WhichOneof("request")
@@ -66,6 +72,8 @@ class RequestProcessor:
             if phase == "request_body":
                 return self._request_body(request.request_body.body)
             if phase == "response_headers":
+                if self.endpoint is None:  # no request phase: a stream the decision hop forwarded
+                    return self._hop_stream_headers(request)
                 return self._response_headers(request.response_headers)
             if phase == "response_body":
                 return self._response_body(request.response_body.body, request.response_body.end_of_stream)
@@ -144,11 +152,34 @@ class RequestProcessor:
         mode = m.STREAMED if ok and self.stream else m.BUFFERED
         return m.response_headers_response(set_headers, remove=remove, body_mode=mode)
 
+    def _hop_stream_headers(self, request: ProcessingRequest) -> ProcessingResponse:
+        """A translated stream the decision hop forwarded (its route runs ext_proc on the response
+        only): the translator comes primed from the hop's stream context, in the dynamic metadata."""
+        labels = request.metadata_context.filter_metadata.get(METADATA_NAMESPACE)
+        field = labels.fields.get(HOP_STREAM_KEY) if labels is not None else None
+        if field is None:
+            return m.CONTINUE_RESPONSE_HEADERS
+        hop = HopContext.decode(field.string_value)
+        self.hop, self.api, self.stream = hop, hop.client, True
+        self.translator = hop.translator()
+        message = request.response_headers
+        headers = {h.key: (h.raw_value.decode("latin-1") if h.raw_value else h.value) for h in message.headers.headers}
+        self.status = int(headers.get(":status", "0") or 0)
+        RESPONSES.labels(hop.provider_name, f"{self.status // 100}xx", headers.get("x-envoy-attempt-count", "1")).inc()
+        translator = self.translator
+        if translator is None or message.end_of_stream:
+            return m.CONTINUE_RESPONSE_HEADERS
+        ok = 200 <= self.status < 300
+        set_headers = translator.response_headers(self.status, headers) if ok else ()
+        return m.response_headers_response(set_headers, ["content-length"], m.STREAMED if ok else m.BUFFERED)
+
     def _record_usage(self, usage: Usage) -> None:
         """The next turn's long-context check reads it at once; ccr_tokens_total is counted from
         Envoy's usage log (extproc.usage_log), for every response, so not here."""
         if self.decision is not None:
             self.state.sessions.record(self.decision.session, usage.prompt_tokens)
+        elif self.hop is not None:
+            self.state.sessions.record(self.hop.session or None, usage.prompt_tokens)
 
     def _primed_translator(self, route: ModelRoute) -> Translator | None:
         """A translator for the provider of the chain that answered, primed with the plan's response
@@ -172,7 +203,9 @@ class RequestProcessor:
             if out.usage is not None:
                 self._record_usage(out.usage)
         except UpstreamProtocolError as exc:
-            provider = self.decision.route.provider.name if self.decision else "?"
+            provider = (
+                self.decision.route.provider.name if self.decision else self.hop.provider_name if self.hop else "?"
+            )
             log.warning("provider %s broke its API: %s", provider, exc)
             return m.immediate_error(self.api, 502, f"the provider sent an invalid response: {exc}", "ccr_bad_upstream")
         return m.response_body_response(out.body)

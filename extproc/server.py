@@ -22,8 +22,9 @@ from extproc import hop_server, tokens
 from extproc.attempt import AttemptProcessor
 from extproc.metrics import SESSIONS
 from extproc.policy_client import PolicySubscriber
-from extproc.processor import GatewayState, RequestProcessor
+from extproc.processor import RequestProcessor
 from extproc.routing_table import RoutingTable
+from extproc.state import GatewayState
 from extproc.usage_log import UsageLogService
 
 log = logging.getLogger("ccr.extproc")

@@ -66,3 +66,22 @@ def extproc_off() -> dict[str, Any]:
             "disabled": True,
         }
     }
+
+
+def extproc_response_only() -> dict[str, Any]:
+    """typed_per_filter_config for a translated stream the hop forwarded: no request phase (the
+    hop did it), the response rewritten chunk by chunk."""
+    mode = {
+        "request_header_mode": "SKIP",
+        "request_body_mode": "NONE",
+        "request_trailer_mode": "SKIP",
+        "response_header_mode": "SEND",
+        "response_body_mode": "NONE",
+        "response_trailer_mode": "SKIP",
+    }
+    return {
+        EXTPROC_FILTER: {
+            "@type": TYPE_PREFIX + "envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
+            "overrides": {"processing_mode": mode},
+        }
+    }

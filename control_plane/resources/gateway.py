@@ -7,6 +7,7 @@ module does I/O.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +26,7 @@ from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from ccr.v1.contract import CLUSTER_HEADER, HOP_DETAILS_KEY, METADATA_NAMESPACE
+from ccr.v1.contract import CLUSTER_HEADER, HOP_DETAILS_KEY, METADATA_NAMESPACE, REWRITE_HEADER
 from control_plane.policy import GatewayPolicy, ProviderSpec
 from control_plane.resources import decision_hop as decision_hop_resources
 from control_plane.resources import resilience, usage_capture
@@ -131,9 +132,21 @@ def provider_endpoints(provider: ProviderSpec) -> ClusterLoadAssignment:
     return parse_resource(ClusterLoadAssignment(), _load_assignment(provider))
 
 
+def provider_routes(provider: ProviderSpec, decision_hop: bool = False) -> list[dict[str, Any]]:
+    """The routes of requests sent to this provider. With the decision hop: ext_proc off
+    (decision_hop.extproc_off), but for the translated streams the hop marks (REWRITE_HEADER),
+    where it runs on the response only (decision_hop.extproc_response_only)."""
+    route = provider_route(provider, decision_hop)
+    if not decision_hop:
+        return [route]
+    stream = copy.deepcopy(route)
+    stream["match"]["headers"].append({"name": REWRITE_HEADER, "string_match": {"exact": "stream"}})
+    stream["typed_per_filter_config"] = decision_hop_resources.extproc_response_only()
+    return [stream, route]
+
+
 def provider_route(provider: ProviderSpec, decision_hop: bool = False) -> dict[str, Any]:
-    """The route of requests sent to this provider: its own timeouts (resilience). With the
-    decision hop, ext_proc is off here (decision_hop.extproc_off)."""
+    """The route of requests sent to this provider: its own timeouts (resilience)."""
     settings = provider.resilience
     route: dict[str, Any] = {
         "match": {
@@ -191,7 +204,7 @@ def route_configuration(
                         },
                     ],
                     # Internal headers never leave the gateway (the route was already chosen).
-                    "request_headers_to_remove": [CLUSTER_HEADER],
+                    "request_headers_to_remove": [CLUSTER_HEADER, REWRITE_HEADER],
                 }
             ],
         },
@@ -333,7 +346,11 @@ def extproc_filter() -> dict[str, Any]:
             },
             # Per request, ext_proc turns response body processing on only when it rewrites it.
             "allow_mode_override": True,
-            "metadata_options": {"receiving_namespaces": {"untyped": [METADATA_NAMESPACE]}},
+            "metadata_options": {
+                "receiving_namespaces": {"untyped": [METADATA_NAMESPACE]},
+                # A stream the decision hop forwarded brings its stream context this way.
+                "forwarding_namespaces": {"untyped": [METADATA_NAMESPACE]},
+            },
         },
     }
 

@@ -37,7 +37,8 @@ def envoy_snapshot(
     longest = max((len(chain.providers) for chain, _ in chains.values()), default=0)
     chain_routes = [chain_route(resources.ROUTE_TIMEOUT, longest, policy.attempt_timeout_seconds)] if chains else None
     hop = policy.decision_path == "hop"
-    routes = resources.route_configuration(chain_routes, [resources.provider_route(p, hop) for p in specs], hop)
+    provider_routes = [route for p in specs for route in resources.provider_routes(p, hop)]
+    routes = resources.route_configuration(chain_routes, provider_routes, hop)
     return Snapshot.build(
         version,
         clusters=clusters,

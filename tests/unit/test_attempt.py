@@ -17,8 +17,9 @@ from google.protobuf.struct_pb2 import Struct
 
 from ccr.v1.contract import CHAIN_METADATA_KEY, METADATA_NAMESPACE, UPSTREAM_PHASE_METADATA, encode_chain
 from extproc.attempt import AttemptProcessor, attempt_metadata_struct
-from extproc.processor import GatewayState, RequestProcessor
+from extproc.processor import RequestProcessor
 from extproc.server import ExternalProcessor
+from extproc.state import GatewayState
 from tests.unit.test_processor import chain_gateway_state, immediate_json, set_headers_of
 
 CHAIN = encode_chain("anthropic", [("ant", "claude-sonnet-4-5"), ("oai", "gpt-4o")])

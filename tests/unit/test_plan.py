@@ -16,8 +16,9 @@ import pytest
 from ccr_gateway.explain import describe
 from control_plane.policy import load_policy
 from extproc.plan import COUNT_TOKENS, GENERATE, Answer, Chain, Forward, plan
-from extproc.processor import GatewayState, RequestProcessor
+from extproc.processor import RequestProcessor
 from extproc.routing_table import compile_policy
+from extproc.state import GatewayState
 from extproc.translate.base import Api
 from tests.unit.test_processor import body, headers, set_headers_of
 

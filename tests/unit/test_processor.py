@@ -9,8 +9,9 @@ from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import Proces
 from envoy.service.ext_proc.v3.external_processor_pb2 import HttpBody, HttpHeaders, ProcessingRequest
 
 from control_plane.policy import load_policy
-from extproc.processor import GatewayState, RequestProcessor
+from extproc.processor import RequestProcessor
 from extproc.routing_table import compile_policy
+from extproc.state import GatewayState
 
 POLICY = """
 providers:

@@ -442,7 +442,7 @@ MEMO_RESOURCES = SimpleNamespace(
     provider_endpoints=functools.cache(resources.provider_endpoints),
     listener=functools.cache(resources.listener),
     route_configuration=resources.route_configuration,  # takes lists: not memoizable
-    provider_route=resources.provider_route,
+    provider_routes=resources.provider_routes,
     ROUTE_TIMEOUT=resources.ROUTE_TIMEOUT,
 )
 POOL = (A, B, DNS, provider("b", port=9002, scheme="https"))

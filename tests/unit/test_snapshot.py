@@ -11,7 +11,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3.http_connection
 )
 from envoy.extensions.transport_sockets.tls.v3.tls_pb2 import UpstreamTlsContext
 
-from ccr.v1.contract import ENVOY_GROUP, EXTPROC_GROUP
+from ccr.v1.contract import ENVOY_GROUP, EXTPROC_GROUP, REWRITE_HEADER
 from control_plane.policy import load_policy_file
 from control_plane.resources import gateway as resources
 from control_plane.xds.cache import Ack, SnapshotCache
@@ -259,4 +259,5 @@ def test_the_route_table_routes_by_the_cluster_header_and_fails_closed_without_i
     assert routed.route.cluster_header == resources.CLUSTER_HEADER
     assert routed.match.headers[0].name == resources.CLUSTER_HEADER
     assert fallback.direct_response.status == 404
-    assert list(table.virtual_hosts[0].request_headers_to_remove) == [resources.CLUSTER_HEADER]
+    # Internal routing headers never reach a provider.
+    assert list(table.virtual_hosts[0].request_headers_to_remove) == [resources.CLUSTER_HEADER, REWRITE_HEADER]

@@ -16,6 +16,9 @@ INTERNAL_HEADER_PREFIX = "x-ccr-"
 CLUSTER_HEADER = "x-ccr-cluster"  # set by ext_proc; the route's cluster_header: the provider's cluster
 PROVIDER_RESPONSE_HEADER = "x-ccr-provider"  # which provider of a chain answered (endpoint metadata)
 ROUTE_HEADER = "x-ccr-route"  # on every routed response: scenario, provider, model, attempts
+# Set by the decision hop on a translated stream: its provider route's variant runs ext_proc on the
+# response only (extproc.processor reads the stream context from the dynamic metadata).
+REWRITE_HEADER = "x-ccr-rewrite"
 # gRPC metadata on the upstream (per-attempt) ext_proc filter's calls, telling ext_proc which filter calls.
 UPSTREAM_PHASE_METADATA = ("x-ccr-phase", "upstream")
 
@@ -26,6 +29,7 @@ USAGE_NAMESPACE = "ccr.usage"  # the provider's usage fields, copied by Envoy fr
 # The decision hop's labels (ccr.*): the response context a translated answer is read with (Envoy's
 # Lua filter hands it back with the provider's answer), and why the gateway answered itself.
 HOP_CONTEXT_KEY = "response_context"
+HOP_STREAM_KEY = "stream_context"  # the same for a translated stream, read by ext_proc instead
 HOP_DETAILS_KEY = "details"
 HOP_ROUTE_KEY = "route"  # the x-ccr-route header's value but the attempts, which Envoy knows
 

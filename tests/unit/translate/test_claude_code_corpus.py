@@ -21,8 +21,9 @@ import pytest
 import tiktoken
 
 from control_plane.policy import load_policy
-from extproc.processor import GatewayState, RequestProcessor
+from extproc.processor import RequestProcessor
 from extproc.routing_table import compile_policy
+from extproc.state import GatewayState
 from extproc.translate.anthropic_openai import AnthropicToOpenAI
 from extproc.translate.base import Target
 from tests.unit.test_processor import body, headers, immediate_json, set_headers_of
