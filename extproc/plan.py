@@ -28,6 +28,7 @@ from extproc.router import Decision, RoutingError, decide
 from extproc.routing_table import ModelRoute, RoutingTable
 from extproc.tokens import SessionUsage, count_for_client
 from extproc.translate.base import Api, ClientRequestError, ResponseContext, Translator, UpstreamRequest
+from extproc.translate.buffering import ResponsePhases
 from extproc.translate.client_request import ClientRequest, OpenAIRequest, parse_request, read_request
 from extproc.translate.registry import count_tokens_translator, translator_class, translator_for
 
@@ -136,7 +137,11 @@ def forward(
     if isinstance(upstream, Answer):
         return replace(upstream, decision=decision)
     assert translator is not None
-    context = replace(response_context(request, decision.tokens), stream=stream, model=route.target.model)
+    # The translator's own guess of the input tokens when it made one (what the ext_proc path shows).
+    estimate = (
+        translator.estimate if isinstance(translator, ResponsePhases) and translator.estimate else decision.tokens
+    )
+    context = replace(response_context(request, estimate), stream=stream, model=route.target.model)
     return Forward(decision, route, upstream, translator, stream, context)
 
 

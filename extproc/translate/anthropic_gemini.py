@@ -71,7 +71,6 @@ class AnthropicToGemini(g.GeminiResponse):
 
     def __init__(self) -> None:
         super().__init__()
-        self._estimate = 0  # input tokens guessed from the request size, for message_start
         self._blocks = A.BlockWriter()
         self._show_thinking = True
 

@@ -414,7 +414,6 @@ class AnthropicToOpenAI(JsonOrSseResponse[_Stream]):
 
     def __init__(self) -> None:
         super().__init__()
-        self._estimate = 0
         self._show_thinking = True
 
     def request(self, request: AnthropicRequest, target: Target) -> UpstreamRequest:

@@ -88,7 +88,14 @@ class ResponsePhases:
     def __init__(self) -> None:
         self._model = ""
         self._stream = False
+        self._estimate = 0  # input tokens guessed from the translated request (0: none)
         self._buffer = BodyBuffer()
+
+    @property
+    def estimate(self) -> int:
+        """The input-token guess ``request`` made (an Anthropic client's stream shows it before
+        the provider reports its own count); a translator primed elsewhere gets this one."""
+        return self._estimate
 
     def response_body(self, chunk: bytes, end_of_stream: bool) -> TranslatedChunk:
         if self._streaming():

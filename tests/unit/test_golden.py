@@ -145,7 +145,7 @@ def test_a_primed_translator_answers_like_one_that_translated_the_request(case: 
     primed = make_translator(case.pair)
     # The same input-token guess as the translating one made (it shows where the provider reports none).
     request = replace(parse_request(case.client, case.client_request), stream=target.stream)
-    context = response_context(request, getattr(translated, "_estimate", 0))
+    context = response_context(request, getattr(translated, "estimate", 0))
     primed.prime(replace(context, model=target.model))
     answers = []
     for translator in (translated, primed):

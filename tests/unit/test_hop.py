@@ -1,0 +1,213 @@
+"""extproc.hop: the decision hop answers every request as the ext_proc processor does.
+
+The corpus of tests/unit/test_plan.py (every scenario, a fallback chain, count_tokens counted and
+forwarded, unknown model, provider without its key, bodies a translator refuses, bad JSON) goes
+through both transports: the same reply (status and body) or the same rewrite (body, headers set
+and removed, routing labels), or, for a fallback chain, a deferral to the ext_proc path. Then the
+response side: a translated answer read through ``/respond`` is what the processor would send.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ccr.v1.contract import HOP_CONTEXT_KEY, HOP_ROUTE_KEY, HOP_STREAM_KEY, METADATA_NAMESPACE, REWRITE_HEADER
+from control_plane.policy import load_policy
+from extproc import hop
+from extproc.hop import HopContext
+from extproc.plan import Chain, plan
+from extproc.processor import RequestProcessor
+from extproc.routing_table import compile_policy
+from extproc.state import GatewayState
+from extproc.translate.base import Api, ResponseContext
+from tests.unit.test_plan import CASES, PATHS, POLICY, anthropic, raw_of
+from tests.unit.test_processor import body, headers, response_headers, set_headers_of
+
+HOP_ONLY_LABELS = {HOP_ROUTE_KEY, HOP_CONTEXT_KEY, HOP_STREAM_KEY}
+
+
+@pytest.fixture(scope="module")
+def plan_state() -> GatewayState:
+    """The corpus' policy (tests/unit/test_plan.py)."""
+    gateway = GatewayState()
+    gateway.table = compile_policy(load_policy(POLICY).to_proto("1"), environ={"ANT_KEY": "k"})
+    return gateway
+
+
+def parse(answer: bytes) -> tuple[str, list[tuple[str, str, str]], bytes]:
+    """The Lua filter's reading of an answer (control_plane/resources/decision_hop.lua)."""
+    head, _, payload = answer.partition(b"\n\n")
+    first, *lines = head.decode().split("\n")
+    assert first.startswith("ccr1 ")
+    ops = [tuple(line.split("\t", 2)) for line in lines]
+    assert all(len(op) == 3 for op in ops), ops
+    return first[len("ccr1 ") :], ops, payload  # type: ignore[return-value]
+
+
+def via_hop(state: GatewayState, api: Api, kind: str, extra: dict, raw: bytes) -> dict:
+    client_headers = {"authorization": "Bearer c"} if api is Api.OPENAI else {}
+    client_headers.update(extra)
+    action, ops, payload = parse(hop.decide(state, "POST", PATHS[(api, kind)], client_headers, raw))
+    if action == "reply":
+        status = next(int(name) for op, name, _ in ops if op == "status")
+        return {"reply": (status, orjson.loads(payload))}
+    if action == "defer":
+        return {"defer": True}
+    assert action == "forward"
+    labels = {name: value for op, name, value in ops if op == "label" and name not in HOP_ONLY_LABELS}
+    return {
+        "body": orjson.loads(payload),
+        "set": {name: value for op, name, value in ops if op == "set" and name != REWRITE_HEADER},
+        "remove": sorted(name for op, name, _ in ops if op == "remove"),
+        "labels": labels,
+    }
+
+
+def via_ext_proc(state: GatewayState, api: Api, kind: str, extra: dict, raw: bytes) -> dict:
+    processor = RequestProcessor(state)
+    auth = {"authorization": "Bearer c"} if api is Api.OPENAI else {}
+    processor.handle(headers("POST", PATHS[(api, kind)], **auth, **extra))
+    response = processor.handle(body(raw))
+    if response.HasField("immediate_response"):
+        reply = response.immediate_response
+        return {"reply": (int(reply.status.code), orjson.loads(reply.body))}
+    if processor.context is not None:  # a fallback chain: the hop leaves it to this path
+        return {"defer": True}
+    common = response.request_body.response
+    labels = dict(response.dynamic_metadata.fields[METADATA_NAMESPACE].struct_value.fields)
+    return {
+        "body": orjson.loads(common.body_mutation.body),
+        "set": set_headers_of(response),
+        "remove": sorted(common.header_mutation.remove_headers),
+        "labels": {key: value.string_value for key, value in labels.items()},
+    }
+
+
+@pytest.mark.parametrize(("name", "api", "kind", "extra", "payload"), CASES, ids=[c[0] for c in CASES])
+def test_the_hop_and_ext_proc_give_every_request_the_same_answer(plan_state, name, api, kind, extra, payload):
+    raw = raw_of(payload)
+    assert via_hop(plan_state, api, kind, extra, raw) == via_ext_proc(plan_state, api, kind, extra, raw)
+
+
+def test_only_fallback_chains_are_deferred(plan_state):
+    for _, api, kind, extra, payload in CASES:
+        raw = raw_of(payload)
+        deferred = "defer" in via_hop(plan_state, api, kind, extra, raw)
+        assert deferred == isinstance(plan(plan_state.table, api, kind, extra, raw), Chain)
+
+
+def test_endpoint_answers_need_no_body(plan_state):
+    action, ops, payload = parse(hop.decide(plan_state, "GET", "/v1/models", {}, b""))
+    assert action == "reply" and ("status", "200", "") in ops
+    assert {m["id"] for m in orjson.loads(payload)["data"]} >= {"claude-sonnet-4-5", "gpt-4o"}
+    action, ops, _ = parse(hop.decide(plan_state, "POST", "/v1/nothing", {}, b"{}"))
+    assert ("status", "404", "") in ops and ("label", "details", "ccr_unknown_endpoint") in ops
+    assert ("status", "400", "") in parse(hop.decide(plan_state, "POST", "/v1/messages", {}, b""))[1]
+    assert ("status", "503", "") in parse(hop.decide(GatewayState(), "POST", "/v1/messages", {}, b"{}"))[1]
+
+
+def test_a_translated_stream_carries_its_context_to_ext_proc_and_a_whole_answer_to_respond(plan_state):
+    def ops_of(payload: dict) -> list[tuple[str, str, str]]:
+        return parse(hop.decide(plan_state, "POST", "/v1/messages", {}, orjson.dumps(payload)))[1]
+
+    streamed = ops_of(anthropic("gpt-4o", stream=True))
+    assert ("set", REWRITE_HEADER, "stream") in streamed
+    assert {name for op, name, _ in streamed if op == "label"} >= {HOP_STREAM_KEY, HOP_ROUTE_KEY}
+    whole = ops_of(anthropic("gpt-4o"))
+    assert HOP_CONTEXT_KEY in {name for op, name, _ in whole if op == "label"}
+    assert not any(name == REWRITE_HEADER for _, name, _ in whole)
+    passthrough = ops_of(anthropic())  # an Anthropic provider: the answer goes back as it is
+    labels = {name: value for op, name, value in passthrough if op == "label"}
+    assert HOP_CONTEXT_KEY not in labels and HOP_STREAM_KEY not in labels
+    assert labels[HOP_ROUTE_KEY] == "scenario=model; provider=ant; model=claude-sonnet-4-5"
+
+
+OPENAI_ANSWER = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "gpt-4o-2024",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi there"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
+}
+
+
+def context_of(plan_state: GatewayState, payload: dict, key: str = HOP_CONTEXT_KEY) -> str:
+    ops = parse(hop.decide(plan_state, "POST", "/v1/messages", {}, orjson.dumps(payload)))[1]
+    return next(value for op, name, value in ops if op == "label" and name == key)
+
+
+def test_respond_reads_the_answer_as_the_ext_proc_processor_does(plan_state):
+    payload = anthropic("gpt-4o", metadata={"user_id": '{"session_id": "s-1"}'})
+    raw = orjson.dumps(OPENAI_ANSWER)
+    action, ops, translated = parse(
+        hop.respond(plan_state, context_of(plan_state, payload), 200, "application/json", raw)
+    )
+    processor = RequestProcessor(plan_state)
+    processor.handle(headers("POST", "/v1/messages"))
+    processor.handle(body(payload))
+    processor.handle(response_headers(200))
+    expected = processor.handle(_response_body(raw)).response_body.response.body_mutation.body
+    assert action == "response" and ("status", "200", "") in ops
+    assert orjson.loads(translated) == orjson.loads(expected)
+    assert orjson.loads(translated)["content"] == [{"type": "text", "text": "Hi there"}]
+
+
+def test_respond_turns_provider_errors_and_broken_answers_into_the_clients_format(plan_state):
+    context = context_of(plan_state, anthropic("gpt-4o"))
+    error = orjson.dumps({"error": {"message": "slow down", "type": "rate_limit_error"}})
+    _, ops, payload = parse(hop.respond(plan_state, context, 429, "application/json", error))
+    assert ("status", "429", "") in ops
+    assert orjson.loads(payload)["error"]["message"] == "slow down"
+    assert orjson.loads(payload)["type"] == "error"
+    _, ops, payload = parse(hop.respond(plan_state, context, 200, "application/json", b"[1]"))
+    assert ("status", "502", "") in ops
+    assert "invalid response" in orjson.loads(payload)["error"]["message"]
+
+
+def test_count_tokens_forwarded_to_gemini_is_read_back_as_input_tokens():
+    state = GatewayState()
+    context = HopContext(Api.ANTHROPIC, Api.GEMINI, True, ResponseContext("gemini-2.5-pro", False), "gem", "")
+    _, ops, payload = parse(hop.respond(state, context.encode(), 200, "application/json", b'{"totalTokens": 42}'))
+    assert ("status", "200", "") in ops and orjson.loads(payload) == {"input_tokens": 42}
+
+
+def test_the_session_learns_the_prompt_size_from_a_translated_answer(plan_state):
+    state = GatewayState()
+    state.table = plan_state.table
+    payload = anthropic("gpt-4o", metadata={"user_id": '{"session_id": "s-9"}'})
+    hop.respond(state, context_of(state, payload), 200, "application/json", orjson.dumps(OPENAI_ANSWER))
+    assert state.sessions.last("s-9") == 12
+
+
+@given(
+    st.sampled_from(list(Api)),
+    st.sampled_from([Api.ANTHROPIC, Api.OPENAI]),
+    st.booleans(),
+    st.text(max_size=30),
+    st.integers(0, 10**7),
+    st.text(max_size=30),
+)
+def test_a_context_survives_its_trip_through_envoy(provider, client, stream, model, estimate, session):
+    context = HopContext(client, provider, False, ResponseContext(model, stream, estimate, turn=3), "p", session)
+    token = context.encode()
+    assert token.isascii() and "\t" not in token and "\n" not in token
+    assert base64.urlsafe_b64decode(token)
+    assert HopContext.decode(token) == context
+
+
+def test_values_never_break_the_line_format():
+    answer = hop._encode("forward", [("set", "x-a", "one\ttwo\nthree")], b"payload\n\nwith blank lines")
+    action, ops, payload = parse(answer)
+    assert (action, ops, payload) == ("forward", [("set", "x-a", "one two three")], b"payload\n\nwith blank lines")
+
+
+def _response_body(raw: bytes):
+    from envoy.service.ext_proc.v3.external_processor_pb2 import HttpBody, ProcessingRequest
+
+    return ProcessingRequest(response_body=HttpBody(body=raw, end_of_stream=True))
