@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import importlib
 import os
 import sys
 from collections.abc import Coroutine
@@ -85,7 +86,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_control_plane(args: argparse.Namespace) -> int:
-    from control_plane.resources.gateway import EXTPROC_CLUSTER
+    from ccr.v1.contract import EXTPROC_CLUSTER
     from control_plane.server import ControlPlane, ControlPlaneConfig
 
     _require_policy_source(args)
@@ -149,13 +150,17 @@ def run(main: Coroutine[Any, Any, None]) -> None:
 
 
 def cmd_extproc(args: argparse.Namespace) -> int:
-    from control_plane.consul.registration import registered
     from extproc.server import ExtProcConfig, serve
 
     config = ExtProcConfig(
         listen=args.listen, control_plane=args.control_plane, metrics_port=args.metrics_port, hop_listen=args.hop_listen
     )
-    run(serve(config, register=functools.partial(registered, args.consul or "")))
+    if not args.consul:  # Consul's client stays unloaded: a worker at rest is small
+        run(serve(config))
+        return 0
+    from control_plane.consul.registration import registered
+
+    run(serve(config, register=functools.partial(registered, args.consul)))
     return 0
 
 
@@ -187,7 +192,19 @@ def _consul_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+# name -> (help, the module with add_arguments(parser), its run function; "" when add_arguments sets it)
+PLUGIN_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "fake-provider": ("a fake LLM upstream (Anthropic, OpenAI, Gemini APIs)", "fake_provider.server", ""),
+    "route": ("show how a request would be routed (--explain), without sending it", "ccr_gateway.explain", "run"),
+    "policy": ("the policy in Consul KV: push | get | diff | validate (CAS-safe)", "ccr_gateway.consul_cli", ""),
+    "import-ccr": ("convert a Claude Code Router config.json into a policy file", "ccr_gateway.import_ccr", "run"),
+    "bench": ("benchmark the gateway against plain Envoy (req/s, latency, CPU, RSS)", "bench.cli", "run"),
+}
+
+
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """``selected``: the command being run; only its options are loaded from its module (all of
+    the built-in ones always are)."""
     parser = argparse.ArgumentParser(
         prog="ccr-gateway",
         description="Claude Code Router as an LLM API gateway on Envoy.",
@@ -247,34 +264,18 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--consul", metavar="URL", help="register this worker in Consul's catalog (TTL health check)")
     ep.set_defaults(func=cmd_extproc)
 
-    fp = sub.add_parser("fake-provider", help="a fake LLM upstream (Anthropic, OpenAI, Gemini APIs)")
-    from fake_provider.server import add_arguments
-
-    add_arguments(fp)
-    fp.set_defaults(func=cmd_fake_provider)
-
-    ro = sub.add_parser("route", help="show how a request would be routed (--explain), without sending it")
-    from ccr_gateway import explain
-
-    explain.add_arguments(ro)
-    ro.set_defaults(func=explain.run)
-
-    po = sub.add_parser("policy", help="the policy in Consul KV: push | get | diff | validate (CAS-safe)")
-    from ccr_gateway import consul_cli
-
-    consul_cli.add_arguments(po)
-
-    ic = sub.add_parser("import-ccr", help="convert a Claude Code Router config.json into a policy file")
-    from ccr_gateway import import_ccr
-
-    import_ccr.add_arguments(ic)
-    ic.set_defaults(func=import_ccr.run)
-
-    be = sub.add_parser("bench", help="benchmark the gateway against plain Envoy (req/s, latency, CPU, RSS)")
-    from bench import cli as bench_cli
-
-    bench_cli.add_arguments(be)
-    be.set_defaults(func=bench_cli.run)
+    # Commands whose options live with their own code: imported only when that command runs (or
+    # shows its --help), so that a worker process does not carry aiohttp, the benchmark or the
+    # CCR importer it never uses, and a problem in one of them cannot break the others.
+    for name, (help_text, module_name, run_name) in PLUGIN_COMMANDS.items():
+        command = sub.add_parser(name, help=help_text)
+        if name == selected:
+            module = importlib.import_module(module_name)
+            module.add_arguments(command)
+            if run_name:
+                command.set_defaults(func=getattr(module, run_name))
+    if selected == "fake-provider":
+        sub.choices["fake-provider"].set_defaults(func=cmd_fake_provider)
 
     va = sub.add_parser("validate", help="check a policy file and print every problem with its line")
     va.add_argument("-c", "--config", required=True, help="policy YAML file")
@@ -283,7 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    selected = next((word for word in argv if word in PLUGIN_COMMANDS), None)
+    args = build_parser(selected).parse_args(argv)
     setup_logging(args.log_level)
     raise SystemExit(args.func(args))
 

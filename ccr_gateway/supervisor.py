@@ -23,8 +23,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ccr.v1.contract import EXTPROC_CLUSTER
 from control_plane.policy import GatewayPolicy
-from control_plane.resources.gateway import EXTPROC_CLUSTER
 
 BOOTSTRAP_TEMPLATE = Path(__file__).resolve().parent.parent / "envoy" / "bootstrap.yaml"
 

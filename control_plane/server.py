@@ -12,13 +12,10 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from prometheus_client import Counter, Gauge, start_http_server
 
-from control_plane.consul.catalog import CatalogWatcher, Endpoint, is_ip, to_cluster_load_assignment
-from control_plane.consul.kv import ConsulPolicySource
-from control_plane.consul.registration import registered
+from ccr.v1.contract import EXTPROC_CLUSTER
 from control_plane.policy import GatewayPolicy, PolicyError
 from control_plane.policy.file_source import FilePolicySource
 from control_plane.policy.source import PolicySource
-from control_plane.resources.gateway import EXTPROC_CLUSTER
 from control_plane.xds.ads import AggregatedDiscoveryService
 from control_plane.xds.cache import SnapshotCache
 from control_plane.xds.rollout import Rollout
@@ -52,6 +49,9 @@ class ControlPlane:
         )
         self.source: PolicySource
         if config.consul_address:
+            # Consul's client (aiohttp, py-consul: ~10 MB) loads only for a gateway that uses Consul.
+            from control_plane.consul.kv import ConsulPolicySource
+
             self.source = ConsulPolicySource(config.consul_address, config.consul_prefix, config.consul_token)
         else:
             self.source = FilePolicySource(config.policy_path, interval=config.poll_interval)
@@ -82,6 +82,12 @@ class ControlPlane:
     def _watch_catalog(self, policy: GatewayPolicy) -> None:
         """One blocking health query per catalog-backed provider; watchers follow policy edits."""
         wanted = {p.cluster: p.consul_service for p in policy.providers if p.consul_service}
+        if wanted or self._catalog:
+            self._follow_catalog(wanted)
+
+    def _follow_catalog(self, wanted: dict[str, str]) -> None:
+        from control_plane.consul.catalog import CatalogWatcher, Endpoint, is_ip, to_cluster_load_assignment
+
         for cluster, (service, task) in list(self._catalog.items()):
             if wanted.get(cluster) != service:
                 task.cancel()
@@ -142,9 +148,14 @@ class ControlPlane:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         config = self.config
-        async with registered(
-            config.consul_address, "ccr-control-plane", config.xds_address, lambda: True, config.consul_token
-        ):
+        if config.consul_address:
+            from control_plane.consul.registration import registered
+
+            async with registered(
+                config.consul_address, "ccr-control-plane", config.xds_address, lambda: True, config.consul_token
+            ):
+                await stop.wait()
+        else:
             await stop.wait()
         watcher.cancel()
         for _, task in self._catalog.values():

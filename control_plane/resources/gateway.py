@@ -26,14 +26,13 @@ from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from ccr.v1.contract import CLUSTER_HEADER, HOP_DETAILS_KEY, METADATA_NAMESPACE, REWRITE_HEADER
+from ccr.v1.contract import CLUSTER_HEADER, EXTPROC_CLUSTER, HOP_DETAILS_KEY, METADATA_NAMESPACE, REWRITE_HEADER
 from control_plane.policy import GatewayPolicy, ProviderSpec
 from control_plane.resources import decision_hop as decision_hop_resources
 from control_plane.resources import resilience, usage_capture
 
 LISTENER_NAME = "ccr_listener"
 ROUTE_CONFIG_NAME = "ccr_routes"
-EXTPROC_CLUSTER = "ccr_extproc"  # static, in the bootstrap
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 # LLM calls are long: a non-streaming completion of a big model can take minutes.

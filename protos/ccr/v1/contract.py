@@ -45,6 +45,11 @@ def decode_chain(value: str) -> tuple[str, dict[str, str]]:
     return client, dict(pair.split("=", 1) for pair in pairs if "=" in pair)
 
 
+# --- Envoy's static clusters (envoy/bootstrap.yaml) ---------------------------------------------
+EXTPROC_CLUSTER = "ccr_extproc"  # the ext_proc workers (and ccr_extproc_<i>: each alone, for the usage log)
+HOP_CLUSTER = "ccr_hop"  # the workers' decision hop servers (extproc/hop_server.py)
+
+
 # --- xDS ----------------------------------------------------------------------------------------
 ENVOY_GROUP = "ccr-gateway"  # node.cluster of the Envoys the control plane serves
 EXTPROC_GROUP = "ccr-extproc"  # node.cluster of the ext_proc workers
