@@ -73,9 +73,12 @@ def run(args: argparse.Namespace) -> int:
 
 def describe(outcome: Outcome, api: Api) -> dict[str, Any]:
     """The outcome as the JSON ``--json`` prints (and the agreement test compares with ext_proc)."""
+    from extproc.hop import carriage_of
     from extproc.plan import Answer, Chain
 
     result: dict[str, Any] = {"outcome": type(outcome).__name__.lower(), "status": None, "problem": None}
+    # With the default decision path (listener.decision: hop); "ext_proc": one gRPC stream.
+    result["decision_path"] = carriage_of(outcome).value
     decision = outcome.decision
     if isinstance(outcome, Answer):
         result["status"] = outcome.status
@@ -131,6 +134,7 @@ def print_text(result: dict[str, Any]) -> None:
         print(f"request:   POST {upstream['path']} ({upstream['bytes']} bytes, {upstream['translation']})")
     elif upstream:
         print(f"request:   {upstream['note']}")
+    print(f"carried:   {result['decision_path']}")
     for problem in result.get("unavailable", ()):
         print(f"warning:   {problem}")
     if "answer" in result:

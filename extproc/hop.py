@@ -24,6 +24,7 @@ bytes out; extproc.hop_server carries them.
 from __future__ import annotations
 
 import base64
+import enum
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ import orjson
 
 from ccr.v1.contract import HOP_CONTEXT_KEY, HOP_DETAILS_KEY, HOP_ROUTE_KEY, HOP_STREAM_KEY, REWRITE_HEADER
 from extproc.metrics import RESPONSES, ROUTED
-from extproc.plan import Answer, Chain, plan
+from extproc.plan import Answer, Chain, Forward, Outcome, plan
 from extproc.request_steps import Reply, endpoint_step, error_reply, forward_rewrite
 from extproc.state import GatewayState
 from extproc.translate.base import Api, Primable, ResponseContext, Translator, UpstreamProtocolError
@@ -92,6 +93,26 @@ class HopContext:
         return cls(Api(client), Api(provider), counting, context, name, session)
 
 
+class Carriage(enum.Enum):
+    """How the decision hop carries a planned request (``route --explain`` prints it)."""
+
+    REPLY = "hop: 1 call, the gateway answers"
+    FORWARD = "hop: 1 call, the provider's answer goes back as it is"
+    RESPOND = "hop: 2 calls, the answer translated whole (/respond)"
+    STREAM = "hop: 1 call, then ext_proc on the response, translating each chunk"
+    DEFER = "hop: 1 call, then the ext_proc path (a fallback chain is rewritten per attempt)"
+
+
+def carriage_of(outcome: Outcome) -> Carriage:
+    if isinstance(outcome, Answer):
+        return Carriage.REPLY
+    if isinstance(outcome, Chain):
+        return Carriage.DEFER
+    if not outcome.translator.rewrites_response:
+        return Carriage.FORWARD
+    return Carriage.STREAM if outcome.stream else Carriage.RESPOND
+
+
 def decide(state: GatewayState, method: str, path: str, headers: Mapping[str, str], raw: bytes) -> bytes:
     """``POST /decide``: the request's answer (reply), its rewrite (forward), or ``defer`` to ext_proc."""
     api, step = endpoint_step(state.table, method, path, headers, has_body=bool(raw))
@@ -102,8 +123,10 @@ def decide(state: GatewayState, method: str, path: str, headers: Mapping[str, st
         if outcome.is_error:
             return _reply(error_reply(api, outcome.status, outcome.message, outcome.details))
         return _reply(Reply(outcome.status, outcome.body))
-    if isinstance(outcome, Chain):
-        return _encode("defer", ())  # rewritten per attempt: the ext_proc path's work
+    carriage = carriage_of(outcome)
+    if carriage is Carriage.DEFER:
+        return _encode("defer", ())
+    assert isinstance(outcome, Forward)
     decision = outcome.decision
     ROUTED.labels(api.value, decision.scenario, outcome.route.provider.name, outcome.route.model).inc()
     rewrite = forward_rewrite(api, outcome, headers)
@@ -120,10 +143,10 @@ def decide(state: GatewayState, method: str, path: str, headers: Mapping[str, st
             outcome.route.provider.name,
             decision.session or "",
         ).encode()
-        if outcome.stream:  # rewritten chunk by chunk: by ext_proc, on the response only
+        if carriage is Carriage.STREAM:
             labels[HOP_STREAM_KEY] = context
             set_headers = (*set_headers, (REWRITE_HEADER, "stream"))
-        else:  # rewritten whole: Envoy's Lua filter POSTs it to /respond
+        else:
             labels[HOP_CONTEXT_KEY] = context
     return _forward(set_headers, rewrite.remove_headers, labels, rewrite.body or b"")
 
