@@ -100,7 +100,7 @@ def plan(
         return Answer(400, "model: a model name (string) is required", "ccr_no_model")
     try:
         # Checked once for every provider: a malformed request gets the same 400 wherever it goes.
-        request = parse_request(api, body, counting=kind == COUNT_TOKENS)
+        request = parse_request(api, body, counting=kind == COUNT_TOKENS, raw=raw)
     except ClientRequestError as exc:
         return Answer(exc.status, exc.message, "ccr_bad_request")
     try:

@@ -108,7 +108,8 @@ def forward_rewrite(api: Api, outcome: Forward, headers: Mapping[str, str]) -> R
     )
     overwritten = {name for name, _ in set_headers}
     remove = tuple(name for name in headers if name not in overwritten and strip_before_egress(name, api, provider.api))
-    return Rewrite(upstream.body, set_headers, remove, routing_labels(api, outcome.decision, route))
+    body = None if upstream.unchanged else upstream.body  # None: the client's bytes stay in place
+    return Rewrite(body, set_headers, remove, routing_labels(api, outcome.decision, route))
 
 
 def chain_rewrite(api: Api, outcome: Chain, headers: Mapping[str, str]) -> Rewrite:

@@ -112,8 +112,11 @@ local function on_request(handle)
     handle:clearRouteCache()
     handle:respond(reply, payload)
   elseif action == "forward" then
-    -- The body first: if anything below failed, the request must not leave half rewritten.
-    handle:body(true):setBytes(payload)
+    -- The body first: if anything below failed, the request must not leave half rewritten. No
+    -- payload: the client's body goes on as it is.
+    if payload ~= "" then
+      handle:body(true):setBytes(payload)
+    end
     for _, op in ipairs(ops) do
       if op[1] == "set" then
         headers:replace(op[2], op[3])
@@ -123,7 +126,6 @@ local function on_request(handle)
         metadata:set(NAMESPACE, op[2], op[3])
       end
     end
-    headers:replace("content-length", tostring(#payload))
     handle:clearRouteCache()
   elseif action == "defer" then
     handle:clearRouteCache() -- internal headers a client sent are gone: the ext_proc route now

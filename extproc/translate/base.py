@@ -60,6 +60,7 @@ class UpstreamRequest:
     path: str  # full upstream path incl. base_path and query, e.g. "/v1/chat/completions"
     body: bytes
     headers: tuple[tuple[str, str], ...] = ()  # extra request headers to set (never auth)
+    unchanged: bool = False  # ``body`` is the client's own bytes: the transport can leave them in place
 
 
 @dataclass(frozen=True, slots=True)

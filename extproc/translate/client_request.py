@@ -77,6 +77,7 @@ class AnthropicRequest:
     effort: str | None  # output_config.effort
     answer_schema: Mapping[str, Any] | None  # structured output (output_config.format)
     turns: int  # assistant turns in the history
+    raw: bytes = b""  # the client's bytes of ``body`` ("" when the body was changed or is not known)
 
     api = Api.ANTHROPIC
 
@@ -103,6 +104,7 @@ class OpenAIRequest:
     response_format: str | None  # "text", "json_object" or "json_schema"
     response_schema: Mapping[str, Any] | None
     turns: int
+    raw: bytes = b""
 
     api = Api.OPENAI
 
@@ -110,26 +112,27 @@ class OpenAIRequest:
 ClientRequest = AnthropicRequest | OpenAIRequest
 
 
-def parse_request(api: Api, body: Mapping[str, Any], counting: bool = False) -> ClientRequest:
+def parse_request(api: Api, body: Mapping[str, Any], counting: bool = False, raw: bytes = b"") -> ClientRequest:
     """``body`` checked against ``api`` and read into typed values. ``counting``: a count_tokens
-    request (no max_tokens). Raises ClientRequestError for what the client API refuses."""
+    request (no max_tokens). ``raw``: the bytes ``body`` was parsed from, when a translator may
+    forward them untouched. Raises ClientRequestError for what the client API refuses."""
     if not isinstance(body, Mapping):
         raise ClientRequestError("request body must be a JSON object")
     check_request(api, body, counting)
-    return read_request(api, body)
+    return read_request(api, body, raw)
 
 
-def read_request(api: Api, body: Mapping[str, Any]) -> ClientRequest:
+def read_request(api: Api, body: Mapping[str, Any], raw: bytes = b"") -> ClientRequest:
     """The typed values of a body ``parse_request`` already checked (e.g. after the router changed
     its system prompt, or on a fallback attempt)."""
     if api is Api.ANTHROPIC:
-        return _anthropic(body)
+        return _anthropic(body, raw)
     if api is Api.OPENAI:
-        return _openai(body)
+        return _openai(body, raw)
     raise ValueError(f"{api} is not a client API")
 
 
-def _anthropic(body: Mapping[str, Any]) -> AnthropicRequest:
+def _anthropic(body: Mapping[str, Any], raw: bytes) -> AnthropicRequest:
     messages = body["messages"]
     raw_tools = body.get("tools") or []
     hidden = A.hidden_tools(raw_tools, messages)
@@ -182,10 +185,11 @@ def _anthropic(body: Mapping[str, Any]) -> AnthropicRequest:
         effort=output_config.get("effort"),
         answer_schema=A.answer_schema(body),
         turns=_turns(messages),
+        raw=raw,
     )
 
 
-def _openai(body: Mapping[str, Any]) -> OpenAIRequest:
+def _openai(body: Mapping[str, Any], raw: bytes) -> OpenAIRequest:
     messages = body["messages"]
     max_tokens, field = body.get("max_completion_tokens"), "max_completion_tokens"
     if max_tokens is None:
@@ -216,6 +220,7 @@ def _openai(body: Mapping[str, Any]) -> OpenAIRequest:
         response_format=fmt["type"] if fmt is not None else None,
         response_schema=spec.get("schema") if isinstance(spec, dict) else None,
         turns=_turns(messages),
+        raw=raw,
     )
 
 

@@ -22,6 +22,10 @@ class PassthroughTranslator:
         self.provider_api = api
 
     def request(self, request: ClientRequest, target: Target) -> UpstreamRequest:
+        path = target.base_path + _PATHS[self.client_api]
+        if request.raw and self._as_sent(request, target):
+            # Nothing to change: the client's bytes go on (no serialization, nothing to copy).
+            return UpstreamRequest(path=path, body=request.raw, unchanged=True)
         upstream = dict(request.body)  # shallow copy: the parsed body stays intact for a fallback attempt
         upstream["model"] = target.model
         if isinstance(request, AnthropicRequest):
@@ -30,7 +34,19 @@ class PassthroughTranslator:
             limit = target.max_output_tokens
             if limit is not None and request.max_tokens is not None and request.max_tokens > limit:
                 upstream["max_tokens"] = limit
-        return UpstreamRequest(path=target.base_path + _PATHS[self.client_api], body=orjson.dumps(upstream))
+        return UpstreamRequest(path=path, body=orjson.dumps(upstream))
+
+    @staticmethod
+    def _as_sent(request: ClientRequest, target: Target) -> bool:
+        """Would ``request`` reach the provider exactly as the client sent it?"""
+        if request.model != target.model:
+            return False
+        if isinstance(request, AnthropicRequest):
+            limit = target.max_output_tokens
+            if limit is not None and request.max_tokens is not None and request.max_tokens > limit:
+                return False
+            return not _has_unsigned_thinking(request.messages)
+        return True
 
     def response_headers(self, status: int, headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
         return ()

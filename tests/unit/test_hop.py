@@ -61,7 +61,7 @@ def via_hop(state: GatewayState, api: Api, kind: str, extra: dict, raw: bytes) -
     assert action == "forward"
     labels = {name: value for op, name, value in ops if op == "label" and name not in HOP_ONLY_LABELS}
     return {
-        "body": orjson.loads(payload),
+        "body": orjson.loads(payload) if payload else None,  # none: the client's bytes go on
         "set": {name: value for op, name, value in ops if op == "set" and name != REWRITE_HEADER},
         "remove": sorted(name for op, name, _ in ops if op == "remove"),
         "labels": labels,
@@ -81,7 +81,7 @@ def via_ext_proc(state: GatewayState, api: Api, kind: str, extra: dict, raw: byt
     common = response.request_body.response
     labels = dict(response.dynamic_metadata.fields[METADATA_NAMESPACE].struct_value.fields)
     return {
-        "body": orjson.loads(common.body_mutation.body),
+        "body": orjson.loads(common.body_mutation.body) if common.HasField("body_mutation") else None,
         "set": set_headers_of(response),
         "remove": sorted(common.header_mutation.remove_headers),
         "labels": {key: value.string_value for key, value in labels.items()},

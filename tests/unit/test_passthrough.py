@@ -1,6 +1,7 @@
 import orjson
 
-from extproc.translate.base import Target
+from extproc.translate.base import Api, Target
+from extproc.translate.client_request import parse_request
 from extproc.translate.passthrough import AnthropicPassthrough, OpenAIPassthrough
 from tests.unit.translating import translate
 
@@ -37,3 +38,16 @@ def test_unsigned_thinking_from_another_provider_is_not_replayed_to_anthropic():
 def test_openai_path_follows_the_provider_base_path():
     upstream = translate(OpenAIPassthrough(), {"model": "a", "messages": [USER]}, Target(model="b", base_path="/v1"))
     assert upstream.path == "/v1/chat/completions"
+
+
+def test_a_request_that_needs_no_change_goes_on_as_the_clients_own_bytes():
+    raw = b'{"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "q"}]}'
+    request = parse_request(Api.ANTHROPIC, orjson.loads(raw), raw=raw)
+    same = AnthropicPassthrough().request(request, Target(model="m", max_output_tokens=100))
+    assert same.unchanged and same.body is raw  # not parsed back into bytes: the same object
+    for target in (Target(model="other-id"), Target(model="m", max_output_tokens=5)):
+        changed = AnthropicPassthrough().request(request, target)
+        assert not changed.unchanged and changed.body != raw
+    openai_raw = b'{"model":"a","messages":[{"role":"user","content":"q"}]}'
+    openai = parse_request(Api.OPENAI, orjson.loads(openai_raw), raw=openai_raw)
+    assert OpenAIPassthrough().request(openai, Target(model="a")).body is openai_raw
