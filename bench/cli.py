@@ -1,5 +1,9 @@
 """`ccr-gateway bench`: run the benchmark, print the table, write JSON and docs/performance.md.
 
+Three targets per case: plain Envoy, the gateway on its default decision path (hop) and the gateway
+on the ext_proc path (``--paths hop`` leaves that one out); non-streaming cases are answered by an
+upstream Envoy with canned answers, streams by the fake provider.
+
 Progress goes to stderr, the table to stdout. Exit code 0 when the run completed (budget lines
 that are not met do not fail it: numbers are for people; CI only checks that the harness runs).
 """
@@ -14,9 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import document, report
 from bench.load import LoadError, pick_driver
-from bench.runner import BenchError, Settings, run_bench
+from bench.runner import DECISION_PATHS, BenchError, Settings, run_bench
 from bench.workloads import CASES, CASES_BY_NAME, QUICK_CASES
 
 QUICK_DURATION_S = 1.0
@@ -24,8 +28,11 @@ QUICK_DURATION_S = 1.0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "Benchmark the gateway against plain Envoy on the same fake upstream: req/s, latency, CPU per "
-        "request per component, RSS, ext_proc messages, and the budget verdicts."
+        "Benchmark the gateway against plain Envoy in the same run: three targets per case (plain Envoy, "
+        "the gateway on the hop decision path, the gateway on the ext_proc path), the same upstream for "
+        "all (an upstream Envoy with canned answers for non-streaming cases, the fake provider for "
+        "streams): req/s, latency, CPU per request per component, RSS (also at rest), hop calls and "
+        "ext_proc messages, and the budget verdicts (for the hop gateway)."
     )
     names = ", ".join(case.name for case in CASES)
     parser.add_argument("--duration", type=float, default=15.0, help="seconds measured per case and target (15)")
@@ -33,9 +40,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--connections", type=int, default=16, help="concurrent connections (16)")
     parser.add_argument("--threads", type=int, default=1, help="load generator threads (1)")
     parser.add_argument(
-        "--workers", type=int, default=0, help="ext_proc worker processes of the gateway (default: one per core)"
+        "--workers", type=int, default=0, help="ext_proc worker processes of each gateway (default: one per core)"
     )
     parser.add_argument("--cases", help=f"comma-separated, default all: {names}")
+    parser.add_argument(
+        "--paths",
+        default=",".join(DECISION_PATHS),
+        help="decision paths to run a gateway for, comma-separated, hop required (default hop,ext_proc; "
+        "hop alone skips the ext_proc gateway)",
+    )
     parser.add_argument("--no-half-load", action="store_true", help="skip the latency run at half the max req/s")
     parser.add_argument(
         "--soak",
@@ -73,6 +86,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     unknown = [name for name in cases if name not in CASES_BY_NAME]
     if unknown:
         raise BenchError(f"unknown case(s): {', '.join(unknown)}; known: {', '.join(CASES_BY_NAME)}")
+    requested = {path.strip() for path in args.paths.split(",") if path.strip()}
+    if "hop" not in requested or not requested <= set(DECISION_PATHS):
+        raise BenchError(f"--paths: hop and optionally ext_proc (the budget judges hop), got {args.paths!r}")
+    paths = tuple(path for path in DECISION_PATHS if path in requested)  # hop first, whatever the order given
     quick = args.quick
     return Settings(
         cases=cases,
@@ -84,6 +101,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         soak_requests=args.soak,
         load_generator=args.load_generator,
         workers=args.workers,
+        keep_workdir=args.keep_workdir,
+        paths=paths,
     )
 
 
@@ -105,6 +124,8 @@ def command_line(args: argparse.Namespace) -> str:
             argv += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
     if args.cases:
         argv += ["--cases", args.cases]
+    if args.paths != ",".join(DECISION_PATHS):
+        argv += ["--paths", args.paths]
     if args.no_half_load:
         argv.append("--no-half-load")
     if args.json:
@@ -155,7 +176,7 @@ def _render(results: dict[str, Any], args: argparse.Namespace) -> int:
     if args.write_docs:
         args.write_docs.parent.mkdir(parents=True, exist_ok=True)
         previous = args.write_docs.read_text() if args.write_docs.exists() else None
-        args.write_docs.write_text(report.with_kept_notes(report.markdown(summary, summary["command"]), previous))
+        args.write_docs.write_text(document.with_kept_notes(document.markdown(summary, summary["command"]), previous))
         _progress(f"wrote {args.write_docs}")
     return 0
 

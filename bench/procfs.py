@@ -112,6 +112,9 @@ class Components:
     def __init__(self, discover: Callable[[], Mapping[str, list[int]]]) -> None:
         self._discover = discover
 
+    def pids(self) -> dict[str, list[int]]:
+        return {name: list(pids) for name, pids in self._discover().items()}
+
     def snapshot(self) -> dict[str, Usage]:
         return {name: measure(pids) for name, pids in self._discover().items()}
 

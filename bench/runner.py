@@ -1,15 +1,12 @@
-"""Start the processes, drive the cases, sample CPU and memory: everything the bench does with I/O.
+"""Drive the cases against every target and sample CPU and memory: the bench's measurements.
 
-One run starts, and stops again in reverse order (also on Ctrl-C or an error):
-- the fake provider (``--no-record``), started here so that its CPU is attributed separately;
-- plain Envoy with the static config of ``bench.baseline`` pointing at that provider;
-- the gateway, ``ccr-gateway up`` with a generated policy (an anthropic-format and an openai-format
-  provider, both the fake one). Its children (control plane, ext_proc processes, Envoy) are found
-  under the ``up`` process in /proc by their command lines.
-
-Per case, plain Envoy and then the gateway each get: one checked request (status and response
-shape), a warm-up, then the measured window. Loads never overlap. The result is a plain dict (see
-``bench.report`` for what is derived from it) so that it can be written as JSON as is.
+The processes come from ``bench.environment``: plain Envoy, the gateway on the default decision
+path (``hop``) and, unless ``--paths hop``, the gateway on the ``ext_proc`` path, with a fake
+provider for streams and an upstream Envoy with canned answers for everything else. Per case every
+target, plain Envoy first, gets: one checked request (status, response shape, and for canned
+answers the canned text), a warm-up, then the measured window. Loads never overlap. The result is
+a plain dict (see ``bench.report`` for what is derived from it) so that it can be written as JSON
+as is.
 """
 
 from __future__ import annotations
@@ -20,43 +17,23 @@ import json
 import os
 import platform
 import resource
-import shutil
-import signal
-import socket
 import subprocess
-import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bench import procfs
-from bench.baseline import write_baseline_config
+from bench.baseline import DIRECT_ANSWER_TEXT
+from bench.environment import BenchError, Processes, Progress, Target, environment, envoy_binary, http
 from bench.load import Driver, LoadResult, LoadSpec, PythonLoad, pick_driver
-from bench.report import GATEWAY, PLAIN
-from bench.workloads import (
-    ANTHROPIC_MODEL,
-    CASES_BY_NAME,
-    MAIN_CASE,
-    MAX_OUTPUT_TOKENS,
-    OPENAI_MODEL,
-    Case,
-)
+from bench.report import GATEWAY, HOP_CALLS, TARGET_BY_DECISION_PATH
+from bench.workloads import CASES_BY_NAME, MAIN_CASE, Case
 
-MAX_REQUEST_BYTES = 32 * 1024 * 1024  # the policy default; the 400 KB body is far below it
+__all__ = ["DECISION_PATHS", "BenchError", "Settings", "run_bench"]
+
 EXTPROC_STATS = ("stream_msgs_sent", "stream_msgs_received", "streams_started")
-HOP_CALLS = "hop_calls"  # calls to the decision hop (extproc/hop.py), from Envoy's ccr_hop cluster
-Progress = Callable[[str], None]
-
-
-class BenchError(RuntimeError):
-    pass
+DECISION_PATHS = tuple(TARGET_BY_DECISION_PATH)  # the policy's listener.decision values, hop (the default) first
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,234 +48,8 @@ class Settings:
     load_generator: str = "auto"
     startup_timeout_s: float = 60.0
     keep_workdir: bool = False
-    workers: int = 0  # ext_proc worker processes of the gateway (0: ccr-gateway up's default, one per core)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 30):
-    """(status, body) without raising on HTTP errors; status 0 when nothing answered."""
-    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except OSError:
-        return 0, b""
-
-
-# --- processes ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Started:
-    name: str
-    process: subprocess.Popen[bytes]
-    log: Path
-    # Descendants seen while it ran (pid -> start time), killed if the process leaves them behind.
-    known_children: dict[int, int] = field(default_factory=dict)
-
-
-class Processes:
-    """Everything the bench started; ``stop_all`` stops it in reverse order."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.started: list[Started] = []
-
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Started:
-        log = self.workdir / f"{name}.log"
-        with open(log, "wb") as out:
-            # Own session: a Ctrl-C in the terminal reaches only the bench, which stops these in order.
-            process = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=self.workdir
-            )
-        started = Started(name, process, log)
-        self.started.append(started)
-        return started
-
-    def check_alive(self) -> None:
-        for started in self.started:
-            if started.process.poll() is not None:
-                raise BenchError(f"{started.name} exited with code {started.process.returncode}:\n{tail(started.log)}")
-
-    def stop_all(self) -> None:
-        for started in reversed(self.started):
-            process = started.process
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-            for pid, start_ticks in started.known_children.items():
-                stat = procfs.read_stat(pid)
-                if stat is not None and stat.start_ticks == start_ticks:  # still the same process
-                    with contextlib.suppress(OSError):
-                        os.kill(pid, signal.SIGKILL)
-        self.started.clear()
-
-
-def tail(path: Path, size: int = 3000) -> str:
-    try:
-        return path.read_text(errors="replace")[-size:]
-    except OSError:
-        return ""
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str, processes: Processes) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        processes.check_alive()
-        if check():
-            return
-        time.sleep(0.1)
-    raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def envoy_binary() -> str:
-    from ccr_gateway.supervisor import envoy_binary as find
-
-    return find()
-
-
-def gateway_components(up_pid: int, fake_pid: int) -> dict[str, list[int]]:
-    """The ``up`` process tree by role, from each process's command line."""
-    groups: dict[str, list[int]] = {"envoy": [], "ext_proc": [], "control_plane": [], "fake_provider": [fake_pid]}
-    for pid in procfs.descendants(up_pid):
-        argv = procfs.read_cmdline(pid)
-        if argv and os.path.basename(argv[0]) == "envoy":
-            groups["envoy"].append(pid)
-        elif "extproc" in argv:
-            groups["ext_proc"].append(pid)
-        elif "fake-provider" in argv:
-            groups["fake_provider"].append(pid)
-        else:  # the control plane, and the `up` supervisor itself (idle after startup)
-            groups["control_plane"].append(pid)
-    return groups
-
-
-@dataclass
-class Target:
-    name: str  # PLAIN or GATEWAY
-    url: str
-    admin: str
-    components: procfs.Components
-
-
-def gateway_policy(listen_port: int, fake_port: int) -> dict[str, Any]:
-    fake = f"http://127.0.0.1:{fake_port}"
-    model = {"max_output_tokens": MAX_OUTPUT_TOKENS, "capabilities": ["tools"]}
-    return {
-        "listener": {"address": "127.0.0.1", "port": listen_port},
-        "limits": {"max_request_bytes": MAX_REQUEST_BYTES},
-        "providers": [
-            {
-                "name": "bench-anthropic",
-                "api": "anthropic",
-                "base_url": fake,
-                "api_key_env": "CCR_BENCH_ANTHROPIC_KEY",
-                "models": [{"name": ANTHROPIC_MODEL, **model}],
-            },
-            {
-                "name": "bench-openai",
-                "api": "openai",
-                "base_url": f"{fake}/v1",
-                "api_key_env": "CCR_BENCH_OPENAI_KEY",
-                "models": [{"name": OPENAI_MODEL, **model}],
-            },
-        ],
-    }
-
-
-@contextlib.contextmanager
-def environment(settings: Settings, progress: Progress) -> Iterator[tuple[Target, Target, Processes]]:
-    """Fake provider, plain Envoy and the gateway, up and checked; all stopped on exit."""
-    workdir = Path(tempfile.mkdtemp(prefix="ccr-bench-"))
-    processes = Processes(workdir)
-    python = [sys.executable, "-m", "ccr_gateway.cli"]
-    try:
-        fake_port = free_port()
-        progress(f"starting the fake provider on 127.0.0.1:{fake_port}")
-        fake = processes.start("fake-provider", [*python, "fake-provider", "--port", str(fake_port), "--no-record"])
-        fake_url = f"http://127.0.0.1:{fake_port}"
-        wait_for(lambda: http("GET", f"{fake_url}/healthz", timeout=1)[0] == 200, 30, "the fake provider", processes)
-
-        plain_port, plain_admin = free_port(), free_port()
-        config = write_baseline_config(
-            workdir / "baseline-envoy.yaml",
-            listen_port=plain_port,
-            admin_port=plain_admin,
-            upstream_port=fake_port,
-            max_request_bytes=MAX_REQUEST_BYTES,
-        )
-        progress(f"starting plain Envoy on 127.0.0.1:{plain_port}")
-        plain_envoy = processes.start(
-            "plain-envoy", [envoy_binary(), "-c", str(config), "--disable-hot-restart", "-l", "warning"]
-        )
-        plain_admin_url = f"http://127.0.0.1:{plain_admin}"
-        wait_for(lambda: http("GET", f"{plain_admin_url}/ready", timeout=1)[0] == 200, 30, "plain Envoy", processes)
-
-        gw_port, gw_admin = free_port(), free_port()
-        policy = workdir / "bench-policy.yaml"
-        policy.write_text(yaml.safe_dump(gateway_policy(gw_port, fake_port), sort_keys=False))
-        env = {**os.environ, "CCR_BENCH_ANTHROPIC_KEY": "sk-ant-bench", "CCR_BENCH_OPENAI_KEY": "sk-bench"}
-        progress(f"starting the gateway (ccr-gateway up) on 127.0.0.1:{gw_port}")
-        timeout = settings.startup_timeout_s
-        up = processes.start(
-            "gateway",
-            [
-                *python,
-                "up",
-                "-c",
-                str(policy),
-                "--admin-port",
-                str(gw_admin),
-                "--timeout",
-                f"{timeout:g}",
-                *(["--workers", str(settings.workers)] if settings.workers else []),
-            ],
-            env=env,
-        )
-        gw_url = f"http://127.0.0.1:{gw_port}"
-        wait_for(lambda: http("GET", f"{gw_url}/v1/models", timeout=1)[0] == 200, timeout, "the gateway", processes)
-
-        def discover_gateway() -> dict[str, list[int]]:
-            groups = gateway_components(up.process.pid, fake.process.pid)
-            for pid in (p for role, pids in groups.items() if role != "fake_provider" for p in pids):
-                if pid != up.process.pid and pid not in up.known_children and (stat := procfs.read_stat(pid)):
-                    up.known_children[pid] = stat.start_ticks
-            return groups
-
-        found = discover_gateway()
-        missing = [role for role in ("envoy", "ext_proc", "control_plane") if not found[role]]
-        if missing:
-            raise BenchError(f"gateway processes not found under pid {up.process.pid}: {', '.join(missing)}")
-        progress(
-            "gateway processes: "
-            + ", ".join(f"{role} {pids}" for role, pids in found.items() if role != "fake_provider")
-        )
-        plain = Target(
-            PLAIN,
-            f"http://127.0.0.1:{plain_port}",
-            plain_admin_url,
-            procfs.Components(lambda: {"envoy": [plain_envoy.process.pid], "fake_provider": [fake.process.pid]}),
-        )
-        gateway = Target(GATEWAY, gw_url, f"http://127.0.0.1:{gw_admin}", procfs.Components(discover_gateway))
-        yield plain, gateway, processes
-    finally:
-        progress("stopping everything the bench started")
-        processes.stop_all()
-        if settings.keep_workdir:
-            progress(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    workers: int = 0  # ext_proc worker processes per gateway (0: ccr-gateway up's default, one per core)
+    paths: tuple[str, ...] = DECISION_PATHS  # a gateway per decision path; hop (the budget's) always
 
 
 # --- measuring ---------------------------------------------------------------------------------
@@ -377,14 +128,14 @@ class Bench:
     def measure(self, target: Target, spec: LoadSpec, label: str, driver: Driver | None = None) -> dict[str, Any]:
         driver = driver or self.driver
         workdir = self.workdir / label.replace(" ", "_").replace("/", "_")
-        stats_before = extproc_stats(target.admin) if target.name == GATEWAY else {}
+        stats_before = extproc_stats(target.admin) if target.is_gateway else {}
         usage_before = target.components.snapshot()
         busy_before, wall_before = machine_busy_s(), time.monotonic()
         load, loadgen_cpu = self._drive(driver, spec, label, workdir)
         wall = time.monotonic() - wall_before
         busy = machine_busy_s() - busy_before
         usage_after = target.components.snapshot()
-        stats_after = extproc_stats(target.admin) if target.name == GATEWAY else {}
+        stats_after = extproc_stats(target.admin) if target.is_gateway else {}
         cpu = procfs.cpu_delta(usage_before, usage_after)
         cpu["loadgen"] = loadgen_cpu
         requests = max(load.requests, 1)
@@ -397,11 +148,13 @@ class Bench:
             "cpu_busy_pct": {k: round(v * 100 / wall, 1) for k, v in cpu.items()},
             "rss_mb": {k: round(u.rss_kb / 1024, 1) for k, u in usage_after.items()},
             "processes": {k: len(u.pids) for k, u in usage_after.items()},
-            # CPU used by processes that are not part of this measurement (other work on the machine).
+            # CPU used by processes that are not part of this measurement (other work on the machine,
+            # the other targets' idle processes included).
             "other_cpu_pct": round(max(0.0, busy - sum(cpu.values())) * 100 / (wall * ncpu), 1),
             "warnings": [],
         }
-        if target.name == GATEWAY:
+        if target.is_gateway:
+            window["decision"] = target.decision
             window["ext_proc_per_request"] = {
                 k: round((stats_after.get(k, 0) - stats_before.get(k, 0)) / requests, 3)
                 for k in (*EXTPROC_STATS, HOP_CALLS)
@@ -414,12 +167,13 @@ class Bench:
 
     # --- cases --------------------------------------------------------------------------------
 
-    def spec(self, target: Target, case: Case, files: dict[str, Path], **overrides: Any) -> LoadSpec:
-        plain = target.name == PLAIN
+    def spec(self, target: Target, case: Case, bodies: dict[str, Path], **overrides: Any) -> LoadSpec:
+        """Plain Envoy gets the upstream request (``baseline``), every gateway the client's (``client``)."""
+        plain = not target.is_gateway
         settings = self.settings
         values: dict[str, Any] = {
             "url": target.url + (case.baseline_path() if plain else case.client_path()),
-            "body_path": files[target.name],
+            "body_path": bodies["baseline" if plain else "client"],
             "headers": case.baseline_headers() if plain else case.client_headers(),
             "duration_s": settings.duration_s,
             "connections": settings.connections,
@@ -428,69 +182,73 @@ class Bench:
         return LoadSpec(**(values | overrides))
 
     def write_bodies(self, case: Case) -> dict[str, Path]:
-        files = {}
-        for target, body in ((PLAIN, case.baseline_body()), (GATEWAY, case.client_body())):
-            path = self.workdir / f"{case.name}.{target}.json"
+        bodies = {}
+        for kind, body in (("baseline", case.baseline_body()), ("client", case.client_body())):
+            path = self.workdir / f"{case.name}.{kind}.json"
             path.write_bytes(body)
-            files[target] = path
-        return files
+            bodies[kind] = path
+        return bodies
 
-    def check(self, target: Target, case: Case, files: dict[str, Path]) -> dict[str, Any]:
-        """One request before the load: right status and response shape; counts stream events."""
-        spec = self.spec(target, case, files)
+    def check(self, target: Target, case: Case, bodies: dict[str, Path]) -> dict[str, Any]:
+        """One request before the load: right status and response shape (and, from the upstream
+        Envoy, its canned text: the request went where the case says); counts stream events."""
+        spec = self.spec(target, case, bodies)
         status, body = http("POST", spec.url, spec.body_path.read_bytes(), spec.headers, timeout=60)
-        openai = target.name == PLAIN and case.translated
+        where = f"{case.name} via {target.name}"
         if status != 200:
-            raise BenchError(f"{case.name} via {target.name}: HTTP {status}: {body[:500]!r}")
+            raise BenchError(f"{where}: HTTP {status}: {body[:500]!r}")
+        openai = not target.is_gateway and case.translated  # plain Envoy returns the provider's answer as is
         if case.stream:
             end = b"data: [DONE]" if openai else b"event: message_stop"
             if end not in body:
-                raise BenchError(f"{case.name} via {target.name}: stream did not end with {end!r}: {body[-300:]!r}")
+                raise BenchError(f"{where}: stream did not end with {end!r}: {body[-300:]!r}")
         else:
-            parsed = json.loads(body)
-            shape_ok = "choices" in parsed if openai else parsed.get("type") == "message"
-            if not shape_ok:
-                raise BenchError(f"{case.name} via {target.name}: unexpected response {body[:300]!r}")
+            text = answer_text(body, openai)
+            if text is None:
+                raise BenchError(f"{where}: unexpected response {body[:300]!r}")
+            if case.direct and text != DIRECT_ANSWER_TEXT:
+                raise BenchError(f"{where}: not the upstream Envoy's canned answer: {text[:200]!r}")
         events = sum(1 for line in body.splitlines() if line.startswith(b"data:")) if case.stream else 0
         return {"response_bytes": len(body), "sse_events": events}
 
-    def run_case(self, case: Case, plain: Target, gateway: Target, index: int, total: int) -> dict[str, Any]:
-        files = self.write_bodies(case)
+    def run_case(self, case: Case, targets: list[Target], index: int, total: int) -> dict[str, Any]:
+        bodies = self.write_bodies(case)
         record: dict[str, Any] = {
             "name": case.name,
             "description": case.description,
             "translated": case.translated,
             "stream": case.stream,
+            "upstream": "upstream Envoy" if case.direct else "fake provider",
             "chunks": case.chunks,
             "chunk_gap_ms": case.chunk_gap_ms,
-            "client_body_bytes": files[GATEWAY].stat().st_size,
-            "upstream_body_bytes": files[PLAIN].stat().st_size,
+            "client_body_bytes": bodies["client"].stat().st_size,
+            "upstream_body_bytes": bodies["baseline"].stat().st_size,
         }
         # wrk abandons the requests in flight when its time is up: with requests of about a second
         # (a paced stream) that leaves up to one partial request per connection counted in the CPU
         # and message totals but not in the requests. The Python generator lets them finish.
         driver = PythonLoad() if case.chunk_gap_ms > 0 else self.driver
         record["load_generator"] = driver.name
-        for target in (plain, gateway):
+        for target in targets:
             label = f"[{index}/{total}] {case.name} via {target.name}"
-            check = self.check(target, case, files)
-            if target is plain:
+            check = self.check(target, case, bodies)
+            if not target.is_gateway:
                 # Plain Envoy returns the provider's stream unchanged: these are the upstream events.
                 record["upstream_sse_events"] = check["sse_events"]
                 record["upstream_response_bytes"] = check["response_bytes"]
-            else:
+            elif target.name == GATEWAY:  # both paths answer alike; the default path's figures
                 record["client_sse_events"] = check["sse_events"]
                 record["client_response_bytes"] = check["response_bytes"]
             if self.settings.warmup_s > 0:
                 self.progress(f"{label}: warm-up {self.settings.warmup_s:g} s")
                 self._drive(
                     driver,
-                    self.spec(target, case, files, duration_s=self.settings.warmup_s),
+                    self.spec(target, case, bodies, duration_s=self.settings.warmup_s),
                     f"{label} warm-up",
                     self.workdir / f"{case.name}-{target.name}-warmup",
                 )
             self.progress(f"{label}: measuring {self.settings.duration_s:g} s")
-            record[target.name] = self.measure(target, self.spec(target, case, files), label, driver)
+            record[target.name] = self.measure(target, self.spec(target, case, bodies), label, driver)
             load = record[target.name]["load"]
             self.progress(
                 f"{label}: {load['rps']:.0f} req/s, p99 {load['latency_ms']['p99']:.1f} ms, "
@@ -498,17 +256,17 @@ class Bench:
             )
         return record
 
-    def half_load(self, main: dict[str, Any], plain: Target, gateway: Target) -> dict[str, Any]:
-        """The main case again, at half the gateway's measured maximum, on both sides, open loop."""
+    def half_load(self, main: dict[str, Any], targets: list[Target]) -> dict[str, Any]:
+        """The main case again on every target, open loop, at half the (hop) gateway's measured maximum."""
         case = CASES_BY_NAME[MAIN_CASE]
-        files = self.write_bodies(case)
+        bodies = self.write_bodies(case)
         rate = max(1.0, round(main[GATEWAY]["load"]["rps"] / 2, 1))
         record: dict[str, Any] = {"case": case.name, "rate": rate, "generator": "python open loop (Poisson arrivals)"}
-        for target in (plain, gateway):
+        for target in targets:
             label = f"[half load] {case.name} via {target.name} at {rate:g} req/s"
             self.progress(f"{label}: measuring {self.settings.duration_s:g} s")
-            # The same seed on both sides: the same arrival times.
-            spec = self.spec(target, case, files, rate=rate, connections=self.settings.connections, seed=7)
+            # The same seed on every target: the same arrival times.
+            spec = self.spec(target, case, bodies, rate=rate, connections=self.settings.connections, seed=7)
             record[target.name] = self.measure(target, spec, label, driver=PythonLoad())
             load = record[target.name]["load"]
             self.progress(f"{label}: p50 {load['latency_ms']['p50']:.2f} ms, p99 {load['latency_ms']['p99']:.2f} ms")
@@ -517,12 +275,12 @@ class Bench:
     def soak(self, gateway: Target) -> dict[str, Any]:
         """The main case through the gateway until ``soak_requests`` are done; RSS before and after."""
         case = CASES_BY_NAME[MAIN_CASE]
-        files = self.write_bodies(case)
+        bodies = self.write_bodies(case)
         target_requests = self.settings.soak_requests
         self.progress(f"[soak] warm-up {max(self.settings.warmup_s, 2):g} s")
         self._drive(
             self.driver,
-            self.spec(gateway, case, files, duration_s=max(self.settings.warmup_s, 2)),
+            self.spec(gateway, case, bodies, duration_s=max(self.settings.warmup_s, 2)),
             "[soak] warm-up",
             self.workdir / "soak-warmup",
         )
@@ -534,7 +292,7 @@ class Bench:
             # Windows of 10 s, the last one sized to end near the requested count.
             window = min(10.0, max(1.0, (target_requests - done) / rps)) if rps else 10.0
             load, _ = self._drive(
-                self.driver, self.spec(gateway, case, files, duration_s=window), "[soak]", self.workdir / "soak"
+                self.driver, self.spec(gateway, case, bodies, duration_s=window), "[soak]", self.workdir / "soak"
             )
             rps = load.rps
             done += load.requests
@@ -628,21 +386,47 @@ def tool_version(name: str) -> str:
     return text[0].split(" Copyright")[0].strip() if text else name
 
 
+def answer_text(body: bytes, openai: bool) -> str | None:
+    """The text of a whole (non-streamed) answer: an OpenAI chat.completion's first choice, or an
+    Anthropic message's first text block; None when the body has neither shape."""
+    try:
+        parsed = json.loads(body)
+        if openai:
+            choice = parsed["choices"][0]
+            return choice["message"]["content"] if choice.get("finish_reason") else None
+        if parsed.get("type") != "message" or parsed.get("role") != "assistant":
+            return None
+        return next(block["text"] for block in parsed["content"] if block.get("type") == "text")
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, StopIteration):
+        return None
+
+
 def run_bench(settings: Settings, progress: Progress) -> dict[str, Any]:
-    """The whole run: environment up, every case, half load, soak; the results as a dict."""
+    """The whole run: environment up, every case on every target, half load, soak; the results as a dict."""
     started = time.time()
-    results: dict[str, Any] = {"settings": dataclasses.asdict(settings) | {"cases": list(settings.cases)}}
-    with environment(settings, progress) as (plain, gateway, processes):
-        bench = Bench(settings, progress, processes)
+    results: dict[str, Any] = {
+        "settings": dataclasses.asdict(settings) | {"cases": list(settings.cases), "paths": list(settings.paths)}
+    }
+    with environment(
+        progress,
+        decision_paths=settings.paths,
+        workers=settings.workers,
+        startup_timeout_s=settings.startup_timeout_s,
+        keep_workdir=settings.keep_workdir,
+    ) as env:
+        bench = Bench(settings, progress, env.processes)
+        targets = env.targets
+        results["targets"] = [target.name for target in targets]
+        results["at_rest"] = env.at_rest
         results["machine"] = machine_facts(bench.driver)
         results["cases"] = []
         for index, name in enumerate(settings.cases, 1):
-            results["cases"].append(bench.run_case(CASES_BY_NAME[name], plain, gateway, index, len(settings.cases)))
+            results["cases"].append(bench.run_case(CASES_BY_NAME[name], targets, index, len(settings.cases)))
         main = next((c for c in results["cases"] if c["name"] == MAIN_CASE), None)
         if settings.half_load and main is not None:
-            results["half_load"] = bench.half_load(main, plain, gateway)
+            results["half_load"] = bench.half_load(main, targets)
         if settings.soak_requests > 0:
-            results["soak"] = bench.soak(gateway)
+            results["soak"] = bench.soak(next(g for g in env.gateways if g.name == GATEWAY))  # the hop path only
         with open("/proc/loadavg") as f:
             results["machine"]["loadavg_at_end"] = [float(v) for v in f.read().split()[:3]]
     results["started"] = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started))

@@ -10,6 +10,10 @@ The conversation deliberately ends with two tool results of a few hundred charac
 provider answers with "Tool result: ..." quoting up to 200 characters of each, so its reply text
 is long enough to be cut into 200 stream chunks (it never cuts a text into more pieces than it has
 characters).
+
+Non-streaming cases go to the bench's upstream Envoy (canned answers, see ``bench.baseline``) and
+streams to the fake provider: a case's model name picks the upstream on the gateway side (the
+generated policy has a provider pair for each), the ``x-bench-upstream`` header on the plain side.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from bench.baseline import UPSTREAM_HEADER, UPSTREAM_HEADER_DIRECT
 from extproc.translate.base import Api, Target
 from extproc.translate.client_request import parse_request
 from extproc.translate.registry import translator_for
@@ -26,8 +31,13 @@ from extproc.translate.registry import translator_for
 KB = 1024
 SIZES = {"2k": 2 * KB, "40k": 40 * KB, "400k": 400 * KB}
 
-ANTHROPIC_MODEL = "bench-anthropic"  # served by an anthropic-format provider: passthrough
-OPENAI_MODEL = "bench-openai"  # served by an openai-format provider: Anthropic -> OpenAI translation
+# Served by the fake provider (streams), in its anthropic format (passthrough) and its openai
+# format (Anthropic -> OpenAI translation).
+ANTHROPIC_MODEL = "bench-anthropic"
+OPENAI_MODEL = "bench-openai"
+# The same two formats served by the upstream Envoy's canned answers (non-streaming cases).
+ANTHROPIC_DIRECT_MODEL = "bench-anthropic-direct"
+OPENAI_DIRECT_MODEL = "bench-openai-direct"
 MAX_OUTPUT_TOKENS = 16384  # the policy's limit for both models; Claude Code asks for 32000
 
 SEED = 20250101
@@ -200,15 +210,15 @@ def claude_code_body(size: int, *, seed: int = SEED, model: str = ANTHROPIC_MODE
     return encode(body)
 
 
-def openai_body(anthropic_body: bytes) -> bytes:
-    """The OpenAI Chat Completions request the gateway sends upstream for ``anthropic_body``,
-    produced by the gateway's own translator: the plain-Envoy baseline sends exactly this."""
+def openai_body(anthropic_body: bytes, model: str = OPENAI_MODEL) -> bytes:
+    """The OpenAI Chat Completions request the gateway sends upstream for ``anthropic_body`` to
+    ``model``, produced by the gateway's own translator: the plain-Envoy baseline sends exactly this."""
     body = json.loads(anthropic_body)
     translator = translator_for(Api.ANTHROPIC, Api.OPENAI)
     if translator is None:
         raise RuntimeError("no Anthropic -> OpenAI translator registered")
     target = Target(
-        model=OPENAI_MODEL,
+        model=model,
         base_path="/v1",
         stream=bool(body.get("stream")),
         max_output_tokens=MAX_OUTPUT_TOKENS,
@@ -232,14 +242,25 @@ class Case:
     def body_bytes(self) -> int:
         return SIZES[self.size]
 
+    @property
+    def direct(self) -> bool:
+        """Answered by the upstream Envoy (canned answer); streams need the fake provider's chunks."""
+        return not self.stream
+
+    @property
+    def model(self) -> str:
+        """The model the client asks for; the provider serving it has the same model id upstream."""
+        if self.translated:
+            return OPENAI_DIRECT_MODEL if self.direct else OPENAI_MODEL
+        return ANTHROPIC_DIRECT_MODEL if self.direct else ANTHROPIC_MODEL
+
     def client_body(self) -> bytes:
-        model = OPENAI_MODEL if self.translated else ANTHROPIC_MODEL
-        return claude_code_body(SIZES[self.size], model=model, stream=self.stream)
+        return claude_code_body(SIZES[self.size], model=self.model, stream=self.stream)
 
     def baseline_body(self) -> bytes:
         """What plain Envoy forwards: the body the gateway would send upstream."""
         body = self.client_body()
-        return openai_body(body) if self.translated else body
+        return openai_body(body, self.model) if self.translated else body
 
     def client_path(self) -> str:
         return "/v1/messages"
@@ -261,13 +282,19 @@ class Case:
         }
 
     def baseline_headers(self) -> dict[str, str]:
-        if not self.translated:
-            return self.client_headers()
-        return {
-            "content-type": "application/json",
-            "authorization": "Bearer sk-bench-provider-key",
-            **self.fake_headers(),
-        }
+        """The client's headers (passthrough) or the provider's (translated), plus plain Envoy's
+        upstream choice."""
+        if self.translated:
+            headers = {
+                "content-type": "application/json",
+                "authorization": "Bearer sk-bench-provider-key",
+                **self.fake_headers(),
+            }
+        else:
+            headers = self.client_headers()
+        if self.direct:
+            headers[UPSTREAM_HEADER] = UPSTREAM_HEADER_DIRECT
+        return headers
 
 
 CASES: tuple[Case, ...] = (

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench import cli, report
-from bench.workloads import QUICK_CASES
+from bench.workloads import MAIN_CASE, QUICK_CASES
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -22,38 +22,57 @@ def _args(*argv: str) -> argparse.Namespace:
     return parser.parse_args(list(argv))
 
 
-def test_quick_bench_runs_both_targets_and_reports_every_number(
+def test_quick_bench_runs_all_three_targets_and_reports_every_number(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     json_path, docs_path = tmp_path / "bench.json", tmp_path / "performance.md"
     assert cli.run(_args("--quick", "--json", str(json_path), "--write-docs", str(docs_path))) == 0
 
     summary = json.loads(json_path.read_text())
+    targets = [report.PLAIN, report.GATEWAY, report.GATEWAY_EXTPROC]
+    assert summary["targets"] == targets
     assert [case["name"] for case in summary["cases"]] == list(QUICK_CASES)
     for case in summary["cases"]:
-        for target in (report.PLAIN, report.GATEWAY):
+        for target in targets:
             window = case[target]
             assert window["load"]["requests"] > 0, (case["name"], target, window)
+            assert not window["load"]["errors"], (case["name"], target, window["load"]["errors"])
             assert window["load"]["latency_ms"]["p99"] > 0
-            assert set(window["cpu_ms_per_request"]) >= {"envoy", "fake_provider", "loadgen"}
+            assert set(window["cpu_ms_per_request"]) >= {"envoy", "fake_provider", "upstream", "loadgen"}
             assert window["rss_mb"]["envoy"] > 0
-        gateway = case[report.GATEWAY]
-        assert set(gateway["cpu_ms_per_request"]) >= {"envoy", "ext_proc", "control_plane"}
-        assert gateway["rss_mb"]["ext_proc"] > 0
-        calls = gateway["ext_proc_per_request"]
-        assert calls["streams_started"] + calls["hop_calls"] > 0  # every request asked one or the other
-    assert summary["half_load"][report.GATEWAY]["load"]["requests"] > 0
+        for target in targets[1:]:
+            gateway = case[target]
+            assert set(gateway["cpu_ms_per_request"]) >= {"envoy", "ext_proc", "control_plane"}
+            assert gateway["rss_mb"]["ext_proc"] > 0
+    # The non-streaming case is answered by the upstream Envoy: it works, the fake provider idles.
+    main = next(case for case in summary["cases"] if case["name"] == MAIN_CASE)
+    assert main["upstream"] == "upstream Envoy"
+    for target in targets:
+        assert main[target]["cpu_ms_per_request"]["upstream"] > 0
+        assert main[target]["cpu_ms_per_request"]["fake_provider"] < main[target]["cpu_ms_per_request"]["upstream"]
+    # Which decision path each gateway took, per request (counters, so exact up to the requests
+    # still in flight when a window closes).
+    hop, extproc = main[report.GATEWAY]["ext_proc_per_request"], main[report.GATEWAY_EXTPROC]["ext_proc_per_request"]
+    assert hop["hop_calls"] == pytest.approx(2, abs=0.1) and hop["streams_started"] == 0
+    assert extproc["streams_started"] == pytest.approx(1, abs=0.1) and extproc["hop_calls"] == 0
+    for target in targets:
+        assert summary["half_load"][target]["load"]["requests"] > 0
+    at_rest = summary["at_rest"][report.GATEWAY]
+    assert at_rest["processes"]["ext_proc"] == len(at_rest["rss_mb_per_process"]["ext_proc"]) >= 1
+    assert min(at_rest["rss_mb_per_process"]["ext_proc"]) > 0
     assert summary["machine"]["python_loop_s"] > 0  # the speed yardstick that makes runs comparable
     verdicts = {line["verdict"] for line in summary["budget"]}
     assert verdicts <= {report.MET, report.NOT_MET, report.NOT_MEASURED}
-    assert len(summary["budget"]) == 8
+    assert len(summary["budget"]) == 12
 
     out = capsys.readouterr().out
-    assert "translated-40k" in out and "budget:" in out
+    assert "translated-40k" in out and "gateway-ext_proc" in out and "budget (gateway, decision path hop):" in out
     docs = docs_path.read_text()
     assert (
         "ccr-gateway bench --quick" in docs
         and "## Budget" in docs
         and "speed yardstick" in docs
         and "| translated-40k | gateway |" in docs
+        and "| translated-40k | gateway-ext_proc |" in docs
+        and "## Decision paths" in docs
     )

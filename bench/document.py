@@ -1,0 +1,192 @@
+"""docs/performance.md: the Markdown report of a run (``--write-docs``), and its hand-written notes.
+
+Pure functions of a ``bench.report.summarize`` summary, like the rest of the presentation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.report import (
+    AT_REST_HEADER,
+    GATEWAY,
+    GATEWAY_EXTPROC,
+    MAIN_HEADER,
+    PLAIN,
+    RATIO_HEADER,
+    at_rest_rows,
+    budget_lines,
+    main_rows,
+    markdown_table,
+    ratio_rows,
+    run_warnings,
+    soak_trend,
+    targets_in,
+)
+
+DECISION_PATHS_TEXT = f"""\
+## Decision paths
+
+The gateway asks its Python decision service (the ext_proc worker processes: the *ext_proc* and
+*Python CPU* columns) what to do with each request, in one of two ways chosen by the policy's
+`listener.decision`. Both run in every case, side by side, each as its own `ccr-gateway up`:
+
+- `hop`, the default (target *{GATEWAY}*, the one the budget judges): an Envoy Lua filter makes one
+  unary HTTP call per request to the decision service (Envoy cluster `ccr_hop`). A translated
+  non-streaming answer makes a second call, which translates the answer; a translated stream is
+  decided by the hop and only its response goes through ext_proc; fallback chains take the full
+  ext_proc path.
+- `ext_proc` (target *{GATEWAY_EXTPROC}*, the previous path, shown for comparison and not judged): a
+  gRPC ext_proc stream for every request, carrying its headers and body, and the response's, as
+  messages.
+
+*hop calls/req* is Envoy's `cluster.ccr_hop.upstream_rq_total` per request (1 for a passthrough
+request or a stream, 2 for a translated non-streaming one on the hop path; 0 on the ext_proc path),
+*ext_proc streams/req* `http.ccr.ext_proc.streams_started` per request (1 on the ext_proc path;
+on the hop path 1 for a translated stream's response, else 0) and *ext_proc msgs/req*
+`http.ccr.ext_proc.stream_msgs_sent` per request.
+"""
+
+METHOD_TEXT = """\
+## Method
+
+- Processes: two upstreams, plain Envoy and the gateways run side by side: the fake provider
+  (`ccr-gateway fake-provider --no-record`, one Python process) for the streaming cases (it makes the
+  SSE chunks and their pacing); the *upstream Envoy*, a static Envoy answering each non-streaming
+  case from `direct_response` with a canned, valid provider answer (an OpenAI chat.completion on
+  `/v1/chat/completions`, an Anthropic message on `/v1/messages`), so that a Python upstream does
+  not cap plain Envoy; plain Envoy; and one `ccr-gateway up` per decision path (control plane,
+  ext_proc processes, Envoy), each with its own generated policy and ports. Loads run one at a
+  time: per case plain Envoy first, then each gateway, each after a checked request (status and
+  answer shape; the canned text for the upstream Envoy's answers) and a warm-up. Components are
+  found as children of `ccr-gateway up` by their command lines; CPU and RSS come from
+  /proc/<pid>/stat and /proc/<pid>/status. The upstreams' CPU is their own components (`fake
+  provider`, `upstream Envoy`), never the gateway's or plain Envoy's.
+- Upstream choice: the gateway's policy has an anthropic-format and an openai-format provider on
+  each upstream, and the case's model picks one (`bench-openai` / `bench-anthropic` on the fake
+  provider, `bench-openai-direct` / `bench-anthropic-direct` on the upstream Envoy). Plain Envoy has
+  a cluster per upstream and sends requests carrying `x-bench-upstream: direct` (only the bench's
+  plain-side requests of non-streaming cases) to the upstream Envoy, the rest to the fake provider.
+- Bodies (`bench/workloads.py`) are generated deterministically: Claude Code-shaped (system prompt,
+  tools, tool_use/tool_result history) of exactly 2, 40 and 400 KiB. Translated cases ask for an
+  openai-format provider's model (Anthropic -> OpenAI translation); passthrough cases an
+  anthropic-format one. The baseline sends the body the gateway's own translator produces.
+- Streams: `x-fake-chunks: 60` with the whole stream in one write, and `x-fake-chunks: 200` with
+  `x-fake-chunk-delay-ms: 5` (one event at a time). ext_proc CPU per chunk = (ext_proc CPU per
+  request of the stream case - that of the same body answered without streaming) / SSE events
+  per upstream response; ext_proc messages from Envoy's `http.ccr.ext_proc.stream_msgs_sent`. The
+  reference case is answered by the upstream Envoy and the stream by the fake provider: the
+  subtraction is of ext_proc CPU, which does not depend on the upstream.
+- The paced stream case (requests of about a second) is driven by `bench/loadgen.py` in closed
+  loop instead of wrk: wrk abandons the requests in flight when its time is up, which would count
+  their CPU and ext_proc messages without counting the requests.
+- Max throughput is closed loop (each connection sends its next request when the previous answer
+  is complete). Half load: the translated 40 KB case again at half the (hop) gateway's measured
+  req/s, on every target, with `bench/loadgen.py` in open loop (Poisson arrivals, same seed on
+  every target, latency counted from the scheduled start). wrk cannot hold a rate and h2load's
+  `--rps` starts every connection's request at the same instant (bursts).
+- Memory at rest: the RSS of each gateway process right after startup, before any load (the
+  control plane includes the `ccr-gateway up` supervisor).
+- Soak (`--soak N`): the translated 40 KB case through the (hop) gateway, in 10 s windows, until N
+  requests are done; RSS of Envoy and of the ext_proc processes (summed) after a warm-up and at
+  the end, growth in percent. Without `--soak` the RSS growth budget line says *not measured*.
+- Everything shares the machine's CPUs, the load generator and the upstreams included: on a small
+  machine the load generator can be what limits plain Envoy, which makes the req/s ratio look
+  better than it would be with a faster client. Their CPU is reported (`fake provider`, `upstream
+  Envoy`, and `loadgen` in the JSON) so that this is visible.
+"""
+
+
+def markdown(summary: dict[str, Any], command: str) -> str:
+    m = summary["machine"]
+    s = summary["settings"]
+    other = [c[t].get("other_cpu_pct", 0.0) for c in summary.get("cases", []) for t in targets_in(c)]
+    lines = [
+        "# Performance",
+        "",
+        "Generated by `ccr-gateway bench` (the `bench/` package); rerun the command below to refresh it.",
+        "Every number comes from one run on one machine: compare the gateway with plain Envoy *in the same",
+        "run*, not numbers across machines or runs.",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        f"- date: {summary['started']} (took {summary['elapsed_s']:.0f} s)",
+        f"- machine: {m['nproc']} CPUs ({m['cpu_model'] or 'unknown model'}), {m['memory_gb']} GB RAM, "
+        f"Linux {m['kernel']}, Python {m['python']}"
+        + (
+            f"; speed yardstick: a pure-Python loop of 10 million additions took {m['python_loop_s']:.2f} s"
+            if m.get("python_loop_s")
+            else ""
+        ),
+        f"- Envoy {m['envoy']}; load generator: {m['load_generator']}, {s['connections']} connections, "
+        f"{s['threads']} thread(s), {s['duration_s']:g} s per measurement after {s['warmup_s']:g} s of warm-up; "
+        f"ext_proc workers per gateway: {s.get('workers') or m['nproc']}",
+        f"- load average at start / end: {' '.join(map(str, m['loadavg_at_start']))} / "
+        f"{' '.join(map(str, m.get('loadavg_at_end', [])))}; CPU used by other processes during the "
+        f"measurements: up to {max(other, default=0):.0f}% of the machine",
+        "",
+        "## Budget",
+        "",
+        f"For *{GATEWAY}* (the default decision path, hop), each against plain Envoy in the same run.",
+        "",
+        *budget_lines(summary, markdown=True),
+        "",
+        DECISION_PATHS_TEXT,
+        "## Results",
+        "",
+        "CPU is per request, per component (milliseconds of user + system time of the component's",
+        f"processes over the measured window, divided by the requests completed in it). *{PLAIN}*",
+        "rows are the baseline: Envoy with only the router filter, forwarding the body the gateway",
+        "would send upstream to the same upstream (see Method).",
+        "",
+        markdown_table(MAIN_HEADER, main_rows(summary)),
+        "",
+        markdown_table(RATIO_HEADER, ratio_rows(summary, summary["derived"])),
+        "",
+    ]
+    if rest := at_rest_rows(summary):
+        lines += [
+            "RSS (MB) at rest, right after startup and before any load:",
+            "",
+            markdown_table(AT_REST_HEADER, rest),
+            "",
+        ]
+    warnings = run_warnings(summary)
+    if warnings:
+        lines += ["Warnings from this run:", "", *(f"- {w}" for w in warnings), ""]
+    if soak := summary.get("soak"):
+        lines += [
+            "## Soak",
+            "",
+            f"{soak['requests']:,} requests of {soak['case']} through the gateway ({soak['errors']} errors).",
+            "RSS (MB) at the start (after warm-up) and the end: "
+            + ", ".join(f"{k} {soak['rss_mb_start'].get(k)} -> {soak['rss_mb_end'].get(k)}" for k in soak["growth_pct"])
+            + ". Trend after the first window (least squares, MB per 100,000 requests): "
+            + (", ".join(f"{k} {v:+.2f}" for k, v in soak_trend(soak).items()) or "too few windows")
+            + ".",
+            "",
+            markdown_table(
+                ["requests", *(f"RSS MB {k}" for k in soak["growth_pct"])],
+                [
+                    [f"{p['requests']:,}", *(f"{p['rss_mb'].get(k, 0):.1f}" for k in soak["growth_pct"])]
+                    for p in soak["trajectory"]
+                ],
+                text_columns=0,
+            ),
+            "",
+        ]
+    lines.append(METHOD_TEXT)
+    return "\n".join(lines)
+
+
+# Hand-written notes (e.g. runs with other options) live below this line and survive a rewrite.
+NOTES_MARKER = "<!-- notes below this line are kept when ccr-gateway bench rewrites the file -->"
+
+
+def with_kept_notes(generated: str, previous: str | None) -> str:
+    """The new report, followed by the previous file's notes section when it had one."""
+    if not previous or NOTES_MARKER not in previous:
+        return generated
+    return generated.rstrip("\n") + "\n\n" + NOTES_MARKER + previous.split(NOTES_MARKER, 1)[1]
