@@ -32,11 +32,11 @@ from dataclasses import dataclass
 import orjson
 
 from ccr.v1.contract import HOP_CONTEXT_KEY, HOP_DETAILS_KEY, HOP_ROUTE_KEY, HOP_STREAM_KEY, REWRITE_HEADER
-from extproc.metrics import RESPONSES, ROUTED
+from extproc.metrics import RESPONSES, ROUTED, labelled
 from extproc.plan import Answer, Chain, Forward, Outcome, plan
 from extproc.request_steps import Reply, endpoint_step, error_reply, forward_rewrite
 from extproc.state import GatewayState
-from extproc.translate.base import Api, Primable, ResponseContext, Translator, UpstreamProtocolError
+from extproc.translate.base import Api, ResponseContext, Translator, UpstreamProtocolError
 from extproc.translate.registry import count_tokens_translator, translator_for
 
 log = logging.getLogger("ccr.extproc")
@@ -63,8 +63,10 @@ class HopContext:
             translator = count_tokens_translator(self.provider)
         else:
             translator = translator_for(self.client, self.provider)
-        if isinstance(translator, Primable):
-            translator.prime(self.context)
+        # Not isinstance(translator, Primable): a runtime Protocol check walks its attributes.
+        prime = getattr(translator, "prime", None)
+        if prime is not None:
+            prime(self.context)
         return translator
 
     def encode(self) -> str:
@@ -128,7 +130,7 @@ def decide(state: GatewayState, method: str, path: str, headers: Mapping[str, st
         return _encode("defer", ())
     assert isinstance(outcome, Forward)
     decision = outcome.decision
-    ROUTED.labels(api.value, decision.scenario, outcome.route.provider.name, outcome.route.model).inc()
+    labelled(ROUTED, api.value, decision.scenario, outcome.route.provider.name, outcome.route.model).inc()
     rewrite = forward_rewrite(api, outcome, headers)
     labels = dict(rewrite.labels)
     route = outcome.route
@@ -157,7 +159,7 @@ def respond(state: GatewayState, token: str, status: int, content_type: str, raw
     translator = hop.translator()
     if translator is None:  # the policy changed under the request: nothing can read this answer
         return _response(502, error_reply(hop.client, 502, "the gateway cannot read this provider's answer", ""))
-    RESPONSES.labels(hop.provider_name, f"{status // 100}xx", "1").inc()
+    labelled(RESPONSES, hop.provider_name, f"{status // 100}xx", "1").inc()
     if not 200 <= status < 300:
         error = translator.response_error(status, raw)
         return _encode("response", [("status", str(error.status), ""), *_headers(error.headers)], error.body)

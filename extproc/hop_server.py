@@ -81,7 +81,7 @@ class _HopProtocol(asyncio.Protocol):
             _REASONS.get(status, b"OK"),
             len(answer),
         )
-        transport.write(head + answer)
+        transport.writelines((head, answer))  # one writev, no copy of the (up to MBs) answer
         if not self._parser.should_keep_alive():
             transport.close()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from prometheus_client import Counter, Gauge
 
 ROUTED = Counter(
@@ -28,3 +30,10 @@ SESSIONS = Gauge(
     "ccr_sessions_remembered",
     "Sessions whose last prompt size this worker knows (CCR's long-context rule reads it)",
 )
+
+
+@functools.lru_cache(maxsize=8192)
+def labelled(metric: Counter, *labels: str) -> Counter:
+    """``metric.labels(*labels)``, remembered: every request counts into a few of them, and
+    ``labels()`` (a lock and a dict per call) would be paid each time."""
+    return metric.labels(*labels)

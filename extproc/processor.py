@@ -26,7 +26,7 @@ from ccr.v1.contract import (
 )
 from extproc import mutations as m
 from extproc.hop import HopContext
-from extproc.metrics import RESPONSES, ROUTED
+from extproc.metrics import RESPONSES, ROUTED, labelled
 from extproc.plan import Answer, Chain, plan
 from extproc.request_steps import Endpoint, Reply, chain_rewrite, endpoint_step, forward_rewrite
 from extproc.router import Decision
@@ -109,7 +109,7 @@ class RequestProcessor:
             self.decision = decision
             self.stream = decision.body.get("stream") is True
             route = decision.route
-            ROUTED.labels(self.api.value, decision.scenario, route.provider.name, route.model).inc()
+            labelled(ROUTED, self.api.value, decision.scenario, route.provider.name, route.model).inc()
         if isinstance(outcome, Answer):
             if outcome.is_error:
                 return m.immediate_error(self.api, outcome.status, outcome.message, outcome.details)
@@ -139,7 +139,7 @@ class RequestProcessor:
             self.translator = self._primed_translator(route)
             remove.append(PROVIDER_RESPONSE_HEADER)
         attempts = headers.get("x-envoy-attempt-count", "1")
-        RESPONSES.labels(route.provider.name, f"{self.status // 100}xx", attempts).inc()
+        labelled(RESPONSES, route.provider.name, f"{self.status // 100}xx", attempts).inc()
         route_header = (
             ROUTE_HEADER,
             f"scenario={decision.scenario}; provider={route.provider.name}; model={route.model}; attempts={attempts}",
@@ -165,7 +165,7 @@ class RequestProcessor:
         message = request.response_headers
         headers = {h.key: (h.raw_value.decode("latin-1") if h.raw_value else h.value) for h in message.headers.headers}
         self.status = int(headers.get(":status", "0") or 0)
-        RESPONSES.labels(hop.provider_name, f"{self.status // 100}xx", headers.get("x-envoy-attempt-count", "1")).inc()
+        labelled(RESPONSES, hop.provider_name, f"{self.status // 100}xx", headers.get("x-envoy-attempt-count", "1")).inc()
         translator = self.translator
         if translator is None or message.end_of_stream:
             return m.CONTINUE_RESPONSE_HEADERS

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from ccr.v1.contract import CHAIN_METADATA_KEY, CLUSTER_HEADER, INTERNAL_HEADER_PREFIX, encode_chain
-from extproc.metrics import REJECTED
+from extproc.metrics import REJECTED, labelled
 from extproc.plan import Chain, Forward
 from extproc.router import Decision
 from extproc.routing_table import ModelRoute, RoutingTable
@@ -73,7 +73,7 @@ class Rewrite:
 
 def error_reply(api: Api, status: int, message: str, details: str) -> Reply:
     """An error in the client's own format, answered without contacting any provider."""
-    REJECTED.labels(api.value, str(status), details).inc()
+    labelled(REJECTED, api.value, str(status), details).inc()
     return Reply(status, error_body(api, status, message), details)
 
 

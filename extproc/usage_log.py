@@ -27,7 +27,7 @@ from ccr.v1.contract import (
     USAGE_NAMESPACE,
     decode_chain,
 )
-from extproc.metrics import TOKENS
+from extproc.metrics import TOKENS, labelled
 from extproc.tokens import SessionUsage
 from extproc.translate.anthropic_schema import usage_from_anthropic, usage_from_openai
 from extproc.translate.base import Usage
@@ -98,7 +98,7 @@ def record_usage(record: UsageRecord, sessions: SessionUsage, count_tokens: bool
         ("output", usage.output_tokens),
     ):
         if count:
-            TOKENS.labels(record.provider, record.model, kind).inc(count)
+            labelled(TOKENS, record.provider, record.model, kind).inc(count)
 
 
 class UsageLogService(als_pb2_grpc.AccessLogServiceServicer):

@@ -30,7 +30,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # the typed request is built from these values' module: no import cycle at runtime
     from extproc.translate.client_request import ClientRequest
@@ -138,7 +138,6 @@ class Translator(Protocol):
         ...
 
 
-@runtime_checkable
 class Primable(Protocol):
     """The optional ability of a translator that rewrites responses: set the response state that
     ``request`` would have set, from a ResponseContext, without translating the request."""
