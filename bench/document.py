@@ -45,6 +45,31 @@ request or a stream, 2 for a translated non-streaming one on the hop path; 0 on 
 *ext_proc streams/req* `http.ccr.ext_proc.streams_started` per request (1 on the ext_proc path;
 on the hop path 1 for a translated stream's response, else 0) and *ext_proc msgs/req*
 `http.ccr.ext_proc.stream_msgs_sent` per request.
+
+### Why the hop
+
+Measured while choosing (Envoy 1.40, this kind of machine): one grpc.aio ext_proc stream costs the
+Python side ~0.4 ms of CPU however few messages it carries (grpcio 1.85; a bare two-message stream,
+`server CPU / streams`), while the decision itself (parse, check, route, translate a 40 KB Claude
+Code-shaped body) is ~0.2 ms and an HTTP/1.1 exchange on a kept-alive Unix socket (asyncio +
+httptools' parser) a few hundredths of a millisecond. So the gateway keeps one decision core
+(`extproc/plan.py`, `extproc/request_steps.py`) and carries it per request kind over the cheapest
+transport Envoy offers for what the request needs:
+
+- everything that needs no rewrite of the response chunk by chunk: one unary call from the Lua filter
+  (a second, `/respond`, for a translated whole answer);
+- translated streams: the hop decides, and ext_proc runs on the response only (a per-route
+  processing mode), so the stream carries the response headers and chunks, not the request;
+- fallback chains: the full ext_proc path (each attempt is rewritten by the upstream ext_proc filter).
+
+Considered and not taken: ext_proc's `http_service` (refused with any body mode by Envoy 1.40);
+ext_authz (can route and set headers but cannot rewrite the body or see the response); grpcio
+1.76.0 instead of 1.85 (-33% CPU per stream, measured, but grpcio-tools 1.76 needs protobuf < 7
+while the generated code here is protobuf 7; the remaining streams are the translated ones, whose
+cost is mostly per chunk); a synchronous gRPC server (slower). The per-request features to come
+(auth, limits, cache lookups, usage publishing) ride the same hop: its request carries the client's
+headers (identity in), its answer can reply (a cached answer, a 401 or 429) or label the request
+(usage metadata out).
 """
 
 METHOD_TEXT = """\

@@ -53,7 +53,7 @@ from extproc.translate.base import (
 )
 from extproc.translate.buffering import ResponsePhases
 from extproc.translate.client_request import AnthropicRequest
-from extproc.translate.gemini_schema import clean_schema, memoized_tools
+from extproc.translate.gemini_schema import clean_schema
 
 
 def _stop_reason(finish: str | None, calls: int) -> str:
@@ -81,18 +81,8 @@ class AnthropicToGemini(g.GeminiResponse):
         self._stream = target.stream
         self._show_thinking = request.thinking is None or request.thinking.shown
         self._turn = request.turns
-        out: dict[str, Any] = {"contents": _contents(request.messages)}
-        if request.system:
-            out["systemInstruction"] = {"parts": [{"text": text} for text in request.system]}
-        tools = memoized_tools(request.tools, request.web_search)
-        if tools is not None:
-            out["tools"] = tools
-        config = g.tool_config(request.tools, request.tool_choice)
-        if config is not None:
-            out["toolConfig"] = config
-        generation = _generation_config(request, target)
-        if generation:
-            out["generationConfig"] = generation
+        system = [{"text": text} for text in request.system]
+        out = g.generate_content(_contents(request.messages), system, request, _generation_config(request, target))
         raw = orjson.dumps(out)
         self._estimate = max(1, len(raw) // 4)
         return UpstreamRequest(path=g.upstream_path(target), body=raw)
@@ -378,13 +368,7 @@ def _tool_result(block: dict[str, Any], path: str, names: dict[str, str]) -> lis
 
 
 def _generation_config(request: AnthropicRequest, target: Target) -> dict[str, Any]:
-    max_tokens = g.clamp_max_tokens(request.max_tokens, target)
-    config = g.sampling_config(max_tokens, request.temperature, request.top_p)
-    if request.top_k is not None:
-        config["topK"] = request.top_k
-    stops = g.stop_sequences(request.stop)
-    if stops:
-        config["stopSequences"] = stops
+    config, max_tokens = g.generation_start(request, target)
     budget = _thinking_budget(request)
     if budget is not None and "thinking" in target.capabilities:
         config["thinkingConfig"] = g.thinking_config(budget, max_tokens)

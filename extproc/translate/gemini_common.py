@@ -40,7 +40,8 @@ from extproc.translate.base import (
     Usage,
 )
 from extproc.translate.buffering import NOTHING_YET, ResponsePhases
-from extproc.translate.client_request import Tool, ToolChoice
+from extproc.translate.client_request import AnthropicRequest, ClientRequest, OpenAIRequest, Tool, ToolChoice
+from extproc.translate.gemini_schema import memoized_tools
 
 
 class EventKind(enum.Enum):
@@ -121,23 +122,49 @@ def tool_id(prefix: str, turn: int, index: int, name: str) -> str:
     return f"{prefix}{turn}_{index}_{_UNSAFE_ID_CHARS.sub('_', name)[:40]}"
 
 
-def clamp_max_tokens(value: int | None, target: Target) -> int | None:
-    if value is not None and target.max_output_tokens is not None and value > target.max_output_tokens:
-        return target.max_output_tokens
-    return value
+def generate_content(
+    contents: list[dict[str, Any]],
+    system: list[dict[str, Any]],
+    request: ClientRequest,
+    generation: dict[str, Any],
+) -> dict[str, Any]:
+    """A ``generateContent`` body: the converted turns and system parts, the client's tools and
+    tool choice, the generation config; what is empty is left out (Gemini rejects some empties)."""
+    out: dict[str, Any] = {"contents": contents}
+    if system:
+        out["systemInstruction"] = {"parts": system}
+    tools = memoized_tools(request.tools, request.web_search)
+    if tools is not None:
+        out["tools"] = tools
+    config = tool_config(request.tools, request.tool_choice)
+    if config is not None:
+        out["toolConfig"] = config
+    if generation:
+        out["generationConfig"] = generation
+    return out
 
 
-def sampling_config(max_tokens: int | None, temperature: float | None, top_p: float | None) -> dict[str, Any]:
-    """The start of a ``generationConfig``: the fields both client APIs spell alike (the output
-    limit, already clamped, then temperature and top_p)."""
+def generation_start(request: ClientRequest, target: Target) -> tuple[dict[str, Any], int | None]:
+    """The part of a ``generationConfig`` both client APIs fill alike (the output limit clamped to
+    the target's, temperature, top_p, stop sequences), and that limit."""
+    max_tokens = request.max_tokens
+    if max_tokens is not None and target.max_output_tokens is not None and max_tokens > target.max_output_tokens:
+        max_tokens = target.max_output_tokens
     config: dict[str, Any] = {}
     if max_tokens is not None:
         config["maxOutputTokens"] = max_tokens
-    if temperature is not None:
-        config["temperature"] = temperature
-    if top_p is not None:
-        config["topP"] = top_p
-    return config
+    if request.temperature is not None:
+        config["temperature"] = request.temperature
+    if request.top_p is not None:
+        config["topP"] = request.top_p
+    if isinstance(request, OpenAIRequest) and request.seed is not None:
+        config["seed"] = request.seed
+    elif isinstance(request, AnthropicRequest) and request.top_k is not None:
+        config["topK"] = request.top_k
+    stops = [s for s in request.stop if s][:MAX_STOP_SEQUENCES]  # Gemini rejects more
+    if stops:
+        config["stopSequences"] = stops
+    return config, max_tokens
 
 
 def tool_config(tools: Sequence[Tool], choice: ToolChoice | None) -> dict[str, Any] | None:
@@ -152,11 +179,6 @@ def tool_config(tools: Sequence[Tool], choice: ToolChoice | None) -> dict[str, A
     if choice.allowed and choice.mode == "any":
         config["allowedFunctionNames"] = list(choice.allowed)  # Gemini only restricts names in ANY mode
     return {"functionCallingConfig": config}
-
-
-def stop_sequences(stops: Sequence[str]) -> list[str]:
-    """Empty sequences dropped, and only the first ``MAX_STOP_SEQUENCES`` kept: Gemini rejects more."""
-    return [s for s in stops if s][:MAX_STOP_SEQUENCES]
 
 
 def openai_usage(meta: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from extproc.translate.base import (
     Usage,
 )
 from extproc.translate.client_request import OpenAIRequest
-from extproc.translate.gemini_schema import clean_schema, memoized_tools
+from extproc.translate.gemini_schema import clean_schema
 
 _AUDIO_MIME = {"wav": "audio/wav", "mp3": "audio/mp3"}
 
@@ -78,18 +78,7 @@ class OpenAIToGemini(g.GeminiResponse):
         self._include_usage = request.include_usage
         self._turn = request.turns
         contents, system = _contents(request.messages)
-        out: dict[str, Any] = {"contents": contents}
-        if system:
-            out["systemInstruction"] = {"parts": system}
-        tools = memoized_tools(request.tools, request.web_search)
-        if tools is not None:
-            out["tools"] = tools
-        config = g.tool_config(request.tools, request.tool_choice)
-        if config is not None:
-            out["toolConfig"] = config
-        generation = _generation_config(request, target)
-        if generation:
-            out["generationConfig"] = generation
+        out = g.generate_content(contents, system, request, _generation_config(request, target))
         return UpstreamRequest(path=g.upstream_path(target), body=orjson.dumps(out))
 
     # -- response --------------------------------------------------------------------------------
@@ -321,13 +310,7 @@ def _tool_response(message: dict[str, Any], i: int, names: dict[str, str]) -> di
 
 
 def _generation_config(request: OpenAIRequest, target: Target) -> dict[str, Any]:
-    max_tokens = g.clamp_max_tokens(request.max_tokens, target)
-    config = g.sampling_config(max_tokens, request.temperature, request.top_p)
-    if request.seed is not None:
-        config["seed"] = request.seed
-    stops = g.stop_sequences(request.stop)
-    if stops:
-        config["stopSequences"] = stops
+    config, max_tokens = g.generation_start(request, target)
     effort = request.reasoning_effort
     if effort is not None and "thinking" in target.capabilities:
         budget = g.EFFORT_BUDGETS[effort]
