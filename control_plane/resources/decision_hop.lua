@@ -130,7 +130,7 @@ local function on_request(handle)
   elseif action == "defer" then
     handle:clearRouteCache() -- internal headers a client sent are gone: the ext_proc route now
   else
-    return fail(handle, openai, "the gateway decision service answered " .. action)
+    return fail(handle, openai, "the gateway decision service answered something it cannot apply")
   end
 end
 
