@@ -1,10 +1,14 @@
-"""The generated policy contract must match its .proto (regenerate with the command in it)."""
+"""The generated policy contract must match its .proto (regenerate with the command in it), and the
+gRPC runtime is the one pinned in pyproject.toml (its per-stream cost is part of the budget)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import grpc
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,3 +35,12 @@ def test_generated_policy_code_is_up_to_date(tmp_path):
             f"protos/ccr/v1/{generated} is stale; run: python -m grpc_tools.protoc -Iprotos "
             "--python_out=protos --pyi_out=protos protos/ccr/v1/policy.proto"
         )
+
+
+def test_grpcio_is_the_pinned_version():
+    pinned = re.search(r'"grpcio==([0-9.]+)"', (ROOT / "pyproject.toml").read_text())
+    assert pinned is not None, "pyproject.toml no longer pins grpcio: see the comment that was there"
+    assert grpc.__version__ == pinned[1], (
+        f"grpcio {grpc.__version__} is installed but {pinned[1]} is pinned: newer grpc.aio costs ~33% more "
+        "CPU per ext_proc stream (docs/performance.md); re-measure with `ccr-gateway bench` before moving it"
+    )

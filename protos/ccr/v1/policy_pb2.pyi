@@ -136,7 +136,7 @@ class Provider(_message.Message):
     models: _containers.RepeatedCompositeFieldContainer[Model]
     headers: _containers.ScalarMap[str, str]
     forward_count_tokens: bool
-    def __init__(self, name: _Optional[str] = ..., api: _Optional[_Union[Api, str]] = ..., cluster: _Optional[str] = ..., base_path: _Optional[str] = ..., api_key_env: _Optional[str] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., headers: _Optional[_Mapping[str, str]] = ..., forward_count_tokens: _Optional[bool] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., api: _Optional[_Union[Api, str]] = ..., cluster: _Optional[str] = ..., base_path: _Optional[str] = ..., api_key_env: _Optional[str] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., headers: _Optional[_Mapping[str, str]] = ..., forward_count_tokens: bool = ...) -> None: ...
 
 class Model(_message.Message):
     __slots__ = ("name", "id", "max_output_tokens", "context_window", "capabilities")
