@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -29,8 +28,6 @@ from extproc.state import GatewayState
 from extproc.usage_log import UsageLogService
 
 log = logging.getLogger("ccr.extproc")
-
-GC_THRESHOLD = 20_000  # allocations between young-generation collections (CPython's default: 700)
 
 # Keeps this worker in a service catalog while the block runs: (service name, listen address,
 # healthy?) -> context. Handed in by the composition root (Consul registration), so that ext_proc
@@ -72,10 +69,6 @@ async def serve(config: ExtProcConfig, ready: asyncio.Event | None = None, regis
         state.table = table
 
     subscriber = PolicySubscriber(config.control_plane, install)
-    # Each request allocates thousands of short-lived, acyclic containers (its parsed body): collect
-    # cycles less often, and never rescan what start-up allocated (modules, protos) in a full pass.
-    gc.freeze()
-    gc.set_threshold(GC_THRESHOLD, 20, 50)
     # The exact token counter loads on first use (extproc.tokens): a worker at rest stays small.
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 256 * 1024 * 1024)])
     external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(state), server)
