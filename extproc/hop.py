@@ -1,12 +1,13 @@
 """The decision hop: the gateway's answer for one request in one unary HTTP call from Envoy.
 
-A gRPC ext_proc stream costs ~0.8 ms of Python CPU per request whatever it carries (docs/
-performance.md); the decision itself costs a fraction of that. So Envoy's Lua filter
+A gRPC ext_proc stream costs the Python side several times what the decision itself costs, however
+few messages it carries (docs/performance.md, "Why the hop"). So Envoy's Lua filter
 (control_plane/resources/decision_hop.lua) buffers the request, POSTs it to ``/decide`` with the
 client's headers and applies the answer; for a translated non-streaming response it POSTs the
-provider's answer to ``/respond`` and sends the client what comes back. What needs a rewrite chunk by
-chunk (translated streams) or per attempt (fallback chains) is deferred to the ext_proc path, which
-Envoy then runs for that request only (per-route config).
+provider's answer to ``/respond`` and sends the client what comes back. A translated stream is
+forwarded here too, and marked so that its route runs ext_proc on the response only (each chunk is
+rewritten there, primed with the stream context this answer labels it with). Fallback chains, whose
+attempts are each rewritten by the upstream ext_proc filter, are deferred to the ext_proc path.
 
 Both calls are answered here, from the same steps the ext_proc processor uses (extproc.plan,
 extproc.request_steps): only the encoding differs. An answer is a few lines, then the payload:
@@ -17,7 +18,7 @@ extproc.request_steps): only the encoding differs. An answer is a few lines, the
     <payload>                         the reply's or the response's body, the upstream request body
 
 Line-based because the Lua side has no JSON parser and splitting a few lines costs nothing there.
-Values never hold a tab or a newline (header values cannot; labels are checked). Sans-IO: bytes in,
+Values never hold a tab or a newline (header values cannot; anything else is cleaned, ``_clean``). Sans-IO: bytes in,
 bytes out; extproc.hop_server carries them.
 """
 
