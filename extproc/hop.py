@@ -18,8 +18,8 @@ extproc.request_steps): only the encoding differs. An answer is a few lines, the
     <payload>                         the reply's or the response's body, the upstream request body
 
 Line-based because the Lua side has no JSON parser and splitting a few lines costs nothing there.
-Values never hold a tab or a newline (header values cannot; anything else is cleaned, ``_clean``). Sans-IO: bytes in,
-bytes out; extproc.hop_server carries them.
+Values never hold a tab or a newline (header values cannot; anything else is cleaned, ``_clean``).
+Sans-IO: bytes in, bytes out; extproc.hop_server carries them.
 """
 
 from __future__ import annotations
