@@ -165,7 +165,9 @@ class RequestProcessor:
         message = request.response_headers
         headers = {h.key: (h.raw_value.decode("latin-1") if h.raw_value else h.value) for h in message.headers.headers}
         self.status = int(headers.get(":status", "0") or 0)
-        labelled(RESPONSES, hop.provider_name, f"{self.status // 100}xx", headers.get("x-envoy-attempt-count", "1")).inc()
+        labelled(
+            RESPONSES, hop.provider_name, f"{self.status // 100}xx", headers.get("x-envoy-attempt-count", "1")
+        ).inc()
         translator = self.translator
         if translator is None or message.end_of_stream:
             return m.CONTINUE_RESPONSE_HEADERS
