@@ -34,8 +34,8 @@ The gateway asks its Python decision service (the ext_proc worker processes: the
 - `hop`, the default (target *{GATEWAY}*, the one the budget judges): an Envoy Lua filter makes one
   unary HTTP call per request to the decision service (Envoy cluster `ccr_hop`). A translated
   non-streaming answer makes a second call, which translates the answer; a translated stream is
-  decided by the hop and only its response goes through ext_proc; fallback chains take the full
-  ext_proc path.
+  decided by the hop and only its response goes through ext_proc, and so is a fallback chain's
+  (each attempt's request is rewritten by the chain cluster's upstream ext_proc).
 - `ext_proc` (target *{GATEWAY_EXTPROC}*, the previous path, shown for comparison and not judged): a
   gRPC ext_proc stream for every request, carrying its headers and body, and the response's, as
   messages.
@@ -60,7 +60,8 @@ transport Envoy offers for what the request needs:
   (a second, `/respond`, for a translated whole answer);
 - translated streams: the hop decides, and ext_proc runs on the response only (a per-route
   processing mode), so the stream carries the response headers and chunks, not the request;
-- fallback chains: the full ext_proc path (each attempt is rewritten by the upstream ext_proc filter).
+- fallback chains: the hop decides, ext_proc reads the answer of the provider that gave it (response
+  only), and the chain cluster's upstream ext_proc rewrites each attempt.
 
 grpcio is pinned to 1.76.0: the aio server of 1.78 and later costs ~33% more CPU per stream (a bare
 two-message stream: 0.26 vs 0.39 ms on this machine; in the gateway, translated streams -18% Python

@@ -4,15 +4,16 @@ A gRPC ext_proc stream costs the Python side several times what the decision its
 few messages it carries (docs/performance.md, "Why the hop"). So Envoy's Lua filter
 (control_plane/resources/decision_hop.lua) buffers the request, POSTs it to ``/decide`` with the
 client's headers and applies the answer; for a translated non-streaming response it POSTs the
-provider's answer to ``/respond`` and sends the client what comes back. A translated stream is
-forwarded here too, and marked so that its route runs ext_proc on the response only (each chunk is
-rewritten there, primed with the stream context this answer labels it with). Fallback chains, whose
-attempts are each rewritten by the upstream ext_proc filter, are deferred to the ext_proc path.
+provider's answer to ``/respond`` and sends the client what comes back. A translated stream and a
+fallback chain are forwarded here too, and marked so that their route runs ext_proc on the response
+only: each chunk is rewritten there, primed with the context this answer labels the request with
+(for a chain, the translator of the provider that answered; each attempt's request is rewritten by
+the chain cluster's upstream ext_proc filter).
 
 Both calls are answered here, from the same steps the ext_proc processor uses (extproc.plan,
 extproc.request_steps): only the encoding differs. An answer is a few lines, then the payload:
 
-    ccr1 <action>\\n                    reply | forward | defer | response
+    ccr1 <action>\\n                    reply | forward | response
     <op>\\t<name>\\t<value>\\n ...       status, header, set, remove, label
     \\n
     <payload>                         the reply's or the response's body, the upstream request body
@@ -28,14 +29,21 @@ import base64
 import enum
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import orjson
 
-from ccr.v1.contract import HOP_CONTEXT_KEY, HOP_DETAILS_KEY, HOP_ROUTE_KEY, HOP_STREAM_KEY, REWRITE_HEADER
+from ccr.v1.contract import (
+    HOP_CONTEXT_KEY,
+    HOP_DETAILS_KEY,
+    HOP_ROUTE_KEY,
+    HOP_STREAM_KEY,
+    REWRITE_HEADER,
+    REWRITE_RESPONSE,
+)
 from extproc.metrics import RESPONSES, ROUTED, labelled
-from extproc.plan import Answer, Chain, Forward, Outcome, plan
-from extproc.request_steps import Reply, endpoint_step, error_reply, forward_rewrite
+from extproc.plan import Answer, Chain, Outcome, plan
+from extproc.request_steps import Reply, chain_rewrite, endpoint_step, error_reply, forward_rewrite
 from extproc.state import GatewayState
 from extproc.translate.base import Api, ResponseContext, Translator, UpstreamProtocolError
 from extproc.translate.registry import count_tokens_translator, translator_for
@@ -56,6 +64,9 @@ class HopContext:
     context: ResponseContext
     provider_name: str
     session: str
+    # A fallback chain's providers, (name, API, model id, model name) each: the one that answered
+    # (Envoy's x-ccr-provider response header) says which translator reads the answer.
+    chain: tuple[tuple[str, str, str, str], ...] = ()
 
     def translator(self) -> Translator | None:
         """The pair's translator, primed to read the answer; None if the pair has none (the
@@ -69,6 +80,18 @@ class HopContext:
         if prime is not None:
             prime(self.context)
         return translator
+
+    def answered_by(self, provider_name: str | None) -> HopContext:
+        """This context for the chain member that answered (the first when unknown)."""
+        if not self.chain:
+            return self
+        name, api, model_id, _ = next((m for m in self.chain if m[0] == provider_name), self.chain[0])
+        return replace(self, provider=Api(api), provider_name=name, context=replace(self.context, model=model_id))
+
+    def route_header(self, scenario: str) -> str:
+        """The x-ccr-route value (but the attempts) for the provider of this context."""
+        model = next((m[3] for m in self.chain if m[0] == self.provider_name), self.context.model)
+        return f"scenario={scenario}; provider={self.provider_name}; model={model}"
 
     def encode(self) -> str:
         c = self.context
@@ -84,16 +107,18 @@ class HopContext:
             c.turn,
             self.provider_name,
             self.session,
+            self.chain,
         ]
         return base64.urlsafe_b64encode(orjson.dumps(fields)).decode()
 
     @classmethod
     def decode(cls, token: str) -> HopContext:
-        client, provider, counting, stream, model, estimate, shown, usage, turn, name, session = orjson.loads(
+        client, provider, counting, stream, model, estimate, shown, usage, turn, name, session, chain = orjson.loads(
             base64.urlsafe_b64decode(token)
         )
         context = ResponseContext(model, stream, estimate, show_thinking=shown, include_usage=usage, turn=turn)
-        return cls(Api(client), Api(provider), counting, context, name, session)
+        members = tuple(tuple(member) for member in chain)
+        return cls(Api(client), Api(provider), counting, context, name, session, members)  # type: ignore[arg-type]
 
 
 class Carriage(enum.Enum):
@@ -103,21 +128,24 @@ class Carriage(enum.Enum):
     FORWARD = "hop: 1 call, the provider's answer goes back as it is"
     RESPOND = "hop: 2 calls, the answer translated whole (/respond)"
     STREAM = "hop: 1 call, then ext_proc on the response, translating each chunk"
-    DEFER = "hop: 1 call, then the ext_proc path (a fallback chain is rewritten per attempt)"
+    CHAIN = (
+        "hop: 1 call; Envoy tries the chain's providers, each attempt rewritten by the upstream ext_proc; "
+        "ext_proc reads the answer of the provider that gave it"
+    )
 
 
 def carriage_of(outcome: Outcome) -> Carriage:
     if isinstance(outcome, Answer):
         return Carriage.REPLY
     if isinstance(outcome, Chain):
-        return Carriage.DEFER
+        return Carriage.CHAIN
     if not outcome.translator.rewrites_response:
         return Carriage.FORWARD
     return Carriage.STREAM if outcome.stream else Carriage.RESPOND
 
 
 def decide(state: GatewayState, method: str, path: str, headers: Mapping[str, str], raw: bytes) -> bytes:
-    """``POST /decide``: the request's answer (reply), its rewrite (forward), or ``defer`` to ext_proc."""
+    """``POST /decide``: the request's answer (reply) or its rewrite (forward)."""
     api, step = endpoint_step(state.table, method, path, headers, has_body=bool(raw))
     if isinstance(step, Reply):
         return _reply(step)
@@ -127,9 +155,8 @@ def decide(state: GatewayState, method: str, path: str, headers: Mapping[str, st
             return _reply(error_reply(api, outcome.status, outcome.message, outcome.details))
         return _reply(Reply(outcome.status, outcome.body))
     carriage = carriage_of(outcome)
-    if carriage is Carriage.DEFER:
-        return _encode("defer", ())
-    assert isinstance(outcome, Forward)
+    if isinstance(outcome, Chain):
+        return _chain(api, outcome, headers)
     decision = outcome.decision
     labelled(ROUTED, api.value, decision.scenario, outcome.route.provider.name, outcome.route.model).inc()
     rewrite = forward_rewrite(api, outcome, headers)
@@ -148,9 +175,26 @@ def decide(state: GatewayState, method: str, path: str, headers: Mapping[str, st
         ).encode()
         if carriage is Carriage.STREAM:
             labels[HOP_STREAM_KEY] = context
-            set_headers = (*set_headers, (REWRITE_HEADER, "stream"))
+            set_headers = (*set_headers, (REWRITE_HEADER, REWRITE_RESPONSE))
         else:
             labels[HOP_CONTEXT_KEY] = context
+    return _forward(set_headers, rewrite.remove_headers, labels, rewrite.body or b"")
+
+
+def _chain(api: Api, outcome: Chain, headers: Mapping[str, str]) -> bytes:
+    """A fallback chain: the client's body goes to the chain cluster (each attempt is rewritten by
+    the upstream ext_proc); ext_proc reads the answer, on the response only, with the translator of
+    the provider that answered."""
+    decision = outcome.decision
+    route = decision.route
+    labelled(ROUTED, api.value, decision.scenario, route.provider.name, route.model).inc()
+    rewrite = chain_rewrite(api, outcome, headers)
+    members = tuple((r.provider.name, r.provider.api.value, r.target.model, r.model) for r in decision.chain)
+    context = HopContext(
+        api, route.provider.api, False, outcome.context, route.provider.name, decision.session or "", members
+    )
+    labels = {**rewrite.labels, HOP_STREAM_KEY: context.encode()}
+    set_headers = (*rewrite.set_headers, (REWRITE_HEADER, REWRITE_RESPONSE))
     return _forward(set_headers, rewrite.remove_headers, labels, rewrite.body or b"")
 
 

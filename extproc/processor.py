@@ -153,27 +153,33 @@ class RequestProcessor:
         return m.response_headers_response(set_headers, remove=remove, body_mode=mode)
 
     def _hop_stream_headers(self, request: ProcessingRequest) -> ProcessingResponse:
-        """A translated stream the decision hop forwarded (its route runs ext_proc on the response
-        only): the translator comes primed from the hop's stream context, in the dynamic metadata."""
+        """A request the decision hop forwarded whose route runs ext_proc on the response only (a
+        translated stream, a fallback chain): the translator comes primed from the hop's context,
+        in the dynamic metadata; for a chain, the one of the provider that answered."""
         labels = request.metadata_context.filter_metadata.get(METADATA_NAMESPACE)
         field = labels.fields.get(HOP_STREAM_KEY) if labels is not None else None
         if field is None:
             return m.CONTINUE_RESPONSE_HEADERS
-        hop = HopContext.decode(field.string_value)
-        self.hop, self.api, self.stream = hop, hop.client, True
-        self.translator = hop.translator()
         message = request.response_headers
         headers = {h.key: (h.raw_value.decode("latin-1") if h.raw_value else h.value) for h in message.headers.headers}
+        hop = HopContext.decode(field.string_value).answered_by(headers.get(PROVIDER_RESPONSE_HEADER))
+        self.hop, self.api, self.stream = hop, hop.client, hop.context.stream
+        self.translator = hop.translator()
         self.status = int(headers.get(":status", "0") or 0)
-        labelled(
-            RESPONSES, hop.provider_name, f"{self.status // 100}xx", headers.get("x-envoy-attempt-count", "1")
-        ).inc()
+        attempts = headers.get("x-envoy-attempt-count", "1")
+        labelled(RESPONSES, hop.provider_name, f"{self.status // 100}xx", attempts).inc()
+        set_headers: list[tuple[str, str]] = []
+        remove = ["content-length"]
+        if hop.chain:  # the provider is known only now: the Lua filter could not name it
+            scenario = labels.fields["scenario"].string_value if "scenario" in labels.fields else "model"
+            set_headers.append((ROUTE_HEADER, f"{hop.route_header(scenario)}; attempts={attempts}"))
+            remove.append(PROVIDER_RESPONSE_HEADER)
         translator = self.translator
-        if translator is None or message.end_of_stream:
-            return m.CONTINUE_RESPONSE_HEADERS
+        if translator is None or not translator.rewrites_response or message.end_of_stream:
+            return m.response_headers_response(set_headers, remove=remove[1:])
         ok = 200 <= self.status < 300
-        set_headers = translator.response_headers(self.status, headers) if ok else ()
-        return m.response_headers_response(set_headers, ["content-length"], m.STREAMED if ok else m.BUFFERED)
+        set_headers += translator.response_headers(self.status, headers) if ok else ()
+        return m.response_headers_response(set_headers, remove, m.STREAMED if ok and self.stream else m.BUFFERED)
 
     def _record_usage(self, usage: Usage) -> None:
         """The next turn's long-context check reads it at once; ccr_tokens_total is counted from

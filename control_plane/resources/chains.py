@@ -35,6 +35,7 @@ from control_plane.resources.gateway import (
 
 # Conditions under which the next provider of the chain is tried.
 CHAIN_CLUSTER_PREFIX = "chain_"
+ATTEMPT_FILTER = "ccr.attempt_ext_proc"  # the chain cluster's upstream ext_proc filter
 RETRY_ON = "5xx,reset,connect-failure,refused-stream,retriable-status-codes"
 
 
@@ -118,7 +119,9 @@ def _endpoint(provider: ProviderSpec, health_checked: bool) -> dict[str, Any]:
 
 def _upstream_extproc() -> dict[str, Any]:
     return {
-        "name": "envoy.filters.http.ext_proc",
+        # Not the listener filter's name: a route's per-filter config for "envoy.filters.http.ext_proc"
+        # (the decision hop's response-only mode on the chain route) must not reach this one.
+        "name": ATTEMPT_FILTER,
         "typed_config": {
             "@type": TYPE_PREFIX + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
             "grpc_service": {

@@ -2,7 +2,8 @@
 --
 -- Request: buffer the body, POST it with the client's headers to the decision service, then apply
 -- the answer: reply to the client, or rewrite the request (body, headers, routing labels) and let
--- the route be picked again, or defer to the ext_proc filter (translated streams, fallback chains).
+-- the route be picked again (a translated stream's or a fallback chain's route then runs ext_proc on
+-- the response).
 -- Response: when the decision left a response context, buffer the provider's answer and POST it to
 -- the decision service, which returns it in the client's format.
 --
@@ -127,8 +128,6 @@ local function on_request(handle)
       end
     end
     handle:clearRouteCache()
-  elseif action == "defer" then
-    handle:clearRouteCache() -- internal headers a client sent are gone: the ext_proc route now
   else
     return fail(handle, openai, "the gateway decision service answered something it cannot apply")
   end

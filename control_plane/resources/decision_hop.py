@@ -9,6 +9,7 @@ ext_proc runs as it always has, and keeps running after it picks the provider ro
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from ccr.v1.contract import (
     HOP_ROUTE_KEY,
     INTERNAL_HEADER_PREFIX,
     METADATA_NAMESPACE,
+    REWRITE_HEADER,
+    REWRITE_RESPONSE,
     ROUTE_HEADER,
 )
 from control_plane.resources.resilience import TYPE_PREFIX
@@ -85,3 +88,12 @@ def extproc_response_only() -> dict[str, Any]:
             "overrides": {"processing_mode": mode},
         }
     }
+
+
+def response_only_variant(route: dict[str, Any]) -> dict[str, Any]:
+    """``route`` for the requests the hop marked with REWRITE_HEADER (a translated stream, a
+    fallback chain): the same, with ext_proc on the response only. It goes first in the table."""
+    variant = copy.deepcopy(route)
+    variant["match"]["headers"].append({"name": REWRITE_HEADER, "string_match": {"exact": REWRITE_RESPONSE}})
+    variant["typed_per_filter_config"] = extproc_response_only()
+    return variant

@@ -7,7 +7,6 @@ module does I/O.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -138,10 +137,7 @@ def provider_routes(provider: ProviderSpec, decision_hop: bool = False) -> list[
     route = provider_route(provider, decision_hop)
     if not decision_hop:
         return [route]
-    stream = copy.deepcopy(route)
-    stream["match"]["headers"].append({"name": REWRITE_HEADER, "string_match": {"exact": "stream"}})
-    stream["typed_per_filter_config"] = decision_hop_resources.extproc_response_only()
-    return [stream, route]
+    return [decision_hop_resources.response_only_variant(route), route]
 
 
 def provider_route(provider: ProviderSpec, decision_hop: bool = False) -> dict[str, Any]:

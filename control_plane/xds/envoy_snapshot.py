@@ -16,6 +16,7 @@ from control_plane.policy import GatewayPolicy, ProviderSpec
 from control_plane.policy.routes import FallbackSpec
 from control_plane.resources import gateway as resources
 from control_plane.resources.chains import chain_cluster, chain_route
+from control_plane.resources.decision_hop import response_only_variant
 from control_plane.xds.snapshot import Snapshot
 
 
@@ -35,8 +36,12 @@ def envoy_snapshot(
         (name, chain_cluster(chain, {p.name: p for p in owner.providers})) for name, (chain, owner) in chains.items()
     ]
     longest = max((len(chain.providers) for chain, _ in chains.values()), default=0)
-    chain_routes = [chain_route(resources.ROUTE_TIMEOUT, longest, policy.attempt_timeout_seconds)] if chains else None
     hop = policy.decision_path == "hop"
+    chain_routes = None
+    if chains:
+        route = chain_route(resources.ROUTE_TIMEOUT, longest, policy.attempt_timeout_seconds)
+        # With the hop, a chain's answer is read by ext_proc on the response only.
+        chain_routes = [response_only_variant(route), route] if hop else [route]
     provider_routes = [route for p in specs for route in resources.provider_routes(p, hop)]
     routes = resources.route_configuration(chain_routes, provider_routes, hop)
     return Snapshot.build(

@@ -33,7 +33,7 @@ FORWARD = (
 ANSWERS = {
     "forward": (200, FORWARD),
     "reply": (200, b'ccr1 reply\nstatus\t429\t\nheader\tcontent-type\tapplication/json\n\n{"answered": "here"}'),
-    "defer": (200, b"ccr1 defer\n\n"),
+    "forward-unrouted": (200, b"ccr1 forward\n\n"),
     "garbage": (200, b"this is not an answer"),
     "unknown-action": (200, b"ccr1 teleport\n\n"),
     "error": (500, b"internal error"),
@@ -220,9 +220,10 @@ def test_a_reply_answer_reaches_the_client_untouched(envoy):
 
 def test_a_client_cannot_route_itself_with_internal_headers(envoy):
     port, servers = envoy
-    # The hop defers (ext_proc would decide in the gateway); the client's own x-ccr-cluster is gone.
+    # The hop forwards without naming a cluster: the client's own x-ccr-cluster is gone, so nothing
+    # routes the request.
     status, _, body = _post(
-        port, "/v1/messages", b"{}", x_test_answer="defer", **{CLUSTER_HEADER.replace("-", "_"): "echo"}
+        port, "/v1/messages", b"{}", x_test_answer="forward-unrouted", **{CLUSTER_HEADER.replace("-", "_"): "echo"}
     )
     assert (status, body) == (404, b"undecided")
     assert CLUSTER_HEADER not in servers.seen[-1]["headers"]

@@ -16,11 +16,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ccr.v1.contract import HOP_CONTEXT_KEY, HOP_ROUTE_KEY, HOP_STREAM_KEY, METADATA_NAMESPACE, REWRITE_HEADER
+from ccr.v1.contract import (
+    HOP_CONTEXT_KEY,
+    HOP_ROUTE_KEY,
+    HOP_STREAM_KEY,
+    METADATA_NAMESPACE,
+    REWRITE_HEADER,
+    REWRITE_RESPONSE,
+)
 from control_plane.policy import load_policy
 from extproc import hop
 from extproc.hop import HopContext
-from extproc.plan import Chain, plan
+from extproc.plan import GENERATE, Chain, plan
 from extproc.processor import RequestProcessor
 from extproc.routing_table import compile_policy
 from extproc.state import GatewayState
@@ -56,8 +63,6 @@ def via_hop(state: GatewayState, api: Api, kind: str, extra: dict, raw: bytes) -
     if action == "reply":
         status = next(int(name) for op, name, _ in ops if op == "status")
         return {"reply": (status, orjson.loads(payload))}
-    if action == "defer":
-        return {"defer": True}
     assert action == "forward"
     labels = {name: value for op, name, value in ops if op == "label" and name not in HOP_ONLY_LABELS}
     return {
@@ -76,8 +81,6 @@ def via_ext_proc(state: GatewayState, api: Api, kind: str, extra: dict, raw: byt
     if response.HasField("immediate_response"):
         reply = response.immediate_response
         return {"reply": (int(reply.status.code), orjson.loads(reply.body))}
-    if processor.context is not None:  # a fallback chain: the hop leaves it to this path
-        return {"defer": True}
     common = response.request_body.response
     labels = dict(response.dynamic_metadata.fields[METADATA_NAMESPACE].struct_value.fields)
     return {
@@ -94,11 +97,22 @@ def test_the_hop_and_ext_proc_give_every_request_the_same_answer(plan_state, nam
     assert via_hop(plan_state, api, kind, extra, raw) == via_ext_proc(plan_state, api, kind, extra, raw)
 
 
-def test_only_fallback_chains_are_deferred(plan_state):
-    for _, api, kind, extra, payload in CASES:
-        raw = raw_of(payload)
-        deferred = "defer" in via_hop(plan_state, api, kind, extra, raw)
-        assert deferred == isinstance(plan(plan_state.table, api, kind, extra, raw), Chain)
+def test_a_chain_goes_to_its_cluster_with_the_context_of_every_member(plan_state):
+    raw = orjson.dumps(anthropic(thinking={"type": "enabled", "budget_tokens": 2048}))
+    assert isinstance(plan(plan_state.table, Api.ANTHROPIC, GENERATE, {}, raw), Chain)
+    action, ops, payload = parse(hop.decide(plan_state, "POST", "/v1/messages", {}, raw))
+    assert (action, payload) == ("forward", b"")  # the client's body: each attempt is rewritten upstream
+    assert ("set", REWRITE_HEADER, REWRITE_RESPONSE) in ops
+    context = HopContext.decode(next(v for op, n, v in ops if op == "label" and n == HOP_STREAM_KEY))
+    assert [member[0] for member in context.chain] == ["ant", "oai", "gem"]
+    answered = context.answered_by("gem")
+    assert (answered.provider, answered.provider_name, answered.context.model) == (
+        Api.GEMINI,
+        "gem",
+        "gemini-2.5-pro",
+    )
+    assert answered.route_header("think") == "scenario=think; provider=gem; model=gemini-2.5-pro"
+    assert context.answered_by(None).provider_name == "ant"  # unknown: the first
 
 
 def test_endpoint_answers_need_no_body(plan_state):
@@ -116,7 +130,7 @@ def test_a_translated_stream_carries_its_context_to_ext_proc_and_a_whole_answer_
         return parse(hop.decide(plan_state, "POST", "/v1/messages", {}, orjson.dumps(payload)))[1]
 
     streamed = ops_of(anthropic("gpt-4o", stream=True))
-    assert ("set", REWRITE_HEADER, "stream") in streamed
+    assert ("set", REWRITE_HEADER, REWRITE_RESPONSE) in streamed
     assert {name for op, name, _ in streamed if op == "label"} >= {HOP_STREAM_KEY, HOP_ROUTE_KEY}
     whole = ops_of(anthropic("gpt-4o"))
     assert HOP_CONTEXT_KEY in {name for op, name, _ in whole if op == "label"}

@@ -16,9 +16,10 @@ INTERNAL_HEADER_PREFIX = "x-ccr-"
 CLUSTER_HEADER = "x-ccr-cluster"  # set by ext_proc; the route's cluster_header: the provider's cluster
 PROVIDER_RESPONSE_HEADER = "x-ccr-provider"  # which provider of a chain answered (endpoint metadata)
 ROUTE_HEADER = "x-ccr-route"  # on every routed response: scenario, provider, model, attempts
-# Set by the decision hop on a translated stream: its provider route's variant runs ext_proc on the
-# response only (extproc.processor reads the stream context from the dynamic metadata).
+# Set by the decision hop on a translated stream or a fallback chain: the route's variant runs
+# ext_proc on the response only (extproc.processor reads the context from the dynamic metadata).
 REWRITE_HEADER = "x-ccr-rewrite"
+REWRITE_RESPONSE = "response"  # REWRITE_HEADER's value
 # gRPC metadata on the upstream (per-attempt) ext_proc filter's calls, telling ext_proc which filter calls.
 UPSTREAM_PHASE_METADATA = ("x-ccr-phase", "upstream")
 
