@@ -3,6 +3,7 @@ gRPC access log: passthrough responses, whose bodies never reach Python, include
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,21 @@ def counted(gateway: Gateway, provider: str, model: str) -> dict[str, float]:
     }
 
 
+def settled(gateway: Gateway, provider: str, model: str) -> dict[str, float]:
+    """The counts once earlier tests' usage has arrived: the shared gateway's access log is flushed
+    every 100 ms per Envoy thread, so an earlier request to the same model may still be on its way
+    (counting it here would make the next delta wrong). Stable over 300 ms = settled."""
+    last = counted(gateway, provider, model)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = counted(gateway, provider, model)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
 def wait_for_count(gateway: Gateway, provider: str, model: str, before: dict[str, float], expected: dict[str, int]):
     """The access log is flushed every 100 ms: wait for the output count to move (ext_proc counts it
     last), then compare every count exactly."""
@@ -35,7 +51,7 @@ def wait_for_count(gateway: Gateway, provider: str, model: str, before: dict[str
 
 
 def test_a_passthrough_anthropic_stream_is_counted_without_its_body_reaching_python(gateway, fake):
-    before = counted(gateway, "fake-anthropic", "fake-sonnet")
+    before = settled(gateway, "fake-anthropic", "fake-sonnet")
     client = anthropic.Anthropic(base_url=gateway.url, api_key="k", max_retries=0)
     with client.messages.stream(
         model="claude-sonnet-4-5",
@@ -50,7 +66,7 @@ def test_a_passthrough_anthropic_stream_is_counted_without_its_body_reaching_pyt
 
 
 def test_a_passthrough_anthropic_message_is_counted(gateway, fake):
-    before = counted(gateway, "fake-anthropic", "fake-sonnet")
+    before = settled(gateway, "fake-anthropic", "fake-sonnet")
     client = anthropic.Anthropic(base_url=gateway.url, api_key="k", max_retries=0)
     usage = client.messages.create(
         model="claude-sonnet-4-5", max_tokens=100, messages=[{"role": "user", "content": "json body"}]
@@ -62,7 +78,7 @@ def test_a_passthrough_anthropic_message_is_counted(gateway, fake):
 
 def test_an_openai_stream_is_counted_when_the_client_asked_for_usage(gateway, fake):
     client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="k", max_retries=0)
-    before = counted(gateway, "fake-openai", "fake-gpt-4o")
+    before = settled(gateway, "fake-openai", "fake-gpt-4o")
     # Without include_usage the provider reports nothing, so nothing can be counted; the gateway
     # does not ask on the client's behalf (that would add a chunk the client did not ask for).
     for _ in client.chat.completions.create(
@@ -84,7 +100,7 @@ def test_an_openai_stream_is_counted_when_the_client_asked_for_usage(gateway, fa
 
 
 def test_a_translated_gemini_stream_is_counted_from_the_providers_own_fields(gateway, fake):
-    before = counted(gateway, "fake-gemini", "fake-gemini-pro")
+    before = settled(gateway, "fake-gemini", "fake-gemini-pro")
     client = anthropic.Anthropic(base_url=gateway.url, api_key="k", max_retries=0)
     with client.messages.stream(
         model="gemini-2.5-pro", max_tokens=100, messages=[{"role": "user", "content": "to gemini"}]
