@@ -20,6 +20,7 @@ neither is ever counted as the gateway's or plain Envoy's CPU.
 from __future__ import annotations
 
 import contextlib
+import http.client as http_client
 import os
 import shutil
 import signal
@@ -57,10 +58,19 @@ class BenchError(RuntimeError):
     pass
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free local port, never one this run handed out already: two gateways start side by side,
+    and a port free now may be the one the other is about to bind."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 30):
@@ -71,7 +81,7 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict[str, st
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
-    except OSError:
+    except (OSError, http_client.HTTPException):  # nothing, or something that is not HTTP/1, answered
         return 0, b""
 
 
@@ -302,11 +312,12 @@ def environment(
         starting = []
         for decision in sorted(decision_paths, key=list(TARGET_BY_DECISION_PATH).index):  # hop first
             name = TARGET_BY_DECISION_PATH[decision]
-            port, admin = free_port(), free_port()
+            port, admin, xds = free_port(), free_port(), free_port()  # xds too: not picked by `up` itself
             policy = workdir / f"{name}-policy.yaml"
             policy.write_text(yaml.safe_dump(gateway_policy(port, fake_port, upstream_port, decision), sort_keys=False))
             progress(f"starting {name} (ccr-gateway up, decision: {decision}) on 127.0.0.1:{port}")
-            argv = [*python, "up", "-c", str(policy), "--admin-port", str(admin), "--timeout", f"{startup_timeout_s:g}"]
+            argv = [*python, "up", "-c", str(policy), "--admin-port", str(admin), "--xds", f"127.0.0.1:{xds}"]
+            argv += ["--timeout", f"{startup_timeout_s:g}"]
             up = processes.start(name, argv + (["--workers", str(workers)] if workers else []), env=env)
             starting.append((name, decision, up, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}"))
         gateways = []
