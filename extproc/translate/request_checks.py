@@ -13,7 +13,7 @@ Pure: dicts in, ``ClientRequestError`` out.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from extproc.translate.anthropic_schema import answer_schema, system_texts
@@ -106,13 +106,7 @@ def _anthropic_message(i: int, message: Any, called: set[str]) -> None:
 
 
 def _anthropic_tools(tools: Any) -> None:
-    if tools is None:
-        return
-    if not isinstance(tools, list):
-        raise ClientRequestError("tools: must be an array")
-    for k, tool in enumerate(tools):
-        if not isinstance(tool, dict):
-            raise ClientRequestError(f"tools.{k}: must be an object")
+    for k, tool in _objects(tools, "tools"):
         if tool.get("type") not in (None, "custom"):
             continue  # an Anthropic-defined tool (web search, bash...): its shape is Anthropic's to check
         _required_name(tool.get("name"), f"tools.{k}.name")
@@ -218,13 +212,7 @@ def _openai_message(i: int, message: Any, called: set[str]) -> None:
 
 
 def _openai_tools(tools: Any) -> None:
-    if tools is None:
-        return
-    if not isinstance(tools, list):
-        raise ClientRequestError("tools: must be an array")
-    for k, tool in enumerate(tools):
-        if not isinstance(tool, dict):
-            raise ClientRequestError(f"tools.{k}: must be an object")
+    for k, tool in _objects(tools, "tools"):
         if tool.get("type", "function") != "function":
             raise ClientRequestError(f"tools.{k}.type: only 'function' tools are supported")
         function = tool.get("function")
@@ -264,6 +252,19 @@ def _response_format(fmt: Any) -> None:
 
 
 # --- shared ---------------------------------------------------------------------------------------
+
+
+def _objects(value: Any, path: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """An optional array of objects (tools), each with its index, checked as it goes (an earlier
+    item's own error is reported before a later malformed one); nothing when absent."""
+    if value is None:
+        return
+    if not isinstance(value, list):
+        raise ClientRequestError(f"{path}: must be an array")
+    for k, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise ClientRequestError(f"{path}.{k}: must be an object")
+        yield k, item
 
 
 def _required_name(value: Any, path: str) -> None:
