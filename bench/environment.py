@@ -317,6 +317,7 @@ def environment(
             policy.write_text(yaml.safe_dump(gateway_policy(port, fake_port, upstream_port, decision), sort_keys=False))
             progress(f"starting {name} (ccr-gateway up, decision: {decision}) on 127.0.0.1:{port}")
             argv = [*python, "up", "-c", str(policy), "--admin-port", str(admin), "--xds", f"127.0.0.1:{xds}"]
+            argv += ["--metrics-port", "0"]  # `up` serves metrics on fixed ports by default: two gateways would collide
             argv += ["--timeout", f"{startup_timeout_s:g}"]
             up = processes.start(name, argv + (["--workers", str(workers)] if workers else []), env=env)
             starting.append((name, decision, up, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}"))

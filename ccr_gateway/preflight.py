@@ -1,0 +1,65 @@
+"""Checks `ccr-gateway up` makes before it starts anything, and the metrics port plan.
+
+A port in use is found here, named with what it is for, instead of 30 s later as a readiness
+timeout or as a child's traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+
+DEFAULT_METRICS_PORT = 9464  # Prometheus' registry entry for its own client libraries' exporters
+METRICS_HELP = (
+    "Prometheus metrics, each on 127.0.0.1: the control plane on PORT, ext_proc worker i on PORT+1+i, "
+    "the `up` supervisor (child restarts) on PORT+1+WORKERS (default %(default)s; 0: no metrics)"
+)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def metrics_ports(first: int, workers: int) -> dict[str, int]:
+    """Child name (or ``supervisor``) -> its Prometheus port; empty when metrics are off (0)."""
+    if not first:
+        return {}
+    ports = {"control-plane": first}
+    ports.update({f"extproc-{index}": first + 1 + index for index in range(workers)})
+    ports["supervisor"] = first + 1 + workers
+    return ports
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_free(address: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
+def first_busy_port(wanted: list[tuple[str, int, str]]) -> str | None:
+    """``wanted``: (address, port, what it is for). The problem with the first port in use, else None."""
+    seen: dict[int, str] = {}
+    for address, port, what in wanted:
+        if port in seen:
+            return f"port {port} is wanted twice: for {seen[port]} and for {what}"
+        seen[port] = what
+        if not port_free(address, port):
+            return f"{address}:{port} is already in use: it is {what}"
+    return None
