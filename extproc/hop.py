@@ -43,7 +43,14 @@ from ccr.v1.contract import (
 )
 from extproc.metrics import RESPONSES, ROUTED, labelled
 from extproc.plan import Answer, Chain, Outcome, plan
-from extproc.request_steps import Reply, chain_rewrite, endpoint_step, error_reply, forward_rewrite
+from extproc.request_steps import (
+    Reply,
+    answer_reply,
+    chain_rewrite,
+    endpoint_step,
+    error_reply,
+    forward_rewrite,
+)
 from extproc.state import GatewayState
 from extproc.translate.base import Api, ResponseContext, Translator, UpstreamProtocolError
 from extproc.translate.registry import count_tokens_translator, translator_for
@@ -151,9 +158,7 @@ def decide(state: GatewayState, method: str, path: str, headers: Mapping[str, st
         return _reply(step)
     outcome = plan(state.table, api, step.kind, headers, raw, state.sessions)
     if isinstance(outcome, Answer):
-        if outcome.is_error:
-            return _reply(error_reply(api, outcome.status, outcome.message, outcome.details))
-        return _reply(Reply(outcome.status, outcome.body))
+        return _reply(answer_reply(api, outcome))
     carriage = carriage_of(outcome)
     if isinstance(outcome, Chain):
         return _chain(api, outcome, headers)
@@ -198,7 +203,7 @@ def _chain(api: Api, outcome: Chain, headers: Mapping[str, str]) -> bytes:
     return _forward(set_headers, rewrite.remove_headers, labels, rewrite.body or b"")
 
 
-def respond(state: GatewayState, token: str, status: int, content_type: str, raw: bytes) -> bytes:
+def respond(state: GatewayState, token: str, status: int, content_type: str, raw: bytes, request_id: str = "") -> bytes:
     """``POST /respond``: a provider's non-streaming answer in the client's format."""
     hop = HopContext.decode(token)
     translator = hop.translator()
@@ -212,7 +217,7 @@ def respond(state: GatewayState, token: str, status: int, content_type: str, raw
     try:
         out = translator.response_body(raw, True)
     except UpstreamProtocolError as exc:
-        log.warning("provider %s broke its API: %s", hop.provider_name, exc)
+        log.warning("request %s: provider %s broke its API: %s", request_id or "-", hop.provider_name, exc)
         message = f"the provider sent an invalid response: {exc}"
         return _response(502, error_reply(hop.client, 502, message, "ccr_bad_upstream"))
     if out.usage is not None:
@@ -225,6 +230,7 @@ def respond(state: GatewayState, token: str, status: int, content_type: str, raw
 
 def _reply(reply: Reply) -> bytes:
     ops = [("status", str(reply.status), ""), ("header", "content-type", reply.content_type)]
+    ops += _headers(reply.headers)
     if reply.details:
         ops.append(("label", HOP_DETAILS_KEY, reply.details))
     return _encode("reply", ops, reply.body)

@@ -10,7 +10,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.type.v3.http_status_pb2 import HttpStatus
 from google.protobuf.struct_pb2 import Struct
 
-from extproc.request_steps import error_reply
+from extproc.request_steps import Reply, error_reply
 from extproc.translate.base import Api
 
 _OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
@@ -74,16 +74,21 @@ def response_body_response(body: bytes) -> ep.ProcessingResponse:
 
 
 def immediate(
-    status: int, body: bytes, content_type: str = "application/json", details: str = ""
+    status: int, body: bytes, content_type: str = "application/json", details: str = "", headers: Headers = ()
 ) -> ep.ProcessingResponse:
     return ep.ProcessingResponse(
         immediate_response=ep.ImmediateResponse(
             status=HttpStatus(code=status),
-            headers=header_mutation([("content-type", content_type)]),
+            headers=header_mutation([("content-type", content_type), *headers]),
             body=body,
             details=details,
         )
     )
+
+
+def reply(answer: Reply) -> ep.ProcessingResponse:
+    """The gateway's own answer (extproc.request_steps.Reply), sent by Envoy."""
+    return immediate(answer.status, answer.body, answer.content_type, answer.details, answer.headers)
 
 
 def immediate_error(api: Api, status: int, message: str, details: str) -> ep.ProcessingResponse:

@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from ccr.v1.contract import ENCODING_HEADER
 from extproc.router import Decision, RoutingError, decide
 from extproc.routing_table import ModelRoute, RoutingTable
 from extproc.tokens import SessionUsage, count_for_client
@@ -92,7 +93,7 @@ def plan(
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        return Answer(400, f"request body is not valid JSON: {exc}", "ccr_bad_json")
+        return _not_json(raw, headers, exc)
     if not isinstance(body, dict):
         return Answer(400, "request body must be a JSON object", "ccr_bad_json")
     model = body.get("model")
@@ -105,9 +106,7 @@ def plan(
         return Answer(exc.status, exc.message, "ccr_bad_request")
     try:
         decision = decide(table, body, headers, len(raw), sessions)
-    except RoutingError as exc:
-        if kind == COUNT_TOKENS:  # counting needs no provider
-            return _counted(body)
+    except RoutingError as exc:  # count_tokens too: it is refused whatever /v1/messages refuses
         return Answer(exc.status, exc.message, "ccr_no_route")
     if decision.body is not body:  # the router changed it (subagent tag stripped from the system prompt)
         request = read_request(api, decision.body)
@@ -171,6 +170,28 @@ def response_context(request: ClientRequest, estimate: int) -> ResponseContext:
         return ResponseContext("", request.stream, estimate, include_usage=request.include_usage, turn=request.turns)
     shown = request.thinking is None or request.thinking.shown
     return ResponseContext("", request.stream, estimate, show_thinking=shown, turn=request.turns)
+
+
+def undecodable_body(encoding: str) -> str:
+    """Envoy's decompressor gave up on the body (it passes on what it decoded, often nothing)."""
+    return (
+        f"request body could not be decoded: it is labelled Content-Encoding {encoding!r} "
+        f"but is not valid {encoding} data"
+    )
+
+
+def _not_json(raw: bytes, headers: Mapping[str, str], error: orjson.JSONDecodeError) -> Answer:
+    """Why the body is not JSON, said plainly: orjson reports invalid UTF-8 as "surrogates not
+    allowed ... column 1", wherever the bad byte is; a body Envoy could not decompress is named."""
+    encoding = headers.get(ENCODING_HEADER)
+    if encoding:
+        return Answer(400, undecodable_body(encoding), "ccr_bad_encoding")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        message = f"request body is not valid UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start} ({exc.reason})"
+        return Answer(400, message, "ccr_bad_utf8")
+    return Answer(400, f"request body is not valid JSON: {error}", "ccr_bad_json")
 
 
 def _counted(body: dict[str, Any], decision: Decision | None = None) -> Answer:

@@ -22,13 +22,22 @@ from ccr.v1.contract import (
     HOP_STREAM_KEY,
     METADATA_NAMESPACE,
     PROVIDER_RESPONSE_HEADER,
+    REQUEST_ID_HEADER,
     ROUTE_HEADER,
 )
 from extproc import mutations as m
 from extproc.hop import HopContext
 from extproc.metrics import RESPONSES, ROUTED, labelled
 from extproc.plan import Answer, Chain, plan
-from extproc.request_steps import Endpoint, Reply, chain_rewrite, endpoint_step, forward_rewrite
+from extproc.request_steps import (
+    Endpoint,
+    Reply,
+    answer_reply,
+    chain_rewrite,
+    endpoint_step,
+    forward_rewrite,
+    route_header,
+)
 from extproc.router import Decision
 from extproc.routing_table import ModelRoute
 from extproc.state import GatewayState
@@ -78,9 +87,14 @@ class RequestProcessor:
             if phase == "response_body":
                 return self._response_body(request.response_body.body, request.response_body.end_of_stream)
         except Exception:  # a bug: fail closed, in the client's format, and say so in the log
-            log.exception("ext_proc failed in phase %s", phase)
+            log.exception("request %s: ext_proc failed in phase %s", self.request_id, phase)
             return m.immediate_error(self.api, 500, "internal gateway error", "ccr_internal_error")
         return _continue(phase)
+
+    @property
+    def request_id(self) -> str:
+        """Envoy's id of this request (the access log's request_id), for log lines about it."""
+        return self.headers.get(REQUEST_ID_HEADER, "-")
 
     # --- request --------------------------------------------------------------------------
 
@@ -96,7 +110,7 @@ class RequestProcessor:
             has_body=not message.end_of_stream,
         )
         if isinstance(step, Reply):
-            return m.immediate(step.status, step.body, step.content_type, step.details)
+            return m.reply(step)
         self.endpoint = step
         return m.CONTINUE_REQUEST_HEADERS
 
@@ -111,9 +125,7 @@ class RequestProcessor:
             route = decision.route
             labelled(ROUTED, self.api.value, decision.scenario, route.provider.name, route.model).inc()
         if isinstance(outcome, Answer):
-            if outcome.is_error:
-                return m.immediate_error(self.api, outcome.status, outcome.message, outcome.details)
-            return m.immediate(outcome.status, outcome.body)
+            return m.reply(answer_reply(self.api, outcome))
         if isinstance(outcome, Chain):
             self.context = outcome.context
             rewrite = chain_rewrite(self.api, outcome, self.headers)
@@ -140,15 +152,12 @@ class RequestProcessor:
             remove.append(PROVIDER_RESPONSE_HEADER)
         attempts = headers.get("x-envoy-attempt-count", "1")
         labelled(RESPONSES, route.provider.name, f"{self.status // 100}xx", attempts).inc()
-        route_header = (
-            ROUTE_HEADER,
-            f"scenario={decision.scenario}; provider={route.provider.name}; model={route.model}; attempts={attempts}",
-        )
+        route_set = (ROUTE_HEADER, route_header(decision, route, attempts))
         translator = self.translator
         if translator is None or not translator.rewrites_response or message.end_of_stream:
-            return m.response_headers_response([route_header], remove=remove[1:])
+            return m.response_headers_response([route_set], remove=remove[1:])
         ok = 200 <= self.status < 300
-        set_headers = [route_header, *(translator.response_headers(self.status, headers) if ok else ())]
+        set_headers = [route_set, *(translator.response_headers(self.status, headers) if ok else ())]
         mode = m.STREAMED if ok and self.stream else m.BUFFERED
         return m.response_headers_response(set_headers, remove=remove, body_mode=mode)
 
@@ -214,7 +223,7 @@ class RequestProcessor:
             provider = (
                 self.decision.route.provider.name if self.decision else self.hop.provider_name if self.hop else "?"
             )
-            log.warning("provider %s broke its API: %s", provider, exc)
+            log.warning("request %s: provider %s broke its API: %s", self.request_id, provider, exc)
             return m.immediate_error(self.api, 502, f"the provider sent an invalid response: {exc}", "ccr_bad_upstream")
         return m.response_body_response(out.body)
 

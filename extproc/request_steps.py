@@ -5,24 +5,38 @@ decision hop (extproc.hop). Both call these steps and only encode the result dif
 mutations, or the hop's line format), so a request gets the same answer on either path:
 
 - ``endpoint_step``: which endpoint the method and path name (the client's API with it), or the
-  gateway's own answer when no body is needed (unknown endpoint, no policy yet, the model list);
+  gateway's own answer when no body is needed (unknown endpoint 404, method not allowed 405,
+  headers too large 431, an encoding Envoy did not decode 415, no policy yet, the models);
+- ``answer_reply``: a plan's own answer as the client gets it;
 - ``forward_rewrite`` / ``chain_rewrite``: what to change in the request a plan forwards (body,
   headers to set and remove, routing labels for the access and usage logs).
 
 Pure: dicts and bytes in, frozen values out; the only side effect is the rejection counter.
+
+Which answers carry ``x-ccr-route``: every one decided after routing (the provider's answer, an
+error Envoy generates on the way to it, a translator's refusal, a provider without its key, a
+locally counted count_tokens: there ``attempts=0`` when no provider was asked). Answers given
+before any route was chosen (unknown endpoint or method, bad JSON, a request the client's API
+refuses, an unknown model) carry none: there is no provider or model to name.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-import orjson
-
-from ccr.v1.contract import CHAIN_METADATA_KEY, CLUSTER_HEADER, INTERNAL_HEADER_PREFIX, encode_chain
+from ccr.v1.contract import (
+    CHAIN_METADATA_KEY,
+    CLUSTER_HEADER,
+    DECODED_CONTENT_ENCODINGS,
+    ENCODING_HEADER,
+    INTERNAL_HEADER_PREFIX,
+    ROUTE_HEADER,
+    encode_chain,
+)
+from extproc import models
 from extproc.metrics import REJECTED, labelled
-from extproc.plan import Chain, Forward
+from extproc.plan import Answer, Chain, Forward, undecodable_body
 from extproc.router import Decision
 from extproc.routing_table import ModelRoute, RoutingTable
 from extproc.translate.base import Api
@@ -30,6 +44,11 @@ from extproc.translate.errors import error_body
 
 # Credentials the client sent for the gateway; never forwarded to a provider.
 CLIENT_CREDENTIALS = ("authorization", "x-api-key", "x-goog-api-key")
+# The gateway's limit on the request's headers (Envoy's own default): Envoy's codec lets up to 8 MB
+# through (control_plane.resources.edge) so that a client over this one gets a 431 it can read.
+MAX_REQUEST_HEADER_BYTES = 60 * 1024
+# Not counted against it: pseudo-headers and what Envoy or the Lua filter handle themselves.
+_UNCOUNTED_HEADERS = ("content-length", "transfer-encoding", "connection")
 # Headers that only mean something to one API; dropped when the provider speaks another.
 _API_HEADER_PREFIXES = {Api.ANTHROPIC: ("anthropic-",), Api.OPENAI: ("openai-",), Api.GEMINI: ("x-goog-",)}
 
@@ -48,6 +67,7 @@ ENDPOINTS: dict[tuple[str, str], Endpoint] = {
     ("GET", "/v1/models"): Endpoint(None, "models"),
     ("GET", "/models"): Endpoint(Api.OPENAI, "models"),
 }
+MODEL_ENDPOINTS = {"/v1/models": Endpoint(None, "model"), "/models": Endpoint(Api.OPENAI, "model")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +79,7 @@ class Reply:
     body: bytes
     details: str = ""
     content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()  # besides content-type (allow, x-ccr-route)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,28 +92,90 @@ class Rewrite:
     labels: Mapping[str, str]  # routing labels, dynamic metadata in ccr.v1.contract.METADATA_NAMESPACE
 
 
-def error_reply(api: Api, status: int, message: str, details: str) -> Reply:
+def error_reply(api: Api, status: int, message: str, details: str, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
     """An error in the client's own format, answered without contacting any provider."""
     labelled(REJECTED, api.value, str(status), details).inc()
-    return Reply(status, error_body(api, status, message), details)
+    return Reply(status, error_body(api, status, message), details, headers=headers)
+
+
+def answer_reply(api: Api, answer: Answer) -> Reply:
+    """A plan's own answer (an error, or a local count) as the client gets it: routed ones say
+    where they were routed (``attempts=0``: no provider was asked)."""
+    headers: tuple[tuple[str, str], ...] = ()
+    if answer.decision is not None:
+        headers = ((ROUTE_HEADER, route_header(answer.decision, answer.decision.route, 0)),)
+    if answer.is_error:
+        return error_reply(api, answer.status, answer.message, answer.details, headers)
+    return Reply(answer.status, answer.body, headers=headers)
+
+
+def route_header(decision: Decision, route: ModelRoute, attempts: int | str) -> str:
+    """The x-ccr-route value: where ``decision`` sent the request and how many tries it took."""
+    return f"scenario={decision.scenario}; provider={route.provider.name}; model={route.model}; attempts={attempts}"
 
 
 def endpoint_step(
     table: RoutingTable | None, method: str, path: str, headers: Mapping[str, str], has_body: bool
 ) -> tuple[Api, Endpoint | Reply]:
     """The client's API and the endpoint it called, or the gateway's answer (no body needed)."""
-    path = path.split("?", 1)[0]
-    endpoint = ENDPOINTS.get((method, path))
+    path, _, query = path.partition("?")
+    # HEAD is GET without the body (Envoy drops it from the answer).
+    endpoint = ENDPOINTS.get(("GET" if method == "HEAD" else method, path))
+    model_id = None
+    if endpoint is None and method in ("GET", "HEAD"):
+        model_id = models.model_id_of(path)
+        if model_id is not None:
+            endpoint = MODEL_ENDPOINTS["/v1/models" if path.startswith("/v1/") else "/models"]
     api = endpoint.api if endpoint and endpoint.api else _guess_api(path, headers)
+    if header_bytes(headers) > MAX_REQUEST_HEADER_BYTES:
+        # No byte count in the message: each decision path sees a few headers of Envoy's own.
+        message = f"request headers are larger than the gateway limit of {MAX_REQUEST_HEADER_BYTES} bytes"
+        return api, error_reply(api, 431, message, "ccr_headers_too_large")
     if endpoint is None:
+        allowed = allowed_methods(path)
+        if allowed:
+            allow = ", ".join(allowed)
+            message = f"method {method} is not allowed on {path}; it answers {allow}"
+            return api, error_reply(api, 405, message, "ccr_method_not_allowed", (("allow", allow),))
         return api, error_reply(api, 404, f"no such endpoint: {method} {path}", "ccr_unknown_endpoint")
     if table is None:
         return api, error_reply(api, 503, "the gateway has no routing policy yet; retry shortly", "ccr_no_policy")
-    if endpoint.kind == "models":
-        return api, Reply(200, models_body(api, table))
+    if endpoint.kind in ("models", "model"):
+        answer = models.listing(api, table, query) if model_id is None else models.retrieve(api, table, model_id)
+        if answer.status != 200:
+            details = "ccr_unknown_model" if answer.status == 404 else "ccr_bad_request"
+            return api, error_reply(api, answer.status, answer.message, details)
+        return api, Reply(200, answer.body)
+    encoding = headers.get("content-encoding", "").strip().lower()
+    if encoding and encoding != "identity":  # Envoy decodes the encodings it knows and drops the header
+        supported = ", ".join(DECODED_CONTENT_ENCODINGS)
+        message = f"Content-Encoding {encoding!r} is not supported: send the body unencoded, or encoded {supported}"
+        return api, error_reply(api, 415, message, "ccr_unsupported_encoding")
     if not has_body:
+        if headers.get(ENCODING_HEADER):
+            return api, error_reply(api, 400, undecodable_body(headers[ENCODING_HEADER]), "ccr_bad_encoding")
         return api, error_reply(api, 400, "request body is required", "ccr_empty_body")
     return api, endpoint
+
+
+def header_bytes(headers: Mapping[str, str]) -> int:
+    """The size of the client's headers as counted against MAX_REQUEST_HEADER_BYTES (name, value
+    and ": " + CRLF per header), the same on both decision paths."""
+    return sum(
+        len(name) + len(value) + 4
+        for name, value in headers.items()
+        if not name.startswith((":", INTERNAL_HEADER_PREFIX)) and name not in _UNCOUNTED_HEADERS
+    )
+
+
+def allowed_methods(path: str) -> tuple[str, ...]:
+    """The methods ``path`` answers (a 405's Allow header); () for a path the gateway does not serve."""
+    methods = {method for method, known in ENDPOINTS if known == path}
+    if models.model_id_of(path) is not None:
+        methods.add("GET")
+    if "GET" in methods:
+        methods.add("HEAD")
+    return tuple(sorted(methods))
 
 
 def forward_rewrite(api: Api, outcome: Forward, headers: Mapping[str, str]) -> Rewrite:
@@ -151,24 +234,6 @@ def strip_before_egress(name: str, client: Api, provider: Api) -> bool:
     if name in CLIENT_CREDENTIALS or name.startswith(INTERNAL_HEADER_PREFIX):
         return True
     return client is not provider and name.startswith(_API_HEADER_PREFIXES[client])
-
-
-def models_body(api: Api, table: RoutingTable) -> bytes:
-    names = table.model_names()
-    if api is Api.OPENAI:
-        data: Any = [
-            {"id": n, "object": "model", "created": 0, "owned_by": table.models[n].provider.name} for n in names
-        ]
-        return orjson.dumps({"object": "list", "data": data})
-    data = [{"type": "model", "id": n, "display_name": n, "created_at": "1970-01-01T00:00:00Z"} for n in names]
-    return orjson.dumps(
-        {
-            "data": data,
-            "has_more": False,
-            "first_id": names[0] if names else None,
-            "last_id": names[-1] if names else None,
-        }
-    )
 
 
 def _guess_api(path: str, headers: Mapping[str, str]) -> Api:

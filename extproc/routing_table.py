@@ -63,6 +63,7 @@ class ModelRoute:
     provider: ProviderRoute
     model: str  # the model's policy name (what clients put in "model")
     target: Target  # the provider's model id and limits (stream flag filled per request)
+    context_window: int = 0  # tokens; 0 = unknown (shown by GET /v1/models)
 
     def __str__(self) -> str:
         return f"{self.provider.name},{self.model}"
@@ -207,7 +208,7 @@ def compile_policy(policy: policy_pb2.Policy, environ: Mapping[str, str] | None 
                 max_output_tokens=model.max_output_tokens or None,
                 capabilities=frozenset(model.capabilities),
             )
-            model_route = ModelRoute(route, model.name, target)
+            model_route = ModelRoute(route, model.name, target, model.context_window)
             models[model.name] = model_route
             targets[(provider.name, model.name)] = model_route
             served.append(model_route)

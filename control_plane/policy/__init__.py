@@ -3,8 +3,18 @@ and resilience sections, and the YAML position plumbing. Importers use this pack
 
 from __future__ import annotations
 
+from control_plane.policy.keys import unset_key_warnings
 from control_plane.policy.model import GatewayPolicy, ModelSpec, ProviderSpec
 from control_plane.policy.parse import load_policy, load_policy_file
 from control_plane.policy.yaml_check import PolicyError, Problem
 
-__all__ = ["GatewayPolicy", "ModelSpec", "PolicyError", "Problem", "ProviderSpec", "load_policy", "load_policy_file"]
+__all__ = [
+    "GatewayPolicy",
+    "ModelSpec",
+    "PolicyError",
+    "Problem",
+    "ProviderSpec",
+    "load_policy",
+    "load_policy_file",
+    "unset_key_warnings",
+]

@@ -9,9 +9,11 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from ccr.v1 import policy_pb2
+from control_plane.policy.cors import CorsSpec
 from control_plane.policy.resilience import DEFAULT as DEFAULT_RESILIENCE
 from control_plane.policy.resilience import Resilience
 from control_plane.policy.routes import RoutingSpec
+from control_plane.policy.yaml_check import Problem
 
 API_NAMES = ("anthropic", "openai", "gemini")
 _PROTO_API = {
@@ -81,6 +83,11 @@ class GatewayPolicy:
     # a Lua filter (ext_proc only for translated streams and fallback chains); "ext_proc", a gRPC
     # ext_proc stream for every request.
     decision_path: str = "hop"
+    # Browser clients: preflights answered by Envoy (listener.cors); None: no CORS headers at all.
+    cors: CorsSpec | None = None
+    # What parsing found suspicious but not wrong (an OpenAI base_url without a version): shown by
+    # `validate` and logged, never a reason to reject. Not part of what the policy means.
+    warnings: tuple[Problem, ...] = field(default=(), compare=False)
 
     def provider(self, name: str) -> ProviderSpec | None:
         return next((p for p in self.providers if p.name == name), None)

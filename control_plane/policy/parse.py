@@ -14,6 +14,8 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
+from control_plane.policy.base_urls import check_base_url
+from control_plane.policy.cors import CorsSpec, parse_cors
 from control_plane.policy.model import (
     API_NAMES,
     DECISION_PATHS,
@@ -49,15 +51,16 @@ _TOP_FIELDS = ("listener", "limits", "providers", "aliases", "router", "fallback
 
 
 def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
-    root = compose(text, source)
     check = Checker(source)
+    root = compose(text, check)
     if root is None:
         raise PolicyError([Problem(source, 1, 1, "", "policy is empty; at least one provider is required")])
     top = check.mapping(root, "", _TOP_FIELDS, required=("providers",))
     listener_address, listener_port = "127.0.0.1", 8080
+    cors: CorsSpec | None = None
     decision_path = DECISION_PATHS[0]
     if "listener" in top:
-        listener = check.mapping(top["listener"], "listener", ("address", "port", "decision"))
+        listener = check.mapping(top["listener"], "listener", ("address", "port", "decision", "cors"))
         if "address" in listener:
             address = check.string(listener["address"], "listener.address")
             if address is not None:
@@ -75,6 +78,8 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
                 check.problem(listener["decision"], "listener.decision", f"must be {choices}, got {decision!r}")
             elif decision is not None:
                 decision_path = decision
+        if "cors" in listener:
+            cors = parse_cors(check, listener["cors"])
     max_request_bytes = DEFAULT_MAX_REQUEST_BYTES
     attempt_timeout_seconds = 0.0
     if "limits" in top:
@@ -99,9 +104,10 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
     _cross_checks(check, top.get("providers"), providers)
     specs = tuple(provider for _, provider in providers)
     catalog = {p.name: {**{m.id: m.name for m in p.models}, **{m.name: m.name for m in p.models}} for p in specs}
-    routing = parse_routing(check, top, catalog, {m.name for p in specs for m in p.models})
+    model_names = {m.name for p in specs for m in p.models}
+    routing = parse_routing(check, top, catalog, model_names, _written_names(top.get("providers")))
     if check.problems:
-        raise PolicyError(check.problems)
+        raise PolicyError(check.problems, check.warnings)
     return GatewayPolicy(
         listener_address,
         listener_port,
@@ -111,7 +117,20 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
         routing,
         attempt_timeout_seconds,
         decision_path,
+        warnings=tuple(check.warnings),
+        cors=cors,
     )
+
+
+def _written_names(providers_at: Located | None) -> set[str]:
+    """Every provider name written in the file, valid entry or not: a reference to a provider whose
+    entry has its own problem is not reported again as unknown."""
+    items = providers_at.value if providers_at is not None and isinstance(providers_at.value, list) else []
+    return {
+        item.value["name"][1].value
+        for item in items
+        if isinstance(item.value, dict) and "name" in item.value and isinstance(item.value["name"][1].value, str)
+    }
 
 
 _PROVIDER_FIELDS = (
@@ -141,6 +160,11 @@ def _provider(check: Checker, at: Located, path: str) -> ProviderSpec | None:
         if api is not None and api not in API_NAMES:
             check.problem(fields["api"], join(path, "api"), f"must be one of {', '.join(API_NAMES)} (got {api!r})")
     url = _base_url(check, fields["base_url"], join(path, "base_url")) if "base_url" in fields else None
+    if url is not None and api in API_NAMES:
+        advice = check_base_url(api, url[1], url[3], fields["base_url"].value)
+        if advice is not None:
+            report = check.problem if advice.is_error else check.warning
+            report(fields["base_url"], join(path, "base_url"), advice.message)
     key_env = ""
     if "api_key_env" in fields:
         key_env = (

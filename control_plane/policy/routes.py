@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from ccr.v1 import policy_pb2
 from ccr.v1.contract import DEFAULT_LONG_CONTEXT_THRESHOLD, SCENARIOS
-from control_plane.policy.yaml_check import Checker, Located, join, kind_of
+from control_plane.policy.yaml_check import Checker, Located, closest, join, kind_of
 
 MAX_CHAIN = 5
 _HOOK = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -129,11 +129,13 @@ class RoutingSpec:
 class _Catalog:
     """Which provider serves which model names (and ids), for resolving "provider,model"."""
 
-    def __init__(self, providers: dict[str, dict[str, str]]) -> None:
+    def __init__(self, providers: dict[str, dict[str, str]], written: set[str]) -> None:
         self.providers = providers  # provider -> {name or id: policy name}
+        self.written = written  # every provider name in the file, including entries with problems
 
-    def resolve(self, text: str) -> TargetSpec | str:
-        """A target, or a message saying what is wrong with ``text``."""
+    def resolve(self, text: str) -> TargetSpec | str | None:
+        """A target, a message saying what is wrong with ``text``, or None when it names a provider
+        whose entry has problems of its own (already reported: saying "unknown" would be wrong)."""
         provider, sep, model = text.partition(",")
         provider, model = provider.strip(), model.strip()
         if not sep or not provider or not model:
@@ -142,8 +144,11 @@ class _Catalog:
                 '(inside YAML [...] or {...} a comma splits values: quote it, "provider,model")'
             )
         models = self.providers.get(provider)
+        if models is None and provider in self.written:
+            return None
         if models is None:
-            return f"unknown provider {provider!r} in {text!r}"
+            hint = closest(provider, tuple(self.written))
+            return f"unknown provider {provider!r} in {text!r}" + (f" (did you mean {hint!r}?)" if hint else "")
         name = models.get(model)
         if name is None:
             return f"provider {provider!r} has no model {model!r}"
@@ -151,10 +156,16 @@ class _Catalog:
 
 
 def parse_routing(
-    check: Checker, top: dict[str, Located], providers: dict[str, dict[str, str]], model_names: set[str]
+    check: Checker,
+    top: dict[str, Located],
+    providers: dict[str, dict[str, str]],
+    model_names: set[str],
+    written_providers: set[str],
 ) -> RoutingSpec:
-    catalog = _Catalog(providers)
-    aliases: dict[str, Choice] = {}
+    """``providers``: the valid providers' models; ``written_providers``: every provider name in the
+    file (references to one whose entry is invalid are not reported a second time)."""
+    catalog = _Catalog(providers, written_providers)
+    aliases = _Aliases()
     if "aliases" in top:
         aliases = _aliases(check, top["aliases"], catalog, model_names)
     router = RouterSpec()
@@ -166,34 +177,50 @@ def parse_routing(
     tenants: list[TenantSpec] = []
     if "tenants" in top:
         tenants = _tenants(check, top["tenants"], catalog, aliases)
-    return RoutingSpec(tuple(sorted(aliases.items())), router, tuple(fallbacks), tuple(tenants))
+    return RoutingSpec(tuple(sorted(aliases.valid.items())), router, tuple(fallbacks), tuple(tenants))
 
 
-def _aliases(check: Checker, at: Located, catalog: _Catalog, model_names: set[str]) -> dict[str, Choice]:
+@dataclass
+class _Aliases:
+    valid: dict[str, Choice] = field(default_factory=dict)
+    # Every alias name written, valid or not: using an alias whose definition has a problem is not
+    # a second problem.
+    written: set[str] = field(default_factory=set)
+
+
+def _aliases(check: Checker, at: Located, catalog: _Catalog, model_names: set[str]) -> _Aliases:
+    out = _Aliases()
     if not isinstance(at.value, dict):
         check.problem(at, "aliases", f"must be a mapping of name -> target, got {kind_of(at.value)}")
-        return {}
-    out: dict[str, Choice] = {}
+        return out
     for name, (key_at, value_at) in at.value.items():
         path = join("aliases", name)
+        out.written.add(name)
         if name in model_names:
             check.problem(key_at, path, f"{name!r} is already a model name; an alias must not shadow it")
             continue
-        choice = _choice(check, value_at, path, catalog, {})
-        if choice:
-            out[name] = choice
+        if isinstance(value_at.value, str) and value_at.value in at.value:
+            check.problem(value_at, path, f"{value_at.value!r} is an alias; an alias names 'provider,model' itself")
+            continue
+        before = len(check.problems)
+        choice = _choice(check, value_at, path, catalog, _Aliases())
+        if choice and len(check.problems) == before:
+            out.valid[name] = choice
     return out
 
 
-def _choice(check: Checker, at: Located, path: str, catalog: _Catalog, aliases: dict[str, Choice]) -> Choice:
+def _choice(check: Checker, at: Located, path: str, catalog: _Catalog, aliases: _Aliases) -> Choice:
     if isinstance(at.value, str):
-        if at.value in aliases:
-            return aliases[at.value]
+        if at.value in aliases.valid:
+            return aliases.valid[at.value]
+        if at.value in aliases.written:
+            return ()
         target = catalog.resolve(at.value)
         if isinstance(target, str):
-            check.problem(at, path, target)
+            hint = closest(at.value, tuple(aliases.written)) if "," not in at.value else None
+            check.problem(at, path, target + (f" (did you mean alias {hint!r}?)" if hint else ""))
             return ()
-        return ((target, 1),)
+        return () if target is None else ((target, 1),)
     if not isinstance(at.value, list) or not at.value:
         check.problem(
             at, path, f"must be 'provider,model', an alias, or a list of {{target, weight}}, got {kind_of(at.value)}"
@@ -210,13 +237,13 @@ def _choice(check: Checker, at: Located, path: str, catalog: _Catalog, aliases: 
         weight = check.integer(fields["weight"], join(item_path, "weight"), 1, 1_000_000) if "weight" in fields else 1
         if isinstance(target, str):
             check.problem(target_at, join(item_path, "target"), target)
-        elif weight is not None:
+        elif target is not None and weight is not None:
             options.append((target, weight))
     return tuple(options)
 
 
 def _router(
-    check: Checker, at: Located, path: str, catalog: _Catalog, aliases: dict[str, Choice], inherit: bool = False
+    check: Checker, at: Located, path: str, catalog: _Catalog, aliases: _Aliases, inherit: bool = False
 ) -> RouterSpec:
     """A tenant's router (inherit=True) leaves unset values empty: 0 threshold, no hook, no
     scenario, so that the global router's values apply to them."""
@@ -250,9 +277,11 @@ def _fallbacks(check: Checker, at: Located, catalog: _Catalog) -> list[FallbackS
             continue
         items = check.sequence(value_at, path)
         then: list[TargetSpec] = []
-        seen = {primary.provider}
+        seen = {primary.provider} if primary is not None else set()
         for index, item in enumerate(items):
             target = catalog.resolve(item.value) if isinstance(item.value, str) else "must be 'provider,model'"
+            if target is None:
+                continue
             if isinstance(target, str):
                 check.problem(item, join(path, index), target)
             elif target.provider in seen:
@@ -262,12 +291,12 @@ def _fallbacks(check: Checker, at: Located, catalog: _Catalog) -> list[FallbackS
                 then.append(target)
         if len(then) + 1 > MAX_CHAIN:
             check.problem(value_at, path, f"a chain holds at most {MAX_CHAIN} providers")
-        elif then:
+        elif then and primary is not None:  # None: its provider's entry has problems of its own
             out.append(FallbackSpec(primary, tuple(then)))
     return out
 
 
-def _tenants(check: Checker, at: Located, catalog: _Catalog, aliases: dict[str, Choice]) -> list[TenantSpec]:
+def _tenants(check: Checker, at: Located, catalog: _Catalog, aliases: _Aliases) -> list[TenantSpec]:
     out = []
     names: set[str] = set()
     for index, item in enumerate(check.sequence(at, "tenants")):

@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from control_plane.policy.yaml_errors import describe
+
 
 @dataclass(frozen=True, slots=True)
 class Problem:
@@ -20,17 +22,23 @@ class Problem:
     column: int
     path: str
     message: str
+    # A warning does not make the policy invalid: it is printed, and the policy is used.
+    warning: bool = False
 
     def __str__(self) -> str:
         where = f"{self.source}:{self.line}:{self.column}" if self.line else self.source
+        if self.warning:
+            where += ": warning"
         return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
 
 
 class PolicyError(ValueError):
     """The policy is invalid; ``problems`` lists every problem found, in file order."""
 
-    def __init__(self, problems: list[Problem]) -> None:
+    def __init__(self, problems: list[Problem], warnings: list[Problem] | None = None) -> None:
         self.problems = sorted(problems, key=lambda p: (p.line, p.column))
+        # Found along the way; kept apart so that the message stays the problems alone.
+        self.warnings = sorted(warnings or [], key=lambda p: (p.line, p.column))
         super().__init__("\n".join(str(p) for p in self.problems))
 
     @classmethod
@@ -52,28 +60,35 @@ class Located:
         self.column = column
 
 
-def compose(text: str, source: str) -> Located | None:
+def compose(text: str, check: Checker) -> Located | None:
+    """The YAML tree with positions; a duplicate key is reported to ``check`` (PyYAML would keep
+    the last one silently: two `limits:` sections would lose the first one's settings)."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
-        raise PolicyError([Problem(source, line, col, "", f"invalid YAML: {exc.problem}")]) from None
-    if node is None:
-        return None
-    return locate(node)
+        return None if node is None else locate(node, "", check)
+    except yaml.YAMLError as exc:
+        line, col, message = describe(exc, text)
+        raise PolicyError([Problem(check.source, line, col, "", f"invalid YAML: {message}")]) from None
 
 
-def locate(node: yaml.Node) -> Located:
+def locate(node: yaml.Node, path: str, check: Checker) -> Located:
     line, col = node.start_mark.line + 1, node.start_mark.column + 1
     if isinstance(node, yaml.MappingNode):
         mapping: dict[str, tuple[Located, Located]] = {}
+        keys: dict[str, list[Located]] = {}
         for key_node, value_node in node.value:
-            key = locate(key_node)
-            mapping[str(key.value)] = (key, locate(value_node))
+            key = locate(key_node, path, check)
+            keys.setdefault(str(key.value), []).append(key)
+            mapping[str(key.value)] = (key, locate(value_node, join(path, str(key.value)), check))
+        for name, written in keys.items():
+            if len(written) > 1:
+                lines = [str(k.line) for k in written]
+                times = "twice" if len(written) == 2 else f"{len(written)} times"
+                where = ", ".join(lines[:-1]) + f" and {lines[-1]}"
+                check.problem(written[-1], join(path, name), f"defined {times}, at lines {where}")
         return Located(mapping, line, col)
     if isinstance(node, yaml.SequenceNode):
-        return Located([locate(item) for item in node.value], line, col)
+        return Located([locate(item, join(path, index), check) for index, item in enumerate(node.value)], line, col)
     # PyYAML's own tag resolution: 8080 is an int, true a bool, "8080" a string.
     return Located(yaml.SafeLoader("").construct_object(node, deep=True), line, col)
 
@@ -85,10 +100,15 @@ class Checker:
     def __init__(self, source: str) -> None:
         self.source = source
         self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []
 
     def problem(self, at: Located | None, path: str, message: str) -> None:
         line, col = (at.line, at.column) if at else (0, 0)
         self.problems.append(Problem(self.source, line, col, path, message))
+
+    def warning(self, at: Located | None, path: str, message: str) -> None:
+        line, col = (at.line, at.column) if at else (0, 0)
+        self.warnings.append(Problem(self.source, line, col, path, message, warning=True))
 
     def mapping(
         self, at: Located, path: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()

@@ -27,6 +27,7 @@ from control_plane.policy.routes import FallbackSpec
 from control_plane.resources.gateway import (
     EXTPROC_CLUSTER,
     EXTPROC_MESSAGE_TIMEOUT,
+    EXTPROC_STREAM_RETRY,
     TYPE_PREFIX,
     parse_resource,
     resilience,
@@ -127,6 +128,7 @@ def _upstream_extproc() -> dict[str, Any]:
             "grpc_service": {
                 "envoy_grpc": {"cluster_name": EXTPROC_CLUSTER},
                 "initial_metadata": [{"key": UPSTREAM_PHASE_METADATA[0], "value": UPSTREAM_PHASE_METADATA[1]}],
+                "retry_policy": EXTPROC_STREAM_RETRY,
             },
             "failure_mode_allow": False,
             "message_timeout": EXTPROC_MESSAGE_TIMEOUT,
@@ -194,7 +196,7 @@ def chain_route(timeout: str, max_attempts: int, attempt_timeout_seconds: float 
             {
                 "header": {
                     "key": PROVIDER_RESPONSE_HEADER,
-                    "value": f'%UPSTREAM_METADATA(["{METADATA_NAMESPACE}","provider"])%',
+                    "value": f"%UPSTREAM_METADATA({METADATA_NAMESPACE}:provider)%",
                 },
                 "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
             }

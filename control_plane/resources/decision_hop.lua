@@ -18,6 +18,8 @@ local CONTEXT_LABEL = "@CONTEXT_LABEL@"
 local CLUSTER_HEADER = "@CLUSTER_HEADER@"
 local ROUTE_HEADER = "@ROUTE_HEADER@"
 local ROUTE_LABEL = "@ROUTE_LABEL@"
+local ENCODING_HEADER = "@ENCODING_HEADER@"
+local REQUEST_ID_HEADER = "@REQUEST_ID_HEADER@"
 local TIMEOUT_MS = @TIMEOUT_MS@
 local MAGIC = "ccr1 "
 local PREFIX_LENGTH = #INTERNAL_PREFIX
@@ -54,15 +56,27 @@ local function parse(answer)
   return action, ops, string.sub(answer, cut + 2)
 end
 
+-- A 503 here is Envoy's own: the worker refused the connection or closed it before answering (it
+-- was stopped or killed; `up` replaces it). The decision is pure, so asking again is safe, and the
+-- cluster's outlier detection has already ejected that worker: the next call goes to another one.
+-- A timeout (504) is not retried: it would double the wait of a request that already waited.
+local CALL_ATTEMPTS = 3
+
 local function call(handle, path, headers, body)
   headers[":method"] = "POST"
   headers[":path"] = path
   headers[":authority"] = "ccr-hop"
-  local answer_headers, answer = handle:httpCall(HOP_CLUSTER, headers, body, { timeout_ms = TIMEOUT_MS, send_xff = false })
-  if answer_headers == nil or answer_headers[":status"] ~= "200" then
-    return nil
+  for _ = 1, CALL_ATTEMPTS do
+    local answer_headers, answer = handle:httpCall(HOP_CLUSTER, headers, body, { timeout_ms = TIMEOUT_MS, send_xff = false })
+    local status = answer_headers and answer_headers[":status"]
+    if status == "200" then
+      return parse(answer)
+    end
+    if status ~= "503" then
+      return nil
+    end
   end
-  return parse(answer)
+  return nil
 end
 
 local function on_request(handle)
@@ -72,6 +86,9 @@ local function on_request(handle)
   for name, value in pairs(headers) do
     if string.sub(name, 1, PREFIX_LENGTH) == INTERNAL_PREFIX then
       internal[#internal + 1] = name -- never trusted from a client
+      if name == ENCODING_HEADER then
+        forwarded[name] = value -- set by Envoy's first filter, not the client: what was decoded
+      end
     elseif name == ":path" then
       forwarded["x-ccr-hop-path"] = value
     elseif name == ":method" then
@@ -125,6 +142,10 @@ local function on_request(handle)
         headers:remove(op[2])
       elseif op[1] == "label" then
         metadata:set(NAMESPACE, op[2], op[3])
+        if op[2] == CONTEXT_LABEL then
+          -- /respond will be called: its log lines name the request by Envoy's id.
+          metadata:set(NAMESPACE, REQUEST_ID_HEADER, forwarded[REQUEST_ID_HEADER] or "")
+        end
       end
     end
     handle:clearRouteCache()
@@ -146,6 +167,7 @@ local function on_response(handle)
     return -- the provider's answer goes to the client as it is
   end
   local request = {
+    [REQUEST_ID_HEADER] = labels[REQUEST_ID_HEADER] or "",
     ["x-ccr-context"] = context,
     ["x-ccr-status"] = headers:get(":status") or "0",
     ["content-type"] = headers:get("content-type") or "",

@@ -17,11 +17,13 @@ import envoy.extensions.filters.http.lua.v3.lua_pb2  # noqa: F401  (registers th
 
 from ccr.v1.contract import (
     CLUSTER_HEADER,
+    ENCODING_HEADER,
     HOP_CLUSTER,
     HOP_CONTEXT_KEY,
     HOP_ROUTE_KEY,
     INTERNAL_HEADER_PREFIX,
     METADATA_NAMESPACE,
+    REQUEST_ID_HEADER,
     REWRITE_HEADER,
     REWRITE_RESPONSE,
     ROUTE_HEADER,
@@ -29,6 +31,7 @@ from ccr.v1.contract import (
 from control_plane.resources.resilience import TYPE_PREFIX
 
 EXTPROC_FILTER = "envoy.filters.http.ext_proc"
+LUA_FILTER = "envoy.filters.http.lua"
 # A decision takes well under a millisecond; this bounds a wedged decision service (fail closed).
 HOP_TIMEOUT_MS = 5000
 _SCRIPT = Path(__file__).with_name("decision_hop.lua")
@@ -43,6 +46,8 @@ def lua_source(timeout_ms: int = HOP_TIMEOUT_MS) -> str:
         "@CLUSTER_HEADER@": CLUSTER_HEADER,
         "@ROUTE_HEADER@": ROUTE_HEADER,
         "@ROUTE_LABEL@": HOP_ROUTE_KEY,
+        "@ENCODING_HEADER@": ENCODING_HEADER,
+        "@REQUEST_ID_HEADER@": REQUEST_ID_HEADER,
         "@TIMEOUT_MS@": str(timeout_ms),
     }
     source = _SCRIPT.read_text()
@@ -53,7 +58,7 @@ def lua_source(timeout_ms: int = HOP_TIMEOUT_MS) -> str:
 
 def lua_filter() -> dict[str, Any]:
     return {
-        "name": "envoy.filters.http.lua",
+        "name": LUA_FILTER,
         "typed_config": {
             "@type": TYPE_PREFIX + "envoy.extensions.filters.http.lua.v3.Lua",
             "default_source_code": {"inline_string": lua_source()},

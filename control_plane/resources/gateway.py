@@ -16,6 +16,7 @@ import envoy.extensions.access_loggers.stream.v3.stream_pb2
 import envoy.extensions.filters.http.ext_proc.v3.ext_proc_pb2
 import envoy.extensions.filters.http.router.v3.router_pb2
 import envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2
+import envoy.extensions.retry.host.previous_hosts.v3.previous_hosts_pb2
 import envoy.extensions.transport_sockets.tls.v3.tls_pb2
 import envoy.extensions.upstreams.http.v3.http_protocol_options_pb2  # noqa: F401
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
@@ -27,8 +28,9 @@ from google.protobuf.message import Message
 
 from ccr.v1.contract import CLUSTER_HEADER, EXTPROC_CLUSTER, HOP_DETAILS_KEY, METADATA_NAMESPACE, REWRITE_HEADER
 from control_plane.policy import GatewayPolicy, ProviderSpec
+from control_plane.policy.cors import CorsSpec
 from control_plane.resources import decision_hop as decision_hop_resources
-from control_plane.resources import resilience, usage_capture
+from control_plane.resources import edge, resilience, usage_capture
 
 LISTENER_NAME = "ccr_listener"
 ROUTE_CONFIG_NAME = "ccr_routes"
@@ -39,6 +41,22 @@ ROUTE_TIMEOUT = "600s"
 STREAM_IDLE_TIMEOUT = "300s"
 # ext_proc answers in well under a millisecond; this bound only matters when it is wedged.
 EXTPROC_MESSAGE_TIMEOUT = "5s"
+# A worker that is stopping or was killed refuses the stream (`up` replaces it within a second, and
+# outlier detection takes it out of rotation at once): open it again on another worker.
+EXTPROC_STREAM_RETRY = {
+    "retry_on": "connect-failure,refused-stream,reset,unavailable",
+    "num_retries": 2,
+    "retry_back_off": {"base_interval": "0.005s", "max_interval": "0.05s"},
+    "retry_host_predicate": [
+        {
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {
+                "@type": resilience.TYPE_PREFIX + "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+            },
+        }
+    ],
+    "host_selection_retry_max_attempts": 3,
+}
 
 _ADS = {"ads": {}, "resource_api_version": "V3"}
 TYPE_PREFIX = resilience.TYPE_PREFIX
@@ -164,10 +182,12 @@ def route_configuration(
     chain_routes: list[dict[str, Any]] | None = None,
     provider_routes: list[dict[str, Any]] | None = None,
     decision_hop: bool = False,
+    cors: CorsSpec | None = None,
 ) -> RouteConfiguration:
     """Routing is decided by ext_proc: it names the cluster in x-ccr-cluster and clears the route
     cache. A request that reaches the router without that header was not routed (fail closed).
-    Requests with a fallback chain take the chain route first (it adds the retry policy)."""
+    Requests with a fallback chain take the chain route first (it adds the retry policy).
+    ``/health`` comes before all of them: Envoy answers it."""
     return parse_resource(
         RouteConfiguration(),
         {
@@ -177,7 +197,9 @@ def route_configuration(
                     "name": "gateway",
                     "domains": ["*"],
                     "include_attempt_count_in_response": True,
+                    **({"typed_per_filter_config": edge.cors_policy(cors)} if cors is not None else {}),
                     "routes": [
+                        edge.health_route(),
                         *(chain_routes or []),
                         *(provider_routes or []),
                         {
@@ -193,6 +215,7 @@ def route_configuration(
                                 else {}
                             ),
                         },
+                        *([edge.cors_route(CLUSTER_HEADER)] if cors is not None else []),
                         {
                             "match": {"prefix": "/"},
                             "direct_response": {"status": 404, "body": {"inline_string": "no route for this request"}},
@@ -261,39 +284,36 @@ def _error_mappers(max_request_bytes: int) -> list[dict[str, Any]]:
         }
         for api in ("openai", "anthropic")
     }
-    # Envoy's own texts ("Payload Too Large", empty for a failed ext_proc stream) say too little.
-    message = (
-        f"%CEL(response.code == 413 ? 'request body is larger than the gateway limit of {max_request_bytes} bytes: ' "
-        ": response.code_details.startsWith('ext_proc_error') ? "
-        "'the gateway routing service (ext_proc) is unavailable: ' : '')%%LOCAL_REPLY_BODY%"
-    )
+    # Envoy's own texts ("Payload Too Large", "no healthy upstream", nothing for a failed ext_proc
+    # stream) say too little: the failures Envoy's details name get a sentence of their own.
+    known, known_message = edge.local_reply_messages(max_request_bytes)
     anthropic_type = (
         "%CEL(response.code == 413 ? 'request_too_large' : response.code == 429 ? 'rate_limit_error' : "
         "response.code >= 500 ? 'api_error' : response.code == 404 ? 'not_found_error' : 'invalid_request_error')%"
     )
     openai_type = "%CEL(response.code >= 500 ? 'server_error' : 'invalid_request_error')%"
-    openai_body = {"error": {"message": message, "type": openai_type, "param": None, "code": "%RESPONSE_CODE_DETAILS%"}}
-    anthropic_body = {"type": "error", "error": {"type": anthropic_type, "message": message}}
-    formats = {
-        "openai": _json_body(openai_body),
-        "anthropic": _json_body(anthropic_body),
-    }
-    # First match wins: metadata beats the path, the path beats the Anthropic default.
+
+    def formats(message: str) -> dict[str, dict[str, Any]]:
+        openai = {"error": {"message": message, "type": openai_type, "param": None, "code": "%RESPONSE_CODE_DETAILS%"}}
+        anthropic = {"type": "error", "error": {"type": anthropic_type, "message": message}}
+        return {"openai": _json_body(openai), "anthropic": _json_body(anthropic)}
+
+    # First match wins: a known failure before Envoy's own text; metadata beats the path, the path
+    # beats the Anthropic default.
     rules = [
         ([by_metadata["openai"]], "openai"),
         ([by_metadata["anthropic"]], "anthropic"),
         ([openai_path], "openai"),
         ([], "anthropic"),
     ]
-    return [
-        {
-            "filter": {"and_filter": {"filters": [envoy_generated, _status_at_least(400), *extra]}}
-            if extra
-            else {"and_filter": {"filters": [envoy_generated, _status_at_least(400)]}},
-            "body_format_override": formats[api],
-        }
-        for extra, api in rules
-    ]
+    mappers = []
+    for condition, message in ((_cel(known), known_message), (None, "%LOCAL_REPLY_BODY%")):
+        for extra, api in rules:
+            filters = [envoy_generated, _status_at_least(400), *([condition] if condition else []), *extra]
+            mappers.append(
+                {"filter": {"and_filter": {"filters": filters}}, "body_format_override": formats(message)[api]}
+            )
+    return mappers
 
 
 def _cel(expression: str) -> dict[str, Any]:
@@ -326,7 +346,7 @@ def extproc_filter() -> dict[str, Any]:
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
             "@type": TYPE_PREFIX + "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
-            "grpc_service": {"envoy_grpc": {"cluster_name": EXTPROC_CLUSTER}},
+            "grpc_service": {"envoy_grpc": {"cluster_name": EXTPROC_CLUSTER}, "retry_policy": EXTPROC_STREAM_RETRY},
             # Routing depends on it: never let a request through undecided.
             "failure_mode_allow": False,
             "status_on_error": {"code": 503},
@@ -359,7 +379,12 @@ def listener(policy: GatewayPolicy, usage_log_clusters: Sequence[str] = (EXTPROC
         "stat_prefix": "ccr",
         "codec_type": "AUTO",
         "rds": {"route_config_name": ROUTE_CONFIG_NAME, "config_source": _ADS},
+        # Order matters: the request id's response half must see every local reply (first); CORS
+        # preflights never reach a decision; the decision filters read decoded bodies.
         "http_filters": [
+            edge.edge_headers_filter(),
+            edge.cors_filter(),
+            *edge.decompressor_filters(),
             *([decision_hop_resources.lua_filter()] if policy.decision_path == "hop" else []),
             extproc_filter(),
             # After ext_proc: on the response path they read the provider's bytes, untranslated.
@@ -372,6 +397,8 @@ def listener(policy: GatewayPolicy, usage_log_clusters: Sequence[str] = (EXTPROC
         ],
         "stream_idle_timeout": STREAM_IDLE_TIMEOUT,
         "request_timeout": "0s",
+        "always_set_request_id_in_response": True,
+        "max_request_headers_kb": edge.CODEC_MAX_REQUEST_HEADERS_KB,
         "normalize_path": True,
         "merge_slashes": True,
         "access_log": [

@@ -43,7 +43,7 @@ def envoy_snapshot(
         # With the hop, a chain's answer is read by ext_proc on the response only.
         chain_routes = [response_only_variant(route), route] if hop else [route]
     provider_routes = [route for p in specs for route in resources.provider_routes(p, hop)]
-    routes = resources.route_configuration(chain_routes, provider_routes, hop)
+    routes = resources.route_configuration(chain_routes, provider_routes, hop, cors=policy.cors)
     return Snapshot.build(
         version,
         clusters=clusters,

@@ -86,7 +86,8 @@ def test_unreachable_provider_is_a_503_in_the_client_format(gateway):
         ).encode(),
     )
     assert status == 503
-    assert "connect" in _anthropic_error(body, "api_error").lower()
+    message = _anthropic_error(body, "api_error")
+    assert message == "provider 'unreachable' could not be reached: the connection failed"
 
 
 def test_provider_errors_pass_through_in_the_provider_format(gateway, fake):
@@ -129,4 +130,5 @@ def test_extproc_down_fails_closed_with_a_503(lonely_gateway: Gateway):
     _anthropic_error(body, "api_error")
     status, body = _post(lonely_gateway, "/v1/chat/completions", request)
     assert status == 503
-    _openai_error(body)
+    message = _openai_error(body)
+    assert message.endswith("unavailable") or "unavailable;" in message, message  # a sentence, no dangling colon

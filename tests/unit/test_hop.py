@@ -62,7 +62,8 @@ def via_hop(state: GatewayState, api: Api, kind: str, extra: dict, raw: bytes) -
     action, ops, payload = parse(hop.decide(state, "POST", PATHS[(api, kind)], client_headers, raw))
     if action == "reply":
         status = next(int(name) for op, name, _ in ops if op == "status")
-        return {"reply": (status, orjson.loads(payload))}
+        route = next((value for op, name, value in ops if op == "header" and name == "x-ccr-route"), None)
+        return {"reply": (status, orjson.loads(payload), route)}
     assert action == "forward"
     labels = {name: value for op, name, value in ops if op == "label" and name not in HOP_ONLY_LABELS}
     return {
@@ -80,7 +81,8 @@ def via_ext_proc(state: GatewayState, api: Api, kind: str, extra: dict, raw: byt
     response = processor.handle(body(raw))
     if response.HasField("immediate_response"):
         reply = response.immediate_response
-        return {"reply": (int(reply.status.code), orjson.loads(reply.body))}
+        sent = {h.header.key: h.header.raw_value.decode() for h in reply.headers.set_headers}
+        return {"reply": (int(reply.status.code), orjson.loads(reply.body), sent.get("x-ccr-route"))}
     common = response.request_body.response
     labels = dict(response.dynamic_metadata.fields[METADATA_NAMESPACE].struct_value.fields)
     return {

@@ -69,6 +69,11 @@ CASES = [
     ("count-forwarded", Api.ANTHROPIC, COUNT_TOKENS, {}, {"model": "claude-sonnet-4-5", "messages": USER}),
     ("count-unknown-model", Api.ANTHROPIC, COUNT_TOKENS, {}, {"model": "x", "messages": USER}),
     ("count-no-key", Api.ANTHROPIC, COUNT_TOKENS, {}, {"model": "claude-nokey", "messages": USER}),
+    # count_tokens refuses what /v1/messages refuses.
+    ("count-unknown-provider", Api.ANTHROPIC, COUNT_TOKENS, {}, {"model": "nope,x", "messages": USER}),
+    ("count-no-messages", Api.ANTHROPIC, COUNT_TOKENS, {}, {"model": "claude-sonnet-4-5", "messages": []}),
+    ("bad-utf8", Api.ANTHROPIC, GENERATE, {}, b'{"model": "claude-sonnet-4-5", "x": "\xff"}'),
+    ("undecodable", Api.OPENAI, GENERATE, {"x-ccr-content-encoding": "gzip"}, b"\x1f\x8b not gzip"),
 ]
 PATHS = {
     (Api.ANTHROPIC, GENERATE): "/v1/messages",
@@ -120,13 +125,36 @@ def test_the_corpus_covers_every_outcome(state) -> None:
         for _, api, kind, extra, payload in CASES
         if isinstance(outcome := plan(state.table, api, kind, extra, raw_of(payload)), Answer)
     }
-    assert statuses == {200, 400, 503}
+    assert statuses == {200, 400, 404, 503}
 
 
 def test_a_provider_without_its_key_is_a_503_in_explain_too(state) -> None:
     outcome = plan(state.table, Api.ANTHROPIC, GENERATE, {}, orjson.dumps(anthropic("claude-nokey")))
     assert isinstance(outcome, Answer) and outcome.status == 503
     assert "MISSING_KEY" in describe(outcome, Api.ANTHROPIC)["problem"]
+
+
+def test_count_tokens_is_refused_like_messages() -> None:
+    table = compile_policy(load_policy(POLICY.replace('  default: "ant,claude-sonnet-4-5"\n', "")).to_proto("1"), {})
+    for request in ({"model": "nope,x", "messages": USER}, {"model": "unknown-model", "messages": USER}):
+        counted = plan(table, Api.ANTHROPIC, COUNT_TOKENS, {}, orjson.dumps(request))
+        generated = plan(table, Api.ANTHROPIC, GENERATE, {}, orjson.dumps({**request, "max_tokens": 5}))
+        assert isinstance(counted, Answer) and isinstance(generated, Answer)
+        assert (counted.status, counted.message) == (generated.status, generated.message) == (404, generated.message)
+
+
+def test_invalid_utf8_is_named_with_its_byte_offset() -> None:
+    raw = b'{"model": "m", "messages": "h\xc3i"}'
+    outcome = plan(compile_policy(load_policy(POLICY).to_proto("1"), {}), Api.ANTHROPIC, GENERATE, {}, raw)
+    assert isinstance(outcome, Answer) and outcome.status == 400
+    assert outcome.message.startswith("request body is not valid UTF-8: byte 0xc3 at offset 29")
+
+
+def test_a_body_envoy_could_not_decompress_is_named_as_such() -> None:
+    table = compile_policy(load_policy(POLICY).to_proto("1"), {})
+    outcome = plan(table, Api.ANTHROPIC, GENERATE, {"x-ccr-content-encoding": "br"}, b"\x8b\x00")
+    assert isinstance(outcome, Answer) and outcome.status == 400
+    assert "Content-Encoding 'br'" in outcome.message and outcome.details == "ccr_bad_encoding"
 
 
 def test_without_a_policy_everything_is_503() -> None:

@@ -407,4 +407,6 @@ def test_each_provider_gets_a_route_with_its_own_timeouts():
     assert routes["slow"]["route"]["timeout"] == "1200s" and routes["slow"]["route"]["idle_timeout"] == "90s"
     assert routes["fast"]["route"]["timeout"] == "600s" and routes["fast"]["route"]["idle_timeout"] == "300s"
     table = resources.route_configuration(None, list(routes.values()))
-    assert [r.route.cluster for r in table.virtual_hosts[0].routes[:2]] == ["provider_slow", "provider_fast"]
+    health, *provider_routes = table.virtual_hosts[0].routes  # /health first: answered by Envoy itself
+    assert health.match.path == "/health"
+    assert [r.route.cluster for r in provider_routes[:2]] == ["provider_slow", "provider_fast"]

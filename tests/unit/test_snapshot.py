@@ -245,6 +245,11 @@ def test_the_listener_uses_the_policy_address_port_and_body_limit_and_routes_ove
     assert listener.filter_chains[0].filters[0].typed_config.Unpack(hcm)
     assert hcm.rds.route_config_name == resources.ROUTE_CONFIG_NAME
     assert [f.name for f in hcm.http_filters] == [
+        "ccr.edge_headers",  # request ids on every answer, the client's Content-Encoding noted
+        "envoy.filters.http.cors",
+        "ccr.decompress_gzip",
+        "ccr.decompress_br",
+        "ccr.decompress_zstd",
         "envoy.filters.http.lua",  # the decision hop, the default decision path
         "envoy.filters.http.ext_proc",
         "envoy.filters.http.sse_to_metadata",
@@ -255,7 +260,8 @@ def test_the_listener_uses_the_policy_address_port_and_body_limit_and_routes_ove
 
 def test_the_route_table_routes_by_the_cluster_header_and_fails_closed_without_it():
     table = resources.route_configuration()
-    routed, fallback = table.virtual_hosts[0].routes
+    health, routed, fallback = table.virtual_hosts[0].routes  # /health: answered by Envoy itself
+    assert health.match.path == "/health" and health.direct_response.status == 200
     assert routed.route.cluster_header == resources.CLUSTER_HEADER
     assert routed.match.headers[0].name == resources.CLUSTER_HEADER
     assert fallback.direct_response.status == 404

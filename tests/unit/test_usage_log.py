@@ -232,6 +232,11 @@ def test_with_one_usage_log_per_worker_only_the_first_counts_tokens() -> None:
 def test_the_usage_filters_follow_ext_proc_and_the_usage_log_reaches_ext_proc() -> None:
     hcm = json_format.MessageToDict(listener(policy(provider("p1"))).filter_chains[0].filters[0].typed_config)
     assert [f["name"] for f in hcm["httpFilters"]] == [
+        "ccr.edge_headers",  # request ids on every answer, the client's Content-Encoding noted
+        "envoy.filters.http.cors",
+        "ccr.decompress_gzip",
+        "ccr.decompress_br",
+        "ccr.decompress_zstd",
         "envoy.filters.http.lua",  # the decision hop
         "envoy.filters.http.ext_proc",
         "envoy.filters.http.sse_to_metadata",  # response path: these see the provider's own bytes

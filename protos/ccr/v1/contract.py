@@ -20,6 +20,14 @@ ROUTE_HEADER = "x-ccr-route"  # on every routed response: scenario, provider, mo
 # ext_proc on the response only (extproc.processor reads the context from the dynamic metadata).
 REWRITE_HEADER = "x-ccr-rewrite"
 REWRITE_RESPONSE = "response"  # REWRITE_HEADER's value
+# Envoy's request id (the access log's request_id), on every response under both names: x-request-id
+# as Envoy sets it, request-id as Anthropic's API does (its SDKs read that one).
+REQUEST_ID_HEADER = "x-request-id"
+REQUEST_ID_HEADERS = (REQUEST_ID_HEADER, "request-id")
+# The request's Content-Encoding as the client sent it, copied by Envoy before its decompressors
+# decode the body and drop the header: a body that did not decode can then be named as such.
+ENCODING_HEADER = "x-ccr-content-encoding"
+DECODED_CONTENT_ENCODINGS = ("gzip", "br", "zstd")  # what Envoy's decompressors decode
 # gRPC metadata on the upstream (per-attempt) ext_proc filter's calls, telling ext_proc which filter calls.
 UPSTREAM_PHASE_METADATA = ("x-ccr-phase", "upstream")
 
