@@ -145,7 +145,7 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.from_json:
-        return _render(json.loads(args.from_json.read_text()), args)
+        return _rerender(args.from_json, args)
     try:
         settings = settings_from_args(args)
         pick_driver(settings.load_generator)  # a missing tool fails here, before anything starts
@@ -165,6 +165,23 @@ def run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     return _render(results | {"command": command_line(args)}, args)
+
+
+def _rerender(path: Path, args: argparse.Namespace) -> int:
+    """--from-json: a file that is missing, not JSON or not from `bench --json` is one line, exit 2."""
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        print(f"bench: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
+        print(f"bench: {path} is not JSON: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return _render(results, args)
+    except (KeyError, TypeError, AttributeError) as exc:
+        print(f"bench: {path} is not a `bench --json` result ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return 2
 
 
 def _render(results: dict[str, Any], args: argparse.Namespace) -> int:

@@ -12,11 +12,13 @@ from collections.abc import Coroutine
 from typing import Any
 
 from ccr_gateway.logs import setup_logging
-from control_plane.policy import GatewayPolicy, PolicyError, load_policy_file
+from control_plane.policy import GatewayPolicy, PolicyError, load_policy_file, unset_key_warnings
 
 EPILOG = """examples:
   ccr-gateway up -c examples/gateway.yaml --with-fake-provider
   ccr-gateway validate -c examples/gateway.yaml
+  ccr-gateway doctor -c examples/gateway.yaml
+  ccr-gateway status
   ccr-gateway route --explain request.json -c examples/gateway.yaml
   ccr-gateway import-ccr ~/.claude-code-router/config.json -o policy.yaml
   ccr-gateway bench --write-docs docs/performance.md
@@ -29,11 +31,13 @@ def _load_or_exit(path: str):
         return load_policy_file(path)
     except PolicyError as exc:
         print(f"invalid policy:\n{exc}", file=sys.stderr)
+        for warning in exc.warnings:
+            print(warning, file=sys.stderr)
         raise SystemExit(2) from None
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from ccr_gateway.supervisor import GatewayProcesses, StartupError
+    from ccr_gateway.supervisor import GatewayProcesses, StartupError, StopRequested
 
     _require_policy_source(args)
     policy = _consul_policy_or_exit(args) if args.consul else _load_or_exit(args.config)
@@ -49,14 +53,30 @@ def cmd_up(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         workers=args.workers,
     )
+    try:
+        gateway.check_ports()  # before anything starts, and before saying it starts
+    except StartupError as exc:
+        print(f"ccr-gateway up: {exc}", file=sys.stderr, flush=True)
+        return 1
+    # Said before anything starts: a provider without its key would answer 503 to every request.
+    for warning in [*policy.warnings, *unset_key_warnings(policy)]:
+        print(warning, file=sys.stderr, flush=True)
     print("starting ccr-gateway:", flush=True)
     try:
         gateway.start(timeout=args.timeout)
-    except (StartupError, KeyboardInterrupt) as exc:
+    except StopRequested:
+        print("stopped before the gateway was ready", file=sys.stderr, flush=True)
+        gateway.stop()
+        return 0
+    except StartupError as exc:
         print(f"startup failed: {exc}", file=sys.stderr, flush=True)
         gateway.stop()
         return 1
+    except BaseException:
+        gateway.stop()
+        raise
     url = gateway.listener_url
+    metrics = gateway.metrics
     print(
         f"\nccr-gateway is ready on {url}\n"
         f"  Claude Code:     ANTHROPIC_BASE_URL={url} ANTHROPIC_AUTH_TOKEN=any claude\n"
@@ -65,10 +85,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         f"  models:          curl {url}/v1/models\n"
         f"  Envoy admin:     http://127.0.0.1:{args.admin_port}/config_dump\n"
         + (
-            f"  metrics:         http://127.0.0.1:{args.metrics_port}/metrics (control plane), "
-            f":{args.metrics_port + 1}..{args.metrics_port + args.workers} (ext_proc workers), "
-            f":{args.admin_port}/stats/prometheus (Envoy)\n"
-            if args.metrics_port
+            f"  metrics:         http://127.0.0.1:{metrics['control-plane']}/metrics (control plane), "
+            f":{metrics['extproc-0']}..{metrics[f'extproc-{args.workers - 1}']} (ext_proc workers), "
+            f":{metrics['supervisor']} (child restarts), :{args.admin_port}/stats/prometheus (Envoy)\n"
+            if metrics
             else ""
         )
         + (
@@ -100,6 +120,7 @@ def cmd_control_plane(args: argparse.Namespace) -> int:
         xds_address=args.xds,
         metrics_port=args.metrics_port,
         usage_log_clusters=tuple(args.usage_log_cluster or [EXTPROC_CLUSTER]),
+        status_file=args.status_file or "",
     )
     try:
         asyncio.run(ControlPlane(config).run())
@@ -175,7 +196,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
     policy = _load_or_exit(args.config)
     models = sum(len(p.models) for p in policy.providers)
     print(f"{args.config}: valid ({len(policy.providers)} providers, {models} models)")
+    # Warnings do not change the exit status: the gateway would run this policy.
+    for warning in [*policy.warnings, *unset_key_warnings(policy)]:
+        print(warning, file=sys.stderr)
     return 0
+
+
+class _VersionAction(argparse.Action):
+    """--version: computed only when asked (it runs `envoy --version`)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        from ccr_gateway.doctor import version_lines
+
+        print("\n".join(version_lines()))
+        parser.exit()
 
 
 def _consul_arguments(parser: argparse.ArgumentParser) -> None:
@@ -199,6 +236,13 @@ PLUGIN_COMMANDS: dict[str, tuple[str, str, str]] = {
     "policy": ("the policy in Consul KV: push | get | diff | validate (CAS-safe)", "ccr_gateway.consul_cli", ""),
     "import-ccr": ("convert a Claude Code Router config.json into a policy file", "ccr_gateway.import_ccr", "run"),
     "bench": ("benchmark the gateway against plain Envoy (req/s, latency, CPU, RSS)", "bench.cli", "run"),
+    "status": ("the running gateways: policy, workers, clusters and their health", "ccr_gateway.status", "run"),
+    "doctor": ("check a policy, keys, ports, providers and Envoy before `up`", "ccr_gateway.doctor", "run"),
+    "envoy-bootstrap": (
+        "print the Envoy bootstrap for running the pieces by hand",
+        "ccr_gateway.envoy_bootstrap",
+        "run",
+    ),
 }
 
 
@@ -212,6 +256,7 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--version", action=_VersionAction, help="versions of ccr-gateway, Envoy and Python")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = sub.add_parser("up", help="run control plane, ext_proc and Envoy together (Ctrl-C stops all)")
@@ -222,15 +267,12 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     up.add_argument("--envoy-log-level", default="warning", help="Envoy's own log level (default warning)")
     up.add_argument("--with-fake-provider", action="store_true", help="also start the bundled fake provider")
     up.add_argument("--fake-provider-port", type=int, default=9100, help="port for --with-fake-provider")
-    up.add_argument(
-        "--metrics-port",
-        type=int,
-        default=0,
-        help="Prometheus metrics: control plane on this port, ext_proc worker i on PORT+1+i (0: off)",
-    )
+    from ccr_gateway.preflight import DEFAULT_METRICS_PORT, METRICS_HELP, positive_int
+
+    up.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT, help=METRICS_HELP)
     up.add_argument(
         "--workers",
-        type=int,
+        type=positive_int,
         default=os.cpu_count() or 1,
         help="ext_proc worker processes, each on its own Unix socket (default: number of cores)",
     )
@@ -248,6 +290,12 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
         metavar="CLUSTER",
         help="Envoy cluster that receives the usage access log; repeat for one per ext_proc worker "
         "(default: ccr_extproc, one stream per Envoy thread to any worker)",
+    )
+    cp.add_argument(
+        "--status-file",
+        metavar="PATH",
+        help="write the policy's state here (JSON: version, source, accepted_at, providers, last_rejected) "
+        "on every accepted or rejected policy; `ccr-gateway status` reads it",
     )
     cp.set_defaults(func=cmd_control_plane)
 

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import signal
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
@@ -38,6 +42,8 @@ class ControlPlaneConfig:
     poll_interval: float = 0.5
     # Envoy clusters that receive the usage access log (one per ext_proc worker under `up`).
     usage_log_clusters: tuple[str, ...] = (EXTPROC_CLUSTER,)
+    # Where to keep the policy's state for `ccr-gateway status` ("": nowhere); see PolicyStatusFile.
+    status_file: str = ""
 
 
 class ControlPlane:
@@ -56,6 +62,7 @@ class ControlPlane:
         else:
             self.source = FilePolicySource(config.policy_path, interval=config.poll_interval)
         self.last_error: str | None = None
+        self.status_file = PolicyStatusFile(config.status_file)
         self._server: grpc.aio.Server | None = None
         self._catalog: dict[str, tuple[str, asyncio.Task[None]]] = {}  # cluster -> (service, watcher)
 
@@ -115,12 +122,16 @@ class ControlPlane:
         self.last_error = None
         names = ", ".join(p.name for p in policy.providers)
         log.info("policy generation %s accepted from %s (providers: %s)", version, policy.source, names)
+        for warning in policy.warnings:
+            log.warning("policy warning: %s", warning)
+        self.status_file.accepted(str(version), policy.source, [p.name for p in policy.providers])
 
     def _reject(self, error: PolicyError) -> None:
         POLICY_REJECTED.inc()
         message = str(error)
         if message != self.last_error:  # once per distinct error, not every poll
             log.error("policy rejected, keeping the last good one:\n%s", message)
+            self.status_file.rejected(message)
         self.last_error = message
 
     async def start(self) -> None:
@@ -167,3 +178,47 @@ class ControlPlane:
         if self._server is not None:
             await self._server.stop(grace=1.0)
             self._server = None
+
+
+class PolicyStatusFile:
+    """The policy's state as JSON for `ccr-gateway status`, rewritten on every accepted or rejected
+    policy: {"version", "source", "accepted_at", "providers", "last_rejected": {"at", "message"} | null}.
+
+    `last_rejected` outlives a later acceptance (its time says whether it is still pending).
+    Written to a temporary file and renamed, so a reader never sees half a document. A failed write
+    is logged and otherwise ignored: the status must never stop the control plane.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.state: dict[str, Any] = {
+            "version": "",
+            "source": "",
+            "accepted_at": None,
+            "providers": [],
+            "last_rejected": None,
+        }
+
+    def accepted(self, version: str, source: str, providers: list[str]) -> None:
+        self.state.update(version=version, source=source, accepted_at=_now(), providers=providers)
+        self._write()
+
+    def rejected(self, message: str) -> None:
+        self.state["last_rejected"] = {"at": _now(), "message": message}
+        self._write()
+
+    def _write(self) -> None:
+        if not self.path:
+            return
+        temporary = f"{self.path}.{os.getpid()}.tmp"
+        try:
+            with open(temporary, "w", encoding="utf-8") as handle:
+                json.dump(self.state, handle, indent=2)
+                handle.write("\n")
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            log.warning("cannot write the status file %s: %s", self.path, exc)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
