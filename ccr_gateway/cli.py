@@ -47,7 +47,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         policy=policy,
         admin_port=args.admin_port,
         xds=args.xds or "",
-        log_level=args.log_level,
+        # A terminal shows the banner, then warnings and errors; --log-level info shows everything.
+        log_level=args.log_level or "warning",
         envoy_log_level=args.envoy_log_level,
         fake_provider_port=args.fake_provider_port if args.with_fake_provider else None,
         metrics_port=args.metrics_port,
@@ -255,7 +256,11 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="log level (default info; `up` runs its processes at warning unless given, for a quiet terminal)",
+    )
     parser.add_argument("--version", action=_VersionAction, help="versions of ccr-gateway, Envoy and Python")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -335,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     selected = next((word for word in argv if word in PLUGIN_COMMANDS), None)
     args = build_parser(selected).parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level or "info")
     raise SystemExit(args.func(args))
 
 

@@ -1,9 +1,8 @@
 """Envoy's stderr, passed through `up` minus the warnings every start of this gateway prints.
 
 Envoy 1.40 warns once per message type of a work-in-progress API it loads (22 lines for the SSE and
-JSON parsers the usage capture uses: sse_to_metadata, content_parsers/json), and about the JSON form of
-``%UPSTREAM_METADATA(...)%`` in a header formatter. Both are expected; a user who sees 24 warnings
-at every start stops reading warnings. So they are dropped and summed up in one line, the
+JSON parsers the usage capture uses: sse_to_metadata, content_parsers/json). They are expected; a
+user who sees 22 warnings at every start stops reading warnings. So they are dropped and summed up in one line, the
 extensions by name. Every other line goes through unchanged; ``--log-level debug`` keeps them all.
 """
 
@@ -16,7 +15,6 @@ from typing import IO
 _WORK_IN_PROGRESS = re.compile(
     r"is contained in proto file 'envoy/extensions/([^']+?)/v\d+[^/]*/[^']*' marked as work-in-progress"
 )
-_OBSOLETE_METADATA_FORMAT = "JSON format of UPSTREAM_METADATA parameters has been obsoleted"
 
 
 def work_in_progress_extension(line: str) -> str | None:
@@ -42,7 +40,6 @@ class EnvoyLogFilter:
         self._keep_everything = keep_everything
         self._lock = threading.Lock()
         self._extensions: list[str] = []
-        self._obsolete_format_seen = False
         self._announced: set[str] = set()
         self._thread = threading.Thread(target=self._forward, name="envoy-stderr", daemon=True)
 
@@ -66,9 +63,6 @@ class EnvoyLogFilter:
                     if self._announced:  # one loaded by a later listener update: say so then
                         self._write(self._summary_locked().encode() + b"\n")
                 return True
-            if _OBSOLETE_METADATA_FORMAT in line:
-                self._obsolete_format_seen = True
-                return True
         return False
 
     def _write(self, data: bytes) -> None:
@@ -79,17 +73,15 @@ class EnvoyLogFilter:
         """The one line standing for the warnings dropped so far (None when there were none); later
         new extensions get a line of their own."""
         with self._lock:
-            if not self._extensions and not self._obsolete_format_seen:
+            if not self._extensions:
                 return None
             return self._summary_locked()
 
     def _summary_locked(self) -> str:
         self._announced.update(self._extensions)
-        parts = []
-        if self._extensions:
-            names = ", ".join(self._extensions)
-            plural = "s" if len(self._extensions) > 1 else ""
-            parts.append(f"{len(self._extensions)} work-in-progress extension{plural} in use ({names})")
-        if self._obsolete_format_seen:
-            parts.append("the JSON form of UPSTREAM_METADATA in a header formatter")
-        return f"envoy: {' and '.join(parts)}: expected, warnings hidden (--log-level debug shows them)"
+        names = ", ".join(self._extensions)
+        plural = "s" if len(self._extensions) > 1 else ""
+        return (
+            f"envoy: {len(self._extensions)} work-in-progress extension{plural} in use ({names}): expected, "
+            "warnings hidden (--log-level debug shows them)"
+        )

@@ -256,6 +256,8 @@ class Gateway:
                 sys.executable,
                 "-m",
                 "ccr_gateway.cli",
+                "--log-level",
+                "info",
                 "up",
                 "-c",
                 str(policy_path),

@@ -128,7 +128,17 @@ def start_up(directory: Path, workers: int = 2, extra: tuple[str, ...] = (), ant
     policy.write_text(text)
     state_dir = directory / "state"
     log_path = directory / f"{name}.log"
-    argv = [sys.executable, "-m", "ccr_gateway.cli", "up", "-c", str(policy), "--with-fake-provider"]
+    argv = [
+        sys.executable,
+        "-m",
+        "ccr_gateway.cli",
+        "--log-level",
+        "info",
+        "up",
+        "-c",
+        str(policy),
+        "--with-fake-provider",
+    ]
     argv += ["--fake-provider-port", str(fake_port), "--admin-port", str(admin), "--metrics-port", str(metrics)]
     argv += ["--workers", str(workers), "--timeout", "60", *extra]
     env = {**os.environ, **PROVIDER_KEYS, "CCR_GATEWAY_STATE_DIR": str(state_dir)}
