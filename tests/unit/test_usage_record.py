@@ -1,0 +1,95 @@
+"""ccr.v1.usage_record: the record every request leaves, as the ledger reads it."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ccr.v1.usage_record import (
+    FIELDS,
+    RecordError,
+    UsageRecord,
+    decode_batch,
+    encode_batch,
+    encode_line,
+    parse_time,
+    record_from_dict,
+    time_of,
+)
+
+
+def record(**changes) -> UsageRecord:
+    fields = dict(
+        request_id="7f1c",
+        time=time_of(1_796_600_000.25),
+        client_api="anthropic",
+        endpoint="/v1/messages",
+        requested_model="claude-sonnet-4-5",
+        status=200,
+        stream=True,
+        input_tokens=1200,
+        output_tokens=80,
+        cache_read_tokens=0,
+        cache_creation_tokens=0,
+        cost_usd=0.0048,
+        usage_source="provider",
+        duration_ms=812.5,
+        provider="anthropic",
+        model="claude-sonnet-4-5-20250929",
+        attempts=1,
+    )
+    return UsageRecord(**{**fields, **changes})
+
+
+def test_the_export_field_names_in_their_order():
+    assert FIELDS[:2] == ("request_id", "time")
+    assert set(FIELDS) >= {"tenant", "key_id", "scenario", "error_type", "ttfb_ms", "session_id", "cache"}
+
+
+def test_a_batch_round_trips_and_a_line_is_one_json_object():
+    records = [record(), record(request_id="8a2d", stream=False, usage_source="estimated", status=529)]
+    assert decode_batch(encode_batch(records)) == records
+    assert orjson.loads(encode_line(records[0])) == records[0].as_dict()
+
+
+def test_times_are_utc_with_microseconds():
+    assert time_of(0.5) == "1970-01-01T00:00:00.500000Z"
+    assert parse_time(time_of(1_796_600_000.25)).timestamp() == 1_796_600_000.25
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"status": "200"}, "status: '200' is not a int"),
+        ({"input_tokens": True}, "input_tokens: True is not a int"),
+        ({"usage_source": "guess"}, "usage_source: 'guess' is not one of provider, estimated"),
+        ({"time": "yesterday"}, "time: 'yesterday' is not an ISO 8601 UTC time"),
+        ({"request_id": ""}, "request_id: empty"),
+        ({"colour": "red"}, "unknown fields: colour"),
+    ],
+)
+def test_a_bad_record_names_its_field(change, message):
+    with pytest.raises(RecordError, match="records\\[0\\]: " + message.replace("(", "\\(")):
+        decode_batch(orjson.dumps({"v": 1, "records": [{**record().as_dict(), **change}]}))
+
+
+def test_a_missing_field_and_a_foreign_body_are_refused():
+    data = record().as_dict()
+    del data["status"]
+    with pytest.raises(RecordError, match="status: missing"):
+        record_from_dict(data)
+    for body in (b"not json", b"[]", b'{"v": 2, "records": []}'):
+        with pytest.raises(RecordError):
+            decode_batch(body)
+
+
+@given(
+    tokens=st.integers(min_value=0, max_value=10**9),
+    cost=st.floats(min_value=0, max_value=1e6, allow_nan=False),
+    session=st.one_of(st.none(), st.text(max_size=40)),
+)
+def test_any_valid_record_survives_the_wire(tokens, cost, session):
+    original = record(input_tokens=tokens, cost_usd=cost, session_id=session)
+    assert decode_batch(encode_batch([original])) == [original]
