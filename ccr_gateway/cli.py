@@ -172,17 +172,22 @@ def run(main: Coroutine[Any, Any, None]) -> None:
 
 
 def cmd_extproc(args: argparse.Namespace) -> int:
+    from ccr_gateway.ledger_wiring import open_sink
     from extproc.server import ExtProcConfig, serve
 
     config = ExtProcConfig(
         listen=args.listen, control_plane=args.control_plane, metrics_port=args.metrics_port, hop_listen=args.hop_listen
     )
-    if not args.consul:  # Consul's client stays unloaded: a worker at rest is small
-        run(serve(config))
-        return 0
-    from control_plane.consul.registration import registered
+    register: dict[str, Any] = {}
+    if args.consul:  # else Consul's client stays unloaded: a worker at rest is small
+        from control_plane.consul.registration import registered
 
-    run(serve(config, register=functools.partial(registered, args.consul)))
+        register["register"] = functools.partial(registered, args.consul)
+
+    async def main() -> None:
+        await serve(config, sink=open_sink(args), **register)  # the sink starts on this loop
+
+    run(main())
     return 0
 
 
@@ -239,6 +244,13 @@ PLUGIN_COMMANDS: dict[str, tuple[str, str, str]] = {
     "bench": ("benchmark the gateway against plain Envoy (req/s, latency, CPU, RSS)", "bench.cli", "run"),
     "status": ("the running gateways: policy, workers, clusters and their health", "ccr_gateway.status", "run"),
     "doctor": ("check a policy, keys, ports, providers and Envoy before `up`", "ccr_gateway.doctor", "run"),
+    "usage": ("usage and spend: report (totals per group, UTC) | export (JSON lines)", "ledger.usage_cli", ""),
+    "ledger": (
+        "the ledger writer (usage queue -> PostgreSQL) and its dead letters: dlq list | replay",
+        "ledger.cli",
+        "",
+    ),
+    "db": ("the ledger's PostgreSQL: migrate | import-sqlite", "ledger.db_cli", ""),
     "envoy-bootstrap": (
         "print the Envoy bootstrap for running the pieces by hand",
         "ccr_gateway.envoy_bootstrap",
@@ -315,6 +327,9 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     ep.add_argument("--control-plane", default="127.0.0.1:18000", help="xDS address of the control plane")
     ep.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics port (0: off)")
     ep.add_argument("--consul", metavar="URL", help="register this worker in Consul's catalog (TTL health check)")
+    from ccr_gateway.ledger_wiring import add_worker_arguments
+
+    add_worker_arguments(ep)
     ep.set_defaults(func=cmd_extproc)
 
     # Commands whose options live with their own code: imported only when that command runs (or

@@ -38,6 +38,7 @@ from ccr_gateway import probes, state_file
 from ccr_gateway.children import Child, utc_now
 from ccr_gateway.envoy_bootstrap import envoy_binary, render_bootstrap, worker_cluster, worker_sockets
 from ccr_gateway.envoy_log import EnvoyLogFilter
+from ccr_gateway.ledger_wiring import LedgerPlan, plan_for
 from ccr_gateway.preflight import first_busy_port, free_port, metrics_ports, port_free
 from control_plane.policy import GatewayPolicy
 
@@ -51,7 +52,7 @@ CHILD_UP = Gauge("ccr_child_up", "1 while a child process of `up` runs", ["child
 POLL_SECONDS = 0.05  # how soon a dead child is noticed (a SIGKILLed worker is replaced within ~1 s)
 # Seconds each child gets between SIGTERM and SIGKILL when `up` stops. A worker finishes its
 # in-flight requests first (extproc/server.py, 10 s grace); with Envoy already gone it has none.
-STOP_GRACE = {"envoy": 5.0, "extproc": 12.0, "control-plane": 5.0, "fake-provider": 5.0}
+STOP_GRACE = {"envoy": 5.0, "extproc": 12.0, "ledger": 10.0, "control-plane": 5.0, "fake-provider": 5.0}
 
 
 class StartupError(RuntimeError):
@@ -83,6 +84,10 @@ class GatewayProcesses:
     stopping: bool = False
     _hurry: bool = False
     _envoy_log: EnvoyLogFilter | None = None
+
+    @property
+    def ledger(self) -> LedgerPlan:
+        return plan_for(self.policy.storage)
 
     @property
     def listener_url(self) -> str:
@@ -140,11 +145,12 @@ class GatewayProcesses:
                 lambda: probes.tcp_accepting("127.0.0.1", self.fake_provider_port or 0), deadline, "the fake provider"
             )
         self._start_control_plane(deadline)
+        self._start_ledger()
         self.say(f"- ext_proc ({self.workers} worker{'s' if self.workers > 1 else ''}, Unix sockets in {self.run_dir})")
         for index in range(self.workers):
             self._spawn(f"extproc-{index}", self._worker_argv(index), before_start=self._remove_sockets_of(index))
-        sockets = [*self.extproc_sockets, *self.hop_sockets]
-        self._wait(lambda: all(os.path.exists(p) for p in sockets), deadline, "the ext_proc sockets")
+        # Workers listen once they hold a policy, which the control plane sends only after Envoy
+        # has the clusters it routes to: Envoy starts now, and readiness waits for both below.
         self._start_envoy()
         admin = f"http://127.0.0.1:{self.admin_port}"
         self._wait(lambda: probes.http_status(f"{admin}/ready") == 200, deadline, "Envoy's listener and clusters")
@@ -195,6 +201,17 @@ class GatewayProcesses:
         host, _, port_text = self.xds.rpartition(":")
         self._wait(lambda: probes.tcp_accepting(host, int(port_text)), deadline, "the control plane")
 
+    def _start_ledger(self) -> None:
+        """Every child inherits the ledger's connection strings (environment, not command lines)."""
+        ledger = self.ledger
+        os.environ.update(ledger.environment())
+        if not ledger.uses_broker:
+            where = ledger.sqlite_path or "$XDG_DATA_HOME/ccr-gateway/ledger.db"
+            self.say(f"- usage ledger: local SQLite {where} (`ccr-gateway usage report`)")
+            return
+        self.say(f"- ledger writer (RabbitMQ queue {ledger.queue} -> PostgreSQL)")
+        self._spawn("ledger", self._python(*ledger.writer_arguments()))
+
     @property
     def control_plane_status_path(self) -> str:
         return os.path.join(self.run_dir, "control-plane.json")
@@ -211,6 +228,7 @@ class GatewayProcesses:
             self.xds,
             *(["--metrics-port", str(port)] if port else []),
             *(["--consul", self.consul[0]] if self.consul else []),
+            *self.ledger.worker_arguments(index),
         )
 
     def _remove_sockets_of(self, index: int) -> Callable[[], None]:
@@ -288,11 +306,12 @@ class GatewayProcesses:
         return 0
 
     def stop(self) -> None:
-        """Envoy first, then the workers (together), the control plane, the fake provider; each
+        """Envoy first, then the workers (together), the ledger writer, the control plane, the fake provider; each
         SIGTERMed and given its grace period, then SIGKILLed."""
         self.stopping = True
         self.write_state()
-        for role in ("envoy", "extproc", "control-plane", "fake-provider"):
+        # The ledger writer after the workers: it stores what they published as they stopped.
+        for role in ("envoy", "extproc", "ledger", "control-plane", "fake-provider"):
             group = [child for child in self.children if child.role == role]
             for child in group:
                 child.signal(signal.SIGTERM)

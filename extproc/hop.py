@@ -35,7 +35,6 @@ import orjson
 
 from ccr.v1.contract import (
     HOP_CONTEXT_KEY,
-    HOP_DETAILS_KEY,
     HOP_ROUTE_KEY,
     HOP_STREAM_KEY,
     REWRITE_HEADER,
@@ -44,6 +43,7 @@ from ccr.v1.contract import (
 from extproc.metrics import RESPONSES, ROUTED, labelled
 from extproc.plan import Answer, Chain, Outcome, plan
 from extproc.request_steps import (
+    Endpoint,
     Reply,
     answer_reply,
     chain_rewrite,
@@ -158,13 +158,13 @@ def decide(state: GatewayState, method: str, path: str, headers: Mapping[str, st
         return _reply(step)
     outcome = plan(state.table, api, step.kind, headers, raw, state.sessions)
     if isinstance(outcome, Answer):
-        return _reply(answer_reply(api, outcome))
+        return _reply(answer_reply(api, step.path, outcome))
     carriage = carriage_of(outcome)
     if isinstance(outcome, Chain):
-        return _chain(api, outcome, headers)
+        return _chain(api, step, outcome, headers)
     decision = outcome.decision
     labelled(ROUTED, api.value, decision.scenario, outcome.route.provider.name, outcome.route.model).inc()
-    rewrite = forward_rewrite(api, outcome, headers)
+    rewrite = forward_rewrite(api, step, outcome, headers)
     labels = dict(rewrite.labels)
     route = outcome.route
     labels[HOP_ROUTE_KEY] = f"scenario={decision.scenario}; provider={route.provider.name}; model={route.model}"
@@ -186,14 +186,14 @@ def decide(state: GatewayState, method: str, path: str, headers: Mapping[str, st
     return _forward(set_headers, rewrite.remove_headers, labels, rewrite.body or b"")
 
 
-def _chain(api: Api, outcome: Chain, headers: Mapping[str, str]) -> bytes:
+def _chain(api: Api, endpoint: Endpoint, outcome: Chain, headers: Mapping[str, str]) -> bytes:
     """A fallback chain: the client's body goes to the chain cluster (each attempt is rewritten by
     the upstream ext_proc); ext_proc reads the answer, on the response only, with the translator of
     the provider that answered."""
     decision = outcome.decision
     route = decision.route
     labelled(ROUTED, api.value, decision.scenario, route.provider.name, route.model).inc()
-    rewrite = chain_rewrite(api, outcome, headers)
+    rewrite = chain_rewrite(api, endpoint, outcome, headers)
     members = tuple((r.provider.name, r.provider.api.value, r.target.model, r.model) for r in decision.chain)
     context = HopContext(
         api, route.provider.api, False, outcome.context, route.provider.name, decision.session or "", members
@@ -231,8 +231,7 @@ def respond(state: GatewayState, token: str, status: int, content_type: str, raw
 def _reply(reply: Reply) -> bytes:
     ops = [("status", str(reply.status), ""), ("header", "content-type", reply.content_type)]
     ops += _headers(reply.headers)
-    if reply.details:
-        ops.append(("label", HOP_DETAILS_KEY, reply.details))
+    ops += [("label", key, value) for key, value in reply.labels.items()]  # the reason (details) among them
     return _encode("reply", ops, reply.body)
 
 

@@ -10,6 +10,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.type.v3.http_status_pb2 import HttpStatus
 from google.protobuf.struct_pb2 import Struct
 
+from ccr.v1.contract import METADATA_NAMESPACE
 from extproc.request_steps import Reply, error_reply
 from extproc.translate.base import Api
 
@@ -87,8 +88,12 @@ def immediate(
 
 
 def reply(answer: Reply) -> ep.ProcessingResponse:
-    """The gateway's own answer (extproc.request_steps.Reply), sent by Envoy."""
-    return immediate(answer.status, answer.body, answer.content_type, answer.details, answer.headers)
+    """The gateway's own answer (extproc.request_steps.Reply), sent by Envoy, with its routing
+    labels as dynamic metadata (the access log and the usage log read them)."""
+    response = immediate(answer.status, answer.body, answer.content_type, answer.details, answer.headers)
+    if answer.labels:
+        response.dynamic_metadata.CopyFrom(_struct({METADATA_NAMESPACE: dict(answer.labels)}))
+    return response
 
 
 def immediate_error(api: Api, status: int, message: str, details: str) -> ep.ProcessingResponse:

@@ -47,6 +47,9 @@ class Answer:
     details: str = ""
     body: bytes = b""
     decision: Decision | None = None  # when routing got that far
+    # What the client asked for, when the body said so but routing did not get that far.
+    requested_model: str = ""
+    stream: bool = False
 
     @property
     def is_error(self) -> bool:
@@ -103,11 +106,13 @@ def plan(
         # Checked once for every provider: a malformed request gets the same 400 wherever it goes.
         request = parse_request(api, body, counting=kind == COUNT_TOKENS, raw=raw)
     except ClientRequestError as exc:
-        return Answer(exc.status, exc.message, "ccr_bad_request")
+        asked_stream = body.get("stream") is True
+        return Answer(exc.status, exc.message, "ccr_bad_request", requested_model=model, stream=asked_stream)
     try:
         decision = decide(table, body, headers, len(raw), sessions)
     except RoutingError as exc:  # count_tokens too: it is refused whatever /v1/messages refuses
-        return Answer(exc.status, exc.message, "ccr_no_route")
+        asked_stream = body.get("stream") is True
+        return Answer(exc.status, exc.message, "ccr_no_route", requested_model=model, stream=asked_stream)
     if decision.body is not body:  # the router changed it (subagent tag stripped from the system prompt)
         request = read_request(api, decision.body)
     stream = request.stream

@@ -35,7 +35,9 @@ from extproc.request_steps import (
     answer_reply,
     chain_rewrite,
     endpoint_step,
+    error_reply,
     forward_rewrite,
+    request_labels,
     route_header,
 )
 from extproc.router import Decision
@@ -88,7 +90,8 @@ class RequestProcessor:
                 return self._response_body(request.response_body.body, request.response_body.end_of_stream)
         except Exception:  # a bug: fail closed, in the client's format, and say so in the log
             log.exception("request %s: ext_proc failed in phase %s", self.request_id, phase)
-            return m.immediate_error(self.api, 500, "internal gateway error", "ccr_internal_error")
+            labels = request_labels(self.api, self.endpoint.path if self.endpoint else "", self.decision)
+            return m.reply(error_reply(self.api, 500, "internal gateway error", "ccr_internal_error", labels=labels))
         return _continue(phase)
 
     @property
@@ -125,13 +128,13 @@ class RequestProcessor:
             route = decision.route
             labelled(ROUTED, self.api.value, decision.scenario, route.provider.name, route.model).inc()
         if isinstance(outcome, Answer):
-            return m.reply(answer_reply(self.api, outcome))
+            return m.reply(answer_reply(self.api, self.endpoint.path, outcome))
         if isinstance(outcome, Chain):
             self.context = outcome.context
-            rewrite = chain_rewrite(self.api, outcome, self.headers)
+            rewrite = chain_rewrite(self.api, self.endpoint, outcome, self.headers)
         else:
             self.translator = outcome.translator
-            rewrite = forward_rewrite(self.api, outcome, self.headers)
+            rewrite = forward_rewrite(self.api, self.endpoint, outcome, self.headers)
         metadata = {METADATA_NAMESPACE: dict(rewrite.labels)}
         return m.request_body_response(rewrite.body, rewrite.set_headers, rewrite.remove_headers, metadata)
 

@@ -11,6 +11,10 @@ mutations, or the hop's line format), so a request gets the same answer on eithe
 - ``forward_rewrite`` / ``chain_rewrite``: what to change in the request a plan forwards (body,
   headers to set and remove, routing labels for the access and usage logs).
 
+Every answer and every rewrite carries the request's routing labels (``request_labels``, the one
+place they are made): the access log prints them and the usage log makes the request's usage
+record from them, whichever path decided it.
+
 Pure: dicts and bytes in, frozen values out; the only side effect is the rejection counter.
 
 Which answers carry ``x-ccr-route``: every one decided after routing (the provider's answer, an
@@ -23,15 +27,21 @@ refuses, an unknown model) carry none: there is no provider or model to name.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ccr.v1.contract import (
     CHAIN_METADATA_KEY,
     CLUSTER_HEADER,
     DECODED_CONTENT_ENCODINGS,
     ENCODING_HEADER,
+    ENDPOINT_LABEL,
+    ERROR_TYPE_LABEL,
+    ESTIMATE_LABEL,
+    HOP_DETAILS_KEY,
     INTERNAL_HEADER_PREFIX,
+    REQUESTED_MODEL_LABEL,
     ROUTE_HEADER,
+    STREAM_LABEL,
     encode_chain,
 )
 from extproc import models
@@ -40,7 +50,7 @@ from extproc.plan import Answer, Chain, Forward, undecodable_body
 from extproc.router import Decision
 from extproc.routing_table import ModelRoute, RoutingTable
 from extproc.translate.base import Api
-from extproc.translate.errors import error_body
+from extproc.translate.errors import anthropic_error_type, error_body, openai_error_type
 
 # Credentials the client sent for the gateway; never forwarded to a provider.
 CLIENT_CREDENTIALS = ("authorization", "x-api-key", "x-goog-api-key")
@@ -57,17 +67,24 @@ _API_HEADER_PREFIXES = {Api.ANTHROPIC: ("anthropic-",), Api.OPENAI: ("openai-",)
 class Endpoint:
     api: Api | None  # None: decided from the request's headers (GET /v1/models)
     kind: str  # "generate" | "count_tokens" | "models"
+    path: str  # the path it is called on ("/v1/models/{id}" for a model's)
 
 
 ENDPOINTS: dict[tuple[str, str], Endpoint] = {
-    ("POST", "/v1/messages"): Endpoint(Api.ANTHROPIC, "generate"),
-    ("POST", "/v1/chat/completions"): Endpoint(Api.OPENAI, "generate"),
-    ("POST", "/chat/completions"): Endpoint(Api.OPENAI, "generate"),
-    ("POST", "/v1/messages/count_tokens"): Endpoint(Api.ANTHROPIC, "count_tokens"),
-    ("GET", "/v1/models"): Endpoint(None, "models"),
-    ("GET", "/models"): Endpoint(Api.OPENAI, "models"),
+    (method, endpoint.path): endpoint
+    for method, endpoint in (
+        ("POST", Endpoint(Api.ANTHROPIC, "generate", "/v1/messages")),
+        ("POST", Endpoint(Api.OPENAI, "generate", "/v1/chat/completions")),
+        ("POST", Endpoint(Api.OPENAI, "generate", "/chat/completions")),
+        ("POST", Endpoint(Api.ANTHROPIC, "count_tokens", "/v1/messages/count_tokens")),
+        ("GET", Endpoint(None, "models", "/v1/models")),
+        ("GET", Endpoint(Api.OPENAI, "models", "/models")),
+    )
 }
-MODEL_ENDPOINTS = {"/v1/models": Endpoint(None, "model"), "/models": Endpoint(Api.OPENAI, "model")}
+MODEL_ENDPOINTS = {
+    "/v1/models": Endpoint(None, "model", "/v1/models/{id}"),
+    "/models": Endpoint(Api.OPENAI, "model", "/models/{id}"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +97,7 @@ class Reply:
     details: str = ""
     content_type: str = "application/json"
     headers: tuple[tuple[str, str], ...] = ()  # besides content-type (allow, x-ccr-route)
+    labels: Mapping[str, str] = field(default_factory=dict)  # routing labels (request_labels)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,21 +110,40 @@ class Rewrite:
     labels: Mapping[str, str]  # routing labels, dynamic metadata in ccr.v1.contract.METADATA_NAMESPACE
 
 
-def error_reply(api: Api, status: int, message: str, details: str, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
-    """An error in the client's own format, answered without contacting any provider."""
+def error_reply(
+    api: Api,
+    status: int,
+    message: str,
+    details: str,
+    headers: tuple[tuple[str, str], ...] = (),
+    labels: Mapping[str, str] | None = None,
+) -> Reply:
+    """An error in the client's own format, answered without contacting any provider. ``labels``:
+    the request's (request_labels), to which the reason and the error's type are added."""
     labelled(REJECTED, api.value, str(status), details).inc()
-    return Reply(status, error_body(api, status, message), details, headers=headers)
+    labels = dict(labels) if labels is not None else request_labels(api, "")
+    if details:
+        labels[HOP_DETAILS_KEY] = details
+    labels[ERROR_TYPE_LABEL] = error_type_of(api, status)
+    return Reply(status, error_body(api, status, message), details, headers=headers, labels=labels)
 
 
-def answer_reply(api: Api, answer: Answer) -> Reply:
+def error_type_of(api: Api, status: int) -> str:
+    """The error type a client of ``api`` reads in an error of ``status`` (extproc.translate.errors)."""
+    return openai_error_type(status) if api is Api.OPENAI else anthropic_error_type(status)
+
+
+def answer_reply(api: Api, path: str, answer: Answer) -> Reply:
     """A plan's own answer (an error, or a local count) as the client gets it: routed ones say
     where they were routed (``attempts=0``: no provider was asked)."""
     headers: tuple[tuple[str, str], ...] = ()
-    if answer.decision is not None:
-        headers = ((ROUTE_HEADER, route_header(answer.decision, answer.decision.route, 0)),)
+    decision = answer.decision
+    if decision is not None:
+        headers = ((ROUTE_HEADER, route_header(decision, decision.route, 0)),)
+    labels = request_labels(api, path, decision, requested_model=answer.requested_model, stream=answer.stream)
     if answer.is_error:
-        return error_reply(api, answer.status, answer.message, answer.details, headers)
-    return Reply(answer.status, answer.body, headers=headers)
+        return error_reply(api, answer.status, answer.message, answer.details, headers, labels)
+    return Reply(answer.status, answer.body, headers=headers, labels=labels)
 
 
 def route_header(decision: Decision, route: ModelRoute, attempts: int | str) -> str:
@@ -127,34 +164,39 @@ def endpoint_step(
         if model_id is not None:
             endpoint = MODEL_ENDPOINTS["/v1/models" if path.startswith("/v1/") else "/models"]
     api = endpoint.api if endpoint and endpoint.api else _guess_api(path, headers)
+    allowed = allowed_methods(path) if endpoint is None else ()
+    # A path the gateway does not serve gets no endpoint label: it is no client call, and no usage record.
+    served = endpoint is not None or bool(allowed)
+    labels = request_labels(api, path if served else "", requested_model=model_id or "")
     if header_bytes(headers) > MAX_REQUEST_HEADER_BYTES:
         # No byte count in the message: each decision path sees a few headers of Envoy's own.
         message = f"request headers are larger than the gateway limit of {MAX_REQUEST_HEADER_BYTES} bytes"
-        return api, error_reply(api, 431, message, "ccr_headers_too_large")
+        return api, error_reply(api, 431, message, "ccr_headers_too_large", labels=labels)
     if endpoint is None:
-        allowed = allowed_methods(path)
         if allowed:
             allow = ", ".join(allowed)
             message = f"method {method} is not allowed on {path}; it answers {allow}"
-            return api, error_reply(api, 405, message, "ccr_method_not_allowed", (("allow", allow),))
-        return api, error_reply(api, 404, f"no such endpoint: {method} {path}", "ccr_unknown_endpoint")
+            return api, error_reply(api, 405, message, "ccr_method_not_allowed", (("allow", allow),), labels)
+        return api, error_reply(api, 404, f"no such endpoint: {method} {path}", "ccr_unknown_endpoint", labels=labels)
     if table is None:
-        return api, error_reply(api, 503, "the gateway has no routing policy yet; retry shortly", "ccr_no_policy")
+        message = "the gateway has no routing policy yet; retry shortly"
+        return api, error_reply(api, 503, message, "ccr_no_policy", labels=labels)
     if endpoint.kind in ("models", "model"):
         answer = models.listing(api, table, query) if model_id is None else models.retrieve(api, table, model_id)
         if answer.status != 200:
             details = "ccr_unknown_model" if answer.status == 404 else "ccr_bad_request"
-            return api, error_reply(api, answer.status, answer.message, details)
-        return api, Reply(200, answer.body)
+            return api, error_reply(api, answer.status, answer.message, details, labels=labels)
+        return api, Reply(200, answer.body, labels=labels)
     encoding = headers.get("content-encoding", "").strip().lower()
     if encoding and encoding != "identity":  # Envoy decodes the encodings it knows and drops the header
         supported = ", ".join(DECODED_CONTENT_ENCODINGS)
         message = f"Content-Encoding {encoding!r} is not supported: send the body unencoded, or encoded {supported}"
-        return api, error_reply(api, 415, message, "ccr_unsupported_encoding")
+        return api, error_reply(api, 415, message, "ccr_unsupported_encoding", labels=labels)
     if not has_body:
         if headers.get(ENCODING_HEADER):
-            return api, error_reply(api, 400, undecodable_body(headers[ENCODING_HEADER]), "ccr_bad_encoding")
-        return api, error_reply(api, 400, "request body is required", "ccr_empty_body")
+            message = undecodable_body(headers[ENCODING_HEADER])
+            return api, error_reply(api, 400, message, "ccr_bad_encoding", labels=labels)
+        return api, error_reply(api, 400, "request body is required", "ccr_empty_body", labels=labels)
     return api, endpoint
 
 
@@ -178,7 +220,7 @@ def allowed_methods(path: str) -> tuple[str, ...]:
     return tuple(sorted(methods))
 
 
-def forward_rewrite(api: Api, outcome: Forward, headers: Mapping[str, str]) -> Rewrite:
+def forward_rewrite(api: Api, endpoint: Endpoint, outcome: Forward, headers: Mapping[str, str]) -> Rewrite:
     """One provider: the translated request, sent to that provider's cluster."""
     route, upstream, provider = outcome.route, outcome.upstream, outcome.route.provider
     set_headers = (
@@ -192,10 +234,13 @@ def forward_rewrite(api: Api, outcome: Forward, headers: Mapping[str, str]) -> R
     overwritten = {name for name, _ in set_headers}
     remove = tuple(name for name in headers if name not in overwritten and strip_before_egress(name, api, provider.api))
     body = None if upstream.unchanged else upstream.body  # None: the client's bytes stay in place
-    return Rewrite(body, set_headers, remove, routing_labels(api, outcome.decision, route))
+    labels = request_labels(api, endpoint.path, outcome.decision, route)
+    if endpoint.kind == "generate":  # a provider's count_tokens is free: nothing to estimate
+        labels[ESTIMATE_LABEL] = str(outcome.context.estimate)
+    return Rewrite(body, set_headers, remove, labels)
 
 
-def chain_rewrite(api: Api, outcome: Chain, headers: Mapping[str, str]) -> Rewrite:
+def chain_rewrite(api: Api, endpoint: Endpoint, outcome: Chain, headers: Mapping[str, str]) -> Rewrite:
     """A fallback chain: Envoy retries across the chain's providers and the upstream ext_proc
     (extproc.attempt) rewrites each attempt, so the client's body goes on untranslated."""
     decision = outcome.decision
@@ -208,23 +253,43 @@ def chain_rewrite(api: Api, outcome: Chain, headers: Mapping[str, str]) -> Rewri
         for name in headers
         if name in CLIENT_CREDENTIALS or (name.startswith(INTERNAL_HEADER_PREFIX) and name != CLUSTER_HEADER)
     )
-    labels = dict(routing_labels(api, decision, decision.route))
+    labels = request_labels(api, endpoint.path, decision)
+    labels[ESTIMATE_LABEL] = str(outcome.context.estimate)  # chains serve generate requests only
     # The chain travels as dynamic metadata, which Envoy forwards to every attempt's upstream
     # ext_proc: a header would be mutated in place by the first attempt (retries share it).
     labels[CHAIN_METADATA_KEY] = encode_chain(api.value, [(r.provider.name, r.model) for r in decision.chain])
     return Rewrite(outcome.body, set_headers, remove, labels)
 
 
-def routing_labels(api: Api, decision: Decision | None, route: ModelRoute) -> dict[str, str]:
-    """Routing labels for the access logs; the usage log (extproc.usage_log) reads them too."""
-    labels = {
-        "client_api": api.value,
-        "scenario": decision.scenario if decision is not None else "model",
-        "provider": route.provider.name,
-        "model": route.target.model,
-    }
-    if decision is not None and decision.session:
-        labels["session"] = decision.session
+def request_labels(
+    api: Api,
+    path: str,
+    decision: Decision | None = None,
+    route: ModelRoute | None = None,
+    requested_model: str = "",
+    stream: bool = False,
+) -> dict[str, str]:
+    """A request's routing labels (dynamic metadata in ccr.v1.contract.METADATA_NAMESPACE), the same
+    on both decision paths: the access logs print them, the usage log (extproc.usage_log) makes the
+    request's usage record from them. ``path``: the endpoint called ("" for a path the gateway does
+    not serve: no record); ``route``: the decision's own unless given. Kept to what the record
+    needs: every label costs each request a little on both paths."""
+    labels = {"client_api": api.value}
+    if path:
+        labels[ENDPOINT_LABEL] = path
+    if decision is not None:
+        route = route or decision.route
+        requested_model = decision.body["model"]  # a string: the router refused the request otherwise
+        stream = decision.body.get("stream") is True
+        labels["scenario"] = decision.scenario
+        labels["provider"] = route.provider.name
+        labels["model"] = route.target.model
+        if decision.session:
+            labels["session"] = decision.session
+    if requested_model:
+        labels[REQUESTED_MODEL_LABEL] = requested_model
+    if stream:
+        labels[STREAM_LABEL] = "1"
     return labels
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from ccr.v1 import policy_pb2
 from ccr.v1.contract import DEFAULT_LONG_CONTEXT_THRESHOLD
 from ccr.v1.contract import SCENARIOS as SCENARIO_FIELDS
+from ccr.v1.pricing import Prices
 from extproc.translate.base import Api, Target
 
 _API_OF = {
@@ -64,6 +65,7 @@ class ModelRoute:
     model: str  # the model's policy name (what clients put in "model")
     target: Target  # the provider's model id and limits (stream flag filled per request)
     context_window: int = 0  # tokens; 0 = unknown (shown by GET /v1/models)
+    prices: Prices | None = None  # None: priced nowhere (its usage records cost 0)
 
     def __str__(self) -> str:
         return f"{self.provider.name},{self.model}"
@@ -208,7 +210,11 @@ def compile_policy(policy: policy_pb2.Policy, environ: Mapping[str, str] | None 
                 max_output_tokens=model.max_output_tokens or None,
                 capabilities=frozenset(model.capabilities),
             )
-            model_route = ModelRoute(route, model.name, target, model.context_window)
+            prices = None
+            if model.HasField("pricing"):
+                pricing = model.pricing
+                prices = Prices(pricing.input, pricing.output, pricing.cache_read, pricing.cache_write)
+            model_route = ModelRoute(route, model.name, target, model.context_window, prices)
             models[model.name] = model_route
             targets[(provider.name, model.name)] = model_route
             served.append(model_route)

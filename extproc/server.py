@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import grpc
 from envoy.service.accesslog.v3 import als_pb2_grpc
+from envoy.service.accesslog.v3.als_pb2 import StreamAccessLogsMessage, StreamAccessLogsResponse
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, ProcessingResponse
 from prometheus_client import start_http_server
@@ -26,11 +27,13 @@ from extproc.processor import RequestProcessor
 from extproc.routing_table import RoutingTable
 from extproc.state import GatewayState
 from extproc.usage_log import UsageLogService
+from extproc.usage_sink import NullSink, UsageSink
 
 log = logging.getLogger("ccr.extproc")
 
 DRAIN_SECONDS = 10.0  # SIGTERM: how long in-flight requests get to finish
 DRAIN_SETTLE_SECONDS = 0.2
+USAGE_LOG_FLUSH_SECONDS = 0.2  # Envoy flushes its usage log every 100 ms (usage_capture)
 
 # Keeps this worker in a service catalog while the block runs: (service name, listen address,
 # healthy?) -> context. Handed in by the composition root (Consul registration), so that ext_proc
@@ -69,12 +72,24 @@ class ExtProcConfig:
     hop_listen: str = ""  # the decision hop's HTTP server (extproc.hop_server); "" = none
 
 
-async def serve(config: ExtProcConfig, ready: asyncio.Event | None = None, register: Registrar = _unregistered) -> None:
+async def serve(
+    config: ExtProcConfig,
+    ready: asyncio.Event | None = None,
+    register: Registrar = _unregistered,
+    sink: UsageSink | None = None,
+) -> None:
+    """``sink`` takes the usage records this worker makes (from the counting copy of Envoy's usage
+    log); the composition root picks it (the ledger's publisher or local store), default NullSink.
+    It is closed once the usage log streams have ended, so what they delivered last is kept."""
+    sink = sink if sink is not None else NullSink()
     state = GatewayState()
     SESSIONS.set_function(lambda: len(state.sessions))  # read at scrape time: nothing per request
 
+    has_policy = asyncio.Event()
+
     def install(table: RoutingTable) -> None:
         state.table = table
+        has_policy.set()
 
     subscriber = PolicySubscriber(config.control_plane, install)
     # The exact token counter loads on first use (extproc.tokens): a worker at rest stays small.
@@ -82,7 +97,31 @@ async def serve(config: ExtProcConfig, ready: asyncio.Event | None = None, regis
     processor = ExternalProcessor(state)
     external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(processor, server)
     # Envoy's usage access log comes to the same sockets (one long-lived stream per Envoy thread).
-    als_pb2_grpc.add_AccessLogServiceServicer_to_server(UsageLogService(state.sessions), server)
+    usage_streams_end = asyncio.Event()
+    usage_log = _EndingUsageLog(UsageLogService(state, sink), usage_streams_end)
+    als_pb2_grpc.add_AccessLogServiceServicer_to_server(usage_log, server)
+    if config.metrics_port:
+        start_http_server(config.metrics_port, addr="127.0.0.1")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    subscription = asyncio.create_task(subscriber.run())
+    # Listen only once a policy is installed. Before that every request would get a 503, while a
+    # refused connection sends Envoy's call to another worker (Envoy ejects this one and retries):
+    # a restarted worker joins the rotation when it can serve, not before.
+    log.info("waiting for the policy from %s before listening", config.control_plane)
+    waiting = [asyncio.create_task(has_policy.wait()), asyncio.create_task(stop.wait())]
+    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    for task in waiting:
+        task.cancel()
+    if stop.is_set():  # stopped before any policy came: nothing to drain
+        subscription.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await subscription
+        await sink.close()
+        log.info("ext_proc stopped before it had a policy")
+        return
     if config.listen.startswith("unix:"):
         path = config.listen[len("unix:") :]
         if os.path.exists(path):
@@ -90,39 +129,39 @@ async def serve(config: ExtProcConfig, ready: asyncio.Event | None = None, regis
     server.add_insecure_port(config.listen)
     await server.start()
     hop = await hop_server.start(config.hop_listen, state) if config.hop_listen else None
-    if config.metrics_port:
-        start_http_server(config.metrics_port, addr="127.0.0.1")
     log.info(
-        "ext_proc listening on %s%s; policy from %s",
+        "ext_proc listening on %s%s",
         config.listen,
         f", decision hop on {config.hop_listen}" if config.hop_listen else "",
-        config.control_plane,
     )
-    subscription = asyncio.create_task(subscriber.run())
     if ready is not None:
         ready.set()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     if os.environ.get("CCR_TRACEMALLOC"):
         _install_allocation_report(loop)
     # Healthy in the catalog once a policy is installed: before that every request would get a 503.
     async with register("ccr-extproc", config.listen, lambda: state.table is not None):
         await stop.wait()
-    await _drain(server, processor, hop)
+    await _drain(server, processor, hop, usage_streams_end)
+    await sink.close()  # after the usage log streams ended: the records of the last requests are in it
     subscription.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await subscription
     log.info("ext_proc stopped")
 
 
-async def _drain(server: grpc.aio.Server, processor: ExternalProcessor, hop: hop_server.HopServer | None) -> None:
+async def _drain(
+    server: grpc.aio.Server,
+    processor: ExternalProcessor,
+    hop: hop_server.HopServer | None,
+    usage_streams_end: asyncio.Event,
+) -> None:
     """Stop accepting, then finish the requests in flight (streams included) for up to DRAIN_SECONDS.
 
     Closed listening sockets make Envoy's connects to this worker fail: its outlier detection
-    (envoy/bootstrap.yaml) takes the worker out and new requests go to the others. Envoy's usage
-    log streams never end by themselves: once no request is in flight they are cut, not waited for.
+    (envoy/bootstrap.yaml) takes the worker out and new requests go to the others; a stream Envoy
+    opens on a connection it already had still comes here, and is served. Envoy's usage log streams
+    never end by themselves: once no request was in flight for a moment, and the last ones' usage
+    had time to arrive, they are ended, so that the grace period is not spent waiting for them.
     """
     log.info("stopping: no new connections; finishing in-flight requests (up to %.0f s)", DRAIN_SECONDS)
     hop_drained = asyncio.create_task(hop.drain(DRAIN_SECONDS)) if hop is not None else None
@@ -140,10 +179,45 @@ async def _drain(server: grpc.aio.Server, processor: ExternalProcessor, hop: hop
         elif loop.time() - quiet_since >= DRAIN_SETTLE_SECONDS:
             break
         await asyncio.sleep(0.02)
-    await server.stop(grace=0)  # the shorter grace wins: only the usage log streams are left
-    await stopping
+    await asyncio.sleep(USAGE_LOG_FLUSH_SECONDS)  # the usage of the last requests, still on its way
+    usage_streams_end.set()
+    await stopping  # every other stream ends by itself (one opened just now included), up to the grace
     if hop_drained is not None:
         await hop_drained
+
+
+class _EndingUsageLog(als_pb2_grpc.AccessLogServiceServicer):
+    """The usage log servicer, whose streams end when ``end`` is set (Envoy's never do)."""
+
+    def __init__(self, inner: UsageLogService, end: asyncio.Event) -> None:
+        self.inner = inner
+        self.end = end
+
+    async def StreamAccessLogs(
+        self, request_iterator: AsyncIterator[StreamAccessLogsMessage], context: grpc.aio.ServicerContext
+    ) -> StreamAccessLogsResponse:
+        return await self.inner.StreamAccessLogs(_until(request_iterator, self.end), context)
+
+
+async def _until(
+    messages: AsyncIterator[StreamAccessLogsMessage], end: asyncio.Event
+) -> AsyncIterator[StreamAccessLogsMessage]:
+    """``messages`` until they end or ``end`` is set, whichever comes first."""
+    iterator = aiter(messages)
+    ended = asyncio.ensure_future(end.wait())
+    try:
+        while True:
+            following = asyncio.ensure_future(anext(iterator))
+            await asyncio.wait((following, ended), return_when=asyncio.FIRST_COMPLETED)
+            if not following.done():
+                following.cancel()
+                return
+            try:
+                yield following.result()
+            except StopAsyncIteration:
+                return
+    finally:
+        ended.cancel()
 
 
 def _install_allocation_report(loop: asyncio.AbstractEventLoop) -> None:

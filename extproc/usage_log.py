@@ -1,11 +1,17 @@
-"""Token usage from Envoy's gRPC access log (see control_plane.resources.usage_capture for the Envoy side).
+"""Token usage and usage records from Envoy's gRPC access log (control_plane.resources.usage_capture
+is the Envoy side).
 
 Envoy reads each provider response's usage into the ``ccr.usage`` dynamic metadata and sends one
 access log entry per request, in batches, on a long-lived stream per Envoy worker thread. This is
 how usage of passthrough responses (whose bodies never reach Python) is known, and it is the one
 place where ``ccr_tokens_total`` is counted, for translated responses too.
 
-``usage_record`` is pure (entry in, record out); the servicer only loops and records.
+Under ``up`` every worker receives its own copy of the log (for session memory). The counting copy
+(log name USAGE_LOG_NAME) carries an entry for every client request, with usage or not, and each
+becomes one ``UsageRecord`` for the ledger, handed to the ``UsageSink`` once per message; the other
+copies carry only the entries with usage and only update session memory.
+
+``provider_usage`` and ``usage_record`` are pure (entry in, value out); the servicer only loops.
 """
 
 from __future__ import annotations
@@ -14,28 +20,44 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import grpc
-from envoy.data.accesslog.v3.accesslog_pb2 import HTTPAccessLogEntry
+from envoy.data.accesslog.v3.accesslog_pb2 import HTTPAccessLogEntry, ResponseFlags
 from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.accesslog.v3.als_pb2 import StreamAccessLogsMessage, StreamAccessLogsResponse
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.struct_pb2 import Value
 
 from ccr.v1.contract import (
     ANSWERED_BY_TAG,
     CHAIN_METADATA_KEY,
+    ENDPOINT_LABEL,
+    ERROR_TYPE_LABEL,
+    ESTIMATE_LABEL,
     METADATA_NAMESPACE,
+    REQUESTED_MODEL_LABEL,
     SESSION_LOG_NAME,
+    STREAM_LABEL,
     USAGE_NAMESPACE,
     decode_chain,
 )
+from ccr.v1.pricing import cost_usd
+from ccr.v1.usage_record import USAGE_ESTIMATED, USAGE_FROM_PROVIDER, UsageRecord, time_of
 from extproc.metrics import TOKENS, labelled
+from extproc.routing_table import RoutingTable
+from extproc.state import GatewayState
 from extproc.tokens import SessionUsage
 from extproc.translate.anthropic_schema import usage_from_anthropic, usage_from_openai
 from extproc.translate.base import Usage
+from extproc.translate.errors import anthropic_error_type, openai_error_type
 from extproc.translate.gemini_common import usage_of
+from extproc.usage_sink import NullSink, UsageSink
+
+# Error types of failures no HTTP status names (the ledger's, beside the client APIs' own types).
+TIMEOUT_ERROR = "timeout"  # Envoy gave up waiting for the provider (route or stream idle timeout)
+CLIENT_CLOSED_ERROR = "client_closed"  # the client went away before any answer (status 0)
 
 
 @dataclass(frozen=True, slots=True)
-class UsageRecord:
+class ProviderUsage:
     provider: str  # the provider that answered (for a fallback chain: the attempt that succeeded)
     model: str
     session: str | None
@@ -58,7 +80,7 @@ def usage_from_counts(counts: Mapping[str, int]) -> Usage:
     return usage_from_anthropic(dict(counts))
 
 
-def usage_record(entry: HTTPAccessLogEntry) -> UsageRecord | None:
+def provider_usage(entry: HTTPAccessLogEntry) -> ProviderUsage | None:
     """None for an entry without usage or without ext_proc's routing labels (not a routed request)."""
     metadata = entry.common_properties.metadata.filter_metadata
     if USAGE_NAMESPACE not in metadata or METADATA_NAMESPACE not in metadata:
@@ -77,7 +99,106 @@ def usage_record(entry: HTTPAccessLogEntry) -> UsageRecord | None:
     if chain and answered and answered != provider:
         _, models = decode_chain(chain)
         provider, model = answered, models.get(answered, model)
-    return UsageRecord(provider, model, _string(labels, "session") or None, usage_from_counts(counts))
+    return ProviderUsage(provider, model, _string(labels, "session") or None, usage_from_counts(counts))
+
+
+def usage_record(
+    entry: HTTPAccessLogEntry, table: RoutingTable | None, used: ProviderUsage | None = None
+) -> UsageRecord | None:
+    """The ledger's record of one client request; ``used``: ``provider_usage(entry)``, read once by
+    the caller. None only for an entry without a request id (Envoy always sets one).
+
+    Entries come labelled by the decision service (routing labels, request_steps.request_labels),
+    or unlabelled when Envoy answered before any decision (a body over the limit, the decision
+    service down): then the path and the status are all there is. Without the provider's usage
+    (an error, a stream cut short, an OpenAI stream without include_usage) a request sent to a
+    provider is recorded with the gateway's estimate of its input and no output ("estimated"),
+    never as a silent zero."""
+    request_id = entry.request.request_id
+    if not request_id:
+        return None
+    common = entry.common_properties
+    metadata = common.metadata.filter_metadata
+    labels = metadata[METADATA_NAMESPACE].fields if METADATA_NAMESPACE in metadata else _NO_LABELS
+    path = _string(labels, ENDPOINT_LABEL) or entry.request.path.partition("?")[0]
+    client_api = _string(labels, "client_api") or ("openai" if "chat/completions" in path else "anthropic")
+    status = entry.response.response_code.value
+    attempts = common.upstream_request_attempt_count
+    provider, model = _answered(common.custom_tags, labels, table)
+    if used is not None:
+        usage, source = used.usage, USAGE_FROM_PROVIDER
+    else:  # nothing spent unless the request reached a provider (refused connections did not)
+        estimate = _string(labels, ESTIMATE_LABEL) if common.HasField(_FIRST_UPSTREAM_TX) else ""
+        usage, source = Usage(input_tokens=int(estimate) if estimate.isdigit() else 0), USAGE_ESTIMATED
+    route = table.explicit.get(f"{provider},{model}") if table is not None and provider else None
+    cost = cost_usd(
+        route.prices if route is not None else None,
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_read_input_tokens,
+        usage.cache_creation_input_tokens,
+    )
+    return UsageRecord(
+        request_id=request_id,
+        time=time_of(common.start_time.seconds + common.start_time.nanos / 1e9),
+        client_api=client_api,
+        endpoint=path,
+        requested_model=_string(labels, REQUESTED_MODEL_LABEL),
+        status=status,
+        stream=_string(labels, STREAM_LABEL) == "1",
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_read_tokens=usage.cache_read_input_tokens,
+        cache_creation_tokens=usage.cache_creation_input_tokens,
+        cost_usd=cost,
+        usage_source=source,
+        duration_ms=_ms(common.time_to_last_downstream_tx_byte if common.HasField(_LAST_BYTE) else common.duration),
+        scenario=_string(labels, "scenario") or None,
+        provider=provider,
+        model=model,
+        attempts=attempts,
+        error_type=error_type(status, client_api, _string(labels, ERROR_TYPE_LABEL), common.response_flags),
+        ttfb_ms=_ms(common.time_to_first_upstream_rx_byte) if common.HasField(_FIRST_UPSTREAM_BYTE) else None,
+        session_id=_string(labels, "session") or None,
+    )
+
+
+def error_type(status: int, client_api: str, labelled_type: str, flags: ResponseFlags) -> str | None:
+    """None for a success; else the type the decision service gave its own error, a timeout or a
+    client gone (which no status names), or the type the client's API gives the status."""
+    if 0 < status < 400:  # a stream cut short after its 200 is still a 200 to the client
+        return None
+    if labelled_type:
+        return labelled_type
+    if flags.upstream_request_timeout or flags.stream_idle_timeout or flags.duration_timeout:
+        return TIMEOUT_ERROR
+    if status == 0:
+        return CLIENT_CLOSED_ERROR
+    return openai_error_type(status) if client_api == "openai" else anthropic_error_type(status)
+
+
+def _answered(
+    tags: Mapping[str, str], labels: Mapping[str, Value], table: RoutingTable | None
+) -> tuple[str | None, str | None]:
+    """The provider and model id that answered (None: not routed): the route's, or for a fallback
+    chain the member Envoy's endpoint metadata names (the chain label holds model names; the table
+    knows their ids)."""
+    provider, model = _string(labels, "provider") or None, _string(labels, "model") or None
+    answered = tags.get(ANSWERED_BY_TAG, "")
+    if not answered or answered == provider:
+        return provider, model
+    chain = _string(labels, CHAIN_METADATA_KEY)
+    name = decode_chain(chain)[1].get(answered) if chain else None
+    if name is None:
+        return provider, model
+    route = table.target(answered, name) if table is not None else None
+    return answered, route.target.model if route is not None else name
+
+
+_NO_LABELS: Mapping[str, Value] = {}
+_LAST_BYTE = "time_to_last_downstream_tx_byte"  # duration_ms: until the client had the whole answer
+_FIRST_UPSTREAM_BYTE = "time_to_first_upstream_rx_byte"  # ttfb_ms: until the provider's first byte
+_FIRST_UPSTREAM_TX = "time_to_first_upstream_tx_byte"  # set once a provider was sent the request
 
 
 def _string(fields: Mapping[str, Value], key: str) -> str:
@@ -85,9 +206,13 @@ def _string(fields: Mapping[str, Value], key: str) -> str:
     return fields[key].string_value if key in fields else ""
 
 
-def record_usage(record: UsageRecord, sessions: SessionUsage, count_tokens: bool = True) -> None:
-    usage = record.usage
-    sessions.record(record.session, usage.prompt_tokens)
+def _ms(duration: Duration) -> float:
+    return duration.seconds * 1000 + duration.nanos / 1e6
+
+
+def record_usage(used: ProviderUsage, sessions: SessionUsage, count_tokens: bool = True) -> None:
+    usage = used.usage
+    sessions.record(used.session, usage.prompt_tokens)
     if not count_tokens:  # another worker's copy of the log counts them
         return
     # Output last: a reader that sees a response's output counted sees the rest of it counted too.
@@ -98,22 +223,32 @@ def record_usage(record: UsageRecord, sessions: SessionUsage, count_tokens: bool
         ("output", usage.output_tokens),
     ):
         if count:
-            labelled(TOKENS, record.provider, record.model, kind).inc(count)
+            labelled(TOKENS, used.provider, used.model, kind).inc(count)
 
 
 class UsageLogService(als_pb2_grpc.AccessLogServiceServicer):
-    def __init__(self, sessions: SessionUsage) -> None:
-        self.sessions = sessions
+    """``sink`` takes the usage records of the counting copy of the log, one ``put`` per message."""
+
+    def __init__(self, state: GatewayState, sink: UsageSink | None = None) -> None:
+        self.state = state
+        self.sink: UsageSink = sink if sink is not None else NullSink()
 
     async def StreamAccessLogs(
         self, request_iterator: AsyncIterator[StreamAccessLogsMessage], context: grpc.aio.ServicerContext
     ) -> StreamAccessLogsResponse:
-        count_tokens = True
+        counting = True
+        sessions = self.state.sessions
         async for message in request_iterator:
             if message.HasField("identifier"):  # the stream's first message names the log
-                count_tokens = message.identifier.log_name != SESSION_LOG_NAME
+                counting = message.identifier.log_name != SESSION_LOG_NAME
+            records = []
+            table = self.state.table
             for entry in message.http_logs.log_entry:
-                record = usage_record(entry)
-                if record is not None:
-                    record_usage(record, self.sessions, count_tokens)
+                used = provider_usage(entry)
+                if used is not None:
+                    record_usage(used, sessions, counting)
+                if counting and (record := usage_record(entry, table, used)) is not None:
+                    records.append(record)
+            if records:
+                self.sink.put(records)
         return StreamAccessLogsResponse()

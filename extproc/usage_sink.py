@@ -31,3 +31,20 @@ class NullSink:
 
     async def close(self) -> None:
         pass
+
+
+class MemorySink:
+    """Keeps every record in a list, in arrival order: for tests, and for looking at what a
+    worker would have sent. Unbounded: never in a gateway that runs for long."""
+
+    def __init__(self) -> None:
+        self.records: list[UsageRecord] = []
+        self.puts = 0  # how many put() calls brought them
+        self.closed = False
+
+    def put(self, records: Sequence[UsageRecord]) -> None:
+        self.records.extend(records)
+        self.puts += 1
+
+    async def close(self) -> None:
+        self.closed = True

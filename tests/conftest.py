@@ -8,7 +8,14 @@ under tests/golden/claude_code/).
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
+
+# Every gateway a test starts keeps its local usage ledger (ledger.local: $XDG_DATA_HOME) here, not
+# in the home directory of whoever runs the tests.
+os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="ccr-tests-data-")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -9,10 +9,12 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from ccr.v1 import policy_pb2
+from ccr.v1.pricing import Prices
 from control_plane.policy.cors import CorsSpec
 from control_plane.policy.resilience import DEFAULT as DEFAULT_RESILIENCE
 from control_plane.policy.resilience import Resilience
 from control_plane.policy.routes import RoutingSpec
+from control_plane.policy.storage import StorageSpec
 from control_plane.policy.yaml_check import Problem
 
 API_NAMES = ("anthropic", "openai", "gemini")
@@ -32,6 +34,9 @@ class ModelSpec:
     max_output_tokens: int = 0
     context_window: int = 0
     capabilities: tuple[str, ...] = ()
+    # USD per million tokens: the entry's own pricing, else the bundled table's for its id
+    # (control_plane.policy.pricing); None: priced nowhere (recorded at cost 0, with a warning).
+    pricing: Prices | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +90,8 @@ class GatewayPolicy:
     decision_path: str = "hop"
     # Browser clients: preflights answered by Envoy (listener.cors); None: no CORS headers at all.
     cors: CorsSpec | None = None
+    # Where the usage ledger keeps its records (None: not written; the local SQLite ledger).
+    storage: StorageSpec | None = None
     # What parsing found suspicious but not wrong (an OpenAI base_url without a version): shown by
     # `validate` and logged, never a reason to reject. Not part of what the policy means.
     warnings: tuple[Problem, ...] = field(default=(), compare=False)
@@ -113,6 +120,7 @@ class GatewayPolicy:
                             max_output_tokens=m.max_output_tokens,
                             context_window=m.context_window,
                             capabilities=m.capabilities,
+                            pricing=_pricing_proto(m.pricing),
                         )
                         for m in p.models
                     ],
@@ -121,3 +129,11 @@ class GatewayPolicy:
             ],
             **self.routing.to_proto_fields(),
         )
+
+
+def _pricing_proto(prices: Prices | None) -> policy_pb2.Pricing | None:
+    if prices is None:
+        return None
+    return policy_pb2.Pricing(
+        input=prices.input, output=prices.output, cache_read=prices.cache_read, cache_write=prices.cache_write
+    )

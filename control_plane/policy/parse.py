@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
+from ccr.v1.pricing import Prices
 from control_plane.policy.base_urls import check_base_url
 from control_plane.policy.cors import CorsSpec, parse_cors
 from control_plane.policy.model import (
@@ -24,9 +25,11 @@ from control_plane.policy.model import (
     ModelSpec,
     ProviderSpec,
 )
+from control_plane.policy.pricing import default_prices, parse_pricing, unpriced_warning
 from control_plane.policy.resilience import DEFAULT as DEFAULT_RESILIENCE
 from control_plane.policy.resilience import HealthCheck, Http2, OutlierDetection, Resilience, RetryBudget, TlsSettings
 from control_plane.policy.routes import parse_routing
+from control_plane.policy.storage import StorageSpec, parse_storage
 from control_plane.policy.yaml_check import Checker, Located, PolicyError, Problem, compose, join, kind_of
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -47,7 +50,7 @@ def load_policy_file(path: str) -> GatewayPolicy:
     return load_policy(text, source=path)
 
 
-_TOP_FIELDS = ("listener", "limits", "providers", "aliases", "router", "fallback", "tenants")
+_TOP_FIELDS = ("listener", "limits", "providers", "aliases", "router", "fallback", "tenants", "storage")
 
 
 def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
@@ -106,6 +109,7 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
     catalog = {p.name: {**{m.id: m.name for m in p.models}, **{m.name: m.name for m in p.models}} for p in specs}
     model_names = {m.name for p in specs for m in p.models}
     routing = parse_routing(check, top, catalog, model_names, _written_names(top.get("providers")))
+    storage: StorageSpec | None = parse_storage(check, top["storage"]) if "storage" in top else None
     if check.problems:
         raise PolicyError(check.problems, check.warnings)
     return GatewayPolicy(
@@ -119,6 +123,7 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
         decision_path,
         warnings=tuple(check.warnings),
         cors=cors,
+        storage=storage,
     )
 
 
@@ -456,12 +461,12 @@ def _human(ms: int) -> str:
 def _model(check: Checker, at: Located, path: str, api: str | None) -> ModelSpec | None:
     if isinstance(at.value, str):
         if at.value:
-            return ModelSpec(name=at.value, id=at.value)
+            return ModelSpec(name=at.value, id=at.value, pricing=_priced(check, at, path, at.value, None))
         check.problem(at, path, "a model name must not be empty")
         return None
     before = len(check.problems)
     fields = check.mapping(
-        at, path, ("name", "id", "max_output_tokens", "context_window", "capabilities"), required=("name",)
+        at, path, ("name", "id", "max_output_tokens", "context_window", "capabilities", "pricing"), required=("name",)
     )
     name = check.string(fields["name"], join(path, "name")) if "name" in fields else None
     model_id = check.string(fields["id"], join(path, "id")) if "id" in fields else name
@@ -489,9 +494,19 @@ def _model(check: Checker, at: Located, path: str, api: str | None) -> ModelSpec
                 check.problem(item, cap_path, f"capability {item.value!r} only applies to {only}-format providers")
             else:
                 capabilities.append(item.value)
+    written = parse_pricing(check, fields["pricing"], join(path, "pricing")) if "pricing" in fields else None
     if len(check.problems) > before or name is None or model_id is None:
         return None
-    return ModelSpec(name, model_id, max_output or 0, window or 0, tuple(capabilities))
+    pricing = _priced(check, at, path, model_id, written)
+    return ModelSpec(name, model_id, max_output or 0, window or 0, tuple(capabilities), pricing)
+
+
+def _priced(check: Checker, at: Located, path: str, model_id: str, written: Prices | None) -> Prices | None:
+    """The model's own prices, else the bundled table's for its id; a warning when neither has one."""
+    pricing = written if written is not None else default_prices(model_id)
+    if pricing is None:
+        unpriced_warning(check, at, path, model_id)
+    return pricing
 
 
 def _cross_checks(check: Checker, providers_at: Located | None, providers: list[tuple[int, ProviderSpec]]) -> None:

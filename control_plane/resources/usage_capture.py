@@ -6,7 +6,8 @@ streaming it through ext_proc would cost a gRPC round trip per chunk. Envoy read
   sse_to_metadata  (text/event-stream)  and  json_to_metadata  (application/json responses)
       -> the provider's own usage fields as numbers in the ``ccr.usage`` dynamic metadata
   http_grpc access log  -> one entry per request, batched, to ext_proc's AccessLogService
-      (extproc.usage_log), which normalises them and counts ``ccr_tokens_total``
+      (extproc.usage_log), which normalises them, counts ``ccr_tokens_total`` and makes each
+      client request's usage record
 
 Both filters sit after ext_proc in the chain, so on the response path they see the provider's raw
 bytes, before any translation. Each key is named after the field it comes from, which tells the
@@ -19,11 +20,12 @@ from __future__ import annotations
 from typing import Any
 
 # Imported for their side effect: registering the types named in "@type" below.
+import envoy.extensions.access_loggers.filters.cel.v3.cel_pb2
 import envoy.extensions.access_loggers.grpc.v3.als_pb2
 import envoy.extensions.filters.http.json_to_metadata.v3.json_to_metadata_pb2  # noqa: F401
 import xds.type.v3.typed_struct_pb2  # noqa: F401
 
-from ccr.v1.contract import ANSWERED_BY_TAG, SESSION_LOG_NAME, USAGE_LOG_NAME, USAGE_NAMESPACE
+from ccr.v1.contract import ANSWERED_BY_TAG, ENDPOINT_LABEL, SESSION_LOG_NAME, USAGE_LOG_NAME, USAGE_NAMESPACE
 from control_plane.resources.resilience import TYPE_PREFIX
 
 # Small batches, flushed often: the next turn of a session reads the last turn's prompt size.
@@ -107,11 +109,12 @@ def json_usage_filter() -> dict[str, Any]:
 
 
 def usage_access_log(cluster: str, metadata_namespace: str, count_tokens: bool = True) -> dict[str, Any]:
-    """One entry per request that carried usage, batched to ext_proc's AccessLogService. The
-    routing labels (client API, provider, model, session) ride in ext_proc's own namespace.
+    """Entries batched to ext_proc's AccessLogService; the routing labels (client API, endpoint,
+    provider, model, session...) ride in ext_proc's own namespace.
 
-    When every worker gets its own copy (for session memory), only one copy may count tokens: the
-    log name tells the receiver which one it holds."""
+    When every worker gets its own copy (for session memory), only one copy may count tokens and
+    make the usage records: the log name tells the receiver which one it holds. That copy carries
+    every client request (``client_requests``), the others only those with usage."""
     has_usage = [
         {
             "metadata_filter": {
@@ -127,7 +130,7 @@ def usage_access_log(cluster: str, metadata_namespace: str, count_tokens: bool =
     ]
     return {
         "name": "envoy.access_loggers.http_grpc",
-        "filter": {"or_filter": {"filters": has_usage}},
+        "filter": client_requests(metadata_namespace) if count_tokens else {"or_filter": {"filters": has_usage}},
         "typed_config": {
             "@type": TYPE_PREFIX + "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
             "common_config": {
@@ -148,3 +151,41 @@ def usage_access_log(cluster: str, metadata_namespace: str, count_tokens: bool =
             },
         },
     }
+
+
+# An answer Envoy (or the decision hop's Lua filter, failing closed) gave before any decision: a
+# body over the limit, the decision service down or its stream failing, a client gone. Such a
+# request carries no routing label; the decision service's own answers carry some (an unknown
+# path's 404 too, which is no client call) or, on the ext_proc path, "ccr_" response details.
+# GET /health (200, Envoy's) never matches.
+UNDECIDED_ANSWER = (
+    "(response.code >= 400 || response.code == 0) && !response.code_details.startsWith('ccr_') "
+    "&& !('{namespace}' in metadata.filter_metadata)"
+)
+
+
+def client_requests(metadata_namespace: str) -> dict[str, Any]:
+    """The access log filter passing every client request: each one the decision service saw on one
+    of its endpoints (ENDPOINT_LABEL, on both decision paths: forwarded or answered), and each one
+    Envoy answered before a decision. Not /health, CORS preflights nor unknown paths."""
+    decided = {
+        "metadata_filter": {
+            "matcher": {
+                "filter": metadata_namespace,
+                "path": [{"key": ENDPOINT_LABEL}],
+                "value": {"present_match": True},
+            },
+            "match_if_key_not_found": False,
+        }
+    }
+    undecided = {
+        "extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": {
+                "@type": TYPE_PREFIX + "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                "expression": UNDECIDED_ANSWER.format(namespace=metadata_namespace),
+            },
+        }
+    }
+    # The metadata check first: the usual request never reaches the expression.
+    return {"or_filter": {"filters": [decided, undecided]}}

@@ -72,7 +72,7 @@ def test_validate_prints_warnings_with_their_lines_and_still_succeeds(tmp_path):
     policy = tmp_path / "p.yaml"
     policy.write_text(
         "providers:\n"
-        "  - {name: a, api: openai, base_url: 'http://127.0.0.1:1', api_key_env: CCR_TEST_UNSET_KEY, models: [m]}\n"
+        "  - {name: a, api: openai, base_url: 'http://127.0.0.1:1', api_key_env: CCR_TEST_UNSET_KEY, models: [gpt-4o]}\n"
     )
     result = run("validate", "-c", str(policy))
     assert result.returncode == 0, result.stderr

@@ -27,7 +27,7 @@ POLICY = textwrap.dedent(
       - name: local
         api: openai
         base_url: http://127.0.0.1:9100/v1
-        models: [m]
+        models: [{name: m, pricing: {input: 0, output: 0}}]   # a local model: free, so no price warning
     """
 )
 

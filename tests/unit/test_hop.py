@@ -60,12 +60,12 @@ def via_hop(state: GatewayState, api: Api, kind: str, extra: dict, raw: bytes) -
     client_headers = {"authorization": "Bearer c"} if api is Api.OPENAI else {}
     client_headers.update(extra)
     action, ops, payload = parse(hop.decide(state, "POST", PATHS[(api, kind)], client_headers, raw))
+    labels = {name: value for op, name, value in ops if op == "label" and name not in HOP_ONLY_LABELS}
     if action == "reply":
         status = next(int(name) for op, name, _ in ops if op == "status")
         route = next((value for op, name, value in ops if op == "header" and name == "x-ccr-route"), None)
-        return {"reply": (status, orjson.loads(payload), route)}
+        return {"reply": (status, orjson.loads(payload), route), "labels": labels}
     assert action == "forward"
-    labels = {name: value for op, name, value in ops if op == "label" and name not in HOP_ONLY_LABELS}
     return {
         "body": orjson.loads(payload) if payload else None,  # none: the client's bytes go on
         "set": {name: value for op, name, value in ops if op == "set" and name != REWRITE_HEADER},
@@ -79,18 +79,25 @@ def via_ext_proc(state: GatewayState, api: Api, kind: str, extra: dict, raw: byt
     auth = {"authorization": "Bearer c"} if api is Api.OPENAI else {}
     processor.handle(headers("POST", PATHS[(api, kind)], **auth, **extra))
     response = processor.handle(body(raw))
+    labels = {key: value.string_value for key, value in labels_of(response).items()}
     if response.HasField("immediate_response"):
         reply = response.immediate_response
         sent = {h.header.key: h.header.raw_value.decode() for h in reply.headers.set_headers}
-        return {"reply": (int(reply.status.code), orjson.loads(reply.body), sent.get("x-ccr-route"))}
+        return {"reply": (int(reply.status.code), orjson.loads(reply.body), sent.get("x-ccr-route")), "labels": labels}
     common = response.request_body.response
-    labels = dict(response.dynamic_metadata.fields[METADATA_NAMESPACE].struct_value.fields)
     return {
         "body": orjson.loads(common.body_mutation.body) if common.HasField("body_mutation") else None,
         "set": set_headers_of(response),
         "remove": sorted(common.header_mutation.remove_headers),
-        "labels": {key: value.string_value for key, value in labels.items()},
+        "labels": labels,
     }
+
+
+def labels_of(response) -> dict:
+    """The routing labels an ext_proc answer sets (dynamic metadata), replies included."""
+    if METADATA_NAMESPACE not in response.dynamic_metadata.fields:
+        return {}
+    return dict(response.dynamic_metadata.fields[METADATA_NAMESPACE].struct_value.fields)
 
 
 @pytest.mark.parametrize(("name", "api", "kind", "extra", "payload"), CASES, ids=[c[0] for c in CASES])
@@ -125,6 +132,30 @@ def test_endpoint_answers_need_no_body(plan_state):
     assert ("status", "404", "") in ops and ("label", "details", "ccr_unknown_endpoint") in ops
     assert ("status", "400", "") in parse(hop.decide(plan_state, "POST", "/v1/messages", {}, b""))[1]
     assert ("status", "503", "") in parse(hop.decide(GatewayState(), "POST", "/v1/messages", {}, b"{}"))[1]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "extra", "raw"),
+    [
+        ("GET", "/v1/models", {}, b""),
+        ("GET", "/v1/models/claude-sonnet-4-5", {}, b""),
+        ("GET", "/v1/messages", {}, b""),  # 405: a gateway endpoint, so a usage record
+        ("POST", "/v1/nothing", {}, b"{}"),  # 404: no endpoint label, no record
+        ("POST", "/v1/messages", {}, b""),
+        ("POST", "/v1/messages", {"content-encoding": "deflate"}, b"{}"),
+        ("POST", "/v1/chat/completions", {"x-big": "x" * 70_000}, b"{}"),
+    ],
+)
+def test_the_gateways_endpoint_answers_carry_the_same_labels_on_both_paths(plan_state, method, path, extra, raw):
+    action, ops, _ = parse(hop.decide(plan_state, method, path, extra, raw))
+    assert action == "reply"
+    hop_labels = {name: value for op, name, value in ops if op == "label"}
+    processor = RequestProcessor(plan_state)
+    response = processor.handle(headers(method, path, end_of_stream=not raw, **extra))
+    ext_proc_labels = {key: value.string_value for key, value in labels_of(response).items()}
+    assert hop_labels == ext_proc_labels
+    assert ("endpoint" in hop_labels) == (path != "/v1/nothing")
+    assert ("details" in hop_labels) == ("error_type" in hop_labels) == (not path.startswith("/v1/models"))
 
 
 def test_a_translated_stream_carries_its_context_to_ext_proc_and_a_whole_answer_to_respond(plan_state):

@@ -134,7 +134,9 @@ def test_an_openai_base_url_ending_in_the_endpoint_says_what_to_drop():
 
 
 def test_an_openai_base_url_without_a_version_is_valid_with_a_warning_at_its_line():
-    policy = load("providers:\n  - name: d\n    api: openai\n    base_url: https://llm.example.com\n    models: [m]\n")
+    policy = load(
+        "providers:\n  - name: d\n    api: openai\n    base_url: https://llm.example.com\n    models: [gpt-4o]\n"
+    )
     (warning,) = policy.warnings
     assert str(warning).startswith("gw.yaml:4:15: warning: providers[0].base_url: OpenAI-format requests go to ")
     assert "https://llm.example.com/chat/completions" in str(warning)
@@ -148,8 +150,8 @@ def test_warnings_do_not_change_what_the_policy_means():
 
 def test_an_invalid_policy_still_carries_its_warnings_apart_from_its_problems():
     text = (
-        "providers:\n  - {name: d, api: openai, base_url: 'http://h', models: [m]}\n"
-        "  - {name: e, api: openia, base_url: 'http://h/v1', models: [n]}\n"
+        "providers:\n  - {name: d, api: openai, base_url: 'http://h', models: [gpt-4o]}\n"
+        "  - {name: e, api: openia, base_url: 'http://h/v1', models: [gpt-4.1]}\n"
     )
     with pytest.raises(PolicyError) as caught:
         load(text)

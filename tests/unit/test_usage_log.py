@@ -18,6 +18,7 @@ from google.protobuf import json_format
 
 from ccr.v1.contract import (
     ANSWERED_BY_TAG,
+    ENDPOINT_LABEL,
     METADATA_NAMESPACE,
     SESSION_LOG_NAME,
     USAGE_LOG_NAME,
@@ -28,9 +29,9 @@ from control_plane.resources.gateway import EXTPROC_CLUSTER, listener
 from control_plane.resources.usage_capture import PROMPT_KEYS, USAGE_FIELDS, json_usage_filter, sse_usage_filter
 from extproc.metrics import TOKENS
 from extproc.sse import SSEDecoder
-from extproc.tokens import SessionUsage
+from extproc.state import GatewayState
 from extproc.translate.base import Api, Usage
-from extproc.usage_log import UsageLogService, UsageRecord, record_usage, usage_from_counts, usage_record
+from extproc.usage_log import ProviderUsage, UsageLogService, provider_usage, record_usage, usage_from_counts
 from tests.unit.cp_helpers import policy, provider
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
@@ -151,15 +152,15 @@ LABELS = {"client_api": "anthropic", "scenario": "default", "provider": "p1", "m
 
 
 def test_a_routed_entry_becomes_a_record_of_the_routed_provider() -> None:
-    record = usage_record(_entry({"input_tokens": 12, "output_tokens": 4}, LABELS))
-    assert record == UsageRecord("p1", "m1", "s-1", Usage(input_tokens=12, output_tokens=4))
+    used = provider_usage(_entry({"input_tokens": 12, "output_tokens": 4}, LABELS))
+    assert used == ProviderUsage("p1", "m1", "s-1", Usage(input_tokens=12, output_tokens=4))
 
 
 def test_a_chain_entry_is_credited_to_the_provider_that_answered_with_its_model() -> None:
     labels = {**LABELS, "chain": encode_chain("anthropic", [("p1", "m1"), ("p2", "m2")])}
-    record = usage_record(_entry({"prompt_tokens": 9, "completion_tokens": 2}, labels, answered_by="p2"))
-    assert record is not None and (record.provider, record.model) == ("p2", "m2")
-    assert record.usage == Usage(input_tokens=9, output_tokens=2)
+    used = provider_usage(_entry({"prompt_tokens": 9, "completion_tokens": 2}, labels, answered_by="p2"))
+    assert used is not None and (used.provider, used.model) == ("p2", "m2")
+    assert used.usage == Usage(input_tokens=9, output_tokens=2)
 
 
 @pytest.mark.parametrize(
@@ -172,19 +173,19 @@ def test_a_chain_entry_is_credited_to_the_provider_that_answered_with_its_model(
     ],
 )
 def test_entries_without_usage_or_routing_labels_are_skipped(usage, labels) -> None:
-    assert usage_record(_entry(usage, labels)) is None
+    assert provider_usage(_entry(usage, labels)) is None
 
 
 def test_a_record_counts_tokens_and_remembers_the_sessions_prompt_size() -> None:
-    sessions = SessionUsage()
+    sessions = GatewayState().sessions
     before = TOKENS.labels("p-unit", "m-unit", "cache_read")._value.get()
-    record_usage(UsageRecord("p-unit", "m-unit", "s-9", Usage(10, 2, 30, 5)), sessions)
+    record_usage(ProviderUsage("p-unit", "m-unit", "s-9", Usage(10, 2, 30, 5)), sessions)
     assert sessions.last("s-9") == 45  # the whole prompt, cached parts included
     assert TOKENS.labels("p-unit", "m-unit", "cache_read")._value.get() - before == 30
 
 
 async def test_the_service_consumes_a_batched_stream() -> None:
-    sessions = SessionUsage()
+    state = GatewayState()
     message = StreamAccessLogsMessage()
     message.http_logs.log_entry.extend(
         [
@@ -197,12 +198,13 @@ async def test_the_service_consumes_a_batched_stream() -> None:
     async def stream():
         yield message
 
-    await UsageLogService(sessions).StreamAccessLogs(stream(), context=None)
+    await UsageLogService(state).StreamAccessLogs(stream(), context=None)
+    sessions = state.sessions
     assert (sessions.last("a"), sessions.last("b"), sessions.last("c")) == (7, None, 70)
 
 
 async def test_a_session_only_copy_of_the_log_remembers_sessions_without_counting_tokens() -> None:
-    sessions = SessionUsage()
+    state = GatewayState()
     first = StreamAccessLogsMessage()
     first.identifier.log_name = SESSION_LOG_NAME
     first.http_logs.log_entry.append(_entry({"input_tokens": 11, "output_tokens": 2}, {**LABELS, "provider": "p-copy"}))
@@ -210,8 +212,8 @@ async def test_a_session_only_copy_of_the_log_remembers_sessions_without_countin
     async def stream():
         yield first
 
-    await UsageLogService(sessions).StreamAccessLogs(stream(), context=None)
-    assert sessions.last("s-1") == 11
+    await UsageLogService(state).StreamAccessLogs(stream(), context=None)
+    assert state.sessions.last("s-1") == 11
     assert TOKENS.labels("p-copy", "m1", "input")._value.get() == 0
 
 
@@ -248,3 +250,21 @@ def test_the_usage_filters_follow_ext_proc_and_the_usage_log_reaches_ext_proc() 
     common = usage_log["typedConfig"]["commonConfig"]
     assert common["grpcService"] == {"envoyGrpc": {"clusterName": EXTPROC_CLUSTER}}
     assert common["customTags"][0]["tag"] == ANSWERED_BY_TAG
+
+
+def test_the_counting_copy_passes_every_client_request_and_the_session_copies_only_usage() -> None:
+    hcm = json_format.MessageToDict(
+        listener(policy(provider("p1")), ("ccr_extproc_0", "ccr_extproc_1")).filter_chains[0].filters[0].typed_config
+    )
+    counting, session = (log["filter"] for log in hcm["accessLog"][1:])
+    decided, undecided = counting["orFilter"]["filters"]
+    # Every request the decision service saw on one of its endpoints, on both decision paths...
+    assert decided["metadataFilter"]["matcher"] == {
+        "filter": METADATA_NAMESPACE,
+        "path": [{"key": ENDPOINT_LABEL}],
+        "value": {"presentMatch": True},
+    }
+    # ...and every one Envoy answered before any decision (413, the decision service down).
+    expression = undecided["extensionFilter"]["typedConfig"]["expression"]
+    assert "response.code >= 400" in expression and f"'{METADATA_NAMESPACE}' in metadata.filter_metadata" in expression
+    assert [f["metadataFilter"]["matcher"]["filter"] for f in session["orFilter"]["filters"]] == [USAGE_NAMESPACE] * 3

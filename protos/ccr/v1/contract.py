@@ -41,6 +41,14 @@ HOP_CONTEXT_KEY = "response_context"
 HOP_STREAM_KEY = "stream_context"  # the same for a translated stream, read by ext_proc instead
 HOP_DETAILS_KEY = "details"
 HOP_ROUTE_KEY = "route"  # the x-ccr-route header's value but the attempts, which Envoy knows
+# The labels a request's usage record is made from (extproc.usage_log), besides client_api,
+# scenario, provider, model and session. Every request to one of the gateway's endpoints carries
+# ENDPOINT_LABEL, on both decision paths: the usage log passes the entries that have it.
+ENDPOINT_LABEL = "endpoint"  # the client's path, without the query
+REQUESTED_MODEL_LABEL = "requested_model"  # the request's "model", as the client wrote it
+STREAM_LABEL = "stream"  # "1" when the client asked for a stream
+ESTIMATE_LABEL = "estimate"  # the gateway's count of the input tokens, on requests sent to a provider
+ERROR_TYPE_LABEL = "error_type"  # on the gateway's own error answers: the type the client was told
 
 
 def encode_chain(client_api: str, chain: list[tuple[str, str]]) -> str:

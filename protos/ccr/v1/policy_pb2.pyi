@@ -139,15 +139,29 @@ class Provider(_message.Message):
     def __init__(self, name: _Optional[str] = ..., api: _Optional[_Union[Api, str]] = ..., cluster: _Optional[str] = ..., base_path: _Optional[str] = ..., api_key_env: _Optional[str] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., headers: _Optional[_Mapping[str, str]] = ..., forward_count_tokens: bool = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "id", "max_output_tokens", "context_window", "capabilities")
+    __slots__ = ("name", "id", "max_output_tokens", "context_window", "capabilities", "pricing")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     MAX_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_WINDOW_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    PRICING_FIELD_NUMBER: _ClassVar[int]
     name: str
     id: str
     max_output_tokens: int
     context_window: int
     capabilities: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., max_output_tokens: _Optional[int] = ..., context_window: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ...) -> None: ...
+    pricing: Pricing
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., max_output_tokens: _Optional[int] = ..., context_window: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ..., pricing: _Optional[_Union[Pricing, _Mapping]] = ...) -> None: ...
+
+class Pricing(_message.Message):
+    __slots__ = ("input", "output", "cache_read", "cache_write")
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    CACHE_READ_FIELD_NUMBER: _ClassVar[int]
+    CACHE_WRITE_FIELD_NUMBER: _ClassVar[int]
+    input: float
+    output: float
+    cache_read: float
+    cache_write: float
+    def __init__(self, input: _Optional[float] = ..., output: _Optional[float] = ..., cache_read: _Optional[float] = ..., cache_write: _Optional[float] = ...) -> None: ...

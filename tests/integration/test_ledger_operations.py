@@ -1,0 +1,162 @@
+"""The ledger's commands and start-up paths against the real services: migrations (twice, and two
+at once), the dead-letter queue's list and replay, a spool left by a previous run, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import uuid
+
+import aio_pika
+import asyncpg
+import pytest
+
+from ccr.v1.usage_record import decode_batch, encode_batch
+from ledger import pg_schema
+from ledger.dead_letters import list_dead_letters, replay
+from ledger.publisher import PublisherConfig, RabbitPublisher
+from ledger.spool import Spool, SpoolEntry
+from ledger.topology import declare
+from tests.integration.ledger_helpers import count_rows, eventually, make_records
+
+# How the lead registers the commands (one PLUGIN_COMMANDS line each), done here without editing it.
+RUN_CLI = """
+import sys
+from ccr_gateway import cli
+cli.PLUGIN_COMMANDS["ledger"] = ("the usage ledger writer", "ledger.cli", "")
+cli.PLUGIN_COMMANDS["db"] = ("the ledger database", "ledger.db_cli", "")
+cli.main(sys.argv[1:])
+"""
+
+
+async def run_cli(*argv: str, timeout: float = 20) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", RUN_CLI, *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    return process.returncode or 0, out.decode(), err.decode()
+
+
+async def test_two_migrations_at_once_apply_each_step_once(postgres_dsn):
+    schema = f"migrate_{uuid.uuid4().hex[:8]}"
+    connections = [await asyncpg.connect(postgres_dsn, server_settings={"search_path": schema}) for _ in range(2)]
+    try:
+        await connections[0].execute(f"CREATE SCHEMA {schema}")
+        results = await asyncio.gather(*(pg_schema.migrate(connection) for connection in connections))
+        assert sorted(len(applied) for applied in results) == [0, len(pg_schema.MIGRATIONS)]
+        assert await pg_schema.migrate(connections[0]) == []
+        assert await pg_schema.schema_variant(connections[0]) == pg_schema.NATIVE
+    finally:
+        await connections[0].execute(f"DROP SCHEMA {schema} CASCADE")
+        for connection in connections:
+            await connection.close()
+
+
+async def test_db_migrate_prints_what_it_applied_then_that_it_is_up_to_date(postgres_dsn):
+    fresh = f"ccr_ledger_test_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(postgres_dsn)
+    await admin.execute(f"CREATE DATABASE {fresh}")
+    dsn = postgres_dsn.rsplit("/", 1)[0] + f"/{fresh}"
+    try:
+        status, out, _ = await run_cli("db", "migrate", "--postgres", dsn)
+        assert status == 0
+        assert "applied 0001_usage_records (native)" in out and "applied 0002_usage_daily (native)" in out
+        status, out, _ = await run_cli("db", "migrate", "--postgres", dsn)
+        assert status == 0 and "up to date (native partitioning)" in out
+        status, _, err = await run_cli("db", "migrate", "--postgres", "postgresql://u:${NOT_SET_ANYWHERE}@h/db")
+        assert status == 2 and "NOT_SET_ANYWHERE is not set" in err
+    finally:
+        await admin.execute(f"DROP DATABASE {fresh} WITH (FORCE)")
+        await admin.close()
+
+
+async def test_dlq_list_shows_reasons_and_replay_moves_them_back(amqp_url, queue_names):
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        topology = await declare(channel, queue_names)
+        body = encode_batch(make_records(3, "dead"))
+        for reason in ("unreadable batch: records[0]: status: 'x' is not a int", "refused by PostgreSQL: bad"):
+            await topology.dead_letter_exchange.publish(
+                aio_pika.Message(body, headers={"x-ccr-dead-letter-reason": reason}), ""
+            )
+    letters, total = await list_dead_letters(amqp_url, queue_names)
+    assert total == 2
+    assert [(letter.records, letter.reason) for letter in letters] == [
+        (3, "unreadable batch: records[0]: status: 'x' is not a int"),
+        (3, "refused by PostgreSQL: bad"),
+    ]
+    status, out, _ = await run_cli("ledger", "dlq", "list", "--amqp", amqp_url, "--queue", queue_names.queue)
+    assert status == 0 and "2 dead messages" in out and "refused by PostgreSQL: bad" in out
+    assert (await list_dead_letters(amqp_url, queue_names))[1] == 2  # listing leaves them there
+
+    assert await replay(amqp_url, queue_names, limit=1) == 1
+    status, out, _ = await run_cli("ledger", "--amqp", amqp_url, "dlq", "replay", "--queue", queue_names.queue)
+    assert status == 0 and "moved 1 messages" in out
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        topology = await declare(channel, queue_names)
+        assert topology.queue.declaration_result.message_count == 2
+        assert topology.dead_letter_queue.declaration_result.message_count == 0
+
+
+async def test_a_spool_left_by_a_previous_run_is_published_first(amqp_url, queue_names, tmp_path):
+    left = make_records(20, "leftover")
+    spool = Spool(tmp_path / "spool")
+    spool.append_many([SpoolEntry(encode_batch(left[i : i + 5]), 5) for i in range(0, 20, 5)])
+    spool.close()
+    publisher = RabbitPublisher(PublisherConfig(url=amqp_url, spool_dir=str(tmp_path / "spool"), names=queue_names))
+    publisher.start()
+    fresh = make_records(5, "fresh")
+    publisher.put(fresh)
+    assert await publisher.wait_drained(10)
+    await publisher.close()
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.get_queue(queue_names.queue)
+        received = []
+        while (message := await queue.get(no_ack=True, fail=False)) is not None:
+            received += decode_batch(message.body)
+    assert received == left + fresh
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM")
+async def test_the_writer_command_stops_on_sigterm_with_everything_stored(
+    amqp_url, postgres_dsn, queue_names, database
+):
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        topology = await declare(channel, queue_names)
+        for index in range(10):
+            await topology.exchange.publish(
+                aio_pika.Message(encode_batch(make_records(10, f"term{index}"))), queue_names.queue
+            )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        RUN_CLI,
+        "ledger",
+        "--amqp",
+        amqp_url,
+        "--postgres",
+        postgres_dsn,
+        "--queue",
+        queue_names.queue,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+    async def stored() -> bool:
+        counts = [await count_rows(database, f"term{index}") for index in range(10)]
+        return sum(counts) == 100
+
+    await eventually(stored, 15, "100 rows")
+    process.send_signal(signal.SIGTERM)
+    _, err = await asyncio.wait_for(process.communicate(), 20)
+    assert process.returncode == 0, err.decode()[-2000:]
