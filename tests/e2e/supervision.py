@@ -113,7 +113,17 @@ class Up:
         return self.process.wait(timeout=timeout)
 
 
-def start_up(directory: Path, workers: int = 2, extra: tuple[str, ...] = (), anthropic_url: str = "") -> Up:
+def start_up(
+    directory: Path,
+    workers: int = 2,
+    extra: tuple[str, ...] = (),
+    anthropic_url: str = "",
+    append: str = "",
+    priced: bool = False,
+) -> Up:
+    """`up` with the example policy on free ports; ``append``: YAML added to the policy (e.g. a
+    storage section); ``priced``: the fake Claude model gets a price (the others have the bundled
+    table's)."""
     """`ccr-gateway up` with the example policy and its own fake provider, on free ports.
     ``anthropic_url``: where the example's fake-anthropic provider is instead (the primary of the
     example's fallback chain, whose fallback stays on `up`'s fake provider)."""
@@ -123,6 +133,11 @@ def start_up(directory: Path, workers: int = 2, extra: tuple[str, ...] = (), ant
     if anthropic_url:
         text = text.replace("base_url: http://127.0.0.1:9100 ", f"base_url: {anthropic_url} ", 1)
     text = text.replace("port: 8080", f"port: {listener}").replace("127.0.0.1:9100", f"127.0.0.1:{fake_port}")
+    if priced:
+        text = text.replace(
+            "id: fake-claude-sonnet\n", "id: fake-claude-sonnet\n        pricing: {input: 3, output: 15}\n"
+        )
+    text += append
     name = f"up-{listener}"
     policy = directory / f"{name}.yaml"
     policy.write_text(text)
