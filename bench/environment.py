@@ -309,6 +309,9 @@ def environment(
 
         # The gateways start side by side (startup is mostly Python imports), then each is awaited.
         env = {**os.environ, "CCR_BENCH_ANTHROPIC_KEY": "sk-ant-bench", "CCR_BENCH_OPENAI_KEY": "sk-bench"}
+        # The gateways keep their usage ledger on, as a deployment does, in the work dir: the
+        # benchmark's requests never land in the user's own ledger (ledger.local: $XDG_DATA_HOME).
+        env["XDG_DATA_HOME"] = str(workdir / "data")
         starting = []
         for decision in sorted(decision_paths, key=list(TARGET_BY_DECISION_PATH).index):  # hop first
             name = TARGET_BY_DECISION_PATH[decision]

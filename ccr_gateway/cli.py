@@ -53,6 +53,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         fake_provider_port=args.fake_provider_port if args.with_fake_provider else None,
         metrics_port=args.metrics_port,
         workers=args.workers,
+        ledger_on=not args.no_ledger,
     )
     try:
         gateway.check_ports()  # before anything starts, and before saying it starts
@@ -294,6 +295,11 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
         help="ext_proc worker processes, each on its own Unix socket (default: number of cores)",
     )
     up.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for readiness (default 30)")
+    up.add_argument(
+        "--no-ledger",
+        action="store_true",
+        help="keep no usage records (default: the policy's storage, else the local SQLite ledger)",
+    )
     up.set_defaults(func=cmd_up)
 
     cp = sub.add_parser("control-plane", help="run only the xDS control plane")

@@ -27,7 +27,7 @@ LEDGER_KINDS = ("none", "sqlite", "rabbitmq")
 
 @dataclass(frozen=True)
 class LedgerPlan:
-    kind: str  # sqlite | rabbitmq
+    kind: str  # sqlite | rabbitmq | none (up --no-ledger)
     sqlite_path: str | None = None  # None: the local ledger's default (ledger.local.default_ledger_path)
     amqp: str | None = None
     postgres: str | None = None
@@ -50,6 +50,8 @@ class LedgerPlan:
         return {AMQP_ENV: self.amqp, POSTGRES_ENV: self.postgres}
 
     def worker_arguments(self, index: int) -> list[str]:
+        if self.kind == "none":
+            return []
         if not self.uses_broker:
             return ["--ledger", "sqlite", *(["--ledger-sqlite", self.sqlite_path] if self.sqlite_path else [])]
         spool = os.path.join(os.path.expanduser(self.spool_dir), f"extproc-{index}")

@@ -76,6 +76,7 @@ class GatewayProcesses:
     metrics_port: int = 0  # ccr_gateway.preflight.metrics_ports: the plan; 0: no metrics
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # ext_proc processes
     quiet: bool = False
+    ledger_on: bool = True  # False: usage records go nowhere (up --no-ledger)
     run_dir: str = ""
     children: list[Child] = field(default_factory=list)
     state_path: Path | None = None
@@ -87,7 +88,7 @@ class GatewayProcesses:
 
     @property
     def ledger(self) -> LedgerPlan:
-        return plan_for(self.policy.storage)
+        return plan_for(self.policy.storage) if self.ledger_on else LedgerPlan("none")
 
     @property
     def listener_url(self) -> str:
@@ -205,6 +206,9 @@ class GatewayProcesses:
         """Every child inherits the ledger's connection strings (environment, not command lines)."""
         ledger = self.ledger
         os.environ.update(ledger.environment())
+        if ledger.kind == "none":
+            self.say("- usage ledger: off (--no-ledger)")
+            return
         if not ledger.uses_broker:
             where = ledger.sqlite_path or "$XDG_DATA_HOME/ccr-gateway/ledger.db"
             self.say(f"- usage ledger: local SQLite {where} (`ccr-gateway usage report`)")
