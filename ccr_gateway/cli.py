@@ -89,7 +89,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         + (
             f"  metrics:         http://127.0.0.1:{metrics['control-plane']}/metrics (control plane), "
             f":{metrics['extproc-0']}..{metrics[f'extproc-{args.workers - 1}']} (ext_proc workers), "
-            f":{metrics['supervisor']} (child restarts), :{args.admin_port}/stats/prometheus (Envoy)\n"
+            f":{metrics['supervisor']} (child restarts), "
+            + (f":{metrics['ledger']} (ledger writer), " if "ledger" in metrics else "")
+            + f":{args.admin_port}/stats/prometheus (Envoy)\n"
             if metrics
             else ""
         )

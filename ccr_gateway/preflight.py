@@ -12,7 +12,8 @@ import socket
 DEFAULT_METRICS_PORT = 9464  # Prometheus' registry entry for its own client libraries' exporters
 METRICS_HELP = (
     "Prometheus metrics, each on 127.0.0.1: the control plane on PORT, ext_proc worker i on PORT+1+i, "
-    "the `up` supervisor (child restarts) on PORT+1+WORKERS (default %(default)s; 0: no metrics)"
+    "the `up` supervisor (child restarts) on PORT+1+WORKERS, the ledger writer (when the policy has storage) on "
+    "PORT+2+WORKERS (default %(default)s; 0: no metrics)"
 )
 
 
@@ -27,13 +28,15 @@ def positive_int(text: str) -> int:
     return value
 
 
-def metrics_ports(first: int, workers: int) -> dict[str, int]:
+def metrics_ports(first: int, workers: int, ledger_writer: bool = False) -> dict[str, int]:
     """Child name (or ``supervisor``) -> its Prometheus port; empty when metrics are off (0)."""
     if not first:
         return {}
     ports = {"control-plane": first}
     ports.update({f"extproc-{index}": first + 1 + index for index in range(workers)})
     ports["supervisor"] = first + 1 + workers
+    if ledger_writer:
+        ports["ledger"] = first + 2 + workers
     return ports
 
 

@@ -104,7 +104,7 @@ class GatewayProcesses:
 
     @property
     def metrics(self) -> dict[str, int]:
-        return metrics_ports(self.metrics_port, self.workers)
+        return metrics_ports(self.metrics_port, self.workers, ledger_writer=self.ledger.uses_broker)
 
     def say(self, message: str) -> None:
         if not self.quiet:
@@ -214,7 +214,10 @@ class GatewayProcesses:
             self.say(f"- usage ledger: local SQLite {where} (`ccr-gateway usage report`)")
             return
         self.say(f"- ledger writer (RabbitMQ queue {ledger.queue} -> PostgreSQL)")
-        self._spawn("ledger", self._python(*ledger.writer_arguments()))
+        port = self.metrics.get("ledger")
+        self._spawn(
+            "ledger", self._python(*ledger.writer_arguments(), *(["--metrics-port", str(port)] if port else []))
+        )
 
     @property
     def control_plane_status_path(self) -> str:

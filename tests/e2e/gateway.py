@@ -248,7 +248,7 @@ class Gateway:
         policy_path = directory / f"{name}.yaml"
         policy_path.write_text(yaml.safe_dump(policy, sort_keys=False))
         admin_port = free_port()
-        metrics_port = free_port_run(workers + 2)  # control plane, workers, the supervisor itself
+        metrics_port = free_port_run(workers + 3)  # control plane, workers, the supervisor, the ledger writer
         log_path = directory / f"{name}.log"
         env = {**os.environ, **PROVIDER_KEYS}
         process = subprocess.Popen(
