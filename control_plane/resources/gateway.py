@@ -44,7 +44,7 @@ EXTPROC_MESSAGE_TIMEOUT = "5s"
 # A worker that is stopping or was killed refuses the stream (`up` replaces it within a second, and
 # outlier detection takes it out of rotation at once): open it again on another worker.
 EXTPROC_STREAM_RETRY = {
-    "retry_on": "connect-failure,refused-stream,reset,unavailable",
+    "retry_on": "connect-failure,refused-stream,reset,unavailable,cancelled",
     "num_retries": 2,
     "retry_back_off": {"base_interval": "0.005s", "max_interval": "0.05s"},
     "retry_host_predicate": [

@@ -197,9 +197,9 @@ def test_a_sigtermed_worker_drains_and_is_replaced(up: Up, load: Load):
     time.sleep(1.0)
     failed = report("SIGTERM extproc-1", load.since(start - 0.5), recovered)
     assert up.child("extproc-1")["last_exit"] == "code 0"
-    # Envoy does not retry a decision hop whose connection is refused or closed under it
-    # (docs/reliability.md): a request racing the worker's close may fail.
-    assert len(failed) <= LOAD_THREADS
+    # Draining loses nothing: answers owed go out, a refused or cancelled call is asked again on
+    # another worker (docs/reliability.md).
+    assert not failed
     assert_whole(up, load, before)
 
 
