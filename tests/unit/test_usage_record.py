@@ -18,29 +18,11 @@ from ccr.v1.usage_record import (
     record_from_dict,
     time_of,
 )
+from tests.unit.ledger_records import make_record
 
 
 def record(**changes) -> UsageRecord:
-    fields = dict(
-        request_id="7f1c",
-        time=time_of(1_796_600_000.25),
-        client_api="anthropic",
-        endpoint="/v1/messages",
-        requested_model="claude-sonnet-4-5",
-        status=200,
-        stream=True,
-        input_tokens=1200,
-        output_tokens=80,
-        cache_read_tokens=0,
-        cache_creation_tokens=0,
-        cost_usd=0.0048,
-        usage_source="provider",
-        duration_ms=812.5,
-        provider="anthropic",
-        model="claude-sonnet-4-5-20250929",
-        attempts=1,
-    )
-    return UsageRecord(**{**fields, **changes})
+    return make_record(**changes)
 
 
 def test_the_export_field_names_in_their_order():
