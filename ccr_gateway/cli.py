@@ -254,6 +254,11 @@ PLUGIN_COMMANDS: dict[str, tuple[str, str, str]] = {
         "",
     ),
     "db": ("the ledger's PostgreSQL: migrate | import-sqlite", "ledger.db_cli", ""),
+    "keys": (
+        "virtual keys: create | list | show | update | revoke | rotate (a key is printed once)",
+        "extproc.auth.keys_cli",
+        "",
+    ),
     "envoy-bootstrap": (
         "print the Envoy bootstrap for running the pieces by hand",
         "ccr_gateway.envoy_bootstrap",

@@ -1,0 +1,621 @@
+"""Where virtual keys live: an embedded SQLite file (the default, one gateway) or PostgreSQL (many
+gateways sharing keys). Both are async, with the same operations; SQLite's calls run in a thread.
+
+Every change gives the key's row the next ``version`` of the whole table (1, 2, 3, ...), so a cache
+that has seen version N reloads only the rows above N (``changes_since``). Writers are serialized
+(SQLite: BEGIN IMMEDIATE; PostgreSQL: a transaction advisory lock held to commit) so versions are
+committed in order and a reader can never see N+1 before N. Keys are never deleted, only revoked,
+so "the rows above N" is every change.
+
+PostgreSQL also NOTIFYs ``NOTIFY_CHANNEL`` (payload: the key id) in each change's transaction; a
+cache LISTENs to reload at once instead of at its next poll (``listen``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+from extproc.auth.keys import KeyFormatError, KeyRecord, SecretHash, VirtualKey, rotate, with_changes
+
+NOTIFY_CHANNEL = "ccr_auth_keys"
+# Arbitrary, fixed: serializes key writers (and migrations) across every gateway sharing the database.
+_WRITE_LOCK = 0x63637241  # "ccrA"
+_MIGRATION_LOCK = 0x6363724D  # "ccrM"
+CONNECT_TIMEOUT = 5.0
+COMMAND_TIMEOUT = 5.0
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+
+class KeyStoreUnavailable(Exception):
+    """The store cannot be reached or read; the message names it (never with its password)."""
+
+
+class KeyNotFound(LookupError):
+    """No key with that id."""
+
+
+class KeyStore(Protocol):
+    description: str  # for messages: the file, or the DSN with its password masked
+    poll_interval: float  # how often a cache should look for changes when nothing tells it
+
+    async def create(self, record: KeyRecord) -> KeyRecord: ...
+    async def get(self, key_id: str) -> KeyRecord | None: ...
+    async def list(self, tenant: str | None = None) -> list[KeyRecord]: ...
+    async def revoke(self, key_id: str) -> KeyRecord: ...
+    async def rotate(self, key_id: str, grace_seconds: float) -> tuple[str, KeyRecord]: ...
+    async def update_limits(self, key_id: str, changes: Mapping[str, object]) -> KeyRecord: ...
+
+    async def changes_since(self, version: int) -> list[KeyRecord]:
+        """Every key changed after ``version`` (all of them for 0), in version order."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Listening(Protocol):
+    @property
+    def alive(self) -> bool: ...
+    async def close(self) -> None: ...
+
+
+class ChangeNotifier(Protocol):
+    """What a store that can push changes also does (PostgreSQL): call ``wake`` soon after each change."""
+
+    async def listen(self, wake: Callable[[], None]) -> Listening: ...
+
+
+# -- ${VAR} DSNs ---------------------------------------------------------------------------------
+# Written here rather than imported from ledger.env: ext_proc does not import the ledger.
+
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(text: str, environ: Mapping[str, str] | None = None) -> str:
+    """Every ``${NAME}`` replaced by the variable's value, so a password lives in the environment,
+    not in a command line or a log. KeyStoreUnavailable names an unset one (never its value)."""
+    values = os.environ if environ is None else environ
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(1) not in values:
+            raise KeyStoreUnavailable(f"environment variable {match.group(1)} is not set (referenced in the DSN)")
+        return values[match.group(1)]
+
+    return _REFERENCE.sub(substitute, text)
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN with a literal password masked (``${VAR}`` references are left: they are names)."""
+    try:
+        parts = urlsplit(dsn)
+        password = parts.password
+    except ValueError:
+        return "***"
+    if password is None:
+        return dsn
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def default_keys_path() -> Path:
+    """``$XDG_DATA_HOME/ccr-gateway/keys.db``, i.e. ``~/.local/share/ccr-gateway/keys.db``."""
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home) / "ccr-gateway" / "keys.db"
+
+
+# -- rows <-> records ----------------------------------------------------------------------------
+
+COLUMNS = (
+    "key_id", "tenant", "name", "models", "rpm", "tpm", "max_parallel", "budget_usd", "budget_period",
+    "expires_at", "revoked", "salt", "secret_hash", "previous_salt", "previous_secret_hash",
+    "previous_valid_until", "created_at", "changed_at", "version",
+)  # fmt: skip
+
+
+def _row_values(record: KeyRecord, version: int, encode_models: Callable[[tuple[str, ...]], Any]) -> tuple[Any, ...]:
+    key, previous = record.key, record.previous_secret
+    return (
+        key.key_id, key.tenant, key.name, encode_models(key.models), key.rpm, key.tpm, key.max_parallel,
+        key.budget_usd, key.budget_period, key.expires_at, key.revoked, record.secret.salt, record.secret.digest,
+        previous.salt if previous else None, previous.digest if previous else None, record.previous_valid_until,
+        record.created_at, record.changed_at, version,
+    )  # fmt: skip
+
+
+def _record_of(row: Mapping[str, Any], models: tuple[str, ...]) -> KeyRecord:
+    key = VirtualKey(
+        key_id=row["key_id"],
+        tenant=row["tenant"],
+        name=row["name"],
+        models=models,
+        rpm=row["rpm"],
+        tpm=row["tpm"],
+        max_parallel=row["max_parallel"],
+        budget_usd=row["budget_usd"],
+        budget_period=row["budget_period"],
+        expires_at=row["expires_at"],
+        revoked=bool(row["revoked"]),
+    )
+    previous = None
+    if row["previous_salt"] is not None:
+        previous = SecretHash(bytes(row["previous_salt"]), bytes(row["previous_secret_hash"]))
+    return KeyRecord(
+        key=key,
+        secret=SecretHash(bytes(row["salt"]), bytes(row["secret_hash"])),
+        created_at=row["created_at"],
+        changed_at=row["changed_at"],
+        previous_secret=previous,
+        previous_valid_until=row["previous_valid_until"],
+        version=row["version"],
+    )
+
+
+_SET_CHANGED = ", ".join(f"{column} = ${i}" for i, column in enumerate(COLUMNS[1:], start=2))
+
+
+# -- SQLite --------------------------------------------------------------------------------------
+
+_SQLITE_MIGRATIONS: tuple[tuple[int, str, str], ...] = (
+    (
+        1,
+        "virtual keys",
+        """
+        CREATE TABLE virtual_keys (
+            key_id TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL,
+            name TEXT NOT NULL,
+            models TEXT NOT NULL,                -- JSON array, [] = any model
+            rpm INTEGER,
+            tpm INTEGER,
+            max_parallel INTEGER,
+            budget_usd REAL,
+            budget_period TEXT,
+            expires_at REAL,
+            revoked INTEGER NOT NULL,
+            salt BLOB NOT NULL,
+            secret_hash BLOB NOT NULL,
+            previous_salt BLOB,
+            previous_secret_hash BLOB,
+            previous_valid_until REAL,
+            created_at REAL NOT NULL,
+            changed_at REAL NOT NULL,
+            version INTEGER NOT NULL
+        );
+        CREATE UNIQUE INDEX virtual_keys_version ON virtual_keys (version);
+        CREATE INDEX virtual_keys_tenant ON virtual_keys (tenant)
+        """,
+    ),
+)
+
+
+class SqliteKeyStore:
+    """The embedded store: one file, WAL mode (readers never wait for the writer). One connection,
+    used from one thread at a time (the lock), in ``asyncio.to_thread`` so a busy file never
+    stalls the event loop."""
+
+    poll_interval = 0.5
+
+    def __init__(self, path: Path | str | None = None, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path).expanduser() if path else default_keys_path()
+        self.description = str(self.path)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._connection: sqlite3.Connection | None = None
+
+    async def _run(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        def locked() -> Any:
+            with self._lock:
+                try:
+                    return work(self._connect())
+                except sqlite3.Error as exc:
+                    raise KeyStoreUnavailable(f"key store {self.description}: {exc}") from None
+
+        return await asyncio.to_thread(locked)
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._connection is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: no implicit transactions; each write says BEGIN IMMEDIATE.
+            connection = sqlite3.connect(
+                self.path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+            )
+            connection.row_factory = sqlite3.Row
+            try:
+                connection.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+                connection.execute("PRAGMA journal_mode = WAL")
+                self._migrate(connection)
+            except BaseException:
+                connection.close()
+                raise
+            with contextlib.suppress(OSError):  # the file holds hashes only, but nobody else needs it
+                os.chmod(self.path, 0o600)
+            self._connection = connection
+        return self._connection
+
+    @staticmethod
+    def _migrate(connection: sqlite3.Connection) -> None:
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            connection.execute(
+                "CREATE TABLE IF NOT EXISTS auth_schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+            )
+            done = {row[0] for row in connection.execute("SELECT version FROM auth_schema_migrations")}
+            known = {version for version, _, _ in _SQLITE_MIGRATIONS}
+            if done - known:
+                raise sqlite3.DatabaseError(
+                    f"schema version {max(done)} is newer than this ccr-gateway knows ({max(known)}); upgrade ccr-gateway"
+                )
+            for version, name, sql in _SQLITE_MIGRATIONS:
+                if version not in done:
+                    for statement in filter(str.strip, sql.split(";")):
+                        connection.execute(statement)
+                    connection.execute(
+                        "INSERT INTO auth_schema_migrations VALUES (?, ?, ?)", (version, name, time.time())
+                    )
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _record(row: sqlite3.Row) -> KeyRecord:
+        return _record_of(row, tuple(json.loads(row["models"])))
+
+    def _write(self, connection: sqlite3.Connection, record: KeyRecord, *, insert: bool) -> KeyRecord:
+        """Inside BEGIN IMMEDIATE: the record stored with the table's next version."""
+        version = connection.execute("SELECT coalesce(max(version), 0) + 1 FROM virtual_keys").fetchone()[0]
+        values = _row_values(record, version, lambda models: json.dumps(list(models)))
+        if insert:
+            marks = ", ".join("?" for _ in COLUMNS)
+            connection.execute(f"INSERT INTO virtual_keys ({', '.join(COLUMNS)}) VALUES ({marks})", values)
+        else:
+            assignments = ", ".join(f"{column} = ?" for column in COLUMNS[1:])
+            connection.execute(f"UPDATE virtual_keys SET {assignments} WHERE key_id = ?", (*values[1:], values[0]))
+        return replace(record, version=version)
+
+    async def _modify(self, key_id: str, change: Callable[[KeyRecord], KeyRecord]) -> KeyRecord:
+        def work(connection: sqlite3.Connection) -> KeyRecord:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                row = connection.execute("SELECT * FROM virtual_keys WHERE key_id = ?", (key_id,)).fetchone()
+                if row is None:
+                    raise KeyNotFound(key_id)
+                stored = self._write(connection, change(self._record(row)), insert=False)
+                connection.execute("COMMIT")
+                return stored
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+
+        return await self._run(work)
+
+    async def create(self, record: KeyRecord) -> KeyRecord:
+        def work(connection: sqlite3.Connection) -> KeyRecord:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                stored = self._write(connection, record, insert=True)
+                connection.execute("COMMIT")
+                return stored
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+
+        return await self._run(work)
+
+    async def get(self, key_id: str) -> KeyRecord | None:
+        def work(connection: sqlite3.Connection) -> KeyRecord | None:
+            row = connection.execute("SELECT * FROM virtual_keys WHERE key_id = ?", (key_id,)).fetchone()
+            return None if row is None else self._record(row)
+
+        return await self._run(work)
+
+    async def list(self, tenant: str | None = None) -> list[KeyRecord]:
+        def work(connection: sqlite3.Connection) -> list[KeyRecord]:
+            if tenant is None:
+                rows = connection.execute("SELECT * FROM virtual_keys ORDER BY tenant, created_at, key_id")
+            else:
+                rows = connection.execute(
+                    "SELECT * FROM virtual_keys WHERE tenant = ? ORDER BY created_at, key_id", (tenant,)
+                )
+            return [self._record(row) for row in rows]
+
+        return await self._run(work)
+
+    async def changes_since(self, version: int) -> list[KeyRecord]:
+        def work(connection: sqlite3.Connection) -> list[KeyRecord]:
+            rows = connection.execute("SELECT * FROM virtual_keys WHERE version > ? ORDER BY version", (version,))
+            return [self._record(row) for row in rows]
+
+        return await self._run(work)
+
+    async def revoke(self, key_id: str) -> KeyRecord:
+        now = self._clock()
+        return await self._modify(key_id, lambda record: _revoked(record, now))
+
+    async def rotate(self, key_id: str, grace_seconds: float) -> tuple[str, KeyRecord]:
+        presented: list[str] = []
+        stored = await self._modify(key_id, _rotation(grace_seconds, self._clock(), presented))
+        return presented[0], stored
+
+    async def update_limits(self, key_id: str, changes: Mapping[str, object]) -> KeyRecord:
+        now = self._clock()
+        return await self._modify(key_id, lambda record: _edited(record, changes, now))
+
+    async def close(self) -> None:
+        def work() -> None:
+            with self._lock:
+                if self._connection is not None:
+                    self._connection.close()
+                    self._connection = None
+
+        await asyncio.to_thread(work)
+
+
+# The changes both stores make, as functions of the stored record (applied inside the write's
+# transaction, so two admins rotating at once do not both win).
+
+
+def _revoked(record: KeyRecord, now: float) -> KeyRecord:
+    return replace(record, key=replace(record.key, revoked=True), changed_at=now)
+
+
+def _edited(record: KeyRecord, changes: Mapping[str, object], now: float) -> KeyRecord:
+    return replace(record, key=with_changes(record.key, changes), changed_at=now)
+
+
+def _rotation(grace_seconds: float, now: float, presented: list[str]) -> Callable[[KeyRecord], KeyRecord]:
+    def change(record: KeyRecord) -> KeyRecord:
+        presented.clear()  # a retried transaction makes a new secret; only the stored one is shown
+        key, rotated = rotate(record, grace_seconds, now)
+        presented.append(key)
+        return rotated
+
+    return change
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------------
+
+_POSTGRES_MIGRATIONS: tuple[tuple[int, str, str], ...] = (
+    (
+        1,
+        "virtual keys",
+        """
+        CREATE TABLE virtual_keys (
+            key_id text PRIMARY KEY,
+            tenant text NOT NULL,
+            name text NOT NULL,
+            models text[] NOT NULL,              -- {} = any model
+            rpm integer,
+            tpm integer,
+            max_parallel integer,
+            budget_usd double precision,
+            budget_period text CHECK (budget_period IN ('day', 'week', 'month')),
+            expires_at double precision,         -- epoch seconds, as the rest of ext_proc counts time
+            revoked boolean NOT NULL,
+            salt bytea NOT NULL,
+            secret_hash bytea NOT NULL,
+            previous_salt bytea,
+            previous_secret_hash bytea,
+            previous_valid_until double precision,
+            created_at double precision NOT NULL,
+            changed_at double precision NOT NULL,
+            version bigint NOT NULL UNIQUE
+        );
+        CREATE INDEX virtual_keys_tenant ON virtual_keys (tenant);
+        """,
+    ),
+)
+
+
+class PostgresKeyStore:
+    """Keys in PostgreSQL, shared by every gateway. A small pool, opened on first use (so a store
+    can be made while the database is down) and reconnecting by itself after an outage; the schema
+    is migrated on first use too (under an advisory lock, so gateways starting together are safe)."""
+
+    poll_interval = 1.0
+
+    def __init__(
+        self, dsn: str, *, environ: Mapping[str, str] | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._dsn = dsn
+        self._environ = environ
+        self.description = redact_dsn(dsn)
+        self._clock = clock
+        self._pool: Any = None  # asyncpg.Pool
+        self._pool_lock = asyncio.Lock()
+
+    async def _acquire_pool(self) -> Any:
+        import asyncpg  # only PostgreSQL users pay for it
+
+        async with self._pool_lock:
+            if self._pool is None:
+                pool = await asyncpg.create_pool(
+                    expand_env(self._dsn, self._environ),
+                    min_size=0,
+                    max_size=2,
+                    timeout=CONNECT_TIMEOUT,
+                    command_timeout=COMMAND_TIMEOUT,
+                )
+                try:
+                    async with pool.acquire() as connection:
+                        await _migrate_postgres(connection)
+                except BaseException:
+                    await pool.close()
+                    raise
+                self._pool = pool
+            return self._pool
+
+    async def _call(self, work: Callable[[Any], Any]) -> Any:
+        import asyncpg
+
+        try:
+            pool = await self._acquire_pool()
+            async with pool.acquire(timeout=CONNECT_TIMEOUT) as connection:
+                return await work(connection)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise KeyStoreUnavailable(f"key store {self.description}: {type(exc).__name__}: {exc}") from None
+        except KeyFormatError:
+            raise
+        except ValueError as exc:  # a DSN asyncpg cannot parse
+            raise KeyStoreUnavailable(f"key store {self.description}: {exc}") from None
+
+    @staticmethod
+    async def _write(connection: Any, record: KeyRecord, *, insert: bool) -> KeyRecord:
+        """Inside a transaction: the record stored with the table's next version, and a NOTIFY
+        (sent by PostgreSQL when the transaction commits, not before)."""
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", _WRITE_LOCK)
+        version = await connection.fetchval("SELECT coalesce(max(version), 0) + 1 FROM virtual_keys")
+        values = _row_values(record, version, list)
+        if insert:
+            marks = ", ".join(f"${i}" for i in range(1, len(COLUMNS) + 1))
+            await connection.execute(f"INSERT INTO virtual_keys ({', '.join(COLUMNS)}) VALUES ({marks})", *values)
+        else:
+            await connection.execute(f"UPDATE virtual_keys SET {_SET_CHANGED} WHERE key_id = $1", *values)
+        await connection.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, record.key_id)
+        return replace(record, version=version)
+
+    @staticmethod
+    def _record(row: Any) -> KeyRecord:
+        return _record_of(row, tuple(row["models"]))
+
+    async def _modify(self, key_id: str, change: Callable[[KeyRecord], KeyRecord]) -> KeyRecord:
+        async def work(connection: Any) -> KeyRecord:
+            async with connection.transaction():
+                row = await connection.fetchrow("SELECT * FROM virtual_keys WHERE key_id = $1 FOR UPDATE", key_id)
+                if row is None:
+                    raise KeyNotFound(key_id)
+                return await self._write(connection, change(self._record(row)), insert=False)
+
+        return await self._call(work)
+
+    async def create(self, record: KeyRecord) -> KeyRecord:
+        async def work(connection: Any) -> KeyRecord:
+            async with connection.transaction():
+                return await self._write(connection, record, insert=True)
+
+        return await self._call(work)
+
+    async def get(self, key_id: str) -> KeyRecord | None:
+        async def work(connection: Any) -> KeyRecord | None:
+            row = await connection.fetchrow("SELECT * FROM virtual_keys WHERE key_id = $1", key_id)
+            return None if row is None else self._record(row)
+
+        return await self._call(work)
+
+    async def list(self, tenant: str | None = None) -> list[KeyRecord]:
+        async def work(connection: Any) -> list[KeyRecord]:
+            if tenant is None:
+                rows = await connection.fetch("SELECT * FROM virtual_keys ORDER BY tenant, created_at, key_id")
+            else:
+                rows = await connection.fetch(
+                    "SELECT * FROM virtual_keys WHERE tenant = $1 ORDER BY created_at, key_id", tenant
+                )
+            return [self._record(row) for row in rows]
+
+        return await self._call(work)
+
+    async def changes_since(self, version: int) -> list[KeyRecord]:
+        async def work(connection: Any) -> list[KeyRecord]:
+            rows = await connection.fetch("SELECT * FROM virtual_keys WHERE version > $1 ORDER BY version", version)
+            return [self._record(row) for row in rows]
+
+        return await self._call(work)
+
+    async def revoke(self, key_id: str) -> KeyRecord:
+        now = self._clock()
+        return await self._modify(key_id, lambda record: _revoked(record, now))
+
+    async def rotate(self, key_id: str, grace_seconds: float) -> tuple[str, KeyRecord]:
+        presented: list[str] = []
+        stored = await self._modify(key_id, _rotation(grace_seconds, self._clock(), presented))
+        return presented[0], stored
+
+    async def update_limits(self, key_id: str, changes: Mapping[str, object]) -> KeyRecord:
+        now = self._clock()
+        return await self._modify(key_id, lambda record: _edited(record, changes, now))
+
+    async def listen(self, wake: Callable[[], None]) -> Listening:
+        """A connection of its own (a pooled one would be handed to others) LISTENing on
+        NOTIFY_CHANNEL; ``wake()`` runs for each change. ``alive`` turns False when PostgreSQL
+        closes it; a silently dead line is noticed by the cache's poll instead."""
+        import asyncpg
+
+        try:
+            await self._acquire_pool()  # the table exists before anyone listens for its changes
+            connection = await asyncpg.connect(
+                expand_env(self._dsn, self._environ), timeout=CONNECT_TIMEOUT, command_timeout=COMMAND_TIMEOUT
+            )
+            await connection.add_listener(NOTIFY_CHANNEL, lambda *_: wake())
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise KeyStoreUnavailable(f"key store {self.description}: cannot LISTEN: {exc}") from None
+        return _PostgresListening(connection)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), COMMAND_TIMEOUT)
+            except (TimeoutError, OSError):
+                pool.terminate()
+
+
+class _PostgresListening:
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+
+    @property
+    def alive(self) -> bool:
+        return not self._connection.is_closed()
+
+    async def close(self) -> None:
+        try:
+            await asyncio.wait_for(self._connection.close(), 2)
+        except Exception:  # already broken: nothing to say goodbye to
+            self._connection.terminate()
+
+
+async def _migrate_postgres(connection: Any) -> list[str]:
+    """Apply the migrations not yet applied (one transaction, under an advisory lock); returns their names."""
+    async with connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        await connection.execute(
+            "CREATE TABLE IF NOT EXISTS auth_schema_migrations"
+            " (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {row["version"] for row in await connection.fetch("SELECT version FROM auth_schema_migrations")}
+        known = {version for version, _, _ in _POSTGRES_MIGRATIONS}
+        if done - known:
+            raise ValueError(f"the keys schema is version {max(done)}, newer than this ccr-gateway knows; upgrade it")
+        applied = []
+        for version, name, sql in _POSTGRES_MIGRATIONS:
+            if version not in done:
+                await connection.execute(sql)
+                await connection.execute(
+                    "INSERT INTO auth_schema_migrations (version, name) VALUES ($1, $2)", version, name
+                )
+                applied.append(name)
+        return applied
+
+
+def open_key_store(sqlite_path: Path | str | None = None, postgres_dsn: str | None = None) -> KeyStore:
+    """PostgreSQL when a DSN is given, else SQLite (default: ``default_keys_path()``). Nothing is
+    connected yet: the first operation does it (and raises KeyStoreUnavailable if it cannot)."""
+    if postgres_dsn:
+        return PostgresKeyStore(postgres_dsn)
+    return SqliteKeyStore(sqlite_path)
