@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
+from urllib.parse import urlsplit
 
 from control_plane.policy import GatewayPolicy, PolicyError, ProviderSpec, load_policy_file
 
@@ -108,6 +109,19 @@ def _port_free(address: str, port: int) -> bool:
     return port_free(address, port)
 
 
+def _tcp_reach(host: str, port: int, timeout: float) -> str | None:
+    """None when a TCP connection opens, else why not, in words."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except socket.gaierror:
+        return f"cannot resolve {host}"
+    except TimeoutError:
+        return f"no answer within {timeout:g} s"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+
+
 def _running_gateways() -> list[tuple[int, str, str]]:
     from ccr_gateway.status import read_states
 
@@ -158,6 +172,7 @@ class Probes:
     # (pid, listener URL, admin URL) of every running `up`, from the state files `status` reads
     running_gateways: Callable[[], list[tuple[int, str, str]]] = _running_gateways
     reach: Callable[[ProviderSpec, float], Reach] = _reach
+    tcp: Callable[[str, int, float], str | None] = _tcp_reach  # None: connected, else why not
     envoy: Callable[[], tuple[str, str]] = envoy_version  # (path, version), "" for what is missing
     python: str = sys.version.split()[0]
 
@@ -264,9 +279,39 @@ def python_checks(version: str) -> list[Check]:
     return [Check("python", Outcome.PASS, f"Python {version}")]
 
 
-# Services a policy may depend on besides its providers (none yet). Each: (policy, probes) -> checks,
-# empty when the policy does not use that service.
-BACKEND_CHECKS: list[Callable[[GatewayPolicy, Probes], list[Check]]] = []
+def storage_checks(policy: GatewayPolicy, probes: Probes) -> list[Check]:
+    """Where usage records go: the local ledger, or RabbitMQ and PostgreSQL (each reachable, its
+    ${VAR} references set; a connection string is shown with its password masked)."""
+    from ledger.env import EnvError, expand_env, redact_url
+
+    storage = policy.storage
+    if storage is None or not storage.uses_broker:
+        where = storage.sqlite if storage is not None else "$XDG_DATA_HOME/ccr-gateway/ledger.db"
+        return [Check("storage", Outcome.PASS, f"usage ledger: local SQLite {where}")]
+    assert storage.rabbitmq is not None and storage.postgres is not None
+    checks = []
+    for name, url, default_port in (
+        ("rabbitmq", storage.rabbitmq.url, 5672),
+        ("postgres", storage.postgres.dsn, 5432),
+    ):
+        shown = redact_url(url)
+        try:
+            parts = urlsplit(expand_env(url, probes.environ))
+        except EnvError as exc:
+            checks.append(Check(name, Outcome.FAIL, f"{shown}: {exc}"))
+            continue
+        host, port = parts.hostname or "127.0.0.1", parts.port or default_port
+        problem = probes.tcp(host, port, REACH_TIMEOUT)
+        if problem is None:
+            checks.append(Check(name, Outcome.PASS, f"{shown} reachable"))
+        else:
+            checks.append(Check(name, Outcome.FAIL, f"{shown}: {problem}"))
+    return checks
+
+
+# Services a policy may depend on besides its providers. Each: (policy, probes) -> checks, empty
+# when the policy does not use that service.
+BACKEND_CHECKS: list[Callable[[GatewayPolicy, Probes], list[Check]]] = [storage_checks]
 
 
 def run_checks(policy_path: str, admin_port: int, probes: Probes, timeout: float = REACH_TIMEOUT) -> list[Check]:

@@ -45,6 +45,7 @@ def probes(**overrides) -> Probes:
         "port_free": lambda address, port: True,
         "running_gateways": lambda: [],
         "reach": lambda provider, timeout: Reach(status=404, milliseconds=12),
+        "tcp": lambda host, port, timeout: None,
         "envoy": lambda: ("/venv/bin/envoy", "1.40.0"),
         "python": "3.11.7",
     }
@@ -67,10 +68,11 @@ def test_everything_fine_is_all_pass(tmp_path):
         "port",
         "provider",
         "provider",
+        "storage",
         "envoy",
         "python",
     ]
-    assert doctor.summary(checks) == "9 passed, 0 warnings, 0 failed: ready"
+    assert doctor.summary(checks) == "10 passed, 0 warnings, 0 failed: ready"
 
 
 def test_an_invalid_policy_fails_with_each_problem_and_skips_the_checks_that_need_it(tmp_path):
@@ -182,11 +184,11 @@ def test_run_prints_one_line_per_check_and_exits_1_on_any_failure(tmp_path, caps
     args = argparse.Namespace(config=write_policy(tmp_path), admin_port=9901, timeout=1.0)
     assert doctor.run(args, probes()) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("PASS  policy    ") and out[-1] == "9 passed, 0 warnings, 0 failed: ready"
+    assert out[0].startswith("PASS  policy    ") and out[-1] == "10 passed, 0 warnings, 0 failed: ready"
     assert doctor.run(args, probes(environ={})) == 1
     out = capsys.readouterr().out.splitlines()
     assert "FAIL  key       anthropic: ANTHROPIC_API_KEY is not set (requests to it would get a 503)" in out
-    assert out[-1] == "8 passed, 0 warnings, 1 failed: not ready: fix the FAIL lines"
+    assert out[-1] == "9 passed, 0 warnings, 1 failed: not ready: fix the FAIL lines"
 
 
 def test_base_url_is_written_back_as_the_policy_gives_it():
@@ -196,3 +198,32 @@ def test_base_url_is_written_back_as_the_policy_gives_it():
         "  - {name: b, api: openai, base_url: 'http://[::1]:9000/v1', models: [m2]}\n"
     )
     assert [doctor.base_url(p) for p in policy.providers] == ["https://h.example", "http://[::1]:9000/v1"]
+
+
+STORAGE = """
+storage:
+  postgres: {dsn: "postgresql://ledger:${PGPASSWORD}@db.internal:6432/ccr"}
+  rabbitmq: {url: "amqp://ccr:${MQPASSWORD}@mq.internal/"}
+"""
+
+
+def test_storage_backends_are_reached_with_their_secrets_unset_or_set(tmp_path):
+    path = write_policy(tmp_path, POLICY + STORAGE)
+    reached: list[tuple[str, int]] = []
+
+    def tcp(host: str, port: int, timeout: float) -> str | None:
+        reached.append((host, port))
+        return None if host == "mq.internal" else "Connection refused"
+
+    checks = doctor.run_checks(path, 9901, probes(tcp=tcp))
+    (outcome, detail), *_ = outcomes(checks, "rabbitmq")
+    assert outcome is Outcome.FAIL and "MQPASSWORD" in detail
+    environ = {"ANTHROPIC_API_KEY": "sk-ant-secret-value", "PGPASSWORD": "pg-secret", "MQPASSWORD": "mq-secret"}
+    checks = doctor.run_checks(path, 9901, probes(tcp=tcp, environ=environ))
+    assert reached[-2:] == [("mq.internal", 5672), ("db.internal", 6432)]
+    assert outcomes(checks, "rabbitmq")[0][0] is Outcome.PASS
+    assert outcomes(checks, "postgres")[0] == (
+        Outcome.FAIL,
+        "postgresql://ledger:***@db.internal:6432/ccr: Connection refused",
+    )
+    assert "secret" not in "\n".join(str(c) for c in checks if c.topic in ("rabbitmq", "postgres"))
