@@ -20,7 +20,7 @@ from typing import Any
 
 from bench import document, report
 from bench.load import LoadError, pick_driver
-from bench.runner import DECISION_PATHS, BenchError, Settings, run_bench
+from bench.runner import DECISION_PATHS, DEFAULT_PATHS, BenchError, Settings, run_bench
 from bench.workloads import CASES, CASES_BY_NAME, QUICK_CASES
 
 QUICK_DURATION_S = 1.0
@@ -45,9 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cases", help=f"comma-separated, default all: {names}")
     parser.add_argument(
         "--paths",
-        default=",".join(DECISION_PATHS),
+        default=",".join(DEFAULT_PATHS),
         help="decision paths to run a gateway for, comma-separated, hop required (default hop,ext_proc; "
-        "hop alone skips the ext_proc gateway)",
+        "hop alone skips the ext_proc gateway; hop-no-ledger adds the hop gateway without its usage ledger, "
+        "to show what the ledger costs)",
     )
     parser.add_argument("--no-half-load", action="store_true", help="skip the latency run at half the max req/s")
     parser.add_argument(
@@ -88,7 +89,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise BenchError(f"unknown case(s): {', '.join(unknown)}; known: {', '.join(CASES_BY_NAME)}")
     requested = {path.strip() for path in args.paths.split(",") if path.strip()}
     if "hop" not in requested or not requested <= set(DECISION_PATHS):
-        raise BenchError(f"--paths: hop and optionally ext_proc (the budget judges hop), got {args.paths!r}")
+        raise BenchError(
+            f"--paths: hop and optionally ext_proc, hop-no-ledger (the budget judges hop), got {args.paths!r}"
+        )
     paths = tuple(path for path in DECISION_PATHS if path in requested)  # hop first, whatever the order given
     quick = args.quick
     return Settings(
@@ -124,7 +127,7 @@ def command_line(args: argparse.Namespace) -> str:
             argv += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
     if args.cases:
         argv += ["--cases", args.cases]
-    if args.paths != ",".join(DECISION_PATHS):
+    if args.paths != ",".join(DEFAULT_PATHS):
         argv += ["--paths", args.paths]
     if args.no_half_load:
         argv.append("--no-half-load")

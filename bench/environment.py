@@ -40,7 +40,7 @@ import yaml
 
 from bench import procfs
 from bench.baseline import baseline_config, upstream_config, write_config
-from bench.report import GATEWAY_COMPONENTS, PLAIN, TARGET_BY_DECISION_PATH
+from bench.report import GATEWAY_COMPONENTS, NO_LEDGER_SUFFIX, PLAIN, TARGET_BY_DECISION_PATH
 from bench.workloads import (
     ANTHROPIC_DIRECT_MODEL,
     ANTHROPIC_MODEL,
@@ -313,8 +313,8 @@ def environment(
         # benchmark's requests never land in the user's own ledger (ledger.local: $XDG_DATA_HOME).
         env["XDG_DATA_HOME"] = str(workdir / "data")
         starting = []
-        for decision in sorted(decision_paths, key=list(TARGET_BY_DECISION_PATH).index):  # hop first
-            name = TARGET_BY_DECISION_PATH[decision]
+        for path in sorted(decision_paths, key=list(TARGET_BY_DECISION_PATH).index):  # hop first
+            name, decision = TARGET_BY_DECISION_PATH[path], path.removesuffix(NO_LEDGER_SUFFIX)
             port, admin, xds = free_port(), free_port(), free_port()  # xds too: not picked by `up` itself
             policy = workdir / f"{name}-policy.yaml"
             policy.write_text(yaml.safe_dump(gateway_policy(port, fake_port, upstream_port, decision), sort_keys=False))
@@ -322,8 +322,9 @@ def environment(
             argv = [*python, "up", "-c", str(policy), "--admin-port", str(admin), "--xds", f"127.0.0.1:{xds}"]
             argv += ["--metrics-port", "0"]  # `up` serves metrics on fixed ports by default: two gateways would collide
             argv += ["--timeout", f"{startup_timeout_s:g}"]
+            argv += ["--no-ledger"] if path != decision else []
             up = processes.start(name, argv + (["--workers", str(workers)] if workers else []), env=env)
-            starting.append((name, decision, up, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}"))
+            starting.append((name, path, up, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}"))
         gateways = []
         for name, decision, up, url, admin_url in starting:
             models_url = f"{url}/v1/models"

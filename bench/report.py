@@ -19,9 +19,12 @@ from typing import Any
 from bench.workloads import MAIN_CASE, PACED_STREAM_CASE, PASSTHROUGH_CASE, PASSTHROUGH_STREAM_CASE, STREAM_CASE
 
 PLAIN, GATEWAY, GATEWAY_EXTPROC = "plain-envoy", "gateway", "gateway-ext_proc"
-GATEWAY_TARGETS = (GATEWAY, GATEWAY_EXTPROC)
+GATEWAY_NO_LEDGER = "gateway-no-ledger"  # opt-in (--paths hop,hop-no-ledger): the cost of the usage ledger
+GATEWAY_TARGETS = (GATEWAY, GATEWAY_EXTPROC, GATEWAY_NO_LEDGER)
 TARGETS = (PLAIN, *GATEWAY_TARGETS)  # the order every case measures them in
-TARGET_BY_DECISION_PATH = {"hop": GATEWAY, "ext_proc": GATEWAY_EXTPROC}  # the policy's listener.decision
+# The policy's listener.decision per gateway; "hop-no-ledger" is hop run with `up --no-ledger`.
+TARGET_BY_DECISION_PATH = {"hop": GATEWAY, "ext_proc": GATEWAY_EXTPROC, "hop-no-ledger": GATEWAY_NO_LEDGER}
+NO_LEDGER_SUFFIX = "-no-ledger"
 MET, NOT_MET, NOT_MEASURED = "met", "not met", "not measured"
 SOAK_REQUESTS = 200_000
 

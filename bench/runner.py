@@ -30,10 +30,11 @@ from bench.load import Driver, LoadResult, LoadSpec, PythonLoad, pick_driver
 from bench.report import GATEWAY, HOP_CALLS, TARGET_BY_DECISION_PATH
 from bench.workloads import CASES_BY_NAME, MAIN_CASE, Case
 
-__all__ = ["DECISION_PATHS", "BenchError", "Settings", "run_bench"]
+__all__ = ["DECISION_PATHS", "DEFAULT_PATHS", "BenchError", "Settings", "run_bench"]
 
 EXTPROC_STATS = ("stream_msgs_sent", "stream_msgs_received", "streams_started")
 DECISION_PATHS = tuple(TARGET_BY_DECISION_PATH)  # the policy's listener.decision values, hop (the default) first
+DEFAULT_PATHS = ("hop", "ext_proc")  # hop-no-ledger on request: a third gateway costs a third of the run
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +50,7 @@ class Settings:
     startup_timeout_s: float = 60.0
     keep_workdir: bool = False
     workers: int = 0  # ext_proc worker processes per gateway (0: ccr-gateway up's default, one per core)
-    paths: tuple[str, ...] = DECISION_PATHS  # a gateway per decision path; hop (the budget's) always
+    paths: tuple[str, ...] = DEFAULT_PATHS  # a gateway per decision path; hop (the budget's) always
 
 
 # --- measuring ---------------------------------------------------------------------------------

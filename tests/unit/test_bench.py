@@ -180,6 +180,8 @@ def test_paths_choose_the_gateways_and_hop_is_required(capsys: pytest.CaptureFix
     assert cli.settings_from_args(_args()).paths == ("hop", "ext_proc")
     assert cli.settings_from_args(_args("--paths", "hop")).paths == ("hop",)
     assert cli.settings_from_args(_args("--paths", "ext_proc, hop")).paths == ("hop", "ext_proc")
+    # The ledger's cost, on request: the hop gateway again, with `up --no-ledger`.
+    assert cli.settings_from_args(_args("--paths", "hop-no-ledger,hop")).paths == ("hop", "hop-no-ledger")
     assert "--paths hop" in cli.command_line(_args("--paths", "hop"))
     assert "--paths" not in cli.command_line(_args())
     for paths in ("ext_proc", "hop,grpc"):
