@@ -175,6 +175,7 @@ def run(main: Coroutine[Any, Any, None]) -> None:
 
 
 def cmd_extproc(args: argparse.Namespace) -> int:
+    from ccr_gateway.auth_wiring import opened_authenticator
     from ccr_gateway.ledger_wiring import open_sink
     from extproc.server import ExtProcConfig, serve
 
@@ -188,7 +189,8 @@ def cmd_extproc(args: argparse.Namespace) -> int:
         register["register"] = functools.partial(registered, args.consul)
 
     async def main() -> None:
-        await serve(config, sink=open_sink(args), **register)  # the sink starts on this loop
+        async with opened_authenticator(args) as auth:  # the key cache refreshes on this loop
+            await serve(config, sink=open_sink(args), auth=auth, **register)  # the sink starts on this loop
 
     run(main())
     return 0
@@ -340,9 +342,11 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     ep.add_argument("--control-plane", default="127.0.0.1:18000", help="xDS address of the control plane")
     ep.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics port (0: off)")
     ep.add_argument("--consul", metavar="URL", help="register this worker in Consul's catalog (TTL health check)")
+    from ccr_gateway import auth_wiring
     from ccr_gateway.ledger_wiring import add_worker_arguments
 
     add_worker_arguments(ep)
+    auth_wiring.add_worker_arguments(ep)
     ep.set_defaults(func=cmd_extproc)
 
     # Commands whose options live with their own code: imported only when that command runs (or

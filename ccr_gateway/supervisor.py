@@ -34,7 +34,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, start_http_server
 
-from ccr_gateway import probes, state_file
+from ccr_gateway import auth_wiring, probes, state_file
 from ccr_gateway.children import Child, utc_now
 from ccr_gateway.envoy_bootstrap import envoy_binary, render_bootstrap, worker_cluster, worker_sockets
 from ccr_gateway.envoy_log import EnvoyLogFilter
@@ -147,6 +147,7 @@ class GatewayProcesses:
             )
         self._start_control_plane(deadline)
         self._start_ledger()
+        self._check_auth()
         self.say(f"- ext_proc ({self.workers} worker{'s' if self.workers > 1 else ''}, Unix sockets in {self.run_dir})")
         for index in range(self.workers):
             self._spawn(f"extproc-{index}", self._worker_argv(index), before_start=self._remove_sockets_of(index))
@@ -202,6 +203,15 @@ class GatewayProcesses:
         host, _, port_text = self.xds.rpartition(":")
         self._wait(lambda: probes.tcp_accepting(host, int(port_text)), deadline, "the control plane")
 
+    def _check_auth(self) -> None:
+        """Every child inherits the key store's DSN; an open gateway gets one warning line."""
+        auth = self.policy.auth
+        os.environ.update(auth_wiring.environment(auth))
+        listener = f"{self.policy.listener_address}:{self.policy.listener_port}"
+        warning = auth_wiring.open_listener_warning(auth, listener, auth_wiring.count_keys(auth))
+        if warning is not None:
+            print(warning, file=sys.stderr, flush=True)
+
     def _start_ledger(self) -> None:
         """Every child inherits the ledger's connection strings (environment, not command lines)."""
         ledger = self.ledger
@@ -236,6 +246,7 @@ class GatewayProcesses:
             *(["--metrics-port", str(port)] if port else []),
             *(["--consul", self.consul[0]] if self.consul else []),
             *self.ledger.worker_arguments(index),
+            *auth_wiring.worker_arguments(self.policy.auth, self.workers),
         )
 
     def _remove_sockets_of(self, index: int) -> Callable[[], None]:

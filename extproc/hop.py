@@ -40,6 +40,7 @@ from ccr.v1.contract import (
     REWRITE_HEADER,
     REWRITE_RESPONSE,
 )
+from extproc.auth.keys import VirtualKey
 from extproc.metrics import RESPONSES, ROUTED, labelled
 from extproc.plan import Answer, Chain, Outcome, plan
 from extproc.request_steps import (
@@ -156,15 +157,21 @@ def decide(state: GatewayState, method: str, path: str, headers: Mapping[str, st
     api, step = endpoint_step(state.table, method, path, headers, has_body=bool(raw))
     if isinstance(step, Reply):
         return _reply(step)
+    assert state.table is not None  # endpoint_step answered 503 otherwise
+    key = state.auth.authenticate(api, step.path, headers, state.table.auth_required)
+    if isinstance(key, Reply):
+        return _reply(key)
     outcome = plan(state.table, api, step.kind, headers, raw, state.sessions)
     if isinstance(outcome, Answer):
-        return _reply(answer_reply(api, step.path, outcome))
+        return _reply(answer_reply(api, step.path, outcome, key))
+    if key is not None and (refusal := state.auth.admit(api, step, key, outcome, headers)) is not None:
+        return _reply(refusal)
     carriage = carriage_of(outcome)
     if isinstance(outcome, Chain):
-        return _chain(api, step, outcome, headers)
+        return _chain(api, step, outcome, headers, key)
     decision = outcome.decision
     labelled(ROUTED, api.value, decision.scenario, outcome.route.provider.name, outcome.route.model).inc()
-    rewrite = forward_rewrite(api, step, outcome, headers)
+    rewrite = forward_rewrite(api, step, outcome, headers, key)
     labels = dict(rewrite.labels)
     route = outcome.route
     labels[HOP_ROUTE_KEY] = f"scenario={decision.scenario}; provider={route.provider.name}; model={route.model}"
@@ -186,14 +193,14 @@ def decide(state: GatewayState, method: str, path: str, headers: Mapping[str, st
     return _forward(set_headers, rewrite.remove_headers, labels, rewrite.body or b"")
 
 
-def _chain(api: Api, endpoint: Endpoint, outcome: Chain, headers: Mapping[str, str]) -> bytes:
+def _chain(api: Api, endpoint: Endpoint, outcome: Chain, headers: Mapping[str, str], key: VirtualKey | None) -> bytes:
     """A fallback chain: the client's body goes to the chain cluster (each attempt is rewritten by
     the upstream ext_proc); ext_proc reads the answer, on the response only, with the translator of
     the provider that answered."""
     decision = outcome.decision
     route = decision.route
     labelled(ROUTED, api.value, decision.scenario, route.provider.name, route.model).inc()
-    rewrite = chain_rewrite(api, endpoint, outcome, headers)
+    rewrite = chain_rewrite(api, endpoint, outcome, headers, key)
     members = tuple((r.provider.name, r.provider.api.value, r.target.model, r.model) for r in decision.chain)
     context = HopContext(
         api, route.provider.api, False, outcome.context, route.provider.name, decision.session or "", members

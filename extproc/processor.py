@@ -26,6 +26,7 @@ from ccr.v1.contract import (
     ROUTE_HEADER,
 )
 from extproc import mutations as m
+from extproc.auth.keys import VirtualKey
 from extproc.hop import HopContext
 from extproc.metrics import RESPONSES, ROUTED, labelled
 from extproc.plan import Answer, Chain, plan
@@ -57,6 +58,7 @@ class RequestProcessor:
         "endpoint",
         "headers",
         "hop",
+        "key",
         "state",
         "status",
         "stream",
@@ -74,6 +76,7 @@ class RequestProcessor:
         self.stream = False
         self.status = 0
         self.hop: HopContext | None = None  # a translated stream the decision hop forwarded
+        self.key: VirtualKey | None = None  # the virtual key the client presented (None: anonymous)
 
     def handle(self, request: ProcessingRequest) -> ProcessingResponse:
         phase = request.WhichOneof("request")
@@ -114,6 +117,11 @@ class RequestProcessor:
         )
         if isinstance(step, Reply):
             return m.reply(step)
+        assert self.state.table is not None  # endpoint_step answered 503 otherwise
+        key = self.state.auth.authenticate(self.api, step.path, headers, self.state.table.auth_required)
+        if isinstance(key, Reply):
+            return m.reply(key)
+        self.key = key
         self.endpoint = step
         return m.CONTINUE_REQUEST_HEADERS
 
@@ -128,13 +136,18 @@ class RequestProcessor:
             route = decision.route
             labelled(ROUTED, self.api.value, decision.scenario, route.provider.name, route.model).inc()
         if isinstance(outcome, Answer):
-            return m.reply(answer_reply(self.api, self.endpoint.path, outcome))
+            return m.reply(answer_reply(self.api, self.endpoint.path, outcome, self.key))
+        if self.key is not None:
+            refusal = self.state.auth.admit(self.api, self.endpoint, self.key, outcome, self.headers)
+            if refusal is not None:
+                self.decision = None  # no response will come to read
+                return m.reply(refusal)
         if isinstance(outcome, Chain):
             self.context = outcome.context
-            rewrite = chain_rewrite(self.api, self.endpoint, outcome, self.headers)
+            rewrite = chain_rewrite(self.api, self.endpoint, outcome, self.headers, self.key)
         else:
             self.translator = outcome.translator
-            rewrite = forward_rewrite(self.api, self.endpoint, outcome, self.headers)
+            rewrite = forward_rewrite(self.api, self.endpoint, outcome, self.headers, self.key)
         metadata = {METADATA_NAMESPACE: dict(rewrite.labels)}
         return m.request_body_response(rewrite.body, rewrite.set_headers, rewrite.remove_headers, metadata)
 

@@ -39,12 +39,15 @@ from ccr.v1.contract import (
     ESTIMATE_LABEL,
     HOP_DETAILS_KEY,
     INTERNAL_HEADER_PREFIX,
+    KEY_ID_LABEL,
     REQUESTED_MODEL_LABEL,
     ROUTE_HEADER,
     STREAM_LABEL,
+    TENANT_LABEL,
     encode_chain,
 )
 from extproc import models
+from extproc.auth.keys import VirtualKey
 from extproc.metrics import REJECTED, labelled
 from extproc.plan import Answer, Chain, Forward, undecodable_body
 from extproc.router import Decision
@@ -133,14 +136,14 @@ def error_type_of(api: Api, status: int) -> str:
     return openai_error_type(status) if api is Api.OPENAI else anthropic_error_type(status)
 
 
-def answer_reply(api: Api, path: str, answer: Answer) -> Reply:
+def answer_reply(api: Api, path: str, answer: Answer, key: VirtualKey | None = None) -> Reply:
     """A plan's own answer (an error, or a local count) as the client gets it: routed ones say
     where they were routed (``attempts=0``: no provider was asked)."""
     headers: tuple[tuple[str, str], ...] = ()
     decision = answer.decision
     if decision is not None:
         headers = ((ROUTE_HEADER, route_header(decision, decision.route, 0)),)
-    labels = request_labels(api, path, decision, requested_model=answer.requested_model, stream=answer.stream)
+    labels = request_labels(api, path, decision, requested_model=answer.requested_model, stream=answer.stream, key=key)
     if answer.is_error:
         return error_reply(api, answer.status, answer.message, answer.details, headers, labels)
     return Reply(answer.status, answer.body, headers=headers, labels=labels)
@@ -220,7 +223,9 @@ def allowed_methods(path: str) -> tuple[str, ...]:
     return tuple(sorted(methods))
 
 
-def forward_rewrite(api: Api, endpoint: Endpoint, outcome: Forward, headers: Mapping[str, str]) -> Rewrite:
+def forward_rewrite(
+    api: Api, endpoint: Endpoint, outcome: Forward, headers: Mapping[str, str], key: VirtualKey | None = None
+) -> Rewrite:
     """One provider: the translated request, sent to that provider's cluster."""
     route, upstream, provider = outcome.route, outcome.upstream, outcome.route.provider
     set_headers = (
@@ -234,13 +239,15 @@ def forward_rewrite(api: Api, endpoint: Endpoint, outcome: Forward, headers: Map
     overwritten = {name for name, _ in set_headers}
     remove = tuple(name for name in headers if name not in overwritten and strip_before_egress(name, api, provider.api))
     body = None if upstream.unchanged else upstream.body  # None: the client's bytes stay in place
-    labels = request_labels(api, endpoint.path, outcome.decision, route)
+    labels = request_labels(api, endpoint.path, outcome.decision, route, key=key)
     if endpoint.kind == "generate":  # a provider's count_tokens is free: nothing to estimate
         labels[ESTIMATE_LABEL] = str(outcome.context.estimate)
     return Rewrite(body, set_headers, remove, labels)
 
 
-def chain_rewrite(api: Api, endpoint: Endpoint, outcome: Chain, headers: Mapping[str, str]) -> Rewrite:
+def chain_rewrite(
+    api: Api, endpoint: Endpoint, outcome: Chain, headers: Mapping[str, str], key: VirtualKey | None = None
+) -> Rewrite:
     """A fallback chain: Envoy retries across the chain's providers and the upstream ext_proc
     (extproc.attempt) rewrites each attempt, so the client's body goes on untranslated."""
     decision = outcome.decision
@@ -253,7 +260,7 @@ def chain_rewrite(api: Api, endpoint: Endpoint, outcome: Chain, headers: Mapping
         for name in headers
         if name in CLIENT_CREDENTIALS or (name.startswith(INTERNAL_HEADER_PREFIX) and name != CLUSTER_HEADER)
     )
-    labels = request_labels(api, endpoint.path, decision)
+    labels = request_labels(api, endpoint.path, decision, key=key)
     labels[ESTIMATE_LABEL] = str(outcome.context.estimate)  # chains serve generate requests only
     # The chain travels as dynamic metadata, which Envoy forwards to every attempt's upstream
     # ext_proc: a header would be mutated in place by the first attempt (retries share it).
@@ -268,11 +275,13 @@ def request_labels(
     route: ModelRoute | None = None,
     requested_model: str = "",
     stream: bool = False,
+    key: VirtualKey | None = None,
 ) -> dict[str, str]:
     """A request's routing labels (dynamic metadata in ccr.v1.contract.METADATA_NAMESPACE), the same
     on both decision paths: the access logs print them, the usage log (extproc.usage_log) makes the
     request's usage record from them. ``path``: the endpoint called ("" for a path the gateway does
-    not serve: no record); ``route``: the decision's own unless given. Kept to what the record
+    not serve: no record); ``route``: the decision's own unless given; ``key``: the virtual key the
+    request presented (its tenant and id; none for an anonymous request). Kept to what the record
     needs: every label costs each request a little on both paths."""
     labels = {"client_api": api.value}
     if path:
@@ -290,6 +299,9 @@ def request_labels(
         labels[REQUESTED_MODEL_LABEL] = requested_model
     if stream:
         labels[STREAM_LABEL] = "1"
+    if key is not None:
+        labels[TENANT_LABEL] = key.tenant
+        labels[KEY_ID_LABEL] = key.key_id
     return labels
 
 

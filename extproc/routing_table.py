@@ -146,6 +146,7 @@ class RoutingTable:
     aliases: Mapping[str, WeightedChoice] = field(default_factory=dict)
     fallbacks: Mapping[tuple[str, str], FallbackRoute] = field(default_factory=dict)
     tenants: Mapping[str, TenantRouter] = field(default_factory=dict)  # api key sha256 hex -> tenant
+    auth_required: bool = False  # every request needs a virtual key (extproc.auth.decision)
 
     def route(self, model: str) -> ModelRoute | None:
         return self.models.get(model)
@@ -314,6 +315,7 @@ def compile_policy(policy: policy_pb2.Policy, environ: Mapping[str, str] | None 
         aliases=aliases,
         fallbacks=fallbacks,
         tenants=tenants,
+        auth_required=policy.auth_required,
     )
 
 

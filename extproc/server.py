@@ -21,6 +21,7 @@ from prometheus_client import start_http_server
 from ccr.v1.contract import UPSTREAM_PHASE_METADATA
 from extproc import hop_server
 from extproc.attempt import AttemptProcessor
+from extproc.auth.decision import Authenticator
 from extproc.metrics import SESSIONS
 from extproc.policy_client import PolicySubscriber
 from extproc.processor import RequestProcessor
@@ -77,12 +78,15 @@ async def serve(
     ready: asyncio.Event | None = None,
     register: Registrar = _unregistered,
     sink: UsageSink | None = None,
+    auth: Authenticator | None = None,
 ) -> None:
     """``sink`` takes the usage records this worker makes (from the counting copy of Envoy's usage
     log); the composition root picks it (the ledger's publisher or local store), default NullSink.
-    It is closed once the usage log streams have ended, so what they delivered last is kept."""
+    It is closed once the usage log streams have ended, so what they delivered last is kept.
+    ``auth``: the worker's key cache and limiter, opened (and closed) by the caller; default: no
+    keys, every request anonymous unless the policy requires keys."""
     sink = sink if sink is not None else NullSink()
-    state = GatewayState()
+    state = GatewayState(auth)
     SESSIONS.set_function(lambda: len(state.sessions))  # read at scrape time: nothing per request
 
     has_policy = asyncio.Event()

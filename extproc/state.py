@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from extproc.auth.decision import Authenticator
 from extproc.routing_table import RoutingTable
 from extproc.tokens import SessionUsage
 
 
 class GatewayState:
-    """What every request reads: the routing table currently in force (None until the first policy)."""
+    """What every request reads: the routing table currently in force (None until the first policy)
+    and the worker's key cache and limiter (``auth``; without a key store every request is anonymous
+    unless the policy requires keys)."""
 
-    def __init__(self) -> None:
+    def __init__(self, auth: Authenticator | None = None) -> None:
         self.table: RoutingTable | None = None
         self.sessions = SessionUsage()  # last real input tokens per session (long-context routing)
+        self.auth = auth if auth is not None else Authenticator()

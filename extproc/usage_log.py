@@ -32,10 +32,12 @@ from ccr.v1.contract import (
     ENDPOINT_LABEL,
     ERROR_TYPE_LABEL,
     ESTIMATE_LABEL,
+    KEY_ID_LABEL,
     METADATA_NAMESPACE,
     REQUESTED_MODEL_LABEL,
     SESSION_LOG_NAME,
     STREAM_LABEL,
+    TENANT_LABEL,
     USAGE_NAMESPACE,
     decode_chain,
 )
@@ -160,6 +162,8 @@ def usage_record(
         error_type=error_type(status, client_api, _string(labels, ERROR_TYPE_LABEL), common.response_flags),
         ttfb_ms=_ms(common.time_to_first_upstream_rx_byte) if common.HasField(_FIRST_UPSTREAM_BYTE) else None,
         session_id=_string(labels, "session") or None,
+        tenant=_string(labels, TENANT_LABEL) or None,
+        key_id=_string(labels, KEY_ID_LABEL) or None,
     )
 
 

@@ -7,7 +7,8 @@ header). ``import_text`` chains the three and checks the result with ``load_poli
 either yields a policy the gateway accepts or is a bug in this package.
 
 What the importer never does: copy a secret. Literal API keys become ``api_key_env`` names plus an
-"action needed" finding; CCR's ``APIKEY`` becomes only its SHA-256 digest; query strings and
+"action needed" finding; CCR's ``APIKEY`` becomes ``auth.required: true`` (clients
+then use virtual keys, created by the user), never copied; query strings and
 transformer options (which may hold keys) are dropped and never echoed in findings.
 
 The package, by step: ``read`` (CCR's JSON dialect), ``convert`` (the policy and the findings),
@@ -17,13 +18,12 @@ The package, by step: ``read`` (CCR's JSON dialect), ``convert`` (the policy and
 from __future__ import annotations
 
 from ccr_gateway.import_ccr.command import add_arguments, run
-from ccr_gateway.import_ccr.convert import APIKEY_TENANT, convert
+from ccr_gateway.import_ccr.convert import convert
 from ccr_gateway.import_ccr.emit import import_text, render
 from ccr_gateway.import_ccr.model import ConfigError, Conversion, Finding, Kind
 from ccr_gateway.import_ccr.read import parse_config
 
 __all__ = [
-    "APIKEY_TENANT",
     "ConfigError",
     "Conversion",
     "Finding",

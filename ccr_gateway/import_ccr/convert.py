@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -15,7 +14,6 @@ from ccr_gateway.import_ccr.model import ConfigError, Conversion, Finding, Kind,
 CCR_DEFAULT_PORT = 3456
 DEFAULT_LISTEN_PORT = 8080
 SCENARIO_KEYS = tuple(SCENARIOS)
-APIKEY_TENANT = "ccr-apikey"
 
 _NAME_INVALID = re.compile(r"[^a-z0-9_-]+")
 _ENV_REF = re.compile(r"^\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))$")
@@ -109,9 +107,8 @@ class _Converter:
                 key: Target(self._target_text(value)) if isinstance(value, tuple) else value
                 for key, value in router.items()
             }
-        tenant = self._apikey()
-        if tenant:
-            policy["tenants"] = [tenant]
+        if self._apikey():
+            policy["auth"] = {"required": True}
         self._other_keys()
         return Conversion(policy, self._sorted_findings())
 
@@ -471,29 +468,19 @@ class _Converter:
             )
         return {"address": address, "port": port}
 
-    def _apikey(self) -> dict[str, Any] | None:
+    def _apikey(self) -> bool:
+        """CCR's APIKEY (one shared client secret) becomes ``auth.required: true``: clients then need
+        a virtual key, which the user creates (the APIKEY itself is not copied: it is a secret, and
+        not in the gateway's key format)."""
         key = self.config.get("APIKEY")
         if key in (None, ""):
-            return None
-        message = "client authentication (APIKEY) is not enforced by this gateway yet"
-        if not isinstance(key, str):
-            self.add(Kind.CANNOT, f"{message}; APIKEY is not a string")
-            return None
-        ref = _ENV_REF.match(key.strip())
-        if ref:
-            variable = ref.group(1) or ref.group(2)
-            self.add(
-                Kind.CANNOT,
-                f"{message}; APIKEY comes from ${variable}, so no tenant was written (its digest: "
-                f'printf %s "${variable}" | sha256sum)',
-            )
-            return None
+            return False
         self.add(
-            Kind.CANNOT,
-            f"{message}; tenant {APIKEY_TENANT!r} holds the SHA-256 digest of APIKEY (a digest, not the key) "
-            "for when it is",
+            Kind.ACTION,
+            "CCR's APIKEY became auth.required: true; create a virtual key (`ccr-gateway keys create "
+            "--tenant ccr --name claude-code`) and give it to clients as ANTHROPIC_API_KEY instead of APIKEY",
         )
-        return {"name": APIKEY_TENANT, "api_key_sha256": [hashlib.sha256(key.encode()).hexdigest()]}
+        return True
 
     def _other_keys(self) -> None:
         known = {"Providers", "providers", "Router", "transformers", "CUSTOM_ROUTER_PATH", "HOST", "PORT", "APIKEY"}

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from ccr.v1 import policy_pb2
 from ccr.v1.pricing import Prices
+from control_plane.policy.auth import AuthSpec
 from control_plane.policy.cors import CorsSpec
 from control_plane.policy.resilience import DEFAULT as DEFAULT_RESILIENCE
 from control_plane.policy.resilience import Resilience
@@ -92,6 +93,8 @@ class GatewayPolicy:
     cors: CorsSpec | None = None
     # Where the usage ledger keeps its records (None: not written; the local SQLite ledger).
     storage: StorageSpec | None = None
+    # Virtual keys: whether every request needs one, and where they are kept.
+    auth: AuthSpec = field(default_factory=AuthSpec)
     # What parsing found suspicious but not wrong (an OpenAI base_url without a version): shown by
     # `validate` and logged, never a reason to reject. Not part of what the policy means.
     warnings: tuple[Problem, ...] = field(default=(), compare=False)
@@ -103,6 +106,7 @@ class GatewayPolicy:
         """The ext_proc-facing contract (no listener details, no secrets)."""
         return policy_pb2.Policy(
             version=version,
+            auth_required=self.auth.required,
             limits=policy_pb2.Limits(max_request_bytes=self.max_request_bytes),
             providers=[
                 policy_pb2.Provider(

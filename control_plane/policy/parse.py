@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ccr.v1.pricing import Prices
+from control_plane.policy.auth import AuthSpec, parse_auth
 from control_plane.policy.base_urls import check_base_url
 from control_plane.policy.cors import CorsSpec, parse_cors
 from control_plane.policy.model import (
@@ -50,7 +51,7 @@ def load_policy_file(path: str) -> GatewayPolicy:
     return load_policy(text, source=path)
 
 
-_TOP_FIELDS = ("listener", "limits", "providers", "aliases", "router", "fallback", "tenants", "storage")
+_TOP_FIELDS = ("listener", "limits", "providers", "aliases", "router", "fallback", "tenants", "storage", "auth")
 
 
 def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
@@ -110,6 +111,7 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
     model_names = {m.name for p in specs for m in p.models}
     routing = parse_routing(check, top, catalog, model_names, _written_names(top.get("providers")))
     storage: StorageSpec | None = parse_storage(check, top["storage"]) if "storage" in top else None
+    auth = parse_auth(check, top["auth"]) if "auth" in top else AuthSpec()
     if check.problems:
         raise PolicyError(check.problems, check.warnings)
     return GatewayPolicy(
@@ -124,6 +126,7 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
         warnings=tuple(check.warnings),
         cors=cors,
         storage=storage,
+        auth=auth or AuthSpec(),
     )
 
 

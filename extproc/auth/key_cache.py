@@ -113,10 +113,10 @@ class KeyCache:
         if record is None:
             return "unknown key"
         now = self._clock()
-        why = record.key.usable_at(now)
-        if why is not None:
-            return why
-        return None if record.verify(parsed[1], now) else "wrong secret"
+        # The secret first: whether a key id is revoked or expired is told only to its holder.
+        if not record.verify(parsed[1], now):
+            return "wrong secret"
+        return record.key.usable_at(now)
 
     # -- keeping current (sans-IO part) --------------------------------------------------------
 

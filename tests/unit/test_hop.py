@@ -32,7 +32,7 @@ from extproc.processor import RequestProcessor
 from extproc.routing_table import compile_policy
 from extproc.state import GatewayState
 from extproc.translate.base import Api, ResponseContext
-from tests.unit.test_plan import CASES, PATHS, POLICY, anthropic, raw_of
+from tests.unit.test_plan import AUTH_CASES, CASES, PATHS, POLICY, anthropic, auth_state, raw_of
 from tests.unit.test_processor import body, headers, response_headers, set_headers_of
 
 HOP_ONLY_LABELS = {HOP_ROUTE_KEY, HOP_CONTEXT_KEY, HOP_STREAM_KEY}
@@ -258,3 +258,48 @@ def _response_body(raw: bytes):
     from envoy.service.ext_proc.v3.external_processor_pb2 import HttpBody, ProcessingRequest
 
     return ProcessingRequest(response_body=HttpBody(body=raw, end_of_stream=True))
+
+
+# --- virtual keys: both paths run the same auth step ------------------------------------------------
+
+
+def auth_via_hop(state: GatewayState, api: Api, kind: str, extra: dict, raw: bytes) -> dict:
+    action, ops, payload = parse(hop.decide(state, "POST", PATHS[(api, kind)], dict(extra), raw))
+    labels = {name: value for op, name, value in ops if op == "label" and name not in HOP_ONLY_LABELS}
+    if action == "reply":
+        status = next(int(name) for op, name, _ in ops if op == "status")
+        sent = {name: value for op, name, value in ops if op == "header" and name != "content-type"}
+        return {"reply": (status, orjson.loads(payload), sent), "labels": labels}
+    set_headers = {name: value for op, name, value in ops if op == "set" and name != REWRITE_HEADER}
+    return {"forward": sorted(name for op, name, _ in ops if op == "remove"), "set": set_headers, "labels": labels}
+
+
+def auth_via_ext_proc(state: GatewayState, api: Api, kind: str, extra: dict, raw: bytes) -> dict:
+    processor = RequestProcessor(state)
+    response = processor.handle(headers("POST", PATHS[(api, kind)], **extra))
+    if not response.HasField("immediate_response"):
+        response = processor.handle(body(raw))
+    labels = {key: value.string_value for key, value in labels_of(response).items()}
+    if response.HasField("immediate_response"):
+        reply = response.immediate_response
+        sent = {h.header.key: h.header.raw_value.decode() for h in reply.headers.set_headers}
+        sent.pop("content-type", None)
+        return {"reply": (int(reply.status.code), orjson.loads(reply.body), sent), "labels": labels}
+    common = response.request_body.response
+    forward = sorted(common.header_mutation.remove_headers)
+    return {"forward": forward, "set": set_headers_of(response), "labels": labels}
+
+
+@pytest.mark.parametrize(
+    ("name", "required", "api", "kind", "extra", "payload", "times"), AUTH_CASES, ids=[c[0] for c in AUTH_CASES]
+)
+def test_the_hop_and_ext_proc_authenticate_every_request_alike(name, required, api, kind, extra, payload, times):
+    raw = raw_of(payload)
+    hop_state, ext_proc_state = auth_state(required), auth_state(required)
+    for _ in range(times):
+        via_hop_answer = auth_via_hop(hop_state, api, kind, extra, raw)
+        via_ext_proc_answer = auth_via_ext_proc(ext_proc_state, api, kind, extra, raw)
+    assert via_hop_answer == via_ext_proc_answer
+    for name in {"x-api-key", "authorization"} & set(extra):  # the client's credential never goes upstream
+        if "forward" in via_hop_answer:
+            assert name in via_hop_answer["forward"] or via_hop_answer["set"][name] != extra[name]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -77,7 +76,7 @@ def test_no_literal_secret_appears_in_the_policy_or_the_report(path):
 @pytest.mark.parametrize("path", ALL_FIXTURES, ids=lambda p: p.stem)
 def test_router_targets_are_written_double_quoted(path):
     text, _ = import_text(path.read_text(), str(path))
-    router = text.split("\nrouter:\n", 1)[1].split("\ntenants:", 1)[0]
+    router = text.split("\nrouter:\n", 1)[1].split("\ntenants:", 1)[0].split("\nauth:", 1)[0]
     for line in router.splitlines():
         key, value = line.strip().split(": ", 1)
         if key != "longContextThreshold":
@@ -151,15 +150,12 @@ def test_readme_example_literal_keys_become_env_names_the_user_must_export():
         )
 
 
-def test_readme_example_apikey_becomes_only_a_tenant_digest():
+def test_readme_example_apikey_becomes_required_virtual_keys():
     _, data, policy, findings = imported("readme_example.json")
-    digest = hashlib.sha256(b"your-secret-key-7f3a").hexdigest()
-    assert data["tenants"] == [{"name": "ccr-apikey", "api_key_sha256": [digest]}]
-    assert policy.routing.tenants[0].api_key_sha256 == (digest,)
-    assert any(
-        f.startswith("cannot express: client authentication (APIKEY) is not enforced by this gateway yet")
-        for f in findings
-    )
+    assert "tenants" not in data and data["auth"] == {"required": True}
+    assert policy.auth.required
+    assert any(f.startswith("action needed: CCR's APIKEY became auth.required: true") for f in findings)
+    assert not any("your-secret-key-7f3a" in f for f in findings)
 
 
 def test_readme_example_reports_transformers_and_unsupported_settings():
@@ -224,10 +220,10 @@ def test_a_router_model_missing_from_its_provider_is_added_and_reported():
     assert any("Router.think: model 'claude-opus-4-1' was not in provider 'anthropic'" in f for f in findings)
 
 
-def test_an_apikey_from_the_environment_writes_no_tenant():
+def test_an_apikey_from_the_environment_also_requires_keys():
     _, data, _, findings = imported("env_keys.json")
-    assert "tenants" not in data
-    assert any("APIKEY comes from $CCR_CLIENT_KEY" in f for f in findings)
+    assert "tenants" not in data and data["auth"] == {"required": True}
+    assert not any("CCR_CLIENT_KEY" in f for f in findings)
 
 
 def test_commented_config_with_trailing_commas_imports():

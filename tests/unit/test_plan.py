@@ -15,6 +15,9 @@ import pytest
 
 from ccr_gateway.explain import describe
 from control_plane.policy import load_policy
+from extproc.auth.decision import Authenticator
+from extproc.auth.keys import VirtualKey
+from extproc.auth.local_limits import LocalLimiter
 from extproc.plan import COUNT_TOKENS, GENERATE, Answer, Chain, Forward, plan
 from extproc.processor import RequestProcessor
 from extproc.routing_table import compile_policy
@@ -160,3 +163,123 @@ def test_a_body_envoy_could_not_decompress_is_named_as_such() -> None:
 def test_without_a_policy_everything_is_503() -> None:
     outcome = plan(None, Api.ANTHROPIC, GENERATE, {}, orjson.dumps(anthropic()))
     assert isinstance(outcome, Answer) and (outcome.status, outcome.details) == (503, "ccr_no_policy")
+
+
+# --- virtual keys: the auth corpus both decision paths see (tests/unit/test_hop.py) -----------------
+
+SECRET = "s" * 43
+
+
+def presented(key_id: str) -> str:
+    return f"sk-ccr-{key_id}_{SECRET}"
+
+
+class FakeKeys:
+    """A key cache with fixed answers: valid keys by presented string, refusals by key id."""
+
+    loaded = True
+
+    def __init__(self, keys: dict[str, VirtualKey], refused: dict[str, str]) -> None:
+        self.keys, self.refused = keys, refused
+
+    def lookup(self, text: str) -> VirtualKey | None:
+        return self.keys.get(text.removeprefix("Bearer "))
+
+    def why_rejected(self, text: str) -> str | None:
+        return self.refused.get(text.removeprefix("Bearer ")[7:15], "unknown key")
+
+
+FAKE_KEYS = {
+    presented("validkey"): VirtualKey("validkey", "acme", "laptop"),
+    presented("onlygptx"): VirtualKey("onlygptx", "acme", "gpt only", models=("gpt-4o",)),
+    presented("onerpmxx"): VirtualKey("onerpmxx", "acme", "slow", rpm=1),
+}
+FAKE_REFUSED = {"revokedx": "revoked", "expiredx": "expired", "wrongsec": "wrong secret"}
+
+
+def auth_state(required: bool) -> GatewayState:
+    """A fresh worker (its own limiter) on the corpus' policy, keys required or not."""
+    proto = load_policy(POLICY).to_proto("1")
+    proto.auth_required = required
+    gateway = GatewayState(Authenticator(FakeKeys(FAKE_KEYS, FAKE_REFUSED), LocalLimiter(clock=lambda: 1000.0)))
+    gateway.table = compile_policy(proto, environ={"ANT_KEY": "k"})
+    return gateway
+
+
+# (name, keys required, client api, endpoint kind, headers, body, times sent: the last answer is compared)
+AUTH_CASES = [
+    ("anonymous", False, Api.ANTHROPIC, GENERATE, {}, anthropic(), 1),
+    ("anonymous-required", True, Api.ANTHROPIC, GENERATE, {}, anthropic(), 1),
+    ("anonymous-required-openai", True, Api.OPENAI, GENERATE, {}, {"model": "gpt-4o", "messages": USER}, 1),
+    ("foreign-key", False, Api.ANTHROPIC, GENERATE, {"x-api-key": "sk-ant-x"}, anthropic(), 1),
+    ("foreign-key-required", True, Api.ANTHROPIC, GENERATE, {"x-api-key": "sk-ant-x"}, anthropic(), 1),
+    ("valid", True, Api.ANTHROPIC, GENERATE, {"x-api-key": presented("validkey")}, anthropic(), 1),
+    (
+        "valid-bearer-openai",
+        True,
+        Api.OPENAI,
+        GENERATE,
+        {"authorization": "Bearer " + presented("validkey")},
+        {"model": "gpt-4o", "messages": USER},
+        1,
+    ),
+    (
+        "valid-chain",
+        False,
+        Api.ANTHROPIC,
+        GENERATE,
+        {"x-api-key": presented("validkey")},
+        anthropic(thinking={"type": "enabled", "budget_tokens": 2048}),
+        1,
+    ),
+    ("valid-bad-body", True, Api.ANTHROPIC, GENERATE, {"x-api-key": presented("validkey")}, b"{not json", 1),
+    ("unknown", False, Api.ANTHROPIC, GENERATE, {"x-api-key": presented("nobodyxx")}, anthropic(), 1),
+    (
+        "wrong-secret-openai",
+        False,
+        Api.OPENAI,
+        GENERATE,
+        {"authorization": "Bearer " + presented("wrongsec")},
+        {"model": "gpt-4o", "messages": USER},
+        1,
+    ),
+    ("revoked", False, Api.ANTHROPIC, GENERATE, {"x-api-key": presented("revokedx")}, anthropic(), 1),
+    (
+        "expired-openai",
+        False,
+        Api.OPENAI,
+        GENERATE,
+        {"authorization": "Bearer " + presented("expiredx")},
+        {"model": "gpt-4o", "messages": USER},
+        1,
+    ),
+    (
+        "model-allowed",
+        False,
+        Api.OPENAI,
+        GENERATE,
+        {"authorization": "Bearer " + presented("onlygptx")},
+        {"model": "gpt-4o", "messages": USER},
+        1,
+    ),
+    ("model-refused", False, Api.ANTHROPIC, GENERATE, {"x-api-key": presented("onlygptx")}, anthropic(), 1),
+    ("rate-limited", False, Api.ANTHROPIC, GENERATE, {"x-api-key": presented("onerpmxx")}, anthropic(), 2),
+    (
+        "rate-limited-openai",
+        False,
+        Api.OPENAI,
+        GENERATE,
+        {"authorization": "Bearer " + presented("onerpmxx")},
+        {"model": "gpt-4o", "messages": USER},
+        2,
+    ),
+    (
+        "count-tokens-not-limited",
+        False,
+        Api.ANTHROPIC,
+        COUNT_TOKENS,
+        {"x-api-key": presented("onerpmxx")},
+        {"model": "gpt-4o", "messages": USER},
+        3,
+    ),
+]

@@ -48,6 +48,8 @@ ENDPOINT_LABEL = "endpoint"  # the client's path, without the query
 REQUESTED_MODEL_LABEL = "requested_model"  # the request's "model", as the client wrote it
 STREAM_LABEL = "stream"  # "1" when the client asked for a stream
 ESTIMATE_LABEL = "estimate"  # the gateway's count of the input tokens, on requests sent to a provider
+TENANT_LABEL = "tenant"  # the virtual key's tenant, on requests that presented one
+KEY_ID_LABEL = "key_id"  # the virtual key's id (never its secret)
 ERROR_TYPE_LABEL = "error_type"  # on the gateway's own error answers: the type the client was told
 
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x63\x63r/v1/policy.proto\x12\x06\x63\x63r.v1\"\xb7\x02\n\x06Policy\x12\x0f\n\x07version\x18\x01 \x01(\t\x12#\n\tproviders\x18\x02 \x03(\x0b\x32\x10.ccr.v1.Provider\x12\x1e\n\x06limits\x18\x03 \x01(\x0b\x32\x0e.ccr.v1.Limits\x12\x1e\n\x06router\x18\x04 \x01(\x0b\x32\x0e.ccr.v1.Router\x12,\n\x07\x61liases\x18\x05 \x03(\x0b\x32\x1b.ccr.v1.Policy.AliasesEntry\x12(\n\tfallbacks\x18\x06 \x03(\x0b\x32\x15.ccr.v1.FallbackChain\x12\x1f\n\x07tenants\x18\x07 \x03(\x0b\x32\x0e.ccr.v1.Tenant\x1a>\n\x0c\x41liasesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1d\n\x05value\x18\x02 \x01(\x0b\x32\x0e.ccr.v1.Choice:\x02\x38\x01\")\n\x06Target\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"@\n\x0eWeightedTarget\x12\x1e\n\x06target\x18\x01 \x01(\x0b\x32\x0e.ccr.v1.Target\x12\x0e\n\x06weight\x18\x02 \x01(\r\"1\n\x06\x43hoice\x12\'\n\x07options\x18\x01 \x03(\x0b\x32\x16.ccr.v1.WeightedTarget\"\x8a\x02\n\x06Router\x12\x1f\n\x07\x64\x65\x66\x61ult\x18\x01 \x01(\x0b\x32\x0e.ccr.v1.Choice\x12\"\n\nbackground\x18\x02 \x01(\x0b\x32\x0e.ccr.v1.Choice\x12\x1d\n\x05think\x18\x03 \x01(\x0b\x32\x0e.ccr.v1.Choice\x12$\n\x0clong_context\x18\x04 \x01(\x0b\x32\x0e.ccr.v1.Choice\x12\"\n\nweb_search\x18\x05 \x01(\x0b\x32\x0e.ccr.v1.Choice\x12\x1d\n\x05image\x18\x06 \x01(\x0b\x32\x0e.ccr.v1.Choice\x12\x1e\n\x16long_context_threshold\x18\x07 \x01(\r\x12\x13\n\x0b\x63ustom_hook\x18\x08 \x01(\t\"_\n\rFallbackChain\x12\x1f\n\x07primary\x18\x01 \x01(\x0b\x32\x0e.ccr.v1.Target\x12\x1c\n\x04then\x18\x02 \x03(\x0b\x32\x0e.ccr.v1.Target\x12\x0f\n\x07\x63luster\x18\x03 \x01(\t\"N\n\x06Tenant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x61pi_key_sha256\x18\x02 \x03(\t\x12\x1e\n\x06router\x18\x03 \x01(\x0b\x32\x0e.ccr.v1.Router\"#\n\x06Limits\x12\x19\n\x11max_request_bytes\x18\x01 \x01(\x04\"\x88\x02\n\x08Provider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x03\x61pi\x18\x02 \x01(\x0e\x32\x0b.ccr.v1.Api\x12\x0f\n\x07\x63luster\x18\x03 \x01(\t\x12\x11\n\tbase_path\x18\x04 \x01(\t\x12\x13\n\x0b\x61pi_key_env\x18\x05 \x01(\t\x12\x1d\n\x06models\x18\x06 \x03(\x0b\x32\r.ccr.v1.Model\x12.\n\x07headers\x18\x07 \x03(\x0b\x32\x1d.ccr.v1.Provider.HeadersEntry\x12\x1c\n\x14\x66orward_count_tokens\x18\x08 \x01(\x08\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8c\x01\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x19\n\x11max_output_tokens\x18\x03 \x01(\r\x12\x16\n\x0e\x63ontext_window\x18\x04 \x01(\r\x12\x14\n\x0c\x63\x61pabilities\x18\x05 \x03(\t\x12 \n\x07pricing\x18\x06 \x01(\x0b\x32\x0f.ccr.v1.Pricing\"Q\n\x07Pricing\x12\r\n\x05input\x18\x01 \x01(\x01\x12\x0e\n\x06output\x18\x02 \x01(\x01\x12\x12\n\ncache_read\x18\x03 \x01(\x01\x12\x13\n\x0b\x63\x61\x63he_write\x18\x04 \x01(\x01*M\n\x03\x41pi\x12\x13\n\x0f\x41PI_UNSPECIFIED\x10\x00\x12\x11\n\rAPI_ANTHROPIC\x10\x01\x12\x0e\n\nAPI_OPENAI\x10\x02\x12\x0e\n\nAPI_GEMINI\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x63\x63r/v1/policy.proto\x12\x06\x63\x63r.v1\"\xce\x02\n\x06Policy\x12\x0f\n\x07version\x18\x01 \x01(\t\x12#\n\tproviders\x18\x02 \x03(\x0b\x32\x10.ccr.v1.Provider\x12\x1e\n\x06limits\x18\x03 \x01(\x0b\x32\x0e.ccr.v1.Limits\x12\x1e\n\x06router\x18\x04 \x01(\x0b\x32\x0e.ccr.v1.Router\x12,\n\x07\x61liases\x18\x05 \x03(\x0b\x32\x1b.ccr.v1.Policy.AliasesEntry\x12(\n\tfallbacks\x18\x06 \x03(\x0b\x32\x15.ccr.v1.FallbackChain\x12\x1f\n\x07tenants\x18\x07 \x03(\x0b\x32\x0e.ccr.v1.Tenant\x12\x15\n\rauth_required\x18\x08 \x01(\x08\x1a>\n\x0c\x41liasesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1d\n\x05value\x18\x02 \x01(\x0b\x32\x0e.ccr.v1.Choice:\x02\x38\x01\")\n\x06Target\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"@\n\x0eWeightedTarget\x12\x1e\n\x06target\x18\x01 \x01(\x0b\x32\x0e.ccr.v1.Target\x12\x0e\n\x06weight\x18\x02 \x01(\r\"1\n\x06\x43hoice\x12\'\n\x07options\x18\x01 \x03(\x0b\x32\x16.ccr.v1.WeightedTarget\"\x8a\x02\n\x06Router\x12\x1f\n\x07\x64\x65\x66\x61ult\x18\x01 \x01(\x0b\x32\x0e.ccr.v1.Choice\x12\"\n\nbackground\x18\x02 \x01(\x0b\x32\x0e.ccr.v1.Choice\x12\x1d\n\x05think\x18\x03 \x01(\x0b\x32\x0e.ccr.v1.Choice\x12$\n\x0clong_context\x18\x04 \x01(\x0b\x32\x0e.ccr.v1.Choice\x12\"\n\nweb_search\x18\x05 \x01(\x0b\x32\x0e.ccr.v1.Choice\x12\x1d\n\x05image\x18\x06 \x01(\x0b\x32\x0e.ccr.v1.Choice\x12\x1e\n\x16long_context_threshold\x18\x07 \x01(\r\x12\x13\n\x0b\x63ustom_hook\x18\x08 \x01(\t\"_\n\rFallbackChain\x12\x1f\n\x07primary\x18\x01 \x01(\x0b\x32\x0e.ccr.v1.Target\x12\x1c\n\x04then\x18\x02 \x03(\x0b\x32\x0e.ccr.v1.Target\x12\x0f\n\x07\x63luster\x18\x03 \x01(\t\"N\n\x06Tenant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x61pi_key_sha256\x18\x02 \x03(\t\x12\x1e\n\x06router\x18\x03 \x01(\x0b\x32\x0e.ccr.v1.Router\"#\n\x06Limits\x12\x19\n\x11max_request_bytes\x18\x01 \x01(\x04\"\x88\x02\n\x08Provider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x03\x61pi\x18\x02 \x01(\x0e\x32\x0b.ccr.v1.Api\x12\x0f\n\x07\x63luster\x18\x03 \x01(\t\x12\x11\n\tbase_path\x18\x04 \x01(\t\x12\x13\n\x0b\x61pi_key_env\x18\x05 \x01(\t\x12\x1d\n\x06models\x18\x06 \x03(\x0b\x32\r.ccr.v1.Model\x12.\n\x07headers\x18\x07 \x03(\x0b\x32\x1d.ccr.v1.Provider.HeadersEntry\x12\x1c\n\x14\x66orward_count_tokens\x18\x08 \x01(\x08\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8c\x01\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x19\n\x11max_output_tokens\x18\x03 \x01(\r\x12\x16\n\x0e\x63ontext_window\x18\x04 \x01(\r\x12\x14\n\x0c\x63\x61pabilities\x18\x05 \x03(\t\x12 \n\x07pricing\x18\x06 \x01(\x0b\x32\x0f.ccr.v1.Pricing\"Q\n\x07Pricing\x12\r\n\x05input\x18\x01 \x01(\x01\x12\x0e\n\x06output\x18\x02 \x01(\x01\x12\x12\n\ncache_read\x18\x03 \x01(\x01\x12\x13\n\x0b\x63\x61\x63he_write\x18\x04 \x01(\x01*M\n\x03\x41pi\x12\x13\n\x0f\x41PI_UNSPECIFIED\x10\x00\x12\x11\n\rAPI_ANTHROPIC\x10\x01\x12\x0e\n\nAPI_OPENAI\x10\x02\x12\x0e\n\nAPI_GEMINI\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,32 +35,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_POLICY_ALIASESENTRY']._serialized_options = b'8\001'
   _globals['_PROVIDER_HEADERSENTRY']._loaded_options = None
   _globals['_PROVIDER_HEADERSENTRY']._serialized_options = b'8\001'
-  _globals['_API']._serialized_start=1481
-  _globals['_API']._serialized_end=1558
+  _globals['_API']._serialized_start=1504
+  _globals['_API']._serialized_end=1581
   _globals['_POLICY']._serialized_start=32
-  _globals['_POLICY']._serialized_end=343
-  _globals['_POLICY_ALIASESENTRY']._serialized_start=281
-  _globals['_POLICY_ALIASESENTRY']._serialized_end=343
-  _globals['_TARGET']._serialized_start=345
-  _globals['_TARGET']._serialized_end=386
-  _globals['_WEIGHTEDTARGET']._serialized_start=388
-  _globals['_WEIGHTEDTARGET']._serialized_end=452
-  _globals['_CHOICE']._serialized_start=454
-  _globals['_CHOICE']._serialized_end=503
-  _globals['_ROUTER']._serialized_start=506
-  _globals['_ROUTER']._serialized_end=772
-  _globals['_FALLBACKCHAIN']._serialized_start=774
-  _globals['_FALLBACKCHAIN']._serialized_end=869
-  _globals['_TENANT']._serialized_start=871
-  _globals['_TENANT']._serialized_end=949
-  _globals['_LIMITS']._serialized_start=951
-  _globals['_LIMITS']._serialized_end=986
-  _globals['_PROVIDER']._serialized_start=989
-  _globals['_PROVIDER']._serialized_end=1253
-  _globals['_PROVIDER_HEADERSENTRY']._serialized_start=1207
-  _globals['_PROVIDER_HEADERSENTRY']._serialized_end=1253
-  _globals['_MODEL']._serialized_start=1256
-  _globals['_MODEL']._serialized_end=1396
-  _globals['_PRICING']._serialized_start=1398
-  _globals['_PRICING']._serialized_end=1479
+  _globals['_POLICY']._serialized_end=366
+  _globals['_POLICY_ALIASESENTRY']._serialized_start=304
+  _globals['_POLICY_ALIASESENTRY']._serialized_end=366
+  _globals['_TARGET']._serialized_start=368
+  _globals['_TARGET']._serialized_end=409
+  _globals['_WEIGHTEDTARGET']._serialized_start=411
+  _globals['_WEIGHTEDTARGET']._serialized_end=475
+  _globals['_CHOICE']._serialized_start=477
+  _globals['_CHOICE']._serialized_end=526
+  _globals['_ROUTER']._serialized_start=529
+  _globals['_ROUTER']._serialized_end=795
+  _globals['_FALLBACKCHAIN']._serialized_start=797
+  _globals['_FALLBACKCHAIN']._serialized_end=892
+  _globals['_TENANT']._serialized_start=894
+  _globals['_TENANT']._serialized_end=972
+  _globals['_LIMITS']._serialized_start=974
+  _globals['_LIMITS']._serialized_end=1009
+  _globals['_PROVIDER']._serialized_start=1012
+  _globals['_PROVIDER']._serialized_end=1276
+  _globals['_PROVIDER_HEADERSENTRY']._serialized_start=1230
+  _globals['_PROVIDER_HEADERSENTRY']._serialized_end=1276
+  _globals['_MODEL']._serialized_start=1279
+  _globals['_MODEL']._serialized_end=1419
+  _globals['_PRICING']._serialized_start=1421
+  _globals['_PRICING']._serialized_end=1502
 # @@protoc_insertion_point(module_scope)

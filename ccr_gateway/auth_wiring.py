@@ -1,0 +1,106 @@
+"""Virtual keys and limits, from the policy's ``auth`` section to the ext_proc workers.
+
+`up` tells each worker where the keys are (``--auth-keys-sqlite PATH``, or the PostgreSQL DSN in
+the environment, never on a command line) and how many workers share each key's limits
+(``--auth-workers N``). Whether keys are required is not a start-time setting: it travels in the
+policy (ccr.v1.Policy.auth_required), so it can be switched without a restart.
+
+The worker opens the store, loads its ``KeyCache`` on its own event loop and builds the
+``Authenticator`` every request reads (extproc.auth.decision).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+
+from control_plane.policy.auth import AuthSpec
+from extproc.auth.decision import Authenticator
+from extproc.auth.key_cache import KeyCache
+from extproc.auth.key_store import default_keys_path, open_key_store
+from extproc.auth.local_limits import LocalLimiter
+
+AUTH_POSTGRES_ENV = "CCR_AUTH_POSTGRES"
+log = logging.getLogger("ccr.auth")
+
+
+def worker_arguments(auth: AuthSpec, workers: int) -> list[str]:
+    arguments = ["--auth-workers", str(workers)]
+    if auth.keys_sqlite and not auth.keys_postgres:
+        arguments += ["--auth-keys-sqlite", auth.keys_sqlite]
+    return arguments
+
+
+def environment(auth: AuthSpec) -> dict[str, str]:
+    """For every child: the key store's DSN, as the policy wrote it."""
+    return {AUTH_POSTGRES_ENV: auth.keys_postgres} if auth.keys_postgres else {}
+
+
+def open_listener_warning(auth: AuthSpec, listener: str, key_count: int | None) -> str | None:
+    """The one line `up` prints when anyone who reaches the listener can spend the providers' keys."""
+    if auth.required or key_count:
+        return None
+    return (
+        f"WARNING: anyone who can reach {listener} can use your providers' keys: "
+        "create virtual keys with `ccr-gateway keys create` and set auth.required"
+    )
+
+
+def count_keys(auth: AuthSpec) -> int | None:
+    """How many keys the SQLite store holds (None: unknown, e.g. PostgreSQL; not worth a connection)."""
+    if auth.keys_postgres:
+        return None
+    path = os.path.expanduser(os.path.expandvars(auth.keys_sqlite)) if auth.keys_sqlite else str(default_keys_path())
+    if not os.path.exists(path):
+        return 0
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
+            return int(connection.execute("SELECT count(*) FROM virtual_keys").fetchone()[0])
+    except sqlite3.Error:
+        return None
+
+
+# --- the worker's side ---------------------------------------------------------------------------
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--auth-keys-sqlite",
+        metavar="PATH",
+        help="the virtual keys' SQLite file (default $XDG_DATA_HOME/ccr-gateway/keys.db)",
+    )
+    parser.add_argument(
+        "--auth-keys-postgres",
+        default=os.environ.get(AUTH_POSTGRES_ENV),
+        metavar="DSN",
+        help=f"the virtual keys in PostgreSQL (default ${AUTH_POSTGRES_ENV}); ${{VAR}}s expanded",
+    )
+    parser.add_argument(
+        "--auth-workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="how many workers share each key's rpm/tpm: each enforces limit/N (default 1)",
+    )
+
+
+@contextlib.asynccontextmanager
+async def opened_authenticator(args: argparse.Namespace) -> AsyncIterator[Authenticator]:
+    """The worker's Authenticator, its key cache loaded (or retrying: until then every gateway key
+    is refused with a 503) on the running loop; closed on the way out."""
+    dsn = os.path.expandvars(args.auth_keys_postgres) if args.auth_keys_postgres else None
+    sqlite = os.path.expandvars(args.auth_keys_sqlite) if args.auth_keys_sqlite else None
+    store = open_key_store(sqlite, dsn)
+    cache = KeyCache(store)
+    if not await cache.start():
+        log.warning("key store not readable yet: gateway keys are refused until it is")
+    try:
+        yield Authenticator(cache, LocalLimiter(), workers=max(1, args.auth_workers))
+    finally:
+        await cache.close()
+        await store.close()
