@@ -17,7 +17,8 @@ import asyncpg
 import pytest
 
 from extproc.auth.key_cache import STORE_UP, KeyCache
-from extproc.auth.key_store import KeyNotFound, KeyStoreUnavailable, PostgresKeyStore
+from extproc.auth.key_store import KeyNotFound, KeyStoreUnavailable
+from extproc.auth.key_store_pg import PostgresKeyStore
 from extproc.auth.keys import new_key, parse_presented
 from tests.tcp_proxy import TcpProxy
 
