@@ -11,6 +11,7 @@ from bench.report import (
     AT_REST_HEADER,
     GATEWAY,
     GATEWAY_EXTPROC,
+    GATEWAY_NO_LEDGER,
     MAIN_HEADER,
     PLAIN,
     RATIO_HEADER,
@@ -39,6 +40,9 @@ The gateway asks its Python decision service (the ext_proc worker processes: the
 - `ext_proc` (target *{GATEWAY_EXTPROC}*, the previous path, shown for comparison and not judged): a
   gRPC ext_proc stream for every request, carrying its headers and body, and the response's, as
   messages.
+- `hop-no-ledger` (target *{GATEWAY_NO_LEDGER}*, only with `--paths ...,hop-no-ledger`): the hop
+  gateway run with `up --no-ledger`, which keeps no usage records: the difference from *{GATEWAY}*
+  is what the usage ledger costs (*{GATEWAY}* keeps it the default way, in the local SQLite ledger).
 
 *hop calls/req* is Envoy's `cluster.ccr_hop.upstream_rq_total` per request (1 for a passthrough
 request or a stream, 2 for a translated non-streaming one on the hop path; 0 on the ext_proc path),
