@@ -42,7 +42,7 @@ from ccr.v1.contract import (
     decode_chain,
 )
 from ccr.v1.pricing import cost_usd
-from ccr.v1.usage_record import USAGE_ESTIMATED, USAGE_FROM_PROVIDER, UsageRecord, time_of
+from ccr.v1.usage_record import USAGE_ESTIMATED, USAGE_FROM_PROVIDER, UsageRecord, time_of_timestamp
 from extproc.metrics import TOKENS, labelled
 from extproc.routing_table import RoutingTable
 from extproc.state import GatewayState
@@ -142,7 +142,7 @@ def usage_record(
     )
     return UsageRecord(
         request_id=request_id,
-        time=time_of(common.start_time.seconds + common.start_time.nanos / 1e9),
+        time=time_of_timestamp(common.start_time.seconds, common.start_time.nanos),
         client_api=client_api,
         endpoint=path,
         requested_model=_string(labels, REQUESTED_MODEL_LABEL),

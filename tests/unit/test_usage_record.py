@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import orjson
 import pytest
 from hypothesis import given
@@ -17,6 +19,7 @@ from ccr.v1.usage_record import (
     parse_time,
     record_from_dict,
     time_of,
+    time_of_timestamp,
 )
 from tests.unit.ledger_records import make_record
 
@@ -39,6 +42,12 @@ def test_a_batch_round_trips_and_a_line_is_one_json_object():
 def test_times_are_utc_with_microseconds():
     assert time_of(0.5) == "1970-01-01T00:00:00.500000Z"
     assert parse_time(time_of(1_796_600_000.25)).timestamp() == 1_796_600_000.25
+
+
+@given(seconds=st.integers(min_value=0, max_value=4_102_444_800), micros=st.integers(min_value=0, max_value=999_999))
+def test_a_timestamps_parts_give_the_same_time_exactly(seconds, micros):
+    text = time_of_timestamp(seconds, micros * 1000 + 999)  # nanoseconds below a microsecond are cut
+    assert parse_time(text) == datetime.fromtimestamp(seconds, UTC).replace(microsecond=micros)
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,8 @@ Pure: dataclasses, JSON in and out (orjson), validation that names the bad field
 from __future__ import annotations
 
 import dataclasses
+import functools
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -94,6 +96,18 @@ _REQUIRED = tuple(field.name for field in dataclasses.fields(UsageRecord) if fie
 def time_of(seconds: float) -> str:
     """Epoch seconds -> the record's time: ISO 8601 UTC, microseconds, 'Z'."""
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def time_of_timestamp(seconds: int, nanos: int) -> str:
+    """A protobuf Timestamp's parts -> the record's time, exactly (microseconds truncated). The
+    usage log makes one per request: the second's text is formatted once per second, not per call
+    (datetime's strftime was the single largest cost of building a record)."""
+    return f"{_second_text(seconds)}.{nanos // 1000:06d}Z"
+
+
+@functools.lru_cache(maxsize=8)
+def _second_text(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 def parse_time(value: str) -> datetime:
