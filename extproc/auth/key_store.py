@@ -21,7 +21,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -252,7 +252,7 @@ class SqliteKeyStore(_Modifications):
             connection.row_factory = sqlite3.Row
             try:
                 connection.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-                connection.execute("PRAGMA journal_mode = WAL")
+                _switch_to_wal(connection)
                 self._migrate(connection)
             except BaseException:
                 connection.close()
@@ -264,8 +264,7 @@ class SqliteKeyStore(_Modifications):
 
     @staticmethod
     def _migrate(connection: sqlite3.Connection) -> None:
-        connection.execute("BEGIN IMMEDIATE")
-        try:
+        with _write_transaction(connection):
             connection.execute(
                 "CREATE TABLE IF NOT EXISTS auth_schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
             )
@@ -282,11 +281,6 @@ class SqliteKeyStore(_Modifications):
                     connection.execute(
                         "INSERT INTO auth_schema_migrations VALUES (?, ?, ?)", (version, name, time.time())
                     )
-            connection.execute("COMMIT")
-        except BaseException:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            raise
 
     @staticmethod
     def _record(row: sqlite3.Row) -> KeyRecord:
@@ -306,32 +300,18 @@ class SqliteKeyStore(_Modifications):
 
     async def _modify(self, key_id: str, change: Callable[[KeyRecord], KeyRecord]) -> KeyRecord:
         def work(connection: sqlite3.Connection) -> KeyRecord:
-            connection.execute("BEGIN IMMEDIATE")
-            try:
+            with _write_transaction(connection):
                 row = connection.execute("SELECT * FROM virtual_keys WHERE key_id = ?", (key_id,)).fetchone()
                 if row is None:
                     raise KeyNotFound(key_id)
-                stored = self._write(connection, change(self._record(row)), insert=False)
-                connection.execute("COMMIT")
-                return stored
-            except BaseException:
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
-                raise
+                return self._write(connection, change(self._record(row)), insert=False)
 
         return await self._run(work)
 
     async def create(self, record: KeyRecord) -> KeyRecord:
         def work(connection: sqlite3.Connection) -> KeyRecord:
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                stored = self._write(connection, record, insert=True)
-                connection.execute("COMMIT")
-                return stored
-            except BaseException:
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
-                raise
+            with _write_transaction(connection):
+                return self._write(connection, record, insert=True)
 
         return await self._run(work)
 
@@ -373,6 +353,34 @@ class SqliteKeyStore(_Modifications):
 
 # The changes both stores make, as functions of the stored record (applied inside the write's
 # transaction, so two admins rotating at once do not both win).
+
+
+@contextlib.contextmanager
+def _write_transaction(connection: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE (writers one at a time: versions commit in order), COMMIT, or ROLLBACK."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+
+
+def _switch_to_wal(connection: sqlite3.Connection) -> None:
+    """journal_mode = WAL, set in the file once. Workers opening a new store at the same moment can
+    find it locked, and SQLite does not wait for the busy timeout on this pragma: retried up to it.
+    (The ledger's local store does the same; the two rooms share no code.)"""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _revoked(record: KeyRecord, now: float) -> KeyRecord:

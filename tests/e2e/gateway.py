@@ -99,14 +99,15 @@ class FakeProvider:
         )
         provider = cls(port, process)
         wait_until(
-            lambda: http("GET", f"{provider.url}/healthz", timeout=1)[0] == 200 if _open(port) else False,
+            lambda: http("GET", f"{provider.url}/healthz", timeout=1)[0] == 200 if listening(port) else False,
             15,
             "fake provider",
         )
         return provider
 
 
-def _open(port: int) -> bool:
+def listening(port: int) -> bool:
+    """Something accepts connections on 127.0.0.1:port (a port in TIME_WAIT is free for a server)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2):
             return True

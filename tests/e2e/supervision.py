@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.e2e.gateway import PROVIDER_KEYS, free_port, free_port_run, wait_until
+from tests.e2e.gateway import PROVIDER_KEYS, free_port, free_port_run, listening, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,17 +38,6 @@ def children_of(pid: int) -> set[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 found.add(int(entry.name))
     return found
-
-
-def listening(port: int) -> bool:
-    """Something accepts connections on 127.0.0.1:port (a port in TIME_WAIT is free for a server)."""
-    import socket
-
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 @dataclass
