@@ -22,8 +22,10 @@ from extproc.auth.decision import Authenticator
 from extproc.auth.key_cache import KeyCache
 from extproc.auth.key_store import default_keys_path, open_key_store
 from extproc.auth.local_limits import LocalLimiter
+from extproc.auth.redis_limits import FailurePolicy, GuardedLimiter, RedisLimiter, connect
 
 AUTH_POSTGRES_ENV = "CCR_AUTH_POSTGRES"
+AUTH_REDIS_ENV = "CCR_AUTH_REDIS"
 log = logging.getLogger("ccr.auth")
 
 
@@ -31,12 +33,21 @@ def worker_arguments(auth: AuthSpec, workers: int) -> list[str]:
     arguments = ["--auth-workers", str(workers)]
     if auth.keys_sqlite and not auth.keys_postgres:
         arguments += ["--auth-keys-sqlite", auth.keys_sqlite]
+    limits = auth.limits
+    if limits.redis:
+        arguments += ["--auth-gateways", str(limits.gateways), "--auth-redis-timeout-ms", str(limits.timeout_ms)]
+        if limits.on_redis_failure:
+            arguments += ["--auth-on-redis-failure", limits.failure_argument()]
     return arguments
 
 
 def environment(auth: AuthSpec) -> dict[str, str]:
-    """For every child: the key store's DSN, as the policy wrote it."""
-    return {AUTH_POSTGRES_ENV: auth.keys_postgres} if auth.keys_postgres else {}
+    """For every child: the key store's DSN and the limits' Redis URL, as the policy wrote them
+    (never on a command line: they may hold a password)."""
+    out = {AUTH_POSTGRES_ENV: auth.keys_postgres} if auth.keys_postgres else {}
+    if auth.limits.redis:
+        out[AUTH_REDIS_ENV] = auth.limits.redis
+    return out
 
 
 def open_listener_warning(auth: AuthSpec, listener: str, key_count: int | None) -> str | None:
@@ -85,7 +96,27 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=1,
         metavar="N",
-        help="how many workers share each key's rpm/tpm: each enforces limit/N (default 1)",
+        help="how many workers share each key's limits: each enforces limit/N when they are in process (default 1)",
+    )
+    parser.add_argument(
+        "--auth-redis",
+        default=os.environ.get(AUTH_REDIS_ENV),
+        metavar="URL",
+        help=f"count the keys' limits and budgets in this Redis (default ${AUTH_REDIS_ENV}); ${{VAR}}s expanded",
+    )
+    parser.add_argument(
+        "--auth-gateways",
+        type=int,
+        default=1,
+        metavar="N",
+        help="gateways sharing that Redis: while it is down, `local` limits are limit / (N x workers)",
+    )
+    parser.add_argument("--auth-redis-timeout-ms", type=int, default=50, metavar="MS", help="(default 50)")
+    parser.add_argument(
+        "--auth-on-redis-failure",
+        default="",
+        metavar="TYPE=POLICY,...",
+        help="per limit type (rpm, tpm, parallel, budget, ...): fail_closed, fail_open or local",
     )
 
 
@@ -99,8 +130,26 @@ async def opened_authenticator(args: argparse.Namespace) -> AsyncIterator[Authen
     cache = KeyCache(store)
     if not await cache.start():
         log.warning("key store not readable yet: gateway keys are refused until it is")
+    workers = max(1, args.auth_workers)
+    redis_client = None
+    shared = None
+    if args.auth_redis:
+        redis_client = connect(os.path.expandvars(args.auth_redis), timeout_s=args.auth_redis_timeout_ms / 1000)
+        shared = GuardedLimiter(
+            RedisLimiter(redis_client),
+            policies=failure_policies(args.auth_on_redis_failure),
+            gateways=max(1, args.auth_gateways) * workers,
+        )
     try:
-        yield Authenticator(cache, LocalLimiter(), workers=max(1, args.auth_workers))
+        yield Authenticator(cache, LocalLimiter(), workers=workers, shared_limiter=shared)
     finally:
         await cache.close()
         await store.close()
+        if redis_client is not None:
+            await redis_client.aclose()
+
+
+def failure_policies(text: str) -> dict[str, FailurePolicy]:
+    """``rpm=local,budget=fail_closed`` -> the limiter's policies (the policy file was checked)."""
+    pairs = (item.split("=", 1) for item in text.split(",") if "=" in item)
+    return {name.strip(): FailurePolicy(policy.strip()) for name, policy in pairs}

@@ -14,7 +14,8 @@ Both calls are answered here, from the same steps the ext_proc processor uses (e
 extproc.request_steps): only the encoding differs. An answer is a few lines, then the payload:
 
     ccr1 <action>\\n                    reply | forward | response
-    <op>\\t<name>\\t<value>\\n ...       status, header, set, remove, label
+    <op>\\t<name>\\t<value>\\n ...       status, header, set, remove, label, answer (a header for
+                                      the client's answer: rate-limit headers)
     \\n
     <payload>                         the reply's or the response's body, the upstream request body
 
@@ -28,8 +29,9 @@ from __future__ import annotations
 import base64
 import enum
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 import orjson
 
@@ -41,8 +43,9 @@ from ccr.v1.contract import (
     REWRITE_RESPONSE,
 )
 from extproc.auth.keys import VirtualKey
+from extproc.auth.limits import Admission
 from extproc.metrics import RESPONSES, ROUTED, labelled
-from extproc.plan import Answer, Chain, Outcome, plan
+from extproc.plan import Answer, Chain, Forward, Outcome, plan
 from extproc.request_steps import (
     Endpoint,
     Reply,
@@ -152,23 +155,60 @@ def carriage_of(outcome: Outcome) -> Carriage:
     return Carriage.STREAM if outcome.stream else Carriage.RESPOND
 
 
-def decide(state: GatewayState, method: str, path: str, headers: Mapping[str, str], raw: bytes) -> bytes:
-    """``POST /decide``: the request's answer (reply) or its rewrite (forward)."""
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A decision waiting on the cluster-wide limits: the server awaits ``admission`` (the limiter's
+    round trip) and sends ``resume(admission)``."""
+
+    admission: Coroutine[Any, Any, Admission]
+    resume: Callable[[Admission], bytes]
+
+
+def decide(state: GatewayState, method: str, path: str, headers: Mapping[str, str], raw: bytes) -> bytes | Pending:
+    """``POST /decide``: the request's answer (reply) or its rewrite (forward); ``Pending`` when a
+    keyed request's limits are in Redis."""
     api, step = endpoint_step(state.table, method, path, headers, has_body=bool(raw))
     if isinstance(step, Reply):
         return _reply(step)
     assert state.table is not None  # endpoint_step answered 503 otherwise
-    key = state.auth.authenticate(api, step.path, headers, state.table.auth_required)
+    auth = state.auth
+    key = auth.authenticate(api, step.path, headers, state.table.auth_required)
     if isinstance(key, Reply):
         return _reply(key)
     outcome = plan(state.table, api, step.kind, headers, raw, state.sessions)
     if isinstance(outcome, Answer):
         return _reply(answer_reply(api, step.path, outcome, key))
-    if key is not None and (refusal := state.auth.admit(api, step, key, outcome, headers)) is not None:
-        return _reply(refusal)
-    carriage = carriage_of(outcome)
+    if key is None:
+        return _routed(api, step, outcome, headers, None)
+    charge = auth.charge(api, step, key, outcome, headers)
+    if charge is None:
+        return _routed(api, step, outcome, headers, key)
+    if isinstance(charge, Reply):
+        return _reply(charge)
+
+    def admitted(admission: Admission) -> bytes:
+        verdict = auth.verdict(api, step, outcome, charge, admission)
+        if isinstance(verdict, Reply):
+            return _reply(verdict)
+        return _routed(api, step, outcome, headers, key, verdict)
+
+    if auth.shared:
+        return Pending(auth.admit_shared(charge), admitted)
+    return admitted(auth.admit_local(charge))
+
+
+def _routed(
+    api: Api,
+    step: Endpoint,
+    outcome: Forward | Chain,
+    headers: Mapping[str, str],
+    key: VirtualKey | None,
+    answer_headers: tuple[tuple[str, str], ...] = (),
+) -> bytes:
+    """The rewrite of an admitted request; ``answer_headers`` go on its answer (rate-limit headers)."""
     if isinstance(outcome, Chain):
-        return _chain(api, step, outcome, headers, key)
+        return _chain(api, step, outcome, headers, key, answer_headers)
+    carriage = carriage_of(outcome)
     decision = outcome.decision
     labelled(ROUTED, api.value, decision.scenario, outcome.route.provider.name, outcome.route.model).inc()
     rewrite = forward_rewrite(api, step, outcome, headers, key)
@@ -190,10 +230,17 @@ def decide(state: GatewayState, method: str, path: str, headers: Mapping[str, st
             set_headers = (*set_headers, (REWRITE_HEADER, REWRITE_RESPONSE))
         else:
             labels[HOP_CONTEXT_KEY] = context
-    return _forward(set_headers, rewrite.remove_headers, labels, rewrite.body or b"")
+    return _forward(set_headers, rewrite.remove_headers, labels, rewrite.body or b"", answer_headers)
 
 
-def _chain(api: Api, endpoint: Endpoint, outcome: Chain, headers: Mapping[str, str], key: VirtualKey | None) -> bytes:
+def _chain(
+    api: Api,
+    endpoint: Endpoint,
+    outcome: Chain,
+    headers: Mapping[str, str],
+    key: VirtualKey | None,
+    answer_headers: tuple[tuple[str, str], ...],
+) -> bytes:
     """A fallback chain: the client's body goes to the chain cluster (each attempt is rewritten by
     the upstream ext_proc); ext_proc reads the answer, on the response only, with the translator of
     the provider that answered."""
@@ -207,7 +254,7 @@ def _chain(api: Api, endpoint: Endpoint, outcome: Chain, headers: Mapping[str, s
     )
     labels = {**rewrite.labels, HOP_STREAM_KEY: context.encode()}
     set_headers = (*rewrite.set_headers, (REWRITE_HEADER, REWRITE_RESPONSE))
-    return _forward(set_headers, rewrite.remove_headers, labels, rewrite.body or b"")
+    return _forward(set_headers, rewrite.remove_headers, labels, rewrite.body or b"", answer_headers)
 
 
 def respond(state: GatewayState, token: str, status: int, content_type: str, raw: bytes, request_id: str = "") -> bytes:
@@ -243,9 +290,14 @@ def _reply(reply: Reply) -> bytes:
 
 
 def _forward(
-    set_headers: Iterable[tuple[str, str]], remove: Iterable[str], labels: Mapping[str, str], body: bytes
+    set_headers: Iterable[tuple[str, str]],
+    remove: Iterable[str],
+    labels: Mapping[str, str],
+    body: bytes,
+    answer_headers: Iterable[tuple[str, str]] = (),
 ) -> bytes:
     ops = [("set", name, value) for name, value in set_headers]
+    ops += [("answer", name, value) for name, value in answer_headers]
     ops += [("remove", name, "") for name in remove]
     ops += [("label", key, value) for key, value in labels.items()]
     return _encode("forward", ops, body)

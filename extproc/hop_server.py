@@ -9,6 +9,10 @@ to a parse, one dispatch and one write. Routes:
 - ``POST /respond``: a provider's answer (``x-ccr-context``, ``x-ccr-status``) -> extproc.hop.respond;
 - ``GET /healthz``: 200 once a policy is installed, 503 before.
 
+A decision that waits on the keys' limits in Redis (``hop.Pending``) is answered from a task when
+the limiter has replied; Envoy sends nothing else on that connection meanwhile (HTTP/1.1, no
+pipelining), so answers never overtake each other.
+
 A failure here is a 500, which the Lua filter answers as a 503 in the client's format (fail closed).
 
 Draining (SIGTERM): the listening socket closes (Envoy's next connect is refused, which ejects this
@@ -48,6 +52,7 @@ class HopServer:
         self.connections: set[_HopProtocol] = set()
         self.draining = False
         self.server: asyncio.AbstractServer | None = None
+        self.pending: set[asyncio.Task[None]] = set()  # answers waiting on the limits in Redis
 
     async def drain(self, timeout: float, idle_grace: float = 0.2) -> None:
         """Stop accepting, answer what is owed with ``connection: close``, then close the rest."""
@@ -116,6 +121,23 @@ class _HopProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         status, answer = self._answer()
+        if isinstance(answer, hop.Pending):  # the limits are in Redis: answer when it has
+            task = asyncio.get_running_loop().create_task(self._answer_later(answer))
+            self._owner.pending.add(task)
+            task.add_done_callback(self._owner.pending.discard)
+            return
+        self._send(status, answer)
+
+    async def _answer_later(self, pending: hop.Pending) -> None:
+        try:
+            answer = pending.resume(await pending.admission)
+        except Exception:  # a bug: fail closed, as for a synchronous answer
+            log.exception("request %s: decision hop failed on /decide", self._headers.get(REQUEST_ID_HEADER, "-"))
+            self._send(500, b"internal error")
+        else:
+            self._send(200, answer)
+
+    def _send(self, status: int, answer: bytes) -> None:
         self._busy = False
         transport = self._transport
         if transport is None or transport.is_closing():
@@ -131,7 +153,7 @@ class _HopProtocol(asyncio.Protocol):
         if closing:
             transport.close()
 
-    def _answer(self) -> tuple[int, bytes]:
+    def _answer(self) -> tuple[int, bytes | hop.Pending]:
         method = self._parser.get_method()
         path = self._url.split(b"?", 1)[0]
         body = b"".join(self._body)

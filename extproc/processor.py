@@ -13,6 +13,7 @@ Phases (static processing mode, see control_plane.resources.extproc_filter):
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from dataclasses import replace
 from typing import cast
 
@@ -26,10 +27,12 @@ from ccr.v1.contract import (
     ROUTE_HEADER,
 )
 from extproc import mutations as m
+from extproc.auth.admission import Charge
 from extproc.auth.keys import VirtualKey
+from extproc.auth.limits import Admission
 from extproc.hop import HopContext
 from extproc.metrics import RESPONSES, ROUTED, labelled
-from extproc.plan import Answer, Chain, plan
+from extproc.plan import Answer, Chain, Forward, plan
 from extproc.request_steps import (
     Endpoint,
     Reply,
@@ -52,6 +55,7 @@ log = logging.getLogger("ccr.extproc")
 
 class RequestProcessor:
     __slots__ = (
+        "answer_headers",
         "api",
         "context",
         "decision",
@@ -77,8 +81,9 @@ class RequestProcessor:
         self.status = 0
         self.hop: HopContext | None = None  # a translated stream the decision hop forwarded
         self.key: VirtualKey | None = None  # the virtual key the client presented (None: anonymous)
+        self.answer_headers: tuple[tuple[str, str], ...] = ()  # the key's rate-limit headers
 
-    def handle(self, request: ProcessingRequest) -> ProcessingResponse:
+    def handle(self, request: ProcessingRequest) -> ProcessingResponse | Awaitable[ProcessingResponse]:
         phase = request.WhichOneof("request")
         try:
             if phase == "request_headers":
@@ -96,6 +101,15 @@ class RequestProcessor:
             labels = request_labels(self.api, self.endpoint.path if self.endpoint else "", self.decision)
             return m.reply(error_reply(self.api, 500, "internal gateway error", "ccr_internal_error", labels=labels))
         return _continue(phase)
+
+    async def awaited(self, pending: Awaitable[ProcessingResponse]) -> ProcessingResponse:
+        """A response ``handle`` had to wait for (the limits in Redis), failing closed as it does."""
+        try:
+            return await pending
+        except Exception:
+            log.exception("request %s: ext_proc failed admitting the request", self.request_id)
+            labels = request_labels(self.api, self.endpoint.path if self.endpoint else "", self.decision)
+            return m.reply(error_reply(self.api, 500, "internal gateway error", "ccr_internal_error", labels=labels))
 
     @property
     def request_id(self) -> str:
@@ -125,7 +139,8 @@ class RequestProcessor:
         self.endpoint = step
         return m.CONTINUE_REQUEST_HEADERS
 
-    def _request_body(self, raw: bytes) -> ProcessingResponse:
+    def _request_body(self, raw: bytes) -> ProcessingResponse | Awaitable[ProcessingResponse]:
+        """The rewrite; awaitable when a keyed request's limits are in Redis (``Process`` awaits it)."""
         if self.endpoint is None:  # headers were answered already; nothing to plan
             return m.CONTINUE_REQUEST_BODY
         outcome = plan(self.state.table, self.api, self.endpoint.kind, self.headers, raw, self.state.sessions)
@@ -137,11 +152,33 @@ class RequestProcessor:
             labelled(ROUTED, self.api.value, decision.scenario, route.provider.name, route.model).inc()
         if isinstance(outcome, Answer):
             return m.reply(answer_reply(self.api, self.endpoint.path, outcome, self.key))
-        if self.key is not None:
-            refusal = self.state.auth.admit(self.api, self.endpoint, self.key, outcome, self.headers)
-            if refusal is not None:
-                self.decision = None  # no response will come to read
-                return m.reply(refusal)
+        if self.key is None:
+            return self._rewrite(outcome)
+        auth = self.state.auth
+        charge = auth.charge(self.api, self.endpoint, self.key, outcome, self.headers)
+        if charge is None:
+            return self._rewrite(outcome)
+        if isinstance(charge, Reply):
+            self.decision = None  # no response will come to read
+            return m.reply(charge)
+        if auth.shared:
+            return self._admitted_later(outcome, charge)
+        return self._admitted(outcome, charge, auth.admit_local(charge))
+
+    async def _admitted_later(self, outcome: Forward | Chain, charge: Charge) -> ProcessingResponse:
+        return self._admitted(outcome, charge, await self.state.auth.admit_shared(charge))
+
+    def _admitted(self, outcome: Forward | Chain, charge: Charge, admission: Admission) -> ProcessingResponse:
+        assert self.endpoint is not None
+        verdict = self.state.auth.verdict(self.api, self.endpoint, outcome, charge, admission)
+        if isinstance(verdict, Reply):
+            self.decision = None
+            return m.reply(verdict)
+        self.answer_headers = verdict
+        return self._rewrite(outcome)
+
+    def _rewrite(self, outcome: Forward | Chain) -> ProcessingResponse:
+        assert self.endpoint is not None
         if isinstance(outcome, Chain):
             self.context = outcome.context
             rewrite = chain_rewrite(self.api, self.endpoint, outcome, self.headers, self.key)
@@ -171,9 +208,13 @@ class RequestProcessor:
         route_set = (ROUTE_HEADER, route_header(decision, route, attempts))
         translator = self.translator
         if translator is None or not translator.rewrites_response or message.end_of_stream:
-            return m.response_headers_response([route_set], remove=remove[1:])
+            return m.response_headers_response([route_set, *self.answer_headers], remove=remove[1:])
         ok = 200 <= self.status < 300
-        set_headers = [route_set, *(translator.response_headers(self.status, headers) if ok else ())]
+        set_headers = [
+            route_set,
+            *self.answer_headers,
+            *(translator.response_headers(self.status, headers) if ok else ()),
+        ]
         mode = m.STREAMED if ok and self.stream else m.BUFFERED
         return m.response_headers_response(set_headers, remove=remove, body_mode=mode)
 

@@ -10,6 +10,7 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from typing import cast
 
 import grpc
 from envoy.service.accesslog.v3 import als_pb2_grpc
@@ -60,7 +61,10 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer):
         self.in_flight += 1
         try:
             async for request in request_iterator:
-                yield processor.handle(request)
+                response = processor.handle(request)
+                if not isinstance(response, ProcessingResponse):  # a keyed request's limits, in Redis
+                    response = await cast(RequestProcessor, processor).awaited(response)
+                yield response
         finally:
             self.in_flight -= 1
 

@@ -43,6 +43,7 @@ from ccr.v1.contract import (
 )
 from ccr.v1.pricing import cost_usd
 from ccr.v1.usage_record import USAGE_ESTIMATED, USAGE_FROM_PROVIDER, UsageRecord, time_of_timestamp
+from extproc.auth.admission import Spent
 from extproc.metrics import TOKENS, labelled
 from extproc.routing_table import RoutingTable
 from extproc.state import GatewayState
@@ -242,17 +243,35 @@ class UsageLogService(als_pb2_grpc.AccessLogServiceServicer):
     ) -> StreamAccessLogsResponse:
         counting = True
         sessions = self.state.sessions
+        held = self.state.auth.held
         async for message in request_iterator:
             if message.HasField("identifier"):  # the stream's first message names the log
                 counting = message.identifier.log_name != SESSION_LOG_NAME
             records = []
+            settled: list[UsageRecord] = []
             table = self.state.table
             for entry in message.http_logs.log_entry:
                 used = provider_usage(entry)
                 if used is not None:
                     record_usage(used, sessions, counting)
+                record = None
                 if counting and (record := usage_record(entry, table, used)) is not None:
                     records.append(record)
+                if held and entry.request.request_id in held:  # a keyed request this worker admitted
+                    record = record or usage_record(entry, table, used)
+                    if record is not None:
+                        settled.append(record)
             if records:
                 self.sink.put(records)
+            if settled:
+                await self._settle(settled)
         return StreamAccessLogsResponse()
+
+    async def _settle(self, records: list[UsageRecord]) -> None:
+        """Give the keys' limits and budgets what the requests really used."""
+        auth = self.state.auth
+        for record in records:
+            tokens = (
+                record.input_tokens + record.cache_read_tokens + record.cache_creation_tokens + record.output_tokens
+            )
+            await auth.settle(record.request_id, Spent(tokens, record.cost_usd))

@@ -5,6 +5,7 @@ the keys are kept.
 auth:
   required: true                                   # default false: no key -> anonymous, as before
   keys: {sqlite: ~/.local/share/ccr-gateway/keys.db}   # or {postgres: "postgresql://...${PGPASSWORD}@db/ccr"}
+  limits: {redis: redis://127.0.0.1:6379/0}        # the keys' limits cluster-wide (control_plane.policy.auth_limits)
 ```
 
 ``required`` travels to the workers in the policy (ccr.v1.Policy.auth_required), so turning it on or
@@ -15,13 +16,14 @@ or not. ``${VAR}`` references in the DSN are kept as written: the worker that co
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # The same checks as storage: connection strings are never echoed back in a message.
+from control_plane.policy.auth_limits import LimitsSpec, parse_limits
 from control_plane.policy.storage import _connection, _literal
 from control_plane.policy.yaml_check import Checker, Located, join, kind_of
 
-_FIELDS = ("required", "keys")
+_FIELDS = ("required", "keys", "limits")
 _KEY_STORES = ("sqlite", "postgres")
 
 
@@ -30,6 +32,7 @@ class AuthSpec:
     required: bool = False
     keys_sqlite: str | None = None  # None (and no postgres): the default $XDG_DATA_HOME/ccr-gateway/keys.db
     keys_postgres: str | None = None  # as written: ${VAR} references unexpanded
+    limits: LimitsSpec = field(default_factory=LimitsSpec)  # where the keys' limits are counted
 
 
 def parse_auth(check: Checker, at: Located, path: str = "auth") -> AuthSpec | None:
@@ -53,6 +56,7 @@ def parse_auth(check: Checker, at: Located, path: str = "auth") -> AuthSpec | No
             sqlite = _literal(check, stores["sqlite"], join(keys_path, "sqlite"))
         if "postgres" in stores:
             postgres = _connection(check, stores["postgres"], join(keys_path, "postgres"), ("postgresql", "postgres"))
+    limits = parse_limits(check, fields["limits"], join(path, "limits")) if "limits" in fields else LimitsSpec()
     if len(check.problems) > before:
         return None
-    return AuthSpec(required, sqlite, postgres)
+    return AuthSpec(required, sqlite, postgres, limits)

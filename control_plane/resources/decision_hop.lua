@@ -18,6 +18,7 @@ local CONTEXT_LABEL = "@CONTEXT_LABEL@"
 local CLUSTER_HEADER = "@CLUSTER_HEADER@"
 local ROUTE_HEADER = "@ROUTE_HEADER@"
 local ROUTE_LABEL = "@ROUTE_LABEL@"
+local ANSWER_HEADERS_LABEL = "answer_headers"
 local ENCODING_HEADER = "@ENCODING_HEADER@"
 local REQUEST_ID_HEADER = "@REQUEST_ID_HEADER@"
 local TIMEOUT_MS = @TIMEOUT_MS@
@@ -135,9 +136,13 @@ local function on_request(handle)
     if payload ~= "" then
       handle:body(true):setBytes(payload)
     end
+    local answer_headers = nil
     for _, op in ipairs(ops) do
       if op[1] == "set" then
         headers:replace(op[2], op[3])
+      elseif op[1] == "answer" then
+        answer_headers = answer_headers or {}
+        answer_headers[op[2]] = op[3]
       elseif op[1] == "remove" then
         headers:remove(op[2])
       elseif op[1] == "label" then
@@ -147,6 +152,9 @@ local function on_request(handle)
           metadata:set(NAMESPACE, REQUEST_ID_HEADER, forwarded[REQUEST_ID_HEADER] or "")
         end
       end
+    end
+    if answer_headers ~= nil then
+      metadata:set(NAMESPACE, ANSWER_HEADERS_LABEL, answer_headers)
     end
     handle:clearRouteCache()
   else
@@ -162,6 +170,12 @@ local function on_response(handle)
   end
   local headers = handle:headers()
   headers:replace(ROUTE_HEADER, route .. "; attempts=" .. (headers:get("x-envoy-attempt-count") or "1"))
+  local answer_headers = labels[ANSWER_HEADERS_LABEL] -- the key's rate-limit headers
+  if answer_headers ~= nil then
+    for name, value in pairs(answer_headers) do
+      headers:replace(name, value)
+    end
+  end
   local context = labels[CONTEXT_LABEL]
   if context == nil then
     return -- the provider's answer goes to the client as it is

@@ -25,7 +25,14 @@ import envoy.extensions.access_loggers.grpc.v3.als_pb2
 import envoy.extensions.filters.http.json_to_metadata.v3.json_to_metadata_pb2  # noqa: F401
 import xds.type.v3.typed_struct_pb2  # noqa: F401
 
-from ccr.v1.contract import ANSWERED_BY_TAG, ENDPOINT_LABEL, SESSION_LOG_NAME, USAGE_LOG_NAME, USAGE_NAMESPACE
+from ccr.v1.contract import (
+    ANSWERED_BY_TAG,
+    ENDPOINT_LABEL,
+    KEY_ID_LABEL,
+    SESSION_LOG_NAME,
+    USAGE_LOG_NAME,
+    USAGE_NAMESPACE,
+)
 from control_plane.resources.resilience import TYPE_PREFIX
 
 # Small batches, flushed often: the next turn of a session reads the last turn's prompt size.
@@ -130,7 +137,11 @@ def usage_access_log(cluster: str, metadata_namespace: str, count_tokens: bool =
     ]
     return {
         "name": "envoy.access_loggers.http_grpc",
-        "filter": client_requests(metadata_namespace) if count_tokens else {"or_filter": {"filters": has_usage}},
+        # The other copies: usage for session memory, and every keyed request, whose limits the
+        # worker that admitted it settles (extproc.auth.admission).
+        "filter": client_requests(metadata_namespace)
+        if count_tokens
+        else {"or_filter": {"filters": [*has_usage, _label_present(metadata_namespace, KEY_ID_LABEL)]}},
         "typed_config": {
             "@type": TYPE_PREFIX + "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
             "common_config": {
@@ -162,6 +173,15 @@ UNDECIDED_ANSWER = (
     "(response.code >= 400 || response.code == 0) && !response.code_details.startsWith('ccr_') "
     "&& !('{namespace}' in metadata.filter_metadata)"
 )
+
+
+def _label_present(metadata_namespace: str, label: str) -> dict[str, Any]:
+    return {
+        "metadata_filter": {
+            "matcher": {"filter": metadata_namespace, "path": [{"key": label}], "value": {"present_match": True}},
+            "match_if_key_not_found": False,
+        }
+    }
 
 
 def client_requests(metadata_namespace: str) -> dict[str, Any]:

@@ -9,17 +9,20 @@ Two calls per request, because what they need arrives at different times:
   With ``required`` on, no key or a foreign key is refused too. Refusals are 401s in the client's
   format, phrased like the real APIs: an unknown key id and a wrong secret get the same answer, and
   only the holder of the right secret learns that a key is revoked or expired.
-- ``admit`` (after routing, for requests that go to a provider): the key's model list (403), then
-  its rpm and tpm in this worker's ``LocalLimiter`` (429 with ``retry-after`` and the client API's
-  rate-limit headers). Tokens are charged the gateway's estimate of the input.
+- after routing, for requests that go to a provider: ``charge`` (the key's model list, 403; what
+  the request is checked against: extproc.auth.admission), the admission itself (``admit_local`` in
+  this worker, or ``admit_shared`` awaited against Redis when the policy's ``auth.limits.redis`` is
+  set), and ``verdict``: the 429 with ``retry-after`` and the client API's rate-limit headers, or,
+  for an admitted request, those headers for its answer. ``admit`` is the three in one, in process.
+- ``settle``, from the usage log: what the request really used, given back to its limits.
 
-Limits are per worker: with N workers each enforces limit / N (``Limit.divided``), since workers
-share no state; Envoy balances requests over them, so a key sees about its limit in total. The
-Redis-backed limiter (``redis_limits``) makes them exact across workers and gateways. ``max_parallel``
-is not enforced yet: a slot would be released by the usage record, which another worker may count.
+In process, limits are per worker: with N workers each enforces limit / N (``Limit.divided``),
+since workers share no state; Envoy balances requests over them, so a key sees about its limit in
+total. In Redis they are exact across workers and gateways.
 
-No I/O: the key lookup is the worker's in-memory ``KeyCache`` (or anything with its two methods),
-the limiter is in process; time comes from the limiter's clock.
+No I/O here: the key lookup is the worker's in-memory ``KeyCache`` (or anything with its two
+methods); the shared limiter is passed in (``redis_limits.GuardedLimiter``); time comes from the
+limiter's clock.
 """
 
 from __future__ import annotations
@@ -30,9 +33,24 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
+import orjson
+
 from ccr.v1.contract import ERROR_TYPE_LABEL, REQUEST_ID_HEADER
+from extproc.auth.admission import (
+    Charge,
+    HeldCharges,
+    SharedLimiter,
+    Spent,
+    admit_local,
+    admit_shared,
+    budget_of,
+    limits_of,
+    settle_local,
+    settle_shared,
+    worst_case_usd,
+)
 from extproc.auth.keys import KEY_PREFIX, VirtualKey
-from extproc.auth.limits import Admission, Limit
+from extproc.auth.limits import BUDGET, PARALLEL, Admission, Budget, Limit
 from extproc.auth.local_limits import LocalLimiter
 from extproc.plan import Chain, Forward
 from extproc.request_steps import Endpoint, Reply, error_reply, request_labels
@@ -41,6 +59,7 @@ from extproc.translate.errors import error_body
 
 # OpenAI answers a wrong key with this code (and type invalid_request_error); its SDK reads the status.
 OPENAI_INVALID_KEY_CODE = "invalid_api_key"
+QUOTA_ERROR = "insufficient_quota"  # OpenAI's type and code for a spent quota
 _BEARER = "bearer "
 
 
@@ -71,9 +90,12 @@ class Authenticator:
 
     keys: KeyLookup = field(default_factory=NoKeys)
     limiter: LocalLimiter = field(default_factory=LocalLimiter)
-    workers: int = 1  # how many workers split each key's limits
-    # key id -> (the key the limits were made from, this worker's share): rebuilt when the key changes.
-    _limits: dict[str, tuple[VirtualKey, tuple[Limit, ...]]] = field(default_factory=dict)
+    workers: int = 1  # how many workers split each key's limits (in-process limits only)
+    # The cluster-wide limiter (Redis, its failure policy inside); None: limits in this process.
+    shared_limiter: SharedLimiter | None = None
+    held: HeldCharges = field(default_factory=HeldCharges)  # admitted, not yet settled
+    # key id -> (the key they were made from, its limits, its budget): rebuilt when the key changes.
+    _limits: dict[str, tuple[VirtualKey, tuple[Limit, ...], Budget | None]] = field(default_factory=dict)
 
     def authenticate(
         self, api: Api, path: str, headers: Mapping[str, str], required: bool
@@ -102,10 +124,11 @@ class Authenticator:
             return _unauthorized(api, path, message, f"ccr_auth_key_{why}")
         return _unauthorized(api, path, "invalid API key", "ccr_auth_invalid_key")
 
-    def admit(
+    def charge(
         self, api: Api, endpoint: Endpoint, key: VirtualKey, outcome: Forward | Chain, headers: Mapping[str, str]
-    ) -> Reply | None:
-        """None if ``key`` may send this routed request now; else its 403 or 429."""
+    ) -> Reply | Charge | None:
+        """What ``key``'s routed request is checked against (None: nothing, it may go), or its 403
+        when the key may not use the model."""
         decision = outcome.decision
         requested = decision.body["model"]
         routed = decision.route.target.model
@@ -115,36 +138,94 @@ class Authenticator:
             return error_reply(api, 403, message, "ccr_auth_model_not_allowed", labels=labels)
         if endpoint.kind != "generate":  # counting tokens is free, as at the providers
             return None
-        limits = self.limits_of(key)
-        if not limits:
+        limits, budget = self.limits_of(key)
+        if not limits and budget is None:
             return None
+        worst_case = worst_case_usd(outcome, decision.body) if budget is not None else 0.0
         request_id = headers.get(REQUEST_ID_HEADER, "")
-        admission = self.limiter.admit(limits, request_id, token_estimate=outcome.context.estimate)
-        if admission.allowed:
-            return None
-        labels = request_labels(api, endpoint.path, decision, key=key)
-        refused = admission.limit.name if admission.limit is not None else "rpm"
-        what = "requests" if refused == "rpm" else "input tokens"
-        retry = max(1, math.ceil(admission.retry_after_s))
-        message = f"rate limit of this API key exceeded ({what} per minute); retry after {retry} s"
-        headers_out = rate_limit_headers(api, key, admission, self.limiter.clock())
-        return error_reply(
-            api, 429, message, "ccr_auth_rate_limited", (("retry-after", str(retry)), *headers_out), labels
-        )
+        return Charge(key, request_id, limits, budget, outcome.context.estimate, worst_case)
 
-    def limits_of(self, key: VirtualKey) -> tuple[Limit, ...]:
-        """This worker's share of ``key``'s rpm and tpm, made once per version of the key."""
+    @property
+    def shared(self) -> bool:
+        """Whether admission needs a round trip (the limits are in Redis): the caller awaits ``admit_shared``."""
+        return self.shared_limiter is not None
+
+    def admit_local(self, charge: Charge) -> Admission:
+        return admit_local(self.limiter, charge)
+
+    async def admit_shared(self, charge: Charge) -> Admission:
+        assert self.shared_limiter is not None
+        return await admit_shared(self.shared_limiter, charge)
+
+    def verdict(
+        self, api: Api, endpoint: Endpoint, outcome: Forward | Chain, charge: Charge, admission: Admission
+    ) -> Reply | tuple[tuple[str, str], ...]:
+        """The refusal for an admission that failed; for one that passed, the charge is held until
+        its usage settles it and the rate-limit headers for the client's answer are returned."""
+        key = charge.key
+        if admission.allowed:
+            if charge.request_id:
+                self.held.hold(charge)
+            return rate_limit_headers(api, key, admission, self.clock())
+        labels = request_labels(api, endpoint.path, outcome.decision, key=key)
+        retry = max(1, math.ceil(admission.retry_after_s))
+        refused = admission.limit
+        if admission.degraded and (refused is None or refused.name == BUDGET or refused.name == PARALLEL):
+            message = "the gateway cannot check this API key's limits right now (its limit store is unreachable)"
+            return error_reply(api, 503, message, "ccr_auth_limits_unavailable", (("retry-after", str(retry)),), labels)
+        headers_out = (("retry-after", str(retry)), *rate_limit_headers(api, key, admission, self.clock()))
+        if refused is not None and refused.name == BUDGET:
+            until = datetime.fromtimestamp(self.clock() + admission.retry_after_s, UTC).strftime("%Y-%m-%d %H:%M UTC")
+            message = f"the budget of this API key is spent (its period ends {until})"
+            return _quota_reply(api, message, headers_out, labels)
+        what = _LIMIT_WORDS.get(refused.name if refused is not None else "rpm", "requests per minute")
+        message = f"rate limit of this API key exceeded ({what}); retry after {retry} s"
+        return error_reply(api, 429, message, "ccr_auth_rate_limited", headers_out, labels)
+
+    def admit(
+        self, api: Api, endpoint: Endpoint, key: VirtualKey, outcome: Forward | Chain, headers: Mapping[str, str]
+    ) -> Reply | None:
+        """``charge`` + ``admit_local`` + ``verdict``: None if the request may go (in-process limits)."""
+        charge = self.charge(api, endpoint, key, outcome, headers)
+        if charge is None or isinstance(charge, Reply):
+            return charge
+        answer = self.verdict(api, endpoint, outcome, charge, self.admit_local(charge))
+        return answer if isinstance(answer, Reply) else None
+
+    async def settle(self, request_id: str, spent: Spent) -> bool:
+        """Settle the charge this worker holds for ``request_id`` (False: it holds none)."""
+        charge = self.held.take(request_id)
+        if charge is None:
+            return False
+        if self.shared_limiter is not None:
+            await settle_shared(self.shared_limiter, charge, spent)
+        else:
+            settle_local(self.limiter, charge, spent)
+        return True
+
+    def clock(self) -> float:
+        return self.limiter.clock()
+
+    def limits_of(self, key: VirtualKey) -> tuple[tuple[Limit, ...], Budget | None]:
+        """``key``'s limits and budget (this worker's share when they are in process), made once
+        per version of the key."""
         cached = self._limits.get(key.key_id)
         if cached is not None and cached[0] is key:
-            return cached[1]
-        scope = f"key:{key.key_id}"
-        limits = tuple(
-            Limit.of(name, scope, value).divided(self.workers)
-            for name, value in (("rpm", key.rpm), ("tpm", key.tpm))
-            if value is not None
-        )
-        self._limits[key.key_id] = (key, limits)
-        return limits
+            return cached[1], cached[2]
+        share = 1 if self.shared_limiter is not None else self.workers
+        limits, budget = limits_of(key, share), budget_of(key, share)
+        self._limits[key.key_id] = (key, limits, budget)
+        return limits, budget
+
+
+_LIMIT_WORDS = {
+    "rpm": "requests per minute",
+    "rph": "requests per hour",
+    "rpd": "requests per day",
+    "tpm": "tokens per minute",
+    "tpd": "tokens per day",
+    PARALLEL: "requests at once",
+}
 
 
 def rate_limit_headers(api: Api, key: VirtualKey, admission: Admission, now: float) -> tuple[tuple[str, str], ...]:
@@ -209,3 +290,15 @@ def _unauthorized(api: Api, path: str, message: str, details: str, code: str | N
     body = error_body(api, 400, message, code)  # 400's type is invalid_request_error, as OpenAI's 401 says
     labels = {**reply.labels, ERROR_TYPE_LABEL: "invalid_request_error"}
     return Reply(401, body, details, headers=reply.headers, labels=labels)
+
+
+def _quota_reply(api: Api, message: str, headers: tuple[tuple[str, str], ...], labels: Mapping[str, str]) -> Reply:
+    """A spent budget: 429 as OpenAI answers an exhausted quota (type and code ``insufficient_quota``);
+    Anthropic's ``rate_limit_error``."""
+    reply = error_reply(api, 429, message, "ccr_auth_budget_spent", headers, labels)
+    if api is not Api.OPENAI:
+        return reply
+    body = orjson.dumps({"error": {"message": message, "type": QUOTA_ERROR, "param": None, "code": QUOTA_ERROR}})
+    return Reply(
+        429, body, reply.details, headers=reply.headers, labels={**reply.labels, ERROR_TYPE_LABEL: QUOTA_ERROR}
+    )

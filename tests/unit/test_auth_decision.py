@@ -108,16 +108,16 @@ def test_count_tokens_is_not_rate_limited() -> None:
 def test_a_keys_limits_are_split_between_workers_and_rebuilt_when_the_key_changes() -> None:
     key = VirtualKey("abcdefgh", "acme", "k", rpm=12, tpm=6000)
     auth = Authenticator(FakeKeys({}, {}), workers=3)
-    rpm, tpm = auth.limits_of(key)
-    assert (rpm.name, rpm.limit, tpm.name, tpm.limit) == ("rpm", 4, "tpm", 2000)
-    assert auth.limits_of(key) is auth.limits_of(key)  # made once per key version
-    assert auth.limits_of(VirtualKey("abcdefgh", "acme", "k", rpm=6))[0].limit == 2
+    (rpm, tpm), budget = auth.limits_of(key)
+    assert (rpm.name, rpm.limit, tpm.name, tpm.limit, budget) == ("rpm", 4, "tpm", 2000, None)
+    assert auth.limits_of(key)[0] is auth.limits_of(key)[0]  # made once per key version
+    assert auth.limits_of(VirtualKey("abcdefgh", "acme", "k", rpm=6))[0][0].limit == 2
 
 
 def test_tokens_are_admitted_against_the_estimate() -> None:
     key = VirtualKey("abcdefgh", "acme", "k", tpm=10)
     auth = Authenticator(FakeKeys({}, {}))
-    (limit,) = auth.limits_of(key)
+    (limit,), _ = auth.limits_of(key)
     assert auth.limiter.admit((limit,), "r1", token_estimate=10, now=0).allowed
     refused = auth.limiter.admit((limit,), "r2", token_estimate=5, now=0)
     headers = dict(rate_limit_headers(Api.OPENAI, key, refused, 0))

@@ -19,6 +19,7 @@ from google.protobuf import json_format
 from ccr.v1.contract import (
     ANSWERED_BY_TAG,
     ENDPOINT_LABEL,
+    KEY_ID_LABEL,
     METADATA_NAMESPACE,
     SESSION_LOG_NAME,
     USAGE_LOG_NAME,
@@ -252,7 +253,7 @@ def test_the_usage_filters_follow_ext_proc_and_the_usage_log_reaches_ext_proc() 
     assert common["customTags"][0]["tag"] == ANSWERED_BY_TAG
 
 
-def test_the_counting_copy_passes_every_client_request_and_the_session_copies_only_usage() -> None:
+def test_the_counting_copy_passes_every_client_request_and_the_session_copies_usage_and_keyed_requests() -> None:
     hcm = json_format.MessageToDict(
         listener(policy(provider("p1")), ("ccr_extproc_0", "ccr_extproc_1")).filter_chains[0].filters[0].typed_config
     )
@@ -267,4 +268,6 @@ def test_the_counting_copy_passes_every_client_request_and_the_session_copies_on
     # ...and every one Envoy answered before any decision (413, the decision service down).
     expression = undecided["extensionFilter"]["typedConfig"]["expression"]
     assert "response.code >= 400" in expression and f"'{METADATA_NAMESPACE}' in metadata.filter_metadata" in expression
-    assert [f["metadataFilter"]["matcher"]["filter"] for f in session["orFilter"]["filters"]] == [USAGE_NAMESPACE] * 3
+    matchers = [f["metadataFilter"]["matcher"] for f in session["orFilter"]["filters"]]
+    assert [m["filter"] for m in matchers] == [USAGE_NAMESPACE] * 3 + [METADATA_NAMESPACE]
+    assert matchers[-1]["path"] == [{"key": KEY_ID_LABEL}]  # the worker that admitted it settles its limits
