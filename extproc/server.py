@@ -1,4 +1,8 @@
-"""The ext_proc gRPC service: the stream loop and nothing else (decisions live in processor.py)."""
+"""The ext_proc gRPC service: the stream loop and nothing else (decisions live in processor.py).
+
+The same grpc.aio server also answers Envoy's usage access log (extproc.usage_log) and ext_authz
+checks (extproc.authz), so a worker serves every gRPC role on one address.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from typing import cast
 import grpc
 from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.accesslog.v3.als_pb2 import StreamAccessLogsMessage, StreamAccessLogsResponse
+from envoy.service.auth.v3 import external_auth_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, ProcessingResponse
 from prometheus_client import start_http_server
@@ -23,6 +28,7 @@ from ccr.v1.contract import UPSTREAM_PHASE_METADATA
 from extproc import hop_server
 from extproc.attempt import AttemptProcessor
 from extproc.auth.decision import Authenticator
+from extproc.authz import AuthorizationService
 from extproc.metrics import SESSIONS
 from extproc.policy_client import PolicySubscriber
 from extproc.processor import RequestProcessor
@@ -108,6 +114,8 @@ async def serve(
     usage_streams_end = asyncio.Event()
     usage_log = _EndingUsageLog(UsageLogService(state, sink), usage_streams_end)
     als_pb2_grpc.add_AccessLogServiceServicer_to_server(usage_log, server)
+    # ext_authz (docs/auth.md) for routes and sidecars that put it in front: the same state and keys.
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(AuthorizationService(state), server)
     if config.metrics_port:
         start_http_server(config.metrics_port, addr="127.0.0.1")
     stop = asyncio.Event()
