@@ -12,6 +12,7 @@ from ccr.v1 import policy_pb2
 from ccr.v1.pricing import Prices
 from control_plane.policy.auth import AuthSpec
 from control_plane.policy.cors import CorsSpec
+from control_plane.policy.edge_limits import PerIpLimits
 from control_plane.policy.resilience import DEFAULT as DEFAULT_RESILIENCE
 from control_plane.policy.resilience import Resilience
 from control_plane.policy.routes import RoutingSpec
@@ -91,6 +92,9 @@ class GatewayPolicy:
     decision_path: str = "hop"
     # Browser clients: preflights answered by Envoy (listener.cors); None: no CORS headers at all.
     cors: CorsSpec | None = None
+    # Requests per client address, counted and refused (429) by Envoy before any decision
+    # (listener.per_ip_limits); None: not limited.
+    per_ip_limits: PerIpLimits | None = None
     # Where the usage ledger keeps its records (None: not written; the local SQLite ledger).
     storage: StorageSpec | None = None
     # Virtual keys: whether every request needs one, and where they are kept.

@@ -18,6 +18,7 @@ from ccr.v1.pricing import Prices
 from control_plane.policy.auth import AuthSpec, parse_auth
 from control_plane.policy.base_urls import check_base_url
 from control_plane.policy.cors import CorsSpec, parse_cors
+from control_plane.policy.edge_limits import PerIpLimits, parse_per_ip_limits
 from control_plane.policy.model import (
     API_NAMES,
     DECISION_PATHS,
@@ -62,9 +63,10 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
     top = check.mapping(root, "", _TOP_FIELDS, required=("providers",))
     listener_address, listener_port = "127.0.0.1", 8080
     cors: CorsSpec | None = None
+    per_ip_limits: PerIpLimits | None = None
     decision_path = DECISION_PATHS[0]
     if "listener" in top:
-        listener = check.mapping(top["listener"], "listener", ("address", "port", "decision", "cors"))
+        listener = check.mapping(top["listener"], "listener", ("address", "port", "decision", "cors", "per_ip_limits"))
         if "address" in listener:
             address = check.string(listener["address"], "listener.address")
             if address is not None:
@@ -84,6 +86,8 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
                 decision_path = decision
         if "cors" in listener:
             cors = parse_cors(check, listener["cors"])
+        if "per_ip_limits" in listener:
+            per_ip_limits = parse_per_ip_limits(check, listener["per_ip_limits"])
     max_request_bytes = DEFAULT_MAX_REQUEST_BYTES
     attempt_timeout_seconds = 0.0
     if "limits" in top:
@@ -125,6 +129,7 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
         decision_path,
         warnings=tuple(check.warnings),
         cors=cors,
+        per_ip_limits=per_ip_limits,
         storage=storage,
         auth=auth or AuthSpec(),
     )

@@ -8,7 +8,7 @@
 - CORS, when the policy asks for it: preflights answered by Envoy, the headers added to answers;
 - ``/health``: answered by Envoy itself, never reaching the decision service;
 - the sentences of Envoy's own errors (body over the limit, provider unreachable, the decision
-  service down), formatted in the client's API by the local reply mappers (control_plane.resources.gateway).
+  service down, a client over its per-IP limit), formatted in the client's API by the local reply mappers (control_plane.resources.gateway).
 
 Pure builders of dicts in Envoy's YAML shape, like the rest of this package.
 """
@@ -182,6 +182,12 @@ def local_reply_messages(max_request_bytes: int) -> tuple[str, str]:
     details = "response.code_details"
     upstream = "provider '"  # followed by its name
     cases = [
+        (
+            f"{details} == 'local_rate_limited'",  # listener.per_ip_limits (control_plane.resources.edge_limits)
+            "too many requests from this client address: the gateway's per-IP limit was reached; "
+            "retry after the number of seconds in retry-after",
+            "",
+        ),
         ("response.code == 413", f"request body is larger than the gateway limit of {max_request_bytes} bytes", ""),
         ("response.code == 431", "request headers are larger than the gateway accepts", ""),
         (

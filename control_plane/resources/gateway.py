@@ -30,7 +30,7 @@ from ccr.v1.contract import CLUSTER_HEADER, EXTPROC_CLUSTER, HOP_DETAILS_KEY, ME
 from control_plane.policy import GatewayPolicy, ProviderSpec
 from control_plane.policy.cors import CorsSpec
 from control_plane.resources import decision_hop as decision_hop_resources
-from control_plane.resources import edge, resilience, usage_capture
+from control_plane.resources import edge, edge_limits, resilience, usage_capture
 
 LISTENER_NAME = "ccr_listener"
 ROUTE_CONFIG_NAME = "ccr_routes"
@@ -199,7 +199,7 @@ def route_configuration(
                     "include_attempt_count_in_response": True,
                     **({"typed_per_filter_config": edge.cors_policy(cors)} if cors is not None else {}),
                     "routes": [
-                        edge.health_route(),
+                        edge_limits.exempt(edge.health_route()),
                         *(chain_routes or []),
                         *(provider_routes or []),
                         {
@@ -222,7 +222,7 @@ def route_configuration(
                         },
                     ],
                     # Internal headers never leave the gateway (the route was already chosen).
-                    "request_headers_to_remove": [CLUSTER_HEADER, REWRITE_HEADER],
+                    "request_headers_to_remove": [CLUSTER_HEADER, REWRITE_HEADER, *edge_limits.CLIENT_ADDRESS_HEADERS],
                 }
             ],
         },
@@ -291,10 +291,14 @@ def _error_mappers(max_request_bytes: int) -> list[dict[str, Any]]:
         "%CEL(response.code == 413 ? 'request_too_large' : response.code == 429 ? 'rate_limit_error' : "
         "response.code >= 500 ? 'api_error' : response.code == 404 ? 'not_found_error' : 'invalid_request_error')%"
     )
-    openai_type = "%CEL(response.code >= 500 ? 'server_error' : 'invalid_request_error')%"
+    # A 429 of Envoy's own (the per-IP limits) as OpenAI writes one: type "requests", code "rate_limit_exceeded".
+    openai_type = (
+        "%CEL(response.code == 429 ? 'requests' : response.code >= 500 ? 'server_error' : 'invalid_request_error')%"
+    )
+    openai_code = "%CEL(response.code == 429 ? 'rate_limit_exceeded' : response.code_details)%"
 
     def formats(message: str) -> dict[str, dict[str, Any]]:
-        openai = {"error": {"message": message, "type": openai_type, "param": None, "code": "%RESPONSE_CODE_DETAILS%"}}
+        openai = {"error": {"message": message, "type": openai_type, "param": None, "code": openai_code}}
         anthropic = {"type": "error", "error": {"type": anthropic_type, "message": message}}
         return {"openai": _json_body(openai), "anthropic": _json_body(anthropic)}
 
@@ -384,6 +388,7 @@ def listener(policy: GatewayPolicy, usage_log_clusters: Sequence[str] = (EXTPROC
         "http_filters": [
             edge.edge_headers_filter(),
             edge.cors_filter(),
+            *edge_limits.filters(policy.per_ip_limits),  # before any decision: a refusal costs no Python
             *edge.decompressor_filters(),
             *([decision_hop_resources.lua_filter()] if policy.decision_path == "hop" else []),
             extproc_filter(),
@@ -399,6 +404,7 @@ def listener(policy: GatewayPolicy, usage_log_clusters: Sequence[str] = (EXTPROC
         "request_timeout": "0s",
         "always_set_request_id_in_response": True,
         "max_request_headers_kb": edge.CODEC_MAX_REQUEST_HEADERS_KB,
+        **edge_limits.connection_manager_fields(policy.per_ip_limits),
         "normalize_path": True,
         "merge_slashes": True,
         "access_log": [
