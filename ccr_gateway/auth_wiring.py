@@ -18,6 +18,7 @@ import os
 from collections.abc import AsyncIterator
 
 from control_plane.policy.auth import AuthSpec
+from control_plane.policy.auth_limits import DEFAULT_BUDGET_ALERT_AT
 from extproc.auth.decision import Authenticator
 from extproc.auth.key_cache import KeyCache
 from extproc.auth.key_store import default_keys_path, open_key_store
@@ -34,6 +35,8 @@ def worker_arguments(auth: AuthSpec, workers: int) -> list[str]:
     if auth.keys_sqlite and not auth.keys_postgres:
         arguments += ["--auth-keys-sqlite", auth.keys_sqlite]
     limits = auth.limits
+    if limits.budget_alert_at != DEFAULT_BUDGET_ALERT_AT:
+        arguments += ["--auth-budget-alert-at", str(limits.budget_alert_at)]
     if limits.redis:
         arguments += ["--auth-gateways", str(limits.gateways), "--auth-redis-timeout-ms", str(limits.timeout_ms)]
         if limits.on_redis_failure:
@@ -113,6 +116,13 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--auth-redis-timeout-ms", type=int, default=50, metavar="MS", help="(default 50)")
     parser.add_argument(
+        "--auth-budget-alert-at",
+        type=float,
+        default=DEFAULT_BUDGET_ALERT_AT,
+        metavar="FRACTION",
+        help="warn once a key has spent this fraction of its budget (default 0.8)",
+    )
+    parser.add_argument(
         "--auth-on-redis-failure",
         default="",
         metavar="TYPE=POLICY,...",
@@ -141,7 +151,9 @@ async def opened_authenticator(args: argparse.Namespace) -> AsyncIterator[Authen
             gateways=max(1, args.auth_gateways) * workers,
         )
     try:
-        yield Authenticator(cache, LocalLimiter(), workers=workers, shared_limiter=shared)
+        yield Authenticator(
+            cache, LocalLimiter(), workers=workers, shared_limiter=shared, budget_alert_at=args.auth_budget_alert_at
+        )
     finally:
         await cache.close()
         await store.close()

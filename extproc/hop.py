@@ -168,10 +168,11 @@ def decide(state: GatewayState, method: str, path: str, headers: Mapping[str, st
     """``POST /decide``: the request's answer (reply) or its rewrite (forward); ``Pending`` when a
     keyed request's limits are in Redis."""
     api, step = endpoint_step(state.table, method, path, headers, has_body=bool(raw))
-    if isinstance(step, Reply):
-        return _reply(step)
-    assert state.table is not None  # endpoint_step answered 503 otherwise
     auth = state.auth
+    if isinstance(step, Reply):
+        required = state.table is not None and state.table.auth_required
+        return _reply(auth.gate(api, path.partition("?")[0], headers, required, step))
+    assert state.table is not None  # endpoint_step answered 503 otherwise
     key = auth.authenticate(api, step.path, headers, state.table.auth_required)
     if isinstance(key, Reply):
         return _reply(key)

@@ -26,6 +26,28 @@ TOKENS = Counter(
     "Tokens reported by providers (every response; read by Envoy, see control_plane.resources.usage_capture)",
     ["provider", "model", "kind"],
 )
+ADMISSIONS = Counter(
+    "ccr_auth_admissions_total",
+    "Keyed requests checked against their limits, by outcome (admitted, refused, degraded: decided by "
+    "a failure policy while the limit store was unreachable) and the limit that decided",
+    ["outcome", "limit"],
+)
+LIMIT_REMAINING = Gauge(
+    "ccr_auth_limit_remaining",
+    "What the tenant's last admitted request left of the tightest limit of its kind (requests, tokens, "
+    "parallel slots; USD for budget)",
+    ["tenant", "limit"],
+)
+BUDGET_REMAINING = Gauge(
+    "ccr_auth_budget_remaining_usd",
+    "A key's budget left in its period (spent and reserved taken off), as of its last admitted request",
+    ["tenant", "key_id"],
+)
+BUDGET_ALERTS = Counter(
+    "ccr_auth_budget_alerts_total",
+    "Keys that crossed their budget's alert fraction (auth.limits.budget_alert_at), once per period",
+    ["tenant", "key_id"],
+)
 SESSIONS = Gauge(
     "ccr_sessions_remembered",
     "Sessions whose last prompt size this worker knows (CCR's long-context rule reads it)",

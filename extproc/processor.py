@@ -130,7 +130,9 @@ class RequestProcessor:
             has_body=not message.end_of_stream,
         )
         if isinstance(step, Reply):
-            return m.reply(step)
+            required = self.state.table is not None and self.state.table.auth_required
+            path = headers.get(":path", "/").partition("?")[0]
+            return m.reply(self.state.auth.gate(self.api, path, headers, required, step))
         assert self.state.table is not None  # endpoint_step answered 503 otherwise
         key = self.state.auth.authenticate(self.api, step.path, headers, self.state.table.auth_required)
         if isinstance(key, Reply):

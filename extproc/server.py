@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import signal
@@ -68,7 +69,8 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer):
         try:
             async for request in request_iterator:
                 response = processor.handle(request)
-                if not isinstance(response, ProcessingResponse):  # a keyed request's limits, in Redis
+                if type(response) is not ProcessingResponse and inspect.isawaitable(response):
+                    # a keyed request's limits, in Redis
                     response = await cast(RequestProcessor, processor).awaited(response)
                 yield response
         finally:

@@ -8,6 +8,7 @@ auth:
     gateways: 3                         # gateways sharing this Redis: the `local` fallback enforces limit / 3
     timeout_ms: 50                      # one round trip's budget on the request path
     on_redis_failure: {rpm: local, tpm: fail_open, parallel: local, budget: fail_closed}
+    budget_alert_at: 0.8                # a warning (and ccr_auth_budget_alerts_total) once 80% of a budget is spent
 ```
 
 Without ``limits.redis`` each worker counts in process (its share of every limit: limit / workers).
@@ -27,7 +28,8 @@ from control_plane.policy.yaml_check import Checker, Located, join, kind_of
 
 FAILURE_POLICIES = ("fail_closed", "fail_open", "local")
 LIMIT_TYPES = ("rpm", "rph", "rpd", "tpm", "tpd", "parallel", "budget")
-_FIELDS = ("redis", "gateways", "timeout_ms", "on_redis_failure")
+_FIELDS = ("redis", "gateways", "timeout_ms", "on_redis_failure", "budget_alert_at")
+DEFAULT_BUDGET_ALERT_AT = 0.8
 REDIS_SCHEMES = ("redis", "rediss", "redis+sentinel", "redis+cluster")
 
 
@@ -37,6 +39,7 @@ class LimitsSpec:
     gateways: int = 1
     timeout_ms: int = 50
     on_redis_failure: tuple[tuple[str, str], ...] = ()  # (limit type, policy): the policy's overrides
+    budget_alert_at: float = DEFAULT_BUDGET_ALERT_AT
 
     def failure_argument(self) -> str:
         """``rpm=local,budget=fail_closed``: how a worker is told (extproc.auth.redis_limits.FailurePolicy)."""
@@ -65,4 +68,13 @@ def parse_limits(check: Checker, at: Located, path: str) -> LimitsSpec:
                 check.problem(
                     value, join(failure_path, name), f"must be one of {', '.join(FAILURE_POLICIES)}, got {shown}"
                 )
-    return LimitsSpec(redis, gateways, timeout_ms, tuple(failures))
+    alert_at = DEFAULT_BUDGET_ALERT_AT
+    if "budget_alert_at" in fields:
+        at_alert = fields["budget_alert_at"]
+        value = at_alert.value
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1:
+            alert_at = float(value)
+        else:
+            shown = repr(value) if isinstance(value, (int, float, str)) else kind_of(value)
+            check.problem(at_alert, join(path, "budget_alert_at"), f"must be a fraction in (0, 1], got {shown}")
+    return LimitsSpec(redis, gateways, timeout_ms, tuple(failures), alert_at)

@@ -24,6 +24,9 @@ local REQUEST_ID_HEADER = "@REQUEST_ID_HEADER@"
 local TIMEOUT_MS = @TIMEOUT_MS@
 local MAGIC = "ccr1 "
 local PREFIX_LENGTH = #INTERNAL_PREFIX
+-- Set by the JWT claims filter before this one, which removed the client's copies first
+-- (control_plane/resources/jwt.py): a verified token's claims, or why it failed.
+local JWT_PREFIX = INTERNAL_PREFIX .. "jwt-"
 local SKIPPED = { ["content-length"] = true, ["transfer-encoding"] = true, ["connection"] = true }
 
 -- An error in the client's API format (messages here hold no quote or backslash).
@@ -87,8 +90,8 @@ local function on_request(handle)
   for name, value in pairs(headers) do
     if string.sub(name, 1, PREFIX_LENGTH) == INTERNAL_PREFIX then
       internal[#internal + 1] = name -- never trusted from a client
-      if name == ENCODING_HEADER then
-        forwarded[name] = value -- set by Envoy's first filter, not the client: what was decoded
+      if name == ENCODING_HEADER or string.sub(name, 1, #JWT_PREFIX) == JWT_PREFIX then
+        forwarded[name] = value -- set by Envoy's filters, not the client: what was decoded, JWT claims
       end
     elseif name == ":path" then
       forwarded["x-ccr-hop-path"] = value

@@ -31,6 +31,7 @@ from control_plane.policy import GatewayPolicy, ProviderSpec
 from control_plane.policy.cors import CorsSpec
 from control_plane.resources import decision_hop as decision_hop_resources
 from control_plane.resources import edge, edge_limits, resilience, usage_capture
+from control_plane.resources import jwt as jwt_resources
 
 LISTENER_NAME = "ccr_listener"
 ROUTE_CONFIG_NAME = "ccr_routes"
@@ -390,6 +391,7 @@ def listener(policy: GatewayPolicy, usage_log_clusters: Sequence[str] = (EXTPROC
             edge.cors_filter(),
             *edge_limits.filters(policy.per_ip_limits),  # before any decision: a refusal costs no Python
             *edge.decompressor_filters(),
+            *jwt_resources.filters(policy.auth.jwt),  # verified claims as x-ccr-jwt-* headers, for both paths
             *([decision_hop_resources.lua_filter()] if policy.decision_path == "hop" else []),
             extproc_filter(),
             # After ext_proc: on the response path they read the provider's bytes, untranslated.

@@ -168,10 +168,11 @@ def usage_access_log(cluster: str, metadata_namespace: str, count_tokens: bool =
 # body over the limit, the decision service down or its stream failing, a client gone. Such a
 # request carries no routing label; the decision service's own answers carry some (an unknown
 # path's 404 too, which is no client call) or, on the ext_proc path, "ccr_" response details.
-# GET /health (200, Envoy's) never matches.
+# GET /health (200, Envoy's) never matches, nor a per-IP refusal (listener.per_ip_limits): a flood
+# refused at the edge must not become a flood of records (Envoy's own stats count it).
 UNDECIDED_ANSWER = (
     "(response.code >= 400 || response.code == 0) && !response.code_details.startsWith('ccr_') "
-    "&& !('{namespace}' in metadata.filter_metadata)"
+    "&& response.code_details != 'local_rate_limited' && !('{namespace}' in metadata.filter_metadata)"
 )
 
 

@@ -17,6 +17,7 @@ from control_plane.policy.routes import FallbackSpec
 from control_plane.resources import gateway as resources
 from control_plane.resources.chains import chain_cluster, chain_route
 from control_plane.resources.decision_hop import response_only_variant
+from control_plane.resources.jwt import jwks_clusters
 from control_plane.xds.snapshot import Snapshot
 
 
@@ -35,6 +36,8 @@ def envoy_snapshot(
     clusters += [
         (name, chain_cluster(chain, {p.name: p for p in owner.providers})) for name, (chain, owner) in chains.items()
     ]
+    # The listener's jwt_authn fetches remote JWKS through these (CDS goes before LDS: they exist first).
+    clusters += [(cluster.name, cluster) for cluster in jwks_clusters(policy.auth.jwt)]
     longest = max((len(chain.providers) for chain, _ in chains.values()), default=0)
     hop = policy.decision_path == "hop"
     chain_routes = None

@@ -73,11 +73,10 @@ def limits_of(key: VirtualKey, workers: int = 1) -> tuple[Limit, ...]:
 
 
 def budget_of(key: VirtualKey, workers: int = 1) -> Budget | None:
-    """``key``'s budget, or None. A budget with no period is treated as monthly (the store's keys
-    always name one: `keys create` defaults to month)."""
+    """``key``'s budget, or None. With no period it never resets."""
     if key.budget_usd is None:
         return None
-    budget = Budget(f"key:{key.key_id}", key.budget_usd, key.budget_period or "month")  # type: ignore[arg-type]
+    budget = Budget(f"key:{key.key_id}", key.budget_usd, key.budget_period or "never")  # type: ignore[arg-type]
     return budget.divided(workers) if workers > 1 else budget
 
 

@@ -27,6 +27,7 @@ limiter's clock.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from typing import Protocol
 import orjson
 
 from ccr.v1.contract import ERROR_TYPE_LABEL, REQUEST_ID_HEADER
+from extproc.auth import jwt_identity
 from extproc.auth.admission import (
     Charge,
     HeldCharges,
@@ -50,8 +52,9 @@ from extproc.auth.admission import (
     worst_case_usd,
 )
 from extproc.auth.keys import KEY_PREFIX, VirtualKey
-from extproc.auth.limits import BUDGET, PARALLEL, Admission, Budget, Limit
+from extproc.auth.limits import BUDGET, PARALLEL, TOKEN_LIMITS, Admission, Budget, Limit, period_window
 from extproc.auth.local_limits import LocalLimiter
+from extproc.metrics import ADMISSIONS, BUDGET_ALERTS, BUDGET_REMAINING, LIMIT_REMAINING, labelled
 from extproc.plan import Chain, Forward
 from extproc.request_steps import Endpoint, Reply, error_reply, request_labels
 from extproc.translate.base import Api
@@ -59,6 +62,8 @@ from extproc.translate.errors import error_body
 
 # OpenAI answers a wrong key with this code (and type invalid_request_error); its SDK reads the status.
 OPENAI_INVALID_KEY_CODE = "invalid_api_key"
+log = logging.getLogger("ccr.auth")
+RATE_LIMIT_CODE = "rate_limit_exceeded"  # OpenAI's code of a 429 (its type: "requests" or "tokens")
 QUOTA_ERROR = "insufficient_quota"  # OpenAI's type and code for a spent quota
 _BEARER = "bearer "
 
@@ -69,6 +74,8 @@ class KeyLookup(Protocol):
     def lookup(self, presented: str) -> VirtualKey | None: ...
 
     def why_rejected(self, presented: str) -> str | None: ...
+
+    def by_id(self, key_id: str) -> VirtualKey | None: ...
 
 
 class NoKeys:
@@ -83,6 +90,9 @@ class NoKeys:
     def why_rejected(self, presented: str) -> str | None:
         return "unknown key"
 
+    def by_id(self, key_id: str) -> VirtualKey | None:
+        return None
+
 
 @dataclass(slots=True)
 class Authenticator:
@@ -94,6 +104,8 @@ class Authenticator:
     # The cluster-wide limiter (Redis, its failure policy inside); None: limits in this process.
     shared_limiter: SharedLimiter | None = None
     held: HeldCharges = field(default_factory=HeldCharges)  # admitted, not yet settled
+    budget_alert_at: float = 0.8  # the fraction of a budget spent that logs a warning (once a period)
+    _alerted: set[tuple[str, float]] = field(default_factory=set)  # (key id, period start) alerted
     # key id -> (the key they were made from, its limits, its budget): rebuilt when the key changes.
     _limits: dict[str, tuple[VirtualKey, tuple[Limit, ...], Budget | None]] = field(default_factory=dict)
 
@@ -101,12 +113,19 @@ class Authenticator:
         self, api: Api, path: str, headers: Mapping[str, str], required: bool
     ) -> VirtualKey | Reply | None:
         """The presented key if valid, None for an anonymous request, or the 401 (503 while the
-        keys are not loaded) in the client's format."""
+        keys are not loaded) in the client's format. A JWT Envoy verified comes first (its caller,
+        or the 401/403 of a token that names nobody: ``_jwt_caller``)."""
+        caller = self._jwt_caller(api, path, headers)
+        if caller is not None:
+            return caller
         presented = _presented(headers)
         if presented is None:
             if not required:
                 return None
-            return _unauthorized(api, path, _missing_key_message(api), "ccr_auth_missing_key", code=None)
+            message = _missing_key_message(api)
+            if jwt_identity.FROM_HEADER in headers:
+                message += " or a JWT of the gateway's identity provider"
+            return _unauthorized(api, path, message, "ccr_auth_missing_key", code=None)
         key = self.keys.lookup(presented)
         if key is not None:
             return key
@@ -123,6 +142,34 @@ class Authenticator:
             message = "invalid API key: this key " + ("has been revoked" if why == "revoked" else "has expired")
             return _unauthorized(api, path, message, f"ccr_auth_key_{why}")
         return _unauthorized(api, path, "invalid API key", "ccr_auth_invalid_key")
+
+    def _jwt_caller(self, api: Api, path: str, headers: Mapping[str, str]) -> VirtualKey | Reply | None:
+        """The caller of a verified token (extproc.auth.jwt_identity), the 401 of a token that
+        failed, the 403 of one whose claims name nobody; None without a token."""
+        claims = jwt_identity.read_claims(headers)
+        if claims is None:
+            return None
+        if isinstance(claims, jwt_identity.VerifiedClaims):
+            if claims.key and not getattr(self.keys, "loaded", True):
+                message = "the gateway cannot check API keys yet (its key store is unreachable); retry shortly"
+                return error_reply(api, 503, message, "ccr_auth_store_down", labels=request_labels(api, path))
+            caller = jwt_identity.identity(claims, self.keys.by_id)
+            if not isinstance(caller, jwt_identity.JwtRefusal):
+                return caller
+            refusal = caller
+        else:
+            refusal = claims
+        if refusal.status == 401:
+            return _unauthorized(api, path, refusal.message, refusal.details)
+        return error_reply(api, refusal.status, refusal.message, refusal.details, labels=request_labels(api, path))
+
+    def gate(self, api: Api, path: str, headers: Mapping[str, str], required: bool, answer: Reply) -> Reply:
+        """An answer the gateway gives on its own (the model list, a 200): only to a caller the
+        policy lets in; errors go to anyone (they say what is wrong with the request)."""
+        if answer.status != 200:
+            return answer
+        caller = self.authenticate(api, path, headers, required)
+        return caller if isinstance(caller, Reply) else answer
 
     def charge(
         self, api: Api, endpoint: Endpoint, key: VirtualKey, outcome: Forward | Chain, headers: Mapping[str, str]
@@ -163,24 +210,62 @@ class Authenticator:
         """The refusal for an admission that failed; for one that passed, the charge is held until
         its usage settles it and the rate-limit headers for the client's answer are returned."""
         key = charge.key
+        refused = admission.limit
+        outcome_label = "degraded" if admission.degraded else "admitted" if admission.allowed else "refused"
+        labelled(ADMISSIONS, outcome_label, refused.name if refused is not None else "").inc()
         if admission.allowed:
             if charge.request_id:
                 self.held.hold(charge)
+            self._watch(charge, admission)
             return rate_limit_headers(api, key, admission, self.clock())
         labels = request_labels(api, endpoint.path, outcome.decision, key=key)
         retry = max(1, math.ceil(admission.retry_after_s))
-        refused = admission.limit
         if admission.degraded and (refused is None or refused.name == BUDGET or refused.name == PARALLEL):
             message = "the gateway cannot check this API key's limits right now (its limit store is unreachable)"
             return error_reply(api, 503, message, "ccr_auth_limits_unavailable", (("retry-after", str(retry)),), labels)
         headers_out = (("retry-after", str(retry)), *rate_limit_headers(api, key, admission, self.clock()))
-        if refused is not None and refused.name == BUDGET:
+        if isinstance(refused, Budget):
+            if refused.period == "never":  # no wait will help: no retry-after
+                return _quota_reply(api, "the budget of this API key is spent", headers_out[1:], labels)
             until = datetime.fromtimestamp(self.clock() + admission.retry_after_s, UTC).strftime("%Y-%m-%d %H:%M UTC")
-            message = f"the budget of this API key is spent (its period ends {until})"
+            message = f"the budget of this API key is spent (its {refused.period}'s budget is back {until})"
             return _quota_reply(api, message, headers_out, labels)
         what = _LIMIT_WORDS.get(refused.name if refused is not None else "rpm", "requests per minute")
         message = f"rate limit of this API key exceeded ({what}); retry after {retry} s"
-        return error_reply(api, 429, message, "ccr_auth_rate_limited", headers_out, labels)
+        reply = error_reply(api, 429, message, "ccr_auth_rate_limited", headers_out, labels)
+        if api is not Api.OPENAI:
+            return reply
+        # As OpenAI writes a 429: type "requests" or "tokens", code "rate_limit_exceeded".
+        kind = "tokens" if refused is not None and refused.name in TOKEN_LIMITS else "requests"
+        body = orjson.dumps({"error": {"message": message, "type": kind, "param": None, "code": RATE_LIMIT_CODE}})
+        return Reply(429, body, reply.details, headers=reply.headers, labels={**reply.labels, ERROR_TYPE_LABEL: kind})
+
+    def _watch(self, charge: Charge, admission: Admission) -> None:
+        """The headroom gauges, and the soft alert when a budget crosses ``budget_alert_at``."""
+        tenant = charge.key.tenant
+        for name, remaining in admission.remaining.items():
+            labelled(LIMIT_REMAINING, tenant, name).set(remaining)
+        budget = charge.budget
+        if budget is None or BUDGET not in admission.remaining:
+            return
+        left = admission.remaining[BUDGET]
+        labelled(BUDGET_REMAINING, tenant, charge.key.key_id).set(left)
+        if left > budget.limit_usd * (1 - self.budget_alert_at):
+            return
+        period_start = period_window(budget.period, self.clock())[0]
+        if (charge.key.key_id, period_start) in self._alerted:
+            return
+        self._alerted.add((charge.key.key_id, period_start))
+        labelled(BUDGET_ALERTS, tenant, charge.key.key_id).inc()
+        log.warning(
+            "budget alert: key %s (tenant %s) has %.2f of %.2f USD left this %s (alert at %d%% spent)",
+            charge.key.key_id,
+            tenant,
+            left,
+            budget.limit_usd,
+            budget.period,
+            round(self.budget_alert_at * 100),
+        )
 
     def admit(
         self, api: Api, endpoint: Endpoint, key: VirtualKey, outcome: Forward | Chain, headers: Mapping[str, str]

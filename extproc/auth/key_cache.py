@@ -101,6 +101,14 @@ class KeyCache:
             self._verified[presented] = (key, deadline)
         return key
 
+    def by_id(self, key_id: str) -> VirtualKey | None:
+        """The key of this id if it is usable now, for a caller who names it without its secret:
+        a verified JWT's key claim (extproc.auth.jwt_identity)."""
+        record = self._records.get(key_id)
+        if record is None or record.key.usable_at(self._clock()) is not None:
+            return None
+        return record.key
+
     def why_rejected(self, presented: str) -> str | None:
         """Why ``lookup`` refuses ``presented``, for logs and error bodies (None: it does not).
         The slow path: never a cached answer."""

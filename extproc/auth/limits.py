@@ -33,8 +33,9 @@ DEFAULT_LEASE_S = 600.0  # a parallel slot held longer than this is presumed lea
 # microsecond is far below any retry-after anyone acts on. The Lua scripts use the same constant.
 SLACK_S = 1e-6
 
-BudgetPeriod = Literal["day", "week", "month"]
-BUDGET_PERIODS: tuple[BudgetPeriod, ...] = ("day", "week", "month")
+BudgetPeriod = Literal["day", "week", "month", "never"]
+BUDGET_PERIODS: tuple[BudgetPeriod, ...] = ("day", "week", "month", "never")
+NEVER_END = 253402300800.0  # a budget that never resets: one period, until 10000-01-01 UTC
 MICRO_USD = 1_000_000  # budgets are counted in integer micro-dollars so that sums are exact
 
 
@@ -216,7 +217,9 @@ def redis_key(prefix: str, scope: str, *parts: str) -> str:
 
 def period_window(period: BudgetPeriod, now: float) -> tuple[float, float]:
     """The UTC calendar period holding ``now``: (start, end) in epoch seconds, start <= now < end.
-    Weeks are ISO weeks (Monday 00:00 UTC)."""
+    Weeks are ISO weeks (Monday 00:00 UTC); ``never`` is one period from the epoch on."""
+    if period == "never":
+        return 0.0, NEVER_END
     # Whole seconds: fromtimestamp rounds, and 23:59:59.9999996 must stay in its own day.
     moment = datetime.fromtimestamp(math.floor(now), UTC)
     midnight = moment.replace(hour=0, minute=0, second=0, microsecond=0)

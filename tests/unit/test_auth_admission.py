@@ -75,7 +75,7 @@ def test_a_keys_charge_holds_its_rates_parallel_slots_and_budget() -> None:
     assert [(limit.name, limit.limit) for limit in limits_of(KEY)] == [("rpm", 5), ("tpm", 1000), ("parallel", 2)]
     assert [limit.limit for limit in limits_of(KEY, workers=2)] == [2.5, 500, 1]
     assert budget_of(KEY) == Budget("key:budgetkk", 1.0, "day")
-    assert budget_of(VirtualKey("budgetkk", "acme", "k", budget_usd=2.0)) == Budget("key:budgetkk", 2.0, "month")
+    assert budget_of(VirtualKey("budgetkk", "acme", "k", budget_usd=2.0)) == Budget("key:budgetkk", 2.0, "never")
     assert budget_of(VirtualKey("budgetkk", "acme", "k")) is None
 
 
@@ -209,3 +209,45 @@ def test_limits_that_cannot_be_checked_fail_closed_with_a_503() -> None:
     action, ops, payload = decide(state, "req-4")
     assert action == "reply" and ("status", "503", "") in ops
     assert "cannot check this API key's limits" in orjson.loads(payload)["error"]["message"]
+
+
+def test_a_budget_that_never_resets_names_no_wait() -> None:
+    state, _shared = shared_state()
+    forever = VirtualKey("budgetkk", "acme", "k", budget_usd=0.000001)
+    state.auth.keys = FakeKeys({presented("budgetkk"): forever}, FAKE_REFUSED)
+    _action, ops, payload = decide(state, "req-5")
+    assert ("status", "429", "") in ops and not any(name == "retry-after" for _, name, _ in ops)
+    assert orjson.loads(payload)["error"]["message"] == "the budget of this API key is spent"
+
+
+def test_a_budget_crossing_its_alert_fraction_warns_once_a_period(caplog: pytest.LogCaptureFixture) -> None:
+    from extproc.metrics import BUDGET_ALERTS, BUDGET_REMAINING
+
+    state, _ = shared_state()
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
+    outcome = plan(state.table, Api.ANTHROPIC, "generate", {}, orjson.dumps(body), state.sessions)
+    worst = worst_case_usd(outcome, body)  # type: ignore[arg-type]
+    key = VirtualKey("budgetkk", "acme", "k", budget_usd=3.5 * worst, budget_period="day")
+    state.auth.keys = FakeKeys({presented("budgetkk"): key}, FAKE_REFUSED)
+    alerts = BUDGET_ALERTS.labels("acme", "budgetkk")
+    before = alerts._value.get()
+    with caplog.at_level("WARNING", logger="ccr.auth"):
+        for index in range(3):  # 2 of 3.5 reserved: 43% left; 3: 14% left, past the 80% line; once only
+            decide(state, f"alert-{index}")
+    assert alerts._value.get() == before + 1
+    assert [r.message for r in caplog.records if "budget alert" in r.message] == [
+        next(r.message for r in caplog.records if "budget alert" in r.message)
+    ]
+    assert "key budgetkk (tenant acme)" in caplog.records[-1].message
+    assert BUDGET_REMAINING.labels("acme", "budgetkk")._value.get() == pytest.approx(0.5 * worst, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [({}, 401), ({"x-api-key": presented("revokedx")}, 401), ({"x-api-key": presented("validkey")}, 200)],
+)
+def test_the_model_list_needs_a_key_when_keys_are_required(headers: dict, status: int) -> None:
+    action, ops, _ = parse(hop.decide(auth_state(True), "GET", "/v1/models", headers, b""))  # type: ignore[arg-type]
+    assert action == "reply" and ("status", str(status), "") in ops
+    action, ops, _ = parse(hop.decide(auth_state(False), "GET", "/v1/models", {}, b""))  # type: ignore[arg-type]
+    assert ("status", "200", "") in ops  # anonymous callers are served when keys are optional

@@ -94,7 +94,7 @@ def test_over_its_rpm_an_anthropic_client_gets_429_with_retry_after_and_anthropi
 
 def test_over_its_rpm_an_openai_client_gets_429_with_openai_headers() -> None:
     status, body, headers = answer("rate-limited-openai")["reply"]
-    assert status == 429 and body["error"]["type"] == "rate_limit_error"
+    assert status == 429 and (body["error"]["type"], body["error"]["code"]) == ("requests", "rate_limit_exceeded")
     assert headers["retry-after"] == "60"
     assert headers["x-ratelimit-limit-requests"] == "1"
     assert headers["x-ratelimit-remaining-requests"] == "0"

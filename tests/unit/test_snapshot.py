@@ -250,6 +250,7 @@ def test_the_listener_uses_the_policy_address_port_and_body_limit_and_routes_ove
         "ccr.decompress_gzip",
         "ccr.decompress_br",
         "ccr.decompress_zstd",
+        "ccr.jwt_claims",  # without auth.jwt too: the client's x-ccr-jwt-* headers removed
         "envoy.filters.http.lua",  # the decision hop, the default decision path
         "envoy.filters.http.ext_proc",
         "envoy.filters.http.sse_to_metadata",
@@ -266,4 +267,9 @@ def test_the_route_table_routes_by_the_cluster_header_and_fails_closed_without_i
     assert routed.match.headers[0].name == resources.CLUSTER_HEADER
     assert fallback.direct_response.status == 404
     # Internal routing headers never reach a provider.
-    assert list(table.virtual_hosts[0].request_headers_to_remove) == [resources.CLUSTER_HEADER, REWRITE_HEADER]
+    # ...and the client address Envoy notes for the per-IP limits never reaches a provider.
+    assert list(table.virtual_hosts[0].request_headers_to_remove) == [
+        resources.CLUSTER_HEADER,
+        REWRITE_HEADER,
+        "x-envoy-external-address",
+    ]

@@ -240,6 +240,7 @@ def test_the_usage_filters_follow_ext_proc_and_the_usage_log_reaches_ext_proc() 
         "ccr.decompress_gzip",
         "ccr.decompress_br",
         "ccr.decompress_zstd",
+        "ccr.jwt_claims",  # client-sent x-ccr-jwt-* headers removed, verified claims set
         "envoy.filters.http.lua",  # the decision hop
         "envoy.filters.http.ext_proc",
         "envoy.filters.http.sse_to_metadata",  # response path: these see the provider's own bytes
