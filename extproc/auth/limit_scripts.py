@@ -36,7 +36,7 @@ ADMIT = Script(
     """
 local now = tonumber(ARGV[1])
 local request_id = ARGV[2]
-local SLACK = 1e-6
+local SLACK = 1e-4
 local function fmt(x) return string.format('%.17g', x) end
 local spec = {}
 for word in string.gmatch(ARGV[3], '%S+') do table.insert(spec, word) end
@@ -52,7 +52,7 @@ for i = 1, #KEYS do
     local debt = base - now
     local increment = c * a
     local after = debt + increment
-    if after - b <= SLACK or (debt <= 0 and increment > b) then
+    if after - b <= math.min(SLACK, a / 100) or (debt <= 0 and increment > b) then
       pending[i] = base + increment
       table.insert(out, 1); table.insert(out, '0'); table.insert(out, fmt(after))
     else

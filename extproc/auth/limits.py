@@ -29,9 +29,16 @@ BUDGET = "budget"
 LIMIT_NAMES = frozenset({*RATE_PERIODS_S, PARALLEL, BUDGET})
 DEFAULT_LEASE_S = 600.0  # a parallel slot held longer than this is presumed leaked (crashed worker)
 
-# Float slack when comparing a debt to a capacity: a rate like 7/min never sums exactly. One
-# microsecond is far below any retry-after anyone acts on. The Lua scripts use the same constant.
-SLACK_S = 1e-6
+# Float slack when comparing a debt to a capacity: a rate like 7/min never sums exactly, and at
+# today's epoch seconds (~1.8e9) a double's step is ~2.4e-7 s, so 50 increments can drift by ~1e-5 s
+# (1e-6 let a 50/min limit admit 49). A tenth of a millisecond, but never more than a hundredth of
+# one unit's interval (a token of a 10M tpm limit is 6 us), is far below any retry-after anyone
+# acts on and never a unit of credit. The Lua scripts use the same rule (``slack``).
+SLACK_S = 1e-4
+
+
+def slack(interval_s: float) -> float:
+    return min(SLACK_S, interval_s / 100)
 
 BudgetPeriod = Literal["day", "week", "month", "never"]
 BUDGET_PERIODS: tuple[BudgetPeriod, ...] = ("day", "week", "month", "never")
@@ -152,7 +159,7 @@ def gcra_step(tat: float, now: float, interval_s: float, capacity_s: float, cost
     debt = base - now
     increment = cost * interval_s
     after = debt + increment
-    if after - capacity_s <= SLACK_S or (debt <= 0 and increment > capacity_s):
+    if after - capacity_s <= slack(interval_s) or (debt <= 0 and increment > capacity_s):
         return GcraStep(True, base + increment, 0.0, after)
     retry = debt if increment > capacity_s else after - capacity_s
     return GcraStep(False, tat, retry, debt)
@@ -166,7 +173,7 @@ def gcra_adjust(tat: float, now: float, interval_s: float, delta: float) -> floa
 
 def gcra_remaining(limit: Limit, debt_s: float) -> float:
     """Whole units of cost still available after a step that left ``debt_s``."""
-    return max(0.0, math.floor((limit.capacity_s - debt_s + SLACK_S) / limit.interval_s))
+    return max(0.0, math.floor((limit.capacity_s - debt_s + slack(limit.interval_s)) / limit.interval_s))
 
 
 @dataclass(slots=True)

@@ -26,9 +26,18 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from prometheus_client import Counter, Histogram
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import ClusterError, NoScriptError
+from redis.exceptions import (
+    ClusterError,
+    NoScriptError,
+    ReadOnlyError,
+    RedisClusterUnreachableError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -50,6 +59,7 @@ from extproc.auth.limits import (
     to_micro_usd,
 )
 from extproc.auth.local_limits import DEFAULT_RESERVATION_TTL_S, SETTLED_MEMORY_S, LocalLimiter
+from extproc.auth.redis_topology import Topology, parse_redis_url
 
 log = logging.getLogger(__name__)
 
@@ -66,20 +76,74 @@ REDIS_SECONDS = Histogram(
 )
 
 # What "Redis is not answering" looks like; anything else (a script error) is a bug and raises.
-UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ClusterError, OSError, asyncio.TimeoutError)
+# During a failover: Sentinel's MasterNotFoundError and its "previous master is now a slave" are
+# ConnectionErrors; a plain URL to a demoted master answers READONLY; a cluster answers
+# CLUSTERDOWN/MASTERDOWN (ClusterError), TRYAGAIN while a slot's keys are split mid-migration, or
+# has no node for a slot, or none reachable.
+UNAVAILABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ClusterError,
+    ReadOnlyError,
+    TryAgainError,
+    SlotNotCoveredError,
+    RedisClusterUnreachableError,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+RedisClient = aioredis.Redis | RedisCluster
 
 
-def connect(url: str, *, timeout_s: float = 0.05, **options: Any) -> aioredis.Redis:
-    """A client fit for the hot path: connect and read timeouts in tens of milliseconds, no retries
-    (the failure policy decides what a timeout means, at once)."""
-    return aioredis.Redis.from_url(
-        url,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        retry=Retry(NoBackoff(), 0),
-        retry_on_timeout=False,
-        **options,
-    )
+def connect(url: str, *, timeout_s: float = 0.05, **options: Any) -> RedisClient:
+    """A client fit for the hot path, for any of ``redis_topology``'s URLs: connect and read
+    timeouts in tens of milliseconds, no retries (the failure policy decides what a timeout means,
+    at once). Behind Sentinel, every new connection asks the sentinels (same timeouts) where the
+    master is, so a failover needs no restart; a cluster client follows MOVED and ASK itself."""
+    target = parse_redis_url(url)
+
+    def hot() -> dict[str, Any]:  # a Retry apiece: clients may adjust theirs
+        return {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s, "retry": Retry(NoBackoff(), 0)}
+
+    credentials = {"username": target.username, "password": target.password}
+    if target.topology is Topology.SENTINEL:
+        sentinels = _Sentinels(target.nodes, sentinel_kwargs=hot())
+        return sentinels.master_for(
+            target.service, redis_class=_SentinelMaster, db=target.db, **hot(), **credentials, **options
+        )
+    if target.topology is Topology.CLUSTER:
+        # Not require_full_coverage: a slot without a node is that slot's outage, not the client's.
+        nodes = [ClusterNode(host, port) for host, port in target.nodes]
+        return RedisCluster(startup_nodes=nodes, require_full_coverage=False, **hot(), **credentials, **options)
+    return aioredis.Redis.from_url(url, retry_on_timeout=False, **hot(), **options)
+
+
+class _Sentinels(Sentinel):
+    """Master discovery run once at a time, its answer shared by every connection asking meanwhile.
+    redis-py moves the sentinel that answered to the front of its list by an index read before an
+    await, so concurrent discoveries (each connection of a busy gateway reconnecting during a
+    failover) left one sentinel twice in the list and another out of it, never asked or closed
+    again. Sharing also spares the sentinels one query per reconnecting request."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._discoveries: dict[str, asyncio.Future[Any]] = {}
+
+    async def discover_master(self, service_name: str) -> Any:
+        discovery = self._discoveries.get(service_name)
+        if discovery is None or discovery.done():
+            discovery = asyncio.ensure_future(super().discover_master(service_name))
+            discovery.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved
+            self._discoveries[service_name] = discovery
+        return await asyncio.shield(discovery)  # a caller's timeout must not cancel the others' answer
+
+
+class _SentinelMaster(aioredis.Redis):
+    """The master behind Sentinel; closing it closes the connections to the sentinels too."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        await self.connection_pool.sentinel_manager.aclose()  # type: ignore[attr-defined]
 
 
 class RedisLimiter:
@@ -245,6 +309,15 @@ class RedisLimiter:
         if len(calls) == 1:
             script, keys, args = calls[0]
             return [await self._run(script, keys, args)]
+        if isinstance(self.client, RedisCluster):
+            # The slots may live on several nodes: one call each, at once, so the check still
+            # waits one round trip, and each follows its own MOVED/ASK and NOSCRIPT. Every call
+            # settles before an error is raised (as the pipeline's raise_on_error=False below).
+            replies = await asyncio.gather(*(self._run(*call) for call in calls), return_exceptions=True)
+            for reply in replies:
+                if isinstance(reply, BaseException):
+                    raise reply
+            return list(replies)
         pipe = self.client.pipeline(transaction=False)  # one slot per call: no MULTI across slots
         for script, keys, args in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)

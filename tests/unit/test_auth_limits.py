@@ -234,3 +234,15 @@ def test_settle_is_idempotent_and_reservations_that_never_finish_lapse() -> None
     assert limiter.spent_usd(budget, now=T0 + 303) == (0.25, 0.0)
     assert limiter.reserve(budget, "next", 0.5, now=T0 + 304).allowed  # already settled: no new hold
     assert limiter.spent_usd(budget, now=T0 + 305) == (0.25, 0.0)
+
+
+@pytest.mark.parametrize("per_minute", [7, 50, 60, 1000])
+def test_a_limit_admits_exactly_its_count_at_todays_epoch_times(per_minute: int) -> None:
+    """Float steps at epoch seconds (~1.8e9) are ~2.4e-7 s: the slack must absorb their sum."""
+    from extproc.auth.local_limits import LocalLimiter
+
+    now = 1_796_000_000.123457
+    limiter = LocalLimiter(clock=lambda: now)
+    limit = Limit.of("rpm", "key:abcdefgh", per_minute)
+    admitted = sum(limiter.admit([limit], f"r{i}").allowed for i in range(per_minute + 5))
+    assert admitted == per_minute
