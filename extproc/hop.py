@@ -181,7 +181,7 @@ def decide(state: GatewayState, method: str, path: str, headers: Mapping[str, st
         return _reply(answer_reply(api, step.path, outcome, key))
     if key is None:
         return _routed(api, step, outcome, headers, None)
-    charge = auth.charge(api, step, key, outcome, headers)
+    charge = auth.charge(api, step, key, outcome, headers, state.table.tenant_rules.get(key.tenant))
     if charge is None:
         return _routed(api, step, outcome, headers, key)
     if isinstance(charge, Reply):

@@ -157,7 +157,8 @@ class RequestProcessor:
         if self.key is None:
             return self._rewrite(outcome)
         auth = self.state.auth
-        charge = auth.charge(self.api, self.endpoint, self.key, outcome, self.headers)
+        rules = self.state.table.tenant_rules.get(self.key.tenant) if self.state.table is not None else None
+        charge = auth.charge(self.api, self.endpoint, self.key, outcome, self.headers, rules)
         if charge is None:
             return self._rewrite(outcome)
         if isinstance(charge, Reply):

@@ -66,6 +66,8 @@ class ModelRoute:
     target: Target  # the provider's model id and limits (stream flag filled per request)
     context_window: int = 0  # tokens; 0 = unknown (shown by GET /v1/models)
     prices: Prices | None = None  # None: priced nowhere (its usage records cost 0)
+    # The model's own limits across every caller: (limit name, value), e.g. ("rpm", 5000).
+    limits: tuple[tuple[str, int], ...] = ()
 
     def __str__(self) -> str:
         return f"{self.provider.name},{self.model}"
@@ -127,6 +129,18 @@ class TenantRouter:
 
 
 @dataclass(frozen=True, slots=True)
+class TenantRules:
+    """What the policy sets for the virtual keys of one tenant (by name): shared limits and budget,
+    the models they may use, and each key's limits on one model."""
+
+    name: str
+    limits: tuple[tuple[str, int], ...] = ()
+    budget: tuple[float, str] | None = None  # (USD, period)
+    models: tuple[str, ...] = ()
+    key_model_limits: Mapping[str, tuple[tuple[str, int], ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class FallbackRoute:
     cluster: str  # the Envoy cluster holding every provider of the chain, one priority each
     chain: tuple[ModelRoute, ...]  # the primary first, then the fallbacks in order
@@ -146,6 +160,7 @@ class RoutingTable:
     aliases: Mapping[str, WeightedChoice] = field(default_factory=dict)
     fallbacks: Mapping[tuple[str, str], FallbackRoute] = field(default_factory=dict)
     tenants: Mapping[str, TenantRouter] = field(default_factory=dict)  # api key sha256 hex -> tenant
+    tenant_rules: Mapping[str, TenantRules] = field(default_factory=dict)  # tenant name -> its keys' rules
     auth_required: bool = False  # every request needs a virtual key (extproc.auth.decision)
 
     def route(self, model: str) -> ModelRoute | None:
@@ -215,7 +230,8 @@ def compile_policy(policy: policy_pb2.Policy, environ: Mapping[str, str] | None 
             if model.HasField("pricing"):
                 pricing = model.pricing
                 prices = Prices(pricing.input, pricing.output, pricing.cache_read, pricing.cache_write)
-            model_route = ModelRoute(route, model.name, target, model.context_window, prices)
+            limits = rate_values(model.limits) if model.HasField("limits") else ()
+            model_route = ModelRoute(route, model.name, target, model.context_window, prices, limits)
             models[model.name] = model_route
             targets[(provider.name, model.name)] = model_route
             served.append(model_route)
@@ -292,7 +308,15 @@ def compile_policy(policy: policy_pb2.Policy, environ: Mapping[str, str] | None 
         fallbacks[key] = FallbackRoute(chain.cluster, routes)
 
     tenants: dict[str, TenantRouter] = {}
+    rules: dict[str, TenantRules] = {}
     for tenant in policy.tenants:
+        rules[tenant.name] = TenantRules(
+            tenant.name,
+            rate_values(tenant.limits) if tenant.HasField("limits") else (),
+            (tenant.budget.usd, tenant.budget.period or "month") if tenant.HasField("budget") else None,
+            tuple(tenant.models),
+            {model: rate_values(limits) for model, limits in tenant.key_model_limits.items()},
+        )
         compiled_tenant = TenantRouter(
             tenant.name, router(f"tenants.{tenant.name}.router", tenant.router, global_router)
         )
@@ -315,8 +339,24 @@ def compile_policy(policy: policy_pb2.Policy, environ: Mapping[str, str] | None 
         aliases=aliases,
         fallbacks=fallbacks,
         tenants=tenants,
+        tenant_rules=rules,
         auth_required=policy.auth_required,
     )
+
+
+_RATE_FIELDS = (
+    ("rpm", "rpm"),
+    ("rph", "rph"),
+    ("rpd", "rpd"),
+    ("tpm", "tpm"),
+    ("tpd", "tpd"),
+    ("max_parallel", "parallel"),
+)
+
+
+def rate_values(limits: policy_pb2.RateLimits) -> tuple[tuple[str, int], ...]:
+    """The limits set (non-zero), by the limiter's names (max_parallel is "parallel")."""
+    return tuple((name, value) for field_name, name in _RATE_FIELDS if (value := getattr(limits, field_name)))
 
 
 def import_hook(path: str, where: str = "router.custom") -> Hook:

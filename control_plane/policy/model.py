@@ -13,6 +13,7 @@ from ccr.v1.pricing import Prices
 from control_plane.policy.auth import AuthSpec
 from control_plane.policy.cors import CorsSpec
 from control_plane.policy.edge_limits import PerIpLimits
+from control_plane.policy.limit_sets import RateLimitSpec
 from control_plane.policy.resilience import DEFAULT as DEFAULT_RESILIENCE
 from control_plane.policy.resilience import Resilience
 from control_plane.policy.routes import RoutingSpec
@@ -39,6 +40,8 @@ class ModelSpec:
     # USD per million tokens: the entry's own pricing, else the bundled table's for its id
     # (control_plane.policy.pricing); None: priced nowhere (recorded at cost 0, with a warning).
     pricing: Prices | None = None
+    # Across every caller (control_plane.policy.limit_sets); none by default.
+    limits: RateLimitSpec = field(default_factory=RateLimitSpec)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +132,7 @@ class GatewayPolicy:
                             context_window=m.context_window,
                             capabilities=m.capabilities,
                             pricing=_pricing_proto(m.pricing),
+                            limits=m.limits.to_proto() if m.limits else None,
                         )
                         for m in p.models
                     ],

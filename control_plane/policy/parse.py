@@ -19,6 +19,7 @@ from control_plane.policy.auth import AuthSpec, parse_auth
 from control_plane.policy.base_urls import check_base_url
 from control_plane.policy.cors import CorsSpec, parse_cors
 from control_plane.policy.edge_limits import PerIpLimits, parse_per_ip_limits
+from control_plane.policy.limit_sets import RateLimitSpec, parse_rate_limits
 from control_plane.policy.model import (
     API_NAMES,
     DECISION_PATHS,
@@ -474,7 +475,10 @@ def _model(check: Checker, at: Located, path: str, api: str | None) -> ModelSpec
         return None
     before = len(check.problems)
     fields = check.mapping(
-        at, path, ("name", "id", "max_output_tokens", "context_window", "capabilities", "pricing"), required=("name",)
+        at,
+        path,
+        ("name", "id", "max_output_tokens", "context_window", "capabilities", "pricing", "limits"),
+        required=("name",),
     )
     name = check.string(fields["name"], join(path, "name")) if "name" in fields else None
     model_id = check.string(fields["id"], join(path, "id")) if "id" in fields else name
@@ -503,10 +507,11 @@ def _model(check: Checker, at: Located, path: str, api: str | None) -> ModelSpec
             else:
                 capabilities.append(item.value)
     written = parse_pricing(check, fields["pricing"], join(path, "pricing")) if "pricing" in fields else None
+    limits = parse_rate_limits(check, fields["limits"], join(path, "limits")) if "limits" in fields else RateLimitSpec()
     if len(check.problems) > before or name is None or model_id is None:
         return None
     pricing = _priced(check, at, path, model_id, written)
-    return ModelSpec(name, model_id, max_output or 0, window or 0, tuple(capabilities), pricing)
+    return ModelSpec(name, model_id, max_output or 0, window or 0, tuple(capabilities), pricing, limits)
 
 
 def _priced(check: Checker, at: Located, path: str, model_id: str, written: Prices | None) -> Prices | None:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 from ccr.v1 import policy_pb2
 from ccr.v1.contract import DEFAULT_LONG_CONTEXT_THRESHOLD, SCENARIOS
+from control_plane.policy.limit_sets import BudgetSpec, RateLimitSpec, parse_budget, parse_rate_limits
 from control_plane.policy.yaml_check import Checker, Located, closest, join, kind_of
 
 MAX_CHAIN = 5
@@ -100,6 +101,22 @@ class TenantSpec:
     name: str
     api_key_sha256: tuple[str, ...]
     router: RouterSpec
+    # Its virtual keys' shared limits (control_plane.policy.limit_sets); none by default.
+    limits: RateLimitSpec = field(default_factory=RateLimitSpec)
+    budget: BudgetSpec | None = None
+    models: tuple[str, ...] = ()
+    key_model_limits: tuple[tuple[str, RateLimitSpec], ...] = ()
+
+    def to_proto(self) -> policy_pb2.Tenant:
+        return policy_pb2.Tenant(
+            name=self.name,
+            api_key_sha256=self.api_key_sha256,
+            router=self.router.to_proto(),
+            limits=self.limits.to_proto() if self.limits else None,
+            budget=self.budget.to_proto() if self.budget else None,
+            models=self.models,
+            key_model_limits={model: limits.to_proto() for model, limits in self.key_model_limits},
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,10 +136,7 @@ class RoutingSpec:
                 )
                 for f in self.fallbacks
             ],
-            "tenants": [
-                policy_pb2.Tenant(name=t.name, api_key_sha256=t.api_key_sha256, router=t.router.to_proto())
-                for t in self.tenants
-            ],
+            "tenants": [t.to_proto() for t in self.tenants],
         }
 
 
@@ -132,6 +146,13 @@ class _Catalog:
     def __init__(self, providers: dict[str, dict[str, str]], written: set[str]) -> None:
         self.providers = providers  # provider -> {name or id: policy name}
         self.written = written  # every provider name in the file, including entries with problems
+
+    def knows_model(self, name: str) -> bool:
+        """Whether some provider serves a model of this policy name (or id); a provider whose entry
+        has problems may be the one, so then nothing is said."""
+        if any(name in models for models in self.providers.values()):
+            return True
+        return len(self.providers) < len(self.written)
 
     def resolve(self, text: str) -> TargetSpec | str | None:
         """A target, a message saying what is wrong with ``text``, or None when it names a provider
@@ -296,12 +317,33 @@ def _fallbacks(check: Checker, at: Located, catalog: _Catalog) -> list[FallbackS
     return out
 
 
+_TENANT_FIELDS = ("name", "api_key_sha256", "router", "limits", "budget", "models", "key_model_limits")
+
+
+def _tenant_models(check: Checker, at: Located, path: str, catalog: _Catalog) -> tuple[str, ...]:
+    models = []
+    for index, model_at in enumerate(check.sequence(at, path)):
+        model = check.string(model_at, join(path, index))
+        if model is not None and not catalog.knows_model(model):
+            check.problem(model_at, join(path, index), f"no provider serves a model {model!r}")
+        elif model is not None:
+            models.append(model)
+    return tuple(models)
+
+
+def _mapping_items(check: Checker, at: Located, path: str) -> list[tuple[str, Located]]:
+    if not isinstance(at.value, dict):
+        check.problem(at, path, f"must be a mapping, got {kind_of(at.value)}")
+        return []
+    return [(str(key), value_at) for key, (_, value_at) in at.value.items()]
+
+
 def _tenants(check: Checker, at: Located, catalog: _Catalog, aliases: _Aliases) -> list[TenantSpec]:
     out = []
     names: set[str] = set()
     for index, item in enumerate(check.sequence(at, "tenants")):
         path = join("tenants", index)
-        fields = check.mapping(item, path, ("name", "api_key_sha256", "router"), required=("name", "api_key_sha256"))
+        fields = check.mapping(item, path, _TENANT_FIELDS, required=("name",))
         name = check.string(fields["name"], join(path, "name")) if "name" in fields else None
         if name in names:
             check.problem(fields["name"], join(path, "name"), f"duplicate tenant {name!r}")
@@ -317,7 +359,19 @@ def _tenants(check: Checker, at: Located, catalog: _Catalog, aliases: _Aliases) 
             if "router" in fields
             else RouterSpec(long_context_threshold=0)
         )
+        limits = parse_rate_limits(check, fields["limits"], join(path, "limits")) if "limits" in fields else None
+        budget = parse_budget(check, fields["budget"], join(path, "budget")) if "budget" in fields else None
+        models = _tenant_models(check, fields["models"], join(path, "models"), catalog) if "models" in fields else ()
+        key_model: list[tuple[str, RateLimitSpec]] = []
+        if "key_model_limits" in fields:
+            key_model_path = join(path, "key_model_limits")
+            for model, model_at in _mapping_items(check, fields["key_model_limits"], key_model_path):
+                if not catalog.knows_model(model):
+                    check.problem(model_at, join(key_model_path, model), f"no provider serves a model {model!r}")
+                key_model.append((model, parse_rate_limits(check, model_at, join(key_model_path, model))))
         if name is not None:
             names.add(name)
-            out.append(TenantSpec(name, tuple(keys), router))
+            out.append(
+                TenantSpec(name, tuple(keys), router, limits or RateLimitSpec(), budget, models, tuple(key_model))
+            )
     return out

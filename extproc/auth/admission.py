@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -52,31 +52,44 @@ class SharedLimiter(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Charge:
-    """What one routed request of ``key`` is checked against and, once admitted, holds."""
+    """What one routed request of ``key`` is checked against and, once admitted, holds: the rate
+    limits of every scope it counts in (the key, its tenant, the key on the model, the model) and
+    the budgets it draws on (the key's, its tenant's)."""
 
     key: VirtualKey
     request_id: str
     limits: tuple[Limit, ...]
-    budget: Budget | None
+    budgets: tuple[Budget, ...]
     estimate: int  # input tokens charged to tpm/tpd on admission
-    worst_case_usd: float  # reserved from the budget on admission
+    worst_case_usd: float  # reserved from each budget on admission
+
+    @property
+    def budget(self) -> Budget | None:
+        """The key's own budget (the first), for the headers and alerts."""
+        return self.budgets[0] if self.budgets else None
 
 
 def limits_of(key: VirtualKey, workers: int = 1) -> tuple[Limit, ...]:
     """``key``'s rate limits and parallel slots; each divided by ``workers`` when they share no state."""
-    scope = f"key:{key.key_id}"
-    return tuple(
-        Limit.of(name, scope, value).divided(workers)
-        for name, value in (("rpm", key.rpm), ("tpm", key.tpm), (PARALLEL, key.max_parallel))
-        if value is not None
-    )
+    values = [(name, value) for name, value in (("rpm", key.rpm), ("tpm", key.tpm), (PARALLEL, key.max_parallel))]
+    return scoped_limits(f"key:{key.key_id}", [(n, v) for n, v in values if v is not None], workers)
+
+
+def scoped_limits(scope: str, values: Iterable[tuple[str, float]], workers: int = 1) -> tuple[Limit, ...]:
+    """Limits of one scope (``tenant:acme``, ``model:openai/gpt-4o``, ``key_model:k:gpt-4o``) from
+    (name, value) pairs, each divided by ``workers`` when they share no state."""
+    return tuple(Limit.of(name, scope, value).divided(workers) for name, value in values)
 
 
 def budget_of(key: VirtualKey, workers: int = 1) -> Budget | None:
     """``key``'s budget, or None. With no period it never resets."""
     if key.budget_usd is None:
         return None
-    budget = Budget(f"key:{key.key_id}", key.budget_usd, key.budget_period or "never")  # type: ignore[arg-type]
+    return scoped_budget(f"key:{key.key_id}", key.budget_usd, key.budget_period or "never", workers)
+
+
+def scoped_budget(scope: str, usd: float, period: str, workers: int = 1) -> Budget:
+    budget = Budget(scope, usd, period)  # type: ignore[arg-type]
     return budget.divided(workers) if workers > 1 else budget
 
 
@@ -95,45 +108,54 @@ def _cost(prices: Prices | None, input_tokens: int, output_tokens: int) -> float
 
 
 def admit_local(limiter: LocalLimiter, charge: Charge) -> Admission:
-    """The check in this process: the budget's worst case reserved, then the rate limits taken;
-    a refusal of either leaves nothing held."""
-    budget = charge.budget
-    if budget is not None:
-        reserved = limiter.reserve(budget, charge.request_id, charge.worst_case_usd)
-        if not reserved.allowed:
-            return reserved
+    """The check in this process: each budget's worst case reserved, then the rate limits taken;
+    a refusal of any leaves nothing held."""
+    reserved: list[Admission] = []
+    for index, budget in enumerate(charge.budgets):
+        admission = limiter.reserve(budget, charge.request_id, charge.worst_case_usd)
+        if not admission.allowed:
+            for taken in charge.budgets[:index]:
+                limiter.settle(taken, charge.request_id, 0.0)
+            return admission
+        reserved.append(admission)
     admission = (
         limiter.admit(charge.limits, charge.request_id, token_estimate=charge.estimate) if charge.limits else ALLOWED
     )
-    if not admission.allowed and budget is not None:
-        limiter.settle(budget, charge.request_id, 0.0)
-    return _merged(reserved, admission) if budget is not None else admission
+    if not admission.allowed:
+        for taken in charge.budgets:
+            limiter.settle(taken, charge.request_id, 0.0)
+    return _merged(reserved, admission)
 
 
 async def admit_shared(limiter: SharedLimiter, charge: Charge) -> Admission:
     """The same check against the cluster-wide limiter."""
-    budget = charge.budget
-    if budget is not None:
-        reserved = await limiter.reserve(budget, charge.request_id, charge.worst_case_usd)
-        if not reserved.allowed:
-            return reserved
+    reserved: list[Admission] = []
+    for index, budget in enumerate(charge.budgets):
+        admission = await limiter.reserve(budget, charge.request_id, charge.worst_case_usd)
+        if not admission.allowed:
+            for taken in charge.budgets[:index]:
+                await limiter.settle(taken, charge.request_id, 0.0)
+            return admission
+        reserved.append(admission)
     admission = ALLOWED
     if charge.limits:
         admission = await limiter.admit(charge.limits, charge.request_id, token_estimate=charge.estimate)
-    if not admission.allowed and budget is not None:
-        await limiter.settle(budget, charge.request_id, 0.0)
-    return _merged(reserved, admission) if budget is not None else admission
-
-
-def _merged(reserved: Admission, admission: Admission) -> Admission:
-    """One admission for the headers: the rate limits' figures and the budget's."""
     if not admission.allowed:
+        for taken in charge.budgets:
+            await limiter.settle(taken, charge.request_id, 0.0)
+    return _merged(reserved, admission)
+
+
+def _merged(reserved: Sequence[Admission], admission: Admission) -> Admission:
+    """One admission for the headers: the rate limits' figures and the key's budget's (the first)."""
+    if not admission.allowed or not reserved:
         return admission
+    budget = reserved[0]
     return Admission(
         True,
-        remaining={**reserved.remaining, **admission.remaining},
-        reset_after_s={**reserved.reset_after_s, **admission.reset_after_s},
-        degraded=reserved.degraded or admission.degraded,
+        remaining={**budget.remaining, **admission.remaining},
+        reset_after_s={**budget.reset_after_s, **admission.reset_after_s},
+        degraded=any(r.degraded for r in reserved) or admission.degraded,
     )
 
 
@@ -148,15 +170,15 @@ class Spent:
 def settle_local(limiter: LocalLimiter, charge: Charge, spent: Spent) -> None:
     limiter.reconcile_tokens(charge.limits, charge.estimate, spent.tokens)
     limiter.release(charge.limits, charge.request_id)
-    if charge.budget is not None:
-        limiter.settle(charge.budget, charge.request_id, spent.cost_usd)
+    for budget in charge.budgets:
+        limiter.settle(budget, charge.request_id, spent.cost_usd)
 
 
 async def settle_shared(limiter: SharedLimiter, charge: Charge, spent: Spent) -> None:
     await limiter.reconcile_tokens(charge.limits, charge.estimate, spent.tokens)
     await limiter.release(charge.limits, charge.request_id)
-    if charge.budget is not None:
-        await limiter.settle(charge.budget, charge.request_id, spent.cost_usd)
+    for budget in charge.budgets:
+        await limiter.settle(budget, charge.request_id, spent.cost_usd)
 
 
 class HeldCharges:

@@ -47,6 +47,8 @@ from extproc.auth.admission import (
     admit_shared,
     budget_of,
     limits_of,
+    scoped_budget,
+    scoped_limits,
     settle_local,
     settle_shared,
     worst_case_usd,
@@ -57,6 +59,7 @@ from extproc.auth.local_limits import LocalLimiter
 from extproc.metrics import ADMISSIONS, BUDGET_ALERTS, BUDGET_REMAINING, LIMIT_REMAINING, labelled
 from extproc.plan import Chain, Forward
 from extproc.request_steps import Endpoint, Reply, error_reply, request_labels
+from extproc.routing_table import TenantRules
 from extproc.translate.base import Api
 from extproc.translate.errors import error_body
 
@@ -106,6 +109,8 @@ class Authenticator:
     held: HeldCharges = field(default_factory=HeldCharges)  # admitted, not yet settled
     budget_alert_at: float = 0.8  # the fraction of a budget spent that logs a warning (once a period)
     _alerted: set[tuple[str, float]] = field(default_factory=set)  # (key id, period start) alerted
+    # scope -> (the tenant or model rules they were made from, the limits): rebuilt with the policy.
+    _policy_limits: dict[str, tuple[object, tuple[Limit, ...]]] = field(default_factory=dict)
     # key id -> (the key they were made from, its limits, its budget): rebuilt when the key changes.
     _limits: dict[str, tuple[VirtualKey, tuple[Limit, ...], Budget | None]] = field(default_factory=dict)
 
@@ -172,25 +177,53 @@ class Authenticator:
         return caller if isinstance(caller, Reply) else answer
 
     def charge(
-        self, api: Api, endpoint: Endpoint, key: VirtualKey, outcome: Forward | Chain, headers: Mapping[str, str]
+        self,
+        api: Api,
+        endpoint: Endpoint,
+        key: VirtualKey,
+        outcome: Forward | Chain,
+        headers: Mapping[str, str],
+        tenant: TenantRules | None = None,
     ) -> Reply | Charge | None:
         """What ``key``'s routed request is checked against (None: nothing, it may go), or its 403
-        when the key may not use the model."""
+        when the key (or its tenant, by the policy's ``tenant`` rules) may not use the model."""
         decision = outcome.decision
         requested = decision.body["model"]
-        routed = decision.route.target.model
-        if key.models and not (key.allows_model(requested) or key.allows_model(routed)):
-            labels = request_labels(api, endpoint.path, decision, key=key)
-            message = f"this API key may not use model {requested!r} (it may use: {', '.join(key.models)})"
-            return error_reply(api, 403, message, "ccr_auth_model_not_allowed", labels=labels)
+        route = decision.route
+        routed = route.target.model
+        for models, whose in ((key.models, "this API key"), (tenant.models if tenant else (), "this API key's tenant")):
+            if models and requested not in models and routed not in models and route.model not in models:
+                labels = request_labels(api, endpoint.path, decision, key=key)
+                message = f"{whose} may not use model {requested!r} (it may use: {', '.join(models)})"
+                return error_reply(api, 403, message, "ccr_auth_model_not_allowed", labels=labels)
         if endpoint.kind != "generate":  # counting tokens is free, as at the providers
             return None
         limits, budget = self.limits_of(key)
-        if not limits and budget is None:
+        budgets = (budget,) if budget is not None else ()
+        share = 1 if self.shared_limiter is not None else self.workers
+        if tenant is not None:
+            limits = limits + self._scoped(tenant, f"tenant:{tenant.name}", tenant.limits, share)
+            if tenant.budget is not None:
+                budgets += (scoped_budget(f"tenant:{tenant.name}", *tenant.budget, workers=share),)
+            if (per_key := tenant.key_model_limits.get(route.model)) is not None:
+                limits += scoped_limits(f"key_model:{key.key_id}:{route.model}", per_key, share)
+        if route.limits:
+            limits += self._scoped(route, f"model:{route.provider.name}/{route.model}", route.limits, share)
+        if not limits and not budgets:
             return None
-        worst_case = worst_case_usd(outcome, decision.body) if budget is not None else 0.0
+        worst_case = worst_case_usd(outcome, decision.body) if budgets else 0.0
         request_id = headers.get(REQUEST_ID_HEADER, "")
-        return Charge(key, request_id, limits, budget, outcome.context.estimate, worst_case)
+        return Charge(key, request_id, limits, budgets, outcome.context.estimate, worst_case)
+
+    def _scoped(self, owner: object, scope: str, values: tuple[tuple[str, int], ...], share: int) -> tuple[Limit, ...]:
+        """The limits the policy sets on a tenant or a model, made once per policy version (the
+        owner is the routing table's object, replaced with the table)."""
+        cached = self._policy_limits.get(scope)
+        if cached is not None and cached[0] is owner:
+            return cached[1]
+        limits = scoped_limits(scope, values, share)
+        self._policy_limits[scope] = (owner, limits)
+        return limits
 
     @property
     def shared(self) -> bool:
@@ -225,13 +258,14 @@ class Authenticator:
             return error_reply(api, 503, message, "ccr_auth_limits_unavailable", (("retry-after", str(retry)),), labels)
         headers_out = (("retry-after", str(retry)), *rate_limit_headers(api, key, admission, self.clock()))
         if isinstance(refused, Budget):
+            owner = "this API key" if refused.scope.startswith("key:") else f"tenant {key.tenant!r}"
             if refused.period == "never":  # no wait will help: no retry-after
-                return _quota_reply(api, "the budget of this API key is spent", headers_out[1:], labels)
+                return _quota_reply(api, f"the budget of {owner} is spent", headers_out[1:], labels)
             until = datetime.fromtimestamp(self.clock() + admission.retry_after_s, UTC).strftime("%Y-%m-%d %H:%M UTC")
-            message = f"the budget of this API key is spent (its {refused.period}'s budget is back {until})"
+            message = f"the budget of {owner} is spent (its {refused.period}'s budget is back {until})"
             return _quota_reply(api, message, headers_out, labels)
         what = _LIMIT_WORDS.get(refused.name if refused is not None else "rpm", "requests per minute")
-        message = f"rate limit of this API key exceeded ({what}); retry after {retry} s"
+        message = f"rate limit of {_owner(refused, key)} exceeded ({what}); retry after {retry} s"
         reply = error_reply(api, 429, message, "ccr_auth_rate_limited", headers_out, labels)
         if api is not Api.OPENAI:
             return reply
@@ -311,6 +345,18 @@ _LIMIT_WORDS = {
     "tpd": "tokens per day",
     PARALLEL: "requests at once",
 }
+
+
+def _owner(limit: Limit | Budget | None, key: VirtualKey) -> str:
+    """Whose limit refused, in words: the key's own, its tenant's, the model's."""
+    scope = limit.scope if limit is not None else "key:"
+    if scope.startswith("tenant:"):
+        return f"tenant {key.tenant!r}"
+    if scope.startswith("model:"):
+        return f"model {scope.partition('/')[2]!r} (all callers)"
+    if scope.startswith("key_model:"):
+        return f"this API key on model {scope.split(':', 2)[2]!r}"
+    return "this API key"
 
 
 def rate_limit_headers(api: Api, key: VirtualKey, admission: Admission, now: float) -> tuple[tuple[str, str], ...]:

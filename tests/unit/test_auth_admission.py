@@ -68,7 +68,7 @@ class InMemoryShared:
 
 def charge(request_id: str, worst_case: float = 0.3, estimate: int = 100, parallel: bool = True) -> Charge:
     limits = limits_of(KEY) if parallel else limits_of(KEY)[:2]
-    return Charge(KEY, request_id, limits, budget_of(KEY), estimate, worst_case)
+    return Charge(KEY, request_id, limits, (budget_of(KEY),), estimate, worst_case)  # type: ignore[arg-type]
 
 
 def test_a_keys_charge_holds_its_rates_parallel_slots_and_budget() -> None:

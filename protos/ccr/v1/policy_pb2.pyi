@@ -98,14 +98,53 @@ class FallbackChain(_message.Message):
     def __init__(self, primary: _Optional[_Union[Target, _Mapping]] = ..., then: _Optional[_Iterable[_Union[Target, _Mapping]]] = ..., cluster: _Optional[str] = ...) -> None: ...
 
 class Tenant(_message.Message):
-    __slots__ = ("name", "api_key_sha256", "router")
+    __slots__ = ("name", "api_key_sha256", "router", "limits", "budget", "models", "key_model_limits")
+    class KeyModelLimitsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: RateLimits
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[RateLimits, _Mapping]] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     API_KEY_SHA256_FIELD_NUMBER: _ClassVar[int]
     ROUTER_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    KEY_MODEL_LIMITS_FIELD_NUMBER: _ClassVar[int]
     name: str
     api_key_sha256: _containers.RepeatedScalarFieldContainer[str]
     router: Router
-    def __init__(self, name: _Optional[str] = ..., api_key_sha256: _Optional[_Iterable[str]] = ..., router: _Optional[_Union[Router, _Mapping]] = ...) -> None: ...
+    limits: RateLimits
+    budget: Budget
+    models: _containers.RepeatedScalarFieldContainer[str]
+    key_model_limits: _containers.MessageMap[str, RateLimits]
+    def __init__(self, name: _Optional[str] = ..., api_key_sha256: _Optional[_Iterable[str]] = ..., router: _Optional[_Union[Router, _Mapping]] = ..., limits: _Optional[_Union[RateLimits, _Mapping]] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., models: _Optional[_Iterable[str]] = ..., key_model_limits: _Optional[_Mapping[str, RateLimits]] = ...) -> None: ...
+
+class RateLimits(_message.Message):
+    __slots__ = ("rpm", "rph", "rpd", "tpm", "tpd", "max_parallel")
+    RPM_FIELD_NUMBER: _ClassVar[int]
+    RPH_FIELD_NUMBER: _ClassVar[int]
+    RPD_FIELD_NUMBER: _ClassVar[int]
+    TPM_FIELD_NUMBER: _ClassVar[int]
+    TPD_FIELD_NUMBER: _ClassVar[int]
+    MAX_PARALLEL_FIELD_NUMBER: _ClassVar[int]
+    rpm: int
+    rph: int
+    rpd: int
+    tpm: int
+    tpd: int
+    max_parallel: int
+    def __init__(self, rpm: _Optional[int] = ..., rph: _Optional[int] = ..., rpd: _Optional[int] = ..., tpm: _Optional[int] = ..., tpd: _Optional[int] = ..., max_parallel: _Optional[int] = ...) -> None: ...
+
+class Budget(_message.Message):
+    __slots__ = ("usd", "period")
+    USD_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    usd: float
+    period: str
+    def __init__(self, usd: _Optional[float] = ..., period: _Optional[str] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_request_bytes",)
@@ -141,20 +180,22 @@ class Provider(_message.Message):
     def __init__(self, name: _Optional[str] = ..., api: _Optional[_Union[Api, str]] = ..., cluster: _Optional[str] = ..., base_path: _Optional[str] = ..., api_key_env: _Optional[str] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., headers: _Optional[_Mapping[str, str]] = ..., forward_count_tokens: bool = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "id", "max_output_tokens", "context_window", "capabilities", "pricing")
+    __slots__ = ("name", "id", "max_output_tokens", "context_window", "capabilities", "pricing", "limits")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     MAX_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_WINDOW_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     PRICING_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
     name: str
     id: str
     max_output_tokens: int
     context_window: int
     capabilities: _containers.RepeatedScalarFieldContainer[str]
     pricing: Pricing
-    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., max_output_tokens: _Optional[int] = ..., context_window: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ..., pricing: _Optional[_Union[Pricing, _Mapping]] = ...) -> None: ...
+    limits: RateLimits
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., max_output_tokens: _Optional[int] = ..., context_window: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ..., pricing: _Optional[_Union[Pricing, _Mapping]] = ..., limits: _Optional[_Union[RateLimits, _Mapping]] = ...) -> None: ...
 
 class Pricing(_message.Message):
     __slots__ = ("input", "output", "cache_read", "cache_write")
