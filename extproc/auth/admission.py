@@ -71,7 +71,14 @@ class Charge:
 
 def limits_of(key: VirtualKey, workers: int = 1) -> tuple[Limit, ...]:
     """``key``'s rate limits and parallel slots; each divided by ``workers`` when they share no state."""
-    values = [(name, value) for name, value in (("rpm", key.rpm), ("tpm", key.tpm), (PARALLEL, key.max_parallel))]
+    values = (
+        ("rpm", key.rpm),
+        ("rph", key.rph),
+        ("rpd", key.rpd),
+        ("tpm", key.tpm),
+        ("tpd", key.tpd),
+        (PARALLEL, key.max_parallel),
+    )
     return scoped_limits(f"key:{key.key_id}", [(n, v) for n, v in values if v is not None], workers)
 
 

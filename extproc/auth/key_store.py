@@ -118,7 +118,7 @@ def default_keys_path() -> Path:
 COLUMNS = (
     "key_id", "tenant", "name", "models", "rpm", "tpm", "max_parallel", "budget_usd", "budget_period",
     "expires_at", "revoked", "salt", "secret_hash", "previous_salt", "previous_secret_hash",
-    "previous_valid_until", "created_at", "changed_at", "version",
+    "previous_valid_until", "created_at", "changed_at", "version", "rph", "rpd", "tpd",
 )  # fmt: skip
 
 
@@ -128,7 +128,7 @@ def _row_values(record: KeyRecord, version: int, encode_models: Callable[[tuple[
         key.key_id, key.tenant, key.name, encode_models(key.models), key.rpm, key.tpm, key.max_parallel,
         key.budget_usd, key.budget_period, key.expires_at, key.revoked, record.secret.salt, record.secret.digest,
         previous.salt if previous else None, previous.digest if previous else None, record.previous_valid_until,
-        record.created_at, record.changed_at, version,
+        record.created_at, record.changed_at, version, key.rph, key.rpd, key.tpd,
     )  # fmt: skip
 
 
@@ -145,6 +145,9 @@ def _record_of(row: Mapping[str, Any], models: tuple[str, ...]) -> KeyRecord:
         budget_period=row["budget_period"],
         expires_at=row["expires_at"],
         revoked=bool(row["revoked"]),
+        rph=row["rph"],
+        rpd=row["rpd"],
+        tpd=row["tpd"],
     )
     previous = None
     if row["previous_salt"] is not None:
@@ -161,6 +164,13 @@ def _record_of(row: Mapping[str, Any], models: tuple[str, ...]) -> KeyRecord:
 
 
 # -- SQLite --------------------------------------------------------------------------------------
+
+# Both stores: requests per hour and day, tokens per day (a key without them: NULL, no limit).
+_DAILY_LIMITS = """
+        ALTER TABLE virtual_keys ADD COLUMN rph INTEGER;
+        ALTER TABLE virtual_keys ADD COLUMN rpd INTEGER;
+        ALTER TABLE virtual_keys ADD COLUMN tpd INTEGER
+        """
 
 _SQLITE_MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (
@@ -192,6 +202,7 @@ _SQLITE_MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         CREATE INDEX virtual_keys_tenant ON virtual_keys (tenant)
         """,
     ),
+    (2, "hourly and daily limits", _DAILY_LIMITS),
 )
 
 

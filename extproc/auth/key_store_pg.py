@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from extproc.auth.key_store import (
+    _DAILY_LIMITS,
     COLUMNS,
     COMMAND_TIMEOUT,
     NOTIFY_CHANNEL,
@@ -60,6 +61,7 @@ _POSTGRES_MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         CREATE INDEX virtual_keys_tenant ON virtual_keys (tenant);
         """,
     ),
+    (2, "hourly and daily limits", _DAILY_LIMITS),
 )
 
 

@@ -108,6 +108,9 @@ class VirtualKey:
     budget_period: str | None = None
     expires_at: float | None = None  # epoch seconds
     revoked: bool = False
+    rph: int | None = None  # requests per hour / day, tokens per day (after the rest: older stores lack them)
+    rpd: int | None = None
+    tpd: int | None = None
 
     def __post_init__(self) -> None:
         if not _KEY_ID.fullmatch(self.key_id):
@@ -116,7 +119,7 @@ class VirtualKey:
             raise KeyFormatError("a key needs a tenant")
         if not isinstance(self.models, tuple) or not all(isinstance(m, str) and m for m in self.models):
             raise KeyFormatError(f"models must be a tuple of model names, not {self.models!r}")
-        for name in ("rpm", "tpm", "max_parallel"):
+        for name in ("rpm", "tpm", "max_parallel", "rph", "rpd", "tpd"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise KeyFormatError(f"{name} must be a positive whole number or unset, not {value!r}")
@@ -144,7 +147,7 @@ class VirtualKey:
 
 # What `update limits` may change; the id, tenant and revocation have operations of their own.
 EDITABLE_FIELDS = frozenset(
-    ("name", "models", "rpm", "tpm", "max_parallel", "budget_usd", "budget_period", "expires_at")
+    ("name", "models", "rpm", "rph", "rpd", "tpm", "tpd", "max_parallel", "budget_usd", "budget_period", "expires_at")
 )
 
 

@@ -33,7 +33,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 POSTGRES_ENV = "CCR_AUTH_POSTGRES"
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_LIMITS = ("models", "rpm", "tpm", "max_parallel", "budget_usd", "budget_period")
+_LIMITS = ("models", "rpm", "rph", "rpd", "tpm", "tpd", "max_parallel", "budget_usd", "budget_period")
 
 
 def parse_duration(text: str) -> float:
@@ -93,7 +93,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_limit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", metavar="A,B", help="only these models (default any)")
     parser.add_argument("--rpm", type=int, metavar="N", help="requests per minute")
-    parser.add_argument("--tpm", type=int, metavar="N", help="tokens per minute")
+    parser.add_argument("--rph", type=int, metavar="N", help="requests per hour")
+    parser.add_argument("--rpd", type=int, metavar="N", help="requests per day")
+    parser.add_argument("--tpm", type=int, metavar="N", help="tokens per minute (input + output)")
+    parser.add_argument("--tpd", type=int, metavar="N", help="tokens per day")
     parser.add_argument("--max-parallel", type=int, metavar="N", help="requests in flight at once")
     parser.add_argument("--budget-usd", type=float, metavar="USD", help="spend allowed per budget period")
     parser.add_argument("--budget-period", choices=BUDGET_PERIODS, help="when the budget resets (default never)")

@@ -85,7 +85,7 @@ async def test_operations_and_versions_on_postgres(store: PostgresKeyStore, keys
         await store.revoke("zzzzzzzz")
     connection = await asyncpg.connect(keys_dsn)
     try:
-        assert await connection.fetchval("SELECT count(*) FROM auth_schema_migrations") == 1
+        assert await connection.fetchval("SELECT count(*) FROM auth_schema_migrations") == 2
     finally:
         await connection.close()
 

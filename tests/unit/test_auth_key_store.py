@@ -69,7 +69,10 @@ async def test_the_file_is_in_wal_mode_and_has_a_migration_row(store: SqliteKeyS
     await add(store)
     connection = sqlite3.connect(store.path)
     assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert connection.execute("SELECT version, name FROM auth_schema_migrations").fetchall() == [(1, "virtual keys")]
+    assert connection.execute("SELECT version, name FROM auth_schema_migrations").fetchall() == [
+        (1, "virtual keys"),
+        (2, "hourly and daily limits"),
+    ]
     connection.close()
 
 
@@ -369,3 +372,38 @@ def test_cli_reports_an_unusable_store_with_exit_code_1(tmp_path: Path, capsys: 
     (tmp_path / "dir.db").mkdir()
     code, _, err = cli(capsys, tmp_path / "dir.db", "list")
     assert code == 1 and "dir.db" in err
+
+
+async def test_a_store_of_the_first_schema_gains_the_daily_limits_and_keeps_its_keys(tmp_path) -> None:
+    """A keys.db written before rph/rpd/tpd existed is migrated in place on first use."""
+    import sqlite3
+    import time as time_module
+
+    from extproc.auth.key_store import _SQLITE_MIGRATIONS
+    from extproc.auth.keys import new_key
+
+    path = tmp_path / "old.db"
+    connection = sqlite3.connect(path)
+    connection.execute(
+        "CREATE TABLE auth_schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+    )
+    version, name, sql = _SQLITE_MIGRATIONS[0]
+    for statement in filter(str.strip, sql.split(";")):
+        connection.execute(statement)
+    connection.execute("INSERT INTO auth_schema_migrations VALUES (?, ?, ?)", (version, name, time_module.time()))
+    _, record = new_key("acme", "old", time_module.time(), rpm=5)
+    key = record.key
+    connection.execute(
+        "INSERT INTO virtual_keys VALUES (?, ?, ?, '[]', ?, NULL, NULL, NULL, NULL, NULL, 0, ?, ?, NULL, NULL, NULL, ?, ?, 1)",
+        (key.key_id, key.tenant, key.name, key.rpm, record.secret.salt, record.secret.digest, 1.0, 1.0),
+    )
+    connection.commit()
+    connection.close()
+    store = SqliteKeyStore(path)
+    try:
+        (stored,) = await store.list()
+        assert (stored.key.rpm, stored.key.rph, stored.key.tpd) == (5, None, None)
+        await store.update_limits(key.key_id, {"rpd": 100, "tpd": 10_000})
+        assert (await store.get(key.key_id)).key.rpd == 100
+    finally:
+        await store.close()
