@@ -176,7 +176,7 @@ def decide(state: GatewayState, method: str, path: str, headers: Mapping[str, st
     key = auth.authenticate(api, step.path, headers, state.table.auth_required)
     if isinstance(key, Reply):
         return _reply(key)
-    outcome = plan(state.table, api, step.kind, headers, raw, state.sessions)
+    outcome = plan(state.table, api, step.kind, headers, raw, state.sessions, key.tenant if key else None)
     if isinstance(outcome, Answer):
         return _reply(answer_reply(api, step.path, outcome, key))
     if key is None:

@@ -90,7 +90,9 @@ def plan(
     headers: Mapping[str, str],
     raw: bytes,
     sessions: SessionUsage | None = None,
+    tenant: str | None = None,
 ) -> Outcome:
+    """``tenant``: the virtual key's, whose routing overrides (the policy's ``tenants``) apply."""
     if table is None:
         return Answer(503, "the gateway has no routing policy yet; retry shortly", "ccr_no_policy")
     try:
@@ -109,7 +111,7 @@ def plan(
         asked_stream = body.get("stream") is True
         return Answer(exc.status, exc.message, "ccr_bad_request", requested_model=model, stream=asked_stream)
     try:
-        decision = decide(table, body, headers, len(raw), sessions)
+        decision = decide(table, body, headers, len(raw), sessions, tenant)
     except RoutingError as exc:  # count_tokens too: it is refused whatever /v1/messages refuses
         asked_stream = body.get("stream") is True
         return Answer(exc.status, exc.message, "ccr_no_route", requested_model=model, stream=asked_stream)

@@ -145,7 +145,8 @@ class RequestProcessor:
         """The rewrite; awaitable when a keyed request's limits are in Redis (``Process`` awaits it)."""
         if self.endpoint is None:  # headers were answered already; nothing to plan
             return m.CONTINUE_REQUEST_BODY
-        outcome = plan(self.state.table, self.api, self.endpoint.kind, self.headers, raw, self.state.sessions)
+        tenant = self.key.tenant if self.key is not None else None
+        outcome = plan(self.state.table, self.api, self.endpoint.kind, self.headers, raw, self.state.sessions, tenant)
         decision = outcome.decision
         if decision is not None:
             self.decision = decision

@@ -81,12 +81,17 @@ def decide(
     headers: Mapping[str, str],
     raw_size: int,
     sessions: SessionUsage | None = None,
+    tenant_of_key: str | None = None,
 ) -> Decision:
-    """Pick the target for one parsed request body. Raises RoutingError (404/400)."""
+    """Pick the target for one parsed request body. Raises RoutingError (404/400). The tenant's
+    router applies: the virtual key's tenant (``tenant_of_key``), else the one whose API key
+    digest matches the presented key (CCR-style tenants)."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise RoutingError(400, "model: a model name (string) is required")
-    tenant = _tenant(table.tenants, headers) if table.tenants else None
+    tenant = table.tenants_by_name.get(tenant_of_key) if tenant_of_key else None
+    if tenant is None and table.tenants:
+        tenant = _tenant(table.tenants, headers)
     router = tenant.router if tenant is not None else table.router
     tenant_name = tenant.name if tenant is not None else None
     session = session_id(body)

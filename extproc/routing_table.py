@@ -160,6 +160,7 @@ class RoutingTable:
     aliases: Mapping[str, WeightedChoice] = field(default_factory=dict)
     fallbacks: Mapping[tuple[str, str], FallbackRoute] = field(default_factory=dict)
     tenants: Mapping[str, TenantRouter] = field(default_factory=dict)  # api key sha256 hex -> tenant
+    tenants_by_name: Mapping[str, TenantRouter] = field(default_factory=dict)  # a virtual key's tenant -> its router
     tenant_rules: Mapping[str, TenantRules] = field(default_factory=dict)  # tenant name -> its keys' rules
     auth_required: bool = False  # every request needs a virtual key (extproc.auth.decision)
 
@@ -309,6 +310,7 @@ def compile_policy(policy: policy_pb2.Policy, environ: Mapping[str, str] | None 
 
     tenants: dict[str, TenantRouter] = {}
     rules: dict[str, TenantRules] = {}
+    by_name: dict[str, TenantRouter] = {}
     for tenant in policy.tenants:
         rules[tenant.name] = TenantRules(
             tenant.name,
@@ -320,6 +322,7 @@ def compile_policy(policy: policy_pb2.Policy, environ: Mapping[str, str] | None 
         compiled_tenant = TenantRouter(
             tenant.name, router(f"tenants.{tenant.name}.router", tenant.router, global_router)
         )
+        by_name[tenant.name] = compiled_tenant
         for digest in tenant.api_key_sha256:
             digest = digest.lower()
             if digest in tenants:
@@ -339,6 +342,7 @@ def compile_policy(policy: policy_pb2.Policy, environ: Mapping[str, str] | None 
         aliases=aliases,
         fallbacks=fallbacks,
         tenants=tenants,
+        tenants_by_name=by_name,
         tenant_rules=rules,
         auth_required=policy.auth_required,
     )

@@ -121,3 +121,23 @@ def test_policy_limit_mistakes_name_their_line(text: str, expected: str) -> None
     with pytest.raises(PolicyError) as caught:
         load_policy(base + text, "gw.yaml")
     assert any(expected in str(problem) for problem in caught.value.problems), caught.value.problems
+
+
+def test_a_virtual_keys_tenant_gets_that_tenants_routing_overrides() -> None:
+    from tests.unit.test_plan import auth_state
+
+    gateway = auth_state(True)  # the corpus policy: tenant "team" routes its default to gemini
+    keys = {
+        presented("teamkeyx"): VirtualKey("teamkeyx", "team", "t"),
+        presented("otherkey"): KEYS[presented("otherkey")],
+    }
+    gateway.auth.keys = FakeKeys(keys, FAKE_REFUSED)
+    body = orjson.dumps({"model": "claude-unknown", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})
+
+    def routed(key_id: str) -> str:
+        headers = {"x-api-key": presented(key_id), "x-request-id": key_id}
+        _, ops, _ = parse(hop.decide(gateway, "POST", "/v1/messages", headers, body))  # type: ignore[arg-type]
+        return next(value for op, name, value in ops if op == "label" and name == "provider")
+
+    assert routed("teamkeyx") == "gem"
+    assert routed("otherkey") == "ant"
