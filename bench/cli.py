@@ -11,14 +11,17 @@ that are not met do not fail it: numbers are for people; CI only checks that the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench import document, report
+from bench.environment import REDIS_HOST, REDIS_PORT, redis_listening
 from bench.load import LoadError, pick_driver
 from bench.runner import DECISION_PATHS, DEFAULT_PATHS, BenchError, Settings, run_bench
 from bench.workloads import CASES, CASES_BY_NAME, QUICK_CASES
@@ -47,8 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--paths",
         default=",".join(DEFAULT_PATHS),
         help="decision paths to run a gateway for, comma-separated, hop required (default hop,ext_proc; "
-        "hop alone skips the ext_proc gateway; hop-no-ledger adds the hop gateway without its usage ledger, "
-        "to show what the ledger costs)",
+        "hop alone skips the ext_proc gateway). Variants of the hop gateway, each to show what a feature "
+        "costs against hop in the same run: hop-no-ledger (without its usage ledger), hop-auth (virtual "
+        "keys required, every request presenting one; limits counted in process), hop-auth-redis (the "
+        f"same, limits counted in the Redis on {REDIS_HOST}:{REDIS_PORT}; skipped when none listens there)",
     )
     parser.add_argument("--no-half-load", action="store_true", help="skip the latency run at half the max req/s")
     parser.add_argument(
@@ -89,9 +94,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise BenchError(f"unknown case(s): {', '.join(unknown)}; known: {', '.join(CASES_BY_NAME)}")
     requested = {path.strip() for path in args.paths.split(",") if path.strip()}
     if "hop" not in requested or not requested <= set(DECISION_PATHS):
-        raise BenchError(
-            f"--paths: hop and optionally ext_proc, hop-no-ledger (the budget judges hop), got {args.paths!r}"
-        )
+        others = ", ".join(path for path in DECISION_PATHS if path != "hop")
+        raise BenchError(f"--paths: hop and optionally {others} (the budget judges hop), got {args.paths!r}")
     paths = tuple(path for path in DECISION_PATHS if path in requested)  # hop first, whatever the order given
     quick = args.quick
     return Settings(
@@ -107,6 +111,21 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         keep_workdir=args.keep_workdir,
         paths=paths,
     )
+
+
+REDIS_PATH = "hop-auth-redis"
+
+
+def without_unreachable_redis(settings: Settings, listening: Callable[[], bool] = redis_listening) -> Settings:
+    """``settings`` without hop-auth-redis when nothing listens where its limits would be counted
+    (the rest of the run is still worth having); says so on stderr."""
+    if REDIS_PATH not in settings.paths or listening():
+        return settings
+    _progress(
+        f"skipping {REDIS_PATH}: nothing listens on {REDIS_HOST}:{REDIS_PORT} "
+        "(start a Redis there to measure limits counted in Redis)"
+    )
+    return dataclasses.replace(settings, paths=tuple(path for path in settings.paths if path != REDIS_PATH))
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -150,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     if args.from_json:
         return _rerender(args.from_json, args)
     try:
-        settings = settings_from_args(args)
+        settings = without_unreachable_redis(settings_from_args(args))
         pick_driver(settings.load_generator)  # a missing tool fails here, before anything starts
     except (BenchError, LoadError) as exc:
         print(f"bench: {exc}", file=sys.stderr)

@@ -9,13 +9,20 @@ from typing import Any
 
 from bench.report import (
     AT_REST_HEADER,
+    AUTH_PYTHON_CPU_MS_MAX,
+    AUTH_RPS_LOSS_MAX,
     GATEWAY,
+    GATEWAY_AUTH,
+    GATEWAY_AUTH_REDIS,
     GATEWAY_EXTPROC,
     GATEWAY_NO_LEDGER,
     MAIN_HEADER,
+    NOT_MET,
     PLAIN,
     RATIO_HEADER,
+    VARIANT_HEADER,
     at_rest_rows,
+    auth_cost_lines,
     budget_lines,
     main_rows,
     markdown_table,
@@ -23,6 +30,7 @@ from bench.report import (
     run_warnings,
     soak_trend,
     targets_in,
+    variant_rows,
 )
 
 DECISION_PATHS_TEXT = f"""\
@@ -43,6 +51,15 @@ The gateway asks its Python decision service (the ext_proc worker processes: the
 - `hop-no-ledger` (target *{GATEWAY_NO_LEDGER}*, only with `--paths ...,hop-no-ledger`): the hop
   gateway run with `up --no-ledger`, which keeps no usage records: the difference from *{GATEWAY}*
   is what the usage ledger costs (*{GATEWAY}* keeps it the default way, in the local SQLite ledger).
+- `hop-auth` (target *{GATEWAY_AUTH}*, only with `--paths ...,hop-auth`): the hop gateway with
+  `auth: {{required: true, keys: {{sqlite: ...}}}}`, a virtual key made before it starts (rpm and tpm
+  limits far above what the run reaches, no budget) and presented by every request in `x-api-key`
+  (where the others send a provider key, which *{GATEWAY}* passes on untouched); the key's limits
+  counted in process. The difference from *{GATEWAY}* is what keys and limits cost.
+- `hop-auth-redis` (target *{GATEWAY_AUTH_REDIS}*, only with `--paths ...,hop-auth-redis`): the same
+  with `auth.limits: {{redis: redis://127.0.0.1:6379/0}}`, the limits counted in the machine's Redis
+  (skipped when nothing listens there); the Redis server's CPU is shown beside, never counted as the
+  gateway's.
 
 *hop calls/req* is Envoy's `cluster.ccr_hop.upstream_rq_total` per request (1 for a passthrough
 request or a stream, 2 for a translated non-streaming one on the hop path; 0 on the ext_proc path),
@@ -177,6 +194,15 @@ def markdown(summary: dict[str, Any], command: str) -> str:
         markdown_table(RATIO_HEADER, ratio_rows(summary, summary["derived"])),
         "",
     ]
+    if variants := variant_rows(summary, summary["derived"]):
+        lines += [
+            f"Each variant of the hop gateway against *{GATEWAY}*, in the same run (Python CPU: the ext_proc",
+            "workers'; one window each, so a few percent of req/s either way can be noise):",
+            "",
+            markdown_table(VARIANT_HEADER, variants),
+            "",
+        ]
+    lines += auth_cost_text(summary)
     if rest := at_rest_rows(summary):
         lines += [
             "RSS (MB) at rest, right after startup and before any load:",
@@ -210,6 +236,36 @@ def markdown(summary: dict[str, Any], command: str) -> str:
         ]
     lines.append(METHOD_TEXT)
     return "\n".join(lines)
+
+
+def auth_cost_text(summary: dict[str, Any]) -> list[str]:
+    """ "What auth costs": the auth targets against the hop gateway, judged against the goals of
+    issue 15; nothing when no auth target ran."""
+    lines = auth_cost_lines(summary, markdown=True)
+    if not lines:
+        return []
+    rows = summary["auth_cost"]
+    missed = sum(1 for row in rows if NOT_MET in (row["rps_verdict"], row["python_verdict"]))
+    verdict = (
+        "Both goals are met in every case measured."
+        if not missed
+        else f"{missed} of the {len(rows)} lines below miss a goal (one window each: a few percent of req/s "
+        "either way can be noise)."
+    )
+    return [
+        "### What auth costs",
+        "",
+        f"What requiring virtual keys and counting their limits costs the hop gateway, against *{GATEWAY}* in",
+        "the same run: the presented key found in the worker's key cache (its salted hash checked once,",
+        f"then remembered), the request's rates charged in process (*{GATEWAY_AUTH}*) or with a round trip",
+        f"to Redis (*{GATEWAY_AUTH_REDIS}*) and settled from Envoy's usage log, the rate-limit headers added",
+        f"to the answer. The goals: at most {AUTH_PYTHON_CPU_MS_MAX:g} ms of Python CPU added per request and at",
+        f"most {AUTH_RPS_LOSS_MAX:.0%} of req/s lost.",
+        verdict,
+        "",
+        *lines,
+        "",
+    ]
 
 
 # Hand-written notes (e.g. runs with other options) live below this line and survive a rewrite.

@@ -11,7 +11,11 @@ One run starts these, and stops them again in reverse order (also on Ctrl-C or a
   (own listener and admin ports, ``listener.decision`` set) and the same four providers: an
   anthropic-format and an openai-format provider on the fake provider and the same pair on the
   upstream Envoy. Their children (control plane, ext_proc processes, Envoy) are found under each
-  ``up`` process in /proc by their command lines.
+  ``up`` process in /proc by their command lines. The hop variants (``GATEWAY_RUNS``) are the hop
+  gateway without its ledger, or with virtual keys required: their key store is a keys.db in the
+  work dir holding one key, made before the gateway starts, that every request to them presents;
+  ``hop-auth-redis`` counts the key's limits in the machine's Redis (127.0.0.1:6379), whose CPU
+  is then a component of that target (``redis``) when its process can be found.
 
 Every target's components include both upstreams, so a window's CPU shows which one worked, but
 neither is ever counted as the gateway's or plain Envoy's CPU.
@@ -19,6 +23,7 @@ neither is ever counted as the gateway's or plain Envoy's CPU.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client as http_client
 import os
@@ -40,7 +45,7 @@ import yaml
 
 from bench import procfs
 from bench.baseline import baseline_config, upstream_config, write_config
-from bench.report import GATEWAY_COMPONENTS, NO_LEDGER_SUFFIX, PLAIN, TARGET_BY_DECISION_PATH
+from bench.report import GATEWAY_COMPONENTS, PLAIN, TARGET_BY_DECISION_PATH
 from bench.workloads import (
     ANTHROPIC_DIRECT_MODEL,
     ANTHROPIC_MODEL,
@@ -48,8 +53,36 @@ from bench.workloads import (
     OPENAI_DIRECT_MODEL,
     OPENAI_MODEL,
 )
+from extproc.auth.key_store import SqliteKeyStore
+from extproc.auth.keys import new_key
 
 MAX_REQUEST_BYTES = 32 * 1024 * 1024  # the policy default; the 400 KB body is far below it
+# The machine's Redis, where hop-auth-redis counts its key's limits (as tests/e2e/test_auth_limits.py).
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
+# The bench key's limits: counted on every request, never reached (a refusal would measure the 429
+# path, not the cost of counting). No budget: the hop gateway's requests have none either.
+BENCH_KEY_LIMITS = {"rpm": 10_000_000, "tpm": 10_000_000_000}
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayRun:
+    """What one ``--paths`` name starts: a ``ccr-gateway up`` on this decision path, with or
+    without the ledger, with or without keys required."""
+
+    decision: str  # the policy's listener.decision
+    ledger: bool = True  # False: `up --no-ledger`
+    auth: bool = False  # keys required; the load presents one from the gateway's own keys.db
+    redis_limits: bool = False  # with auth: the key's limits counted in REDIS_URL, not in process
+
+
+GATEWAY_RUNS = {  # the same names as bench.report.TARGET_BY_DECISION_PATH (tests/unit/test_bench.py checks)
+    "hop": GatewayRun("hop"),
+    "ext_proc": GatewayRun("ext_proc"),
+    "hop-no-ledger": GatewayRun("hop", ledger=False),
+    "hop-auth": GatewayRun("hop", auth=True),
+    "hop-auth-redis": GatewayRun("hop", auth=True, redis_limits=True),
+}
 GATEWAY_ROLES = GATEWAY_COMPONENTS  # what the gateway is made of: envoy, ext_proc, control_plane
 Progress = Callable[[str], None]
 
@@ -59,6 +92,31 @@ class BenchError(RuntimeError):
 
 
 _HANDED_OUT: set[int] = set()
+
+
+def redis_listening(timeout: float = 1.0) -> bool:
+    """Whether something accepts connections on the machine's Redis port (hop-auth-redis needs it)."""
+    try:
+        with socket.create_connection((REDIS_HOST, REDIS_PORT), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def create_bench_key(keys_db: Path) -> str:
+    """A new virtual key in ``keys_db`` (created with its tables if missing); the presented key.
+    Made before the gateway starts, so its workers load it with the store: no wait for the cache."""
+
+    async def create() -> str:
+        store = SqliteKeyStore(keys_db)
+        try:
+            presented, record = new_key("bench", "bench-load", time.time(), **BENCH_KEY_LIMITS)
+            await store.create(record)
+            return presented
+        finally:
+            await store.close()
+
+    return asyncio.run(create())
 
 
 def free_port() -> int:
@@ -187,7 +245,8 @@ class Target:
     url: str
     admin: str
     components: procfs.Components
-    decision: str = ""  # the gateway's listener.decision; "" for plain Envoy
+    decision: str = ""  # the gateway's --paths name (hop, ext_proc, hop-auth, ...); "" for plain Envoy
+    api_key: str = ""  # the virtual key every request presents (x-api-key); "" when keys are not required
 
     @property
     def is_gateway(self) -> bool:
@@ -208,9 +267,20 @@ class Environment:
         return [self.plain, *self.gateways]
 
 
-def gateway_policy(listen_port: int, fake_port: int, upstream_port: int, decision: str) -> dict[str, Any]:
+def auth_section(keys_db: Path, redis_limits: bool) -> dict[str, Any]:
+    """The policy's ``auth``: keys required, kept in ``keys_db``; limits in Redis or in process."""
+    section: dict[str, Any] = {"required": True, "keys": {"sqlite": str(keys_db)}}
+    if redis_limits:
+        section["limits"] = {"redis": REDIS_URL}
+    return section
+
+
+def gateway_policy(
+    listen_port: int, fake_port: int, upstream_port: int, decision: str, auth: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Two providers on the fake provider (streams) and two on the upstream Envoy (the rest); the
-    case's model name picks one (``bench.workloads.Case.model``)."""
+    case's model name picks one (``bench.workloads.Case.model``). ``auth``: the policy's auth
+    section (``auth_section``), none by default."""
     model = {"max_output_tokens": MAX_OUTPUT_TOKENS, "capabilities": ["tools"]}
 
     def provider(name: str, api: str, port: int, model_name: str, key_env: str) -> dict[str, Any]:
@@ -223,7 +293,7 @@ def gateway_policy(listen_port: int, fake_port: int, upstream_port: int, decisio
             "models": [{"name": model_name, **model}],
         }
 
-    return {
+    policy: dict[str, Any] = {
         "listener": {"address": "127.0.0.1", "port": listen_port, "decision": decision},
         "limits": {"max_request_bytes": MAX_REQUEST_BYTES},
         "providers": [
@@ -235,6 +305,9 @@ def gateway_policy(listen_port: int, fake_port: int, upstream_port: int, decisio
             provider("bench-openai-direct", "openai", upstream_port, OPENAI_DIRECT_MODEL, "CCR_BENCH_OPENAI_KEY"),
         ],
     }
+    if auth is not None:
+        policy["auth"] = auth
+    return policy
 
 
 def memory_at_rest(components: procfs.Components, roles: tuple[str, ...]) -> dict[str, Any]:
@@ -308,28 +381,46 @@ def environment(
         )
 
         # The gateways start side by side (startup is mostly Python imports), then each is awaited.
-        env = {**os.environ, "CCR_BENCH_ANTHROPIC_KEY": "sk-ant-bench", "CCR_BENCH_OPENAI_KEY": "sk-bench"}
+        # Only the policy says where keys and limits live: none of the caller's CCR_AUTH_* settings.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CCR_AUTH_")}
+        env |= {"CCR_BENCH_ANTHROPIC_KEY": "sk-ant-bench", "CCR_BENCH_OPENAI_KEY": "sk-bench"}
         # The gateways keep their usage ledger on, as a deployment does, in the work dir: the
         # benchmark's requests never land in the user's own ledger (ledger.local: $XDG_DATA_HOME).
         env["XDG_DATA_HOME"] = str(workdir / "data")
         starting = []
         for path in sorted(decision_paths, key=list(TARGET_BY_DECISION_PATH).index):  # hop first
-            name, decision = TARGET_BY_DECISION_PATH[path], path.removesuffix(NO_LEDGER_SUFFIX)
+            name, run = TARGET_BY_DECISION_PATH[path], GATEWAY_RUNS[path]
             port, admin, xds = free_port(), free_port(), free_port()  # xds too: not picked by `up` itself
+            auth, api_key, components = None, "", shared
+            if run.auth:
+                keys_db = workdir / f"{name}-keys.db"
+                api_key = create_bench_key(keys_db)
+                auth = auth_section(keys_db, run.redis_limits)
+            if run.redis_limits and (redis := procfs.listening_pids(REDIS_PORT)):
+                components = shared | {"redis": redis}  # the limits' CPU, beside the gateway's
             policy = workdir / f"{name}-policy.yaml"
-            policy.write_text(yaml.safe_dump(gateway_policy(port, fake_port, upstream_port, decision), sort_keys=False))
-            progress(f"starting {name} (ccr-gateway up, decision: {decision}) on 127.0.0.1:{port}")
+            policy.write_text(
+                yaml.safe_dump(gateway_policy(port, fake_port, upstream_port, run.decision, auth), sort_keys=False)
+            )
+            progress(f"starting {name} (ccr-gateway up, decision: {run.decision}) on 127.0.0.1:{port}")
             argv = [*python, "up", "-c", str(policy), "--admin-port", str(admin), "--xds", f"127.0.0.1:{xds}"]
             argv += ["--metrics-port", "0"]  # `up` serves metrics on fixed ports by default: two gateways would collide
             argv += ["--timeout", f"{startup_timeout_s:g}"]
-            argv += ["--no-ledger"] if path != decision else []
+            argv += [] if run.ledger else ["--no-ledger"]
             up = processes.start(name, argv + (["--workers", str(workers)] if workers else []), env=env)
-            starting.append((name, path, up, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}"))
+            starting.append(
+                (name, path, up, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}", components, api_key)
+            )
         gateways = []
-        for name, decision, up, url, admin_url in starting:
-            models_url = f"{url}/v1/models"
-            wait_for(lambda u=models_url: http("GET", u, timeout=1)[0] == 200, startup_timeout_s, name, processes)
-            gateway = Target(name, url, admin_url, procfs.Components(_discoverer(up, shared)), decision)
+        for name, path, up, url, admin_url, components, api_key in starting:
+            models_url, key_header = f"{url}/v1/models", {"x-api-key": api_key} if api_key else {}
+            wait_for(
+                lambda u=models_url, h=key_header: http("GET", u, headers=h, timeout=1)[0] == 200,
+                startup_timeout_s,
+                name,
+                processes,
+            )
+            gateway = Target(name, url, admin_url, procfs.Components(_discoverer(up, components)), path, api_key)
             found = gateway.components.pids()
             missing = [role for role in GATEWAY_ROLES if not found[role]]
             if missing:

@@ -137,3 +137,39 @@ def cpu_delta(before: Mapping[str, Usage], after: Mapping[str, Usage]) -> dict[s
 def changed(before: Mapping[str, Usage], after: Mapping[str, Usage]) -> list[str]:
     """Components whose set of processes differs between two snapshots."""
     return sorted(name for name, end in after.items() if name in before and before[name].pids != end.pids)
+
+
+def listening_pids(port: int) -> list[int]:
+    """The processes holding a socket that listens on TCP ``port`` (any address, IPv4 or IPv6):
+    sockets from /proc/net/tcp{,6}, their owners from /proc/<pid>/fd. Only the processes this user
+    may inspect; [] when none."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            # local_address is HEX_IP:HEX_PORT; state 0A is LISTEN; the socket's inode is field 10.
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
+        return []
+    return [pid for pid in all_pids() if not inodes.isdisjoint(_fd_links(pid))]
+
+
+def _fd_links(pid: int) -> list[str]:
+    """What the process's open files point at; [] for a process not ours to inspect, or gone."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return []
+    links = []
+    for fd in fds:
+        try:
+            links.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:  # closed since the listing
+            continue
+    return links

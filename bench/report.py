@@ -5,8 +5,9 @@ writes), so a saved JSON file can be re-rendered and these functions tested with
 
 A case (and the half-load run) holds one measured window per target under the target's name:
 ``plain-envoy``, ``gateway`` (the default decision path, hop: the one the budget judges) and, when
-it ran, ``gateway-ext_proc`` (the ext_proc path, for comparison). Results of older runs, with only
-the first two, render too.
+it ran, ``gateway-ext_proc`` (the ext_proc path, for comparison) and the hop variants asked for
+(``HOP_VARIANTS``: without the ledger, with keys required), which are also compared with
+``gateway``. Results of older runs, with only the first two, render too.
 """
 
 from __future__ import annotations
@@ -19,12 +20,22 @@ from typing import Any
 from bench.workloads import MAIN_CASE, PACED_STREAM_CASE, PASSTHROUGH_CASE, PASSTHROUGH_STREAM_CASE, STREAM_CASE
 
 PLAIN, GATEWAY, GATEWAY_EXTPROC = "plain-envoy", "gateway", "gateway-ext_proc"
-GATEWAY_NO_LEDGER = "gateway-no-ledger"  # opt-in (--paths hop,hop-no-ledger): the cost of the usage ledger
-GATEWAY_TARGETS = (GATEWAY, GATEWAY_EXTPROC, GATEWAY_NO_LEDGER)
+# Opt-in variants of the hop gateway (--paths hop,...), each the cost of one feature in the same run:
+GATEWAY_NO_LEDGER = "gateway-no-ledger"  # hop-no-ledger: without the usage ledger
+GATEWAY_AUTH = "gateway-auth"  # hop-auth: virtual keys required, limits counted in process
+GATEWAY_AUTH_REDIS = "gateway-auth-redis"  # hop-auth-redis: the same, limits counted in Redis
+HOP_VARIANTS = (GATEWAY_NO_LEDGER, GATEWAY_AUTH, GATEWAY_AUTH_REDIS)  # compared with GATEWAY, not only plain Envoy
+AUTH_TARGETS = (GATEWAY_AUTH, GATEWAY_AUTH_REDIS)
+GATEWAY_TARGETS = (GATEWAY, GATEWAY_EXTPROC, *HOP_VARIANTS)
 TARGETS = (PLAIN, *GATEWAY_TARGETS)  # the order every case measures them in
-# The policy's listener.decision per gateway; "hop-no-ledger" is hop run with `up --no-ledger`.
-TARGET_BY_DECISION_PATH = {"hop": GATEWAY, "ext_proc": GATEWAY_EXTPROC, "hop-no-ledger": GATEWAY_NO_LEDGER}
-NO_LEDGER_SUFFIX = "-no-ledger"
+# The gateway per --paths name; what each runs (decision path, ledger, auth) is bench.environment's.
+TARGET_BY_DECISION_PATH = {
+    "hop": GATEWAY,
+    "ext_proc": GATEWAY_EXTPROC,
+    "hop-no-ledger": GATEWAY_NO_LEDGER,
+    "hop-auth": GATEWAY_AUTH,
+    "hop-auth-redis": GATEWAY_AUTH_REDIS,
+}
 MET, NOT_MET, NOT_MEASURED = "met", "not met", "not measured"
 SOAK_REQUESTS = 200_000
 
@@ -39,6 +50,14 @@ RSS_GROWTH_PCT_MAX = 10.0  # over SOAK_REQUESTS
 WORKER_RSS_MB_MAX = 60.0  # one ext_proc worker at rest
 GATEWAY_RSS_MB_MAX = 250.0  # Envoy + ext_proc + control plane at rest, with GATEWAY_RSS_WORKERS workers
 GATEWAY_RSS_WORKERS = 2
+# What keys and limits may cost the hop gateway (issue 15), each auth target against GATEWAY in the
+# same run: not budget lines (the budget judges GATEWAY alone), judged where the auth targets ran.
+AUTH_PYTHON_CPU_MS_MAX = 0.1  # ext_proc CPU per request added
+AUTH_RPS_LOSS_MAX = 0.10  # req/s lost, as a share of GATEWAY's
+AUTH_GOALS_TEXT = (
+    f"goals: at most {AUTH_PYTHON_CPU_MS_MAX:g} ms of Python CPU per request added and at most "
+    f"{AUTH_RPS_LOSS_MAX:.0%} of req/s lost, against {GATEWAY} in the same run"
+)
 
 GATEWAY_COMPONENTS = ("envoy", "ext_proc", "control_plane")  # the control plane includes the `up` supervisor
 COMPONENTS = (*GATEWAY_COMPONENTS, "fake_provider", "upstream", "loadgen")
@@ -126,13 +145,29 @@ def _per_chunk(case: dict[str, Any], target: str, results: dict[str, Any]) -> di
     }
 
 
+def against_hop(hop: dict[str, Any], variant: dict[str, Any]) -> dict[str, Any]:
+    """A hop variant's window (``HOP_VARIANTS``) against the hop gateway's of the same case: what
+    the feature it adds or removes costs, per request, in the same run."""
+    hop_cpu, cpu = hop["cpu_ms_per_request"], variant["cpu_ms_per_request"]
+    return {
+        "rps_vs_hop": _ratio(variant["load"]["rps"], hop["load"]["rps"]),
+        "python_cpu_ms_vs_hop": round(cpu.get("ext_proc", 0.0) - hop_cpu.get("ext_proc", 0.0), 4),
+        "envoy_cpu_ms_vs_hop": round(cpu.get("envoy", 0.0) - hop_cpu.get("envoy", 0.0), 4),
+        # The machine's Redis (hop-auth-redis only): its CPU is the limits', not the gateway's.
+        "redis_cpu_ms_per_request": cpu.get("redis"),
+    }
+
+
 def derive(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per case and gateway target: the comparison with plain Envoy, and for streams the ext_proc
-    cost per upstream SSE event. ``derived[case][target]``, ``derived["half_load"][target]``."""
+    """Per case and gateway target: the comparison with plain Envoy, for streams the ext_proc cost
+    per upstream SSE event, and for a hop variant the comparison with the hop gateway.
+    ``derived[case][target]``, ``derived["half_load"][target]``."""
     derived: dict[str, dict[str, Any]] = {}
     for case in results.get("cases", []):
         derived[case["name"]] = {
-            target: compare(case[PLAIN], case[target]) | _per_chunk(case, target, results)
+            target: compare(case[PLAIN], case[target])
+            | _per_chunk(case, target, results)
+            | (against_hop(case[GATEWAY], case[target]) if target in HOP_VARIANTS and GATEWAY in case else {})
             for target in gateway_targets_in(case)
         }
     if soak := results.get("soak"):
@@ -302,10 +337,53 @@ def _at_rest_lines(rest: dict[str, Any] | None) -> list[dict[str, str]]:
     return lines
 
 
+def auth_cost(results: dict[str, Any], derived: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per auth target and case that ran: its req/s as a share of the hop gateway's and the Python
+    CPU per request it adds, each judged against its goal (``AUTH_RPS_LOSS_MAX``,
+    ``AUTH_PYTHON_CPU_MS_MAX``). Empty when no auth target ran."""
+    out = []
+    for target in AUTH_TARGETS:
+        for case in results.get("cases", []):
+            row = derived.get(case["name"], {}).get(target, {})
+            if row.get("rps_vs_hop") is None:
+                continue
+            rps, python = row["rps_vs_hop"], row["python_cpu_ms_vs_hop"]
+            out.append(
+                {
+                    "target": target,
+                    "case": case["name"],
+                    "rps_vs_hop": rps,
+                    "rps_verdict": MET if rps >= 1 - AUTH_RPS_LOSS_MAX else NOT_MET,
+                    "python_cpu_ms_added": python,
+                    "python_verdict": MET if python <= AUTH_PYTHON_CPU_MS_MAX else NOT_MET,
+                    "redis_cpu_ms_per_request": row.get("redis_cpu_ms_per_request"),
+                }
+            )
+    return out
+
+
+def auth_cost_lines(summary: dict[str, Any], markdown: bool = False) -> list[str]:
+    """``auth_cost`` as one line per target and case."""
+
+    def verdict(text: str) -> str:
+        return f"**{text}**" if markdown else text.upper()
+
+    lines = []
+    for row in summary.get("auth_cost", []):
+        redis = row["redis_cpu_ms_per_request"]
+        lines.append(
+            f"{'- ' if markdown else ''}{row['target']}, {row['case']}: "
+            f"req/s {row['rps_vs_hop']:.1%} of {GATEWAY}'s ({verdict(row['rps_verdict'])}), "
+            f"Python CPU {row['python_cpu_ms_added']:+.3f} ms/request ({verdict(row['python_verdict'])})"
+            + (f"; the Redis server {redis:.3f} ms/request" if redis is not None else "")
+        )
+    return lines
+
+
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
-    """The results with ``derived`` and ``budget`` added (what --json writes)."""
+    """The results with ``derived``, ``budget`` and ``auth_cost`` added (what --json writes)."""
     derived = derive(results)
-    return results | {"derived": derived, "budget": budget(results, derived)}
+    return results | {"derived": derived, "budget": budget(results, derived), "auth_cost": auth_cost(results, derived)}
 
 
 # --- presentation ------------------------------------------------------------------------------
@@ -377,6 +455,16 @@ RATIO_HEADER = [
     "ext_proc msgs/chunk",
 ]
 AT_REST_HEADER = ["target", "decision", "envoy", "ext_proc", "ext_proc per worker", "control plane", "total"]
+VARIANT_HEADER = [
+    "case",
+    "target",
+    "req/s",
+    f"req/s vs {GATEWAY}",
+    "Python CPU ms/req",
+    f"Python CPU vs {GATEWAY}",
+    f"Envoy CPU vs {GATEWAY}",
+    "Redis CPU ms/req",
+]
 
 
 def main_rows(results: dict[str, Any]) -> list[list[str]]:
@@ -418,6 +506,29 @@ def ratio_rows(results: dict[str, Any], derived: dict[str, dict[str, Any]]) -> l
             label = f"{MAIN_CASE} @ {half['rate']:g} req/s"
             rows.append([label, target, "(same rate)", _fmt(added["added_p50_ms"]), _fmt(added["added_p99_ms"])])
             rows[-1] += [""] * (len(RATIO_HEADER) - len(rows[-1]))
+    return rows
+
+
+def variant_rows(results: dict[str, Any], derived: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """Each hop variant that ran against the hop gateway, per case (``against_hop``)."""
+    rows = []
+    for case in results.get("cases", []):
+        for target in HOP_VARIANTS:
+            d = derived.get(case["name"], {}).get(target, {})
+            if d.get("rps_vs_hop") is None:
+                continue
+            rows.append(
+                [
+                    case["name"],
+                    target,
+                    f"{case[target]['load']['rps']:.0f}",
+                    f"{d['rps_vs_hop']:.1%}",
+                    _fmt(d["python_cpu_ms_per_request"], 3),
+                    f"{d['python_cpu_ms_vs_hop']:+.3f}",
+                    f"{d['envoy_cpu_ms_vs_hop']:+.3f}",
+                    _fmt(d["redis_cpu_ms_per_request"], 3),
+                ]
+            )
     return rows
 
 
@@ -477,6 +588,10 @@ def stdout_report(summary: dict[str, Any]) -> str:
         "each gateway vs plain Envoy (same run, same upstream, same body upstream):",
         text_table(RATIO_HEADER, ratio_rows(summary, derived)),
     ]
+    if variants := variant_rows(summary, derived):
+        parts += ["", f"each hop variant vs {GATEWAY} (hop; same run):", text_table(VARIANT_HEADER, variants)]
+    if auth := auth_cost_lines(summary):
+        parts += ["", f"what auth costs ({AUTH_GOALS_TEXT}):", *(f"  {line}" for line in auth)]
     if rest := at_rest_rows(summary):
         parts += ["", "RSS MB at rest (after startup, before any load):", text_table(AT_REST_HEADER, rest)]
     warnings = run_warnings(summary)

@@ -34,7 +34,7 @@ __all__ = ["DECISION_PATHS", "DEFAULT_PATHS", "BenchError", "Settings", "run_ben
 
 EXTPROC_STATS = ("stream_msgs_sent", "stream_msgs_received", "streams_started")
 DECISION_PATHS = tuple(TARGET_BY_DECISION_PATH)  # the policy's listener.decision values, hop (the default) first
-DEFAULT_PATHS = ("hop", "ext_proc")  # hop-no-ledger on request: a third gateway costs a third of the run
+DEFAULT_PATHS = ("hop", "ext_proc")  # the hop variants on request: a third gateway costs a third of the run
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,13 +169,18 @@ class Bench:
     # --- cases --------------------------------------------------------------------------------
 
     def spec(self, target: Target, case: Case, bodies: dict[str, Path], **overrides: Any) -> LoadSpec:
-        """Plain Envoy gets the upstream request (``baseline``), every gateway the client's (``client``)."""
+        """Plain Envoy gets the upstream request (``baseline``), every gateway the client's (``client``);
+        a gateway that requires keys gets the bench's virtual key in ``x-api-key`` in place of the
+        client's provider key (the same header: only its value differs from the other gateways')."""
         plain = not target.is_gateway
         settings = self.settings
+        headers = case.baseline_headers() if plain else case.client_headers()
+        if target.api_key:
+            headers["x-api-key"] = target.api_key
         values: dict[str, Any] = {
             "url": target.url + (case.baseline_path() if plain else case.client_path()),
             "body_path": bodies["baseline" if plain else "client"],
-            "headers": case.baseline_headers() if plain else case.client_headers(),
+            "headers": headers,
             "duration_s": settings.duration_s,
             "connections": settings.connections,
             "threads": settings.threads,
@@ -209,6 +214,11 @@ class Bench:
                 raise BenchError(f"{where}: unexpected response {body[:300]!r}")
             if case.direct and text != DIRECT_ANSWER_TEXT:
                 raise BenchError(f"{where}: not the upstream Envoy's canned answer: {text[:200]!r}")
+        if target.api_key:  # the key is what lets the request through: without it, refused
+            anonymous = spec.headers | {"x-api-key": case.client_headers()["x-api-key"]}
+            refused, _ = http("POST", spec.url, spec.body_path.read_bytes(), anonymous, timeout=60)
+            if refused != 401:
+                raise BenchError(f"{where}: keys are required, yet a request without one got HTTP {refused}")
         events = sum(1 for line in body.splitlines() if line.startswith(b"data:")) if case.stream else 0
         return {"response_bytes": len(body), "sse_events": events}
 

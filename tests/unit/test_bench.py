@@ -5,14 +5,18 @@ rewrite, the case check (tests/e2e/test_bench_smoke.py runs the harness itself).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import copy
 import json
+import os
+import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from bench import cli, document, report
+from bench import cli, document, environment, procfs, report
 from bench.baseline import (
     ANTHROPIC_DIRECT_ANSWER,
     DIRECT_ANSWER_TEXT,
@@ -23,9 +27,27 @@ from bench.baseline import (
     baseline_config,
     upstream_config,
 )
-from bench.environment import gateway_policy
-from bench.report import GATEWAY, GATEWAY_EXTPROC, MET, NOT_MEASURED, NOT_MET, PLAIN
-from bench.runner import answer_text
+from bench.environment import (
+    BENCH_KEY_LIMITS,
+    GATEWAY_RUNS,
+    REDIS_URL,
+    Processes,
+    auth_section,
+    create_bench_key,
+    gateway_policy,
+)
+from bench.report import (
+    GATEWAY,
+    GATEWAY_AUTH,
+    GATEWAY_AUTH_REDIS,
+    GATEWAY_EXTPROC,
+    MET,
+    NOT_MEASURED,
+    NOT_MET,
+    PLAIN,
+    TARGET_BY_DECISION_PATH,
+)
+from bench.runner import Bench, Settings, answer_text
 from bench.workloads import (
     ANTHROPIC_DIRECT_MODEL,
     CASES,
@@ -41,6 +63,8 @@ from bench.workloads import (
     claude_code_body,
 )
 from control_plane.policy import load_policy
+from extproc.auth.key_store import SqliteKeyStore
+from extproc.auth.keys import parse_presented
 from extproc.translate.base import Api, Target
 from extproc.translate.client_request import parse_request
 from extproc.translate.registry import translator_for
@@ -168,6 +192,75 @@ def test_the_generated_policy_is_valid_and_serves_every_cases_model(decision: st
         assert port_by_model[case.model] == (9002 if case.direct else 9001), case.name
 
 
+def test_the_auth_variants_policy_requires_keys_from_the_work_dirs_store(tmp_path: Path) -> None:
+    keys_db = tmp_path / "gateway-auth-keys.db"
+    in_process = load_policy(yaml.safe_dump(gateway_policy(8080, 9001, 9002, "hop", auth_section(keys_db, False))))
+    assert in_process.decision_path == "hop"
+    assert (in_process.auth.required, in_process.auth.keys_sqlite) == (True, str(keys_db))
+    assert in_process.auth.limits.redis is None  # counted in each worker
+    in_redis = load_policy(yaml.safe_dump(gateway_policy(8080, 9001, 9002, "hop", auth_section(keys_db, True))))
+    assert in_redis.auth.limits.redis == REDIS_URL == "redis://127.0.0.1:6379/0"
+    # The gateway it is compared with has no auth section at all.
+    assert load_policy(yaml.safe_dump(gateway_policy(8080, 9001, 9002, "hop"))).auth.required is False
+
+
+def test_every_paths_name_has_a_target_and_says_what_it_runs() -> None:
+    assert set(GATEWAY_RUNS) == set(TARGET_BY_DECISION_PATH)
+    assert {path: run.decision for path, run in GATEWAY_RUNS.items()} == {
+        "hop": "hop",
+        "ext_proc": "ext_proc",
+        "hop-no-ledger": "hop",
+        "hop-auth": "hop",
+        "hop-auth-redis": "hop",
+    }
+    assert [path for path, run in GATEWAY_RUNS.items() if run.auth] == ["hop-auth", "hop-auth-redis"]
+    assert [path for path, run in GATEWAY_RUNS.items() if run.redis_limits] == ["hop-auth-redis"]
+    assert [path for path, run in GATEWAY_RUNS.items() if not run.ledger] == ["hop-no-ledger"]
+
+
+def test_the_bench_key_is_stored_before_the_gateway_starts_with_limits_it_never_reaches(tmp_path: Path) -> None:
+    keys_db = tmp_path / "keys.db"
+    presented = create_bench_key(keys_db)
+    parsed = parse_presented(presented)
+    assert parsed is not None
+
+    async def stored() -> Any:
+        store = SqliteKeyStore(keys_db)
+        try:
+            return await store.get(parsed[0])
+        finally:
+            await store.close()
+
+    record = asyncio.run(stored())
+    assert record is not None and record.verify(parsed[1], 0.0)
+    assert (record.key.rpm, record.key.tpm) == (BENCH_KEY_LIMITS["rpm"], BENCH_KEY_LIMITS["tpm"])
+    assert record.key.budget_usd is None and record.key.max_parallel is None and not record.key.models
+
+
+def test_a_keyed_gateway_gets_its_key_where_the_others_get_the_clients_provider_key(tmp_path: Path) -> None:
+    bench = Bench(Settings(cases=(MAIN_CASE,)), lambda message: None, Processes(tmp_path))
+    case = CASES_BY_NAME[MAIN_CASE]
+    bodies = bench.write_bodies(case)
+    components = procfs.Components(dict)
+    hop = environment.Target(GATEWAY, "http://127.0.0.1:1", "", components, "hop")
+    keyed = environment.Target(GATEWAY_AUTH, "http://127.0.0.1:2", "", components, "hop-auth", api_key="sk-ccr-bench")
+    hop_headers, keyed_headers = bench.spec(hop, case, bodies).headers, bench.spec(keyed, case, bodies).headers
+    assert hop_headers == case.client_headers()  # no virtual key: the run without auth
+    assert keyed_headers == hop_headers | {"x-api-key": "sk-ccr-bench"}  # the same header, its value differs
+    assert bench.spec(keyed, case, bodies).body_path == bench.spec(hop, case, bodies).body_path
+
+
+def test_listening_pids_finds_the_process_behind_a_port() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert os.getpid() in procfs.listening_pids(port)
+    with socket.socket() as bound:  # bound, not listening
+        bound.bind(("127.0.0.1", 0))
+        assert procfs.listening_pids(bound.getsockname()[1]) == []
+
+
 # --- the command line --------------------------------------------------------------------------
 
 
@@ -182,11 +275,32 @@ def test_paths_choose_the_gateways_and_hop_is_required(capsys: pytest.CaptureFix
     assert cli.settings_from_args(_args("--paths", "ext_proc, hop")).paths == ("hop", "ext_proc")
     # The ledger's cost, on request: the hop gateway again, with `up --no-ledger`.
     assert cli.settings_from_args(_args("--paths", "hop-no-ledger,hop")).paths == ("hop", "hop-no-ledger")
+    # What keys and limits cost, on request: the hop gateway again, keys required.
+    assert cli.settings_from_args(_args("--paths", "hop-auth-redis, hop-auth,hop")).paths == (
+        "hop",
+        "hop-auth",
+        "hop-auth-redis",
+    )
     assert "--paths hop" in cli.command_line(_args("--paths", "hop"))
+    assert "--paths hop,hop-auth,hop-auth-redis" in cli.command_line(_args("--paths", "hop,hop-auth,hop-auth-redis"))
     assert "--paths" not in cli.command_line(_args())
-    for paths in ("ext_proc", "hop,grpc"):
+    for paths in ("ext_proc", "hop,grpc", "hop-auth", "hop,hop-auth-memcached"):
         assert cli.run(_args("--paths", paths)) == 2
-        assert "--paths" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "--paths" in err and "hop-auth, hop-auth-redis" in err
+
+
+def test_limits_in_redis_are_skipped_with_a_message_when_nothing_listens_on_6379(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = cli.settings_from_args(_args("--paths", "hop,hop-auth,hop-auth-redis"))
+    assert cli.without_unreachable_redis(settings, listening=lambda: False).paths == ("hop", "hop-auth")
+    err = capsys.readouterr().err
+    assert "skipping hop-auth-redis" in err and "127.0.0.1:6379" in err
+    assert cli.without_unreachable_redis(settings, listening=lambda: True) == settings
+    plain = cli.settings_from_args(_args("--paths", "hop,hop-auth"))
+    assert cli.without_unreachable_redis(plain, listening=lambda: False) == plain
+    assert capsys.readouterr().err == ""
 
 
 # --- derived numbers and the budget ------------------------------------------------------------
@@ -414,6 +528,98 @@ def _machine() -> dict[str, Any]:
         "started": "today",
         "elapsed_s": 1.0,
     }
+
+
+def _with_hop_variants(results: dict[str, Any]) -> dict[str, Any]:
+    """The hop variants beside the hop gateway (2,500 / 4,000 req/s, 0.3 / 0.15 ms of Python CPU) in
+    the two non-streaming cases: keys with limits in process at exactly the goals on the translated
+    case, limits in Redis past both on the passthrough one, the ledger off a little cheaper."""
+    variants = {
+        MAIN_CASE: {
+            GATEWAY_AUTH: (2_250, {"envoy": 0.52, "ext_proc": 0.4}),
+            GATEWAY_AUTH_REDIS: (2_300, {"envoy": 0.55, "ext_proc": 0.38, "redis": 0.05}),
+            report.GATEWAY_NO_LEDGER: (2_600, {"envoy": 0.5, "ext_proc": 0.28}),
+        },
+        PASSTHROUGH_CASE: {
+            GATEWAY_AUTH: (3_800, {"envoy": 0.3, "ext_proc": 0.2}),
+            GATEWAY_AUTH_REDIS: (3_500, {"envoy": 0.35, "ext_proc": 0.26, "redis": 0.05}),
+        },
+    }
+    for case in results["cases"]:
+        hops = 2 if case["name"] == MAIN_CASE else 1
+        for target, (rps, cpu) in variants.get(case["name"], {}).items():
+            case[target] = _window(target, rps, 6.0, cpu, _hop(hops))
+    return results
+
+
+def test_each_hop_variant_is_compared_with_the_hop_gateway_and_auth_judged_against_its_goals() -> None:
+    summary = report.summarize(_with_hop_variants(_results()))
+    derived = summary["derived"]
+    auth = derived[MAIN_CASE][GATEWAY_AUTH]
+    assert (auth["rps_vs_hop"], auth["python_cpu_ms_vs_hop"], auth["envoy_cpu_ms_vs_hop"]) == (0.9, 0.1, 0.02)
+    assert auth["redis_cpu_ms_per_request"] is None and auth["rps_ratio"] == 0.225  # and still vs plain Envoy
+    redis = derived[PASSTHROUGH_CASE][GATEWAY_AUTH_REDIS]
+    assert (redis["rps_vs_hop"], redis["python_cpu_ms_vs_hop"], redis["redis_cpu_ms_per_request"]) == (
+        0.875,
+        0.11,
+        0.05,
+    )
+    assert derived[MAIN_CASE][report.GATEWAY_NO_LEDGER]["python_cpu_ms_vs_hop"] == -0.02
+    assert "rps_vs_hop" not in derived[MAIN_CASE][GATEWAY_EXTPROC]  # another path, not a variant of hop
+    # At the goals is within them; past them is not. The budget still judges the hop gateway alone.
+    verdicts = {(r["target"], r["case"]): (r["rps_verdict"], r["python_verdict"]) for r in summary["auth_cost"]}
+    assert verdicts == {
+        (GATEWAY_AUTH, MAIN_CASE): (MET, MET),
+        (GATEWAY_AUTH, PASSTHROUGH_CASE): (MET, MET),
+        (GATEWAY_AUTH_REDIS, MAIN_CASE): (MET, MET),
+        (GATEWAY_AUTH_REDIS, PASSTHROUGH_CASE): (NOT_MET, NOT_MET),
+    }
+    assert len(summary["budget"]) == 12 and {line["verdict"] for line in summary["budget"]} == {MET}
+
+    out = report.stdout_report(summary)
+    assert "each hop variant vs gateway (hop; same run):" in out
+    assert (
+        "  gateway-auth-redis, passthrough-40k: req/s 87.5% of gateway's (NOT MET), "
+        "Python CPU +0.110 ms/request (NOT MET); the Redis server 0.050 ms/request"
+    ) in out.splitlines()
+    rows = report.variant_rows(summary, derived)
+    assert [row[:2] for row in rows] == [
+        [MAIN_CASE, report.GATEWAY_NO_LEDGER],
+        [MAIN_CASE, GATEWAY_AUTH],
+        [MAIN_CASE, GATEWAY_AUTH_REDIS],
+        [PASSTHROUGH_CASE, GATEWAY_AUTH],
+        [PASSTHROUGH_CASE, GATEWAY_AUTH_REDIS],
+    ]
+    assert rows[1][2:] == ["2250", "90.0%", "0.400", "+0.100", "+0.020", "-"]
+    assert all(len(row) == len(report.VARIANT_HEADER) for row in rows)
+
+    doc = document.markdown(summary | _machine(), "ccr-gateway bench --paths hop,hop-auth,hop-auth-redis")
+    assert "### What auth costs" in doc and "1 of the 4 lines below miss a goal" in doc
+    assert (
+        "- gateway-auth, translated-40k: req/s 90.0% of gateway's (**met**), Python CPU +0.100 ms/request (**met**)"
+        in doc
+    )
+    assert "| passthrough-40k | gateway-auth-redis | 3500 | 87.5% | 0.260 | +0.110 | +0.050 | 0.050 |" in doc
+
+
+def test_auth_costs_are_written_only_when_an_auth_target_ran() -> None:
+    met = _with_hop_variants(_results())
+    met["cases"][1][GATEWAY_AUTH_REDIS]["cpu_ms_per_request"]["ext_proc"] = 0.2
+    met["cases"][1][GATEWAY_AUTH_REDIS]["load"]["rps"] = 3_700
+    doc = document.markdown(report.summarize(met) | _machine(), "ccr-gateway bench")
+    assert "Both goals are met in every case measured." in doc
+
+    ledger_only = _with_hop_variants(_results())
+    for case in ledger_only["cases"]:
+        for target in (GATEWAY_AUTH, GATEWAY_AUTH_REDIS):
+            case.pop(target, None)
+    summary = report.summarize(ledger_only)
+    assert summary["auth_cost"] == []
+    assert "what auth costs" not in report.stdout_report(summary)
+    doc = document.markdown(summary | _machine(), "ccr-gateway bench")
+    assert "What auth costs" not in doc and "| translated-40k | gateway-no-ledger | 2600 |" in doc
+    plain = report.summarize(_results())  # no variant at all: no variant table either
+    assert "each hop variant" not in report.stdout_report(plain)
 
 
 def test_a_rewrite_keeps_the_hand_written_notes_and_only_them() -> None:
