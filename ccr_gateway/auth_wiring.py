@@ -23,7 +23,7 @@ from extproc.auth.decision import Authenticator
 from extproc.auth.key_cache import KeyCache
 from extproc.auth.key_store import default_keys_path, open_key_store
 from extproc.auth.local_limits import LocalLimiter
-from extproc.auth.redis_limits import FailurePolicy, GuardedLimiter, RedisLimiter, connect
+from extproc.auth.redis_limits import FailurePolicy, GuardedLimiter, RedisLimiter, connect_hot
 
 AUTH_POSTGRES_ENV = "CCR_AUTH_POSTGRES"
 AUTH_REDIS_ENV = "CCR_AUTH_REDIS"
@@ -144,7 +144,7 @@ async def opened_authenticator(args: argparse.Namespace) -> AsyncIterator[Authen
     redis_client = None
     shared = None
     if args.auth_redis:
-        redis_client = connect(os.path.expandvars(args.auth_redis), timeout_s=args.auth_redis_timeout_ms / 1000)
+        redis_client = connect_hot(os.path.expandvars(args.auth_redis), timeout_s=args.auth_redis_timeout_ms / 1000)
         shared = GuardedLimiter(
             RedisLimiter(redis_client),
             policies=failure_policies(args.auth_on_redis_failure),

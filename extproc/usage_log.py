@@ -269,9 +269,10 @@ class UsageLogService(als_pb2_grpc.AccessLogServiceServicer):
 
     async def _settle(self, records: list[UsageRecord]) -> None:
         """Give the keys' limits and budgets what the requests really used."""
-        auth = self.state.auth
+        finished = []
         for record in records:
             tokens = (
                 record.input_tokens + record.cache_read_tokens + record.cache_creation_tokens + record.output_tokens
             )
-            await auth.settle(record.request_id, Spent(tokens, record.cost_usd))
+            finished.append((record.request_id, Spent(tokens, record.cost_usd)))
+        await self.state.auth.settle_many(finished)

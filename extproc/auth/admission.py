@@ -181,11 +181,20 @@ def settle_local(limiter: LocalLimiter, charge: Charge, spent: Spent) -> None:
         limiter.settle(budget, charge.request_id, spent.cost_usd)
 
 
-async def settle_shared(limiter: SharedLimiter, charge: Charge, spent: Spent) -> None:
-    await limiter.reconcile_tokens(charge.limits, charge.estimate, spent.tokens)
-    await limiter.release(charge.limits, charge.request_id)
-    for budget in charge.budgets:
-        await limiter.settle(budget, charge.request_id, spent.cost_usd)
+async def settle_shared(limiter: SharedLimiter, finished: Sequence[tuple[Charge, Spent]]) -> None:
+    """Settle a batch: each set of limits gets one token correction (the sum of its requests'; GCRA
+    moves by the total either way), each parallel slot and budget reservation is its request's."""
+    corrections: dict[tuple[Limit, ...], float] = {}
+    for charge, spent in finished:
+        corrections[charge.limits] = corrections.get(charge.limits, 0.0) + spent.tokens - charge.estimate
+    for limits, delta in corrections.items():
+        if delta:
+            await limiter.reconcile_tokens(limits, 0.0, delta)
+    for charge, spent in finished:
+        if any(limit.name == PARALLEL for limit in charge.limits):
+            await limiter.release(charge.limits, charge.request_id)
+        for budget in charge.budgets:
+            await limiter.settle(budget, charge.request_id, spent.cost_usd)
 
 
 class HeldCharges:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -317,10 +317,23 @@ class Authenticator:
         if charge is None:
             return False
         if self.shared_limiter is not None:
-            await settle_shared(self.shared_limiter, charge, spent)
+            await settle_shared(self.shared_limiter, [(charge, spent)])
         else:
             settle_local(self.limiter, charge, spent)
         return True
+
+    async def settle_many(self, finished: Sequence[tuple[str, Spent]]) -> int:
+        """``settle`` for a batch of usage records (one message of Envoy's usage log): against Redis,
+        the token corrections of one set of limits are summed into one call. How many were ours."""
+        charges = [(charge, spent) for request_id, spent in finished if (charge := self.held.take(request_id))]
+        if not charges:
+            return 0
+        if self.shared_limiter is not None:
+            await settle_shared(self.shared_limiter, charges)
+        else:
+            for charge, spent in charges:
+                settle_local(self.limiter, charge, spent)
+        return len(charges)
 
     def clock(self) -> float:
         return self.limiter.clock()

@@ -11,17 +11,17 @@ integers. TTLs are relative (PSETEX/PEXPIRE) so they hold whatever the caller's 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
 class Script:
     name: str
     source: str
+    sha: str = field(init=False)  # what EVALSHA names it by, computed once
 
-    @property
-    def sha(self) -> str:
-        return hashlib.sha1(self.source.encode()).hexdigest()
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
 
 
 # KEYS: one per limit (a GCRA tat string, or a parallel lease sorted set).

@@ -23,6 +23,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 from prometheus_client import Counter, Histogram
@@ -60,6 +61,7 @@ from extproc.auth.limits import (
 )
 from extproc.auth.local_limits import DEFAULT_RESERVATION_TTL_S, SETTLED_MEMORY_S, LocalLimiter
 from extproc.auth.redis_topology import Topology, parse_redis_url
+from extproc.auth.resp_client import RespClient
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,9 @@ REDIS_SECONDS = Histogram(
     ["op"],
     buckets=(0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
 )
+
+_ADMIT_SECONDS = REDIS_SECONDS.labels("admit")  # the labelled child once: labels() costs a lock and a dict
+_MEMO_SIZE = 10_000  # limit sets remembered (a key's, with its tenant's and its model's)
 
 # What "Redis is not answering" looks like; anything else (a script error) is a bug and raises.
 # During a failover: Sentinel's MasterNotFoundError and its "previous master is now a slave" are
@@ -116,6 +121,25 @@ def connect(url: str, *, timeout_s: float = 0.05, **options: Any) -> RedisClient
         nodes = [ClusterNode(host, port) for host, port in target.nodes]
         return RedisCluster(startup_nodes=nodes, require_full_coverage=False, **hot(), **credentials, **options)
     return aioredis.Redis.from_url(url, retry_on_timeout=False, **hot(), **options)
+
+
+def connect_hot(url: str, *, timeout_s: float = 0.05) -> RedisClient | RespClient:
+    """The request path's client: for a single Redis (``redis://``) the lean pipelined one
+    (extproc.auth.resp_client: a few tens of microseconds a check instead of redis-py's ~150+);
+    for Sentinel, Cluster, TLS or a Unix socket, ``connect``'s."""
+    target = parse_redis_url(url)
+    parts = urlsplit(url)
+    if target.topology is not Topology.SINGLE or parts.scheme != "redis" or not parts.hostname:
+        return connect(url, timeout_s=timeout_s)
+    path = parts.path.strip("/")
+    return RespClient(
+        parts.hostname,
+        parts.port or 6379,
+        db=int(path) if path.isdigit() else 0,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+        timeout_s=timeout_s,
+    )
 
 
 class _Sentinels(Sentinel):
@@ -161,6 +185,9 @@ class RedisLimiter:
         self.prefix = prefix
         self.reservation_ttl_s = reservation_ttl_s
         self.clock = clock
+        # The per-request work that depends only on the limits: their slot groups and key names.
+        self._slot_groups: dict[tuple[Limit, ...], list[tuple[Limit, ...]]] = {}
+        self._key_names: dict[tuple[Limit, ...], list[str]] = {}
 
     # -- rate limits and parallel slots --------------------------------------------------------
 
@@ -171,12 +198,13 @@ class RedisLimiter:
         if not limits:
             return ALLOWED
         now = self.clock() if now is None else now
-        groups = _group_by_slot(limits)
+        groups = self._groups(limits)
         calls = [
             (ADMIT, self._keys(group), self._admit_args(group, request_id, now, token_estimate)) for group in groups
         ]
-        with REDIS_SECONDS.labels("admit").time():
-            replies = await self._run_all(calls)
+        started = time.perf_counter()
+        replies = await self._run_all(calls)
+        _ADMIT_SECONDS.observe(time.perf_counter() - started)
         builder = AdmissionBuilder()
         admitted_groups = []
         for group, raw_reply in zip(groups, replies, strict=True):
@@ -231,7 +259,25 @@ class RedisLimiter:
             await self._run_all(calls)
 
     def _keys(self, group: Sequence[Limit]) -> list[str]:
-        return [redis_key(self.prefix, limit.scope, limit.name) for limit in group]
+        group = group if isinstance(group, tuple) else tuple(group)
+        keys = self._key_names.get(group)
+        if keys is None:
+            keys = [redis_key(self.prefix, limit.scope, limit.name) for limit in group]
+            if len(self._key_names) > _MEMO_SIZE:
+                self._key_names.clear()
+            self._key_names[group] = keys
+        return keys
+
+    def _groups(self, limits: Sequence[Limit]) -> list[tuple[Limit, ...]]:
+        """``limits`` by hash slot, remembered per set of limits (the same few per key, per request)."""
+        limits = limits if isinstance(limits, tuple) else tuple(limits)
+        groups = self._slot_groups.get(limits)
+        if groups is None:
+            groups = [tuple(group) for group in _group_by_slot(limits)]
+            if len(self._slot_groups) > _MEMO_SIZE:
+                self._slot_groups.clear()
+            self._slot_groups[limits] = groups
+        return groups
 
     @staticmethod
     def _admit_args(group: Sequence[Limit], request_id: str, now: float, token_estimate: float) -> list[str]:
@@ -309,7 +355,7 @@ class RedisLimiter:
         if len(calls) == 1:
             script, keys, args = calls[0]
             return [await self._run(script, keys, args)]
-        if isinstance(self.client, RedisCluster):
+        if isinstance(self.client, (RedisCluster, RespClient)):
             # The slots may live on several nodes: one call each, at once, so the check still
             # waits one round trip, and each follows its own MOVED/ASK and NOSCRIPT. Every call
             # settles before an error is raised (as the pipeline's raise_on_error=False below).

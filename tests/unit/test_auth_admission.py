@@ -251,3 +251,18 @@ def test_the_model_list_needs_a_key_when_keys_are_required(headers: dict, status
     assert action == "reply" and ("status", str(status), "") in ops
     action, ops, _ = parse(hop.decide(auth_state(False), "GET", "/v1/models", {}, b""))  # type: ignore[arg-type]
     assert ("status", "200", "") in ops  # anonymous callers are served when keys are optional
+
+
+def test_a_batch_of_usage_records_corrects_each_set_of_limits_once() -> None:
+    state, shared = shared_state()
+    for index in range(2):  # the key holds two parallel slots
+        decide(state, f"batch-{index}")
+    shared.calls.clear()
+    settled = asyncio.run(
+        state.auth.settle_many(
+            [(f"batch-{index}", Spent(500, 0.001)) for index in range(2)] + [("unknown", Spent(1, 0))]
+        )
+    )
+    assert settled == 2
+    # one token correction for the key's limits; each request's parallel slot and budget its own
+    assert shared.calls == ["reconcile"] + ["release", "settle"] * 2
