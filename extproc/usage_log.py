@@ -215,6 +215,24 @@ def _ms(duration: Duration) -> float:
     return duration.seconds * 1000 + duration.nanos / 1e6
 
 
+def spent_of(record: UsageRecord | None, used: ProviderUsage | None, table: RoutingTable | None) -> Spent:
+    """What a finished request used, for its key's limits: from its usage record when this copy of
+    the log made one, else from the provider's usage alone (the other copies make no record: a
+    whole record is several times the work). No usage (an error, a stream cut short): nothing."""
+    if record is not None:
+        tokens = record.input_tokens + record.cache_read_tokens + record.cache_creation_tokens + record.output_tokens
+        return Spent(tokens, record.cost_usd)
+    if used is None:
+        return Spent(0, 0.0)
+    usage = used.usage
+    route = table.explicit.get(f"{used.provider},{used.model}") if table is not None else None
+    cache_read, cache_creation = usage.cache_read_input_tokens, usage.cache_creation_input_tokens
+    cost = cost_usd(
+        route.prices if route else None, usage.input_tokens, usage.output_tokens, cache_read, cache_creation
+    )
+    return Spent(usage.input_tokens + cache_read + cache_creation + usage.output_tokens, cost)
+
+
 def record_usage(used: ProviderUsage, sessions: SessionUsage, count_tokens: bool = True) -> None:
     usage = used.usage
     sessions.record(used.session, usage.prompt_tokens)
@@ -248,7 +266,7 @@ class UsageLogService(als_pb2_grpc.AccessLogServiceServicer):
             if message.HasField("identifier"):  # the stream's first message names the log
                 counting = message.identifier.log_name != SESSION_LOG_NAME
             records = []
-            settled: list[UsageRecord] = []
+            settled: list[tuple[str, Spent]] = []
             table = self.state.table
             for entry in message.http_logs.log_entry:
                 used = provider_usage(entry)
@@ -257,22 +275,10 @@ class UsageLogService(als_pb2_grpc.AccessLogServiceServicer):
                 record = None
                 if counting and (record := usage_record(entry, table, used)) is not None:
                     records.append(record)
-                if held and entry.request.request_id in held:  # a keyed request this worker admitted
-                    record = record or usage_record(entry, table, used)
-                    if record is not None:
-                        settled.append(record)
+                if held and (request_id := entry.request.request_id) in held:  # a keyed request admitted here
+                    settled.append((request_id, spent_of(record, used, table)))
             if records:
                 self.sink.put(records)
             if settled:
-                await self._settle(settled)
+                await self.state.auth.settle_many(settled)
         return StreamAccessLogsResponse()
-
-    async def _settle(self, records: list[UsageRecord]) -> None:
-        """Give the keys' limits and budgets what the requests really used."""
-        finished = []
-        for record in records:
-            tokens = (
-                record.input_tokens + record.cache_read_tokens + record.cache_creation_tokens + record.output_tokens
-            )
-            finished.append((record.request_id, Spent(tokens, record.cost_usd)))
-        await self.state.auth.settle_many(finished)

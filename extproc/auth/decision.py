@@ -27,6 +27,7 @@ limiter's clock.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -388,13 +389,19 @@ def rate_limit_headers(api: Api, key: VirtualKey, admission: Admission, now: flo
                 (f"x-ratelimit-reset-{kind}", _duration(reset_s)),
             ]
         else:
-            reset_at = datetime.fromtimestamp(math.ceil(now + reset_s), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            reset_at = _utc_iso(math.ceil(now + reset_s))
             out += [
                 (f"anthropic-ratelimit-{kind}-limit", str(configured)),
                 (f"anthropic-ratelimit-{kind}-remaining", remaining),
                 (f"anthropic-ratelimit-{kind}-reset", reset_at),
             ]
     return tuple(out)
+
+
+@functools.lru_cache(maxsize=256)
+def _utc_iso(epoch_seconds: int) -> str:
+    """RFC 3339 in UTC, once per second (strftime is most of a header set's cost)."""
+    return datetime.fromtimestamp(epoch_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _duration(seconds: float) -> str:

@@ -272,3 +272,19 @@ def test_the_counting_copy_passes_every_client_request_and_the_session_copies_us
     matchers = [f["metadataFilter"]["matcher"] for f in session["orFilter"]["filters"]]
     assert [m["filter"] for m in matchers] == [USAGE_NAMESPACE] * 3 + [METADATA_NAMESPACE]
     assert matchers[-1]["path"] == [{"key": KEY_ID_LABEL}]  # the worker that admitted it settles its limits
+
+
+def test_what_a_keyed_request_spent_comes_from_its_record_or_else_its_usage_alone() -> None:
+    from dataclasses import replace
+
+    from ccr.v1.pricing import Prices
+    from control_plane.policy.model import ModelSpec
+    from extproc.routing_table import compile_policy
+    from extproc.usage_log import spent_of
+
+    priced = replace(provider("p1"), models=(ModelSpec("m1", "m1", pricing=Prices(3.0, 15.0)),))
+    table = compile_policy(policy(priced).to_proto("1"), environ={})
+    used = ProviderUsage("p1", "m1", None, usage_from_counts({"input_tokens": 1000, "output_tokens": 500}))
+    spent = spent_of(None, used, table)
+    assert (spent.tokens, spent.cost_usd) == (1500, pytest.approx((1000 * 3.0 + 500 * 15.0) / 1e6))
+    assert spent_of(None, None, table).tokens == 0  # no usage: nothing to correct
