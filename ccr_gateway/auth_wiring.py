@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from control_plane.policy.auth import AuthSpec
 from control_plane.policy.auth_limits import DEFAULT_BUDGET_ALERT_AT
@@ -23,7 +24,9 @@ from extproc.auth.decision import Authenticator
 from extproc.auth.key_cache import KeyCache
 from extproc.auth.key_store import default_keys_path, open_key_store
 from extproc.auth.local_limits import LocalLimiter
-from extproc.auth.redis_limits import FailurePolicy, GuardedLimiter, RedisLimiter, connect_hot
+
+if TYPE_CHECKING:
+    from extproc.auth.redis_limits import FailurePolicy
 
 AUTH_POSTGRES_ENV = "CCR_AUTH_POSTGRES"
 AUTH_REDIS_ENV = "CCR_AUTH_REDIS"
@@ -144,6 +147,9 @@ async def opened_authenticator(args: argparse.Namespace) -> AsyncIterator[Authen
     redis_client = None
     shared = None
     if args.auth_redis:
+        # Imported only here: redis-py (and what it pulls in) is ~9 MB of every process that loads it.
+        from extproc.auth.redis_limits import GuardedLimiter, RedisLimiter, connect_hot
+
         redis_client = connect_hot(os.path.expandvars(args.auth_redis), timeout_s=args.auth_redis_timeout_ms / 1000)
         shared = GuardedLimiter(
             RedisLimiter(redis_client),
@@ -163,5 +169,7 @@ async def opened_authenticator(args: argparse.Namespace) -> AsyncIterator[Authen
 
 def failure_policies(text: str) -> dict[str, FailurePolicy]:
     """``rpm=local,budget=fail_closed`` -> the limiter's policies (the policy file was checked)."""
+    from extproc.auth.redis_limits import FailurePolicy
+
     pairs = (item.split("=", 1) for item in text.split(",") if "=" in item)
     return {name.strip(): FailurePolicy(policy.strip()) for name, policy in pairs}
