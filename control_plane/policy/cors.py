@@ -51,9 +51,7 @@ def parse_cors(check: Checker, at: Located, path: str = "listener.cors") -> Cors
     origins: list[str] = []
     if "allow_origins" in fields:
         origins_path = join(path, "allow_origins")
-        items = check.sequence(fields["allow_origins"], origins_path)
-        if not items and isinstance(fields["allow_origins"].value, list):
-            check.problem(fields["allow_origins"], origins_path, "at least one origin is required")
+        items = check.non_empty_sequence(fields["allow_origins"], origins_path, "origin")
         for index, item in enumerate(items):
             origin = check.string(item, join(origins_path, index))
             if origin is None:

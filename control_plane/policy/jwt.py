@@ -106,9 +106,7 @@ def parse_jwt(check: Checker, at: Located, path: str = "auth.jwt") -> JwtSpec | 
     providers: list[JwtProviderSpec] = []
     if "providers" in fields:
         providers_path = join(path, "providers")
-        items = check.sequence(fields["providers"], providers_path)
-        if not items and isinstance(fields["providers"].value, list):
-            check.problem(fields["providers"], providers_path, "at least one provider is required")
+        items = check.non_empty_sequence(fields["providers"], providers_path, "provider")
         names: dict[str, int] = {}
         issuers: dict[str, int] = {}
         for index, item in enumerate(items):
@@ -139,10 +137,8 @@ def _provider(check: Checker, at: Located, path: str) -> JwtProviderSpec | None:
     audiences: list[str] = []
     if "audiences" in fields:
         audiences_path = join(path, "audiences")
-        items = check.sequence(fields["audiences"], audiences_path)
-        if not items and isinstance(fields["audiences"].value, list):
-            # Without one, a token the issuer made for any other application would be let in.
-            check.problem(fields["audiences"], audiences_path, "at least one audience is required")
+        # Without one, a token the issuer made for any other application would be let in.
+        items = check.non_empty_sequence(fields["audiences"], audiences_path, "audience")
         for index, item in enumerate(items):
             audience = check.string(item, join(audiences_path, index))
             if audience is not None:

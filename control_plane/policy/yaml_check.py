@@ -152,6 +152,13 @@ class Checker:
             return []
         return at.value
 
+    def non_empty_sequence(self, at: Located, path: str, what: str) -> list[Located]:
+        """A list with at least one item; ``what`` names the items in the problem."""
+        items = self.sequence(at, path)
+        if not items and isinstance(at.value, list):
+            self.problem(at, path, f"at least one {what} is required")
+        return items
+
 
 def kind_of(value: Any) -> str:
     if value is None:
