@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING
 
 from control_plane.policy.auth import AuthSpec
 from control_plane.policy.auth_limits import DEFAULT_BUDGET_ALERT_AT
-from extproc.auth.decision import Authenticator
-from extproc.auth.key_cache import KeyCache
 from extproc.auth.key_store import default_keys_path, open_key_store
-from extproc.auth.local_limits import LocalLimiter
 
+# The worker's side only: `up` and the control plane import this module too, and the decision code
+# (with the translators it pulls in) is ~10 MB they have no use for.
 if TYPE_CHECKING:
+    from extproc.auth.decision import Authenticator
     from extproc.auth.redis_limits import FailurePolicy
 
 AUTH_POSTGRES_ENV = "CCR_AUTH_POSTGRES"
@@ -137,6 +137,10 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
 async def opened_authenticator(args: argparse.Namespace) -> AsyncIterator[Authenticator]:
     """The worker's Authenticator, its key cache loaded (or retrying: until then every gateway key
     is refused with a 503) on the running loop; closed on the way out."""
+    from extproc.auth.decision import Authenticator
+    from extproc.auth.key_cache import KeyCache
+    from extproc.auth.local_limits import LocalLimiter
+
     dsn = os.path.expandvars(args.auth_keys_postgres) if args.auth_keys_postgres else None
     sqlite = os.path.expandvars(args.auth_keys_sqlite) if args.auth_keys_sqlite else None
     store = open_key_store(sqlite, dsn)
