@@ -23,6 +23,7 @@ from ccr.v1 import policy_pb2
 from ccr.v1.contract import DEFAULT_LONG_CONTEXT_THRESHOLD
 from ccr.v1.contract import SCENARIOS as SCENARIO_FIELDS
 from ccr.v1.pricing import Prices
+from extproc.cache.rules import WHEN, CacheRules, CacheSetting, resolve
 from extproc.translate.base import Api, Target
 
 _API_OF = {
@@ -68,6 +69,7 @@ class ModelRoute:
     prices: Prices | None = None  # None: priced nowhere (its usage records cost 0)
     # The model's own limits across every caller: (limit name, value), e.g. ("rpm", 5000).
     limits: tuple[tuple[str, int], ...] = ()
+    cache: CacheSetting | None = None  # the model's own `cache:`; None: the policy's default applies
 
     def __str__(self) -> str:
         return f"{self.provider.name},{self.model}"
@@ -138,6 +140,7 @@ class TenantRules:
     budget: tuple[float, str] | None = None  # (USD, period)
     models: tuple[str, ...] = ()
     key_model_limits: Mapping[str, tuple[tuple[str, int], ...]] = field(default_factory=dict)
+    cache: CacheSetting | None = None  # the tenant's `cache:`, over every model's; None: the model's applies
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +166,14 @@ class RoutingTable:
     tenants_by_name: Mapping[str, TenantRouter] = field(default_factory=dict)  # a virtual key's tenant -> its router
     tenant_rules: Mapping[str, TenantRules] = field(default_factory=dict)  # tenant name -> its keys' rules
     auth_required: bool = False  # every request needs a virtual key (extproc.auth.decision)
+    cache: CacheSetting | None = None  # the policy's default `cache:`; None: off where nothing else says
+
+    def cache_rules(self, tenant: str | None, route: ModelRoute) -> CacheRules | None:
+        """The response cache's rules for ``tenant`` (a virtual key's; None: anonymous) on ``route``:
+        the tenant's setting over the model's over the default (extproc.cache.rules.resolve). None:
+        not cached."""
+        rules = self.tenant_rules.get(tenant) if tenant is not None else None
+        return resolve(rules.cache if rules is not None else None, route.cache, self.cache)
 
     def route(self, model: str) -> ModelRoute | None:
         return self.models.get(model)
@@ -232,7 +243,8 @@ def compile_policy(policy: policy_pb2.Policy, environ: Mapping[str, str] | None 
                 pricing = model.pricing
                 prices = Prices(pricing.input, pricing.output, pricing.cache_read, pricing.cache_write)
             limits = rate_values(model.limits) if model.HasField("limits") else ()
-            model_route = ModelRoute(route, model.name, target, model.context_window, prices, limits)
+            cache = cache_setting(model.cache, f"model {model.name!r}") if model.HasField("cache") else None
+            model_route = ModelRoute(route, model.name, target, model.context_window, prices, limits, cache)
             models[model.name] = model_route
             targets[(provider.name, model.name)] = model_route
             served.append(model_route)
@@ -318,6 +330,7 @@ def compile_policy(policy: policy_pb2.Policy, environ: Mapping[str, str] | None 
             (tenant.budget.usd, tenant.budget.period or "month") if tenant.HasField("budget") else None,
             tuple(tenant.models),
             {model: rate_values(limits) for model, limits in tenant.key_model_limits.items()},
+            cache_setting(tenant.cache, f"tenant {tenant.name!r}") if tenant.HasField("cache") else None,
         )
         compiled_tenant = TenantRouter(
             tenant.name, router(f"tenants.{tenant.name}.router", tenant.router, global_router)
@@ -345,6 +358,7 @@ def compile_policy(policy: policy_pb2.Policy, environ: Mapping[str, str] | None 
         tenants_by_name=by_name,
         tenant_rules=rules,
         auth_required=policy.auth_required,
+        cache=cache_setting(policy.cache, "the default") if policy.HasField("cache") else None,
     )
 
 
@@ -361,6 +375,20 @@ _RATE_FIELDS = (
 def rate_values(limits: policy_pb2.RateLimits) -> tuple[tuple[str, int], ...]:
     """The limits set (non-zero), by the limiter's names (max_parallel is "parallel")."""
     return tuple((name, value) for field_name, name in _RATE_FIELDS if (value := getattr(limits, field_name)))
+
+
+def cache_setting(message: policy_pb2.CacheRules, where: str = "the default") -> CacheSetting:
+    """One level's ``cache:``; 0 and "" are unset (inherited). A ``when`` this ext_proc does not
+    know is refused: caching every answer where the policy meant fewer would be wrong."""
+    if message.off:
+        return CacheSetting(off=True)
+    if message.when and message.when not in WHEN:
+        raise PolicyCompileError(f"{where}: cache.when {message.when!r} is not one of {', '.join(WHEN)}")
+    if not 0 <= message.ttl_s < float("inf"):  # negative, infinite or NaN
+        raise PolicyCompileError(f"{where}: cache.ttl_s must be a number of seconds > 0, got {message.ttl_s}")
+    return CacheSetting(
+        ttl_s=message.ttl_s or None, max_entry_bytes=message.max_entry_bytes or None, when=message.when or None
+    )
 
 
 def import_hook(path: str, where: str = "router.custom") -> Hook:

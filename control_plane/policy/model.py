@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from ccr.v1 import policy_pb2
 from ccr.v1.pricing import Prices
 from control_plane.policy.auth import AuthSpec
+from control_plane.policy.cache import CacheSpec, cache_proto
 from control_plane.policy.cors import CorsSpec
 from control_plane.policy.edge_limits import PerIpLimits
 from control_plane.policy.limit_sets import RateLimitSpec
@@ -42,6 +43,8 @@ class ModelSpec:
     pricing: Prices | None = None
     # Across every caller (control_plane.policy.limit_sets); none by default.
     limits: RateLimitSpec = field(default_factory=RateLimitSpec)
+    # The response cache for this model (control_plane.policy.cache); None: the policy's default.
+    cache: CacheSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +105,9 @@ class GatewayPolicy:
     storage: StorageSpec | None = None
     # Virtual keys: whether every request needs one, and where they are kept.
     auth: AuthSpec = field(default_factory=AuthSpec)
+    # The response cache's default (control_plane.policy.cache); None: off unless a model or a
+    # tenant turns it on.
+    cache: CacheSpec | None = None
     # What parsing found suspicious but not wrong (an OpenAI base_url without a version): shown by
     # `validate` and logged, never a reason to reject. Not part of what the policy means.
     warnings: tuple[Problem, ...] = field(default=(), compare=False)
@@ -133,12 +139,14 @@ class GatewayPolicy:
                             capabilities=m.capabilities,
                             pricing=_pricing_proto(m.pricing),
                             limits=m.limits.to_proto() if m.limits else None,
+                            cache=cache_proto(m.cache),
                         )
                         for m in p.models
                     ],
                 )
                 for p in self.providers
             ],
+            cache=cache_proto(self.cache),
             **self.routing.to_proto_fields(),
         )
 

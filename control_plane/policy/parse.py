@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from ccr.v1.pricing import Prices
 from control_plane.policy.auth import AuthSpec, parse_auth
 from control_plane.policy.base_urls import check_base_url
+from control_plane.policy.cache import CacheSpec, parse_cache
 from control_plane.policy.cors import CorsSpec, parse_cors
 from control_plane.policy.edge_limits import PerIpLimits, parse_per_ip_limits
 from control_plane.policy.limit_sets import RateLimitSpec, parse_rate_limits
@@ -53,7 +54,18 @@ def load_policy_file(path: str) -> GatewayPolicy:
     return load_policy(text, source=path)
 
 
-_TOP_FIELDS = ("listener", "limits", "providers", "aliases", "router", "fallback", "tenants", "storage", "auth")
+_TOP_FIELDS = (
+    "listener",
+    "limits",
+    "providers",
+    "aliases",
+    "router",
+    "fallback",
+    "tenants",
+    "storage",
+    "auth",
+    "cache",
+)
 
 
 def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
@@ -117,6 +129,7 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
     routing = parse_routing(check, top, catalog, model_names, _written_names(top.get("providers")))
     storage: StorageSpec | None = parse_storage(check, top["storage"]) if "storage" in top else None
     auth = parse_auth(check, top["auth"]) if "auth" in top else AuthSpec()
+    cache: CacheSpec | None = parse_cache(check, top["cache"], "cache", top_level=True) if "cache" in top else None
     if check.problems:
         raise PolicyError(check.problems, check.warnings)
     return GatewayPolicy(
@@ -133,6 +146,7 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
         per_ip_limits=per_ip_limits,
         storage=storage,
         auth=auth or AuthSpec(),
+        cache=cache,
     )
 
 
@@ -477,7 +491,7 @@ def _model(check: Checker, at: Located, path: str, api: str | None) -> ModelSpec
     fields = check.mapping(
         at,
         path,
-        ("name", "id", "max_output_tokens", "context_window", "capabilities", "pricing", "limits"),
+        ("name", "id", "max_output_tokens", "context_window", "capabilities", "pricing", "limits", "cache"),
         required=("name",),
     )
     name = check.string(fields["name"], join(path, "name")) if "name" in fields else None
@@ -508,10 +522,11 @@ def _model(check: Checker, at: Located, path: str, api: str | None) -> ModelSpec
                 capabilities.append(item.value)
     written = parse_pricing(check, fields["pricing"], join(path, "pricing")) if "pricing" in fields else None
     limits = parse_rate_limits(check, fields["limits"], join(path, "limits")) if "limits" in fields else RateLimitSpec()
+    cache = parse_cache(check, fields["cache"], join(path, "cache")) if "cache" in fields else None
     if len(check.problems) > before or name is None or model_id is None:
         return None
     pricing = _priced(check, at, path, model_id, written)
-    return ModelSpec(name, model_id, max_output or 0, window or 0, tuple(capabilities), pricing, limits)
+    return ModelSpec(name, model_id, max_output or 0, window or 0, tuple(capabilities), pricing, limits, cache)
 
 
 def _priced(check: Checker, at: Located, path: str, model_id: str, written: Prices | None) -> Prices | None:

@@ -22,6 +22,7 @@ YAML (CCR users will recognise the Router keys)::
       - name: team-a
         api_key_sha256: [<hex sha256 of a client key>]
         router: {default: openai,gpt-4o}
+        cache: {ttl: 10m}                            # control_plane.policy.cache
 
 "model" in a target is the model's policy name (or its upstream id) within that provider.
 """
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 
 from ccr.v1 import policy_pb2
 from ccr.v1.contract import DEFAULT_LONG_CONTEXT_THRESHOLD, SCENARIOS
+from control_plane.policy.cache import CacheSpec, cache_proto, parse_cache
 from control_plane.policy.limit_sets import BudgetSpec, RateLimitSpec, parse_budget, parse_rate_limits
 from control_plane.policy.yaml_check import Checker, Located, closest, join, kind_of
 
@@ -106,6 +108,8 @@ class TenantSpec:
     budget: BudgetSpec | None = None
     models: tuple[str, ...] = ()
     key_model_limits: tuple[tuple[str, RateLimitSpec], ...] = ()
+    # The response cache for its requests (control_plane.policy.cache); None: the model's applies.
+    cache: CacheSpec | None = None
 
     def to_proto(self) -> policy_pb2.Tenant:
         return policy_pb2.Tenant(
@@ -116,6 +120,7 @@ class TenantSpec:
             budget=self.budget.to_proto() if self.budget else None,
             models=self.models,
             key_model_limits={model: limits.to_proto() for model, limits in self.key_model_limits},
+            cache=cache_proto(self.cache),
         )
 
 
@@ -317,7 +322,7 @@ def _fallbacks(check: Checker, at: Located, catalog: _Catalog) -> list[FallbackS
     return out
 
 
-_TENANT_FIELDS = ("name", "api_key_sha256", "router", "limits", "budget", "models", "key_model_limits")
+_TENANT_FIELDS = ("name", "api_key_sha256", "router", "limits", "budget", "models", "key_model_limits", "cache")
 
 
 def _tenant_models(check: Checker, at: Located, path: str, catalog: _Catalog) -> tuple[str, ...]:
@@ -369,9 +374,12 @@ def _tenants(check: Checker, at: Located, catalog: _Catalog, aliases: _Aliases) 
                 if not catalog.knows_model(model):
                     check.problem(model_at, join(key_model_path, model), f"no provider serves a model {model!r}")
                 key_model.append((model, parse_rate_limits(check, model_at, join(key_model_path, model))))
+        cache = parse_cache(check, fields["cache"], join(path, "cache")) if "cache" in fields else None
         if name is not None:
             names.add(name)
             out.append(
-                TenantSpec(name, tuple(keys), router, limits or RateLimitSpec(), budget, models, tuple(key_model))
+                TenantSpec(
+                    name, tuple(keys), router, limits or RateLimitSpec(), budget, models, tuple(key_model), cache
+                )
             )
     return out

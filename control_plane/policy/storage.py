@@ -190,7 +190,8 @@ def _retention(check: Checker, at: Located, path: str) -> int | None:
     return int(match[1]) * (7 if match[2].startswith("week") else 1)
 
 
-def _size(check: Checker, at: Located, path: str) -> int | None:
+def _size(check: Checker, at: Located, path: str, low: int = 1024 * 1024, high: int | None = None) -> int | None:
+    """A size in bytes: ``268435456``, ``256MiB``, ``1GB``, between ``low`` and ``high``."""
     value = at.value
     if isinstance(value, int) and not isinstance(value, bool):
         size = value
@@ -201,7 +202,17 @@ def _size(check: Checker, at: Located, path: str) -> int | None:
             check.problem(at, path, f"must be a size like 268435456, 256MiB or 1GB, got {shown}")
             return None
         size = int(match[1]) * _SIZE_UNITS[match[2]]
-    if size < 1024 * 1024:
-        check.problem(at, path, f"must be at least 1MiB, got {size} bytes")
+    if size < low or (high is not None and size > high):
+        bounds = (
+            f"at least {_shown_size(low)}" if high is None else f"between {_shown_size(low)} and {_shown_size(high)}"
+        )
+        check.problem(at, path, f"must be {bounds}, got {size} bytes")
         return None
     return size
+
+
+def _shown_size(size: int) -> str:
+    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size % factor == 0:
+            return f"{size // factor}{unit}"
+    return f"{size} bytes"

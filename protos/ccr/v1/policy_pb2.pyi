@@ -19,7 +19,7 @@ API_OPENAI: Api
 API_GEMINI: Api
 
 class Policy(_message.Message):
-    __slots__ = ("version", "providers", "limits", "router", "aliases", "fallbacks", "tenants", "auth_required")
+    __slots__ = ("version", "providers", "limits", "router", "aliases", "fallbacks", "tenants", "auth_required", "cache")
     class AliasesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,7 @@ class Policy(_message.Message):
     FALLBACKS_FIELD_NUMBER: _ClassVar[int]
     TENANTS_FIELD_NUMBER: _ClassVar[int]
     AUTH_REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    CACHE_FIELD_NUMBER: _ClassVar[int]
     version: str
     providers: _containers.RepeatedCompositeFieldContainer[Provider]
     limits: Limits
@@ -43,7 +44,8 @@ class Policy(_message.Message):
     fallbacks: _containers.RepeatedCompositeFieldContainer[FallbackChain]
     tenants: _containers.RepeatedCompositeFieldContainer[Tenant]
     auth_required: bool
-    def __init__(self, version: _Optional[str] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., router: _Optional[_Union[Router, _Mapping]] = ..., aliases: _Optional[_Mapping[str, Choice]] = ..., fallbacks: _Optional[_Iterable[_Union[FallbackChain, _Mapping]]] = ..., tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ..., auth_required: bool = ...) -> None: ...
+    cache: CacheRules
+    def __init__(self, version: _Optional[str] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., router: _Optional[_Union[Router, _Mapping]] = ..., aliases: _Optional[_Mapping[str, Choice]] = ..., fallbacks: _Optional[_Iterable[_Union[FallbackChain, _Mapping]]] = ..., tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ..., auth_required: bool = ..., cache: _Optional[_Union[CacheRules, _Mapping]] = ...) -> None: ...
 
 class Target(_message.Message):
     __slots__ = ("provider", "model")
@@ -98,7 +100,7 @@ class FallbackChain(_message.Message):
     def __init__(self, primary: _Optional[_Union[Target, _Mapping]] = ..., then: _Optional[_Iterable[_Union[Target, _Mapping]]] = ..., cluster: _Optional[str] = ...) -> None: ...
 
 class Tenant(_message.Message):
-    __slots__ = ("name", "api_key_sha256", "router", "limits", "budget", "models", "key_model_limits")
+    __slots__ = ("name", "api_key_sha256", "router", "limits", "budget", "models", "key_model_limits", "cache")
     class KeyModelLimitsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +115,7 @@ class Tenant(_message.Message):
     BUDGET_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     KEY_MODEL_LIMITS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_FIELD_NUMBER: _ClassVar[int]
     name: str
     api_key_sha256: _containers.RepeatedScalarFieldContainer[str]
     router: Router
@@ -120,7 +123,8 @@ class Tenant(_message.Message):
     budget: Budget
     models: _containers.RepeatedScalarFieldContainer[str]
     key_model_limits: _containers.MessageMap[str, RateLimits]
-    def __init__(self, name: _Optional[str] = ..., api_key_sha256: _Optional[_Iterable[str]] = ..., router: _Optional[_Union[Router, _Mapping]] = ..., limits: _Optional[_Union[RateLimits, _Mapping]] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., models: _Optional[_Iterable[str]] = ..., key_model_limits: _Optional[_Mapping[str, RateLimits]] = ...) -> None: ...
+    cache: CacheRules
+    def __init__(self, name: _Optional[str] = ..., api_key_sha256: _Optional[_Iterable[str]] = ..., router: _Optional[_Union[Router, _Mapping]] = ..., limits: _Optional[_Union[RateLimits, _Mapping]] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., models: _Optional[_Iterable[str]] = ..., key_model_limits: _Optional[_Mapping[str, RateLimits]] = ..., cache: _Optional[_Union[CacheRules, _Mapping]] = ...) -> None: ...
 
 class RateLimits(_message.Message):
     __slots__ = ("rpm", "rph", "rpd", "tpm", "tpd", "max_parallel")
@@ -180,7 +184,7 @@ class Provider(_message.Message):
     def __init__(self, name: _Optional[str] = ..., api: _Optional[_Union[Api, str]] = ..., cluster: _Optional[str] = ..., base_path: _Optional[str] = ..., api_key_env: _Optional[str] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., headers: _Optional[_Mapping[str, str]] = ..., forward_count_tokens: bool = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "id", "max_output_tokens", "context_window", "capabilities", "pricing", "limits")
+    __slots__ = ("name", "id", "max_output_tokens", "context_window", "capabilities", "pricing", "limits", "cache")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     MAX_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -188,6 +192,7 @@ class Model(_message.Message):
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     PRICING_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_FIELD_NUMBER: _ClassVar[int]
     name: str
     id: str
     max_output_tokens: int
@@ -195,7 +200,20 @@ class Model(_message.Message):
     capabilities: _containers.RepeatedScalarFieldContainer[str]
     pricing: Pricing
     limits: RateLimits
-    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., max_output_tokens: _Optional[int] = ..., context_window: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ..., pricing: _Optional[_Union[Pricing, _Mapping]] = ..., limits: _Optional[_Union[RateLimits, _Mapping]] = ...) -> None: ...
+    cache: CacheRules
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., max_output_tokens: _Optional[int] = ..., context_window: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ..., pricing: _Optional[_Union[Pricing, _Mapping]] = ..., limits: _Optional[_Union[RateLimits, _Mapping]] = ..., cache: _Optional[_Union[CacheRules, _Mapping]] = ...) -> None: ...
+
+class CacheRules(_message.Message):
+    __slots__ = ("ttl_s", "max_entry_bytes", "when", "off")
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_ENTRY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WHEN_FIELD_NUMBER: _ClassVar[int]
+    OFF_FIELD_NUMBER: _ClassVar[int]
+    ttl_s: float
+    max_entry_bytes: int
+    when: str
+    off: bool
+    def __init__(self, ttl_s: _Optional[float] = ..., max_entry_bytes: _Optional[int] = ..., when: _Optional[str] = ..., off: bool = ...) -> None: ...
 
 class Pricing(_message.Message):
     __slots__ = ("input", "output", "cache_read", "cache_write")
