@@ -176,11 +176,16 @@ def run(main: Coroutine[Any, Any, None]) -> None:
 
 def cmd_extproc(args: argparse.Namespace) -> int:
     from ccr_gateway.auth_wiring import opened_authenticator
+    from ccr_gateway.cache_wiring import opened_cache
     from ccr_gateway.ledger_wiring import open_sink
     from extproc.server import ExtProcConfig, serve
 
     config = ExtProcConfig(
-        listen=args.listen, control_plane=args.control_plane, metrics_port=args.metrics_port, hop_listen=args.hop_listen
+        listen=args.listen,
+        control_plane=args.control_plane,
+        metrics_port=args.metrics_port,
+        hop_listen=args.hop_listen,
+        hop_cluster=args.hop_cluster,
     )
     register: dict[str, Any] = {}
     if args.consul:  # else Consul's client stays unloaded: a worker at rest is small
@@ -189,8 +194,9 @@ def cmd_extproc(args: argparse.Namespace) -> int:
         register["register"] = functools.partial(registered, args.consul)
 
     async def main() -> None:
-        async with opened_authenticator(args) as auth:  # the key cache refreshes on this loop
-            await serve(config, sink=open_sink(args), auth=auth, **register)  # the sink starts on this loop
+        # The key cache refreshes on this loop; the sink starts on it.
+        async with opened_authenticator(args) as auth, opened_cache(args) as cache:
+            await serve(config, sink=open_sink(args), auth=auth, cache=cache, **register)
 
     run(main())
     return 0
@@ -339,14 +345,22 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help="also serve the decision hop (HTTP, for Envoy's Lua filter) on unix:PATH or host:port",
     )
+    ep.add_argument(
+        "--hop-cluster",
+        default="",
+        metavar="NAME",
+        help="the Envoy cluster that reaches this worker's decision hop alone (up: ccr_hop_I): "
+        "answers for the response cache come back to the worker that decided them",
+    )
     ep.add_argument("--control-plane", default="127.0.0.1:18000", help="xDS address of the control plane")
     ep.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics port (0: off)")
     ep.add_argument("--consul", metavar="URL", help="register this worker in Consul's catalog (TTL health check)")
-    from ccr_gateway import auth_wiring
+    from ccr_gateway import auth_wiring, cache_wiring
     from ccr_gateway.ledger_wiring import add_worker_arguments
 
     add_worker_arguments(ep)
     auth_wiring.add_worker_arguments(ep)
+    cache_wiring.add_worker_arguments(ep)
     ep.set_defaults(func=cmd_extproc)
 
     # Commands whose options live with their own code: imported only when that command runs (or

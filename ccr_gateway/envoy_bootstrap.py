@@ -10,7 +10,7 @@ import string
 import sys
 from pathlib import Path
 
-from ccr.v1.contract import EXTPROC_CLUSTER
+from ccr.v1.contract import EXTPROC_CLUSTER, HOP_CLUSTER
 
 BOOTSTRAP_TEMPLATE = Path(__file__).resolve().parent.parent / "envoy" / "bootstrap.yaml"
 
@@ -31,6 +31,12 @@ def envoy_binary() -> str:
 def worker_cluster(index: int) -> str:
     """The static cluster of ext_proc worker ``index`` alone: it gets its own usage log stream."""
     return f"{EXTPROC_CLUSTER}_{index}"
+
+
+def worker_hop_cluster(index: int) -> str:
+    """The static cluster of worker ``index``'s decision hop alone: an answer for the response
+    cache goes back to the worker that decided it (whose memory holds the cache when no Redis does)."""
+    return f"{HOP_CLUSTER}_{index}"
 
 
 def render_bootstrap(
@@ -58,6 +64,21 @@ def render_bootstrap(
         )
         for index, endpoint in enumerate(endpoints)
     )
+    hop_workers = "\n".join(
+        "    - "
+        + json.dumps(
+            {
+                "name": worker_hop_cluster(index),
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "load_assignment": {
+                    "cluster_name": worker_hop_cluster(index),
+                    "endpoints": [{"lb_endpoints": [endpoint]}],
+                },
+            }
+        )
+        for index, endpoint in enumerate(hop_endpoints)
+    )
     return string.Template(BOOTSTRAP_TEMPLATE.read_text()).substitute(
         node_id=node_id,
         admin_port=admin_port,
@@ -65,7 +86,7 @@ def render_bootstrap(
         xds_port=port,
         extproc_lb_endpoints=json.dumps(endpoints),
         hop_lb_endpoints=json.dumps(hop_endpoints),
-        extproc_worker_clusters=workers.lstrip(),
+        extproc_worker_clusters=(workers + "\n" + hop_workers).lstrip(),
     )
 
 

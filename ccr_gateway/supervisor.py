@@ -34,9 +34,15 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, start_http_server
 
-from ccr_gateway import auth_wiring, probes, state_file
+from ccr_gateway import auth_wiring, cache_wiring, probes, state_file
 from ccr_gateway.children import Child, utc_now
-from ccr_gateway.envoy_bootstrap import envoy_binary, render_bootstrap, worker_cluster, worker_sockets
+from ccr_gateway.envoy_bootstrap import (
+    envoy_binary,
+    render_bootstrap,
+    worker_cluster,
+    worker_hop_cluster,
+    worker_sockets,
+)
 from ccr_gateway.envoy_log import EnvoyLogFilter
 from ccr_gateway.ledger_wiring import LedgerPlan, plan_for
 from ccr_gateway.preflight import first_busy_port, free_port, metrics_ports, port_free
@@ -204,9 +210,11 @@ class GatewayProcesses:
         self._wait(lambda: probes.tcp_accepting(host, int(port_text)), deadline, "the control plane")
 
     def _check_auth(self) -> None:
-        """Every child inherits the key store's DSN; an open gateway gets one warning line."""
+        """Every child inherits the key store's DSN (and the response cache's Redis URL, the other
+        connection string a worker opens); an open gateway gets one warning line."""
         auth = self.policy.auth
         os.environ.update(auth_wiring.environment(auth))
+        os.environ.update(cache_wiring.environment(self.policy.cache))
         listener = f"{self.policy.listener_address}:{self.policy.listener_port}"
         warning = auth_wiring.open_listener_warning(auth, listener, auth_wiring.count_keys(auth))
         if warning is not None:
@@ -241,12 +249,15 @@ class GatewayProcesses:
             f"unix:{self.extproc_sockets[index]}",
             "--hop-listen",
             f"unix:{self.hop_sockets[index]}",
+            "--hop-cluster",
+            worker_hop_cluster(index),
             "--control-plane",
             self.xds,
             *(["--metrics-port", str(port)] if port else []),
             *(["--consul", self.consul[0]] if self.consul else []),
             *self.ledger.worker_arguments(index),
             *auth_wiring.worker_arguments(self.policy.auth, self.workers),
+            *cache_wiring.worker_arguments(self.policy.cache),
         )
 
     def _remove_sockets_of(self, index: int) -> Callable[[], None]:

@@ -29,21 +29,24 @@ from __future__ import annotations
 import base64
 import enum
 import logging
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 
 from ccr.v1.contract import (
+    CACHE_STORE_KEY,
     HOP_CONTEXT_KEY,
     HOP_ROUTE_KEY,
     HOP_STREAM_KEY,
     REWRITE_HEADER,
     REWRITE_RESPONSE,
 )
+from extproc.auth.admission import Charge
 from extproc.auth.keys import VirtualKey
 from extproc.auth.limits import Admission
+from extproc.cache.answers import CacheStep, cache_step, hit_reply, lookup, store_answer
 from extproc.metrics import RESPONSES, ROUTED, labelled
 from extproc.plan import Answer, Chain, Forward, Outcome, plan
 from extproc.request_steps import (
@@ -54,6 +57,7 @@ from extproc.request_steps import (
     endpoint_step,
     error_reply,
     forward_rewrite,
+    request_labels,
 )
 from extproc.state import GatewayState
 from extproc.translate.base import Api, ResponseContext, Translator, UpstreamProtocolError
@@ -157,45 +161,93 @@ def carriage_of(outcome: Outcome) -> Carriage:
 
 @dataclass(frozen=True, slots=True)
 class Pending:
-    """A decision waiting on the cluster-wide limits: the server awaits ``admission`` (the limiter's
-    round trip) and sends ``resume(admission)``."""
+    """An answer that waits on a store: the keys' limits in Redis, or the response cache. The
+    server awaits ``answer`` (the steps around the store's calls stay the pure ones below)."""
 
-    admission: Coroutine[Any, Any, Admission]
-    resume: Callable[[Admission], bytes]
+    answer: Coroutine[Any, Any, bytes]
 
 
 def decide(state: GatewayState, method: str, path: str, headers: Mapping[str, str], raw: bytes) -> bytes | Pending:
-    """``POST /decide``: the request's answer (reply) or its rewrite (forward); ``Pending`` when a
-    keyed request's limits are in Redis."""
+    """``POST /decide``: the request's answer (reply) or its rewrite (forward); ``Pending`` when
+    a store must be asked first (the limits in Redis, the response cache)."""
     api, step = endpoint_step(state.table, method, path, headers, has_body=bool(raw))
     auth = state.auth
     if isinstance(step, Reply):
         required = state.table is not None and state.table.auth_required
         return _reply(auth.gate(api, path.partition("?")[0], headers, required, step))
-    assert state.table is not None  # endpoint_step answered 503 otherwise
-    key = auth.authenticate(api, step.path, headers, state.table.auth_required)
+    table = state.table
+    assert table is not None  # endpoint_step answered 503 otherwise
+    key = auth.authenticate(api, step.path, headers, table.auth_required)
     if isinstance(key, Reply):
         return _reply(key)
-    outcome = plan(state.table, api, step.kind, headers, raw, state.sessions, key.tenant if key else None)
+    tenant = key.tenant if key else None
+    outcome = plan(table, api, step.kind, headers, raw, state.sessions, tenant)
     if isinstance(outcome, Answer):
         return _reply(answer_reply(api, step.path, outcome, key))
-    if key is None:
-        return _routed(api, step, outcome, headers, None)
-    charge = auth.charge(api, step, key, outcome, headers, state.table.tenant_rules.get(key.tenant))
-    if charge is None:
-        return _routed(api, step, outcome, headers, key)
-    if isinstance(charge, Reply):
-        return _reply(charge)
+    charge = None
+    if key is not None:
+        charge = auth.charge(api, step, key, outcome, headers, table.tenant_rules.get(key.tenant))
+        if isinstance(charge, Reply):
+            return _reply(charge)
+    cache = None
+    if state.cache is not None and isinstance(outcome, Forward):
+        cache = cache_step(table, api, step.kind, outcome, headers, tenant)
+    if (cache is not None and cache.directive.lookup) or (charge is not None and auth.shared):
+        return Pending(_decide_later(state, api, step, outcome, headers, key, charge, cache))
+    admission = auth.admit_local(charge) if charge is not None else None
+    return _admitted(state, api, step, outcome, headers, key, charge, cache, admission)
 
-    def admitted(admission: Admission) -> bytes:
-        verdict = auth.verdict(api, step, outcome, charge, admission)
+
+async def _decide_later(
+    state: GatewayState,
+    api: Api,
+    step: Endpoint,
+    outcome: Forward | Chain,
+    headers: Mapping[str, str],
+    key: VirtualKey | None,
+    charge: Charge | None,
+    cache: CacheStep | None,
+) -> bytes:
+    """``decide``'s end when a store is asked: the cache first (a hit needs no limit: it costs no
+    provider anything), then the limits."""
+    if cache is not None and cache.directive.lookup and state.cache is not None:
+        entry = await lookup(state.cache, cache)
+        if entry is not None:
+            labels = request_labels(api, step.path, outcome.decision, key=key)
+            hit = hit_reply(cache, api, entry, labels)
+            if hit is not None:
+                return _reply(hit)
+    admission = None
+    if charge is not None:
+        admission = await state.auth.admit_shared(charge) if state.auth.shared else state.auth.admit_local(charge)
+    return _admitted(state, api, step, outcome, headers, key, charge, cache, admission)
+
+
+def _admitted(
+    state: GatewayState,
+    api: Api,
+    step: Endpoint,
+    outcome: Forward | Chain,
+    headers: Mapping[str, str],
+    key: VirtualKey | None,
+    charge: Charge | None,
+    cache: CacheStep | None,
+    admission: Admission | None,
+) -> bytes:
+    """The rewrite of a request the limits admitted (or the limits' refusal), with the headers of
+    its answer (rate limits, x-ccr-cache) and the cache's store instruction."""
+    answer_headers: tuple[tuple[str, str], ...] = ()
+    if charge is not None and admission is not None:
+        verdict = state.auth.verdict(api, step, outcome, charge, admission)
         if isinstance(verdict, Reply):
             return _reply(verdict)
-        return _routed(api, step, outcome, headers, key, verdict)
-
-    if auth.shared:
-        return Pending(auth.admit_shared(charge), admitted)
-    return admitted(auth.admit_local(charge))
+        answer_headers = verdict
+    labels: dict[str, str] = {}
+    if cache is not None:
+        answer_headers = (*answer_headers, cache.header())
+        route = outcome.route
+        labels = cache.store_labels(api, route.provider.name, route.target.model, state.hop_cluster)
+    return _routed(api, step, outcome, headers, key, answer_headers, labels)
 
 
 def _routed(
@@ -205,8 +257,10 @@ def _routed(
     headers: Mapping[str, str],
     key: VirtualKey | None,
     answer_headers: tuple[tuple[str, str], ...] = (),
+    extra_labels: Mapping[str, str] | None = None,
 ) -> bytes:
-    """The rewrite of an admitted request; ``answer_headers`` go on its answer (rate-limit headers)."""
+    """The rewrite of an admitted request; ``answer_headers`` go on its answer (rate-limit headers,
+    x-ccr-cache), ``extra_labels`` with its labels (the cache's store instruction)."""
     if isinstance(outcome, Chain):
         return _chain(api, step, outcome, headers, key, answer_headers)
     carriage = carriage_of(outcome)
@@ -214,6 +268,8 @@ def _routed(
     labelled(ROUTED, api.value, decision.scenario, outcome.route.provider.name, outcome.route.model).inc()
     rewrite = forward_rewrite(api, step, outcome, headers, key)
     labels = dict(rewrite.labels)
+    if extra_labels:
+        labels.update(extra_labels)
     route = outcome.route
     labels[HOP_ROUTE_KEY] = f"scenario={decision.scenario}; provider={route.provider.name}; model={route.model}"
     set_headers = rewrite.set_headers
@@ -231,7 +287,11 @@ def _routed(
             set_headers = (*set_headers, (REWRITE_HEADER, REWRITE_RESPONSE))
         else:
             labels[HOP_CONTEXT_KEY] = context
-    return _forward(set_headers, rewrite.remove_headers, labels, rewrite.body or b"", answer_headers)
+    remove = rewrite.remove_headers
+    if extra_labels and CACHE_STORE_KEY in extra_labels:
+        # The answer is stored as it comes: asked for unencoded (a gzip body would not be read back).
+        remove = (*remove, "accept-encoding")
+    return _forward(set_headers, remove, labels, rewrite.body or b"", answer_headers)
 
 
 def _chain(
@@ -278,6 +338,13 @@ def respond(state: GatewayState, token: str, status: int, content_type: str, raw
     if out.usage is not None:
         state.sessions.record(hop.session or None, out.usage.prompt_tokens)
     return _encode("response", [("status", str(status), ""), *_headers(headers)], out.body)
+
+
+async def store(state: GatewayState, token: str, content_type: str, raw: bytes) -> bytes:
+    """``POST /store``: a 200 answer Envoy's Lua filter copied for the response cache (a miss's)."""
+    if state.cache is not None:
+        await store_answer(state.cache, token, content_type, raw)
+    return b"stored"
 
 
 # --- encoding ---------------------------------------------------------------------------------------

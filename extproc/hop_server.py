@@ -7,10 +7,11 @@ to a parse, one dispatch and one write. Routes:
 - ``POST /decide``: the client's headers (``x-ccr-hop-method`` / ``x-ccr-hop-path`` carry its
   method and path) and body -> extproc.hop.decide;
 - ``POST /respond``: a provider's answer (``x-ccr-context``, ``x-ccr-status``) -> extproc.hop.respond;
+- ``POST /store``: a 200 answer for the response cache (``x-ccr-cache-token``) -> extproc.hop.store;
 - ``GET /healthz``: 200 once a policy is installed, 503 before.
 
-A decision that waits on the keys' limits in Redis (``hop.Pending``) is answered from a task when
-the limiter has replied; Envoy sends nothing else on that connection meanwhile (HTTP/1.1, no
+A decision that waits on a store (the keys' limits in Redis, the response cache: ``hop.Pending``)
+is answered from a task when the store has replied; Envoy sends nothing else on that connection meanwhile (HTTP/1.1, no
 pipelining), so answers never overtake each other.
 
 A failure here is a 500, which the Lua filter answers as a 503 in the client's format (fail closed).
@@ -39,6 +40,7 @@ log = logging.getLogger("ccr.extproc")
 METHOD_HEADER = "x-ccr-hop-method"
 PATH_HEADER = "x-ccr-hop-path"
 CONTEXT_HEADER = "x-ccr-context"
+CACHE_TOKEN_HEADER = "x-ccr-cache-token"
 STATUS_HEADER = "x-ccr-status"
 
 _REASONS = {200: b"OK", 404: b"Not Found", 500: b"Internal Server Error", 503: b"Service Unavailable"}
@@ -130,7 +132,7 @@ class _HopProtocol(asyncio.Protocol):
 
     async def _answer_later(self, pending: hop.Pending) -> None:
         try:
-            answer = pending.resume(await pending.admission)
+            answer = await pending.answer
         except Exception:  # a bug: fail closed, as for a synchronous answer
             log.exception("request %s: decision hop failed on /decide", self._headers.get(REQUEST_ID_HEADER, "-"))
             self._send(500, b"internal error")
@@ -168,6 +170,9 @@ class _HopProtocol(asyncio.Protocol):
                 content_type = headers.get("content-type", "")
                 request_id = headers.get(REQUEST_ID_HEADER, "")
                 return 200, hop.respond(self._state, headers[CONTEXT_HEADER], status, content_type, body, request_id)
+            if method == b"POST" and path == b"/store":
+                token = headers.get(CACHE_TOKEN_HEADER, "")
+                return 200, hop.Pending(hop.store(self._state, token, headers.get("content-type", ""), body))
             if path == b"/healthz":
                 return (200, b"ok") if self._state.table is not None else (503, b"no policy yet")
             return 404, b"no such route"

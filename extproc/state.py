@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from extproc.auth.decision import Authenticator
+from extproc.cache.store import CacheStore
 from extproc.routing_table import RoutingTable
 from extproc.tokens import SessionUsage
 
@@ -10,9 +11,12 @@ from extproc.tokens import SessionUsage
 class GatewayState:
     """What every request reads: the routing table currently in force (None until the first policy)
     and the worker's key cache and limiter (``auth``; without a key store every request is anonymous
-    unless the policy requires keys)."""
+    unless the policy requires keys), and the response cache's store (``cache``; None: nothing is
+    cached whatever the policy says)."""
 
-    def __init__(self, auth: Authenticator | None = None) -> None:
+    def __init__(self, auth: Authenticator | None = None, cache: CacheStore | None = None) -> None:
         self.table: RoutingTable | None = None
         self.sessions = SessionUsage()  # last real input tokens per session (long-context routing)
         self.auth = auth if auth is not None else Authenticator()
+        self.cache = cache
+        self.hop_cluster = ""  # Envoy's cluster of this worker's hop alone: the cache's answers come back here

@@ -28,6 +28,7 @@ from google.protobuf.struct_pb2 import Value
 
 from ccr.v1.contract import (
     ANSWERED_BY_TAG,
+    CACHE_LABEL,
     CHAIN_METADATA_KEY,
     ENDPOINT_LABEL,
     ERROR_TYPE_LABEL,
@@ -165,6 +166,7 @@ def usage_record(
         session_id=_string(labels, "session") or None,
         tenant=_string(labels, TENANT_LABEL) or None,
         key_id=_string(labels, KEY_ID_LABEL) or None,
+        cache=_string(labels, CACHE_LABEL) or None,
     )
 
 

@@ -19,6 +19,9 @@ local CLUSTER_HEADER = "@CLUSTER_HEADER@"
 local ROUTE_HEADER = "@ROUTE_HEADER@"
 local ROUTE_LABEL = "@ROUTE_LABEL@"
 local ANSWER_HEADERS_LABEL = "answer_headers"
+local CACHE_STORE_LABEL = "@CACHE_STORE_LABEL@"
+local CACHE_CAP_LABEL = "@CACHE_CAP_LABEL@"
+local CACHE_CLUSTER_LABEL = "@CACHE_CLUSTER_LABEL@"
 local ENCODING_HEADER = "@ENCODING_HEADER@"
 local REQUEST_ID_HEADER = "@REQUEST_ID_HEADER@"
 local TIMEOUT_MS = @TIMEOUT_MS@
@@ -81,6 +84,46 @@ local function call(handle, path, headers, body)
     end
   end
   return nil
+end
+
+-- The response cache (extproc/cache): a copy of a 200 answer, as the client got it, goes to /store
+-- without holding the answer back (an asynchronous call: the client never waits for the cache).
+local function send_to_cache(handle, cluster, token, content_type, raw)
+  local headers = {
+    [":method"] = "POST",
+    [":path"] = "/store",
+    [":authority"] = "ccr-hop",
+    ["x-ccr-cache-token"] = token,
+    ["content-type"] = content_type,
+  }
+  handle:httpCall(cluster, headers, raw, { timeout_ms = TIMEOUT_MS, asynchronous = true, send_xff = false })
+end
+
+-- A stream is copied chunk by chunk as it passes (never held back); a JSON answer is whole anyway.
+-- Past ``cap`` bytes nothing is stored.
+local function store_answer(handle, cluster, token, cap, content_type)
+  local raw
+  if string.find(content_type, "text/event-stream", 1, true) ~= nil then
+    local parts, size = {}, 0
+    for chunk in handle:bodyChunks() do
+      local length = chunk:length()
+      size = size + length
+      if length > 0 and size <= cap then
+        parts[#parts + 1] = chunk:getBytes(0, length)
+      end
+    end
+    if size > cap then
+      return
+    end
+    raw = table.concat(parts)
+  else
+    local body = handle:body(true)
+    if body == nil or body:length() > cap then
+      return
+    end
+    raw = body:getBytes(0, body:length())
+  end
+  send_to_cache(handle, cluster, token, content_type, raw)
 end
 
 local function on_request(handle)
@@ -179,9 +222,18 @@ local function on_response(handle)
       headers:replace(name, value)
     end
   end
+  local cache_cluster = labels[CACHE_CLUSTER_LABEL] or HOP_CLUSTER -- the deciding worker's hop
+  local store = nil -- the response cache's token: a 200 answer goes to /store as the client got it
+  if labels[CACHE_STORE_LABEL] ~= nil and headers:get(":status") == "200" then
+    store = labels[CACHE_STORE_LABEL]
+  end
   local context = labels[CONTEXT_LABEL]
   if context == nil then
-    return -- the provider's answer goes to the client as it is
+    if store ~= nil then -- the provider's answer goes to the client as it is, and a copy to the cache
+      local content_type = headers:get("content-type") or ""
+      store_answer(handle, cache_cluster, store, tonumber(labels[CACHE_CAP_LABEL]) or 0, content_type)
+    end
+    return
   end
   local request = {
     [REQUEST_ID_HEADER] = labels[REQUEST_ID_HEADER] or "",
@@ -211,6 +263,11 @@ local function on_response(handle)
   end
   handle:body(true):setBytes(payload)
   headers:replace("content-length", tostring(#payload))
+  if store ~= nil and action == "response" and headers:get(":status") == "200" then
+    if #payload <= (tonumber(labels[CACHE_CAP_LABEL]) or 0) then
+      send_to_cache(handle, cache_cluster, store, headers:get("content-type") or "", payload)
+    end
+  end
 end
 
 -- A script error must not let a request through undecided or half rewritten: answer 503 instead.

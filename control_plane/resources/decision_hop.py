@@ -16,6 +16,9 @@ from typing import Any
 import envoy.extensions.filters.http.lua.v3.lua_pb2  # noqa: F401  (registers the type for "@type")
 
 from ccr.v1.contract import (
+    CACHE_CAP_KEY,
+    CACHE_CLUSTER_KEY,
+    CACHE_STORE_KEY,
     CLUSTER_HEADER,
     ENCODING_HEADER,
     HOP_CLUSTER,
@@ -49,6 +52,9 @@ def lua_source(timeout_ms: int = HOP_TIMEOUT_MS) -> str:
         "@ENCODING_HEADER@": ENCODING_HEADER,
         "@REQUEST_ID_HEADER@": REQUEST_ID_HEADER,
         "@TIMEOUT_MS@": str(timeout_ms),
+        "@CACHE_STORE_LABEL@": CACHE_STORE_KEY,
+        "@CACHE_CAP_LABEL@": CACHE_CAP_KEY,
+        "@CACHE_CLUSTER_LABEL@": CACHE_CLUSTER_KEY,
     }
     source = _SCRIPT.read_text()
     for name, value in values.items():

@@ -40,6 +40,7 @@ SLACK_S = 1e-4
 def slack(interval_s: float) -> float:
     return min(SLACK_S, interval_s / 100)
 
+
 BudgetPeriod = Literal["day", "week", "month", "never"]
 BUDGET_PERIODS: tuple[BudgetPeriod, ...] = ("day", "week", "month", "never")
 NEVER_END = 253402300800.0  # a budget that never resets: one period, until 10000-01-01 UTC

@@ -169,7 +169,7 @@ def decide(state: GatewayState, request_id: str, api: Api = Api.ANTHROPIC) -> tu
     headers |= {"content-type": "application/json", "x-request-id": request_id}
     answer = hop.decide(state, "POST", path, headers, orjson.dumps(body))
     assert isinstance(answer, hop.Pending)  # the limits are shared: the server awaits them
-    return parse(answer.resume(asyncio.run(answer.admission)))
+    return parse(asyncio.run(answer.answer))
 
 
 def test_the_hop_waits_for_shared_limits_and_puts_their_headers_on_the_answer() -> None:

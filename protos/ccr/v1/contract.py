@@ -51,6 +51,13 @@ ESTIMATE_LABEL = "estimate"  # the gateway's count of the input tokens, on reque
 TENANT_LABEL = "tenant"  # the virtual key's tenant, on requests that presented one
 KEY_ID_LABEL = "key_id"  # the virtual key's id (never its secret)
 ERROR_TYPE_LABEL = "error_type"  # on the gateway's own error answers: the type the client was told
+CACHE_LABEL = "cache"  # the response cache's part in the answer: hit | miss (stored if it succeeds)
+# The response cache's store instruction for Envoy's Lua filter: where to store a 200 answer (an
+# opaque token it hands back to /store) and the most bytes it may collect for it.
+CACHE_STORE_KEY = "cache_store"
+CACHE_CAP_KEY = "cache_cap"
+CACHE_CLUSTER_KEY = "cache_cluster"  # the cluster /store is called through (the deciding worker's hop)
+CACHE_HEADER = "x-ccr-cache"  # on every answer of a request the cache applies to: hit | miss | bypass
 
 
 def encode_chain(client_api: str, chain: list[tuple[str, str]]) -> str:

@@ -1,0 +1,70 @@
+"""The response cache's store, from the policy's top-level ``cache:`` to the ext_proc workers.
+
+`up` tells each worker where entries are kept: the Redis URL in the environment (it may hold a
+password: never on a command line), else the size of the worker's in-process store
+(``--cache-memory``). Whether and how requests are cached travels in the policy, so it switches
+without a restart; the store is read when the workers start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from control_plane.policy.cache import DEFAULT_MEMORY_BYTES, CacheSpec
+
+if TYPE_CHECKING:
+    from extproc.cache.store import CacheStore
+
+CACHE_REDIS_ENV = "CCR_CACHE_REDIS"
+log = logging.getLogger("ccr.cache")
+
+
+def worker_arguments(spec: CacheSpec | None) -> list[str]:
+    if spec is None or spec.redis or spec.memory_bytes == DEFAULT_MEMORY_BYTES:
+        return []
+    return ["--cache-memory", str(spec.memory_bytes)]
+
+
+def environment(spec: CacheSpec | None) -> dict[str, str]:
+    return {CACHE_REDIS_ENV: spec.redis} if spec is not None and spec.redis else {}
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cache-redis",
+        default=os.environ.get(CACHE_REDIS_ENV),
+        metavar="URL",
+        help=f"keep the response cache in this Redis (default ${CACHE_REDIS_ENV}; else in this worker's memory)",
+    )
+    parser.add_argument(
+        "--cache-memory",
+        type=int,
+        default=DEFAULT_MEMORY_BYTES,
+        metavar="BYTES",
+        help=f"the in-process response cache's size (default {DEFAULT_MEMORY_BYTES // (1 << 20)} MiB)",
+    )
+
+
+@contextlib.asynccontextmanager
+async def opened_cache(args: argparse.Namespace) -> AsyncIterator[CacheStore]:
+    """The worker's store: Redis (a client of its own: the limits' is not shared) or memory. An
+    empty in-process store costs nothing until the policy caches something."""
+    from extproc.cache.store import LocalLruStore
+
+    if not args.cache_redis:
+        store: CacheStore = LocalLruStore(args.cache_memory)
+    else:
+        # Imported only here: redis-py is ~9 MB of every process that loads it.
+        from extproc.auth.redis_limits import connect_hot
+        from extproc.cache.store import RedisCacheStore
+
+        store = RedisCacheStore(connect_hot(os.path.expandvars(args.cache_redis)))
+    try:
+        yield store
+    finally:
+        await store.aclose()

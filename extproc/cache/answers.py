@@ -1,0 +1,141 @@
+"""The response cache on the decision hop: what a routed request's cache step decides, the answer a
+hit gets, and what /store does with an answer Envoy's Lua filter hands back.
+
+One request, one hop call, as before: the lookup rides the hop's ``/decide`` (awaited with the
+limits when there are any). A hit is answered there, in the client's format, without a provider: a
+JSON answer as it was, or, for a client that asked for a stream, the answer replayed as a complete
+SSE stream (extproc.cache.replay) with the original usage and stop reason. A miss goes to the
+provider with a store token in its labels; Envoy's Lua filter copies the 200 answer the client got
+(the JSON, or the stream as it passed) to ``/store`` in an asynchronous call, so the client never
+waits for the cache. Streams are stored only when complete (a terminal event, no error).
+
+Only the store (``CacheStore``) does I/O; the rest is pure.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ccr.v1.contract import CACHE_CAP_KEY, CACHE_CLUSTER_KEY, CACHE_HEADER, CACHE_LABEL, CACHE_STORE_KEY
+from extproc.cache.entry import CachedAnswer, cacheable_answer, decode, encode
+from extproc.cache.key import cache_key
+from extproc.cache.replay import answer_from_sse, sse_from_answer
+from extproc.cache.rules import CacheDirective, directive
+from extproc.cache.store import CacheStore
+from extproc.plan import Forward
+from extproc.request_steps import Reply
+from extproc.routing_table import RoutingTable
+from extproc.translate.base import Api
+
+log = logging.getLogger("ccr.cache")
+
+SSE_CONTENT_TYPE = "text/event-stream"
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStep:
+    """The cache's part in one routed request: its key and what the rules allow."""
+
+    key: str
+    directive: CacheDirective
+    max_entry_bytes: int
+    stream: bool
+    include_usage: bool
+
+    def header(self, hit: bool = False) -> tuple[str, str]:
+        """``x-ccr-cache``: hit, miss (looked up, or refreshed by no-cache: the answer will be
+        stored), or bypass (this request may not use the cache)."""
+        if hit:
+            return (CACHE_HEADER, "hit")
+        return (CACHE_HEADER, "miss" if self.directive.store else "bypass")
+
+    def store_labels(self, api: Api, provider: str, model: str, cluster: str = "") -> dict[str, str]:
+        """The labels that have Envoy's Lua filter copy a 200 answer to /store (through
+        ``cluster``: this worker's hop alone, whose memory may be the store); none when the answer
+        is not to be stored."""
+        if not self.directive.store:
+            return {}
+        token = [self.key, self.directive.ttl_s, api.value, provider, model]
+        labels = {
+            CACHE_STORE_KEY: base64.urlsafe_b64encode(orjson.dumps(token)).decode(),
+            CACHE_CAP_KEY: str(self.max_entry_bytes),
+            CACHE_LABEL: "miss",
+        }
+        if cluster:
+            labels[CACHE_CLUSTER_KEY] = cluster
+        return labels
+
+
+def cache_step(
+    table: RoutingTable, api: Api, kind: str, outcome: Forward, headers: Mapping[str, str], tenant: str | None
+) -> CacheStep | None:
+    """None when the policy caches nothing for this request (no header on its answer either)."""
+    if kind != "generate":
+        return None
+    route = outcome.route
+    rules = table.cache_rules(tenant, route)
+    if rules is None:
+        return None
+    body = outcome.decision.body
+    decided = directive(rules, api, headers, body)
+    key = cache_key(tenant, api, route.provider.name, route.target.model, body)
+    include_usage = _include_usage(body)
+    return CacheStep(key, decided, rules.max_entry_bytes, body.get("stream") is True, include_usage)
+
+
+def hit_reply(step: CacheStep, api: Api, entry: CachedAnswer, labels: Mapping[str, str]) -> Reply | None:
+    """The cached answer in the form the client asked for; None when it cannot be given (an
+    entry of another API or unreadable: a miss)."""
+    if entry.api != api.value:
+        return None
+    headers = (step.header(hit=True), ("age", str(max(0, int(time.time() - entry.created_at)))))
+    hit_labels = {**labels, CACHE_LABEL: "hit"}
+    if not step.stream:
+        return Reply(200, entry.body, "ccr_cache_hit", headers=headers, labels=hit_labels)
+    try:
+        answer = orjson.loads(entry.body)
+    except orjson.JSONDecodeError:
+        return None
+    body = sse_from_answer(api, answer, include_usage=step.include_usage)
+    return Reply(200, body, "ccr_cache_hit", headers=headers, labels=hit_labels, content_type=SSE_CONTENT_TYPE)
+
+
+async def lookup(store: CacheStore, step: CacheStep) -> CachedAnswer | None:
+    raw = await store.get(step.key)
+    return decode(raw) if raw is not None else None
+
+
+async def store_answer(store: CacheStore, token: str, content_type: str, raw: bytes) -> bool:
+    """``POST /store``: keep the 200 answer a client got (JSON, or a complete SSE stream turned
+    into its JSON form) under the token's key. False when there was nothing fit to keep."""
+    try:
+        key, ttl_s, api_value, provider, model = orjson.loads(base64.urlsafe_b64decode(token))
+        api = Api(api_value)
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        log.warning("cache: a store token that does not decode; nothing stored")
+        return False
+    if content_type.startswith(SSE_CONTENT_TYPE):
+        answer: Any = answer_from_sse(api, raw)
+        if answer is None:  # cut short, or an error event: never stored
+            return False
+        body = orjson.dumps(answer)
+    else:
+        if not cacheable_answer(200, content_type, raw):
+            return False
+        body = raw
+        answer = orjson.loads(raw)
+    usage = answer.get("usage") if isinstance(answer, dict) and isinstance(answer.get("usage"), dict) else {}
+    entry = CachedAnswer(api.value, 200, body, time.time(), provider, model, usage)
+    return await store.put(key, encode(entry), float(ttl_s))
+
+
+def _include_usage(body: Mapping[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
