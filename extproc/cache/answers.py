@@ -85,7 +85,8 @@ def cache_step(
         return None
     body = outcome.decision.body
     decided = directive(rules, api, headers, body)
-    key = cache_key(tenant, api, route.provider.name, route.target.model, body)
+    beta = ",".join(sorted(flag.strip() for flag in headers.get("anthropic-beta", "").split(",") if flag.strip()))
+    key = cache_key(tenant, api, route.provider.name, route.target.model, body, beta)
     include_usage = _include_usage(body)
     return CacheStep(key, decided, rules.max_entry_bytes, body.get("stream") is True, include_usage)
 

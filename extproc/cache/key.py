@@ -97,9 +97,13 @@ _DEFAULT_TEMPERATURE: Mapping[Api, float | None] = {
 }
 
 
-def cache_key(tenant: str | None, api: Api, provider: str, model_id: str, body: Mapping[str, Any]) -> str:
+def cache_key(
+    tenant: str | None, api: Api, provider: str, model_id: str, body: Mapping[str, Any], features: str = ""
+) -> str:
     """The hex SHA-256 key of ``body`` sent by ``tenant`` (None: anonymous, "") in client API
-    ``api``, served by ``provider`` as upstream model ``model_id``."""
+    ``api``, served by ``provider`` as upstream model ``model_id``. ``features``: request headers
+    that change the answer, as the caller found them (Anthropic's ``anthropic-beta``, which the
+    gateway forwards: Claude Code sends one on every request)."""
     excluded = _NOT_IN_KEY[api]
     canonical: dict[str, Any] = {}
     for name, value in body.items():
@@ -107,6 +111,8 @@ def cache_key(tenant: str | None, api: Api, provider: str, model_id: str, body: 
             continue
         canonical[name] = value if name in _CONTENT else _normalized(value)
     document = [KEY_FORMAT, tenant or "", api.value, provider, model_id, canonical]
+    if features:
+        document.append(features)
     try:
         encoded = orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError:  # an integer orjson cannot write (not from orjson's own parser)

@@ -128,3 +128,12 @@ def test_a_store_token_names_the_key_ttl_and_who_answered() -> None:
     _, ops, _ = ask(state())
     key, ttl_s, api, provider, model = orjson.loads(base64.urlsafe_b64decode(store_from(ops)))
     assert (len(key), ttl_s, api, provider, model) == (64, 600.0, "anthropic", "ant", "claude-sonnet-4-5")
+
+
+def test_anthropic_beta_flags_are_part_of_the_key_in_any_order() -> None:
+    gateway = state()
+    _, ops, _ = ask(gateway, headers={"anthropic-beta": "a-1,b-2"})
+    asyncio.run(store_answer(gateway.cache, store_from(ops), "application/json", orjson.dumps(ANSWER)))
+    assert ask(gateway, headers={"anthropic-beta": "b-2, a-1"})[0] == "reply"  # the same flags
+    assert ask(gateway, headers={"anthropic-beta": "a-1"})[0] == "forward"  # other flags, another answer
+    assert ask(gateway)[0] == "forward"
