@@ -233,6 +233,9 @@ async def _until(
             following = asyncio.ensure_future(anext(iterator))
             await asyncio.wait((following, ended), return_when=asyncio.FIRST_COMPLETED)
             if not following.done():
+                # The stream may still end on its own before the cancel lands (StopAsyncIteration):
+                # retrieved here, else asyncio logs "Task exception was never retrieved" at shutdown.
+                following.add_done_callback(lambda done: done.cancelled() or done.exception())
                 following.cancel()
                 return
             try:
