@@ -228,14 +228,12 @@ async def _until(
     """``messages`` until they end or ``end`` is set, whichever comes first."""
     iterator = aiter(messages)
     ended = asyncio.ensure_future(end.wait())
+    following: asyncio.Future[StreamAccessLogsMessage] | None = None
     try:
         while True:
             following = asyncio.ensure_future(anext(iterator))
             await asyncio.wait((following, ended), return_when=asyncio.FIRST_COMPLETED)
             if not following.done():
-                # The stream may still end on its own before the cancel lands (StopAsyncIteration):
-                # retrieved here, else asyncio logs "Task exception was never retrieved" at shutdown.
-                following.add_done_callback(lambda done: done.cancelled() or done.exception())
                 following.cancel()
                 return
             try:
@@ -244,6 +242,11 @@ async def _until(
                 return
     finally:
         ended.cancel()
+        if following is not None and not following.done():
+            # Left behind when the stream closes under us (or cancelled as it ends on its own):
+            # its end is retrieved here, else asyncio logs "Task exception was never retrieved".
+            following.add_done_callback(lambda done: done.cancelled() or done.exception())
+            following.cancel()
 
 
 def _install_allocation_report(loop: asyncio.AbstractEventLoop) -> None:
