@@ -61,13 +61,8 @@ def parse_limits(check: Checker, at: Located, path: str) -> LimitsSpec:
     if "on_redis_failure" in fields:
         failure_path = join(path, "on_redis_failure")
         for name, value in check.mapping(fields["on_redis_failure"], failure_path, LIMIT_TYPES).items():
-            if value.value in FAILURE_POLICIES:
-                failures.append((name, value.value))
-            else:
-                shown = repr(value.value) if isinstance(value.value, str) else kind_of(value.value)
-                check.problem(
-                    value, join(failure_path, name), f"must be one of {', '.join(FAILURE_POLICIES)}, got {shown}"
-                )
+            if (policy := check.choice(value, join(failure_path, name), FAILURE_POLICIES)) is not None:
+                failures.append((name, policy))
     alert_at = DEFAULT_BUDGET_ALERT_AT
     if "budget_alert_at" in fields:
         at_alert = fields["budget_alert_at"]

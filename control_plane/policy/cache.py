@@ -88,14 +88,7 @@ def parse_cache(check: Checker, at: Located, path: str, top_level: bool = False)
         if "max_entry_bytes" in fields
         else None
     )
-    when = None
-    if "when" in fields:
-        value = fields["when"].value
-        if value in WHEN:
-            when = value
-        else:
-            shown = repr(value) if isinstance(value, str) else kind_of(value)
-            check.problem(fields["when"], join(path, "when"), f"must be one of {', '.join(WHEN)}, got {shown}")
+    when = check.choice(fields["when"], join(path, "when"), WHEN) if "when" in fields else None
     redis = None
     if "redis" in fields:
         redis = _connection(check, fields["redis"], join(path, "redis"), REDIS_SCHEMES)

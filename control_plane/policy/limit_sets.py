@@ -74,12 +74,5 @@ def parse_budget(check: Checker, at: Located, path: str) -> BudgetSpec | None:
             check.problem(fields["usd"], join(path, "usd"), f"must be a number of USD >= 0, got {kind_of(value)}")
     period = "month"
     if "period" in fields:
-        value = fields["period"].value
-        if value in BUDGET_PERIODS:
-            period = value
-        else:
-            shown = repr(value) if isinstance(value, str) else kind_of(value)
-            check.problem(
-                fields["period"], join(path, "period"), f"must be one of {', '.join(BUDGET_PERIODS)}, got {shown}"
-            )
+        period = check.choice(fields["period"], join(path, "period"), BUDGET_PERIODS) or period
     return BudgetSpec(usd, period) if usd is not None else None

@@ -152,6 +152,15 @@ class Checker:
             return []
         return at.value
 
+    def choice(self, at: Located, path: str, choices: tuple[str, ...]) -> str | None:
+        """One of ``choices``, as written."""
+        value = at.value
+        if isinstance(value, str) and value in choices:
+            return value
+        shown = repr(value) if isinstance(value, str) else kind_of(value)
+        self.problem(at, path, f"must be one of {', '.join(choices)}, got {shown}")
+        return None
+
     def non_empty_sequence(self, at: Located, path: str, what: str) -> list[Located]:
         """A list with at least one item; ``what`` names the items in the problem."""
         items = self.sequence(at, path)
