@@ -192,53 +192,49 @@ def decide(state: GatewayState, method: str, path: str, headers: Mapping[str, st
     cache = None
     if state.cache is not None and isinstance(outcome, Forward):
         cache = cache_step(table, api, step.kind, outcome, headers, tenant)
+    routed = _Routed(api, step, outcome, headers, key)
     if (cache is not None and cache.directive.lookup) or (charge is not None and auth.shared):
-        return Pending(_decide_later(state, api, step, outcome, headers, key, charge, cache))
+        return Pending(_decide_later(state, routed, charge, cache))
     admission = auth.admit_local(charge) if charge is not None else None
-    return _admitted(state, api, step, outcome, headers, key, charge, cache, admission)
+    return _admitted(state, routed, charge, cache, admission)
 
 
-async def _decide_later(
-    state: GatewayState,
-    api: Api,
-    step: Endpoint,
-    outcome: Forward | Chain,
-    headers: Mapping[str, str],
-    key: VirtualKey | None,
-    charge: Charge | None,
-    cache: CacheStep | None,
-) -> bytes:
+@dataclass(frozen=True, slots=True)
+class _Routed:
+    """A routed request on its way to a rewrite: what ``_routed`` needs of it."""
+
+    api: Api
+    step: Endpoint
+    outcome: Forward | Chain
+    headers: Mapping[str, str]
+    key: VirtualKey | None
+
+
+async def _decide_later(state: GatewayState, routed: _Routed, charge: Charge | None, cache: CacheStep | None) -> bytes:
     """``decide``'s end when a store is asked: the cache first (a hit needs no limit: it costs no
     provider anything), then the limits."""
     if cache is not None and cache.directive.lookup and state.cache is not None:
         entry = await lookup(state.cache, cache)
         if entry is not None:
-            labels = request_labels(api, step.path, outcome.decision, key=key)
-            hit = hit_reply(cache, api, entry, labels)
+            labels = request_labels(routed.api, routed.step.path, routed.outcome.decision, key=routed.key)
+            hit = hit_reply(cache, routed.api, entry, labels)
             if hit is not None:
                 return _reply(hit)
     admission = None
     if charge is not None:
         admission = await state.auth.admit_shared(charge) if state.auth.shared else state.auth.admit_local(charge)
-    return _admitted(state, api, step, outcome, headers, key, charge, cache, admission)
+    return _admitted(state, routed, charge, cache, admission)
 
 
 def _admitted(
-    state: GatewayState,
-    api: Api,
-    step: Endpoint,
-    outcome: Forward | Chain,
-    headers: Mapping[str, str],
-    key: VirtualKey | None,
-    charge: Charge | None,
-    cache: CacheStep | None,
-    admission: Admission | None,
+    state: GatewayState, routed: _Routed, charge: Charge | None, cache: CacheStep | None, admission: Admission | None
 ) -> bytes:
     """The rewrite of a request the limits admitted (or the limits' refusal), with the headers of
     its answer (rate limits, x-ccr-cache) and the cache's store instruction."""
+    api, outcome = routed.api, routed.outcome
     answer_headers: tuple[tuple[str, str], ...] = ()
     if charge is not None and admission is not None:
-        verdict = state.auth.verdict(api, step, outcome, charge, admission)
+        verdict = state.auth.verdict(api, routed.step, outcome, charge, admission)
         if isinstance(verdict, Reply):
             return _reply(verdict)
         answer_headers = verdict
@@ -247,7 +243,7 @@ def _admitted(
         answer_headers = (*answer_headers, cache.header())
         route = outcome.route
         labels = cache.store_labels(api, route.provider.name, route.target.model, state.hop_cluster)
-    return _routed(api, step, outcome, headers, key, answer_headers, labels)
+    return _routed(api, routed.step, outcome, routed.headers, routed.key, answer_headers, labels)
 
 
 def _routed(

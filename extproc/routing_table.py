@@ -167,12 +167,15 @@ class RoutingTable:
     tenant_rules: Mapping[str, TenantRules] = field(default_factory=dict)  # tenant name -> its keys' rules
     auth_required: bool = False  # every request needs a virtual key (extproc.auth.decision)
     cache: CacheSetting | None = None  # the policy's default `cache:`; None: off where nothing else says
+    caches: bool = False  # some level (default, model, tenant) has a `cache:`: else nothing to resolve
 
     def cache_rules(self, tenant: str | None, route: ModelRoute) -> CacheRules | None:
         """The response cache's rules for ``tenant`` (a virtual key's; None: anonymous) on ``route``:
         the tenant's setting over the model's over the default (extproc.cache.rules.resolve). None:
         not cached."""
         rules = self.tenant_rules.get(tenant) if tenant is not None else None
+        if not self.caches:  # the usual policy: no level says a word about the cache
+            return None
         return resolve(rules.cache if rules is not None else None, route.cache, self.cache)
 
     def route(self, model: str) -> ModelRoute | None:
@@ -359,6 +362,9 @@ def compile_policy(policy: policy_pb2.Policy, environ: Mapping[str, str] | None 
         tenant_rules=rules,
         auth_required=policy.auth_required,
         cache=cache_setting(policy.cache, "the default") if policy.HasField("cache") else None,
+        caches=policy.HasField("cache")
+        or any(route.cache is not None for route in models.values())
+        or any(rule.cache is not None for rule in rules.values()),
     )
 
 

@@ -254,7 +254,9 @@ class Authenticator:
             return rate_limit_headers(api, key, admission, self.clock())
         labels = request_labels(api, endpoint.path, outcome.decision, key=key)
         retry = max(1, math.ceil(admission.retry_after_s))
-        if admission.degraded and (refused is None or refused.name == BUDGET or refused.name == PARALLEL):
+        # A refusal with no figures is a fail_closed policy's (the store did not answer): a 503. A
+        # `local` fallback's refusal counted in this worker and is a real 429, figures and all.
+        if admission.degraded and not admission.remaining:
             message = "the gateway cannot check this API key's limits right now (its limit store is unreachable)"
             return error_reply(api, 503, message, "ccr_auth_limits_unavailable", (("retry-after", str(retry)),), labels)
         headers_out = (("retry-after", str(retry)), *rate_limit_headers(api, key, admission, self.clock()))

@@ -266,3 +266,18 @@ def test_a_batch_of_usage_records_corrects_each_set_of_limits_once() -> None:
     assert settled == 2
     # one token correction for the key's limits; each request's parallel slot and budget its own
     assert shared.calls == ["reconcile"] + ["release", "settle"] * 2
+
+
+def test_a_fail_closed_rate_limit_is_a_503_and_a_local_fallbacks_refusal_a_429() -> None:
+    state, shared = shared_state()
+
+    async def closed(limits, request_id, *, token_estimate=0.0):  # GuardedLimiter, fail_closed on rpm
+        return Admission(False, limits[0], 1.0, degraded=True)
+
+    async def local(limits, request_id, *, token_estimate=0.0):  # its local fallback, over the limit
+        return Admission(False, limits[0], 12.0, {"rpm": 0}, {"rpm": 12.0}, degraded=True)
+
+    shared.admit = closed  # type: ignore[method-assign]
+    assert ("status", "503", "") in decide(state, "closed-1")[1]
+    shared.admit = local  # type: ignore[method-assign]
+    assert ("status", "429", "") in decide(state, "local-1")[1]
