@@ -56,7 +56,10 @@ EXTPROC_STREAM_RETRY = {
             },
         }
     ],
-    "host_selection_retry_max_attempts": 3,
+    # LEAST_REQUEST over two workers picks the gone one again about half the time: with 3 tries, one
+    # stream in a few thousand still went back to a drained worker's removed socket (a CI run, SIGTERM
+    # under load). Ten make that ~1 in 1000 of the retries, which are themselves rare.
+    "host_selection_retry_max_attempts": 10,
 }
 
 _ADS = {"ads": {}, "resource_api_version": "V3"}
