@@ -23,7 +23,14 @@ from typing import Any
 
 import orjson
 
-from ccr.v1.contract import CACHE_CAP_KEY, CACHE_CLUSTER_KEY, CACHE_HEADER, CACHE_LABEL, CACHE_STORE_KEY
+from ccr.v1.contract import (
+    CACHE_CAP_KEY,
+    CACHE_CLUSTER_KEY,
+    CACHE_HEADER,
+    CACHE_LABEL,
+    CACHE_SAVED_LABEL,
+    CACHE_STORE_KEY,
+)
 from extproc.cache.entry import CachedAnswer, cacheable_answer, decode, encode
 from extproc.cache.key import cache_key
 from extproc.cache.replay import answer_from_sse, sse_from_answer
@@ -32,6 +39,7 @@ from extproc.cache.store import CacheStore
 from extproc.plan import Forward
 from extproc.request_steps import Reply
 from extproc.routing_table import RoutingTable
+from extproc.translate.anthropic_schema import usage_from_anthropic, usage_from_openai
 from extproc.translate.base import Api
 
 log = logging.getLogger("ccr.cache")
@@ -97,7 +105,7 @@ def hit_reply(step: CacheStep, api: Api, entry: CachedAnswer, labels: Mapping[st
     if entry.api != api.value:
         return None
     headers = (step.header(hit=True), ("age", str(max(0, int(time.time() - entry.created_at)))))
-    hit_labels = {**labels, CACHE_LABEL: "hit"}
+    hit_labels = {**labels, CACHE_LABEL: "hit", CACHE_SAVED_LABEL: saved_usage(api, entry.usage)}
     if not step.stream:
         return Reply(200, entry.body, "ccr_cache_hit", headers=headers, labels=hit_labels)
     try:
@@ -135,6 +143,15 @@ async def store_answer(store: CacheStore, token: str, content_type: str, raw: by
     usage = answer.get("usage") if isinstance(answer, dict) and isinstance(answer.get("usage"), dict) else {}
     entry = CachedAnswer(api.value, 200, body, time.time(), provider, model, usage)
     return await store.put(key, encode(entry), float(ttl_s))
+
+
+def saved_usage(api: Api, usage: Mapping[str, Any]) -> str:
+    """``CACHE_SAVED_LABEL``'s value: the cached answer's usage, in Anthropic's meaning."""
+    counts = usage_from_openai(usage) if api is Api.OPENAI else usage_from_anthropic(usage)
+    return (
+        f"{counts.input_tokens},{counts.output_tokens},"
+        f"{counts.cache_read_input_tokens},{counts.cache_creation_input_tokens}"
+    )
 
 
 def _include_usage(body: Mapping[str, Any]) -> bool:

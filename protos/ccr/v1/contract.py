@@ -52,6 +52,10 @@ TENANT_LABEL = "tenant"  # the virtual key's tenant, on requests that presented 
 KEY_ID_LABEL = "key_id"  # the virtual key's id (never its secret)
 ERROR_TYPE_LABEL = "error_type"  # on the gateway's own error answers: the type the client was told
 CACHE_LABEL = "cache"  # the response cache's part in the answer: hit | miss (stored if it succeeds)
+# On a cache hit: the usage the cached answer reported, which no provider was paid for this time,
+# as "<input>,<output>,<cache read>,<cache creation>" tokens (Anthropic meaning: input excludes the
+# cached tokens). The ledger prices it as the cost the hit avoided.
+CACHE_SAVED_LABEL = "cache_saved"
 # The response cache's store instruction for Envoy's Lua filter: where to store a 200 answer (an
 # opaque token it hands back to /store) and the most bytes it may collect for it.
 CACHE_STORE_KEY = "cache_store"
