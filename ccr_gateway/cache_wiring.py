@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING
 from control_plane.policy.cache import DEFAULT_MEMORY_BYTES, CacheSpec
 
 if TYPE_CHECKING:
+    from extproc.cache.inflight import Flights
     from extproc.cache.store import CacheStore
 
 CACHE_REDIS_ENV = "CCR_CACHE_REDIS"
+SUBSCRIBER_TIMEOUT_S = 2.0  # the flights' subscription: it blocks up to 1 s reading a message
 log = logging.getLogger("ccr.cache")
 
 
@@ -51,20 +53,29 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @contextlib.asynccontextmanager
-async def opened_cache(args: argparse.Namespace) -> AsyncIterator[CacheStore]:
-    """The worker's store: Redis (a client of its own: the limits' is not shared) or memory. An
-    empty in-process store costs nothing until the policy caches something."""
+async def opened_cache(args: argparse.Namespace) -> AsyncIterator[tuple[CacheStore, Flights]]:
+    """The worker's store and its in-flight deduplication: in Redis (a client of its own: the
+    limits' is not shared; flights shared with every worker and gateway on it) or in memory (this
+    worker's alone). An empty in-process store costs nothing until the policy caches something."""
+    from extproc.cache.inflight import Flights
     from extproc.cache.store import LocalLruStore
 
     if not args.cache_redis:
         store: CacheStore = LocalLruStore(args.cache_memory)
+        flights = Flights()
     else:
         # Imported only here: redis-py is ~9 MB of every process that loads it.
-        from extproc.auth.redis_limits import connect_hot
+        from extproc.auth.redis_limits import connect, connect_hot
+        from extproc.cache.inflight import RedisFlights
         from extproc.cache.store import RedisCacheStore
 
-        store = RedisCacheStore(connect_hot(os.path.expandvars(args.cache_redis)))
+        url = os.path.expandvars(args.cache_redis)
+        client = connect_hot(url)
+        store = RedisCacheStore(client)
+        # Wake-ups on a connection of their own, whose reads wait up to a second for a message.
+        flights = Flights(RedisFlights(client, lambda: connect(url, timeout_s=SUBSCRIBER_TIMEOUT_S).pubsub()))
     try:
-        yield store
+        yield store, flights
     finally:
+        await flights.aclose()
         await store.aclose()

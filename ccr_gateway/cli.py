@@ -195,8 +195,8 @@ def cmd_extproc(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         # The key cache refreshes on this loop; the sink starts on it.
-        async with opened_authenticator(args) as auth, opened_cache(args) as cache:
-            await serve(config, sink=open_sink(args), auth=auth, cache=cache, **register)
+        async with opened_authenticator(args) as auth, opened_cache(args) as (cache, flights):
+            await serve(config, sink=open_sink(args), auth=auth, cache=cache, flights=flights, **register)
 
     run(main())
     return 0

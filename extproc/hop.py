@@ -26,6 +26,7 @@ Sans-IO: bytes in, bytes out; extproc.hop_server carries them.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import enum
 import logging
@@ -47,6 +48,8 @@ from extproc.auth.admission import Charge
 from extproc.auth.keys import VirtualKey
 from extproc.auth.limits import Admission
 from extproc.cache.answers import CacheStep, cache_step, hit_reply, lookup, store_answer
+from extproc.cache.answers import count as count_cache
+from extproc.cache.inflight import Flights
 from extproc.metrics import RESPONSES, ROUTED, labelled
 from extproc.plan import Answer, Chain, Forward, Outcome, plan
 from extproc.request_steps import (
@@ -212,38 +215,80 @@ class _Routed:
 
 async def _decide_later(state: GatewayState, routed: _Routed, charge: Charge | None, cache: CacheStep | None) -> bytes:
     """``decide``'s end when a store is asked: the cache first (a hit needs no limit: it costs no
-    provider anything), then the limits."""
+    provider anything; a miss may wait for an identical request in flight and be a hit after all),
+    then the limits."""
+    flight_id, flights = "", state.flights
     if cache is not None and cache.directive.lookup and state.cache is not None:
-        entry = await lookup(state.cache, cache)
-        if entry is not None:
-            labels = request_labels(routed.api, routed.step.path, routed.outcome.decision, key=routed.key)
-            hit = hit_reply(cache, routed.api, entry, labels)
-            if hit is not None:
-                return _reply(hit)
+        hit = await _hit(state, routed, cache)
+        if hit is None and cache.dedups and flights is not None:
+            led = await flights.join(cache.key, cache.dedup_wait_s)
+            if led is None:  # followed an identical request's flight: its answer may be stored now
+                hit = await _hit(state, routed, cache)
+            else:
+                flight_id = led
+        if hit is not None:
+            return hit
     admission = None
     if charge is not None:
         admission = await state.auth.admit_shared(charge) if state.auth.shared else state.auth.admit_local(charge)
-    return _admitted(state, routed, charge, cache, admission)
+    try:
+        return _admitted(state, routed, charge, cache, admission, flight_id)
+    except BaseException:
+        if flight_id and flights is not None and cache is not None:  # nobody will store: don't keep
+            await flights.end(cache.key, flight_id)  # followers waiting for it
+        raise
+
+
+async def _hit(state: GatewayState, routed: _Routed, cache: CacheStep) -> bytes | None:
+    assert state.cache is not None
+    entry = await lookup(state.cache, cache)
+    if entry is None:
+        return None
+    labels = request_labels(routed.api, routed.step.path, routed.outcome.decision, key=routed.key)
+    hit = hit_reply(cache, routed.api, entry, labels)
+    if hit is None:
+        return None
+    route = routed.outcome.route
+    count_cache(route.provider.name, route.target.model, "hit")
+    return _reply(hit)
 
 
 def _admitted(
-    state: GatewayState, routed: _Routed, charge: Charge | None, cache: CacheStep | None, admission: Admission | None
+    state: GatewayState,
+    routed: _Routed,
+    charge: Charge | None,
+    cache: CacheStep | None,
+    admission: Admission | None,
+    flight_id: str = "",
 ) -> bytes:
     """The rewrite of a request the limits admitted (or the limits' refusal), with the headers of
-    its answer (rate limits, x-ccr-cache) and the cache's store instruction."""
+    its answer (rate limits, x-ccr-cache) and the cache's store instruction (which ends the
+    request's flight, ``flight_id``, when it leads one)."""
     api, outcome = routed.api, routed.outcome
     answer_headers: tuple[tuple[str, str], ...] = ()
     if charge is not None and admission is not None:
         verdict = state.auth.verdict(api, routed.step, outcome, charge, admission)
         if isinstance(verdict, Reply):
+            if flight_id and state.flights is not None and cache is not None:
+                _end_soon(state.flights, cache.key, flight_id)  # refused: nothing will be stored
             return _reply(verdict)
         answer_headers = verdict
     labels: dict[str, str] = {}
     if cache is not None:
         answer_headers = (*answer_headers, cache.header())
         route = outcome.route
-        labels = cache.store_labels(api, route.provider.name, route.target.model, state.hop_cluster)
+        count_cache(route.provider.name, route.target.model, cache.outcome())
+        labels = cache.store_labels(api, route.provider.name, route.target.model, state.hop_cluster, flight_id)
     return _routed(api, routed.step, outcome, routed.headers, routed.key, answer_headers, labels)
+
+
+def _end_soon(flights: Flights, key: str, flight_id: str) -> None:
+    task = asyncio.get_running_loop().create_task(flights.end(key, flight_id))
+    _ENDING.add(task)
+    task.add_done_callback(_ENDING.discard)
+
+
+_ENDING: set[asyncio.Task[None]] = set()  # flights ended in the background (a task needs a holder)
 
 
 def _routed(
@@ -336,10 +381,11 @@ def respond(state: GatewayState, token: str, status: int, content_type: str, raw
     return _encode("response", [("status", str(status), ""), *_headers(headers)], out.body)
 
 
-async def store(state: GatewayState, token: str, content_type: str, raw: bytes) -> bytes:
-    """``POST /store``: a 200 answer Envoy's Lua filter copied for the response cache (a miss's)."""
+async def store(state: GatewayState, token: str, status: int, content_type: str, raw: bytes) -> bytes:
+    """``POST /store``: the answer of a miss Envoy's Lua filter copied for the response cache (a
+    200's body), or the status of one that will not be stored; either ends the miss's flight."""
     if state.cache is not None:
-        await store_answer(state.cache, token, content_type, raw)
+        await store_answer(state.cache, state.flights, token, status, content_type, raw)
     return b"stored"
 
 

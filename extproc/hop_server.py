@@ -7,7 +7,8 @@ to a parse, one dispatch and one write. Routes:
 - ``POST /decide``: the client's headers (``x-ccr-hop-method`` / ``x-ccr-hop-path`` carry its
   method and path) and body -> extproc.hop.decide;
 - ``POST /respond``: a provider's answer (``x-ccr-context``, ``x-ccr-status``) -> extproc.hop.respond;
-- ``POST /store``: a 200 answer for the response cache (``x-ccr-cache-token``) -> extproc.hop.store;
+- ``POST /store``: a miss's answer for the response cache (``x-ccr-cache-token``; ``x-ccr-status``:
+  200 with the body, else the status of an answer not stored) -> extproc.hop.store;
 - ``GET /healthz``: 200 once a policy is installed, 503 before.
 
 A decision that waits on a store (the keys' limits in Redis, the response cache: ``hop.Pending``)
@@ -172,7 +173,8 @@ class _HopProtocol(asyncio.Protocol):
                 return 200, hop.respond(self._state, headers[CONTEXT_HEADER], status, content_type, body, request_id)
             if method == b"POST" and path == b"/store":
                 token = headers.get(CACHE_TOKEN_HEADER, "")
-                return 200, hop.Pending(hop.store(self._state, token, headers.get("content-type", ""), body))
+                status = int(headers.get(STATUS_HEADER, "200") or 0)
+                return 200, hop.Pending(hop.store(self._state, token, status, headers.get("content-type", ""), body))
             if path == b"/healthz":
                 return (200, b"ok") if self._state.table is not None else (503, b"no policy yet")
             return 404, b"no such route"

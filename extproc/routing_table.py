@@ -392,8 +392,14 @@ def cache_setting(message: policy_pb2.CacheRules, where: str = "the default") ->
         raise PolicyCompileError(f"{where}: cache.when {message.when!r} is not one of {', '.join(WHEN)}")
     if not 0 <= message.ttl_s < float("inf"):  # negative, infinite or NaN
         raise PolicyCompileError(f"{where}: cache.ttl_s must be a number of seconds > 0, got {message.ttl_s}")
+    dedup_wait_s = message.dedup_wait_s if message.HasField("dedup_wait_s") else None
+    if dedup_wait_s is not None and not 0 <= dedup_wait_s < float("inf"):
+        raise PolicyCompileError(f"{where}: cache.dedup_wait_s must be a number of seconds >= 0, got {dedup_wait_s}")
     return CacheSetting(
-        ttl_s=message.ttl_s or None, max_entry_bytes=message.max_entry_bytes or None, when=message.when or None
+        ttl_s=message.ttl_s or None,
+        max_entry_bytes=message.max_entry_bytes or None,
+        when=message.when or None,
+        dedup_wait_s=dedup_wait_s,
     )
 
 

@@ -30,6 +30,7 @@ from extproc import hop_server
 from extproc.attempt import AttemptProcessor
 from extproc.auth.decision import Authenticator
 from extproc.authz import AuthorizationService
+from extproc.cache.inflight import Flights
 from extproc.cache.store import CacheStore
 from extproc.metrics import SESSIONS
 from extproc.policy_client import PolicySubscriber
@@ -94,15 +95,17 @@ async def serve(
     sink: UsageSink | None = None,
     auth: Authenticator | None = None,
     cache: CacheStore | None = None,
+    flights: Flights | None = None,
 ) -> None:
     """``sink`` takes the usage records this worker makes (from the counting copy of Envoy's usage
     log); the composition root picks it (the ledger's publisher or local store), default NullSink.
     It is closed once the usage log streams have ended, so what they delivered last is kept.
     ``auth``: the worker's key cache and limiter, opened (and closed) by the caller; default: no
     keys, every request anonymous unless the policy requires keys. ``cache``: the response cache's
-    store, opened and closed by the caller; default none: nothing cached, whatever the policy says."""
+    store, opened and closed by the caller; default none: nothing cached, whatever the policy says;
+    ``flights``: its in-flight deduplication (default: this worker's alone)."""
     sink = sink if sink is not None else NullSink()
-    state = GatewayState(auth, cache)
+    state = GatewayState(auth, cache, flights)
     state.hop_cluster = config.hop_cluster
     SESSIONS.set_function(lambda: len(state.sessions))  # read at scrape time: nothing per request
 

@@ -36,12 +36,16 @@ from control_plane.policy.storage import _connection, _size
 from control_plane.policy.yaml_check import Checker, Located, join, kind_of
 
 WHEN = ("deterministic", "always")  # extproc.cache.rules.WHEN: the two processes share only the proto
-_FIELDS = ("ttl", "max_entry_bytes", "when")
+_FIELDS = ("ttl", "max_entry_bytes", "when", "dedup_wait")
 # Top level only, read when the workers start: where entries are kept.
 _STORE_FIELDS = ("redis", "memory")
+DEFAULT_DEDUP_WAIT_S = 30.0  # extproc.cache.rules.DEFAULT_DEDUP_WAIT_S
 DEFAULT_MEMORY_BYTES = 64 * 1024 * 1024  # each worker's in-process store when no Redis is named
 _DAY_S = 86_400
 _MAX_TTL_S = 30 * _DAY_S
+# A waiting request holds its decision call open: Envoy's Lua filter allows the hop this much more
+# (control_plane.resources.decision_hop.decide_timeout_ms).
+_MAX_DEDUP_WAIT_S = 600
 _MIN_ENTRY_BYTES = 1024
 _MAX_ENTRY_BYTES = 512 * 1024 * 1024  # Redis's largest string
 _TTL = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
@@ -56,15 +60,19 @@ class CacheSpec:
     ttl_s: float | None = None
     max_entry_bytes: int | None = None
     when: str | None = None
+    dedup_wait_s: float | None = None  # 0: identical requests never wait for one in flight
     # The top level's store (read when the workers start; never sent to them in the policy):
     redis: str | None = None  # as written, ${VAR}s unexpanded; None: each worker's memory
     memory_bytes: int = DEFAULT_MEMORY_BYTES
 
     def to_proto(self) -> policy_pb2.CacheRules:
         """Unset fields travel as 0 and "" (proto3 has no "unset"): neither is a valid value."""
-        return policy_pb2.CacheRules(
+        rules = policy_pb2.CacheRules(
             ttl_s=self.ttl_s or 0.0, max_entry_bytes=self.max_entry_bytes or 0, when=self.when or "", off=self.off
         )
+        if self.dedup_wait_s is not None:  # optional in the proto: 0 means "never wait", not unset
+            rules.dedup_wait_s = self.dedup_wait_s
+        return rules
 
 
 def cache_proto(spec: CacheSpec | None) -> policy_pb2.CacheRules | None:
@@ -89,6 +97,9 @@ def parse_cache(check: Checker, at: Located, path: str, top_level: bool = False)
         else None
     )
     when = check.choice(fields["when"], join(path, "when"), WHEN) if "when" in fields else None
+    dedup_wait_s = None
+    if "dedup_wait" in fields:
+        dedup_wait_s = _duration(check, fields["dedup_wait"], join(path, "dedup_wait"), 0, _MAX_DEDUP_WAIT_S)
     redis = None
     if "redis" in fields:
         redis = _connection(check, fields["redis"], join(path, "redis"), REDIS_SCHEMES)
@@ -97,10 +108,14 @@ def parse_cache(check: Checker, at: Located, path: str, top_level: bool = False)
         memory = _size(check, fields["memory"], join(path, "memory")) or DEFAULT_MEMORY_BYTES
     if len(check.problems) > before:
         return None
-    return CacheSpec(False, ttl_s, size, when, redis, memory)
+    return CacheSpec(False, ttl_s, size, when, dedup_wait_s, redis, memory)
 
 
 def _ttl(check: Checker, at: Located, path: str) -> float | None:
+    return _duration(check, at, path, 1, _MAX_TTL_S)
+
+
+def _duration(check: Checker, at: Located, path: str, least_s: int, most_s: int) -> float | None:
     """``90s``, ``30m``, ``1h``, ``1d`` (decimals allowed: ``1.5h``), or a number of seconds."""
     value = at.value
     seconds: Decimal | None = None
@@ -112,7 +127,24 @@ def _ttl(check: Checker, at: Located, path: str) -> float | None:
         shown = repr(value) if isinstance(value, str) else kind_of(value)
         check.problem(at, path, f"must be a duration like 90s, 30m, 1h or 1d, or a number of seconds, got {shown}")
         return None
-    if not 1 <= seconds <= _MAX_TTL_S:
-        check.problem(at, path, f"must be between 1s and 30d, got {value}")
+    if not least_s <= seconds <= most_s:
+        check.problem(at, path, f"must be between {_shown(least_s)} and {_shown(most_s)}, got {value}")
         return None
     return float(seconds)
+
+
+def _shown(seconds: int) -> str:
+    for unit in ("d", "h", "m"):
+        if seconds and seconds % _UNIT_S[unit] == 0:
+            return f"{seconds // _UNIT_S[unit]}{unit}"
+    return f"{seconds}s"
+
+
+def longest_dedup_wait_s(specs: list[CacheSpec | None]) -> float:
+    """The longest a request may wait for an identical one in flight under these levels (the
+    default extproc.cache.rules.DEFAULT_DEDUP_WAIT_S where caching is on and no level says)."""
+    longest = 0.0
+    for spec in specs:
+        if spec is not None and not spec.off:
+            longest = max(longest, spec.dedup_wait_s if spec.dedup_wait_s is not None else DEFAULT_DEDUP_WAIT_S)
+    return longest

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from ccr.v1 import policy_pb2
 from ccr.v1.pricing import Prices
 from control_plane.policy.auth import AuthSpec
-from control_plane.policy.cache import CacheSpec, cache_proto
+from control_plane.policy.cache import CacheSpec, cache_proto, longest_dedup_wait_s
 from control_plane.policy.cors import CorsSpec
 from control_plane.policy.edge_limits import PerIpLimits
 from control_plane.policy.limit_sets import RateLimitSpec
@@ -114,6 +114,14 @@ class GatewayPolicy:
 
     def provider(self, name: str) -> ProviderSpec | None:
         return next((p for p in self.providers if p.name == name), None)
+
+    @property
+    def longest_dedup_wait_s(self) -> float:
+        """The longest a request may wait for an identical one in flight (the response cache's
+        in-flight deduplication), at any level of the policy: its decision call may take that long."""
+        levels = [self.cache, *(m.cache for p in self.providers for m in p.models)]
+        levels += [t.cache for t in self.routing.tenants]
+        return longest_dedup_wait_s(levels)
 
     def to_proto(self, version: str) -> policy_pb2.Policy:
         """The ext_proc-facing contract (no listener details, no secrets)."""

@@ -25,6 +25,9 @@ local CACHE_CLUSTER_LABEL = "@CACHE_CLUSTER_LABEL@"
 local ENCODING_HEADER = "@ENCODING_HEADER@"
 local REQUEST_ID_HEADER = "@REQUEST_ID_HEADER@"
 local TIMEOUT_MS = @TIMEOUT_MS@
+-- /decide may wait for an identical request in flight (the response cache's deduplication): the
+-- hop stops waiting on its own before this; the bound is for a wedged worker.
+local DECIDE_TIMEOUT_MS = @DECIDE_TIMEOUT_MS@
 local MAGIC = "ccr1 "
 local PREFIX_LENGTH = #INTERNAL_PREFIX
 -- Set by the JWT claims filter before this one, which removed the client's copies first
@@ -69,12 +72,12 @@ end
 -- A timeout (504) is not retried: it would double the wait of a request that already waited.
 local CALL_ATTEMPTS = 3
 
-local function call(handle, path, headers, body)
+local function call(handle, path, headers, body, timeout_ms)
   headers[":method"] = "POST"
   headers[":path"] = path
   headers[":authority"] = "ccr-hop"
   for _ = 1, CALL_ATTEMPTS do
-    local answer_headers, answer = handle:httpCall(HOP_CLUSTER, headers, body, { timeout_ms = TIMEOUT_MS, send_xff = false })
+    local answer_headers, answer = handle:httpCall(HOP_CLUSTER, headers, body, { timeout_ms = timeout_ms, send_xff = false })
     local status = answer_headers and answer_headers[":status"]
     if status == "200" then
       return parse(answer)
@@ -88,16 +91,21 @@ end
 
 -- The response cache (extproc/cache): a copy of a 200 answer, as the client got it, goes to /store
 -- without holding the answer back (an asynchronous call: the client never waits for the cache).
-local function send_to_cache(handle, cluster, token, content_type, raw)
+-- An answer that is not stored (not a 200, too large) is reported with its status and no body: the
+-- identical requests waiting for it (in-flight deduplication) then stop waiting at once.
+local function send_to_cache(handle, cluster, token, status, content_type, raw)
   local headers = {
     [":method"] = "POST",
     [":path"] = "/store",
     [":authority"] = "ccr-hop",
     ["x-ccr-cache-token"] = token,
+    ["x-ccr-status"] = status,
     ["content-type"] = content_type,
   }
   handle:httpCall(cluster, headers, raw, { timeout_ms = TIMEOUT_MS, asynchronous = true, send_xff = false })
 end
+
+local TOO_LARGE = "413"
 
 -- A stream is copied chunk by chunk as it passes (never held back); a JSON answer is whole anyway.
 -- Past ``cap`` bytes nothing is stored.
@@ -113,17 +121,17 @@ local function store_answer(handle, cluster, token, cap, content_type)
       end
     end
     if size > cap then
-      return
+      return send_to_cache(handle, cluster, token, TOO_LARGE, "", "")
     end
     raw = table.concat(parts)
   else
     local body = handle:body(true)
     if body == nil or body:length() > cap then
-      return
+      return send_to_cache(handle, cluster, token, TOO_LARGE, "", "")
     end
     raw = body:getBytes(0, body:length())
   end
-  send_to_cache(handle, cluster, token, content_type, raw)
+  send_to_cache(handle, cluster, token, "200", content_type, raw)
 end
 
 local function on_request(handle)
@@ -153,7 +161,7 @@ local function on_request(handle)
   if body:length() > 0 then
     raw = body:getBytes(0, body:length())
   end
-  local action, ops, payload = call(handle, "/decide", forwarded, raw)
+  local action, ops, payload = call(handle, "/decide", forwarded, raw, DECIDE_TIMEOUT_MS)
   if action == nil then
     return fail(handle, openai, "the gateway decision service is unavailable")
   end
@@ -223,9 +231,10 @@ local function on_response(handle)
     end
   end
   local cache_cluster = labels[CACHE_CLUSTER_LABEL] or HOP_CLUSTER -- the deciding worker's hop
-  local store = nil -- the response cache's token: a 200 answer goes to /store as the client got it
-  if labels[CACHE_STORE_LABEL] ~= nil and headers:get(":status") == "200" then
-    store = labels[CACHE_STORE_LABEL]
+  local store = labels[CACHE_STORE_LABEL] -- the response cache's token: a 200 answer goes to /store
+  if store ~= nil and headers:get(":status") ~= "200" then
+    send_to_cache(handle, cache_cluster, store, headers:get(":status") or "0", "", "")
+    store = nil
   end
   local context = labels[CONTEXT_LABEL]
   if context == nil then
@@ -246,7 +255,7 @@ local function on_response(handle)
   if body:length() > 0 then
     raw = body:getBytes(0, body:length())
   end
-  local action, ops, payload = call(handle, "/respond", request, raw)
+  local action, ops, payload = call(handle, "/respond", request, raw, TIMEOUT_MS)
   headers = handle:headers()
   if action ~= "response" then
     headers:replace(":status", "502")
@@ -263,9 +272,14 @@ local function on_response(handle)
   end
   handle:body(true):setBytes(payload)
   headers:replace("content-length", tostring(#payload))
-  if store ~= nil and action == "response" and headers:get(":status") == "200" then
-    if #payload <= (tonumber(labels[CACHE_CAP_LABEL]) or 0) then
-      send_to_cache(handle, cache_cluster, store, headers:get("content-type") or "", payload)
+  if store ~= nil then
+    local status = headers:get(":status") or "0"
+    if status == "200" and #payload > (tonumber(labels[CACHE_CAP_LABEL]) or 0) then
+      send_to_cache(handle, cache_cluster, store, TOO_LARGE, "", "")
+    elseif status == "200" then
+      send_to_cache(handle, cache_cluster, store, status, headers:get("content-type") or "", payload)
+    else
+      send_to_cache(handle, cache_cluster, store, status, "", "")
     end
   end
 end

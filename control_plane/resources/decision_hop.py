@@ -40,7 +40,9 @@ HOP_TIMEOUT_MS = 5000
 _SCRIPT = Path(__file__).with_name("decision_hop.lua")
 
 
-def lua_source(timeout_ms: int = HOP_TIMEOUT_MS) -> str:
+def lua_source(timeout_ms: int = HOP_TIMEOUT_MS, decide_timeout_ms: int | None = None) -> str:
+    """``decide_timeout_ms``: /decide's own bound (default ``timeout_ms``), longer when a request
+    may wait there for an identical one in flight (the response cache's deduplication)."""
     values = {
         "@HOP_CLUSTER@": HOP_CLUSTER,
         "@NAMESPACE@": METADATA_NAMESPACE,
@@ -52,6 +54,7 @@ def lua_source(timeout_ms: int = HOP_TIMEOUT_MS) -> str:
         "@ENCODING_HEADER@": ENCODING_HEADER,
         "@REQUEST_ID_HEADER@": REQUEST_ID_HEADER,
         "@TIMEOUT_MS@": str(timeout_ms),
+        "@DECIDE_TIMEOUT_MS@": str(decide_timeout_ms or timeout_ms),
         "@CACHE_STORE_LABEL@": CACHE_STORE_KEY,
         "@CACHE_CAP_LABEL@": CACHE_CAP_KEY,
         "@CACHE_CLUSTER_LABEL@": CACHE_CLUSTER_KEY,
@@ -62,12 +65,20 @@ def lua_source(timeout_ms: int = HOP_TIMEOUT_MS) -> str:
     return source
 
 
-def lua_filter() -> dict[str, Any]:
+def decide_timeout_ms(longest_dedup_wait_s: float) -> int:
+    """/decide's bound: a decision's own, plus the longest a request may wait there for an
+    identical one in flight (the hop gives up waiting first and decides; the Lua filter's bound is
+    then only for a wedged worker, as before)."""
+    return HOP_TIMEOUT_MS + round(longest_dedup_wait_s * 1000)
+
+
+def lua_filter(longest_dedup_wait_s: float = 0.0) -> dict[str, Any]:
+    source = lua_source(decide_timeout_ms=decide_timeout_ms(longest_dedup_wait_s))
     return {
         "name": LUA_FILTER,
         "typed_config": {
             "@type": TYPE_PREFIX + "envoy.extensions.filters.http.lua.v3.Lua",
-            "default_source_code": {"inline_string": lua_source()},
+            "default_source_code": {"inline_string": source},
         },
     }
 

@@ -395,7 +395,11 @@ def listener(policy: GatewayPolicy, usage_log_clusters: Sequence[str] = (EXTPROC
             *edge_limits.filters(policy.per_ip_limits),  # before any decision: a refusal costs no Python
             *edge.decompressor_filters(),
             *jwt_resources.filters(policy.auth.jwt),  # verified claims as x-ccr-jwt-* headers, for both paths
-            *([decision_hop_resources.lua_filter()] if policy.decision_path == "hop" else []),
+            *(
+                [decision_hop_resources.lua_filter(policy.longest_dedup_wait_s)]
+                if policy.decision_path == "hop"
+                else []
+            ),
             extproc_filter(),
             # After ext_proc: on the response path they read the provider's bytes, untranslated.
             usage_capture.sse_usage_filter(),

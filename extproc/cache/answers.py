@@ -32,10 +32,13 @@ from ccr.v1.contract import (
     CACHE_STORE_KEY,
 )
 from extproc.cache.entry import CachedAnswer, cacheable_answer, decode, encode
+from extproc.cache.inflight import Flights
 from extproc.cache.key import cache_key
+from extproc.cache.metrics import REQUESTS
 from extproc.cache.replay import answer_from_sse, sse_from_answer
 from extproc.cache.rules import CacheDirective, directive
 from extproc.cache.store import CacheStore
+from extproc.metrics import labelled
 from extproc.plan import Forward
 from extproc.request_steps import Reply
 from extproc.routing_table import RoutingTable
@@ -56,21 +59,33 @@ class CacheStep:
     max_entry_bytes: int
     stream: bool
     include_usage: bool
+    dedup_wait_s: float = 0.0  # how long to wait for an identical request in flight (0: never)
+
+    @property
+    def dedups(self) -> bool:
+        """Whether a miss may wait for an identical request in flight: only a request that may be
+        answered from the cache (not a no-cache refresh, which wants its own answer)."""
+        return self.directive.lookup and self.dedup_wait_s > 0
 
     def header(self, hit: bool = False) -> tuple[str, str]:
         """``x-ccr-cache``: hit, miss (looked up, or refreshed by no-cache: the answer will be
         stored), or bypass (this request may not use the cache)."""
-        if hit:
-            return (CACHE_HEADER, "hit")
-        return (CACHE_HEADER, "miss" if self.directive.store else "bypass")
+        return (CACHE_HEADER, self.outcome(hit))
 
-    def store_labels(self, api: Api, provider: str, model: str, cluster: str = "") -> dict[str, str]:
+    def outcome(self, hit: bool = False) -> str:
+        if hit:
+            return "hit"
+        return "miss" if self.directive.store else "bypass"
+
+    def store_labels(
+        self, api: Api, provider: str, model: str, cluster: str = "", flight_id: str = ""
+    ) -> dict[str, str]:
         """The labels that have Envoy's Lua filter copy a 200 answer to /store (through
-        ``cluster``: this worker's hop alone, whose memory may be the store); none when the answer
-        is not to be stored."""
+        ``cluster``: this worker's hop alone, whose memory may be the store, and whose flight for
+        this key ``flight_id`` ends there); none when the answer is not to be stored."""
         if not self.directive.store:
             return {}
-        token = [self.key, self.directive.ttl_s, api.value, provider, model]
+        token = [self.key, self.directive.ttl_s, api.value, provider, model, flight_id]
         labels = {
             CACHE_STORE_KEY: base64.urlsafe_b64encode(orjson.dumps(token)).decode(),
             CACHE_CAP_KEY: str(self.max_entry_bytes),
@@ -79,6 +94,11 @@ class CacheStep:
         if cluster:
             labels[CACHE_CLUSTER_KEY] = cluster
         return labels
+
+
+def count(provider: str, model: str, outcome: str) -> None:
+    """One request the cache applied to, for the hit ratio per model."""
+    labelled(REQUESTS, provider, model, outcome).inc()
 
 
 def cache_step(
@@ -96,7 +116,7 @@ def cache_step(
     beta = ",".join(sorted(flag.strip() for flag in headers.get("anthropic-beta", "").split(",") if flag.strip()))
     key = cache_key(tenant, api, route.provider.name, route.target.model, body, beta)
     include_usage = _include_usage(body)
-    return CacheStep(key, decided, rules.max_entry_bytes, body.get("stream") is True, include_usage)
+    return CacheStep(key, decided, rules.max_entry_bytes, body.get("stream") is True, include_usage, rules.dedup_wait_s)
 
 
 def hit_reply(step: CacheStep, api: Api, entry: CachedAnswer, labels: Mapping[str, str]) -> Reply | None:
@@ -121,15 +141,30 @@ async def lookup(store: CacheStore, step: CacheStep) -> CachedAnswer | None:
     return decode(raw) if raw is not None else None
 
 
-async def store_answer(store: CacheStore, token: str, content_type: str, raw: bytes) -> bool:
+async def store_answer(
+    store: CacheStore, flights: Flights | None, token: str, status: int, content_type: str, raw: bytes
+) -> bool:
     """``POST /store``: keep the 200 answer a client got (JSON, or a complete SSE stream turned
-    into its JSON form) under the token's key. False when there was nothing fit to keep."""
+    into its JSON form) under the token's key, then end the request's flight (its followers look
+    the key up again). Any other ``status`` (the answer failed, or was too large to copy) stores
+    nothing and only ends the flight. False when nothing was stored."""
     try:
-        key, ttl_s, api_value, provider, model = orjson.loads(base64.urlsafe_b64decode(token))
+        key, ttl_s, api_value, provider, model, flight_id = orjson.loads(base64.urlsafe_b64decode(token))
         api = Api(api_value)
     except (ValueError, TypeError, orjson.JSONDecodeError):
         log.warning("cache: a store token that does not decode; nothing stored")
         return False
+    stored = False
+    if status == 200:
+        stored = await _store(store, key, float(ttl_s), api, provider, model, content_type, raw)
+    if flight_id and flights is not None:
+        await flights.end(key, flight_id)
+    return stored
+
+
+async def _store(
+    store: CacheStore, key: str, ttl_s: float, api: Api, provider: str, model: str, content_type: str, raw: bytes
+) -> bool:
     if content_type.startswith(SSE_CONTENT_TYPE):
         answer: Any = answer_from_sse(api, raw)
         if answer is None:  # cut short, or an error event: never stored
@@ -142,7 +177,7 @@ async def store_answer(store: CacheStore, token: str, content_type: str, raw: by
         answer = orjson.loads(raw)
     usage = answer.get("usage") if isinstance(answer, dict) and isinstance(answer.get("usage"), dict) else {}
     entry = CachedAnswer(api.value, 200, body, time.time(), provider, model, usage)
-    return await store.put(key, encode(entry), float(ttl_s))
+    return await store.put(key, encode(entry), ttl_s)
 
 
 def saved_usage(api: Api, usage: Mapping[str, Any]) -> str:

@@ -41,6 +41,21 @@ LOOKUP_SECONDS = Histogram(
     buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
 )
 
+FLIGHTS = Counter(
+    "ccr_cache_flights_total",
+    "In-flight deduplication: requests that led a flight (went upstream for everyone), followed one "
+    "(waited for its answer), and flights forgotten after the policy's dedup_wait (expired: the leader "
+    "never reported)",
+    ["outcome"],
+)
+REQUESTS = Counter(
+    "ccr_cache_requests_total",
+    "Requests the response cache applies to, by the model that serves them and what the cache did "
+    "(hit; miss: looked up, answer to be stored; bypass: the rules or the request kept it out). "
+    "Hit ratio per model: hit / (hit + miss)",
+    ["provider", "model", "outcome"],
+)
+
 
 class StoreMetrics:
     """One store's labelled children, made once: ``labels()`` costs a lock and a dict per call."""

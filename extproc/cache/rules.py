@@ -34,6 +34,9 @@ WHEN = (DETERMINISTIC, ALWAYS)
 DEFAULT_TTL_S = 3600.0
 DEFAULT_MAX_ENTRY_BYTES = 1024 * 1024
 DEFAULT_WHEN = DETERMINISTIC
+# How long identical requests wait for the first one in flight (extproc.cache.inflight): long
+# enough for most answers; a follower that waits this long goes to the provider itself.
+DEFAULT_DEDUP_WAIT_S = 30.0
 
 TTL_HEADER = "x-ccr-cache-ttl"
 _SECONDS = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*$")  # no sign, exponent, inf or nan
@@ -54,6 +57,7 @@ class CacheRules:
     ttl_s: float  # how long an answer is kept; also the most a request's x-ccr-cache-ttl may ask
     max_entry_bytes: int  # larger answers are not stored
     when: str  # "deterministic" | "always"
+    dedup_wait_s: float = DEFAULT_DEDUP_WAIT_S  # 0: identical requests never wait for one in flight
 
     def __post_init__(self) -> None:
         if not self.ttl_s > 0:
@@ -62,6 +66,8 @@ class CacheRules:
             raise ValueError(f"max_entry_bytes must be >= 1, got {self.max_entry_bytes!r}")
         if self.when not in WHEN:
             raise ValueError(f"when must be one of {', '.join(WHEN)}, got {self.when!r}")
+        if not 0 <= self.dedup_wait_s < float("inf"):
+            raise ValueError(f"dedup_wait_s must be >= 0, got {self.dedup_wait_s!r}")
 
     @property
     def max_ttl_s(self) -> float:
@@ -79,6 +85,7 @@ class CacheSetting:
     ttl_s: float | None = None
     max_entry_bytes: int | None = None
     when: str | None = None
+    dedup_wait_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +108,8 @@ def resolve(*settings: CacheSetting | None) -> CacheRules | None:
     ttl_s = next((s.ttl_s for s in on if s.ttl_s is not None), DEFAULT_TTL_S)
     max_entry_bytes = next((s.max_entry_bytes for s in on if s.max_entry_bytes is not None), DEFAULT_MAX_ENTRY_BYTES)
     when = next((s.when for s in on if s.when is not None), DEFAULT_WHEN)
-    return CacheRules(ttl_s, max_entry_bytes, when)
+    dedup_wait_s = next((s.dedup_wait_s for s in on if s.dedup_wait_s is not None), DEFAULT_DEDUP_WAIT_S)
+    return CacheRules(ttl_s, max_entry_bytes, when, dedup_wait_s)
 
 
 def directive(

@@ -174,6 +174,56 @@ def test_two_tenants_never_share_an_entry(cached, fake, keys) -> None:
     assert provider_calls(fake, messages[0]["content"]) == 2
 
 
+def test_twenty_identical_requests_in_flight_reach_the_provider_once(cached, fake) -> None:
+    """Across both workers: the first leads (the provider takes 1.5 s), the others wait for its
+    answer in Redis and are answered from it, streams replayed as streams."""
+    client = anthropic.Anthropic(base_url=cached.url, api_key="sk-ant-anything", max_retries=0)
+    messages = unique("in flight")
+    slow = {"x-fake-latency-ms": "1500"}
+
+    def ask(index: int) -> tuple[str, str]:
+        if index % 2:
+            with client.messages.stream(
+                model="claude-sonnet-4-5", max_tokens=64, messages=messages, extra_body=ZERO, extra_headers=slow
+            ) as stream:
+                return stream.response.headers["x-ccr-cache"], stream.get_final_message().content[0].text
+        raw = client.messages.with_raw_response.create(
+            model="claude-sonnet-4-5", max_tokens=64, messages=messages, extra_body=ZERO, extra_headers=slow
+        )
+        return raw.headers["x-ccr-cache"], raw.parse().content[0].text
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(ask, range(20)))
+    assert provider_calls(fake, messages[0]["content"]) == 1
+    assert sorted(header for header, _ in answers) == ["hit"] * 19 + ["miss"]
+    assert len({text for _, text in answers}) == 1
+
+
+def test_requests_waiting_for_a_failed_one_go_upstream_at_once(cached, fake) -> None:
+    """The leader's error is not stored, and its followers stop waiting when it comes back (not
+    after the policy's 30 s dedup_wait)."""
+    client = anthropic.Anthropic(base_url=cached.url, api_key="sk-ant-anything", max_retries=0)
+    messages = unique("failed leader")
+
+    def ask(headers: dict[str, str]) -> int:
+        try:
+            client.messages.create(
+                model="claude-sonnet-4-5", max_tokens=16, messages=messages, extra_body=ZERO, extra_headers=headers
+            )
+        except anthropic.APIStatusError as error:
+            return error.status_code
+        return 200
+
+    with ThreadPoolExecutor(6) as pool:
+        leader = pool.submit(ask, {"x-fake-latency-ms": "1000", "x-fake-status": "400"})
+        time.sleep(0.4)  # the leader is in flight
+        started = time.monotonic()
+        followers = list(pool.map(ask, [{}] * 5))
+        waited = time.monotonic() - started
+    assert leader.result() == 400 and followers == [200] * 5
+    assert waited < 10
+
+
 def test_redis_going_away_mid_load_fails_no_request(cached, fake, redis_proxy) -> None:
     messages = unique("redis")
     body = json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 16, "temperature": 0, "messages": messages}).encode()

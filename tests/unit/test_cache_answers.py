@@ -70,7 +70,9 @@ def test_a_miss_goes_on_with_its_store_instruction_and_the_next_request_is_a_hit
     assert labels[CACHE_LABEL] == "miss" and labels[CACHE_CLUSTER_KEY] == "ccr_hop_0"
     assert int(labels[CACHE_CAP_KEY]) == 1 << 20  # the default max_entry_bytes (1MiB)
     assert ("answer", "x-ccr-cache", "miss") in ops and ("remove", "accept-encoding", "") in ops
-    assert asyncio.run(store_answer(gateway.cache, store_from(ops), "application/json", orjson.dumps(ANSWER)))
+    assert asyncio.run(
+        store_answer(gateway.cache, gateway.flights, store_from(ops), 200, "application/json", orjson.dumps(ANSWER))
+    )
     action, ops, payload = ask(gateway)
     assert action == "reply" and ("header", "x-ccr-cache", "hit") in ops
     assert orjson.loads(payload) == ANSWER
@@ -80,7 +82,9 @@ def test_a_miss_goes_on_with_its_store_instruction_and_the_next_request_is_a_hit
 def test_a_streamed_request_is_answered_from_the_cache_as_a_stream() -> None:
     gateway = state()
     _, ops, _ = ask(gateway, stream=True)
-    assert asyncio.run(store_answer(gateway.cache, store_from(ops), "application/json", orjson.dumps(ANSWER)))
+    assert asyncio.run(
+        store_answer(gateway.cache, gateway.flights, store_from(ops), 200, "application/json", orjson.dumps(ANSWER))
+    )
     action, ops, payload = ask(gateway, stream=True)
     assert action == "reply" and ("header", "content-type", "text/event-stream") in ops
     assert payload.startswith(b"event: message_start") and b"hello there" in payload and b"message_stop" in payload
@@ -91,11 +95,17 @@ def test_only_complete_streams_and_json_answers_are_stored() -> None:
     _, ops, _ = ask(gateway)
     token = store_from(ops)
     assert not asyncio.run(
-        store_answer(gateway.cache, token, "text/event-stream", b"event: message_start\ndata: {}\n\n")
+        store_answer(
+            gateway.cache, gateway.flights, token, 200, "text/event-stream", b"event: message_start\ndata: {}\n\n"
+        )
     )
     error = {"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}
-    assert not asyncio.run(store_answer(gateway.cache, token, "application/json", orjson.dumps(error)))
-    assert not asyncio.run(store_answer(gateway.cache, "not a token", "application/json", orjson.dumps(ANSWER)))
+    assert not asyncio.run(
+        store_answer(gateway.cache, gateway.flights, token, 200, "application/json", orjson.dumps(error))
+    )
+    assert not asyncio.run(
+        store_answer(gateway.cache, gateway.flights, "not a token", 200, "application/json", orjson.dumps(ANSWER))
+    )
     assert ask(gateway)[0] == "forward"  # nothing was stored
 
 
@@ -111,7 +121,9 @@ def test_only_complete_streams_and_json_answers_are_stored() -> None:
 def test_what_may_not_use_the_cache_says_so(temperature, headers, expected) -> None:
     gateway = state()
     _, ops, _ = ask(gateway)
-    asyncio.run(store_answer(gateway.cache, store_from(ops), "application/json", orjson.dumps(ANSWER)))
+    asyncio.run(
+        store_answer(gateway.cache, gateway.flights, store_from(ops), 200, "application/json", orjson.dumps(ANSWER))
+    )
     action, ops, _ = ask(gateway, temperature=temperature, headers=headers)
     assert action == "forward" and ("answer", "x-ccr-cache", expected) in ops
     assert (CACHE_STORE_KEY in {name for op, name, _ in ops if op == "label"}) == (expected == "miss")
@@ -126,14 +138,17 @@ def test_a_policy_without_a_cache_adds_nothing() -> None:
 
 def test_a_store_token_names_the_key_ttl_and_who_answered() -> None:
     _, ops, _ = ask(state())
-    key, ttl_s, api, provider, model = orjson.loads(base64.urlsafe_b64decode(store_from(ops)))
+    key, ttl_s, api, provider, model, flight_id = orjson.loads(base64.urlsafe_b64decode(store_from(ops)))
     assert (len(key), ttl_s, api, provider, model) == (64, 600.0, "anthropic", "ant", "claude-sonnet-4-5")
+    assert len(flight_id) == 16  # the miss leads the flight of its key: its /store ends it
 
 
 def test_anthropic_beta_flags_are_part_of_the_key_in_any_order() -> None:
     gateway = state()
     _, ops, _ = ask(gateway, headers={"anthropic-beta": "a-1,b-2"})
-    asyncio.run(store_answer(gateway.cache, store_from(ops), "application/json", orjson.dumps(ANSWER)))
+    asyncio.run(
+        store_answer(gateway.cache, gateway.flights, store_from(ops), 200, "application/json", orjson.dumps(ANSWER))
+    )
     assert ask(gateway, headers={"anthropic-beta": "b-2, a-1"})[0] == "reply"  # the same flags
     assert ask(gateway, headers={"anthropic-beta": "a-1"})[0] == "forward"  # other flags, another answer
     assert ask(gateway)[0] == "forward"

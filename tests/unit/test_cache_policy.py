@@ -91,7 +91,7 @@ def test_levels_are_read_as_written():
     [
         (
             "cache: 5\n",
-            "gw.yaml:3:8: cache: must be false, true or a mapping of ttl, max_entry_bytes, when, got an integer",
+            "gw.yaml:3:8: cache: must be false, true or a mapping of ttl, max_entry_bytes, when, dedup_wait, got an integer",
         ),
         (
             "cache: {ttl: 1w}\n",
@@ -130,7 +130,7 @@ def test_levels_are_read_as_written():
         ),
         (
             "tenants:\n  - name: acme\n    cache: sometimes\n",
-            "gw.yaml:5:12: tenants[0].cache: must be false, true or a mapping of ttl, max_entry_bytes, when, got a string",
+            "gw.yaml:5:12: tenants[0].cache: must be false, true or a mapping of ttl, max_entry_bytes, when, dedup_wait, got a string",
         ),
     ],
 )
@@ -244,3 +244,40 @@ def test_a_refused_level_is_named():
     proto.providers[0].models[0].cache.when = "x"
     with pytest.raises(PolicyCompileError, match=re.escape("model 'claude-sonnet-4-5': cache.when")):
         compile_policy(proto)
+
+
+# --- in-flight deduplication's wait -------------------------------------------------------------
+
+
+def test_dedup_wait_is_a_duration_zero_included_and_travels_as_set():
+    policy = load("cache: {dedup_wait: 10s}\ntenants: [{name: acme, cache: {dedup_wait: 0}}]\n")
+    assert policy.cache == CacheSpec(dedup_wait_s=10.0)
+    assert policy.to_proto("1").cache.dedup_wait_s == 10.0
+    acme = next(t for t in policy.to_proto("1").tenants if t.name == "acme")
+    assert acme.cache.HasField("dedup_wait_s") and acme.cache.dedup_wait_s == 0  # "never wait", not unset
+    assert not policy.to_proto("1").providers[0].models[0].HasField("cache")
+
+
+def test_dedup_wait_is_inherited_and_defaults_to_thirty_seconds():
+    routes = table("cache: {dedup_wait: 5s}\ntenants: [{name: acme, cache: {dedup_wait: 0}}]\n")
+    opus, sonnet = routes.models["claude-opus-4-1"], routes.models["claude-sonnet-4-5"]
+    assert routes.cache_rules(None, opus).dedup_wait_s == 5.0  # the model's cache: sets ttl only
+    assert routes.cache_rules("acme", sonnet).dedup_wait_s == 0.0
+    assert table("cache: {}\n").cache_rules(None, sonnet).dedup_wait_s == 30.0
+
+
+@pytest.mark.parametrize("written", ["-1", "11m", "soon"])
+def test_a_dedup_wait_out_of_bounds_is_reported_with_its_line(written):
+    (problem,) = problems(f"cache: {{dedup_wait: {written}}}\n")
+    assert problem.startswith("gw.yaml:3:21: cache.dedup_wait: must be")
+
+
+def test_the_lua_filter_lets_decide_wait_as_long_as_the_longest_dedup_wait():
+    from control_plane.resources.decision_hop import HOP_TIMEOUT_MS, lua_filter
+
+    policy = load("cache: {dedup_wait: 20s}\ntenants: [{name: acme, cache: {dedup_wait: 45s}}]\n")
+    assert policy.longest_dedup_wait_s == 45.0
+    source = lua_filter(policy.longest_dedup_wait_s)["typed_config"]["default_source_code"]["inline_string"]
+    assert f"local DECIDE_TIMEOUT_MS = {HOP_TIMEOUT_MS + 45_000}\n" in source
+    assert f"local TIMEOUT_MS = {HOP_TIMEOUT_MS}\n" in source
+    assert load("", "models: [claude-sonnet-4-5]").longest_dedup_wait_s == 0.0

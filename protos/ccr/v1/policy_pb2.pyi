@@ -204,16 +204,18 @@ class Model(_message.Message):
     def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., max_output_tokens: _Optional[int] = ..., context_window: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ..., pricing: _Optional[_Union[Pricing, _Mapping]] = ..., limits: _Optional[_Union[RateLimits, _Mapping]] = ..., cache: _Optional[_Union[CacheRules, _Mapping]] = ...) -> None: ...
 
 class CacheRules(_message.Message):
-    __slots__ = ("ttl_s", "max_entry_bytes", "when", "off")
+    __slots__ = ("ttl_s", "max_entry_bytes", "when", "off", "dedup_wait_s")
     TTL_S_FIELD_NUMBER: _ClassVar[int]
     MAX_ENTRY_BYTES_FIELD_NUMBER: _ClassVar[int]
     WHEN_FIELD_NUMBER: _ClassVar[int]
     OFF_FIELD_NUMBER: _ClassVar[int]
+    DEDUP_WAIT_S_FIELD_NUMBER: _ClassVar[int]
     ttl_s: float
     max_entry_bytes: int
     when: str
     off: bool
-    def __init__(self, ttl_s: _Optional[float] = ..., max_entry_bytes: _Optional[int] = ..., when: _Optional[str] = ..., off: bool = ...) -> None: ...
+    dedup_wait_s: float
+    def __init__(self, ttl_s: _Optional[float] = ..., max_entry_bytes: _Optional[int] = ..., when: _Optional[str] = ..., off: bool = ..., dedup_wait_s: _Optional[float] = ...) -> None: ...
 
 class Pricing(_message.Message):
     __slots__ = ("input", "output", "cache_read", "cache_write")

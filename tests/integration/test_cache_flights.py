@@ -1,0 +1,100 @@
+"""In-flight deduplication shared through the machine's Redis (extproc.cache.inflight.RedisFlights):
+the claim, the wake-up by pub/sub, the wake-up by polling when no message comes, and Redis down
+(every request leads, nothing raises)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+
+from extproc.auth.redis_limits import connect
+from extproc.auth.resp_client import RespClient
+from extproc.cache import inflight
+from extproc.cache.inflight import Flights, RedisFlights
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"ccr:test:{uuid.uuid4().hex[:8]}:"
+
+
+def shared(client, prefix: str) -> RedisFlights:
+    return RedisFlights(client, lambda: connect(REDIS_URL, timeout_s=2.0).pubsub(), prefix)
+
+
+@pytest.mark.parametrize("kind", ["resp", "redis-py"])
+async def test_two_workers_share_a_flight_and_the_follower_is_woken_by_the_end(kind: str, prefix: str) -> None:
+    def client():
+        return RespClient("127.0.0.1", 6379, timeout_s=1.0) if kind == "resp" else connect(REDIS_URL, timeout_s=1.0)
+
+    one, two = Flights(shared(client(), prefix)), Flights(shared(client(), prefix))
+    try:
+        leader = await one.join("k", 10.0)
+        assert leader
+        await asyncio.sleep(0.2)  # the follower's subscription is up before the end is published
+        followers = asyncio.gather(*(two.join("k", 10.0) for _ in range(5)))
+        await asyncio.sleep(0.1)
+        loop = asyncio.get_running_loop()
+        ended = loop.time()
+        await one.end("k", leader)
+        assert await followers == [None] * 5
+        assert loop.time() - ended < inflight.POLL_S  # woken by the message, not by polling
+        assert await one.shared.client.execute_command("EXISTS", f"{prefix}{{k}}:flight") == 0
+    finally:
+        await one.aclose()
+        await two.aclose()
+        await one.shared.client.aclose()
+        await two.shared.client.aclose()
+
+
+async def test_a_follower_that_misses_the_message_sees_the_claim_gone_when_it_polls(prefix: str) -> None:
+    client = connect(REDIS_URL, timeout_s=1.0)
+    never = RedisFlights(client, lambda: connect("redis://127.0.0.1:1/0", timeout_s=0.05).pubsub(), prefix)
+    flights = Flights(never)
+    try:
+        assert await client.set(f"{prefix}{{k}}:flight", "someone", px=10_000)
+        follower = asyncio.ensure_future(flights.join("k", 10.0))
+        await asyncio.sleep(0.1)
+        assert not follower.done()
+        await client.delete(f"{prefix}{{k}}:flight")  # that flight's end, its message lost
+        assert await asyncio.wait_for(follower, 2 * inflight.POLL_S + 0.5) is None
+    finally:
+        await flights.aclose()
+        await client.aclose()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_with_redis_down_every_request_leads_and_nothing_raises(prefix: str, caplog) -> None:
+    url = f"redis://127.0.0.1:{closed_port()}/0"
+    flights = Flights(RedisFlights(connect(url), lambda: connect(url).pubsub(), prefix))
+    try:
+        first = await flights.join("k", 5.0)
+        assert first  # led: the claim could not be asked
+        await flights.end("k", first)  # not raised either
+        assert await flights.join("k", 5.0)
+        assert sum("unavailable for in-flight deduplication" in r.message for r in caplog.records) == 1
+    finally:
+        await flights.aclose()
+
+
+async def test_the_claim_expires_on_its_own(prefix: str) -> None:
+    client = aioredis.Redis.from_url(REDIS_URL)
+    flights = Flights(shared(client, prefix))
+    try:
+        assert await flights.join("k", 0.2)
+        ttl = await client.pttl(f"{prefix}{{k}}:flight")
+        assert 0 < ttl <= 200
+    finally:
+        await flights.aclose()
+        await client.aclose()
