@@ -68,14 +68,17 @@ class CacheStep:
         return self.directive.lookup and self.dedup_wait_s > 0
 
     def header(self, hit: bool = False) -> tuple[str, str]:
-        """``x-ccr-cache``: hit, miss (looked up, or refreshed by no-cache: the answer will be
-        stored), or bypass (this request may not use the cache)."""
+        """``x-ccr-cache``: hit; miss (looked up in vain: the answer will be stored); store (not
+        looked up, a no-cache refresh: the answer will be stored); bypass (this request may not
+        use the cache)."""
         return (CACHE_HEADER, self.outcome(hit))
 
     def outcome(self, hit: bool = False) -> str:
         if hit:
             return "hit"
-        return "miss" if self.directive.store else "bypass"
+        if not self.directive.store:
+            return "bypass"
+        return "miss" if self.directive.lookup else "store"
 
     def store_labels(
         self, api: Api, provider: str, model: str, cluster: str = "", flight_id: str = ""
@@ -89,7 +92,7 @@ class CacheStep:
         labels = {
             CACHE_STORE_KEY: base64.urlsafe_b64encode(orjson.dumps(token)).decode(),
             CACHE_CAP_KEY: str(self.max_entry_bytes),
-            CACHE_LABEL: "miss",
+            CACHE_LABEL: self.outcome(),
         }
         if cluster:
             labels[CACHE_CLUSTER_KEY] = cluster

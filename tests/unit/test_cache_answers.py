@@ -115,7 +115,7 @@ def test_only_complete_streams_and_json_answers_are_stored() -> None:
         (None, {}, "bypass"),
         (0.7, {}, "bypass"),
         (0, {"cache-control": "no-store"}, "bypass"),
-        (0, {"cache-control": "no-cache"}, "miss"),
+        (0, {"cache-control": "no-cache"}, "store"),
     ],
 )
 def test_what_may_not_use_the_cache_says_so(temperature, headers, expected) -> None:
@@ -126,7 +126,7 @@ def test_what_may_not_use_the_cache_says_so(temperature, headers, expected) -> N
     )
     action, ops, _ = ask(gateway, temperature=temperature, headers=headers)
     assert action == "forward" and ("answer", "x-ccr-cache", expected) in ops
-    assert (CACHE_STORE_KEY in {name for op, name, _ in ops if op == "label"}) == (expected == "miss")
+    assert (CACHE_STORE_KEY in {name for op, name, _ in ops if op == "label"}) == (expected == "store")
 
 
 def test_a_policy_without_a_cache_adds_nothing() -> None:
