@@ -172,6 +172,10 @@ async def _store(
         answer: Any = answer_from_sse(api, raw)
         if answer is None:  # cut short, or an error event: never stored
             return False
+        if not isinstance(answer.get("usage"), dict):
+            # An OpenAI stream without stream_options.include_usage: a hit must give the original
+            # usage (a JSON client, or a stream that asks for it, would get none), never an invented one.
+            return False
         body = orjson.dumps(answer)
     else:
         if not cacheable_answer(200, content_type, raw):

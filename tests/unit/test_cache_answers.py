@@ -152,3 +152,32 @@ def test_anthropic_beta_flags_are_part_of_the_key_in_any_order() -> None:
     assert ask(gateway, headers={"anthropic-beta": "b-2, a-1"})[0] == "reply"  # the same flags
     assert ask(gateway, headers={"anthropic-beta": "a-1"})[0] == "forward"  # other flags, another answer
     assert ask(gateway)[0] == "forward"
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_an_openai_stream_is_stored_only_with_its_usage(include_usage: bool) -> None:
+    """A hit must carry the original usage: a stream that never had it (no include_usage) is not
+    kept, rather than answered later without usage, or with an invented one."""
+    from extproc.cache.replay import sse_from_answer
+    from extproc.translate.base import Api
+
+    answer = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "hello"},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+    }
+    raw = sse_from_answer(Api.OPENAI, answer, include_usage=include_usage)
+    store = LocalLruStore(1 << 20)
+    token = base64.urlsafe_b64encode(orjson.dumps(["k" * 64, 60.0, "openai", "oai", "gpt-4o", ""])).decode()
+    assert asyncio.run(store_answer(store, None, token, 200, "text/event-stream", raw)) is include_usage
+    assert ("k" * 64 in store) is include_usage
