@@ -98,6 +98,9 @@ UNAVAILABLE = (
 )
 
 RedisClient = aioredis.Redis | RedisCluster
+# Commands one redis-py client may have in flight at once (one connection each; a cluster client:
+# per node). Redis accepts 10,000 clients by default.
+MAX_CONNECTIONS = 1000
 
 
 def connect(url: str, *, timeout_s: float = 0.05, **options: Any) -> RedisClient:
@@ -109,6 +112,10 @@ def connect(url: str, *, timeout_s: float = 0.05, **options: Any) -> RedisClient
 
     def hot() -> dict[str, Any]:  # a Retry apiece: clients may adjust theirs
         return {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s, "retry": Retry(NoBackoff(), 0)}
+
+    # redis-py takes one connection per command in flight and, past its pool's cap (100 by
+    # default), fails the next command at once: a burst of requests would read as an outage.
+    options.setdefault("max_connections", MAX_CONNECTIONS)
 
     credentials = {"username": target.username, "password": target.password}
     if target.topology is Topology.SENTINEL:

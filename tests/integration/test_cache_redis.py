@@ -260,3 +260,17 @@ async def test_an_entry_whose_slot_moves_is_still_found_then_and_after(cluster: 
     finally:
         await store.aclose()
     assert cluster.owner(slot) is target
+
+
+async def test_a_burst_of_commands_beyond_redis_pys_default_pool_is_not_an_outage(prefix: str) -> None:
+    """redis-py fails the 101st command in flight at once with its default pool: a burst of
+    requests must wait for Redis, not read as Redis being down."""
+    from extproc.auth.redis_limits import connect
+
+    store = RedisCacheStore(connect("redis://127.0.0.1:6379/0", timeout_s=2.0), prefix)
+    try:
+        before = counted("ccr_cache_lookups_total", store="redis", outcome="error")
+        assert await asyncio.gather(*(store.get(f"burst-{i}") for i in range(300))) == [None] * 300
+        assert counted("ccr_cache_lookups_total", store="redis", outcome="error") == before
+    finally:
+        await store.aclose()
