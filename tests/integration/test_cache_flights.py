@@ -1,6 +1,7 @@
-"""In-flight deduplication shared through the machine's Redis (extproc.cache.inflight.RedisFlights):
-the claim, the wake-up by pub/sub, the wake-up by polling when no message comes, and Redis down
-(every request leads, nothing raises)."""
+"""In-flight deduplication shared through Redis (extproc.cache.inflight.RedisFlights): the claim,
+the wake-up by pub/sub, the wake-up by polling when no message comes, and Redis down (every request
+leads, nothing raises); on the machine's Redis, then on a Sentinel set and a three-master Cluster
+started here (claims of keys on every master, wake-ups published from each)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from extproc.auth.redis_limits import connect
 from extproc.auth.resp_client import RespClient
 from extproc.cache import inflight
 from extproc.cache.inflight import Flights, RedisFlights
+from tests.integration import redis_procs
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -98,3 +100,39 @@ async def test_the_claim_expires_on_its_own(prefix: str) -> None:
     finally:
         await flights.aclose()
         await client.aclose()
+
+
+@pytest.fixture(scope="module")
+def topology(request: pytest.FixtureRequest):
+    if redis_procs.REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed")
+    started = redis_procs.redis_cluster() if request.param == "cluster" else redis_procs.sentinel_group()
+    with started as group:
+        yield group
+
+
+@pytest.mark.parametrize("topology", ["cluster", "sentinel"], indirect=True)
+async def test_flights_on_every_master_wake_their_followers_on_another_client(topology, prefix: str) -> None:
+    def flights() -> Flights:
+        client = connect(topology.url, timeout_s=1.0)
+        return Flights(RedisFlights(client, lambda: connect(topology.url, timeout_s=2.0).pubsub(), prefix))
+
+    one, two = flights(), flights()
+    keys = [f"key-{i}" for i in range(12)]  # their claims' slots spread over a cluster's masters
+    try:
+        leaders = [await one.join(key, 10.0) for key in keys]
+        assert all(leaders)
+        await asyncio.sleep(0.3)  # the follower's subscription is up before the ends are published
+        followers = asyncio.gather(*(two.join(key, 10.0) for key in keys))
+        await asyncio.sleep(0.2)
+        loop = asyncio.get_running_loop()
+        ended = loop.time()
+        for key, leader in zip(keys, leaders, strict=True):
+            await one.end(key, leader)
+        assert await followers == [None] * len(keys)
+        assert loop.time() - ended < 2 * inflight.POLL_S  # the messages, not the polls
+        assert not any([await one.shared._claimed(key) for key in keys])
+    finally:
+        for side in (one, two):
+            await side.aclose()
+            await side.shared.client.aclose()
