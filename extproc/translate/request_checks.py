@@ -79,30 +79,49 @@ def _anthropic_message(i: int, message: Any, called: set[str]) -> None:
         return
     if not isinstance(content, list):
         raise ClientRequestError(f"messages.{i}.content: must be a string or an array of content blocks")
+    # Per request this walks every block of the conversation (hundreds in a long agent session):
+    # the usual blocks take the fewest tests, and a block's path is only spelled out for an error.
     for j, block in enumerate(content):
-        path = f"messages.{i}.content.{j}"
-        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
-            raise ClientRequestError(f"{path}: must be an object with a string 'type'")
-        kind = block["type"]
-        if kind == "tool_use" and role != "assistant":
-            raise ClientRequestError(f"{path}: tool_use blocks belong in assistant messages")
-        if kind in _USER_ONLY_BLOCKS and role == "assistant":
-            raise ClientRequestError(f"{path}: {kind} blocks are only allowed in user messages")
-        if kind == "text" and not isinstance(block.get("text"), str):
-            raise ClientRequestError(f"{path}.text: required, must be a string")
-        if kind == "tool_use":
-            for field in ("id", "name"):
-                _required_name(block.get(field), f"{path}.{field}")
-            if not isinstance(block.get("input", {}), dict):
-                raise ClientRequestError(f"{path}.input: must be an object")
-            called.add(block["id"])
-        if kind == "tool_result":
-            answered = block.get("tool_use_id")
-            _required_name(answered, f"{path}.tool_use_id")
-            if answered not in called:
-                raise ClientRequestError(f"{path}.tool_use_id: {short(answered)} answers no earlier tool_use block")
-        if kind in ("image", "document") and not isinstance(block.get("source"), dict):
-            raise ClientRequestError(f"{path}.source: required, must be an object")
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text":
+            if not isinstance(block.get("text"), str):
+                raise ClientRequestError(f"messages.{i}.content.{j}.text: required, must be a string")
+        elif not isinstance(kind, str):
+            raise ClientRequestError(f"messages.{i}.content.{j}: must be an object with a string 'type'")
+        elif kind == "tool_use":
+            well_formed = _is_name(block.get("id")) and _is_name(block.get("name"))
+            if role == "assistant" and well_formed and isinstance(block.get("input", {}), dict):
+                called.add(block["id"])
+            else:
+                _anthropic_tool_use(f"messages.{i}.content.{j}", block, role, called)
+        elif kind == "tool_result":
+            if role == "assistant" or block.get("tool_use_id") not in called or not _is_name(block["tool_use_id"]):
+                _anthropic_tool_result(f"messages.{i}.content.{j}", block, role, called)
+        elif kind in _USER_ONLY_BLOCKS:
+            path = f"messages.{i}.content.{j}"
+            if role == "assistant":
+                raise ClientRequestError(f"{path}: {kind} blocks are only allowed in user messages")
+            if kind in ("image", "document") and not isinstance(block.get("source"), dict):
+                raise ClientRequestError(f"{path}.source: required, must be an object")
+
+
+def _anthropic_tool_use(path: str, block: dict[str, Any], role: Any, called: set[str]) -> None:
+    """A tool_use block that failed the quick test: raise what is wrong with it."""
+    if role != "assistant":
+        raise ClientRequestError(f"{path}: tool_use blocks belong in assistant messages")
+    for field in ("id", "name"):
+        _required_name(block.get(field), f"{path}.{field}")
+    raise ClientRequestError(f"{path}.input: must be an object")
+
+
+def _anthropic_tool_result(path: str, block: dict[str, Any], role: Any, called: set[str]) -> None:
+    """A tool_result block that failed the quick test: raise what is wrong with it."""
+    if role == "assistant":
+        raise ClientRequestError(f"{path}: tool_result blocks are only allowed in user messages")
+    answered = block.get("tool_use_id")
+    _required_name(answered, f"{path}.tool_use_id")
+    if answered not in called:
+        raise ClientRequestError(f"{path}.tool_use_id: {short(answered)} answers no earlier tool_use block")
 
 
 def _anthropic_tools(tools: Any) -> None:
@@ -267,9 +286,13 @@ def _objects(value: Any, path: str) -> Iterator[tuple[int, dict[str, Any]]]:
         yield k, item
 
 
-def _required_name(value: Any, path: str) -> None:
+def _is_name(value: Any) -> bool:
     """Ids and names: a non-empty string."""
-    if not isinstance(value, str) or not value:
+    return isinstance(value, str) and value != ""
+
+
+def _required_name(value: Any, path: str) -> None:
+    if not _is_name(value):
         raise ClientRequestError(f"{path}: required, must be a non-empty string")
 
 
