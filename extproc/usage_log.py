@@ -6,6 +6,11 @@ access log entry per request, in batches, on a long-lived stream per Envoy worke
 how usage of passthrough responses (whose bodies never reach Python) is known, and it is the one
 place where ``ccr_tokens_total`` is counted, for translated responses too.
 
+A response-cache hit is answered by Envoy with the decision service's cached copy, no provider
+asked, yet Envoy's usage filters read the replayed answer's usage as they would a provider's: a hit
+spends nothing (no tokens counted, no cost, nothing charged to a key) and its record carries what
+the cached usage would have cost instead (``cost_avoided_usd``, from its CACHE_SAVED_LABEL).
+
 Under ``up`` every worker receives its own copy of the log (for session memory). The counting copy
 (log name USAGE_LOG_NAME) carries an entry for every client request, with usage or not, and each
 becomes one ``UsageRecord`` for the ledger, handed to the ``UsageSink`` once per message; the other
@@ -29,6 +34,7 @@ from google.protobuf.struct_pb2 import Value
 from ccr.v1.contract import (
     ANSWERED_BY_TAG,
     CACHE_LABEL,
+    CACHE_SAVED_LABEL,
     CHAIN_METADATA_KEY,
     ENDPOINT_LABEL,
     ERROR_TYPE_LABEL,
@@ -42,7 +48,7 @@ from ccr.v1.contract import (
     USAGE_NAMESPACE,
     decode_chain,
 )
-from ccr.v1.pricing import cost_usd
+from ccr.v1.pricing import Prices, cost_usd
 from ccr.v1.usage_record import USAGE_ESTIMATED, USAGE_FROM_PROVIDER, UsageRecord, time_of_timestamp
 from extproc.auth.admission import Spent
 from extproc.metrics import TOKENS, labelled
@@ -58,6 +64,7 @@ from extproc.usage_sink import NullSink, UsageSink
 # Error types of failures no HTTP status names (the ledger's, beside the client APIs' own types).
 TIMEOUT_ERROR = "timeout"  # Envoy gave up waiting for the provider (route or stream idle timeout)
 CLIENT_CLOSED_ERROR = "client_closed"  # the client went away before any answer (status 0)
+CACHE_HIT = "hit"  # CACHE_LABEL's value on a request answered from the response cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +73,9 @@ class ProviderUsage:
     model: str
     session: str | None
     usage: Usage
+    # Answered from the response cache: ``usage`` is the replayed answer's, which no provider was
+    # paid for this time. It still tells session memory the prompt's size; it is never spent.
+    cache_hit: bool = False
 
 
 def usage_from_counts(counts: Mapping[str, int]) -> Usage:
@@ -103,7 +113,13 @@ def provider_usage(entry: HTTPAccessLogEntry) -> ProviderUsage | None:
     if chain and answered and answered != provider:
         _, models = decode_chain(chain)
         provider, model = answered, models.get(answered, model)
-    return ProviderUsage(provider, model, _string(labels, "session") or None, usage_from_counts(counts))
+    return ProviderUsage(
+        provider,
+        model,
+        _string(labels, "session") or None,
+        usage_from_counts(counts),
+        _string(labels, CACHE_LABEL) == CACHE_HIT,
+    )
 
 
 def usage_record(
@@ -117,7 +133,9 @@ def usage_record(
     service down): then the path and the status are all there is. Without the provider's usage
     (an error, a stream cut short, an OpenAI stream without include_usage) a request sent to a
     provider is recorded with the gateway's estimate of its input and no output ("estimated"),
-    never as a silent zero."""
+    never as a silent zero. A cache hit sent nothing to a provider: 0 tokens, cost 0, counted
+    exactly ("provider"), whatever usage Envoy read from the replayed answer; its cost avoided is
+    the cached usage priced at the route's prices."""
     request_id = entry.request.request_id
     if not request_id:
         return None
@@ -129,19 +147,24 @@ def usage_record(
     status = entry.response.response_code.value
     attempts = common.upstream_request_attempt_count
     provider, model = _answered(common.custom_tags, labels, table)
-    if used is not None:
+    cache = _string(labels, CACHE_LABEL)
+    if cache == CACHE_HIT:
+        usage, source = Usage(), USAGE_FROM_PROVIDER
+    elif used is not None:
         usage, source = used.usage, USAGE_FROM_PROVIDER
     else:  # nothing spent unless the request reached a provider (refused connections did not)
         estimate = _string(labels, ESTIMATE_LABEL) if common.HasField(_FIRST_UPSTREAM_TX) else ""
         usage, source = Usage(input_tokens=int(estimate) if estimate.isdigit() else 0), USAGE_ESTIMATED
     route = table.explicit.get(f"{provider},{model}") if table is not None and provider else None
+    prices = route.prices if route is not None else None
     cost = cost_usd(
-        route.prices if route is not None else None,
+        prices,
         usage.input_tokens,
         usage.output_tokens,
         usage.cache_read_input_tokens,
         usage.cache_creation_input_tokens,
     )
+    avoided = cost_avoided(_string(labels, CACHE_SAVED_LABEL), prices) if cache == CACHE_HIT else 0.0
     return UsageRecord(
         request_id=request_id,
         time=time_of_timestamp(common.start_time.seconds, common.start_time.nanos),
@@ -166,8 +189,20 @@ def usage_record(
         session_id=_string(labels, "session") or None,
         tenant=_string(labels, TENANT_LABEL) or None,
         key_id=_string(labels, KEY_ID_LABEL) or None,
-        cache=_string(labels, CACHE_LABEL) or None,
+        cache=cache or None,
+        cost_avoided_usd=avoided,
     )
+
+
+def cost_avoided(saved: str, prices: Prices | None) -> float:
+    """A hit's CACHE_SAVED_LABEL ("<input>,<output>,<cache read>,<cache creation>" tokens) at
+    ``prices``; 0.0 for a label that is not four counts: a record is made whatever the label says."""
+    counts = saved.split(",")
+    # At most 12 digits each: no answer has a trillion tokens, and a longer number could price to
+    # an infinite cost, which JSON cannot carry.
+    if len(counts) != 4 or not all(count.isascii() and count.isdigit() and len(count) <= 12 for count in counts):
+        return 0.0
+    return cost_usd(prices, *(int(count) for count in counts))
 
 
 def error_type(status: int, client_api: str, labelled_type: str, flags: ResponseFlags) -> str | None:
@@ -224,7 +259,7 @@ def spent_of(record: UsageRecord | None, used: ProviderUsage | None, table: Rout
     if record is not None:
         tokens = record.input_tokens + record.cache_read_tokens + record.cache_creation_tokens + record.output_tokens
         return Spent(tokens, record.cost_usd)
-    if used is None:
+    if used is None or used.cache_hit:
         return Spent(0, 0.0)
     usage = used.usage
     route = table.explicit.get(f"{used.provider},{used.model}") if table is not None else None
@@ -238,7 +273,7 @@ def spent_of(record: UsageRecord | None, used: ProviderUsage | None, table: Rout
 def record_usage(used: ProviderUsage, sessions: SessionUsage, count_tokens: bool = True) -> None:
     usage = used.usage
     sessions.record(used.session, usage.prompt_tokens)
-    if not count_tokens:  # another worker's copy of the log counts them
+    if not count_tokens or used.cache_hit:  # another worker's copy counts them; a hit has none to count
         return
     # Output last: a reader that sees a response's output counted sees the rest of it counted too.
     for kind, count in (

@@ -7,7 +7,8 @@ stores one (ledger.pg_schema.store_batch: ON CONFLICT (request_id, time) DO NOTH
 updated from the rows actually added). So a rerun, or an import of a file partly imported before,
 adds only what is missing, and counts the rest as already there.
 
-The SQLite file is only read; it stays as it was.
+The SQLite file's records are only read; like any open of it (ledger.local.connect), a file an
+older gateway wrote gets the newer columns first, its rows unchanged.
 """
 
 from __future__ import annotations

@@ -72,6 +72,12 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         CREATE INDEX usage_records_time ON usage_records (time);
         """,
     ),
+    (
+        2,
+        "cost_avoided",
+        # REAL like cost_usd (reports sum both as whole 1e-10 dollars); the rows already there are 0.
+        "ALTER TABLE usage_records ADD COLUMN cost_avoided_usd REAL NOT NULL DEFAULT 0.0",
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -9,14 +9,16 @@ refused for want of a partition. Where the ``timescaledb`` extension is availabl
 hypertable instead (daily chunks, compression after 7 days, retention as a policy): the choice is
 made once, by the first migration, and recorded with it.
 
-``usage_daily`` is the rollup per (UTC day, tenant, key, provider, model). It is maintained by the
+``usage_daily`` is the rollup per (UTC day, tenant, key, provider, model), with its cache hits and the
+cost they avoided beside the spend. It is maintained by the
 same statement that inserts the records, from the rows that insert actually added, so a batch
 delivered twice adds nothing the second time. Absent tenants, keys, providers and models are ''
 there (a primary key cannot hold NULL). Retention drops old records, not the rollup: spend per day
 stays reportable after the detail is gone.
 
 Two writers starting at once are safe: migrations and partition upkeep each run in one
-transaction under an advisory lock.
+transaction under an advisory lock. A shipped migration is never edited (databases have run it): a
+new column comes in a migration of its own.
 """
 
 from __future__ import annotations
@@ -128,6 +130,18 @@ MIGRATIONS: tuple[Migration, ...] = (
                 PRIMARY KEY (day, tenant, key_id, provider, model)
             );
             CREATE INDEX usage_daily_tenant_day ON usage_daily (tenant, day);
+        """,
+    ),
+    Migration(
+        3,
+        "cost_avoided",
+        # numeric like cost_usd, not a float: sums stay exact, and match SQLite's (reports.Dialect).
+        # A constant default is a catalog change, no rewrite of the rows there; old rows are 0. On
+        # a compressed hypertable it needs TimescaleDB 2.6 or later (NOT NULL with a default).
+        native="""
+            ALTER TABLE usage_records ADD COLUMN cost_avoided_usd numeric(20, 10) NOT NULL DEFAULT 0;
+            ALTER TABLE usage_daily ADD COLUMN cache_hits bigint NOT NULL DEFAULT 0;
+            ALTER TABLE usage_daily ADD COLUMN cost_avoided_usd numeric(20, 10) NOT NULL DEFAULT 0;
         """,
     ),
 )
@@ -295,27 +309,42 @@ CREATE_STAGING = (
     f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING_TABLE} "
     f"(LIKE usage_records INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
 )
-_ROLLUP_SUMS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens", "cost_usd")
+_ROLLUP_SUMS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_creation_tokens",
+    "cost_usd",
+    "cost_avoided_usd",
+)
+# usage_daily's counts and sums: column -> its aggregate over the rows just inserted.
+_ROLLUP = {
+    "requests": "count(*)",
+    "cache_hits": "count(*) FILTER (WHERE cache = 'hit')",
+    **{column: f"sum({column})" for column in _ROLLUP_SUMS},
+}
 _COLUMN_LIST = ", ".join(FIELDS)
 INSERT_FROM_STAGING = f"""
 WITH inserted AS (
     INSERT INTO usage_records ({_COLUMN_LIST})
     SELECT DISTINCT ON (request_id, time) {_COLUMN_LIST} FROM {STAGING_TABLE}
     ON CONFLICT (request_id, time) DO NOTHING
-    RETURNING time, tenant, key_id, provider, model, {", ".join(_ROLLUP_SUMS)}
+    RETURNING time, tenant, key_id, provider, model, cache, {", ".join(_ROLLUP_SUMS)}
 ), rollup AS (
-    INSERT INTO usage_daily AS daily (day, tenant, key_id, provider, model, requests, {", ".join(_ROLLUP_SUMS)})
+    INSERT INTO usage_daily AS daily (day, tenant, key_id, provider, model, {", ".join(_ROLLUP)})
     SELECT (time AT TIME ZONE 'UTC')::date, coalesce(tenant, ''), coalesce(key_id, ''),
-           coalesce(provider, ''), coalesce(model, ''), count(*), {", ".join(f"sum({c})" for c in _ROLLUP_SUMS)}
+           coalesce(provider, ''), coalesce(model, ''), {", ".join(_ROLLUP.values())}
     FROM inserted
     GROUP BY 1, 2, 3, 4, 5
     ORDER BY 1, 2, 3, 4, 5  -- the same lock order in every writer: no deadlock between two of them
     ON CONFLICT (day, tenant, key_id, provider, model) DO UPDATE SET
-        requests = daily.requests + excluded.requests,
-        {", ".join(f"{c} = daily.{c} + excluded.{c}" for c in _ROLLUP_SUMS)}
+        {", ".join(f"{c} = daily.{c} + excluded.{c}" for c in _ROLLUP)}
 )
 SELECT count(*) AS inserted, max(time) AS newest FROM inserted
 """
+
+
+_COSTS = ("cost_usd", "cost_avoided_usd")  # numeric(20, 10) columns
 
 
 def record_row(record: UsageRecord) -> tuple[Any, ...]:
@@ -325,7 +354,7 @@ def record_row(record: UsageRecord) -> tuple[Any, ...]:
         value = getattr(record, name)
         if name == "time":
             value = parse_time(value)
-        elif name == "cost_usd":
+        elif name in _COSTS:
             value = Decimal(repr(float(value)))  # the float's shortest exact text, not its binary noise
         elif name in ("duration_ms", "ttfb_ms") and value is not None:
             value = float(value)

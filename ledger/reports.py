@@ -2,7 +2,7 @@
 return shaped into totals, tables, CSV and JSON. Pure: the store (ledger.stores) runs the SQL.
 
 The same report reads the local SQLite ledger and PostgreSQL; a ``Dialect`` holds the few
-expressions that differ (placeholders, UTC day/week/month buckets, the cost sum). Every time is
+expressions that differ (placeholders, UTC day/week/month buckets, the cost sums). Every time is
 UTC, and the output says so: a finance user reconciling a month against a provider's invoice needs
 to know where the month starts.
 
@@ -108,8 +108,8 @@ class Dialect:
     placeholder: Callable[[int], str]  # the n-th parameter (1-based)
     time_value: Callable[[datetime], Any]  # a datetime as the time column compares
     buckets: Mapping[str, str]  # day | week | month -> the UTC bucket of `time`, as text
-    cost_total: str  # the cost sum; exact (see each dialect)
-    cost_of: Callable[[Any], Decimal]  # cost_total's value -> dollars
+    cost_sum: Callable[[str], str]  # a cost column -> its sum; exact (see each dialect)
+    cost_of: Callable[[Any], Decimal]  # cost_sum's value -> dollars
 
 
 def _record_time_text(moment: datetime) -> str:
@@ -118,7 +118,7 @@ def _record_time_text(moment: datetime) -> str:
 
 # SQLite: time is the record's fixed-width ISO text, so text comparison is time order and the
 # buckets are substrings; the week starts on Monday ('weekday 0' is the next Sunday, or the day
-# itself, and 6 days before it is that week's Monday). cost_usd is REAL: summed as whole
+# itself, and 6 days before it is that week's Monday). Costs are REAL: summed as whole
 # 1e-10 dollars (PostgreSQL's numeric(20, 10) scale), an exact integer sum instead of an
 # accumulating float error.
 SQLITE = Dialect(
@@ -130,11 +130,11 @@ SQLITE = Dialect(
         "week": "date(substr(time, 1, 10), 'weekday 0', '-6 days')",
         "month": "substr(time, 1, 7)",
     },
-    cost_total="sum(CAST(round(cost_usd * 10000000000) AS INTEGER))",
+    cost_sum=lambda column: f"sum(CAST(round({column} * 10000000000) AS INTEGER))",
     cost_of=lambda value: Decimal(value or 0).scaleb(-10),
 )
 
-# PostgreSQL: time is timestamptz, cost_usd numeric (summed exactly as it is).
+# PostgreSQL: time is timestamptz, costs numeric (summed exactly as they are).
 POSTGRES = Dialect(
     name="postgres",
     placeholder=lambda index: f"${index}",
@@ -144,10 +144,13 @@ POSTGRES = Dialect(
         "week": "to_char(date_trunc('week', time AT TIME ZONE 'UTC'), 'YYYY-MM-DD')",
         "month": "to_char(time AT TIME ZONE 'UTC', 'YYYY-MM')",
     },
-    cost_total="sum(cost_usd)",
+    cost_sum=lambda column: f"sum({column})",
     cost_of=lambda value: Decimal(value or 0),
 )
 
+# The columns of every report, in order. The cache's come last, so the columns a report had
+# before them keep their places in a CSV. A cache hit's own tokens and cost are 0: cost_avoided_usd
+# is what the providers would have been paid for its answer.
 METRICS = (
     "requests",
     "errors",
@@ -156,7 +159,10 @@ METRICS = (
     "cache_read_tokens",
     "cache_creation_tokens",
     "cost_usd",
+    "cache_hits",
+    "cost_avoided_usd",
 )
+COSTS = ("cost_usd", "cost_avoided_usd")  # dollars (Decimal, shown with COST_DECIMALS); the rest are counts
 
 
 def _time_window(dialect: Dialect, since: datetime, until: datetime | None) -> tuple[str, list[Any]]:
@@ -181,7 +187,9 @@ def report_sql(dialect: Dialect, query: ReportQuery) -> tuple[str, list[Any]]:
         "sum(output_tokens) AS output_tokens",
         "sum(cache_read_tokens) AS cache_read_tokens",
         "sum(cache_creation_tokens) AS cache_creation_tokens",
-        f"{dialect.cost_total} AS cost_usd",
+        f"{dialect.cost_sum('cost_usd')} AS cost_usd",
+        "sum(CASE WHEN cache = 'hit' THEN 1 ELSE 0 END) AS cache_hits",
+        f"{dialect.cost_sum('cost_avoided_usd')} AS cost_avoided_usd",
     ]
     where, params = _time_window(dialect, query.since, query.until)
     sql = f"SELECT {', '.join(columns)} FROM usage_records WHERE {where}"
@@ -203,7 +211,7 @@ def record_from_row(row: Mapping[str, Any]) -> UsageRecord:
     if isinstance(values["time"], datetime):
         values["time"] = _record_time_text(values["time"])
     values["stream"] = bool(values["stream"])
-    for name in ("cost_usd", "duration_ms", "ttfb_ms"):
+    for name in (*COSTS, "duration_ms", "ttfb_ms"):
         if isinstance(values[name], Decimal):
             values[name] = float(values[name])
     return record_from_dict(values)
@@ -221,6 +229,8 @@ class Totals:
     cache_read_tokens: int = 0
     cache_creation_tokens: int = 0
     cost_usd: Decimal = Decimal(0)
+    cache_hits: int = 0
+    cost_avoided_usd: Decimal = Decimal(0)
 
     def __add__(self, other: Totals) -> Totals:
         return Totals(*(getattr(self, name) + getattr(other, name) for name in METRICS))
@@ -256,8 +266,7 @@ def shape_report(dialect: Dialect, query: ReportQuery, rows: Iterable[Mapping[st
     shaped = []
     for row in rows:
         totals = Totals(
-            *(int(row[name] or 0) for name in METRICS[:-1]),
-            cost_usd=dialect.cost_of(row["cost_usd"]),
+            **{name: dialect.cost_of(row[name]) if name in COSTS else int(row[name] or 0) for name in METRICS}
         )
         if totals.requests == 0:  # an ungrouped sum over no records is one row of NULLs
             continue
@@ -279,6 +288,10 @@ def shape_report(dialect: Dialect, query: ReportQuery, rows: Iterable[Mapping[st
 
 def _cost_text(cost: Decimal) -> str:
     return f"{cost:.{COST_DECIMALS}f}"
+
+
+def _costs_as_text(totals: Totals) -> dict[str, str]:
+    return {name: _cost_text(getattr(totals, name)) for name in COSTS}
 
 
 def describe(report: Report) -> str:
@@ -331,8 +344,10 @@ def render_table(report: Report) -> str:
     table = [
         [
             *_label_cells(query, kind, row),
-            *(f"{getattr(row.totals, name):,}" for name in METRICS[:-1]),
-            _cost_text(row.totals.cost_usd),
+            *(
+                _cost_text(getattr(row.totals, name)) if name in COSTS else f"{getattr(row.totals, name):,}"
+                for name in METRICS
+            ),
         ]
         for kind, row in lines
     ]
@@ -368,8 +383,10 @@ def render_csv(report: Report) -> str:
                 kind,
                 *([row.period or ""] if query.period else []),
                 *group,
-                *(getattr(row.totals, name) for name in METRICS[:-1]),
-                _cost_text(row.totals.cost_usd),
+                *(
+                    _cost_text(getattr(row.totals, name)) if name in COSTS else getattr(row.totals, name)
+                    for name in METRICS
+                ),
             ]
         )
     return buffer.getvalue()
@@ -384,7 +401,7 @@ def report_as_dict(report: Report) -> dict[str, Any]:
     def item(row: ReportRow) -> dict[str, Any]:
         out: dict[str, Any] = {"period": row.period} if query.period else {}
         out.update(zip(query.by, row.group, strict=False))  # subtotals have no group
-        return {**out, **row.totals.as_dict(), "cost_usd": _cost_text(row.totals.cost_usd)}
+        return {**out, **row.totals.as_dict(), **_costs_as_text(row.totals)}
 
     return {
         "time_zone": "UTC",
@@ -394,7 +411,7 @@ def report_as_dict(report: Report) -> dict[str, Any]:
         "period": query.period,
         "rows": [item(row) for row in report.rows],
         "period_totals": [item(row) for row in report.period_totals],
-        "total": {**report.total.as_dict(), "cost_usd": _cost_text(report.total.cost_usd)},
+        "total": {**report.total.as_dict(), **_costs_as_text(report.total)},
     }
 
 

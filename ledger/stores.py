@@ -12,6 +12,7 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from ccr.v1.usage_record import FIELDS
 from ledger import local
 from ledger.env import expand_env, redact_url
 from ledger.reports import POSTGRES, SQLITE, Dialect
@@ -97,6 +98,19 @@ class PostgresStore:
             raise StoreError(
                 f"{description} holds no ledger yet: `ccr-gateway db migrate --postgres DSN` creates it "
                 "(the ledger writer does too when it starts)"
+            )
+        # A ledger older than this ccr-gateway (its writer not upgraded yet) lacks the newer
+        # columns: said here, instead of as a failed query (a reader may not migrate it itself).
+        columns = await connection.fetch(
+            "SELECT attname FROM pg_attribute "
+            "WHERE attrelid = 'usage_records'::regclass AND attnum > 0 AND NOT attisdropped"
+        )
+        missing = [name for name in FIELDS if name not in {row["attname"] for row in columns}]
+        if missing:
+            await connection.close()
+            raise StoreError(
+                f"{description}: the ledger's schema is older than this ccr-gateway (no {', '.join(missing)}): "
+                "`ccr-gateway db migrate --postgres DSN` brings it up to date (the ledger writer does too when it starts)"
             )
         return cls(connection, description)
 

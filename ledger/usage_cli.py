@@ -57,8 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="usage_command", required=True, metavar="ACTION")
     report = sub.add_parser(
         "report",
-        help="requests, errors, tokens and cost per group, with a total (UTC)",
-        description="Totals per group over a time window, with a grand total. Times and periods are UTC.",
+        help="requests, errors, tokens, cost, cache hits and the cost they avoided per group, with a total (UTC)",
+        description="Totals per group over a time window, with a grand total. Times and periods are UTC. "
+        "A response-cache hit costs nothing; cost_avoided_usd is what its answer would have cost.",
     )
     add_window_arguments(report, "7d")
     report.add_argument("--by", help=f"group by these, comma-separated: {', '.join(reports.GROUP_KEYS)}")

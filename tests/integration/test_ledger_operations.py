@@ -1,23 +1,31 @@
-"""The ledger's commands and start-up paths against the real services: migrations (twice, and two
-at once), the dead-letter queue's list and replay, a spool left by a previous run, SIGTERM."""
+"""The ledger's commands and start-up paths against the real services: migrations (twice, two at
+once, and onto a database an older version made), the dead-letter queue's list and replay, a spool
+left by a previous run, SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import io
 import os
 import signal
 import sys
 import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from decimal import Decimal
 
 import aio_pika
 import asyncpg
+import orjson
 import pytest
 
-from ccr.v1.usage_record import decode_batch, encode_batch
-from ledger import pg_schema
+from ccr.v1.usage_record import FIELDS, UsageRecord, decode_batch, encode_batch, record_from_dict
+from ledger import pg_schema, reports, usage_cli
 from ledger.dead_letters import list_dead_letters, replay
 from ledger.publisher import PublisherConfig, RabbitPublisher
 from ledger.spool import Spool, SpoolEntry
+from ledger.stores import PostgresStore, StoreError
 from ledger.topology import declare
 from tests.integration.ledger_helpers import count_rows, eventually, make_records
 
@@ -63,6 +71,7 @@ async def test_db_migrate_prints_what_it_applied_then_that_it_is_up_to_date(post
         status, out, _ = await run_cli("db", "migrate", "--postgres", dsn)
         assert status == 0
         assert "applied 0001_usage_records (native)" in out and "applied 0002_usage_daily (native)" in out
+        assert "applied 0003_cost_avoided (native)" in out
         status, out, _ = await run_cli("db", "migrate", "--postgres", dsn)
         assert status == 0 and "up to date (native partitioning)" in out
         status, _, err = await run_cli("db", "migrate", "--postgres", "postgresql://u:${NOT_SET_ANYWHERE}@h/db")
@@ -70,6 +79,83 @@ async def test_db_migrate_prints_what_it_applied_then_that_it_is_up_to_date(post
     finally:
         await admin.execute(f"DROP DATABASE {fresh} WITH (FORCE)")
         await admin.close()
+
+
+@pytest.fixture
+async def fresh_database(postgres_dsn) -> AsyncIterator[str]:
+    """A database of its own (dropped after), with no ledger in it yet."""
+    name = f"ccr_ledger_test_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(postgres_dsn)
+    await admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield postgres_dsn.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        await admin.close()
+
+
+def _day_of_records(prefix: str, hour: int, count: int, hits: bool = False) -> list[UsageRecord]:
+    """Records of acme on 2026-12-01 from ``hour``; with ``hits``, every other one a cache hit."""
+    records = make_records(count, prefix, start=datetime(2026, 12, 1, hour, tzinfo=UTC).timestamp())
+    hit = dict(cache="hit", input_tokens=0, output_tokens=0, cache_read_tokens=0, cost_usd=0.0, cost_avoided_usd=0.1)
+    return [
+        dataclasses.replace(record, tenant="acme", **(hit if hits and index % 2 else {}))
+        for index, record in enumerate(records)
+    ]
+
+
+async def _store_as_the_version_before(connection: asyncpg.Connection, records: list[UsageRecord]) -> None:
+    """Rows and their rollup as the writer before cost_avoided_usd stored them."""
+    columns = [name for name in FIELDS if name != "cost_avoided_usd"]
+    rows = [pg_schema.record_row(record)[: len(columns)] for record in records]
+    await connection.copy_records_to_table("usage_records", records=rows, columns=columns)
+    await connection.execute(
+        "INSERT INTO usage_daily VALUES ('2026-12-01', 'acme', 'key-1', 'fake', 'fake-model', $1, $2, $3, $4, 0, $5)",
+        len(records),
+        sum(record.input_tokens for record in records),
+        sum(record.output_tokens for record in records),
+        sum(record.cache_read_tokens for record in records),
+        Decimal(str(sum(record.cost_usd for record in records))),
+    )
+
+
+async def test_a_ledger_from_before_cost_avoided_is_migrated_keeping_its_rows_and_rollup(fresh_database, monkeypatch):
+    old_records, new_records = _day_of_records("old", 12, 6), _day_of_records("new", 13, 10, hits=True)
+    connection = await asyncpg.connect(fresh_database)
+    try:
+        with monkeypatch.context() as before:
+            before.setattr(pg_schema, "MIGRATIONS", pg_schema.MIGRATIONS[:2])
+            assert len(await pg_schema.migrate(connection, use_timescaledb=False)) == 2
+        await _store_as_the_version_before(connection, old_records)
+        with pytest.raises(StoreError, match=r"older than this ccr-gateway \(no cost_avoided_usd\).*db migrate"):
+            await PostgresStore.open(fresh_database)  # a report says what to do, not "no such column"
+
+        status, out, err = await run_cli("db", "migrate", "--postgres", fresh_database)
+        assert status == 0, err
+        assert "applied 0003_cost_avoided (native)" in out and "0002" not in out
+        assert await connection.fetchval("SELECT count(*) FROM usage_records WHERE cost_avoided_usd = 0") == 6
+        daily = await connection.fetchrow("SELECT requests, cache_hits, cost_usd, cost_avoided_usd FROM usage_daily")
+        assert tuple(daily) == (6, 0, Decimal("0.009"), Decimal(0))
+
+        await pg_schema.prepare_connection(connection)
+        assert (await pg_schema.store_batch(connection, new_records)).inserted == 10
+        assert (await pg_schema.store_batch(connection, new_records)).inserted == 0  # a redelivery adds nothing
+        daily = await connection.fetchrow("SELECT requests, cache_hits, cost_usd, cost_avoided_usd FROM usage_daily")
+        assert tuple(daily) == (16, 5, Decimal("0.009") + 5 * Decimal("0.0015"), Decimal("0.5"))
+    finally:
+        await connection.close()
+
+    store = await PostgresStore.open(fresh_database)
+    try:
+        query = reports.ReportQuery(datetime(2026, 11, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))
+        total = (await usage_cli.build_report(store, query, datetime.now(UTC))).total
+        assert (total.requests, total.cache_hits, total.cost_avoided_usd) == (16, 5, Decimal("0.5"))
+        out = io.BytesIO()
+        assert await usage_cli.export_records(store, query.since, query.until, out) == 16
+        exported = [record_from_dict(orjson.loads(line)) for line in out.getvalue().splitlines()]
+        assert exported == old_records + new_records  # the old rows with cost_avoided_usd 0.0
+    finally:
+        await store.close()
 
 
 async def test_dlq_list_shows_reasons_and_replay_moves_them_back(amqp_url, queue_names):

@@ -46,6 +46,7 @@ def make_record(index: int = 0, **changes: object) -> UsageRecord:
         ttfb_ms=120.25,
         session_id="s-1",
         cache=None,
+        cost_avoided_usd=0.0,
     )
     return UsageRecord(**{**fields, **changes})
 
@@ -57,9 +58,11 @@ _tokens = st.integers(min_value=0, max_value=2_000_000)
 @st.composite
 def usage_records(draw: st.DrawFn, index: int | None = None) -> UsageRecord:
     """Any valid record within 60 days of BASE_SECONDS (so periods split), tenants and models
-    from small sets (so groups repeat), costs with up to 9 decimals."""
+    from small sets (so groups repeat), costs with up to 9 decimals; a cache hit's cost avoided too."""
     seconds = BASE_SECONDS + draw(st.integers(min_value=-30 * 86_400_000_000, max_value=30 * 86_400_000_000)) / 1e6
     status = draw(st.sampled_from([200, 200, 200, 400, 429, 500, 529]))
+    cache = draw(st.sampled_from(["hit", "miss"]) | st.none())
+    costs = st.integers(min_value=0, max_value=50_000_000_000).map(lambda nanos: nanos / 1e9)
     return UsageRecord(
         request_id=draw(st.uuids()).hex if index is None else f"r{index}",
         time=time_of(seconds),
@@ -72,7 +75,7 @@ def usage_records(draw: st.DrawFn, index: int | None = None) -> UsageRecord:
         output_tokens=draw(_tokens),
         cache_read_tokens=draw(_tokens),
         cache_creation_tokens=draw(_tokens),
-        cost_usd=draw(st.integers(min_value=0, max_value=50_000_000_000)) / 1e9,
+        cost_usd=draw(costs),
         usage_source=draw(st.sampled_from(["provider", "estimated"])),
         duration_ms=draw(st.floats(min_value=0, max_value=1e6, allow_nan=False)),
         tenant=draw(_names),
@@ -84,7 +87,8 @@ def usage_records(draw: st.DrawFn, index: int | None = None) -> UsageRecord:
         error_type=None if status < 400 and draw(st.booleans()) else draw(st.sampled_from(["overloaded", "api_error"])),
         ttfb_ms=draw(st.floats(min_value=0, max_value=1e5, allow_nan=False) | st.none()),
         session_id=draw(st.text(st.characters(exclude_categories=("Cs",)), max_size=8) | st.none()),
-        cache=draw(st.sampled_from(["hit", "miss"]) | st.none()),
+        cache=cache,
+        cost_avoided_usd=draw(costs) if cache == "hit" else 0.0,
     )
 
 

@@ -70,6 +70,19 @@ def test_import_copies_every_record_and_its_daily_rollup(empty_postgres, tmp_pat
     }
 
 
+def test_cache_hits_arrive_with_the_cost_they_avoided(empty_postgres, tmp_path):
+    hit = {"cache": "hit", "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0, "cost_avoided_usd": 0.1}
+    records = [make_record(i, **(hit if i % 4 == 0 else {})) for i in range(40)]
+    path = local_ledger(tmp_path / "ledger.db", records)
+    assert asyncio.run(run_import(path, empty_postgres)).inserted == 40
+    rows = query(empty_postgres, "SELECT * FROM usage_records ORDER BY time, request_id")
+    assert [record_from_row(row) for row in rows] == records
+    (daily,) = query(
+        empty_postgres, "SELECT sum(cache_hits) AS hits, sum(cost_avoided_usd) AS avoided FROM usage_daily"
+    )
+    assert (daily["hits"], daily["avoided"]) == (10, Decimal("1"))
+
+
 def test_a_rerun_adds_only_what_is_missing(empty_postgres, tmp_path):
     first = [make_record(i) for i in range(100)]
     path = local_ledger(tmp_path / "ledger.db", first)

@@ -39,12 +39,35 @@ def test_first_open_creates_the_directories_and_the_versioned_schema(tmp_path):
     versions = [row[0] for row in connection.execute("SELECT version FROM ledger_schema_migrations")]
     assert tuple(columns) == FIELDS
     assert primary_key == ["request_id", "time"]
-    assert versions == [local.SCHEMA_VERSION]
+    assert versions == [version for version, _, _ in local.MIGRATIONS]
     assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert connection.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert connection.execute("PRAGMA busy_timeout").fetchone()[0] == local.BUSY_TIMEOUT_MS
     connection.close()
     assert local.migrate(connect(path)) == []  # a second open runs nothing
+
+
+def test_a_ledger_from_before_cost_avoided_gets_the_column_and_keeps_its_rows(tmp_path, monkeypatch):
+    path = tmp_path / "ledger.db"
+    monkeypatch.setattr(local, "MIGRATIONS", local.MIGRATIONS[:1])  # the file as the version before made it
+    old = connect(path)
+    row = dict(zip(FIELDS, local.row_of(make_record(0, cache="hit")), strict=True))
+    del row["cost_avoided_usd"]  # a field that version did not have
+    old.execute(
+        f"INSERT INTO usage_records ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})", list(row.values())
+    )
+    old.close()
+    monkeypatch.undo()
+
+    reopened = sqlite3.connect(path, isolation_level=None)
+    assert local.migrate(reopened) == [2]
+    assert local.migrate(reopened) == []
+    hit = make_record(1, cache="hit", cost_usd=0.0, cost_avoided_usd=0.0042)
+    assert write_records(reopened, [hit]) == 1
+    reopened.close()
+    before, after = (record_from_row(row) for row in stored(path))
+    assert before == make_record(0, cache="hit") and before.cost_avoided_usd == 0.0
+    assert after == hit
 
 
 def test_a_ledger_from_a_newer_version_is_refused(tmp_path):

@@ -20,6 +20,7 @@ from ledger.pg_schema import (
     partitions_to_drop,
     record_row,
 )
+from tests.unit.ledger_records import make_record
 
 
 @pytest.mark.parametrize(
@@ -79,12 +80,26 @@ def test_a_record_becomes_a_copy_row_in_column_order():
     assert row["cost_usd"] == Decimal("0.1")  # not 0.1000000000000000055...
     assert row["duration_ms"] == 5.0 and isinstance(row["duration_ms"], float)
     assert row["ttfb_ms"] is None and row["stream"] is True
+    assert row["cost_avoided_usd"] == Decimal(0)
+
+
+def test_a_hits_cost_avoided_is_copied_as_exactly_as_its_cost():
+    row = dict(zip(FIELDS, record_row(make_record(cache="hit", cost_usd=0.0, cost_avoided_usd=0.3)), strict=True))
+    assert (row["cost_usd"], row["cost_avoided_usd"]) == (Decimal("0.0"), Decimal("0.3"))  # not 0.29999999999999998...
+
+
+def test_the_daily_rollup_counts_cache_hits_and_sums_what_they_avoided():
+    assert "count(*) FILTER (WHERE cache = 'hit')" in INSERT_FROM_STAGING
+    assert "cost_avoided_usd = daily.cost_avoided_usd + excluded.cost_avoided_usd" in INSERT_FROM_STAGING
+    assert "cache_hits = daily.cache_hits + excluded.cache_hits" in INSERT_FROM_STAGING
 
 
 def test_every_record_field_is_a_column_of_the_table_and_the_insert():
     table = MIGRATIONS[0].sql(NATIVE)
+    later = "".join(migration.sql(variant) for migration in MIGRATIONS[1:] for variant in (NATIVE, TIMESCALEDB))
     for name in FIELDS:
-        assert f"\n    {name} " in table
+        # Created with the table, or added by a later migration on both variants.
+        assert f"\n    {name} " in table or f"ALTER TABLE usage_records ADD COLUMN {name} " in later
         assert name in INSERT_FROM_STAGING
     assert "PARTITION BY RANGE (time)" in table
     assert "create_hypertable" in MIGRATIONS[0].sql(TIMESCALEDB)

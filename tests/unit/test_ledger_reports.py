@@ -140,6 +140,8 @@ def expected_rows(records: list[UsageRecord], query: ReportQuery) -> dict[tuple,
             record.cache_read_tokens,
             record.cache_creation_tokens,
             Decimal(round(record.cost_usd * 1e10)).scaleb(-10),
+            int(record.cache == "hit"),
+            Decimal(round(record.cost_avoided_usd * 1e10)).scaleb(-10),
         )
     return groups
 
@@ -206,6 +208,23 @@ def test_costs_add_up_exactly(ledger):
     assert sum([0.1] * 1000) != 100
 
 
+def test_cache_hits_are_counted_with_the_cost_they_avoided(ledger):
+    ledger.execute("DELETE FROM usage_records")
+    hit = {"cache": "hit", "input_tokens": 0, "output_tokens": 0, "cache_read_tokens": 0, "cache_creation_tokens": 0}
+    write_records(
+        ledger,
+        [
+            make_record(0, cache="miss", cost_usd=0.3),
+            *(make_record(i, **hit, cost_usd=0.0, cost_avoided_usd=0.1) for i in range(1, 11)),
+            make_record(11, cache=None, cost_usd=0.2),
+        ],
+    )
+    total = run_report(ledger, ReportQuery(EPOCH)).total
+    assert (total.requests, total.cache_hits, total.errors) == (12, 10, 0)
+    assert (total.cost_usd, total.cost_avoided_usd) == (Decimal("0.5"), Decimal("1"))  # exact: ten 0.1s
+    assert total.input_tokens == 2 * 1200  # a hit's own tokens are none
+
+
 def test_an_empty_window_has_no_rows_and_a_zero_total(ledger):
     ledger.execute("DELETE FROM usage_records")
     for by in ((), ("tenant",)):
@@ -227,6 +246,18 @@ def sample(ledger) -> reports.Report:
             make_record(1, time="2026-02-01T01:00:00.000000Z", tenant="acme", cost_usd=0.5, status=529),
             make_record(2, time="2026-02-02T01:00:00.000000Z", tenant=None, cost_usd=0.000001),
             make_record(3, time="2026-02-03T01:00:00.000000Z", tenant="globex", input_tokens=1_000_000),
+            make_record(
+                4,
+                time="2026-02-03T02:00:00.000000Z",
+                tenant="globex",
+                cache="hit",
+                input_tokens=0,
+                output_tokens=0,
+                cache_read_tokens=0,
+                cache_creation_tokens=0,
+                cost_usd=0.0,
+                cost_avoided_usd=0.012345,
+            ),
         ],
     )
     query = ReportQuery(datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 3, 1, tzinfo=UTC), ("tenant",), "month")
@@ -249,8 +280,10 @@ def test_the_table_names_utc_and_shows_subtotals_and_the_total(sample):
     ]
     assert body[1][3] == "1"  # the 529 is an error
     assert body[2][4] == "1,000,000"
-    assert body[4][2] == "3"
-    assert body[-1][0] == "TOTAL" and body[-1][-1] == "1.754801"
+    assert body[4][2] == "4"
+    assert body[2][-2:] == ["1", "0.012345"]  # globex's cache hit, and what it avoided
+    total = dict(zip(["tenant", *reports.METRICS], body[-1], strict=True))  # its period cell is blank
+    assert (total["tenant"], total["cost_usd"], total["cost_avoided_usd"]) == ("TOTAL", "1.754801", "0.012345")
 
 
 def test_the_csv_has_a_line_kind_so_a_spreadsheet_sums_only_groups(sample):
@@ -259,7 +292,9 @@ def test_the_csv_has_a_line_kind_so_a_spreadsheet_sums_only_groups(sample):
     assert [row["line"] for row in rows] == ["group", "group", "group", "group", "subtotal", "total"]
     groups = [row for row in rows if row["line"] == "group"]
     assert sum(Decimal(row["cost_usd"]) for row in groups) == Decimal(rows[-1]["cost_usd"]) == Decimal("1.754801")
-    assert sum(int(row["requests"]) for row in groups) == int(rows[-1]["requests"]) == 4
+    assert sum(int(row["requests"]) for row in groups) == int(rows[-1]["requests"]) == 5
+    assert sum(Decimal(row["cost_avoided_usd"]) for row in groups) == Decimal(rows[-1]["cost_avoided_usd"])
+    assert rows[-1]["cache_hits"] == "1" and rows[-1]["cost_avoided_usd"] == "0.012345"
     assert groups[-1]["tenant"] == ""
     assert rows[-1]["period_utc"] == rows[-1]["tenant"] == ""
 
@@ -283,10 +318,13 @@ def test_the_json_states_its_window_and_time_zone(sample):
         "cache_read_tokens": 10,
         "cache_creation_tokens": 5,
         "cost_usd": "1.250000",
+        "cache_hits": 0,
+        "cost_avoided_usd": "0.000000",
     }
     assert data["rows"][-1]["tenant"] is None
     assert [row["period"] for row in data["period_totals"]] == ["2026-01", "2026-02"]
-    assert data["total"]["requests"] == 4 and data["total"]["cost_usd"] == "1.754801"
+    assert data["total"]["requests"] == 5 and data["total"]["cost_usd"] == "1.754801"
+    assert data["total"]["cache_hits"] == 1 and data["total"]["cost_avoided_usd"] == "0.012345"
 
 
 def test_an_ungrouped_table_is_one_total_line(ledger):
@@ -294,7 +332,7 @@ def test_an_ungrouped_table_is_one_total_line(ledger):
     write_records(ledger, [make_record(i) for i in range(3)])
     lines = render_table(run_report(ledger, ReportQuery(EPOCH))).splitlines()
     assert lines[2].split() == list(reports.METRICS)
-    assert lines[4].split() == ["3", "0", "3,600", "240", "30", "15", "0.014400"]
+    assert lines[4].split() == ["3", "0", "3,600", "240", "30", "15", "0.014400", "0", "0.000000"]
     assert len(lines) == 5
 
 
@@ -382,12 +420,13 @@ async def test_a_missing_ledger_is_a_store_error(tmp_path):
 
 
 def varied_records(count: int, seed: int = 7) -> list[UsageRecord]:
-    """Spread over three months, with every group column sometimes absent."""
+    """Spread over three months, with every group column sometimes absent, a third of them cache hits."""
     chooser = random.Random(seed)
     records = []
     for index in range(count):
         seconds = BASE_SECONDS - chooser.uniform(0, 90 * 86_400)
         status = chooser.choice([200, 200, 200, 429, 529])
+        cache = chooser.choice(["hit", "miss", None])
         records.append(
             make_record(
                 index,
@@ -405,6 +444,8 @@ def varied_records(count: int, seed: int = 7) -> list[UsageRecord]:
                 output_tokens=chooser.randrange(0, 8_000),
                 cost_usd=chooser.randrange(0, 10**9) / 1e9,
                 ttfb_ms=chooser.choice([None, chooser.uniform(0, 2000)]),
+                cache=cache,
+                cost_avoided_usd=chooser.randrange(0, 10**9) / 1e9 if cache == "hit" else 0.0,
             )
         )
     return records
@@ -448,6 +489,7 @@ async def test_postgres_reports_what_sqlite_reports_for_the_same_records(postgre
         from_postgres = await usage_cli.build_report(postgres_store, query, NOW)
         from_sqlite = await usage_cli.build_report(sqlite_store, query, NOW)
         assert from_postgres.rows, query
+        assert from_postgres.total.cache_hits and from_postgres.total.cost_avoided_usd, query
         assert from_postgres == from_sqlite, query
         assert render_csv(from_postgres) == render_csv(from_sqlite)
     await sqlite_store.close()

@@ -18,6 +18,7 @@ from google.protobuf import json_format
 
 from ccr.v1.contract import (
     ANSWERED_BY_TAG,
+    CACHE_LABEL,
     ENDPOINT_LABEL,
     KEY_ID_LABEL,
     METADATA_NAMESPACE,
@@ -185,6 +186,21 @@ def test_a_record_counts_tokens_and_remembers_the_sessions_prompt_size() -> None
     assert TOKENS.labels("p-unit", "m-unit", "cache_read")._value.get() - before == 30
 
 
+def test_a_cache_hit_remembers_the_sessions_prompt_size_but_counts_no_provider_tokens() -> None:
+    # Envoy's usage filters read the replayed answer's usage; no provider produced it this time.
+    used = provider_usage(
+        _entry({"input_tokens": 12, "output_tokens": 4}, {**LABELS, "provider": "p-hit", CACHE_LABEL: "hit"})
+    )
+    assert used is not None and used.cache_hit and used.usage == Usage(input_tokens=12, output_tokens=4)
+    sessions = GatewayState().sessions
+    record_usage(used, sessions)
+    assert sessions.last("s-1") == 12  # the prompt was that big all the same: the next turn's routing needs it
+    assert TOKENS.labels("p-hit", "m1", "input")._value.get() == 0
+    assert TOKENS.labels("p-hit", "m1", "output")._value.get() == 0
+    miss = provider_usage(_entry({"input_tokens": 12}, {**LABELS, CACHE_LABEL: "miss"}))
+    assert miss is not None and not miss.cache_hit
+
+
 async def test_the_service_consumes_a_batched_stream() -> None:
     state = GatewayState()
     message = StreamAccessLogsMessage()
@@ -279,6 +295,7 @@ def test_what_a_keyed_request_spent_comes_from_its_record_or_else_its_usage_alon
 
     from ccr.v1.pricing import Prices
     from control_plane.policy.model import ModelSpec
+    from extproc.auth.admission import Spent
     from extproc.routing_table import compile_policy
     from extproc.usage_log import spent_of
 
@@ -288,3 +305,5 @@ def test_what_a_keyed_request_spent_comes_from_its_record_or_else_its_usage_alon
     spent = spent_of(None, used, table)
     assert (spent.tokens, spent.cost_usd) == (1500, pytest.approx((1000 * 3.0 + 500 * 15.0) / 1e6))
     assert spent_of(None, None, table).tokens == 0  # no usage: nothing to correct
+    hit = ProviderUsage("p1", "m1", None, used.usage, cache_hit=True)
+    assert spent_of(None, hit, table) == Spent(0, 0.0)  # a cache hit costs its key nothing

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ccr.v1.usage_record import (
+    BATCH_VERSION,
     FIELDS,
     RecordError,
     UsageRecord,
@@ -31,6 +32,7 @@ def record(**changes) -> UsageRecord:
 def test_the_export_field_names_in_their_order():
     assert FIELDS[:2] == ("request_id", "time")
     assert set(FIELDS) >= {"tenant", "key_id", "scenario", "error_type", "ttfb_ms", "session_id", "cache"}
+    assert FIELDS[FIELDS.index("cache") + 1] == "cost_avoided_usd"
 
 
 def test_a_batch_round_trips_and_a_line_is_one_json_object():
@@ -58,6 +60,9 @@ def test_a_timestamps_parts_give_the_same_time_exactly(seconds, micros):
         ({"usage_source": "guess"}, "usage_source: 'guess' is not one of provider, estimated"),
         ({"time": "yesterday"}, "time: 'yesterday' is not an ISO 8601 UTC time"),
         ({"request_id": ""}, "request_id: empty"),
+        ({"cost_avoided_usd": "0.01"}, "cost_avoided_usd: '0.01' is not a int or float"),
+        ({"cost_avoided_usd": None}, "cost_avoided_usd: None is not a int or float"),
+        ({"cost_avoided_usd": False}, "cost_avoided_usd: False is not a int or float"),
         ({"colour": "red"}, "unknown fields: colour"),
     ],
 )
@@ -76,11 +81,26 @@ def test_a_missing_field_and_a_foreign_body_are_refused():
             decode_batch(body)
 
 
+def test_a_hit_carries_the_cost_it_avoided_over_the_wire_and_in_its_line():
+    hit = record(cache="hit", input_tokens=0, output_tokens=0, cost_usd=0.0, cost_avoided_usd=0.0042)
+    assert decode_batch(encode_batch([hit])) == [hit]
+    assert orjson.loads(encode_line(hit))["cost_avoided_usd"] == 0.0042
+    assert record().cost_avoided_usd == 0.0  # anything but a hit
+
+
+def test_a_batch_from_a_gateway_older_than_cost_avoided_is_still_read():
+    old = {name: value for name, value in record(cache="hit").as_dict().items() if name != "cost_avoided_usd"}
+    (read,) = decode_batch(orjson.dumps({"v": BATCH_VERSION, "records": [old]}))
+    assert read.cost_avoided_usd == 0.0 and read.cache == "hit"
+    assert BATCH_VERSION == 1  # an optional field with a default needs no new version
+
+
 @given(
     tokens=st.integers(min_value=0, max_value=10**9),
     cost=st.floats(min_value=0, max_value=1e6, allow_nan=False),
+    avoided=st.floats(min_value=0, max_value=1e6, allow_nan=False),
     session=st.one_of(st.none(), st.text(max_size=40)),
 )
-def test_any_valid_record_survives_the_wire(tokens, cost, session):
-    original = record(input_tokens=tokens, cost_usd=cost, session_id=session)
+def test_any_valid_record_survives_the_wire(tokens, cost, avoided, session):
+    original = record(input_tokens=tokens, cost_usd=cost, cost_avoided_usd=avoided, session_id=session)
     assert decode_batch(encode_batch([original])) == [original]

@@ -15,13 +15,23 @@ from envoy.data.accesslog.v3.accesslog_pb2 import HTTPAccessLogEntry, ResponseFl
 from envoy.service.accesslog.v3.als_pb2 import StreamAccessLogsMessage
 from google.protobuf import json_format
 
-from ccr.v1.contract import ANSWERED_BY_TAG, METADATA_NAMESPACE, SESSION_LOG_NAME, USAGE_LOG_NAME, USAGE_NAMESPACE
+from ccr.v1.contract import (
+    ANSWERED_BY_TAG,
+    CACHE_LABEL,
+    CACHE_SAVED_LABEL,
+    METADATA_NAMESPACE,
+    SESSION_LOG_NAME,
+    USAGE_LOG_NAME,
+    USAGE_NAMESPACE,
+)
 from ccr.v1.usage_record import USAGE_ESTIMATED, USAGE_FROM_PROVIDER, record_from_dict, time_of
 from control_plane.policy import load_policy
 from extproc import hop
+from extproc.cache.answers import saved_usage
 from extproc.routing_table import compile_policy
 from extproc.state import GatewayState
-from extproc.usage_log import UsageLogService, error_type, provider_usage, usage_record
+from extproc.translate.base import Api
+from extproc.usage_log import UsageLogService, cost_avoided, error_type, provider_usage, usage_record
 from extproc.usage_sink import MemorySink
 
 POLICY = """
@@ -155,7 +165,89 @@ def test_a_passthrough_success_is_recorded_with_the_providers_usage_and_its_cost
         "ttfb_ms": 350.0,
         "session_id": None,
         "cache": None,
+        "cost_avoided_usd": 0.0,
     }
+
+
+# --- response-cache hits -----------------------------------------------------------------------
+
+CACHED_USAGE = {
+    "input_tokens": 12,
+    "output_tokens": 4,
+    "cache_read_input_tokens": 100,
+    "cache_creation_input_tokens": 10,
+}
+SONNET_COST = (12 * 3 + 4 * 15 + 100 * 0.3 + 10 * 3.75) / 1e6  # the bundled table's claude-sonnet-4-5
+
+
+def hit_entry(state: GatewayState, saved: str | None, usage: dict[str, int] | None = CACHED_USAGE):
+    """A hit as Envoy logs it: answered by the Lua filter (no upstream, no attempt), labelled by
+    the decision hop, and with the replayed answer's usage read by Envoy's usage filters."""
+    hit_labels = {**decided_labels(state, "/v1/messages", MESSAGE), CACHE_LABEL: "hit"}
+    if saved is not None:
+        hit_labels[CACHE_SAVED_LABEL] = saved
+    return entry(hit_labels, 200, usage, attempts=0, upstream=False)
+
+
+def test_a_cache_hit_spends_nothing_and_records_the_cost_it_avoided(state):
+    saved = saved_usage(Api.ANTHROPIC, CACHED_USAGE)  # what the decision service labels a hit with
+    record = record_of(state, hit_entry(state, saved))
+    assert (record.cache, record.provider, record.model) == ("hit", "ant", "claude-sonnet-4-5-20250929")
+    tokens = (record.input_tokens, record.output_tokens, record.cache_read_tokens, record.cache_creation_tokens)
+    assert tokens == (0, 0, 0, 0)  # not the replayed answer's usage, which Envoy read all the same
+    spent = (record.cost_usd, record.usage_source, record.attempts, record.ttfb_ms)
+    assert spent == (0.0, USAGE_FROM_PROVIDER, 0, None)  # counted exactly: nothing, not an estimate
+    assert record.cost_avoided_usd == pytest.approx(SONNET_COST)
+
+
+def test_a_cache_hit_whose_answer_carried_no_usage_is_not_estimated_either(state):
+    record = record_of(state, hit_entry(state, "12,4,100,10", usage=None))  # e.g. an OpenAI stream
+    assert (record.input_tokens, record.cost_usd, record.usage_source) == (0, 0.0, USAGE_FROM_PROVIDER)
+    assert record.cost_avoided_usd == pytest.approx(SONNET_COST)
+
+
+def test_a_cache_hit_of_a_model_priced_nowhere_avoided_nothing_it_could_price(state):
+    labels = {**decided_labels(state, "/v1/messages", {**MESSAGE, "model": "free"})}
+    labels.update({CACHE_LABEL: "hit", CACHE_SAVED_LABEL: "1000,100,0,0"})
+    record = record_of(state, entry(labels, 200, attempts=0, upstream=False))
+    assert (record.model, record.cost_usd, record.cost_avoided_usd) == ("mystery-1", 0.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    "saved",
+    [
+        None,  # a hit labelled by an older decision service
+        "",
+        "12,4,100",
+        "12,4,100,10,1",
+        "12,4,,10",
+        "a,b,c,d",
+        "-12,4,100,10",
+        "12.5,4,100,10",
+        " 12,4,100,10",
+        "\uff11\uff12,4,100,10",  # fullwidth digits: str.isdigit() says yes, they are not ours
+        "²,4,100,10",  # isdigit() too, and int() refuses it
+        "9" * 400 + ",4,100,10",  # would price to an infinite cost
+    ],
+)
+def test_a_hit_with_a_malformed_saved_label_avoided_nothing_and_is_still_recorded(state, saved):
+    record = record_of(state, hit_entry(state, saved))
+    assert (record.cache, record.input_tokens, record.cost_usd, record.cost_avoided_usd) == ("hit", 0, 0.0, 0.0)
+
+
+def test_only_a_hit_has_a_cost_avoided(state):
+    miss = {**decided_labels(state, "/v1/messages", MESSAGE), CACHE_LABEL: "miss", CACHE_SAVED_LABEL: "12,4,100,10"}
+    record = record_of(state, entry(miss, 200, CACHED_USAGE))
+    assert (record.cache, record.cost_usd, record.cost_avoided_usd) == ("miss", pytest.approx(SONNET_COST), 0.0)
+
+
+def test_the_saved_label_is_priced_like_any_usage():
+    from ccr.v1.pricing import Prices
+
+    prices = Prices(input=2.0, output=10.0, cache_read=0.5, cache_write=4.0)
+    assert cost_avoided("1000000,100000,2000000,10", prices) == pytest.approx(2.0 + 1.0 + 1.0 + 0.00004)
+    assert cost_avoided("1000000,100000,2000000,10", None) == 0.0
+    assert cost_avoided("999999999999,0,0,0", prices) == pytest.approx(1_999_999.999998)
 
 
 def test_a_stream_is_recorded_as_one_with_its_session(state):

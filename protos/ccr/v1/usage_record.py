@@ -20,11 +20,15 @@ from typing import Any
 
 import orjson
 
-USAGE_FROM_PROVIDER = "provider"  # the provider's own token counts
+USAGE_FROM_PROVIDER = "provider"  # the provider's own token counts (a cache hit: exactly none, none was asked)
 USAGE_ESTIMATED = "estimated"  # none came back (an error, a cut stream): the gateway's estimate
 USAGE_SOURCES = (USAGE_FROM_PROVIDER, USAGE_ESTIMATED)
 
 # What a batch on the wire says it is: a consumer refuses what it cannot read instead of guessing.
+# A field added with a default keeps the version: a newer reader reads older batches as they are
+# (spools, dead letters; the field takes its default), and an older reader refuses a newer record
+# naming the field it does not know (its writer dead-letters the batch, to replay once upgraded:
+# upgrade the ledger writer before the gateways). A new version would be refused all the same.
 BATCH_VERSION = 1
 
 
@@ -57,7 +61,11 @@ class UsageRecord:
     error_type: str | None = None  # None on success; else the error's type as the client saw it
     ttfb_ms: float | None = None  # first byte in to the provider's first byte
     session_id: str | None = None
-    cache: str | None = None  # hit | miss | None (no cache configured; a later issue)
+    cache: str | None = None  # hit | miss | store (a no-cache refresh) | None (the cache not applied)
+    # A cache hit: its cached answer's usage at the route's prices, what a provider would have been
+    # paid (the hit itself spends nothing: 0 tokens, cost_usd 0). 0.0 on anything else, and on
+    # records from gateways older than the field.
+    cost_avoided_usd: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {field: getattr(self, field) for field in FIELDS}
@@ -89,6 +97,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "ttfb_ms": (int, float, type(None)),
     "session_id": (str, type(None)),
     "cache": (str, type(None)),
+    "cost_avoided_usd": (int, float),
 }
 _REQUIRED = tuple(field.name for field in dataclasses.fields(UsageRecord) if field.default is dataclasses.MISSING)
 
