@@ -21,6 +21,7 @@ import pytest
 from extproc.auth.key_store import SqliteKeyStore
 from extproc.auth.keys import new_key
 from tests.e2e.gateway import FakeProvider, Gateway, base_policy, free_port, http, wait_until
+from tests.e2e.test_local_ledger import _exported as exported_records
 from tests.tcp_proxy import TcpProxy
 
 ZERO = {"temperature": 0}  # deterministic (this SDK's create() has no temperature argument)
@@ -57,6 +58,8 @@ def redis_proxy() -> Iterator[TcpProxy]:
 def cached(workdir: Path, fake: FakeProvider, keys: dict[str, str], redis_proxy: TcpProxy) -> Iterator[Gateway]:
     policy = base_policy(free_port(), fake)
     policy["cache"] = {"ttl": "10m", "when": "deterministic", "redis": f"redis://127.0.0.1:{redis_proxy.port}/0"}
+    sonnet = policy["providers"][0]["models"][0]
+    sonnet["pricing"] = {"input": 3.0, "output": 15.0}  # the ledger prices what a hit avoided
     policy["auth"] = {"keys": {"sqlite": str(workdir / "cache-keys.db")}}  # keys optional: anonymous too
     gateway = Gateway.start(workdir, policy, name="cache", workers=2)
     yield gateway
@@ -97,6 +100,27 @@ def test_the_same_deterministic_request_twice_reaches_the_provider_once(cached, 
     assert second.http_response.content == first.http_response.content  # byte for byte
     assert second.parse().usage.output_tokens == first.parse().usage.output_tokens > 0
     assert provider_calls(fake, messages[0]["content"]) == 1
+
+
+def test_the_ledger_records_a_hit_as_nothing_spent_and_the_cost_it_avoided(cached, fake) -> None:
+    client = anthropic.Anthropic(base_url=cached.url, api_key="sk-ant-anything", max_retries=0)
+    messages = unique("ledger")
+
+    def ask():
+        return client.messages.with_raw_response.create(
+            model="claude-sonnet-4-5", max_tokens=64, messages=messages, extra_body=ZERO
+        )
+
+    miss = ask()
+    hit = wait_until(lambda: raw if (raw := ask()).headers["x-ccr-cache"] == "hit" else None, 10, "a hit", 0.2)
+    ids = {miss.headers["request-id"], hit.headers["request-id"]}
+    wait_until(lambda: ids <= set(exported_records()), 15, "both records in the ledger")
+    records = exported_records()
+    paid, saved = records[miss.headers["request-id"]], records[hit.headers["request-id"]]
+    assert paid["cache"] == "miss" and paid["cost_usd"] > 0 and paid["output_tokens"] > 0
+    assert saved["cache"] == "hit" and saved["attempts"] == 0
+    assert (saved["input_tokens"], saved["output_tokens"], saved["cost_usd"]) == (0, 0, 0)
+    assert saved["cost_avoided_usd"] == paid["cost_usd"]
 
 
 def test_a_stream_is_stored_and_replayed_as_a_stream_and_as_json(cached, fake) -> None:
