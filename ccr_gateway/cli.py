@@ -78,7 +78,6 @@ def cmd_up(args: argparse.Namespace) -> int:
         gateway.stop()
         raise
     url = gateway.listener_url
-    metrics = gateway.metrics
     print(
         f"\nccr-gateway is ready on {url}\n"
         f"  Claude Code:     ANTHROPIC_BASE_URL={url} ANTHROPIC_AUTH_TOKEN=any claude\n"
@@ -87,12 +86,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         f"  models:          curl {url}/v1/models\n"
         f"  Envoy admin:     http://127.0.0.1:{args.admin_port}/config_dump\n"
         + (
-            f"  metrics:         http://127.0.0.1:{metrics['control-plane']}/metrics (control plane), "
-            f":{metrics['extproc-0']}..{metrics[f'extproc-{args.workers - 1}']} (ext_proc workers), "
-            f":{metrics['supervisor']} (child restarts), "
-            + (f":{metrics['ledger']} (ledger writer), " if "ledger" in metrics else "")
-            + f":{args.admin_port}/stats/prometheus (Envoy)\n"
-            if metrics
+            f"  metrics:         {gateway.metrics_url} (every Python process), "
+            f"http://127.0.0.1:{args.admin_port}/stats/prometheus (Envoy)\n"
+            if gateway.metrics_url
             else ""
         )
         + (

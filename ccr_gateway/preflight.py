@@ -1,4 +1,4 @@
-"""Checks `ccr-gateway up` makes before it starts anything, and the metrics port plan.
+"""Checks `ccr-gateway up` makes before it starts anything.
 
 A port in use is found here, named with what it is for, instead of 30 s later as a readiness
 timeout or as a child's traceback.
@@ -11,9 +11,9 @@ import socket
 
 DEFAULT_METRICS_PORT = 9464  # Prometheus' registry entry for its own client libraries' exporters
 METRICS_HELP = (
-    "Prometheus metrics, each on 127.0.0.1: the control plane on PORT, ext_proc worker i on PORT+1+i, "
-    "the `up` supervisor (child restarts) on PORT+1+WORKERS, the ledger writer (when the policy has storage) on "
-    "PORT+2+WORKERS (default %(default)s; 0: no metrics)"
+    "Prometheus metrics of every Python process of the gateway (control plane, ext_proc workers, ledger "
+    "writer, `up` itself), summed, at http://127.0.0.1:PORT/metrics (default %(default)s; 0: no metrics). "
+    "Envoy's are at its admin port's /stats/prometheus"
 )
 
 
@@ -26,18 +26,6 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
-
-
-def metrics_ports(first: int, workers: int, ledger_writer: bool = False) -> dict[str, int]:
-    """Child name (or ``supervisor``) -> its Prometheus port; empty when metrics are off (0)."""
-    if not first:
-        return {}
-    ports = {"control-plane": first}
-    ports.update({f"extproc-{index}": first + 1 + index for index in range(workers)})
-    ports["supervisor"] = first + 1 + workers
-    if ledger_writer:
-        ports["ledger"] = first + 2 + workers
-    return ports
 
 
 def free_port() -> int:

@@ -32,9 +32,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from prometheus_client import Counter, Gauge, start_http_server
+from prometheus_client import Counter, Gauge
 
-from ccr_gateway import auth_wiring, cache_wiring, probes, state_file
+from ccr_gateway import auth_wiring, cache_wiring, metrics_endpoint, probes, state_file
 from ccr_gateway.children import Child, utc_now
 from ccr_gateway.envoy_bootstrap import (
     envoy_binary,
@@ -45,15 +45,22 @@ from ccr_gateway.envoy_bootstrap import (
 )
 from ccr_gateway.envoy_log import EnvoyLogFilter
 from ccr_gateway.ledger_wiring import LedgerPlan, plan_for
-from ccr_gateway.preflight import first_busy_port, free_port, metrics_ports, port_free
+from ccr_gateway.preflight import first_busy_port, free_port, port_free
 from control_plane.policy import GatewayPolicy
 
 __all__ = ["GatewayProcesses", "StartupError", "envoy_binary", "free_port", "port_free", "render_bootstrap"]
 
 log = logging.getLogger("ccr.supervisor")
 
-CHILD_RESTARTS = Counter("ccr_child_restarts_total", "Restarts of a child process of `up`", ["child"])
-CHILD_UP = Gauge("ccr_child_up", "1 while a child process of `up` runs", ["child"])
+CHILD_RESTARTS = Counter(
+    "ccr_child_restarts_total",
+    "Restarts of a child process of `up`",
+    ["child"],
+    registry=metrics_endpoint.SUPERVISOR_REGISTRY,
+)
+CHILD_UP = Gauge(
+    "ccr_child_up", "1 while a child process of `up` runs", ["child"], registry=metrics_endpoint.SUPERVISOR_REGISTRY
+)
 
 POLL_SECONDS = 0.05  # how soon a dead child is noticed (a SIGKILLed worker is replaced within ~1 s)
 # Seconds each child gets between SIGTERM and SIGKILL when `up` stops. A worker finishes its
@@ -79,7 +86,7 @@ class GatewayProcesses:
     log_level: str = "info"
     envoy_log_level: str = "warning"
     fake_provider_port: int | None = None
-    metrics_port: int = 0  # ccr_gateway.preflight.metrics_ports: the plan; 0: no metrics
+    metrics_port: int = 0  # every Python process's metrics, summed (ccr_gateway.metrics_endpoint); 0: none
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # ext_proc processes
     quiet: bool = False
     ledger_on: bool = True  # False: usage records go nowhere (up --no-ledger)
@@ -91,6 +98,7 @@ class GatewayProcesses:
     stopping: bool = False
     _hurry: bool = False
     _envoy_log: EnvoyLogFilter | None = None
+    _metrics_dir: str = ""
 
     @property
     def ledger(self) -> LedgerPlan:
@@ -109,8 +117,8 @@ class GatewayProcesses:
         return worker_sockets(self.run_dir, self.workers)[1]
 
     @property
-    def metrics(self) -> dict[str, int]:
-        return metrics_ports(self.metrics_port, self.workers, ledger_writer=self.ledger.uses_broker)
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics" if self.metrics_port else ""
 
     def say(self, message: str) -> None:
         if not self.quiet:
@@ -129,8 +137,8 @@ class GatewayProcesses:
         if self.xds:
             host, _, port = self.xds.rpartition(":")
             wanted.append((host or "127.0.0.1", int(port), "the control plane's xDS address (--xds)"))
-        for name, port in self.metrics.items():
-            wanted.append(("127.0.0.1", port, f"the metrics port of {name} (--metrics-port {self.metrics_port})"))
+        if self.metrics_port:
+            wanted.append(("127.0.0.1", self.metrics_port, "the metrics port (--metrics-port)"))
         problem = first_busy_port(wanted)
         if problem is not None:
             raise StartupError(problem)
@@ -143,8 +151,11 @@ class GatewayProcesses:
         self.xds = self.xds or f"127.0.0.1:{free_port()}"
         self._claim_run_dir()
         deadline = time.monotonic() + timeout
-        if "supervisor" in self.metrics:
-            start_http_server(self.metrics["supervisor"], addr="127.0.0.1")
+        if self.metrics_port:
+            # Before any child starts: each one reads the variable when it imports prometheus_client.
+            self._metrics_dir = metrics_endpoint.prepare(self.run_dir)
+            os.environ[metrics_endpoint.MULTIPROC_ENV] = self._metrics_dir
+            metrics_endpoint.serve(self.metrics_port, self._metrics_dir)
         if self.fake_provider_port is not None:
             self.say(f"- fake provider on 127.0.0.1:{self.fake_provider_port}")
             self._spawn("fake-provider", self._python("fake-provider", "--port", str(self.fake_provider_port)))
@@ -200,8 +211,7 @@ class GatewayProcesses:
         else:
             source = ["-c", self.policy_path]
             self.say(f"- control plane (xDS on {self.xds}, policy {self.policy_path})")
-        port = self.metrics.get("control-plane")
-        options = [*source, "--xds", self.xds, *(["--metrics-port", str(port)] if port else [])]
+        options = [*source, "--xds", self.xds]
         options += ["--status-file", self.control_plane_status_path]  # read by `ccr-gateway status`
         for index in range(self.workers):
             options += ["--usage-log-cluster", worker_cluster(index)]
@@ -232,17 +242,13 @@ class GatewayProcesses:
             self.say(f"- usage ledger: local SQLite {where} (`ccr-gateway usage report`)")
             return
         self.say(f"- ledger writer (RabbitMQ queue {ledger.queue} -> PostgreSQL)")
-        port = self.metrics.get("ledger")
-        self._spawn(
-            "ledger", self._python(*ledger.writer_arguments(), *(["--metrics-port", str(port)] if port else []))
-        )
+        self._spawn("ledger", self._python(*ledger.writer_arguments()))
 
     @property
     def control_plane_status_path(self) -> str:
         return os.path.join(self.run_dir, "control-plane.json")
 
     def _worker_argv(self, index: int) -> list[str]:
-        port = self.metrics.get(f"extproc-{index}")
         return self._python(
             "extproc",
             "--listen",
@@ -253,7 +259,6 @@ class GatewayProcesses:
             worker_hop_cluster(index),
             "--control-plane",
             self.xds,
-            *(["--metrics-port", str(port)] if port else []),
             *(["--consul", self.consul[0]] if self.consul else []),
             *self.ledger.worker_arguments(index),
             *auth_wiring.worker_arguments(self.policy.auth, self.workers),
@@ -317,6 +322,8 @@ class GatewayProcesses:
             for child in self.children:
                 if (how := child.exited()) is not None:
                     CHILD_UP.labels(child.name).set(0)
+                    if self._metrics_dir:
+                        metrics_endpoint.process_dead(self._metrics_dir, child.pid)
                     if child.name == "envoy":
                         log.error("envoy exited (%s); it owns the listener: stopping the gateway", how)
                         self.write_state()
@@ -382,7 +389,7 @@ class GatewayProcesses:
                 "run_dir": self.run_dir,
                 "policy_source": policy_source,
                 "control_plane_status": self.control_plane_status_path,
-                "metrics": {name: f"http://127.0.0.1:{port}/metrics" for name, port in self.metrics.items()},
+                "metrics": {"gateway": self.metrics_url} if self.metrics_url else {},
                 "children": [child.state() for child in self.children],
                 "workers": self.workers,
                 "phase": "stopping" if self.stopping else "ready" if self.ready else "starting",

@@ -26,7 +26,9 @@ from control_plane.xds.rollout import Rollout
 
 log = logging.getLogger("ccr.control_plane")
 
-POLICY_VERSION = Gauge("ccr_policy_generation", "Generation of the policy currently desired")
+POLICY_VERSION = Gauge(
+    "ccr_policy_generation", "Generation of the policy currently desired", multiprocess_mode="livemax"
+)
 POLICY_REJECTED = Counter("ccr_policy_rejected_total", "Policy updates rejected by validation")
 
 

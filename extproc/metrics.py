@@ -37,11 +37,13 @@ LIMIT_REMAINING = Gauge(
     "What the tenant's last admitted request left of the tightest limit of its kind (requests, tokens, "
     "parallel slots; USD for budget)",
     ["tenant", "limit"],
+    multiprocess_mode="livemostrecent",  # under `up`: the last worker to admit one of the tenant's requests
 )
 BUDGET_REMAINING = Gauge(
     "ccr_auth_budget_remaining_usd",
     "A key's budget left in its period (spent and reserved taken off), as of its last admitted request",
     ["tenant", "key_id"],
+    multiprocess_mode="livemostrecent",
 )
 BUDGET_ALERTS = Counter(
     "ccr_auth_budget_alerts_total",
@@ -50,7 +52,9 @@ BUDGET_ALERTS = Counter(
 )
 SESSIONS = Gauge(
     "ccr_sessions_remembered",
-    "Sessions whose last prompt size this worker knows (CCR's long-context rule reads it)",
+    "Sessions whose last prompt size a worker knows (CCR's long-context rule reads it; every worker "
+    "hears every session's usage: the largest count)",
+    multiprocess_mode="livemax",
 )
 
 

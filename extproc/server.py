@@ -107,7 +107,6 @@ async def serve(
     sink = sink if sink is not None else NullSink()
     state = GatewayState(auth, cache, flights)
     state.hop_cluster = config.hop_cluster
-    SESSIONS.set_function(lambda: len(state.sessions))  # read at scrape time: nothing per request
 
     has_policy = asyncio.Event()
 
@@ -133,6 +132,7 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     subscription = asyncio.create_task(subscriber.run())
+    gauges = asyncio.create_task(_sample_gauges(state))
     # Listen only once a policy is installed. Before that every request would get a 503, while a
     # refused connection sends Envoy's call to another worker (Envoy ejects this one and retries):
     # a restarted worker joins the rotation when it can serve, not before.
@@ -142,6 +142,7 @@ async def serve(
     for task in waiting:
         task.cancel()
     if stop.is_set():  # stopped before any policy came: nothing to drain
+        gauges.cancel()
         subscription.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await subscription
@@ -169,10 +170,23 @@ async def serve(
         await stop.wait()
     await _drain(server, processor, hop, usage_streams_end)
     await sink.close()  # after the usage log streams ended: the records of the last requests are in it
+    gauges.cancel()
     subscription.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await subscription
     log.info("ext_proc stopped")
+
+
+GAUGE_SAMPLE_S = 5.0
+
+
+async def _sample_gauges(state: GatewayState) -> None:
+    """Gauges of sizes, set every few seconds rather than on every change: nothing per request,
+    and a value every process can see (under `up` metrics are summed from files, where a gauge
+    computed at scrape time in one process would not appear)."""
+    while True:
+        SESSIONS.set(len(state.sessions))
+        await asyncio.sleep(GAUGE_SAMPLE_S)
 
 
 async def _drain(

@@ -14,7 +14,9 @@ DROPPED = Counter(
     "ccr_ledger_records_dropped",
     "Usage records lost: the spool was full (or its disk failed) while the broker was away",
 )
-SPOOL_BYTES = Gauge("ccr_ledger_spool_bytes", "Bytes of unconfirmed batches in the local spool")
+SPOOL_BYTES = Gauge(
+    "ccr_ledger_spool_bytes", "Bytes of unconfirmed batches in the local spools", multiprocess_mode="livesum"
+)
 
 WRITTEN = Counter("ccr_ledger_records_written", "Usage records inserted into PostgreSQL (duplicates not counted)")
 DEAD_LETTERED = Counter("ccr_ledger_dead_lettered", "Messages sent to the dead-letter queue (unreadable batches)")
@@ -28,4 +30,6 @@ COMMIT_SECONDS = Histogram(
     "Time to write one batch: COPY, insert, rollup and commit",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
-WRITER_LAG = Gauge("ccr_ledger_writer_lag_seconds", "Now minus the newest committed record's time")
+WRITER_LAG = Gauge(
+    "ccr_ledger_writer_lag_seconds", "Now minus the newest committed record's time", multiprocess_mode="livemax"
+)

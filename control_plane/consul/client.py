@@ -27,7 +27,9 @@ from prometheus_client import Counter, Gauge
 
 log = logging.getLogger("ccr.control_plane.consul")
 
-CONSUL_INDEX = Gauge("ccr_consul_index", "X-Consul-Index last returned to a blocking query", ["watch"])
+CONSUL_INDEX = Gauge(
+    "ccr_consul_index", "X-Consul-Index last returned to a blocking query", ["watch"], multiprocess_mode="livemax"
+)
 CONSUL_ERRORS = Counter(
     "ccr_consul_errors_total", "Failed requests of a Consul watch (retried with backoff)", ["watch"]
 )

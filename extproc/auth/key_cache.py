@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 STORE_UP = Gauge(
     "ccr_auth_key_store_up",
     "1 while this worker's key cache can read the key store, 0 while it cannot (it answers from its last copy)",
+    multiprocess_mode="livemin",  # under `up`: 0 while any worker cannot
 )
 STORE_ERRORS = Counter("ccr_auth_key_store_errors_total", "Failed reads of the key store by this worker's key cache")
 

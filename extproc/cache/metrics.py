@@ -26,7 +26,8 @@ STORED_BYTES = Counter(
 )
 LOCAL_BYTES = Gauge(
     "ccr_cache_local_bytes",
-    "Bytes held by this worker's in-process cache (keys and entries)",
+    "Bytes held by the workers' in-process caches (keys and entries)",
+    multiprocess_mode="livesum",
 )
 EVICTIONS = Counter(
     "ccr_cache_evictions_total",

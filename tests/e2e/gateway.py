@@ -190,7 +190,7 @@ class Gateway:
     admin_port: int
     process: subprocess.Popen[bytes]
     log_path: Path
-    metrics_port: int  # control plane; ext_proc worker i on metrics_port + 1 + i; `up` on + 1 + workers
+    metrics_port: int  # `up`'s: every Python process's metrics, summed
     workers: int
     extra: dict = field(default_factory=dict)
 
@@ -222,15 +222,18 @@ class Gateway:
         match = re.search(rf"^{re.escape(name)}: (\d+)$", text, re.MULTILINE)
         return int(match[1]) if match else 0
 
+    def metrics(self) -> str:
+        """`up`'s Prometheus page: every Python process's metrics, summed."""
+        status, _, body = http("GET", f"http://127.0.0.1:{self.metrics_port}/metrics")
+        assert status == 200, f"metrics: {status}"
+        return body.decode()
+
     def extproc_metric(self, name: str, **labels: str) -> float:
-        """A Prometheus sample summed over the ext_proc workers (0 when absent)."""
+        """A Prometheus sample summed over the ext_proc workers and labels not named (0 when absent)."""
         total = 0.0
-        for index in range(self.workers):
-            status, _, body = http("GET", f"http://127.0.0.1:{self.metrics_port + 1 + index}/metrics")
-            assert status == 200, f"ext_proc worker {index} metrics: {status}"
-            for line in body.decode().splitlines():
-                if line.startswith((name + "{", name + " ")) and all(f'{k}="{v}"' in line for k, v in labels.items()):
-                    total += float(line.rsplit(" ", 1)[1])
+        for line in self.metrics().splitlines():
+            if line.startswith((name + "{", name + " ")) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
         return total
 
     def log(self) -> str:
@@ -249,7 +252,7 @@ class Gateway:
         policy_path = directory / f"{name}.yaml"
         policy_path.write_text(yaml.safe_dump(policy, sort_keys=False))
         admin_port = free_port()
-        metrics_port = free_port_run(workers + 3)  # control plane, workers, the supervisor, the ledger writer
+        metrics_port = free_port_run(1)
         log_path = directory / f"{name}.log"
         env = {**os.environ, **PROVIDER_KEYS}
         process = subprocess.Popen(

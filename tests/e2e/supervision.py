@@ -58,7 +58,7 @@ class Up:
 
     @property
     def ports(self) -> list[int]:
-        return [self.listener, self.admin, self.fake_port, *range(self.metrics, self.metrics + self.workers + 2)]
+        return [self.listener, self.admin, self.fake_port, self.metrics]
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -117,7 +117,7 @@ def start_up(
     ``anthropic_url``: where the example's fake-anthropic provider is instead (the primary of the
     example's fallback chain, whose fallback stays on `up`'s fake provider)."""
     listener, fake_port, admin = free_port(), free_port(), free_port()
-    metrics = free_port_run(workers + 3)
+    metrics = free_port_run(1)
     text = (ROOT / "examples/gateway.yaml").read_text()
     if anthropic_url:
         text = text.replace("base_url: http://127.0.0.1:9100 ", f"base_url: {anthropic_url} ", 1)

@@ -122,9 +122,12 @@ def load(up: Up) -> Iterator[Load]:
 
 
 def routed_by(up: Up, worker: str) -> float:
-    body = http("GET", up.state()["metrics"][worker])[2].decode()
+    """Decisions Envoy asked of ``worker`` (the hop cluster's requests to its socket; `up`'s
+    metrics sum the workers, Envoy's host stats do not). A new process's socket is a new host."""
+    socket = f"hop-{worker.rsplit('-', 1)[1]}.sock::rq_total::"
+    text = http("GET", f"http://127.0.0.1:{up.admin}/clusters")[2].decode()
     return sum(
-        float(line.rsplit(" ", 1)[1]) for line in body.splitlines() if line.startswith("ccr_routed_requests_total{")
+        float(line.rsplit("::", 1)[1]) for line in text.splitlines() if line.startswith("ccr_hop::") and socket in line
     )
 
 

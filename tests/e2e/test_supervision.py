@@ -103,7 +103,7 @@ def test_dead_workers_and_control_plane_are_replaced_while_the_rest_serve(tmp_pa
         wait_until(lambda: up.log().count("(ccr-gateway) connected") >= 2, 15, "Envoy to reconnect to xDS")
 
         assert all(ask(up) == 200 for _ in range(6))
-        metrics = urllib.request.urlopen(up.state()["metrics"]["supervisor"]).read().decode()
+        metrics = urllib.request.urlopen(up.state()["metrics"]["gateway"]).read().decode()
         for name in ("extproc-0", "extproc-1", "control-plane"):
             assert f'ccr_child_restarts_total{{child="{name}"}} 1.0' in metrics
         assert "restarting it in 0.1 s" in up.log()
@@ -133,9 +133,14 @@ def test_startup_is_quiet_and_counts_no_request(tmp_path: Path):
         assert '"path"' not in banner, "an access-log line: something sent a request through the listener"
         assert "work-in-progress" not in banner.replace("work-in-progress extension", "")
         assert "envoy: 2 work-in-progress extensions in use (sse_to_metadata, content_parsers.json)" in banner
-        metrics = urllib.request.urlopen(up.state()["metrics"]["extproc-0"]).read().decode()
+        metrics = urllib.request.urlopen(up.state()["metrics"]["gateway"]).read().decode()
         rejected = [line for line in metrics.splitlines() if line.startswith("ccr_rejected_requests_total{")]
         assert all(line.endswith(" 0.0") for line in rejected), rejected
+        # One page for the whole gateway: `up`'s, the control plane's and the workers' metrics, each
+        # family once (Prometheus refuses a page that names one twice).
+        families = [line.split()[2] for line in metrics.splitlines() if line.startswith("# HELP")]
+        assert len(families) == len(set(families))
+        assert {"ccr_child_up", "ccr_xds_responses_total", "ccr_sessions_remembered"} <= set(families)
     finally:
         up.stop()
     up.assert_nothing_left()

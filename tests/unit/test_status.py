@@ -66,7 +66,7 @@ STATE = {
     "run_dir": "/tmp/ccr-gateway-abc",
     "policy_source": "gw.yaml",
     "control_plane_status": "/tmp/ccr-gateway-abc/control-plane.json",
-    "metrics": {"control-plane": "http://127.0.0.1:9464/metrics"},
+    "metrics": {"gateway": "http://127.0.0.1:9464/metrics"},
     "children": [
         {"name": "control-plane", "pid": 4243, "restarts": 0, "alive": True, "last_exit": None, "last_restart": None},
         {
@@ -197,7 +197,7 @@ def test_the_text_shows_policy_processes_clusters_and_problems():
         and "1/1 healthy  requests 1000/1024 free  pending 1024/1024 free  connections 1024/1024 free" in line
         for line in lines
     )
-    assert "  metrics    control-plane  http://127.0.0.1:9464/metrics" in lines
+    assert "  metrics    gateway        http://127.0.0.1:9464/metrics" in lines
     assert "  problem    cluster provider_b: circuit breaker open (requests: all 10 in use)" in lines
     assert "  problem    cluster chain_abc: none of its 2 hosts is healthy" not in lines  # one of two is enough
 

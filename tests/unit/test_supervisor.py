@@ -18,7 +18,7 @@ import pytest
 from ccr_gateway import state_file
 from ccr_gateway.children import Backoff, Child, describe_exit
 from ccr_gateway.envoy_log import EnvoyLogFilter, work_in_progress_extension
-from ccr_gateway.preflight import first_busy_port, metrics_ports, positive_int
+from ccr_gateway.preflight import first_busy_port, positive_int
 
 ROOT = Path(__file__).resolve().parents[2]
 WIP_LINE = (
@@ -161,11 +161,6 @@ def test_workers_must_be_at_least_one():
         positive_int("0")
 
 
-def test_metrics_ports_are_one_block_ending_with_the_supervisor():
-    assert metrics_ports(9464, 2) == {"control-plane": 9464, "extproc-0": 9465, "extproc-1": 9466, "supervisor": 9467}
-    assert metrics_ports(0, 2) == {}
-
-
 def test_the_first_busy_port_is_named_with_its_purpose():
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -197,12 +192,11 @@ def test_up_names_a_busy_metrics_port_in_one_line(tmp_path: Path):
             f"listener: {{port: {listener}}}\n"
             "providers:\n  - {name: a, api: openai, base_url: 'http://127.0.0.1:1/v1', models: [m]}\n"
         )
-        metrics = ("--metrics-port", str(taken - 1))  # control plane on taken - 1, worker 0 on taken
+        metrics = ("--metrics-port", str(taken))
         result = run_cli("up", "-c", str(policy), "--workers", "1", "--admin-port", str(_free_port()), *metrics)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        f"ccr-gateway up: 127.0.0.1:{taken} is already in use: it is the metrics port of extproc-0 "
-        f"(--metrics-port {taken - 1})"
+        f"ccr-gateway up: 127.0.0.1:{taken} is already in use: it is the metrics port (--metrics-port)"
     ]
     assert result.stdout == ""
 
