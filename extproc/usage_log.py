@@ -50,6 +50,7 @@ from ccr.v1.contract import (
 )
 from ccr.v1.pricing import Prices, cost_usd
 from ccr.v1.usage_record import USAGE_ESTIMATED, USAGE_FROM_PROVIDER, UsageRecord, time_of_timestamp
+from extproc import genai_metrics
 from extproc.auth.admission import Spent
 from extproc.metrics import TOKENS, labelled
 from extproc.routing_table import RoutingTable
@@ -241,6 +242,23 @@ _NO_LABELS: Mapping[str, Value] = {}
 _LAST_BYTE = "time_to_last_downstream_tx_byte"  # duration_ms: until the client had the whole answer
 _FIRST_UPSTREAM_BYTE = "time_to_first_upstream_rx_byte"  # ttfb_ms: until the provider's first byte
 _FIRST_UPSTREAM_TX = "time_to_first_upstream_tx_byte"  # set once a provider was sent the request
+_LAST_UPSTREAM_BYTE = "time_to_last_upstream_rx_byte"
+_FIRST_BYTE_OUT = "time_to_first_downstream_tx_byte"
+
+
+def request_timing(entry: HTTPAccessLogEntry) -> tuple[float | None, float | None]:
+    """(first byte in to the client's first byte out, the provider's part of the request: first
+    byte sent to it to last byte received from it), in seconds; None where it never happened."""
+    common = entry.common_properties
+    first_out = _seconds(common.time_to_first_downstream_tx_byte) if common.HasField(_FIRST_BYTE_OUT) else None
+    upstream = None
+    if common.HasField(_FIRST_UPSTREAM_TX) and common.HasField(_LAST_UPSTREAM_BYTE):
+        upstream = _seconds(common.time_to_last_upstream_rx_byte) - _seconds(common.time_to_first_upstream_tx_byte)
+    return first_out, upstream
+
+
+def _seconds(duration: Duration) -> float:
+    return duration.seconds + duration.nanos / 1e9
 
 
 def _string(fields: Mapping[str, Value], key: str) -> str:
@@ -312,6 +330,7 @@ class UsageLogService(als_pb2_grpc.AccessLogServiceServicer):
                 record = None
                 if counting and (record := usage_record(entry, table, used)) is not None:
                     records.append(record)
+                    genai_metrics.observe(record, table, *request_timing(entry))
                 if held and (request_id := entry.request.request_id) in held:  # a keyed request admitted here
                     settled.append((request_id, spent_of(record, used, table)))
             if records:

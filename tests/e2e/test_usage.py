@@ -76,6 +76,32 @@ def test_a_passthrough_anthropic_message_is_counted(gateway, fake):
     )
 
 
+def test_a_stream_is_measured_by_the_genai_conventions_on_the_gateways_one_page(gateway, fake):
+    genai = 'gen_ai_operation_name="chat",gen_ai_provider_name="fake-anthropic"'
+    before = gateway.extproc_metric("gen_ai_server_time_to_first_token_seconds_count")
+    client = anthropic.Anthropic(base_url=gateway.url, api_key="any", max_retries=0)
+    with client.messages.stream(
+        model="claude-sonnet-4-5", max_tokens=64, messages=[{"role": "user", "content": "measure me"}]
+    ) as stream:
+        stream.get_final_message()
+    wait_until(
+        lambda: gateway.extproc_metric("gen_ai_server_time_to_first_token_seconds_count") > before,
+        10,
+        "the stream's time to first token",
+    )
+    page = gateway.metrics()
+    for family in (
+        "gen_ai_client_token_usage_bucket",
+        "gen_ai_server_request_duration_seconds_bucket",
+        "gen_ai_server_time_per_output_token_seconds_bucket",
+        "ccr_gateway_overhead_seconds_bucket",
+        "ccr_requests_total",
+    ):
+        assert any(line.startswith(family) for line in page.splitlines()), family
+    assert f'gen_ai_client_token_usage_count{{{genai},' in page
+    assert 'gen_ai_token_type="output"' in page
+
+
 def test_an_openai_stream_is_counted_when_the_client_asked_for_usage(gateway, fake):
     client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="k", max_retries=0)
     before = settled(gateway, "fake-openai", "fake-gpt-4o")
