@@ -41,6 +41,7 @@ from google.rpc import code_pb2, status_pb2
 from ccr.v1.contract import INTERNAL_HEADER_PREFIX, KEY_ID_LABEL, REQUEST_ID_HEADER, REQUEST_ID_HEADERS, TENANT_LABEL
 from extproc import models
 from extproc.auth.keys import VirtualKey
+from extproc.metrics import AUTHZ_DECISIONS, labelled
 from extproc.request_steps import (
     CLIENT_CREDENTIALS,
     ENDPOINTS,
@@ -87,7 +88,9 @@ def check(state: GatewayState, request: CheckRequest) -> CheckResponse:
     if isinstance(key, Reply):
         return denied(key, headers)
     if key is None:
+        labelled(AUTHZ_DECISIONS, "anonymous", "").inc()
         return CheckResponse(status=status_pb2.Status(code=code_pb2.OK), ok_response=OkHttpResponse())
+    labelled(AUTHZ_DECISIONS, "key", "").inc()
     return allowed(api, key, headers)
 
 
@@ -156,6 +159,7 @@ def identity(api: Api, key: VirtualKey) -> dict[str, object]:
 def denied(reply: Reply, headers: Mapping[str, str]) -> CheckResponse:
     """A refusal as Envoy sends it to the client: the reply's status, headers and body; its labels
     (the reason among them) as dynamic metadata."""
+    labelled(AUTHZ_DECISIONS, "denied", reply.details).inc()
     sent = [("content-type", reply.content_type), *reply.headers]
     request_id = headers.get(REQUEST_ID_HEADER)
     if request_id:

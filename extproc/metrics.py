@@ -50,6 +50,12 @@ BUDGET_ALERTS = Counter(
     "Keys that crossed their budget's alert fraction (auth.limits.budget_alert_at), once per period",
     ["tenant", "key_id"],
 )
+AUTHZ_DECISIONS = Counter(
+    "ccr_authz_decisions_total",
+    "ext_authz Check answers: allowed with a virtual key (key), allowed anonymously (anonymous), or "
+    "denied, with the reason (the reply's details: ccr_*)",
+    ["outcome", "reason"],
+)
 SESSIONS = Gauge(
     "ccr_sessions_remembered",
     "Sessions whose last prompt size a worker knows (CCR's long-context rule reads it; every worker "

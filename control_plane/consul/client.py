@@ -30,6 +30,13 @@ log = logging.getLogger("ccr.control_plane.consul")
 CONSUL_INDEX = Gauge(
     "ccr_consul_index", "X-Consul-Index last returned to a blocking query", ["watch"], multiprocess_mode="livemax"
 )
+CONSUL_ANSWERED = Gauge(
+    "ccr_consul_watch_last_answer_timestamp_seconds",
+    "When a Consul watch last had an answer (Unix time): a blocking query answers at least once per "
+    "its wait, so time() minus this is the watch's lag",
+    ["watch"],
+    multiprocess_mode="livemax",
+)
 CONSUL_ERRORS = Counter(
     "ccr_consul_errors_total", "Failed requests of a Consul watch (retried with backoff)", ["watch"]
 )
@@ -240,6 +247,7 @@ class BlockingLoop(Generic[T]):
                 )
             self.index = next_index(self.index, returned)
             CONSUL_INDEX.labels(self.name).set(returned)
+            CONSUL_ANSWERED.labels(self.name).set_to_current_time()
             outcome = on_result(returned, data)
             if outcome is not None:
                 await outcome

@@ -223,3 +223,21 @@ async def test_the_servicer_answers_check_with_the_same_answer() -> None:
     state = state_with(True)
     request = check_request(MESSAGES, **{"x-api-key": presented("validkey")})
     assert await AuthorizationService(state).Check(request, None) == check(state, request)  # type: ignore[arg-type]
+
+
+def test_every_answer_is_counted_by_outcome_and_reason() -> None:
+    from prometheus_client import REGISTRY
+
+    def counted(outcome: str, reason: str) -> float:
+        return REGISTRY.get_sample_value("ccr_authz_decisions_total", {"outcome": outcome, "reason": reason}) or 0.0
+
+    before = {(o, r): counted(o, r) for o, r in (("key", ""), ("anonymous", ""))}
+    state = state_with(False)
+    check(state, check_request(MESSAGES, **{"x-api-key": presented("validkey")}))
+    check(state, check_request(MESSAGES))
+    refused = check(state_with(True), check_request(MESSAGES))
+    reason = refused.status.message
+    assert reason.startswith("ccr_")
+    assert counted("key", "") == before[("key", "")] + 1
+    assert counted("anonymous", "") == before[("anonymous", "")] + 1
+    assert counted("denied", reason) >= 1
