@@ -285,8 +285,12 @@ class GatewayProcesses:
         argv += ["--log-format", "[%Y-%m-%d %T.%e][envoy][%l] %v"]
         envoy = self._spawn("envoy", argv, stderr=subprocess.PIPE)
         assert envoy.process is not None and envoy.process.stderr is not None
+        # Envoy's lines as every other process's: JSON, secrets masked (docs/logging.md).
         self._envoy_log = EnvoyLogFilter(
-            envoy.process.stderr, sys.stderr.buffer, keep_everything=self.log_level == "debug"
+            envoy.process.stderr,
+            sys.stderr.buffer,
+            keep_everything=self.log_level == "debug",
+            json_pid=envoy.process.pid,
         )
         self._envoy_log.start()
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e import log_secrets
 from tests.e2e.gateway import FakeProvider, Gateway, base_policy, free_port
 
 
@@ -14,6 +15,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/e2e/" in str(item.fspath).replace("\\", "/"):
             item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the last e2e test, every log under the session's temporary directory is scanned
+    (tests/e2e/log_secrets.py); a secret found fails the run as an error at the last test's teardown.
+    Autouse and session-scoped, it is set up before every other session fixture of the e2e tests and
+    so torn down after them all: the gateways have stopped and written their last lines. Whatever
+    tests are selected, however ordered, the scan covers the logs of the gateways they started."""
+    yield
+    root = tmp_path_factory.getbasetemp()
+    report = log_secrets.scan(log_secrets.log_files(root), log_secrets.known_secrets(), log_secrets.load_schema())
+    print(f"\nlog secret scan of {root}: {report.summary()}")
+    assert not report.findings, "secrets or off-schema lines in the e2e logs:\n" + "\n".join(
+        str(finding) for finding in report.findings[:50]
+    )
 
 
 @pytest.fixture(scope="session")

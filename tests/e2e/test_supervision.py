@@ -35,7 +35,9 @@ def test_sigterm_during_startup_stops_everything_started_so_far(tmp_path: Path, 
     started = time.monotonic()
     code = up.stop(signal.SIGTERM)
     assert time.monotonic() - started < 15, up.log()
-    assert code in (0, 1), up.log()  # 1 only when a child it had started failed first
+    # 1 only when a child it had started failed first; killed by the signal itself only when it
+    # came before `up` installed its handlers (still importing, on a busy machine): nothing started.
+    assert code in (0, 1) or (code == -signal.SIGTERM and not up.seen_children), up.log()
     assert "Traceback" not in up.log()
     up.assert_nothing_left()
     assert not list((tmp_path / "state").glob("*.json")), "the state file outlived `up`"
