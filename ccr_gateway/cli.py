@@ -22,6 +22,7 @@ EPILOG = """examples:
   ccr-gateway route --explain request.json -c examples/gateway.yaml
   ccr-gateway import-ccr ~/.claude-code-router/config.json -o policy.yaml
   ccr-gateway bench --write-docs docs/performance.md
+  ccr-gateway slo report --prometheus http://127.0.0.1:9090 --since 30d
   ccr-gateway fake-provider --port 9100
 """
 
@@ -262,6 +263,16 @@ PLUGIN_COMMANDS: dict[str, tuple[str, str, str]] = {
         "virtual keys: create | list | show | update | revoke | rotate (a key is printed once)",
         "extproc.auth.keys_cli",
         "",
+    ),
+    "slo": (
+        "service levels from Prometheus: report (availability, error budget, latency vs targets)",
+        "ccr_gateway.slo_report",
+        "",
+    ),
+    "influx-export": (
+        "send the gateway's metrics to InfluxDB v2 every second (line protocol; token from $INFLUX_TOKEN)",
+        "ccr_gateway.influx_export",
+        "run",
     ),
     "envoy-bootstrap": (
         "print the Envoy bootstrap for running the pieces by hand",
