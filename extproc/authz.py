@@ -38,6 +38,7 @@ from envoy.type.v3.http_status_pb2 import HttpStatus
 from google.protobuf.struct_pb2 import Struct
 from google.rpc import code_pb2, status_pb2
 
+from ccr.v1 import tracing
 from ccr.v1.contract import INTERNAL_HEADER_PREFIX, KEY_ID_LABEL, REQUEST_ID_HEADER, REQUEST_ID_HEADERS, TENANT_LABEL
 from extproc import models
 from extproc.auth.keys import VirtualKey
@@ -72,7 +73,16 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         self.state = state
 
     async def Check(self, request: CheckRequest, context: grpc.aio.ServicerContext) -> CheckResponse:
-        return check(self.state, request)
+        metadata = context.invocation_metadata() or ()
+        traceparent = next((item[1] for item in metadata if item[0] == "traceparent"), None)
+        opened = tracing.begin("ccr.authz", traceparent)
+        try:
+            response = check(self.state, request)
+            if opened is not None:
+                opened[0].set("ccr.authz.allowed", response.status.code == code_pb2.OK)
+            return response
+        finally:
+            tracing.end(opened)
 
 
 def check(state: GatewayState, request: CheckRequest) -> CheckResponse:

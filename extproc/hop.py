@@ -36,6 +36,7 @@ from typing import Any
 
 import orjson
 
+from ccr.v1 import tracing
 from ccr.v1.contract import (
     CACHE_STORE_KEY,
     HOP_CONTEXT_KEY,
@@ -43,6 +44,7 @@ from ccr.v1.contract import (
     HOP_STREAM_KEY,
     REWRITE_HEADER,
     REWRITE_RESPONSE,
+    TRACEPARENT_LABEL,
 )
 from extproc.auth.admission import Charge
 from extproc.auth.keys import VirtualKey
@@ -313,6 +315,9 @@ def _routed(
         labels.update(extra_labels)
     route = outcome.route
     labels[HOP_ROUTE_KEY] = f"scenario={decision.scenario}; provider={route.provider.name}; model={route.model}"
+    if (root := tracing.current()) is not None:
+        _describe(root, api, decision.scenario, route.provider.name, route.target.model)
+        labels[TRACEPARENT_LABEL] = root.traceparent()
     set_headers = rewrite.set_headers
     if outcome.translator.rewrites_response:
         context = HopContext(
@@ -349,6 +354,9 @@ def _chain(
     decision = outcome.decision
     route = decision.route
     labelled(ROUTED, api.value, decision.scenario, route.provider.name, route.model).inc()
+    if (root := tracing.current()) is not None:
+        _describe(root, api, decision.scenario, route.provider.name, route.target.model)
+        root.set("ccr.fallback_chain", ",".join(r.provider.name for r in decision.chain))
     rewrite = chain_rewrite(api, endpoint, outcome, headers, key)
     members = tuple((r.provider.name, r.provider.api.value, r.target.model, r.model) for r in decision.chain)
     context = HopContext(
@@ -359,6 +367,15 @@ def _chain(
     return _forward(set_headers, rewrite.remove_headers, labels, rewrite.body or b"", answer_headers)
 
 
+def _describe(span: tracing.Span, api: Api, scenario: str, provider: str, model: str) -> None:
+    """A routed request's span, by the GenAI conventions (and the gateway's own: its scenario)."""
+    span.set("gen_ai.operation.name", "chat")
+    span.set("gen_ai.provider.name", provider)
+    span.set("gen_ai.request.model", model)
+    span.set("ccr.client_api", api.value)
+    span.set("ccr.scenario", scenario)
+
+
 def respond(state: GatewayState, token: str, status: int, content_type: str, raw: bytes, request_id: str = "") -> bytes:
     """``POST /respond``: a provider's non-streaming answer in the client's format."""
     hop = HopContext.decode(token)
@@ -366,6 +383,8 @@ def respond(state: GatewayState, token: str, status: int, content_type: str, raw
     if translator is None:  # the policy changed under the request: nothing can read this answer
         return _response(502, error_reply(hop.client, 502, "the gateway cannot read this provider's answer", ""))
     labelled(RESPONSES, hop.provider_name, f"{status // 100}xx", "1").inc()
+    if status >= 500 and (root := tracing.current()) is not None:
+        root.fail(f"provider {hop.provider_name} answered {status}")
     if not 200 <= status < 300:
         error = translator.response_error(status, raw)
         return _encode("response", [("status", str(error.status), ""), *_headers(error.headers)], error.body)
@@ -395,6 +414,11 @@ async def store(state: GatewayState, token: str, status: int, content_type: str,
 def _reply(reply: Reply) -> bytes:
     ops = [("status", str(reply.status), ""), ("header", "content-type", reply.content_type)]
     ops += _headers(reply.headers)
+    if (root := tracing.current()) is not None:  # the request is traced: say so on its answer
+        root.set("http.response.status_code", reply.status)
+        if reply.status >= 500:
+            root.fail(reply.details or f"status {reply.status}")
+        ops.append(("header", tracing.TRACE_ID_HEADER, root.trace_id.hex()))
     ops += [("label", key, value) for key, value in reply.labels.items()]  # the reason (details) among them
     return _encode("reply", ops, reply.body)
 
@@ -408,6 +432,8 @@ def _forward(
 ) -> bytes:
     ops = [("set", name, value) for name, value in set_headers]
     ops += [("answer", name, value) for name, value in answer_headers]
+    if (root := tracing.current()) is not None:
+        ops.append(("answer", tracing.TRACE_ID_HEADER, root.trace_id.hex()))
     ops += [("remove", name, "") for name in remove]
     ops += [("label", key, value) for key, value in labels.items()]
     return _encode("forward", ops, body)

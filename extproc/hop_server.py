@@ -32,6 +32,7 @@ from collections.abc import Callable
 
 import httptools
 
+from ccr.v1 import log_context, tracing
 from ccr.v1.contract import REQUEST_ID_HEADER
 from extproc import hop
 from extproc.state import GatewayState
@@ -44,6 +45,7 @@ CONTEXT_HEADER = "x-ccr-context"
 CACHE_TOKEN_HEADER = "x-ccr-cache-token"
 STATUS_HEADER = "x-ccr-status"
 
+_SPAN_NAMES = {b"/decide": "ccr.decide", b"/respond": "ccr.respond", b"/store": "ccr.cache.store"}
 _REASONS = {200: b"OK", 404: b"Not Found", 500: b"Internal Server Error", 503: b"Service Unavailable"}
 
 
@@ -123,22 +125,34 @@ class _HopProtocol(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        # The request's span in this process, the child of the Lua filter's call (a no-op when the
+        # policy traces nothing); current while the answer is made, tasks started meanwhile too.
+        name = _SPAN_NAMES.get(self._url.split(b"?", 1)[0])
+        # Every log line about this request names it (one connection carries request after request:
+        # unbound again below, whichever way the answer goes).
+        logged = log_context.bind(request_id=self._headers.get(REQUEST_ID_HEADER))
+        opened = tracing.begin(name, self._headers.get("traceparent")) if name is not None else None
         status, answer = self._answer()
         if isinstance(answer, hop.Pending):  # the limits are in Redis: answer when it has
-            task = asyncio.get_running_loop().create_task(self._answer_later(answer))
+            task = asyncio.get_running_loop().create_task(self._answer_later(answer, opened))
             self._owner.pending.add(task)
             task.add_done_callback(self._owner.pending.discard)
-            return
-        self._send(status, answer)
+            tracing.detach(opened)
+        else:
+            self._send(status, answer)
+            tracing.end(opened, "the decision hop failed" if status == 500 else None)
+        log_context.reset(logged)
 
-    async def _answer_later(self, pending: hop.Pending) -> None:
+    async def _answer_later(self, pending: hop.Pending, opened: tracing.Opened | None) -> None:
         try:
             answer = await pending.answer
         except Exception:  # a bug: fail closed, as for a synchronous answer
             log.exception("request %s: decision hop failed on /decide", self._headers.get(REQUEST_ID_HEADER, "-"))
             self._send(500, b"internal error")
+            tracing.end(opened, "the decision hop failed")
         else:
             self._send(200, answer)
+            tracing.end(opened)
 
     def _send(self, status: int, answer: bytes) -> None:
         self._busy = False

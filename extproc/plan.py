@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from ccr.v1 import tracing
 from ccr.v1.contract import ENCODING_HEADER
 from extproc.router import Decision, RoutingError, decide
 from extproc.routing_table import ModelRoute, RoutingTable
@@ -111,7 +112,9 @@ def plan(
         asked_stream = body.get("stream") is True
         return Answer(exc.status, exc.message, "ccr_bad_request", requested_model=model, stream=asked_stream)
     try:
-        decision = decide(table, body, headers, len(raw), sessions, tenant)
+        with tracing.span("ccr.route", attributes={"gen_ai.request.model": model}) as span:
+            decision = decide(table, body, headers, len(raw), sessions, tenant)
+            span.set("ccr.scenario", decision.scenario)
     except RoutingError as exc:  # count_tokens too: it is refused whatever /v1/messages refuses
         asked_stream = body.get("stream") is True
         return Answer(exc.status, exc.message, "ccr_no_route", requested_model=model, stream=asked_stream)
@@ -132,7 +135,9 @@ def plan(
         changed = decision.body is not body
         context = response_context(request, decision.tokens)
         return Chain(decision, orjson.dumps(decision.body) if changed else None, stream, context)
-    return forward(request, decision, decision.route, translator_for(api, decision.route.provider.api), stream)
+    provider_api = decision.route.provider.api
+    with tracing.span("ccr.translate", attributes={"ccr.from": api.value, "ccr.to": provider_api.value}):
+        return forward(request, decision, decision.route, translator_for(api, provider_api), stream)
 
 
 def forward(

@@ -150,6 +150,15 @@ class FallbackRoute:
 
 
 @dataclass(frozen=True, slots=True)
+class TracingSettings:
+    """Where this process sends its spans (extproc.tracing_export) and the policy's sampling ratio."""
+
+    otlp: str  # http://host:port or https://host:port
+    sample: float
+    service_name: str
+
+
+@dataclass(frozen=True, slots=True)
 class RoutingTable:
     version: str
     models: Mapping[str, ModelRoute]  # policy model name -> route
@@ -168,6 +177,7 @@ class RoutingTable:
     auth_required: bool = False  # every request needs a virtual key (extproc.auth.decision)
     cache: CacheSetting | None = None  # the policy's default `cache:`; None: off where nothing else says
     caches: bool = False  # some level (default, model, tenant) has a `cache:`: else nothing to resolve
+    tracing: TracingSettings | None = None  # the policy's `tracing:`; None: off
 
     def cache_rules(self, tenant: str | None, route: ModelRoute) -> CacheRules | None:
         """The response cache's rules for ``tenant`` (a virtual key's; None: anonymous) on ``route``:
@@ -365,7 +375,14 @@ def compile_policy(policy: policy_pb2.Policy, environ: Mapping[str, str] | None 
         caches=policy.HasField("cache")
         or any(route.cache is not None for route in models.values())
         or any(rule.cache is not None for rule in rules.values()),
+        tracing=_tracing(policy.tracing) if policy.HasField("tracing") else None,
     )
+
+
+def _tracing(message: policy_pb2.Tracing) -> TracingSettings:
+    if not message.otlp.startswith(("http://", "https://")) or not 0 <= message.sample <= 1:
+        raise PolicyCompileError(f"tracing: otlp {message.otlp!r} / sample {message.sample} cannot be followed")
+    return TracingSettings(message.otlp, message.sample, message.service_name or "ccr-gateway")
 
 
 _RATE_FIELDS = (

@@ -12,10 +12,10 @@ import inspect
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import grpc
 from envoy.service.accesslog.v3 import als_pb2_grpc
@@ -25,6 +25,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest, ProcessingResponse
 from prometheus_client import start_http_server
 
+from ccr.v1 import tracing
 from ccr.v1.contract import UPSTREAM_PHASE_METADATA
 from extproc import hop_server
 from extproc.attempt import AttemptProcessor
@@ -37,6 +38,7 @@ from extproc.policy_client import PolicySubscriber
 from extproc.processor import RequestProcessor
 from extproc.routing_table import RoutingTable
 from extproc.state import GatewayState
+from extproc.tracing_export import TracingFollower
 from extproc.usage_log import UsageLogService
 from extproc.usage_sink import NullSink, UsageSink
 
@@ -65,8 +67,11 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer):
         self, request_iterator: AsyncIterator[ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[ProcessingResponse]:
         # The ext_proc in a chain cluster's upstream filters says so in its gRPC metadata.
-        upstream = any(tuple(item) == UPSTREAM_PHASE_METADATA for item in context.invocation_metadata() or ())
+        metadata = context.invocation_metadata() or ()
+        upstream = any(tuple(item) == UPSTREAM_PHASE_METADATA for item in metadata)
         processor = AttemptProcessor(self.state) if upstream else RequestProcessor(self.state)
+        # Envoy's span of this stream (its ext_proc call, or the attempt's) is in the metadata.
+        opened = tracing.begin("ccr.attempt" if upstream else "ccr.ext_proc", traceparent_of(metadata))
         self.in_flight += 1
         try:
             async for request in request_iterator:
@@ -77,6 +82,12 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer):
                 yield response
         finally:
             self.in_flight -= 1
+            tracing.end(opened)
+
+
+def traceparent_of(metadata: Iterable[Any]) -> str | None:
+    """The W3C trace context Envoy sends in a gRPC call's metadata (ext_proc, ext_authz)."""
+    return next((item[1] for item in metadata if item[0] == "traceparent"), None)
 
 
 @dataclass(frozen=True)
@@ -110,8 +121,11 @@ async def serve(
 
     has_policy = asyncio.Event()
 
+    tracing_follower = TracingFollower()
+
     def install(table: RoutingTable) -> None:
         state.table = table
+        tracing_follower.install(table.tracing)
         has_policy.set()
 
     subscriber = PolicySubscriber(config.control_plane, install)
@@ -174,6 +188,7 @@ async def serve(
     subscription.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await subscription
+    tracing_follower.close()  # the last requests' spans, sent within a moment
     log.info("ext_proc stopped")
 
 

@@ -19,6 +19,7 @@ from control_plane.policy.resilience import DEFAULT as DEFAULT_RESILIENCE
 from control_plane.policy.resilience import Resilience
 from control_plane.policy.routes import RoutingSpec
 from control_plane.policy.storage import StorageSpec
+from control_plane.policy.tracing import TracingSpec
 from control_plane.policy.yaml_check import Problem
 
 API_NAMES = ("anthropic", "openai", "gemini")
@@ -108,6 +109,8 @@ class GatewayPolicy:
     # The response cache's default (control_plane.policy.cache); None: off unless a model or a
     # tenant turns it on.
     cache: CacheSpec | None = None
+    # Distributed tracing (control_plane.policy.tracing); None: off.
+    tracing: TracingSpec | None = None
     # What parsing found suspicious but not wrong (an OpenAI base_url without a version): shown by
     # `validate` and logged, never a reason to reject. Not part of what the policy means.
     warnings: tuple[Problem, ...] = field(default=(), compare=False)
@@ -155,6 +158,7 @@ class GatewayPolicy:
                 for p in self.providers
             ],
             cache=cache_proto(self.cache),
+            tracing=self.tracing.to_proto() if self.tracing is not None else None,
             **self.routing.to_proto_fields(),
         )
 

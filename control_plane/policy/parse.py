@@ -34,6 +34,7 @@ from control_plane.policy.resilience import DEFAULT as DEFAULT_RESILIENCE
 from control_plane.policy.resilience import HealthCheck, Http2, OutlierDetection, Resilience, RetryBudget, TlsSettings
 from control_plane.policy.routes import parse_routing
 from control_plane.policy.storage import StorageSpec, parse_storage
+from control_plane.policy.tracing import parse_tracing
 from control_plane.policy.yaml_check import Checker, Located, PolicyError, Problem, compose, join, kind_of
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -65,6 +66,7 @@ _TOP_FIELDS = (
     "storage",
     "auth",
     "cache",
+    "tracing",
 )
 
 
@@ -130,6 +132,7 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
     storage: StorageSpec | None = parse_storage(check, top["storage"]) if "storage" in top else None
     auth = parse_auth(check, top["auth"]) if "auth" in top else AuthSpec()
     cache: CacheSpec | None = parse_cache(check, top["cache"], "cache", top_level=True) if "cache" in top else None
+    tracing = parse_tracing(check, top["tracing"]) if "tracing" in top else None
     if check.problems:
         raise PolicyError(check.problems, check.warnings)
     return GatewayPolicy(
@@ -147,6 +150,7 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
         storage=storage,
         auth=auth or AuthSpec(),
         cache=cache,
+        tracing=tracing,
     )
 
 

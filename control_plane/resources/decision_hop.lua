@@ -18,6 +18,7 @@ local CONTEXT_LABEL = "@CONTEXT_LABEL@"
 local CLUSTER_HEADER = "@CLUSTER_HEADER@"
 local ROUTE_HEADER = "@ROUTE_HEADER@"
 local ROUTE_LABEL = "@ROUTE_LABEL@"
+local TRACEPARENT_LABEL = "@TRACEPARENT_LABEL@"
 local ANSWER_HEADERS_LABEL = "answer_headers"
 local CACHE_STORE_LABEL = "@CACHE_STORE_LABEL@"
 local CACHE_CAP_LABEL = "@CACHE_CAP_LABEL@"
@@ -218,18 +219,21 @@ end
 
 local function on_response(handle)
   local labels = handle:streamInfo():dynamicMetadata():get(NAMESPACE)
-  local route = labels and labels[ROUTE_LABEL]
-  if route == nil then
-    return -- not decided by the hop (answered by it, or by ext_proc)
+  if labels == nil then
+    return -- not decided by the hop (answered by ext_proc, or by Envoy itself)
   end
   local headers = handle:headers()
-  headers:replace(ROUTE_HEADER, route .. "; attempts=" .. (headers:get("x-envoy-attempt-count") or "1"))
-  local answer_headers = labels[ANSWER_HEADERS_LABEL] -- the key's rate-limit headers
+  local answer_headers = labels[ANSWER_HEADERS_LABEL] -- the key's rate-limit headers, the trace id
   if answer_headers ~= nil then
     for name, value in pairs(answer_headers) do
       headers:replace(name, value)
     end
   end
+  local route = labels[ROUTE_LABEL]
+  if route == nil then
+    return -- a fallback chain's: ext_proc names the route of the attempt that answered
+  end
+  headers:replace(ROUTE_HEADER, route .. "; attempts=" .. (headers:get("x-envoy-attempt-count") or "1"))
   local cache_cluster = labels[CACHE_CLUSTER_LABEL] or HOP_CLUSTER -- the deciding worker's hop
   local store = labels[CACHE_STORE_LABEL] -- the response cache's token: a 200 answer goes to /store
   if store ~= nil and headers:get(":status") ~= "200" then
@@ -249,6 +253,8 @@ local function on_response(handle)
     ["x-ccr-context"] = context,
     ["x-ccr-status"] = headers:get(":status") or "0",
     ["content-type"] = headers:get("content-type") or "",
+    -- The decision's span (Envoy replaces it with its own call's when it sampled the request).
+    ["traceparent"] = labels[TRACEPARENT_LABEL],
   }
   local body = handle:body(true) -- waits for the whole answer: handles taken before are dead after
   local raw = ""

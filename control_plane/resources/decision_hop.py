@@ -30,6 +30,7 @@ from ccr.v1.contract import (
     REWRITE_HEADER,
     REWRITE_RESPONSE,
     ROUTE_HEADER,
+    TRACEPARENT_LABEL,
 )
 from control_plane.resources.resilience import TYPE_PREFIX
 
@@ -51,6 +52,7 @@ def lua_source(timeout_ms: int = HOP_TIMEOUT_MS, decide_timeout_ms: int | None =
         "@CLUSTER_HEADER@": CLUSTER_HEADER,
         "@ROUTE_HEADER@": ROUTE_HEADER,
         "@ROUTE_LABEL@": HOP_ROUTE_KEY,
+        "@TRACEPARENT_LABEL@": TRACEPARENT_LABEL,
         "@ENCODING_HEADER@": ENCODING_HEADER,
         "@REQUEST_ID_HEADER@": REQUEST_ID_HEADER,
         "@TIMEOUT_MS@": str(timeout_ms),

@@ -30,7 +30,7 @@ from ccr.v1.contract import CLUSTER_HEADER, EXTPROC_CLUSTER, HOP_DETAILS_KEY, ME
 from control_plane.policy import GatewayPolicy, ProviderSpec
 from control_plane.policy.cors import CorsSpec
 from control_plane.resources import decision_hop as decision_hop_resources
-from control_plane.resources import edge, edge_limits, resilience, usage_capture
+from control_plane.resources import edge, edge_limits, resilience, tracing, usage_capture
 from control_plane.resources import jwt as jwt_resources
 
 LISTENER_NAME = "ccr_listener"
@@ -425,6 +425,8 @@ def listener(policy: GatewayPolicy, usage_log_clusters: Sequence[str] = (EXTPROC
         ],
         "local_reply_config": {"mappers": _error_mappers(policy.max_request_bytes)},
     }
+    if policy.tracing is not None:
+        hcm["tracing"] = tracing.connection_manager_tracing(policy.tracing)
     return parse_resource(
         Listener(),
         {

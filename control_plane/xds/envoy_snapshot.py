@@ -18,6 +18,7 @@ from control_plane.resources import gateway as resources
 from control_plane.resources.chains import chain_cluster, chain_route
 from control_plane.resources.decision_hop import response_only_variant
 from control_plane.resources.jwt import jwks_clusters
+from control_plane.resources.tracing import OTLP_CLUSTER, otlp_cluster
 from control_plane.xds.snapshot import Snapshot
 
 
@@ -38,6 +39,8 @@ def envoy_snapshot(
     ]
     # The listener's jwt_authn fetches remote JWKS through these (CDS goes before LDS: they exist first).
     clusters += [(cluster.name, cluster) for cluster in jwks_clusters(policy.auth.jwt)]
+    if policy.tracing is not None:  # the listener's tracer exports through it
+        clusters.append((OTLP_CLUSTER, otlp_cluster(policy.tracing)))
     longest = max((len(chain.providers) for chain, _ in chains.values()), default=0)
     hop = policy.decision_path == "hop"
     chain_routes = None

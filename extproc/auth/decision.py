@@ -37,6 +37,7 @@ from typing import Protocol
 
 import orjson
 
+from ccr.v1 import tracing
 from ccr.v1.contract import ERROR_TYPE_LABEL, REQUEST_ID_HEADER
 from extproc.auth import jwt_identity
 from extproc.auth.admission import (
@@ -236,7 +237,10 @@ class Authenticator:
 
     async def admit_shared(self, charge: Charge) -> Admission:
         assert self.shared_limiter is not None
-        return await admit_shared(self.shared_limiter, charge)
+        with tracing.span("ccr.auth.limits", tracing.CLIENT, {"db.system": "redis"}) as span:
+            admission = await admit_shared(self.shared_limiter, charge)
+            span.set("ccr.auth.admitted", admission.allowed)
+        return admission
 
     def verdict(
         self, api: Api, endpoint: Endpoint, outcome: Forward | Chain, charge: Charge, admission: Admission

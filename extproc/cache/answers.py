@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from ccr.v1 import tracing
 from ccr.v1.contract import (
     CACHE_CAP_KEY,
     CACHE_CLUSTER_KEY,
@@ -37,7 +38,7 @@ from extproc.cache.key import cache_key
 from extproc.cache.metrics import REQUESTS
 from extproc.cache.replay import answer_from_sse, sse_from_answer
 from extproc.cache.rules import CacheDirective, directive
-from extproc.cache.store import CacheStore
+from extproc.cache.store import CacheStore, LocalLruStore
 from extproc.metrics import labelled
 from extproc.plan import Forward
 from extproc.request_steps import Reply
@@ -140,8 +141,15 @@ def hit_reply(step: CacheStep, api: Api, entry: CachedAnswer, labels: Mapping[st
 
 
 async def lookup(store: CacheStore, step: CacheStep) -> CachedAnswer | None:
-    raw = await store.get(step.key)
+    with tracing.span("ccr.cache.lookup", tracing.CLIENT, {"db.system": store_system(store)}) as span:
+        raw = await store.get(step.key)
+        span.set("ccr.cache.hit", raw is not None)
     return decode(raw) if raw is not None else None
+
+
+def store_system(store: CacheStore) -> str:
+    """What a span says the store is (OTel's ``db.system``)."""
+    return "memory" if isinstance(store, LocalLruStore) else "redis"
 
 
 async def store_answer(

@@ -222,7 +222,8 @@ def test_an_openai_style_route_the_gateway_does_not_serve_gets_openai_refusals()
 async def test_the_servicer_answers_check_with_the_same_answer() -> None:
     state = state_with(True)
     request = check_request(MESSAGES, **{"x-api-key": presented("validkey")})
-    assert await AuthorizationService(state).Check(request, None) == check(state, request)  # type: ignore[arg-type]
+    context = type("Context", (), {"invocation_metadata": lambda self: ()})()
+    assert await AuthorizationService(state).Check(request, context) == check(state, request)  # type: ignore[arg-type]
 
 
 def test_every_answer_is_counted_by_outcome_and_reason() -> None:

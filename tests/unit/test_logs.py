@@ -10,7 +10,7 @@ import sys
 import uuid
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from ccr_gateway.logs import MASK, REDACTION_RULES, JsonFormatter, redact, secret_values
@@ -115,6 +115,7 @@ _PASSWORD = _chars(_ALNUM + "!$%*+.~-", 8, 40)
 def test_a_password_in_a_url_is_masked_and_the_rest_of_the_url_kept(
     scheme: str, user: str, password: str, rest: str, context: str
 ) -> None:
+    assume(password not in rest and password not in context)  # else it is in the line by another right
     url = f"{scheme}://{user}:{password}{rest}"
     redacted = redact(context.format(url))
     assert password not in redacted

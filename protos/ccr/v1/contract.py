@@ -40,6 +40,9 @@ USAGE_NAMESPACE = "ccr.usage"  # the provider's usage fields, copied by Envoy fr
 HOP_CONTEXT_KEY = "response_context"
 HOP_STREAM_KEY = "stream_context"  # the same for a translated stream, read by ext_proc instead
 HOP_DETAILS_KEY = "details"
+# The decision's span as a traceparent, for the Lua filter's /respond call: Envoy injects its own
+# when it sampled the request, this one keeps an unsampled request's failure in one trace.
+TRACEPARENT_LABEL = "traceparent"
 HOP_ROUTE_KEY = "route"  # the x-ccr-route header's value but the attempts, which Envoy knows
 # The labels a request's usage record is made from (extproc.usage_log), besides client_api,
 # scenario, provider, model and session. Every request to one of the gateway's endpoints carries
