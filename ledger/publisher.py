@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 import aio_pika
 from aio_pika.abc import AbstractConnection, AbstractExchange
 
+from ccr.v1 import tracing
 from ccr.v1.usage_record import UsageRecord, encode_batch
 from ledger import metrics
 from ledger.env import expand_env, redact_url
@@ -266,8 +267,13 @@ class RabbitPublisher:
             )
             await exchange.publish(message, routing_key, mandatory=True, timeout=timeout)
 
-        results = await asyncio.gather(*(one(body) for body in bodies), return_exceptions=True)
-        errors = [result for result in results if isinstance(result, BaseException)]
+        attributes = {"messaging.system": "rabbitmq", "messaging.destination.name": routing_key}
+        with tracing.background("ccr.ledger.publish", tracing.PRODUCER, attributes) as span:
+            results = await asyncio.gather(*(one(body) for body in bodies), return_exceptions=True)
+            errors = [result for result in results if isinstance(result, BaseException)]
+            span.set("messaging.batch.message_count", len(bodies))
+            if errors:
+                span.fail(f"{len(errors)} of {len(bodies)} batches not confirmed: {errors[0]!r}")
         if errors:
             log.warning("ledger: %d of %d batches not confirmed by RabbitMQ: %r", len(errors), len(bodies), errors[0])
         else:

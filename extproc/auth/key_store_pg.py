@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from ccr.v1 import tracing
 from extproc.auth.key_store import (
     _DAILY_LIMITS,
     COLUMNS,
@@ -108,8 +109,10 @@ class PostgresKeyStore(_Modifications):
 
         try:
             pool = await self._acquire_pool()
-            async with pool.acquire(timeout=CONNECT_TIMEOUT) as connection:
-                return await work(connection)
+            # A request's span when one waits on it, else a trace of its own (a key cache refresh).
+            with _span(_operation(work)):
+                async with pool.acquire(timeout=CONNECT_TIMEOUT) as connection:
+                    return await work(connection)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise KeyStoreUnavailable(f"key store {self.description}: {type(exc).__name__}: {exc}") from None
         except KeyFormatError:
@@ -240,3 +243,16 @@ async def _migrate_postgres(connection: Any) -> list[str]:
                 )
                 applied.append(name)
         return applied
+
+
+def _operation(work: Callable[..., Any]) -> str:
+    """The store method a ``work`` closure belongs to ("PostgresKeyStore.get.<locals>.work" -> "get")."""
+    parts = work.__qualname__.split(".")
+    return parts[-3] if len(parts) >= 3 and parts[-2] == "<locals>" else parts[-1]
+
+
+def _span(operation: str) -> Any:
+    attributes = {"db.system": "postgresql", "db.operation.name": operation}
+    if tracing.current() is not None:
+        return tracing.span("ccr.key_store", tracing.CLIENT, attributes)
+    return tracing.background("ccr.key_store", tracing.CLIENT, attributes)

@@ -164,3 +164,22 @@ async def test_the_cache_keeps_its_keys_while_postgres_is_unreachable_and_catche
         finally:
             await cache.close()
             await cache_store.close()
+
+
+async def test_a_key_store_call_is_a_postgresql_span_of_the_request_or_of_its_own(store: PostgresKeyStore) -> None:
+    from ccr.v1 import tracing
+
+    exported: list[list[tracing.Span]] = []
+    tracing.configure(exported.append, "test", sample=1.0)
+    try:
+        _, record = await add(store, "pg-traced")
+        opened = tracing.begin("ccr.decide", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        await store.get(record.key_id)
+        tracing.end(opened)
+    finally:
+        tracing.configure(None)
+    alone, request = exported  # create(): a trace of its own; get(): inside the request's
+    assert [(s.name, s.attributes["db.operation.name"]) for s in alone] == [("ccr.key_store", "create")]
+    spans = {span.name: span for span in request}
+    assert spans["ccr.key_store"].parent_id == spans["ccr.decide"].span_id
+    assert spans["ccr.key_store"].attributes == {"db.system": "postgresql", "db.operation.name": "get"}

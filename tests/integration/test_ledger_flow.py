@@ -73,6 +73,25 @@ async def test_published_batches_are_confirmed_and_queued_in_order(amqp_url, que
     assert received == records
 
 
+async def test_a_published_batch_is_a_rabbitmq_producer_span(amqp_url, queue_names, tmp_path):
+    from ccr.v1 import tracing
+
+    exported: list[list[tracing.Span]] = []
+    tracing.configure(exported.append, "test", sample=1.0)
+    try:
+        publisher = RabbitPublisher(publisher_config(amqp_url, queue_names, tmp_path / "spool"))
+        publisher.start()
+        publisher.put(make_records(3, "traced"))
+        assert await publisher.wait_drained(10)
+        await publisher.close()
+    finally:
+        tracing.configure(None)
+    spans = [span for batch in exported for span in batch if span.name == "ccr.ledger.publish"]
+    assert spans and spans[0].kind == tracing.PRODUCER and spans[0].error is None
+    assert spans[0].attributes["messaging.system"] == "rabbitmq"
+    assert spans[0].attributes["messaging.destination.name"] == queue_names.queue
+
+
 async def test_every_record_is_stored_once_with_its_rollup(amqp_url, postgres_dsn, queue_names, database, tmp_path):
     publisher = RabbitPublisher(publisher_config(amqp_url, queue_names, tmp_path / "spool"))
     publisher.start()
