@@ -56,6 +56,12 @@ AUTHZ_DECISIONS = Counter(
     "denied, with the reason (the reply's details: ccr_*)",
     ["outcome", "reason"],
 )
+BUILD = Gauge(
+    "ccr_build_info",
+    "1, labelled with the running ext_proc's version (deploys show as a change of version)",
+    ["version"],
+    multiprocess_mode="livemax",
+)
 SESSIONS = Gauge(
     "ccr_sessions_remembered",
     "Sessions whose last prompt size a worker knows (CCR's long-context rule reads it; every worker "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import inspect
 import logging
 import os
@@ -33,7 +34,7 @@ from extproc.auth.decision import Authenticator
 from extproc.authz import AuthorizationService
 from extproc.cache.inflight import Flights
 from extproc.cache.store import CacheStore
-from extproc.metrics import SESSIONS
+from extproc.metrics import BUILD, SESSIONS
 from extproc.policy_client import PolicySubscriber
 from extproc.processor import RequestProcessor
 from extproc.routing_table import RoutingTable
@@ -117,6 +118,7 @@ async def serve(
     ``flights``: its in-flight deduplication (default: this worker's alone)."""
     sink = sink if sink is not None else NullSink()
     state = GatewayState(auth, cache, flights)
+    BUILD.labels(_version()).set(1)
     state.hop_cluster = config.hop_cluster
 
     has_policy = asyncio.Event()
@@ -190,6 +192,13 @@ async def serve(
         await subscription
     tracing_follower.close()  # the last requests' spans, sent within a moment
     log.info("ext_proc stopped")
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("ccr-gateway")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
 
 
 GAUGE_SAMPLE_S = 5.0
