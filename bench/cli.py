@@ -1,8 +1,9 @@
 """`ccr-gateway bench`: run the benchmark, print the table, write JSON and docs/performance.md.
 
 Three targets per case: plain Envoy, the gateway on its default decision path (hop) and the gateway
-on the ext_proc path (``--paths hop`` leaves that one out); non-streaming cases are answered by an
-upstream Envoy with canned answers, streams by the fake provider.
+on the ext_proc path (``--paths hop`` leaves that one out; the cached cases never run it: the
+response cache rides the hop); non-streaming cases are answered by an upstream Envoy with canned
+answers, streams by the fake provider.
 
 Progress goes to stderr, the table to stdout. Exit code 0 when the run completed (budget lines
 that are not met do not fail it: numbers are for people; CI only checks that the harness runs).
@@ -35,7 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the gateway on the hop decision path, the gateway on the ext_proc path), the same upstream for "
         "all (an upstream Envoy with canned answers for non-streaming cases, the fake provider for "
         "streams): req/s, latency, CPU per request per component, RSS (also at rest), hop calls and "
-        "ext_proc messages, and the budget verdicts (for the hop gateway)."
+        "ext_proc messages, and the budget verdicts (for the hop gateway). The cached-* cases send a pool of "
+        "16 deterministic requests in turn to a model the gateway caches, count the answers' x-ccr-cache "
+        "(hit rate) and compare the cached answers' req/s with plain Envoy relaying the same requests."
     )
     names = ", ".join(case.name for case in CASES)
     parser.add_argument("--duration", type=float, default=15.0, help="seconds measured per case and target (15)")

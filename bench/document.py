@@ -7,22 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.auth_report import AUTH_PYTHON_CPU_MS_MAX, AUTH_RPS_LOSS_MAX, auth_cost_lines
+from bench.cache_report import CACHE_GOALS_TEXT, CACHE_HEADER_ROW, cache_goal_lines, cache_rows
 from bench.report import (
     AT_REST_HEADER,
-    AUTH_PYTHON_CPU_MS_MAX,
-    AUTH_RPS_LOSS_MAX,
-    GATEWAY,
-    GATEWAY_AUTH,
-    GATEWAY_AUTH_REDIS,
-    GATEWAY_EXTPROC,
-    GATEWAY_NO_LEDGER,
     MAIN_HEADER,
-    NOT_MET,
-    PLAIN,
     RATIO_HEADER,
     VARIANT_HEADER,
     at_rest_rows,
-    auth_cost_lines,
     budget_lines,
     main_rows,
     markdown_table,
@@ -31,6 +23,15 @@ from bench.report import (
     soak_trend,
     targets_in,
     variant_rows,
+)
+from bench.targets import (
+    GATEWAY,
+    GATEWAY_AUTH,
+    GATEWAY_AUTH_REDIS,
+    GATEWAY_EXTPROC,
+    GATEWAY_NO_LEDGER,
+    NOT_MET,
+    PLAIN,
 )
 
 DECISION_PATHS_TEXT = f"""\
@@ -203,6 +204,7 @@ def markdown(summary: dict[str, Any], command: str) -> str:
             "",
         ]
     lines += auth_cost_text(summary)
+    lines += cache_text(summary)
     if rest := at_rest_rows(summary):
         lines += [
             "RSS (MB) at rest, right after startup and before any load:",
@@ -264,6 +266,41 @@ def auth_cost_text(summary: dict[str, Any]) -> list[str]:
         verdict,
         "",
         *lines,
+        "",
+    ]
+
+
+CACHE_METHOD_TEXT = """\
+A cached case sends a pool of distinct deterministic requests (Claude Code-shaped, temperature 0,
+one seed each) in turn, to a model whose policy says `cache: {when: deterministic}`: the first time
+a worker sees a request it goes to the provider and its answer is stored (asynchronously, in that
+worker's memory), and from then on the decision hop answers it from the cache. The load generator
+(wrk's Lua `response` hook, or `bench/loadgen.py`) counts the answers' `x-ccr-cache` values: *hit
+rate* is for the measured window, *since empty* adds the check and the warm-up, where the cold
+misses are. Plain Envoy is sent the very same requests (the same bytes, in the same order, with
+the same counting) and relays each to the same upstream as the gateway's misses, the upstream
+Envoy's canned answer (the one the gateway stored and replays) or, for the stream, the fake
+provider's 60 chunks (the gateway replays the stored answer as one complete stream): the client gets
+the same answer either way, once through Envoy's router and an upstream round trip, once from the
+gateway's decision hop (one Lua `httpCall` to a Python worker, no provider). The ext_proc path is
+not run on these cases: the cache rides the hop.
+"""
+
+
+def cache_text(summary: dict[str, Any]) -> list[str]:
+    """The docs' response cache section; nothing when no cached case ran."""
+    rows = cache_rows(summary, summary["derived"])
+    if not rows:
+        return []
+    return [
+        "### Response cache",
+        "",
+        CACHE_METHOD_TEXT,
+        markdown_table(CACHE_HEADER_ROW, rows),
+        "",
+        f"Against issue 16's {CACHE_GOALS_TEXT}:",
+        "",
+        *cache_goal_lines(summary, markdown=True),
         "",
     ]
 

@@ -45,8 +45,11 @@ import yaml
 
 from bench import procfs
 from bench.baseline import baseline_config, upstream_config, write_config
-from bench.report import GATEWAY_COMPONENTS, PLAIN, TARGET_BY_DECISION_PATH
+from bench.report import GATEWAY_COMPONENTS
+from bench.targets import PLAIN, TARGET_BY_DECISION_PATH
 from bench.workloads import (
+    ANTHROPIC_CACHED_MODEL,
+    ANTHROPIC_DIRECT_CACHED_MODEL,
     ANTHROPIC_DIRECT_MODEL,
     ANTHROPIC_MODEL,
     MAX_OUTPUT_TOKENS,
@@ -133,14 +136,23 @@ def free_port() -> int:
 
 def http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 30):
     """(status, body) without raising on HTTP errors; status 0 when nothing answered."""
+    status, _, answer = http_exchange(method, url, body, headers, timeout)
+    return status, answer
+
+
+def http_exchange(
+    method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 30
+) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers with lowercase names, body), without raising on HTTP errors; status 0 when
+    nothing answered."""
     request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
+            return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
     except (OSError, http_client.HTTPException):  # nothing, or something that is not HTTP/1, answered
-        return 0, b""
+        return 0, {}, b""
 
 
 # --- processes ---------------------------------------------------------------------------------
@@ -279,28 +291,41 @@ def gateway_policy(
     listen_port: int, fake_port: int, upstream_port: int, decision: str, auth: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Two providers on the fake provider (streams) and two on the upstream Envoy (the rest); the
-    case's model name picks one (``bench.workloads.Case.model``). ``auth``: the policy's auth
-    section (``auth_section``), none by default."""
+    case's model name picks one (``bench.workloads.Case.model``), and each anthropic-format provider
+    has a second model that the response cache keeps (the cached cases'). ``auth``: the policy's
+    auth section (``auth_section``), none by default."""
     model = {"max_output_tokens": MAX_OUTPUT_TOKENS, "capabilities": ["tools"]}
+    # The cached cases' models: what the response cache keeps by default (deterministic answers),
+    # for longer than any run. Only these models: the other cases never compute a cache key.
+    cached = {**model, "cache": {"when": "deterministic", "ttl": "1h"}}
 
-    def provider(name: str, api: str, port: int, model_name: str, key_env: str) -> dict[str, Any]:
+    def provider(
+        name: str, api: str, port: int, model_name: str, key_env: str, cached_name: str = ""
+    ) -> dict[str, Any]:
         base = f"http://127.0.0.1:{port}" + ("/v1" if api == "openai" else "")
-        return {
-            "name": name,
-            "api": api,
-            "base_url": base,
-            "api_key_env": key_env,
-            "models": [{"name": model_name, **model}],
-        }
+        models = [{"name": model_name, **model}] + ([{"name": cached_name, **cached}] if cached_name else [])
+        return {"name": name, "api": api, "base_url": base, "api_key_env": key_env, "models": models}
 
     policy: dict[str, Any] = {
         "listener": {"address": "127.0.0.1", "port": listen_port, "decision": decision},
         "limits": {"max_request_bytes": MAX_REQUEST_BYTES},
         "providers": [
-            provider("bench-anthropic", "anthropic", fake_port, ANTHROPIC_MODEL, "CCR_BENCH_ANTHROPIC_KEY"),
+            provider(
+                "bench-anthropic",
+                "anthropic",
+                fake_port,
+                ANTHROPIC_MODEL,
+                "CCR_BENCH_ANTHROPIC_KEY",
+                ANTHROPIC_CACHED_MODEL,
+            ),
             provider("bench-openai", "openai", fake_port, OPENAI_MODEL, "CCR_BENCH_OPENAI_KEY"),
             provider(
-                "bench-anthropic-direct", "anthropic", upstream_port, ANTHROPIC_DIRECT_MODEL, "CCR_BENCH_ANTHROPIC_KEY"
+                "bench-anthropic-direct",
+                "anthropic",
+                upstream_port,
+                ANTHROPIC_DIRECT_MODEL,
+                "CCR_BENCH_ANTHROPIC_KEY",
+                ANTHROPIC_DIRECT_CACHED_MODEL,
             ),
             provider("bench-openai-direct", "openai", upstream_port, OPENAI_DIRECT_MODEL, "CCR_BENCH_OPENAI_KEY"),
         ],

@@ -5,6 +5,11 @@ Each driver turns a ``LoadSpec`` into a command line and that command's output i
 to the gateway's and stop it on Ctrl-C. For maximum throughput (closed loop) the order of
 preference is wrk, h2load, Python. For a fixed rate (open loop) it is always the Python generator:
 see ``bench/loadgen.py`` for why.
+
+A cached case sends a pool of requests in turn and counts the values of one response header
+(``x-ccr-cache``: hit, miss, bypass) as the answers arrive. wrk does both in its Lua script and the
+Python generator natively; h2load can do neither (one body per run, no per-response hook), so such
+a case runs on the Python generator when h2load is the driver (``Driver.pools_bodies``).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from bench.loadgen import PERCENTILES, percentile
 @dataclass(frozen=True, slots=True)
 class LoadSpec:
     url: str
-    body_path: Path
+    body_paths: tuple[Path, ...]  # sent in turn (a cached case's pool); usually one
     headers: dict[str, str]
     duration_s: float
     connections: int
@@ -29,6 +34,11 @@ class LoadSpec:
     rate: float = 0.0  # requests/s, open loop; 0 = as fast as the server answers (closed loop)
     timeout_s: float = 30.0
     seed: int = 1
+    count_header: str = ""  # a response header whose values are counted (LoadResult.header_counts)
+
+    @property
+    def body_path(self) -> Path:
+        return self.body_paths[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +49,8 @@ class LoadResult:
     errors: dict[str, int]  # connect / read / write / timeout / status (HTTP >= 400)
     latency_ms: dict[str, float]  # p50, p75, p90, p99, max, mean
     extra: dict[str, object] = field(default_factory=dict)
+    # With LoadSpec.count_header: answers per value of that header ("" for answers without it).
+    header_counts: dict[str, int] | None = None
 
     @property
     def rps(self) -> float:
@@ -57,6 +69,7 @@ class LoadResult:
             "errors": self.errors,
             "latency_ms": self.latency_ms,
             **self.extra,
+            **({"header_counts": self.header_counts} if self.header_counts is not None else {}),
         }
 
 
@@ -66,6 +79,7 @@ class LoadError(RuntimeError):
 
 class Driver:
     name = ""
+    pools_bodies = True  # can send a pool of bodies in turn and count a response header's values
 
     def command(self, spec: LoadSpec, workdir: Path) -> list[str]:
         raise NotImplementedError
@@ -76,13 +90,18 @@ class Driver:
 
 # --- wrk ---------------------------------------------------------------------------------------
 
-# The done() hook prints the numbers as JSON: no parsing of wrk's human-readable units.
+# The done() hook prints the numbers as JSON: no parsing of wrk's human-readable units. The pool
+# (several bodies sent in turn) and the header count are optional parts, filled in only when asked
+# for: a `request` or `response` function costs wrk a Lua call per request, which a plain case
+# should not pay.
 _WRK_SCRIPT = """\
 wrk.method = "POST"
 local f = assert(io.open({body_path}, "rb"))
 wrk.body = f:read("*a")
 f:close()
 {headers}
+{pool}
+{count}
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -91,8 +110,42 @@ done = function(summary, latency, requests)
     summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
     latency:percentile(50), latency:percentile(75), latency:percentile(90), latency:percentile(99),
     latency:percentile(99.9), latency.max, latency.mean))
+  {report_counts}
 end
 """
+# Every thread sends the pool in turn (requests built once, in init).
+_WRK_POOL = """\
+local paths = {{ {body_paths} }}
+local requests, turn = {{}}, 0
+init = function(args)
+  for i, path in ipairs(paths) do
+    local file = assert(io.open(path, "rb"))
+    requests[i] = wrk.format(nil, nil, nil, file:read("*a"))
+    file:close()
+  end
+end
+request = function()
+  turn = turn % #requests + 1
+  return requests[turn]
+end
+"""
+# Each thread counts in its own Lua state; done() (in the main one) adds the threads' counts up.
+# Envoy writes header names in lowercase on HTTP/1.1, which is how wrk hands them over.
+_WRK_COUNT = """\
+header_counts = {{}}
+local threads = {{}}
+setup = function(thread) threads[#threads + 1] = thread end
+response = function(status, headers, body)
+  local value = headers[{header}] or ""
+  header_counts[value] = (header_counts[value] or 0) + 1
+end
+"""
+_WRK_REPORT_COUNTS = """\
+for _, thread in ipairs(threads) do
+    for value, count in pairs(thread:get("header_counts")) do
+      io.write(string.format("BENCH_HEADER %d %s\\n", count, value))
+    end
+  end"""
 
 
 def _lua_string(value: str) -> str:
@@ -106,8 +159,20 @@ class Wrk(Driver):
         if spec.rate > 0:
             raise LoadError("wrk cannot hold a fixed rate")
         headers = "\n".join(f"wrk.headers[{_lua_string(k)}] = {_lua_string(v)}" for k, v in spec.headers.items())
+        pool = ""
+        if len(spec.body_paths) > 1:
+            pool = _WRK_POOL.format(body_paths=", ".join(_lua_string(str(path)) for path in spec.body_paths))
+        count = _WRK_COUNT.format(header=_lua_string(spec.count_header.lower())) if spec.count_header else ""
         script = workdir / "wrk.lua"
-        script.write_text(_WRK_SCRIPT.format(body_path=_lua_string(str(spec.body_path)), headers=headers))
+        script.write_text(
+            _WRK_SCRIPT.format(
+                body_path=_lua_string(str(spec.body_path)),
+                headers=headers,
+                pool=pool,
+                count=count,
+                report_counts=_WRK_REPORT_COUNTS if spec.count_header else "",
+            )
+        )
         return [
             "wrk",
             f"-t{spec.threads}",
@@ -127,7 +192,14 @@ class Wrk(Driver):
         errors = {k: raw[k] for k in ("connect", "read", "write", "status", "timeout") if raw[k]}
         latency = {f"p{p:g}": raw[f"p{p:g}"] / 1000 for p in PERCENTILES}
         latency |= {"max": raw["max"] / 1000, "mean": round(raw["mean"] / 1000, 3)}
-        return LoadResult("wrk", raw["requests"], raw["duration_us"] / 1e6, errors, latency)
+        counts = None
+        if spec.count_header:
+            counts = {}
+            for ln in stdout.splitlines():
+                if ln.startswith("BENCH_HEADER "):
+                    count, _, value = ln.removeprefix("BENCH_HEADER ").partition(" ")
+                    counts[value] = counts.get(value, 0) + int(count)
+        return LoadResult("wrk", raw["requests"], raw["duration_us"] / 1e6, errors, latency, header_counts=counts)
 
 
 # --- h2load ------------------------------------------------------------------------------------
@@ -135,6 +207,7 @@ class Wrk(Driver):
 
 class H2load(Driver):
     name = "h2load"
+    pools_bodies = False  # one -d file per run, and no hook per response
 
     def _log(self, spec: LoadSpec, workdir: Path) -> Path:
         return workdir / "h2load-requests.tsv"
@@ -142,6 +215,8 @@ class H2load(Driver):
     def command(self, spec: LoadSpec, workdir: Path) -> list[str]:
         if spec.rate > 0:
             raise LoadError("h2load --rps sends bursts; use the Python generator for a fixed rate")
+        if len(spec.body_paths) > 1 or spec.count_header:
+            raise LoadError("h2load sends one body and counts no header; use the Python generator for a pool")
         log = self._log(spec, workdir)
         log.unlink(missing_ok=True)
         argv = ["h2load", "--h1", f"-c{spec.connections}", f"-t{spec.threads}", f"-D{max(1, round(spec.duration_s))}"]
@@ -184,7 +259,11 @@ class PythonLoad(Driver):
 
     def command(self, spec: LoadSpec, workdir: Path) -> list[str]:
         # By file path, not "-m": the bench runs it from its work directory, installed or not.
-        argv = [sys.executable, str(Path(__file__).with_name("loadgen.py")), spec.url, "--body", str(spec.body_path)]
+        argv = [sys.executable, str(Path(__file__).with_name("loadgen.py")), spec.url]
+        for path in spec.body_paths:
+            argv += ["--body", str(path)]
+        if spec.count_header:
+            argv += ["--count-header", spec.count_header]
         argv += ["--duration", str(spec.duration_s), "--connections", str(spec.connections)]
         argv += ["--rate", str(spec.rate), "--seed", str(spec.seed), "--timeout", str(spec.timeout_s)]
         for name, value in spec.headers.items():
@@ -197,7 +276,10 @@ class PythonLoad(Driver):
         except (IndexError, json.JSONDecodeError) as exc:
             raise LoadError(f"bench.loadgen printed no result:\n{stdout[-2000:]}") from exc
         extra = {"max_schedule_lag_ms": raw["max_schedule_lag_ms"]} if spec.rate > 0 else {}
-        return LoadResult(raw["tool"], raw["requests"], raw["duration_s"], raw["errors"], raw["latency_ms"], extra)
+        counts = raw.get("header_counts") if spec.count_header else None
+        return LoadResult(
+            raw["tool"], raw["requests"], raw["duration_s"], raw["errors"], raw["latency_ms"], extra, counts
+        )
 
 
 DRIVERS: dict[str, type[Driver]] = {"wrk": Wrk, "h2load": H2load, "python": PythonLoad}

@@ -12,7 +12,9 @@ Two modes:
   ``-c`` requests), which would measure the burst, not the gateway.
 
 The request bytes are built once; responses are read with Content-Length or chunked framing and
-thrown away. Prints one JSON object on stdout (see ``Result``).
+thrown away. Several ``--body`` files are sent in turn (a cached case's pool of requests), and
+``--count-header NAME`` counts the answers per value of that header (``x-ccr-cache``: hit, miss,
+bypass; "" for answers without it). Prints one JSON object on stdout (see ``result``).
 """
 
 from __future__ import annotations
@@ -33,13 +35,15 @@ class _Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
 
-    async def exchange(self, request: bytes) -> tuple[int, bool]:
-        """Send one request, read the whole response; (status, connection still usable)."""
+    async def exchange(self, request: bytes, counted: bytes = b"") -> tuple[int, bool, str | None]:
+        """Send one request, read the whole response; (status, connection still usable, the
+        ``counted`` header's value: None when not asked for, "" when the answer has none)."""
         self.writer.write(request)
         head = await self.reader.readuntil(b"\r\n\r\n")
         lines = head.split(b"\r\n")
         status = int(lines[0].split(b" ", 2)[1])
         length, chunked, keep = None, False, True
+        found = "" if counted else None
         for line in lines[1:]:
             name, _, value = line.partition(b":")
             name = name.strip().lower()
@@ -49,6 +53,8 @@ class _Connection:
                 chunked = b"chunked" in value.lower()
             elif name == b"connection":
                 keep = b"close" not in value.lower()
+            elif name == counted:
+                found = value.strip().decode(errors="replace")
         if chunked:
             while True:
                 size_line = await self.reader.readuntil(b"\r\n")
@@ -63,7 +69,7 @@ class _Connection:
         else:  # read to close
             await self.reader.read()
             keep = False
-        return status, keep
+        return status, keep, found
 
     def close(self) -> None:
         self.writer.close()
@@ -73,16 +79,19 @@ class _Generator:
     def __init__(self, args: argparse.Namespace) -> None:
         url = urlsplit(args.url)
         self.host, self.port = url.hostname or "127.0.0.1", url.port or 80
-        with open(args.body, "rb") as f:
-            body = f.read()
         path = url.path or "/"
         if url.query:
             path += "?" + url.query
-        headers = [f"Host: {url.netloc}", f"Content-Length: {len(body)}"]
-        headers += args.header
-        self.request = (
-            f"POST {path} HTTP/1.1\r\n".encode() + b"".join(h.encode() + b"\r\n" for h in headers) + b"\r\n" + body
-        )
+        self.requests = []
+        for body_path in args.body:
+            with open(body_path, "rb") as f:
+                body = f.read()
+            headers = [f"Host: {url.netloc}", f"Content-Length: {len(body)}", *args.header]
+            head = f"POST {path} HTTP/1.1\r\n".encode() + b"".join(h.encode() + b"\r\n" for h in headers)
+            self.requests.append(head + b"\r\n" + body)
+        self.turn = 0  # the next request of the pool, shared by every connection
+        self.counted = args.count_header.lower().encode()
+        self.header_counts: Counter[str] = Counter()
         self.args = args
         self.latencies: list[float] = []
         self.errors: Counter[str] = Counter()
@@ -97,10 +106,12 @@ class _Generator:
 
     async def _one(self, conn: _Connection | None, started: float) -> _Connection | None:
         """One request; returns the connection if it can be reused."""
+        request = self.requests[self.turn]
+        self.turn = (self.turn + 1) % len(self.requests)
         try:
             if conn is None:
                 conn = await self._connect()
-            status, keep = await asyncio.wait_for(conn.exchange(self.request), self.args.timeout)
+            status, keep, value = await asyncio.wait_for(conn.exchange(request, self.counted), self.args.timeout)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError):
             self.errors["read"] += 1
             return self._drop(conn)
@@ -110,6 +121,8 @@ class _Generator:
         self.latencies.append(time.perf_counter() - started)
         if status >= 400:
             self.errors["status"] += 1
+        if value is not None:
+            self.header_counts[value] += 1
         return conn if keep else self._drop(conn)
 
     def _drop(self, conn: _Connection | None) -> None:  # always None: "return self._drop(conn)"
@@ -167,7 +180,10 @@ class _Generator:
         else:
             await self.closed_loop(deadline)
         elapsed = time.perf_counter() - start
-        return result(self.latencies, self.errors, elapsed, self.args, self.max_lag)
+        output = result(self.latencies, self.errors, elapsed, self.args, self.max_lag)
+        if self.counted:
+            output["header_counts"] = dict(self.header_counts)
+        return output
 
 
 def percentile(ordered: list[float], p: float) -> float:
@@ -198,7 +214,10 @@ def result(latencies: list[float], errors: Counter[str], elapsed: float, args: a
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__.split("\n")[0])
     parser.add_argument("url")
-    parser.add_argument("--body", required=True, help="file with the request body (POST)")
+    parser.add_argument(
+        "--body", action="append", required=True, help="file with a request body (POST); repeated: sent in turn"
+    )
+    parser.add_argument("--count-header", default="", metavar="NAME", help="count the answers per value of NAME")
     parser.add_argument("-H", "--header", action="append", default=[], help="'Name: value', repeatable")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds")
     parser.add_argument("--connections", type=int, default=16)

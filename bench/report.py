@@ -8,6 +8,10 @@ A case (and the half-load run) holds one measured window per target under the ta
 it ran, ``gateway-ext_proc`` (the ext_proc path, for comparison) and the hop variants asked for
 (``HOP_VARIANTS``: without the ledger, with keys required), which are also compared with
 ``gateway``. Results of older runs, with only the first two, render too.
+
+A cached case's gateway windows also hold the ``x-ccr-cache`` values the load generator counted:
+``bench.cache_report`` derives the hit rates from them and judges them against issue 16's goals.
+The target names and verdict words are ``bench.targets``'.
 """
 
 from __future__ import annotations
@@ -17,26 +21,35 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.workloads import MAIN_CASE, PACED_STREAM_CASE, PASSTHROUGH_CASE, PASSTHROUGH_STREAM_CASE, STREAM_CASE
+from bench.auth_report import AUTH_GOALS_TEXT, auth_cost, auth_cost_lines
+from bench.cache_report import (
+    CACHE_GOALS_TEXT,
+    CACHE_HEADER_ROW,
+    cache_answers,
+    cache_goal_lines,
+    cache_goals,
+    cache_rows,
+    skipped_lines,
+)
+from bench.targets import (
+    GATEWAY,
+    GATEWAY_TARGETS,
+    HOP_VARIANTS,
+    MET,
+    NOT_MEASURED,
+    NOT_MET,
+    PLAIN,
+    TARGET_BY_DECISION_PATH,
+    TARGETS,
+)
+from bench.workloads import (
+    MAIN_CASE,
+    PACED_STREAM_CASE,
+    PASSTHROUGH_CASE,
+    PASSTHROUGH_STREAM_CASE,
+    STREAM_CASE,
+)
 
-PLAIN, GATEWAY, GATEWAY_EXTPROC = "plain-envoy", "gateway", "gateway-ext_proc"
-# Opt-in variants of the hop gateway (--paths hop,...), each the cost of one feature in the same run:
-GATEWAY_NO_LEDGER = "gateway-no-ledger"  # hop-no-ledger: without the usage ledger
-GATEWAY_AUTH = "gateway-auth"  # hop-auth: virtual keys required, limits counted in process
-GATEWAY_AUTH_REDIS = "gateway-auth-redis"  # hop-auth-redis: the same, limits counted in Redis
-HOP_VARIANTS = (GATEWAY_NO_LEDGER, GATEWAY_AUTH, GATEWAY_AUTH_REDIS)  # compared with GATEWAY, not only plain Envoy
-AUTH_TARGETS = (GATEWAY_AUTH, GATEWAY_AUTH_REDIS)
-GATEWAY_TARGETS = (GATEWAY, GATEWAY_EXTPROC, *HOP_VARIANTS)
-TARGETS = (PLAIN, *GATEWAY_TARGETS)  # the order every case measures them in
-# The gateway per --paths name; what each runs (decision path, ledger, auth) is bench.environment's.
-TARGET_BY_DECISION_PATH = {
-    "hop": GATEWAY,
-    "ext_proc": GATEWAY_EXTPROC,
-    "hop-no-ledger": GATEWAY_NO_LEDGER,
-    "hop-auth": GATEWAY_AUTH,
-    "hop-auth-redis": GATEWAY_AUTH_REDIS,
-}
-MET, NOT_MET, NOT_MEASURED = "met", "not met", "not measured"
 SOAK_REQUESTS = 200_000
 
 # The budget for this machine, for the gateway on its default path (hop), each against plain Envoy
@@ -50,14 +63,6 @@ RSS_GROWTH_PCT_MAX = 10.0  # over SOAK_REQUESTS
 WORKER_RSS_MB_MAX = 60.0  # one ext_proc worker at rest
 GATEWAY_RSS_MB_MAX = 250.0  # Envoy + ext_proc + control plane at rest, with GATEWAY_RSS_WORKERS workers
 GATEWAY_RSS_WORKERS = 2
-# What keys and limits may cost the hop gateway (issue 15), each auth target against GATEWAY in the
-# same run: not budget lines (the budget judges GATEWAY alone), judged where the auth targets ran.
-AUTH_PYTHON_CPU_MS_MAX = 0.1  # ext_proc CPU per request added
-AUTH_RPS_LOSS_MAX = 0.10  # req/s lost, as a share of GATEWAY's
-AUTH_GOALS_TEXT = (
-    f"goals: at most {AUTH_PYTHON_CPU_MS_MAX:g} ms of Python CPU per request added and at most "
-    f"{AUTH_RPS_LOSS_MAX:.0%} of req/s lost, against {GATEWAY} in the same run"
-)
 
 GATEWAY_COMPONENTS = ("envoy", "ext_proc", "control_plane")  # the control plane includes the `up` supervisor
 COMPONENTS = (*GATEWAY_COMPONENTS, "fake_provider", "upstream", "loadgen")
@@ -120,7 +125,7 @@ def compare(plain: dict[str, Any], gateway: dict[str, Any]) -> dict[str, Any]:
 def _per_chunk(case: dict[str, Any], target: str, results: dict[str, Any]) -> dict[str, Any]:
     """A stream's ext_proc CPU and messages per upstream SSE event."""
     events = case.get("upstream_sse_events") or 0
-    if not (case["stream"] and events):
+    if not (case["stream"] and events) or case.get("pool"):  # a cache hit replays: no upstream chunk
         return {}
     window = case[target]
     ext_ms = window["cpu_ms_per_request"].get("ext_proc", 0.0)
@@ -160,14 +165,15 @@ def against_hop(hop: dict[str, Any], variant: dict[str, Any]) -> dict[str, Any]:
 
 def derive(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Per case and gateway target: the comparison with plain Envoy, for streams the ext_proc cost
-    per upstream SSE event, and for a hop variant the comparison with the hop gateway.
-    ``derived[case][target]``, ``derived["half_load"][target]``."""
+    per upstream SSE event, for a hop variant the comparison with the hop gateway, and for a cached
+    case the cache's answers and hit rates. ``derived[case][target]``, ``derived["half_load"][target]``."""
     derived: dict[str, dict[str, Any]] = {}
     for case in results.get("cases", []):
         derived[case["name"]] = {
             target: compare(case[PLAIN], case[target])
             | _per_chunk(case, target, results)
             | (against_hop(case[GATEWAY], case[target]) if target in HOP_VARIANTS and GATEWAY in case else {})
+            | (cache_answers(case[target]) if case.get("pool") else {})
             for target in gateway_targets_in(case)
         }
     if soak := results.get("soak"):
@@ -337,53 +343,16 @@ def _at_rest_lines(rest: dict[str, Any] | None) -> list[dict[str, str]]:
     return lines
 
 
-def auth_cost(results: dict[str, Any], derived: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per auth target and case that ran: its req/s as a share of the hop gateway's and the Python
-    CPU per request it adds, each judged against its goal (``AUTH_RPS_LOSS_MAX``,
-    ``AUTH_PYTHON_CPU_MS_MAX``). Empty when no auth target ran."""
-    out = []
-    for target in AUTH_TARGETS:
-        for case in results.get("cases", []):
-            row = derived.get(case["name"], {}).get(target, {})
-            if row.get("rps_vs_hop") is None:
-                continue
-            rps, python = row["rps_vs_hop"], row["python_cpu_ms_vs_hop"]
-            out.append(
-                {
-                    "target": target,
-                    "case": case["name"],
-                    "rps_vs_hop": rps,
-                    "rps_verdict": MET if rps >= 1 - AUTH_RPS_LOSS_MAX else NOT_MET,
-                    "python_cpu_ms_added": python,
-                    "python_verdict": MET if python <= AUTH_PYTHON_CPU_MS_MAX else NOT_MET,
-                    "redis_cpu_ms_per_request": row.get("redis_cpu_ms_per_request"),
-                }
-            )
-    return out
-
-
-def auth_cost_lines(summary: dict[str, Any], markdown: bool = False) -> list[str]:
-    """``auth_cost`` as one line per target and case."""
-
-    def verdict(text: str) -> str:
-        return f"**{text}**" if markdown else text.upper()
-
-    lines = []
-    for row in summary.get("auth_cost", []):
-        redis = row["redis_cpu_ms_per_request"]
-        lines.append(
-            f"{'- ' if markdown else ''}{row['target']}, {row['case']}: "
-            f"req/s {row['rps_vs_hop']:.1%} of {GATEWAY}'s ({verdict(row['rps_verdict'])}), "
-            f"Python CPU {row['python_cpu_ms_added']:+.3f} ms/request ({verdict(row['python_verdict'])})"
-            + (f"; the Redis server {redis:.3f} ms/request" if redis is not None else "")
-        )
-    return lines
-
-
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
-    """The results with ``derived``, ``budget`` and ``auth_cost`` added (what --json writes)."""
+    """The results with ``derived``, ``budget``, ``auth_cost`` and ``cache_goals`` added (what
+    --json writes)."""
     derived = derive(results)
-    return results | {"derived": derived, "budget": budget(results, derived), "auth_cost": auth_cost(results, derived)}
+    return results | {
+        "derived": derived,
+        "budget": budget(results, derived),
+        "auth_cost": auth_cost(results, derived),
+        "cache_goals": cache_goals(results, derived),
+    }
 
 
 # --- presentation ------------------------------------------------------------------------------
@@ -592,6 +561,15 @@ def stdout_report(summary: dict[str, Any]) -> str:
         parts += ["", f"each hop variant vs {GATEWAY} (hop; same run):", text_table(VARIANT_HEADER, variants)]
     if auth := auth_cost_lines(summary):
         parts += ["", f"what auth costs ({AUTH_GOALS_TEXT}):", *(f"  {line}" for line in auth)]
+    if cached := cache_rows(summary, derived):
+        parts += [
+            "",
+            "response cache (x-ccr-cache of the answers in the measured window, counted by the load generator):",
+            text_table(CACHE_HEADER_ROW, cached),
+            *skipped_lines(summary),
+            f"{GATEWAY} vs plain Envoy ({CACHE_GOALS_TEXT}):",
+            *(f"  {line}" for line in cache_goal_lines(summary)),
+        ]
     if rest := at_rest_rows(summary):
         parts += ["", "RSS MB at rest (after startup, before any load):", text_table(AT_REST_HEADER, rest)]
     warnings = run_warnings(summary)

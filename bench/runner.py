@@ -7,6 +7,12 @@ target, plain Envoy first, gets: one checked request (status, response shape, an
 answers the canned text), a warm-up, then the measured window. Loads never overlap. The result is
 a plain dict (see ``bench.report`` for what is derived from it) so that it can be written as JSON
 as is.
+
+A cached case (``Case.pool``) sends its pool of requests in turn on both sides and counts the
+gateway's ``x-ccr-cache`` answers (hit, miss, bypass) in the load generator, for the warm-up (the
+cold misses) and for the measured window apart. Its check also waits for the first request's
+answer to come back as a hit, the same bytes. The ext_proc path is not run for it: the response
+cache rides the decision hop, and that path never looks it up.
 """
 
 from __future__ import annotations
@@ -25,16 +31,32 @@ from typing import Any
 
 from bench import procfs
 from bench.baseline import DIRECT_ANSWER_TEXT
-from bench.environment import BenchError, Processes, Progress, Target, environment, envoy_binary, http
+from bench.cache_report import CACHE_ANSWERS_BEFORE
+from bench.environment import (
+    BenchError,
+    Processes,
+    Progress,
+    Target,
+    environment,
+    envoy_binary,
+    http,
+    http_exchange,
+)
 from bench.load import Driver, LoadResult, LoadSpec, PythonLoad, pick_driver
-from bench.report import GATEWAY, HOP_CALLS, TARGET_BY_DECISION_PATH
+from bench.report import HOP_CALLS
+from bench.targets import GATEWAY, GATEWAY_EXTPROC, TARGET_BY_DECISION_PATH
 from bench.workloads import CASES_BY_NAME, MAIN_CASE, Case
+from ccr.v1.contract import CACHE_HEADER  # x-ccr-cache: hit, miss or bypass
 
 __all__ = ["DECISION_PATHS", "DEFAULT_PATHS", "BenchError", "Settings", "run_bench"]
 
 EXTPROC_STATS = ("stream_msgs_sent", "stream_msgs_received", "streams_started")
 DECISION_PATHS = tuple(TARGET_BY_DECISION_PATH)  # the policy's listener.decision values, hop (the default) first
 DEFAULT_PATHS = ("hop", "ext_proc")  # the hop variants on request: a third gateway costs a third of the run
+# How long a cached case's check waits for its first answer to be found in the cache (it is stored
+# asynchronously, by the worker that decided: the next request may go to another worker).
+CACHE_CHECK_S = 10.0
+SKIPPED_FOR_CACHE = {GATEWAY_EXTPROC: "the response cache rides the decision hop: the ext_proc path never looks it up"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,10 +190,11 @@ class Bench:
 
     # --- cases --------------------------------------------------------------------------------
 
-    def spec(self, target: Target, case: Case, bodies: dict[str, Path], **overrides: Any) -> LoadSpec:
+    def spec(self, target: Target, case: Case, bodies: dict[str, tuple[Path, ...]], **overrides: Any) -> LoadSpec:
         """Plain Envoy gets the upstream request (``baseline``), every gateway the client's (``client``);
         a gateway that requires keys gets the bench's virtual key in ``x-api-key`` in place of the
-        client's provider key (the same header: only its value differs from the other gateways')."""
+        client's provider key (the same header: only its value differs from the other gateways').
+        A cached case counts ``x-ccr-cache`` on both sides: the same work for the load generator."""
         plain = not target.is_gateway
         settings = self.settings
         headers = case.baseline_headers() if plain else case.client_headers()
@@ -179,28 +202,47 @@ class Bench:
             headers["x-api-key"] = target.api_key
         values: dict[str, Any] = {
             "url": target.url + (case.baseline_path() if plain else case.client_path()),
-            "body_path": bodies["baseline" if plain else "client"],
+            "body_paths": bodies["baseline" if plain else "client"],
             "headers": headers,
             "duration_s": settings.duration_s,
             "connections": settings.connections,
             "threads": settings.threads,
+            "count_header": CACHE_HEADER if case.cached else "",
         }
         return LoadSpec(**(values | overrides))
 
-    def write_bodies(self, case: Case) -> dict[str, Path]:
+    def write_bodies(self, case: Case) -> dict[str, tuple[Path, ...]]:
+        """Each side's bodies in files, in the order they are sent: one, or a cached case's pool."""
         bodies = {}
-        for kind, body in (("baseline", case.baseline_body()), ("client", case.client_body())):
-            path = self.workdir / f"{case.name}.{kind}.json"
-            path.write_bytes(body)
-            bodies[kind] = path
+        for kind, contents in (("baseline", case.baseline_bodies()), ("client", case.client_bodies())):
+            paths = []
+            for index, body in enumerate(contents):
+                path = self.workdir / (f"{case.name}.{kind}.json" if index == 0 else f"{case.name}.{kind}.{index}.json")
+                path.write_bytes(body)
+                paths.append(path)
+            bodies[kind] = tuple(paths)
         return bodies
 
-    def check(self, target: Target, case: Case, bodies: dict[str, Path]) -> dict[str, Any]:
+    def check(self, target: Target, case: Case, bodies: dict[str, tuple[Path, ...]]) -> dict[str, Any]:
         """One request before the load: right status and response shape (and, from the upstream
-        Envoy, its canned text: the request went where the case says); counts stream events."""
+        Envoy, its canned text: the request went where the case says); counts stream events. For a
+        cached case on a gateway, also the cache's answers to the check (``check_cache``)."""
         spec = self.spec(target, case, bodies)
-        status, body = http("POST", spec.url, spec.body_path.read_bytes(), spec.headers, timeout=60)
+        status, headers, body = http_exchange("POST", spec.url, spec.body_path.read_bytes(), spec.headers, timeout=60)
         where = f"{case.name} via {target.name}"
+        self.check_answer(where, target, case, status, body)
+        if target.api_key:  # the key is what lets the request through: without it, refused
+            anonymous = spec.headers | {"x-api-key": case.client_headers()["x-api-key"]}
+            refused, _ = http("POST", spec.url, spec.body_path.read_bytes(), anonymous, timeout=60)
+            if refused != 401:
+                raise BenchError(f"{where}: keys are required, yet a request without one got HTTP {refused}")
+        events = sum(1 for line in body.splitlines() if line.startswith(b"data:")) if case.stream else 0
+        checked: dict[str, Any] = {"response_bytes": len(body), "sse_events": events}
+        if case.cached and target.is_gateway:
+            checked["cache_answers"] = self.check_cache(where, target, case, spec, headers.get(CACHE_HEADER), body)
+        return checked
+
+    def check_answer(self, where: str, target: Target, case: Case, status: int, body: bytes) -> None:
         if status != 200:
             raise BenchError(f"{where}: HTTP {status}: {body[:500]!r}")
         openai = not target.is_gateway and case.translated  # plain Envoy returns the provider's answer as is
@@ -214,13 +256,28 @@ class Bench:
                 raise BenchError(f"{where}: unexpected response {body[:300]!r}")
             if case.direct and text != DIRECT_ANSWER_TEXT:
                 raise BenchError(f"{where}: not the upstream Envoy's canned answer: {text[:200]!r}")
-        if target.api_key:  # the key is what lets the request through: without it, refused
-            anonymous = spec.headers | {"x-api-key": case.client_headers()["x-api-key"]}
-            refused, _ = http("POST", spec.url, spec.body_path.read_bytes(), anonymous, timeout=60)
-            if refused != 401:
-                raise BenchError(f"{where}: keys are required, yet a request without one got HTTP {refused}")
-        events = sum(1 for line in body.splitlines() if line.startswith(b"data:")) if case.stream else 0
-        return {"response_bytes": len(body), "sse_events": events}
+
+    def check_cache(
+        self, where: str, target: Target, case: Case, spec: LoadSpec, first: str | None, first_body: bytes
+    ) -> dict[str, int]:
+        """The cache is on for the case (the first answer says miss or hit, not bypass), and the same
+        request comes back as a hit within ``CACHE_CHECK_S``: a whole answer byte for byte, a stream
+        replayed complete. The answers' ``x-ccr-cache`` counts (they were cache lookups too)."""
+        if first not in ("miss", "hit"):
+            raise BenchError(f"{where}: {CACHE_HEADER}: {first!r} on the first answer, not miss or hit")
+        counts = {first: 1}
+        deadline = time.monotonic() + CACHE_CHECK_S
+        while first != "hit":
+            if time.monotonic() > deadline:
+                raise BenchError(f"{where}: the same request was never a cache hit within {CACHE_CHECK_S:g} s")
+            time.sleep(0.05)
+            status, headers, body = http_exchange("POST", spec.url, spec.body_path.read_bytes(), spec.headers, 60)
+            self.check_answer(where, target, case, status, body)
+            first = headers.get(CACHE_HEADER) or ""
+            counts[first] = counts.get(first, 0) + 1
+            if first == "hit" and not case.stream and body != first_body:
+                raise BenchError(f"{where}: a cache hit that is not the answer stored: {body[:300]!r}")
+        return counts
 
     def run_case(self, case: Case, targets: list[Target], index: int, total: int) -> dict[str, Any]:
         bodies = self.write_bodies(case)
@@ -232,17 +289,25 @@ class Bench:
             "upstream": "upstream Envoy" if case.direct else "fake provider",
             "chunks": case.chunks,
             "chunk_gap_ms": case.chunk_gap_ms,
-            "client_body_bytes": bodies["client"].stat().st_size,
-            "upstream_body_bytes": bodies["baseline"].stat().st_size,
+            "client_body_bytes": bodies["client"][0].stat().st_size,
+            "upstream_body_bytes": bodies["baseline"][0].stat().st_size,
         }
         # wrk abandons the requests in flight when its time is up: with requests of about a second
         # (a paced stream) that leaves up to one partial request per connection counted in the CPU
         # and message totals but not in the requests. The Python generator lets them finish.
-        driver = PythonLoad() if case.chunk_gap_ms > 0 else self.driver
+        # A pool of bodies and the header count need a driver that has both (h2load has neither).
+        paced, pooled = case.chunk_gap_ms > 0, case.cached and not self.driver.pools_bodies
+        driver = PythonLoad() if paced or pooled else self.driver
         record["load_generator"] = driver.name
+        if case.cached:
+            record["pool"] = case.pool
+            skipped = {t.name: SKIPPED_FOR_CACHE[t.name] for t in targets if t.name in SKIPPED_FOR_CACHE}
+            targets = [target for target in targets if target.name not in skipped]
+            record["skipped_targets"] = skipped
         for target in targets:
             label = f"[{index}/{total}] {case.name} via {target.name}"
             check = self.check(target, case, bodies)
+            before = dict(check.get("cache_answers", {}))  # what the cache answered before the window
             if not target.is_gateway:
                 # Plain Envoy returns the provider's stream unchanged: these are the upstream events.
                 record["upstream_sse_events"] = check["sse_events"]
@@ -252,18 +317,25 @@ class Bench:
                 record["client_response_bytes"] = check["response_bytes"]
             if self.settings.warmup_s > 0:
                 self.progress(f"{label}: warm-up {self.settings.warmup_s:g} s")
-                self._drive(
+                warmup, _ = self._drive(
                     driver,
                     self.spec(target, case, bodies, duration_s=self.settings.warmup_s),
                     f"{label} warm-up",
                     self.workdir / f"{case.name}-{target.name}-warmup",
                 )
+                for value, count in (warmup.header_counts or {}).items():
+                    before[value] = before.get(value, 0) + count
             self.progress(f"{label}: measuring {self.settings.duration_s:g} s")
             record[target.name] = self.measure(target, self.spec(target, case, bodies), label, driver)
             load = record[target.name]["load"]
+            cached = ""
+            if case.cached and target.is_gateway:
+                record[target.name][CACHE_ANSWERS_BEFORE] = before
+                counts = load.get("header_counts", {})
+                cached = f", {CACHE_HEADER}: " + ", ".join(f"{v or '(none)'} {n}" for v, n in sorted(counts.items()))
             self.progress(
                 f"{label}: {load['rps']:.0f} req/s, p99 {load['latency_ms']['p99']:.1f} ms, "
-                f"{sum(load['errors'].values())} errors"
+                f"{sum(load['errors'].values())} errors{cached}"
             )
         return record
 

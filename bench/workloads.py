@@ -14,6 +14,12 @@ characters).
 Non-streaming cases go to the bench's upstream Envoy (canned answers, see ``bench.baseline``) and
 streams to the fake provider: a case's model name picks the upstream on the gateway side (the
 generated policy has a provider pair for each), the ``x-bench-upstream`` header on the plain side.
+
+Cached cases (``Case.pool``) send a pool of distinct deterministic requests (temperature 0, one
+seed each), drawn in turn, to a model the generated policy caches: each is a miss the first time a
+worker sees it and a hit after that. They are passthrough-shaped (an Anthropic client, an
+anthropic-format provider), so that plain Envoy is sent the very bytes the gateway is, and the
+answer the gateway replays from its cache is the one plain Envoy relays from the same upstream.
 """
 
 from __future__ import annotations
@@ -38,6 +44,11 @@ OPENAI_MODEL = "bench-openai"
 # The same two formats served by the upstream Envoy's canned answers (non-streaming cases).
 ANTHROPIC_DIRECT_MODEL = "bench-anthropic-direct"
 OPENAI_DIRECT_MODEL = "bench-openai-direct"
+# Models the generated policy caches (cache: {when: deterministic}), one on each upstream; no other
+# case uses them, so the other cases never pay for a cache key.
+ANTHROPIC_CACHED_MODEL = "bench-anthropic-cached"
+ANTHROPIC_DIRECT_CACHED_MODEL = "bench-anthropic-direct-cached"
+CACHED_MODELS = (ANTHROPIC_CACHED_MODEL, ANTHROPIC_DIRECT_CACHED_MODEL)
 MAX_OUTPUT_TOKENS = 16384  # the policy's limit for both models; Claude Code asks for 32000
 
 SEED = 20250101
@@ -89,6 +100,8 @@ _TOOLS = (
 
 
 def _prose(rng: random.Random, size: int) -> str:
+    """At most ``size`` characters of words (one fewer when the last word ends exactly at ``size``:
+    kept so, as the bodies of every run stay the same bytes)."""
     words: list[str] = []
     length = 0
     while length < size:
@@ -142,9 +155,12 @@ def encode(body: dict[str, Any]) -> bytes:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def claude_code_body(size: int, *, seed: int = SEED, model: str = ANTHROPIC_MODEL, stream: bool = False) -> bytes:
+def claude_code_body(
+    size: int, *, seed: int = SEED, model: str = ANTHROPIC_MODEL, stream: bool = False, temperature: int = 1
+) -> bytes:
     """An Anthropic Messages request of exactly ``size`` bytes (without ``stream``; a streamed
-    request is the same body plus ``"stream":true``)."""
+    request is the same body plus ``"stream":true``). Claude Code samples at temperature 1; 0 makes
+    the request deterministic, which is what the response cache caches by default."""
     rng = random.Random(seed)
     big = size >= 16 * KB
     system_bytes = 10 * KB if big else size // 16
@@ -163,7 +179,7 @@ def claude_code_body(size: int, *, seed: int = SEED, model: str = ANTHROPIC_MODE
         ],
         "tools": [_tool(rng, name, description_bytes) for name in _TOOLS[:tool_count]],
         "metadata": {"user_id": json.dumps({"device_id": "bench", "session_id": session})},
-        "temperature": 1,
+        "temperature": temperature,
         "messages": [{"role": "user", "content": [{"type": "text", "text": _prose(rng, 200 if big else 80)}]}],
     }
     messages: list[dict[str, Any]] = body["messages"]
@@ -204,7 +220,8 @@ def claude_code_body(size: int, *, seed: int = SEED, model: str = ANTHROPIC_MODE
     missing = size - _size(body)
     if missing < 0:  # the shares above leave room for the JSON around them; a size too small for the shape
         raise ValueError(f"a Claude Code-shaped body needs more than {size} bytes")
-    pad_target[key] += _prose(rng, missing)
+    pad = _prose(rng, missing)
+    pad_target[key] += pad + " " * (missing - len(pad))  # _prose may be one short
     if stream:
         body["stream"] = True
     return encode(body)
@@ -237,6 +254,12 @@ class Case:
     stream: bool = False
     chunks: int = 0  # text pieces the fake provider streams (x-fake-chunks)
     chunk_gap_ms: float = 0.0  # gap between streamed events; 0 = the whole stream in one write
+    # Distinct deterministic requests sent in turn to a cached model; 0: one request, not cached.
+    pool: int = 0
+
+    @property
+    def cached(self) -> bool:
+        return self.pool > 0
 
     @property
     def body_bytes(self) -> int:
@@ -250,17 +273,31 @@ class Case:
     @property
     def model(self) -> str:
         """The model the client asks for; the provider serving it has the same model id upstream."""
+        if self.cached:
+            return ANTHROPIC_DIRECT_CACHED_MODEL if self.direct else ANTHROPIC_CACHED_MODEL
         if self.translated:
             return OPENAI_DIRECT_MODEL if self.direct else OPENAI_MODEL
         return ANTHROPIC_DIRECT_MODEL if self.direct else ANTHROPIC_MODEL
 
+    def client_bodies(self) -> list[bytes]:
+        """The requests the load sends in turn: one, or a cached case's pool (seeds SEED, SEED + 1, ...)."""
+        if not self.cached:
+            return [claude_code_body(SIZES[self.size], model=self.model, stream=self.stream)]
+        return [
+            claude_code_body(SIZES[self.size], seed=SEED + i, model=self.model, stream=self.stream, temperature=0)
+            for i in range(self.pool)
+        ]
+
+    def baseline_bodies(self) -> list[bytes]:
+        """What plain Envoy forwards: the bodies the gateway would send upstream, in the same order."""
+        bodies = self.client_bodies()
+        return [openai_body(body, self.model) for body in bodies] if self.translated else bodies
+
     def client_body(self) -> bytes:
-        return claude_code_body(SIZES[self.size], model=self.model, stream=self.stream)
+        return self.client_bodies()[0]
 
     def baseline_body(self) -> bytes:
-        """What plain Envoy forwards: the body the gateway would send upstream."""
-        body = self.client_body()
-        return openai_body(body, self.model) if self.translated else body
+        return self.baseline_bodies()[0]
 
     def client_path(self) -> str:
         return "/v1/messages"
@@ -297,6 +334,7 @@ class Case:
         return headers
 
 
+CACHE_POOL = 16  # distinct requests of a cached case: 16 misses per worker, then hits only
 CASES: tuple[Case, ...] = (
     Case("passthrough-40k", "Anthropic -> Anthropic provider, 40 KB, non-streaming", "40k", translated=False),
     Case(
@@ -327,12 +365,39 @@ CASES: tuple[Case, ...] = (
         chunks=200,
         chunk_gap_ms=5.0,
     ),
+    Case(
+        "cached-40k",
+        f"Anthropic -> Anthropic provider, 40 KB, non-streaming, {CACHE_POOL} deterministic requests repeated: "
+        "answered from the response cache",
+        "40k",
+        translated=False,
+        pool=CACHE_POOL,
+    ),
+    Case(
+        "cached-2k",
+        f"Anthropic -> Anthropic provider, 2 KB, non-streaming, {CACHE_POOL} deterministic requests repeated: "
+        "answered from the response cache",
+        "2k",
+        translated=False,
+        pool=CACHE_POOL,
+    ),
+    Case(
+        "cached-stream-40k",
+        f"Anthropic -> Anthropic provider, 40 KB, stream of 60 chunks, {CACHE_POOL} deterministic requests "
+        "repeated: replayed from the response cache",
+        "40k",
+        translated=False,
+        stream=True,
+        chunks=60,
+        pool=CACHE_POOL,
+    ),
 )
 CASES_BY_NAME = {case.name: case for case in CASES}
-QUICK_CASES = ("translated-40k", "translated-stream-40k")
+QUICK_CASES = ("translated-40k", "translated-stream-40k", "cached-40k")
 # The budget's reference cases.
 MAIN_CASE = "translated-40k"
 STREAM_CASE = "translated-stream-40k"
 PACED_STREAM_CASE = "translated-paced-stream-40k"
 PASSTHROUGH_CASE = "passthrough-40k"
 PASSTHROUGH_STREAM_CASE = "passthrough-stream-40k"
+CACHED_CASE = "cached-40k"  # the response cache's goals (bench.report.cache_goals)

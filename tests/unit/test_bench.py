@@ -36,19 +36,21 @@ from bench.environment import (
     create_bench_key,
     gateway_policy,
 )
-from bench.report import (
+from bench.runner import Bench, Settings, answer_text
+from bench.targets import (
     GATEWAY,
     GATEWAY_AUTH,
     GATEWAY_AUTH_REDIS,
     GATEWAY_EXTPROC,
+    GATEWAY_NO_LEDGER,
     MET,
     NOT_MEASURED,
     NOT_MET,
     PLAIN,
     TARGET_BY_DECISION_PATH,
 )
-from bench.runner import Bench, Settings, answer_text
 from bench.workloads import (
+    ANTHROPIC_DIRECT_CACHED_MODEL,
     ANTHROPIC_DIRECT_MODEL,
     CASES,
     CASES_BY_NAME,
@@ -101,7 +103,7 @@ def test_every_case_has_a_baseline_body_for_plain_envoy() -> None:
 def test_non_streaming_cases_go_to_the_upstream_envoy_on_both_sides() -> None:
     for case in CASES:
         assert case.direct == (not case.stream)
-        direct_models = (ANTHROPIC_DIRECT_MODEL, OPENAI_DIRECT_MODEL)
+        direct_models = (ANTHROPIC_DIRECT_MODEL, OPENAI_DIRECT_MODEL, ANTHROPIC_DIRECT_CACHED_MODEL)
         assert (case.model in direct_models) == case.direct, case.name
         # Only plain Envoy is told by a header; the gateway decides by the model name.
         assert (case.baseline_headers().get(UPSTREAM_HEADER) == UPSTREAM_HEADER_DIRECT) == case.direct
@@ -538,7 +540,7 @@ def _with_hop_variants(results: dict[str, Any]) -> dict[str, Any]:
         MAIN_CASE: {
             GATEWAY_AUTH: (2_250, {"envoy": 0.52, "ext_proc": 0.4}),
             GATEWAY_AUTH_REDIS: (2_300, {"envoy": 0.55, "ext_proc": 0.38, "redis": 0.05}),
-            report.GATEWAY_NO_LEDGER: (2_600, {"envoy": 0.5, "ext_proc": 0.28}),
+            GATEWAY_NO_LEDGER: (2_600, {"envoy": 0.5, "ext_proc": 0.28}),
         },
         PASSTHROUGH_CASE: {
             GATEWAY_AUTH: (3_800, {"envoy": 0.3, "ext_proc": 0.2}),
@@ -564,7 +566,7 @@ def test_each_hop_variant_is_compared_with_the_hop_gateway_and_auth_judged_again
         0.11,
         0.05,
     )
-    assert derived[MAIN_CASE][report.GATEWAY_NO_LEDGER]["python_cpu_ms_vs_hop"] == -0.02
+    assert derived[MAIN_CASE][GATEWAY_NO_LEDGER]["python_cpu_ms_vs_hop"] == -0.02
     assert "rps_vs_hop" not in derived[MAIN_CASE][GATEWAY_EXTPROC]  # another path, not a variant of hop
     # At the goals is within them; past them is not. The budget still judges the hop gateway alone.
     verdicts = {(r["target"], r["case"]): (r["rps_verdict"], r["python_verdict"]) for r in summary["auth_cost"]}
@@ -584,7 +586,7 @@ def test_each_hop_variant_is_compared_with_the_hop_gateway_and_auth_judged_again
     ) in out.splitlines()
     rows = report.variant_rows(summary, derived)
     assert [row[:2] for row in rows] == [
-        [MAIN_CASE, report.GATEWAY_NO_LEDGER],
+        [MAIN_CASE, GATEWAY_NO_LEDGER],
         [MAIN_CASE, GATEWAY_AUTH],
         [MAIN_CASE, GATEWAY_AUTH_REDIS],
         [PASSTHROUGH_CASE, GATEWAY_AUTH],
