@@ -66,8 +66,8 @@ async def opened_cache(args: argparse.Namespace) -> AsyncIterator[tuple[CacheSto
     else:
         # Imported only here: redis-py is ~9 MB of every process that loads it.
         from extproc.auth.redis_limits import connect, connect_hot
-        from extproc.cache.inflight import RedisFlights
-        from extproc.cache.store import RedisCacheStore
+        from extproc.cache.redis_flights import RedisFlights
+        from extproc.cache.redis_store import RedisCacheStore
 
         url = os.path.expandvars(args.cache_redis)
         client = connect_hot(url)

@@ -51,7 +51,11 @@ from extproc.auth.keys import VirtualKey
 from extproc.auth.limits import Admission
 from extproc.cache.answers import CacheStep, cache_step, hit_reply, lookup, store_answer
 from extproc.cache.answers import count as count_cache
+from extproc.cache.entry import CachedAnswer
+from extproc.cache.entry import decode as decode_entry
 from extproc.cache.inflight import Flights
+from extproc.cache.repeats import Repeat
+from extproc.cache.store import LocalLruStore
 from extproc.metrics import RESPONSES, ROUTED, labelled
 from extproc.plan import Answer, Chain, Forward, Outcome, plan
 from extproc.request_steps import (
@@ -64,6 +68,7 @@ from extproc.request_steps import (
     forward_rewrite,
     request_labels,
 )
+from extproc.routing_table import RoutingTable
 from extproc.state import GatewayState
 from extproc.translate.base import Api, ResponseContext, Translator, UpstreamProtocolError
 from extproc.translate.registry import count_tokens_translator, translator_for
@@ -185,6 +190,27 @@ def decide(state: GatewayState, method: str, path: str, headers: Mapping[str, st
     key = auth.authenticate(api, step.path, headers, table.auth_required)
     if isinstance(key, Reply):
         return _reply(key)
+    digest = None
+    if state.repeats is not None and table.caches and step.kind == "generate" and _unrestricted(table, key):
+        digest = state.repeats.digest(table, step.path, headers, raw)
+        seen = state.repeats.get(digest) if digest is not None else None
+        if seen is not None:  # these bytes were looked up before: look their entry up at once
+            return _repeated(state, api, step, headers, raw, key, seen, digest)
+    return _decide_routed(state, api, step, headers, raw, key, digest)
+
+
+def _decide_routed(
+    state: GatewayState,
+    api: Api,
+    step: Endpoint,
+    headers: Mapping[str, str],
+    raw: bytes,
+    key: VirtualKey | None,
+    digest: bytes | None,
+) -> bytes | Pending:
+    """``decide`` past authentication: parsed, checked, routed, then answered or rewritten."""
+    table, auth = state.table, state.auth
+    assert table is not None
     tenant = key.tenant if key else None
     outcome = plan(table, api, step.kind, headers, raw, state.sessions, tenant)
     if isinstance(outcome, Answer):
@@ -197,7 +223,7 @@ def decide(state: GatewayState, method: str, path: str, headers: Mapping[str, st
     cache = None
     if state.cache is not None and isinstance(outcome, Forward):
         cache = cache_step(table, api, step.kind, outcome, headers, tenant)
-    routed = _Routed(api, step, outcome, headers, key)
+    routed = _Routed(api, step, outcome, headers, key, digest)
     if (cache is not None and cache.directive.lookup) or (charge is not None and auth.shared):
         return Pending(_decide_later(state, routed, charge, cache))
     admission = auth.admit_local(charge) if charge is not None else None
@@ -213,6 +239,54 @@ class _Routed:
     outcome: Forward | Chain
     headers: Mapping[str, str]
     key: VirtualKey | None
+    digest: bytes | None = None  # the request's identity among repeats (extproc.cache.repeats)
+
+
+def _unrestricted(table: RoutingTable, key: VirtualKey | None) -> bool:
+    """No model list to check the routed model against (a repeat is not routed again)."""
+    if key is None:
+        return True
+    rules = table.tenant_rules.get(key.tenant)
+    return not key.models and (rules is None or not rules.models)
+
+
+def _repeated(
+    state: GatewayState,
+    api: Api,
+    step: Endpoint,
+    headers: Mapping[str, str],
+    raw: bytes,
+    key: VirtualKey | None,
+    seen: Repeat,
+    digest: bytes,
+) -> bytes | Pending:
+    """A repeat's entry looked up by the key it led to before: a hit without parsing or routing
+    (at once from this worker's memory), else the full path, as if it had never been seen."""
+    store = state.cache
+    if isinstance(store, LocalLruStore):
+        entry = decode_entry(store.peek(seen.step.key))
+        hit = _repeat_hit(api, seen, entry)
+        return hit if hit is not None else _decide_routed(state, api, step, headers, raw, key, digest)
+
+    async def later() -> bytes:
+        assert store is not None
+        hit = _repeat_hit(api, seen, await lookup(store, seen.step))
+        if hit is not None:
+            return hit
+        answer = _decide_routed(state, api, step, headers, raw, key, digest)
+        return await answer.answer if isinstance(answer, Pending) else answer
+
+    return Pending(later())
+
+
+def _repeat_hit(api: Api, seen: Repeat, entry: CachedAnswer | None) -> bytes | None:
+    reply = hit_reply(seen.step, api, entry, seen.labels) if entry is not None else None
+    if reply is None:
+        return None
+    count_cache(seen.provider, seen.model, "hit")
+    if (root := tracing.current()) is not None:
+        root.set("ccr.cache.repeat", True)
+    return _reply(reply)
 
 
 async def _decide_later(state: GatewayState, routed: _Routed, charge: Charge | None, cache: CacheStep | None) -> bytes:
@@ -221,6 +295,7 @@ async def _decide_later(state: GatewayState, routed: _Routed, charge: Charge | N
     then the limits."""
     flight_id, flights = "", state.flights
     if cache is not None and cache.directive.lookup and state.cache is not None:
+        _remember(state, routed, cache)
         hit = await _hit(state, routed, cache)
         if hit is None and cache.dedups and flights is not None:
             led = await flights.join(cache.key, cache.dedup_wait_s)
@@ -239,6 +314,15 @@ async def _decide_later(state: GatewayState, routed: _Routed, charge: Charge | N
         if flight_id and flights is not None and cache is not None:  # nobody will store: don't keep
             await flights.end(cache.key, flight_id)  # followers waiting for it
         raise
+
+
+def _remember(state: GatewayState, routed: _Routed, cache: CacheStep) -> None:
+    """The next time these bytes come, their key is known (extproc.cache.repeats)."""
+    if routed.digest is None or state.repeats is None or not isinstance(routed.outcome, Forward):
+        return
+    route = routed.outcome.route
+    labels = request_labels(routed.api, routed.step.path, routed.outcome.decision, key=routed.key)
+    state.repeats.put(routed.digest, Repeat(cache, labels, route.provider.name, route.target.model))
 
 
 async def _hit(state: GatewayState, routed: _Routed, cache: CacheStep) -> bytes | None:

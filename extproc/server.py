@@ -16,7 +16,7 @@ import signal
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 from envoy.service.accesslog.v3 import als_pb2_grpc
@@ -39,9 +39,11 @@ from extproc.policy_client import PolicySubscriber
 from extproc.processor import RequestProcessor
 from extproc.routing_table import RoutingTable
 from extproc.state import GatewayState
-from extproc.tracing_export import TracingFollower
 from extproc.usage_log import UsageLogService
 from extproc.usage_sink import NullSink, UsageSink
+
+if TYPE_CHECKING:
+    from extproc.tracing_export import TracingFollower
 
 log = logging.getLogger("ccr.extproc")
 
@@ -123,11 +125,18 @@ async def serve(
 
     has_policy = asyncio.Event()
 
-    tracing_follower = TracingFollower()
+    tracing_follower: TracingFollower | None = None
 
     def install(table: RoutingTable) -> None:
+        nonlocal tracing_follower
         state.table = table
-        tracing_follower.install(table.tracing)
+        if table.tracing is not None and tracing_follower is None:
+            # Imported on the first policy that traces: the OTLP messages are MBs of every worker.
+            from extproc.tracing_export import TracingFollower
+
+            tracing_follower = TracingFollower()
+        if tracing_follower is not None:
+            tracing_follower.install(table.tracing)
         has_policy.set()
 
     subscriber = PolicySubscriber(config.control_plane, install)
@@ -190,7 +199,8 @@ async def serve(
     subscription.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await subscription
-    tracing_follower.close()  # the last requests' spans, sent within a moment
+    if tracing_follower is not None:
+        tracing_follower.close()  # the last requests' spans, sent within a moment
     log.info("ext_proc stopped")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from extproc.auth.decision import Authenticator
 from extproc.cache.inflight import Flights
+from extproc.cache.repeats import Repeats
 from extproc.cache.store import CacheStore
 from extproc.routing_table import RoutingTable
 from extproc.tokens import SessionUsage
@@ -24,4 +25,6 @@ class GatewayState:
         self.auth = auth if auth is not None else Authenticator()
         self.cache = cache
         self.flights = flights if flights is not None or cache is None else Flights()
+        # Byte-identical repeats of cached requests: looked up without being parsed or routed again.
+        self.repeats = Repeats() if cache is not None else None
         self.hop_cluster = ""  # Envoy's cluster of this worker's hop alone: the cache's answers come back here

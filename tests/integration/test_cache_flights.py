@@ -14,8 +14,9 @@ import redis.asyncio as aioredis
 
 from extproc.auth.redis_limits import connect
 from extproc.auth.resp_client import RespClient
-from extproc.cache import inflight
-from extproc.cache.inflight import Flights, RedisFlights
+from extproc.cache import redis_flights as inflight
+from extproc.cache.inflight import Flights
+from extproc.cache.redis_flights import RedisFlights
 from tests.integration import redis_procs
 
 REDIS_URL = "redis://127.0.0.1:6379/0"

@@ -1,4 +1,4 @@
-"""The response cache's Redis store (extproc.cache.store.RedisCacheStore) against real Redis, with
+"""The response cache's Redis store (extproc.cache.redis_store.RedisCacheStore) against real Redis, with
 both client kinds the gateway makes (``connect_hot``'s RespClient, ``connect``'s redis-py):
 entries and their TTLs, the size cap, and every failure a miss or a False, counted and logged once
 per outage, never raised. The machine's Redis on 6379 (skipped when absent; every test its own key
@@ -21,14 +21,14 @@ from redis.crc import key_slot
 
 from extproc.auth.redis_limits import connect, connect_hot
 from extproc.cache.entry import CachedAnswer, decode, encode
-from extproc.cache.store import RedisCacheStore
+from extproc.cache.redis_store import RedisCacheStore
 from tests.integration import redis_procs
 from tests.integration.redis_procs import ClusterGroup
 from tests.tcp_proxy import TcpProxy
 
 HOST, PORT = "127.0.0.1", 6379
 URL = f"redis://{HOST}:{PORT}/0"
-LOGGER = "extproc.cache.store"
+LOGGER = "extproc.cache.redis_store"
 KINDS = ["resp", "redis-py"]
 
 

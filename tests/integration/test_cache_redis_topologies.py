@@ -1,4 +1,4 @@
-"""The response cache's Redis store (extproc.cache.store.RedisCacheStore) while its Redis changes
+"""The response cache's Redis store (extproc.cache.redis_store.RedisCacheStore) while its Redis changes
 under it, with several tasks putting and reading entries all along: a Sentinel master failed over,
 a Cluster slot migrated between masters (ASK, then MOVED), a single Redis killed and restarted.
 Every deployment is started by this module on free ports (tests/integration/redis_procs.py) and
@@ -32,13 +32,13 @@ from prometheus_client import REGISTRY
 from redis.crc import key_slot
 
 from extproc.auth.redis_limits import connect, connect_hot
-from extproc.cache.store import RedisCacheStore
+from extproc.cache.redis_store import RedisCacheStore
 from tests.integration import redis_procs
 from tests.integration.redis_procs import HOST, ClusterGroup, RedisProcess, SentinelGroup
 
 pytestmark = pytest.mark.skipif(redis_procs.REDIS_SERVER is None, reason="redis-server is not installed")
 
-LOGGER = "extproc.cache.store"
+LOGGER = "extproc.cache.redis_store"
 OUTAGE_BEGAN = "redis unavailable for the response cache"
 OUTAGE_ENDED = "redis answering the response cache again"
 TTL_S = 120.0  # far longer than any test: nothing expires while one runs

@@ -9,7 +9,8 @@ import math
 import pytest
 from prometheus_client import REGISTRY
 
-from extproc.cache.store import CacheStore, LocalLruStore, RedisCacheStore
+from extproc.cache.redis_store import RedisCacheStore
+from extproc.cache.store import CacheStore, LocalLruStore
 
 
 class Clock:
