@@ -200,6 +200,7 @@ class GatewayProcesses:
         self.children.append(child)
         child.start()
         CHILD_UP.labels(name).set(1)
+        CHILD_RESTARTS.labels(name)  # at 0 from the start: the first restart is an increase() alerts see
         self.write_state()
         return child
 
