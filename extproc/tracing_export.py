@@ -19,13 +19,21 @@ import time
 from collections.abc import Iterable
 
 import grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-from opentelemetry.proto.trace.v1 import trace_pb2
 from prometheus_client import Counter
 
 from ccr.v1 import tracing
+from ccr.v1.otlp_trace_pb2 import (
+    AnyValue,
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+    InstrumentationScope,
+    KeyValue,
+    Resource,
+    ResourceSpans,
+    ScopeSpans,
+    Span,
+    Status,
+)
 from extproc.routing_table import TracingSettings
 
 log = logging.getLogger("ccr.tracing")
@@ -35,6 +43,8 @@ FLUSH_S = 1.0
 QUEUE_SPANS = 8192  # a collector away for a while: this many spans wait, then new ones are dropped
 EXPORT_TIMEOUT_S = 2.0
 SCOPE = InstrumentationScope(name="ccr-gateway")
+# OTLP's own method name: our messages are wire-compatible copies (protos/ccr/v1/otlp_trace.proto).
+EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
 SPANS_EXPORTED = Counter("ccr_trace_spans_exported_total", "Spans the collector accepted")
 SPANS_DROPPED = Counter(
@@ -44,10 +54,10 @@ SPANS_DROPPED = Counter(
 )
 
 
-def to_proto(spans: Iterable[tracing.Span]) -> list[trace_pb2.Span]:
+def to_proto(spans: Iterable[tracing.Span]) -> list[Span]:
     out = []
     for span in spans:
-        message = trace_pb2.Span(
+        message = Span(
             trace_id=span.trace.trace_id,
             span_id=span.span_id,
             parent_span_id=span.parent_id,
@@ -58,18 +68,16 @@ def to_proto(spans: Iterable[tracing.Span]) -> list[trace_pb2.Span]:
             attributes=[KeyValue(key=key, value=_any(value)) for key, value in span.attributes.items()],
         )
         if span.error is not None:
-            message.status.code = trace_pb2.Status.STATUS_CODE_ERROR
+            message.status.code = Status.STATUS_CODE_ERROR
             message.status.message = span.error
         out.append(message)
     return out
 
 
-def export_request(service_name: str, spans: list[trace_pb2.Span]) -> trace_service_pb2.ExportTraceServiceRequest:
+def export_request(service_name: str, spans: list[Span]) -> ExportTraceServiceRequest:
     resource = Resource(attributes=[KeyValue(key="service.name", value=AnyValue(string_value=service_name))])
-    return trace_service_pb2.ExportTraceServiceRequest(
-        resource_spans=[
-            trace_pb2.ResourceSpans(resource=resource, scope_spans=[trace_pb2.ScopeSpans(scope=SCOPE, spans=spans)])
-        ]
+    return ExportTraceServiceRequest(
+        resource_spans=[ResourceSpans(resource=resource, scope_spans=[ScopeSpans(scope=SCOPE, spans=spans)])]
     )
 
 
@@ -97,7 +105,11 @@ class OtlpExporter:
             if endpoint.startswith("https://")
             else grpc.insecure_channel(target)
         )
-        self._stub = trace_service_pb2_grpc.TraceServiceStub(self._channel)
+        self._export = self._channel.unary_unary(
+            EXPORT_METHOD,
+            request_serializer=ExportTraceServiceRequest.SerializeToString,
+            response_deserializer=ExportTraceServiceResponse.FromString,
+        )
         self._thread = threading.Thread(target=self._run, name="otlp-export", daemon=True)
         self._thread.start()
 
@@ -136,7 +148,7 @@ class OtlpExporter:
 
     def _send(self, batch: list[tracing.Span]) -> None:
         try:
-            self._stub.Export(export_request(self.service_name, to_proto(batch)), timeout=EXPORT_TIMEOUT_S)
+            self._export(export_request(self.service_name, to_proto(batch)), timeout=EXPORT_TIMEOUT_S)
         except grpc.RpcError as error:
             SPANS_DROPPED.labels("export_failed").inc(len(batch))
             if not self._in_outage:

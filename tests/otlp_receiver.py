@@ -12,8 +12,8 @@ from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from ccr.v1.otlp_trace_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse, Span
 
 
 @dataclass(frozen=True)
@@ -45,17 +45,26 @@ class ReceivedSpan:
         return None
 
 
-class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
+class OtlpReceiver:
+    """OTLP's TraceService/Export, served with the gateway's wire-compatible messages
+    (protos/ccr/v1/otlp_trace.proto): what Envoy and the workers send is parsed for real."""
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._received: list[ReceivedSpan] = []
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self._server)
+        export = grpc.unary_unary_rpc_method_handler(
+            self.Export,
+            request_deserializer=ExportTraceServiceRequest.FromString,
+            response_serializer=ExportTraceServiceResponse.SerializeToString,
+        )
+        service = grpc.method_handlers_generic_handler(
+            "opentelemetry.proto.collector.trace.v1.TraceService", {"Export": export}
+        )
+        self._server.add_generic_rpc_handlers((service,))
         self.port = self._server.add_insecure_port("127.0.0.1:0")
 
-    def Export(
-        self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
-    ) -> trace_service_pb2.ExportTraceServiceResponse:
+    def Export(self, request: ExportTraceServiceRequest, context: grpc.ServicerContext) -> ExportTraceServiceResponse:
         with self._lock:
             for resource_spans in request.resource_spans:
                 service = next(
@@ -63,7 +72,7 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
                 )
                 for scope_spans in resource_spans.scope_spans:
                     self._received.extend(ReceivedSpan(service, span) for span in scope_spans.spans)
-        return trace_service_pb2.ExportTraceServiceResponse()
+        return ExportTraceServiceResponse()
 
     @property
     def endpoint(self) -> str:

@@ -34,7 +34,6 @@ from extproc.cache.metrics import FLIGHTS
 log = logging.getLogger("ccr.cache")
 
 
-
 class SharedFlights(Protocol):
     async def claim(self, key: str, flight_id: str, wait_s: float) -> bool:
         """True: this flight leads everywhere (or the claim could not be asked: lead anyway)."""

@@ -9,12 +9,14 @@ import sys
 from pathlib import Path
 
 import grpc
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_generated_policy_code_is_up_to_date(tmp_path):
-    proto = "ccr/v1/policy.proto"
+@pytest.mark.parametrize("name", ["policy", "otlp_trace"])
+def test_generated_code_is_up_to_date(tmp_path, name: str):
+    proto = f"ccr/v1/{name}.proto"
     subprocess.run(
         [
             sys.executable,
@@ -28,12 +30,12 @@ def test_generated_policy_code_is_up_to_date(tmp_path):
         cwd=ROOT,
         check=True,
     )
-    for generated in ("policy_pb2.py", "policy_pb2.pyi"):
+    for generated in (f"{name}_pb2.py", f"{name}_pb2.pyi"):
         fresh = (tmp_path / "ccr/v1" / generated).read_text()
         committed = (ROOT / "protos/ccr/v1" / generated).read_text()
         assert fresh == committed, (
             f"protos/ccr/v1/{generated} is stale; run: python -m grpc_tools.protoc -Iprotos "
-            "--python_out=protos --pyi_out=protos protos/ccr/v1/policy.proto"
+            f"--python_out=protos --pyi_out=protos protos/{proto}"
         )
 
 
