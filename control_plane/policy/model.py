@@ -14,11 +14,13 @@ from control_plane.policy.auth import AuthSpec
 from control_plane.policy.cache import CacheSpec, cache_proto, longest_dedup_wait_s
 from control_plane.policy.cors import CorsSpec
 from control_plane.policy.edge_limits import PerIpLimits
+from control_plane.policy.hardening import HardeningSpec
 from control_plane.policy.limit_sets import RateLimitSpec
 from control_plane.policy.resilience import DEFAULT as DEFAULT_RESILIENCE
 from control_plane.policy.resilience import Resilience
 from control_plane.policy.routes import RoutingSpec
 from control_plane.policy.storage import StorageSpec
+from control_plane.policy.tls import TlsSpec
 from control_plane.policy.tracing import TracingSpec
 from control_plane.policy.yaml_check import Problem
 
@@ -111,6 +113,10 @@ class GatewayPolicy:
     cache: CacheSpec | None = None
     # Distributed tracing (control_plane.policy.tracing); None: off.
     tracing: TracingSpec | None = None
+    # TLS on the listener (listener.tls); None: plain HTTP.
+    tls: TlsSpec | None = None
+    # Edge hardening knobs (listener.hardening), Envoy's edge best practices by default.
+    hardening: HardeningSpec = field(default_factory=HardeningSpec)
     # What parsing found suspicious but not wrong (an OpenAI base_url without a version): shown by
     # `validate` and logged, never a reason to reject. Not part of what the policy means.
     warnings: tuple[Problem, ...] = field(default=(), compare=False)

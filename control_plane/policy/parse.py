@@ -20,6 +20,7 @@ from control_plane.policy.base_urls import check_base_url
 from control_plane.policy.cache import CacheSpec, parse_cache
 from control_plane.policy.cors import CorsSpec, parse_cors
 from control_plane.policy.edge_limits import PerIpLimits, parse_per_ip_limits
+from control_plane.policy.hardening import HardeningSpec, parse_hardening
 from control_plane.policy.limit_sets import RateLimitSpec, parse_rate_limits
 from control_plane.policy.model import (
     API_NAMES,
@@ -34,6 +35,7 @@ from control_plane.policy.resilience import DEFAULT as DEFAULT_RESILIENCE
 from control_plane.policy.resilience import HealthCheck, Http2, OutlierDetection, Resilience, RetryBudget, TlsSettings
 from control_plane.policy.routes import parse_routing
 from control_plane.policy.storage import StorageSpec, parse_storage
+from control_plane.policy.tls import TlsSpec, parse_listener_tls
 from control_plane.policy.tracing import parse_tracing
 from control_plane.policy.yaml_check import Checker, Located, PolicyError, Problem, compose, join, kind_of
 
@@ -79,9 +81,13 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
     listener_address, listener_port = "127.0.0.1", 8080
     cors: CorsSpec | None = None
     per_ip_limits: PerIpLimits | None = None
+    tls: TlsSpec | None = None
+    hardening = HardeningSpec()
     decision_path = DECISION_PATHS[0]
     if "listener" in top:
-        listener = check.mapping(top["listener"], "listener", ("address", "port", "decision", "cors", "per_ip_limits"))
+        listener = check.mapping(
+            top["listener"], "listener", ("address", "port", "decision", "cors", "per_ip_limits", "tls", "hardening")
+        )
         if "address" in listener:
             address = check.string(listener["address"], "listener.address")
             if address is not None:
@@ -103,6 +109,10 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
             cors = parse_cors(check, listener["cors"])
         if "per_ip_limits" in listener:
             per_ip_limits = parse_per_ip_limits(check, listener["per_ip_limits"])
+        if "tls" in listener:
+            tls = parse_listener_tls(check, listener["tls"])
+        if "hardening" in listener:
+            hardening = parse_hardening(check, listener["hardening"])
     max_request_bytes = DEFAULT_MAX_REQUEST_BYTES
     attempt_timeout_seconds = 0.0
     if "limits" in top:
@@ -151,6 +161,8 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
         auth=auth or AuthSpec(),
         cache=cache,
         tracing=tracing,
+        tls=tls,
+        hardening=hardening,
     )
 
 

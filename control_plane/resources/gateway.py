@@ -31,7 +31,9 @@ from control_plane.policy import GatewayPolicy, ProviderSpec
 from control_plane.policy.cors import CorsSpec
 from control_plane.resources import decision_hop as decision_hop_resources
 from control_plane.resources import edge, edge_limits, resilience, tracing, usage_capture
+from control_plane.resources import hardening as hardening_resources
 from control_plane.resources import jwt as jwt_resources
+from control_plane.resources import tls as tls_resources
 
 LISTENER_NAME = "ccr_listener"
 ROUTE_CONFIG_NAME = "ccr_routes"
@@ -427,6 +429,12 @@ def listener(policy: GatewayPolicy, usage_log_clusters: Sequence[str] = (EXTPROC
     }
     if policy.tracing is not None:
         hcm["tracing"] = tracing.connection_manager_tracing(policy.tracing)
+    hcm.update(hardening_resources.connection_manager_fields(policy.hardening))
+    filter_chain: dict[str, Any] = {
+        "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]
+    }
+    if (transport_socket := tls_resources.listener_transport_socket(policy.tls)) is not None:
+        filter_chain["transport_socket"] = transport_socket
     return parse_resource(
         Listener(),
         {
@@ -434,8 +442,6 @@ def listener(policy: GatewayPolicy, usage_log_clusters: Sequence[str] = (EXTPROC
             "address": {"socket_address": {"address": policy.listener_address, "port_value": policy.listener_port}},
             # ext_proc receives the whole body in one message (BUFFERED); above this Envoy answers 413.
             "per_connection_buffer_limit_bytes": policy.max_request_bytes,
-            "filter_chains": [
-                {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
-            ],
+            "filter_chains": [filter_chain],
         },
     )
