@@ -7,6 +7,10 @@ file fetched with ``policy get -o FILE`` was based on (its first line,
 ``# consul-modify-index: N``, which push strips and then moves to the new index); the ModifyIndex
 read just before writing.
 
+push is appended to the audit log (docs/audit.md) with the ModifyIndex it wrote and ``--actor``
+(default $CCR_AUDIT_ACTOR, else the OS user); it fails closed: an unusable audit log stops the push
+before Consul is written (exit 1).
+
 Exit codes: 0 ok (diff: no difference), 1 diff found / Consul unreachable / nothing stored,
 2 invalid policy, 3 CAS conflict.
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import base64
 import difflib
+import hashlib
 import json
 import os
 import re
@@ -27,6 +32,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
+from audit.hooks import AuditKeyError, AuditUnavailable, OneShot
 from control_plane.consul.client import DEFAULT_ADDRESS, REQUEST_TIMEOUT, parse_address
 from control_plane.consul.kv import (
     DEFAULT_PREFIX,
@@ -126,6 +132,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="write only if the key's ModifyIndex is N (0: only if absent); "
         "default: the file's consul-modify-index line (from `policy get -o`), else as read now",
     )
+    push.add_argument("--actor", help="who, for the audit log (default $CCR_AUDIT_ACTOR, else the OS user)")
     get = sub.add_parser("get", parents=[common], help="print the policy stored in Consul")
     get.add_argument(
         "-o", "--output", help="write it to this file, with a first line recording its ModifyIndex for push"
@@ -145,6 +152,9 @@ def run(args: argparse.Namespace) -> int:
         kv = ConsulKV(address, token, args.datacenter)
         command = {"push": _push, "get": _get, "diff": _diff, "validate": _validate}[args.policy_command]
         return command(kv, prefix, args)
+    except (AuditKeyError, AuditUnavailable) as exc:
+        _err(f"audit log: {exc}")
+        return EXIT_UNAVAILABLE
     except (ConsulError, ValueError) as exc:  # ValueError: a malformed --consul address
         _err(str(exc))
         return EXIT_UNAVAILABLE
@@ -209,6 +219,8 @@ def _push(kv: ConsulKV, prefix: str, args: argparse.Namespace) -> int:
             _rewrite_marker(args.file, current.modify_index, local)
         print(f"consul:{key} already holds {args.file} (ModifyIndex {current.modify_index}); nothing pushed")
         return EXIT_OK
+    audit = OneShot(args.actor)
+    audit.ready()  # fail closed: nothing is pushed that the audit log could not record
     if not kv.put(key, local, cas=cas):
         now = kv.get(key)
         _err(
@@ -223,6 +235,12 @@ def _push(kv: ConsulKV, prefix: str, args: argparse.Namespace) -> int:
     if based_on is not None and written.value == local:  # the file is now based on what it wrote
         _rewrite_marker(args.file, written.modify_index, local)
     print(f"pushed {args.file} to consul:{key} (ModifyIndex {written.modify_index}; {_summary(policy)})")
+    details = {"modify_index": written.modify_index, "cas": cas, "sha256": hashlib.sha256(local).hexdigest()}
+    try:
+        audit.record("policy.pushed", f"consul:{key}", os.path.abspath(args.file), details)
+    except (AuditKeyError, AuditUnavailable) as exc:  # usable a moment ago (ready())
+        _err(f"pushed, but NOT audited: {exc}")
+        return EXIT_UNAVAILABLE
     shadowed = _stored_document(kv, prefix)
     if shadowed is not None and shadowed.shadowed:
         _err(f"note: consul:{key} takes precedence over the split keys {', '.join(shadowed.shadowed)}")

@@ -12,6 +12,10 @@ A key is printed once, by create and rotate; lists and show never print a secret
 store is the local SQLite file (``--sqlite PATH``, the default) or PostgreSQL (``--postgres DSN``,
 default $CCR_AUTH_POSTGRES, ``${VAR}`` expanded from the environment). Exit codes: 0 ok, 1 the
 store could not be used or has no such key, 2 a bad option.
+
+create, update, revoke and rotate are appended to the audit log (docs/audit.md; never a secret),
+``--actor`` or $CCR_AUDIT_ACTOR or the OS user as who. They fail closed: with the audit log
+unusable (no key, store unreachable) nothing is changed and the exit code is 1.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from audit.hooks import AuditKeyError, AuditLog, AuditUnavailable, admin_change, enabled, for_key_store
 from extproc.auth.key_store import KeyNotFound, KeyStore, KeyStoreUnavailable, default_keys_path, open_key_store
 from extproc.auth.keys import BUDGET_PERIODS, KeyFormatError, KeyRecord, new_key, public_fields
 
@@ -33,6 +38,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 POSTGRES_ENV = "CCR_AUTH_POSTGRES"
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_CHANGES = ("create", "update", "revoke", "rotate")  # audited
+_BUDGET = ("budget_usd", "budget_period")
 _LIMITS = ("models", "rpm", "rph", "rpd", "tpm", "tpd", "max_parallel", "budget_usd", "budget_period")
 
 
@@ -54,6 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DSN",
         help=f"PostgreSQL instead, e.g. postgresql://gw:${{PGPASSWORD}}@db/ccr (default ${POSTGRES_ENV}; ${{VAR}} from the environment)",
     )
+    store.add_argument("--actor", help="who, for the audit log (default $CCR_AUDIT_ACTOR, else the OS user)")
     sub = parser.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
 
     create = sub.add_parser("create", parents=[store], help="make a key and print it (once)")
@@ -105,6 +113,7 @@ def _add_limit_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     dsn = args.postgres or (None if args.sqlite else os.environ.get(POSTGRES_ENV))
     store = open_key_store(sqlite_path=args.sqlite, postgres_dsn=dsn)
+    args.audit = for_key_store(dsn) if args.keys_command in _CHANGES and enabled() else None
     try:
         return asyncio.run(_run(args, store))
     except (KeyFormatError, ValueError) as exc:
@@ -113,13 +122,19 @@ def run(args: argparse.Namespace) -> int:
 
 async def _run(args: argparse.Namespace, store: KeyStore) -> int:
     try:
+        if args.audit is not None:
+            await args.audit.ready()  # fail closed: no change that the audit log could not record
         return await _ACTIONS[args.keys_command](args, store)
+    except (AuditKeyError, AuditUnavailable) as exc:
+        return _fail(EXIT_FAILED, f"audit log: {exc}; nothing changed")
     except KeyStoreUnavailable as exc:
         return _fail(EXIT_FAILED, str(exc))
     except KeyNotFound as exc:
         return _fail(EXIT_FAILED, f"no key {exc.args[0]!r} in {store.description}")
     finally:
         await store.close()
+        if args.audit is not None:
+            await args.audit.close()
 
 
 def _fail(code: int, message: str) -> int:
@@ -144,6 +159,7 @@ async def _create(args: argparse.Namespace, store: KeyStore) -> int:
         limits["expires_at"] = now + parse_duration(args.expires)
     presented, record = new_key(args.tenant, args.name, now, **limits)
     stored = await store.create(record)
+    await _audited(args, store, "key.create", stored.key_id, public_fields(stored))
     print(f"created key {stored.key_id} for tenant {stored.key.tenant} ({stored.key.name}):\n\n    {presented}\n")
     print("Store it now: it is not shown again (rotate the key if it is lost).", file=sys.stderr)
     return EXIT_OK
@@ -180,12 +196,15 @@ async def _update(args: argparse.Namespace, store: KeyStore) -> int:
     if not changes:
         return _fail(EXIT_USAGE, "update: give at least one of --name, --models, --rpm, ... --expires")
     record = await store.update_limits(args.key_id, changes)
+    action = "budget.change" if set(_BUDGET) & set(changes) else "key.update"
+    await _audited(args, store, action, record.key_id, {"tenant": record.key.tenant, "changes": changes})
     print(f"updated key {record.key_id}: {', '.join(sorted(changes))}")
     return EXIT_OK
 
 
 async def _revoke(args: argparse.Namespace, store: KeyStore) -> int:
     record = await store.revoke(args.key_id)
+    await _audited(args, store, "key.revoke", record.key_id, {"tenant": record.key.tenant, "name": record.key.name})
     print(f"revoked key {record.key_id} ({record.key.tenant}, {record.key.name})")
     return EXIT_OK
 
@@ -193,10 +212,21 @@ async def _revoke(args: argparse.Namespace, store: KeyStore) -> int:
 async def _rotate(args: argparse.Namespace, store: KeyStore) -> int:
     grace = parse_duration(args.grace)
     presented, record = await store.rotate(args.key_id, grace)
+    details = {"tenant": record.key.tenant, "grace_seconds": grace, "previous_valid_until": record.previous_valid_until}
+    await _audited(args, store, "key.rotate", record.key_id, details)
     print(f"rotated key {record.key_id} ({record.key.tenant}, {record.key.name}):\n\n    {presented}\n")
     until = f"until {_shown('previous_secret_valid_until', record.previous_valid_until)}" if grace else "no longer"
     print(f"The old secret works {until}. The new one is not shown again.", file=sys.stderr)
     return EXIT_OK
+
+
+async def _audited(args: argparse.Namespace, store: KeyStore, action: str, key_id: str, details: dict) -> None:
+    """After the store change succeeded. ``details`` never hold the secret or its hash."""
+    audit: AuditLog | None = args.audit
+    try:
+        await admin_change(audit, action, key_id, store.description, details, args.actor)
+    except (AuditKeyError, AuditUnavailable) as exc:  # it was there a moment ago (ready())
+        raise KeyStoreUnavailable(f"{action} {key_id} was done but NOT audited: {exc}") from None
 
 
 _ACTIONS = {

@@ -1,0 +1,315 @@
+"""Where the audit chain is kept: a local SQLite file (embedded mode, the default) or PostgreSQL.
+
+Both keep two tables: ``audit_log`` (one row per entry, ``seq`` the primary key) and
+``audit_head`` (one row: the last seq and hash). An append reads the head, seals the entry after it
+(audit.chain) and writes both in one transaction, serialized between writers, so two writers never
+fork the chain: SQLite takes its write lock up front (BEGIN IMMEDIATE); PostgreSQL takes a
+transaction-level advisory lock, held to commit. ``details`` is stored as the JSON text it was
+hashed from (not jsonb, which would reorder keys and renormalize numbers).
+
+The DSN, in order: ``--postgres``, ``$CCR_AUDIT_POSTGRES``, ``$CCR_AUTH_POSTGRES`` (the key
+store's, from the policy's ``auth.keys.postgres``: `up` puts it in every child's environment, and
+the key CLI reads it, so the control plane and `keys` agree on one chain). ``${VAR}`` references
+are expanded from the environment; the password is never echoed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import sqlite3
+import threading
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+
+from audit.chain import ChainKey, Draft, Entry, Head, empty_head, seal
+
+AUDIT_POSTGRES_ENV = "CCR_AUDIT_POSTGRES"
+AUDIT_SQLITE_ENV = "CCR_AUDIT_SQLITE"
+KEY_STORE_POSTGRES_ENV = "CCR_AUTH_POSTGRES"
+CONNECT_TIMEOUT = 5.0
+_LOCK_ID = 0x63637261756474  # "ccraudt": the advisory lock every PostgreSQL writer takes
+_BUSY_TIMEOUT_MS = 10_000
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_COLUMNS = (
+    "seq",
+    "at",
+    "actor",
+    "action",
+    "target",
+    "host",
+    "source",
+    "xds_version",
+    "details",
+    "key_id",
+    "prev_hash",
+    "hash",
+)
+
+_SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit_log (
+    seq INTEGER PRIMARY KEY, at TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+    target TEXT NOT NULL, host TEXT NOT NULL, source TEXT NOT NULL, xds_version TEXT NOT NULL,
+    details TEXT NOT NULL, key_id TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_head (one INTEGER PRIMARY KEY CHECK (one = 1), seq INTEGER NOT NULL, hash TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_log_at ON audit_log (at)
+"""
+_POSTGRES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit_log (
+    seq bigint PRIMARY KEY, at text NOT NULL, actor text NOT NULL, action text NOT NULL,
+    target text NOT NULL, host text NOT NULL, source text NOT NULL, xds_version text NOT NULL,
+    details text NOT NULL, key_id text NOT NULL, prev_hash text NOT NULL, hash text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_head (one int PRIMARY KEY CHECK (one = 1), seq bigint NOT NULL, hash text NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_log_at ON audit_log (at)
+"""
+
+
+class AuditUnavailable(Exception):
+    """The store could not be opened, read or written (the message never holds a password)."""
+
+
+class AuditStore(Protocol):
+    description: str
+    embedded: bool  # True: the local file (a missing key file may be created)
+
+    async def append(self, key: ChainKey, draft: Draft) -> Entry: ...
+    async def entries(self, since: str | None = None) -> list[Entry]: ...  # by seq; since: ISO time
+    async def head(self) -> Head: ...
+    async def close(self) -> None: ...
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def default_audit_path() -> Path:
+    """``$XDG_DATA_HOME/ccr-gateway/audit.db``, i.e. ``~/.local/share/ccr-gateway/audit.db``."""
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home) / "ccr-gateway" / "audit.db"
+
+
+def configured_dsn(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> str | None:
+    env = os.environ if environ is None else environ
+    return explicit or env.get(AUDIT_POSTGRES_ENV) or env.get(KEY_STORE_POSTGRES_ENV) or None
+
+
+def open_audit_store(
+    postgres: str | None = None, sqlite: Path | str | None = None, environ: Mapping[str, str] | None = None
+) -> AuditStore:
+    """PostgreSQL when a DSN is given or configured (module docstring), else the local file
+    (``sqlite``, ``$CCR_AUDIT_SQLITE``, default ``default_audit_path()``). Nothing is opened yet."""
+    env = os.environ if environ is None else environ
+    dsn = None if sqlite else configured_dsn(postgres, env)
+    if dsn:
+        return PostgresAuditStore(dsn, environ=env)
+    return SqliteAuditStore(sqlite or env.get(AUDIT_SQLITE_ENV) or default_audit_path())
+
+
+def _row(entry: Entry) -> tuple[Any, ...]:
+    values = entry.to_json()
+    values["details"] = orjson.dumps(values["details"], option=orjson.OPT_SORT_KEYS).decode()
+    return tuple(values[name] for name in _COLUMNS)
+
+
+def _entry(row: Mapping[str, Any] | sqlite3.Row) -> Entry:
+    data = {name: row[name] for name in _COLUMNS}
+    data["details"] = orjson.loads(data["details"])
+    data["seq"] = int(data["seq"])
+    return Entry.from_json(data)
+
+
+class SqliteAuditStore:
+    """The embedded store: one file, WAL, one connection used under a lock in a worker thread."""
+
+    embedded = True
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path).expanduser()
+        self.description = str(self.path)
+        self._lock = threading.Lock()
+        self._connection: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._connection is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(
+                self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+            )
+            connection.row_factory = sqlite3.Row
+            try:
+                connection.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+                connection.execute("PRAGMA journal_mode = WAL")
+                connection.execute("PRAGMA synchronous = FULL")
+                for statement in filter(str.strip, _SQLITE_SCHEMA.split(";")):
+                    connection.execute(statement)
+            except BaseException:
+                connection.close()
+                raise
+            with contextlib.suppress(OSError):
+                os.chmod(self.path, 0o600)
+            self._connection = connection
+        return self._connection
+
+    async def _run(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        def locked() -> Any:
+            with self._lock:
+                try:
+                    return work(self._connect())
+                except sqlite3.Error as exc:
+                    raise AuditUnavailable(f"audit log {self.description}: {exc}") from None
+
+        return await asyncio.to_thread(locked)
+
+    async def append(self, key: ChainKey, draft: Draft) -> Entry:
+        def work(connection: sqlite3.Connection) -> Entry:
+            connection.execute("BEGIN IMMEDIATE")  # the write lock first: no other writer reads this head
+            try:
+                head = _sqlite_head(connection)
+                entry = seal(key, draft, head, now_iso())
+                connection.execute(f"INSERT INTO audit_log VALUES ({', '.join('?' for _ in _COLUMNS)})", _row(entry))
+                connection.execute(
+                    "INSERT INTO audit_head VALUES (1, ?, ?) ON CONFLICT (one) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+                    (entry.seq, entry.hash),
+                )
+                connection.execute("COMMIT")
+                return entry
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+
+        return await self._run(work)
+
+    async def entries(self, since: str | None = None) -> list[Entry]:
+        def work(connection: sqlite3.Connection) -> list[Entry]:
+            if since is None:
+                rows = connection.execute("SELECT * FROM audit_log ORDER BY seq")
+            else:
+                rows = connection.execute("SELECT * FROM audit_log WHERE at >= ? ORDER BY seq", (since,))
+            return [_entry(row) for row in rows]
+
+        return await self._run(work)
+
+    async def head(self) -> Head:
+        return await self._run(_sqlite_head)
+
+    async def close(self) -> None:
+        with self._lock:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+
+def _sqlite_head(connection: sqlite3.Connection) -> Head:
+    row = connection.execute("SELECT seq, hash FROM audit_head WHERE one = 1").fetchone()
+    return empty_head() if row is None else Head(int(row["seq"]), row["hash"])
+
+
+class PostgresAuditStore:
+    """The shared store: one connection, opened (and the tables created) on first use."""
+
+    embedded = False
+
+    def __init__(self, dsn: str, *, environ: Mapping[str, str] | None = None) -> None:
+        self._dsn = dsn
+        self._environ = os.environ if environ is None else environ
+        self.description = redact_dsn(dsn)
+        self._connection: Any = None
+
+    async def _connect(self) -> Any:
+        import asyncpg  # only PostgreSQL users pay for it
+
+        if self._connection is None or self._connection.is_closed():
+            connection = await asyncpg.connect(expand_env(self._dsn, self._environ), timeout=CONNECT_TIMEOUT)
+            try:
+                async with connection.transaction():
+                    await connection.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_ID)
+                    await connection.execute(_POSTGRES_SCHEMA)
+            except BaseException:
+                await connection.close()
+                raise
+            self._connection = connection
+        return self._connection
+
+    async def _call(self, work: Callable[[Any], Any]) -> Any:
+        import asyncpg
+
+        try:
+            return await work(await self._connect())
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
+            raise AuditUnavailable(f"audit log {self.description}: {type(exc).__name__}: {exc}") from None
+
+    async def append(self, key: ChainKey, draft: Draft) -> Entry:
+        async def work(connection: Any) -> Entry:
+            async with connection.transaction():
+                # Held to commit: the next writer reads the head this one writes.
+                await connection.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_ID)
+                head = await _postgres_head(connection)
+                entry = seal(key, draft, head, now_iso())
+                placeholders = ", ".join(f"${i}" for i in range(1, len(_COLUMNS) + 1))
+                await connection.execute(f"INSERT INTO audit_log VALUES ({placeholders})", *_row(entry))
+                await connection.execute(
+                    "INSERT INTO audit_head VALUES (1, $1, $2) ON CONFLICT (one) DO UPDATE SET seq = $1, hash = $2",
+                    entry.seq,
+                    entry.hash,
+                )
+                return entry
+
+        return await self._call(work)
+
+    async def entries(self, since: str | None = None) -> list[Entry]:
+        async def work(connection: Any) -> list[Entry]:
+            if since is None:
+                rows = await connection.fetch("SELECT * FROM audit_log ORDER BY seq")
+            else:
+                rows = await connection.fetch("SELECT * FROM audit_log WHERE at >= $1 ORDER BY seq", since)
+            return [_entry(row) for row in rows]
+
+        return await self._call(work)
+
+    async def head(self) -> Head:
+        return await self._call(_postgres_head)
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            await connection.close()
+
+
+async def _postgres_head(connection: Any) -> Head:
+    row = await connection.fetchrow("SELECT seq, hash FROM audit_head WHERE one = 1")
+    return empty_head() if row is None else Head(int(row["seq"]), row["hash"])
+
+
+# -- ${VAR} DSNs (written here: the audit package imports neither ext_proc nor the ledger) ---------
+
+
+def expand_env(text: str, environ: Mapping[str, str]) -> str:
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(1) not in environ:
+            raise AuditUnavailable(f"environment variable {match.group(1)} is not set (referenced in the DSN)")
+        return environ[match.group(1)]
+
+    return _REFERENCE.sub(substitute, text)
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN with a literal password masked (``${VAR}`` references are names: kept)."""
+    try:
+        parts = urlsplit(dsn)
+        password = parts.password
+    except ValueError:
+        return "***"
+    if password is None or _REFERENCE.fullmatch(password):
+        return dsn
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

@@ -1,0 +1,85 @@
+"""A policy file edited under a running control plane leaves hash-chained audit entries."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from audit.chain import verify
+from audit.keys import load_key
+from audit.stores import SqliteAuditStore
+from control_plane.server import ControlPlane, ControlPlaneConfig
+
+POLICY = "providers:\n  - {{name: {name}, api: anthropic, base_url: 'http://127.0.0.1:9100', models: [m]}}\n"
+
+
+@pytest.fixture
+def audit_env(tmp_path, monkeypatch):
+    for name in ("CCR_AUDIT_POSTGRES", "CCR_AUTH_POSTGRES", "CCR_AUDIT_KEY", "CCR_AUDIT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CCR_AUDIT_SQLITE", str(tmp_path / "audit.db"))
+    monkeypatch.setenv("CCR_AUDIT_KEY_FILE", str(tmp_path / "audit.key"))
+    (tmp_path / "audit.key").write_text("ef" * 32)
+    return tmp_path / "audit.db"
+
+
+async def _entries(path):
+    store = SqliteAuditStore(path)
+    try:
+        return await store.head(), await store.entries()
+    finally:
+        await store.close()
+
+
+async def _until(predicate, timeout=10.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_policy_file_edit_under_a_running_control_plane_appends_entries(tmp_path, audit_env):
+    policy_file = tmp_path / "gw.yaml"
+    policy_file.write_text(POLICY.format(name="a"))
+    plane = ControlPlane(ControlPlaneConfig(policy_path=str(policy_file), poll_interval=0.05))
+    await plane.load_initial()
+    watcher = asyncio.create_task(plane.source.watch(plane._apply, plane._reject))
+    try:
+        await asyncio.sleep(0.2)
+        policy_file.write_text(POLICY.format(name="b") + "# edited\n")
+        await _until(lambda: _count(audit_env, 2))
+        policy_file.write_text("providers: [oops\n")
+        await _until(lambda: _count(audit_env, 3))
+    finally:
+        watcher.cancel()
+        await plane.audit.close()
+        await plane.source.close()
+    head, entries = await _entries(audit_env)
+    assert [(e.action, e.xds_version) for e in entries] == [
+        ("policy.accepted", "1"),
+        ("policy.accepted", "2"),
+        ("policy.rejected", ""),
+    ]
+    assert all(e.actor == "control-plane" and e.source == str(policy_file) and e.host for e in entries)
+    assert entries[2].details["error"]
+    assert verify(load_key(), entries, head) is None
+
+
+async def _count(path, n: int) -> bool:
+    return path.exists() and len((await _entries(path))[1]) >= n
+
+
+def test_with_the_audit_store_unusable_a_policy_still_applies(tmp_path, monkeypatch, caplog):
+    for name in ("CCR_AUDIT_POSTGRES", "CCR_AUTH_POSTGRES", "CCR_AUDIT_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CCR_AUDIT_SQLITE", str(tmp_path / "audit.db"))
+    monkeypatch.setenv("CCR_AUDIT_KEY_FILE", str(tmp_path / "no-such.key"))  # an explicit, missing key
+    policy_file = tmp_path / "gw.yaml"
+    policy_file.write_text(POLICY.format(name="a"))
+    plane = ControlPlane(ControlPlaneConfig(policy_path=str(policy_file)))
+    from control_plane.policy import load_policy
+
+    plane._apply(load_policy(POLICY.format(name="a"), source=str(policy_file)))
+    assert plane.rollout.desired is not None and plane.rollout.desired.version == "1"
+    assert "policy.accepted not recorded (the change still applies)" in caplog.text
