@@ -467,6 +467,8 @@ def respond(state: GatewayState, token: str, status: int, content_type: str, raw
     if translator is None:  # the policy changed under the request: nothing can read this answer
         return _response(502, error_reply(hop.client, 502, "the gateway cannot read this provider's answer", ""))
     labelled(RESPONSES, hop.provider_name, f"{status // 100}xx", "1").inc()
+    if status in (401, 403) and state.table is not None and (provider := state.table.providers.get(hop.provider_name)):
+        provider.key_rejected()  # a key from Vault may have been rotated: read again soon
     if status >= 500 and (root := tracing.current()) is not None:
         root.fail(f"provider {hop.provider_name} answered {status}")
     if not 200 <= status < 300:

@@ -3,8 +3,9 @@
 Compiling happens once per policy version (off the hot path): model names, "provider,model" strings,
 aliases, scenario routers (global and per tenant, already merged), fallback chains and the custom
 hook are all resolved to `ModelRoute`s here, so a request's decision (extproc.router.decide) is a
-few dict lookups. Provider keys are read from this process's environment at compile time and never
-travel over xDS. Anything the table cannot honour raises PolicyCompileError, which ext_proc answers
+few dict lookups. Provider keys are read from this process's environment at compile time, or from
+Vault (``api_key_ref``, kept fresh by extproc.secrets.store: a rotated key is used without a new
+policy), and never travel over xDS. Anything the table cannot honour raises PolicyCompileError, which ext_proc answers
 to the control plane as a NACK, keeping the previous table in force.
 """
 
@@ -23,7 +24,11 @@ from ccr.v1 import policy_pb2
 from ccr.v1.contract import DEFAULT_LONG_CONTEXT_THRESHOLD
 from ccr.v1.contract import SCENARIOS as SCENARIO_FIELDS
 from ccr.v1.pricing import Prices
+from ccr.v1.secret_ref import ReferenceError, parse_reference
 from extproc.cache.rules import WHEN, CacheRules, CacheSetting, resolve
+from extproc.secrets.store import KeyHandle, SecretStore, default_store
+from extproc.secrets.vault_client import DEFAULT_JWT_PATH, VaultSettings
+from extproc.secrets.vault_client import METHODS as VAULT_METHODS
 from extproc.translate.base import Api, Target
 
 _API_OF = {
@@ -53,11 +58,33 @@ class ProviderRoute:
     api: Api
     cluster: str
     base_path: str
-    # Headers sent to the provider on every request: its auth header and the policy's extras.
-    headers: tuple[tuple[str, str], ...]
+    # The policy's extra headers, and the auth header of a key from the environment.
+    static_headers: tuple[tuple[str, str], ...]
     # Set when the provider cannot be used from this process (e.g. its key variable is unset).
-    unavailable: str | None = None
+    static_unavailable: str | None = None
     forward_count_tokens: bool = False
+    # A key read from Vault: its current value, looked up on every request (rotation).
+    key: KeyHandle | None = None
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        """Headers sent to the provider on every request: its auth header and the policy's extras."""
+        if self.key is None:
+            return self.static_headers
+        value = self.key.value
+        return auth_headers(self.api, value) + self.static_headers if value else self.static_headers
+
+    @property
+    def unavailable(self) -> str | None:
+        """Why this provider is answered 503 now; a Vault key not (yet) read fails closed here."""
+        if self.static_unavailable is not None or self.key is None or self.key.value:
+            return self.static_unavailable
+        return f"provider {self.name!r} has no API key: {self.key.problem}"
+
+    def key_rejected(self) -> None:
+        """The provider answered 401/403: a Vault key is read again soon (it may have been rotated)."""
+        if self.key is not None:
+            self.key.rejected()
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,8 +233,13 @@ class RoutingTable:
         return self.router.hook_path
 
 
-def compile_policy(policy: policy_pb2.Policy, environ: Mapping[str, str] | None = None) -> RoutingTable:
+def compile_policy(
+    policy: policy_pb2.Policy, environ: Mapping[str, str] | None = None, secrets: SecretStore | None = None
+) -> RoutingTable:
+    """``secrets``: where vault: keys are kept (default: this process's store, used only when the
+    policy has one)."""
     env = os.environ if environ is None else environ
+    store: SecretStore | None = None
     models: dict[str, ModelRoute] = {}
     targets: dict[tuple[str, str], ModelRoute] = {}
     explicit: dict[str, ModelRoute] = {}
@@ -222,7 +254,16 @@ def compile_policy(policy: policy_pb2.Policy, environ: Mapping[str, str] | None 
             raise PolicyCompileError(f"provider {provider.name!r} is defined twice")
         headers = tuple(sorted(provider.headers.items()))
         unavailable = None
-        if provider.api_key_env:
+        key_handle: KeyHandle | None = None
+        if provider.api_key_ref:
+            if store is None:
+                store = secrets if secrets is not None else default_store()
+                store.configure(vault_settings(policy, env), env)
+            try:
+                key_handle = store.handle(parse_reference(provider.api_key_ref))
+            except ReferenceError as exc:
+                raise PolicyCompileError(f"provider {provider.name!r}: api_key {exc}") from None
+        elif provider.api_key_env:
             key = env.get(provider.api_key_env, "")
             if key:
                 headers = auth_headers(api, key) + headers
@@ -239,6 +280,7 @@ def compile_policy(policy: policy_pb2.Policy, environ: Mapping[str, str] | None 
             headers,
             unavailable,
             provider.forward_count_tokens,
+            key_handle,
         )
         providers[provider.name] = route
         served: list[ModelRoute] = []
@@ -357,6 +399,9 @@ def compile_policy(policy: policy_pb2.Policy, environ: Mapping[str, str] | None 
                 )
             tenants[digest] = compiled_tenant
 
+    if store is not None:
+        store.read_new()  # a new reference's first read, before the table serves a request
+
     return RoutingTable(
         policy.version,
         models,
@@ -376,6 +421,29 @@ def compile_policy(policy: policy_pb2.Policy, environ: Mapping[str, str] | None 
         or any(route.cache is not None for route in models.values())
         or any(rule.cache is not None for rule in rules.values()),
         tracing=_tracing(policy.tracing) if policy.HasField("tracing") else None,
+    )
+
+
+def vault_settings(policy: policy_pb2.Policy, environ: Mapping[str, str]) -> VaultSettings:
+    """How this process reaches Vault: the policy's vault section, the address defaulting to
+    VAULT_ADDR. Credentials are read at login, from ``environ`` and files, never from the policy."""
+    vault = policy.vault
+    method = vault.auth_method or "token"
+    if method not in VAULT_METHODS:
+        raise PolicyCompileError(f"vault.auth.method {method!r} is not one of {', '.join(VAULT_METHODS)}")
+    address = vault.address or environ.get("VAULT_ADDR", "")
+    if not address.startswith(("http://", "https://")):
+        raise PolicyCompileError("vault: no address (set vault.address in the policy or VAULT_ADDR for ext_proc)")
+    return VaultSettings(
+        address=address,
+        method=method,
+        mount=vault.auth_mount,
+        token_env=vault.token_env or "VAULT_TOKEN",
+        role_id=vault.role_id,
+        secret_id_env=vault.secret_id_env,
+        role=vault.role,
+        jwt_path=vault.jwt_path or DEFAULT_JWT_PATH,
+        rotation_interval_s=vault.rotation_interval_s or 24 * 3600.0,
     )
 
 
