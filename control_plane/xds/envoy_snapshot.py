@@ -15,9 +15,11 @@ from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from control_plane.policy import GatewayPolicy, ProviderSpec
 from control_plane.policy.routes import FallbackSpec
 from control_plane.resources import gateway as resources
+from control_plane.resources import tls as tls_resources
 from control_plane.resources.chains import chain_cluster, chain_route
 from control_plane.resources.decision_hop import response_only_variant
 from control_plane.resources.jwt import jwks_clusters
+from control_plane.resources.tls import TlsMaterial
 from control_plane.resources.tracing import OTLP_CLUSTER, otlp_cluster
 from control_plane.xds.snapshot import Snapshot
 
@@ -29,9 +31,11 @@ def envoy_snapshot(
     chains: Mapping[str, tuple[FallbackSpec, GatewayPolicy]],
     endpoints_of: Callable[[ProviderSpec], ClusterLoadAssignment],
     usage_log_clusters: tuple[str, ...],
+    tls_material: TlsMaterial | None = None,
 ) -> Snapshot:
     """``policy`` gives the listener and the chains' timeouts; ``providers`` every provider cluster
-    Envoy must have; ``chains`` every chain cluster, with the policy whose providers it names."""
+    Envoy must have; ``chains`` every chain cluster, with the policy whose providers it names;
+    ``tls_material`` the bytes of the files ``policy.tls`` names (its SDS secrets)."""
     specs = sorted(providers, key=lambda p: p.cluster)
     clusters = [(p.cluster, resources.provider_cluster(p)) for p in specs]
     clusters += [
@@ -54,6 +58,7 @@ def envoy_snapshot(
         version,
         clusters=clusters,
         endpoints=[(p.cluster, endpoints_of(p)) for p in specs if p.uses_eds],
+        secrets=tls_resources.secrets(policy.tls, tls_material),
         listeners=[(resources.LISTENER_NAME, resources.listener(policy, usage_log_clusters))],
         routes=[(resources.ROUTE_CONFIG_NAME, routes)],
     )

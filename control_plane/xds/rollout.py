@@ -27,6 +27,7 @@ from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from ccr.v1.contract import ENVOY_GROUP, EXTPROC_GROUP, POLICY_RESOURCE_NAME
 from control_plane.policy import GatewayPolicy, ProviderSpec
 from control_plane.resources import gateway as resources
+from control_plane.resources.tls import TlsMaterial
 from control_plane.xds.cache import Ack, SnapshotCache
 from control_plane.xds.envoy_snapshot import envoy_snapshot
 from control_plane.xds.snapshot import CLUSTER, ENDPOINT, POLICY, Snapshot, consistency_errors
@@ -58,6 +59,8 @@ class Rollout:
         self._warm_since: float | None = None  # when Envoy first ACKed everything `desired` needs
         self._timer: asyncio.TimerHandle | None = None
         self.catalog_endpoints: dict[str, ClusterLoadAssignment] = {}  # cluster -> from Consul
+        # The bytes of the files the desired policy's listener.tls names (its SDS secrets).
+        self.tls_material: TlsMaterial | None = None
         cache.on_ack(self._on_ack)
 
     # --- inputs -----------------------------------------------------------------------------
@@ -70,6 +73,15 @@ class Rollout:
         self._warm_since = None
         self.reconcile()
         return version
+
+    def set_tls_material(self, material: TlsMaterial | None) -> None:
+        """The listener's certificate files changed on disk (a rotation): only the secrets'
+        version changes, so Envoy swaps the certificate for new connections and keeps the
+        listener (and its open connections) as they are."""
+        if material == self.tls_material:
+            return
+        self.tls_material = material
+        self.reconcile()
 
     def _on_ack(self, ack: Ack | None) -> None:
         self.reconcile()
@@ -109,7 +121,13 @@ class Rollout:
             for chain in self.offered.policy.routing.fallbacks:
                 chains.setdefault(chain.cluster, (chain, self.offered.policy))
         return envoy_snapshot(
-            self.desired.version, policy, providers.values(), chains, self._endpoints_of, self.usage_log_clusters
+            self.desired.version,
+            policy,
+            providers.values(),
+            chains,
+            self._endpoints_of,
+            self.usage_log_clusters,
+            self.tls_material,
         )
 
     def _serve_envoy(self, snapshot: Snapshot) -> bool:

@@ -18,6 +18,7 @@ from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2 import (
     HttpConnectionManager,
 )
+from envoy.extensions.transport_sockets.tls.v3.tls_pb2 import DownstreamTlsContext
 from google.protobuf.message import Message
 
 from ccr.v1.contract import POLICY_TYPE_URL
@@ -27,14 +28,17 @@ CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 POLICY = POLICY_TYPE_URL
 
 # The order Envoy must receive types in (make-before-break): clusters before the endpoints that
-# warm them, both before listeners and routes that might send traffic to them. The ext_proc policy
-# type is served to ext_proc nodes only.
-TYPE_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE, POLICY)
+# warm them, both before listeners and routes that might send traffic to them; the SDS secrets a
+# listener's TLS context names before that listener (it would otherwise warm until they come). The
+# ext_proc policy type is served to ext_proc nodes only.
+TYPE_ORDER = (CLUSTER, ENDPOINT, SECRET, LISTENER, ROUTE, POLICY)
 # Types Envoy asks for by resource name; the others are "wildcard" (all resources of the type).
-NAMED_TYPES = frozenset({ENDPOINT, ROUTE})
+# Envoy subscribes to each secret a transport socket names, by name.
+NAMED_TYPES = frozenset({ENDPOINT, ROUTE, SECRET})
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +75,14 @@ class Snapshot:
         return cls(version, MappingProxyType({_TYPE_KEYS[key]: Resources.of(items) for key, items in by_type.items()}))
 
 
-_TYPE_KEYS = {"clusters": CLUSTER, "endpoints": ENDPOINT, "listeners": LISTENER, "routes": ROUTE, "policy": POLICY}
+_TYPE_KEYS = {
+    "clusters": CLUSTER,
+    "endpoints": ENDPOINT,
+    "secrets": SECRET,
+    "listeners": LISTENER,
+    "routes": ROUTE,
+    "policy": POLICY,
+}
 
 
 def consistency_errors(snapshot: Snapshot, policy: Policy | None = None) -> list[str]:
@@ -90,13 +101,20 @@ def consistency_errors(snapshot: Snapshot, policy: Policy | None = None) -> list
                 errors.append(f"cluster {name!r} has no endpoints (ClusterLoadAssignment {service!r} missing)")
     errors.extend(f"endpoints {name!r} are not named by any EDS cluster" for name in endpoints if name not in eds_names)
     routes = snapshot.get(ROUTE).by_name
+    secrets = snapshot.get(SECRET).by_name
     used_routes: set[str] = set()
+    used_secrets: set[str] = set()
     for name, listener in snapshot.get(LISTENER).by_name.items():
         assert isinstance(listener, Listener)
         for route_name in _route_tables_of(listener):
             used_routes.add(route_name)
             if route_name not in routes:
                 errors.append(f"listener {name!r} uses route table {route_name!r}, which is missing")
+        for secret_name in _secrets_of(listener):
+            used_secrets.add(secret_name)
+            if secret_name not in secrets:
+                errors.append(f"listener {name!r} uses secret {secret_name!r}, which is missing")
+    errors.extend(f"secret {name!r} is not used by any listener" for name in secrets if name not in used_secrets)
     for name, table in routes.items():
         assert isinstance(table, RouteConfiguration)
         if name not in used_routes:
@@ -115,6 +133,19 @@ def consistency_errors(snapshot: Snapshot, policy: Policy | None = None) -> list
             if chain.cluster not in clusters:
                 errors.append(f"policy sends a fallback chain to cluster {chain.cluster!r}, which is missing")
     return errors
+
+
+def _secrets_of(listener: Listener) -> list[str]:
+    """The SDS secrets the listener's downstream TLS contexts name."""
+    names = []
+    for chain in listener.filter_chains:
+        context = DownstreamTlsContext()
+        if chain.HasField("transport_socket") and chain.transport_socket.typed_config.Unpack(context):
+            common = context.common_tls_context
+            names.extend(config.name for config in common.tls_certificate_sds_secret_configs)
+            if common.HasField("validation_context_sds_secret_config"):
+                names.append(common.validation_context_sds_secret_config.name)
+    return names
 
 
 def _route_tables_of(listener: Listener) -> list[str]:
