@@ -11,6 +11,10 @@ import sys
 from pathlib import Path
 
 from ccr.v1.contract import EXTPROC_CLUSTER, HOP_CLUSTER
+from control_plane.policy.hardening import HardeningSpec
+
+_TYPE = "type.googleapis.com/envoy.extensions."
+HEAP_MONITOR = "envoy.resource_monitors.fixed_heap"
 
 BOOTSTRAP_TEMPLATE = Path(__file__).resolve().parent.parent / "envoy" / "bootstrap.yaml"
 
@@ -39,9 +43,54 @@ def worker_hop_cluster(index: int) -> str:
     return f"{HOP_CLUSTER}_{index}"
 
 
+def overload_manager(hardening: HardeningSpec) -> dict:
+    """Envoy's overload manager for the policy's hardening knobs: the downstream connection limit
+    (listener.hardening.max_connections: a "proactive" monitor, Envoy closes a connection over it
+    as it accepts it; the admin port does not count), and with
+    ``overload`` a fixed heap monitor, whose actions first give freed memory back to the system
+    (shrink_heap), then answer new requests 503 (stop_accepting_requests) until the heap shrinks."""
+    monitors: list[dict] = [
+        {
+            "name": "envoy.resource_monitors.global_downstream_max_connections",
+            "typed_config": {
+                "@type": _TYPE + "resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                "max_active_downstream_connections": hardening.max_connections,
+            },
+        }
+    ]
+    manager: dict = {"resource_monitors": monitors}
+    overload = hardening.overload
+    if overload is not None:
+        monitors.append(
+            {
+                "name": HEAP_MONITOR,
+                "typed_config": {
+                    "@type": _TYPE + "resource_monitors.fixed_heap.v3.FixedHeapConfig",
+                    "max_heap_size_bytes": overload.max_heap_bytes,
+                },
+            }
+        )
+        manager["refresh_interval"] = "0.25s"
+        manager["actions"] = [
+            {"name": name, "triggers": [{"name": HEAP_MONITOR, "threshold": {"value": share}}]}
+            for name, share in (
+                ("envoy.overload_actions.shrink_heap", overload.shrink_at),
+                ("envoy.overload_actions.stop_accepting_requests", overload.stop_accepting_at),
+            )
+        ]
+    return manager
+
+
 def render_bootstrap(
-    node_id: str, admin_port: int, xds: str, extproc_sockets: list[str], hop_sockets: list[str]
+    node_id: str,
+    admin_port: int,
+    xds: str,
+    extproc_sockets: list[str],
+    hop_sockets: list[str],
+    hardening: HardeningSpec | None = None,
 ) -> str:
+    """The bootstrap YAML. ``hardening``: the policy's listener.hardening (its defaults when None),
+    for the overload manager. Envoy's admin listens on 127.0.0.1 only, whatever is passed."""
     host, _, port = xds.rpartition(":")
     endpoints = [{"endpoint": {"address": {"pipe": {"path": path}}}} for path in extproc_sockets]
     hop_endpoints = [{"endpoint": {"address": {"pipe": {"path": path}}}} for path in hop_sockets]
@@ -87,6 +136,7 @@ def render_bootstrap(
         extproc_lb_endpoints=json.dumps(endpoints),
         hop_lb_endpoints=json.dumps(hop_endpoints),
         extproc_worker_clusters=(workers + "\n" + hop_workers).lstrip(),
+        overload_manager=json.dumps(overload_manager(hardening or HardeningSpec())),
     )
 
 

@@ -29,9 +29,12 @@ from control_plane.policy.cors import CorsSpec
 from control_plane.resources.decision_hop import EXTPROC_FILTER, LUA_FILTER
 from control_plane.resources.resilience import TYPE_PREFIX
 
-# Envoy's largest allowed value. Headers up to it reach the decision service, which answers 431 in
-# the client's format above the gateway's own limit (extproc.request_steps): past Envoy's codec
-# limit the client gets no answer at all (the HTTP/1 codec resets the connection).
+# Envoy's largest allowed max_request_headers_kb. The listener's own is a policy knob
+# (listener.hardening, default 128 KB): above the decision service's limit (extproc.request_steps,
+# 60 KB), so that a client over that one gets its 431 in its own API's format. Past Envoy's limit
+# the client gets no answer: the codec's 431 passes ext_proc's response phase, which holds it while
+# the connection closes (measured on 1.40; without ext_proc Envoy answers it, in the shape both SDKs
+# read: control_plane.resources.gateway).
 CODEC_MAX_REQUEST_HEADERS_KB = 8192
 HEALTH_PATH = "/health"
 HEALTH_BODY = '{"status":"ok"}'
@@ -190,6 +193,22 @@ def local_reply_messages(max_request_bytes: int) -> tuple[str, str]:
         ),
         ("response.code == 413", f"request body is larger than the gateway limit of {max_request_bytes} bytes", ""),
         ("response.code == 431", "request headers are larger than the gateway accepts", ""),
+        # Edge hardening (listener.hardening, control_plane.resources.hardening): Envoy's refusals.
+        (
+            f"{details} == 'http1.unexpected_underscore'",
+            "header names with an underscore are refused by the gateway: use hyphens",
+            "",
+        ),
+        (
+            f"{details} == 'request_header_timeout'",
+            "the request headers did not arrive within the gateway's time limit",
+            "",
+        ),
+        (
+            f"{details} == 'path_normalization_failed'",
+            "the request path holds an escaped slash or backslash, or cannot be normalized: the gateway refuses it",
+            "",
+        ),
         (
             f"{details}.startsWith('ext_proc')",
             "the gateway decision service (ext_proc) is unavailable; the request was not sent to any provider",

@@ -159,7 +159,8 @@ def test_the_filter_runs_right_after_cors_and_before_any_decision(decision):
 def test_without_limits_the_listener_is_as_before():
     hcm = _hcm(_limited(None))
     assert edge_limits.RATE_LIMIT_FILTER not in [f["name"] for f in hcm["http_filters"]]
-    assert "use_remote_address" not in hcm and "xff_num_trusted_hops" not in hcm
+    # The client's address is the connection's (listener.hardening's default), no proxy trusted.
+    assert hcm["use_remote_address"] is True and hcm.get("xff_num_trusted_hops", 0) == 0
 
 
 @pytest.mark.parametrize("trusted", [0, 2])
