@@ -279,6 +279,8 @@ PLUGIN_COMMANDS: dict[str, tuple[str, str, str]] = {
         "ccr_gateway.envoy_bootstrap",
         "run",
     ),
+    "certs": ("dev: a local CA, server and client certificates for trying TLS and mTLS", "ccr_gateway.certs", "run"),
+    "audit": ("the tamper-evident audit log: verify | export (JSON lines) | list", "audit.cli", ""),
 }
 
 

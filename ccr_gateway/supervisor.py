@@ -106,7 +106,8 @@ class GatewayProcesses:
 
     @property
     def listener_url(self) -> str:
-        return f"http://{self.policy.listener_address}:{self.policy.listener_port}"
+        scheme = "https" if self.policy.tls is not None else "http"
+        return f"{scheme}://{self.policy.listener_address}:{self.policy.listener_port}"
 
     @property
     def extproc_sockets(self) -> list[str]:
@@ -279,7 +280,14 @@ class GatewayProcesses:
     def _start_envoy(self) -> None:
         bootstrap = os.path.join(self.run_dir, "bootstrap.yaml")
         Path(bootstrap).write_text(
-            render_bootstrap(f"envoy-{os.getpid()}", self.admin_port, self.xds, self.extproc_sockets, self.hop_sockets)
+            render_bootstrap(
+                f"envoy-{os.getpid()}",
+                self.admin_port,
+                self.xds,
+                self.extproc_sockets,
+                self.hop_sockets,
+                self.policy.hardening,  # the overload manager: read once, when Envoy starts
+            )
         )
         self.say(f"- envoy (admin http://127.0.0.1:{self.admin_port})")
         argv = [envoy_binary(), "-c", bootstrap, "--disable-hot-restart", "-l", self.envoy_log_level]

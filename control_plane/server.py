@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -16,10 +17,13 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from prometheus_client import Counter, Gauge, start_http_server
 
+from audit.hooks import PolicyAudit
 from ccr.v1.contract import EXTPROC_CLUSTER
 from control_plane.policy import GatewayPolicy, PolicyError
 from control_plane.policy.file_source import FilePolicySource
 from control_plane.policy.source import PolicySource
+from control_plane.policy.tls import TlsSpec
+from control_plane.resources.tls import TlsMaterial
 from control_plane.xds.ads import AggregatedDiscoveryService
 from control_plane.xds.cache import SnapshotCache
 from control_plane.xds.rollout import Rollout
@@ -64,7 +68,9 @@ class ControlPlane:
         else:
             self.source = FilePolicySource(config.policy_path, interval=config.poll_interval)
         self.last_error: str | None = None
+        self.tls_files = TlsFileWatch()
         self.status_file = PolicyStatusFile(config.status_file)
+        self.audit = PolicyAudit()  # each accepted/rejected policy, hash-chained; never blocks a change (docs/audit.md)
         self._server: grpc.aio.Server | None = None
         self._catalog: dict[str, tuple[str, asyncio.Task[None]]] = {}  # cluster -> (service, watcher)
 
@@ -72,7 +78,7 @@ class ControlPlane:
         """The first policy must be valid: there is no last good one to fall back to."""
         policy = await self.source.load_once()
         assert policy is not None  # a first read has nothing to compare with: it is always a change
-        problem = self._catalog_problem(policy)
+        problem = self._catalog_problem(policy) or self._tls_problem(policy)
         if problem is not None:
             raise problem
         self._apply(policy)
@@ -112,8 +118,25 @@ class ControlPlane:
 
             self._catalog[cluster] = (service, asyncio.get_running_loop().create_task(watcher.watch(update)))
 
+    def _tls_problem(self, policy: GatewayPolicy) -> PolicyError | None:
+        """Read the files ``listener.tls`` names (checked readable when the policy was parsed, but
+        they may have gone since): the rollout needs their bytes before the listener names them."""
+        try:
+            self.rollout.tls_material = self.tls_files.follow(policy.tls)
+        except OSError as exc:
+            return PolicyError.single(policy.source, f"listener.tls: cannot read {exc.filename}: {exc.strerror}")
+        return None
+
+    async def _watch_tls_files(self) -> None:
+        """Rotation: certificate files replaced on disk become a new secret version for Envoy."""
+        while True:
+            await asyncio.sleep(self.tls_files.interval)
+            material = self.tls_files.poll()
+            if material is not None:
+                self.rollout.set_tls_material(material)
+
     def _apply(self, policy: GatewayPolicy) -> None:
-        problem = self._catalog_problem(policy)
+        problem = self._catalog_problem(policy) or self._tls_problem(policy)
         if problem is not None:
             self._reject(problem)
             return
@@ -127,6 +150,7 @@ class ControlPlane:
         for warning in policy.warnings:
             log.warning("policy warning: %s", warning)
         self.status_file.accepted(str(version), policy.source, [p.name for p in policy.providers])
+        self.audit.accepted(policy.source, str(version), getattr(self.source, "index", None))  # Consul: X-Consul-Index
 
     def _reject(self, error: PolicyError) -> None:
         POLICY_REJECTED.inc()
@@ -134,6 +158,11 @@ class ControlPlane:
         if message != self.last_error:  # once per distinct error, not every poll
             log.error("policy rejected, keeping the last good one:\n%s", message)
             self.status_file.rejected(message)
+            self.audit.rejected(
+                self.config.policy_path or f"consul:{self.config.consul_prefix}",
+                message,
+                getattr(self.source, "index", None),
+            )
         self.last_error = message
 
     async def start(self) -> None:
@@ -156,6 +185,7 @@ class ControlPlane:
         await self.load_initial()
         await self.start()
         watcher = asyncio.create_task(self.source.watch(self._apply, self._reject))
+        tls_watcher = asyncio.create_task(self._watch_tls_files())
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -171,15 +201,102 @@ class ControlPlane:
         else:
             await stop.wait()
         watcher.cancel()
+        tls_watcher.cancel()
         for _, task in self._catalog.values():
             task.cancel()
         await self.stop()
         await self.source.close()
+        await self.audit.close()
 
     async def stop(self) -> None:
         if self._server is not None:
             await self._server.stop(grace=1.0)
             self._server = None
+
+
+class TlsFileWatch:
+    """The certificate, key and client CA of ``listener.tls``, polled for rotation.
+
+    Polling stat() (mtime, size, inode) rather than inotify for the reasons of the policy file
+    (control_plane.policy.file_source): renames, mounted volumes, symlink swaps. A change is taken
+    only once the files look the same on two polls in a row, so a certificate written a moment
+    before its key is not served with the old key (Envoy would reject the pair). Content that did
+    not actually change (a touch) is not a rotation.
+    """
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval = interval
+        self.spec: TlsSpec | None = None
+        self.material: TlsMaterial | None = None
+        self._seen: tuple[tuple[int, int, int], ...] | None = None
+        self._pending: tuple[tuple[int, int, int], ...] | None = None
+        self._unreadable = ""
+
+    def follow(self, spec: TlsSpec | None) -> TlsMaterial | None:
+        """The files of a newly accepted policy, read now (OSError when one is unreadable)."""
+        if spec is None:
+            self.spec, self.material, self._seen, self._pending = None, None, None, None
+            return None
+        seen = self._stat(spec)
+        material = _read_material(spec)
+        self.spec, self.material, self._seen, self._pending = spec, material, seen, None
+        return material
+
+    def poll(self) -> TlsMaterial | None:
+        """New material when the files changed and settled since the last poll, else None."""
+        if self.spec is None:
+            return None
+        try:
+            seen = self._stat(self.spec)
+            if seen == self._seen:
+                self._pending = None
+                return None
+            if seen != self._pending:
+                self._pending = seen  # changed: taken if it still looks the same next time
+                return None
+            material = _read_material(self.spec)
+        except OSError as exc:
+            message = f"{exc.filename}: {exc.strerror}"
+            if message != self._unreadable:  # once per distinct problem, not every poll
+                log.warning("TLS files unreadable, Envoy keeps the certificate it has: %s", message)
+            self._unreadable = message
+            return None
+        self._unreadable = ""
+        self._seen, self._pending = seen, None
+        if material == self.material:
+            return None
+        changed = [
+            name
+            for name, old, new in (
+                ("cert", self.material and self.material.cert, material.cert),
+                ("key", self.material and self.material.key, material.key),
+                ("client_ca", self.material and self.material.client_ca, material.client_ca),
+            )
+            if old != new
+        ]
+        self.material = material
+        log.info(
+            "TLS files rotated (%s): pushing certificate sha256:%s to Envoy",
+            ", ".join(changed),
+            hashlib.sha256(material.cert).hexdigest()[:16],
+        )
+        return material
+
+    @staticmethod
+    def _stat(spec: TlsSpec) -> tuple[tuple[int, int, int], ...]:
+        out = []
+        for file in spec.files:
+            info = os.stat(file)
+            out.append((info.st_mtime_ns, info.st_size, info.st_ino))
+        return tuple(out)
+
+
+def _read_material(spec: TlsSpec) -> TlsMaterial:
+    def read(file: str) -> bytes:
+        with open(file, "rb") as handle:
+            return handle.read()
+
+    return TlsMaterial(read(spec.cert_file), read(spec.key_file), read(spec.client_ca_file) if spec.mtls else b"")
 
 
 class PolicyStatusFile:

@@ -22,6 +22,7 @@ from control_plane.policy.routes import RoutingSpec
 from control_plane.policy.storage import StorageSpec
 from control_plane.policy.tls import TlsSpec
 from control_plane.policy.tracing import TracingSpec
+from control_plane.policy.vault import VaultSpec
 from control_plane.policy.yaml_check import Problem
 
 API_NAMES = ("anthropic", "openai", "gemini")
@@ -65,6 +66,9 @@ class ProviderSpec:
     resilience: Resilience = DEFAULT_RESILIENCE  # Envoy-only: limits, passive/active health, TLS
     # Endpoints come from Consul's catalog (health, weights, locality) instead of base_url's host.
     consul_service: str = ""
+    # The key as a Vault reference ("vault:secret/data/providers/openai#key"), read by ext_proc;
+    # exclusive with api_key_env. Never the key (control_plane.policy.vault).
+    api_key_ref: str = ""
 
     @property
     def cluster(self) -> str:
@@ -113,6 +117,8 @@ class GatewayPolicy:
     cache: CacheSpec | None = None
     # Distributed tracing (control_plane.policy.tracing); None: off.
     tracing: TracingSpec | None = None
+    # Where vault: references are read and how ext_proc logs in (control_plane.policy.vault).
+    vault: VaultSpec | None = None
     # TLS on the listener (listener.tls); None: plain HTTP.
     tls: TlsSpec | None = None
     # Edge hardening knobs (listener.hardening), Envoy's edge best practices by default.
@@ -145,6 +151,7 @@ class GatewayPolicy:
                     cluster=p.cluster,
                     base_path=p.base_path,
                     api_key_env=p.api_key_env,
+                    api_key_ref=p.api_key_ref,
                     headers=dict(p.headers),
                     forward_count_tokens=p.forward_count_tokens,
                     models=[
@@ -165,6 +172,7 @@ class GatewayPolicy:
             ],
             cache=cache_proto(self.cache),
             tracing=self.tracing.to_proto() if self.tracing is not None else None,
+            vault=self.vault.to_proto() if self.vault is not None else None,
             **self.routing.to_proto_fields(),
         )
 

@@ -37,6 +37,7 @@ from control_plane.policy.routes import parse_routing
 from control_plane.policy.storage import StorageSpec, parse_storage
 from control_plane.policy.tls import TlsSpec, parse_listener_tls
 from control_plane.policy.tracing import parse_tracing
+from control_plane.policy.vault import VaultSpec, check_vault_used, parse_key_reference, parse_vault
 from control_plane.policy.yaml_check import Checker, Located, PolicyError, Problem, compose, join, kind_of
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -69,6 +70,7 @@ _TOP_FIELDS = (
     "auth",
     "cache",
     "tracing",
+    "vault",
 )
 
 
@@ -143,6 +145,9 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
     auth = parse_auth(check, top["auth"]) if "auth" in top else AuthSpec()
     cache: CacheSpec | None = parse_cache(check, top["cache"], "cache", top_level=True) if "cache" in top else None
     tracing = parse_tracing(check, top["tracing"]) if "tracing" in top else None
+    vault: VaultSpec | None = parse_vault(check, top["vault"]) if "vault" in top else None
+    if "vault" not in top:
+        check_vault_used(check, None, _key_references(top.get("providers")))
     if check.problems:
         raise PolicyError(check.problems, check.warnings)
     return GatewayPolicy(
@@ -161,6 +166,7 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
         auth=auth or AuthSpec(),
         cache=cache,
         tracing=tracing,
+        vault=vault,
         tls=tls,
         hardening=hardening,
     )
@@ -182,6 +188,7 @@ _PROVIDER_FIELDS = (
     "api",
     "base_url",
     "api_key_env",
+    "api_key",
     "headers",
     "models",
     "forward_count_tokens",
@@ -214,6 +221,12 @@ def _provider(check: Checker, at: Located, path: str) -> ProviderSpec | None:
         key_env = (
             check.string(fields["api_key_env"], join(path, "api_key_env"), _ENV_NAME, "environment variable name") or ""
         )
+    key_ref = ""
+    if "api_key" in fields:
+        if "api_key_env" in fields:
+            check.problem(fields["api_key"], join(path, "api_key"), "give api_key or api_key_env, not both")
+        ref = parse_key_reference(check, fields["api_key"], join(path, "api_key"))
+        key_ref = str(ref) if ref is not None else ""
     headers: list[tuple[str, str]] = []
     if "headers" in fields:
         headers_at = fields["headers"]
@@ -276,7 +289,18 @@ def _provider(check: Checker, at: Located, path: str) -> ProviderSpec | None:
         forward_count_tokens,
         resilience,
         consul_service,
+        key_ref,
     )
+
+
+def _key_references(providers_at: Located | None) -> list[tuple[Located, str]]:
+    """Where each provider's ``api_key:`` is written (vault: references need the vault section)."""
+    items = providers_at.value if providers_at is not None and isinstance(providers_at.value, list) else []
+    return [
+        (item.value["api_key"][1], join(join("providers", index), "api_key"))
+        for index, item in enumerate(items)
+        if isinstance(item.value, dict) and "api_key" in item.value
+    ]
 
 
 def _base_url(check: Checker, at: Located, path: str) -> tuple[str, str, int, str] | None:

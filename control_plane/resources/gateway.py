@@ -38,10 +38,11 @@ from control_plane.resources import tls as tls_resources
 LISTENER_NAME = "ccr_listener"
 ROUTE_CONFIG_NAME = "ccr_routes"
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+CLIENT_CERT_HEADER = "x-forwarded-client-cert"
 
-# LLM calls are long: a non-streaming completion of a big model can take minutes.
+# LLM calls are long: a non-streaming completion of a big model can take minutes. The listener's
+# own timeouts (stream idle, whole request: off for SSE) are policy knobs (listener.hardening).
 ROUTE_TIMEOUT = "600s"
-STREAM_IDLE_TIMEOUT = "300s"
 # ext_proc answers in well under a millisecond; this bound only matters when it is wedged.
 EXTPROC_MESSAGE_TIMEOUT = "5s"
 # A worker that is stopping or was killed refuses the stream (`up` replaces it within a second, and
@@ -178,6 +179,8 @@ def provider_route(provider: ProviderSpec, decision_hop: bool = False) -> dict[s
             "idle_timeout": resilience.duration(settings.stream_idle_timeout_ms),
             "auto_host_rewrite": True,
         },
+        # The client's verified certificate (mTLS on the listener) is the gateway's business only.
+        "request_headers_to_remove": [CLIENT_CERT_HEADER],
     }
     if decision_hop:
         route["typed_per_filter_config"] = decision_hop_resources.extproc_off()
@@ -277,6 +280,7 @@ def _error_mappers(max_request_bytes: int) -> list[dict[str, Any]]:
     # The decision hop's own answers come from the Lua filter ("lua_response") and are formatted too.
     envoy_generated = _cel("!response.code_details.startsWith('ccr_') && response.code_details != 'lua_response'")
     openai_path = {"header_filter": {"header": {"name": ":path", "string_match": {"contains": "/chat/completions"}}}}
+    no_path = {"header_filter": {"header": {"name": ":path", "present_match": False}}}
     by_metadata = {
         api: {
             "metadata_filter": {
@@ -306,7 +310,11 @@ def _error_mappers(max_request_bytes: int) -> list[dict[str, Any]]:
     def formats(message: str) -> dict[str, dict[str, Any]]:
         openai = {"error": {"message": message, "type": openai_type, "param": None, "code": openai_code}}
         anthropic = {"type": "error", "error": {"type": anthropic_type, "message": message}}
-        return {"openai": _json_body(openai), "anthropic": _json_body(anthropic)}
+        # Both shapes in one, for refusals made before the path was read (edge hardening: the
+        # codec's 431, an underscore in a header name, headers that never finished): each SDK
+        # finds its own fields and ignores the others.
+        either = {"type": "error", "error": {**openai["error"], "type": anthropic_type}}
+        return {"openai": _json_body(openai), "anthropic": _json_body(anthropic), "either": _json_body(either)}
 
     # First match wins: a known failure before Envoy's own text; metadata beats the path, the path
     # beats the Anthropic default.
@@ -314,6 +322,7 @@ def _error_mappers(max_request_bytes: int) -> list[dict[str, Any]]:
         ([by_metadata["openai"]], "openai"),
         ([by_metadata["anthropic"]], "anthropic"),
         ([openai_path], "openai"),
+        ([no_path], "either"),
         ([], "anthropic"),
     ]
     mappers = []
@@ -411,13 +420,9 @@ def listener(policy: GatewayPolicy, usage_log_clusters: Sequence[str] = (EXTPROC
                 "typed_config": {"@type": TYPE_PREFIX + "envoy.extensions.filters.http.router.v3.Router"},
             },
         ],
-        "stream_idle_timeout": STREAM_IDLE_TIMEOUT,
-        "request_timeout": "0s",
+        # Timeouts, header limits, path normalization, HTTP/2 limits: hardening_resources, below.
         "always_set_request_id_in_response": True,
-        "max_request_headers_kb": edge.CODEC_MAX_REQUEST_HEADERS_KB,
         **edge_limits.connection_manager_fields(policy.per_ip_limits),
-        "normalize_path": True,
-        "merge_slashes": True,
         "access_log": [
             _access_log(),
             *(
@@ -429,7 +434,9 @@ def listener(policy: GatewayPolicy, usage_log_clusters: Sequence[str] = (EXTPROC
     }
     if policy.tracing is not None:
         hcm["tracing"] = tracing.connection_manager_tracing(policy.tracing)
-    hcm.update(hardening_resources.connection_manager_fields(policy.hardening))
+    trusted_proxies = policy.per_ip_limits.trusted_proxies if policy.per_ip_limits is not None else None
+    hcm.update(hardening_resources.connection_manager_fields(policy.hardening, trusted_proxies))
+    hcm.update(tls_resources.connection_manager_fields(policy.tls))  # x-forwarded-client-cert with mTLS
     filter_chain: dict[str, Any] = {
         "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]
     }

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x63\x63r/v1/policy.proto\x12\x06\x63\x63r.v1\"\x93\x03\n\x06Policy\x12\x0f\n\x07version\x18\x01 \x01(\t\x12#\n\tproviders\x18\x02 \x03(\x0b\x32\x10.ccr.v1.Provider\x12\x1e\n\x06limits\x18\x03 \x01(\x0b\x32\x0e.ccr.v1.Limits\x12\x1e\n\x06router\x18\x04 \x01(\x0b\x32\x0e.ccr.v1.Router\x12,\n\x07\x61liases\x18\x05 \x03(\x0b\x32\x1b.ccr.v1.Policy.AliasesEntry\x12(\n\tfallbacks\x18\x06 \x03(\x0b\x32\x15.ccr.v1.FallbackChain\x12\x1f\n\x07tenants\x18\x07 \x03(\x0b\x32\x0e.ccr.v1.Tenant\x12\x15\n\rauth_required\x18\x08 \x01(\x08\x12!\n\x05\x63\x61\x63he\x18\t \x01(\x0b\x32\x12.ccr.v1.CacheRules\x12 \n\x07tracing\x18\n \x01(\x0b\x32\x0f.ccr.v1.Tracing\x1a>\n\x0c\x41liasesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1d\n\x05value\x18\x02 \x01(\x0b\x32\x0e.ccr.v1.Choice:\x02\x38\x01\"=\n\x07Tracing\x12\x0c\n\x04otlp\x18\x01 \x01(\t\x12\x0e\n\x06sample\x18\x02 \x01(\x01\x12\x14\n\x0cservice_name\x18\x03 \x01(\t\")\n\x06Target\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"@\n\x0eWeightedTarget\x12\x1e\n\x06target\x18\x01 \x01(\x0b\x32\x0e.ccr.v1.Target\x12\x0e\n\x06weight\x18\x02 \x01(\r\"1\n\x06\x43hoice\x12\'\n\x07options\x18\x01 \x03(\x0b\x32\x16.ccr.v1.WeightedTarget\"\x8a\x02\n\x06Router\x12\x1f\n\x07\x64\x65\x66\x61ult\x18\x01 \x01(\x0b\x32\x0e.ccr.v1.Choice\x12\"\n\nbackground\x18\x02 \x01(\x0b\x32\x0e.ccr.v1.Choice\x12\x1d\n\x05think\x18\x03 \x01(\x0b\x32\x0e.ccr.v1.Choice\x12$\n\x0clong_context\x18\x04 \x01(\x0b\x32\x0e.ccr.v1.Choice\x12\"\n\nweb_search\x18\x05 \x01(\x0b\x32\x0e.ccr.v1.Choice\x12\x1d\n\x05image\x18\x06 \x01(\x0b\x32\x0e.ccr.v1.Choice\x12\x1e\n\x16long_context_threshold\x18\x07 \x01(\r\x12\x13\n\x0b\x63ustom_hook\x18\x08 \x01(\t\"_\n\rFallbackChain\x12\x1f\n\x07primary\x18\x01 \x01(\x0b\x32\x0e.ccr.v1.Target\x12\x1c\n\x04then\x18\x02 \x03(\x0b\x32\x0e.ccr.v1.Target\x12\x0f\n\x07\x63luster\x18\x03 \x01(\t\"\xce\x02\n\x06Tenant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x61pi_key_sha256\x18\x02 \x03(\t\x12\x1e\n\x06router\x18\x03 \x01(\x0b\x32\x0e.ccr.v1.Router\x12\"\n\x06limits\x18\x04 \x01(\x0b\x32\x12.ccr.v1.RateLimits\x12\x1e\n\x06\x62udget\x18\x05 \x01(\x0b\x32\x0e.ccr.v1.Budget\x12\x0e\n\x06models\x18\x06 \x03(\t\x12<\n\x10key_model_limits\x18\x07 \x03(\x0b\x32\".ccr.v1.Tenant.KeyModelLimitsEntry\x12!\n\x05\x63\x61\x63he\x18\x08 \x01(\x0b\x32\x12.ccr.v1.CacheRules\x1aI\n\x13KeyModelLimitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.ccr.v1.RateLimits:\x02\x38\x01\"c\n\nRateLimits\x12\x0b\n\x03rpm\x18\x01 \x01(\r\x12\x0b\n\x03rph\x18\x02 \x01(\r\x12\x0b\n\x03rpd\x18\x03 \x01(\r\x12\x0b\n\x03tpm\x18\x04 \x01(\x04\x12\x0b\n\x03tpd\x18\x05 \x01(\x04\x12\x14\n\x0cmax_parallel\x18\x06 \x01(\r\"%\n\x06\x42udget\x12\x0b\n\x03usd\x18\x01 \x01(\x01\x12\x0e\n\x06period\x18\x02 \x01(\t\"#\n\x06Limits\x12\x19\n\x11max_request_bytes\x18\x01 \x01(\x04\"\x88\x02\n\x08Provider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x03\x61pi\x18\x02 \x01(\x0e\x32\x0b.ccr.v1.Api\x12\x0f\n\x07\x63luster\x18\x03 \x01(\t\x12\x11\n\tbase_path\x18\x04 \x01(\t\x12\x13\n\x0b\x61pi_key_env\x18\x05 \x01(\t\x12\x1d\n\x06models\x18\x06 \x03(\x0b\x32\r.ccr.v1.Model\x12.\n\x07headers\x18\x07 \x03(\x0b\x32\x1d.ccr.v1.Provider.HeadersEntry\x12\x1c\n\x14\x66orward_count_tokens\x18\x08 \x01(\x08\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd3\x01\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x19\n\x11max_output_tokens\x18\x03 \x01(\r\x12\x16\n\x0e\x63ontext_window\x18\x04 \x01(\r\x12\x14\n\x0c\x63\x61pabilities\x18\x05 \x03(\t\x12 \n\x07pricing\x18\x06 \x01(\x0b\x32\x0f.ccr.v1.Pricing\x12\"\n\x06limits\x18\x07 \x01(\x0b\x32\x12.ccr.v1.RateLimits\x12!\n\x05\x63\x61\x63he\x18\x08 \x01(\x0b\x32\x12.ccr.v1.CacheRules\"{\n\nCacheRules\x12\r\n\x05ttl_s\x18\x01 \x01(\x01\x12\x17\n\x0fmax_entry_bytes\x18\x02 \x01(\x04\x12\x0c\n\x04when\x18\x03 \x01(\t\x12\x0b\n\x03off\x18\x04 \x01(\x08\x12\x19\n\x0c\x64\x65\x64up_wait_s\x18\x05 \x01(\x01H\x00\x88\x01\x01\x42\x0f\n\r_dedup_wait_s\"Q\n\x07Pricing\x12\r\n\x05input\x18\x01 \x01(\x01\x12\x0e\n\x06output\x18\x02 \x01(\x01\x12\x12\n\ncache_read\x18\x03 \x01(\x01\x12\x13\n\x0b\x63\x61\x63he_write\x18\x04 \x01(\x01*M\n\x03\x41pi\x12\x13\n\x0f\x41PI_UNSPECIFIED\x10\x00\x12\x11\n\rAPI_ANTHROPIC\x10\x01\x12\x0e\n\nAPI_OPENAI\x10\x02\x12\x0e\n\nAPI_GEMINI\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x63\x63r/v1/policy.proto\x12\x06\x63\x63r.v1\"\xb1\x03\n\x06Policy\x12\x0f\n\x07version\x18\x01 \x01(\t\x12#\n\tproviders\x18\x02 \x03(\x0b\x32\x10.ccr.v1.Provider\x12\x1e\n\x06limits\x18\x03 \x01(\x0b\x32\x0e.ccr.v1.Limits\x12\x1e\n\x06router\x18\x04 \x01(\x0b\x32\x0e.ccr.v1.Router\x12,\n\x07\x61liases\x18\x05 \x03(\x0b\x32\x1b.ccr.v1.Policy.AliasesEntry\x12(\n\tfallbacks\x18\x06 \x03(\x0b\x32\x15.ccr.v1.FallbackChain\x12\x1f\n\x07tenants\x18\x07 \x03(\x0b\x32\x0e.ccr.v1.Tenant\x12\x15\n\rauth_required\x18\x08 \x01(\x08\x12!\n\x05\x63\x61\x63he\x18\t \x01(\x0b\x32\x12.ccr.v1.CacheRules\x12 \n\x07tracing\x18\n \x01(\x0b\x32\x0f.ccr.v1.Tracing\x12\x1c\n\x05vault\x18\x0b \x01(\x0b\x32\r.ccr.v1.Vault\x1a>\n\x0c\x41liasesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1d\n\x05value\x18\x02 \x01(\x0b\x32\x0e.ccr.v1.Choice:\x02\x38\x01\"\xb9\x01\n\x05Vault\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x13\n\x0b\x61uth_method\x18\x02 \x01(\t\x12\x12\n\nauth_mount\x18\x03 \x01(\t\x12\x11\n\ttoken_env\x18\x04 \x01(\t\x12\x0f\n\x07role_id\x18\x05 \x01(\t\x12\x15\n\rsecret_id_env\x18\x06 \x01(\t\x12\x0c\n\x04role\x18\x07 \x01(\t\x12\x10\n\x08jwt_path\x18\x08 \x01(\t\x12\x1b\n\x13rotation_interval_s\x18\t \x01(\x01\"=\n\x07Tracing\x12\x0c\n\x04otlp\x18\x01 \x01(\t\x12\x0e\n\x06sample\x18\x02 \x01(\x01\x12\x14\n\x0cservice_name\x18\x03 \x01(\t\")\n\x06Target\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"@\n\x0eWeightedTarget\x12\x1e\n\x06target\x18\x01 \x01(\x0b\x32\x0e.ccr.v1.Target\x12\x0e\n\x06weight\x18\x02 \x01(\r\"1\n\x06\x43hoice\x12\'\n\x07options\x18\x01 \x03(\x0b\x32\x16.ccr.v1.WeightedTarget\"\x8a\x02\n\x06Router\x12\x1f\n\x07\x64\x65\x66\x61ult\x18\x01 \x01(\x0b\x32\x0e.ccr.v1.Choice\x12\"\n\nbackground\x18\x02 \x01(\x0b\x32\x0e.ccr.v1.Choice\x12\x1d\n\x05think\x18\x03 \x01(\x0b\x32\x0e.ccr.v1.Choice\x12$\n\x0clong_context\x18\x04 \x01(\x0b\x32\x0e.ccr.v1.Choice\x12\"\n\nweb_search\x18\x05 \x01(\x0b\x32\x0e.ccr.v1.Choice\x12\x1d\n\x05image\x18\x06 \x01(\x0b\x32\x0e.ccr.v1.Choice\x12\x1e\n\x16long_context_threshold\x18\x07 \x01(\r\x12\x13\n\x0b\x63ustom_hook\x18\x08 \x01(\t\"_\n\rFallbackChain\x12\x1f\n\x07primary\x18\x01 \x01(\x0b\x32\x0e.ccr.v1.Target\x12\x1c\n\x04then\x18\x02 \x03(\x0b\x32\x0e.ccr.v1.Target\x12\x0f\n\x07\x63luster\x18\x03 \x01(\t\"\xce\x02\n\x06Tenant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x61pi_key_sha256\x18\x02 \x03(\t\x12\x1e\n\x06router\x18\x03 \x01(\x0b\x32\x0e.ccr.v1.Router\x12\"\n\x06limits\x18\x04 \x01(\x0b\x32\x12.ccr.v1.RateLimits\x12\x1e\n\x06\x62udget\x18\x05 \x01(\x0b\x32\x0e.ccr.v1.Budget\x12\x0e\n\x06models\x18\x06 \x03(\t\x12<\n\x10key_model_limits\x18\x07 \x03(\x0b\x32\".ccr.v1.Tenant.KeyModelLimitsEntry\x12!\n\x05\x63\x61\x63he\x18\x08 \x01(\x0b\x32\x12.ccr.v1.CacheRules\x1aI\n\x13KeyModelLimitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.ccr.v1.RateLimits:\x02\x38\x01\"c\n\nRateLimits\x12\x0b\n\x03rpm\x18\x01 \x01(\r\x12\x0b\n\x03rph\x18\x02 \x01(\r\x12\x0b\n\x03rpd\x18\x03 \x01(\r\x12\x0b\n\x03tpm\x18\x04 \x01(\x04\x12\x0b\n\x03tpd\x18\x05 \x01(\x04\x12\x14\n\x0cmax_parallel\x18\x06 \x01(\r\"%\n\x06\x42udget\x12\x0b\n\x03usd\x18\x01 \x01(\x01\x12\x0e\n\x06period\x18\x02 \x01(\t\"#\n\x06Limits\x12\x19\n\x11max_request_bytes\x18\x01 \x01(\x04\"\x9d\x02\n\x08Provider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x03\x61pi\x18\x02 \x01(\x0e\x32\x0b.ccr.v1.Api\x12\x0f\n\x07\x63luster\x18\x03 \x01(\t\x12\x11\n\tbase_path\x18\x04 \x01(\t\x12\x13\n\x0b\x61pi_key_env\x18\x05 \x01(\t\x12\x1d\n\x06models\x18\x06 \x03(\x0b\x32\r.ccr.v1.Model\x12.\n\x07headers\x18\x07 \x03(\x0b\x32\x1d.ccr.v1.Provider.HeadersEntry\x12\x1c\n\x14\x66orward_count_tokens\x18\x08 \x01(\x08\x12\x13\n\x0b\x61pi_key_ref\x18\t \x01(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd3\x01\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x19\n\x11max_output_tokens\x18\x03 \x01(\r\x12\x16\n\x0e\x63ontext_window\x18\x04 \x01(\r\x12\x14\n\x0c\x63\x61pabilities\x18\x05 \x03(\t\x12 \n\x07pricing\x18\x06 \x01(\x0b\x32\x0f.ccr.v1.Pricing\x12\"\n\x06limits\x18\x07 \x01(\x0b\x32\x12.ccr.v1.RateLimits\x12!\n\x05\x63\x61\x63he\x18\x08 \x01(\x0b\x32\x12.ccr.v1.CacheRules\"{\n\nCacheRules\x12\r\n\x05ttl_s\x18\x01 \x01(\x01\x12\x17\n\x0fmax_entry_bytes\x18\x02 \x01(\x04\x12\x0c\n\x04when\x18\x03 \x01(\t\x12\x0b\n\x03off\x18\x04 \x01(\x08\x12\x19\n\x0c\x64\x65\x64up_wait_s\x18\x05 \x01(\x01H\x00\x88\x01\x01\x42\x0f\n\r_dedup_wait_s\"Q\n\x07Pricing\x12\r\n\x05input\x18\x01 \x01(\x01\x12\x0e\n\x06output\x18\x02 \x01(\x01\x12\x12\n\ncache_read\x18\x03 \x01(\x01\x12\x13\n\x0b\x63\x61\x63he_write\x18\x04 \x01(\x01*M\n\x03\x41pi\x12\x13\n\x0f\x41PI_UNSPECIFIED\x10\x00\x12\x11\n\rAPI_ANTHROPIC\x10\x01\x12\x0e\n\nAPI_OPENAI\x10\x02\x12\x0e\n\nAPI_GEMINI\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,42 +37,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TENANT_KEYMODELLIMITSENTRY']._serialized_options = b'8\001'
   _globals['_PROVIDER_HEADERSENTRY']._loaded_options = None
   _globals['_PROVIDER_HEADERSENTRY']._serialized_options = b'8\001'
-  _globals['_API']._serialized_start=2229
-  _globals['_API']._serialized_end=2306
+  _globals['_API']._serialized_start=2468
+  _globals['_API']._serialized_end=2545
   _globals['_POLICY']._serialized_start=32
-  _globals['_POLICY']._serialized_end=435
-  _globals['_POLICY_ALIASESENTRY']._serialized_start=373
-  _globals['_POLICY_ALIASESENTRY']._serialized_end=435
-  _globals['_TRACING']._serialized_start=437
-  _globals['_TRACING']._serialized_end=498
-  _globals['_TARGET']._serialized_start=500
-  _globals['_TARGET']._serialized_end=541
-  _globals['_WEIGHTEDTARGET']._serialized_start=543
-  _globals['_WEIGHTEDTARGET']._serialized_end=607
-  _globals['_CHOICE']._serialized_start=609
-  _globals['_CHOICE']._serialized_end=658
-  _globals['_ROUTER']._serialized_start=661
-  _globals['_ROUTER']._serialized_end=927
-  _globals['_FALLBACKCHAIN']._serialized_start=929
-  _globals['_FALLBACKCHAIN']._serialized_end=1024
-  _globals['_TENANT']._serialized_start=1027
-  _globals['_TENANT']._serialized_end=1361
-  _globals['_TENANT_KEYMODELLIMITSENTRY']._serialized_start=1288
-  _globals['_TENANT_KEYMODELLIMITSENTRY']._serialized_end=1361
-  _globals['_RATELIMITS']._serialized_start=1363
-  _globals['_RATELIMITS']._serialized_end=1462
-  _globals['_BUDGET']._serialized_start=1464
-  _globals['_BUDGET']._serialized_end=1501
-  _globals['_LIMITS']._serialized_start=1503
-  _globals['_LIMITS']._serialized_end=1538
-  _globals['_PROVIDER']._serialized_start=1541
-  _globals['_PROVIDER']._serialized_end=1805
-  _globals['_PROVIDER_HEADERSENTRY']._serialized_start=1759
-  _globals['_PROVIDER_HEADERSENTRY']._serialized_end=1805
-  _globals['_MODEL']._serialized_start=1808
-  _globals['_MODEL']._serialized_end=2019
-  _globals['_CACHERULES']._serialized_start=2021
-  _globals['_CACHERULES']._serialized_end=2144
-  _globals['_PRICING']._serialized_start=2146
-  _globals['_PRICING']._serialized_end=2227
+  _globals['_POLICY']._serialized_end=465
+  _globals['_POLICY_ALIASESENTRY']._serialized_start=403
+  _globals['_POLICY_ALIASESENTRY']._serialized_end=465
+  _globals['_VAULT']._serialized_start=468
+  _globals['_VAULT']._serialized_end=653
+  _globals['_TRACING']._serialized_start=655
+  _globals['_TRACING']._serialized_end=716
+  _globals['_TARGET']._serialized_start=718
+  _globals['_TARGET']._serialized_end=759
+  _globals['_WEIGHTEDTARGET']._serialized_start=761
+  _globals['_WEIGHTEDTARGET']._serialized_end=825
+  _globals['_CHOICE']._serialized_start=827
+  _globals['_CHOICE']._serialized_end=876
+  _globals['_ROUTER']._serialized_start=879
+  _globals['_ROUTER']._serialized_end=1145
+  _globals['_FALLBACKCHAIN']._serialized_start=1147
+  _globals['_FALLBACKCHAIN']._serialized_end=1242
+  _globals['_TENANT']._serialized_start=1245
+  _globals['_TENANT']._serialized_end=1579
+  _globals['_TENANT_KEYMODELLIMITSENTRY']._serialized_start=1506
+  _globals['_TENANT_KEYMODELLIMITSENTRY']._serialized_end=1579
+  _globals['_RATELIMITS']._serialized_start=1581
+  _globals['_RATELIMITS']._serialized_end=1680
+  _globals['_BUDGET']._serialized_start=1682
+  _globals['_BUDGET']._serialized_end=1719
+  _globals['_LIMITS']._serialized_start=1721
+  _globals['_LIMITS']._serialized_end=1756
+  _globals['_PROVIDER']._serialized_start=1759
+  _globals['_PROVIDER']._serialized_end=2044
+  _globals['_PROVIDER_HEADERSENTRY']._serialized_start=1998
+  _globals['_PROVIDER_HEADERSENTRY']._serialized_end=2044
+  _globals['_MODEL']._serialized_start=2047
+  _globals['_MODEL']._serialized_end=2258
+  _globals['_CACHERULES']._serialized_start=2260
+  _globals['_CACHERULES']._serialized_end=2383
+  _globals['_PRICING']._serialized_start=2385
+  _globals['_PRICING']._serialized_end=2466
 # @@protoc_insertion_point(module_scope)

@@ -19,7 +19,7 @@ API_OPENAI: Api
 API_GEMINI: Api
 
 class Policy(_message.Message):
-    __slots__ = ("version", "providers", "limits", "router", "aliases", "fallbacks", "tenants", "auth_required", "cache", "tracing")
+    __slots__ = ("version", "providers", "limits", "router", "aliases", "fallbacks", "tenants", "auth_required", "cache", "tracing", "vault")
     class AliasesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class Policy(_message.Message):
     AUTH_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     CACHE_FIELD_NUMBER: _ClassVar[int]
     TRACING_FIELD_NUMBER: _ClassVar[int]
+    VAULT_FIELD_NUMBER: _ClassVar[int]
     version: str
     providers: _containers.RepeatedCompositeFieldContainer[Provider]
     limits: Limits
@@ -47,7 +48,30 @@ class Policy(_message.Message):
     auth_required: bool
     cache: CacheRules
     tracing: Tracing
-    def __init__(self, version: _Optional[str] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., router: _Optional[_Union[Router, _Mapping]] = ..., aliases: _Optional[_Mapping[str, Choice]] = ..., fallbacks: _Optional[_Iterable[_Union[FallbackChain, _Mapping]]] = ..., tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ..., auth_required: bool = ..., cache: _Optional[_Union[CacheRules, _Mapping]] = ..., tracing: _Optional[_Union[Tracing, _Mapping]] = ...) -> None: ...
+    vault: Vault
+    def __init__(self, version: _Optional[str] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., router: _Optional[_Union[Router, _Mapping]] = ..., aliases: _Optional[_Mapping[str, Choice]] = ..., fallbacks: _Optional[_Iterable[_Union[FallbackChain, _Mapping]]] = ..., tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ..., auth_required: bool = ..., cache: _Optional[_Union[CacheRules, _Mapping]] = ..., tracing: _Optional[_Union[Tracing, _Mapping]] = ..., vault: _Optional[_Union[Vault, _Mapping]] = ...) -> None: ...
+
+class Vault(_message.Message):
+    __slots__ = ("address", "auth_method", "auth_mount", "token_env", "role_id", "secret_id_env", "role", "jwt_path", "rotation_interval_s")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    AUTH_METHOD_FIELD_NUMBER: _ClassVar[int]
+    AUTH_MOUNT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_ENV_FIELD_NUMBER: _ClassVar[int]
+    ROLE_ID_FIELD_NUMBER: _ClassVar[int]
+    SECRET_ID_ENV_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    JWT_PATH_FIELD_NUMBER: _ClassVar[int]
+    ROTATION_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    auth_method: str
+    auth_mount: str
+    token_env: str
+    role_id: str
+    secret_id_env: str
+    role: str
+    jwt_path: str
+    rotation_interval_s: float
+    def __init__(self, address: _Optional[str] = ..., auth_method: _Optional[str] = ..., auth_mount: _Optional[str] = ..., token_env: _Optional[str] = ..., role_id: _Optional[str] = ..., secret_id_env: _Optional[str] = ..., role: _Optional[str] = ..., jwt_path: _Optional[str] = ..., rotation_interval_s: _Optional[float] = ...) -> None: ...
 
 class Tracing(_message.Message):
     __slots__ = ("otlp", "sample", "service_name")
@@ -169,7 +193,7 @@ class Limits(_message.Message):
     def __init__(self, max_request_bytes: _Optional[int] = ...) -> None: ...
 
 class Provider(_message.Message):
-    __slots__ = ("name", "api", "cluster", "base_path", "api_key_env", "models", "headers", "forward_count_tokens")
+    __slots__ = ("name", "api", "cluster", "base_path", "api_key_env", "models", "headers", "forward_count_tokens", "api_key_ref")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -185,6 +209,7 @@ class Provider(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
     FORWARD_COUNT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_REF_FIELD_NUMBER: _ClassVar[int]
     name: str
     api: Api
     cluster: str
@@ -193,7 +218,8 @@ class Provider(_message.Message):
     models: _containers.RepeatedCompositeFieldContainer[Model]
     headers: _containers.ScalarMap[str, str]
     forward_count_tokens: bool
-    def __init__(self, name: _Optional[str] = ..., api: _Optional[_Union[Api, str]] = ..., cluster: _Optional[str] = ..., base_path: _Optional[str] = ..., api_key_env: _Optional[str] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., headers: _Optional[_Mapping[str, str]] = ..., forward_count_tokens: bool = ...) -> None: ...
+    api_key_ref: str
+    def __init__(self, name: _Optional[str] = ..., api: _Optional[_Union[Api, str]] = ..., cluster: _Optional[str] = ..., base_path: _Optional[str] = ..., api_key_env: _Optional[str] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., headers: _Optional[_Mapping[str, str]] = ..., forward_count_tokens: bool = ..., api_key_ref: _Optional[str] = ...) -> None: ...
 
 class Model(_message.Message):
     __slots__ = ("name", "id", "max_output_tokens", "context_window", "capabilities", "pricing", "limits", "cache")
