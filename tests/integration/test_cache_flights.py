@@ -34,7 +34,7 @@ def shared(client, prefix: str) -> RedisFlights:
 @pytest.mark.parametrize("kind", ["resp", "redis-py"])
 async def test_two_workers_share_a_flight_and_the_follower_is_woken_by_the_end(kind: str, prefix: str) -> None:
     def client():
-        return RespClient("127.0.0.1", 6379, timeout_s=1.0) if kind == "resp" else connect(REDIS_URL, timeout_s=1.0)
+        return RespClient("127.0.0.1", 6379, timeout_s=5.0) if kind == "resp" else connect(REDIS_URL, timeout_s=5.0)
 
     one, two = Flights(shared(client(), prefix)), Flights(shared(client(), prefix))
     try:
@@ -57,7 +57,7 @@ async def test_two_workers_share_a_flight_and_the_follower_is_woken_by_the_end(k
 
 
 async def test_a_follower_that_misses_the_message_sees_the_claim_gone_when_it_polls(prefix: str) -> None:
-    client = connect(REDIS_URL, timeout_s=1.0)
+    client = connect(REDIS_URL, timeout_s=5.0)
     never = RedisFlights(client, lambda: connect("redis://127.0.0.1:1/0", timeout_s=0.05).pubsub(), prefix)
     flights = Flights(never)
     try:
@@ -115,7 +115,7 @@ def topology(request: pytest.FixtureRequest):
 @pytest.mark.parametrize("topology", ["cluster", "sentinel"], indirect=True)
 async def test_flights_on_every_master_wake_their_followers_on_another_client(topology, prefix: str) -> None:
     def flights() -> Flights:
-        client = connect(topology.url, timeout_s=1.0)
+        client = connect(topology.url, timeout_s=5.0)
         return Flights(RedisFlights(client, lambda: connect(topology.url, timeout_s=2.0).pubsub(), prefix))
 
     one, two = flights(), flights()
