@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from control_plane.policy.cache import DEFAULT_MEMORY_BYTES, CacheSpec
+from control_plane.policy.cache import DEFAULT_REDIS_TIMEOUT_S as DEFAULT_TIMEOUT
 
 if TYPE_CHECKING:
     from extproc.cache.inflight import Flights
@@ -27,9 +28,11 @@ log = logging.getLogger("ccr.cache")
 
 
 def worker_arguments(spec: CacheSpec | None) -> list[str]:
-    if spec is None or spec.redis or spec.memory_bytes == DEFAULT_MEMORY_BYTES:
+    if spec is None:
         return []
-    return ["--cache-memory", str(spec.memory_bytes)]
+    if spec.redis:
+        return ["--cache-redis-timeout", f"{spec.redis_timeout_s:g}"] if spec.redis_timeout_s != DEFAULT_TIMEOUT else []
+    return [] if spec.memory_bytes == DEFAULT_MEMORY_BYTES else ["--cache-memory", str(spec.memory_bytes)]
 
 
 def environment(spec: CacheSpec | None) -> dict[str, str]:
@@ -42,6 +45,13 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get(CACHE_REDIS_ENV),
         metavar="URL",
         help=f"keep the response cache in this Redis (default ${CACHE_REDIS_ENV}; else in this worker's memory)",
+    )
+    parser.add_argument(
+        "--cache-redis-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"how long the cache waits for Redis before it is bypassed for a request (default {DEFAULT_TIMEOUT:g})",
     )
     parser.add_argument(
         "--cache-memory",
@@ -70,7 +80,7 @@ async def opened_cache(args: argparse.Namespace) -> AsyncIterator[tuple[CacheSto
         from extproc.cache.redis_store import RedisCacheStore
 
         url = os.path.expandvars(args.cache_redis)
-        client = connect_hot(url)
+        client = connect_hot(url, timeout_s=args.cache_redis_timeout)
         store = RedisCacheStore(client)
         # Wake-ups on a connection of their own, whose reads wait up to a second for a message.
         flights = Flights(RedisFlights(client, lambda: connect(url, timeout_s=SUBSCRIBER_TIMEOUT_S).pubsub()))

@@ -38,9 +38,10 @@ from control_plane.policy.yaml_check import Checker, Located, join, kind_of
 WHEN = ("deterministic", "always")  # extproc.cache.rules.WHEN: the two processes share only the proto
 _FIELDS = ("ttl", "max_entry_bytes", "when", "dedup_wait")
 # Top level only, read when the workers start: where entries are kept.
-_STORE_FIELDS = ("redis", "memory")
+_STORE_FIELDS = ("redis", "memory", "redis_timeout")
 DEFAULT_DEDUP_WAIT_S = 30.0  # extproc.cache.rules.DEFAULT_DEDUP_WAIT_S
-DEFAULT_MEMORY_BYTES = 64 * 1024 * 1024  # each worker's in-process store when no Redis is named
+DEFAULT_MEMORY_BYTES = 64 * 1024 * 1024
+DEFAULT_REDIS_TIMEOUT_S = 0.05  # a cache answer is worth tens of milliseconds, not more  # each worker's in-process store when no Redis is named
 _DAY_S = 86_400
 _MAX_TTL_S = 30 * _DAY_S
 # A waiting request holds its decision call open: Envoy's Lua filter allows the hop this much more
@@ -64,6 +65,8 @@ class CacheSpec:
     # The top level's store (read when the workers start; never sent to them in the policy):
     redis: str | None = None  # as written, ${VAR}s unexpanded; None: each worker's memory
     memory_bytes: int = DEFAULT_MEMORY_BYTES
+    # How long a lookup, store or claim waits for Redis before the cache is bypassed for it.
+    redis_timeout_s: float = DEFAULT_REDIS_TIMEOUT_S
 
     def to_proto(self) -> policy_pb2.CacheRules:
         """Unset fields travel as 0 and "" (proto3 has no "unset"): neither is a valid value."""
@@ -106,9 +109,25 @@ def parse_cache(check: Checker, at: Located, path: str, top_level: bool = False)
     memory = DEFAULT_MEMORY_BYTES
     if "memory" in fields:
         memory = _size(check, fields["memory"], join(path, "memory")) or DEFAULT_MEMORY_BYTES
+    redis_timeout_s = DEFAULT_REDIS_TIMEOUT_S
+    if "redis_timeout" in fields:
+        redis_timeout_s = _milliseconds(check, fields["redis_timeout"], join(path, "redis_timeout"))
     if len(check.problems) > before:
         return None
-    return CacheSpec(False, ttl_s, size, when, dedup_wait_s, redis, memory)
+    return CacheSpec(False, ttl_s, size, when, dedup_wait_s, redis, memory, redis_timeout_s)
+
+
+def _milliseconds(check: Checker, at: Located, path: str) -> float:
+    """``50ms``, ``0.5s`` or a number of milliseconds, 1 ms to 10 s."""
+    value = at.value
+    match = re.match(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s)?\s*$", str(value)) if not isinstance(value, bool) else None
+    if match is None:
+        check.problem(at, path, f"must be a duration like 50ms or 0.5s, got {value!r}")
+        return DEFAULT_REDIS_TIMEOUT_S
+    seconds = float(match[1]) / (1 if match[2] == "s" else 1000)
+    if not 0.001 <= seconds <= 10:
+        check.problem(at, path, f"must be between 1ms and 10s, got {value}")
+    return seconds
 
 
 def _ttl(check: Checker, at: Located, path: str) -> float | None:

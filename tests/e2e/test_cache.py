@@ -57,7 +57,12 @@ def redis_proxy() -> Iterator[TcpProxy]:
 @pytest.fixture(scope="module")
 def cached(workdir: Path, fake: FakeProvider, keys: dict[str, str], redis_proxy: TcpProxy) -> Iterator[Gateway]:
     policy = base_policy(free_port(), fake)
-    policy["cache"] = {"ttl": "10m", "when": "deterministic", "redis": f"redis://127.0.0.1:{redis_proxy.port}/0"}
+    policy["cache"] = {
+        "ttl": "10m",
+        "when": "deterministic",
+        "redis": f"redis://127.0.0.1:{redis_proxy.port}/0",
+        "redis_timeout": "250ms",  # a busy test machine is not a Redis outage (the claims of 20 requests)
+    }
     sonnet = policy["providers"][0]["models"][0]
     sonnet["pricing"] = {"input": 3.0, "output": 15.0}  # the ledger prices what a hit avoided
     policy["auth"] = {"keys": {"sqlite": str(workdir / "cache-keys.db")}}  # keys optional: anonymous too

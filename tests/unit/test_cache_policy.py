@@ -281,3 +281,11 @@ def test_the_lua_filter_lets_decide_wait_as_long_as_the_longest_dedup_wait():
     assert f"local DECIDE_TIMEOUT_MS = {HOP_TIMEOUT_MS + 45_000}\n" in source
     assert f"local TIMEOUT_MS = {HOP_TIMEOUT_MS}\n" in source
     assert load("", "models: [claude-sonnet-4-5]").longest_dedup_wait_s == 0.0
+
+
+def test_the_redis_timeout_is_read_and_bounded():
+    assert load("cache: {redis: 'redis://127.0.0.1:6379/0', redis_timeout: 250ms}\n").cache.redis_timeout_s == 0.25
+    assert load("cache: {redis: 'redis://127.0.0.1:6379/0', redis_timeout: 0.5s}\n").cache.redis_timeout_s == 0.5
+    assert load("cache: {ttl: 1h}\n").cache.redis_timeout_s == 0.05
+    (problem,) = problems("cache: {redis_timeout: 20s}\n")
+    assert "cache.redis_timeout: must be between 1ms and 10s" in problem
