@@ -69,9 +69,10 @@ end
 
 -- A 503 here is Envoy's own: the worker refused the connection or closed it before answering (it
 -- was stopped or killed; `up` replaces it). The decision is pure, so asking again is safe, and the
--- cluster's outlier detection has already ejected that worker: the next call goes to another one.
+-- cluster's outlier detection ejects that worker, but on a busy machine not always before the next
+-- call picks it again: six attempts (a refused connection costs microseconds).
 -- A timeout (504) is not retried: it would double the wait of a request that already waited.
-local CALL_ATTEMPTS = 3
+local CALL_ATTEMPTS = 6
 
 local function call(handle, path, headers, body, timeout_ms)
   headers[":method"] = "POST"
