@@ -18,18 +18,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
 from audit.chain import ChainKey, Draft, Entry, Head, empty_head, seal
+from ccr.v1 import env_refs
 
 AUDIT_POSTGRES_ENV = "CCR_AUDIT_POSTGRES"
 AUDIT_SQLITE_ENV = "CCR_AUDIT_SQLITE"
@@ -37,7 +36,6 @@ KEY_STORE_POSTGRES_ENV = "CCR_AUTH_POSTGRES"
 CONNECT_TIMEOUT = 5.0
 _LOCK_ID = 0x63637261756474  # "ccraudt": the advisory lock every PostgreSQL writer takes
 _BUSY_TIMEOUT_MS = 10_000
-_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _COLUMNS = (
     "seq",
     "at",
@@ -289,27 +287,15 @@ async def _postgres_head(connection: Any) -> Head:
     return empty_head() if row is None else Head(int(row["seq"]), row["hash"])
 
 
-# -- ${VAR} DSNs (written here: the audit package imports neither ext_proc nor the ledger) ---------
+# -- ${VAR} DSNs (ccr.v1.env_refs: the audit package imports neither ext_proc nor the ledger) ------
 
 
 def expand_env(text: str, environ: Mapping[str, str]) -> str:
-    def substitute(match: re.Match[str]) -> str:
-        if match.group(1) not in environ:
-            raise AuditUnavailable(f"environment variable {match.group(1)} is not set (referenced in the DSN)")
-        return environ[match.group(1)]
-
-    return _REFERENCE.sub(substitute, text)
+    try:
+        return env_refs.expand_env(text, environ)
+    except env_refs.EnvError as error:
+        raise AuditUnavailable(str(error)) from None
 
 
 def redact_dsn(dsn: str) -> str:
-    """The DSN with a literal password masked (``${VAR}`` references are names: kept)."""
-    try:
-        parts = urlsplit(dsn)
-        password = parts.password
-    except ValueError:
-        return "***"
-    if password is None or _REFERENCE.fullmatch(password):
-        return dsn
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return env_refs.redact_url(dsn)

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import sqlite3
 import threading
 import time
@@ -25,8 +24,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
+from ccr.v1 import env_refs
 from extproc.auth.keys import KeyRecord, SecretHash, VirtualKey, rotate, with_changes
 
 NOTIFY_CHANNEL = "ccr_auth_keys"
@@ -76,35 +75,20 @@ class ChangeNotifier(Protocol):
 # -- ${VAR} DSNs ---------------------------------------------------------------------------------
 # Written here rather than imported from ledger.env: ext_proc does not import the ledger.
 
-_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def expand_env(text: str, environ: Mapping[str, str] | None = None) -> str:
-    """Every ``${NAME}`` replaced by the variable's value, so a password lives in the environment,
-    not in a command line or a log. KeyStoreUnavailable names an unset one (never its value)."""
-    values = os.environ if environ is None else environ
-
-    def substitute(match: re.Match[str]) -> str:
-        if match.group(1) not in values:
-            raise KeyStoreUnavailable(f"environment variable {match.group(1)} is not set (referenced in the DSN)")
-        return values[match.group(1)]
-
-    return _REFERENCE.sub(substitute, text)
+    """Every ``${NAME}`` replaced by the variable's value (ccr.v1.env_refs), so a password lives in
+    the environment, not in a command line or a log. KeyStoreUnavailable names an unset one."""
+    try:
+        return env_refs.expand_env(text, environ)
+    except env_refs.EnvError as error:
+        raise KeyStoreUnavailable(str(error)) from None
 
 
 def redact_dsn(dsn: str) -> str:
     """The DSN with a literal password masked (``${VAR}`` references are left: they are names)."""
-    try:
-        parts = urlsplit(dsn)
-        password = parts.password
-    except ValueError:
-        return "***"
-    if password is None:
-        return dsn
-    host = parts.hostname or ""
-    host = f"[{host}]" if ":" in host else host
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return env_refs.redact_url(dsn)
 
 
 def default_keys_path() -> Path:
