@@ -36,7 +36,7 @@ from typing import Any
 
 import orjson
 
-from ccr.v1 import tracing
+from ccr.v1 import log_context, tracing
 from ccr.v1.contract import (
     CACHE_STORE_KEY,
     HOP_CONTEXT_KEY,
@@ -190,6 +190,8 @@ def decide(state: GatewayState, method: str, path: str, headers: Mapping[str, st
     key = auth.authenticate(api, step.path, headers, table.auth_required)
     if isinstance(key, Reply):
         return _reply(key)
+    if key is not None:  # the request's log lines name its tenant (the server unbinds them with its ids)
+        log_context.bind(tenant=key.tenant)
     digest = None
     if state.repeats is not None and table.caches and step.kind == "generate" and _unrestricted(table, key):
         digest = state.repeats.digest(table, step.path, headers, raw)
