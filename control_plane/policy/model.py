@@ -143,6 +143,8 @@ class GatewayPolicy:
         return policy_pb2.Policy(
             version=version,
             auth_required=self.auth.required,
+            # listener.tls.identities (parse_listener_tls refuses them without client_ca: mTLS).
+            cert_identities=dict(self.tls.identities) if self.tls is not None else {},
             limits=policy_pb2.Limits(max_request_bytes=self.max_request_bytes),
             providers=[
                 policy_pb2.Provider(

@@ -9,7 +9,7 @@ listener:
     client_ca: /etc/ccr/ca.pem         # optional: mTLS on (client certificates verified against it)
     require_client_cert: true          # default: true when client_ca is set
     client_sans: [spiffe://acme/ci, "spiffe://acme/*", build.internal]   # optional SAN matchers
-    identities: {"spiffe://acme/ci": acme}   # checked, not enforced yet (a warning says so)
+    identities: {"spiffe://acme/ci": acme}   # a request with this certificate and no key: tenant acme
     alpn: [h2, http/1.1]               # default: both
     min_version: TLSv1_2               # or TLSv1_3
 ```
@@ -110,14 +110,6 @@ def parse_listener_tls(check: Checker, at: Located, path: str = "listener.tls") 
     identities: list[tuple[str, str]] = []
     if "identities" in fields:
         identities = _identities(check, fields["identities"], join(path, "identities"), has_ca="client_ca" in fields)
-        # Checked now so that a policy written for it stays valid; the decision service does not
-        # read it yet (the policy contract to ext_proc has no field for it): docs/security-tls.md.
-        check.warning(
-            fields["identities"],
-            join(path, "identities"),
-            "not enforced yet: a client certificate does not authenticate a request by itself "
-            "(its identity reaches the decision service as x-forwarded-client-cert)",
-        )
     alpn = ALPN_PROTOCOLS
     if "alpn" in fields:
         alpn_path = join(path, "alpn")

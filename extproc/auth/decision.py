@@ -6,7 +6,8 @@ Two calls per request, because what they need arrives at different times:
   in ``x-api-key`` or ``authorization: Bearer``. No key and ``auth.required`` off: anonymous, as
   before keys existed. A key that looks like ours (``sk-ccr-``) must be valid whether or not keys
   are required (a client that means to use one is told when it is wrong, not silently anonymous).
-  With ``required`` on, no key or a foreign key is refused too. Refusals are 401s in the client's
+  With ``required`` on, no key or a foreign key is refused too, unless a client certificate the
+  policy maps to a tenant (``listener.tls.identities``) stands for one. Refusals are 401s in the client's
   format, phrased like the real APIs: an unknown key id and a wrong secret get the same answer, and
   only the holder of the right secret learns that a key is revoked or expired.
 - after routing, for requests that go to a provider: ``charge`` (the key's model list, 403; what
@@ -55,13 +56,14 @@ from extproc.auth.admission import (
     settle_shared,
     worst_case_usd,
 )
+from extproc.auth.cert_identity import cert_caller
 from extproc.auth.keys import KEY_PREFIX, VirtualKey
 from extproc.auth.limits import BUDGET, PARALLEL, TOKEN_LIMITS, Admission, Budget, Limit, period_window
 from extproc.auth.local_limits import LocalLimiter
 from extproc.metrics import ADMISSIONS, BUDGET_ALERTS, BUDGET_REMAINING, LIMIT_REMAINING, labelled
 from extproc.plan import Chain, Forward
 from extproc.request_steps import Endpoint, Reply, error_reply, request_labels
-from extproc.routing_table import TenantRules
+from extproc.routing_table import AuthRules, TenantRules
 from extproc.translate.base import Api
 from extproc.translate.errors import error_body
 
@@ -117,21 +119,34 @@ class Authenticator:
     _limits: dict[str, tuple[VirtualKey, tuple[Limit, ...], Budget | None]] = field(default_factory=dict)
 
     def authenticate(
-        self, api: Api, path: str, headers: Mapping[str, str], required: bool
+        self, api: Api, path: str, headers: Mapping[str, str], required: AuthRules | bool
     ) -> VirtualKey | Reply | None:
         """The presented key if valid, None for an anonymous request, or the 401 (503 while the
         keys are not loaded) in the client's format. A JWT Envoy verified comes first (its caller,
-        or the 401/403 of a token that names nobody: ``_jwt_caller``)."""
+        or the 401/403 of a token that names nobody: ``_jwt_caller``). ``required``: the table's
+        ``auth_required`` (its certificate identities with it), or a bare bool (no identities).
+
+        A verified client certificate the policy maps to a tenant (extproc.auth.cert_identity)
+        stands for a key when none of ours is presented: no key, or a foreign one (an SDK needs
+        some key, and a provider's key or a placeholder is not ours to judge). A gateway key, valid
+        or not, is judged as a key."""
         caller = self._jwt_caller(api, path, headers)
         if caller is not None:
             return caller
+        identities = required.cert_identities if isinstance(required, AuthRules) else {}
         presented = _presented(headers)
+        if presented is None or (KEY_PREFIX not in presented and identities):
+            certified = cert_caller(headers, identities)
+            if certified is not None:
+                return certified
         if presented is None:
             if not required:
                 return None
             message = _missing_key_message(api)
             if jwt_identity.FROM_HEADER in headers:
                 message += " or a JWT of the gateway's identity provider"
+            if identities:
+                message += " or a client certificate the gateway maps to a tenant"
             return _unauthorized(api, path, message, "ccr_auth_missing_key", code=None)
         key = self.keys.lookup(presented)
         if key is not None:
@@ -170,7 +185,7 @@ class Authenticator:
             return _unauthorized(api, path, refusal.message, refusal.details)
         return error_reply(api, refusal.status, refusal.message, refusal.details, labels=request_labels(api, path))
 
-    def gate(self, api: Api, path: str, headers: Mapping[str, str], required: bool, answer: Reply) -> Reply:
+    def gate(self, api: Api, path: str, headers: Mapping[str, str], required: AuthRules | bool, answer: Reply) -> Reply:
         """An answer the gateway gives on its own (the model list, a 200): only to a caller the
         policy lets in; errors go to anyone (they say what is wrong with the request)."""
         if answer.status != 200:

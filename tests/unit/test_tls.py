@@ -133,17 +133,14 @@ def test_cert_and_key_are_required():
     ]
 
 
-def test_identities_map_exact_sans_to_tenants_and_warn_that_they_are_not_enforced_yet(certs):
+def test_identities_map_exact_sans_to_tenants(certs):
     loaded = load_policy(
         "listener:\n  tls:\n"
         + _mtls(certs, "    identities: {spiffe://ccr-gateway/ci: acme, ci.internal: beta}\n")
         + BASE
     )
     assert loaded.tls.identities == (("ci.internal", "beta"), ("spiffe://ccr-gateway/ci", "acme"))
-    assert [str(w) for w in loaded.warnings if "identities" in w.path] == [
-        "<policy>:6:17: warning: listener.tls.identities: not enforced yet: a client certificate does not "
-        "authenticate a request by itself (its identity reaches the decision service as x-forwarded-client-cert)"
-    ]
+    assert [str(w) for w in loaded.warnings if "identities" in w.path] == []  # enforced (extproc.auth.cert_identity)
 
 
 # --- Envoy resources ------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ API_OPENAI: Api
 API_GEMINI: Api
 
 class Policy(_message.Message):
-    __slots__ = ("version", "providers", "limits", "router", "aliases", "fallbacks", "tenants", "auth_required", "cache", "tracing", "vault")
+    __slots__ = ("version", "providers", "limits", "router", "aliases", "fallbacks", "tenants", "auth_required", "cache", "tracing", "vault", "cert_identities")
     class AliasesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,13 @@ class Policy(_message.Message):
         key: str
         value: Choice
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Choice, _Mapping]] = ...) -> None: ...
+    class CertIdentitiesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PROVIDERS_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +45,7 @@ class Policy(_message.Message):
     CACHE_FIELD_NUMBER: _ClassVar[int]
     TRACING_FIELD_NUMBER: _ClassVar[int]
     VAULT_FIELD_NUMBER: _ClassVar[int]
+    CERT_IDENTITIES_FIELD_NUMBER: _ClassVar[int]
     version: str
     providers: _containers.RepeatedCompositeFieldContainer[Provider]
     limits: Limits
@@ -49,7 +57,8 @@ class Policy(_message.Message):
     cache: CacheRules
     tracing: Tracing
     vault: Vault
-    def __init__(self, version: _Optional[str] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., router: _Optional[_Union[Router, _Mapping]] = ..., aliases: _Optional[_Mapping[str, Choice]] = ..., fallbacks: _Optional[_Iterable[_Union[FallbackChain, _Mapping]]] = ..., tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ..., auth_required: bool = ..., cache: _Optional[_Union[CacheRules, _Mapping]] = ..., tracing: _Optional[_Union[Tracing, _Mapping]] = ..., vault: _Optional[_Union[Vault, _Mapping]] = ...) -> None: ...
+    cert_identities: _containers.ScalarMap[str, str]
+    def __init__(self, version: _Optional[str] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., router: _Optional[_Union[Router, _Mapping]] = ..., aliases: _Optional[_Mapping[str, Choice]] = ..., fallbacks: _Optional[_Iterable[_Union[FallbackChain, _Mapping]]] = ..., tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ..., auth_required: bool = ..., cache: _Optional[_Union[CacheRules, _Mapping]] = ..., tracing: _Optional[_Union[Tracing, _Mapping]] = ..., vault: _Optional[_Union[Vault, _Mapping]] = ..., cert_identities: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Vault(_message.Message):
     __slots__ = ("address", "auth_method", "auth_mount", "token_env", "role_id", "secret_id_env", "role", "jwt_path", "rotation_interval_s")
