@@ -5,6 +5,11 @@ the certificates it signs.
 Keys are EC P-256, written 0600; certificates last 90 days (the server and client ones) and 10
 years (the CA). Running it again over an existing directory reuses the CA (clients that trust it
 keep working) and issues new leaf certificates: a rotation to try.
+
+``--internal`` also issues what `up --internal-tls DIR` needs for the links between Envoy, the
+ext_proc workers and the control plane (docs/security-tls.md, "Internal mTLS"): one certificate per
+role (INTERNAL_ROLES), each good for both ends of a TLS connection (serverAuth and clientAuth) and
+named localhost and 127.0.0.1, as those links run on loopback.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ DEFAULT_HOSTS = "localhost,127.0.0.1"
 DEFAULT_CLIENT = "dev-client"
 LEAF_DAYS = 90
 CA_DAYS = 3650
+# `up --internal-tls`: who holds which certificate (DIR/ROLE.pem and DIR/ROLE.key, beside DIR/ca.pem).
+INTERNAL_ROLES = ("envoy", "extproc", "control-plane")
+INTERNAL_SANS = ("localhost", "127.0.0.1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +40,35 @@ class DevCerts:
     client_cert: Path
     client_key: Path
     client_uri: str
+
+
+@dataclass(frozen=True, slots=True)
+class InternalTls:
+    """The files of `up --internal-tls DIR` (made by `certs dev --internal`): the CA every internal
+    link verifies its peer against, and one certificate per role, used as server and as client."""
+
+    directory: Path
+
+    @property
+    def ca(self) -> str:
+        return str(self.directory / "ca.pem")
+
+    def cert(self, role: str) -> str:
+        return str(self.directory / f"{role}.pem")
+
+    def key(self, role: str) -> str:
+        return str(self.directory / f"{role}.key")
+
+    @classmethod
+    def load(cls, directory: str) -> InternalTls:
+        """Raises ValueError naming the first missing file (and how to make them)."""
+        found = cls(Path(directory).resolve())
+        for path in [found.ca, *(f(role) for role in INTERNAL_ROLES for f in (found.cert, found.key))]:
+            if not os.path.isfile(path):
+                raise ValueError(
+                    f"--internal-tls {directory}: no {path} (make them with: ccr-gateway certs dev --internal --dir {directory})"
+                )
+        return found
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +85,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_CLIENT,
         help=f"the client's name: SAN spiffe://ccr-gateway/NAME and DNS NAME ({DEFAULT_CLIENT})",
     )
+    dev.add_argument(
+        "--internal",
+        action="store_true",
+        help="also a certificate per internal role (" + ", ".join(INTERNAL_ROLES) + ") for `up --internal-tls DIR`",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         print("ccr-gateway certs dev: --hosts names no host", flush=True)
         return 2
     try:
-        made = make_dev_certs(Path(args.dir), hosts, args.client)
+        made = make_dev_certs(Path(args.dir), hosts, args.client, internal=args.internal)
     except ImportError:
         print("ccr-gateway certs dev needs the cryptography package: pip install cryptography", flush=True)
         return 1
@@ -79,10 +121,16 @@ def run(args: argparse.Namespace) -> int:
         f"{made.ca_cert} --cert {made.client_cert} --key {made.client_key} https://{hosts[0]}:8080/v1/models",
         flush=True,
     )
+    if args.internal:
+        print(
+            f"\ninternal: {', '.join(f'{role}.pem' for role in INTERNAL_ROLES)} (and keys) in {made.ca_cert.parent}"
+            f"\nThen: ccr-gateway up -c POLICY --internal-tls {made.ca_cert.parent}",
+            flush=True,
+        )
     return 0
 
 
-def make_dev_certs(directory: Path, hosts: list[str], client: str) -> DevCerts:
+def make_dev_certs(directory: Path, hosts: list[str], client: str, internal: bool = False) -> DevCerts:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -133,7 +181,7 @@ def make_dev_certs(directory: Path, hosts: list[str], client: str) -> DevCerts:
         _write(paths.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM))
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
 
-    def leaf(common: str, sans: list[x509.GeneralName], usage: x509.ObjectIdentifier) -> tuple[bytes, bytes]:
+    def leaf(common: str, sans: list[x509.GeneralName], *usages: x509.ObjectIdentifier) -> tuple[bytes, bytes]:
         key = ec.generate_private_key(ec.SECP256R1())
         cert = (
             x509.CertificateBuilder()
@@ -145,20 +193,23 @@ def make_dev_certs(directory: Path, hosts: list[str], client: str) -> DevCerts:
             .not_valid_after(now + datetime.timedelta(days=LEAF_DAYS))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256())
         )
         return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 
-    server_sans: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            server_sans.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            server_sans.append(x509.DNSName(host))
-    cert, key = leaf(hosts[0], server_sans, ExtendedKeyUsageOID.SERVER_AUTH)
+    def sans_of(names: list[str] | tuple[str, ...]) -> list[x509.GeneralName]:
+        sans: list[x509.GeneralName] = []
+        for host in names:
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                sans.append(x509.DNSName(host))
+        return sans
+
+    cert, key = leaf(hosts[0], sans_of(hosts), ExtendedKeyUsageOID.SERVER_AUTH)
     # Key first, then the certificate, each replaced atomically: the control plane takes a change
     # once the files have settled (control_plane.server.TlsFileWatch).
     _write(paths.server_key, key, private=True)
@@ -167,6 +218,12 @@ def make_dev_certs(directory: Path, hosts: list[str], client: str) -> DevCerts:
     cert, key = leaf(client, client_sans, ExtendedKeyUsageOID.CLIENT_AUTH)
     _write(paths.client_key, key, private=True)
     _write(paths.client_cert, cert)
+    if internal:
+        for role in INTERNAL_ROLES:
+            usages = (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH)
+            cert, key = leaf(f"ccr-gateway {role}", sans_of(INTERNAL_SANS), *usages)
+            _write(directory / f"{role}.key", key, private=True)
+            _write(directory / f"{role}.pem", cert)
     return paths
 
 

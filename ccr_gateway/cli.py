@@ -42,6 +42,15 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     _require_policy_source(args)
     policy = _consul_policy_or_exit(args) if args.consul else _load_or_exit(args.config)
+    internal_tls = None
+    if args.internal_tls:
+        from ccr_gateway.certs import InternalTls
+
+        try:
+            internal_tls = InternalTls.load(args.internal_tls)
+        except ValueError as exc:
+            print(f"ccr-gateway up: {exc}", file=sys.stderr, flush=True)
+            return 2
     gateway = GatewayProcesses(
         policy_path=args.config or "",
         consul=(args.consul, args.consul_prefix, args.consul_token) if args.consul else None,
@@ -55,6 +64,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         workers=args.workers,
         ledger_on=not args.no_ledger,
+        internal_tls=internal_tls,
     )
     try:
         gateway.check_ports()  # before anything starts, and before saying it starts
@@ -113,16 +123,25 @@ def cmd_control_plane(args: argparse.Namespace) -> int:
     _require_policy_source(args)
     if not args.consul:
         _load_or_exit(args.config)
-    config = ControlPlaneConfig(
-        policy_path=args.config or "",
-        consul_address=args.consul or "",
-        consul_prefix=args.consul_prefix,
-        consul_token=args.consul_token,
-        xds_address=args.xds,
-        metrics_port=args.metrics_port,
-        usage_log_clusters=tuple(args.usage_log_cluster or [EXTPROC_CLUSTER]),
-        status_file=args.status_file or "",
-    )
+    try:
+        tls = _tls_files(args.tls_cert, args.tls_key, args.tls_client_ca, "--tls-cert, --tls-key and --tls-client-ca")
+        tls_cert, tls_key, tls_client_ca = tls or ("", "", "")
+        config = ControlPlaneConfig(
+            policy_path=args.config or "",
+            consul_address=args.consul or "",
+            consul_prefix=args.consul_prefix,
+            consul_token=args.consul_token,
+            xds_address=args.xds,
+            metrics_port=args.metrics_port,
+            usage_log_clusters=tuple(args.usage_log_cluster or [EXTPROC_CLUSTER]),
+            status_file=args.status_file or "",
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_client_ca=tls_client_ca,
+        )
+    except ValueError as exc:
+        print(f"ccr-gateway control-plane: {exc}", file=sys.stderr, flush=True)
+        return 2
     try:
         asyncio.run(ControlPlane(config).run())
     except PolicyError as exc:
@@ -175,15 +194,28 @@ def cmd_extproc(args: argparse.Namespace) -> int:
     from ccr_gateway.auth_wiring import opened_authenticator
     from ccr_gateway.cache_wiring import opened_cache
     from ccr_gateway.ledger_wiring import open_sink
-    from extproc.server import ExtProcConfig, serve
+    from extproc.server import ExtProcConfig, TlsFiles, serve
 
-    config = ExtProcConfig(
-        listen=args.listen,
-        control_plane=args.control_plane,
-        metrics_port=args.metrics_port,
-        hop_listen=args.hop_listen,
-        hop_cluster=args.hop_cluster,
-    )
+    try:
+        tls = _tls_files(args.tls_cert, args.tls_key, args.tls_client_ca, "--tls-cert, --tls-key and --tls-client-ca")
+        control_plane_tls = _tls_files(
+            args.control_plane_tls_cert,
+            args.control_plane_tls_key,
+            args.control_plane_tls_ca,
+            "--control-plane-tls-cert, --control-plane-tls-key and --control-plane-tls-ca",
+        )
+        config = ExtProcConfig(
+            listen=args.listen,
+            control_plane=args.control_plane,
+            metrics_port=args.metrics_port,
+            hop_listen=args.hop_listen,
+            hop_cluster=args.hop_cluster,
+            tls=TlsFiles(*tls) if tls else None,
+            control_plane_tls=TlsFiles(*control_plane_tls) if control_plane_tls else None,
+        )
+    except ValueError as exc:
+        print(f"ccr-gateway extproc: {exc}", file=sys.stderr, flush=True)
+        return 2
     register: dict[str, Any] = {}
     if args.consul:  # else Consul's client stays unloaded: a worker at rest is small
         from control_plane.consul.registration import registered
@@ -197,6 +229,27 @@ def cmd_extproc(args: argparse.Namespace) -> int:
 
     run(main())
     return 0
+
+
+def _tls_files(cert: str | None, key: str | None, ca: str | None, flags: str) -> tuple[str, str, str] | None:
+    """(cert, key, ca) when all three are given, None when none is; each must be a readable file."""
+    given = [cert, key, ca]
+    if not any(given):
+        return None
+    if not all(given):
+        raise ValueError(f"{flags} go together: give all three or none")
+    for path in given:
+        if not os.path.isfile(path or ""):
+            raise ValueError(f"no such file: {path}")
+    return cert or "", key or "", ca or ""
+
+
+def _tls_server_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--tls-cert", metavar="PEM", help=f"mTLS on {what} (TCP only): this server's certificate")
+    parser.add_argument("--tls-key", metavar="PEM", help="its private key")
+    parser.add_argument(
+        "--tls-client-ca", metavar="PEM", help="the CA clients' certificates must chain to (required, not optional)"
+    )
 
 
 def cmd_fake_provider(args: argparse.Namespace) -> int:
@@ -324,6 +377,12 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
         action="store_true",
         help="keep no usage records (default: the policy's storage, else the local SQLite ledger)",
     )
+    up.add_argument(
+        "--internal-tls",
+        metavar="DIR",
+        help="run the workers, their decision hops and xDS on 127.0.0.1 TCP ports with mTLS instead of "
+        "Unix sockets; DIR from `ccr-gateway certs dev --internal --dir DIR`",
+    )
     up.set_defaults(func=cmd_up)
 
     cp = sub.add_parser("control-plane", help="run only the xDS control plane")
@@ -344,6 +403,7 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
         help="write the policy's state here (JSON: version, source, accepted_at, providers, last_rejected) "
         "on every accepted or rejected policy; `ccr-gateway status` reads it",
     )
+    _tls_server_arguments(cp, "the xDS port")
     cp.set_defaults(func=cmd_control_plane)
 
     ep = sub.add_parser("extproc", help="run only the ext_proc service")
@@ -362,6 +422,16 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
         "answers for the response cache come back to the worker that decided them",
     )
     ep.add_argument("--control-plane", default="127.0.0.1:18000", help="xDS address of the control plane")
+    _tls_server_arguments(ep, "--listen and --hop-listen")
+    # Flags of their own, not the three above again: the control plane's CA and the certificate a
+    # worker shows it may differ from Envoy's side (`up --internal-tls` passes the same files).
+    ep.add_argument(
+        "--control-plane-tls-ca", metavar="PEM", help="TLS to the control plane: the CA its certificate chains to"
+    )
+    ep.add_argument(
+        "--control-plane-tls-cert", metavar="PEM", help="this worker's client certificate for the control plane"
+    )
+    ep.add_argument("--control-plane-tls-key", metavar="PEM", help="its private key")
     ep.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics port (0: off)")
     ep.add_argument("--consul", metavar="URL", help="register this worker in Consul's catalog (TTL health check)")
     from ccr_gateway import auth_wiring, cache_wiring

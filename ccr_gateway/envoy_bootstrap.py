@@ -5,18 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import string
 import sys
 from pathlib import Path
 
 from ccr.v1.contract import EXTPROC_CLUSTER, HOP_CLUSTER
+from ccr_gateway.certs import INTERNAL_SANS, InternalTls
 from control_plane.policy.hardening import HardeningSpec
 
 _TYPE = "type.googleapis.com/envoy.extensions."
 HEAP_MONITOR = "envoy.resource_monitors.fixed_heap"
 
 BOOTSTRAP_TEMPLATE = Path(__file__).resolve().parent.parent / "envoy" / "bootstrap.yaml"
+_TCP_ADDRESS = re.compile(r"^(?P<host>[^/]*):(?P<port>[0-9]+)$")  # host:port; anything else is a socket path
 
 
 def envoy_binary() -> str:
@@ -81,6 +84,41 @@ def overload_manager(hardening: HardeningSpec) -> dict:
     return manager
 
 
+def upstream_tls(tls: InternalTls, alpn: str) -> dict:
+    """Envoy's side of an internal mTLS link (`up --internal-tls`): Envoy's own certificate as the
+    client's, the peer's verified against the internal CA and its DNS name (the role certificates
+    are all named localhost, as the links run on loopback)."""
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": _TYPE + "transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": INTERNAL_SANS[0],
+            "common_tls_context": {
+                # gRPC servers insist on h2 by ALPN; the hop speaks HTTP/1.1.
+                "alpn_protocols": [alpn],
+                "tls_certificates": [
+                    {
+                        "certificate_chain": {"filename": tls.cert("envoy")},
+                        "private_key": {"filename": tls.key("envoy")},
+                    }
+                ],
+                "validation_context": {
+                    "trusted_ca": {"filename": tls.ca},
+                    "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": INTERNAL_SANS[0]}}],
+                },
+            },
+        },
+    }
+
+
+def _endpoint(address: str) -> dict:
+    """``host:port`` (TCP, `up --internal-tls`) or a Unix socket path (`up`'s default)."""
+    tcp = _TCP_ADDRESS.match(address)
+    if tcp is None:
+        return {"endpoint": {"address": {"pipe": {"path": address}}}}
+    return {"endpoint": {"address": {"socket_address": {"address": tcp["host"], "port_value": int(tcp["port"])}}}}
+
+
 def render_bootstrap(
     node_id: str,
     admin_port: int,
@@ -88,12 +126,23 @@ def render_bootstrap(
     extproc_sockets: list[str],
     hop_sockets: list[str],
     hardening: HardeningSpec | None = None,
+    tls: InternalTls | None = None,
 ) -> str:
     """The bootstrap YAML. ``hardening``: the policy's listener.hardening (its defaults when None),
-    for the overload manager. Envoy's admin listens on 127.0.0.1 only, whatever is passed."""
+    for the overload manager. Envoy's admin listens on 127.0.0.1 only, whatever is passed.
+    ``extproc_sockets`` and ``hop_sockets``: Unix socket paths, or ``host:port`` when the workers
+    listen on TCP; ``tls``: the internal mTLS files, which put a TLS transport socket on the clusters
+    to the workers, their hops and the control plane. Without it the output is the template's
+    exactly (the ``*_transport_socket`` fields sit at a line's end and are empty)."""
     host, _, port = xds.rpartition(":")
-    endpoints = [{"endpoint": {"address": {"pipe": {"path": path}}}} for path in extproc_sockets]
-    hop_endpoints = [{"endpoint": {"address": {"pipe": {"path": path}}}} for path in hop_sockets]
+    endpoints = [_endpoint(address) for address in extproc_sockets]
+    hop_endpoints = [_endpoint(address) for address in hop_sockets]
+    grpc_tls = {"transport_socket": upstream_tls(tls, "h2")} if tls is not None else {}
+    hop_tls = {"transport_socket": upstream_tls(tls, "http/1.1")} if tls is not None else {}
+
+    def field(extra: dict) -> str:  # a transport socket after `connect_timeout: 1s`, on its own line
+        return "".join(f"\n      {name}: {json.dumps(value)}" for name, value in extra.items())
+
     # One flow-style YAML list item per worker, under static_resources.clusters.
     workers = "\n".join(
         "    - "
@@ -109,6 +158,7 @@ def render_bootstrap(
                     }
                 },
                 "load_assignment": {"cluster_name": worker_cluster(index), "endpoints": [{"lb_endpoints": [endpoint]}]},
+                **grpc_tls,
             }
         )
         for index, endpoint in enumerate(endpoints)
@@ -124,6 +174,7 @@ def render_bootstrap(
                     "cluster_name": worker_hop_cluster(index),
                     "endpoints": [{"lb_endpoints": [endpoint]}],
                 },
+                **hop_tls,
             }
         )
         for index, endpoint in enumerate(hop_endpoints)
@@ -133,6 +184,9 @@ def render_bootstrap(
         admin_port=admin_port,
         xds_host=host,
         xds_port=port,
+        xds_transport_socket=field(grpc_tls),
+        extproc_transport_socket=field(grpc_tls),
+        hop_transport_socket=field(hop_tls),
         extproc_lb_endpoints=json.dumps(endpoints),
         hop_lb_endpoints=json.dumps(hop_endpoints),
         extproc_worker_clusters=(workers + "\n" + hop_workers).lstrip(),

@@ -11,6 +11,10 @@ and the control plane's xDS address do not move, so Envoy's static clusters and 
 new process; meanwhile Envoy keeps its last config and the workers their last policy. Envoy is the
 exception: it owns the listener, so its death stops the gateway.
 
+With ``--internal-tls DIR`` the workers' gRPC and hop servers and the xDS port listen on 127.0.0.1
+TCP ports chosen at start (fixed for the run, so a restarted worker is found there again) and every
+link between Envoy, the workers and the control plane is mutual TLS (docs/security-tls.md).
+
 Stop order is the reverse of the start order, so no component sees its dependency vanish first.
 SIGTERM or SIGINT at any moment, during startup too, stops everything within bounded time; a
 second one kills what is left at once.
@@ -18,10 +22,12 @@ second one kills what is left at once.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -35,6 +41,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 
 from ccr_gateway import auth_wiring, cache_wiring, metrics_endpoint, probes, state_file
+from ccr_gateway.certs import InternalTls
 from ccr_gateway.children import Child, utc_now
 from ccr_gateway.envoy_bootstrap import (
     envoy_binary,
@@ -90,6 +97,7 @@ class GatewayProcesses:
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # ext_proc processes
     quiet: bool = False
     ledger_on: bool = True  # False: usage records go nowhere (up --no-ledger)
+    internal_tls: InternalTls | None = None  # up --internal-tls: TCP + mTLS between the pieces
     run_dir: str = ""
     children: list[Child] = field(default_factory=list)
     state_path: Path | None = None
@@ -99,6 +107,8 @@ class GatewayProcesses:
     _hurry: bool = False
     _envoy_log: EnvoyLogFilter | None = None
     _metrics_dir: str = ""
+    _worker_ports: list[tuple[int, int]] = field(default_factory=list)  # (ext_proc, hop) per worker, with TLS
+    _probe_tls: ssl.SSLContext | None = None
 
     @property
     def ledger(self) -> LedgerPlan:
@@ -111,11 +121,19 @@ class GatewayProcesses:
 
     @property
     def extproc_sockets(self) -> list[str]:
+        """Each worker's gRPC address: a Unix socket path, or 127.0.0.1:PORT with --internal-tls."""
+        if self.internal_tls is not None:
+            return [f"127.0.0.1:{grpc_port}" for grpc_port, _ in self._worker_ports]
         return worker_sockets(self.run_dir, self.workers)[0]
 
     @property
     def hop_sockets(self) -> list[str]:
+        if self.internal_tls is not None:
+            return [f"127.0.0.1:{hop_port}" for _, hop_port in self._worker_ports]
         return worker_sockets(self.run_dir, self.workers)[1]
+
+    def _listen(self, address: str) -> str:
+        return address if self.internal_tls is not None else f"unix:{address}"
 
     @property
     def metrics_url(self) -> str:
@@ -150,6 +168,8 @@ class GatewayProcesses:
         self._install_signal_handlers()
         self.check_ports()
         self.xds = self.xds or f"127.0.0.1:{free_port()}"
+        if self.internal_tls is not None:
+            self._worker_ports = self._free_worker_ports()
         self._claim_run_dir()
         deadline = time.monotonic() + timeout
         if self.metrics_port:
@@ -166,9 +186,12 @@ class GatewayProcesses:
         self._start_control_plane(deadline)
         self._start_ledger()
         self._check_auth()
-        self.say(f"- ext_proc ({self.workers} worker{'s' if self.workers > 1 else ''}, Unix sockets in {self.run_dir})")
+        where = f"Unix sockets in {self.run_dir}" if self.internal_tls is None else "mTLS on 127.0.0.1 TCP ports"
+        self.say(f"- ext_proc ({self.workers} worker{'s' if self.workers > 1 else ''}, {where})")
         for index in range(self.workers):
-            self._spawn(f"extproc-{index}", self._worker_argv(index), before_start=self._remove_sockets_of(index))
+            # A TCP port leaves no file behind: only Unix sockets need removing before a (re)start.
+            cleanup = {"before_start": self._remove_sockets_of(index)} if self.internal_tls is None else {}
+            self._spawn(f"extproc-{index}", self._worker_argv(index), **cleanup)
         # Workers listen once they hold a policy, which the control plane sends only after Envoy
         # has the clusters it routes to: Envoy starts now, and readiness waits for both below.
         self._start_envoy()
@@ -182,6 +205,17 @@ class GatewayProcesses:
             self.say(f"- {summary}")
         self.ready = True
         self.write_state()
+
+    def _free_worker_ports(self) -> list[tuple[int, int]]:
+        """Two distinct free ports per worker, not the xDS one."""
+        taken = {int(self.xds.rpartition(":")[2])}
+        ports: list[int] = []
+        while len(ports) < 2 * self.workers:
+            port = free_port()
+            if port not in taken:
+                taken.add(port)
+                ports.append(port)
+        return list(zip(ports[::2], ports[1::2], strict=True))
 
     def _claim_run_dir(self) -> None:
         """The run dir (sockets, bootstrap) and the state file that names it, written before any
@@ -215,6 +249,9 @@ class GatewayProcesses:
             self.say(f"- control plane (xDS on {self.xds}, policy {self.policy_path})")
         options = [*source, "--xds", self.xds]
         options += ["--status-file", self.control_plane_status_path]  # read by `ccr-gateway status`
+        if (tls := self.internal_tls) is not None:
+            role = "control-plane"
+            options += ["--tls-cert", tls.cert(role), "--tls-key", tls.key(role), "--tls-client-ca", tls.ca]
         for index in range(self.workers):
             options += ["--usage-log-cluster", worker_cluster(index)]
         self._spawn("control-plane", self._python("control-plane", *options))
@@ -251,12 +288,25 @@ class GatewayProcesses:
         return os.path.join(self.run_dir, "control-plane.json")
 
     def _worker_argv(self, index: int) -> list[str]:
+        tls: list[str] = []
+        if (files := self.internal_tls) is not None:
+            cert, key = files.cert("extproc"), files.key("extproc")
+            tls = ["--tls-cert", cert, "--tls-key", key, "--tls-client-ca", files.ca]
+            tls += [
+                "--control-plane-tls-cert",
+                cert,
+                "--control-plane-tls-key",
+                key,
+                "--control-plane-tls-ca",
+                files.ca,
+            ]
         return self._python(
             "extproc",
             "--listen",
-            f"unix:{self.extproc_sockets[index]}",
+            self._listen(self.extproc_sockets[index]),
             "--hop-listen",
-            f"unix:{self.hop_sockets[index]}",
+            self._listen(self.hop_sockets[index]),
+            *tls,
             "--hop-cluster",
             worker_hop_cluster(index),
             "--control-plane",
@@ -287,6 +337,7 @@ class GatewayProcesses:
                 self.extproc_sockets,
                 self.hop_sockets,
                 self.policy.hardening,  # the overload manager: read once, when Envoy starts
+                tls=self.internal_tls,
             )
         )
         self.say(f"- envoy (admin http://127.0.0.1:{self.admin_port})")
@@ -304,7 +355,26 @@ class GatewayProcesses:
         self._envoy_log.start()
 
     def _workers_have_policy(self) -> bool:
-        return all(probes.unix_http_status(path) == 200 for path in self.hop_sockets)
+        if self.internal_tls is None:
+            return all(probes.unix_http_status(path) == 200 for path in self.hop_sockets)
+        return all(self._tls_hop_status(address) == 200 for address in self.hop_sockets)
+
+    def _tls_hop_status(self, address: str) -> int:
+        """``GET /healthz`` on a worker's hop over mTLS, as Envoy (0 when nothing answered)."""
+        tls = self.internal_tls
+        assert tls is not None
+        if self._probe_tls is None:
+            self._probe_tls = ssl.create_default_context(cafile=tls.ca)
+            self._probe_tls.load_cert_chain(tls.cert("envoy"), tls.key("envoy"))
+        host, _, port = address.rpartition(":")
+        connection = http.client.HTTPSConnection(host, int(port), timeout=1.0, context=self._probe_tls)
+        try:
+            connection.request("GET", "/healthz")
+            return connection.getresponse().status
+        except (OSError, http.client.HTTPException):
+            return 0
+        finally:
+            connection.close()
 
     def _wait(self, ready: Callable[[], bool], deadline: float, what: str) -> None:
         while time.monotonic() < deadline:

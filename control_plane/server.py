@@ -50,6 +50,27 @@ class ControlPlaneConfig:
     usage_log_clusters: tuple[str, ...] = (EXTPROC_CLUSTER,)
     # Where to keep the policy's state for `ccr-gateway status` ("": nowhere); see PolicyStatusFile.
     status_file: str = ""
+    # mTLS on the xDS port (docs/security-tls.md, "Internal mTLS"): this server's certificate and
+    # key, and the CA every client (Envoy, the ext_proc workers) must show a certificate from.
+    # All three or none; TCP only (a Unix socket is guarded by its file permissions).
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+
+    def __post_init__(self) -> None:
+        given = [bool(self.tls_cert), bool(self.tls_key), bool(self.tls_client_ca)]
+        if any(given) and not all(given):
+            raise ValueError("--tls-cert, --tls-key and --tls-client-ca go together: give all three or none")
+        if all(given) and self.xds_address.startswith("unix:"):
+            raise ValueError(f"--tls-cert/--tls-key/--tls-client-ca need a TCP --xds, not {self.xds_address}")
+
+    def server_credentials(self) -> grpc.ServerCredentials | None:
+        """Client certificates required (signed by tls_client_ca); None without TLS."""
+        if not self.tls_cert:
+            return None
+        with open(self.tls_cert, "rb") as cert, open(self.tls_key, "rb") as key, open(self.tls_client_ca, "rb") as ca:
+            pair = (key.read(), cert.read())
+            return grpc.ssl_server_credentials([pair], root_certificates=ca.read(), require_client_auth=True)
 
 
 class ControlPlane:
@@ -174,12 +195,16 @@ class ControlPlane:
             ]
         )
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(AggregatedDiscoveryService(self.cache), server)
-        server.add_insecure_port(self.config.xds_address)
+        credentials = self.config.server_credentials()
+        if credentials is not None:
+            server.add_secure_port(self.config.xds_address, credentials)
+        else:
+            server.add_insecure_port(self.config.xds_address)
         await server.start()
         self._server = server
         if self.config.metrics_port:
             start_http_server(self.config.metrics_port, addr="127.0.0.1")
-        log.info("xDS (ADS) listening on %s", self.config.xds_address)
+        log.info("xDS (ADS) listening on %s%s", self.config.xds_address, " (mTLS)" if credentials is not None else "")
 
     async def run(self) -> None:
         await self.load_initial()

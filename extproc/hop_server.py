@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 from collections.abc import Callable
 
 import httptools
@@ -198,17 +199,20 @@ class _HopProtocol(asyncio.Protocol):
             return 500, b"internal error"
 
 
-async def start(listen: str, state: GatewayState) -> HopServer:
-    """Serve on ``unix:/path`` or ``host:port``."""
+async def start(listen: str, state: GatewayState, tls: ssl.SSLContext | None = None) -> HopServer:
+    """Serve on ``unix:/path`` or ``host:port``; ``tls``: HTTPS on ``host:port`` (the context says
+    whether a client certificate is required: extproc.server.TlsFiles requires one)."""
     loop = asyncio.get_running_loop()
     hop_server = HopServer(state)
     factory: Callable[[], asyncio.Protocol] = lambda: _HopProtocol(hop_server)  # noqa: E731
     if listen.startswith("unix:"):
+        if tls is not None:
+            raise ValueError(f"TLS on the decision hop needs a TCP address, not {listen}")
         path = listen[len("unix:") :]
         if os.path.exists(path):
             os.unlink(path)  # a stale socket from a crashed run
         hop_server.server = await loop.create_unix_server(factory, path)
     else:
         host, _, port = listen.rpartition(":")
-        hop_server.server = await loop.create_server(factory, host or "127.0.0.1", int(port))
+        hop_server.server = await loop.create_server(factory, host or "127.0.0.1", int(port), ssl=tls)
     return hop_server

@@ -29,8 +29,15 @@ log = logging.getLogger("ccr.extproc.policy")
 
 
 class PolicySubscriber:
-    def __init__(self, target: str, on_table: Callable[[RoutingTable], None], node_id: str | None = None) -> None:
+    def __init__(
+        self,
+        target: str,
+        on_table: Callable[[RoutingTable], None],
+        node_id: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.target = target  # "host:port" or "unix:/path"
+        self.credentials = credentials  # TLS (with this worker's client certificate); None: plaintext
         self.on_table = on_table
         self.node = Node(id=node_id or f"extproc-{socket.gethostname()}-{os.getpid()}", cluster=EXTPROC_GROUP)
         self.acked_version = ""
@@ -62,7 +69,11 @@ class PolicySubscriber:
             while True:
                 yield await outbox.get()
 
-        async with grpc.aio.insecure_channel(self.target) as channel:
+        if self.credentials is not None:
+            opened = grpc.aio.secure_channel(self.target, self.credentials)
+        else:
+            opened = grpc.aio.insecure_channel(self.target)
+        async with opened as channel:
             stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
             call = stub.StreamAggregatedResources(requests())
             self.connected.set()

@@ -13,6 +13,7 @@ import inspect
 import logging
 import os
 import signal
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -94,12 +95,58 @@ def traceparent_of(metadata: Iterable[Any]) -> str | None:
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """A certificate, its key and the CA the peer's certificate must chain to (PEM files): mTLS on
+    the worker's TCP ports (docs/security-tls.md, "Internal mTLS"), or toward the control plane."""
+
+    cert: str
+    key: str
+    ca: str
+
+    def _read(self) -> tuple[bytes, bytes, bytes]:
+        with open(self.cert, "rb") as cert, open(self.key, "rb") as key, open(self.ca, "rb") as ca:
+            return cert.read(), key.read(), ca.read()
+
+    def grpc_server_credentials(self) -> grpc.ServerCredentials:
+        """Envoy (ext_proc, ext_authz, the usage log) must show a certificate signed by the CA."""
+        cert, key, ca = self._read()
+        return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
+
+    def grpc_channel_credentials(self) -> grpc.ChannelCredentials:
+        """This worker as the control plane's client: its certificate, the server's checked by name."""
+        cert, key, ca = self._read()
+        return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+    def hop_server_context(self) -> ssl.SSLContext:
+        """The decision hop's TLS: HTTP/1.1 only, and a client certificate signed by the CA required."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.cert, self.key)
+        context.load_verify_locations(self.ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.set_alpn_protocols(["http/1.1"])
+        return context
+
+
+@dataclass(frozen=True)
 class ExtProcConfig:
     listen: str  # "unix:/path/extproc.sock" or "host:port"
     control_plane: str = "127.0.0.1:18000"
     metrics_port: int = 0
     hop_listen: str = ""  # the decision hop's HTTP server (extproc.hop_server); "" = none
     hop_cluster: str = ""  # the Envoy cluster of this worker's hop alone ("": the shared one)
+    tls: TlsFiles | None = None  # mTLS on listen and hop_listen (both TCP then)
+    control_plane_tls: TlsFiles | None = None  # mTLS to the control plane (TCP then)
+
+    def __post_init__(self) -> None:
+        # A Unix socket is guarded by file permissions; TLS there would be a mistake in the command
+        # line (a certificate nobody checks), not a deployment: refused, not ignored.
+        if self.tls is not None:
+            for flag, address in (("--listen", self.listen), ("--hop-listen", self.hop_listen)):
+                if address.startswith("unix:"):
+                    raise ValueError(f"--tls-cert/--tls-key/--tls-client-ca need a TCP {flag}, not {address}")
+        if self.control_plane_tls is not None and self.control_plane.startswith("unix:"):
+            raise ValueError(f"--control-plane-tls-* need a TCP --control-plane, not {self.control_plane}")
 
 
 async def serve(
@@ -139,7 +186,8 @@ async def serve(
             tracing_follower.install(table.tracing)
         has_policy.set()
 
-    subscriber = PolicySubscriber(config.control_plane, install)
+    channel_credentials = config.control_plane_tls.grpc_channel_credentials() if config.control_plane_tls else None
+    subscriber = PolicySubscriber(config.control_plane, install, credentials=channel_credentials)
     # The exact token counter loads on first use (extproc.tokens): a worker at rest stays small.
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 256 * 1024 * 1024)])
     processor = ExternalProcessor(state)
@@ -178,13 +226,18 @@ async def serve(
         path = config.listen[len("unix:") :]
         if os.path.exists(path):
             os.unlink(path)  # a stale socket from a crashed run
-    server.add_insecure_port(config.listen)
+    if config.tls is not None:
+        server.add_secure_port(config.listen, config.tls.grpc_server_credentials())
+    else:
+        server.add_insecure_port(config.listen)
     await server.start()
-    hop = await hop_server.start(config.hop_listen, state) if config.hop_listen else None
+    hop_tls = config.tls.hop_server_context() if config.tls is not None else None
+    hop = await hop_server.start(config.hop_listen, state, hop_tls) if config.hop_listen else None
     log.info(
-        "ext_proc listening on %s%s",
+        "ext_proc listening on %s%s%s",
         config.listen,
         f", decision hop on {config.hop_listen}" if config.hop_listen else "",
+        " (mTLS)" if config.tls is not None else "",
     )
     if ready is not None:
         ready.set()
