@@ -190,15 +190,19 @@ def decide(state: GatewayState, method: str, path: str, headers: Mapping[str, st
     key = auth.authenticate(api, step.path, headers, table.auth_required)
     if isinstance(key, Reply):
         return _reply(key)
-    if key is not None:  # the request's log lines name its tenant (the server unbinds them with its ids)
-        log_context.bind(tenant=key.tenant)
-    digest = None
-    if state.repeats is not None and table.caches and step.kind == "generate" and _unrestricted(table, key):
-        digest = state.repeats.digest(table, step.path, headers, raw)
-        seen = state.repeats.get(digest) if digest is not None else None
-        if seen is not None:  # these bytes were looked up before: look their entry up at once
-            return _repeated(state, api, step, headers, raw, key, seen, digest)
-    return _decide_routed(state, api, step, headers, raw, key, digest)
+    # The request's log lines name its tenant while it is decided here (and in its task, if any).
+    logged = log_context.bind(tenant=key.tenant) if key is not None else None
+    try:
+        digest = None
+        if state.repeats is not None and table.caches and step.kind == "generate" and _unrestricted(table, key):
+            digest = state.repeats.digest(table, step.path, headers, raw)
+            seen = state.repeats.get(digest) if digest is not None else None
+            if seen is not None:  # these bytes were looked up before: look their entry up at once
+                return _repeated(state, api, step, headers, raw, key, seen, digest)
+        return _decide_routed(state, api, step, headers, raw, key, digest)
+    finally:
+        if logged is not None:
+            log_context.reset(logged)
 
 
 def _decide_routed(
@@ -295,6 +299,8 @@ async def _decide_later(state: GatewayState, routed: _Routed, charge: Charge | N
     """``decide``'s end when a store is asked: the cache first (a hit needs no limit: it costs no
     provider anything; a miss may wait for an identical request in flight and be a hit after all),
     then the limits."""
+    if routed.key is not None:  # this task's own context: gone with it
+        log_context.bind(tenant=routed.key.tenant)
     flight_id, flights = "", state.flights
     if cache is not None and cache.directive.lookup and state.cache is not None:
         _remember(state, routed, cache)

@@ -12,6 +12,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ import pytest
 from cryptography import x509
 
 from ccr_gateway.certs import DevCerts, make_dev_certs
-from tests.e2e.gateway import FakeProvider, Gateway, base_policy, free_port
+from tests.e2e.gateway import FakeProvider, Gateway, base_policy, free_port, wait_until
 
 HELLO = [{"role": "user", "content": "hello"}]
 
@@ -99,9 +100,11 @@ def test_a_client_certificate_of_another_ca_is_refused(tls_gateway: Gateway, cer
         _get(tls_gateway, _context(certs, (foreign.client_cert, foreign.client_key)))
 
 
-def test_the_verified_identity_reaches_the_decision_path_and_a_forged_one_does_not(
+def test_the_client_certificate_header_never_reaches_a_provider_forged_or_verified(
     tls_gateway: Gateway, certs: DevCerts, fake: FakeProvider
 ):
+    """Envoy replaces a client's own x-forwarded-client-cert with the verified identity (which the
+    decision path reads: tests of listener.tls.identities), and the provider routes remove it."""
     client = _sdk(tls_gateway, _context(certs, (certs.client_cert, certs.client_key)))
     client.messages.create(
         model="claude-sonnet-4-5",
@@ -111,9 +114,7 @@ def test_the_verified_identity_reaches_the_decision_path_and_a_forged_one_does_n
     )
     (seen,) = [r for r in fake.requests() if r.get("path", "").endswith("/messages")][-1:]
     headers = {k.lower(): v for k, v in seen["headers"].items()}
-    xfcc = headers.get("x-forwarded-client-cert", "")
-    assert "spiffe://evil" not in xfcc
-    assert f"URI={certs.client_uri}" in xfcc, xfcc
+    assert "x-forwarded-client-cert" not in headers, headers
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
@@ -221,3 +222,50 @@ def test_the_listener_is_not_plain_http(tls_gateway: Gateway):
         plain.sendall(b"GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n")
         answer = plain.recv(100)
     assert not answer.startswith(b"HTTP/1.1 200")
+
+
+def _post(gateway: Gateway, context: ssl.SSLContext, body: dict) -> tuple[int, dict, dict]:
+    """(status, headers, JSON body) of a key-less POST /v1/messages over a new connection."""
+    connection = http.client.HTTPSConnection("127.0.0.1", gateway.listener_port, context=context, timeout=10)
+    try:
+        connection.request("POST", "/v1/messages", json.dumps(body), {"content-type": "application/json"})
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_a_mapped_client_certificate_authenticates_a_keyless_request_as_its_tenant(
+    workdir: Path, fake: FakeProvider, certs: DevCerts
+):
+    policy = base_policy(free_port(), fake)
+    policy["auth"] = {"required": True}
+    policy["listener"]["tls"] = {
+        "cert": str(certs.server_cert),
+        "key": str(certs.server_key),
+        "client_ca": str(certs.ca_cert),
+        "identities": {certs.client_uri: "acme"},  # the stranger's SANs are not in the map
+    }
+    gateway = Gateway.start(workdir, policy, name="tls-identity-gateway")
+    try:
+        body = {"model": "claude-sonnet-4-5", "max_tokens": 16, "messages": HELLO}
+        status, headers, answer = _post(gateway, _context(certs, (certs.client_cert, certs.client_key)), body)
+        assert status == 200, answer
+        request_id = headers["request-id"]
+        stranger = (certs.ca_cert.parent / "stranger.pem", certs.ca_cert.parent / "stranger.key")
+        status, _, refused = _post(gateway, _context(certs, stranger), body)
+        assert status == 401, refused
+        assert refused["type"] == "error" and refused["error"]["type"] == "authentication_error", refused
+
+        def exported() -> dict[str, dict]:
+            command = [sys.executable, "-m", "ccr_gateway.cli", "usage", "export", "--since", "1h"]
+            out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=60).stdout
+            return {record["request_id"]: record for record in map(json.loads, out.splitlines())}
+
+        wait_until(lambda: request_id in exported(), 15, "the certificate caller's usage record")
+        record = exported()[request_id]
+        assert (record["status"], record["tenant"]) == (200, "acme"), record
+        assert record["key_id"].startswith("cert:"), record
+    finally:
+        gateway.stop()
+    assert gateway.process.returncode == 0, gateway.log()[-4000:]

@@ -31,7 +31,7 @@ DASHBOARDS = GRAFANA / "dashboards"
 PROVISIONING = GRAFANA / "provisioning"
 RULES = ROOT / "deploy/observability/prometheus/rules"
 EXPECTED = ("system-overview", "api-performance", "provider-health", "cache-performance", "queue-metrics")
-CODE = ("extproc", "control_plane", "ledger", "ccr_gateway")  # where the Python processes define their metrics
+CODE = ("extproc", "control_plane", "ledger", "ccr_gateway", "audit")  # where the processes define their metrics
 DATASOURCE = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
 
 # --- the metrics the gateway exports --------------------------------------------------------------
