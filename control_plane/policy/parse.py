@@ -465,7 +465,7 @@ _SECTIONS = {
 
 
 def _tls(check: Checker, at: Located, path: str, scheme: str | None) -> TlsSettings | None:
-    fields = check.mapping(at, path, ("sni", "ca_file", "insecure_skip_verify"))
+    fields = check.mapping(at, path, ("sni", "ca_file", "insecure_skip_verify", "client_cert", "client_key"))
     if scheme == "http":
         check.problem(at, path, "only an https:// base_url uses TLS")
         return None
@@ -491,7 +491,28 @@ def _tls(check: Checker, at: Located, path: str, scheme: str | None) -> TlsSetti
             )
         else:
             tls = replace(tls, insecure_skip_verify=flag_at.value)
+    # A client certificate for a provider that asks for one (mTLS upstream): both files or neither.
+    files = {name: _absolute_file(check, fields.get(name), join(path, name)) for name in ("client_cert", "client_key")}
+    if ("client_cert" in fields) != ("client_key" in fields):
+        missing = "client_key" if "client_cert" in fields else "client_cert"
+        check.problem(
+            at, path, f"{missing} is required with {'client_cert' if missing == 'client_key' else 'client_key'}"
+        )
+    elif all(files.values()):
+        tls = replace(tls, client_cert=files["client_cert"] or "", client_key=files["client_key"] or "")
     return tls
+
+
+def _absolute_file(check: Checker, at: Located | None, path: str) -> str | None:
+    """A file Envoy reads, from its own working directory: an absolute path (a relative one would
+    be a guess)."""
+    if at is None:
+        return None
+    text = check.string(at, path)
+    if text is not None and not text.startswith("/"):
+        check.problem(at, path, f"{text!r} must be an absolute path")
+        return None
+    return text
 
 
 def _duration(check: Checker, at: Located, path: str, low_ms: int, high_ms: int) -> int | None:

@@ -47,6 +47,9 @@ class TlsSettings:
     sni: str = ""  # empty: the base_url's host
     ca_file: str = ""  # empty: the system CA bundle
     insecure_skip_verify: bool = False
+    # The gateway's certificate for a provider that asks for one (mTLS upstream); "": none.
+    client_cert: str = ""
+    client_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)

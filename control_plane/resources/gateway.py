@@ -122,6 +122,10 @@ def tls_socket(provider: ProviderSpec, alpn: tuple[str, ...]) -> dict[str, Any]:
             "trusted_ca": {"filename": tls.ca_file or SYSTEM_CA_BUNDLE},
             "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": name}}],
         }
+    if tls.client_cert:  # Envoy reads the files (policy paths are absolute)
+        common["tls_certificates"] = [
+            {"certificate_chain": {"filename": tls.client_cert}, "private_key": {"filename": tls.client_key}}
+        ]
     return {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {

@@ -294,6 +294,20 @@ def test_tls_settings_override_sni_ca_and_verification():
     assert not context.common_tls_context.HasField("validation_context")
 
 
+def test_a_client_certificate_is_presented_to_a_provider_that_asks_for_one():
+    provider = policy_with("tls: {client_cert: /etc/ccr/gw.pem, client_key: /etc/ccr/gw.key}").providers[0]
+    certificates = tls_context(resources.provider_cluster(provider).transport_socket).common_tls_context
+    (pair,) = certificates.tls_certificates
+    assert (pair.certificate_chain.filename, pair.private_key.filename) == ("/etc/ccr/gw.pem", "/etc/ccr/gw.key")
+    assert certificates.validation_context.trusted_ca.filename  # still verified
+    assert problems("tls: {client_cert: /etc/ccr/gw.pem}") == [
+        "<policy>:7:12: providers[0].resilience.tls: client_key is required with client_cert"
+    ]
+    assert problems("tls: {client_cert: gw.pem, client_key: /k}") == [
+        "<policy>:7:26: providers[0].resilience.tls.client_cert: 'gw.pem' must be an absolute path"
+    ]
+
+
 def test_cluster_serialization_is_deterministic_with_every_setting():
     provider = policy_with(
         "health_check: {expected_statuses: [503, 200, 204]}\ntls: {sni: a.example.com}\nretry_budget: {budget_percent: 5}"
