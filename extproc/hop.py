@@ -193,13 +193,14 @@ def decide(state: GatewayState, method: str, path: str, headers: Mapping[str, st
     # The request's log lines name its tenant while it is decided here (and in its task, if any).
     logged = log_context.bind(tenant=key.tenant) if key is not None else None
     try:
-        digest = None
-        if state.repeats is not None and table.caches and step.kind == "generate" and _unrestricted(table, key):
-            digest = state.repeats.digest(table, step.path, headers, raw)
-            seen = state.repeats.get(digest) if digest is not None else None
-            if seen is not None:  # these bytes were looked up before: look their entry up at once
-                return _repeated(state, api, step, headers, raw, key, seen, digest)
-        return _decide_routed(state, api, step, headers, raw, key, digest)
+        repeats = state.repeats
+        if repeats is not None and table.caches and step.kind == "generate" and _unrestricted(table, key):
+            if repeats.may_hold(len(raw)) and (digest := repeats.digest(table, step.path, headers, raw)) is not None:
+                seen = repeats.get(digest)
+                if seen is not None:  # these bytes were looked up before: look their entry up at once
+                    return _repeated(state, api, step, headers, raw, key, seen)
+            return _decide_routed(state, api, step, headers, raw, key, raw)  # may be remembered
+        return _decide_routed(state, api, step, headers, raw, key, None)
     finally:
         if logged is not None:
             log_context.reset(logged)
@@ -212,9 +213,10 @@ def _decide_routed(
     headers: Mapping[str, str],
     raw: bytes,
     key: VirtualKey | None,
-    digest: bytes | None,
+    rememberable: bytes | None,
 ) -> bytes | Pending:
-    """``decide`` past authentication: parsed, checked, routed, then answered or rewritten."""
+    """``decide`` past authentication: parsed, checked, routed, then answered or rewritten.
+    ``rememberable``: the body, when a cache lookup of it may be remembered among repeats."""
     table, auth = state.table, state.auth
     assert table is not None
     tenant = key.tenant if key else None
@@ -229,7 +231,7 @@ def _decide_routed(
     cache = None
     if state.cache is not None and isinstance(outcome, Forward):
         cache = cache_step(table, api, step.kind, outcome, headers, tenant)
-    routed = _Routed(api, step, outcome, headers, key, digest)
+    routed = _Routed(api, step, outcome, headers, key, rememberable)
     if (cache is not None and cache.directive.lookup) or (charge is not None and auth.shared):
         return Pending(_decide_later(state, routed, charge, cache))
     admission = auth.admit_local(charge) if charge is not None else None
@@ -245,7 +247,7 @@ class _Routed:
     outcome: Forward | Chain
     headers: Mapping[str, str]
     key: VirtualKey | None
-    digest: bytes | None = None  # the request's identity among repeats (extproc.cache.repeats)
+    rememberable: bytes | None = None  # the body, when its lookup may be remembered (extproc.cache.repeats)
 
 
 def _unrestricted(table: RoutingTable, key: VirtualKey | None) -> bool:
@@ -264,7 +266,6 @@ def _repeated(
     raw: bytes,
     key: VirtualKey | None,
     seen: Repeat,
-    digest: bytes,
 ) -> bytes | Pending:
     """A repeat's entry looked up by the key it led to before: a hit without parsing or routing
     (at once from this worker's memory), else the full path, as if it had never been seen."""
@@ -272,14 +273,14 @@ def _repeated(
     if isinstance(store, LocalLruStore):
         entry = decode_entry(store.peek(seen.step.key))
         hit = _repeat_hit(api, seen, entry)
-        return hit if hit is not None else _decide_routed(state, api, step, headers, raw, key, digest)
+        return hit if hit is not None else _decide_routed(state, api, step, headers, raw, key, raw)
 
     async def later() -> bytes:
         assert store is not None
         hit = _repeat_hit(api, seen, await lookup(store, seen.step))
         if hit is not None:
             return hit
-        answer = _decide_routed(state, api, step, headers, raw, key, digest)
+        answer = _decide_routed(state, api, step, headers, raw, key, raw)
         return await answer.answer if isinstance(answer, Pending) else answer
 
     return Pending(later())
@@ -326,11 +327,15 @@ async def _decide_later(state: GatewayState, routed: _Routed, charge: Charge | N
 
 def _remember(state: GatewayState, routed: _Routed, cache: CacheStep) -> None:
     """The next time these bytes come, their key is known (extproc.cache.repeats)."""
-    if routed.digest is None or state.repeats is None or not isinstance(routed.outcome, Forward):
+    raw, repeats, table = routed.rememberable, state.repeats, state.table
+    if raw is None or repeats is None or table is None or not isinstance(routed.outcome, Forward):
+        return
+    digest = repeats.digest(table, routed.step.path, routed.headers, raw)
+    if digest is None:
         return
     route = routed.outcome.route
     labels = request_labels(routed.api, routed.step.path, routed.outcome.decision, key=routed.key)
-    state.repeats.put(routed.digest, Repeat(cache, labels, route.provider.name, route.target.model))
+    state.repeats.put(digest, Repeat(cache, labels, route.provider.name, route.target.model, len(raw)))
 
 
 async def _hit(state: GatewayState, routed: _Routed, cache: CacheStep) -> bytes | None:

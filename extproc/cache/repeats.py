@@ -21,7 +21,7 @@ gateway's writes are seen as they are. Pure but for the clock-free LRU: no I/O.
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -39,12 +39,14 @@ class Repeat:
     labels: Mapping[str, str]  # a hit's request labels (its ledger record)
     provider: str
     model: str
+    size: int  # the body's length: a body of another length is not worth hashing
 
 
 class Repeats:
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         self.capacity = capacity
         self._entries: OrderedDict[bytes, Repeat] = OrderedDict()
+        self._sizes: Counter[int] = Counter()  # body lengths remembered: most traffic is hashed never
         self._repeatable: tuple[str, bool] = ("", False)  # (policy version, its routing is the body's)
 
     def __len__(self) -> int:
@@ -61,6 +63,10 @@ class Repeats:
         hasher.update(b"\0" + raw)
         return hasher.digest()
 
+    def may_hold(self, size: int) -> bool:
+        """Whether a body of ``size`` bytes could be a remembered one (else no digest is needed)."""
+        return size in self._sizes
+
     def get(self, digest: bytes) -> Repeat | None:
         found = self._entries.get(digest)
         if found is not None:
@@ -68,10 +74,18 @@ class Repeats:
         return found
 
     def put(self, digest: bytes, repeat: Repeat) -> None:
+        replaced = self._entries.pop(digest, None)
+        if replaced is not None:
+            self._forget(replaced)
         self._entries[digest] = repeat
-        self._entries.move_to_end(digest)
+        self._sizes[repeat.size] += 1
         while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
+            self._forget(self._entries.popitem(last=False)[1])
+
+    def _forget(self, repeat: Repeat) -> None:
+        self._sizes[repeat.size] -= 1
+        if not self._sizes[repeat.size]:
+            del self._sizes[repeat.size]
 
     def _routes_by_body(self, table: RoutingTable) -> bool:
         version, repeatable = self._repeatable
@@ -79,6 +93,7 @@ class Repeats:
             repeatable = routes_by_body(table)
             self._repeatable = (table.version, repeatable)
             self._entries.clear()  # keys of the old policy would never be asked again
+            self._sizes.clear()
         return repeatable
 
 

@@ -12,7 +12,7 @@ import pytest
 from control_plane.policy import load_policy
 from extproc import hop
 from extproc.cache.answers import store_answer
-from extproc.cache.repeats import Repeats, routes_by_body
+from extproc.cache.repeats import Repeat, Repeats, routes_by_body
 from extproc.routing_table import compile_policy
 from tests.unit.test_cache_answers import ANSWER, POLICY, state, store_from
 from tests.unit.test_hop import parse
@@ -120,6 +120,7 @@ def test_the_memory_is_bounded() -> None:
     repeats = Repeats(capacity=2)
     table = gateway.table
     digests = [repeats.digest(table, "/v1/messages", {}, bytes([i])) for i in range(3)]
-    for digest in digests:
-        repeats.put(digest, object())  # type: ignore[arg-type]
+    for size, digest in enumerate(digests, 1):
+        repeats.put(digest, Repeat(None, {}, "p", "m", size))  # type: ignore[arg-type]
     assert len(repeats) == 2 and repeats.get(digests[0]) is None
+    assert not repeats.may_hold(1) and repeats.may_hold(2) and repeats.may_hold(3)  # the evicted one's size
