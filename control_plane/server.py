@@ -155,6 +155,14 @@ class ControlPlane:
             material = self.tls_files.poll()
             if material is not None:
                 self.rollout.set_tls_material(material)
+                self._audit_rotation(material)
+
+    def _audit_rotation(self, material: TlsMaterial) -> None:
+        """A secret rotation is an audited change: which certificate replaced which (fingerprints,
+        never key material)."""
+        spec = self.tls_files.spec
+        details = {"secret": "listener certificate", "certificate_sha256": hashlib.sha256(material.cert).hexdigest()}
+        self.audit.record("secret.rotated", spec.cert_file if spec is not None else "", "", details)
 
     def _apply(self, policy: GatewayPolicy) -> None:
         problem = self._catalog_problem(policy) or self._tls_problem(policy)

@@ -83,3 +83,24 @@ def test_with_the_audit_store_unusable_a_policy_still_applies(tmp_path, monkeypa
     plane._apply(load_policy(POLICY.format(name="a"), source=str(policy_file)))
     assert plane.rollout.desired is not None and plane.rollout.desired.version == "1"
     assert "policy.accepted not recorded (the change still applies)" in caplog.text
+
+
+async def test_a_listener_certificate_rotation_is_an_audited_change(tmp_path, audit_env):
+    from control_plane.policy.tls import TlsSpec
+    from control_plane.resources.tls import TlsMaterial
+
+    policy_file = tmp_path / "gw.yaml"
+    policy_file.write_text(POLICY.format(name="a"))
+    plane = ControlPlane(ControlPlaneConfig(policy_path=str(policy_file)))
+    plane.tls_files.spec = TlsSpec(cert_file=str(tmp_path / "server.pem"), key_file=str(tmp_path / "server.key"))
+    plane._audit_rotation(TlsMaterial(cert=b"-----BEGIN CERTIFICATE-----new", key=b"the private key"))
+    await plane.audit.close()
+    head, entries = await _entries(audit_env)
+    (entry,) = entries
+    assert (entry.action, entry.source, entry.details["secret"]) == (
+        "secret.rotated",
+        str(tmp_path / "server.pem"),
+        "listener certificate",
+    )
+    assert len(entry.details["certificate_sha256"]) == 64 and "private key" not in str(entry.details)
+    assert verify(load_key(), entries, head) is None
