@@ -94,7 +94,7 @@ def check(state: GatewayState, request: CheckRequest) -> CheckResponse:
         message = "the gateway has no routing policy yet; retry shortly"
         labels = request_labels(api, endpoint_path)
         return denied(error_reply(api, 503, message, "ccr_no_policy", labels=labels), headers)
-    key = state.auth.authenticate(api, endpoint_path, headers, state.table.auth_required)
+    key = state.auth.authenticate(api, endpoint_path, headers, state.table.auth_required, state.table.cert_identities)
     if isinstance(key, Reply):
         return denied(key, headers)
     if key is None:

@@ -187,7 +187,7 @@ def decide(state: GatewayState, method: str, path: str, headers: Mapping[str, st
         return _reply(auth.gate(api, path.partition("?")[0], headers, required, step))
     table = state.table
     assert table is not None  # endpoint_step answered 503 otherwise
-    key = auth.authenticate(api, step.path, headers, table.auth_required)
+    key = auth.authenticate(api, step.path, headers, table.auth_required, table.cert_identities)
     if isinstance(key, Reply):
         return _reply(key)
     # The request's log lines name its tenant while it is decided here (and in its task, if any).

@@ -134,7 +134,9 @@ class RequestProcessor:
             path = headers.get(":path", "/").partition("?")[0]
             return m.reply(self.state.auth.gate(self.api, path, headers, required, step))
         assert self.state.table is not None  # endpoint_step answered 503 otherwise
-        key = self.state.auth.authenticate(self.api, step.path, headers, self.state.table.auth_required)
+        key = self.state.auth.authenticate(
+            self.api, step.path, headers, self.state.table.auth_required, self.state.table.cert_identities
+        )
         if isinstance(key, Reply):
             return m.reply(key)
         self.key = key

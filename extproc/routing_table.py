@@ -170,23 +170,6 @@ class TenantRules:
     cache: CacheSetting | None = None  # the tenant's `cache:`, over every model's; None: the model's applies
 
 
-@dataclass(frozen=True, slots=True)
-class AuthRules:
-    """Who may call (extproc.auth.decision): whether every request needs an identity, and the
-    verified client-certificate SANs that are one (``listener.tls.identities``: SAN -> tenant; URIs
-    exact, DNS names lowercased). Empty unless the listener has mTLS, which is what makes Envoy's
-    ``x-forwarded-client-cert`` trustworthy.
-
-    True exactly when identities are required: the decision paths hand ``table.auth_required`` over
-    where a bool ``required`` used to go, and test it as one."""
-
-    required: bool = False
-    cert_identities: Mapping[str, str] = field(default_factory=dict)
-
-    def __bool__(self) -> bool:
-        return self.required
-
-
 def cert_identities(policy: policy_pb2.Policy) -> dict[str, str]:
     """The policy's SAN -> tenant map as ``authenticate`` looks SANs up (DNS names are not case
     sensitive; URIs are compared exactly)."""
@@ -224,9 +207,11 @@ class RoutingTable:
     tenants: Mapping[str, TenantRouter] = field(default_factory=dict)  # api key sha256 hex -> tenant
     tenants_by_name: Mapping[str, TenantRouter] = field(default_factory=dict)  # a virtual key's tenant -> its router
     tenant_rules: Mapping[str, TenantRules] = field(default_factory=dict)  # tenant name -> its keys' rules
-    # Every request needs a virtual key (or a JWT, a certificate identity), and the certificate
-    # identities: an AuthRules (a bool where a table is made by hand).
-    auth_required: AuthRules | bool = False
+    auth_required: bool = False  # every request needs a virtual key (or a JWT, a certificate identity)
+    # Verified client-certificate SANs that identify a tenant (listener.tls.identities: URIs exact,
+    # DNS names lowercased); empty unless the listener has mTLS, which makes Envoy's
+    # x-forwarded-client-cert trustworthy.
+    cert_identities: Mapping[str, str] = field(default_factory=dict)
     cache: CacheSetting | None = None  # the policy's default `cache:`; None: off where nothing else says
     caches: bool = False  # some level (default, model, tenant) has a `cache:`: else nothing to resolve
     tracing: TracingSettings | None = None  # the policy's `tracing:`; None: off
@@ -440,7 +425,8 @@ def compile_policy(
         tenants=tenants,
         tenants_by_name=by_name,
         tenant_rules=rules,
-        auth_required=AuthRules(policy.auth_required, cert_identities(policy)),
+        auth_required=policy.auth_required,
+        cert_identities=cert_identities(policy),
         cache=cache_setting(policy.cache, "the default") if policy.HasField("cache") else None,
         caches=policy.HasField("cache")
         or any(route.cache is not None for route in models.values())

@@ -63,12 +63,13 @@ from extproc.auth.local_limits import LocalLimiter
 from extproc.metrics import ADMISSIONS, BUDGET_ALERTS, BUDGET_REMAINING, LIMIT_REMAINING, labelled
 from extproc.plan import Chain, Forward
 from extproc.request_steps import Endpoint, Reply, error_reply, request_labels
-from extproc.routing_table import AuthRules, TenantRules
+from extproc.routing_table import TenantRules
 from extproc.translate.base import Api
 from extproc.translate.errors import error_body
 
 # OpenAI answers a wrong key with this code (and type invalid_request_error); its SDK reads the status.
 OPENAI_INVALID_KEY_CODE = "invalid_api_key"
+_NO_IDENTITIES: Mapping[str, str] = {}
 log = logging.getLogger("ccr.auth")
 RATE_LIMIT_CODE = "rate_limit_exceeded"  # OpenAI's code of a 429 (its type: "requests" or "tokens")
 QUOTA_ERROR = "insufficient_quota"  # OpenAI's type and code for a spent quota
@@ -119,12 +120,17 @@ class Authenticator:
     _limits: dict[str, tuple[VirtualKey, tuple[Limit, ...], Budget | None]] = field(default_factory=dict)
 
     def authenticate(
-        self, api: Api, path: str, headers: Mapping[str, str], required: AuthRules | bool
+        self,
+        api: Api,
+        path: str,
+        headers: Mapping[str, str],
+        required: bool,
+        identities: Mapping[str, str] = _NO_IDENTITIES,
     ) -> VirtualKey | Reply | None:
         """The presented key if valid, None for an anonymous request, or the 401 (503 while the
         keys are not loaded) in the client's format. A JWT Envoy verified comes first (its caller,
         or the 401/403 of a token that names nobody: ``_jwt_caller``). ``required``: the table's
-        ``auth_required`` (its certificate identities with it), or a bare bool (no identities).
+        ``auth_required``; ``identities``: its ``cert_identities``.
 
         A verified client certificate the policy maps to a tenant (extproc.auth.cert_identity)
         stands for a key when none of ours is presented: no key, or a foreign one (an SDK needs
@@ -133,7 +139,6 @@ class Authenticator:
         caller = self._jwt_caller(api, path, headers)
         if caller is not None:
             return caller
-        identities = required.cert_identities if isinstance(required, AuthRules) else {}
         presented = _presented(headers)
         if presented is None or (KEY_PREFIX not in presented and identities):
             certified = cert_caller(headers, identities)
@@ -185,7 +190,7 @@ class Authenticator:
             return _unauthorized(api, path, refusal.message, refusal.details)
         return error_reply(api, refusal.status, refusal.message, refusal.details, labels=request_labels(api, path))
 
-    def gate(self, api: Api, path: str, headers: Mapping[str, str], required: AuthRules | bool, answer: Reply) -> Reply:
+    def gate(self, api: Api, path: str, headers: Mapping[str, str], required: bool, answer: Reply) -> Reply:
         """An answer the gateway gives on its own (the model list, a 200): only to a caller the
         policy lets in; errors go to anyone (they say what is wrong with the request)."""
         if answer.status != 200:

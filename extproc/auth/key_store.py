@@ -76,7 +76,6 @@ class ChangeNotifier(Protocol):
 # Written here rather than imported from ledger.env: ext_proc does not import the ledger.
 
 
-
 def expand_env(text: str, environ: Mapping[str, str] | None = None) -> str:
     """Every ``${NAME}`` replaced by the variable's value (ccr.v1.env_refs), so a password lives in
     the environment, not in a command line or a log. KeyStoreUnavailable names an unset one."""

@@ -98,7 +98,7 @@ def test_a_stream_is_measured_by_the_genai_conventions_on_the_gateways_one_page(
         "ccr_requests_total",
     ):
         assert any(line.startswith(family) for line in page.splitlines()), family
-    assert f'gen_ai_client_token_usage_count{{{genai},' in page
+    assert f"gen_ai_client_token_usage_count{{{genai}," in page
     assert 'gen_ai_token_type="output"' in page
 
 

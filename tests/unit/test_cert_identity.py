@@ -16,7 +16,7 @@ from control_plane.policy import load_policy
 from extproc.auth.cert_identity import CertCaller, cert_caller, nearest_sans, parse_xfcc
 from extproc.auth.decision import Authenticator
 from extproc.request_steps import Reply
-from extproc.routing_table import AuthRules, compile_policy
+from extproc.routing_table import compile_policy
 from extproc.translate.base import Api
 from tests.unit.test_hop import auth_via_ext_proc, auth_via_hop
 from tests.unit.test_plan import GENERATE, POLICY, anthropic, auth_state, presented, raw_of
@@ -110,8 +110,8 @@ def test_the_policys_identities_reach_the_routing_table(certs):  # noqa: F811
     proto = loaded.to_proto("1")
     assert dict(proto.cert_identities) == {CI: "acme", "Build.Internal": "beta"}
     table = compile_policy(proto, environ={})
-    assert table.auth_required == AuthRules(False, {CI: "acme", "build.internal": "beta"})
-    assert not table.auth_required
+    assert table.cert_identities == {CI: "acme", "build.internal": "beta"}
+    assert table.auth_required is False
 
 
 def test_a_policy_without_tls_sends_no_identities():
@@ -122,8 +122,8 @@ def test_a_policy_without_tls_sends_no_identities():
 
 
 def _authenticate(headers: dict, required: bool, identities: dict | None = None):
-    rules = AuthRules(required, IDENTITIES if identities is None else identities)
-    return Authenticator().authenticate(Api.ANTHROPIC, "/v1/messages", headers, rules)
+    identities = IDENTITIES if identities is None else identities
+    return Authenticator().authenticate(Api.ANTHROPIC, "/v1/messages", headers, required, identities)
 
 
 XFCC = {"x-forwarded-client-cert": ENVOY_XFCC}

@@ -35,6 +35,7 @@ STATE.table = compile_policy(load_policy(POLICY).to_proto("1"), environ={"ANT_KE
 PATHS = ["/v1/messages", "/v1/chat/completions", "/chat/completions", "/v1/messages/count_tokens"]
 MODELS = ["claude-sonnet-4-5", "gpt-4o", "gemini-2.5-pro", "claude-opus-4-1", "claude-nokey", "nope", "ant,gpt-4o"]
 
+
 def _dumps(document: Any) -> bytes:
     """The standard library's JSON: it writes what orjson cannot (integers past 64 bits), which a
     client may send all the same."""
