@@ -85,8 +85,19 @@ async def put_all(store: RedisCacheStore, keys: Sequence[str]) -> bool:
     return all(await in_batches([store.put(key, value_of(key), TTL_S) for key in keys]))
 
 
-async def read_all(store: RedisCacheStore, keys: Sequence[str]) -> list[bytes | None]:
-    return await in_batches([store.get(key) for key in keys])
+async def read_all(store: RedisCacheStore, keys: Sequence[str], rounds: int = 5) -> list[bytes | None]:
+    """Every key's value. The store answers None for a miss and for a call that failed alike (a
+    CPU-starved machine can let a batch of gets overrun the 0.25 s timeout), so a None is asked
+    again a few times: a key that is really gone stays None."""
+    results: list[bytes | None] = await in_batches([store.get(key) for key in keys])
+    for _ in range(rounds - 1):
+        missing = [index for index, value in enumerate(results) if value is None]
+        if not missing:
+            break
+        await asyncio.sleep(0.2)
+        for index, value in zip(missing, await in_batches([store.get(keys[i]) for i in missing]), strict=True):
+            results[index] = value
+    return results
 
 
 def digest(index: int) -> str:
