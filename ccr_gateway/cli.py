@@ -65,6 +65,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         workers=args.workers,
         ledger_on=not args.no_ledger,
         internal_tls=internal_tls,
+        region=args.region,
     )
     try:
         gateway.check_ports()  # before anything starts, and before saying it starts
@@ -138,6 +139,7 @@ def cmd_control_plane(args: argparse.Namespace) -> int:
             tls_cert=tls_cert,
             tls_key=tls_key,
             tls_client_ca=tls_client_ca,
+            region=args.region,
         )
     except ValueError as exc:
         print(f"ccr-gateway control-plane: {exc}", file=sys.stderr, flush=True)
@@ -337,6 +339,15 @@ PLUGIN_COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+def _region_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--region",
+        default=os.environ.get("CCR_REGION", ""),
+        help="the region this gateway runs in: providers' endpoints there are tried first, other "
+        "regions' only when they are unhealthy (default: $CCR_REGION, else no preference)",
+    )
+
+
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     """``selected``: the command being run; only its options are loaded from its module (all of
     the built-in ones always are)."""
@@ -383,6 +394,7 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
         help="run the workers, their decision hops and xDS on 127.0.0.1 TCP ports with mTLS instead of "
         "Unix sockets; DIR from `ccr-gateway certs dev --internal --dir DIR`",
     )
+    _region_argument(up)
     up.set_defaults(func=cmd_up)
 
     cp = sub.add_parser("control-plane", help="run only the xDS control plane")
@@ -403,6 +415,7 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
         help="write the policy's state here (JSON: version, source, accepted_at, providers, last_rejected) "
         "on every accepted or rejected policy; `ccr-gateway status` reads it",
     )
+    _region_argument(cp)
     _tls_server_arguments(cp, "the xDS port")
     cp.set_defaults(func=cmd_control_plane)
 

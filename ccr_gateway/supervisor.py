@@ -98,6 +98,7 @@ class GatewayProcesses:
     quiet: bool = False
     ledger_on: bool = True  # False: usage records go nowhere (up --no-ledger)
     internal_tls: InternalTls | None = None  # up --internal-tls: TCP + mTLS between the pieces
+    region: str = ""  # up --region: providers' endpoints there come first (control-plane --region)
     run_dir: str = ""
     children: list[Child] = field(default_factory=list)
     state_path: Path | None = None
@@ -254,6 +255,8 @@ class GatewayProcesses:
             options += ["--tls-cert", tls.cert(role), "--tls-key", tls.key(role), "--tls-client-ca", tls.ca]
         for index in range(self.workers):
             options += ["--usage-log-cluster", worker_cluster(index)]
+        if self.region:
+            options += ["--region", self.region]
         self._spawn("control-plane", self._python("control-plane", *options))
         host, _, port_text = self.xds.rpartition(":")
         self._wait(lambda: probes.tcp_accepting(host, int(port_text)), deadline, "the control plane")

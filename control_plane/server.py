@@ -56,6 +56,9 @@ class ControlPlaneConfig:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
+    # The region this control plane serves (providers[].endpoints of that region come first);
+    # "": no preference. One control plane Deployment per region (docs/deployment.md).
+    region: str = ""
 
     def __post_init__(self) -> None:
         given = [bool(self.tls_cert), bool(self.tls_key), bool(self.tls_client_ca)]
@@ -78,7 +81,10 @@ class ControlPlane:
         self.config = config
         self.cache = SnapshotCache()
         self.rollout = Rollout(
-            self.cache, grace_seconds=config.grace_seconds, usage_log_clusters=config.usage_log_clusters
+            self.cache,
+            grace_seconds=config.grace_seconds,
+            usage_log_clusters=config.usage_log_clusters,
+            region=config.region,
         )
         self.source: PolicySource
         if config.consul_address:

@@ -16,6 +16,7 @@ from control_plane.policy.cors import CorsSpec
 from control_plane.policy.edge_limits import PerIpLimits
 from control_plane.policy.hardening import HardeningSpec
 from control_plane.policy.limit_sets import RateLimitSpec
+from control_plane.policy.pools import PoolEndpoint
 from control_plane.policy.resilience import DEFAULT as DEFAULT_RESILIENCE
 from control_plane.policy.resilience import Resilience
 from control_plane.policy.routes import RoutingSpec
@@ -69,6 +70,8 @@ class ProviderSpec:
     # The key as a Vault reference ("vault:secret/data/providers/openai#key"), read by ext_proc;
     # exclusive with api_key_env. Never the key (control_plane.policy.vault).
     api_key_ref: str = ""
+    # Its own hosts across regions and zones instead of base_url's host (control_plane.policy.pools).
+    endpoints: tuple[PoolEndpoint, ...] = ()
 
     @property
     def cluster(self) -> str:
@@ -76,9 +79,9 @@ class ProviderSpec:
 
     @property
     def uses_eds(self) -> bool:
-        """Endpoints pushed over EDS: IP hosts and Consul catalog pools (EDS needs IP addresses;
-        host names go to a DNS cluster instead)."""
-        return self.host_is_ip or bool(self.consul_service)
+        """Endpoints pushed over EDS: IP hosts, pools and Consul catalog pools (EDS needs IP
+        addresses; host names go to a DNS cluster instead)."""
+        return self.host_is_ip or bool(self.consul_service) or bool(self.endpoints)
 
     @property
     def host_is_ip(self) -> bool:

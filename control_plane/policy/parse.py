@@ -30,6 +30,7 @@ from control_plane.policy.model import (
     ModelSpec,
     ProviderSpec,
 )
+from control_plane.policy.pools import PoolEndpoint, parse_endpoints
 from control_plane.policy.pricing import default_prices, parse_pricing, unpriced_warning
 from control_plane.policy.resilience import DEFAULT as DEFAULT_RESILIENCE
 from control_plane.policy.resilience import HealthCheck, Http2, OutlierDetection, Resilience, RetryBudget, TlsSettings
@@ -194,6 +195,7 @@ _PROVIDER_FIELDS = (
     "forward_count_tokens",
     "resilience",
     "consul_service",
+    "endpoints",
 )
 
 
@@ -247,6 +249,12 @@ def _provider(check: Checker, at: Located, path: str) -> ProviderSpec | None:
         consul_service = (
             check.string(fields["consul_service"], join(path, "consul_service"), _NAME, "Consul service name") or ""
         )
+    endpoints: tuple[PoolEndpoint, ...] = ()
+    if "endpoints" in fields:
+        if consul_service:
+            check.problem(fields["endpoints"], join(path, "endpoints"), "give endpoints or consul_service, not both")
+        elif url is not None:
+            endpoints = parse_endpoints(check, fields["endpoints"], join(path, "endpoints"), url[2])
     forward_count_tokens = False
     if "forward_count_tokens" in fields:
         flag_at = fields["forward_count_tokens"]
@@ -290,6 +298,7 @@ def _provider(check: Checker, at: Located, path: str) -> ProviderSpec | None:
         resilience,
         consul_service,
         key_ref,
+        endpoints,
     )
 
 

@@ -30,7 +30,7 @@ from ccr.v1.contract import CLUSTER_HEADER, EXTPROC_CLUSTER, HOP_DETAILS_KEY, ME
 from control_plane.policy import GatewayPolicy, ProviderSpec
 from control_plane.policy.cors import CorsSpec
 from control_plane.resources import decision_hop as decision_hop_resources
-from control_plane.resources import edge, edge_limits, resilience, tracing, usage_capture
+from control_plane.resources import edge, edge_limits, localities, resilience, tracing, usage_capture
 from control_plane.resources import hardening as hardening_resources
 from control_plane.resources import jwt as jwt_resources
 from control_plane.resources import tls as tls_resources
@@ -99,6 +99,8 @@ def provider_cluster(provider: ProviderSpec) -> Cluster:
         cluster["outlier_detection"] = resilience.outlier_detection(settings.outlier_detection)
     if settings.health_check is not None:
         cluster["health_checks"] = resilience.health_checks(settings.health_check, host=provider.host)
+    if provider.endpoints:  # locality weights within a priority (control_plane.resources.localities)
+        cluster["common_lb_config"] = {"locality_weighted_lb_config": {}}
     if provider.uses_eds:
         cluster["type"] = "EDS"
         cluster["eds_cluster_config"] = {"eds_config": _ADS, "service_name": provider.cluster}
@@ -155,7 +157,10 @@ def _load_assignment(provider: ProviderSpec) -> dict[str, Any]:
     }
 
 
-def provider_endpoints(provider: ProviderSpec) -> ClusterLoadAssignment:
+def provider_endpoints(provider: ProviderSpec, local_region: str = "") -> ClusterLoadAssignment:
+    """A pool's hosts, local region first (localities); else base_url's one host."""
+    if provider.endpoints:
+        return parse_resource(ClusterLoadAssignment(), localities.pool_load_assignment(provider, local_region))
     return parse_resource(ClusterLoadAssignment(), _load_assignment(provider))
 
 
@@ -186,6 +191,8 @@ def provider_route(provider: ProviderSpec, decision_hop: bool = False) -> dict[s
         # The client's verified certificate (mTLS on the listener) is the gateway's business only.
         "request_headers_to_remove": [CLIENT_CERT_HEADER],
     }
+    if len(provider.endpoints) > 1:  # a pool: an attempt that failed unanswered goes to another host
+        route["route"]["retry_policy"] = localities.pool_retry_policy()
     if decision_hop:
         route["typed_per_filter_config"] = decision_hop_resources.extproc_off()
     return route

@@ -48,8 +48,11 @@ class Rollout:
         cache: SnapshotCache,
         grace_seconds: float = 1.0,
         usage_log_clusters: tuple[str, ...] = (resources.EXTPROC_CLUSTER,),
+        region: str = "",
     ) -> None:
         self.cache = cache
+        # The region this control plane serves: its hosts are the first priority of every pool.
+        self.region = region
         self.grace = grace_seconds
         self.usage_log_clusters = usage_log_clusters
         self.generation = 0
@@ -151,7 +154,7 @@ class Rollout:
         if provider.consul_service:
             # Until the catalog answers, an empty assignment: Envoy has the cluster, no endpoint yet.
             return self.catalog_endpoints.get(provider.cluster) or ClusterLoadAssignment(cluster_name=provider.cluster)
-        return resources.provider_endpoints(provider)
+        return resources.provider_endpoints(provider, self.region)
 
     def _envoy_ready(self, envoy: Snapshot, now: float) -> bool:
         """Every connected Envoy ACKed the clusters and endpoints that `desired` needs, and the

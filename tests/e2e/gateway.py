@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,11 +90,11 @@ class FakeProvider:
         self.process.wait(timeout=10)
 
     @classmethod
-    def start(cls, log_dir: Path, port: int | None = None) -> FakeProvider:
+    def start(cls, log_dir: Path, port: int | None = None, args: Sequence[str] = ()) -> FakeProvider:
         port = port or free_port()
-        log = open(log_dir / f"fake-provider-{port}.log", "wb")  # noqa: SIM115 (lives as long as the process)
+        log = open(log_dir / f"fake-provider-{port}.log", "ab")  # noqa: SIM115 (lives as long as the process)
         process = subprocess.Popen(
-            [sys.executable, "-m", "ccr_gateway.cli", "fake-provider", "--port", str(port)],
+            [sys.executable, "-m", "ccr_gateway.cli", "fake-provider", "--port", str(port), *args],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -248,7 +249,9 @@ class Gateway:
                 self.process.kill()
 
     @classmethod
-    def start(cls, directory: Path, policy: dict, name: str = "gateway", workers: int = 2) -> Gateway:
+    def start(
+        cls, directory: Path, policy: dict, name: str = "gateway", workers: int = 2, args: Sequence[str] = ()
+    ) -> Gateway:
         policy_path = directory / f"{name}.yaml"
         policy_path.write_text(yaml.safe_dump(policy, sort_keys=False))
         admin_port = free_port()
@@ -273,6 +276,7 @@ class Gateway:
                 str(metrics_port),
                 "--workers",
                 str(workers),
+                *args,
             ],
             stdout=open(log_path, "wb"),  # noqa: SIM115
             stderr=subprocess.STDOUT,
