@@ -127,13 +127,19 @@ def render_bootstrap(
     hop_sockets: list[str],
     hardening: HardeningSpec | None = None,
     tls: InternalTls | None = None,
+    *,
+    region: str = "",
+    zone: str = "",
 ) -> str:
     """The bootstrap YAML. ``hardening``: the policy's listener.hardening (its defaults when None),
     for the overload manager. Envoy's admin listens on 127.0.0.1 only, whatever is passed.
     ``extproc_sockets`` and ``hop_sockets``: Unix socket paths, or ``host:port`` when the workers
     listen on TCP; ``tls``: the internal mTLS files, which put a TLS transport socket on the clusters
     to the workers, their hops and the control plane. Without it the output is the template's
-    exactly (the ``*_transport_socket`` fields sit at a line's end and are empty)."""
+    exactly (the ``*_transport_socket`` fields sit at a line's end and are empty). ``region`` and
+    ``zone``: the node's locality, where this Envoy runs (shown in its stats and admin, and what
+    zone-aware routing compares); none when both are empty."""
+    place = {key: value for key, value in (("region", region), ("zone", zone)) if value}
     host, _, port = xds.rpartition(":")
     endpoints = [_endpoint(address) for address in extproc_sockets]
     hop_endpoints = [_endpoint(address) for address in hop_sockets]
@@ -181,6 +187,7 @@ def render_bootstrap(
     )
     return string.Template(BOOTSTRAP_TEMPLATE.read_text()).substitute(
         node_id=node_id,
+        node_locality=f"\n  locality: {json.dumps(place)}" if place else "",
         admin_port=admin_port,
         xds_host=host,
         xds_port=port,
@@ -216,6 +223,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", default="/tmp/ccr-gateway", help="where the workers' sockets are")
     parser.add_argument("--workers", type=int, default=1, help="number of ext_proc workers (default 1)")
     parser.add_argument("--node-id", default="ccr-gateway-by-hand", help="Envoy node id")
+    parser.add_argument(
+        "--region", default=os.environ.get("CCR_REGION", ""), help="the node's region (default: $CCR_REGION)"
+    )
+    parser.add_argument("--zone", default=os.environ.get("CCR_ZONE", ""), help="the node's zone (default: $CCR_ZONE)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -223,5 +234,7 @@ def run(args: argparse.Namespace) -> int:
         print("ccr-gateway envoy-bootstrap: --workers must be at least 1", file=sys.stderr)
         return 2
     extproc, hop = worker_sockets(args.run_dir, args.workers)
-    sys.stdout.write(render_bootstrap(args.node_id, args.admin_port, args.xds, extproc, hop))
+    sys.stdout.write(
+        render_bootstrap(args.node_id, args.admin_port, args.xds, extproc, hop, region=args.region, zone=args.zone)
+    )
     return 0

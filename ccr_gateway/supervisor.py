@@ -341,6 +341,7 @@ class GatewayProcesses:
                 self.hop_sockets,
                 self.policy.hardening,  # the overload manager: read once, when Envoy starts
                 tls=self.internal_tls,
+                region=self.region,
             )
         )
         self.say(f"- envoy (admin http://127.0.0.1:{self.admin_port})")

@@ -31,3 +31,16 @@ def test_envoy_accepts_the_bootstrap(tmp_path) -> None:
     path.write_text(render_bootstrap("node", 9901, "127.0.0.1:18000", extproc, hop))
     done = subprocess.run(["envoy", "--mode", "validate", "-c", str(path)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def test_the_nodes_region_and_zone_are_its_locality_and_absent_without_them(tmp_path):
+    extproc, hop = worker_sockets(str(tmp_path), 1)
+    placed = yaml.safe_load(
+        render_bootstrap("node", 9901, "127.0.0.1:18000", extproc, hop, region="eu-west", zone="eu-west-1b")
+    )
+    assert placed["node"] == {
+        "id": "node",
+        "cluster": "ccr-gateway",
+        "locality": {"region": "eu-west", "zone": "eu-west-1b"},
+    }
+    assert "locality" not in yaml.safe_load(render_bootstrap("node", 9901, "127.0.0.1:18000", extproc, hop))["node"]
