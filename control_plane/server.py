@@ -128,7 +128,13 @@ class ControlPlane:
             self._follow_catalog(wanted)
 
     def _follow_catalog(self, wanted: dict[str, str]) -> None:
-        from control_plane.consul.catalog import CatalogWatcher, Endpoint, is_ip, to_cluster_load_assignment
+        from control_plane.consul.catalog import (
+            CatalogWatcher,
+            Endpoint,
+            is_ip,
+            local_region_first,
+            to_cluster_load_assignment,
+        )
 
         for cluster, (service, task) in list(self._catalog.items()):
             if wanted.get(cluster) != service:
@@ -141,6 +147,7 @@ class ControlPlane:
 
             def update(endpoints: list[Endpoint], cluster: str = cluster) -> None:
                 usable = [e for e in endpoints if is_ip(e.address)]  # EDS takes IP addresses only
+                usable = local_region_first(usable, self.config.region)
                 self.rollout.set_catalog_endpoints(cluster, to_cluster_load_assignment(cluster, usable))
 
             self._catalog[cluster] = (service, asyncio.get_running_loop().create_task(watcher.watch(update)))

@@ -21,7 +21,7 @@ import asyncio
 import ipaddress
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import consul
@@ -121,6 +121,15 @@ def endpoint_from_entry(entry: dict[str, Any], local_datacenter: str) -> Endpoin
 
 def endpoints_from_health(entries: list[dict[str, Any]] | None, local_datacenter: str) -> list[Endpoint]:
     return sorted(endpoint_from_entry(entry, local_datacenter) for entry in entries or [])
+
+
+def local_region_first(endpoints: list[Endpoint], region: str) -> list[Endpoint]:
+    """With the control plane's region (``--region``) and any endpoint in it: that region's
+    endpoints are priority 0, every other one priority 1, as for a policy's own pools
+    (control_plane.resources.localities). Otherwise the datacenter's priorities stand."""
+    if not region or not any(e.region == region for e in endpoints):
+        return endpoints
+    return [replace(e, priority=0 if e.region == region else 1) for e in endpoints]
 
 
 def to_cluster_load_assignment(cluster_name: str, endpoints: Iterable[Endpoint]) -> ClusterLoadAssignment:

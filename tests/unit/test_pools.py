@@ -167,3 +167,15 @@ def test_the_rollout_builds_endpoints_for_the_region_it_serves():
     rollout = Rollout(SnapshotCache(), region="us-east")
     local = [g.locality.region for g in rollout._endpoints_of(pool()).endpoints if g.priority == 0]
     assert set(local) == {"us-east"}
+
+
+def test_a_consul_catalog_pool_puts_the_control_planes_region_first_too():
+    from control_plane.consul.catalog import Endpoint, local_region_first, to_cluster_load_assignment
+
+    endpoints = [
+        Endpoint("10.0.0.1", 80, "HEALTHY", 1, datacenter="dc1", region="us-east"),
+        Endpoint("10.0.0.2", 80, "HEALTHY", 1, datacenter="dc1", region="eu-west"),
+    ]
+    assignment = to_cluster_load_assignment("provider_x", local_region_first(endpoints, "eu-west"))
+    assert [(g.priority, g.locality.region) for g in assignment.endpoints] == [(0, "eu-west"), (1, "us-east")]
+    assert local_region_first(endpoints, "") == endpoints == local_region_first(endpoints, "ap-south")
