@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from urllib.parse import urlsplit
 
@@ -245,7 +245,13 @@ def provider_checks(
     policy: GatewayPolicy, reach: Callable[[ProviderSpec, float], Reach], timeout: float
 ) -> list[Check]:
     """Every provider at once (threads): a slow one costs one timeout, not one each."""
-    providers = [p for p in policy.providers if not p.consul_service]
+    # A pool is probed host by host (each as if it were the base_url's host): one check per host.
+    providers = [
+        replace(p, host=e.address, port=e.port, endpoints=()) if p.endpoints else p
+        for p in policy.providers
+        if not p.consul_service
+        for e in (p.endpoints or (None,))
+    ]
     out = [
         Check("provider", Outcome.PASS, f"{p.name}: endpoints from Consul's catalog ({p.consul_service}); not probed")
         for p in policy.providers

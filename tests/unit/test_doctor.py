@@ -227,3 +227,16 @@ def test_storage_backends_are_reached_with_their_secrets_unset_or_set(tmp_path):
         "postgresql://ledger:${PGPASSWORD}@db.internal:6432/ccr: Connection refused",  # the name, not the value
     )
     assert "secret" not in "\n".join(str(c) for c in checks if c.topic in ("rabbitmq", "postgres"))
+
+
+def test_a_pool_is_probed_host_by_host():
+    policy = load_policy(
+        "providers:\n  - name: pool\n    api: openai\n    base_url: http://vllm.internal:8000/v1\n    models: [m]\n"
+        "    endpoints: [{address: 10.0.0.1, region: a}, {address: 10.0.0.2, port: 8001, region: b}]\n"
+    )
+    answers = {"10.0.0.1": Reach(status=200, milliseconds=3), "10.0.0.2": Reach(error="connection refused")}
+    checks = doctor.provider_checks(policy, lambda provider, timeout: answers[provider.host], 3.0)
+    assert [(c.outcome, c.detail) for c in checks] == [
+        (Outcome.PASS, "pool: http://10.0.0.1:8000/v1 answered (HTTP 200 in 3 ms)"),
+        (Outcome.FAIL, "pool: http://10.0.0.2:8001/v1 unreachable: connection refused"),
+    ]
