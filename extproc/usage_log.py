@@ -304,6 +304,14 @@ def record_usage(used: ProviderUsage, sessions: SessionUsage, count_tokens: bool
             labelled(TOKENS, used.provider, used.model, kind).inc(count)
 
 
+def key_rejected(table: RoutingTable | None, provider: str | None) -> None:
+    """A provider answered 401/403 (its answer reached the client as it came: passthrough, a
+    stream): a key from Vault is read again soon, it may have been rotated. The translated whole
+    answers are seen by the decision hop's /respond, which does the same."""
+    if table is not None and provider and (route := table.providers.get(provider)) is not None:
+        route.key_rejected()
+
+
 class UsageLogService(als_pb2_grpc.AccessLogServiceServicer):
     """``sink`` takes the usage records of the counting copy of the log, one ``put`` per message."""
 
@@ -331,6 +339,8 @@ class UsageLogService(als_pb2_grpc.AccessLogServiceServicer):
                 if counting and (record := usage_record(entry, table, used)) is not None:
                     records.append(record)
                     genai_metrics.observe(record, table, *request_timing(entry))
+                    if record.status in (401, 403) and record.ttfb_ms is not None:
+                        key_rejected(table, record.provider)
                 if held and (request_id := entry.request.request_id) in held:  # a keyed request admitted here
                     settled.append((request_id, spent_of(record, used, table)))
             if records:

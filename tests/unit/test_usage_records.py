@@ -434,3 +434,22 @@ async def test_a_message_without_records_is_not_handed_to_the_sink(state):
     sink = MemorySink()
     await _consume(UsageLogService(state, sink), message(entry(None, 413, request_id=""), log_name=USAGE_LOG_NAME))
     assert sink.puts == 0
+
+
+async def test_a_provider_answering_401_or_403_has_its_key_read_again(state, monkeypatch):
+    """Passthrough answers and streams reach the client as they came: the usage log is where the
+    worker learns that the provider refused its key (a Vault key is then re-read soon)."""
+    from extproc.routing_table import ProviderRoute
+
+    rejected: list[str] = []
+    monkeypatch.setattr(ProviderRoute, "key_rejected", lambda route: rejected.append(route.name))
+    labels = decided_labels(state, "/v1/messages", MESSAGE)
+    answers = message(
+        entry(labels, 401, request_id="a"),
+        entry(labels, 403, request_id="b"),
+        entry(labels, 500, request_id="c"),
+        entry(labels, 401, attempts=0, upstream=False, request_id="d"),  # the gateway's own refusal
+        log_name=USAGE_LOG_NAME,
+    )
+    await _consume(UsageLogService(state, MemorySink()), answers)
+    assert len(rejected) == 2 and len(set(rejected)) == 1  # a and b, from the provider that answered
