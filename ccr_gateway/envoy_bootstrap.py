@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import re
@@ -119,6 +120,14 @@ def _endpoint(address: str) -> dict:
     return {"endpoint": {"address": {"socket_address": {"address": tcp["host"], "port_value": int(tcp["port"])}}}}
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
 def render_bootstrap(
     node_id: str,
     admin_port: int,
@@ -190,6 +199,7 @@ def render_bootstrap(
         node_locality=f"\n  locality: {json.dumps(place)}" if place else "",
         admin_port=admin_port,
         xds_host=host,
+        xds_cluster_type="STATIC" if _is_ip(host) else "STRICT_DNS",
         xds_port=port,
         xds_transport_socket=field(grpc_tls),
         extproc_transport_socket=field(grpc_tls),

@@ -44,3 +44,15 @@ def test_the_nodes_region_and_zone_are_its_locality_and_absent_without_them(tmp_
         "locality": {"region": "eu-west", "zone": "eu-west-1b"},
     }
     assert "locality" not in yaml.safe_load(render_bootstrap("node", 9901, "127.0.0.1:18000", extproc, hop))["node"]
+
+
+def test_a_control_plane_named_by_dns_is_a_strict_dns_cluster_and_an_ip_a_static_one(tmp_path):
+    extproc, hop = worker_sockets(str(tmp_path), 1)
+
+    def xds_cluster(address: str) -> dict:
+        bootstrap = yaml.safe_load(render_bootstrap("node", 9901, address, extproc, hop))
+        return next(c for c in bootstrap["static_resources"]["clusters"] if c["name"] == "ccr_xds")
+
+    assert xds_cluster("ccr-control-plane.ccr-gateway.svc:18000")["type"] == "STRICT_DNS"
+    assert xds_cluster("10.96.0.12:18000")["type"] == "STATIC"
+    assert xds_cluster("127.0.0.1:18000")["type"] == "STATIC"
