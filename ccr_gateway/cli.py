@@ -336,6 +336,7 @@ PLUGIN_COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "certs": ("dev: a local CA, server and client certificates for trying TLS and mTLS", "ccr_gateway.certs", "run"),
     "audit": ("the tamper-evident audit log: verify | export (JSON lines) | list", "audit.cli", ""),
+    "injector": ("the sidecar injection webhook (Kubernetes, HTTPS)", "control_plane.injector.cli", "run"),
 }
 
 
