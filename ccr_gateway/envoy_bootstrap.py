@@ -237,6 +237,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--region", default=os.environ.get("CCR_REGION", ""), help="the node's region (default: $CCR_REGION)"
     )
     parser.add_argument("--zone", default=os.environ.get("CCR_ZONE", ""), help="the node's zone (default: $CCR_ZONE)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="PATH",
+        help="write the bootstrap here (whole or not at all: written beside, then renamed) instead of stdout",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -244,7 +250,12 @@ def run(args: argparse.Namespace) -> int:
         print("ccr-gateway envoy-bootstrap: --workers must be at least 1", file=sys.stderr)
         return 2
     extproc, hop = worker_sockets(args.run_dir, args.workers)
-    sys.stdout.write(
-        render_bootstrap(args.node_id, args.admin_port, args.xds, extproc, hop, region=args.region, zone=args.zone)
-    )
+    text = render_bootstrap(args.node_id, args.admin_port, args.xds, extproc, hop, region=args.region, zone=args.zone)
+    if not args.output:
+        sys.stdout.write(text)
+        return 0
+    partial = Path(f"{args.output}.tmp")
+    partial.write_text(text)
+    os.replace(partial, args.output)  # Envoy, started next, never reads half a file
+    print(f"envoy bootstrap written to {args.output} (xDS {args.xds})", file=sys.stderr)
     return 0

@@ -56,3 +56,17 @@ def test_a_control_plane_named_by_dns_is_a_strict_dns_cluster_and_an_ip_a_static
     assert xds_cluster("ccr-control-plane.ccr-gateway.svc:18000")["type"] == "STRICT_DNS"
     assert xds_cluster("10.96.0.12:18000")["type"] == "STATIC"
     assert xds_cluster("127.0.0.1:18000")["type"] == "STATIC"
+
+
+def test_envoy_bootstrap_output_writes_the_file_envoy_is_started_with(tmp_path, capsys):
+    from ccr_gateway import cli
+
+    out = tmp_path / "envoy.yaml"
+    args = cli.build_parser("envoy-bootstrap").parse_args(
+        ["envoy-bootstrap", "--xds", "ccr-control-plane:18000", "--run-dir", str(tmp_path), "--output", str(out)]
+    )
+    assert args.func(args) == 0
+    assert capsys.readouterr().out == ""
+    extproc, hop = worker_sockets(str(tmp_path), 1)
+    assert out.read_text() == render_bootstrap("ccr-gateway-by-hand", 9901, "ccr-control-plane:18000", extproc, hop)
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
