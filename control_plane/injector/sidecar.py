@@ -1,7 +1,8 @@
 """What the injector adds to a pod: the gateway as `ccr-gateway up` runs it, split into containers.
 
-- ``ccr-bootstrap`` (init container): ``ccr-gateway envoy-bootstrap`` writes Envoy's bootstrap into
-  the shared run directory, with the control plane's address resolved first (below, why).
+- ``ccr-bootstrap`` (init container): ``ccr-gateway envoy-bootstrap --output`` writes Envoy's
+  bootstrap into the shared run directory (a control plane named by DNS becomes a STRICT_DNS
+  cluster there: every replica behind the Service, re-resolved as they come and go).
 - ``ccr-extproc-I`` per worker: ``ccr-gateway extproc`` on ``unix:/run/ccr/extproc-I.sock`` (gRPC)
   and ``unix:/run/ccr/hop-I.sock`` (the decision hop), policy from the control plane.
 - ``ccr-envoy``: ``envoy -c /run/ccr/envoy.yaml``; listeners, routes and provider clusters arrive
@@ -43,23 +44,6 @@ DATA_DIR = "/var/lib/ccr"  # the Dockerfile's $HOME and $XDG_DATA_HOME
 BOOTSTRAP_CONTAINER = "ccr-bootstrap"
 ENVOY_CONTAINER = "ccr-envoy"
 EXTPROC_CONTAINER = "ccr-extproc-{index}"
-
-# The bootstrap's ccr_xds cluster is STATIC, so Envoy takes an IP address only ("malformed IP
-# address" for a Service's DNS name). The init container resolves the name once: a ClusterIP
-# Service keeps its address for its whole life. Its arguments: the xDS address, the output file,
-# then the `ccr-gateway envoy-bootstrap` command line, to which it adds --xds IP:PORT. Written
-# beside and renamed over, so Envoy never reads half a file.
-BOOTSTRAP_SCRIPT = """\
-import os, socket, subprocess, sys
-xds, out, command = sys.argv[1], sys.argv[2], sys.argv[3:]
-host, _, port = xds.rpartition(":")
-address = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0][4][0]
-done = subprocess.run([*command, "--xds", f"{address}:{port}"], stdout=subprocess.PIPE, text=True, check=True)
-with open(out + ".tmp", "w") as handle:
-    handle.write(done.stdout)
-os.replace(out + ".tmp", out)
-print(f"envoy bootstrap written to {out}: xDS {xds} at {address}:{port}", flush=True)
-"""
 
 # Probes run in the container (exec): Envoy's admin listens on 127.0.0.1 only and the workers'
 # hops on Unix sockets, neither reachable by the kubelet's httpGet. ccr_gateway.probes is what
@@ -187,8 +171,8 @@ def _bootstrap(settings: PodSettings) -> dict:
     # ReplicaSet's pod is not known yet (generateName).
     command = ["ccr-gateway", "envoy-bootstrap", "--run-dir", RUN_DIR, "--workers", str(settings.workers)]
     command += ["--admin-port", str(settings.admin_port), "--node-id", "$(POD_NAMESPACE).$(POD_NAME)"]
-    script = ["python", "-c", BOOTSTRAP_SCRIPT, settings.control_plane, BOOTSTRAP_PATH, *command]
-    return _container(settings, BOOTSTRAP_CONTAINER, "bootstrap", script)
+    command += ["--xds", settings.control_plane, "--output", BOOTSTRAP_PATH]
+    return _container(settings, BOOTSTRAP_CONTAINER, "bootstrap", command)
 
 
 def _extproc(settings: PodSettings, index: int) -> dict:

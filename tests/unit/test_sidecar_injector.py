@@ -185,7 +185,7 @@ def test_annotations_override_the_control_plane_the_workers_and_the_admin_port()
     assert worker[worker.index("--control-plane") + 1] == "ccr-cp.gateway-eu.svc.cluster.local:18001"
     assert worker[worker.index("--auth-workers") + 1] == "2"
     bootstrap = containers(pod, "initContainers")["ccr-bootstrap"]["command"]
-    assert bootstrap[3] == "ccr-cp.gateway-eu.svc.cluster.local:18001"
+    assert bootstrap[bootstrap.index("--xds") + 1] == "ccr-cp.gateway-eu.svc.cluster.local:18001"
     assert bootstrap[bootstrap.index("--workers") + 1] == "2"
     assert bootstrap[bootstrap.index("--admin-port") + 1] == "15000"
     ready = running["ccr-envoy"]["readinessProbe"]["exec"]["command"]
@@ -287,10 +287,10 @@ def test_the_injected_command_lines_are_real_ccr_gateway_command_lines() -> None
     parts = sidecar.sidecar_parts(settings)
     (bootstrap,) = parts.init_containers
     command = bootstrap["command"]
-    assert command[:2] == ["python", "-c"]
-    assert command[4] == sidecar.BOOTSTRAP_PATH
-    bootstrap_args = cli.build_parser("envoy-bootstrap").parse_args([*command[6:], "--xds", "10.0.0.1:18000"])
+    assert command[0] == "ccr-gateway"
+    bootstrap_args = cli.build_parser("envoy-bootstrap").parse_args(command[1:])
     assert (bootstrap_args.run_dir, bootstrap_args.workers) == (sidecar.RUN_DIR, 3)
+    assert (bootstrap_args.xds, bootstrap_args.output) == ("ccr-cp.ccr.svc:18000", sidecar.BOOTSTRAP_PATH)
     extproc_sockets, hop_sockets = bootstrap_worker_sockets(sidecar.RUN_DIR, 3)
     assert sidecar.worker_sockets(3) == (extproc_sockets, hop_sockets)  # what the bootstrap names
     for index in range(3):
@@ -315,26 +315,24 @@ def test_native_sidecars_are_init_containers_that_keep_running() -> None:
     assert [c["name"] for c in pod["spec"]["containers"]] == ["app"]
 
 
-def test_the_bootstrap_step_resolves_the_control_plane_and_writes_a_bootstrap_envoy_accepts(tmp_path) -> None:
-    """The init container's script, run here as the kubelet would run it (but for $(VAR) expansion)."""
-    settings = sidecar.PodSettings.of(CONFIG.with_overrides(control_plane="localhost:18000"), {})
+def test_the_bootstrap_step_writes_a_bootstrap_envoy_accepts(tmp_path) -> None:
+    """The init container's command, run here as the kubelet would run it (but for $(VAR) expansion)."""
+    settings = sidecar.PodSettings.of(CONFIG.with_overrides(control_plane="ccr-cp.ccr.svc:18000"), {})
     command = sidecar.sidecar_parts(settings).init_containers[0]["command"]
     out = tmp_path / "envoy.yaml"
-    script, xds, _, *bootstrap = command[2:]
-    bootstrap[0] = str(Path(sys.executable).with_name("ccr-gateway"))
-    if not Path(bootstrap[0]).exists():
-        bootstrap[:1] = [sys.executable, "-m", "ccr_gateway.cli"]
-    done = subprocess.run([sys.executable, "-c", script, xds, str(out), *bootstrap], capture_output=True, text=True)
+    command = [*command[: command.index("--output") + 1], str(out)]
+    command[:1] = [str(Path(sys.executable).with_name("ccr-gateway"))]
+    if not Path(command[0]).exists():
+        command[:1] = [sys.executable, "-m", "ccr_gateway.cli"]
+    done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     written = yaml.safe_load(out.read_text())
     (xds_cluster,) = [c for c in written["static_resources"]["clusters"] if c["name"] == "ccr_xds"]
     address = xds_cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
-    assert address["socket_address"]["address"] in ("127.0.0.1", "::1")  # resolved: STATIC takes no names
+    assert (xds_cluster["type"], address["socket_address"]["address"]) == ("STRICT_DNS", "ccr-cp.ccr.svc")
     assert written["admin"]["address"]["socket_address"]["port_value"] == 9901
     extproc, hop = sidecar.worker_sockets(1)
-    assert out.read_text() == render_bootstrap(
-        written["node"]["id"], 9901, f"{address['socket_address']['address']}:18000", extproc, hop
-    )
+    assert out.read_text() == render_bootstrap(written["node"]["id"], 9901, "ccr-cp.ccr.svc:18000", extproc, hop)
     if shutil.which("envoy"):
         checked = subprocess.run(
             ["envoy", "--mode", "validate", "-c", str(out)], capture_output=True, text=True, timeout=60
