@@ -154,7 +154,7 @@ async def opened_authenticator(args: argparse.Namespace) -> AsyncIterator[Authen
         # Imported only here: redis-py (and what it pulls in) is ~9 MB of every process that loads it.
         from extproc.auth.redis_limits import GuardedLimiter, RedisLimiter, connect_hot
 
-        redis_client = connect_hot(os.path.expandvars(args.auth_redis), timeout_s=args.auth_redis_timeout_ms / 1000)
+        redis_client = connect_hot(connection_url(args.auth_redis), timeout_s=args.auth_redis_timeout_ms / 1000)
         shared = GuardedLimiter(
             RedisLimiter(redis_client),
             policies=failure_policies(args.auth_on_redis_failure),
@@ -169,6 +169,15 @@ async def opened_authenticator(args: argparse.Namespace) -> AsyncIterator[Authen
         await store.close()
         if redis_client is not None:
             await redis_client.aclose()
+
+
+def connection_url(text: str) -> str:
+    """A Redis URL as the worker connects with it: ``${VAR}`` from the environment, a whole
+    ``vault:`` reference read from Vault (ccr.v1.vault_refs). Read once, when the worker starts: the
+    client keeps it for its reconnections (a rotated Redis password needs a worker restart)."""
+    from ccr.v1.env_refs import VAULT_PREFIX, expand_env
+
+    return expand_env(text) if text.startswith(VAULT_PREFIX) else os.path.expandvars(text)
 
 
 def failure_policies(text: str) -> dict[str, FailurePolicy]:

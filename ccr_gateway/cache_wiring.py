@@ -15,6 +15,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+from ccr_gateway.auth_wiring import connection_url
 from control_plane.policy.cache import DEFAULT_MEMORY_BYTES, CacheSpec
 from control_plane.policy.cache import DEFAULT_REDIS_TIMEOUT_S as DEFAULT_TIMEOUT
 
@@ -79,7 +80,7 @@ async def opened_cache(args: argparse.Namespace) -> AsyncIterator[tuple[CacheSto
         from extproc.cache.redis_flights import RedisFlights
         from extproc.cache.redis_store import RedisCacheStore
 
-        url = os.path.expandvars(args.cache_redis)
+        url = connection_url(args.cache_redis)
         client = connect_hot(url, timeout_s=args.cache_redis_timeout)
         store = RedisCacheStore(client)
         # Wake-ups on a connection of their own, whose reads wait up to a second for a message.

@@ -185,6 +185,7 @@ class GatewayProcesses:
                 lambda: probes.tcp_accepting("127.0.0.1", self.fake_provider_port or 0), deadline, "the fake provider"
             )
         self._start_control_plane(deadline)
+        self._share_vault_settings()
         self._start_ledger()
         self._check_auth()
         where = f"Unix sockets in {self.run_dir}" if self.internal_tls is None else "mTLS on 127.0.0.1 TCP ports"
@@ -260,6 +261,27 @@ class GatewayProcesses:
         self._spawn("control-plane", self._python("control-plane", *options))
         host, _, port_text = self.xds.rpartition(":")
         self._wait(lambda: probes.tcp_accepting(host, int(port_text)), deadline, "the control plane")
+
+    def _share_vault_settings(self) -> None:
+        """Every child reads a ``vault:`` connection string (the ledger's, the key store's, a Redis
+        URL) with the policy's vault section: how to log in, never a credential (CCR_VAULT)."""
+        from ccr.v1 import vault_refs
+        from ccr.v1.vault_client import DEFAULT_JWT_PATH, VaultSettings
+
+        spec = self.policy.vault
+        if spec is None:
+            return
+        settings = VaultSettings(
+            address=spec.address or os.environ.get("VAULT_ADDR", ""),
+            method=spec.method,
+            mount=spec.mount,
+            token_env=spec.token_env,
+            role_id=spec.role_id,
+            secret_id_env=spec.secret_id_env,
+            role=spec.role,
+            jwt_path=spec.jwt_path or DEFAULT_JWT_PATH,
+        )
+        os.environ[vault_refs.SETTINGS_ENV] = vault_refs.settings_json(settings)
 
     def _check_auth(self) -> None:
         """Every child inherits the key store's DSN (and the response cache's Redis URL, the other

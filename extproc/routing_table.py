@@ -27,8 +27,8 @@ from ccr.v1.pricing import Prices
 from ccr.v1.secret_ref import ReferenceError, parse_reference
 from extproc.cache.rules import WHEN, CacheRules, CacheSetting, resolve
 from extproc.secrets.store import KeyHandle, SecretStore, default_store
-from extproc.secrets.vault_client import DEFAULT_JWT_PATH, VaultSettings
-from extproc.secrets.vault_client import METHODS as VAULT_METHODS
+from ccr.v1.vault_client import DEFAULT_JWT_PATH, VaultSettings
+from ccr.v1.vault_client import METHODS as VAULT_METHODS
 from extproc.translate.base import Api, Target
 
 _API_OF = {

@@ -148,7 +148,7 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
     tracing = parse_tracing(check, top["tracing"]) if "tracing" in top else None
     vault: VaultSpec | None = parse_vault(check, top["vault"]) if "vault" in top else None
     if "vault" not in top:
-        check_vault_used(check, None, _key_references(top.get("providers")))
+        check_vault_used(check, None, [*_key_references(top.get("providers")), *_connection_references(top)])
     if check.problems:
         raise PolicyError(check.problems, check.warnings)
     return GatewayPolicy(
@@ -300,6 +300,28 @@ def _provider(check: Checker, at: Located, path: str) -> ProviderSpec | None:
         key_ref,
         endpoints,
     )
+
+
+# The connection strings that may be kept in Vault (control_plane.policy.storage._connection).
+_CONNECTION_FIELDS = (
+    ("storage", "postgres", "dsn"),
+    ("storage", "rabbitmq", "url"),
+    ("auth", "keys", "postgres"),
+    ("auth", "limits", "redis"),
+    ("cache", "redis"),
+)
+
+
+def _connection_references(top: dict[str, Located]) -> list[tuple[Located, str]]:
+    """Where a connection string is written as a vault: reference (they need the vault section)."""
+    found = []
+    for keys in _CONNECTION_FIELDS:
+        at: Located | None = top.get(keys[0])
+        for key in keys[1:]:
+            at = at.value[key][1] if at is not None and isinstance(at.value, dict) and key in at.value else None
+        if at is not None and isinstance(at.value, str) and at.value.startswith("vault:"):
+            found.append((at, ".".join(keys)))
+    return found
 
 
 def _key_references(providers_at: Located | None) -> list[tuple[Located, str]]:

@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from ccr.v1.secret_ref import ReferenceError, is_reference, parse_reference
 from control_plane.policy.yaml_check import Checker, Located, join, kind_of
 
 DEFAULT_SQLITE_PATH = "~/.local/share/ccr-gateway/ledger.db"
@@ -143,12 +144,20 @@ def _spool(check: Checker, at: Located, path: str) -> SpoolSpec | None:
 
 
 def _connection(check: Checker, at: Located, path: str, schemes: tuple[str, ...]) -> str | None:
-    """A connection URL whose scheme is one of ``schemes``, or a whole ``${VAR}``. Messages never
-    repeat the value: it may hold a password."""
+    """A connection URL whose scheme is one of ``schemes``, a whole ``${VAR}``, or a whole
+    ``vault:<mount>/data/<path>#<field>`` (read when connecting). Messages never repeat the value:
+    it may hold a password."""
     text = _literal(check, at, path)
     if text is None:
         return None
     if _REFERENCE.fullmatch(text):  # the whole URL comes from the environment: nothing to check here
+        return text
+    if is_reference(text):  # the whole URL is kept in Vault (ccr.v1.vault_refs)
+        try:
+            parse_reference(text)
+        except ReferenceError as exc:
+            check.problem(at, path, f"{text!r} {exc}")
+            return None
         return text
     expected = " or ".join(f"{scheme}://" for scheme in schemes)
     try:
@@ -158,7 +167,7 @@ def _connection(check: Checker, at: Located, path: str, schemes: tuple[str, ...]
         check.problem(at, path, f"is not a valid URL: expected {expected}... or a ${{VAR}} reference")
         return None
     if parts.scheme not in schemes:
-        check.problem(at, path, f"must be a URL starting with {expected}, or a ${{VAR}} reference")
+        check.problem(at, path, f"must be a URL starting with {expected}, a ${{VAR}} or a vault: reference")
         return None
     if password and not _REFERENCE.search(password):
         check.warning(at, path, "holds a password: write it as a ${VAR} reference, set in the gateway's environment")

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ccr.v1.secret_ref import SecretRef
-from extproc.secrets.vault_client import TokenInfo, VaultClient, VaultError, VaultSettings
+from ccr.v1.vault_client import TokenInfo, VaultClient, VaultError, VaultSettings
 
 log = logging.getLogger("ccr.extproc.secrets")
 

@@ -1,4 +1,4 @@
-"""The Vault client (extproc.secrets.vault_client) against the Vault double: logins, KV v2, errors."""
+"""The Vault client (ccr.v1.vault_client) against the Vault double: logins, KV v2, errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ccr.v1.secret_ref import parse_reference
-from extproc.secrets.vault_client import (
+from ccr.v1.vault_client import (
     InvalidRequest,
     NotFound,
     PermissionDenied,

@@ -10,7 +10,7 @@ from ccr.v1 import policy_pb2
 from ccr.v1.secret_ref import SecretRef, parse_reference
 from extproc.routing_table import PolicyCompileError, compile_policy
 from extproc.secrets.store import RETRY_S, SecretStore
-from extproc.secrets.vault_client import (
+from ccr.v1.vault_client import (
     PermissionDenied,
     SecretVersion,
     TokenInfo,

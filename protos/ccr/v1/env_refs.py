@@ -5,7 +5,8 @@ connection is made, so the password lives in one place (the environment) and nev
 file, a command line that ``ps`` shows, or a log line: ``redact_url`` is what gets logged.
 
 Every process that connects somewhere uses these (the ledger, the key store, the audit log), so they
-live with the contract. Pure: no I/O; the environment is a parameter.
+live with the contract. Pure: no I/O, the environment is a parameter; except a whole ``vault:``
+reference, which ccr.v1.vault_refs reads from Vault.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 from collections.abc import Mapping
 from urllib.parse import urlsplit, urlunsplit
 
+VAULT_PREFIX = "vault:"  # ccr.v1.secret_ref.PREFIX: a whole connection string kept in Vault
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 MASK = "***"
 
@@ -25,8 +27,18 @@ class EnvError(ValueError):
 
 def expand_env(text: str, environ: Mapping[str, str] | None = None) -> str:
     """Every ``${NAME}`` in ``text`` replaced by the variable's value; EnvError names the first
-    unset one. Only the braced form is expanded: a bare ``$`` (legal in passwords) is left alone."""
+    unset one. Only the braced form is expanded: a bare ``$`` (legal in passwords) is left alone.
+
+    A whole ``vault:<mount>/data/<path>#<field>`` is read from Vault instead (ccr.v1.vault_refs:
+    when the connection is made, so a rotated secret is picked up by the next one)."""
     values = os.environ if environ is None else environ
+    if text.startswith(VAULT_PREFIX):
+        from ccr.v1 import vault_refs  # hvac and its client load only where a reference is used
+
+        try:
+            return vault_refs.resolve(text, values)
+        except vault_refs.VaultReferenceError as exc:
+            raise EnvError(str(exc)) from None
 
     def substitute(match: re.Match[str]) -> str:
         name = match.group(1)
@@ -39,6 +51,8 @@ def expand_env(text: str, environ: Mapping[str, str] | None = None) -> str:
 
 def redact_url(url: str) -> str:
     """The URL with its password (if any) masked, for log lines and error messages."""
+    if url.startswith(VAULT_PREFIX):
+        return url  # a reference: where the secret is, not the secret
     try:
         parts = urlsplit(url)
     except ValueError:
