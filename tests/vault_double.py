@@ -48,6 +48,16 @@ _DURATION = re.compile(r"^(\d+)(s|m|h)?$")
 _UNIT = {None: 1, "s": 1, "m": 60, "h": 3600}
 
 
+class ManualClock:
+    """A clock the test moves (``now += ...``), for the double's TTLs and the readers' caches."""
+
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def seconds(value: Any, default: int = 0) -> int:
     """A TTL as Vault takes it: an integer of seconds or "30s", "5m", "1h"."""
     if value in (None, ""):

@@ -16,23 +16,15 @@ from ccr.v1 import vault_refs
 from ccr.v1.env_refs import expand_env
 from ccr_gateway.auth_wiring import connection_url
 from tests.integration import redis_procs
-from tests.vault_double import VaultDouble, threaded_double
+from tests.vault_double import ManualClock, VaultDouble, threaded_double
 
 REDIS_REF = "vault:secret/data/ccr/redis#url"
 POSTGRES_REF = "vault:secret/data/ccr/postgres#dsn"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def vault(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[VaultDouble, Clock]]:
-    clock = Clock()
+def vault(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[VaultDouble, ManualClock]]:
+    clock = ManualClock()
     monkeypatch.setattr(vault_refs, "_DEFAULT", vault_refs.VaultReferences(clock=clock))
     with threaded_double() as double:
         monkeypatch.setenv("VAULT_ADDR", double.url)

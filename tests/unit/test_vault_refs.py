@@ -15,18 +15,10 @@ from ccr.v1.env_refs import EnvError, expand_env, redact_url
 from ccr.v1.vault_client import VaultSettings
 from control_plane.policy import load_policy
 from control_plane.policy.yaml_check import PolicyError
-from tests.vault_double import VaultDouble, threaded_double
+from tests.vault_double import ManualClock, VaultDouble, threaded_double
 
 DSN_REF = "vault:secret/data/ccr/postgres#dsn"
 DSN = "postgresql://ccr:first-password@db.internal:5432/ccr"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -37,9 +29,9 @@ def vault() -> Iterator[VaultDouble]:
 
 
 @pytest.fixture
-def references(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[vault_refs.VaultReferences, Clock]]:
+def references(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[vault_refs.VaultReferences, ManualClock]]:
     """A fresh reader with a clock of the test's own, as the process's reader."""
-    clock = Clock()
+    clock = ManualClock()
     reader = vault_refs.VaultReferences(clock=clock)
     monkeypatch.setattr(vault_refs, "_DEFAULT", reader)
     yield reader, clock
