@@ -134,6 +134,7 @@ def cmd_control_plane(args: argparse.Namespace) -> int:
             consul_token=args.consul_token,
             xds_address=args.xds,
             metrics_port=args.metrics_port,
+            metrics_address=args.metrics_address,
             usage_log_clusters=tuple(args.usage_log_cluster or [EXTPROC_CLUSTER]),
             status_file=args.status_file or "",
             tls_cert=tls_cert,
@@ -337,6 +338,7 @@ PLUGIN_COMMANDS: dict[str, tuple[str, str, str]] = {
     "certs": ("dev: a local CA, server and client certificates for trying TLS and mTLS", "ccr_gateway.certs", "run"),
     "audit": ("the tamper-evident audit log: verify | export (JSON lines) | list", "audit.cli", ""),
     "injector": ("the sidecar injection webhook (Kubernetes, HTTPS)", "control_plane.injector.cli", "run"),
+    "pod": ("container helpers: probe URL (exit 0 on 2xx) | metrics-relay (loopback metrics out)", "ccr_gateway.pod", ""),
 }
 
 
@@ -403,6 +405,12 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     _consul_arguments(cp)
     cp.add_argument("--xds", default="127.0.0.1:18000", help="listen address host:port or unix:PATH")
     cp.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics port (0: off)")
+    cp.add_argument(
+        "--metrics-address",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="where the metrics port listens (default 127.0.0.1; 0.0.0.0 in a container or pod)",
+    )
     cp.add_argument(
         "--usage-log-cluster",
         action="append",

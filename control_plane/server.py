@@ -44,6 +44,8 @@ class ControlPlaneConfig:
     consul_token: str | None = None
     xds_address: str = "127.0.0.1:18000"  # host:port or unix:/path
     metrics_port: int = 0  # 0: no metrics endpoint
+    # Loopback by default; a pod sets 0.0.0.0 (`control-plane --metrics-address`) so Prometheus can scrape it.
+    metrics_address: str = "127.0.0.1"
     grace_seconds: float = 1.0
     poll_interval: float = 0.5
     # Envoy clusters that receive the usage access log (one per ext_proc worker under `up`).
@@ -224,7 +226,7 @@ class ControlPlane:
         await server.start()
         self._server = server
         if self.config.metrics_port:
-            start_http_server(self.config.metrics_port, addr="127.0.0.1")
+            start_http_server(self.config.metrics_port, addr=self.config.metrics_address)
         log.info("xDS (ADS) listening on %s%s", self.config.xds_address, " (mTLS)" if credentials is not None else "")
 
     async def run(self) -> None:
