@@ -1,15 +1,14 @@
 """Every command line the deployment files give the image is one its parsers accept.
 
 The image's entry point is `ccr-gateway`; the probes and the metrics relay run
-`python -m ccr_gateway.pod`; the Envoy bootstrap is written by a shell line around
-`ccr-gateway envoy-bootstrap`. Each is parsed by the same argparse parser the process would use,
+`python -m ccr_gateway.pod`; the Envoy bootstrap is written by `ccr-gateway envoy-bootstrap
+--output`. Each is parsed by the same argparse parser the process would use,
 so a renamed or removed flag fails here instead of in a crash-looping pod.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import shlex
 
 from ccr_gateway import cli, pod
@@ -33,15 +32,6 @@ def parse_pod(argv: list[str]) -> argparse.Namespace:
         return parser.parse_args(argv)
     except SystemExit as exc:
         raise AssertionError(f"`python -m ccr_gateway.pod {shlex.join(argv)}` is refused by its parser") from exc
-
-
-def bootstrap_argv(script: str) -> list[str]:
-    """The `ccr-gateway envoy-bootstrap ...` words of an init script, its shell variables filled in
-    (``$ip``: the resolved control plane address; ``$$`` is Compose's escaped ``$``)."""
-    found = re.search(r"ccr-gateway (envoy-bootstrap[^>]*)>", script)
-    assert found is not None, f"no `ccr-gateway envoy-bootstrap ... >` in {script!r}"
-    words = shlex.split(found[1])
-    return [re.sub(r"\$+ip", "10.0.0.1", re.sub(r"\$+\{?POD_NAME\}?", "pod-0", word)) for word in words]
 
 
 def check_exec(command: list[str]) -> None:

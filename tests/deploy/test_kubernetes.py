@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from ccr_gateway.envoy_bootstrap import envoy_binary
-from tests.deploy.commands import POD_MODULE, bootstrap_argv, check_exec, parse_ccr, parse_pod
+from tests.deploy.commands import POD_MODULE, check_exec, parse_ccr, parse_pod
 from tests.deploy.tools import REPO, explain, run, tool
 
 CHART = REPO / "k8s" / "helm" / "ccr-gateway"
@@ -189,8 +189,6 @@ def test_every_command_line_parses(rendered: dict[str, Path], name: str) -> None
                 parse_ccr(args)
             elif command == POD_MODULE:
                 parse_pod(args)
-            elif command[0] == "/bin/sh":
-                parse_ccr(bootstrap_argv(args[0]))
             else:
                 assert command == ["envoy"], (name, container["name"], command)
             for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -222,11 +220,12 @@ def test_every_policy_validates(rendered: dict[str, Path], tmp_path: Path) -> No
 def test_envoy_accepts_the_bootstrap_the_init_container_writes(rendered: dict[str, Path], tmp_path: Path) -> None:
     gateway = next(w for w in workloads(rendered["prod"]) if w["metadata"]["name"] == "ccr-gateway")
     init = gateway["spec"]["template"]["spec"]["initContainers"][0]
-    argv = bootstrap_argv(init["args"][0])
+    bootstrap = tmp_path / "bootstrap.yaml"
+    argv = [word.replace("$(POD_NAME)", "pod-0") for word in init["args"]]
+    argv = [f"--output={bootstrap}" if word.startswith("--output=") else word for word in argv]
+    assert "--output=/run/ccr/bootstrap.yaml" in init["args"]
     result = run([sys.executable, "-m", "ccr_gateway", *argv])
     assert result.returncode == 0, explain(result)
-    bootstrap = tmp_path / "bootstrap.yaml"
-    bootstrap.write_text(result.stdout)
     envoy = gateway["spec"]["template"]["spec"]["containers"][0]
     assert envoy["args"][:2] == ["-c", "/run/ccr/bootstrap.yaml"]
     validated = run([envoy_binary(), "--mode", "validate", "-c", str(bootstrap), *envoy["args"][2:]], timeout=60)

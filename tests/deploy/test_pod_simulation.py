@@ -1,7 +1,7 @@
 """The dev overlay's pods, run as processes on this machine: the manifests' own command lines.
 
 No container runtime here, so the gateway pod is played by processes: the control plane, the init
-container's shell line (the Envoy bootstrap), Envoy, the ext_proc worker and the metrics relay, each
+container (`envoy-bootstrap --output`), Envoy, the ext_proc worker and the metrics relay, each
 started with the args the rendered Deployment gives it, rewritten only where a pod differs from one
 machine (ports picked free, /run/ccr a temporary directory, 0.0.0.0 -> 127.0.0.1, no RabbitMQ).
 Then the pods' exec probes must pass, a request must go through, and the relay must serve the
@@ -131,8 +131,8 @@ def pod(tmp_path: Path) -> Iterator[tuple[Pod, dict[str, dict[str, Any]], dict[s
         "/run/ccr": str(tmp_path / "run"),
         "ccr-control-plane:18000": f"127.0.0.1:{ports['xds']}",
         "0.0.0.0:18000": f"127.0.0.1:{ports['xds']}",
-        "$ip:18000": f"$ip:{ports['xds']}",
-        "--admin-port 9901": f"--admin-port {ports['admin']}",
+        "--admin-port=9901": f"--admin-port={ports['admin']}",
+        "$(POD_NAME)": "ccr-gateway-sim",  # the kubelet expands it from the container's env
         "127.0.0.1:9901": f"127.0.0.1:{ports['admin']}",
         "--listen=0.0.0.0:9464": f"--listen=127.0.0.1:{ports['relay']}",
         "--metrics-port=9464": f"--metrics-port={ports['cp_metrics']}",
@@ -167,7 +167,7 @@ def test_the_dev_pods_start_pass_their_probes_and_serve(
             time.sleep(0.2)
     bootstrap = subprocess.run(
         simulated.argv(init),
-        env={**simulated.env, "CONTROL_PLANE_HOST": "127.0.0.1", "POD_NAME": "ccr-gateway-sim"},
+        env=simulated.env,
         capture_output=True,
         text=True,
         check=False,
