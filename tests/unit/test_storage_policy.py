@@ -87,7 +87,7 @@ def test_postgres_and_rabbitmq_go_together(present):
         ),
         (
             "storage:\n  postgres: {dsn: 'mysql://db', pool_min: 2}\n  rabbitmq: {url: 'amqp://mq'}\n",
-            "gw.yaml:4:19: storage.postgres.dsn: must be a URL starting with postgresql:// or postgres://, or a ${VAR} reference",
+            "gw.yaml:4:19: storage.postgres.dsn: must be a URL starting with postgresql:// or postgres://, a ${VAR} or a vault: reference",
         ),
         (
             "storage:\n  postgres: {dsn: 'postgresql://db', pool_min: 5, pool_max: 2}\n  rabbitmq: {url: 'amqp://mq'}\n",
@@ -99,7 +99,7 @@ def test_postgres_and_rabbitmq_go_together(present):
         ),
         (
             "storage:\n  postgres: {dsn: 'postgresql://db'}\n  rabbitmq: {url: 'http://mq'}\n",
-            "gw.yaml:5:19: storage.rabbitmq.url: must be a URL starting with amqp:// or amqps://, or a ${VAR} reference",
+            "gw.yaml:5:19: storage.rabbitmq.url: must be a URL starting with amqp:// or amqps://, a ${VAR} or a vault: reference",
         ),
         (
             "storage:\n  postgres: {dsn: 'postgresql://db'}\n  rabbitmq: {url: 'amqp://mq', queue: 'a queue'}\n",
