@@ -23,6 +23,7 @@ from control_plane.policy import GatewayPolicy, PolicyError
 from control_plane.policy.file_source import FilePolicySource
 from control_plane.policy.source import PolicySource
 from control_plane.policy.tls import TlsSpec
+from control_plane.provider_keys import Change, ProviderKeys
 from control_plane.resources.tls import TlsMaterial
 from control_plane.xds.ads import AggregatedDiscoveryService
 from control_plane.xds.cache import SnapshotCache
@@ -100,6 +101,11 @@ class ControlPlane:
         self.tls_files = TlsFileWatch()
         self.status_file = PolicyStatusFile(config.status_file)
         self.audit = PolicyAudit()  # each accepted/rejected policy, hash-chained; never blocks a change (docs/audit.md)
+        # Provider keys Envoy injects, read from Vault here (docs/security-vault.md): a re-read that
+        # changed one goes to the rollout (a new SDS secret version); a rotation is audited.
+        self.provider_keys = ProviderKeys()
+        self.provider_keys.on_change = self.rollout.set_provider_keys
+        self.provider_keys.on_rotation = self._audit_key_rotation
         self._server: grpc.aio.Server | None = None
         self._catalog: dict[str, tuple[str, asyncio.Task[None]]] = {}  # cluster -> (service, watcher)
 
@@ -179,6 +185,17 @@ class ControlPlane:
         details = {"secret": "listener certificate", "certificate_sha256": hashlib.sha256(material.cert).hexdigest()}
         self.audit.record("secret.rotated", spec.cert_file if spec is not None else "", "", details)
 
+    def _audit_key_rotation(self, change: Change, providers: tuple[str, ...]) -> None:
+        """A provider key rotated in Vault, seen by a re-read: which version replaced which (never
+        the value)."""
+        details = {
+            "secret": "provider key",
+            "providers": list(providers),
+            "version": change.version,
+            "previous_version": change.previous_version,
+        }
+        self.audit.record("secret.rotated", str(change.ref), "", details)
+
     def _apply(self, policy: GatewayPolicy) -> None:
         problem = self._catalog_problem(policy) or self._tls_problem(policy)
         if problem is not None:
@@ -186,6 +203,10 @@ class ControlPlane:
             return
         with contextlib.suppress(RuntimeError):  # no running loop: unit tests drive the rollout directly
             self._watch_catalog(policy)
+        # The keys Envoy injects, read before the snapshot that names their secrets is built.
+        self.provider_keys.follow(policy)
+        self.rollout.provider_keys = self.provider_keys.keys()
+        self.rollout.key_problems = self.provider_keys.problems()
         version = self.rollout.update(policy)
         POLICY_VERSION.set(int(version))
         self.last_error = None
@@ -252,6 +273,7 @@ class ControlPlane:
         tls_watcher.cancel()
         for _, task in self._catalog.values():
             task.cancel()
+        self.provider_keys.store.stop()
         await self.stop()
         await self.source.close()
         await self.audit.close()

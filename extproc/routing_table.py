@@ -5,7 +5,8 @@ aliases, scenario routers (global and per tenant, already merged), fallback chai
 hook are all resolved to `ModelRoute`s here, so a request's decision (extproc.router.decide) is a
 few dict lookups. Provider keys are read from this process's environment at compile time, or from
 Vault (``api_key_ref``, kept fresh by extproc.secrets.store: a rotated key is used without a new
-policy), and never travel over xDS. Anything the table cannot honour raises PolicyCompileError, which ext_proc answers
+policy), and never travel over xDS; a Vault key of a provider outside fallback chains is injected by
+Envoy instead (``key_injected_by_envoy``) and never reaches this process. Anything the table cannot honour raises PolicyCompileError, which ext_proc answers
 to the control plane as a NACK, keeping the previous table in force.
 """
 
@@ -25,10 +26,10 @@ from ccr.v1.contract import DEFAULT_LONG_CONTEXT_THRESHOLD
 from ccr.v1.contract import SCENARIOS as SCENARIO_FIELDS
 from ccr.v1.pricing import Prices
 from ccr.v1.secret_ref import ReferenceError, parse_reference
+from ccr.v1.vault_client import VaultSettings
+from ccr.v1.vault_keys import policy_settings
 from extproc.cache.rules import WHEN, CacheRules, CacheSetting, resolve
 from extproc.secrets.store import KeyHandle, SecretStore, default_store
-from ccr.v1.vault_client import DEFAULT_JWT_PATH, VaultSettings
-from ccr.v1.vault_client import METHODS as VAULT_METHODS
 from extproc.translate.base import Api, Target
 
 _API_OF = {
@@ -265,7 +266,11 @@ def compile_policy(
         headers = tuple(sorted(provider.headers.items()))
         unavailable = None
         key_handle: KeyHandle | None = None
-        if provider.api_key_ref:
+        if provider.key_injected_by_envoy:
+            # Envoy's credential_injector adds the key on the provider's cluster (an SDS secret the
+            # control plane reads from Vault): no key here, only whether the control plane has one.
+            unavailable = provider.key_unavailable or None
+        elif provider.api_key_ref:
             if store is None:
                 store = secrets if secrets is not None else default_store()
                 store.configure(vault_settings(policy, env), env)
@@ -436,26 +441,12 @@ def compile_policy(
 
 
 def vault_settings(policy: policy_pb2.Policy, environ: Mapping[str, str]) -> VaultSettings:
-    """How this process reaches Vault: the policy's vault section, the address defaulting to
-    VAULT_ADDR. Credentials are read at login, from ``environ`` and files, never from the policy."""
-    vault = policy.vault
-    method = vault.auth_method or "token"
-    if method not in VAULT_METHODS:
-        raise PolicyCompileError(f"vault.auth.method {method!r} is not one of {', '.join(VAULT_METHODS)}")
-    address = vault.address or environ.get("VAULT_ADDR", "")
-    if not address.startswith(("http://", "https://")):
-        raise PolicyCompileError("vault: no address (set vault.address in the policy or VAULT_ADDR for ext_proc)")
-    return VaultSettings(
-        address=address,
-        method=method,
-        mount=vault.auth_mount,
-        token_env=vault.token_env or "VAULT_TOKEN",
-        role_id=vault.role_id,
-        secret_id_env=vault.secret_id_env,
-        role=vault.role,
-        jwt_path=vault.jwt_path or DEFAULT_JWT_PATH,
-        rotation_interval_s=vault.rotation_interval_s or 24 * 3600.0,
-    )
+    """How this process reaches Vault (ccr.v1.vault_keys.policy_settings, shared with the control plane)."""
+    try:
+        return policy_settings(policy.vault, environ)
+    except ValueError as exc:
+        message = str(exc).replace("VAULT_ADDR)", "VAULT_ADDR for ext_proc)")
+        raise PolicyCompileError(message if message.startswith("vault") else f"vault: {message}") from None
 
 
 def _tracing(message: policy_pb2.Tracing) -> TracingSettings:

@@ -6,6 +6,7 @@ control_plane.policy.parse builds them from YAML (with line-precise errors); not
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ccr.v1 import policy_pb2
@@ -67,8 +68,9 @@ class ProviderSpec:
     resilience: Resilience = DEFAULT_RESILIENCE  # Envoy-only: limits, passive/active health, TLS
     # Endpoints come from Consul's catalog (health, weights, locality) instead of base_url's host.
     consul_service: str = ""
-    # The key as a Vault reference ("vault:secret/data/providers/openai#key"), read by ext_proc;
-    # exclusive with api_key_env. Never the key (control_plane.policy.vault).
+    # The key as a Vault reference ("vault:secret/data/providers/openai#key"), exclusive with
+    # api_key_env. Never the key (control_plane.policy.vault). Read by the control plane and
+    # injected by Envoy (GatewayPolicy.envoy_injected_keys), else read by ext_proc.
     api_key_ref: str = ""
     # Its own hosts across regions and zones instead of base_url's host (control_plane.policy.pools).
     endpoints: tuple[PoolEndpoint, ...] = ()
@@ -141,8 +143,22 @@ class GatewayPolicy:
         levels += [t.cache for t in self.routing.tenants]
         return longest_dedup_wait_s(levels)
 
-    def to_proto(self, version: str) -> policy_pb2.Policy:
-        """The ext_proc-facing contract (no listener details, no secrets)."""
+    @property
+    def envoy_injected_keys(self) -> frozenset[str]:
+        """The providers whose key Envoy injects (credential_injector on their cluster, an SDS
+        secret read from Vault by the control plane): every ``api_key: vault:`` provider that no
+        fallback chain names. A chain's cluster mixes providers, one upstream filter chain for all,
+        so its attempts are rewritten, key included, by ext_proc (extproc.attempt); such a provider
+        keeps its key in ext_proc for its own cluster too (one path per key). Keys from the
+        environment (api_key_env) stay with ext_proc (docs/security-vault.md)."""
+        chained = {name for chain in self.routing.fallbacks for name in chain.providers}
+        return frozenset(p.name for p in self.providers if p.api_key_ref and p.name not in chained)
+
+    def to_proto(self, version: str, key_problems: Mapping[str, str] | None = None) -> policy_pb2.Policy:
+        """The ext_proc-facing contract (no listener details, no secrets). ``key_problems``: why
+        the control plane has no key yet for a provider whose key Envoy injects (by name)."""
+        injected = self.envoy_injected_keys
+        problems = key_problems or {}
         return policy_pb2.Policy(
             version=version,
             auth_required=self.auth.required,
@@ -156,7 +172,10 @@ class GatewayPolicy:
                     cluster=p.cluster,
                     base_path=p.base_path,
                     api_key_env=p.api_key_env,
-                    api_key_ref=p.api_key_ref,
+                    # Envoy injects it: ext_proc is not told where the key is.
+                    api_key_ref="" if p.name in injected else p.api_key_ref,
+                    key_injected_by_envoy=p.name in injected,
+                    key_unavailable=_key_unavailable(p.name, problems) if p.name in injected else "",
                     headers=dict(p.headers),
                     forward_count_tokens=p.forward_count_tokens,
                     models=[
@@ -180,6 +199,11 @@ class GatewayPolicy:
             vault=self.vault.to_proto() if self.vault is not None else None,
             **self.routing.to_proto_fields(),
         )
+
+
+def _key_unavailable(provider: str, problems: Mapping[str, str]) -> str:
+    problem = problems.get(provider)
+    return f"provider {provider!r} has no API key: {problem}" if problem else ""
 
 
 def _pricing_proto(prices: Prices | None) -> policy_pb2.Pricing | None:

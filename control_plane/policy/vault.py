@@ -1,7 +1,7 @@
 """Vault in the policy: the top-level ``vault:`` section and providers' ``api_key: vault:...``.
 
     vault:
-      address: http://127.0.0.1:8200        # default: ext_proc's VAULT_ADDR
+      address: http://127.0.0.1:8200        # default: the reader's VAULT_ADDR
       auth:
         method: approle                      # token (default) | approle | kubernetes
         role_id: 5b1e...                     # approle; not a secret
@@ -43,7 +43,7 @@ _AUTH_FIELDS = {
 
 @dataclass(frozen=True, slots=True)
 class VaultSpec:
-    address: str = ""  # "": ext_proc's VAULT_ADDR
+    address: str = ""  # "": the reading process's VAULT_ADDR (control plane, ext_proc)
     method: str = "token"
     mount: str = ""
     token_env: str = "VAULT_TOKEN"

@@ -30,7 +30,7 @@ from ccr.v1.contract import CLUSTER_HEADER, EXTPROC_CLUSTER, HOP_DETAILS_KEY, ME
 from control_plane.policy import GatewayPolicy, ProviderSpec
 from control_plane.policy.cors import CorsSpec
 from control_plane.resources import decision_hop as decision_hop_resources
-from control_plane.resources import edge, edge_limits, localities, resilience, tracing, usage_capture
+from control_plane.resources import edge, edge_limits, localities, provider_keys, resilience, tracing, usage_capture
 from control_plane.resources import hardening as hardening_resources
 from control_plane.resources import jwt as jwt_resources
 from control_plane.resources import tls as tls_resources
@@ -74,7 +74,7 @@ def parse_resource(message: Message, data: dict[str, Any]) -> Message:
     return message
 
 
-def provider_cluster(provider: ProviderSpec) -> Cluster:
+def provider_cluster(provider: ProviderSpec, inject_key: bool = False) -> Cluster:
     """One cluster per provider. IP hosts come through EDS (like Consul catalog pools, later); DNS
     hosts (SaaS APIs) use LOGICAL_DNS, since EDS endpoints must be IP addresses.
 
@@ -82,17 +82,21 @@ def provider_cluster(provider: ProviderSpec) -> Cluster:
     (when asked for) active health checks. The panic threshold stays at Envoy's default (50 %): a
     single-host provider whose host is ejected still gets its requests (there is nothing else to
     send them to, and the client is better served by the provider's own answer than by a 503
-    "no healthy upstream"), while a pool of several hosts sheds its ejected ones until half are out."""
+    "no healthy upstream"), while a pool of several hosts sheds its ejected ones until half are out.
+
+    ``inject_key``: Envoy adds the provider's key (its SDS secret) in the cluster's upstream filter
+    chain (control_plane.resources.provider_keys)."""
     settings = provider.resilience
+    options = resilience.protocol_options(settings, provider.scheme)
+    if inject_key:
+        options["http_filters"] = provider_keys.injector_filters(provider)
     cluster: dict[str, Any] = {
         "name": provider.cluster,
         "connect_timeout": resilience.duration(settings.connect_timeout_ms),
         "lb_policy": "ROUND_ROBIN",
         "circuit_breakers": resilience.circuit_breakers(settings),
         "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": resilience.protocol_options(
-                settings, provider.scheme
-            ),
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": options,
         },
     }
     if settings.outlier_detection is not None:
@@ -336,7 +340,18 @@ def _error_mappers(max_request_bytes: int) -> list[dict[str, Any]]:
         ([no_path], "either"),
         ([], "anthropic"),
     ]
-    mappers = []
+    # A provider key Envoy injects and does not have yet: its injector's 401 becomes the 503 ext_proc
+    # gives for a missing key (control_plane.resources.provider_keys).
+    missing_key = _cel(f"response.code_details == '{provider_keys.MISSING_KEY_DETAILS}'")
+    bodies = provider_keys.missing_key_bodies()
+    mappers: list[dict[str, Any]] = [
+        {
+            "filter": {"and_filter": {"filters": [envoy_generated, missing_key, *extra]}},
+            "status_code": 503,
+            "body_format_override": _json_body(bodies[api]),
+        }
+        for extra, api in rules
+    ]
     for condition, message in ((_cel(known), known_message), (None, "%LOCAL_REPLY_BODY%")):
         for extra, api in rules:
             filters = [envoy_generated, _status_at_least(400), *([condition] if condition else []), *extra]

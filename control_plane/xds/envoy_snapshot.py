@@ -15,6 +15,7 @@ from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from control_plane.policy import GatewayPolicy, ProviderSpec
 from control_plane.policy.routes import FallbackSpec
 from control_plane.resources import gateway as resources
+from control_plane.resources import provider_keys
 from control_plane.resources import tls as tls_resources
 from control_plane.resources.chains import chain_cluster, chain_route
 from control_plane.resources.decision_hop import response_only_variant
@@ -32,12 +33,20 @@ def envoy_snapshot(
     endpoints_of: Callable[[ProviderSpec], ClusterLoadAssignment],
     usage_log_clusters: tuple[str, ...],
     tls_material: TlsMaterial | None = None,
+    injected: frozenset[str] = frozenset(),
+    keys: Mapping[str, str] | None = None,
 ) -> Snapshot:
     """``policy`` gives the listener and the chains' timeouts; ``providers`` every provider cluster
     Envoy must have; ``chains`` every chain cluster, with the policy whose providers it names;
-    ``tls_material`` the bytes of the files ``policy.tls`` names (its SDS secrets)."""
+    ``tls_material`` the bytes of the files ``policy.tls`` names (its SDS secrets); ``injected``
+    the providers whose key Envoy injects, ``keys`` the keys read so far (reference -> key).
+
+    A provider's key secret is in the same snapshot as the cluster naming it, and the ADS server
+    sends secrets right after clusters and endpoints (snapshot.TYPE_ORDER): the cluster warms only
+    until its secret arrives on the same stream."""
     specs = sorted(providers, key=lambda p: p.cluster)
-    clusters = [(p.cluster, resources.provider_cluster(p)) for p in specs]
+    keyed = [p for p in specs if p.name in injected]
+    clusters = [(p.cluster, resources.provider_cluster(p, p.name in injected)) for p in specs]
     clusters += [
         (name, chain_cluster(chain, {p.name: p for p in owner.providers})) for name, (chain, owner) in chains.items()
     ]
@@ -58,7 +67,7 @@ def envoy_snapshot(
         version,
         clusters=clusters,
         endpoints=[(p.cluster, endpoints_of(p)) for p in specs if p.uses_eds],
-        secrets=tls_resources.secrets(policy.tls, tls_material),
+        secrets=tls_resources.secrets(policy.tls, tls_material) + provider_keys.key_secrets(keyed, keys or {}),
         listeners=[(resources.LISTENER_NAME, resources.listener(policy, usage_log_clusters))],
         routes=[(resources.ROUTE_CONFIG_NAME, routes)],
     )

@@ -12,6 +12,12 @@ rolls out in steps, each gated on the consumers' ACKs:
    more grace period (requests decided just before the switch are still in flight to Envoy's
    router), then dropped from Envoy.
 
+Provider keys Envoy injects (control_plane.resources.provider_keys) follow the same order: a
+provider's cluster injects its key while the desired, the offered or a retained policy leaves the
+key to Envoy, and its secret is in the same snapshot. ext_proc hears that a key is available (the
+policy's Provider.key_unavailable cleared, a new generation offered) only after every Envoy ACKed
+the secret holding it. A rotated key is a new secret version for Envoy alone.
+
 Everything here is synchronous state transition; timers come from the event loop passed in.
 """
 
@@ -20,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
@@ -30,7 +37,7 @@ from control_plane.resources import gateway as resources
 from control_plane.resources.tls import TlsMaterial
 from control_plane.xds.cache import Ack, SnapshotCache
 from control_plane.xds.envoy_snapshot import envoy_snapshot
-from control_plane.xds.snapshot import CLUSTER, ENDPOINT, POLICY, Snapshot, consistency_errors
+from control_plane.xds.snapshot import CLUSTER, ENDPOINT, POLICY, SECRET, Snapshot, consistency_errors
 
 log = logging.getLogger("ccr.control_plane.xds.rollout")
 _UNTIL_EXTPROC_ACKS = float("inf")
@@ -59,11 +66,19 @@ class Rollout:
         self.desired: Offer | None = None
         self.offered: Offer | None = None  # the policy ext_proc is being served
         self._retained: dict[str, tuple[ProviderSpec, float]] = {}  # cluster -> (spec, drop after)
+        # Providers whose key Envoy injected for the policy ext_proc held before (its requests may
+        # still be in flight without a key) -> keep injecting until this time.
+        self._keyed_retained: dict[str, float] = {}
         self._warm_since: float | None = None  # when Envoy first ACKed everything `desired` needs
         self._timer: asyncio.TimerHandle | None = None
         self.catalog_endpoints: dict[str, ClusterLoadAssignment] = {}  # cluster -> from Consul
         # The bytes of the files the desired policy's listener.tls names (its SDS secrets).
         self.tls_material: TlsMaterial | None = None
+        # Provider keys the control plane read (reference -> key) and why others are missing
+        # (reference -> reason): control_plane.provider_keys.
+        self.provider_keys: Mapping[str, str] = {}
+        self.key_problems: Mapping[str, str] = {}
+        self._offered_keys: frozenset[str] = frozenset()  # providers the offered policy says have a key
         cache.on_ack(self._on_ack)
 
     # --- inputs -----------------------------------------------------------------------------
@@ -85,6 +100,34 @@ class Rollout:
             return
         self.tls_material = material
         self.reconcile()
+
+    def set_provider_keys(self, keys: Mapping[str, str], problems: Mapping[str, str]) -> None:
+        """The keys the control plane read changed (a first read, a rotation, a failure). A rotation
+        only changes Envoy's secrets; a key that became available is announced to ext_proc by a new
+        generation, offered once Envoy ACKed the secret (before that, ext_proc answers 503)."""
+        if keys == self.provider_keys and problems == self.key_problems:
+            return
+        self.provider_keys, self.key_problems = dict(keys), dict(problems)
+        desired = self.desired
+        if desired is not None and self.offered == desired and self._keyed(desired.policy) != self._offered_keys:
+            self.generation += 1
+            self.desired = Offer(desired.policy, f"{self.generation}")
+            self._warm_since = None
+        self.reconcile()
+
+    def _keyed(self, policy: GatewayPolicy) -> frozenset[str]:
+        """The providers of ``policy`` whose key Envoy injects and the control plane has."""
+        named = {p.name: p.api_key_ref for p in policy.providers}
+        return frozenset(name for name in policy.envoy_injected_keys if named[name] in self.provider_keys)
+
+    def _key_problems(self, policy: GatewayPolicy) -> dict[str, str]:
+        """Why a provider whose key Envoy injects has none yet (by provider name)."""
+        missing = {p.name: p.api_key_ref for p in policy.providers if p.name in policy.envoy_injected_keys}
+        return {
+            name: self.key_problems.get(ref, "not read from Vault by the control plane yet")
+            for name, ref in missing.items()
+            if ref not in self.provider_keys
+        }
 
     def _on_ack(self, ack: Ack | None) -> None:
         self.reconcile()
@@ -110,14 +153,21 @@ class Rollout:
         policy (ext_proc may still name them) and the retained ones (requests still in flight)."""
         assert self.desired is not None
         providers = {p.cluster: p for p in self.desired.policy.providers}
+        injected = set(self.desired.policy.envoy_injected_keys)
         if self.offered is not None:
             for provider in self.offered.policy.providers:
                 providers.setdefault(provider.cluster, provider)
+            injected |= self.offered.policy.envoy_injected_keys
         for cluster, (spec, drop_after) in list(self._retained.items()):
             if drop_after <= now:
                 del self._retained[cluster]
             else:
                 providers.setdefault(cluster, spec)
+        for name, drop_after in list(self._keyed_retained.items()):
+            if drop_after <= now:
+                del self._keyed_retained[name]
+            elif any(p.name == name for p in providers.values()):
+                injected.add(name)  # requests ext_proc sent there without a key may be in flight
         policy = self.desired.policy
         chains = {c.cluster: (c, policy) for c in policy.routing.fallbacks}
         if self.offered is not None:
@@ -131,6 +181,8 @@ class Rollout:
             self._endpoints_of,
             self.usage_log_clusters,
             self.tls_material,
+            frozenset(injected),
+            self.provider_keys,
         )
 
     def _serve_envoy(self, snapshot: Snapshot) -> bool:
@@ -170,24 +222,35 @@ class Rollout:
             if envoy.get(ENDPOINT).by_name and acked.get(ENDPOINT) != envoy.get(ENDPOINT).version:
                 self._warm_since = None
                 return False
+            # Provider keys: ext_proc must not be told a key is there before Envoy has it.
+            if self._offers_keys(envoy) and acked.get(SECRET) != envoy.get(SECRET).version:
+                self._warm_since = None
+                return False
         if self._warm_since is None:
             self._warm_since = now
         return now - self._warm_since >= self.grace
 
+    @staticmethod
+    def _offers_keys(envoy: Snapshot) -> bool:
+        return any(name.startswith("provider_") for name in envoy.get(SECRET).by_name)
+
     def _offer(self, offer: Offer, envoy: Snapshot) -> None:
-        proto = offer.policy.to_proto(offer.version)
+        proto = offer.policy.to_proto(offer.version, self._key_problems(offer.policy))
         errors = consistency_errors(envoy, proto)
         if errors:  # a bug in this module, never the user's policy: refuse loudly, keep the old one
             log.error("refusing to offer policy %s to ext_proc: %s", offer.version, "; ".join(errors))
             return
         previous = self.offered
         self.offered = offer
+        self._offered_keys = self._keyed(offer.policy)
         if previous is not None:
             kept = {p.cluster for p in offer.policy.providers}
             for provider in previous.policy.providers:
                 if provider.cluster not in kept:
                     # Held until ext_proc ACKs the new policy; then the grace clock starts.
                     self._retained[provider.cluster] = (provider, _UNTIL_EXTPROC_ACKS)
+            for name in previous.policy.envoy_injected_keys - offer.policy.envoy_injected_keys:
+                self._keyed_retained[name] = _UNTIL_EXTPROC_ACKS  # the same, for Envoy's injector
         self.cache.set(EXTPROC_GROUP, Snapshot.build(offer.version, policy=[(POLICY_RESOURCE_NAME, proto)]))
         log.info("policy %s offered to ext_proc", offer.version)
 
@@ -203,9 +266,13 @@ class Rollout:
         for cluster, (spec, drop_after) in list(self._retained.items()):
             if drop_after == _UNTIL_EXTPROC_ACKS:
                 self._retained[cluster] = (spec, now + self.grace)
+        for name, drop_after in list(self._keyed_retained.items()):
+            if drop_after == _UNTIL_EXTPROC_ACKS:
+                self._keyed_retained[name] = now + self.grace
 
     def _schedule_next(self, now: float) -> None:
         deadlines = [d for _, d in self._retained.values() if d != _UNTIL_EXTPROC_ACKS]
+        deadlines += [d for d in self._keyed_retained.values() if d != _UNTIL_EXTPROC_ACKS]
         if self._warm_since is not None and self.offered != self.desired:
             deadlines.append(self._warm_since + self.grace)
         if self._timer is not None:

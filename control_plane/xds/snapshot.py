@@ -15,10 +15,13 @@ from types import MappingProxyType
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
+from envoy.extensions.filters.http.credential_injector.v3.credential_injector_pb2 import CredentialInjector
 from envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2 import (
     HttpConnectionManager,
 )
+from envoy.extensions.http.injected_credentials.generic.v3.generic_pb2 import Generic
 from envoy.extensions.transport_sockets.tls.v3.tls_pb2 import DownstreamTlsContext
+from envoy.extensions.upstreams.http.v3.http_protocol_options_pb2 import HttpProtocolOptions
 from google.protobuf.message import Message
 
 from ccr.v1.contract import POLICY_TYPE_URL
@@ -30,10 +33,12 @@ LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 POLICY = POLICY_TYPE_URL
+_HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 # The order Envoy must receive types in (make-before-break): clusters before the endpoints that
 # warm them, both before listeners and routes that might send traffic to them; the SDS secrets a
-# listener's TLS context names before that listener (it would otherwise warm until they come). The
+# listener's TLS context names before that listener (it would otherwise warm until they come), and
+# the provider keys a cluster's credential injector names right after the clusters. The
 # ext_proc policy type is served to ext_proc nodes only.
 TYPE_ORDER = (CLUSTER, ENDPOINT, SECRET, LISTENER, ROUTE, POLICY)
 # Types Envoy asks for by resource name; the others are "wildcard" (all resources of the type).
@@ -114,7 +119,19 @@ def consistency_errors(snapshot: Snapshot, policy: Policy | None = None) -> list
             used_secrets.add(secret_name)
             if secret_name not in secrets:
                 errors.append(f"listener {name!r} uses secret {secret_name!r}, which is missing")
-    errors.extend(f"secret {name!r} is not used by any listener" for name in secrets if name not in used_secrets)
+    injected_by: dict[str, str] = {}  # cluster -> the key secret its credential injector names
+    for name, cluster in clusters.items():
+        assert isinstance(cluster, Cluster)
+        secret_name = _key_secret_of(cluster)
+        if secret_name is None:
+            continue
+        injected_by[name] = secret_name
+        used_secrets.add(secret_name)
+        if secret_name not in secrets:
+            errors.append(f"cluster {name!r} injects secret {secret_name!r}, which is missing")
+    errors.extend(
+        f"secret {name!r} is not used by any listener or cluster" for name in secrets if name not in used_secrets
+    )
     for name, table in routes.items():
         assert isinstance(table, RouteConfiguration)
         if name not in used_routes:
@@ -129,10 +146,29 @@ def consistency_errors(snapshot: Snapshot, policy: Policy | None = None) -> list
                 errors.append(
                     f"policy sends provider {provider.name!r} to cluster {provider.cluster!r}, which is missing"
                 )
+            elif provider.key_injected_by_envoy and provider.cluster not in injected_by:
+                # ext_proc would send the provider's requests without a key: Envoy must add it.
+                errors.append(
+                    f"policy leaves provider {provider.name!r}'s key to cluster {provider.cluster!r}, "
+                    "which does not inject one"
+                )
         for chain in policy.fallbacks:
             if chain.cluster not in clusters:
                 errors.append(f"policy sends a fallback chain to cluster {chain.cluster!r}, which is missing")
     return errors
+
+
+def _key_secret_of(cluster: Cluster) -> str | None:
+    """The generic secret a cluster's credential_injector upstream filter names (provider keys)."""
+    packed = cluster.typed_extension_protocol_options.get(_HTTP_OPTIONS)
+    options = HttpProtocolOptions()
+    if packed is None or not packed.Unpack(options):
+        return None
+    for upstream_filter in options.http_filters:
+        injector, generic = CredentialInjector(), Generic()
+        if upstream_filter.typed_config.Unpack(injector) and injector.credential.typed_config.Unpack(generic):
+            return generic.credential.name
+    return None
 
 
 def _secrets_of(listener: Listener) -> list[str]:

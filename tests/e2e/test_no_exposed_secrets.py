@@ -1,5 +1,6 @@
 """Zero exposed credentials, beyond the logs (tests/e2e/log_secrets.py scans those for the whole run):
-a gateway with provider keys, virtual keys and tracing on is sent good, bad and failing requests,
+a gateway with provider keys (from the environment, and one from Vault that Envoy injects from an
+SDS secret), virtual keys and tracing on is sent good, bad and failing requests,
 then everything it shows or writes is scanned for any credential the test gave it: the metrics page
 (labels), Envoy's stats and config_dump, the policy as ext_proc receives it over xDS, the spans it
 exported, the files of its run directory and state file, and its answers' headers."""
@@ -24,10 +25,22 @@ from extproc.auth.keys import new_key
 from tests.e2e.gateway import PROVIDER_KEYS, FakeProvider, Gateway, base_policy, free_port, http, wait_until
 from tests.e2e.log_secrets import _SHAPES
 from tests.otlp_receiver import OtlpReceiver
+from tests.vault_double import VaultDouble, threaded_double
 
 # A provider-shaped key a client sends as its own (passthrough callers do), and a forged virtual key.
 CLIENT_PROVIDER_KEY = "sk-ant-api03-client-secret-0123456789abcdefghij"
 FORGED_KEY = "sk-ccr-abcdefgh_" + "x" * 43
+# Gemini's key comes from Vault: the control plane serves it to Envoy as an SDS generic secret.
+VAULT_KEY = "gemini-vault-exposure-key-7f3a9c"
+VAULT_TOKEN = "hvs.exposure-root-token"
+
+
+@pytest.fixture(scope="module")
+def vault() -> Iterator[VaultDouble]:
+    with threaded_double(root_token=VAULT_TOKEN) as double, pytest.MonkeyPatch.context() as patch:
+        double.put_secret("providers/gemini", {"key": VAULT_KEY})
+        patch.setenv("VAULT_TOKEN", VAULT_TOKEN)  # Gateway.start passes its environment to `up`
+        yield double
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +64,14 @@ def presented(workdir: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def exposed(workdir: Path, fake: FakeProvider, receiver: OtlpReceiver, presented: str) -> Iterator[Gateway]:
+def exposed(
+    workdir: Path, fake: FakeProvider, receiver: OtlpReceiver, presented: str, vault: VaultDouble
+) -> Iterator[Gateway]:
     policy = base_policy(free_port(), fake)
+    gemini = next(p for p in policy["providers"] if p["name"] == "fake-gemini")
+    del gemini["api_key_env"]
+    gemini["api_key"] = "vault:secret/data/providers/gemini#key"
+    policy["vault"] = {"address": vault.url, "auth": {"method": "token"}}
     policy["auth"] = {"keys": {"sqlite": str(workdir / "exposure-keys.db")}}
     policy["tracing"] = {"otlp": receiver.endpoint, "sample": 1.0}
     policy["cache"] = {"ttl": "10m"}
@@ -66,6 +85,7 @@ def secrets(presented: str) -> dict[str, str]:
     known[presented.rsplit("_", 1)[1]] = "the virtual key's secret"
     known[CLIENT_PROVIDER_KEY] = "a client's own provider key"
     known[FORGED_KEY.rsplit("_", 1)[1]] = "a forged key's secret"
+    known[VAULT_KEY] = "a provider key from Vault (an SDS secret in Envoy)"
     return known
 
 
@@ -104,7 +124,12 @@ def test_nothing_the_gateway_shows_or_writes_holds_a_credential(exposed, fake, r
     found = leaks("metrics page", exposed.metrics(), known)
     admin = f"http://127.0.0.1:{exposed.admin_port}"
     found += leaks("Envoy stats", http("GET", f"{admin}/stats/prometheus")[2].decode(), known)
-    found += leaks("Envoy config_dump", http("GET", f"{admin}/config_dump?include_eds")[2].decode(), known)
+    dump = http("GET", f"{admin}/config_dump?include_eds")[2].decode()
+    found += leaks("Envoy config_dump", dump, known)
+    # The SDS secret holding the Vault key is in the dump, redacted by Envoy (generic secrets too).
+    secrets_dump = json.loads(http("GET", f"{admin}/config_dump?resource=dynamic_active_secrets")[2])
+    (gemini_secret,) = [c["secret"] for c in secrets_dump["configs"] if c["name"] == "provider_fake-gemini_key"]
+    assert gemini_secret["generic_secret"]["secret"] == {"inline_string": "[redacted]"}
     policy = load_policy_file(str(exposed.policy_path)).to_proto("1")  # what ext_proc gets over xDS
     found += leaks("policy sent to ext_proc", json_format.MessageToJson(policy), known)
     spans = [span.span for span in receiver.spans()]

@@ -104,3 +104,38 @@ async def test_a_listener_certificate_rotation_is_an_audited_change(tmp_path, au
     )
     assert len(entry.details["certificate_sha256"]) == 64 and "private key" not in str(entry.details)
     assert verify(load_key(), entries, head) is None
+
+
+async def test_a_provider_key_rotated_in_vault_is_pushed_to_envoy_and_audited(tmp_path, audit_env, monkeypatch):
+    from tests.vault_double import threaded_double
+
+    with threaded_double(root_token="root") as vault:
+        vault.put_secret("providers/openai", {"key": "sk-before"})
+        monkeypatch.setenv("VAULT_TOKEN", "root")
+        policy_file = tmp_path / "gw.yaml"
+        policy_file.write_text(
+            f"vault: {{address: '{vault.url}', rotation: {{interval: 1h}}}}\n"
+            "providers:\n  - {name: openai, api: openai, base_url: 'http://127.0.0.1:9100/v1', models: [m],\n"
+            "     api_key: 'vault:secret/data/providers/openai#key'}\n"
+        )
+        plane = ControlPlane(ControlPlaneConfig(policy_path=str(policy_file)))
+        try:
+            await plane.load_initial()
+            ref = "vault:secret/data/providers/openai#key"
+            assert plane.rollout.provider_keys == {ref: "sk-before"}
+            vault.put_secret("providers/openai", {"key": "sk-after"})
+            store = plane.provider_keys.store
+            # What the refresher's task does once the interval is over (a fake "later", not a wait).
+            plane.provider_keys._changed(await asyncio.to_thread(store.step, store.clock() + 3600))
+            assert plane.rollout.provider_keys == {ref: "sk-after"}
+        finally:
+            plane.provider_keys.store.stop()
+            await plane.audit.close()
+            await plane.source.close()
+    head, entries = await _entries(audit_env)
+    assert [e.action for e in entries] == ["policy.accepted", "secret.rotated"]
+    rotated = entries[1]
+    assert rotated.source == "vault:secret/data/providers/openai#key"
+    assert rotated.details == {"secret": "provider key", "providers": ["openai"], "version": 2, "previous_version": 1}
+    assert "sk-" not in str(rotated.to_json())
+    assert verify(load_key(), entries, head) is None

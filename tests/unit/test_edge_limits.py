@@ -184,7 +184,8 @@ def test_the_refusal_is_worded_for_the_client_in_its_apis_format():
     known, message = edge.local_reply_messages(1024)
     assert "'local_rate_limited'" in known and "per-IP limit" in message
     mappers = _hcm(_limited())["local_reply_config"]["mappers"]
-    openai = next(m for m in mappers if "error" in m["body_format_override"]["json_format"])
+    # The first OpenAI-shaped body that is not the missing-provider-key 503 (a status of its own).
+    openai = next(m for m in mappers if "error" in m["body_format_override"]["json_format"] and "status_code" not in m)
     error = openai["body_format_override"]["json_format"]["error"]
     assert "response.code == 429 ? 'requests'" in error["type"]
     assert "response.code == 429 ? 'rate_limit_exceeded'" in error["code"]

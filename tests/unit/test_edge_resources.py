@@ -92,7 +92,9 @@ def test_envoys_own_errors_get_sentences_naming_the_provider():
     assert "larger than the gateway limit of 1024 bytes" in message
     assert ":'" not in message.replace("'provider '", "")  # no message ends in a dangling colon
     mappers = _hcm(policy(provider("a")))["local_reply_config"]["mappers"]
-    assert len(mappers) == 10  # known failures first, then Envoy's own text, per client API, then either
+    # A provider key Envoy lacks first (control_plane.resources.provider_keys), then known failures,
+    # then Envoy's own text, per client API, then either.
+    assert len(mappers) == 15
 
 
 def test_the_lua_filter_hands_the_decoded_encoding_and_the_request_id_to_the_hop():

@@ -167,7 +167,7 @@ def test_refusals_made_before_the_path_is_read_carry_both_clients_error_shapes()
             for f in m["filter"]["and_filter"]["filters"]
         )
     ]
-    assert len(pathless) == 2  # the known sentences, then Envoy's own text
+    assert len(pathless) == 3  # a provider key Envoy lacks, the known sentences, then Envoy's own text
     body = pathless[0]["body_format_override"]["json_format"]
     assert body["type"] == "error" and set(body["error"]) == {"type", "message", "param", "code"}
 

@@ -51,9 +51,17 @@ def test_the_policy_carries_the_reference_and_login_settings_never_a_secret():
     policy = load_policy(VAULT + PROVIDER.format(key="vault:secret/data/providers/openai#key"))
     assert policy.providers[0].api_key_ref == "vault:secret/data/providers/openai#key"
     proto = policy.to_proto("v1")
-    assert proto.providers[0].api_key_ref == "vault:secret/data/providers/openai#key"
+    # Envoy injects the key (no fallback chain names the provider): ext_proc is not even told where it is.
+    assert proto.providers[0].key_injected_by_envoy and proto.providers[0].api_key_ref == ""
+    assert proto.providers[0].key_unavailable == ""
     assert proto.vault.auth_method == "approle" and proto.vault.secret_id_env == "CCR_VAULT_SECRET_ID"
     assert proto.vault.rotation_interval_s == 24 * 3600
+
+
+def test_a_key_the_control_plane_has_not_read_is_unavailable_in_the_policy_sent_to_ext_proc():
+    policy = load_policy(VAULT + PROVIDER.format(key="vault:secret/data/providers/openai#key"))
+    proto = policy.to_proto("v1", {"openai": "cannot read it: permission denied"})
+    assert proto.providers[0].key_unavailable == "provider 'openai' has no API key: cannot read it: permission denied"
 
 
 def test_a_bad_reference_is_reported_at_its_line():

@@ -8,8 +8,6 @@ import pytest
 
 from ccr.v1 import policy_pb2
 from ccr.v1.secret_ref import SecretRef, parse_reference
-from extproc.routing_table import PolicyCompileError, compile_policy
-from extproc.secrets.store import RETRY_S, SecretStore
 from ccr.v1.vault_client import (
     PermissionDenied,
     SecretVersion,
@@ -17,6 +15,8 @@ from ccr.v1.vault_client import (
     Unavailable,
     VaultSettings,
 )
+from extproc.routing_table import PolicyCompileError, compile_policy
+from extproc.secrets.store import RETRY_S, SecretStore
 from tests.vault_double import threaded_double
 
 REF = parse_reference("vault:secret/data/providers/openai#key")

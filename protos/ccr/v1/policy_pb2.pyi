@@ -202,7 +202,7 @@ class Limits(_message.Message):
     def __init__(self, max_request_bytes: _Optional[int] = ...) -> None: ...
 
 class Provider(_message.Message):
-    __slots__ = ("name", "api", "cluster", "base_path", "api_key_env", "models", "headers", "forward_count_tokens", "api_key_ref")
+    __slots__ = ("name", "api", "cluster", "base_path", "api_key_env", "models", "headers", "forward_count_tokens", "api_key_ref", "key_injected_by_envoy", "key_unavailable")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -219,6 +219,8 @@ class Provider(_message.Message):
     HEADERS_FIELD_NUMBER: _ClassVar[int]
     FORWARD_COUNT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     API_KEY_REF_FIELD_NUMBER: _ClassVar[int]
+    KEY_INJECTED_BY_ENVOY_FIELD_NUMBER: _ClassVar[int]
+    KEY_UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
     name: str
     api: Api
     cluster: str
@@ -228,7 +230,9 @@ class Provider(_message.Message):
     headers: _containers.ScalarMap[str, str]
     forward_count_tokens: bool
     api_key_ref: str
-    def __init__(self, name: _Optional[str] = ..., api: _Optional[_Union[Api, str]] = ..., cluster: _Optional[str] = ..., base_path: _Optional[str] = ..., api_key_env: _Optional[str] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., headers: _Optional[_Mapping[str, str]] = ..., forward_count_tokens: bool = ..., api_key_ref: _Optional[str] = ...) -> None: ...
+    key_injected_by_envoy: bool
+    key_unavailable: str
+    def __init__(self, name: _Optional[str] = ..., api: _Optional[_Union[Api, str]] = ..., cluster: _Optional[str] = ..., base_path: _Optional[str] = ..., api_key_env: _Optional[str] = ..., models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., headers: _Optional[_Mapping[str, str]] = ..., forward_count_tokens: bool = ..., api_key_ref: _Optional[str] = ..., key_injected_by_envoy: bool = ..., key_unavailable: _Optional[str] = ...) -> None: ...
 
 class Model(_message.Message):
     __slots__ = ("name", "id", "max_output_tokens", "context_window", "capabilities", "pricing", "limits", "cache")

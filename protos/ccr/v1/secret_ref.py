@@ -1,7 +1,8 @@
 """Secret references in the policy: ``vault:<mount>/data/<path>#<field>`` (a KV v2 secret's field).
 
 The reference, never the value, is what the policy and the xDS resources carry; the process that
-needs the value (ext_proc for provider keys) reads it from Vault itself. One parser in the contract
+needs the value reads it from Vault itself (the control plane for the provider keys Envoy
+injects, ext_proc for the others). One parser in the contract
 so the control plane rejects, with a line, exactly what ext_proc could not follow.
 
 Pure: no I/O, standard library only.

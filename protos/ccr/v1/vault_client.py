@@ -2,7 +2,7 @@
 
 Built on hvac's synchronous API (requests underneath): hvac is the client the issue names, and its
 login/KV/renew calls are already tested against real Vault. Its calls block, so the store
-(extproc.secrets.store, ccr.v1.vault_refs) runs them in a thread (asyncio.to_thread) and never on the event loop,
+(ccr.v1.vault_keys, ccr.v1.vault_refs) runs them in a thread (asyncio.to_thread) and never on the event loop,
 except the first read of a new policy's keys, which is bounded by ``timeout``. hvac's exceptions
 are mapped here, at the boundary, to one flat hierarchy (VaultError and its kinds).
 
