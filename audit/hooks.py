@@ -5,7 +5,7 @@
   effect, a warning is logged and ``ccr_audit_append_failures_total`` counts it. Refusing a valid
   policy because the audit database is down would turn an audit outage into a gateway outage.
 * One-shot admin commands (``key_change`` for `keys create|update|revoke|rotate`, ``pushed`` for
-  `policy push`) fail closed: ``ready()`` checks the key and the store before anything changes, so
+  `policy push`, ``AdminAudit`` for `db migrate` and `ledger dlq replay`) fail closed: ``ready()`` checks the key and the store before anything changes, so
   an unaudited change is refused up front; if the append fails after the change (the store went
   away in between), the command says so and exits 1.
 
@@ -208,3 +208,32 @@ class OneShot:
             return await work(audit)
         finally:
             await audit.close()
+
+
+class AdminAudit:
+    """OneShot's twin for commands that run their own event loop (`db migrate`, `ledger dlq
+    replay`): ``async with AdminAudit(who) as audit`` checks the key and the store first (fail
+    closed: raises AuditKeyError / AuditUnavailable before anything changes), then ``await
+    audit.record(...)`` after the change. A no-op when the audit log is switched off."""
+
+    def __init__(self, who: str | None = None) -> None:
+        self.who = who
+        self.log: AuditLog | None = None
+
+    async def __aenter__(self) -> AdminAudit:
+        if enabled():
+            self.log = AuditLog(open_audit_store())
+            try:
+                await self.log.ready()
+            except BaseException:
+                await self.log.close()
+                raise
+        return self
+
+    async def record(self, action: str, target: str, source: str, details: Mapping[str, Any]) -> Entry | None:
+        return await admin_change(self.log, action, target, source, details, self.who)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self.log is not None:
+            await self.log.close()
+

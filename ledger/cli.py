@@ -16,6 +16,7 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
+from audit.hooks import AdminAudit, AuditKeyError, AuditUnavailable
 from ledger.env import EnvError, redact_url
 from ledger.topology import QueueNames
 
@@ -83,6 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     moving = dlq_sub.add_parser("replay", help="move dead messages back to the usage queue")
     add_amqp_arguments(moving, on_subcommand=True)
     moving.add_argument("--limit", type=int, default=None, help="move at most this many (default all)")
+    moving.add_argument("--actor", help="who, for the audit log (default $CCR_AUDIT_ACTOR, else the OS user)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -150,8 +152,20 @@ async def _dlq(args: argparse.Namespace, names: QueueNames) -> int:
             again = f", replayed {letter.replayed}x" if letter.replayed else ""
             print(f"{index:>5}  {records:>6} records  {letter.size:>8} bytes{again}  {letter.reason}")
         return 0
-    moved = await replay(args.amqp, names, args.limit)
-    print(f"moved {moved} messages from {names.dead_letter_queue} back to {names.queue}")
+    try:
+        async with AdminAudit(args.actor) as audit:  # fail closed: no unaudited replay
+            moved = await replay(args.amqp, names, args.limit)
+            print(f"moved {moved} messages from {names.dead_letter_queue} back to {names.queue}")
+            if moved:
+                details = {"moved": moved, "to": names.queue, "limit": args.limit}
+                try:
+                    await audit.record("ledger.dlq_replay", names.dead_letter_queue, redact_url(args.amqp), details)
+                except (AuditKeyError, AuditUnavailable) as exc:  # usable a moment ago
+                    print(f"ccr-gateway ledger dlq replay: moved, but NOT audited: {exc}", file=sys.stderr)
+                    return 1
+    except (AuditKeyError, AuditUnavailable) as exc:
+        print(f"ccr-gateway ledger dlq replay: the audit log is not usable, nothing moved: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

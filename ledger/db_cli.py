@@ -8,6 +8,7 @@ import asyncio
 import os
 import sys
 
+from audit.hooks import AdminAudit, AuditKeyError, AuditUnavailable
 from ledger.env import EnvError, expand_env, redact_url
 
 
@@ -27,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     migrate.add_argument(
         "--retention", default="90 days", help="also drop partitions older than this (default 90 days)"
     )
+    migrate.add_argument("--actor", help="who, for the audit log (default $CCR_AUDIT_ACTOR, else the OS user)")
     parser.set_defaults(func=run)
     from ledger.import_sqlite import add_import_sqlite
 
@@ -39,6 +41,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         return asyncio.run(_migrate(args))
+    except (AuditKeyError, AuditUnavailable) as exc:
+        print(f"ccr-gateway db migrate: the audit log is not usable, nothing changed: {exc}", file=sys.stderr)
+        return 1
     except (EnvError, ValueError) as exc:
         print(f"ccr-gateway db migrate: {exc}", file=sys.stderr)
         return 2
@@ -53,17 +58,25 @@ async def _migrate(args: argparse.Namespace) -> int:
     from ledger import pg_schema
 
     retention = pg_schema.parse_retention(args.retention)
-    try:
-        connection = await asyncpg.connect(expand_env(args.postgres), timeout=10)
-    except asyncpg.PostgresError as exc:
-        print(f"ccr-gateway db migrate: {redact_url(args.postgres)}: {exc}", file=sys.stderr)
-        return 1
-    try:
-        applied = await pg_schema.migrate(connection, use_timescaledb=not args.no_timescaledb)
-        upkeep = await pg_schema.maintain(connection, retention=retention)
-        variant = await pg_schema.schema_variant(connection)
-    finally:
-        await connection.close()
+    async with AdminAudit(args.actor) as audit:  # fail closed: no unaudited schema change
+        try:
+            connection = await asyncpg.connect(expand_env(args.postgres), timeout=10)
+        except asyncpg.PostgresError as exc:
+            print(f"ccr-gateway db migrate: {redact_url(args.postgres)}: {exc}", file=sys.stderr)
+            return 1
+        try:
+            applied = await pg_schema.migrate(connection, use_timescaledb=not args.no_timescaledb)
+            upkeep = await pg_schema.maintain(connection, retention=retention)
+            variant = await pg_schema.schema_variant(connection)
+        finally:
+            await connection.close()
+        if applied or upkeep.dropped:  # a changed schema, or usage records deleted
+            details = {"applied": list(applied), "partitions_dropped": list(upkeep.dropped), "retention": args.retention}
+            try:
+                await audit.record("db.migrate", redact_url(args.postgres), "ccr-gateway db migrate", details)
+            except (AuditKeyError, AuditUnavailable) as exc:  # usable a moment ago
+                print(f"ccr-gateway db migrate: done, but NOT audited: {exc}", file=sys.stderr)
+                return 1
     for name in applied:
         print(f"applied {name}")
     if not applied:

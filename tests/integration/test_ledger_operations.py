@@ -35,6 +35,7 @@ import sys
 from ccr_gateway import cli
 cli.PLUGIN_COMMANDS["ledger"] = ("the usage ledger writer", "ledger.cli", "")
 cli.PLUGIN_COMMANDS["db"] = ("the ledger database", "ledger.db_cli", "")
+cli.PLUGIN_COMMANDS["audit"] = ("the audit log", "audit.cli", "")
 cli.main(sys.argv[1:])
 """
 
@@ -62,7 +63,29 @@ async def test_two_migrations_at_once_apply_each_step_once(postgres_dsn):
             await connection.close()
 
 
-async def test_db_migrate_prints_what_it_applied_then_that_it_is_up_to_date(postgres_dsn):
+@pytest.fixture
+def audit_log(tmp_path, monkeypatch) -> str:
+    """The commands' audit log: a local file of the test's own, with a key of its own."""
+    path = str(tmp_path / "audit.db")
+    monkeypatch.setenv("CCR_AUDIT_SQLITE", path)
+    monkeypatch.setenv("CCR_AUDIT_KEY", "cd" * 32)
+    monkeypatch.setenv("CCR_AUDIT_ACTOR", "ops-test")
+    for name in ("CCR_AUDIT", "CCR_AUDIT_POSTGRES"):
+        monkeypatch.delenv(name, raising=False)
+    return path
+
+
+async def audit_entries(path: str) -> list[tuple[str, str, dict]]:
+    """(action, actor, details) of every entry, oldest first; `audit verify` must pass."""
+    status, out, err = await run_cli("audit", "verify", "--sqlite", path)
+    assert status == 0, out + err
+    status, out, err = await run_cli("audit", "export", "--sqlite", path)
+    assert status == 0, err
+    entries = [orjson.loads(line) for line in out.splitlines()]
+    return [(entry["action"], entry["actor"], entry["details"]) for entry in entries]
+
+
+async def test_db_migrate_prints_what_it_applied_then_that_it_is_up_to_date(postgres_dsn, audit_log):
     fresh = f"ccr_ledger_test_{uuid.uuid4().hex[:10]}"
     admin = await asyncpg.connect(postgres_dsn)
     await admin.execute(f"CREATE DATABASE {fresh}")
@@ -74,6 +97,14 @@ async def test_db_migrate_prints_what_it_applied_then_that_it_is_up_to_date(post
         assert "applied 0003_cost_avoided (native)" in out
         status, out, _ = await run_cli("db", "migrate", "--postgres", dsn)
         assert status == 0 and "up to date (native partitioning)" in out
+        # One entry: the run that changed the schema (the second changed nothing).
+        ((action, who, details),) = await audit_entries(audit_log)
+        assert (action, who) == ("db.migrate", "ops-test")
+        assert details["applied"][:3] == [
+            "0001_usage_records (native)",
+            "0002_usage_daily (native)",
+            "0003_cost_avoided (native)",
+        ]
         status, _, err = await run_cli("db", "migrate", "--postgres", "postgresql://u:${NOT_SET_ANYWHERE}@h/db")
         assert status == 2 and "NOT_SET_ANYWHERE is not set" in err
     finally:
@@ -158,7 +189,7 @@ async def test_a_ledger_from_before_cost_avoided_is_migrated_keeping_its_rows_an
         await store.close()
 
 
-async def test_dlq_list_shows_reasons_and_replay_moves_them_back(amqp_url, queue_names):
+async def test_dlq_list_shows_reasons_and_replay_moves_them_back(amqp_url, queue_names, audit_log):
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel()
@@ -181,6 +212,8 @@ async def test_dlq_list_shows_reasons_and_replay_moves_them_back(amqp_url, queue
     assert await replay(amqp_url, queue_names, limit=1) == 1
     status, out, _ = await run_cli("ledger", "--amqp", amqp_url, "dlq", "replay", "--queue", queue_names.queue)
     assert status == 0 and "moved 1 messages" in out
+    ((action, who, details),) = await audit_entries(audit_log)  # the CLI's replay (the call above is not one)
+    assert (action, who, details["moved"], details["to"]) == ("ledger.dlq_replay", "ops-test", 1, queue_names.queue)
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel()
