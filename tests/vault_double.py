@@ -41,6 +41,9 @@ from typing import Any
 
 from aiohttp import web
 
+from ccr.v1.secret_ref import SecretRef
+from ccr.v1.vault_client import PermissionDenied, SecretVersion, TokenInfo, Unavailable
+
 PERMISSION_DENIED = "permission denied"
 CAS_MISMATCH = "check-and-set parameter did not match the current version"
 _HCL_RULE = re.compile(r'path\s+"([^"]+)"\s*\{\s*capabilities\s*=\s*\[([^\]]*)\]\s*\}')
@@ -56,6 +59,36 @@ class ManualClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+@dataclass
+class FakeVaultClient:
+    """VaultClient's calls, in memory: for the readers' unit tests (the double is for the client's)."""
+
+    values: dict[SecretRef, str] = field(default_factory=dict)
+    ttl: float = 0.0  # the token's
+    renewable: bool = True
+    down: bool = False
+    calls: list[str] = field(default_factory=list)
+    version: int = 1
+
+    def login(self) -> TokenInfo:
+        self.calls.append("login")
+        if self.down:
+            raise Unavailable("cannot reach Vault")
+        return TokenInfo(self.ttl, self.renewable)
+
+    def renew_token(self) -> TokenInfo:
+        self.calls.append("renew")
+        return TokenInfo(self.ttl, self.renewable)
+
+    def read(self, ref: SecretRef) -> SecretVersion:
+        self.calls.append("read")
+        if self.down:
+            raise Unavailable("cannot reach Vault")
+        if ref not in self.values:
+            raise PermissionDenied("permission denied")
+        return SecretVersion({ref.field: self.values[ref]}, self.version)
 
 
 def seconds(value: Any, default: int = 0) -> int:

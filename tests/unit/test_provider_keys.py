@@ -5,7 +5,7 @@ plane's refresher (control_plane.provider_keys) on a fake clock, and what ext_pr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import pytest
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
@@ -17,8 +17,8 @@ from google.protobuf import json_format
 
 from ccr.v1 import policy_pb2
 from ccr.v1.contract import ENVOY_GROUP, EXTPROC_GROUP
-from ccr.v1.secret_ref import SecretRef, parse_reference
-from ccr.v1.vault_client import PermissionDenied, SecretVersion, TokenInfo, Unavailable, VaultSettings
+from ccr.v1.secret_ref import parse_reference
+from ccr.v1.vault_client import VaultSettings
 from ccr.v1.vault_keys import SecretStore
 from control_plane.policy import GatewayPolicy, ProviderSpec
 from control_plane.policy.routes import FallbackSpec, RoutingSpec, TargetSpec
@@ -32,7 +32,7 @@ from extproc.routing_table import compile_policy
 from extproc.translate.base import Api
 from tests.unit.cp_helpers import provider
 from tests.unit.test_rollout import FakeClock, Harness, fake_clock  # noqa: F401 (fixture)
-from tests.vault_double import ManualClock
+from tests.vault_double import FakeVaultClient, ManualClock
 
 REF = "vault:secret/data/providers/openai#key"
 VAULT = VaultSpec(address="http://vault.test:8200", rotation_interval_s=60)
@@ -221,33 +221,7 @@ def test_a_provider_moving_into_a_chain_keeps_envoys_injector_until_ext_proc_hol
 # --- the control plane's refresher ---------------------------------------------------------------
 
 
-@dataclass
-class FakeVault:
-    values: dict[SecretRef, str] = field(default_factory=dict)
-    version: int = 1
-    down: bool = False
-    calls: list[str] = field(default_factory=list)
-
-    def login(self) -> TokenInfo:
-        self.calls.append("login")
-        if self.down:
-            raise Unavailable("cannot reach Vault")
-        return TokenInfo(90.0, True)
-
-    def renew_token(self) -> TokenInfo:
-        self.calls.append("renew")
-        return TokenInfo(90.0, True)
-
-    def read(self, ref: SecretRef) -> SecretVersion:
-        self.calls.append("read")
-        if self.down:
-            raise Unavailable("cannot reach Vault")
-        if ref not in self.values:
-            raise PermissionDenied("permission denied")
-        return SecretVersion({ref.field: self.values[ref]}, self.version)
-
-
-def refresher(vault: FakeVault, clock: ManualClock) -> tuple[ProviderKeys, list, list]:
+def refresher(vault: FakeVaultClient, clock: ManualClock) -> tuple[ProviderKeys, list, list]:
     store = SecretStore(clock, lambda settings, environ: vault)  # type: ignore[arg-type,return-value]
     keys = ProviderKeys(store, environ={"VAULT_TOKEN": "t"})
     pushed: list[tuple[dict, dict]] = []
@@ -258,7 +232,7 @@ def refresher(vault: FakeVault, clock: ManualClock) -> tuple[ProviderKeys, list,
 
 
 def test_the_control_plane_reads_a_new_policys_keys_at_once_and_each_rotation_interval():
-    clock, vault = ManualClock(100.0), FakeVault({parse_reference(REF): "sk-1"})
+    clock, vault = ManualClock(100.0), FakeVaultClient(ttl=90.0, values={parse_reference(REF): "sk-1"})
     keys, pushed, rotations = refresher(vault, clock)
     keys.follow(gateway(keyed("openai"), keyed("azure")))
     assert keys.keys() == {REF: "sk-1"} and keys.problems() == {}
@@ -273,7 +247,7 @@ def test_the_control_plane_reads_a_new_policys_keys_at_once_and_each_rotation_in
 
 
 def test_the_control_plane_renews_its_token_at_two_thirds_of_its_ttl():
-    clock, vault = ManualClock(100.0), FakeVault({parse_reference(REF): "sk-1"})
+    clock, vault = ManualClock(100.0), FakeVaultClient(ttl=90.0, values={parse_reference(REF): "sk-1"})
     keys, _, _ = refresher(vault, clock)
     keys.follow(gateway(keyed("openai")))
     assert keys.store.token_due == 160
@@ -286,7 +260,7 @@ def test_the_control_plane_renews_its_token_at_two_thirds_of_its_ttl():
 
 
 def test_vault_down_leaves_a_reason_then_a_retry_brings_the_key():
-    clock, vault = ManualClock(100.0), FakeVault({parse_reference(REF): "sk-1"}, down=True)
+    clock, vault = ManualClock(100.0), FakeVaultClient(ttl=90.0, values={parse_reference(REF): "sk-1"}, down=True)
     keys, pushed, rotations = refresher(vault, clock)
     keys.follow(gateway(keyed("openai")))
     assert keys.keys() == {} and "cannot log in to Vault" in keys.problems()[REF]
@@ -297,7 +271,7 @@ def test_vault_down_leaves_a_reason_then_a_retry_brings_the_key():
 
 
 def test_a_vault_section_without_an_address_is_every_keys_problem(monkeypatch: pytest.MonkeyPatch):
-    keys, _, _ = refresher(FakeVault(), ManualClock(100.0))
+    keys, _, _ = refresher(FakeVaultClient(ttl=90.0), ManualClock(100.0))
     policy = replace(gateway(keyed("openai")), vault=VaultSpec())
     keys.follow(policy)
     assert keys.problems() == {REF: "the control plane cannot reach Vault: no address (set vault.address in the "
@@ -305,7 +279,7 @@ def test_a_vault_section_without_an_address_is_every_keys_problem(monkeypatch: p
 
 
 def test_keys_left_to_ext_proc_are_not_read_by_the_control_plane():
-    clock, vault = ManualClock(100.0), FakeVault({parse_reference(REF): "sk-1"})
+    clock, vault = ManualClock(100.0), FakeVaultClient(ttl=90.0, values={parse_reference(REF): "sk-1"})
     keys, _, _ = refresher(vault, clock)
     keys.follow(gateway(keyed("a"), provider("b"), chains=(chain("a", "b"),)))
     assert keys.keys() == {} and vault.calls == []

@@ -2,70 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import pytest
 
 from ccr.v1 import policy_pb2
-from ccr.v1.secret_ref import SecretRef, parse_reference
+from ccr.v1.secret_ref import parse_reference
 from ccr.v1.vault_client import (
-    PermissionDenied,
-    SecretVersion,
-    TokenInfo,
-    Unavailable,
     VaultSettings,
 )
 from extproc.routing_table import PolicyCompileError, compile_policy
 from extproc.secrets.store import RETRY_S, SecretStore
-from tests.vault_double import threaded_double
+from tests.vault_double import FakeVaultClient, ManualClock, threaded_double
 
 REF = parse_reference("vault:secret/data/providers/openai#key")
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@dataclass
-class FakeClient:
-    values: dict[SecretRef, str] = field(default_factory=dict)
-    ttl: float = 0.0
-    renewable: bool = True
-    down: bool = False
-    calls: list[str] = field(default_factory=list)
-    version: int = 1
-
-    def login(self) -> TokenInfo:
-        self.calls.append("login")
-        if self.down:
-            raise Unavailable("cannot reach Vault")
-        return TokenInfo(self.ttl, self.renewable)
-
-    def renew_token(self) -> TokenInfo:
-        self.calls.append("renew")
-        return TokenInfo(self.ttl, self.renewable)
-
-    def read(self, ref: SecretRef) -> SecretVersion:
-        self.calls.append("read")
-        if self.down:
-            raise Unavailable("cannot reach Vault")
-        if ref not in self.values:
-            raise PermissionDenied("permission denied")
-        return SecretVersion({ref.field: self.values[ref]}, self.version)
-
-
-def store_with(fake: FakeClient, clock: Clock, interval: float = 3600, method: str = "approle") -> SecretStore:
+def store_with(
+    fake: FakeVaultClient, clock: ManualClock, interval: float = 3600, method: str = "approle"
+) -> SecretStore:
     store = SecretStore(clock, lambda settings, environ: fake)  # type: ignore[arg-type,return-value]
     store.configure(VaultSettings("http://vault", method=method, rotation_interval_s=interval))
     return store
 
 
 def test_a_key_is_read_when_the_policy_names_it_and_reread_each_interval():
-    clock, fake = Clock(), FakeClient({REF: "sk-one"})
+    clock, fake = ManualClock(100.0), FakeVaultClient({REF: "sk-one"})
     store = store_with(fake, clock, interval=60)
     key = store.handle(REF)
     store.read_new()
@@ -81,7 +41,7 @@ def test_a_key_is_read_when_the_policy_names_it_and_reread_each_interval():
 
 
 def test_the_token_is_renewed_at_two_thirds_of_its_ttl():
-    clock, fake = Clock(), FakeClient({REF: "sk"}, ttl=300)
+    clock, fake = ManualClock(100.0), FakeVaultClient({REF: "sk"}, ttl=300)
     store = store_with(fake, clock)
     store.handle(REF)
     store.read_new()
@@ -95,7 +55,7 @@ def test_the_token_is_renewed_at_two_thirds_of_its_ttl():
 
 
 def test_a_token_that_cannot_be_renewed_logs_in_again_at_two_thirds():
-    clock, fake = Clock(), FakeClient({REF: "sk"}, ttl=90, renewable=False)
+    clock, fake = ManualClock(100.0), FakeVaultClient({REF: "sk"}, ttl=90, renewable=False)
     store = store_with(fake, clock)
     store.handle(REF)
     store.read_new()
@@ -105,7 +65,7 @@ def test_a_token_that_cannot_be_renewed_logs_in_again_at_two_thirds():
 
 
 def test_a_root_token_without_ttl_is_never_renewed():
-    clock, fake = Clock(), FakeClient({REF: "sk"}, ttl=0)
+    clock, fake = ManualClock(100.0), FakeVaultClient({REF: "sk"}, ttl=0)
     store = store_with(fake, clock, method="token")
     store.handle(REF)
     store.read_new()
@@ -113,7 +73,7 @@ def test_a_root_token_without_ttl_is_never_renewed():
 
 
 def test_vault_down_leaves_no_key_and_a_reason_then_recovers():
-    clock, fake = Clock(), FakeClient({REF: "sk"}, down=True)
+    clock, fake = ManualClock(100.0), FakeVaultClient({REF: "sk"}, down=True)
     store = store_with(fake, clock)
     key = store.handle(REF)
     store.read_new()
@@ -125,7 +85,7 @@ def test_vault_down_leaves_no_key_and_a_reason_then_recovers():
 
 
 def test_a_failed_reread_keeps_the_last_value():
-    clock, fake = Clock(), FakeClient({REF: "sk"})
+    clock, fake = ManualClock(100.0), FakeVaultClient({REF: "sk"})
     store = store_with(fake, clock, interval=10)
     key = store.handle(REF)
     store.read_new()
@@ -136,7 +96,7 @@ def test_a_failed_reread_keeps_the_last_value():
 
 
 def test_a_provider_rejection_rereads_soon_but_not_in_a_loop():
-    clock, fake = Clock(), FakeClient({REF: "sk-one"})
+    clock, fake = ManualClock(100.0), FakeVaultClient({REF: "sk-one"})
     store = store_with(fake, clock)
     key = store.handle(REF)
     store.read_new()
@@ -165,7 +125,7 @@ def _policy(address: str, interval: float = 0) -> policy_pb2.Policy:
 
 
 def test_the_routing_table_sends_the_key_in_vault_and_follows_a_rotation():
-    clock = Clock()
+    clock = ManualClock(100.0)
     with threaded_double() as vault:
         vault.put_secret("providers/openai", {"key": "sk-one"})
         store = SecretStore(clock)
