@@ -1,7 +1,8 @@
 """The audit chain's HMAC key: from the environment, a file, or (embedded mode) a new file.
 
-In order: ``$CCR_AUDIT_KEY`` (hex or base64; the hook for Vault: a Vault agent template or the
-Vault integration sets it, so the key never sits on disk), ``--key-file`` / ``$CCR_AUDIT_KEY_FILE``,
+In order: ``$CCR_AUDIT_KEY`` (hex or base64, or a ``vault:<mount>/data/<path>#<field>`` reference
+read from Vault with the process's Vault settings, ccr.v1.vault_refs: the key never sits on disk),
+``--key-file`` / ``$CCR_AUDIT_KEY_FILE``,
 then the default file ``$XDG_DATA_HOME/ccr-gateway/audit.key``. Only the embedded (SQLite) store
 creates a missing default file (32 random bytes, hex, mode 0600): with PostgreSQL several hosts
 write one chain, so they must be given the same key rather than each invent one.
@@ -17,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from audit.chain import ChainKey
+from ccr.v1.env_refs import VAULT_PREFIX
 
 KEY_ENV = "CCR_AUDIT_KEY"
 KEY_FILE_ENV = "CCR_AUDIT_KEY_FILE"
@@ -35,6 +37,8 @@ def load_key(
     key_file: str | None = None, *, create: bool = False, environ: Mapping[str, str] | None = None
 ) -> ChainKey:
     env = os.environ if environ is None else environ
+    if env.get(KEY_ENV, "").startswith(VAULT_PREFIX):  # the key kept in Vault, read when opened
+        return _parse(_from_vault(env[KEY_ENV], env), env[KEY_ENV])
     if env.get(KEY_ENV):
         return _parse(env[KEY_ENV], f"${KEY_ENV}")
     explicit = key_file or env.get(KEY_FILE_ENV)
@@ -53,6 +57,15 @@ def load_key(
     except (OSError, UnicodeDecodeError) as exc:
         raise AuditKeyError(f"cannot read the audit key {path}: {exc}") from None
     return _parse(text, str(path))
+
+
+def _from_vault(reference: str, env: Mapping[str, str]) -> str:
+    from ccr.v1 import vault_refs
+
+    try:
+        return vault_refs.resolve(reference, env)
+    except vault_refs.VaultReferenceError as exc:
+        raise AuditKeyError(str(exc)) from None
 
 
 def _create(path: Path) -> None:

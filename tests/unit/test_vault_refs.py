@@ -153,3 +153,13 @@ def test_up_hands_the_policys_vault_settings_to_its_children(monkeypatch: pytest
         "r1",
         "SID",
     )
+
+
+def test_the_audit_chains_key_can_be_kept_in_vault(vault, references):
+    from audit.keys import AuditKeyError, load_key
+
+    vault.put_secret("ccr/audit", {"key": "ab" * 32})
+    env = {**environ(vault), "CCR_AUDIT_KEY": "vault:secret/data/ccr/audit#key"}
+    assert load_key(environ=env).key_id == load_key(environ={"CCR_AUDIT_KEY": "ab" * 32}).key_id
+    with pytest.raises(AuditKeyError, match="vault:secret/data/ccr/audit#missing"):
+        load_key(environ={**env, "CCR_AUDIT_KEY": "vault:secret/data/ccr/audit#missing"})
