@@ -25,6 +25,8 @@ from dataclasses import dataclass, field, replace
 from importlib import metadata
 from urllib.parse import urlsplit
 
+from ccr.v1.secret_ref import parse_reference
+from ccr.v1.vault_client import VaultClient, VaultError, VaultSettings
 from control_plane.policy import GatewayPolicy, PolicyError, ProviderSpec, load_policy_file
 
 DEFAULT_ADMIN_PORT = 9901  # `up --admin-port`'s default
@@ -163,6 +165,24 @@ def version_lines() -> list[str]:
     return [f"ccr-gateway {own}", envoy_line, f"Python {sys.version.split()[0]} ({sys.executable})"]
 
 
+def _vault_read(settings: VaultSettings, environ: Mapping[str, str], references: list[str]) -> dict[str, str | None]:
+    """Log in and read each reference: None when it holds its field, else why not (never a value)."""
+    try:
+        client = VaultClient(settings, environ)
+        client.login()
+    except VaultError as exc:
+        return dict.fromkeys(references, f"cannot log in to Vault at {settings.address}: {exc}")
+    problems: dict[str, str | None] = {}
+    for text in references:
+        ref = parse_reference(text)
+        try:
+            value = client.read(ref).data.get(ref.field)
+            problems[text] = None if isinstance(value, str) and value else f"the secret has no field {ref.field!r}"
+        except VaultError as exc:
+            problems[text] = str(exc)
+    return problems
+
+
 @dataclass(frozen=True, slots=True)
 class Probes:
     """Everything the checks learn from outside; tests pass fakes."""
@@ -174,6 +194,8 @@ class Probes:
     reach: Callable[[ProviderSpec, float], Reach] = _reach
     tcp: Callable[[str, int, float], str | None] = _tcp_reach  # None: connected, else why not
     envoy: Callable[[], tuple[str, str]] = envoy_version  # (path, version), "" for what is missing
+    # (Vault settings, environment, references) -> reference -> None (readable) or why not
+    vault_read: Callable[[VaultSettings, Mapping[str, str], list[str]], dict[str, str | None]] = _vault_read
     python: str = sys.version.split()[0]
 
 
@@ -315,9 +337,42 @@ def storage_checks(policy: GatewayPolicy, probes: Probes) -> list[Check]:
     return checks
 
 
+def vault_references(policy: GatewayPolicy) -> list[tuple[str, str]]:
+    """(where, reference) of every ``vault:`` the policy names: provider keys, connection strings."""
+    found = [(f"providers.{p.name}.api_key", p.api_key_ref) for p in policy.providers if p.api_key_ref]
+    storage, auth, cache = policy.storage, policy.auth, policy.cache
+    connections = [
+        ("storage.postgres.dsn", storage.postgres.dsn if storage and storage.postgres else None),
+        ("storage.rabbitmq.url", storage.rabbitmq.url if storage and storage.rabbitmq else None),
+        ("auth.keys.postgres", auth.keys_postgres),
+        ("auth.limits.redis", auth.limits.redis),
+        ("cache.redis", cache.redis if cache else None),
+    ]
+    return found + [(where, text) for where, text in connections if text and text.startswith("vault:")]
+
+
+def vault_checks(policy: GatewayPolicy, probes: Probes) -> list[Check]:
+    """Every vault: reference readable now, with the policy's way of logging in."""
+    references = vault_references(policy)
+    if policy.vault is None or not references:
+        return []
+    settings = policy.vault.settings(probes.environ)
+    if not settings.address:
+        return [Check("vault", Outcome.FAIL, "no Vault address: set vault.address in the policy or VAULT_ADDR")]
+    problems = probes.vault_read(settings, probes.environ, sorted({text for _, text in references}))
+    checks = []
+    for where, text in references:
+        problem = problems.get(text)
+        if problem is None:
+            checks.append(Check("vault", Outcome.PASS, f"{where}: {text} readable ({settings.method} auth)"))
+        else:
+            checks.append(Check("vault", Outcome.FAIL, f"{where}: {text}: {problem}"))
+    return checks
+
+
 # Services a policy may depend on besides its providers. Each: (policy, probes) -> checks, empty
 # when the policy does not use that service.
-BACKEND_CHECKS: list[Callable[[GatewayPolicy, Probes], list[Check]]] = [storage_checks]
+BACKEND_CHECKS: list[Callable[[GatewayPolicy, Probes], list[Check]]] = [storage_checks, vault_checks]
 
 
 def run_checks(policy_path: str, admin_port: int, probes: Probes, timeout: float = REACH_TIMEOUT) -> list[Check]:

@@ -266,22 +266,9 @@ class GatewayProcesses:
         """Every child reads a ``vault:`` connection string (the ledger's, the key store's, a Redis
         URL) with the policy's vault section: how to log in, never a credential (CCR_VAULT)."""
         from ccr.v1 import vault_refs
-        from ccr.v1.vault_client import DEFAULT_JWT_PATH, VaultSettings
 
-        spec = self.policy.vault
-        if spec is None:
-            return
-        settings = VaultSettings(
-            address=spec.address or os.environ.get("VAULT_ADDR", ""),
-            method=spec.method,
-            mount=spec.mount,
-            token_env=spec.token_env,
-            role_id=spec.role_id,
-            secret_id_env=spec.secret_id_env,
-            role=spec.role,
-            jwt_path=spec.jwt_path or DEFAULT_JWT_PATH,
-        )
-        os.environ[vault_refs.SETTINGS_ENV] = vault_refs.settings_json(settings)
+        if self.policy.vault is not None:
+            os.environ[vault_refs.SETTINGS_ENV] = vault_refs.settings_json(self.policy.vault.settings(os.environ))
 
     def _check_auth(self) -> None:
         """Every child inherits the key store's DSN (and the response cache's Redis URL, the other

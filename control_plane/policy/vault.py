@@ -18,12 +18,14 @@ log in and where the key is, never a key (docs/security-vault.md).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from urllib.parse import urlsplit
 
 from ccr.v1 import policy_pb2
 from ccr.v1.secret_ref import ReferenceError, SecretRef, parse_reference
+from ccr.v1.vault_client import DEFAULT_JWT_PATH, VaultSettings
 from control_plane.policy.yaml_check import Checker, Located
 
 METHODS = ("token", "approle", "kubernetes")
@@ -52,6 +54,20 @@ class VaultSpec:
     role: str = ""
     jwt_path: str = ""
     rotation_interval_s: float = DEFAULT_INTERVAL_S
+
+    def settings(self, environ: Mapping[str, str]) -> VaultSettings:
+        """How a process reaches Vault (the address defaulting to ``VAULT_ADDR``); no credential."""
+        return VaultSettings(
+            address=(self.address or environ.get("VAULT_ADDR", "")).rstrip("/"),
+            method=self.method,
+            mount=self.mount,
+            token_env=self.token_env,
+            role_id=self.role_id,
+            secret_id_env=self.secret_id_env,
+            role=self.role,
+            jwt_path=self.jwt_path or DEFAULT_JWT_PATH,
+            rotation_interval_s=self.rotation_interval_s,
+        )
 
     def to_proto(self) -> policy_pb2.Vault:
         return policy_pb2.Vault(

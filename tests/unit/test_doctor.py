@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import socket
 import ssl
 import textwrap
@@ -240,3 +241,25 @@ def test_a_pool_is_probed_host_by_host():
         (Outcome.PASS, "pool: http://10.0.0.1:8000/v1 answered (HTTP 200 in 3 ms)"),
         (Outcome.FAIL, "pool: http://10.0.0.2:8001/v1 unreachable: connection refused"),
     ]
+
+
+def test_every_vault_reference_is_read_with_the_policys_login(tmp_path):
+    from tests.vault_double import threaded_double
+
+    policy = load_policy(
+        "providers:\n  - {name: a, api: openai, base_url: 'https://api.openai.com/v1', models: [m],"
+        " api_key: 'vault:secret/data/providers/a#key'}\n"
+        "auth: {keys: {postgres: 'vault:secret/data/ccr/keys#dsn'}}\n"
+        "vault: {address: http://127.0.0.1:1}\n"
+    )
+    with threaded_double() as vault:
+        vault.put_secret("providers/a", {"key": "sk-a"})
+        policy = dataclasses.replace(policy, vault=dataclasses.replace(policy.vault, address=vault.url))
+        checks = doctor.vault_checks(policy, Probes(environ={"VAULT_TOKEN": "root"}))
+    assert [(c.outcome, c.detail.split(":")[0]) for c in checks] == [
+        (Outcome.PASS, "providers.a.api_key"),
+        (Outcome.FAIL, "auth.keys.postgres"),
+    ]
+    assert "sk-a" not in "".join(c.detail for c in checks)
+    failed = doctor.vault_checks(policy, Probes(environ={}))  # no token: said, nothing read
+    assert {c.outcome for c in failed} == {Outcome.FAIL} and "VAULT_TOKEN is not set" in failed[0].detail
