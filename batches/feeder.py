@@ -15,8 +15,15 @@ It depends on two narrow interfaces defined here, satisfied structurally:
 The cursor per batch only moves forward, and only once the broker confirmed the publish (a failed
 publish gives the picks back to the ``FairQueue``). An item put back to ``queued`` later (a worker's
 delayed retry, a message that aged out of the batch lane) is behind the cursor: whoever put it back
-publishes it again, in-process through ``put_back``. A restarted feeder starts every cursor over, so
-up to a window of items may be published twice; the worker's idempotent result write absorbs that.
+publishes it again, in-process through ``put_back``.
+
+Once the lanes confirmed a publish, the feeder marks the items published in the store
+(``FeedSource.mark_published``). A restarted feeder starts every cursor over but reads only items
+without the mark (``skip_published``), so it does not publish again what the broker still holds;
+only a crash between the confirm and the mark, or two feeders reading the same items at once
+(one per worker process), publishes an item twice, and the worker's idempotent result write
+absorbs that. In-process lanes lose their messages with the process, so there the marks are not
+trusted (``skip_published=False``): a restarted process publishes every queued item again.
 
 ``DeadLetterSweeper`` sits beside the feeder: it reads the dead-letter queue and applies
 ``lanes.after_dead_letter`` (re-feed through ``put_back``, or end the item expired / errored).
@@ -31,7 +38,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -105,9 +112,15 @@ class FeedSource(Protocol):
     async def active_batches(self) -> Sequence[ActiveBatch]:
         """Batches still running: not ended and not being canceled (any order)."""
 
-    async def queued_items(self, batch_id: str, *, after_index: int = -1, limit: int) -> Sequence[Item]:
+    async def queued_items(
+        self, batch_id: str, *, after_index: int = -1, limit: int, unpublished_only: bool = False
+    ) -> Sequence[Item]:
         """Up to ``limit`` of the batch's ``queued`` items with an index above ``after_index``, by
-        index (``store.BatchStore.queued_items``; only ``Item.index`` is read)."""
+        index, only those not marked published if asked (``store.BatchStore.queued_items``; only
+        ``Item.index`` is read)."""
+
+    async def mark_published(self, batch_id: str, indexes: Collection[int]) -> None:
+        """These items' messages were confirmed by the lanes (``store.BatchStore.mark_published``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +131,9 @@ class FeederConfig:
     interval: float = 0.5  # seconds between rounds
     quantum: int = 1  # FairQueue: items a tenant gets per visit
     weights: Mapping[str, int] | None = None  # FairQueue: tenant -> weight
+    # Trust the store's published marks (durable lanes: what was published is still on the broker).
+    # False for in-process lanes, whose messages die with the process (see the module docstring).
+    skip_published: bool = True
 
 
 @dataclass(slots=True)
@@ -240,6 +256,7 @@ class Feeder:
         for batch_id, cursor in cursors.items():
             if batch_id in self._known:
                 self._known[batch_id].cursor = cursor
+        await self._mark_published(messages)
         state.published_at.extend([now] * len(messages))
         # FIFO within a lane: only the newest ``depth + published`` publishes can still be waiting.
         while len(state.published_at) > depth + len(messages):
@@ -255,7 +272,10 @@ class Feeder:
         for (tenant, batch_id), count in _counted(picks).items():
             known = self._known[batch_id]
             found = [
-                item.index for item in await self.source.queued_items(batch_id, after_index=known.cursor, limit=count)
+                item.index
+                for item in await self.source.queued_items(
+                    batch_id, after_index=known.cursor, limit=count, unpublished_only=self.config.skip_published
+                )
             ]
             indexes[batch_id] = deque(found)
             if found:
@@ -267,6 +287,18 @@ class Feeder:
             if indexes[batch_id]:
                 messages.append(ItemMessage(tenant, batch_id, indexes[batch_id].popleft(), lane=state.lane.name))
         return messages
+
+    async def _mark_published(self, messages: Sequence[ItemMessage]) -> None:
+        """After the confirm. A mark that fails to land costs nothing now (the cursors moved): a
+        restarted feeder would publish those items once more, and the result write absorbs it."""
+        by_batch: dict[str, list[int]] = {}
+        for message in messages:
+            by_batch.setdefault(message.batch_id, []).append(message.index)
+        for batch_id, indexes in by_batch.items():
+            try:
+                await self.source.mark_published(batch_id, indexes)
+            except Exception as exc:
+                log.warning("batches: could not mark %d items of %s published: %r", len(indexes), batch_id, exc)
 
     def _show_oldest_age(self, state: _LaneState, depth: int, now: float) -> None:
         times = state.published_at

@@ -35,6 +35,7 @@ from typing import Any
 BATCH_WINDOW_SECONDS = 24 * 3600
 # Anthropic keeps results 29 days after creation; OpenAI batch files default to 30 days.
 RESULTS_RETENTION_SECONDS = 29 * 24 * 3600
+DEFAULT_LANE = "batch"  # lanes.BATCH.name: batches run on spare capacity unless told otherwise
 
 
 class Api(enum.StrEnum):
@@ -171,6 +172,9 @@ class Batch:
     metadata: Mapping[str, str] = field(default_factory=dict)
     input_file_id: str | None = None
     failure: tuple[InputError, ...] = ()
+    # The lane its items run in (a ``lanes.LANES`` key; a string here: the model knows no lanes).
+    # Not part of either API's objects: set by the gateway, read by the feeder.
+    lane: str = DEFAULT_LANE
 
     @property
     def status(self) -> BatchStatus:
@@ -228,6 +232,7 @@ def new_batch(
     now: float,
     metadata: Mapping[str, str] | None = None,
     input_file_id: str | None = None,
+    lane: str = DEFAULT_LANE,
 ) -> tuple[Batch, list[Item]]:
     """A batch of already validated ``(custom_id, body)`` requests, every item queued."""
     if not requests:
@@ -245,6 +250,7 @@ def new_batch(
         total=len(requests),
         metadata=dict(metadata or {}),
         input_file_id=input_file_id,
+        lane=lane,
     )
     return batch, [Item(index, custom_id, body) for index, (custom_id, body) in enumerate(requests)]
 
@@ -259,6 +265,7 @@ def failed_batch(
     now: float,
     metadata: Mapping[str, str] | None = None,
     input_file_id: str | None = None,
+    lane: str = DEFAULT_LANE,
 ) -> Batch:
     """A batch whose input was rejected: no items, ended at once (OpenAI status ``failed``)."""
     if not errors:
@@ -275,6 +282,7 @@ def failed_batch(
         metadata=dict(metadata or {}),
         input_file_id=input_file_id,
         failure=tuple(errors),
+        lane=lane,
     )
 
 

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from batches import model
+from batches.feeder import ActiveBatch
 from batches.model import UNFINISHED, Batch, CancelResult, Counts, Dispatch, Item, ItemState, Outcome, Recorded
 from batches.openai_api import FileRecord
 from batches.store import (
@@ -132,6 +133,19 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
             content bytea NOT NULL
         );
         CREATE INDEX batch_files_expiry ON batch_files (expires_at) WHERE expires_at IS NOT NULL;
+        """,
+    ),
+    (
+        2,
+        "lanes_and_published",
+        """
+        -- the lane a batch's items run in (lanes.LANES), read by the feeder
+        ALTER TABLE batches ADD COLUMN lane text NOT NULL DEFAULT 'batch';
+        -- set once the lanes confirmed the item's message; cleared when retry_later puts it back
+        ALTER TABLE batch_items ADD COLUMN published boolean NOT NULL DEFAULT false;
+        -- a restarted feeder's window: queued items not yet published, by index
+        CREATE INDEX batch_items_unpublished ON batch_items (batch_id, item_index)
+            WHERE state = 'queued' AND NOT published;
         """,
     ),
 )
@@ -359,6 +373,16 @@ class PostgresBatchStore:
         status = await self._read(lambda connection: connection.execute("DELETE FROM batches WHERE id = $1", batch_id))
         return status != "DELETE 0"  # the items go with it (ON DELETE CASCADE)
 
+    async def active_batches(self) -> list[ActiveBatch]:
+        rows = await self._read(
+            lambda connection: connection.fetch(
+                "SELECT id, tenant, lane, (SELECT count(*) FROM batch_items i WHERE i.batch_id = b.id AND"
+                " i.state = $1) AS queued FROM batches b WHERE ended_at IS NULL AND cancel_requested_at IS NULL",
+                ItemState.QUEUED.value,
+            )
+        )
+        return [ActiveBatch(row["tenant"], row["id"], row["lane"], row["queued"]) for row in rows]
+
     # -- items
 
     async def get_item(self, batch_id: str, index: int) -> Item | None:
@@ -369,12 +393,16 @@ class PostgresBatchStore:
         )
         return None if row is None else item_of(row)
 
-    async def queued_items(self, batch_id: str, *, after_index: int = -1, limit: int) -> list[Item]:
+    async def queued_items(
+        self, batch_id: str, *, after_index: int = -1, limit: int, unpublished_only: bool = False
+    ) -> list[Item]:
+        unpublished = " AND NOT published" if unpublished_only else ""
+
         async def work(connection: asyncpg.Connection) -> list[Item]:
             if await connection.fetchval("SELECT 1 FROM batches WHERE id = $1", batch_id) is None:
                 raise NotInStore(f"no batch {batch_id!r}")
             rows = await connection.fetch(
-                "SELECT * FROM batch_items WHERE batch_id = $1 AND state = $2 AND item_index > $3"
+                f"SELECT * FROM batch_items WHERE batch_id = $1 AND state = $2 AND item_index > $3{unpublished}"
                 " ORDER BY item_index LIMIT $4",
                 batch_id,
                 ItemState.QUEUED.value,
@@ -384,6 +412,18 @@ class PostgresBatchStore:
             return [item_of(row) for row in rows]
 
         return await self._read(work)
+
+    async def mark_published(self, batch_id: str, indexes: Collection[int]) -> None:
+        async def work(connection: asyncpg.Connection, batch: Batch) -> None:
+            # Under the batch's lock like every write that touches items: a multi-row UPDATE racing
+            # a bulk cancel or expiry could otherwise lock their rows in another order (deadlock).
+            await connection.execute(
+                "UPDATE batch_items SET published = true WHERE batch_id = $1 AND item_index = ANY($2::integer[])",
+                batch_id,
+                sorted(indexes),
+            )
+
+        await self._write(batch_id, work)
 
     async def _change_item(self, batch_id: str, index: int, change: ItemChange, now: float) -> tuple[Item, Any]:
         async def work(connection: asyncpg.Connection, batch: Batch) -> tuple[Item, Any]:
@@ -396,6 +436,13 @@ class PostgresBatchStore:
             after, result = change(batch, before)
             if after != before:
                 await connection.execute(_UPDATE_ITEM, batch_id, index, *item_changes(after))
+                if after.state is ItemState.QUEUED and before.state is not ItemState.QUEUED:
+                    # put back (retry_later): whoever did publishes it again (BatchStore.mark_published)
+                    await connection.execute(
+                        "UPDATE batch_items SET published = false WHERE batch_id = $1 AND item_index = $2",
+                        batch_id,
+                        index,
+                    )
                 if after.attempts > before.attempts:  # handed to the provider now: for monitoring
                     await connection.execute(
                         "UPDATE batch_items SET sent_at = $3 WHERE batch_id = $1 AND item_index = $2",

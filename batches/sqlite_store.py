@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from batches import model
+from batches.feeder import ActiveBatch
 from batches.model import UNFINISHED, Batch, CancelResult, Counts, Dispatch, Item, ItemState, Outcome, Recorded
 from batches.openai_api import FileRecord
 from batches.store import (
@@ -117,6 +118,15 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
             content BLOB NOT NULL
         );
         CREATE INDEX batch_files_expiry ON batch_files (expires_at) WHERE expires_at IS NOT NULL
+        """,
+    ),
+    (
+        2,
+        "lanes_and_published",
+        """
+        ALTER TABLE batches ADD COLUMN lane TEXT NOT NULL DEFAULT 'batch';
+        ALTER TABLE batch_items ADD COLUMN published INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX batch_items_unpublished ON batch_items (batch_id, item_index) WHERE state = 'queued' AND published = 0
         """,
     ),
 )
@@ -299,22 +309,47 @@ class SqliteBatchStore:
 
         return await self._write(work)
 
+    async def active_batches(self) -> list[ActiveBatch]:
+        def work(connection: sqlite3.Connection) -> list[ActiveBatch]:
+            rows = connection.execute(
+                "SELECT id, tenant, lane, (SELECT count(*) FROM batch_items i WHERE i.batch_id = b.id AND"
+                " i.state = ?) AS queued FROM batches b WHERE ended_at IS NULL AND cancel_requested_at IS NULL",
+                (ItemState.QUEUED.value,),
+            )
+            return [ActiveBatch(row["tenant"], row["id"], row["lane"], row["queued"]) for row in rows]
+
+        return await self._run(work)
+
     # -- items
 
     async def get_item(self, batch_id: str, index: int) -> Item | None:
         return await self._run(lambda connection: _find_item(connection, batch_id, index))
 
-    async def queued_items(self, batch_id: str, *, after_index: int = -1, limit: int) -> list[Item]:
+    async def queued_items(
+        self, batch_id: str, *, after_index: int = -1, limit: int, unpublished_only: bool = False
+    ) -> list[Item]:
+        unpublished = " AND published = 0" if unpublished_only else ""
+
         def work(connection: sqlite3.Connection) -> list[Item]:
             _load_batch(connection, batch_id)
             rows = connection.execute(
-                "SELECT * FROM batch_items WHERE batch_id = ? AND state = ? AND item_index > ?"
+                f"SELECT * FROM batch_items WHERE batch_id = ? AND state = ? AND item_index > ?{unpublished}"
                 " ORDER BY item_index LIMIT ?",
                 (batch_id, ItemState.QUEUED.value, after_index, limit),
             )
             return [item_of(row) for row in rows]
 
         return await self._run(work)
+
+    async def mark_published(self, batch_id: str, indexes: Collection[int]) -> None:
+        def work(connection: sqlite3.Connection) -> None:
+            _load_batch(connection, batch_id)
+            connection.executemany(
+                "UPDATE batch_items SET published = 1 WHERE batch_id = ? AND item_index = ?",
+                ((batch_id, index) for index in indexes),
+            )
+
+        await self._write(work)
 
     async def _change_item(self, batch_id: str, index: int, change: ItemChange, now: float) -> tuple[Item, Any]:
         def work(connection: sqlite3.Connection) -> tuple[Item, Any]:
@@ -325,6 +360,12 @@ class SqliteBatchStore:
             after, result = change(batch, before)
             if after != before:
                 connection.execute(_UPDATE_ITEM, (*item_changes(after), batch_id, index))
+                if after.state is ItemState.QUEUED and before.state is not ItemState.QUEUED:
+                    # put back (retry_later): whoever did publishes it again (BatchStore.mark_published)
+                    connection.execute(
+                        "UPDATE batch_items SET published = 0 WHERE batch_id = ? AND item_index = ?",
+                        (batch_id, index),
+                    )
                 if after.attempts > before.attempts:  # handed to the provider now: for monitoring
                     connection.execute(
                         "UPDATE batch_items SET sent_at = ? WHERE batch_id = ? AND item_index = ?",

@@ -30,6 +30,7 @@ import orjson
 
 from batches import model
 from batches.api_common import ApiError, Page, paginate
+from batches.feeder import ActiveBatch
 from batches.model import (
     Api,
     Batch,
@@ -127,12 +128,27 @@ class BatchStore(Protocol):
         """The batch and its items are gone (Anthropic's DELETE; the API checks it has ended)."""
         ...
 
+    async def active_batches(self) -> list[ActiveBatch]:
+        """Every batch still running (not ended, not being canceled), any order, each with its
+        tenant, lane and number of queued items (``feeder.FeedSource``)."""
+        ...
+
     # -- items
     async def get_item(self, batch_id: str, index: int) -> Item | None: ...
 
-    async def queued_items(self, batch_id: str, *, after_index: int = -1, limit: int) -> list[Item]:
+    async def queued_items(
+        self, batch_id: str, *, after_index: int = -1, limit: int, unpublished_only: bool = False
+    ) -> list[Item]:
         """The feeder's window: up to ``limit`` queued items with an index above ``after_index``,
-        by index."""
+        by index; with ``unpublished_only``, only those not marked published."""
+        ...
+
+    async def mark_published(self, batch_id: str, indexes: Collection[int]) -> None:
+        """The feeder published these items and the lanes confirmed it: a restarted feeder reading
+        ``unpublished_only`` does not publish them again. The mark is cleared when
+        ``retry_item_later`` puts an item back to queued; whoever put it back (the worker that
+        decided the retry, the dead-letter sweeper) publishes it again, not the feeder (which
+        would skip the retry's delay). Unknown indexes are ignored."""
         ...
 
     async def send_item(self, batch_id: str, index: int, *, now: float) -> tuple[Item, Dispatch]:
@@ -145,7 +161,9 @@ class BatchStore(Protocol):
         ...
 
     async def retry_item_later(self, batch_id: str, index: int, *, throttled: bool, now: float) -> Item:
-        """``model.retry_later`` (canceled instead when the batch is being canceled)."""
+        """``model.retry_later`` (canceled instead when the batch is being canceled). An item put
+        back to queued loses its published mark: the caller publishes it again (see
+        ``mark_published``)."""
         ...
 
     async def expire_item(self, batch_id: str, index: int, *, now: float, reason: str | None = None) -> Item:
@@ -274,7 +292,7 @@ def _probe(state: ItemState) -> Item:
 
 BATCH_COLUMNS = (
     "id", "tenant", "api", "endpoint", "created_at", "expires_at", "total", "cancel_requested_at", "ended_at",
-    "archived_at", "metadata", "input_file_id", "failure",
+    "archived_at", "metadata", "input_file_id", "failure", "lane",
 )  # fmt: skip
 ITEM_COLUMNS = (
     "batch_id", "item_index", "custom_id", "body", "state", "attempts", "throttles", "status_code",
@@ -290,7 +308,7 @@ def batch_values(batch: Batch) -> tuple[Any, ...]:
     return (
         batch.id, batch.tenant, batch.api.value, batch.endpoint, batch.created_at, batch.expires_at, batch.total,
         batch.cancel_requested_at, batch.ended_at, batch.archived_at, orjson.dumps(dict(batch.metadata)),
-        batch.input_file_id, orjson.dumps(failure),
+        batch.input_file_id, orjson.dumps(failure), batch.lane,
     )  # fmt: skip
 
 
@@ -309,6 +327,7 @@ def batch_of(row: Mapping[str, Any]) -> Batch:
         metadata=orjson.loads(row["metadata"]),
         input_file_id=row["input_file_id"],
         failure=tuple(InputError(*error) for error in orjson.loads(row["failure"])),
+        lane=row["lane"],
     )
 
 
@@ -397,6 +416,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._batches: dict[str, BatchState] = {}
+        self._published: dict[str, set[int]] = {}  # batch id -> indexes marked published
         self._files: dict[str, tuple[FileRecord, bytes]] = {}
 
     def _state(self, batch_id: str) -> BatchState:
@@ -414,6 +434,7 @@ class MemoryStore:
         if batch.id in self._batches:
             raise AlreadyStored(f"batch {batch.id!r} exists")
         self._batches[batch.id] = BatchState(batch, items)
+        self._published[batch.id] = set()
 
     async def get_batch(self, batch_id: str, *, tenant: str | None = None) -> Batch | None:
         state = self._batches.get(batch_id)
@@ -463,7 +484,15 @@ class MemoryStore:
         return state.batch
 
     async def delete_batch(self, batch_id: str) -> bool:
+        self._published.pop(batch_id, None)
         return self._batches.pop(batch_id, None) is not None
+
+    async def active_batches(self) -> list[ActiveBatch]:
+        return [
+            ActiveBatch(state.batch.tenant, batch_id, state.batch.lane, state.counts.queued)
+            for batch_id, state in self._batches.items()
+            if state.batch.ended_at is None and state.batch.cancel_requested_at is None
+        ]
 
     async def get_item(self, batch_id: str, index: int) -> Item | None:
         state = self._batches.get(batch_id)
@@ -471,14 +500,21 @@ class MemoryStore:
             return None
         return state.items[index]
 
-    async def queued_items(self, batch_id: str, *, after_index: int = -1, limit: int) -> list[Item]:
+    async def queued_items(
+        self, batch_id: str, *, after_index: int = -1, limit: int, unpublished_only: bool = False
+    ) -> list[Item]:
+        published = self._published[batch_id] if unpublished_only else ()
         window: list[Item] = []
         for item in self._state(batch_id).items[max(after_index + 1, 0) :]:
             if len(window) >= limit:
                 break
-            if item.state is ItemState.QUEUED:
+            if item.state is ItemState.QUEUED and item.index not in published:
                 window.append(item)
         return window
+
+    async def mark_published(self, batch_id: str, indexes: Collection[int]) -> None:
+        state = self._state(batch_id)
+        self._published[batch_id].update(index for index in indexes if 0 <= index < len(state.items))
 
     async def send_item(self, batch_id: str, index: int, *, now: float) -> tuple[Item, Dispatch]:
         state = self._state(batch_id)
@@ -492,7 +528,10 @@ class MemoryStore:
 
     async def retry_item_later(self, batch_id: str, index: int, *, throttled: bool, now: float) -> Item:
         state = self._state(batch_id)
-        state.retry_later(self._index(state, index), throttled=throttled, now=now)
+        before = state.items[self._index(state, index)]
+        state.retry_later(index, throttled=throttled, now=now)
+        if state.items[index].state is ItemState.QUEUED and before.state is not ItemState.QUEUED:
+            self._published[batch_id].discard(index)  # put back: its publisher is the caller now
         return state.items[index]
 
     async def expire_item(self, batch_id: str, index: int, *, now: float, reason: str | None = None) -> Item:

@@ -339,6 +339,7 @@ PLUGIN_COMMANDS: dict[str, tuple[str, str, str]] = {
     "audit": ("the tamper-evident audit log: verify | export (JSON lines) | list", "audit.cli", ""),
     "injector": ("the sidecar injection webhook (Kubernetes, HTTPS)", "control_plane.injector.cli", "run"),
     "pod": ("container helpers: probe URL (exit 0 on 2xx) | metrics-relay (loopback metrics out)", "ccr_gateway.pod", ""),
+    "batch-worker": ("batch items via the gateway: feeder, dead letters, workers", "ccr_gateway.batch_worker", "run"),
 }
 
 

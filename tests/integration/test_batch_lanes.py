@@ -99,9 +99,14 @@ class FakeStore:
     async def active_batches(self) -> Sequence[ActiveBatch]:
         return [ActiveBatch(tenant, batch_id, "batch", len(left)) for batch_id, (tenant, left) in self.queued.items()]
 
-    async def queued_items(self, batch_id: str, *, after_index: int = -1, limit: int) -> Sequence[Item]:
+    async def queued_items(
+        self, batch_id: str, *, after_index: int = -1, limit: int, unpublished_only: bool = False
+    ) -> Sequence[Item]:
         indexes = sorted(index for index in self.queued[batch_id][1] if index > after_index)[:limit]
         return [Item(index, f"req-{index}", {}) for index in indexes]
+
+    async def mark_published(self, batch_id: str, indexes) -> None:
+        return None
 
 
 async def test_a_ten_item_tenant_finishes_in_the_first_windows_beside_a_thousand_item_one(amqp_url, prefix):

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from batches import openai_api
 from batches.api_common import ApiError, paginate
+from batches.feeder import ActiveBatch
 from batches.model import (
     BATCH_WINDOW_SECONDS,
     RESULTS_RETENTION_SECONDS,
@@ -116,7 +117,15 @@ def requests(n: int, *, size: int = 0) -> list[tuple[str, dict]]:
     ]
 
 
-async def add_batch(store: BatchStore, n: int, *, tenant: str = "acme", now: float = T0, batch_id: str | None = None):
+async def add_batch(
+    store: BatchStore,
+    n: int,
+    *,
+    tenant: str = "acme",
+    now: float = T0,
+    batch_id: str | None = None,
+    lane: str = "batch",
+):
     batch, items = new_batch(
         batch_id or f"msgbatch_{uuid.uuid4().hex}",
         tenant=tenant,
@@ -125,6 +134,7 @@ async def add_batch(store: BatchStore, n: int, *, tenant: str = "acme", now: flo
         requests=requests(n),
         now=now,
         metadata={"job": "test"},
+        lane=lane,
     )
     await store.create_batch(batch, items)
     return batch
@@ -219,6 +229,47 @@ async def test_the_feeder_window_is_the_next_queued_items_by_index(store: BatchS
     item = await store.get_item(batch.id, 2)
     assert (item.state, item.attempts, item.throttles) == (ItemState.QUEUED, 1, 1)
     assert [item.index for item in await store.queued_items(batch.id, limit=3)] == [0, 2, 3]
+
+
+async def test_running_batches_are_listed_with_their_tenant_lane_and_queued_count(store: BatchStore):
+    bulk = await add_batch(store, 5, tenant="acme")
+    urgent = await add_batch(store, 3, tenant="zeta", lane="interactive")
+    canceling = await add_batch(store, 2)
+    ended = await add_batch(store, 1)
+    assert (await store.get_batch(bulk.id)).lane == "batch"
+    assert (await store.get_batch(urgent.id)).lane == "interactive"
+    await store.send_item(bulk.id, 0, now=T0)
+    await store.send_item(canceling.id, 0, now=T0)
+    await store.request_cancel(canceling.id, now=T0 + 1)  # one item still sent: canceling, not ended
+    await store.send_item(ended.id, 0, now=T0)
+    await store.record_item(ended.id, 0, answer("e"), now=T0 + 1)
+    active = sorted(await store.active_batches(), key=lambda batch: batch.tenant)
+    assert active == [ActiveBatch("acme", bulk.id, "batch", 4), ActiveBatch("zeta", urgent.id, "interactive", 3)]
+
+
+async def test_published_items_are_left_out_of_a_restarted_feeders_window_until_put_back(open_store: OpenStore):
+    store = await open_store()
+    batch = await add_batch(store, 6)
+    await store.mark_published(batch.id, [0, 1, 3, 99])  # an unknown index is ignored
+    unpublished = await store.queued_items(batch.id, limit=10, unpublished_only=True)
+    assert [item.index for item in unpublished] == [2, 4, 5]
+    assert [item.index for item in await store.queued_items(batch.id, limit=10)] == list(range(6))
+    # a second process (a restarted feeder) sees the marks too
+    again = await open_store()
+    assert [
+        item.index for item in await again.queued_items(batch.id, after_index=2, limit=1, unpublished_only=True)
+    ] == [4]
+    # sent, then put back by a worker's retry: the mark is gone (the worker publishes it again)
+    await store.send_item(batch.id, 1, now=T0)
+    await store.send_item(batch.id, 3, now=T0)
+    await store.retry_item_later(batch.id, 1, throttled=True, now=T0 + 1)
+    unpublished = await again.queued_items(batch.id, limit=10, unpublished_only=True)
+    assert [item.index for item in unpublished] == [1, 2, 4, 5]
+    # a retry that does not put the item back (it was already queued) leaves the mark alone
+    await store.retry_item_later(batch.id, 0, throttled=False, now=T0 + 1)
+    assert 0 not in [item.index for item in await store.queued_items(batch.id, limit=10, unpublished_only=True)]
+    with pytest.raises(NotInStore):
+        await store.mark_published("nope", [0])
 
 
 # --- idempotent results ----------------------------------------------------------------------------

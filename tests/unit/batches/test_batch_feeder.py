@@ -13,6 +13,7 @@ from batches.feeder import ActiveBatch, DeadLetterSweeper, Feeder, FeederConfig,
 from batches.lanes import BATCH, INTERACTIVE, ItemMessage, Lane
 from batches.local_lanes import LocalLanes
 from batches.model import Item, ItemState, Outcome
+from batches.store import MemoryStore
 
 
 class FakeStore:
@@ -33,9 +34,14 @@ class FakeStore:
             for batch_id, (tenant, lane, queued) in self.batches.items()
         ]
 
-    async def queued_items(self, batch_id: str, *, after_index: int = -1, limit: int) -> Sequence[Item]:
+    async def queued_items(
+        self, batch_id: str, *, after_index: int = -1, limit: int, unpublished_only: bool = False
+    ) -> Sequence[Item]:
         indexes = [index for index in self.batches[batch_id][2] if index > after_index][:limit]
         return [Item(index, f"req-{index}", {}) for index in indexes]
+
+    async def mark_published(self, batch_id: str, indexes) -> None:
+        return None  # this fake keeps no marks (the MemoryStore tests below do)
 
 
 class RecordingLanes:
@@ -248,7 +254,9 @@ async def test_a_store_failure_mid_round_loses_no_picks():
     class FlakyStore(FakeStore):
         failing = True
 
-        async def queued_items(self, batch_id: str, *, after_index: int = -1, limit: int) -> Sequence[Item]:
+        async def queued_items(
+            self, batch_id: str, *, after_index: int = -1, limit: int, unpublished_only: bool = False
+        ) -> Sequence[Item]:
             if self.failing:
                 raise ConnectionError("database away")
             return await super().queued_items(batch_id, after_index=after_index, limit=limit)
@@ -261,3 +269,50 @@ async def test_a_store_failure_mid_round_loses_no_picks():
     store.failing = False
     await fed.feed_once()
     assert [m.index for m in lanes.published] == [0, 1, 2, 3, 4]
+
+
+# --- the published mark: a restarted feeder over a real store -----------------------------------
+
+
+async def _memory_batch(store, n: int, lane: str = "batch"):
+    batch, items = model.new_batch(
+        "b-marks", tenant="t", api=model.Api.ANTHROPIC, endpoint="/v1/messages",
+        requests=[(f"r{i}", {"model": "m"}) for i in range(n)], now=0.0, lane=lane,
+    )  # fmt: skip
+    await store.create_batch(batch, items)
+    return batch
+
+
+async def test_a_restarted_feeder_does_not_publish_what_the_first_one_published():
+    store, lanes = MemoryStore(), RecordingLanes()
+    await _memory_batch(store, 30)
+    config = FeederConfig(windows={"interactive": 5, "batch": 10})
+    assert await Feeder(store, lanes, config).feed_once() == 10
+    restarted = Feeder(store, lanes, config)  # a new process: every cursor starts over
+    assert await restarted.feed_once() == 10
+    assert [m.index for m in lanes.published] == list(range(20))  # nothing twice
+
+
+async def test_an_item_put_back_by_a_retry_is_published_by_whoever_put_it_back_not_the_feeder():
+    store, lanes = MemoryStore(), RecordingLanes()
+    batch = await _memory_batch(store, 4)
+    config = FeederConfig(windows={"interactive": 5, "batch": 2})
+    fed = Feeder(store, lanes, config)
+    await fed.feed_once()  # 0 and 1
+    await store.send_item(batch.id, 0, now=1.0)
+    await store.retry_item_later(batch.id, 0, throttled=True, now=2.0)  # a 429: back to queued, unmarked
+    fed.put_back(ItemMessage("t", batch.id, 0), delay=0)  # the worker that decided the retry
+    await fed.feed_once()
+    assert [m.index for m in lanes.published] == [0, 1, 0, 2]  # the put-back first, then the window
+    restarted = Feeder(store, lanes, config)
+    await restarted.feed_once()
+    assert [m.index for m in lanes.published[4:]] == [3]  # 0 was published again by its put-back
+
+
+async def test_with_in_process_lanes_the_marks_are_not_trusted_after_a_restart():
+    store, lanes = MemoryStore(), RecordingLanes()
+    await _memory_batch(store, 5)
+    config = FeederConfig(windows={"interactive": 5, "batch": 10}, skip_published=False)
+    await Feeder(store, lanes, config).feed_once()
+    await Feeder(store, lanes, config).feed_once()  # the lanes died with the process: all again
+    assert [m.index for m in lanes.published] == list(range(5)) * 2
