@@ -33,8 +33,8 @@ Batch traffic is marked with ``x-batch-item: <batch_id>:<index>`` (``BATCH_ITEM_
 ``x-ccr-`` name: those are the gateway's internal headers (ccr.v1.contract: "always overwritten,
 never trusted from a client, stripped before a request leaves for a provider"), and Envoy already
 removes several of them at the edge; a client-sent one may vanish before anyone reads it, and the
-gateway must not learn to trust a name every client can send. The gateway forwards other headers
-to the provider, so until it reads and strips this one, providers see it too.
+gateway must not learn to trust a name every client can send. The provider routes remove it before
+a request leaves (control_plane.resources.gateway): a provider never sees it.
 """
 
 from __future__ import annotations
@@ -53,10 +53,10 @@ from prometheus_client import Counter, Histogram
 from batches.lanes import Action, DeadReason, ItemMessage, RetryPolicy
 from batches.model import Api, Batch, Dispatch, Item, Outcome, Recorded
 from batches.store import NotInStore
+from ccr.v1.contract import BATCH_ITEM_HEADER
 
 log = logging.getLogger(__name__)
 
-BATCH_ITEM_HEADER = "x-batch-item"
 ANTHROPIC_VERSION = "2023-06-01"
 
 ITEMS = Counter(

@@ -154,13 +154,21 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 async def _expire_batches(store: BatchStore, stop: asyncio.Event) -> None:
-    """The 24 h window: batches past it have their unfinished items expired (idempotent, so every
-    worker process may run it)."""
+    """The 24 h window: batches past it have their unfinished items expired; and retention: results
+    past it dropped, input files past their expiry deleted. Idempotent, so every worker process may
+    run it."""
     while not stop.is_set():
         try:
             while await store.expire_due(now=time.time()):
                 pass
+            purged = await store.purge(now=time.time())
+            if purged.archived or purged.deleted_files:
+                log.info(
+                    "batch retention: results of %d batches dropped, %d files deleted",
+                    len(purged.archived),
+                    purged.deleted_files,
+                )
         except Exception:
-            log.exception("batch worker: expiry sweep failed; retrying")
+            log.exception("batch worker: expiry or retention sweep failed; retrying")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), EXPIRY_SWEEP_SECONDS)

@@ -21,10 +21,17 @@ import envoy.extensions.retry.host.previous_hosts.v3.previous_hosts_pb2
 import envoy.extensions.retry.priority.previous_priorities.v3.previous_priorities_config_pb2  # noqa: F401
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 
-from ccr.v1.contract import CLUSTER_HEADER, METADATA_NAMESPACE, PROVIDER_RESPONSE_HEADER, UPSTREAM_PHASE_METADATA
+from ccr.v1.contract import (
+    BATCH_ITEM_HEADER,
+    CLUSTER_HEADER,
+    METADATA_NAMESPACE,
+    PROVIDER_RESPONSE_HEADER,
+    UPSTREAM_PHASE_METADATA,
+)
 from control_plane.policy import ProviderSpec
 from control_plane.policy.routes import FallbackSpec
 from control_plane.resources.gateway import (
+    CLIENT_CERT_HEADER,
     EXTPROC_CLUSTER,
     EXTPROC_MESSAGE_TIMEOUT,
     EXTPROC_STREAM_RETRY,
@@ -192,6 +199,8 @@ def chain_route(timeout: str, max_attempts: int, attempt_timeout_seconds: float 
                 "retry_back_off": {"base_interval": "0.01s", "max_interval": "0.1s"},
             },
         },
+        # What only the gateway reads (as on a provider's own route).
+        "request_headers_to_remove": [CLIENT_CERT_HEADER, BATCH_ITEM_HEADER],
         "response_headers_to_add": [
             {
                 "header": {

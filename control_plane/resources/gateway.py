@@ -26,7 +26,14 @@ from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from ccr.v1.contract import CLUSTER_HEADER, EXTPROC_CLUSTER, HOP_DETAILS_KEY, METADATA_NAMESPACE, REWRITE_HEADER
+from ccr.v1.contract import (
+    BATCH_ITEM_HEADER,
+    CLUSTER_HEADER,
+    EXTPROC_CLUSTER,
+    HOP_DETAILS_KEY,
+    METADATA_NAMESPACE,
+    REWRITE_HEADER,
+)
 from control_plane.policy import GatewayPolicy, ProviderSpec
 from control_plane.policy.cors import CorsSpec
 from control_plane.resources import decision_hop as decision_hop_resources
@@ -193,7 +200,7 @@ def provider_route(provider: ProviderSpec, decision_hop: bool = False) -> dict[s
             "auto_host_rewrite": True,
         },
         # The client's verified certificate (mTLS on the listener) is the gateway's business only.
-        "request_headers_to_remove": [CLIENT_CERT_HEADER],
+        "request_headers_to_remove": [CLIENT_CERT_HEADER, BATCH_ITEM_HEADER],
     }
     if len(provider.endpoints) > 1:  # a pool: an attempt that failed unanswered goes to another host
         route["route"]["retry_policy"] = localities.pool_retry_policy()

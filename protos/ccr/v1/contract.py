@@ -28,6 +28,9 @@ REQUEST_ID_HEADERS = (REQUEST_ID_HEADER, "request-id")
 # decode the body and drop the header: a body that did not decode can then be named as such.
 ENCODING_HEADER = "x-ccr-content-encoding"
 DECODED_CONTENT_ENCODINGS = ("gzip", "br", "zstd")  # what Envoy's decompressors decode
+# Set by the batch worker on each item it sends through the gateway (``<batch_id>:<index>``); the
+# provider routes remove it before a request leaves (batches.worker says why it is not x-ccr-).
+BATCH_ITEM_HEADER = "x-batch-item"
 # gRPC metadata on the upstream (per-attempt) ext_proc filter's calls, telling ext_proc which filter calls.
 UPSTREAM_PHASE_METADATA = ("x-ccr-phase", "upstream")
 
