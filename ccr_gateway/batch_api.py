@@ -36,14 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT", help="address to serve on (default: %(default)s)"
     )
-    stores = parser.add_mutually_exclusive_group()
-    stores.add_argument(
-        "--postgres",
-        default=os.environ.get("CCR_BATCH_POSTGRES"),
-        metavar="DSN",
-        help="PostgreSQL DSN shared with the batch workers (default $CCR_BATCH_POSTGRES)",
-    )
-    stores.add_argument("--sqlite", metavar="PATH", help=f"SQLite file (default {default_store_path()})")
+    add_store_arguments(parser)
     parser.add_argument(
         "--tenant-header",
         default=DEFAULT_TENANT_HEADER,
@@ -64,6 +57,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="let one OpenAI batch name several models (OpenAI refuses that; the gateway can route them)",
     )
+
+
+def add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the batch store is (shared by `batch-api`, `batch-worker` and `batch`)."""
+    stores = parser.add_mutually_exclusive_group()
+    stores.add_argument(
+        "--postgres",
+        default=os.environ.get("CCR_BATCH_POSTGRES"),
+        metavar="DSN",
+        help="PostgreSQL DSN shared with the batch workers (default $CCR_BATCH_POSTGRES)",
+    )
+    stores.add_argument("--sqlite", metavar="PATH", help=f"SQLite file (default {default_store_path()})")
 
 
 def parse_listen(value: str) -> tuple[str, int]:

@@ -340,6 +340,7 @@ PLUGIN_COMMANDS: dict[str, tuple[str, str, str]] = {
     "injector": ("the sidecar injection webhook (Kubernetes, HTTPS)", "control_plane.injector.cli", "run"),
     "pod": ("container helpers: probe URL (exit 0 on 2xx) | metrics-relay (loopback metrics out)", "ccr_gateway.pod", ""),
     "batch-worker": ("batch items via the gateway: feeder, dead letters, workers", "ccr_gateway.batch_worker", "run"),
+    "batch": ("the batch store: list | show | cancel (audited)", "ccr_gateway.batch_cli", "run"),
     "batch-api": ("the Message Batches HTTP API (Anthropic, OpenAI) behind Envoy", "ccr_gateway.batch_api", "run"),
 }
 
