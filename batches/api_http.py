@@ -33,6 +33,9 @@ DEFAULT_TENANT_HEADER = "x-ccr-tenant"
 # The tenant of a request without one (the gateway does not require keys). No tenant the gateway
 # names can be empty, so anonymous batches are never anyone else's.
 ANONYMOUS_TENANT = ""
+# What the gateway's decision hop sets the header to for a caller without a key
+# (ccr.v1.contract.ANONYMOUS_TENANT_VALUE: always set, so a client's copy never passes): anonymous.
+ANONYMOUS_HEADER_VALUE = "-"
 # Bodies parsed on the event loop up to this size; larger ones in a thread (a 256 MB batch takes
 # seconds to parse, and other clients' requests must not wait for it).
 INLINE_PARSE_BYTES = 1024 * 1024
@@ -79,7 +82,7 @@ def tenant(request: web.Request) -> str:
     gateway requires keys (the middleware asks first, so a handler never sees that)."""
     config = context(request).config
     value = request.headers.get(config.tenant_header, "").strip()
-    if value:
+    if value and value != ANONYMOUS_HEADER_VALUE:
         return value
     if config.require_tenant:
         raise ApiError(401, "Authentication required: this gateway requires an API key", kind=AUTHENTICATION)

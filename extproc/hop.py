@@ -62,6 +62,7 @@ from extproc.request_steps import (
     Endpoint,
     Reply,
     answer_reply,
+    batch_rewrite,
     chain_rewrite,
     endpoint_step,
     error_reply,
@@ -190,6 +191,9 @@ def decide(state: GatewayState, method: str, path: str, headers: Mapping[str, st
     key = auth.authenticate(api, step.path, headers, table.auth_required, table.cert_identities)
     if isinstance(key, Reply):
         return _reply(key)
+    if step.kind == "batch":  # to the batch API as it came, with the caller's tenant
+        rewrite = batch_rewrite(api, step, headers, key)
+        return _forward(rewrite.set_headers, rewrite.remove_headers, rewrite.labels, b"")
     # The request's log lines name its tenant while it is decided here (and in its task, if any).
     logged = log_context.bind(tenant=key.tenant) if key is not None else None
     try:

@@ -55,6 +55,29 @@ def request_body_response(
     return response
 
 
+# The rest of a request forwarded on its headers alone passes by: its body (however large: never
+# buffered for ext_proc) and its response (allow_mode_override is on, extproc_filter).
+_PASS_BY = ProcessingMode(
+    request_body_mode=ProcessingMode.NONE,
+    request_trailer_mode=ProcessingMode.SKIP,
+    response_header_mode=ProcessingMode.SKIP,
+    response_body_mode=ProcessingMode.NONE,
+    response_trailer_mode=ProcessingMode.SKIP,
+)
+
+
+def request_headers_forward(
+    set_headers: Headers, remove: Iterable[str], metadata: dict[str, dict[str, str]] | None
+) -> ep.ProcessingResponse:
+    """Forward the request on its headers (a batch API call): change them, re-pick the route
+    (x-ccr-cluster), and see nothing more of the request or its answer."""
+    common = ep.CommonResponse(header_mutation=header_mutation(set_headers, remove), clear_route_cache=True)
+    response = ep.ProcessingResponse(request_headers=ep.HeadersResponse(response=common), mode_override=_PASS_BY)
+    if metadata:
+        response.dynamic_metadata.CopyFrom(_struct(metadata))
+    return response
+
+
 def response_headers_response(
     set_headers: Headers = (), remove: Iterable[str] = (), body_mode: int | None = None
 ) -> ep.ProcessingResponse:

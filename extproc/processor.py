@@ -37,6 +37,7 @@ from extproc.request_steps import (
     Endpoint,
     Reply,
     answer_reply,
+    batch_rewrite,
     chain_rewrite,
     endpoint_step,
     error_reply,
@@ -139,6 +140,10 @@ class RequestProcessor:
         )
         if isinstance(key, Reply):
             return m.reply(key)
+        if step.kind == "batch":  # to the batch API on its headers: its body and answer pass by
+            rewrite = batch_rewrite(self.api, step, headers, key)
+            metadata = {METADATA_NAMESPACE: dict(rewrite.labels)}
+            return m.request_headers_forward(rewrite.set_headers, rewrite.remove_headers, metadata)
         self.key = key
         self.endpoint = step
         return m.CONTINUE_REQUEST_HEADERS

@@ -6,7 +6,9 @@ mutations, or the hop's line format), so a request gets the same answer on eithe
 
 - ``endpoint_step``: which endpoint the method and path name (the client's API with it), or the
   gateway's own answer when no body is needed (unknown endpoint 404, method not allowed 405,
-  headers too large 431, an encoding Envoy did not decode 415, no policy yet, the models);
+  headers too large 431, an encoding Envoy did not decode 415, no policy yet, the models); the
+  batch API's paths are an endpoint of their own when the policy has ``batches:``;
+- ``batch_rewrite``: a batch API request, authenticated, on to the batch API with its tenant;
 - ``answer_reply``: a plan's own answer as the client gets it;
 - ``forward_rewrite`` / ``chain_rewrite``: what to change in the request a plan forwards (body,
   headers to set and remove, routing labels for the access and usage logs).
@@ -30,6 +32,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ccr.v1.contract import (
+    ANONYMOUS_TENANT_VALUE,
+    BATCH_API_CLUSTER,
     CHAIN_METADATA_KEY,
     CLUSTER_HEADER,
     DECODED_CONTENT_ENCODINGS,
@@ -43,6 +47,7 @@ from ccr.v1.contract import (
     REQUESTED_MODEL_LABEL,
     ROUTE_HEADER,
     STREAM_LABEL,
+    TENANT_HEADER,
     TENANT_LABEL,
     encode_chain,
 )
@@ -69,7 +74,7 @@ _API_HEADER_PREFIXES = {Api.ANTHROPIC: ("anthropic-",), Api.OPENAI: ("openai-",)
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     api: Api | None  # None: decided from the request's headers (GET /v1/models)
-    kind: str  # "generate" | "count_tokens" | "models"
+    kind: str  # "generate" | "count_tokens" | "models" | "model" | "batch"
     path: str  # the path it is called on ("/v1/models/{id}" for a model's)
 
 
@@ -84,6 +89,13 @@ ENDPOINTS: dict[tuple[str, str], Endpoint] = {
         ("GET", Endpoint(Api.OPENAI, "models", "/models")),
     )
 }
+# The batch API (batches.api_service), each path and everything below it, every method: served
+# when the policy has `batches:` (RoutingTable.batch_api), forwarded untouched (batch_rewrite).
+BATCH_ENDPOINTS = (
+    Endpoint(Api.ANTHROPIC, "batch", "/v1/messages/batches"),
+    Endpoint(Api.OPENAI, "batch", "/v1/files"),
+    Endpoint(Api.OPENAI, "batch", "/v1/batches"),
+)
 MODEL_ENDPOINTS = {
     "/v1/models": Endpoint(None, "model", "/v1/models/{id}"),
     "/models": Endpoint(Api.OPENAI, "model", "/models/{id}"),
@@ -159,6 +171,12 @@ def endpoint_step(
 ) -> tuple[Api, Endpoint | Reply]:
     """The client's API and the endpoint it called, or the gateway's answer (no body needed)."""
     path, _, query = path.partition("?")
+    if table is not None and table.batch_api and (batch := batch_endpoint(path)) is not None:
+        if header_bytes(headers) > MAX_REQUEST_HEADER_BYTES:
+            message = f"request headers are larger than the gateway limit of {MAX_REQUEST_HEADER_BYTES} bytes"
+            labels = request_labels(batch.api, batch.path)
+            return batch.api, error_reply(batch.api, 431, message, "ccr_headers_too_large", labels=labels)
+        return batch.api, batch  # any method, with a body or not: the batch API answers for itself
     # HEAD is GET without the body (Envoy drops it from the answer).
     endpoint = ENDPOINTS.get(("GET" if method == "HEAD" else method, path))
     model_id = None
@@ -201,6 +219,30 @@ def endpoint_step(
             return api, error_reply(api, 400, message, "ccr_bad_encoding", labels=labels)
         return api, error_reply(api, 400, "request body is required", "ccr_empty_body", labels=labels)
     return api, endpoint
+
+
+def batch_endpoint(path: str) -> Endpoint | None:
+    """The batch API's endpoint ``path`` (no query) is, or under; None for any other path."""
+    for endpoint in BATCH_ENDPOINTS:
+        if path == endpoint.path or path.startswith(endpoint.path + "/"):
+            return endpoint
+    return None
+
+
+def batch_rewrite(api: Api, endpoint: Endpoint, headers: Mapping[str, str], key: VirtualKey | None) -> Rewrite:
+    """A batch API request: to the batch API's cluster, the body untouched, the caller's tenant in
+    TENANT_HEADER. Always set (ANONYMOUS_TENANT_VALUE for a caller without a key): Envoy then
+    replaces whatever a client sent under that name, so nobody names a tenant but the gateway. The
+    gateway's credentials go no further. Labelled with the endpoint (and the key): the usage log
+    records the call, with no model and no tokens, like a model list."""
+    set_headers = ((CLUSTER_HEADER, BATCH_API_CLUSTER), (TENANT_HEADER, key.tenant if key else ANONYMOUS_TENANT_VALUE))
+    overwritten = {name for name, _ in set_headers}
+    remove = tuple(
+        name
+        for name in headers
+        if name not in overwritten and (name in CLIENT_CREDENTIALS or name.startswith(INTERNAL_HEADER_PREFIX))
+    )
+    return Rewrite(None, set_headers, remove, request_labels(api, endpoint.path, key=key))
 
 
 def header_bytes(headers: Mapping[str, str]) -> int:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from ccr.v1 import policy_pb2
 from ccr.v1.pricing import Prices
 from control_plane.policy.auth import AuthSpec
+from control_plane.policy.batches import BatchesSpec
 from control_plane.policy.cache import CacheSpec, cache_proto, longest_dedup_wait_s
 from control_plane.policy.cors import CorsSpec
 from control_plane.policy.edge_limits import PerIpLimits
@@ -128,6 +129,8 @@ class GatewayPolicy:
     tls: TlsSpec | None = None
     # Edge hardening knobs (listener.hardening), Envoy's edge best practices by default.
     hardening: HardeningSpec = field(default_factory=HardeningSpec)
+    # Where the batch API runs (batches:); None: the batch paths are unknown endpoints.
+    batches: BatchesSpec | None = None
     # What parsing found suspicious but not wrong (an OpenAI base_url without a version): shown by
     # `validate` and logged, never a reason to reject. Not part of what the policy means.
     warnings: tuple[Problem, ...] = field(default=(), compare=False)
@@ -162,6 +165,7 @@ class GatewayPolicy:
         return policy_pb2.Policy(
             version=version,
             auth_required=self.auth.required,
+            batch_api=self.batches is not None,
             # listener.tls.identities (parse_listener_tls refuses them without client_ca: mTLS).
             cert_identities=dict(self.tls.identities) if self.tls is not None else {},
             limits=policy_pb2.Limits(max_request_bytes=self.max_request_bytes),

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from ccr.v1.pricing import Prices
 from control_plane.policy.auth import AuthSpec, parse_auth
 from control_plane.policy.base_urls import check_base_url
+from control_plane.policy.batches import parse_batches
 from control_plane.policy.cache import CacheSpec, parse_cache
 from control_plane.policy.cors import CorsSpec, parse_cors
 from control_plane.policy.edge_limits import PerIpLimits, parse_per_ip_limits
@@ -72,6 +73,7 @@ _TOP_FIELDS = (
     "cache",
     "tracing",
     "vault",
+    "batches",
 )
 
 
@@ -147,6 +149,7 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
     cache: CacheSpec | None = parse_cache(check, top["cache"], "cache", top_level=True) if "cache" in top else None
     tracing = parse_tracing(check, top["tracing"]) if "tracing" in top else None
     vault: VaultSpec | None = parse_vault(check, top["vault"]) if "vault" in top else None
+    batches = parse_batches(check, top["batches"]) if "batches" in top else None
     if "vault" not in top:
         check_vault_used(check, None, [*_key_references(top.get("providers")), *_connection_references(top)])
     if check.problems:
@@ -170,6 +173,7 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
         vault=vault,
         tls=tls,
         hardening=hardening,
+        batches=batches,
     )
 
 

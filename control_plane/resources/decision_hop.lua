@@ -136,6 +136,19 @@ local function store_answer(handle, cluster, token, cap, content_type)
   send_to_cache(handle, cluster, token, "200", content_type, raw)
 end
 
+-- The batch API's paths (extproc/request_steps.py BATCH_ENDPOINTS), each and everything below it.
+local BATCH_PATHS = { "/v1/messages/batches", "/v1/files", "/v1/batches" }
+
+local function is_batch_path(path)
+  path = string.match(path, "^[^?]*")
+  for _, prefix in ipairs(BATCH_PATHS) do
+    if path == prefix or string.sub(path, 1, #prefix + 1) == prefix .. "/" then
+      return true
+    end
+  end
+  return false
+end
+
 local function on_request(handle)
   local headers = handle:headers()
   local forwarded = {}
@@ -157,10 +170,15 @@ local function on_request(handle)
   for _, name in ipairs(internal) do
     headers:remove(name)
   end
-  local openai = string.find(forwarded["x-ccr-hop-path"] or "", "chat/completions", 1, true) ~= nil
+  local path = forwarded["x-ccr-hop-path"] or ""
+  local batch = is_batch_path(path)
+  local openai = string.find(path, "chat/completions", 1, true) ~= nil
+    or (batch and string.find(path, "/v1/messages/", 1, true) == nil)
   local body = handle:body(true)
   local raw = ""
-  if body:length() > 0 then
+  -- A batch API request is decided by its headers alone (authentication): its body, up to the
+  -- whole limit, is not copied to the decision service.
+  if body:length() > 0 and not batch then
     raw = body:getBytes(0, body:length())
   end
   local action, ops, payload = call(handle, "/decide", forwarded, raw, DECIDE_TIMEOUT_MS)

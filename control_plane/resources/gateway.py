@@ -301,7 +301,13 @@ def _error_mappers(max_request_bytes: int) -> list[dict[str, Any]]:
     been rewritten for the provider by then), otherwise from the path the client called."""
     # The decision hop's own answers come from the Lua filter ("lua_response") and are formatted too.
     envoy_generated = _cel("!response.code_details.startsWith('ccr_') && response.code_details != 'lua_response'")
-    openai_path = {"header_filter": {"header": {"name": ":path", "string_match": {"contains": "/chat/completions"}}}}
+    # OpenAI's paths: chat completions, and the batch API's Files and Batches (a body over the limit
+    # is refused before the decision hop labels the request).
+    openai_paths = [
+        {"header_filter": {"header": {"name": ":path", "string_match": match}}}
+        for match in ({"contains": "/chat/completions"}, {"prefix": "/v1/files"}, {"prefix": "/v1/batches"})
+    ]
+    openai_path = {"or_filter": {"filters": openai_paths}}
     no_path = {"header_filter": {"header": {"name": ":path", "present_match": False}}}
     by_metadata = {
         api: {

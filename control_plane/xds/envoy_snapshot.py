@@ -12,11 +12,14 @@ from collections.abc import Callable, Iterable, Mapping
 
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 
+from ccr.v1.contract import BATCH_API_CLUSTER
 from control_plane.policy import GatewayPolicy, ProviderSpec
+from control_plane.policy.batches import BatchesSpec
 from control_plane.policy.routes import FallbackSpec
 from control_plane.resources import gateway as resources
 from control_plane.resources import provider_keys
 from control_plane.resources import tls as tls_resources
+from control_plane.resources.batches import batch_api_cluster, batch_api_route
 from control_plane.resources.chains import chain_cluster, chain_route
 from control_plane.resources.decision_hop import response_only_variant
 from control_plane.resources.jwt import jwks_clusters
@@ -35,11 +38,14 @@ def envoy_snapshot(
     tls_material: TlsMaterial | None = None,
     injected: frozenset[str] = frozenset(),
     keys: Mapping[str, str] | None = None,
+    batches: BatchesSpec | None = None,
 ) -> Snapshot:
     """``policy`` gives the listener and the chains' timeouts; ``providers`` every provider cluster
     Envoy must have; ``chains`` every chain cluster, with the policy whose providers it names;
     ``tls_material`` the bytes of the files ``policy.tls`` names (its SDS secrets); ``injected``
-    the providers whose key Envoy injects, ``keys`` the keys read so far (reference -> key).
+    the providers whose key Envoy injects, ``keys`` the keys read so far (reference -> key);
+    ``batches`` the batch API's address when Envoy must route to it (the desired policy's, or the
+    one ext_proc still holds: control_plane.xds.rollout).
 
     A provider's key secret is in the same snapshot as the cluster naming it, and the ADS server
     sends secrets right after clusters and endpoints (snapshot.TYPE_ORDER): the cluster warms only
@@ -54,6 +60,8 @@ def envoy_snapshot(
     clusters += [(cluster.name, cluster) for cluster in jwks_clusters(policy.auth.jwt)]
     if policy.tracing is not None:  # the listener's tracer exports through it
         clusters.append((OTLP_CLUSTER, otlp_cluster(policy.tracing)))
+    if batches is not None:  # the hop forwards the batch paths there
+        clusters.append((BATCH_API_CLUSTER, batch_api_cluster(batches)))
     longest = max((len(chain.providers) for chain, _ in chains.values()), default=0)
     hop = policy.decision_path == "hop"
     chain_routes = None
@@ -62,6 +70,8 @@ def envoy_snapshot(
         # With the hop, a chain's answer is read by ext_proc on the response only.
         chain_routes = [response_only_variant(route), route] if hop else [route]
     provider_routes = [route for p in specs for route in resources.provider_routes(p, hop)]
+    if batches is not None:
+        provider_routes.append(batch_api_route(hop))
     routes = resources.route_configuration(chain_routes, provider_routes, hop, cors=policy.cors)
     return Snapshot.build(
         version,

@@ -33,6 +33,7 @@ from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 
 from ccr.v1.contract import ENVOY_GROUP, EXTPROC_GROUP, POLICY_RESOURCE_NAME
 from control_plane.policy import GatewayPolicy, ProviderSpec
+from control_plane.policy.batches import BatchesSpec
 from control_plane.resources import gateway as resources
 from control_plane.resources.tls import TlsMaterial
 from control_plane.xds.cache import Ack, SnapshotCache
@@ -69,6 +70,9 @@ class Rollout:
         # Providers whose key Envoy injected for the policy ext_proc held before (its requests may
         # still be in flight without a key) -> keep injecting until this time.
         self._keyed_retained: dict[str, float] = {}
+        # The batch API of the policy ext_proc held before one without `batches:` (its hop may still
+        # forward there) -> (where, drop after).
+        self._batches_retained: tuple[BatchesSpec, float] | None = None
         self._warm_since: float | None = None  # when Envoy first ACKed everything `desired` needs
         self._timer: asyncio.TimerHandle | None = None
         self.catalog_endpoints: dict[str, ClusterLoadAssignment] = {}  # cluster -> from Consul
@@ -183,7 +187,24 @@ class Rollout:
             self.tls_material,
             frozenset(injected),
             self.provider_keys,
+            self._batches(now),
         )
+
+    def _batches(self, now: float) -> BatchesSpec | None:
+        """Where the batch API runs: the desired policy's address; else, while ext_proc may still
+        forward there (it holds, or held until a grace ago, a policy with ``batches:``), that one's.
+        The cluster goes the way a removed provider's does."""
+        assert self.desired is not None
+        if self.desired.policy.batches is not None:
+            return self.desired.policy.batches
+        if self.offered is not None and self.offered.policy.batches is not None:
+            return self.offered.policy.batches
+        if self._batches_retained is not None:
+            spec, drop_after = self._batches_retained
+            if drop_after > now:
+                return spec
+            self._batches_retained = None
+        return None
 
     def _serve_envoy(self, snapshot: Snapshot) -> bool:
         """Serve ``snapshot`` to Envoy unless it is inconsistent (a bug here, never the user's
@@ -249,6 +270,8 @@ class Rollout:
                 if provider.cluster not in kept:
                     # Held until ext_proc ACKs the new policy; then the grace clock starts.
                     self._retained[provider.cluster] = (provider, _UNTIL_EXTPROC_ACKS)
+            if previous.policy.batches is not None and offer.policy.batches is None:
+                self._batches_retained = (previous.policy.batches, _UNTIL_EXTPROC_ACKS)
             for name in previous.policy.envoy_injected_keys - offer.policy.envoy_injected_keys:
                 self._keyed_retained[name] = _UNTIL_EXTPROC_ACKS  # the same, for Envoy's injector
         self.cache.set(EXTPROC_GROUP, Snapshot.build(offer.version, policy=[(POLICY_RESOURCE_NAME, proto)]))
@@ -269,10 +292,14 @@ class Rollout:
         for name, drop_after in list(self._keyed_retained.items()):
             if drop_after == _UNTIL_EXTPROC_ACKS:
                 self._keyed_retained[name] = now + self.grace
+        if self._batches_retained is not None and self._batches_retained[1] == _UNTIL_EXTPROC_ACKS:
+            self._batches_retained = (self._batches_retained[0], now + self.grace)
 
     def _schedule_next(self, now: float) -> None:
         deadlines = [d for _, d in self._retained.values() if d != _UNTIL_EXTPROC_ACKS]
         deadlines += [d for d in self._keyed_retained.values() if d != _UNTIL_EXTPROC_ACKS]
+        if self._batches_retained is not None and self._batches_retained[1] != _UNTIL_EXTPROC_ACKS:
+            deadlines.append(self._batches_retained[1])
         if self._warm_since is not None and self.offered != self.desired:
             deadlines.append(self._warm_since + self.grace)
         if self._timer is not None:

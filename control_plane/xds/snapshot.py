@@ -24,7 +24,7 @@ from envoy.extensions.transport_sockets.tls.v3.tls_pb2 import DownstreamTlsConte
 from envoy.extensions.upstreams.http.v3.http_protocol_options_pb2 import HttpProtocolOptions
 from google.protobuf.message import Message
 
-from ccr.v1.contract import POLICY_TYPE_URL
+from ccr.v1.contract import BATCH_API_CLUSTER, POLICY_TYPE_URL
 from ccr.v1.policy_pb2 import Policy
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -155,6 +155,8 @@ def consistency_errors(snapshot: Snapshot, policy: Policy | None = None) -> list
         for chain in policy.fallbacks:
             if chain.cluster not in clusters:
                 errors.append(f"policy sends a fallback chain to cluster {chain.cluster!r}, which is missing")
+        if policy.batch_api and BATCH_API_CLUSTER not in clusters:
+            errors.append(f"policy sends the batch API to cluster {BATCH_API_CLUSTER!r}, which is missing")
     return errors
 
 

@@ -31,6 +31,11 @@ DECODED_CONTENT_ENCODINGS = ("gzip", "br", "zstd")  # what Envoy's decompressors
 # Set by the batch worker on each item it sends through the gateway (``<batch_id>:<index>``); the
 # provider routes remove it before a request leaves (batches.worker says why it is not x-ccr-).
 BATCH_ITEM_HEADER = "x-batch-item"
+# The batch API's caller (batches.api_http): set by the decision hop on every request it forwards to
+# the batch API (BATCH_API_CLUSTER), the client's copy never passing (x-ccr- is never trusted).
+# Always set: an anonymous caller gets ANONYMOUS_TENANT_VALUE, which no virtual key's tenant is.
+TENANT_HEADER = "x-ccr-tenant"
+ANONYMOUS_TENANT_VALUE = "-"
 # gRPC metadata on the upstream (per-attempt) ext_proc filter's calls, telling ext_proc which filter calls.
 UPSTREAM_PHASE_METADATA = ("x-ccr-phase", "upstream")
 
@@ -84,6 +89,9 @@ def decode_chain(value: str) -> tuple[str, dict[str, str]]:
 # --- Envoy's static clusters (envoy/bootstrap.yaml) ---------------------------------------------
 EXTPROC_CLUSTER = "ccr_extproc"  # the ext_proc workers (and ccr_extproc_<i>: each alone, for the usage log)
 HOP_CLUSTER = "ccr_hop"  # the workers' decision hop servers (extproc/hop_server.py)
+# The batch API (`ccr-gateway batch-api`), a cluster the control plane serves when the policy has
+# `batches:` (control_plane.resources.batches).
+BATCH_API_CLUSTER = "ccr_batch_api"
 
 
 # --- xDS ----------------------------------------------------------------------------------------

@@ -482,6 +482,25 @@ async def test_a_gateway_that_requires_keys_makes_a_missing_tenant_a_401(store):
         await client.close()
 
 
+async def test_the_gateways_anonymous_value_is_the_anonymous_tenant(store):
+    """The decision hop always sets the header, to "-" for a caller without a key: that is the
+    anonymous tenant (a 401 when keys are required), never a tenant named "-"."""
+    client = await make_client(store, ServiceConfig())
+    try:
+        mine = await anthropic_batch(client)
+        anonymous = await anthropic_batch(client, 1, headers={"x-ccr-tenant": "-"})
+        listed = await (await client.get("/v1/messages/batches")).json()  # no header: anonymous too
+        assert [batch["id"] for batch in listed["data"]] == [anonymous.id]
+        assert mine.id not in [batch["id"] for batch in listed["data"]]
+    finally:
+        await client.close()
+    strict = await make_client(store, ServiceConfig(require_tenant=True))
+    try:
+        assert (await strict.get("/v1/batches", headers={"x-ccr-tenant": "-"})).status == 401
+    finally:
+        await strict.close()
+
+
 async def test_the_gateways_request_id_comes_back_under_both_names(client):
     response = await client.get("/v1/messages/batches/msgbatch_x", headers={**TENANT, "x-request-id": "rid-1"})
     assert response.headers["request-id"] == response.headers["x-request-id"] == "rid-1"
