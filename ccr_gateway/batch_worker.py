@@ -30,6 +30,7 @@ import time
 from batches.feeder import DeadLetterSweeper, Feeder, FeederConfig, LaneQueues
 from batches.lanes import BATCH, INTERACTIVE, RetryPolicy
 from batches.store import BatchStore
+from ccr_gateway.batch_api import add_store_arguments, default_store_path
 
 log = logging.getLogger("ccr_gateway.batch_worker")
 
@@ -39,9 +40,7 @@ EXIT_USAGE = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    store = parser.add_mutually_exclusive_group(required=True)
-    store.add_argument("--postgres", metavar="DSN", help="the batch store in PostgreSQL (shared by every worker)")
-    store.add_argument("--sqlite", metavar="PATH", help="the batch store in a local SQLite file (embedded mode)")
+    add_store_arguments(parser)  # the same store as `batch-api` and `batch` (default: the local file)
     parser.add_argument(
         "--amqp",
         metavar="URL",
@@ -89,13 +88,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _store(args: argparse.Namespace) -> BatchStore:
-    if args.postgres:
+    if args.postgres and not args.sqlite:
         from batches.pg_store import PostgresBatchStore
 
         return PostgresBatchStore(args.postgres, max_connections=max(4, min(args.concurrency, 20)))
     from batches.sqlite_store import SqliteBatchStore
 
-    return SqliteBatchStore(args.sqlite)
+    return SqliteBatchStore(args.sqlite or default_store_path())
 
 
 def _lanes(args: argparse.Namespace) -> LaneQueues:

@@ -72,7 +72,17 @@ CHILD_UP = Gauge(
 POLL_SECONDS = 0.05  # how soon a dead child is noticed (a SIGKILLed worker is replaced within ~1 s)
 # Seconds each child gets between SIGTERM and SIGKILL when `up` stops. A worker finishes its
 # in-flight requests first (extproc/server.py, 10 s grace); with Envoy already gone it has none.
-STOP_GRACE = {"envoy": 5.0, "extproc": 12.0, "ledger": 10.0, "control-plane": 5.0, "fake-provider": 5.0}
+STOP_GRACE = {
+    "batch-worker": 10.0,
+    "envoy": 5.0,
+    "extproc": 12.0,
+    "batch-api": 5.0,
+    "ledger": 10.0,
+    "control-plane": 5.0,
+    "fake-provider": 5.0,
+}
+# `up` runs the batch API itself when the policy points the gateway at a local address.
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 class StartupError(RuntimeError):
@@ -202,6 +212,7 @@ class GatewayProcesses:
         self._wait(self._workers_have_policy, deadline, "the ext_proc workers to receive the policy")
         listener = (self.policy.listener_address, self.policy.listener_port)
         self._wait(lambda: probes.tcp_accepting(*listener), deadline, "the listener to accept connections")
+        self._start_batches(deadline)
         summary = self._envoy_log.summary() if self._envoy_log is not None else None
         if summary:
             self.say(f"- {summary}")
@@ -294,6 +305,20 @@ class GatewayProcesses:
             return
         self.say(f"- ledger writer (RabbitMQ queue {ledger.queue} -> PostgreSQL)")
         self._spawn("ledger", self._python(*ledger.writer_arguments()))
+
+    def _start_batches(self, deadline: float) -> None:
+        """With ``batches: {api: 127.0.0.1:PORT}``, the batch API and one batch worker, on the batch
+        store ``$CCR_BATCH_POSTGRES`` names, else the local SQLite file; in-process lanes (a fleet runs
+        `batch-worker --amqp` by itself). An address elsewhere is a batch API run elsewhere."""
+        spec = self.policy.batches
+        if spec is None or spec.socket_path or spec.host not in LOCAL_HOSTS:
+            return
+        store = ["--postgres", os.environ["CCR_BATCH_POSTGRES"]] if os.environ.get("CCR_BATCH_POSTGRES") else []
+        where = "PostgreSQL ($CCR_BATCH_POSTGRES)" if store else "local SQLite"
+        self.say(f"- batch API on {spec.address} and a batch worker ({where}; `ccr-gateway batch list`)")
+        self._spawn("batch-api", self._python("batch-api", "--listen", spec.address, *store))
+        self._wait(lambda: probes.tcp_accepting(spec.host, spec.port), deadline, "the batch API")
+        self._spawn("batch-worker", self._python("batch-worker", "--gateway", self.listener_url, *store))
 
     @property
     def control_plane_status_path(self) -> str:
@@ -438,12 +463,13 @@ class GatewayProcesses:
         return 0
 
     def stop(self) -> None:
-        """Envoy first, then the workers (together), the ledger writer, the control plane, the fake provider; each
-        SIGTERMed and given its grace period, then SIGKILLed."""
+        """The batch worker, Envoy, then the workers (together), the batch API, the ledger writer, the
+        control plane, the fake provider; each SIGTERMed and given its grace period, then SIGKILLed."""
         self.stopping = True
         self.write_state()
         # The ledger writer after the workers: it stores what they published as they stopped.
-        for role in ("envoy", "extproc", "ledger", "control-plane", "fake-provider"):
+        # The batch worker first: its items in flight go through Envoy and finish before it stops.
+        for role in STOP_GRACE:
             group = [child for child in self.children if child.role == role]
             for child in group:
                 child.signal(signal.SIGTERM)
