@@ -20,7 +20,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -61,6 +61,7 @@ from batches.store import (
     sending,
     unknown_cursor,
 )
+from ccr.v1.sqlite_files import switch_to_wal, write_transaction
 
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 10_000
@@ -160,7 +161,7 @@ class SqliteBatchStore:
 
     async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
         def in_transaction(connection: sqlite3.Connection) -> T:
-            with _write_transaction(connection):
+            with write_transaction(connection):
                 return work(connection)
 
         return await self._run(in_transaction)
@@ -175,7 +176,7 @@ class SqliteBatchStore:
             connection.row_factory = sqlite3.Row
             try:
                 connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-                _switch_to_wal(connection)
+                switch_to_wal(connection, BUSY_TIMEOUT_MS)
                 connection.execute("PRAGMA synchronous = NORMAL")  # why: the module docstring
                 _migrate(connection)
             except BaseException:
@@ -526,22 +527,8 @@ def _results_page(connection: sqlite3.Connection, batch_id: str, states: list[st
     return [item_of(row) for row in rows]
 
 
-@contextlib.contextmanager
-def _write_transaction(connection: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE (the write lock up front, so a read-then-write never meets another
-    writer in between), COMMIT, or ROLLBACK."""
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        connection.execute("COMMIT")
-    except BaseException:
-        if connection.in_transaction:
-            connection.execute("ROLLBACK")
-        raise
-
-
 def _migrate(connection: sqlite3.Connection) -> None:
-    with _write_transaction(connection):
+    with write_transaction(connection):
         connection.execute(
             f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
         )
@@ -556,18 +543,3 @@ def _migrate(connection: sqlite3.Connection) -> None:
                 for statement in filter(str.strip, sql.split(";")):
                     connection.execute(statement)
                 connection.execute(f"INSERT INTO {MIGRATIONS_TABLE} VALUES (?, ?, ?)", (version, name, time.time()))
-
-
-def _switch_to_wal(connection: sqlite3.Connection) -> None:
-    """journal_mode = WAL, set in the file once. Processes opening a new file at the same moment can
-    find it locked, and SQLite does not wait for the busy timeout on this pragma: retried up to it.
-    (The ledger and the key store do the same; the rooms share no code.)"""
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-    while True:
-        try:
-            connection.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)

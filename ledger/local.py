@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from ccr.v1.sqlite_files import switch_to_wal
 from ccr.v1.usage_record import FIELDS, UsageRecord
 
 log = logging.getLogger("ccr.ledger.local")
@@ -104,28 +105,13 @@ def connect(path: Path | str, *, create: bool = True) -> sqlite3.Connection:
     connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
     try:
         connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        _switch_to_wal(connection)
+        switch_to_wal(connection, BUSY_TIMEOUT_MS)
         connection.execute("PRAGMA synchronous = FULL")  # per connection: why FULL, module docstring
         migrate(connection)
     except BaseException:
         connection.close()
         raise
     return connection
-
-
-def _switch_to_wal(connection: sqlite3.Connection) -> None:
-    """journal_mode = WAL, persistent: set in the file once. Two processes opening a new ledger at
-    the same moment (the workers of one `up`) can find it locked; SQLite does not wait for the
-    busy timeout on this pragma, so it is retried here, up to that timeout."""
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-    while True:
-        try:
-            connection.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
 
 
 def _applied_versions(connection: sqlite3.Connection) -> set[int]:

@@ -20,12 +20,13 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from ccr.v1 import env_refs
+from ccr.v1.sqlite_files import switch_to_wal, write_transaction
 from extproc.auth.keys import KeyRecord, SecretHash, VirtualKey, rotate, with_changes
 
 NOTIFY_CHANNEL = "ccr_auth_keys"
@@ -246,7 +247,7 @@ class SqliteKeyStore(_Modifications):
             connection.row_factory = sqlite3.Row
             try:
                 connection.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-                _switch_to_wal(connection)
+                switch_to_wal(connection, SQLITE_BUSY_TIMEOUT_MS)
                 self._migrate(connection)
             except BaseException:
                 connection.close()
@@ -258,7 +259,7 @@ class SqliteKeyStore(_Modifications):
 
     @staticmethod
     def _migrate(connection: sqlite3.Connection) -> None:
-        with _write_transaction(connection):
+        with write_transaction(connection):
             connection.execute(
                 "CREATE TABLE IF NOT EXISTS auth_schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
             )
@@ -294,7 +295,7 @@ class SqliteKeyStore(_Modifications):
 
     async def _modify(self, key_id: str, change: Callable[[KeyRecord], KeyRecord]) -> KeyRecord:
         def work(connection: sqlite3.Connection) -> KeyRecord:
-            with _write_transaction(connection):
+            with write_transaction(connection):
                 row = connection.execute("SELECT * FROM virtual_keys WHERE key_id = ?", (key_id,)).fetchone()
                 if row is None:
                     raise KeyNotFound(key_id)
@@ -304,7 +305,7 @@ class SqliteKeyStore(_Modifications):
 
     async def create(self, record: KeyRecord) -> KeyRecord:
         def work(connection: sqlite3.Connection) -> KeyRecord:
-            with _write_transaction(connection):
+            with write_transaction(connection):
                 return self._write(connection, record, insert=True)
 
         return await self._run(work)
@@ -347,34 +348,6 @@ class SqliteKeyStore(_Modifications):
 
 # The changes both stores make, as functions of the stored record (applied inside the write's
 # transaction, so two admins rotating at once do not both win).
-
-
-@contextlib.contextmanager
-def _write_transaction(connection: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE (writers one at a time: versions commit in order), COMMIT, or ROLLBACK."""
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        connection.execute("COMMIT")
-    except BaseException:
-        if connection.in_transaction:
-            connection.execute("ROLLBACK")
-        raise
-
-
-def _switch_to_wal(connection: sqlite3.Connection) -> None:
-    """journal_mode = WAL, set in the file once. Workers opening a new store at the same moment can
-    find it locked, and SQLite does not wait for the busy timeout on this pragma: retried up to it.
-    (The ledger's local store does the same; the two rooms share no code.)"""
-    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
-    while True:
-        try:
-            connection.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
 
 
 def _revoked(record: KeyRecord, now: float) -> KeyRecord:
