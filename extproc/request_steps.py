@@ -171,14 +171,11 @@ def endpoint_step(
 ) -> tuple[Api, Endpoint | Reply]:
     """The client's API and the endpoint it called, or the gateway's answer (no body needed)."""
     path, _, query = path.partition("?")
-    if table is not None and table.batch_api and (batch := batch_endpoint(path)) is not None:
-        if header_bytes(headers) > MAX_REQUEST_HEADER_BYTES:
-            message = f"request headers are larger than the gateway limit of {MAX_REQUEST_HEADER_BYTES} bytes"
-            labels = request_labels(batch.api, batch.path)
-            return batch.api, error_reply(batch.api, 431, message, "ccr_headers_too_large", labels=labels)
-        return batch.api, batch  # any method, with a body or not: the batch API answers for itself
     # HEAD is GET without the body (Envoy drops it from the answer).
     endpoint = ENDPOINTS.get(("GET" if method == "HEAD" else method, path))
+    if endpoint is None and table is not None and table.batch_api:
+        endpoint = batch_endpoint(path)  # looked for only past the model endpoints: off their path
+    batch = endpoint is not None and endpoint.kind == "batch"
     model_id = None
     if endpoint is None and method in ("GET", "HEAD"):
         model_id = models.model_id_of(path)
@@ -188,11 +185,14 @@ def endpoint_step(
     allowed = allowed_methods(path) if endpoint is None else ()
     # A path the gateway does not serve gets no endpoint label: it is no client call, and no usage record.
     served = endpoint is not None or bool(allowed)
-    labels = request_labels(api, path if served else "", requested_model=model_id or "")
+    labelled = (endpoint.path if batch else path) if served else ""  # a batch call: its API's root
+    labels = request_labels(api, labelled, requested_model=model_id or "")
     if header_bytes(headers) > MAX_REQUEST_HEADER_BYTES:
         # No byte count in the message: each decision path sees a few headers of Envoy's own.
         message = f"request headers are larger than the gateway limit of {MAX_REQUEST_HEADER_BYTES} bytes"
         return api, error_reply(api, 431, message, "ccr_headers_too_large", labels=labels)
+    if batch:
+        return api, endpoint  # any method, with a body or not: the batch API answers for itself
     if endpoint is None:
         if allowed:
             allow = ", ".join(allowed)
