@@ -43,7 +43,7 @@ def test_the_whole_stack_is_there() -> None:
     wanted = {
         "gateway", "extproc", "control-plane", "ledger", "postgres", "redis", "redis-sentinel",
         "redis-cluster-1", "rabbitmq", "consul", "vault", "prometheus", "alertmanager", "grafana",
-        "jaeger", "fake-provider",
+        "jaeger", "fake-provider", "batch-api", "batch-worker", "batch-metrics-relay",
     }  # fmt: skip
     assert wanted <= set(services())
     assert services()["postgres"]["image"].startswith("timescale/timescaledb:")
@@ -122,10 +122,29 @@ def test_the_compose_policy_is_valid() -> None:
 def test_prometheus_scrapes_the_jobs_the_rules_rely_on() -> None:
     config = yaml.safe_load((REPO / "deploy/compose/prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert set(jobs) == {"ccr-gateway", "ccr-envoy"}
+    assert set(jobs) == {"ccr-gateway", "ccr-envoy", "ccr-batch-worker"}
     assert jobs["ccr-envoy"]["metrics_path"] == "/stats/prometheus"
     relay = re.findall(r"--route=(/[\w/]+)=", COMPOSE.read_text())
     assert {"/metrics", "/stats/prometheus"} <= set(relay)
+
+
+def test_the_batch_services_share_the_store_and_their_metrics_are_scraped() -> None:
+    """docs/batches.md: the gateway forwards the batch paths to batch-api (policy `batches:`), the
+    worker sends items through the gateway's listener; the worker's loopback metrics page is
+    relayed from its network namespace to the address Prometheus scrapes."""
+    api, worker, relay = (services()[name] for name in ("batch-api", "batch-worker", "batch-metrics-relay"))
+    assert api["environment"]["CCR_BATCH_POSTGRES"] == worker["environment"]["CCR_BATCH_POSTGRES"]
+    assert "--listen=0.0.0.0:9180" in api["command"] and "ports" not in api  # reachable by the gateway only
+    policy = yaml.safe_load((REPO / "deploy/compose/policy.yaml").read_text())
+    assert policy["batches"]["api"] == "batch-api:9180"
+    assert f"--gateway=http://extproc:{policy['listener']['port']}" in worker["command"]
+    assert any(arg.startswith("--amqp=amqp://") and "@rabbitmq:5672/" in arg for arg in worker["command"])
+    assert "--metrics-port=9181" in worker["command"]
+    assert relay["network_mode"] == "service:batch-worker"
+    assert "--route=/metrics=http://127.0.0.1:9181/metrics" in relay["command"]
+    config = yaml.safe_load((REPO / "deploy/compose/prometheus.yml").read_text())
+    (job,) = (job for job in config["scrape_configs"] if job["job_name"] == "ccr-batch-worker")
+    assert job["static_configs"][0]["targets"] == ["batch-worker:9464"]
 
 
 def test_promtool_accepts_the_compose_prometheus_config(tmp_path: Path) -> None:

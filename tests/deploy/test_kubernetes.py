@@ -167,6 +167,38 @@ def test_the_probes_ask_the_real_health_endpoints(rendered: dict[str, Path], nam
                 assert probes["livenessProbe"]["httpGet"]["path"] == "/metrics"
 
 
+def test_the_batches_are_optional_and_their_workers_metrics_relayed(rendered: dict[str, Path]) -> None:
+    """values batches.enabled (off by default): the batch API (reached by the gateway pods only, named
+    in the policy's batches:) and the batch workers, whose loopback metrics page is relayed on 9464."""
+    assert not [w for w in workloads(rendered["helm-default"]) if "batch" in w["metadata"]["name"]]
+    assert "batches:" not in policies(rendered)["helm-default"]
+    assert yaml.safe_load(policies(rendered)["helm-vault-tracing"])["batches"] == {"api": "ccr-batch-api:9180"}
+    for name in ("helm-all-backends", "helm-vault-tracing"):
+        found = {w["metadata"]["name"]: w["spec"]["template"] for w in workloads(rendered[name])}
+        api = found["ccr-batch-api"]["spec"]["containers"][0]
+        assert api["args"][:2] == ["batch-api", "--listen=0.0.0.0:9180"]
+        assert api["readinessProbe"]["httpGet"]["path"] == "/healthz"
+        worker = found["ccr-batch-worker"]
+        assert worker["metadata"]["annotations"]["prometheus.io/port"] == "9464"
+        batch_worker, relay = worker["spec"]["containers"]
+        assert {"--metrics-port=9181", "--gateway=http://ccr-gateway:8080"} <= set(batch_worker["args"])
+        assert any(arg.startswith("--amqp=amqp://ccr:$(CCR_RABBITMQ_PASSWORD)@") for arg in batch_worker["args"])
+        assert batch_worker["livenessProbe"]["exec"]["command"][-1] == "http://127.0.0.1:9181/metrics"
+        assert "--route=/metrics=http://127.0.0.1:9181/metrics" in relay["args"]
+        assert relay["ports"] == [{"name": "metrics", "containerPort": 9464, "protocol": "TCP"}]
+        for component in ("ccr-batch-api", "ccr-batch-worker"):
+            env = {e["name"]: e for c in found[component]["spec"]["containers"] for e in c.get("env", [])}
+            assert env["CCR_BATCH_POSTGRES"]["value"].startswith("postgresql://ccr:$(CCR_POSTGRES_PASSWORD)@")
+        allowed = {
+            doc["metadata"]["name"]: doc["spec"].get("ingress", [])
+            for doc in documents(rendered[name])
+            if doc["kind"] == "NetworkPolicy"
+        }
+        (from_gateway,) = allowed["ccr-batch-api"]
+        assert from_gateway["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "ccr-gateway"
+        assert allowed["ccr-batch-worker"][0]["ports"] == [{"port": 9464, "protocol": "TCP"}]
+
+
 def test_the_hpa_scales_on_cpu_and_on_requests_in_flight(rendered: dict[str, Path]) -> None:
     for name in ("prod", "helm-default"):
         hpa = next(doc for doc in documents(rendered[name]) if doc["kind"] == "HorizontalPodAutoscaler")

@@ -198,6 +198,7 @@ def test_prometheus_loads_every_rule_file_and_scrapes_both_targets_of_a_gateway(
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert jobs["ccr-gateway"]["metrics_path"] == "/metrics"
     assert jobs["ccr-envoy"]["metrics_path"] == "/stats/prometheus"
+    assert jobs["ccr-batch-worker"]["metrics_path"] == "/metrics"  # docs/batches.md "Monitoring"
     for job in jobs.values():  # the inhibition and the rules group by it
         assert any(relabel.get("target_label") == "gateway" for relabel in job["relabel_configs"])
     assert config["alerting"]["alertmanagers"]
@@ -205,8 +206,22 @@ def test_prometheus_loads_every_rule_file_and_scrapes_both_targets_of_a_gateway(
 
 def test_gateway_down_watches_both_jobs() -> None:
     (down,) = (alert for alert in ALERTS if alert["alert"] == "CCRGatewayDown")
+    assert 'job=~"ccr-gateway|ccr-envoy"' in down["expr"]
+
+
+def test_every_scrape_job_has_an_alert_on_its_up() -> None:
+    """The gateway's two jobs page through CCRGatewayDown; the batch workers' job has its own
+    (a batch worker down is not a gateway down, nor worth a page)."""
+    watched = {
+        job
+        for alert in ALERTS
+        if alert["alert"] in ("CCRGatewayDown", "CCRBatchWorkerDown")
+        for job in re.findall(r'up\{job=~?"([^"]+)"\}', alert["expr"])[0].split("|")
+    }
     jobs = {job["job_name"] for job in load(PROMETHEUS_CONFIG)["scrape_configs"]}
-    assert all(job in down["expr"] for job in jobs)
+    assert jobs == watched == {"ccr-gateway", "ccr-envoy", "ccr-batch-worker"}
+    (batch,) = (alert for alert in ALERTS if alert["alert"] == "CCRBatchWorkerDown")
+    assert batch["labels"]["severity"] == "warning"
 
 
 def test_alertmanager_pages_critical_alerts_and_inhibits_by_existing_alert_names() -> None:

@@ -31,7 +31,8 @@ DASHBOARDS = GRAFANA / "dashboards"
 PROVISIONING = GRAFANA / "provisioning"
 RULES = ROOT / "deploy/observability/prometheus/rules"
 EXPECTED = ("system-overview", "api-performance", "provider-health", "cache-performance", "queue-metrics")
-CODE = ("extproc", "control_plane", "ledger", "ccr_gateway", "audit")  # where the processes define their metrics
+# Where the processes define their metrics (batches: the lanes and the batch workers).
+CODE = ("extproc", "control_plane", "ledger", "ccr_gateway", "audit", "batches")
 DATASOURCE = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
 
 # --- the metrics the gateway exports --------------------------------------------------------------
@@ -566,9 +567,29 @@ def test_the_static_scan_finds_the_families_of_every_process():
         "ccr_ledger_records_written_total",  # ledger/
         "ccr_xds_nacks_total",  # control_plane/
         "ccr_child_restarts_total",  # ccr_gateway/supervisor.py
+        "ccr_batch_lane_depth",  # batches/lane_metrics.py
+        "ccr_batch_worker_send_seconds_bucket",  # batches/worker.py
         "ccr_gateway_overhead_seconds_bucket",
     ):
         assert name in series, name
+
+
+def test_the_queue_dashboard_draws_every_batch_lane_and_worker_metric():
+    """docs/batches.md "Monitoring": every family of batches/lane_metrics.py and batches/worker.py
+    has a panel, and the send time is drawn as p50 and p99."""
+    families = {name for name, family in exported_families().items() if family.where.startswith("batches/")}
+    assert families >= {
+        "ccr_batch_lane_depth", "ccr_batch_tenant_waiting_items", "ccr_batch_lane_oldest_message_age_seconds",
+        "ccr_batch_dead_letter_depth", "ccr_batch_lane_published_total", "ccr_batch_lane_acked_total",
+        "ccr_batch_lane_requeued_total", "ccr_batch_lane_dead_lettered_total", "ccr_batch_worker_items_total",
+        "ccr_batch_worker_send_seconds",
+    }  # fmt: skip
+    board = dashboards()["queue-metrics"]
+    drawn = set().union(*(used(substitute(expr)).metrics for _, expr in expressions(board)))
+    for family in sorted(families):
+        assert set(exported_families()[family].series()) & drawn, f"no panel draws {family}"
+    send = next(p for p in panels(board) if p["title"] == "Item send time (p50 / p99)")
+    assert [t["legendFormat"] for t in send["targets"]] == ["p50", "p99"]
 
 
 def test_provisioning_points_grafana_at_the_dashboards_and_a_prometheus():

@@ -93,7 +93,7 @@ redis+cluster://{{ $auth }}{{ join "," $r.cluster.nodes }}
 {{- end -}}
 {{- end -}}
 
-{{/* The policy: .Values.policy, with tracing and vault added when enabled. */}}
+{{/* The policy: .Values.policy, with tracing, vault and batches added when enabled. */}}
 {{- define "ccr.policy" -}}
 {{- $policy := deepCopy .Values.policy -}}
 {{- if .Values.tracing.enabled -}}
@@ -103,6 +103,9 @@ redis+cluster://{{ $auth }}{{ join "," $r.cluster.nodes }}
 {{- $auth := dict "method" .Values.vault.authMethod -}}
 {{- if eq .Values.vault.authMethod "kubernetes" -}}{{- $_ := set $auth "role" .Values.vault.kubernetesRole -}}{{- end -}}
 {{- $_ := set $policy "vault" (dict "address" .Values.vault.address "auth" $auth "rotation" (dict "interval" .Values.vault.rotationInterval)) -}}
+{{- end -}}
+{{- if and .Values.batches.enabled (not (hasKey $policy "batches")) -}}
+{{- $_ := set $policy "batches" (dict "api" (printf "%s-batch-api:9180" (include "ccr.fullname" .))) -}}
 {{- end -}}
 {{- toYaml $policy -}}
 {{- end -}}
