@@ -19,8 +19,19 @@ import orjson
 from aiohttp import web
 
 from batches import anthropic_api as api
-from batches.api_http import context, get_batch, json_reply, list_batches, off_loop, read_body, stream_lines, tenant
-from batches.model import Api, Batch, CancelResult, Counts, Item, new_batch
+from batches.api_http import (
+    context,
+    get_batch,
+    json_reply,
+    lane,
+    list_batches,
+    off_loop,
+    owner_key,
+    read_body,
+    stream_lines,
+    tenant,
+)
+from batches.model import DEFAULT_LANE, Api, Batch, CancelResult, Counts, Item, new_batch
 
 PREFIX = "/v1/messages/batches"
 RESULTS_CONTENT_TYPE = "application/binary"  # what the SDK asks for (Accept); it reads the body as JSONL
@@ -65,17 +76,22 @@ async def _own(request: web.Request) -> Batch:
 async def create(request: web.Request) -> web.Response:
     ctx = context(request)
     raw = await read_body(request, limit=api.MAX_BODY_BYTES)
-    batch, items = await off_loop(batch_of_body, raw, api.new_batch_id(ctx.entropy()), tenant(request), ctx.clock())
+    batch_id, owner = api.new_batch_id(ctx.entropy()), tenant(request)
+    batch, items = await off_loop(batch_of_body, raw, batch_id, owner, ctx.clock(), owner_key(request), lane(request))
     await ctx.store.create_batch(batch, items)
     return json_reply(await _rendered(request, batch, Counts(queued=len(items))))
 
 
-def batch_of_body(raw: bytes, batch_id: str, owner: str, now: float) -> tuple[Batch, list[Item]]:
-    """A create body validated and made ``owner``'s batch: pure, so a large one can run in a thread."""
+def batch_of_body(
+    raw: bytes, batch_id: str, owner: str, now: float, key: str = "", lane: str = DEFAULT_LANE
+) -> tuple[Batch, list[Item]]:
+    """A create body validated and made ``owner``'s batch (created with ``key``, run in ``lane``):
+    pure, so a large one can run in a thread."""
     parsed = api.parse_create(raw)
     return new_batch(
-        batch_id, tenant=owner, api=Api.ANTHROPIC, endpoint=api.ENDPOINT, requests=parsed.requests, now=now
-    )
+        batch_id, tenant=owner, api=Api.ANTHROPIC, endpoint=api.ENDPOINT, requests=parsed.requests, now=now,
+        owner_key=key, lane=lane,
+    )  # fmt: skip
 
 
 async def list_(request: web.Request) -> web.Response:

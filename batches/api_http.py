@@ -21,7 +21,8 @@ from aiohttp import web
 
 from batches import anthropic_api, openai_api
 from batches.api_common import ApiError
-from batches.model import Api, Batch
+from batches.lanes import LANES
+from batches.model import DEFAULT_LANE, Api, Batch
 from batches.store import BatchPage, BatchStore
 
 T = TypeVar("T")
@@ -30,6 +31,12 @@ T = TypeVar("T")
 # client sent (``x-ccr-`` is its internal prefix, never trusted from a client). Nothing here can
 # tell who set it, so this service must be reachable through the gateway only.
 DEFAULT_TENANT_HEADER = "x-ccr-tenant"
+# Beside it, the caller's key id ("-" for none), kept with a batch it creates: its workers send the
+# items for that key (Batch.owner_key).
+DEFAULT_KEY_HEADER = "x-ccr-key"
+# A client's choice of lane for the batch it creates (lanes.LANES); not an x-ccr- name: the gateway
+# passes it on (its prefix is the gateway's own, never a client's).
+LANE_HEADER = "x-batch-lane"
 # The tenant of a request without one (the gateway does not require keys). No tenant the gateway
 # names can be empty, so anonymous batches are never anyone else's.
 ANONYMOUS_TENANT = ""
@@ -49,6 +56,7 @@ REQUEST_ID_HEADERS = ("request-id", "x-request-id")  # Anthropic's SDK reads the
 @dataclass(frozen=True, slots=True)
 class ServiceConfig:
     tenant_header: str = DEFAULT_TENANT_HEADER
+    key_header: str = DEFAULT_KEY_HEADER
     require_tenant: bool = False  # the gateway requires keys: a request without a tenant is a 401
     public_url: str | None = None  # where clients reach the API (results_url); None: from the request
     one_model: bool = True  # OpenAI's rule that every request of a batch names the same model
@@ -87,6 +95,23 @@ def tenant(request: web.Request) -> str:
     if config.require_tenant:
         raise ApiError(401, "Authentication required: this gateway requires an API key", kind=AUTHENTICATION)
     return ANONYMOUS_TENANT
+
+
+def lane(request: web.Request) -> str:
+    """The lane a new batch's items run in: ``x-batch-lane`` (``batch``, the default: spare
+    capacity; ``interactive``: ahead of every batch-lane item, for small urgent batches)."""
+    value = request.headers.get(LANE_HEADER, "").strip().lower()
+    if not value:
+        return DEFAULT_LANE
+    if value not in LANES:
+        raise ApiError(400, f"{LANE_HEADER}: must be one of {', '.join(sorted(LANES))}, not {value!r}")
+    return value
+
+
+def owner_key(request: web.Request) -> str:
+    """The caller's key id as the gateway named it; "" for a caller without a key."""
+    value = request.headers.get(context(request).config.key_header, "").strip()
+    return "" if value == ANONYMOUS_HEADER_VALUE else value
 
 
 # --- errors -------------------------------------------------------------------------------------

@@ -23,8 +23,30 @@ from aiohttp import BodyPartReader, web
 
 from batches import openai_api as api
 from batches.api_common import ApiError
-from batches.api_http import context, get_batch, json_reply, list_batches, off_loop, read_body, stream_lines, tenant
-from batches.model import FINAL, Api, Batch, CancelResult, Counts, Item, ItemState, failed_batch, new_batch
+from batches.api_http import (
+    context,
+    get_batch,
+    json_reply,
+    lane,
+    list_batches,
+    off_loop,
+    owner_key,
+    read_body,
+    stream_lines,
+    tenant,
+)
+from batches.model import (
+    DEFAULT_LANE,
+    FINAL,
+    Api,
+    Batch,
+    CancelResult,
+    Counts,
+    Item,
+    ItemState,
+    failed_batch,
+    new_batch,
+)
 
 CONTENT_TYPE = "application/octet-stream"  # what the API serves file content as
 MAX_FIELD_BYTES = 1024  # a form field other than the file (purpose): a word, not a document
@@ -200,17 +222,28 @@ async def create(request: web.Request) -> web.Response:
         raise ApiError(404, f"No such File object: {record.id}", kind="not_found", param="input_file_id")
     batch_id, now = api.new_batch_id(ctx.entropy()), ctx.clock()
     batch, items = await off_loop(
-        batch_of_file, content, created, record.id, batch_id, caller, now, one_model=ctx.config.one_model
-    )
+        batch_of_file, content, created, record.id, batch_id, caller, now,
+        one_model=ctx.config.one_model, key=owner_key(request), lane=lane(request),
+    )  # fmt: skip
     await ctx.store.create_batch(batch, items)
     return json_reply(api.render_batch(batch, Counts(queued=len(items))))
 
 
 def batch_of_file(
-    content: bytes, created: api.CreateBatch, file_id: str, batch_id: str, owner: str, now: float, *, one_model: bool
+    content: bytes,
+    created: api.CreateBatch,
+    file_id: str,
+    batch_id: str,
+    owner: str,
+    now: float,
+    *,
+    one_model: bool,
+    key: str = "",
+    lane: str = DEFAULT_LANE,
 ) -> tuple[Batch, list[Item]]:
-    """The input file validated and made ``owner``'s batch: pure, so a large one can run in a thread. Bad
-    lines make a failed batch, as OpenAI's does: accepted, then failed with errors.data."""
+    """The input file validated and made ``owner``'s batch (created with ``key``, run in ``lane``):
+    pure, so a large one can run in a thread. Bad lines make a failed batch, as OpenAI's does: accepted, then failed
+    with errors.data."""
     validated = api.validate_input(content, endpoint=created.endpoint, one_model=one_model)
     common = {"tenant": owner, "api": Api.OPENAI, "endpoint": created.endpoint, "now": now}
     if validated.errors:
@@ -218,7 +251,15 @@ def batch_of_file(
             batch_id, errors=validated.errors, metadata=created.metadata, input_file_id=file_id, **common
         )
         return failed, []
-    return new_batch(batch_id, requests=validated.requests, metadata=created.metadata, input_file_id=file_id, **common)
+    return new_batch(
+        batch_id,
+        requests=validated.requests,
+        metadata=created.metadata,
+        input_file_id=file_id,
+        owner_key=key,
+        lane=lane,
+        **common,
+    )
 
 
 async def list_(request: web.Request) -> web.Response:

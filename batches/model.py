@@ -175,6 +175,9 @@ class Batch:
     # The lane its items run in (a ``lanes.LANES`` key; a string here: the model knows no lanes).
     # Not part of either API's objects: set by the gateway, read by the feeder.
     lane: str = DEFAULT_LANE
+    # The id of the key that created the batch ("" for a caller without one), as the gateway named
+    # it: the workers send each item for that key, under its limits and budget. Not in the APIs' objects.
+    owner_key: str = ""
 
     @property
     def status(self) -> BatchStatus:
@@ -233,6 +236,7 @@ def new_batch(
     metadata: Mapping[str, str] | None = None,
     input_file_id: str | None = None,
     lane: str = DEFAULT_LANE,
+    owner_key: str = "",
 ) -> tuple[Batch, list[Item]]:
     """A batch of already validated ``(custom_id, body)`` requests, every item queued."""
     if not requests:
@@ -251,6 +255,7 @@ def new_batch(
         metadata=dict(metadata or {}),
         input_file_id=input_file_id,
         lane=lane,
+        owner_key=owner_key,
     )
     return batch, [Item(index, custom_id, body) for index, (custom_id, body) in enumerate(requests)]
 

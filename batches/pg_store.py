@@ -148,6 +148,14 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
             WHERE state = 'queued' AND NOT published;
         """,
     ),
+    (
+        3,
+        "owner_key",
+        """
+        -- the id of the key that created the batch ('' for none): the workers send its items for it
+        ALTER TABLE batches ADD COLUMN owner_key text NOT NULL DEFAULT '';
+        """,
+    ),
 )
 
 

@@ -130,6 +130,7 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         CREATE INDEX batch_items_unpublished ON batch_items (batch_id, item_index) WHERE state = 'queued' AND published = 0
         """,
     ),
+    (3, "owner_key", "ALTER TABLE batches ADD COLUMN owner_key TEXT NOT NULL DEFAULT ''"),
 )
 
 _UNFINISHED = tuple(state.value for state in UNFINISHED)

@@ -292,7 +292,7 @@ def _probe(state: ItemState) -> Item:
 
 BATCH_COLUMNS = (
     "id", "tenant", "api", "endpoint", "created_at", "expires_at", "total", "cancel_requested_at", "ended_at",
-    "archived_at", "metadata", "input_file_id", "failure", "lane",
+    "archived_at", "metadata", "input_file_id", "failure", "lane", "owner_key",
 )  # fmt: skip
 ITEM_COLUMNS = (
     "batch_id", "item_index", "custom_id", "body", "state", "attempts", "throttles", "status_code",
@@ -308,7 +308,7 @@ def batch_values(batch: Batch) -> tuple[Any, ...]:
     return (
         batch.id, batch.tenant, batch.api.value, batch.endpoint, batch.created_at, batch.expires_at, batch.total,
         batch.cancel_requested_at, batch.ended_at, batch.archived_at, orjson.dumps(dict(batch.metadata)),
-        batch.input_file_id, orjson.dumps(failure), batch.lane,
+        batch.input_file_id, orjson.dumps(failure), batch.lane, batch.owner_key,
     )  # fmt: skip
 
 
@@ -328,6 +328,7 @@ def batch_of(row: Mapping[str, Any]) -> Batch:
         input_file_id=row["input_file_id"],
         failure=tuple(InputError(*error) for error in orjson.loads(row["failure"])),
         lane=row["lane"],
+        owner_key=row["owner_key"],
     )
 
 

@@ -23,11 +23,13 @@ For each message (``BatchWorker.__call__``, a ``feeder.MessageHandler``):
 5. Return None (ack) only after the store write succeeded. A store error raises, and the lanes
    put the message back (nack, requeue): nothing is lost, and the result write absorbs the repeat.
 
-Credentials: for now every item is sent with one configured API key (``WorkerConfig.api_key``, as
-``x-api-key`` for Anthropic batches and ``Authorization: Bearer`` for OpenAI ones), which the
-gateway checks like any client's. Sending each batch with its own tenant's key, or a worker
-identity the gateway trusts to act for the batch's tenant, is a later concern: the batch header
-keeps only the tenant's name.
+Credentials: the worker presents its own key (``WorkerConfig.api_key``, as ``x-api-key`` for
+Anthropic batches and ``Authorization: Bearer`` for OpenAI ones) and names the batch's owner, the
+key that created it and its tenant (``x-batch-key``, ``x-batch-tenant``: ``Batch.owner_key``,
+``Batch.tenant``, ``-`` for none). A gateway whose policy lists the worker's key id
+(``batches.workers``) sends the item as the owner's request, under the owner's limits and budget,
+its usage recorded with the batch (extproc.auth.batch_caller); any other gateway ignores the names
+and the item is the worker key's own request. The worker holds no client's secret.
 
 Batch traffic is marked with ``x-batch-item: <batch_id>:<index>`` (``BATCH_ITEM_HEADER``). Not an
 ``x-ccr-`` name: those are the gateway's internal headers (ccr.v1.contract: "always overwritten,
@@ -53,7 +55,8 @@ from prometheus_client import Counter, Histogram
 from batches.lanes import Action, DeadReason, ItemMessage, RetryPolicy
 from batches.model import Api, Batch, Dispatch, Item, Outcome, Recorded
 from batches.store import NotInStore
-from ccr.v1.contract import BATCH_ITEM_HEADER
+from ccr.v1.contract import ANONYMOUS_TENANT_VALUE as ANONYMOUS
+from ccr.v1.contract import BATCH_ITEM_HEADER, BATCH_KEY_HEADER, BATCH_TENANT_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +203,12 @@ class BatchWorker:
         body = dict(item.body)
         if path_streams(batch):
             body["stream"] = False  # a batch item's answer is stored whole (validation refused true)
-        headers = {"content-type": "application/json", BATCH_ITEM_HEADER: message.key}
+        headers = {
+            "content-type": "application/json",
+            BATCH_ITEM_HEADER: message.key,
+            BATCH_KEY_HEADER: batch.owner_key or ANONYMOUS,
+            BATCH_TENANT_HEADER: batch.tenant or ANONYMOUS,
+        }
         key = self.config.api_key
         if batch.api is Api.ANTHROPIC:
             path = "/v1/messages"

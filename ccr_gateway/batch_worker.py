@@ -35,6 +35,7 @@ from ccr_gateway.batch_api import add_store_arguments, default_store_path
 log = logging.getLogger("ccr_gateway.batch_worker")
 
 API_KEY_ENV = "CCR_BATCH_API_KEY"
+AMQP_ENV = "CCR_BATCH_AMQP"
 EXPIRY_SWEEP_SECONDS = 30.0
 EXIT_USAGE = 2
 
@@ -44,8 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--amqp",
         metavar="URL",
-        default=None,
-        help="RabbitMQ lanes, e.g. amqp://guest:guest@127.0.0.1:5672/ (default: in-process lanes, one worker)",
+        default=os.environ.get(AMQP_ENV) or None,
+        help=f"RabbitMQ lanes, e.g. amqp://guest:guest@127.0.0.1:5672/ (default: ${AMQP_ENV}, else in-process "
+        "lanes, one worker; the environment keeps the broker's password off the command line)",
     )
     parser.add_argument("--amqp-prefix", default="", help="prefix of every queue and exchange name (tests)")
     parser.add_argument(
@@ -58,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--api-key-env",
         default=API_KEY_ENV,
         metavar="NAME",
-        help="environment variable holding the API key items are sent with (default %(default)s; unset: none)",
+        help="environment variable holding this worker's own API key (default %(default)s; unset: none); with "
+        "its key id in the policy's batches.workers, each item is sent for the key that created its batch",
     )
     parser.add_argument("--concurrency", type=int, default=16, help="items in flight at once (default %(default)s)")
     parser.add_argument("--max-attempts", type=int, default=5, help="transient failures per item before it errors")

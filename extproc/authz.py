@@ -94,7 +94,10 @@ def check(state: GatewayState, request: CheckRequest) -> CheckResponse:
         message = "the gateway has no routing policy yet; retry shortly"
         labels = request_labels(api, endpoint_path)
         return denied(error_reply(api, 503, message, "ccr_no_policy", labels=labels), headers)
-    key = state.auth.authenticate(api, endpoint_path, headers, state.table.auth_required, state.table.cert_identities)
+    table = state.table
+    key = state.auth.authenticate(
+        api, endpoint_path, headers, table.auth_required, table.cert_identities, table.batch_workers
+    )
     if isinstance(key, Reply):
         return denied(key, headers)
     if key is None:

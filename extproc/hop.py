@@ -188,7 +188,7 @@ def decide(state: GatewayState, method: str, path: str, headers: Mapping[str, st
         return _reply(auth.gate(api, path.partition("?")[0], headers, required, step))
     table = state.table
     assert table is not None  # endpoint_step answered 503 otherwise
-    key = auth.authenticate(api, step.path, headers, table.auth_required, table.cert_identities)
+    key = auth.authenticate(api, step.path, headers, table.auth_required, table.cert_identities, table.batch_workers)
     if isinstance(key, Reply):
         return _reply(key)
     if step.kind == "batch":  # to the batch API as it came, with the caller's tenant

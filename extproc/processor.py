@@ -135,8 +135,9 @@ class RequestProcessor:
             path = headers.get(":path", "/").partition("?")[0]
             return m.reply(self.state.auth.gate(self.api, path, headers, required, step))
         assert self.state.table is not None  # endpoint_step answered 503 otherwise
+        table = self.state.table
         key = self.state.auth.authenticate(
-            self.api, step.path, headers, self.state.table.auth_required, self.state.table.cert_identities
+            self.api, step.path, headers, table.auth_required, table.cert_identities, table.batch_workers
         )
         if isinstance(key, Reply):
             return m.reply(key)

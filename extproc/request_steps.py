@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from ccr.v1.contract import (
     ANONYMOUS_TENANT_VALUE,
     BATCH_API_CLUSTER,
+    BATCH_LABEL,
     CHAIN_METADATA_KEY,
     CLUSTER_HEADER,
     DECODED_CONTENT_ENCODINGS,
@@ -43,6 +44,7 @@ from ccr.v1.contract import (
     ESTIMATE_LABEL,
     HOP_DETAILS_KEY,
     INTERNAL_HEADER_PREFIX,
+    KEY_HEADER,
     KEY_ID_LABEL,
     REQUESTED_MODEL_LABEL,
     ROUTE_HEADER,
@@ -52,6 +54,7 @@ from ccr.v1.contract import (
     encode_chain,
 )
 from extproc import models
+from extproc.auth.batch_caller import BatchCaller
 from extproc.auth.keys import VirtualKey
 from extproc.metrics import REJECTED, labelled
 from extproc.plan import Answer, Chain, Forward, undecodable_body
@@ -231,11 +234,16 @@ def batch_endpoint(path: str) -> Endpoint | None:
 
 def batch_rewrite(api: Api, endpoint: Endpoint, headers: Mapping[str, str], key: VirtualKey | None) -> Rewrite:
     """A batch API request: to the batch API's cluster, the body untouched, the caller's tenant in
-    TENANT_HEADER. Always set (ANONYMOUS_TENANT_VALUE for a caller without a key): Envoy then
-    replaces whatever a client sent under that name, so nobody names a tenant but the gateway. The
+    TENANT_HEADER and its key's id in KEY_HEADER (the batch's owner, whom the workers send its items
+    for). Always set (ANONYMOUS_TENANT_VALUE for a caller without a key): Envoy then replaces
+    whatever a client sent under those names, so nobody names a tenant but the gateway. The
     gateway's credentials go no further. Labelled with the endpoint (and the key): the usage log
     records the call, with no model and no tokens, like a model list."""
-    set_headers = ((CLUSTER_HEADER, BATCH_API_CLUSTER), (TENANT_HEADER, key.tenant if key else ANONYMOUS_TENANT_VALUE))
+    set_headers = (
+        (CLUSTER_HEADER, BATCH_API_CLUSTER),
+        (TENANT_HEADER, key.tenant if key else ANONYMOUS_TENANT_VALUE),
+        (KEY_HEADER, key.key_id if key else ANONYMOUS_TENANT_VALUE),
+    )
     overwritten = {name for name, _ in set_headers}
     remove = tuple(
         name
@@ -344,6 +352,8 @@ def request_labels(
     if key is not None:
         labels[TENANT_LABEL] = key.tenant
         labels[KEY_ID_LABEL] = key.key_id
+        if type(key) is BatchCaller:
+            labels[BATCH_LABEL] = key.batch
     return labels
 
 

@@ -214,6 +214,7 @@ class RoutingTable:
     # x-forwarded-client-cert trustworthy.
     cert_identities: Mapping[str, str] = field(default_factory=dict)
     batch_api: bool = False  # the batch paths go to the batch API (policy batches:); else 404
+    batch_workers: frozenset[str] = frozenset()  # keys whose batch items act for the batch's owner
     cache: CacheSetting | None = None  # the policy's default `cache:`; None: off where nothing else says
     caches: bool = False  # some level (default, model, tenant) has a `cache:`: else nothing to resolve
     tracing: TracingSettings | None = None  # the policy's `tracing:`; None: off
@@ -434,6 +435,7 @@ def compile_policy(
         auth_required=policy.auth_required,
         cert_identities=cert_identities(policy),
         batch_api=policy.batch_api,
+        batch_workers=frozenset(policy.batch_workers),
         cache=cache_setting(policy.cache, "the default") if policy.HasField("cache") else None,
         caches=policy.HasField("cache")
         or any(route.cache is not None for route in models.values())

@@ -33,6 +33,7 @@ from google.protobuf.struct_pb2 import Value
 
 from ccr.v1.contract import (
     ANSWERED_BY_TAG,
+    BATCH_LABEL,
     CACHE_LABEL,
     CACHE_SAVED_LABEL,
     CHAIN_METADATA_KEY,
@@ -192,6 +193,7 @@ def usage_record(
         key_id=_string(labels, KEY_ID_LABEL) or None,
         cache=cache or None,
         cost_avoided_usd=avoided,
+        batch_id=_string(labels, BATCH_LABEL) or None,
     )
 
 

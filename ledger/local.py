@@ -79,6 +79,7 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         # REAL like cost_usd (reports sum both as whole 1e-10 dollars); the rows already there are 0.
         "ALTER TABLE usage_records ADD COLUMN cost_avoided_usd REAL NOT NULL DEFAULT 0.0",
     ),
+    (3, "batch_id", "ALTER TABLE usage_records ADD COLUMN batch_id TEXT"),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

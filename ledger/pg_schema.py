@@ -144,6 +144,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             ALTER TABLE usage_daily ADD COLUMN cost_avoided_usd numeric(20, 10) NOT NULL DEFAULT 0;
         """,
     ),
+    Migration(
+        4,
+        "batch_id",
+        # Nullable, no default: a catalog change only; the rows already there were no batch's.
+        native="ALTER TABLE usage_records ADD COLUMN batch_id text;",
+    ),
 )
 
 

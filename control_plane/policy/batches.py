@@ -3,6 +3,7 @@
 ```yaml
 batches:
   api: 127.0.0.1:9180        # where `ccr-gateway batch-api` listens: host:port, or unix:/path/to.sock
+  workers: [abcdefgh]        # key ids of the batch workers' own keys (optional)
 ```
 
 Without it the batch paths (``/v1/messages/batches``, ``/v1/files``, ``/v1/batches``) are unknown
@@ -10,17 +11,25 @@ endpoints (404). With it, the decision (hop or ext_proc) authenticates each of t
 any other and forwards it untouched to that address, with the caller's tenant in ``x-ccr-tenant``
 (control_plane.resources.batches, extproc.request_steps). Problems are reported with their line,
 like the rest of the policy.
+
+``workers``: the virtual keys the batch workers present (``ccr-gateway keys create``, the key id is
+the 8 characters after ``sk-ccr-``). A request of such a key that carries a batch item's headers is
+sent for the batch's owner: the key that created the batch, under its limits and budget, its usage
+recorded with the batch (extproc.auth.batch_caller). Without ``workers`` every item is sent as the
+worker's key's own request, which is enough where keys are not required.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 from dataclasses import dataclass
 
 from control_plane.policy.yaml_check import Checker, Located, join
 
-_FIELDS = ("api",)
+_FIELDS = ("api", "workers")
+_KEY_ID = re.compile(r"^[a-z2-7]{8}$")  # extproc.auth.keys' key ids (the control plane does not import it)
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 UNIX_PREFIX = "unix:"
 
@@ -30,6 +39,7 @@ class BatchesSpec:
     host: str = ""  # an IP address or a DNS name; "" with a unix socket
     port: int = 0
     socket_path: str = ""  # a unix socket instead of host:port
+    workers: tuple[str, ...] = ()  # key ids whose batch items are sent for the batch's owner
 
     @property
     def host_is_ip(self) -> bool:
@@ -49,6 +59,24 @@ def parse_batches(check: Checker, at: Located, path: str = "batches") -> Batches
     fields = check.mapping(at, path, _FIELDS, required=("api",))
     if "api" not in fields:
         return None
+    workers: list[str] = []
+    if "workers" in fields:
+        workers_path = join(path, "workers")
+        for index, item in enumerate(check.sequence(fields["workers"], workers_path)):
+            key_id = check.string(
+                item, join(workers_path, index), _KEY_ID, "key id (the 8 characters of a-z, 2-7 after sk-ccr-)"
+            )
+            if key_id is not None:
+                if key_id in workers:
+                    check.problem(item, join(workers_path, index), f"{key_id!r} is listed twice")
+                workers.append(key_id)
+    spec = _address(check, fields, path)
+    if spec is None:
+        return None
+    return dataclasses.replace(spec, workers=tuple(workers))
+
+
+def _address(check: Checker, fields: dict[str, Located], path: str) -> BatchesSpec | None:
     api_path = join(path, "api")
     text = check.string(fields["api"], api_path)
     if text is None:

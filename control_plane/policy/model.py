@@ -166,6 +166,7 @@ class GatewayPolicy:
             version=version,
             auth_required=self.auth.required,
             batch_api=self.batches is not None,
+            batch_workers=list(self.batches.workers) if self.batches is not None else [],
             # listener.tls.identities (parse_listener_tls refuses them without client_ca: mTLS).
             cert_identities=dict(self.tls.identities) if self.tls is not None else {},
             limits=policy_pb2.Limits(max_request_bytes=self.max_request_bytes),

@@ -22,7 +22,7 @@ import envoy.extensions.retry.priority.previous_priorities.v3.previous_prioritie
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 
 from ccr.v1.contract import (
-    BATCH_ITEM_HEADER,
+    BATCH_HEADERS,
     CLUSTER_HEADER,
     METADATA_NAMESPACE,
     PROVIDER_RESPONSE_HEADER,
@@ -200,7 +200,7 @@ def chain_route(timeout: str, max_attempts: int, attempt_timeout_seconds: float 
             },
         },
         # What only the gateway reads (as on a provider's own route).
-        "request_headers_to_remove": [CLIENT_CERT_HEADER, BATCH_ITEM_HEADER],
+        "request_headers_to_remove": [CLIENT_CERT_HEADER, *BATCH_HEADERS],
         "response_headers_to_add": [
             {
                 "header": {

@@ -27,7 +27,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from ccr.v1.contract import (
-    BATCH_ITEM_HEADER,
+    BATCH_HEADERS,
     CLUSTER_HEADER,
     EXTPROC_CLUSTER,
     HOP_DETAILS_KEY,
@@ -200,7 +200,7 @@ def provider_route(provider: ProviderSpec, decision_hop: bool = False) -> dict[s
             "auto_host_rewrite": True,
         },
         # The client's verified certificate (mTLS on the listener) is the gateway's business only.
-        "request_headers_to_remove": [CLIENT_CERT_HEADER, BATCH_ITEM_HEADER],
+        "request_headers_to_remove": [CLIENT_CERT_HEADER, *BATCH_HEADERS],
     }
     if len(provider.endpoints) > 1:  # a pool: an attempt that failed unanswered goes to another host
         route["route"]["retry_policy"] = localities.pool_retry_policy()

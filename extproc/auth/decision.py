@@ -40,7 +40,7 @@ import orjson
 
 from ccr.v1 import tracing
 from ccr.v1.contract import ERROR_TYPE_LABEL, REQUEST_ID_HEADER
-from extproc.auth import jwt_identity
+from extproc.auth import batch_caller, jwt_identity
 from extproc.auth.admission import (
     Charge,
     HeldCharges,
@@ -126,6 +126,7 @@ class Authenticator:
         headers: Mapping[str, str],
         required: bool,
         identities: Mapping[str, str] = _NO_IDENTITIES,
+        batch_workers: frozenset[str] = frozenset(),
     ) -> VirtualKey | Reply | None:
         """The presented key if valid, None for an anonymous request, or the 401 (503 while the
         keys are not loaded) in the client's format. A JWT Envoy verified comes first (its caller,
@@ -135,7 +136,10 @@ class Authenticator:
         A verified client certificate the policy maps to a tenant (extproc.auth.cert_identity)
         stands for a key when none of ours is presented: no key, or a foreign one (an SDK needs
         some key, and a provider's key or a placeholder is not ours to judge). A gateway key, valid
-        or not, is judged as a key."""
+        or not, is judged as a key.
+
+        ``batch_workers``: the table's ``batch_workers``, the keys whose batch items are sent for
+        the batch's owner (extproc.auth.batch_caller)."""
         caller = self._jwt_caller(api, path, headers)
         if caller is not None:
             return caller
@@ -155,6 +159,8 @@ class Authenticator:
             return _unauthorized(api, path, message, "ccr_auth_missing_key", code=None)
         key = self.keys.lookup(presented)
         if key is not None:
+            if batch_workers and key.key_id in batch_workers:
+                return self._batch_owner(api, path, key, headers, required)
             return key
         if KEY_PREFIX not in presented:  # a provider's key, or anything else: not ours to judge
             if not required:
@@ -169,6 +175,17 @@ class Authenticator:
             message = "invalid API key: this key " + ("has been revoked" if why == "revoked" else "has expired")
             return _unauthorized(api, path, message, f"ccr_auth_key_{why}")
         return _unauthorized(api, path, "invalid API key", "ccr_auth_invalid_key")
+
+    def _batch_owner(
+        self, api: Api, path: str, worker: VirtualKey, headers: Mapping[str, str], required: bool
+    ) -> VirtualKey | Reply | None:
+        """A trusted batch worker's item: the batch's owner (its 401 when the owner's key is gone)."""
+        caller = batch_caller.act_for(worker, headers, self.keys.by_id, anonymous_allowed=not required)
+        if caller is batch_caller.NOT_A_BATCH:
+            return worker
+        if isinstance(caller, batch_caller.OwnerRefused):
+            return _unauthorized(api, path, caller.message, caller.details)
+        return caller  # type: ignore[return-value]  # a BatchCaller, or None: an anonymous batch
 
     def _jwt_caller(self, api: Api, path: str, headers: Mapping[str, str]) -> VirtualKey | Reply | None:
         """The caller of a verified token (extproc.auth.jwt_identity), the 401 of a token that
@@ -368,6 +385,8 @@ class Authenticator:
     def limits_of(self, key: VirtualKey) -> tuple[tuple[Limit, ...], Budget | None]:
         """``key``'s limits and budget (this worker's share when they are in process), made once
         per version of the key."""
+        if type(key) is batch_caller.BatchCaller and key.owner is not None:
+            key = key.owner  # a batch item's caller: its owner's key's limits, made once per version
         cached = self._limits.get(key.key_id)
         if cached is not None and cached[0] is key:
             return cached[1], cached[2]

@@ -138,7 +138,8 @@ def test_the_batch_services_share_the_store_and_their_metrics_are_scraped() -> N
     policy = yaml.safe_load((REPO / "deploy/compose/policy.yaml").read_text())
     assert policy["batches"]["api"] == "batch-api:9180"
     assert f"--gateway=http://extproc:{policy['listener']['port']}" in worker["command"]
-    assert any(arg.startswith("--amqp=amqp://") and "@rabbitmq:5672/" in arg for arg in worker["command"])
+    assert "@rabbitmq:5672/" in worker["environment"]["CCR_BATCH_AMQP"]  # $CCR_BATCH_AMQP: --amqp's default
+    assert not any(arg.startswith("--amqp") for arg in worker["command"])  # its password off the command line
     assert "--metrics-port=9181" in worker["command"]
     assert relay["network_mode"] == "service:batch-worker"
     assert "--route=/metrics=http://127.0.0.1:9181/metrics" in relay["command"]

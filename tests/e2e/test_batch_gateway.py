@@ -94,7 +94,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory, fake: FakeProvider) -> Itera
         policy = base_policy(free_port(), fake)
         policy["auth"] = {"required": True, "keys": {"sqlite": str(directory / "keys.db")}}
         policy["batches"] = {"api": f"127.0.0.1:{api_port}"}
-        gateway = Gateway.start(directory, policy, name="batch-gateway", workers=1)
+        gateway = Gateway.start(directory, policy, name="batch-gateway", workers=1, args=["--no-batch-services"])
         yield Setup(gateway, database, keys)
     finally:
         if gateway is not None:

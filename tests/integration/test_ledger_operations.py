@@ -137,7 +137,7 @@ def _day_of_records(prefix: str, hour: int, count: int, hits: bool = False) -> l
 
 async def _store_as_the_version_before(connection: asyncpg.Connection, records: list[UsageRecord]) -> None:
     """Rows and their rollup as the writer before cost_avoided_usd stored them."""
-    columns = [name for name in FIELDS if name != "cost_avoided_usd"]
+    columns = [name for name in FIELDS if name not in ("cost_avoided_usd", "batch_id")]
     rows = [pg_schema.record_row(record)[: len(columns)] for record in records]
     await connection.copy_records_to_table("usage_records", records=rows, columns=columns)
     await connection.execute(
@@ -158,12 +158,13 @@ async def test_a_ledger_from_before_cost_avoided_is_migrated_keeping_its_rows_an
             before.setattr(pg_schema, "MIGRATIONS", pg_schema.MIGRATIONS[:2])
             assert len(await pg_schema.migrate(connection, use_timescaledb=False)) == 2
         await _store_as_the_version_before(connection, old_records)
-        with pytest.raises(StoreError, match=r"older than this ccr-gateway \(no cost_avoided_usd\).*db migrate"):
+        with pytest.raises(StoreError, match=r"older than this ccr-gateway \(no cost_avoided_usd, batch_id\).*db migrate"):
             await PostgresStore.open(fresh_database)  # a report says what to do, not "no such column"
 
         status, out, err = await run_cli("db", "migrate", "--postgres", fresh_database)
         assert status == 0, err
         assert "applied 0003_cost_avoided (native)" in out and "0002" not in out
+        assert "0004_batch_id (native)" in out
         assert await connection.fetchval("SELECT count(*) FROM usage_records WHERE cost_avoided_usd = 0") == 6
         daily = await connection.fetchrow("SELECT requests, cache_hits, cost_usd, cost_avoided_usd FROM usage_daily")
         assert tuple(daily) == (6, 0, Decimal("0.009"), Decimal(0))

@@ -141,11 +141,11 @@ def test_cors_mistakes_are_reported_with_their_line(cors, where, words):
 def test_what_only_the_gateway_reads_never_reaches_a_provider():
     """The client's verified certificate and the batch worker's item header are removed on every
     route to a provider: its own and a fallback chain's."""
-    from ccr.v1.contract import BATCH_ITEM_HEADER
+    from ccr.v1.contract import BATCH_HEADERS
     from control_plane.policy import load_policy
     from control_plane.resources.chains import chain_route
     from control_plane.resources.gateway import CLIENT_CERT_HEADER, provider_route
 
     provider = load_policy("providers:\n  - {name: a, api: openai, base_url: 'http://10.0.0.1/v1', models: [m]}\n")
     for route in (provider_route(provider.providers[0]), chain_route("60s", 2)):
-        assert {CLIENT_CERT_HEADER, BATCH_ITEM_HEADER} <= set(route["request_headers_to_remove"])
+        assert {CLIENT_CERT_HEADER, *BATCH_HEADERS} <= set(route["request_headers_to_remove"])

@@ -12,6 +12,7 @@ from ccr.v1.contract import (
     BATCH_API_CLUSTER,
     CLUSTER_HEADER,
     ENDPOINT_LABEL,
+    KEY_HEADER,
     METADATA_NAMESPACE,
     TENANT_HEADER,
 )
@@ -70,7 +71,7 @@ def test_a_batch_call_with_a_valid_key_goes_to_the_batch_api_with_its_tenant(met
     raw = b"--x\r\nnot json at all\r\n--x--" if method == "POST" else b""
     answer = decide(state(required=True), method, path, {"x-api-key": VALID, **extra}, raw)
     assert answer["action"] == "forward"
-    assert answer["set"] == {CLUSTER_HEADER: BATCH_API_CLUSTER, TENANT_HEADER: "acme"}
+    assert answer["set"] == {CLUSTER_HEADER: BATCH_API_CLUSTER, TENANT_HEADER: "acme", KEY_HEADER: "validkey"}
     assert answer["payload"] == b""  # the client's body goes on as it came
     assert "x-api-key" in answer["remove"]  # the gateway's key goes no further
     assert answer["labels"]["tenant"] == "acme"
@@ -81,6 +82,7 @@ def test_a_batch_call_with_a_valid_key_goes_to_the_batch_api_with_its_tenant(met
 def test_a_client_sent_tenant_header_is_overwritten_for_an_anonymous_caller():
     answer = decide(state(), "GET", "/v1/batches", {TENANT_HEADER: "victim", "authorization": "Bearer sk-x"})
     assert answer["set"][TENANT_HEADER] == ANONYMOUS_TENANT_VALUE
+    assert answer["set"][KEY_HEADER] == ANONYMOUS_TENANT_VALUE
     assert TENANT_HEADER not in answer["remove"]  # set, so Envoy replaces the client's copy
 
 

@@ -47,12 +47,12 @@ def test_first_open_creates_the_directories_and_the_versioned_schema(tmp_path):
     assert local.migrate(connect(path)) == []  # a second open runs nothing
 
 
-def test_a_ledger_from_before_cost_avoided_gets_the_column_and_keeps_its_rows(tmp_path, monkeypatch):
+def test_a_ledger_from_before_cost_avoided_and_batch_id_gets_the_columns_and_keeps_its_rows(tmp_path, monkeypatch):
     path = tmp_path / "ledger.db"
     monkeypatch.setattr(local, "MIGRATIONS", local.MIGRATIONS[:1])  # the file as the version before made it
     old = connect(path)
     row = dict(zip(FIELDS, local.row_of(make_record(0, cache="hit")), strict=True))
-    del row["cost_avoided_usd"]  # a field that version did not have
+    del row["cost_avoided_usd"], row["batch_id"]  # fields that version did not have
     old.execute(
         f"INSERT INTO usage_records ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})", list(row.values())
     )
@@ -60,13 +60,13 @@ def test_a_ledger_from_before_cost_avoided_gets_the_column_and_keeps_its_rows(tm
     monkeypatch.undo()
 
     reopened = sqlite3.connect(path, isolation_level=None)
-    assert local.migrate(reopened) == [2]
+    assert local.migrate(reopened) == [2, 3]
     assert local.migrate(reopened) == []
-    hit = make_record(1, cache="hit", cost_usd=0.0, cost_avoided_usd=0.0042)
+    hit = make_record(1, cache="hit", cost_usd=0.0, cost_avoided_usd=0.0042, batch_id="msgbatch_1")
     assert write_records(reopened, [hit]) == 1
     reopened.close()
     before, after = (record_from_row(row) for row in stored(path))
-    assert before == make_record(0, cache="hit") and before.cost_avoided_usd == 0.0
+    assert before == make_record(0, cache="hit") and before.cost_avoided_usd == 0.0 and before.batch_id is None
     assert after == hit
 
 

@@ -38,7 +38,14 @@ def test_the_export_field_names_in_their_order():
 def test_a_batch_round_trips_and_a_line_is_one_json_object():
     records = [record(), record(request_id="8a2d", stream=False, usage_source="estimated", status=529)]
     assert decode_batch(encode_batch(records)) == records
-    assert orjson.loads(encode_line(records[0])) == records[0].as_dict()
+    no_batch = {name: value for name, value in records[0].as_dict().items() if name != "batch_id"}
+    assert orjson.loads(encode_line(records[0])) == no_batch  # batch_id only when set: older writers take it
+
+
+def test_a_batch_items_record_carries_its_batch_id_on_the_wire():
+    item = record(batch_id="msgbatch_01")
+    assert orjson.loads(encode_line(item))["batch_id"] == "msgbatch_01"
+    assert decode_batch(encode_batch([item, record(request_id="x")])) == [item, record(request_id="x")]
 
 
 def test_times_are_utc_with_microseconds():

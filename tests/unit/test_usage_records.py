@@ -166,6 +166,7 @@ def test_a_passthrough_success_is_recorded_with_the_providers_usage_and_its_cost
         "session_id": None,
         "cache": None,
         "cost_avoided_usd": 0.0,
+        "batch_id": None,
     }
 
 
@@ -256,6 +257,13 @@ def test_a_stream_is_recorded_as_one_with_its_session(state):
     record = record_of(state, entry(labels, 200, {"input_tokens": 30, "output_tokens": 9}))
     assert (record.stream, record.input_tokens, record.output_tokens) == (True, 30, 9)
     assert record.session_id == labels["session"] and record.session_id
+
+
+def test_a_batch_item_is_recorded_with_its_owner_and_its_batch(state):
+    labels = {**decided_labels(state, "/v1/messages", MESSAGE), "tenant": "acme", "key_id": "abcdefgh"}
+    record = record_of(state, entry({**labels, "batch": "msgbatch_01"}, 200, {"input_tokens": 3, "output_tokens": 1}))
+    assert (record.tenant, record.key_id, record.batch_id) == ("acme", "abcdefgh", "msgbatch_01")
+    assert record_of(state, entry(labels, 200)).batch_id is None
 
 
 def test_a_translated_request_is_recorded_with_the_providers_own_counts_normalised(state):

@@ -31,11 +31,20 @@ DECODED_CONTENT_ENCODINGS = ("gzip", "br", "zstd")  # what Envoy's decompressors
 # Set by the batch worker on each item it sends through the gateway (``<batch_id>:<index>``); the
 # provider routes remove it before a request leaves (batches.worker says why it is not x-ccr-).
 BATCH_ITEM_HEADER = "x-batch-item"
+# Sent with each item by a batch worker whose key the policy names (batches.workers): whom the item
+# is sent for, the batch's owner. The gateway believes them from such a worker only, and then treats
+# the request as the owner's (extproc.auth.batch_caller): the owner's key id ("-": none) and tenant.
+BATCH_KEY_HEADER = "x-batch-key"
+BATCH_TENANT_HEADER = "x-batch-tenant"
+BATCH_HEADERS = (BATCH_ITEM_HEADER, BATCH_KEY_HEADER, BATCH_TENANT_HEADER)  # removed before a provider
 # The batch API's caller (batches.api_http): set by the decision hop on every request it forwards to
 # the batch API (BATCH_API_CLUSTER), the client's copy never passing (x-ccr- is never trusted).
 # Always set: an anonymous caller gets ANONYMOUS_TENANT_VALUE, which no virtual key's tenant is.
 TENANT_HEADER = "x-ccr-tenant"
 ANONYMOUS_TENANT_VALUE = "-"
+# Beside it, the caller's key id (ANONYMOUS_TENANT_VALUE for none): the batch API keeps it with the
+# batch, and its workers send each item for that key (BATCH_KEY_HEADER), under its limits and budget.
+KEY_HEADER = "x-ccr-key"
 # gRPC metadata on the upstream (per-attempt) ext_proc filter's calls, telling ext_proc which filter calls.
 UPSTREAM_PHASE_METADATA = ("x-ccr-phase", "upstream")
 
@@ -61,6 +70,7 @@ STREAM_LABEL = "stream"  # "1" when the client asked for a stream
 ESTIMATE_LABEL = "estimate"  # the gateway's count of the input tokens, on requests sent to a provider
 TENANT_LABEL = "tenant"  # the virtual key's tenant, on requests that presented one
 KEY_ID_LABEL = "key_id"  # the virtual key's id (never its secret)
+BATCH_LABEL = "batch"  # the batch a trusted worker sent the request for (its usage record's batch_id)
 ERROR_TYPE_LABEL = "error_type"  # on the gateway's own error answers: the type the client was told
 CACHE_LABEL = "cache"  # the response cache's part in the answer: hit | miss (stored if it succeeds)
 # On a cache hit: the usage the cached answer reported, which no provider was paid for this time,

@@ -19,7 +19,7 @@ API_OPENAI: Api
 API_GEMINI: Api
 
 class Policy(_message.Message):
-    __slots__ = ("version", "providers", "limits", "router", "aliases", "fallbacks", "tenants", "auth_required", "cache", "tracing", "vault", "cert_identities", "batch_api")
+    __slots__ = ("version", "providers", "limits", "router", "aliases", "fallbacks", "tenants", "auth_required", "cache", "tracing", "vault", "cert_identities", "batch_api", "batch_workers")
     class AliasesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,7 @@ class Policy(_message.Message):
     VAULT_FIELD_NUMBER: _ClassVar[int]
     CERT_IDENTITIES_FIELD_NUMBER: _ClassVar[int]
     BATCH_API_FIELD_NUMBER: _ClassVar[int]
+    BATCH_WORKERS_FIELD_NUMBER: _ClassVar[int]
     version: str
     providers: _containers.RepeatedCompositeFieldContainer[Provider]
     limits: Limits
@@ -60,7 +61,8 @@ class Policy(_message.Message):
     vault: Vault
     cert_identities: _containers.ScalarMap[str, str]
     batch_api: bool
-    def __init__(self, version: _Optional[str] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., router: _Optional[_Union[Router, _Mapping]] = ..., aliases: _Optional[_Mapping[str, Choice]] = ..., fallbacks: _Optional[_Iterable[_Union[FallbackChain, _Mapping]]] = ..., tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ..., auth_required: bool = ..., cache: _Optional[_Union[CacheRules, _Mapping]] = ..., tracing: _Optional[_Union[Tracing, _Mapping]] = ..., vault: _Optional[_Union[Vault, _Mapping]] = ..., cert_identities: _Optional[_Mapping[str, str]] = ..., batch_api: bool = ...) -> None: ...
+    batch_workers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[str] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., router: _Optional[_Union[Router, _Mapping]] = ..., aliases: _Optional[_Mapping[str, Choice]] = ..., fallbacks: _Optional[_Iterable[_Union[FallbackChain, _Mapping]]] = ..., tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ..., auth_required: bool = ..., cache: _Optional[_Union[CacheRules, _Mapping]] = ..., tracing: _Optional[_Union[Tracing, _Mapping]] = ..., vault: _Optional[_Union[Vault, _Mapping]] = ..., cert_identities: _Optional[_Mapping[str, str]] = ..., batch_api: bool = ..., batch_workers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Vault(_message.Message):
     __slots__ = ("address", "auth_method", "auth_mount", "token_env", "role_id", "secret_id_env", "role", "jwt_path", "rotation_interval_s")

@@ -66,6 +66,10 @@ class UsageRecord:
     # paid (the hit itself spends nothing: 0 tokens, cost_usd 0). 0.0 on anything else, and on
     # records from gateways older than the field.
     cost_avoided_usd: float = 0.0
+    # The batch whose item this request was (a batch worker's, sent for the batch's owner); None for
+    # everything else. Left out of the JSON when None, so a ledger writer older than the field
+    # takes the records of all but batch traffic.
+    batch_id: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {field: getattr(self, field) for field in FIELDS}
@@ -98,6 +102,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "session_id": (str, type(None)),
     "cache": (str, type(None)),
     "cost_avoided_usd": (int, float),
+    "batch_id": (str, type(None)),
 }
 _REQUIRED = tuple(field.name for field in dataclasses.fields(UsageRecord) if field.default is dataclasses.MISSING)
 
@@ -153,7 +158,7 @@ def record_from_dict(data: Mapping[str, Any]) -> UsageRecord:
 
 def encode_batch(records: Iterable[UsageRecord]) -> bytes:
     """Records -> one message body: {"v": 1, "records": [...]}."""
-    return orjson.dumps({"v": BATCH_VERSION, "records": [record.as_dict() for record in records]})
+    return orjson.dumps({"v": BATCH_VERSION, "records": [_wire(record) for record in records]})
 
 
 def decode_batch(body: bytes) -> list[UsageRecord]:
@@ -175,4 +180,12 @@ def decode_batch(body: bytes) -> list[UsageRecord]:
 
 def encode_line(record: UsageRecord) -> bytes:
     """One record as a JSON line (``usage export --format jsonl``, the spool)."""
-    return orjson.dumps(record.as_dict()) + b"\n"
+    return orjson.dumps(_wire(record)) + b"\n"
+
+
+def _wire(record: UsageRecord) -> dict[str, Any]:
+    """The record's JSON object: ``batch_id`` only when set (see the field)."""
+    data = record.as_dict()
+    if data["batch_id"] is None:
+        del data["batch_id"]
+    return data

@@ -510,3 +510,29 @@ async def test_the_gateways_request_id_comes_back_under_both_names(client):
 async def test_healthz_names_the_store(client):
     response = await client.get("/healthz")
     assert await response.json() == {"status": "ok", "store": "memory"}
+
+
+# --- what the gateway and the client tell the service beyond the APIs ----------------------------
+
+
+async def test_a_batch_keeps_the_key_that_created_it_for_its_workers(client, store):
+    anthropic = await anthropic_batch(client, headers={**TENANT, "x-ccr-key": "abcdefgh"})
+    openai = await openai_batch(client, jsonl_file(2), headers={**TENANT, "x-ccr-key": "ijklmnop"})
+    anonymous = await anthropic_batch(client, headers={**TENANT, "x-ccr-key": "-"})
+    assert (await store.get_batch(anthropic.id)).owner_key == "abcdefgh"
+    assert (await store.get_batch(openai.id)).owner_key == "ijklmnop"
+    assert (await store.get_batch(anonymous.id)).owner_key == ""
+
+
+async def test_a_client_picks_the_interactive_lane_with_a_header_and_a_bad_lane_is_a_400(client, store):
+    default = await anthropic_batch(client)
+    urgent = await anthropic_batch(client, headers={**TENANT, "x-batch-lane": "interactive"})
+    file_batch = await openai_batch(client, jsonl_file(1), headers={**TENANT, "x-batch-lane": "Interactive"})
+    assert (await store.get_batch(default.id)).lane == "batch"
+    assert (await store.get_batch(urgent.id)).lane == "interactive"
+    assert (await store.get_batch(file_batch.id)).lane == "interactive"
+    refused = await client.post(
+        "/v1/messages/batches", json=anthropic_body(1), headers={**TENANT, "x-batch-lane": "fast"}
+    )
+    assert refused.status == 400
+    assert "x-batch-lane" in anthropic_error(await refused.json(), "invalid_request_error")
