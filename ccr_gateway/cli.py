@@ -64,6 +64,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         workers=args.workers,
         ledger_on=not args.no_ledger,
+        batch_services=not args.no_batch_services,
         internal_tls=internal_tls,
         region=args.region,
     )
@@ -393,6 +394,12 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
         "--no-ledger",
         action="store_true",
         help="keep no usage records (default: the policy's storage, else the local SQLite ledger)",
+    )
+    up.add_argument(
+        "--no-batch-services",
+        action="store_true",
+        help="with batches: {api: <a local address>}, do not run the batch API and a batch worker: they "
+        "run by themselves (batch-api, batch-worker --amqp ...)",
     )
     up.add_argument(
         "--internal-tls",

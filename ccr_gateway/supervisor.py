@@ -107,6 +107,7 @@ class GatewayProcesses:
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # ext_proc processes
     quiet: bool = False
     ledger_on: bool = True  # False: usage records go nowhere (up --no-ledger)
+    batch_services: bool = True  # False: a local batches: api runs by itself (up --no-batch-services)
     internal_tls: InternalTls | None = None  # up --internal-tls: TCP + mTLS between the pieces
     region: str = ""  # up --region: providers' endpoints there come first (control-plane --region)
     run_dir: str = ""
@@ -312,6 +313,9 @@ class GatewayProcesses:
         `batch-worker --amqp` by itself). An address elsewhere is a batch API run elsewhere."""
         spec = self.policy.batches
         if spec is None or spec.socket_path or spec.host not in LOCAL_HOSTS:
+            return
+        if not self.batch_services:
+            self.say(f"- batch API on {spec.address}: run by itself (--no-batch-services)")
             return
         store = ["--postgres", os.environ["CCR_BATCH_POSTGRES"]] if os.environ.get("CCR_BATCH_POSTGRES") else []
         where = "PostgreSQL ($CCR_BATCH_POSTGRES)" if store else "local SQLite"

@@ -23,7 +23,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aio_pika
-import asyncpg
 import pytest
 
 from batches.feeder import DeadLetterSweeper, Feeder, FeederConfig
@@ -34,10 +33,10 @@ from batches.rabbit_lanes import LaneNames
 from batches.sqlite_store import SqliteBatchStore
 from batches.store import BatchStore
 from batches.worker import BatchWorker, GatewaySender
+from tests.e2e.batch_support import throwaway_database
 from tests.e2e.gateway import FakeProvider, Gateway
 
 AMQP_URL = os.environ.get("CCR_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
-POSTGRES = os.environ.get("CCR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 ITEMS = 200
 CONCURRENCY = 8
 
@@ -118,21 +117,8 @@ async def test_a_200_item_anthropic_batch_for_an_openai_model_completes_once_per
 
 @pytest.fixture
 def batch_database() -> Iterator[str]:
-    name = f"ccr_batch_worker_test_{uuid.uuid4().hex[:10]}"
-
-    async def admin(statement: str) -> None:
-        connection = await asyncpg.connect(f"{POSTGRES}/postgres", timeout=5)
-        try:
-            await connection.execute(statement)
-        finally:
-            await connection.close()
-
-    try:
-        asyncio.run(admin(f"CREATE DATABASE {name}"))
-    except Exception as exc:
-        pytest.skip(f"PostgreSQL not reachable at {POSTGRES}: {exc}")
-    yield f"{POSTGRES}/{name}"
-    asyncio.run(admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    with throwaway_database("ccr_batch_worker_test") as dsn:
+        yield dsn
 
 
 @pytest.fixture
