@@ -116,8 +116,9 @@ class ItemMessage:
             raise MessageError("not a JSON object")
         tenant, batch_id, index, lane = (value.get(k) for k in ("tenant", "batch_id", "index", "lane"))
         requeues = value.get("ttl_requeues", 0)
-        if not isinstance(tenant, str) or not isinstance(batch_id, str) or not tenant or not batch_id:
-            raise MessageError("tenant and batch_id must be non-empty strings")
+        # The tenant may be "": the anonymous tenant's batches (a gateway that does not require keys).
+        if not isinstance(tenant, str) or not isinstance(batch_id, str) or not batch_id:
+            raise MessageError("tenant must be a string and batch_id a non-empty string")
         if isinstance(index, bool) or not isinstance(index, int) or index < 0:
             raise MessageError("index must be a non-negative integer")
         if lane not in LANES:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench import batches as batch_bench
 from bench import document, report
 from bench.environment import REDIS_HOST, REDIS_PORT, redis_listening
 from bench.load import LoadError, pick_driver
@@ -85,6 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help=f"smoke run: {QUICK_DURATION_S:g} s per measurement, cases {','.join(QUICK_CASES)}, 4 connections",
     )
+    batch_bench.add_arguments(parser)  # --batches and its options: bench/batches.py
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -169,6 +171,12 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.batches:
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            return batch_bench.run(args, _progress)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     if args.from_json:
         return _rerender(args.from_json, args)
     try:
