@@ -11,13 +11,19 @@ Tables (migration 1 below; the SQLite store's are the same, column for column):
 Bodies are bytea holding the JSON as given (orjson bytes), not jsonb: the store never looks
 inside them, and bytea keeps them byte for byte without a parse on the way in.
 
-Concurrency: every write is one transaction that first locks its batch's row (``SELECT ... FOR
-UPDATE``), then reads what it changes, applies the model's transition and writes the result. So
-one batch's writes are serialized (two workers recording the same item: the second waits, then
-reads the first's outcome and gets DUPLICATE or REFUSED), the batch settles in the transaction
-that finished its last item, and locks are always taken batch first, then items: no deadlocks.
-A write is a few statements (about a millisecond), so one batch still takes hundreds of results
-a second, and different batches do not wait for each other. Reads take no locks.
+Concurrency: every write is one transaction that first locks its batch's row, then reads what it
+changes, applies the model's transition and writes the result; locks are always taken batch
+first, then items: no deadlocks. Batch-wide writes (cancel, expiry, settle, archive, published
+marks) take the row ``FOR UPDATE``: they wait for every item write in flight and exclude the next
+ones. One item's writes (send, record, retry, expire one) take it ``FOR SHARE`` and then the
+item's own row ``FOR UPDATE``: several workers write the items of one batch at once (a batch is
+not drained one result at a time), while two workers recording the same item still take turns (the
+second reads the first's outcome and gets DUPLICATE or REFUSED). Because item writes run side by
+side, the last two items finishing at once cannot see each other's result inside their
+transactions; so a write that made its item final settles the batch afterwards, in a batch-wide
+write of its own, when a probe finds no item unfinished. Both writers probe after committing,
+and the later one sees both items final. Different batches never wait for each other. Reads take
+no locks.
 
 Migrations follow the ledger's (ledger/pg_schema.py): versioned, one transaction under an
 advisory lock, so gateways and workers starting together are safe; a shipped migration is never
@@ -200,6 +206,9 @@ _UNFINISHED = [state.value for state in UNFINISHED]
 _INSERT_BATCH = f"INSERT INTO batches ({', '.join(BATCH_COLUMNS)}) VALUES ({_placeholders(BATCH_COLUMNS)})"
 _UPDATE_ITEM = f"UPDATE batch_items SET {_assignments(ITEM_CHANGES, 3)} WHERE batch_id = $1 AND item_index = $2"
 _BULK_UPDATE = f"UPDATE batch_items SET {_assignments(BULK_CHANGES, 3)} WHERE batch_id = $1 AND state = $2"
+_SELECT_BATCH_EXCLUSIVE = "SELECT * FROM batches WHERE id = $1 FOR UPDATE"
+_SELECT_BATCH_SHARED = "SELECT * FROM batches WHERE id = $1 FOR SHARE"
+_ANY_UNFINISHED = "SELECT 1 FROM batch_items WHERE batch_id = $1 AND state = ANY($2::text[]) LIMIT 1"
 _UPDATE_BATCH = "UPDATE batches SET cancel_requested_at = $2, ended_at = $3, archived_at = $4 WHERE id = $1"
 _INSERT_FILE = (
     f"INSERT INTO batch_files ({', '.join(FILE_COLUMNS)}, content) VALUES ({_placeholders((*FILE_COLUMNS, 'content'))})"
@@ -252,11 +261,15 @@ class PostgresBatchStore:
         async with pool.acquire(timeout=CONNECT_TIMEOUT) as connection:
             return await work(connection)
 
-    async def _write(self, batch_id: str, work: Callable[[asyncpg.Connection, Batch], Awaitable[T]]) -> T:
-        """``work`` in one transaction, holding the batch's row lock (why: module docstring)."""
+    async def _write(
+        self, batch_id: str, work: Callable[[asyncpg.Connection, Batch], Awaitable[T]], *, shared: bool = False
+    ) -> T:
+        """``work`` in one transaction, holding the batch's row lock: exclusive, or ``shared`` for
+        one item's write (why: module docstring)."""
         pool = await self._acquire_pool()
+        lock = _SELECT_BATCH_SHARED if shared else _SELECT_BATCH_EXCLUSIVE
         async with pool.acquire(timeout=CONNECT_TIMEOUT) as connection, connection.transaction():
-            row = await connection.fetchrow("SELECT * FROM batches WHERE id = $1 FOR UPDATE", batch_id)
+            row = await connection.fetchrow(lock, batch_id)
             if row is None:
                 raise NotInStore(f"no batch {batch_id!r}")
             return await work(connection, batch_of(row))
@@ -436,7 +449,7 @@ class PostgresBatchStore:
     async def _change_item(self, batch_id: str, index: int, change: ItemChange, now: float) -> tuple[Item, Any]:
         async def work(connection: asyncpg.Connection, batch: Batch) -> tuple[Item, Any]:
             row = await connection.fetchrow(
-                "SELECT * FROM batch_items WHERE batch_id = $1 AND item_index = $2", batch_id, index
+                "SELECT * FROM batch_items WHERE batch_id = $1 AND item_index = $2 FOR UPDATE", batch_id, index
             )
             if row is None:
                 raise NotInStore(f"batch {batch_id!r} has no item {index}")
@@ -458,10 +471,18 @@ class PostgresBatchStore:
                         index,
                         now,
                     )
-                await _settle(connection, batch, now)
-            return after, result
+            return after, result, before
 
-        return await self._write(batch_id, work)
+        after, result, before = await self._write(batch_id, work, shared=True)
+        if after.state.final and not before.state.final:
+            await self._settle_if_done(batch_id, now)
+        return after, result
+
+    async def _settle_if_done(self, batch_id: str, now: float) -> None:
+        """After an item became final: end the batch if none is unfinished (module docstring)."""
+        probe = await self._read(lambda connection: connection.fetchval(_ANY_UNFINISHED, batch_id, _UNFINISHED))
+        if probe is None:
+            await self._write(batch_id, lambda connection, batch: _settle(connection, batch, now))
 
     async def send_item(self, batch_id: str, index: int, *, now: float) -> tuple[Item, Dispatch]:
         return await self._change_item(batch_id, index, sending(now), now)
@@ -559,14 +580,11 @@ async def _counts(connection: asyncpg.Connection, batch_id: str) -> Counts:
 
 
 async def _settle(connection: asyncpg.Connection, batch: Batch, now: float) -> Batch:
-    """``model.settle`` inside the write that changed items. While any item is unfinished settle
-    changes nothing, so the counts (a scan of the batch) are read only once none is: checking for
-    one unfinished item is an index probe, counting 100,000 per result would not be. The batch's
-    row lock makes this exact: the last two items finishing at once are two writes, one after the
-    other, and the second sees the first's item final."""
-    unfinished = await connection.fetchval(
-        "SELECT 1 FROM batch_items WHERE batch_id = $1 AND state = ANY($2::text[]) LIMIT 1", batch.id, _UNFINISHED
-    )
+    """``model.settle``, in a batch-wide write (the batch's row held exclusively). While any item is
+    unfinished settle changes nothing, so the counts (a scan of the batch) are read only once none
+    is: checking for one unfinished item is an index probe, counting 100,000 per result would not
+    be."""
+    unfinished = await connection.fetchval(_ANY_UNFINISHED, batch.id, _UNFINISHED)
     if unfinished is not None:
         return batch
     settled = model.settle(batch, await _counts(connection, batch.id), now=now)

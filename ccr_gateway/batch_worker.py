@@ -157,12 +157,16 @@ async def _main(args: argparse.Namespace) -> None:
 
 async def _expire_batches(store: BatchStore, stop: asyncio.Event) -> None:
     """The 24 h window: batches past it have their unfinished items expired; and retention: results
-    past it dropped, input files past their expiry deleted. Idempotent, so every worker process may
-    run it."""
+    past it dropped, input files past their expiry deleted. Also a batch whose last item ended in a
+    process that died before it settled the batch (PostgreSQL settles after the item's own write)
+    is ended here. Idempotent, so every worker process may run it."""
     while not stop.is_set():
         try:
             while await store.expire_due(now=time.time()):
                 pass
+            for active in await store.active_batches():
+                if active.queued == 0:  # maybe all final: settle probes for an unfinished item first
+                    await store.settle(active.batch_id, now=time.time())
             purged = await store.purge(now=time.time())
             if purged.archived or purged.deleted_files:
                 log.info(
