@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import signal
@@ -28,7 +27,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bench.load import LoadError
-from bench.loadgen import _Connection
+from bench.loadgen import _Connection, run_and_print
 
 SAMPLES_HEADER = "# scheduled_s latency_s status"
 
@@ -209,15 +208,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    try:
-        import uvloop  # as bench.loadgen: a cheaper event loop leaves more CPU to what is measured
-    except ImportError:
-        output = asyncio.run(InteractiveLoad(args).run())
-    else:
-        output = uvloop.run(InteractiveLoad(args).run())
-    json.dump(output, sys.stdout)
-    sys.stdout.write("\n")
+    run_and_print(InteractiveLoad(parse_args(argv)).run())
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ import random
 import sys
 import time
 from collections import Counter
+from collections.abc import Coroutine
+from typing import Any
 from urllib.parse import urlsplit
 
 PERCENTILES = (50, 75, 90, 99, 99.9)
@@ -227,16 +229,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def run_and_print(work: Coroutine[Any, Any, Any]) -> None:
+    """Run a load generator's coroutine and print its answer as one JSON line (what the bench reads)."""
     try:
         import uvloop  # optional: a cheaper event loop leaves more CPU to what is measured
     except ImportError:
-        output = asyncio.run(_Generator(args).run())
+        output = asyncio.run(work)
     else:
-        output = uvloop.run(_Generator(args).run())
+        output = uvloop.run(work)
     json.dump(output, sys.stdout)
     sys.stdout.write("\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_and_print(_Generator(parse_args(argv)).run())
 
 
 if __name__ == "__main__":
