@@ -269,7 +269,7 @@ def batch_environment(settings: BatchSettings, progress: Progress) -> Iterator[B
         policy.write_text(yaml.safe_dump(gateway_policy(port, upstream_port, api_address, keys_db), sort_keys=False))
         progress(f"starting the gateway (ccr-gateway up, decision: hop) on 127.0.0.1:{port}")
         argv = [*python, "up", "-c", str(policy), "--admin-port", str(admin), "--xds", f"127.0.0.1:{xds}"]
-        argv += ["--metrics-port", "0", "--timeout", f"{settings.startup_timeout_s:g}"]
+        argv += ["--metrics-port", "0", "--timeout", f"{settings.startup_timeout_s:g}", "--admin-api", "off"]
         argv += ["--workers", str(settings.ext_proc_workers)] if settings.ext_proc_workers else []
         up = processes.start("gateway", argv, env=env)
         url = f"http://127.0.0.1:{port}"

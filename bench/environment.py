@@ -429,6 +429,7 @@ def environment(
             )
             progress(f"starting {name} (ccr-gateway up, decision: {run.decision}) on 127.0.0.1:{port}")
             argv = [*python, "up", "-c", str(policy), "--admin-port", str(admin), "--xds", f"127.0.0.1:{xds}"]
+            argv += ["--admin-api", "off"]  # several gateways at once: none on the Admin API's fixed port
             argv += ["--metrics-port", "0"]  # `up` serves metrics on fixed ports by default: two gateways would collide
             argv += ["--timeout", f"{startup_timeout_s:g}"]
             argv += [] if run.ledger else ["--no-ledger"]

@@ -38,9 +38,15 @@ def _load_or_exit(path: str):
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from ccr_gateway import admin_wiring
     from ccr_gateway.supervisor import GatewayProcesses, StartupError, StopRequested
 
     _require_policy_source(args)
+    try:
+        admin_api = admin_wiring.up_listen(args.admin_api)
+    except ValueError as exc:
+        print(f"ccr-gateway up: --admin-api: {exc}", file=sys.stderr, flush=True)
+        return 2
     policy = _consul_policy_or_exit(args) if args.consul else _load_or_exit(args.config)
     internal_tls = None
     if args.internal_tls:
@@ -56,6 +62,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         consul=(args.consul, args.consul_prefix, args.consul_token) if args.consul else None,
         policy=policy,
         admin_port=args.admin_port,
+        admin_api=admin_api,
         xds=args.xds or "",
         # A terminal shows the banner, then warnings and errors; --log-level info shows everything.
         log_level=args.log_level or "warning",
@@ -99,6 +106,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         f"  models:          curl {url}/v1/models\n"
         f"  Envoy admin:     http://127.0.0.1:{args.admin_port}/config_dump\n"
         + (
+            f"  console:         {admin_wiring.console_url(gateway)} (sign in with `ccr-gateway admin keys create`)\n"
+            if gateway.admin_api
+            else ""
+        )
+        + (
             f"  metrics:         {gateway.metrics_url} (every Python process), "
             f"http://127.0.0.1:{args.admin_port}/stats/prometheus (Envoy)\n"
             if gateway.metrics_url
@@ -120,6 +132,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_control_plane(args: argparse.Namespace) -> int:
     from ccr.v1.contract import EXTPROC_CLUSTER
+    from ccr_gateway import admin_wiring
     from control_plane.server import ControlPlane, ControlPlaneConfig
 
     _require_policy_source(args)
@@ -142,12 +155,14 @@ def cmd_control_plane(args: argparse.Namespace) -> int:
             tls_key=tls_key,
             tls_client_ca=tls_client_ca,
             region=args.region,
+            admin=admin_wiring.settings_from(args),
         )
     except ValueError as exc:
         print(f"ccr-gateway control-plane: {exc}", file=sys.stderr, flush=True)
         return 2
+    context = admin_wiring.app_context() if config.admin is not None else {}
     try:
-        asyncio.run(ControlPlane(config).run())
+        asyncio.run(ControlPlane(config, admin_context=context).run())
     except PolicyError as exc:
         print(f"invalid policy:\n{exc}", file=sys.stderr)
         return 2
@@ -317,10 +332,11 @@ PLUGIN_COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "db": ("the ledger's PostgreSQL: migrate | import-sqlite", "ledger.db_cli", ""),
     "keys": (
-        "virtual keys: create | list | show | update | revoke | rotate (a key is printed once)",
-        "extproc.auth.keys_cli",
+        "virtual keys: create | list | show | update | revoke | rotate (printed once; --admin URL: via the API)",
+        "ccr_gateway.keys_command",
         "",
     ),
+    "admin": ("the Admin API's own keys: admin keys create | list | revoke (audited)", "ccr_gateway.admin_cli", ""),
     "slo": (
         "service levels from Prometheus: report (availability, error budget, latency vs targets)",
         "ccr_gateway.slo_report",
@@ -376,6 +392,13 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     up.add_argument("-c", "--config", help="policy YAML file (watched for edits)")
     _consul_arguments(up)
     up.add_argument("--admin-port", type=int, default=9901, help="Envoy admin port (default 9901)")
+    up.add_argument(
+        "--admin-api",
+        default=os.environ.get("CCR_ADMIN_API") or "127.0.0.1:9190",
+        metavar="HOST:PORT|off",
+        help="the Admin API and web console, served by the control plane (default $CCR_ADMIN_API, else "
+        "127.0.0.1:9190; off: none)",
+    )
     up.add_argument("--xds", help="control plane xDS address host:port (default: a free local port)")
     up.add_argument("--envoy-log-level", default="warning", help="Envoy's own log level (default warning)")
     up.add_argument("--with-fake-provider", action="store_true", help="also start the bundled fake provider")
@@ -436,6 +459,9 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     )
     _region_argument(cp)
     _tls_server_arguments(cp, "the xDS port")
+    from ccr_gateway import admin_wiring
+
+    admin_wiring.add_control_plane_arguments(cp)
     cp.set_defaults(func=cmd_control_plane)
 
     ep = sub.add_parser("extproc", help="run only the ext_proc service")

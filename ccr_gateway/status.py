@@ -16,55 +16,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from ccr_gateway import state_file
 
+# The parsing of Envoy's admin documents and of the status file lives with the Admin API's
+# GET /status (the control plane may not import this package); re-exported here for `status`.
+from control_plane.admin.views_status import (
+    ClusterHealth,
+    cluster_health,
+    rejection_pending,
+)
+from control_plane.admin.views_status import Headroom as Headroom
+from control_plane.admin.views_status import host_is_healthy as host_is_healthy
+from control_plane.admin.views_status import moment as _time
+
 EXIT_UNHEALTHY = 1
 EXIT_NONE_RUNNING = 3
 ADMIN_TIMEOUT = 2.0
-
-# Envoy's circuit breaker limits (DEFAULT priority) and the gauge of what is left under each.
-_LIMITS = {
-    "requests": ("max_requests", "rq"),
-    "pending": ("max_pending_requests", "pending"),
-    "connections": ("max_connections", "cx"),
-}
-_REMAINING = re.compile(r"^cluster\.(.+)\.circuit_breakers\.default\.remaining_(rq|pending|cx)$")
-_UNHEALTHY_EDS = {"UNHEALTHY", "DRAINING", "TIMEOUT"}
-
-
-@dataclass(frozen=True, slots=True)
-class Headroom:
-    remaining: int
-    maximum: int
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterHealth:
-    name: str
-    hosts: int
-    healthy: int
-    headroom: dict[str, Headroom] = field(default_factory=dict)  # "requests" | "pending" | "connections"
-
-    def problems(self) -> list[str]:
-        out = []
-        if not self.hosts:
-            out.append(f"cluster {self.name}: no hosts")
-        elif not self.healthy:
-            out.append(f"cluster {self.name}: none of its {self.hosts} hosts is healthy")
-        for kind, room in self.headroom.items():
-            if room.maximum and room.remaining <= 0:
-                out.append(f"cluster {self.name}: circuit breaker open ({kind}: all {room.maximum} in use)")
-        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,42 +82,6 @@ class GatewayReport:
 # --- pure: from documents to a report --------------------------------------------------------------
 
 
-def cluster_health(clusters: dict[str, Any], stats: dict[str, Any]) -> list[ClusterHealth]:
-    """``clusters``: Envoy's ``/clusters?format=json``; ``stats``: ``/stats?format=json`` (filtered
-    to the remaining_* gauges, or not)."""
-    remaining: dict[str, dict[str, int]] = {}
-    for stat in stats.get("stats", []):
-        match = _REMAINING.match(str(stat.get("name", "")))
-        if match and isinstance(stat.get("value"), int):
-            remaining.setdefault(match[1], {})[match[2]] = stat["value"]
-    out = []
-    for cluster in clusters.get("cluster_statuses", []):
-        name = cluster.get("name", "?")
-        hosts = cluster.get("host_statuses", [])
-        thresholds = cluster.get("circuit_breakers", {}).get("thresholds", [])
-        default = next((t for t in thresholds if t.get("priority", "DEFAULT") == "DEFAULT"), {})
-        headroom = {
-            kind: Headroom(remaining[name][gauge], int(default.get(limit, 0)))
-            for kind, (limit, gauge) in _LIMITS.items()
-            if gauge in remaining.get(name, {})
-        }
-        healthy = sum(1 for host in hosts if host_is_healthy(host.get("health_status", {})))
-        out.append(ClusterHealth(name, len(hosts), healthy, headroom))
-    return sorted(out, key=lambda c: (_cluster_rank(c.name), c.name))
-
-
-def host_is_healthy(status: dict[str, Any]) -> bool:
-    """Envoy's per-host flags: any failed_* check, or an EDS/DNS status saying so, makes it unhealthy."""
-    if any(value is True for key, value in status.items() if key.startswith("failed_")):
-        return False
-    return status.get("eds_health_status", "HEALTHY") not in _UNHEALTHY_EDS
-
-
-def _cluster_rank(name: str) -> int:
-    """Providers first, then fallback chains, then the gateway's own plumbing."""
-    return 0 if name.startswith("provider_") else 1 if name.startswith("chain_") else 2
-
-
 def gateway_problems(
     state: dict[str, Any], policy: dict[str, Any] | None, clusters: list[ClusterHealth] | None
 ) -> list[str]:
@@ -158,23 +98,6 @@ def gateway_problems(
     if policy is not None and rejection_pending(policy):
         problems.append("the last policy edit was rejected; the gateway runs the previous one")
     return problems
-
-
-def rejection_pending(policy: dict[str, Any]) -> bool:
-    """Was a policy rejected after the one running was accepted (the file on disk is not live)?"""
-    rejected = policy.get("last_rejected")
-    if not rejected:
-        return False
-    accepted_at, rejected_at = _time(policy.get("accepted_at")), _time(rejected.get("at"))
-    return accepted_at is None or (rejected_at is not None and rejected_at >= accepted_at)
-
-
-def _time(text: Any) -> datetime | None:
-    try:
-        moment = datetime.fromisoformat(str(text))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _since(started: Any, now: datetime) -> str:

@@ -40,7 +40,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from ccr_gateway import auth_wiring, cache_wiring, metrics_endpoint, probes, state_file
+from ccr_gateway import admin_wiring, auth_wiring, cache_wiring, metrics_endpoint, probes, state_file
 from ccr_gateway.certs import InternalTls
 from ccr_gateway.children import Child, utc_now
 from ccr_gateway.envoy_bootstrap import (
@@ -99,6 +99,7 @@ class GatewayProcesses:
     policy: GatewayPolicy
     consul: tuple[str, str, str | None] | None = None  # (address, prefix, token): policy from Consul KV
     admin_port: int = 9901
+    admin_api: str = ""  # up --admin-api: where the control plane serves the Admin API ("": off)
     xds: str = ""
     log_level: str = "info"
     envoy_log_level: str = "warning"
@@ -170,6 +171,9 @@ class GatewayProcesses:
             wanted.append((host or "127.0.0.1", int(port), "the control plane's xDS address (--xds)"))
         if self.metrics_port:
             wanted.append(("127.0.0.1", self.metrics_port, "the metrics port (--metrics-port)"))
+        if self.admin_api:
+            host, _, port = self.admin_api.rpartition(":")
+            wanted.append((host.strip("[]"), int(port), "the Admin API (--admin-api; off: none)"))
         problem = first_busy_port(wanted)
         if problem is not None:
             raise StartupError(problem)
@@ -195,8 +199,8 @@ class GatewayProcesses:
             self._wait(
                 lambda: probes.tcp_accepting("127.0.0.1", self.fake_provider_port or 0), deadline, "the fake provider"
             )
+        self._share_vault_settings()  # first: the control plane's Admin API may open vault: DSNs too
         self._start_control_plane(deadline)
-        self._share_vault_settings()
         self._start_ledger()
         self._check_auth()
         where = f"Unix sockets in {self.run_dir}" if self.internal_tls is None else "mTLS on 127.0.0.1 TCP ports"
@@ -270,6 +274,12 @@ class GatewayProcesses:
             options += ["--usage-log-cluster", worker_cluster(index)]
         if self.region:
             options += ["--region", self.region]
+        if self.admin_api:
+            # The Admin API reads the key store and the ledger through their DSNs in the environment
+            # (never a command line): set now, before the control plane starts, not only for later children.
+            os.environ.update(auth_wiring.environment(self.policy.auth))
+            os.environ.update(self.ledger.environment())
+            options += admin_wiring.up_arguments(self)
         self._spawn("control-plane", self._python("control-plane", *options))
         host, _, port_text = self.xds.rpartition(":")
         self._wait(lambda: probes.tcp_accepting(host, int(port_text)), deadline, "the control plane")

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +20,7 @@ from prometheus_client import Counter, Gauge, start_http_server
 
 from audit.hooks import PolicyAudit
 from ccr.v1.contract import EXTPROC_CLUSTER
+from control_plane.admin.settings import AdminSettings
 from control_plane.policy import GatewayPolicy, PolicyError
 from control_plane.policy.file_source import FilePolicySource
 from control_plane.policy.source import PolicySource
@@ -26,8 +28,9 @@ from control_plane.policy.tls import TlsSpec
 from control_plane.provider_keys import Change, ProviderKeys
 from control_plane.resources.tls import TlsMaterial
 from control_plane.xds.ads import AggregatedDiscoveryService
-from control_plane.xds.cache import SnapshotCache
+from control_plane.xds.cache import Ack, SnapshotCache
 from control_plane.xds.rollout import Rollout
+from control_plane.xds.snapshot import Resources
 
 log = logging.getLogger("ccr.control_plane")
 
@@ -62,6 +65,8 @@ class ControlPlaneConfig:
     # The region this control plane serves (providers[].endpoints of that region come first);
     # "": no preference. One control plane Deployment per region (docs/deployment.md).
     region: str = ""
+    # The Admin API and console on a listener of their own (docs/admin-api.md); None: off.
+    admin: AdminSettings | None = None
 
     def __post_init__(self) -> None:
         given = [bool(self.tls_cert), bool(self.tls_key), bool(self.tls_client_ca)]
@@ -80,8 +85,10 @@ class ControlPlaneConfig:
 
 
 class ControlPlane:
-    def __init__(self, config: ControlPlaneConfig) -> None:
+    def __init__(self, config: ControlPlaneConfig, *, admin_context: Mapping[Any, Any] | None = None) -> None:
         self.config = config
+        # App entries the composition root gives the Admin API (how to read the ledger).
+        self.admin_context = dict(admin_context or {})
         self.cache = SnapshotCache()
         self.rollout = Rollout(
             self.cache,
@@ -100,6 +107,9 @@ class ControlPlane:
         self.last_error: str | None = None
         self.tls_files = TlsFileWatch()
         self.status_file = PolicyStatusFile(config.status_file)
+        # What each xDS client ACKed, kept in the status file for the Admin API's GET /status.
+        self._caught_up: dict[tuple[str, str], str] = {}  # (group, node) -> last generation fully ACKed
+        self.cache.on_ack(self._xds_clients_changed)
         self.audit = PolicyAudit()  # each accepted/rejected policy, hash-chained; never blocks a change (docs/audit.md)
         # Provider keys Envoy injects, read from Vault here (docs/security-vault.md): a re-read that
         # changed one goes to the rollout (a new SDS secret version); a rotation is audited.
@@ -214,15 +224,49 @@ class ControlPlane:
         log.info("policy generation %s accepted from %s (providers: %s)", version, policy.source, names)
         for warning in policy.warnings:
             log.warning("policy warning: %s", warning)
-        self.status_file.accepted(str(version), policy.source, [p.name for p in policy.providers])
+        self.status_file.accepted(
+            str(version), policy.source, [p.name for p in policy.providers], sha256=self._source_digest()
+        )
         self.audit.accepted(policy.source, str(version), getattr(self.source, "index", None))  # Consul: X-Consul-Index
+
+    def _source_digest(self) -> str | None:
+        """The sha256 (hex) of the policy text just accepted, as its source last read it: the file's
+        bytes (the version GET /admin/v1/policy reports for a file), or the Consul document's text.
+        The sources keep it privately; None if a source does not."""
+        digest = getattr(self.source, "_digest", None)  # FilePolicySource: bytes
+        if isinstance(digest, bytes):
+            return digest.hex()
+        good = getattr(self.source, "_good", None)  # ConsulPolicySource: (digest, index)
+        return str(good[0]) if isinstance(good, tuple) and good else None
+
+    def _xds_clients_changed(self, _ack: Ack | None) -> None:
+        """An ACK (or a node gone: None): each client's ACKed versions into the status file. A
+        node's ``generation`` is the last policy generation whose every resource type it ACKed
+        (the Envoy snapshot and the ext_proc policy carry the generation as their version)."""
+        clients = []
+        for group in sorted(self.cache.acks):
+            snapshot = self.cache.get(group)
+            for node, acked in sorted(self.cache.nodes(group).items()):
+                if snapshot is not None and acked and _caught_up(snapshot.resources, acked):
+                    self._caught_up[(group, node)] = snapshot.version
+                clients.append(
+                    {
+                        "group": group,
+                        "node": node,
+                        "generation": self._caught_up.get((group, node)),
+                        "acked": {type_url.rsplit(".", 1)[-1]: version for type_url, version in sorted(acked.items())},
+                    }
+                )
+        connected = {(client["group"], client["node"]) for client in clients}
+        self._caught_up = {key: value for key, value in self._caught_up.items() if key in connected}
+        self.status_file.xds_clients(clients)
 
     def _reject(self, error: PolicyError) -> None:
         POLICY_REJECTED.inc()
         message = str(error)
         if message != self.last_error:  # once per distinct error, not every poll
             log.error("policy rejected, keeping the last good one:\n%s", message)
-            self.status_file.rejected(message)
+            self.status_file.rejected(message, self.config.policy_path or f"consul:{self.config.consul_prefix}")
             self.audit.rejected(
                 self.config.policy_path or f"consul:{self.config.consul_prefix}",
                 message,
@@ -259,6 +303,7 @@ class ControlPlane:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        admin = self._start_admin(stop)
         config = self.config
         if config.consul_address:
             from control_plane.consul.registration import registered
@@ -277,11 +322,41 @@ class ControlPlane:
         await self.stop()
         await self.source.close()
         await self.audit.close()
+        if admin is not None:
+            await admin  # re-raises why it stopped, if it failed (the process then exits non-zero)
+
+    def _start_admin(self, stop: asyncio.Event) -> asyncio.Task[None] | None:
+        """The Admin API beside xDS, stopped with it. aiohttp and the admin code load only when it
+        is on. If it cannot serve (its port taken), the whole control plane stops: running without
+        the API asked for would hide the problem."""
+        if self.config.admin is None:
+            return None
+        from control_plane.admin.server import serve
+
+        task = asyncio.create_task(serve(self.config.admin, stop, context=self.admin_context))
+
+        def done(finished: asyncio.Task[None]) -> None:
+            if not finished.cancelled() and finished.exception() is not None:
+                log.error("the Admin API stopped: %s", finished.exception())
+                stop.set()
+
+        task.add_done_callback(done)
+        return task
 
     async def stop(self) -> None:
         if self._server is not None:
             await self._server.stop(grace=1.0)
             self._server = None
+
+
+def _caught_up(resources: Mapping[str, Resources], acked: Mapping[str, str]) -> bool:
+    """Every type of a snapshot ACKed at its version; an empty type a node never asked for (no
+    secrets, no endpoints) does not hold it back, as in the rollout's own readiness check."""
+    return all(
+        acked.get(type_url) == typed.version
+        for type_url, typed in resources.items()
+        if typed.by_name or type_url in acked
+    )
 
 
 class TlsFileWatch:
@@ -372,6 +447,9 @@ def _read_material(spec: TlsSpec) -> TlsMaterial:
 class PolicyStatusFile:
     """The policy's state as JSON for `ccr-gateway status`, rewritten on every accepted or rejected
     policy: {"version", "source", "accepted_at", "providers", "last_rejected": {"at", "message"} | null}.
+    For the Admin API's GET /status and /policy/rejected also: "policy_sha256" (of the accepted
+    policy's text), "xds_clients" ([{"group", "node", "generation", "acked": {type: version}}],
+    rewritten when an ACK changes them) and the rejection's "source".
 
     `last_rejected` outlives a later acceptance (its time says whether it is still pending).
     Written to a temporary file and renamed, so a reader never sees half a document. A failed write
@@ -386,14 +464,23 @@ class PolicyStatusFile:
             "accepted_at": None,
             "providers": [],
             "last_rejected": None,
+            "policy_sha256": None,
+            "xds_clients": [],
         }
 
-    def accepted(self, version: str, source: str, providers: list[str]) -> None:
+    def accepted(self, version: str, source: str, providers: list[str], sha256: str | None = None) -> None:
         self.state.update(version=version, source=source, accepted_at=_now(), providers=providers)
+        self.state["policy_sha256"] = sha256
         self._write()
 
-    def rejected(self, message: str) -> None:
-        self.state["last_rejected"] = {"at": _now(), "message": message}
+    def rejected(self, message: str, source: str = "") -> None:
+        self.state["last_rejected"] = {"at": _now(), "message": message, **({"source": source} if source else {})}
+        self._write()
+
+    def xds_clients(self, clients: list[dict[str, Any]]) -> None:
+        if clients == self.state["xds_clients"]:
+            return  # an ACK of what the node had ACKed already: no rewrite
+        self.state["xds_clients"] = clients
         self._write()
 
     def _write(self) -> None:

@@ -173,10 +173,10 @@ def _time_window(dialect: Dialect, since: datetime, until: datetime | None) -> t
     return where, params
 
 
-def report_sql(dialect: Dialect, query: ReportQuery) -> tuple[str, list[Any]]:
+def report_sql(dialect: Dialect, query: ReportQuery, tenant: str | None = None) -> tuple[str, list[Any]]:
     """One row per (period, group) with its sums; columns named as in METRICS, ``period`` and the
     group keys. Only names from GROUP_KEYS and the dialect's own text reach the SQL; values are
-    parameters."""
+    parameters. ``tenant``: only that tenant's records (the Admin API's tenant-admins)."""
     columns = [f"{dialect.buckets[query.period]} AS period"] if query.period else []
     columns += [f"{dialect.buckets['day']} AS day" if key == "day" else key for key in query.by]
     grouped = len(columns)
@@ -192,10 +192,19 @@ def report_sql(dialect: Dialect, query: ReportQuery) -> tuple[str, list[Any]]:
         f"{dialect.cost_sum('cost_avoided_usd')} AS cost_avoided_usd",
     ]
     where, params = _time_window(dialect, query.since, query.until)
+    where = _and_tenant(dialect, where, params, tenant)
     sql = f"SELECT {', '.join(columns)} FROM usage_records WHERE {where}"
     if grouped:
         sql += " GROUP BY " + ", ".join(str(position) for position in range(1, grouped + 1))
     return sql, params
+
+
+def _and_tenant(dialect: Dialect, where: str, params: list[Any], tenant: str | None) -> str:
+    """``where`` limited to one tenant (its value appended to ``params``); as is for None."""
+    if tenant is None:
+        return where
+    params.append(tenant)
+    return f"{where} AND tenant = {dialect.placeholder(len(params))}"
 
 
 def export_sql(dialect: Dialect, since: datetime, until: datetime | None) -> tuple[str, list[Any]]:
@@ -420,3 +429,155 @@ def render_json(report: Report) -> str:
 
 
 RENDERERS: dict[str, Callable[[Report], str]] = {"table": render_table, "csv": render_csv, "json": render_json}
+
+
+# --- the Admin API's reads (docs/admin-api.md: GET /usage, GET /usage/series) ----------------
+#
+# Pure like the rest: ccr_gateway.admin_ledger runs these on a store and hands the rows to
+# control_plane.admin.views_usage. On PostgreSQL, whole UTC days are read from the usage_daily
+# rollup (ledger.pg_schema) instead of usage_records: a month of a million records is then a few
+# thousand rollup rows. What the rollup cannot answer is read from the records, within bounds the
+# caller keeps (the partial days at the edges of a window; hourly series of at most a few days).
+
+ROLLUP_KEYS = ("tenant", "key_id", "provider", "model", "day")  # what usage_daily can group by
+SERIES_METRICS = ("requests", "input_tokens", "output_tokens", "cost_usd", "cost_avoided_usd")
+STEPS = ("hour", "day")
+# The UTC hour of `time` as text, "YYYY-MM-DDTHH" (the day buckets are Dialect.buckets["day"]).
+HOUR_BUCKETS = {
+    SQLITE.name: "substr(time, 1, 13)",
+    POSTGRES.name: "to_char(time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24')",
+}
+
+
+def midnight(moment: datetime) -> datetime:
+    """The UTC midnight at or before ``moment``."""
+    moment = moment.astimezone(UTC)
+    return datetime.combine(moment.date(), datetime.min.time(), UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSplit:
+    """A window [since, until) cut at UTC midnights: the whole days in the middle (``days``,
+    [first, end) as dates) and the partial days before and after them, as time windows."""
+
+    head: tuple[datetime, datetime] | None
+    days: tuple[date, date] | None
+    tail: tuple[datetime, datetime] | None
+
+
+def split_at_days(since: datetime, until: datetime) -> WindowSplit:
+    """[since, until) -> its whole UTC days and the (at most two, each under a day) partial ones.
+    A window holding no whole day is all head."""
+    first = midnight(since) if midnight(since) == since else midnight(since) + timedelta(days=1)
+    last = midnight(until)
+    if first >= last:
+        return WindowSplit((since, until) if since < until else None, None, None)
+    head = (since, first) if since < first else None
+    tail = (last, until) if last < until else None
+    return WindowSplit(head, (first.date(), last.date()), tail)
+
+
+def _rollup_window(first: date, end: date, tenant: str | None) -> tuple[str, list[Any]]:
+    params: list[Any] = [first, end]
+    where = "day >= $1 AND day < $2"
+    if tenant is not None:
+        params.append(tenant)
+        where += " AND tenant = $3"
+    return where, params
+
+
+def _rollup_key(key: str) -> str:
+    # usage_daily keeps an absent tenant/key/provider/model as '' (a primary key holds no NULL):
+    # back to NULL, as usage_records has it, so both sources group and sort the same way.
+    return "to_char(day, 'YYYY-MM-DD') AS day" if key == "day" else f"NULLIF({key}, '') AS {key}"
+
+
+def rollup_report_sql(by: Sequence[str], first: date, end: date, tenant: str | None = None) -> tuple[str, list[Any]]:
+    """report_sql's columns (POSTGRES) from usage_daily for the whole days [first, end).
+    ``errors`` is NULL: the rollup does not count them."""
+    unknown = set(by) - set(ROLLUP_KEYS)
+    if unknown:
+        raise ReportError(f"usage_daily cannot group by {', '.join(sorted(unknown))}")
+    columns = [_rollup_key(key) for key in by]
+    columns += [
+        "sum(requests) AS requests",
+        "NULL::bigint AS errors",
+        *(f"sum({name}) AS {name}" for name in METRICS if name not in ("requests", "errors")),
+    ]
+    where, params = _rollup_window(first, end, tenant)
+    sql = f"SELECT {', '.join(columns)} FROM usage_daily WHERE {where}"
+    if by:
+        sql += " GROUP BY " + ", ".join(str(position) for position in range(1, len(by) + 1))
+    return sql, params
+
+
+def series_sql(
+    dialect: Dialect, since: datetime, until: datetime, step: str, by: str | None, tenant: str | None = None
+) -> tuple[str, list[Any]]:
+    """Per ``step`` bucket (``t``: "YYYY-MM-DDTHH" or "YYYY-MM-DD", UTC) and per value of ``by``
+    (``series``; NULL without ``by``) the SERIES_METRICS of usage_records, in order."""
+    if step not in STEPS:
+        raise ReportError(f"step {step}: use one of {', '.join(STEPS)}")
+    if by is not None and by not in ROLLUP_KEYS[:4]:
+        raise ReportError(f"series by {by}: use one of {', '.join(ROLLUP_KEYS[:4])}")
+    bucket = HOUR_BUCKETS[dialect.name] if step == "hour" else dialect.buckets["day"]
+    where, params = _time_window(dialect, since, until)
+    where = _and_tenant(dialect, where, params, tenant)
+    series = by if by is not None else "NULL"
+    sql = (
+        f"SELECT {bucket} AS t, {series} AS series, count(*) AS requests, sum(input_tokens) AS input_tokens, "
+        f"sum(output_tokens) AS output_tokens, {dialect.cost_sum('cost_usd')} AS cost_usd, "
+        f"{dialect.cost_sum('cost_avoided_usd')} AS cost_avoided_usd "
+        f"FROM usage_records WHERE {where} GROUP BY 1, 2 ORDER BY 1, 2"
+    )
+    return sql, params
+
+
+def rollup_series_sql(by: str | None, first: date, end: date, tenant: str | None = None) -> tuple[str, list[Any]]:
+    """series_sql(POSTGRES, ..., "day", ...) from usage_daily for the whole days [first, end)."""
+    if by is not None and by not in ROLLUP_KEYS[:4]:
+        raise ReportError(f"series by {by}: use one of {', '.join(ROLLUP_KEYS[:4])}")
+    where, params = _rollup_window(first, end, tenant)
+    series = f"NULLIF({by}, '')" if by is not None else "NULL::text"
+    sql = (
+        f"SELECT to_char(day, 'YYYY-MM-DD') AS t, {series} AS series, sum(requests) AS requests, "
+        "sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens, sum(cost_usd) AS cost_usd, "
+        f"sum(cost_avoided_usd) AS cost_avoided_usd FROM usage_daily WHERE {where} GROUP BY 1, 2 ORDER BY 1, 2"
+    )
+    return sql, params
+
+
+# The newest record's time (index usage_records_time on PostgreSQL; SQLite's time index too).
+NEWEST_RECORD_SQL = "SELECT max(time) AS newest FROM usage_records"
+
+
+def usage_rows(
+    dialect: Dialect, by: Sequence[str], parts: Iterable[Iterable[Mapping[str, Any]]]
+) -> list[dict[str, Any]]:
+    """The rows of report_sql / rollup_report_sql queries over disjoint parts of one window ->
+    one row per group: {group key: value, metric: sum}, costs as Decimal, ``errors`` None when
+    a part did not count them (the rollup). Sorted like shape_report (None last); groups of no
+    request left out."""
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for rows in parts:
+        for row in rows:
+            metrics = {
+                name: (
+                    dialect.cost_of(row[name])
+                    if name in COSTS
+                    else None
+                    if name == "errors" and row[name] is None
+                    else int(row[name] or 0)
+                )
+                for name in METRICS
+            }
+            if metrics["requests"] == 0:  # an ungrouped sum over nothing is one row of NULLs
+                continue
+            group = tuple(row[key] for key in by)
+            into = merged.get(group)
+            if into is None:
+                merged[group] = {**dict(zip(by, group, strict=True)), **metrics}
+                continue
+            for name in METRICS:
+                into[name] = None if into[name] is None or metrics[name] is None else into[name] + metrics[name]
+    return sorted(merged.values(), key=lambda row: [(row[key] is None, row[key] or "") for key in by])

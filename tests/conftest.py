@@ -16,6 +16,9 @@ import pytest
 # Every gateway a test starts keeps its local usage ledger (ledger.local: $XDG_DATA_HOME) here, not
 # in the home directory of whoever runs the tests.
 os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="ccr-tests-data-")
+# Gateways run side by side here: none serves the Admin API on its fixed default port unless the
+# test asks for one (`up --admin-api 127.0.0.1:PORT`: tests/browser, tests/e2e/test_admin_*).
+os.environ["CCR_ADMIN_API"] = "off"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -5,7 +5,7 @@ called.
 
 A routes module exports ``OPERATIONS: list[Operation]`` and ``setup(app, settings)``; the server
 collects them (server.py). A handler is ``async def handler(request, principal) -> web.StreamResponse``
-(principal None only for operations whose ``action`` is None).
+(principal None only for operations that need none: ``needs_principal`` False).
 """
 
 from __future__ import annotations
@@ -50,8 +50,16 @@ class Operation:
     query: Mapping[str, dict[str, Any]] = field(default_factory=dict)  # name -> JSON schema (optional params)
     body: dict[str, Any] | None = None  # the JSON body's schema
     responses: Mapping[int, dict[str, Any] | None] = field(default_factory=dict)  # status -> schema (None: empty)
-    content_types: Mapping[int, str] = field(default_factory=dict)  # status -> media type (default JSON)
+    # status -> media type (default JSON), or {media type: schema} for an answer in more than one
+    # format (GET /usage: JSON, or CSV with format=csv); the latter replaces responses[status].
+    content_types: Mapping[int, str | Mapping[str, dict[str, Any]]] = field(default_factory=dict)
     tags: tuple[str, ...] = ()
+    # With action None: still needs a principal, of any role (GET /me). An action implies it.
+    authenticated: bool = False
+
+    @property
+    def needs_principal(self) -> bool:
+        return self.action is not None or self.authenticated
 
     @property
     def full_path(self) -> str:
@@ -74,10 +82,12 @@ def openapi(operations: Iterable[Operation], *, title: str = "ccr-gateway Admin 
         for status, schema in op.responses.items():
             media = op.content_types.get(status, "application/json")
             described: dict[str, Any] = {"description": _REASONS.get(status, "answer")}
-            if schema is not None:
+            if isinstance(media, Mapping):
+                described["content"] = {kind: {"schema": alternative} for kind, alternative in media.items()}
+            elif schema is not None:
                 described["content"] = {media: {"schema": schema}}
             responses[str(status)] = described
-        errors = COMMON_ERRORS if op.action is not None else (400, 429)
+        errors = COMMON_ERRORS if op.needs_principal else (400, 429)
         for status in (*errors, 404, 409, 413):
             if str(status) not in responses and (status in errors or status in _declared_errors(op)):
                 responses[str(status)] = {
@@ -95,8 +105,9 @@ def openapi(operations: Iterable[Operation], *, title: str = "ccr-gateway Admin 
             operation["parameters"] = parameters
         if op.body is not None:
             operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": op.body}}}
-        if op.action is not None:
+        if op.needs_principal:
             operation["security"] = [{"bearer": []}, {"session": []}]
+        if op.action is not None:
             operation["x-ccr-action"] = op.action.value
         item[op.method.lower()] = operation
     return {

@@ -7,6 +7,7 @@
   keys update ID [the limit options of create]
   keys revoke ID
   keys rotate ID [--grace 24h]
+  keys ... --admin URL [--admin-key-env CCR_ADMIN_KEY]   through a control plane's Admin API
 
 A key is printed once, by create and rotate; lists and show never print a secret or a hash. The
 store is the local SQLite file (``--sqlite PATH``, the default) or PostgreSQL (``--postgres DSN``,
@@ -31,15 +32,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from audit.hooks import AuditKeyError, AuditLog, AuditUnavailable, admin_change, enabled, for_key_store
+from extproc.auth import key_changes
 from extproc.auth.key_store import KeyNotFound, KeyStore, KeyStoreUnavailable, default_keys_path, open_key_store
-from extproc.auth.keys import BUDGET_PERIODS, KeyFormatError, KeyRecord, new_key, public_fields
+from extproc.auth.keys import BUDGET_PERIODS, KeyFormatError, KeyRecord, public_fields
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 POSTGRES_ENV = "CCR_AUTH_POSTGRES"
+ADMIN_KEY_ENV = "CCR_ADMIN_KEY"
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _CHANGES = ("create", "update", "revoke", "rotate")  # audited
-_BUDGET = ("budget_usd", "budget_period")
 _LIMITS = ("models", "rpm", "rph", "rpd", "tpm", "tpd", "max_parallel", "budget_usd", "budget_period")
 
 
@@ -62,6 +64,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"PostgreSQL instead, e.g. postgresql://gw:${{PGPASSWORD}}@db/ccr (default ${POSTGRES_ENV}; ${{VAR}} from the environment)",
     )
     store.add_argument("--actor", help="who, for the audit log (default $CCR_AUDIT_ACTOR, else the OS user)")
+    # Through a control plane's Admin API instead of the store (ccr_gateway.keys_command runs it;
+    # the API audits with the admin key's holder as the actor, so --actor does not apply there).
+    where.add_argument("--admin", metavar="URL", help="through the Admin API at URL, e.g. https://cp:9190")
+    store.add_argument(
+        "--admin-key-env",
+        default=ADMIN_KEY_ENV,
+        metavar="NAME",
+        help=f"with --admin: the variable holding the admin key (default {ADMIN_KEY_ENV})",
+    )
+    store.add_argument("--admin-ca", metavar="PEM", help="with --admin over HTTPS: the CA its certificate chains to")
     sub = parser.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
 
     create = sub.add_parser("create", parents=[store], help="make a key and print it (once)")
@@ -111,6 +123,8 @@ def _add_limit_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "admin", None):
+        return _fail(EXIT_USAGE, "--admin is served by `ccr-gateway keys` (ccr_gateway.keys_command)")
     dsn = args.postgres or (None if args.sqlite else os.environ.get(POSTGRES_ENV))
     store = open_key_store(sqlite_path=args.sqlite, postgres_dsn=dsn)
     args.audit = for_key_store(dsn) if args.keys_command in _CHANGES and enabled() else None
@@ -157,10 +171,12 @@ async def _create(args: argparse.Namespace, store: KeyStore) -> int:
     limits = _limit_changes(args)
     if args.expires:
         limits["expires_at"] = now + parse_duration(args.expires)
-    presented, record = new_key(args.tenant, args.name, now, **limits)
-    stored = await store.create(record)
-    await _audited(args, store, "key.create", stored.key_id, public_fields(stored))
-    print(f"created key {stored.key_id} for tenant {stored.key.tenant} ({stored.key.name}):\n\n    {presented}\n")
+    change = await key_changes.create(store, args.tenant, args.name, now, limits)
+    await _audited(args, store, change)
+    stored = change.record
+    print(
+        f"created key {stored.key_id} for tenant {stored.key.tenant} ({stored.key.name}):\n\n    {change.presented}\n"
+    )
     print("Store it now: it is not shown again (rotate the key if it is lost).", file=sys.stderr)
     return EXIT_OK
 
@@ -195,38 +211,38 @@ async def _update(args: argparse.Namespace, store: KeyStore) -> int:
         changes["expires_at"] = None if args.expires == "never" else time.time() + parse_duration(args.expires)
     if not changes:
         return _fail(EXIT_USAGE, "update: give at least one of --name, --models, --rpm, ... --expires")
-    record = await store.update_limits(args.key_id, changes)
-    action = "budget.change" if set(_BUDGET) & set(changes) else "key.update"
-    await _audited(args, store, action, record.key_id, {"tenant": record.key.tenant, "changes": changes})
-    print(f"updated key {record.key_id}: {', '.join(sorted(changes))}")
+    change = await key_changes.update(store, args.key_id, changes)
+    await _audited(args, store, change)
+    print(f"updated key {change.key_id}: {', '.join(sorted(changes))}")
     return EXIT_OK
 
 
 async def _revoke(args: argparse.Namespace, store: KeyStore) -> int:
-    record = await store.revoke(args.key_id)
-    await _audited(args, store, "key.revoke", record.key_id, {"tenant": record.key.tenant, "name": record.key.name})
+    change = await key_changes.revoke(store, args.key_id)
+    await _audited(args, store, change)
+    record = change.record
     print(f"revoked key {record.key_id} ({record.key.tenant}, {record.key.name})")
     return EXIT_OK
 
 
 async def _rotate(args: argparse.Namespace, store: KeyStore) -> int:
     grace = parse_duration(args.grace)
-    presented, record = await store.rotate(args.key_id, grace)
-    details = {"tenant": record.key.tenant, "grace_seconds": grace, "previous_valid_until": record.previous_valid_until}
-    await _audited(args, store, "key.rotate", record.key_id, details)
-    print(f"rotated key {record.key_id} ({record.key.tenant}, {record.key.name}):\n\n    {presented}\n")
+    change = await key_changes.rotate(store, args.key_id, grace)
+    await _audited(args, store, change)
+    record = change.record
+    print(f"rotated key {record.key_id} ({record.key.tenant}, {record.key.name}):\n\n    {change.presented}\n")
     until = f"until {_shown('previous_secret_valid_until', record.previous_valid_until)}" if grace else "no longer"
     print(f"The old secret works {until}. The new one is not shown again.", file=sys.stderr)
     return EXIT_OK
 
 
-async def _audited(args: argparse.Namespace, store: KeyStore, action: str, key_id: str, details: dict) -> None:
+async def _audited(args: argparse.Namespace, store: KeyStore, change: key_changes.Change) -> None:
     """After the store change succeeded. ``details`` never hold the secret or its hash."""
     audit: AuditLog | None = args.audit
     try:
-        await admin_change(audit, action, key_id, store.description, details, args.actor)
+        await admin_change(audit, change.action, change.key_id, store.description, change.details, args.actor)
     except (AuditKeyError, AuditUnavailable) as exc:  # it was there a moment ago (ready())
-        raise KeyStoreUnavailable(f"{action} {key_id} was done but NOT audited: {exc}") from None
+        raise KeyStoreUnavailable(f"{change.action} {change.key_id} was done but NOT audited: {exc}") from None
 
 
 _ACTIONS = {
