@@ -255,6 +255,7 @@ class ControlPlane:
                         "node": node,
                         "generation": self._caught_up.get((group, node)),
                         "acked": {type_url.rsplit(".", 1)[-1]: version for type_url, version in sorted(acked.items())},
+                        "nacked": _nacked(self.cache.nacks.get(group, {}).get(node)),
                     }
                 )
         connected = {(client["group"], client["node"]) for client in clients}
@@ -347,6 +348,13 @@ class ControlPlane:
         if self._server is not None:
             await self._server.stop(grace=1.0)
             self._server = None
+
+
+def _nacked(rejected: Mapping[str, str] | None) -> str | None:
+    """A node's standing NACKs in one line ("<type> <version>: <error>; ..."), None without any."""
+    if not rejected:
+        return None
+    return "; ".join(f"{type_url.rsplit('.', 1)[-1]} {text}" for type_url, text in sorted(rejected.items()))
 
 
 def _caught_up(resources: Mapping[str, Resources], acked: Mapping[str, str]) -> bool:

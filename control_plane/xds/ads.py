@@ -118,6 +118,8 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
                 state.sent_version,
                 request.error_detail.message,
             )
+            nack = Ack(stream.group, stream.node, request.type_url, state.sent_version or request.version_info)
+            self.cache.record_nack(nack, request.error_detail.message[:500])
             return
         self.cache.record_ack(Ack(stream.group, stream.node, request.type_url, request.version_info))
 

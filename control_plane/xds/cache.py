@@ -31,6 +31,8 @@ class SnapshotCache:
         self._ack_listeners: list[Callable[[Ack | None], None]] = []
         # group -> node -> type_url -> acked version
         self.acks: dict[str, dict[str, dict[str, str]]] = {}
+        # group -> node -> type_url -> "<rejected version>: <Envoy's error>" (until ACKed again)
+        self.nacks: dict[str, dict[str, dict[str, str]]] = {}
         # A node may briefly hold two streams (it reconnected before its old stream was reaped):
         # its ACKs are forgotten only when its last stream closes.
         self._streams: dict[tuple[str, str], int] = {}
@@ -56,6 +58,14 @@ class SnapshotCache:
 
     def record_ack(self, ack: Ack) -> None:
         self.acks.setdefault(ack.group, {}).setdefault(ack.node, {})[ack.type_url] = ack.version
+        self.nacks.get(ack.group, {}).get(ack.node, {}).pop(ack.type_url, None)  # that type is fine again
+        for listener in self._ack_listeners:
+            listener(ack)
+
+    def record_nack(self, ack: Ack, message: str) -> None:
+        """A node rejected ``ack.version`` of a type: kept (for `status` and the Admin API) until
+        it ACKs that type again; the ACK listeners hear of it like of an ACK."""
+        self.nacks.setdefault(ack.group, {}).setdefault(ack.node, {})[ack.type_url] = f"{ack.version}: {message}"
         for listener in self._ack_listeners:
             listener(ack)
 
@@ -72,6 +82,7 @@ class SnapshotCache:
             return
         self._streams.pop((group, node), None)
         self.acks.get(group, {}).pop(node, None)
+        self.nacks.get(group, {}).pop(node, None)
         for listener in self._ack_listeners:
             listener(None)
 

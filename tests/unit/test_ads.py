@@ -151,6 +151,8 @@ async def test_a_nack_is_not_answered_with_the_same_version_but_the_next_snapsho
         await envoy.expect_silence()
         assert nacks(ENVOY_GROUP, "Cluster") == before + 1
         assert CLUSTER not in cache.nodes(ENVOY_GROUP)["envoy-1"], "a NACK is not an ACK"
+        standing = cache.nacks[ENVOY_GROUP]["envoy-1"][CLUSTER]  # for `status` and the Admin API
+        assert standing == f"{rejected.version_info}: cluster provider_a: bad TLS context"
         cache.set(ENVOY_GROUP, envoy_snapshot(A, B, version="2"))
         fixed = await envoy.recv()
     assert fixed.version_info != rejected.version_info

@@ -53,3 +53,18 @@ def test_a_rejection_records_its_source(plane: ControlPlane, tmp_path: Path) -> 
     plane._reject(PolicyError.single("p.yaml", "bad"))
     rejected = json.loads((tmp_path / "s.json").read_text())["last_rejected"]
     assert rejected["message"] == "p.yaml: bad" and rejected["source"] == str(tmp_path / "p.yaml")
+
+
+async def test_a_nack_stands_in_the_status_file_until_that_type_is_acked_again(
+    plane: ControlPlane, tmp_path: Path
+) -> None:
+    await plane.load_initial()
+    snapshot = plane.cache.get("ccr-gateway")
+    assert snapshot is not None
+    cluster_type = next(type_url for type_url in snapshot.resources if type_url.endswith("Cluster"))
+    plane.cache.connect_node("ccr-gateway", "envoy-0")
+    plane.cache.record_nack(Ack("ccr-gateway", "envoy-0", cluster_type, "7"), "bad cluster x")
+    clients = json.loads((tmp_path / "s.json").read_text())["xds_clients"]
+    assert clients[0]["nacked"] == "Cluster 7: bad cluster x"
+    plane.cache.record_ack(Ack("ccr-gateway", "envoy-0", cluster_type, snapshot.get(cluster_type).version))
+    assert json.loads((tmp_path / "s.json").read_text())["xds_clients"][0]["nacked"] is None
