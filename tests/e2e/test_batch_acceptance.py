@@ -248,7 +248,9 @@ def test_an_anthropic_sdk_batch_of_1000_for_an_openai_model_survives_a_worker_ki
 
     wait_until(recorded, 60, "the batch's usage records in the ledger", interval=1)
     assert {(r["tenant"], r["key_id"]) for r in records} == {("acme", setup.keys["acme"][1])}
-    assert {r["provider"] for r in records} == {"fake-openai"} and {r["status"] for r in records} == {200}
+    assert {r["provider"] for r in records} == {"fake-openai"}
+    # 0: a request whose client went away before its answer (the killed worker's, in flight)
+    assert {r["status"] for r in records} <= {0, 200} and sum(r["status"] == 200 for r in records) >= ITEMS
 
 
 def test_an_openai_sdk_batch_of_1000_for_an_anthropic_model_survives_a_worker_kill_and_a_broker_restart(
