@@ -428,9 +428,13 @@ def _results(claude: anthropic.Anthropic, batch_id: str, setup: Setup) -> list:
 
 
 def _key_loaded(setup: Setup) -> Callable[[], bool]:
+    """Every ext_proc worker has the new key (each its own cache, polled every 0.5 s): ten answers
+    in a row, which Envoy spreads over the workers."""
+
     def check() -> bool:
         try:
-            setup.claude("globex").messages.batches.list(limit=1)
+            for _ in range(10):
+                setup.claude("globex").messages.batches.list(limit=1)
         except anthropic.AuthenticationError:
             return False
         return True

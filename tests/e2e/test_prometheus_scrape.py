@@ -78,6 +78,9 @@ EVENT_ONLY = {
     "ccr_consul_policy_rejected_total": "only with `up --consul` (the KV policy source is not loaded otherwise)",
     "ccr_trace_spans_exported_total": "only with tracing configured (an OTLP collector)",
     "ccr_trace_spans_dropped_total": "only with tracing configured and its collector away",
+    "ccr_batch_lane_requeued_total": "a batch item's handler failing (its store away): the message is put back",
+    "ccr_batch_lane_dead_lettered_total": "a batch item dead-lettered (expired, too many attempts, unreadable)",
+    "ccr_batch_tenant_waiting_items": "only while a tenant's queued items wait for a place in the lane's window",
 }
 
 
@@ -139,6 +142,8 @@ def _policy(workdir: Path, fake: FakeProvider, database: str, queue: str, redis:
         "keys": {"sqlite": str(workdir / "scrape-keys.db")},  # keys optional: anonymous requests too
         "limits": {"redis": f"redis://127.0.0.1:{redis.port}/0", "budget_alert_at": 0.1},  # through a proxy we cut
     }
+    # `up` runs the batch API and a batch worker (local SQLite, in-process lanes): the lane metrics.
+    policy["batches"] = {"api": f"127.0.0.1:{free_port()}"}
     policy["storage"] = {
         "postgres": {"dsn": f"postgresql://postgres@{POSTGRES[0]}:{POSTGRES[1]}/{database}"},
         "rabbitmq": {"url": AMQP_URL, "queue": queue},
@@ -268,6 +273,22 @@ def drive(gateway: Gateway, budget_key: str, rpm_key: str, redis: TcpProxy) -> N
         assert _post(gateway, "/v1/messages", sonnet, **{"x-api-key": rpm_key})[0] == 200
     finally:
         redis.restore()
+    run_a_batch(gateway, sonnet)
+
+
+def run_a_batch(gateway: Gateway, params: dict) -> None:
+    """A three-item batch through `up`'s own batch worker: lane depth, publishes, acks, send times."""
+    requests = [{"custom_id": f"m{i}", "params": params} for i in range(3)]
+    status, _, raw = http("POST", gateway.url + "/v1/messages/batches", json.dumps({"requests": requests}).encode(),
+                          ANTHROPIC, 30)  # fmt: skip
+    assert status == 200, raw
+    batch_id = json.loads(raw)["id"]
+
+    def ended() -> bool:
+        answer = http("GET", f"{gateway.url}/v1/messages/batches/{batch_id}", None, ANTHROPIC, 10)
+        return json.loads(answer[2])["processing_status"] == "ended"
+
+    wait_until(ended, 60, "the batch run by up's batch worker", interval=0.2)
 
 
 def extproc_sockets(gateway: Gateway) -> list[str]:

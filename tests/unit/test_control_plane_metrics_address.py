@@ -23,7 +23,7 @@ def test_metrics_address_reaches_the_config(monkeypatch: pytest.MonkeyPatch) -> 
     seen: list[ControlPlaneConfig] = []
 
     class Recorder:
-        def __init__(self, config: ControlPlaneConfig) -> None:
+        def __init__(self, config: ControlPlaneConfig, **_: object) -> None:  # admin_context: the Admin API's
             seen.append(config)
 
         async def run(self) -> None:
