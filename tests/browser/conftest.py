@@ -60,8 +60,11 @@ def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Module-scoped, not session: Playwright's sync API keeps an asyncio loop running in the main
+    thread while it is open, and every later test that calls asyncio.run (most fixtures of the
+    rest of the suite) would fail with "cannot be called from a running event loop"."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
