@@ -15,11 +15,8 @@ are expanded from the environment; the password is never echoed.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import sqlite3
-import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +26,7 @@ import orjson
 
 from audit.chain import ChainKey, Draft, Entry, Head, empty_head, seal
 from ccr.v1 import env_refs
+from ccr.v1.sqlite_files import LockedConnection
 
 AUDIT_POSTGRES_ENV = "CCR_AUDIT_POSTGRES"
 AUDIT_SQLITE_ENV = "CCR_AUDIT_SQLITE"
@@ -133,39 +131,15 @@ class SqliteAuditStore:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path).expanduser()
         self.description = str(self.path)
-        self._lock = threading.Lock()
-        self._connection: sqlite3.Connection | None = None
-
-    def _connect(self) -> sqlite3.Connection:
-        if self._connection is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            connection = sqlite3.connect(
-                self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
-            )
-            connection.row_factory = sqlite3.Row
-            try:
-                connection.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-                connection.execute("PRAGMA journal_mode = WAL")
-                connection.execute("PRAGMA synchronous = FULL")
-                for statement in filter(str.strip, _SQLITE_SCHEMA.split(";")):
-                    connection.execute(statement)
-            except BaseException:
-                connection.close()
-                raise
-            with contextlib.suppress(OSError):
-                os.chmod(self.path, 0o600)
-            self._connection = connection
-        return self._connection
+        self._connection = LockedConnection(
+            self.path,
+            busy_timeout_ms=_BUSY_TIMEOUT_MS,
+            setup=_sqlite_setup,
+            unavailable=lambda exc: AuditUnavailable(f"audit log {self.description}: {exc}"),
+        )
 
     async def _run(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
-        def locked() -> Any:
-            with self._lock:
-                try:
-                    return work(self._connect())
-                except sqlite3.Error as exc:
-                    raise AuditUnavailable(f"audit log {self.description}: {exc}") from None
-
-        return await asyncio.to_thread(locked)
+        return await self._connection.run(work)
 
     async def append(self, key: ChainKey, draft: Draft) -> Entry:
         def work(connection: sqlite3.Connection) -> Entry:
@@ -200,10 +174,13 @@ class SqliteAuditStore:
         return await self._run(_sqlite_head)
 
     async def close(self) -> None:
-        with self._lock:
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
+        await self._connection.close()
+
+
+def _sqlite_setup(connection: sqlite3.Connection) -> None:
+    connection.execute("PRAGMA synchronous = FULL")
+    for statement in filter(str.strip, _SQLITE_SCHEMA.split(";")):
+        connection.execute(statement)
 
 
 def _sqlite_head(connection: sqlite3.Connection) -> Head:

@@ -14,11 +14,7 @@ gone after such a crash anyway, and the feeder republishes from the store).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
 import sqlite3
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from pathlib import Path
@@ -61,7 +57,7 @@ from batches.store import (
     sending,
     unknown_cursor,
 )
-from ccr.v1.sqlite_files import switch_to_wal, write_transaction
+from ccr.v1.sqlite_files import LockedConnection, write_transaction
 
 T = TypeVar("T")
 BUSY_TIMEOUT_MS = 10_000
@@ -148,17 +144,14 @@ class SqliteBatchStore:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path).expanduser()
         self.description = str(self.path)
-        self._lock = threading.Lock()
-        self._connection: sqlite3.Connection | None = None
+        # Prompts and answers: nobody else's to read (LockedConnection makes the file 0600).
+        # sqlite3 errors pass through unmapped.
+        self._connection = LockedConnection(self.path, busy_timeout_ms=BUSY_TIMEOUT_MS, setup=_setup)
 
     # -- plumbing
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        def locked() -> T:
-            with self._lock:
-                return work(self._connect())
-
-        return await asyncio.to_thread(locked)
+        return await self._connection.run(work)
 
     async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
         def in_transaction(connection: sqlite3.Connection) -> T:
@@ -167,35 +160,8 @@ class SqliteBatchStore:
 
         return await self._run(in_transaction)
 
-    def _connect(self) -> sqlite3.Connection:
-        if self._connection is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # isolation_level=None: no implicit transactions; each write says BEGIN IMMEDIATE.
-            connection = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
-            )
-            connection.row_factory = sqlite3.Row
-            try:
-                connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-                switch_to_wal(connection, BUSY_TIMEOUT_MS)
-                connection.execute("PRAGMA synchronous = NORMAL")  # why: the module docstring
-                _migrate(connection)
-            except BaseException:
-                connection.close()
-                raise
-            with contextlib.suppress(OSError):  # prompts and answers: nobody else's to read
-                os.chmod(self.path, 0o600)
-            self._connection = connection
-        return self._connection
-
     async def close(self) -> None:
-        def work() -> None:
-            with self._lock:
-                if self._connection is not None:
-                    self._connection.close()
-                    self._connection = None
-
-        await asyncio.to_thread(work)
+        await self._connection.close()
 
     # -- batches
 
@@ -526,6 +492,11 @@ def _results_page(connection: sqlite3.Connection, batch_id: str, states: list[st
         parameters += states
     rows = connection.execute(f"{query} ORDER BY item_index LIMIT ?", [*parameters, RESULTS_PAGE_SIZE])
     return [item_of(row) for row in rows]
+
+
+def _setup(connection: sqlite3.Connection) -> None:
+    connection.execute("PRAGMA synchronous = NORMAL")  # why: the module docstring
+    _migrate(connection)
 
 
 def _migrate(connection: sqlite3.Connection) -> None:

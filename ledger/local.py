@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ccr.v1.sqlite_files import switch_to_wal
+from ccr.v1.sqlite_files import open_file
 from ccr.v1.usage_record import FIELDS, UsageRecord
 
 log = logging.getLogger("ccr.ledger.local")
@@ -101,18 +101,14 @@ def connect(path: Path | str, *, create: bool = True) -> sqlite3.Connection:
         if not create:
             raise FileNotFoundError(f"no ledger at {path}")
         path.parent.mkdir(parents=True, exist_ok=True)
-    # isolation_level=None: no implicit transactions; each write says BEGIN IMMEDIATE itself.
-    # check_same_thread=False: readers hand a connection from thread to thread (never at once).
-    connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
-    try:
-        connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        switch_to_wal(connection, BUSY_TIMEOUT_MS)
-        connection.execute("PRAGMA synchronous = FULL")  # per connection: why FULL, module docstring
-        migrate(connection)
-    except BaseException:
-        connection.close()
-        raise
-    return connection
+    # open_file: each write says BEGIN IMMEDIATE itself; readers hand a connection from thread to
+    # thread (never at once). Rows stay tuples (no row_factory).
+    return open_file(path, busy_timeout_ms=BUSY_TIMEOUT_MS, setup=_setup)
+
+
+def _setup(connection: sqlite3.Connection) -> None:
+    connection.execute("PRAGMA synchronous = FULL")  # per connection: why FULL, module docstring
+    migrate(connection)
 
 
 def _applied_versions(connection: sqlite3.Connection) -> set[int]:

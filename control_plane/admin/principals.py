@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import hmac
 import json
@@ -27,14 +26,13 @@ import os
 import re
 import secrets
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from ccr.v1.sqlite_files import switch_to_wal, write_transaction
+from ccr.v1.sqlite_files import LockedConnection, write_transaction
 from control_plane.admin.roles import Principal, Role
 from control_plane.admin.settings import AdminSettings
 
@@ -227,37 +225,18 @@ class SqliteAdminKeyStore:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path).expanduser()
         self.description = str(self.path)
-        self._lock = threading.Lock()
-        self._connection: sqlite3.Connection | None = None
+        # Hashes only, but nobody else needs them (LockedConnection makes the file 0600). OSError
+        # too: a folder that cannot be made is the store unavailable.
+        self._connection = LockedConnection(
+            self.path,
+            busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS,
+            setup=_migrate_sqlite,
+            unavailable=lambda exc: AdminKeyStoreUnavailable(f"admin key store {self.description}: {exc}"),
+            errors=(sqlite3.Error, OSError),
+        )
 
     async def _run(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
-        def locked() -> Any:
-            with self._lock:
-                try:
-                    return work(self._connect())
-                except (sqlite3.Error, OSError) as exc:
-                    raise AdminKeyStoreUnavailable(f"admin key store {self.description}: {exc}") from None
-
-        return await asyncio.to_thread(locked)
-
-    def _connect(self) -> sqlite3.Connection:
-        if self._connection is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            connection = sqlite3.connect(
-                self.path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
-            )
-            connection.row_factory = sqlite3.Row
-            try:
-                connection.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-                switch_to_wal(connection, SQLITE_BUSY_TIMEOUT_MS)
-                _migrate_sqlite(connection)
-            except BaseException:
-                connection.close()
-                raise
-            with contextlib.suppress(OSError):  # hashes only, but nobody else needs them
-                os.chmod(self.path, 0o600)
-            self._connection = connection
-        return self._connection
+        return await self._connection.run(work)
 
     async def create(self, record: AdminKeyRecord) -> AdminKeyRecord:
         def work(connection: sqlite3.Connection) -> AdminKeyRecord:
@@ -299,13 +278,7 @@ class SqliteAdminKeyStore:
         return await self._run(work)
 
     async def close(self) -> None:
-        def work() -> None:
-            with self._lock:
-                if self._connection is not None:
-                    self._connection.close()
-                    self._connection = None
-
-        await asyncio.to_thread(work)
+        await self._connection.close()
 
 
 def _migrate_sqlite(connection: sqlite3.Connection) -> None:

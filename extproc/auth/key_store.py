@@ -13,12 +13,9 @@ cache LISTENs to reload at once instead of at its next poll (``listen``).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -26,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ccr.v1 import env_refs
-from ccr.v1.sqlite_files import switch_to_wal, write_transaction
+from ccr.v1.sqlite_files import LockedConnection, write_transaction
 from extproc.auth.keys import KeyRecord, SecretHash, VirtualKey, rotate, with_changes
 
 NOTIFY_CHANNEL = "ccr_auth_keys"
@@ -224,38 +221,16 @@ class SqliteKeyStore(_Modifications):
         self.path = Path(path).expanduser() if path else default_keys_path()
         self.description = str(self.path)
         self._clock = clock
-        self._lock = threading.Lock()
-        self._connection: sqlite3.Connection | None = None
+        # The file holds hashes only, but nobody else needs it (LockedConnection makes it 0600).
+        self._connection = LockedConnection(
+            self.path,
+            busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS,
+            setup=self._migrate,
+            unavailable=lambda exc: KeyStoreUnavailable(f"key store {self.description}: {exc}"),
+        )
 
     async def _run(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
-        def locked() -> Any:
-            with self._lock:
-                try:
-                    return work(self._connect())
-                except sqlite3.Error as exc:
-                    raise KeyStoreUnavailable(f"key store {self.description}: {exc}") from None
-
-        return await asyncio.to_thread(locked)
-
-    def _connect(self) -> sqlite3.Connection:
-        if self._connection is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # isolation_level=None: no implicit transactions; each write says BEGIN IMMEDIATE.
-            connection = sqlite3.connect(
-                self.path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
-            )
-            connection.row_factory = sqlite3.Row
-            try:
-                connection.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-                switch_to_wal(connection, SQLITE_BUSY_TIMEOUT_MS)
-                self._migrate(connection)
-            except BaseException:
-                connection.close()
-                raise
-            with contextlib.suppress(OSError):  # the file holds hashes only, but nobody else needs it
-                os.chmod(self.path, 0o600)
-            self._connection = connection
-        return self._connection
+        return await self._connection.run(work)
 
     @staticmethod
     def _migrate(connection: sqlite3.Connection) -> None:
@@ -337,13 +312,7 @@ class SqliteKeyStore(_Modifications):
         return await self._run(work)
 
     async def close(self) -> None:
-        def work() -> None:
-            with self._lock:
-                if self._connection is not None:
-                    self._connection.close()
-                    self._connection = None
-
-        await asyncio.to_thread(work)
+        await self._connection.close()
 
 
 # The changes both stores make, as functions of the stored record (applied inside the write's

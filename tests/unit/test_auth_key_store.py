@@ -237,16 +237,17 @@ async def test_a_cache_keeps_its_keys_while_the_store_is_broken(
     await cache.start()
     try:
         assert STORE_UP._value.get() == 1
-        broken = store._connection
-        store._connection = sqlite3.connect(":memory:", check_same_thread=False)  # no virtual_keys table
+        locked = store._connection  # the store's LockedConnection: its open connection swapped
+        broken = locked._connection
+        locked._connection = sqlite3.connect(":memory:", check_same_thread=False)  # no virtual_keys table
         with caplog.at_level(logging.WARNING, logger="extproc.auth.key_cache"):
             await eventually(lambda: STORE_UP._value.get() == 0)
             import asyncio
 
             await asyncio.sleep(0.3)  # several failed polls
             assert cache.lookup(presented) == record.key
-            store._connection.close()
-            store._connection = broken
+            locked._connection.close()
+            locked._connection = broken
             await eventually(lambda: STORE_UP._value.get() == 1)
         outage_lines = [r for r in caplog.records if "unreachable" in r.getMessage()]
         assert len(outage_lines) == 1
