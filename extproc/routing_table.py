@@ -29,6 +29,11 @@ from ccr.v1.secret_ref import ReferenceError, parse_reference
 from ccr.v1.vault_client import VaultSettings
 from ccr.v1.vault_keys import policy_settings
 from extproc.cache.rules import WHEN, CacheRules, CacheSetting, resolve
+from extproc.mcp.access import Grant
+from extproc.mcp.catalog import valid_server_name
+from extproc.mcp.session import DEFAULT_IDLE_TTL_S
+from extproc.mcp.settings import DEFAULT_PATH as MCP_DEFAULT_PATH
+from extproc.mcp.settings import McpSettings, UpstreamServer
 from extproc.secrets.store import KeyHandle, SecretStore, default_store
 from extproc.translate.base import Api, Target
 
@@ -218,6 +223,7 @@ class RoutingTable:
     cache: CacheSetting | None = None  # the policy's default `cache:`; None: off where nothing else says
     caches: bool = False  # some level (default, model, tenant) has a `cache:`: else nothing to resolve
     tracing: TracingSettings | None = None  # the policy's `tracing:`; None: off
+    mcp: McpSettings | None = None  # the policy's `mcp:` (servers and grants); None: no MCP endpoint
 
     def cache_rules(self, tenant: str | None, route: ModelRoute) -> CacheRules | None:
         """The response cache's rules for ``tenant`` (a virtual key's; None: anonymous) on ``route``:
@@ -441,6 +447,7 @@ def compile_policy(
         or any(route.cache is not None for route in models.values())
         or any(rule.cache is not None for rule in rules.values()),
         tracing=_tracing(policy.tracing) if policy.HasField("tracing") else None,
+        mcp=mcp_settings(policy.mcp) if policy.HasField("mcp") else None,
     )
 
 
@@ -457,6 +464,64 @@ def _tracing(message: policy_pb2.Tracing) -> TracingSettings:
     if not message.otlp.startswith(("http://", "https://")) or not 0 <= message.sample <= 1:
         raise PolicyCompileError(f"tracing: otlp {message.otlp!r} / sample {message.sample} cannot be followed")
     return TracingSettings(message.otlp, message.sample, message.service_name or "ccr-gateway")
+
+
+def mcp_settings(message: policy_pb2.Mcp) -> McpSettings:
+    """The policy's ``mcp:`` in the MCP core's terms (extproc.mcp.settings, extproc.mcp.access.Grant).
+    Header and environment templates are kept as they are: expanded where a server is called or
+    launched. What the core could not follow (a server name outside its rule) is refused here."""
+    servers: list[UpstreamServer] = []
+    for server in message.servers:
+        where = f"mcp server {server.name!r}"
+        if not valid_server_name(server.name):
+            raise PolicyCompileError(f"{where}: not a valid MCP server name")
+        if any(s.name == server.name for s in servers):
+            raise PolicyCompileError(f"{where} is defined twice")
+        if bool(server.url) == bool(server.command):
+            raise PolicyCompileError(f"{where}: needs a url or a command, not both or neither")
+        if not 0 < server.timeout_s < float("inf"):
+            raise PolicyCompileError(f"{where}: timeout_s must be a number of seconds > 0, got {server.timeout_s}")
+        servers.append(
+            UpstreamServer(
+                server.name,
+                server.url,
+                tuple(server.command),
+                tuple(sorted(server.env.items())),
+                tuple(sorted(server.headers.items())),
+                server.timeout_s,
+            )
+        )
+    tenant_grants: dict[str, Grant] = {}
+    key_grants: dict[str, Grant] = {}
+    tenant_calls: dict[str, int] = {}
+    key_calls: dict[str, int] = {}
+    for grant in message.grants:
+        if bool(grant.tenant) == bool(grant.key_id):
+            raise PolicyCompileError("mcp grant: names a tenant or a key, one of them")
+        grants, calls, who = (
+            (tenant_grants, tenant_calls, grant.tenant) if grant.tenant else (key_grants, key_calls, grant.key_id)
+        )
+        if who in grants:
+            raise PolicyCompileError(f"mcp grant for {who!r} is defined twice")
+        if grant.inherit_allow and grant.tenant:
+            raise PolicyCompileError(f"mcp grant for tenant {who!r}: a tenant cannot inherit an allow list")
+        allow = None if grant.inherit_allow else tuple(grant.allow)
+        grants[who] = Grant(allow=allow, deny=tuple(grant.deny))
+        if grant.calls_per_minute:
+            calls[who] = grant.calls_per_minute
+    if message.path and not message.path.startswith("/"):
+        raise PolicyCompileError(f"mcp path {message.path!r} is not a URL path")
+    if not 0 <= message.session_ttl_s < float("inf"):
+        raise PolicyCompileError(f"mcp session_ttl_s must be a number of seconds, got {message.session_ttl_s}")
+    return McpSettings(
+        path=message.path or MCP_DEFAULT_PATH,
+        idle_ttl_s=message.session_ttl_s or DEFAULT_IDLE_TTL_S,
+        servers=tuple(servers),
+        tenant_grants=tenant_grants,
+        key_grants=key_grants,
+        tenant_calls_per_minute=tenant_calls,
+        key_calls_per_minute=key_calls,
+    )
 
 
 _RATE_FIELDS = (

@@ -18,6 +18,7 @@ from control_plane.policy.cors import CorsSpec
 from control_plane.policy.edge_limits import PerIpLimits
 from control_plane.policy.hardening import HardeningSpec
 from control_plane.policy.limit_sets import RateLimitSpec
+from control_plane.policy.mcp import McpSpec
 from control_plane.policy.pools import PoolEndpoint
 from control_plane.policy.resilience import DEFAULT as DEFAULT_RESILIENCE
 from control_plane.policy.resilience import Resilience
@@ -131,6 +132,8 @@ class GatewayPolicy:
     hardening: HardeningSpec = field(default_factory=HardeningSpec)
     # Where the batch API runs (batches:); None: the batch paths are unknown endpoints.
     batches: BatchesSpec | None = None
+    # The MCP servers the gateway fronts and their grants (mcp:); None: no MCP endpoint.
+    mcp: McpSpec | None = None
     # What parsing found suspicious but not wrong (an OpenAI base_url without a version): shown by
     # `validate` and logged, never a reason to reject. Not part of what the policy means.
     warnings: tuple[Problem, ...] = field(default=(), compare=False)
@@ -202,6 +205,8 @@ class GatewayPolicy:
             cache=cache_proto(self.cache),
             tracing=self.tracing.to_proto() if self.tracing is not None else None,
             vault=self.vault.to_proto() if self.vault is not None else None,
+            # Templates and references only: ext_proc reads the values from its environment or Vault.
+            mcp=self.mcp.to_proto() if self.mcp is not None else None,
             **self.routing.to_proto_fields(),
         )
 

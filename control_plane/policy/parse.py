@@ -23,6 +23,7 @@ from control_plane.policy.cors import CorsSpec, parse_cors
 from control_plane.policy.edge_limits import PerIpLimits, parse_per_ip_limits
 from control_plane.policy.hardening import HardeningSpec, parse_hardening
 from control_plane.policy.limit_sets import RateLimitSpec, parse_rate_limits
+from control_plane.policy.mcp import parse_mcp
 from control_plane.policy.model import (
     API_NAMES,
     DECISION_PATHS,
@@ -74,6 +75,7 @@ _TOP_FIELDS = (
     "tracing",
     "vault",
     "batches",
+    "mcp",
 )
 
 
@@ -150,6 +152,7 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
     tracing = parse_tracing(check, top["tracing"]) if "tracing" in top else None
     vault: VaultSpec | None = parse_vault(check, top["vault"]) if "vault" in top else None
     batches = parse_batches(check, top["batches"]) if "batches" in top else None
+    mcp = parse_mcp(check, top["mcp"], vault_configured="vault" in top) if "mcp" in top else None
     if "vault" not in top:
         check_vault_used(check, None, [*_key_references(top.get("providers")), *_connection_references(top)])
     if check.problems:
@@ -174,6 +177,7 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
         tls=tls,
         hardening=hardening,
         batches=batches,
+        mcp=mcp,
     )
 
 

@@ -19,7 +19,7 @@ API_OPENAI: Api
 API_GEMINI: Api
 
 class Policy(_message.Message):
-    __slots__ = ("version", "providers", "limits", "router", "aliases", "fallbacks", "tenants", "auth_required", "cache", "tracing", "vault", "cert_identities", "batch_api", "batch_workers")
+    __slots__ = ("version", "providers", "limits", "router", "aliases", "fallbacks", "tenants", "auth_required", "cache", "tracing", "vault", "cert_identities", "batch_api", "batch_workers", "mcp")
     class AliasesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,7 @@ class Policy(_message.Message):
     CERT_IDENTITIES_FIELD_NUMBER: _ClassVar[int]
     BATCH_API_FIELD_NUMBER: _ClassVar[int]
     BATCH_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    MCP_FIELD_NUMBER: _ClassVar[int]
     version: str
     providers: _containers.RepeatedCompositeFieldContainer[Provider]
     limits: Limits
@@ -62,7 +63,66 @@ class Policy(_message.Message):
     cert_identities: _containers.ScalarMap[str, str]
     batch_api: bool
     batch_workers: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, version: _Optional[str] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., router: _Optional[_Union[Router, _Mapping]] = ..., aliases: _Optional[_Mapping[str, Choice]] = ..., fallbacks: _Optional[_Iterable[_Union[FallbackChain, _Mapping]]] = ..., tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ..., auth_required: bool = ..., cache: _Optional[_Union[CacheRules, _Mapping]] = ..., tracing: _Optional[_Union[Tracing, _Mapping]] = ..., vault: _Optional[_Union[Vault, _Mapping]] = ..., cert_identities: _Optional[_Mapping[str, str]] = ..., batch_api: bool = ..., batch_workers: _Optional[_Iterable[str]] = ...) -> None: ...
+    mcp: Mcp
+    def __init__(self, version: _Optional[str] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., router: _Optional[_Union[Router, _Mapping]] = ..., aliases: _Optional[_Mapping[str, Choice]] = ..., fallbacks: _Optional[_Iterable[_Union[FallbackChain, _Mapping]]] = ..., tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ..., auth_required: bool = ..., cache: _Optional[_Union[CacheRules, _Mapping]] = ..., tracing: _Optional[_Union[Tracing, _Mapping]] = ..., vault: _Optional[_Union[Vault, _Mapping]] = ..., cert_identities: _Optional[_Mapping[str, str]] = ..., batch_api: bool = ..., batch_workers: _Optional[_Iterable[str]] = ..., mcp: _Optional[_Union[Mcp, _Mapping]] = ...) -> None: ...
+
+class Mcp(_message.Message):
+    __slots__ = ("path", "session_ttl_s", "servers", "grants")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SESSION_TTL_S_FIELD_NUMBER: _ClassVar[int]
+    SERVERS_FIELD_NUMBER: _ClassVar[int]
+    GRANTS_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    session_ttl_s: float
+    servers: _containers.RepeatedCompositeFieldContainer[McpServer]
+    grants: _containers.RepeatedCompositeFieldContainer[McpGrant]
+    def __init__(self, path: _Optional[str] = ..., session_ttl_s: _Optional[float] = ..., servers: _Optional[_Iterable[_Union[McpServer, _Mapping]]] = ..., grants: _Optional[_Iterable[_Union[McpGrant, _Mapping]]] = ...) -> None: ...
+
+class McpServer(_message.Message):
+    __slots__ = ("name", "url", "command", "env", "headers", "timeout_s")
+    class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    url: str
+    command: _containers.RepeatedScalarFieldContainer[str]
+    env: _containers.ScalarMap[str, str]
+    headers: _containers.ScalarMap[str, str]
+    timeout_s: float
+    def __init__(self, name: _Optional[str] = ..., url: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., headers: _Optional[_Mapping[str, str]] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+
+class McpGrant(_message.Message):
+    __slots__ = ("tenant", "key_id", "allow", "inherit_allow", "deny", "calls_per_minute")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_FIELD_NUMBER: _ClassVar[int]
+    INHERIT_ALLOW_FIELD_NUMBER: _ClassVar[int]
+    DENY_FIELD_NUMBER: _ClassVar[int]
+    CALLS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    key_id: str
+    allow: _containers.RepeatedScalarFieldContainer[str]
+    inherit_allow: bool
+    deny: _containers.RepeatedScalarFieldContainer[str]
+    calls_per_minute: int
+    def __init__(self, tenant: _Optional[str] = ..., key_id: _Optional[str] = ..., allow: _Optional[_Iterable[str]] = ..., inherit_allow: bool = ..., deny: _Optional[_Iterable[str]] = ..., calls_per_minute: _Optional[int] = ...) -> None: ...
 
 class Vault(_message.Message):
     __slots__ = ("address", "auth_method", "auth_mount", "token_env", "role_id", "secret_id_env", "role", "jwt_path", "rotation_interval_s")
