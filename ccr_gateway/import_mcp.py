@@ -29,13 +29,13 @@ import json
 import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import yaml
 
+from ccr_gateway.generated_file import fail, hand_over, output_path
 from control_plane.policy import PolicyError, load_policy
 from control_plane.policy.mcp import TOKEN_SHAPES as _TOKEN
 from control_plane.policy.mcp import (
@@ -301,49 +301,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """0: printed or written; 1: the section does not validate (a bug); 2: the input or output is unusable."""
     path = os.path.expanduser(args.path)
-    output = getattr(args, "output", None)
-    output = None if output in (None, "-") else os.path.expanduser(output)
+    output = output_path(args)
     if output and os.path.exists(output) and not getattr(args, "force", False):
-        return _fail(f"error: {args.output} exists; use --force to overwrite it")
+        return fail(f"error: {args.output} exists; use --force to overwrite it")
     try:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return _fail(f"error: cannot read {args.path}: {reason}")
+        return fail(f"error: cannot read {args.path}: {reason}")
     try:
         rendered, result = import_text(text, args.path)
     except ImportError_ as exc:
-        return _fail(f"error: {args.path}: {exc}")
+        return fail(f"error: {args.path}: {exc}")
     except PolicyError as exc:
-        return _fail(f"internal error: import-mcp produced a section that does not validate (a bug):\n{exc}", 1)
+        return fail(f"internal error: import-mcp produced a section that does not validate (a bug):\n{exc}", 1)
     for line in messages(result):
         print(line, file=sys.stderr)
-    if output is None:
-        sys.stdout.write(rendered)
-        return 0
-    try:
-        _write_atomically(output, rendered)
-    except OSError as exc:
-        return _fail(f"error: cannot write {args.output}: {exc.strerror or exc}")
-    print(f"wrote {args.output}", file=sys.stderr)
-    return 0
-
-
-def _write_atomically(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temp = tempfile.mkstemp(prefix=".import-mcp-", suffix=".yaml", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
-
-
-def _fail(message: str, code: int = 2) -> int:
-    print(message, file=sys.stderr)
-    return code
+    return hand_over(rendered, output, args.output)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 
+from ccr_gateway.generated_file import fail, hand_over, output_path
 from ccr_gateway.import_ccr.convert import DEFAULT_LISTEN_PORT
 from ccr_gateway.import_ccr.emit import import_text
 from ccr_gateway.import_ccr.model import ConfigError
@@ -29,57 +29,29 @@ def run(args: argparse.Namespace) -> int:
     """0: written; 1: the generated policy does not validate (a bug); 2: the input or output is unusable."""
     source = args.config
     path = os.path.expanduser(source)
-    output = getattr(args, "output", None)
-    output = None if output in (None, "-") else os.path.expanduser(output)
+    output = output_path(args)
     if output and os.path.exists(output):
         if os.path.exists(path) and os.path.samefile(output, path):
-            return _fail(f"error: {args.output} is the CCR config itself; choose another --output")
+            return fail(f"error: {args.output} is the CCR config itself; choose another --output")
         if not getattr(args, "force", False):
-            return _fail(f"error: {args.output} exists; use --force to overwrite it")
+            return fail(f"error: {args.output} exists; use --force to overwrite it")
     listen_port = getattr(args, "listen_port", None)
     if listen_port is not None and not 1 <= listen_port <= 65535:
-        return _fail(f"error: --listen-port {listen_port} is not a port number")
+        return fail(f"error: --listen-port {listen_port} is not a port number")
     try:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return _fail(f"error: cannot read {source}: {reason}")
+        return fail(f"error: cannot read {source}: {reason}")
     try:
         rendered, findings = import_text(text, source, listen_port)
     except ConfigError as exc:
         for finding in exc.findings:
             print(finding, file=sys.stderr)
-        return _fail(f"error: {exc}")
+        return fail(f"error: {exc}")
     except PolicyError as exc:
-        return _fail(f"internal error: import-ccr produced a policy that does not validate (a bug):\n{exc}", 1)
+        return fail(f"internal error: import-ccr produced a policy that does not validate (a bug):\n{exc}", 1)
     for finding in findings:
         print(finding, file=sys.stderr)
-    if output is None:
-        sys.stdout.write(rendered)
-        return 0
-    try:
-        _write_atomically(output, rendered)
-    except OSError as exc:
-        return _fail(f"error: cannot write {args.output}: {exc.strerror or exc}")
-    print(f"wrote {args.output}; check it with: ccr-gateway validate -c {args.output}", file=sys.stderr)
-    return 0
-
-
-def _write_atomically(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temp = tempfile.mkstemp(prefix=".import-ccr-", suffix=".yaml", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
-
-
-def _fail(message: str, code: int = 2) -> int:
-    print(message, file=sys.stderr)
-    return code
+    return hand_over(rendered, output, args.output, f"; check it with: ccr-gateway validate -c {args.output}")
