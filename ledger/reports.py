@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -23,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from ccr.v1.time_options import parse_time
 from ccr.v1.usage_record import FIELDS, UsageRecord, record_from_dict
 
 GROUP_KEYS = ("tenant", "key_id", "provider", "model", "requested_model", "scenario", "client_api", "status", "day")
@@ -41,28 +41,18 @@ class ReportError(ValueError):
 
 # --- options ---------------------------------------------------------------------------------
 
-_DURATION = re.compile(r"(\d+)([mhdw])")
-_UNITS = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
 
 
 def parse_time_option(text: str, now: datetime, option: str = "--since") -> datetime:
     """``7d``, ``24h``, ``30m``, ``2w`` (that long before ``now``), ``now``, an ISO date
     (``2026-01-31``: its midnight UTC) or an ISO date and time (UTC unless it names an offset)."""
-    value = text.strip()
-    if value == "now":
-        return now
-    if match := _DURATION.fullmatch(value):
-        return now - int(match.group(1)) * _UNITS[match.group(2)]
     try:
-        if len(value) == 10:
-            return datetime.combine(date.fromisoformat(value), datetime.min.time(), UTC)
-        parsed = datetime.fromisoformat(value)
+        return parse_time(text, now)
     except ValueError:
         raise ReportError(
             f"{option} {text!r}: expected a duration like 7d, 24h, 30m, 2w, or an ISO date or time "
             "like 2026-01-31 or 2026-01-31T12:00 (UTC unless it has an offset)"
         ) from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def parse_group_by(text: str | None) -> tuple[str, ...]:

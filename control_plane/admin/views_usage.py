@@ -20,13 +20,13 @@ import binascii
 import csv
 import io
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
+from ccr.v1.time_options import parse_time as parse_shared_time
 from control_plane.admin.errors import AdminError
 
 BY_KEYS = ("tenant", "key_id", "model", "provider", "day")
@@ -78,26 +78,14 @@ def invalid(path: str, message: str) -> AdminError:
     return AdminError(400, "invalid_request", f"{path}: {message}", [{"path": path, "message": message}])
 
 
-_DURATION = re.compile(r"(\d+)([mhdw])")
-_UNITS = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
 
 
 def parse_time(text: str, now: datetime, name: str) -> datetime:
-    """The forms `usage report` takes (ledger.reports.parse_time_option, which the control plane
-    may not import): ``24h``/``7d``/``30m``/``2w`` before now, ``now``, an ISO date (its UTC
-    midnight) or date and time (UTC unless it names an offset)."""
-    value = text.strip()
-    if value == "now":
-        return now
-    if match := _DURATION.fullmatch(value):
-        return now - int(match.group(1)) * _UNITS[match.group(2)]
+    """The forms `usage report` takes (ccr.v1.time_options, shared with the ledger's CLI)."""
     try:
-        if len(value) == 10:
-            return datetime.combine(date.fromisoformat(value), datetime.min.time(), UTC)
-        parsed = datetime.fromisoformat(value)
+        return parse_shared_time(text, now)
     except ValueError:
         raise invalid(name, f"{text!r} is not a time: use 24h, 7d, 30m, 2w, or ISO like 2026-01-31T12:00Z") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def _window(query: Mapping[str, Any], now: datetime, since_default: str) -> tuple[datetime, datetime]:
