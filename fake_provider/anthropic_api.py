@@ -54,6 +54,7 @@ class AnthropicApi:
             last_user_text=last_user_text(messages),
             tools=_tools(body.get("tools")),
             tool_results=_trailing_tool_results(messages),
+            tool_calls_made=_tool_calls_made(messages),
             wants_thinking=_wants_thinking(body.get("thinking")),
             max_tokens=body["max_tokens"],
             input_tokens=estimate_tokens(body_size),
@@ -181,6 +182,16 @@ def _trailing_tool_results(messages: list) -> tuple[str, ...]:
         text_of(block.get("content"))
         for block in last["content"]
         if isinstance(block, dict) and block.get("type") == "tool_result"
+    )
+
+
+def _tool_calls_made(messages: list) -> int:
+    return sum(
+        1
+        for message in messages
+        if isinstance(message, dict) and message.get("role") == "assistant" and isinstance(message.get("content"), list)
+        for block in message["content"]
+        if isinstance(block, dict) and block.get("type") == "tool_use"
     )
 
 

@@ -56,6 +56,11 @@ class OpenAIApi:
             last_user_text=last_user_text(messages),
             tools=_tools(body.get("tools")),
             tool_results=_trailing_tool_results(messages),
+            tool_calls_made=sum(
+                len(m.get("tool_calls") or ())
+                for m in messages
+                if isinstance(m, dict) and m.get("role") == "assistant" and isinstance(m.get("tool_calls"), list)
+            ),
             wants_thinking=body.get("reasoning_effort") not in (None, "none")
             or isinstance(body.get("reasoning"), dict),
             max_tokens=max_tokens if isinstance(max_tokens, int) else None,

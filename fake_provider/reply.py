@@ -61,6 +61,9 @@ class Conversation:
     input_tokens: int
     # JSON schema the text answer must satisfy (structured output), None for free text.
     answer_schema: dict | None = None
+    # Tool calls the assistant made earlier in the conversation: how far a script of several
+    # `[fake-tool ...]` directives has got (the next call is the directive after them).
+    tool_calls_made: int = 0
 
     @property
     def first_tool(self) -> Tool | None:
@@ -103,8 +106,9 @@ def plan_reply(api_name: str, conv: Conversation, *, force_tool_call: bool, cach
     thinking_tokens = estimate_tokens(len(thinking)) if thinking else 0
     cached = min(max(cached_tokens, 0), conv.input_tokens)
 
-    # A trailing tool result wins over a new tool call, or a "weather" question would loop forever.
-    planned = None if conv.tool_results else _planned_call(conv, force_tool_call)
+    # A trailing tool result wins over a new tool call, or a "weather" question would loop forever;
+    # only a script of several directives goes on to its next call.
+    planned = _scripted_call(conv) if conv.tool_results else _planned_call(conv, force_tool_call)
     if planned is not None:
         name, arguments = planned
         arguments_json = orjson.dumps(arguments).decode()
@@ -127,9 +131,10 @@ def plan_reply(api_name: str, conv: Conversation, *, force_tool_call: bool, cach
     return Reply(conv.model, text, thinking, None, stop, conv.input_tokens, cached, output, thinking_tokens)
 
 
-def _planned_call(conv: Conversation, force_tool_call: bool) -> tuple[str, dict] | None:
-    """(tool name, arguments) of the call the model makes now, or None to answer in text."""
+def _directives(conv: Conversation) -> list[tuple[str, dict]]:
+    """The ``[fake-tool ...]`` directives of the last user text that name an offered tool, in order."""
     offered = {tool.name for tool in conv.tools}
+    calls = []
     for match in TOOL_DIRECTIVE.finditer(conv.last_user_text):
         if match[1] in offered:
             try:
@@ -137,7 +142,21 @@ def _planned_call(conv: Conversation, force_tool_call: bool) -> tuple[str, dict]
             except orjson.JSONDecodeError:
                 continue
             if isinstance(arguments, dict):
-                return match[1], arguments
+                calls.append((match[1], arguments))
+    return calls
+
+
+def _scripted_call(conv: Conversation) -> tuple[str, dict] | None:
+    """After a tool result: the script's next call, None once every directive has been called."""
+    script = _directives(conv)
+    return script[conv.tool_calls_made] if len(script) > 1 and conv.tool_calls_made < len(script) else None
+
+
+def _planned_call(conv: Conversation, force_tool_call: bool) -> tuple[str, dict] | None:
+    """(tool name, arguments) of the call the model makes now, or None to answer in text."""
+    script = _directives(conv)
+    if script:
+        return script[0]
     first = conv.first_tool
     if first is not None and (force_tool_call or TOOL_TRIGGER_WORD in conv.last_user_text.lower()):
         return first.name, example_arguments(first.schema)

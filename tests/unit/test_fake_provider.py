@@ -711,3 +711,19 @@ def test_module_entry_point_listens_and_stops_on_sigterm() -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_a_script_of_tool_directives_is_called_one_after_another() -> None:
+    from fake_provider.reply import Conversation, Tool, plan_reply
+
+    tools = (Tool("a__echo", {"type": "object"}), Tool("b__add", {"type": "object"}))
+    prompt = '[fake-tool a__echo {"text": "x"}] then [fake-tool b__add {"a": 1, "b": 2}]'
+
+    def reply(made: int, results: tuple[str, ...]):
+        conv = Conversation("m", prompt, tools, results, False, None, 10, tool_calls_made=made)
+        return plan_reply("anthropic", conv, force_tool_call=False, cached_tokens=0)
+
+    assert reply(0, ()).tool_call.name == "a__echo"
+    assert reply(1, ("x",)).tool_call.name == "b__add"
+    last = reply(2, ("3",))
+    assert last.tool_call is None and last.text == "Tool result: 3"
