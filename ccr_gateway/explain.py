@@ -1,4 +1,5 @@
 """`ccr-gateway route --explain request.json -c policy.yaml`: the routing decision and why, offline.
+(`route --mcp --key ID -c policy.yaml`: which MCP tools a caller can use, in ccr_gateway.explain_mcp.)
 
 Runs the same code ext_proc runs (policy -> contract -> routing table -> extproc.plan) on a request
 file, with provider keys from this shell's environment, and prints the outcome: the provider and
@@ -22,7 +23,13 @@ if TYPE_CHECKING:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--explain", required=True, metavar="REQUEST.json", help="request body to route ('-': stdin)")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--explain", metavar="REQUEST.json", help="request body to route ('-': stdin)")
+    what.add_argument(
+        "--mcp",
+        action="store_true",
+        help="instead: which MCP tools --key or --tenant can use, on the policy's live servers (ccr_gateway.explain_mcp)",
+    )
     parser.add_argument("-c", "--config", required=True, help="policy YAML file")
     parser.add_argument("--api", choices=["anthropic", "openai"], default="anthropic", help="the client's API")
     parser.add_argument(
@@ -37,9 +44,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--count-tokens", action="store_true", help="explain POST /v1/messages/count_tokens instead of a generation"
     )
     parser.add_argument("--json", action="store_true", help="print the decision as JSON")
+    from ccr_gateway import explain_mcp
+
+    explain_mcp.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.mcp:
+        from ccr_gateway import explain_mcp
+
+        return explain_mcp.run(args)
     # ext_proc's own code, imported here so that the other commands do not load it.
     from extproc.plan import COUNT_TOKENS, GENERATE, Answer, plan
     from extproc.routing_table import PolicyCompileError, compile_policy
