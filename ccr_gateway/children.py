@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -63,6 +63,7 @@ class Child:
     argv: list[str]
     before_start: Callable[[], None] = lambda: None  # e.g. remove a dead worker's stale sockets
     stderr: int | IO[Any] | None = None  # subprocess.PIPE for Envoy (its log filter reads it)
+    env: Mapping[str, str] | None = None  # None: this process's environment as it is at each start
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     last_exit: str | None = None
@@ -88,7 +89,7 @@ class Child:
 
     def start(self) -> subprocess.Popen[bytes]:
         self.before_start()
-        self.process = subprocess.Popen(guarded(self.argv), start_new_session=True, stderr=self.stderr)
+        self.process = subprocess.Popen(guarded(self.argv), start_new_session=True, stderr=self.stderr, env=self.env)
         self.started_at = time.monotonic()
         self.restart_due = None
         return self.process

@@ -72,6 +72,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         workers=args.workers,
         ledger_on=not args.no_ledger,
         batch_services=not args.no_batch_services,
+        mcp_service=not args.no_mcp,
         internal_tls=internal_tls,
         region=args.region,
     )
@@ -104,7 +105,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         f"  Anthropic SDK:   anthropic.Anthropic(base_url='{url}')\n"
         f"  OpenAI SDK:      openai.OpenAI(base_url='{url}/v1')\n"
         f"  models:          curl {url}/v1/models\n"
-        f"  Envoy admin:     http://127.0.0.1:{args.admin_port}/config_dump\n"
+        + (
+            f"  MCP endpoint:    {gateway.mcp_url}  (claude mcp add --transport http ccr {gateway.mcp_url})\n"
+            if gateway.mcp_url
+            else ""
+        )
+        + f"  Envoy admin:     http://127.0.0.1:{args.admin_port}/config_dump\n"
         + (
             f"  console:         {admin_wiring.console_url(gateway)} (sign in with `ccr-gateway admin keys create`)\n"
             if gateway.admin_api
@@ -364,6 +370,7 @@ PLUGIN_COMMANDS: dict[str, tuple[str, str, str]] = {
     "batch-worker": ("batch items via the gateway: feeder, dead letters, workers", "ccr_gateway.batch_worker", "run"),
     "batch": ("the batch store: list | show | cancel (audited)", "ccr_gateway.batch_cli", "run"),
     "batch-api": ("the Message Batches HTTP API (Anthropic, OpenAI) behind Envoy", "ccr_gateway.batch_api", "run"),
+    "mcp-gateway": ("the MCP endpoint's service (the policy's MCP servers as one)", "ccr_gateway.mcp_gateway", "run"),
 }
 
 
@@ -428,6 +435,12 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
         action="store_true",
         help="with batches: {api: <a local address>}, do not run the batch API and a batch worker: they "
         "run by themselves (batch-api, batch-worker --amqp ...)",
+    )
+    up.add_argument(
+        "--no-mcp",
+        action="store_true",
+        help="with mcp: {api: <a local address>}, do not run the MCP service (`ccr-gateway mcp-gateway`): "
+        "it runs by itself; Envoy still routes the MCP endpoint to mcp.api",
     )
     up.add_argument(
         "--internal-tls",

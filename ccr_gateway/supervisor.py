@@ -77,6 +77,8 @@ STOP_GRACE = {
     "envoy": 5.0,
     "extproc": 12.0,
     "batch-api": 5.0,
+    # After Envoy: no new session comes. It closes its stdio servers (stdin, SIGTERM, SIGKILL) first.
+    "mcp-gateway": 8.0,
     "ledger": 10.0,
     "control-plane": 5.0,
     "fake-provider": 5.0,
@@ -109,6 +111,7 @@ class GatewayProcesses:
     quiet: bool = False
     ledger_on: bool = True  # False: usage records go nowhere (up --no-ledger)
     batch_services: bool = True  # False: a local batches: api runs by itself (up --no-batch-services)
+    mcp_service: bool = True  # False: a local mcp: api runs by itself (up --no-mcp)
     internal_tls: InternalTls | None = None  # up --internal-tls: TCP + mTLS between the pieces
     region: str = ""  # up --region: providers' endpoints there come first (control-plane --region)
     run_dir: str = ""
@@ -174,6 +177,10 @@ class GatewayProcesses:
         if self.admin_api:
             host, _, port = self.admin_api.rpartition(":")
             wanted.append((host.strip("[]"), int(port), "the Admin API (--admin-api; off: none)"))
+        if (mcp := self.policy.mcp) is not None:
+            wanted.append((mcp.egress_host, mcp.egress_port, "Envoy's MCP egress listener (the policy's mcp.egress)"))
+            if self.runs_mcp_service and not mcp.api_socket_path:
+                wanted.append((mcp.api_host, mcp.api_port, "the MCP service (the policy's mcp.api; up --no-mcp: none)"))
         problem = first_busy_port(wanted)
         if problem is not None:
             raise StartupError(problem)
@@ -218,6 +225,7 @@ class GatewayProcesses:
         listener = (self.policy.listener_address, self.policy.listener_port)
         self._wait(lambda: probes.tcp_accepting(*listener), deadline, "the listener to accept connections")
         self._start_batches(deadline)
+        self._start_mcp(deadline)
         summary = self._envoy_log.summary() if self._envoy_log is not None else None
         if summary:
             self.say(f"- {summary}")
@@ -333,6 +341,75 @@ class GatewayProcesses:
         self._spawn("batch-api", self._python("batch-api", "--listen", spec.address, *store))
         self._wait(lambda: probes.tcp_accepting(spec.host, spec.port), deadline, "the batch API")
         self._spawn("batch-worker", self._python("batch-worker", "--gateway", self.listener_url, *store))
+
+    @property
+    def runs_mcp_service(self) -> bool:
+        """The policy has ``mcp:`` on a local address (host or unix socket), and --no-mcp is off."""
+        spec = self.policy.mcp
+        local = spec is not None and (bool(spec.api_socket_path) or spec.api_host in LOCAL_HOSTS)
+        return local and self.mcp_service
+
+    @property
+    def mcp_url(self) -> str:
+        """The MCP endpoint on the listener ("" without ``mcp:``)."""
+        return self.listener_url + self.policy.mcp.path if self.policy.mcp is not None else ""
+
+    def mcp_argv(self) -> list[str]:
+        """`ccr-gateway mcp-gateway` on the policy's ``mcp.api``, fed by the control plane the
+        workers use, reaching url servers through Envoy's egress listener at ``mcp.egress``."""
+        spec = self.policy.mcp
+        assert spec is not None
+        tls: list[str] = []
+        if (files := self.internal_tls) is not None:  # the control plane asks for a client certificate
+            cert, key = files.cert("extproc"), files.key("extproc")
+            tls = ["--control-plane-tls-cert", cert, "--control-plane-tls-key", key, "--control-plane-tls-ca", files.ca]
+        return self._python(
+            "mcp-gateway",
+            "--listen",
+            spec.api,
+            "--control-plane",
+            self.xds,
+            "--egress",
+            spec.egress,
+            *tls,
+            *self._mcp_ledger_arguments(),
+        )
+
+    def _mcp_ledger_arguments(self) -> list[str]:
+        """The workers' ledger options (the usage of each tool call goes where theirs goes), with a
+        spool of its own beside theirs (a spool has one writer)."""
+        arguments = self.ledger.worker_arguments(0)
+        if "--ledger-spool" in arguments:
+            at = arguments.index("--ledger-spool") + 1
+            arguments[at] = os.path.join(os.path.dirname(arguments[at]), "mcp-gateway")
+        return arguments
+
+    def mcp_environment(self) -> dict[str, str]:
+        """The MCP service's environment: this one, with this interpreter's directory first on PATH,
+        so that a stdio server the policy runs as ``python3`` (the example's) is this installation's
+        Python, with its packages (the bundled example server, the MCP SDK)."""
+        environment = dict(os.environ)
+        here = os.path.dirname(sys.executable)
+        environment["PATH"] = os.pathsep.join([here, *(p for p in environment.get("PATH", "").split(os.pathsep) if p)])
+        return environment
+
+    def _start_mcp(self, deadline: float) -> None:
+        """With ``mcp:`` on a local ``api`` address, the MCP service (restarted like any child when it
+        exits); elsewhere, one run by itself, which Envoy reaches there all the same."""
+        spec = self.policy.mcp
+        if spec is None:
+            return
+        if not self.runs_mcp_service:
+            why = "not a local address" if self.mcp_service else "--no-mcp"
+            self.say(f"- MCP service on {spec.api}: run by itself ({why}); endpoint {self.mcp_url}")
+            return
+        servers = ", ".join(s.name for s in spec.servers) or "no servers"
+        self.say(f"- MCP service on {spec.api} ({servers}; url servers through Envoy's egress on {spec.egress})")
+        self._spawn("mcp-gateway", self.mcp_argv(), env=self.mcp_environment())
+        if spec.api_socket_path:
+            self._wait(lambda: probes.unix_http_status(spec.api_socket_path) > 0, deadline, "the MCP service")
+        else:
+            self._wait(lambda: probes.tcp_accepting(spec.api_host, spec.api_port), deadline, "the MCP service")
 
     @property
     def control_plane_status_path(self) -> str:
@@ -477,8 +554,8 @@ class GatewayProcesses:
         return 0
 
     def stop(self) -> None:
-        """The batch worker, Envoy, then the workers (together), the batch API, the ledger writer, the
-        control plane, the fake provider; each SIGTERMed and given its grace period, then SIGKILLed."""
+        """The batch worker, Envoy, then the workers (together), the batch API, the MCP service, the
+        ledger writer, the control plane, the fake provider; each SIGTERMed and given its grace period, then SIGKILLed."""
         self.stopping = True
         self.write_state()
         # The ledger writer after the workers: it stores what they published as they stopped.

@@ -67,6 +67,7 @@ from extproc.request_steps import (
     endpoint_step,
     error_reply,
     forward_rewrite,
+    mcp_step,
     request_labels,
 )
 from extproc.routing_table import RoutingTable
@@ -184,11 +185,19 @@ def decide(state: GatewayState, method: str, path: str, headers: Mapping[str, st
     api, step = endpoint_step(state.table, method, path, headers, has_body=bool(raw))
     auth = state.auth
     if isinstance(step, Reply):
+        if step.public:  # the MCP endpoint's RFC 9728 metadata: for anyone
+            return _reply(step)
         required = state.table is not None and state.table.auth_required
         return _reply(auth.gate(api, path.partition("?")[0], headers, required, step))
     table = state.table
     assert table is not None  # endpoint_step answered 503 otherwise
     key = auth.authenticate(api, step.path, headers, table.auth_required, table.cert_identities, table.batch_workers)
+    if step.kind == "mcp":  # to the MCP service as it came, with the caller's tenant (or its refusal)
+        assert table.mcp is not None  # endpoint_step names the MCP endpoint only then
+        answer = mcp_step(table.mcp, step, headers, key)
+        if isinstance(answer, Reply):
+            return _reply(answer)
+        return _forward(answer.set_headers, answer.remove_headers, answer.labels, b"")
     if isinstance(key, Reply):
         return _reply(key)
     if step.kind == "batch":  # to the batch API as it came, with the caller's tenant

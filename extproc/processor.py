@@ -42,6 +42,7 @@ from extproc.request_steps import (
     endpoint_step,
     error_reply,
     forward_rewrite,
+    mcp_step,
     request_labels,
     route_header,
 )
@@ -131,6 +132,8 @@ class RequestProcessor:
             has_body=not message.end_of_stream,
         )
         if isinstance(step, Reply):
+            if step.public:  # the MCP endpoint's RFC 9728 metadata: for anyone
+                return m.reply(step)
             required = self.state.table is not None and self.state.table.auth_required
             path = headers.get(":path", "/").partition("?")[0]
             return m.reply(self.state.auth.gate(self.api, path, headers, required, step))
@@ -139,6 +142,13 @@ class RequestProcessor:
         key = self.state.auth.authenticate(
             self.api, step.path, headers, table.auth_required, table.cert_identities, table.batch_workers
         )
+        if step.kind == "mcp":  # to the MCP service on its headers: its body and its stream pass by
+            assert table.mcp is not None  # endpoint_step names the MCP endpoint only then
+            answer = mcp_step(table.mcp, step, headers, key)
+            if isinstance(answer, Reply):
+                return m.reply(answer)
+            metadata = {METADATA_NAMESPACE: dict(answer.labels)}
+            return m.request_headers_forward(answer.set_headers, answer.remove_headers, metadata)
         if isinstance(key, Reply):
             return m.reply(key)
         if step.kind == "batch":  # to the batch API on its headers: its body and answer pass by

@@ -7,8 +7,10 @@ mutations, or the hop's line format), so a request gets the same answer on eithe
 - ``endpoint_step``: which endpoint the method and path name (the client's API with it), or the
   gateway's own answer when no body is needed (unknown endpoint 404, method not allowed 405,
   headers too large 431, an encoding Envoy did not decode 415, no policy yet, the models); the
-  batch API's paths are an endpoint of their own when the policy has ``batches:``;
-- ``batch_rewrite``: a batch API request, authenticated, on to the batch API with its tenant;
+  batch API's paths are an endpoint of their own when the policy has ``batches:``, and the MCP
+  endpoint (``mcp.path``) one when it has ``mcp:`` (with its RFC 9728 metadata, answered here);
+- ``batch_rewrite`` / ``mcp_rewrite``: a batch API or MCP request, authenticated, on to the batch
+  API or the MCP service with its tenant (``mcp_step``: the MCP endpoint's refusals, JSON-RPC-shaped);
 - ``answer_reply``: a plan's own answer as the client gets it;
 - ``forward_rewrite`` / ``chain_rewrite``: what to change in the request a plan forwards (body,
   headers to set and remove, routing labels for the access and usage logs).
@@ -31,6 +33,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import orjson
+
 from ccr.v1.contract import (
     ANONYMOUS_TENANT_VALUE,
     BATCH_API_CLUSTER,
@@ -46,6 +50,8 @@ from ccr.v1.contract import (
     INTERNAL_HEADER_PREFIX,
     KEY_HEADER,
     KEY_ID_LABEL,
+    MCP_CLIENT_API,
+    MCP_CLUSTER,
     REQUESTED_MODEL_LABEL,
     ROUTE_HEADER,
     STREAM_LABEL,
@@ -56,6 +62,8 @@ from ccr.v1.contract import (
 from extproc import models
 from extproc.auth.batch_caller import BatchCaller
 from extproc.auth.keys import VirtualKey
+from extproc.mcp import protected_resource
+from extproc.mcp.settings import McpSettings
 from extproc.metrics import REJECTED, labelled
 from extproc.plan import Answer, Chain, Forward, undecodable_body
 from extproc.router import Decision
@@ -77,7 +85,7 @@ _API_HEADER_PREFIXES = {Api.ANTHROPIC: ("anthropic-",), Api.OPENAI: ("openai-",)
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     api: Api | None  # None: decided from the request's headers (GET /v1/models)
-    kind: str  # "generate" | "count_tokens" | "models" | "model" | "batch"
+    kind: str  # "generate" | "count_tokens" | "models" | "model" | "batch" | "mcp"
     path: str  # the path it is called on ("/v1/models/{id}" for a model's)
 
 
@@ -99,6 +107,17 @@ BATCH_ENDPOINTS = (
     Endpoint(Api.OPENAI, "batch", "/v1/files"),
     Endpoint(Api.OPENAI, "batch", "/v1/batches"),
 )
+# The MCP endpoint (policy ``mcp.path``): Streamable HTTP's three methods, forwarded untouched to the
+# MCP service (mcp_rewrite). Its answers are JSON-RPC, and so are the gateway's refusals on it.
+MCP_METHODS = ("DELETE", "GET", "POST")
+# A JSON-RPC error code for a request refused before the MCP service saw it (as extproc.mcp.transport
+# refuses a request its transport rules reject: Invalid Request).
+MCP_REFUSED_CODE = -32600
+MISSING_KEY_DETAILS = "ccr_auth_missing_key"  # extproc.auth.decision's reason for a request without a key
+MCP_MISSING_KEY_MESSAGE = (
+    "this MCP endpoint needs a key: send a virtual key (sk-ccr-...) as 'Authorization: Bearer <key>' "
+    "or 'x-api-key: <key>'"
+)
 MODEL_ENDPOINTS = {
     "/v1/models": Endpoint(None, "model", "/v1/models/{id}"),
     "/models": Endpoint(Api.OPENAI, "model", "/models/{id}"),
@@ -116,6 +135,7 @@ class Reply:
     content_type: str = "application/json"
     headers: tuple[tuple[str, str], ...] = ()  # besides content-type (allow, x-ccr-route)
     labels: Mapping[str, str] = field(default_factory=dict)  # routing labels (request_labels)
+    public: bool = False  # given to anyone, authenticated or not (RFC 9728 metadata): never gated
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +198,13 @@ def endpoint_step(
     endpoint = ENDPOINTS.get(("GET" if method == "HEAD" else method, path))
     if endpoint is None and table is not None and table.batch_api:
         endpoint = batch_endpoint(path)  # looked for only past the model endpoints: off their path
-    batch = endpoint is not None and endpoint.kind == "batch"
+    mcp = table.mcp if table is not None else None
+    if endpoint is None and mcp is not None:  # the policy keeps its path off the model APIs' own
+        if path == mcp.path:
+            endpoint = Endpoint(Api.ANTHROPIC, "mcp", mcp.path)
+        elif method in ("GET", "HEAD") and path in protected_resource.metadata_paths(mcp.path):
+            return Api.ANTHROPIC, _protected_resource_reply(mcp, path, headers)
+    batch = endpoint is not None and endpoint.kind in ("batch", "mcp")  # forwarded on their headers
     model_id = None
     if endpoint is None and method in ("GET", "HEAD"):
         model_id = models.model_id_of(path)
@@ -190,12 +216,20 @@ def endpoint_step(
     served = endpoint is not None or bool(allowed)
     labelled = (endpoint.path if batch else path) if served else ""  # a batch call: its API's root
     labels = request_labels(api, labelled, requested_model=model_id or "")
+    if endpoint is not None and endpoint.kind == "mcp":
+        labels["client_api"] = MCP_CLIENT_API
     if header_bytes(headers) > MAX_REQUEST_HEADER_BYTES:
         # No byte count in the message: each decision path sees a few headers of Envoy's own.
         message = f"request headers are larger than the gateway limit of {MAX_REQUEST_HEADER_BYTES} bytes"
-        return api, error_reply(api, 431, message, "ccr_headers_too_large", labels=labels)
+        reply = error_reply(api, 431, message, "ccr_headers_too_large", labels=labels)
+        return api, mcp_reply(reply) if endpoint is not None and endpoint.kind == "mcp" else reply
+    if endpoint is not None and endpoint.kind == "mcp" and method not in MCP_METHODS:
+        allow = ", ".join(MCP_METHODS)
+        message = f"method {method} is not allowed on the MCP endpoint {path}; it answers {allow}"
+        reply = error_reply(api, 405, message, "ccr_method_not_allowed", (("allow", allow),), labels)
+        return api, mcp_reply(reply)
     if batch:
-        return api, endpoint  # any method, with a body or not: the batch API answers for itself
+        return api, endpoint  # any method, with a body or not: the batch API (MCP service) answers
     if endpoint is None:
         if allowed:
             allow = ", ".join(allowed)
@@ -235,12 +269,31 @@ def batch_endpoint(path: str) -> Endpoint | None:
 def batch_rewrite(api: Api, endpoint: Endpoint, headers: Mapping[str, str], key: VirtualKey | None) -> Rewrite:
     """A batch API request: to the batch API's cluster, the body untouched, the caller's tenant in
     TENANT_HEADER and its key's id in KEY_HEADER (the batch's owner, whom the workers send its items
-    for). Always set (ANONYMOUS_TENANT_VALUE for a caller without a key): Envoy then replaces
-    whatever a client sent under those names, so nobody names a tenant but the gateway. The
-    gateway's credentials go no further. Labelled with the endpoint (and the key): the usage log
-    records the call, with no model and no tokens, like a model list."""
+    for). Labelled with the endpoint (and the key): the usage log records the call, with no model
+    and no tokens, like a model list."""
+    return _service_rewrite(BATCH_API_CLUSTER, headers, key, request_labels(api, endpoint.path, key=key))
+
+
+def mcp_rewrite(endpoint: Endpoint, headers: Mapping[str, str], key: VirtualKey | None) -> Rewrite:
+    """An MCP endpoint request (any of its methods): to the MCP service's cluster as it came, with
+    the caller's tenant and key id, as a batch API request goes (``_service_rewrite``). Labelled like
+    one, with the endpoint and client_api "mcp": the usage log records the call with no model and no
+    tokens (the MCP service records each tool call itself)."""
+    labels = request_labels(Api.ANTHROPIC, endpoint.path, key=key)
+    labels["client_api"] = MCP_CLIENT_API
+    return _service_rewrite(MCP_CLUSTER, headers, key, labels)
+
+
+def _service_rewrite(
+    cluster: str, headers: Mapping[str, str], key: VirtualKey | None, labels: dict[str, str]
+) -> Rewrite:
+    """A request for one of the gateway's own services behind Envoy (the batch API, the MCP
+    service): to ``cluster``, the body untouched, the caller's tenant in TENANT_HEADER and its
+    key's id in KEY_HEADER. Always set (ANONYMOUS_TENANT_VALUE for a caller without a key): Envoy
+    then replaces whatever a client sent under those names, so nobody names a tenant but the
+    gateway. The gateway's credentials go no further."""
     set_headers = (
-        (CLUSTER_HEADER, BATCH_API_CLUSTER),
+        (CLUSTER_HEADER, cluster),
         (TENANT_HEADER, key.tenant if key else ANONYMOUS_TENANT_VALUE),
         (KEY_HEADER, key.key_id if key else ANONYMOUS_TENANT_VALUE),
     )
@@ -250,7 +303,47 @@ def batch_rewrite(api: Api, endpoint: Endpoint, headers: Mapping[str, str], key:
         for name in headers
         if name not in overwritten and (name in CLIENT_CREDENTIALS or name.startswith(INTERNAL_HEADER_PREFIX))
     )
-    return Rewrite(None, set_headers, remove, request_labels(api, endpoint.path, key=key))
+    return Rewrite(None, set_headers, remove, labels)
+
+
+def mcp_step(
+    mcp: McpSettings, endpoint: Endpoint, headers: Mapping[str, str], caller: VirtualKey | Reply | None
+) -> Rewrite | Reply:
+    """The MCP endpoint past authentication (``caller``: Authenticator.authenticate's answer): the
+    rewrite to the MCP service, or the refusal as an MCP client reads it (``mcp_reply``). A 401
+    also says where the endpoint's RFC 9728 metadata is (``WWW-Authenticate``), so that a client
+    that can get a token from the policy's authorization servers knows where to ask."""
+    if not isinstance(caller, Reply):
+        return mcp_rewrite(endpoint, headers, caller)
+    extra: tuple[tuple[str, str], ...] = ()
+    body = caller.body
+    if caller.status == 401:
+        missing = caller.details == MISSING_KEY_DETAILS  # else a key or a token was presented, and refused
+        extra = (("www-authenticate", protected_resource.www_authenticate(headers, mcp.path, not missing)),)
+        if missing:  # an MCP client sets its headers in its config: name both ways of sending a key
+            body = orjson.dumps({"error": {"message": MCP_MISSING_KEY_MESSAGE}})
+    labels = {**caller.labels, ENDPOINT_LABEL: endpoint.path, "client_api": MCP_CLIENT_API}
+    return mcp_reply(Reply(caller.status, body, caller.details, headers=(*caller.headers, *extra), labels=labels))
+
+
+def mcp_reply(reply: Reply) -> Reply:
+    """A gateway refusal on the MCP endpoint in JSON-RPC's shape (the MCP SDKs read an HTTP error's
+    body as a JSON-RPC error): ``{"jsonrpc": "2.0", "id": null, "error": {"code": -32600, "message":
+    ...}}``, with the status, headers and labels of ``reply`` (made in the Anthropic shape: its
+    message is taken from there)."""
+    try:
+        message = orjson.loads(reply.body)["error"]["message"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        message = reply.details or f"refused with HTTP {reply.status}"
+    body = orjson.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": MCP_REFUSED_CODE, "message": message}})
+    return Reply(reply.status, body, reply.details, reply.content_type, reply.headers, reply.labels, reply.public)
+
+
+def _protected_resource_reply(mcp: McpSettings, path: str, headers: Mapping[str, str]) -> Reply:
+    """RFC 9728 metadata of the MCP endpoint, to anyone (extproc.mcp.protected_resource)."""
+    body = protected_resource.metadata_body(headers, mcp.path, mcp.authorization_servers)
+    labels = {"client_api": MCP_CLIENT_API, ENDPOINT_LABEL: path}
+    return Reply(200, body, headers=(("cache-control", "max-age=3600"),), labels=labels, public=True)
 
 
 def header_bytes(headers: Mapping[str, str]) -> int:

@@ -32,6 +32,8 @@ from extproc.cache.rules import WHEN, CacheRules, CacheSetting, resolve
 from extproc.mcp.access import Grant
 from extproc.mcp.catalog import valid_server_name
 from extproc.mcp.session import DEFAULT_IDLE_TTL_S
+from extproc.mcp.settings import DEFAULT_API as MCP_DEFAULT_API
+from extproc.mcp.settings import DEFAULT_EGRESS as MCP_DEFAULT_EGRESS
 from extproc.mcp.settings import DEFAULT_PATH as MCP_DEFAULT_PATH
 from extproc.mcp.settings import McpSettings, UpstreamServer
 from extproc.secrets.store import KeyHandle, SecretStore, default_store
@@ -511,6 +513,9 @@ def mcp_settings(message: policy_pb2.Mcp) -> McpSettings:
             calls[who] = grant.calls_per_minute
     if message.path and not message.path.startswith("/"):
         raise PolicyCompileError(f"mcp path {message.path!r} is not a URL path")
+    for url in message.authorization_servers:
+        if not url.startswith(("https://", "http://")):
+            raise PolicyCompileError(f"mcp authorization server {url!r} is not an http(s) URL")
     if not 0 <= message.session_ttl_s < float("inf"):
         raise PolicyCompileError(f"mcp session_ttl_s must be a number of seconds, got {message.session_ttl_s}")
     return McpSettings(
@@ -521,6 +526,9 @@ def mcp_settings(message: policy_pb2.Mcp) -> McpSettings:
         key_grants=key_grants,
         tenant_calls_per_minute=tenant_calls,
         key_calls_per_minute=key_calls,
+        api=message.api or MCP_DEFAULT_API,
+        egress=message.egress or MCP_DEFAULT_EGRESS,
+        authorization_servers=tuple(message.authorization_servers),
     )
 
 

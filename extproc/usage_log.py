@@ -41,6 +41,7 @@ from ccr.v1.contract import (
     ERROR_TYPE_LABEL,
     ESTIMATE_LABEL,
     KEY_ID_LABEL,
+    MCP_CLIENT_API,
     METADATA_NAMESPACE,
     REQUESTED_MODEL_LABEL,
     SESSION_LOG_NAME,
@@ -128,7 +129,9 @@ def usage_record(
     entry: HTTPAccessLogEntry, table: RoutingTable | None, used: ProviderUsage | None = None
 ) -> UsageRecord | None:
     """The ledger's record of one client request; ``used``: ``provider_usage(entry)``, read once by
-    the caller. None only for an entry without a request id (Envoy always sets one).
+    the caller. None for an entry without a request id (Envoy always sets one), and for an MCP
+    request the MCP service answered: that service records each tool call itself, under the same
+    request id (extproc.mcp_observe); a refusal by the decision (401, 403) is recorded here.
 
     Entries come labelled by the decision service (routing labels, request_steps.request_labels),
     or unlabelled when Envoy answered before any decision (a body over the limit, the decision
@@ -146,6 +149,8 @@ def usage_record(
     labels = metadata[METADATA_NAMESPACE].fields if METADATA_NAMESPACE in metadata else _NO_LABELS
     path = _string(labels, ENDPOINT_LABEL) or entry.request.path.partition("?")[0]
     client_api = _string(labels, "client_api") or ("openai" if "chat/completions" in path else "anthropic")
+    if client_api == MCP_CLIENT_API and common.HasField(_FIRST_UPSTREAM_TX):
+        return None
     status = entry.response.response_code.value
     attempts = common.upstream_request_attempt_count
     provider, model = _answered(common.custom_tags, labels, table)

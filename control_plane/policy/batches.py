@@ -77,28 +77,43 @@ def parse_batches(check: Checker, at: Located, path: str = "batches") -> Batches
 
 
 def _address(check: Checker, fields: dict[str, Located], path: str) -> BatchesSpec | None:
-    api_path = join(path, "api")
-    text = check.string(fields["api"], api_path)
+    where = "where `ccr-gateway batch-api` listens"
+    parsed = parse_address(check, fields["api"], join(path, "api"), "127.0.0.1:9180", where)
+    if parsed is None:
+        return None
+    host, port, socket_path = parsed
+    return BatchesSpec(host, port, socket_path)
+
+
+def parse_address(
+    check: Checker, at: Located, path: str, example: str, where: str, unix: bool = True, ip_only: bool = False
+) -> tuple[str, int, str] | None:
+    """A service's address as a policy writes it: ``host:port`` (``[::1]:port`` for IPv6) or, when
+    ``unix``, ``unix:/path``; (host, port, socket path), None after recording the problem. Shared by
+    ``batches.api`` and ``mcp.api`` / ``mcp.egress`` (control_plane.policy.mcp); ``ip_only``: the
+    address Envoy itself binds (a listener takes an IP address, not a name)."""
+    text = check.string(at, path)
     if text is None:
         return None
-    if text.startswith(UNIX_PREFIX):
+    if unix and text.startswith(UNIX_PREFIX):
         socket_path = text[len(UNIX_PREFIX) :]
         if not socket_path.startswith("/"):
-            check.problem(fields["api"], api_path, f"a unix socket must be an absolute path (unix:/path), got {text!r}")
+            check.problem(at, path, f"a unix socket must be an absolute path (unix:/path), got {text!r}")
             return None
-        return BatchesSpec(socket_path=socket_path)
+        return "", 0, socket_path
     host, colon, port_text = text.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host  # [::1]:9180
     if not colon or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        message = (
-            f"must be host:port (like 127.0.0.1:9180) or unix:/path where `ccr-gateway batch-api` listens, got {text!r}"
-        )
-        check.problem(fields["api"], api_path, message)
+        shapes = f"host:port (like {example}) or unix:/path" if unix else f"host:port (like {example})"
+        check.problem(at, path, f"must be {shapes} {where}, got {text!r}")
         return None
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        if not _HOST.match(host):
-            check.problem(fields["api"], api_path, f"{host!r} is not an IP address or a host name")
+        if ip_only:
+            check.problem(at, path, f"{host!r} must be an IP address (Envoy listens there), like {example}")
             return None
-    return BatchesSpec(host, int(port_text))
+        if not _HOST.match(host):
+            check.problem(at, path, f"{host!r} is not an IP address or a host name")
+            return None
+    return host, int(port_text), ""

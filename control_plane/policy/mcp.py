@@ -4,6 +4,12 @@
 mcp:
   path: /mcp                    # the MCP endpoint on the listener (default /mcp)
   session_ttl: 1h               # a client session expires after this long idle (default 1h)
+  api: 127.0.0.1:9192           # where the MCP service (`ccr-gateway mcp-gateway`) listens: host:port or
+                                # unix:/path (default 127.0.0.1:9192); `up` runs it there when it is local
+  egress: 127.0.0.1:9193        # Envoy's MCP egress listener (an IP and a port; default 127.0.0.1:9193):
+                                # the MCP service reaches each url server through it
+  authorization_servers:        # RFC 9728: where a client gets a token for this endpoint (optional)
+    - https://auth.example.com
   servers:
     - name: github              # the tools' prefix: github__create_issue
       url: https://api.githubcopilot.com/mcp/          # a Streamable HTTP upstream ...
@@ -19,7 +25,16 @@ mcp:
       calls_per_minute: 120     # tool calls per minute, for each key of the tenant
     - key: abcdefgh             # one virtual key (its id): narrows its tenant's grant, never widens it
       allow: ["github/search_*"]
+    - tenant: "-"               # callers without a key (where auth.required is off): "-" is the
+      allow: ["files/read_*"]   # anonymous tenant (ccr.v1.contract.ANONYMOUS_TENANT_VALUE)
 ```
+
+The endpoint: the decision (the hop, or ext_proc) recognises ``path`` (POST, GET, DELETE),
+authenticates the caller like model traffic and forwards the request untouched to the MCP service
+(cluster ccr_mcp, control_plane.resources.mcp) with the caller's tenant and key id. The MCP service
+sends each url server's requests to the egress listener with ``x-ccr-mcp-server: <name>``; Envoy
+routes them to that server's cluster (TLS, circuit breakers) and keeps its credentials' headers to
+the MCP service. ``GET /.well-known/oauth-protected-resource<path>`` answers the RFC 9728 metadata.
 
 Credentials are never written here. A header or environment value is a template: ``${VAR}``
 references are expanded by ext_proc from its own environment when it calls the server or launches
@@ -34,14 +49,16 @@ equal), and a grant pattern is a server glob (``github``, ``git*``) or a tool gl
 
 from __future__ import annotations
 
+import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from fnmatch import fnmatchcase
 from urllib.parse import parse_qsl, urlsplit
 
 from ccr.v1 import policy_pb2
 from ccr.v1.secret_ref import ReferenceError, is_reference, parse_reference
+from control_plane.policy.batches import UNIX_PREFIX, parse_address
 from control_plane.policy.yaml_check import Checker, Located, closest, join, kind_of
 
 # extproc.mcp.catalog.SERVER_NAME_RE: letters and digits in runs joined by single - or _.
@@ -59,12 +76,16 @@ _GLOB_CHARS = frozenset("*?[")
 DEFAULT_PATH = "/mcp"
 DEFAULT_SESSION_TTL_S = 3600.0  # extproc.mcp.session.DEFAULT_IDLE_TTL_S
 DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_API = ("127.0.0.1", 9192)
+DEFAULT_EGRESS = ("127.0.0.1", 9193)
+# Authorization servers on plain http are for a laptop only (OAuth 2.1 wants TLS elsewhere).
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 # Claude Code shows a tool as mcp__<gateway>__<server>__<tool> and the Anthropic API takes tool names
 # of at most 64 characters: past this length a server name leaves its tools little room.
 LONG_SERVER_NAME = 24
 MAX_CALLS_PER_MINUTE = 1_000_000
 # The model APIs' paths and the gateway's own: the MCP endpoint cannot sit on them.
-_TAKEN_PATHS = ("/v1", "/v1beta", "/health", "/ready", "/metrics")
+_TAKEN_PATHS = ("/v1", "/v1beta", "/health", "/ready", "/metrics", "/.well-known")
 # Set by the gateway or the transport itself; a policy header would break the MCP session.
 _RESERVED_HEADERS = frozenset(
     {
@@ -105,7 +126,7 @@ TOKEN_SHAPES = re.compile(
     r"|xox[abpr]-[A-Za-z0-9-]{10,}|glpat-[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{35})"
 )
 
-_FIELDS = ("path", "session_ttl", "servers", "grants")
+_FIELDS = ("path", "session_ttl", "api", "egress", "authorization_servers", "servers", "grants")
 _SERVER_FIELDS = ("name", "url", "command", "env", "headers", "timeout")
 _GRANT_FIELDS = ("tenant", "key", "allow", "deny", "calls_per_minute")
 
@@ -161,9 +182,41 @@ class McpSpec:
     session_ttl_s: float = DEFAULT_SESSION_TTL_S
     servers: tuple[McpServerSpec, ...] = ()
     grants: tuple[McpGrantSpec, ...] = ()
+    # Where the MCP service listens: host and port, or a unix socket (then host is "" and port 0).
+    api_host: str = DEFAULT_API[0]
+    api_port: int = DEFAULT_API[1]
+    api_socket_path: str = ""
+    # Envoy's egress listener for the url servers: an IP address and a port.
+    egress_host: str = DEFAULT_EGRESS[0]
+    egress_port: int = DEFAULT_EGRESS[1]
+    authorization_servers: tuple[str, ...] = ()  # RFC 9728 metadata's
 
     def server(self, name: str) -> McpServerSpec | None:
         return next((s for s in self.servers if s.name == name), None)
+
+    @property
+    def api(self) -> str:
+        """The MCP service's address as written: host:port ([v6]:port) or unix:/path."""
+        if self.api_socket_path:
+            return UNIX_PREFIX + self.api_socket_path
+        return _host_port(self.api_host, self.api_port)
+
+    @property
+    def egress(self) -> str:
+        return _host_port(self.egress_host, self.egress_port)
+
+    @property
+    def api_host_is_ip(self) -> bool:
+        try:
+            ipaddress.ip_address(self.api_host)
+        except ValueError:
+            return False
+        return True
+
+    @property
+    def http_servers(self) -> tuple[McpServerSpec, ...]:
+        """The url servers: each has a cluster and an egress route."""
+        return tuple(s for s in self.servers if s.url)
 
     def to_proto(self) -> policy_pb2.Mcp:
         return policy_pb2.Mcp(
@@ -171,7 +224,14 @@ class McpSpec:
             session_ttl_s=self.session_ttl_s,
             servers=[s.to_proto() for s in self.servers],
             grants=[g.to_proto() for g in self.grants],
+            api=self.api,
+            egress=self.egress,
+            authorization_servers=self.authorization_servers,
         )
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 # --- credentials: shared with `ccr-gateway import-mcp` ---------------------------------------------
@@ -221,11 +281,19 @@ def credential_problem(name: str, value: str) -> str | None:
 # --- parsing ------------------------------------------------------------------------------------
 
 
-def parse_mcp(check: Checker, at: Located, vault_configured: bool, path: str = "mcp") -> McpSpec | None:
+def parse_mcp(
+    check: Checker,
+    at: Located,
+    vault_configured: bool,
+    path: str = "mcp",
+    listener: tuple[str, int] | None = None,
+) -> McpSpec | None:
     """The top-level ``mcp:``; None when it has problems (recorded in ``check``). ``vault_configured``:
-    the policy has a ``vault:`` section (a vault: reference needs it)."""
+    the policy has a ``vault:`` section (a vault: reference needs it); ``listener``: the gateway
+    listener's address and port (the egress listener cannot take its port)."""
     before = len(check.problems)
     fields = check.mapping(at, path, _FIELDS, required=("servers",))
+    addresses = _addresses(check, fields, path, listener)
     endpoint = DEFAULT_PATH
     if "path" in fields:
         endpoint = _endpoint(check, fields["path"], join(path, "path")) or DEFAULT_PATH
@@ -253,9 +321,75 @@ def parse_mcp(check: Checker, at: Located, vault_configured: bool, path: str = "
         grants = _grants(check, fields["grants"], join(path, "grants"), written_names)
     else:
         check.warning(at, join(path, "grants"), "no grants: no caller can see or call any MCP tool")
+    authorization_servers: tuple[str, ...] = ()
+    if "authorization_servers" in fields:
+        authorization_servers = _authorization_servers(
+            check, fields["authorization_servers"], join(path, "authorization_servers")
+        )
     if len(check.problems) > before:
         return None
-    return McpSpec(endpoint, session_ttl_s, tuple(servers), tuple(grants))
+    spec = McpSpec(endpoint, session_ttl_s, tuple(servers), tuple(grants))
+    return replace(spec, **addresses, authorization_servers=authorization_servers)
+
+
+def _addresses(
+    check: Checker, fields: dict[str, Located], path: str, listener: tuple[str, int] | None
+) -> dict[str, object]:
+    """``api`` and ``egress`` as McpSpec's fields (only those written)."""
+    out: dict[str, object] = {}
+    api: tuple[str, int, str] | None = None
+    if "api" in fields:
+        where = "where `ccr-gateway mcp-gateway` listens"
+        api = parse_address(check, fields["api"], join(path, "api"), "127.0.0.1:9192", where)
+        if api is not None:
+            out.update(api_host=api[0], api_port=api[1], api_socket_path=api[2])
+    if "egress" in fields:
+        egress_path = join(path, "egress")
+        where = "where Envoy's MCP egress listener listens"
+        egress = parse_address(check, fields["egress"], egress_path, "127.0.0.1:9193", where, unix=False, ip_only=True)
+        if egress is not None:
+            host, port, _ = egress
+            api_port = api[1] if api is not None else DEFAULT_API[1]
+            api_host = api[0] if api is not None else DEFAULT_API[0]
+            if listener is not None and port == listener[1] and _same_host(host, listener[0]):
+                check.problem(fields["egress"], egress_path, f"port {port} is the gateway listener's")
+            elif port == api_port and _same_host(host, api_host):
+                check.problem(fields["egress"], egress_path, "is the MCP service's own address (mcp.api)")
+            else:
+                out.update(egress_host=host, egress_port=port)
+    return out
+
+
+def _same_host(a: str, b: str) -> bool:
+    """Whether two bound addresses can collide (a wildcard collides with everything)."""
+    return a == b or a in ("0.0.0.0", "::") or b in ("0.0.0.0", "::")
+
+
+def _authorization_servers(check: Checker, at: Located, path: str) -> tuple[str, ...]:
+    """RFC 9728's authorization_servers: issuer URLs (https; http for a loopback host), no query or
+    fragment (RFC 8414), each once."""
+    out: list[str] = []
+    for index, item in enumerate(check.sequence(at, path)):
+        item_path = join(path, index)
+        text = check.string(item, item_path)
+        if text is None:
+            continue
+        try:
+            parts = urlsplit(text)
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            check.problem(item, item_path, f"{text!r} is not a valid URL")
+            continue
+        loopback = parts.scheme == "http" and parts.hostname in _LOOPBACK_HOSTS
+        if not parts.hostname or (parts.scheme != "https" and not loopback):
+            check.problem(item, item_path, f"{text!r} must be an https:// URL (http:// for localhost only)")
+        elif parts.query or parts.fragment or parts.username is not None:
+            check.problem(item, item_path, f"{text!r}: an issuer URL has no query, fragment or credentials")
+        elif text in out:
+            check.problem(item, item_path, f"{text!r} is listed twice")
+        else:
+            out.append(text)
+    return tuple(out)
 
 
 def _endpoint(check: Checker, at: Located, path: str) -> str | None:

@@ -152,7 +152,11 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
     tracing = parse_tracing(check, top["tracing"]) if "tracing" in top else None
     vault: VaultSpec | None = parse_vault(check, top["vault"]) if "vault" in top else None
     batches = parse_batches(check, top["batches"]) if "batches" in top else None
-    mcp = parse_mcp(check, top["mcp"], vault_configured="vault" in top) if "mcp" in top else None
+    mcp = (
+        parse_mcp(check, top["mcp"], vault_configured="vault" in top, listener=(listener_address, listener_port))
+        if "mcp" in top
+        else None
+    )
     if "vault" not in top:
         check_vault_used(check, None, [*_key_references(top.get("providers")), *_connection_references(top)])
     if check.problems:

@@ -27,13 +27,20 @@ CONNECT_TIMEOUT = "2s"
 
 def batch_api_cluster(spec: BatchesSpec) -> Cluster:
     """The batch API: an IP or a unix socket (STATIC), else a DNS name (STRICT_DNS); HTTP/1.1."""
-    if spec.socket_path:
-        address: dict[str, Any] = {"pipe": {"path": spec.socket_path}}
+    return service_cluster(BATCH_API_CLUSTER, spec.host, spec.port, spec.socket_path, spec.host_is_ip)
+
+
+def service_cluster(name: str, host: str, port: int, socket_path: str, host_is_ip: bool) -> Cluster:
+    """A service of the gateway's own behind the listener (the batch API, the MCP service,
+    control_plane.resources.mcp): an IP or a unix socket (STATIC), else a DNS name (STRICT_DNS);
+    HTTP/1.1."""
+    if socket_path:
+        address: dict[str, Any] = {"pipe": {"path": socket_path}}
     else:
-        address = {"socket_address": {"address": spec.host, "port_value": spec.port}}
+        address = {"socket_address": {"address": host, "port_value": port}}
     cluster: dict[str, Any] = {
-        "name": BATCH_API_CLUSTER,
-        "type": "STATIC" if spec.socket_path or spec.host_is_ip else "STRICT_DNS",
+        "name": name,
+        "type": "STATIC" if socket_path or host_is_ip else "STRICT_DNS",
         "connect_timeout": CONNECT_TIMEOUT,
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -42,11 +49,11 @@ def batch_api_cluster(spec: BatchesSpec) -> Cluster:
             }
         },
         "load_assignment": {
-            "cluster_name": BATCH_API_CLUSTER,
+            "cluster_name": name,
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
         },
     }
-    if not spec.socket_path and not spec.host_is_ip:
+    if not socket_path and not host_is_ip:
         cluster["dns_lookup_family"] = "V4_PREFERRED"
     return parse_resource(Cluster(), cluster)
 
@@ -56,12 +63,20 @@ def batch_api_route(decision_hop: bool = True) -> dict[str, Any]:
     to translate; with the hop it was never opened, on the ext_proc path the decision's headers
     answer let the rest pass by), long transfers allowed. x-ccr-tenant, set by the decision, goes
     on; the virtual host removes x-ccr-cluster."""
+    return service_route(BATCH_API_CLUSTER, IDLE_TIMEOUT, decision_hop)
+
+
+def service_route(cluster: str, idle_timeout: str, decision_hop: bool = True) -> dict[str, Any]:
+    """The route of a service of the gateway's own (``service_cluster``), picked by the cluster
+    header the decision set: no limit on the whole request, ``idle_timeout`` between bytes; with
+    the hop, ext_proc off (only then: on the ext_proc path a client's own x-ccr-cluster could pick
+    this route before the decision, which must still run)."""
     route: dict[str, Any] = {
         "match": {
             "prefix": "/",
-            "headers": [{"name": CLUSTER_HEADER, "string_match": {"exact": BATCH_API_CLUSTER}}],
+            "headers": [{"name": CLUSTER_HEADER, "string_match": {"exact": cluster}}],
         },
-        "route": {"cluster": BATCH_API_CLUSTER, "timeout": ROUTE_TIMEOUT, "idle_timeout": IDLE_TIMEOUT},
+        "route": {"cluster": cluster, "timeout": ROUTE_TIMEOUT, "idle_timeout": idle_timeout},
         # The client's verified certificate (mTLS on the listener) is the gateway's business only.
         "request_headers_to_remove": [CLIENT_CERT_HEADER],
     }

@@ -25,6 +25,8 @@ local CACHE_CAP_LABEL = "@CACHE_CAP_LABEL@"
 local CACHE_CLUSTER_LABEL = "@CACHE_CLUSTER_LABEL@"
 local ENCODING_HEADER = "@ENCODING_HEADER@"
 local REQUEST_ID_HEADER = "@REQUEST_ID_HEADER@"
+-- The policy's MCP endpoint ("" without mcp:): forwarded on its headers like the batch API.
+local MCP_PATH = "@MCP_PATH@"
 local TIMEOUT_MS = @TIMEOUT_MS@
 -- /decide may wait for an identical request in flight (the response cache's deduplication): the
 -- hop stops waiting on its own before this; the bound is for a wedged worker.
@@ -149,6 +151,11 @@ local function is_batch_path(path)
   return false
 end
 
+-- The MCP endpoint (extproc/request_steps.py): its path exactly, any query.
+local function is_mcp_path(path)
+  return MCP_PATH ~= "" and string.match(path, "^[^?]*") == MCP_PATH
+end
+
 local function on_request(handle)
   local headers = handle:headers()
   local forwarded = {}
@@ -163,6 +170,8 @@ local function on_request(handle)
       forwarded["x-ccr-hop-path"] = value
     elseif name == ":method" then
       forwarded["x-ccr-hop-method"] = value
+    elseif name == ":authority" then
+      forwarded["x-ccr-hop-authority"] = value -- the host the client called (RFC 9728 metadata URLs)
     elseif string.sub(name, 1, 1) ~= ":" and not SKIPPED[name] then
       forwarded[name] = value
     end
@@ -176,9 +185,9 @@ local function on_request(handle)
     or (batch and string.find(path, "/v1/messages/", 1, true) == nil)
   local body = handle:body(true)
   local raw = ""
-  -- A batch API request is decided by its headers alone (authentication): its body, up to the
-  -- whole limit, is not copied to the decision service.
-  if body:length() > 0 and not batch then
+  -- A batch API or MCP request is decided by its headers alone (authentication): its body, up to
+  -- the whole limit, is not copied to the decision service.
+  if body:length() > 0 and not batch and not is_mcp_path(path) then
     raw = body:getBytes(0, body:length())
   end
   local action, ops, payload = call(handle, "/decide", forwarded, raw, DECIDE_TIMEOUT_MS)

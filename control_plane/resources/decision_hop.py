@@ -10,6 +10,7 @@ ext_proc runs as it always has, and keeps running after it picks the provider ro
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +40,15 @@ LUA_FILTER = "envoy.filters.http.lua"
 # A decision takes well under a millisecond; this bounds a wedged decision service (fail closed).
 HOP_TIMEOUT_MS = 5000
 _SCRIPT = Path(__file__).with_name("decision_hop.lua")
+_MCP_PATH = re.compile(r"^((/[A-Za-z0-9._~-]+)+)?$")  # control_plane.policy.mcp's paths, or ""
 
 
-def lua_source(timeout_ms: int = HOP_TIMEOUT_MS, decide_timeout_ms: int | None = None) -> str:
+def lua_source(timeout_ms: int = HOP_TIMEOUT_MS, decide_timeout_ms: int | None = None, mcp_path: str = "") -> str:
     """``decide_timeout_ms``: /decide's own bound (default ``timeout_ms``), longer when a request
-    may wait there for an identical one in flight (the response cache's deduplication)."""
+    may wait there for an identical one in flight (the response cache's deduplication);
+    ``mcp_path``: the policy's MCP endpoint ("" without one), whose bodies are not copied to /decide."""
+    if not _MCP_PATH.match(mcp_path):  # policy-checked already: the script is never broken by a path
+        raise ValueError(f"not an MCP path: {mcp_path!r}")
     values = {
         "@HOP_CLUSTER@": HOP_CLUSTER,
         "@NAMESPACE@": METADATA_NAMESPACE,
@@ -60,6 +65,7 @@ def lua_source(timeout_ms: int = HOP_TIMEOUT_MS, decide_timeout_ms: int | None =
         "@CACHE_STORE_LABEL@": CACHE_STORE_KEY,
         "@CACHE_CAP_LABEL@": CACHE_CAP_KEY,
         "@CACHE_CLUSTER_LABEL@": CACHE_CLUSTER_KEY,
+        "@MCP_PATH@": mcp_path,
     }
     source = _SCRIPT.read_text()
     for name, value in values.items():
@@ -74,8 +80,8 @@ def decide_timeout_ms(longest_dedup_wait_s: float) -> int:
     return HOP_TIMEOUT_MS + round(longest_dedup_wait_s * 1000)
 
 
-def lua_filter(longest_dedup_wait_s: float = 0.0) -> dict[str, Any]:
-    source = lua_source(decide_timeout_ms=decide_timeout_ms(longest_dedup_wait_s))
+def lua_filter(longest_dedup_wait_s: float = 0.0, mcp_path: str = "") -> dict[str, Any]:
+    source = lua_source(decide_timeout_ms=decide_timeout_ms(longest_dedup_wait_s), mcp_path=mcp_path)
     return {
         "name": LUA_FILTER,
         "typed_config": {

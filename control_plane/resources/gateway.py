@@ -31,11 +31,13 @@ from ccr.v1.contract import (
     CLUSTER_HEADER,
     EXTPROC_CLUSTER,
     HOP_DETAILS_KEY,
+    MCP_CLIENT_API,
     METADATA_NAMESPACE,
     REWRITE_HEADER,
 )
 from control_plane.policy import GatewayPolicy, ProviderSpec
 from control_plane.policy.cors import CorsSpec
+from control_plane.policy.resilience import TlsSettings
 from control_plane.resources import decision_hop as decision_hop_resources
 from control_plane.resources import edge, edge_limits, localities, provider_keys, resilience, tracing, usage_capture
 from control_plane.resources import hardening as hardening_resources
@@ -73,6 +75,7 @@ EXTPROC_STREAM_RETRY = {
 }
 
 _ADS = {"ads": {}, "resource_api_version": "V3"}
+MCP_ENVOY_ERROR_CODE = -32603  # JSON-RPC's internal error, for Envoy's own errors on the MCP endpoint
 TYPE_PREFIX = resilience.TYPE_PREFIX
 
 
@@ -127,8 +130,12 @@ def provider_cluster(provider: ProviderSpec, inject_key: bool = False) -> Cluste
 def tls_socket(provider: ProviderSpec, alpn: tuple[str, ...]) -> dict[str, Any]:
     """TLS to the provider: SNI and certificate checked against its host name (or the SNI the policy
     names) and the system CAs (or the policy's CA file), unless the policy says not to verify."""
-    tls = provider.resilience.tls
-    name = tls.sni or provider.host
+    return upstream_tls_socket(provider.resilience.tls, provider.host, alpn)
+
+
+def upstream_tls_socket(tls: TlsSettings, host: str, alpn: tuple[str, ...]) -> dict[str, Any]:
+    """TLS to an upstream named ``host`` (a provider, an MCP server: control_plane.resources.mcp)."""
+    name = tls.sni or host
     common: dict[str, Any] = {"alpn_protocols": list(alpn)}
     if not tls.insecure_skip_verify:
         common["validation_context"] = {
@@ -320,7 +327,7 @@ def _error_mappers(max_request_bytes: int) -> list[dict[str, Any]]:
                 "match_if_key_not_found": False,
             }
         }
-        for api in ("openai", "anthropic")
+        for api in ("openai", "anthropic", MCP_CLIENT_API)
     }
     # Envoy's own texts ("Payload Too Large", "no healthy upstream", nothing for a failed ext_proc
     # stream) say too little: the failures Envoy's details name get a sentence of their own.
@@ -342,13 +349,23 @@ def _error_mappers(max_request_bytes: int) -> list[dict[str, Any]]:
         # codec's 431, an underscore in a header name, headers that never finished): each SDK
         # finds its own fields and ignores the others.
         either = {"type": "error", "error": {**openai["error"], "type": anthropic_type}}
-        return {"openai": _json_body(openai), "anthropic": _json_body(anthropic), "either": _json_body(either)}
+        # The MCP endpoint's (the MCP service unreachable, a stream cut by a timeout): JSON-RPC's
+        # shape, as the decision's own refusals there (extproc.request_steps.mcp_reply); -32603:
+        # nothing is wrong with the request itself.
+        mcp = {"jsonrpc": "2.0", "id": None, "error": {"code": MCP_ENVOY_ERROR_CODE, "message": message}}
+        return {
+            "openai": _json_body(openai),
+            "anthropic": _json_body(anthropic),
+            "either": _json_body(either),
+            MCP_CLIENT_API: _json_body(mcp),
+        }
 
     # First match wins: a known failure before Envoy's own text; metadata beats the path, the path
     # beats the Anthropic default.
     rules = [
         ([by_metadata["openai"]], "openai"),
         ([by_metadata["anthropic"]], "anthropic"),
+        ([by_metadata[MCP_CLIENT_API]], MCP_CLIENT_API),
         ([openai_path], "openai"),
         ([no_path], "either"),
         ([], "anthropic"),
@@ -364,6 +381,7 @@ def _error_mappers(max_request_bytes: int) -> list[dict[str, Any]]:
             "body_format_override": _json_body(bodies[api]),
         }
         for extra, api in rules
+        if api != MCP_CLIENT_API  # no provider key is ever missing on the MCP endpoint
     ]
     for condition, message in ((_cel(known), known_message), (None, "%LOCAL_REPLY_BODY%")):
         for extra, api in rules:
@@ -446,7 +464,7 @@ def listener(policy: GatewayPolicy, usage_log_clusters: Sequence[str] = (EXTPROC
             *edge.decompressor_filters(),
             *jwt_resources.filters(policy.auth.jwt),  # verified claims as x-ccr-jwt-* headers, for both paths
             *(
-                [decision_hop_resources.lua_filter(policy.longest_dedup_wait_s)]
+                [decision_hop_resources.lua_filter(policy.longest_dedup_wait_s, policy.mcp.path if policy.mcp else "")]
                 if policy.decision_path == "hop"
                 else []
             ),

@@ -12,11 +12,13 @@ from collections.abc import Callable, Iterable, Mapping
 
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 
-from ccr.v1.contract import BATCH_API_CLUSTER
+from ccr.v1.contract import BATCH_API_CLUSTER, MCP_CLUSTER
 from control_plane.policy import GatewayPolicy, ProviderSpec
 from control_plane.policy.batches import BatchesSpec
+from control_plane.policy.mcp import McpSpec
 from control_plane.policy.routes import FallbackSpec
 from control_plane.resources import gateway as resources
+from control_plane.resources import mcp as mcp_resources
 from control_plane.resources import provider_keys
 from control_plane.resources import tls as tls_resources
 from control_plane.resources.batches import batch_api_cluster, batch_api_route
@@ -39,13 +41,15 @@ def envoy_snapshot(
     injected: frozenset[str] = frozenset(),
     keys: Mapping[str, str] | None = None,
     batches: BatchesSpec | None = None,
+    mcp: McpSpec | None = None,
 ) -> Snapshot:
     """``policy`` gives the listener and the chains' timeouts; ``providers`` every provider cluster
     Envoy must have; ``chains`` every chain cluster, with the policy whose providers it names;
     ``tls_material`` the bytes of the files ``policy.tls`` names (its SDS secrets); ``injected``
     the providers whose key Envoy injects, ``keys`` the keys read so far (reference -> key);
     ``batches`` the batch API's address when Envoy must route to it (the desired policy's, or the
-    one ext_proc still holds: control_plane.xds.rollout).
+    one ext_proc still holds: control_plane.xds.rollout); ``mcp`` the MCP service's address and
+    the url servers Envoy must reach for it (the same, with the servers of both policies).
 
     A provider's key secret is in the same snapshot as the cluster naming it, and the ADS server
     sends secrets right after clusters and endpoints (snapshot.TYPE_ORDER): the cluster warms only
@@ -62,6 +66,9 @@ def envoy_snapshot(
         clusters.append((OTLP_CLUSTER, otlp_cluster(policy.tracing)))
     if batches is not None:  # the hop forwards the batch paths there
         clusters.append((BATCH_API_CLUSTER, batch_api_cluster(batches)))
+    if mcp is not None:  # the decision forwards the MCP endpoint there; the MCP service egresses here
+        clusters.append((MCP_CLUSTER, mcp_resources.mcp_service_cluster(mcp)))
+        clusters += [(cluster.name, cluster) for cluster in mcp_resources.server_clusters(mcp)]
     longest = max((len(chain.providers) for chain, _ in chains.values()), default=0)
     hop = policy.decision_path == "hop"
     chain_routes = None
@@ -72,12 +79,19 @@ def envoy_snapshot(
     provider_routes = [route for p in specs for route in resources.provider_routes(p, hop)]
     if batches is not None:
         provider_routes.append(batch_api_route(hop))
+    if mcp is not None:
+        provider_routes.append(mcp_resources.mcp_service_route(hop))
     routes = resources.route_configuration(chain_routes, provider_routes, hop, cors=policy.cors)
+    listeners = [(resources.LISTENER_NAME, resources.listener(policy, usage_log_clusters))]
+    route_tables = [(resources.ROUTE_CONFIG_NAME, routes)]
+    if mcp is not None:
+        listeners.append((mcp_resources.EGRESS_LISTENER_NAME, mcp_resources.egress_listener(mcp)))
+        route_tables.append((mcp_resources.EGRESS_ROUTE_CONFIG_NAME, mcp_resources.egress_routes(mcp)))
     return Snapshot.build(
         version,
         clusters=clusters,
         endpoints=[(p.cluster, endpoints_of(p)) for p in specs if p.uses_eds],
         secrets=tls_resources.secrets(policy.tls, tls_material) + provider_keys.key_secrets(keyed, keys or {}),
-        listeners=[(resources.LISTENER_NAME, resources.listener(policy, usage_log_clusters))],
-        routes=[(resources.ROUTE_CONFIG_NAME, routes)],
+        listeners=listeners,
+        routes=route_tables,
     )

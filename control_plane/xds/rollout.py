@@ -27,13 +27,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 
 from ccr.v1.contract import ENVOY_GROUP, EXTPROC_GROUP, POLICY_RESOURCE_NAME
 from control_plane.policy import GatewayPolicy, ProviderSpec
 from control_plane.policy.batches import BatchesSpec
+from control_plane.policy.mcp import McpSpec
 from control_plane.resources import gateway as resources
 from control_plane.resources.tls import TlsMaterial
 from control_plane.xds.cache import Ack, SnapshotCache
@@ -73,6 +74,9 @@ class Rollout:
         # The batch API of the policy ext_proc held before one without `batches:` (its hop may still
         # forward there) -> (where, drop after).
         self._batches_retained: tuple[BatchesSpec, float] | None = None
+        # The same for the MCP service and the url servers of the policy ext_proc held before one
+        # without `mcp:` (its decision may still forward to the service, the service may still call).
+        self._mcp_retained: tuple[McpSpec, float] | None = None
         self._warm_since: float | None = None  # when Envoy first ACKed everything `desired` needs
         self._timer: asyncio.TimerHandle | None = None
         self.catalog_endpoints: dict[str, ClusterLoadAssignment] = {}  # cluster -> from Consul
@@ -188,6 +192,7 @@ class Rollout:
             frozenset(injected),
             self.provider_keys,
             self._batches(now),
+            self._mcp(now),
         )
 
     def _batches(self, now: float) -> BatchesSpec | None:
@@ -205,6 +210,27 @@ class Rollout:
                 return spec
             self._batches_retained = None
         return None
+
+    def _mcp(self, now: float) -> McpSpec | None:
+        """The MCP service's address and the url servers Envoy must reach: the desired policy's
+        section, with the servers of the offered one too (the MCP service may still call them, as
+        ext_proc may still name a removed provider); without either, a retained one, as ``_batches``."""
+        assert self.desired is not None
+        desired = self.desired.policy.mcp
+        offered = self.offered.policy.mcp if self.offered is not None else None
+        base = desired or offered
+        if base is None:
+            if self._mcp_retained is not None:
+                spec, drop_after = self._mcp_retained
+                if drop_after > now:
+                    return spec
+                self._mcp_retained = None
+            return None
+        servers = {server.name: server for server in base.servers}
+        for other in (desired, offered):
+            for server in other.servers if other is not None else ():
+                servers.setdefault(server.name, server)
+        return replace(base, servers=tuple(servers.values()))
 
     def _serve_envoy(self, snapshot: Snapshot) -> bool:
         """Serve ``snapshot`` to Envoy unless it is inconsistent (a bug here, never the user's
@@ -272,6 +298,8 @@ class Rollout:
                     self._retained[provider.cluster] = (provider, _UNTIL_EXTPROC_ACKS)
             if previous.policy.batches is not None and offer.policy.batches is None:
                 self._batches_retained = (previous.policy.batches, _UNTIL_EXTPROC_ACKS)
+            if previous.policy.mcp is not None and offer.policy.mcp is None:
+                self._mcp_retained = (previous.policy.mcp, _UNTIL_EXTPROC_ACKS)
             for name in previous.policy.envoy_injected_keys - offer.policy.envoy_injected_keys:
                 self._keyed_retained[name] = _UNTIL_EXTPROC_ACKS  # the same, for Envoy's injector
         self.cache.set(EXTPROC_GROUP, Snapshot.build(offer.version, policy=[(POLICY_RESOURCE_NAME, proto)]))
@@ -294,12 +322,16 @@ class Rollout:
                 self._keyed_retained[name] = now + self.grace
         if self._batches_retained is not None and self._batches_retained[1] == _UNTIL_EXTPROC_ACKS:
             self._batches_retained = (self._batches_retained[0], now + self.grace)
+        if self._mcp_retained is not None and self._mcp_retained[1] == _UNTIL_EXTPROC_ACKS:
+            self._mcp_retained = (self._mcp_retained[0], now + self.grace)
 
     def _schedule_next(self, now: float) -> None:
         deadlines = [d for _, d in self._retained.values() if d != _UNTIL_EXTPROC_ACKS]
         deadlines += [d for d in self._keyed_retained.values() if d != _UNTIL_EXTPROC_ACKS]
         if self._batches_retained is not None and self._batches_retained[1] != _UNTIL_EXTPROC_ACKS:
             deadlines.append(self._batches_retained[1])
+        if self._mcp_retained is not None and self._mcp_retained[1] != _UNTIL_EXTPROC_ACKS:
+            deadlines.append(self._mcp_retained[1])
         if self._warm_since is not None and self.offered != self.desired:
             deadlines.append(self._warm_since + self.grace)
         if self._timer is not None:

@@ -24,7 +24,7 @@ from envoy.extensions.transport_sockets.tls.v3.tls_pb2 import DownstreamTlsConte
 from envoy.extensions.upstreams.http.v3.http_protocol_options_pb2 import HttpProtocolOptions
 from google.protobuf.message import Message
 
-from ccr.v1.contract import BATCH_API_CLUSTER, POLICY_TYPE_URL
+from ccr.v1.contract import BATCH_API_CLUSTER, MCP_CLUSTER, MCP_SERVER_CLUSTER_PREFIX, POLICY_TYPE_URL
 from ccr.v1.policy_pb2 import Policy
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -157,6 +157,15 @@ def consistency_errors(snapshot: Snapshot, policy: Policy | None = None) -> list
                 errors.append(f"policy sends a fallback chain to cluster {chain.cluster!r}, which is missing")
         if policy.batch_api and BATCH_API_CLUSTER not in clusters:
             errors.append(f"policy sends the batch API to cluster {BATCH_API_CLUSTER!r}, which is missing")
+        if policy.HasField("mcp"):
+            if MCP_CLUSTER not in clusters:
+                errors.append(f"policy sends the MCP endpoint to cluster {MCP_CLUSTER!r}, which is missing")
+            for server in policy.mcp.servers:
+                if server.url and MCP_SERVER_CLUSTER_PREFIX + server.name not in clusters:
+                    cluster = MCP_SERVER_CLUSTER_PREFIX + server.name
+                    errors.append(
+                        f"policy reaches MCP server {server.name!r} through cluster {cluster!r}, which is missing"
+                    )
     return errors
 
 

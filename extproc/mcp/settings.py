@@ -5,8 +5,10 @@ Header and environment values stay templates here (``${VAR}``, a whole ``vault:`
 adapter that calls or launches a server expands them, so a secret never sits in a policy object.
 
 Who gets what (docs/mcp.md, "Access"): a caller's access is its tenant's grant narrowed by its key's
-(``Access``). A tenant without a grant gets nothing, and so does a caller without a tenant (fail
-closed); a key without a grant of its own inherits its tenant's.
+(``Access``). A tenant without a grant gets nothing (fail closed); a key without a grant of its own
+inherits its tenant's. A caller without a key (where keys are not required) is the anonymous tenant,
+``ANONYMOUS_TENANT`` ("-", what the decision sends the MCP service in x-ccr-tenant): it gets what a
+grant ``tenant: "-"`` gives it, else nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from extproc.mcp.session import DEFAULT_IDLE_TTL_S
 
 DEFAULT_PATH = "/mcp"
 DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_API = "127.0.0.1:9192"  # control_plane.policy.mcp's defaults, as the proto carries them
+DEFAULT_EGRESS = "127.0.0.1:9193"
+# ccr.v1.contract.ANONYMOUS_TENANT_VALUE (the core imports nothing from outside extproc.mcp).
+ANONYMOUS_TENANT = "-"
 _INHERIT = Grant(allow=None)
 
 
@@ -48,14 +54,17 @@ class McpSettings:
     # Tool calls per minute for each key: the key's own value, else its tenant's (absent: no limit).
     tenant_calls_per_minute: Mapping[str, int] = field(default_factory=dict)
     key_calls_per_minute: Mapping[str, int] = field(default_factory=dict)
+    api: str = DEFAULT_API  # where the MCP service listens: host:port or unix:/path
+    egress: str = DEFAULT_EGRESS  # Envoy's MCP egress listener: host:port (url servers are reached there)
+    authorization_servers: tuple[str, ...] = ()  # RFC 9728 metadata's (extproc.mcp.protected_resource)
 
     def server(self, name: str) -> UpstreamServer | None:
         return next((s for s in self.servers if s.name == name), None)
 
     def access(self, tenant: str | None, key_id: str | None) -> Access:
         """The caller's effective grant: its tenant's, narrowed by its key's; nothing without a
-        tenant grant."""
-        tenant_grant = self.tenant_grants.get(tenant) if tenant else None
+        tenant grant. No tenant: the anonymous one's (a grant of ``tenant: "-"``)."""
+        tenant_grant = self.tenant_grants.get(tenant or ANONYMOUS_TENANT)
         if tenant_grant is None:
             return DENY_ALL
         key_grant = self.key_grants.get(key_id, _INHERIT) if key_id else _INHERIT

@@ -81,8 +81,11 @@ class ClaudeCode:
         settings: dict | None = None,
         env: dict[str, str] | None = None,
         timeout: float = 120,
+        mcp_servers: tuple[tuple[str, str, tuple[str, ...]], ...] = (),
     ) -> Run:
-        """``claude -p PROMPT`` in a fresh HOME and project; the process's exit code is not checked."""
+        """``claude -p PROMPT`` in a fresh HOME and project; the process's exit code is not checked.
+        ``mcp_servers``: (name, URL, headers) added first with ``claude mcp add --transport http``
+        (user scope, so the -p run trusts them without asking)."""
         home = _fresh(self.workdir / "home")
         project = _fresh(self.workdir / "project")
         if agents:
@@ -104,6 +107,10 @@ class ClaudeCode:
             "DISABLE_ERROR_REPORTING": "1",
             **(env or {}),
         }
+        for name, url, headers in mcp_servers:
+            add = [str(self.binary), "mcp", "add", "--transport", "http", "--scope", "user", name, url]
+            add += [part for header in headers for part in ("--header", header)]
+            subprocess.run(add, cwd=project, env=environment, capture_output=True, text=True, timeout=60, check=True)
         command = [str(self.binary), "-p", prompt, *args]
         done = subprocess.run(
             command, cwd=project, env=environment, capture_output=True, text=True, timeout=timeout, check=False

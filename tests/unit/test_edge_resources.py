@@ -93,8 +93,10 @@ def test_envoys_own_errors_get_sentences_naming_the_provider():
     assert ":'" not in message.replace("'provider '", "")  # no message ends in a dangling colon
     mappers = _hcm(policy(provider("a")))["local_reply_config"]["mappers"]
     # A provider key Envoy lacks first (control_plane.resources.provider_keys), then known failures,
-    # then Envoy's own text, per client API, then either.
-    assert len(mappers) == 15
+    # then Envoy's own text, per client API (and the MCP endpoint's JSON-RPC), then either.
+    assert len(mappers) == 17
+    mcp = [m for m in mappers if "jsonrpc" in m["body_format_override"]["json_format"]]
+    assert len(mcp) == 2 and mcp[0]["body_format_override"]["json_format"]["error"]["code"] == -32603
 
 
 def test_the_lua_filter_hands_the_decoded_encoding_and_the_request_id_to_the_hop():

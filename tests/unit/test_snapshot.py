@@ -188,10 +188,14 @@ def test_a_snapshot_built_by_rollout_from_the_example_is_consistent():
     assert envoy is not None
     assert consistency_errors(envoy, example.to_proto(version)) == []
     chain = example.routing.fallbacks[0].cluster  # the example's fallback chain has a cluster of its own
-    assert sorted(envoy.get(CLUSTER).by_name) == sorted([chain, "provider_fake-anthropic", "provider_fake-openai"])
+    # The example's mcp: the MCP service's cluster (its one server is stdio: no server cluster) and
+    # the egress listener with its route table.
+    assert sorted(envoy.get(CLUSTER).by_name) == sorted(
+        [chain, "ccr_mcp", "provider_fake-anthropic", "provider_fake-openai"]
+    )
     assert sorted(envoy.get(ENDPOINT).by_name) == ["provider_fake-anthropic", "provider_fake-openai"]
-    assert list(envoy.get(LISTENER).by_name) == [resources.LISTENER_NAME]
-    assert list(envoy.get(ROUTE).by_name) == [resources.ROUTE_CONFIG_NAME]
+    assert sorted(envoy.get(LISTENER).by_name) == sorted([resources.LISTENER_NAME, "ccr_mcp_egress"])
+    assert sorted(envoy.get(ROUTE).by_name) == sorted([resources.ROUTE_CONFIG_NAME, "ccr_mcp_egress"])
     # ...and the policy ext_proc is offered once Envoy ACKed names only those clusters.
     cache.connect_node(ENVOY_GROUP, "envoy-1")
     for type_url in (CLUSTER, ENDPOINT):

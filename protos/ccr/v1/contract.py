@@ -102,6 +102,16 @@ HOP_CLUSTER = "ccr_hop"  # the workers' decision hop servers (extproc/hop_server
 # The batch API (`ccr-gateway batch-api`), a cluster the control plane serves when the policy has
 # `batches:` (control_plane.resources.batches).
 BATCH_API_CLUSTER = "ccr_batch_api"
+# The MCP service (`ccr-gateway mcp-gateway`), a cluster the control plane serves when the policy has
+# `mcp:` (control_plane.resources.mcp): the decision forwards the MCP endpoint's requests there, with
+# TENANT_HEADER and KEY_HEADER set as for the batch API.
+MCP_CLUSTER = "ccr_mcp"
+# The MCP service reaches an upstream Streamable HTTP server through Envoy's MCP egress listener,
+# naming the server (its policy name) in this header; the egress route sends it to the server's
+# cluster, MCP_SERVER_CLUSTER_PREFIX + name, and removes the header.
+MCP_SERVER_HEADER = "x-ccr-mcp-server"
+MCP_SERVER_CLUSTER_PREFIX = "ccr_mcp_"
+MCP_CLIENT_API = "mcp"  # the client_api label of the MCP endpoint's requests
 
 
 # --- xDS ----------------------------------------------------------------------------------------

@@ -67,16 +67,22 @@ class Policy(_message.Message):
     def __init__(self, version: _Optional[str] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., router: _Optional[_Union[Router, _Mapping]] = ..., aliases: _Optional[_Mapping[str, Choice]] = ..., fallbacks: _Optional[_Iterable[_Union[FallbackChain, _Mapping]]] = ..., tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ..., auth_required: bool = ..., cache: _Optional[_Union[CacheRules, _Mapping]] = ..., tracing: _Optional[_Union[Tracing, _Mapping]] = ..., vault: _Optional[_Union[Vault, _Mapping]] = ..., cert_identities: _Optional[_Mapping[str, str]] = ..., batch_api: bool = ..., batch_workers: _Optional[_Iterable[str]] = ..., mcp: _Optional[_Union[Mcp, _Mapping]] = ...) -> None: ...
 
 class Mcp(_message.Message):
-    __slots__ = ("path", "session_ttl_s", "servers", "grants")
+    __slots__ = ("path", "session_ttl_s", "servers", "grants", "api", "egress", "authorization_servers")
     PATH_FIELD_NUMBER: _ClassVar[int]
     SESSION_TTL_S_FIELD_NUMBER: _ClassVar[int]
     SERVERS_FIELD_NUMBER: _ClassVar[int]
     GRANTS_FIELD_NUMBER: _ClassVar[int]
+    API_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_FIELD_NUMBER: _ClassVar[int]
+    AUTHORIZATION_SERVERS_FIELD_NUMBER: _ClassVar[int]
     path: str
     session_ttl_s: float
     servers: _containers.RepeatedCompositeFieldContainer[McpServer]
     grants: _containers.RepeatedCompositeFieldContainer[McpGrant]
-    def __init__(self, path: _Optional[str] = ..., session_ttl_s: _Optional[float] = ..., servers: _Optional[_Iterable[_Union[McpServer, _Mapping]]] = ..., grants: _Optional[_Iterable[_Union[McpGrant, _Mapping]]] = ...) -> None: ...
+    api: str
+    egress: str
+    authorization_servers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, path: _Optional[str] = ..., session_ttl_s: _Optional[float] = ..., servers: _Optional[_Iterable[_Union[McpServer, _Mapping]]] = ..., grants: _Optional[_Iterable[_Union[McpGrant, _Mapping]]] = ..., api: _Optional[str] = ..., egress: _Optional[str] = ..., authorization_servers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class McpServer(_message.Message):
     __slots__ = ("name", "url", "command", "env", "headers", "timeout_s")
