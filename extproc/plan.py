@@ -31,7 +31,13 @@ from extproc.routing_table import ModelRoute, RoutingTable
 from extproc.tokens import SessionUsage, count_for_client
 from extproc.translate.base import Api, ClientRequestError, ResponseContext, Translator, UpstreamRequest
 from extproc.translate.buffering import ResponsePhases
-from extproc.translate.client_request import ClientRequest, OpenAIRequest, parse_request, read_request
+from extproc.translate.client_request import (
+    ClientRequest,
+    OpenAIRequest,
+    ResponsesRequest,
+    parse_request,
+    read_request,
+)
 from extproc.translate.registry import count_tokens_translator, translator_class, translator_for
 
 GENERATE = "generate"
@@ -122,6 +128,8 @@ def plan(
         request = read_request(api, decision.body)
     stream = request.stream
     if kind == COUNT_TOKENS:
+        if isinstance(request, ResponsesRequest):  # no provider counts a Responses body yet
+            return _counted_responses(request, decision)
         provider = decision.route.provider
         counter = count_tokens_translator(provider.api) if provider.forward_count_tokens else None
         if counter is None or provider.unavailable:
@@ -180,6 +188,8 @@ def response_context(request: ClientRequest, estimate: int) -> ResponseContext:
     """What any provider's translator needs to read the answer to ``request`` (model set later)."""
     if isinstance(request, OpenAIRequest):
         return ResponseContext("", request.stream, estimate, include_usage=request.include_usage, turn=request.turns)
+    if isinstance(request, ResponsesRequest):
+        return ResponseContext("", request.stream, estimate, turn=request.turns)
     shown = request.thinking is None or request.thinking.shown
     return ResponseContext("", request.stream, estimate, show_thinking=shown, turn=request.turns)
 
@@ -210,3 +220,16 @@ def _counted(body: dict[str, Any], decision: Decision | None = None) -> Answer:
     """count_tokens answered locally (no round trip): Claude Code's context meter and auto-compact
     read it, so it is counted (extproc.tokens.count_for_client), not guessed from the size."""
     return Answer(200, body=orjson.dumps({"input_tokens": count_for_client(body)}), decision=decision)
+
+
+def _counted_responses(request: ResponsesRequest, decision: Decision) -> Answer:
+    """POST /v1/responses/input_tokens, counted here: the Anthropic body the request becomes
+    (the hub format every provider is reached through), counted as count_tokens is."""
+    from extproc.translate.responses_anthropic import anthropic_body  # loaded by Responses traffic only
+
+    try:  # built-in tools are counted out (a Responses provider would take them; no other would)
+        body = anthropic_body(replace(request, hosted_tools=(), hosted_choice=None), decision.route.target)
+    except ClientRequestError as exc:
+        return Answer(exc.status, exc.message, "ccr_bad_request", decision=decision)
+    count = count_for_client(body)
+    return Answer(200, body=orjson.dumps({"object": "response.input_tokens", "input_tokens": count}), decision=decision)

@@ -5,10 +5,11 @@ decision hop (extproc.hop). Both call these steps and only encode the result dif
 mutations, or the hop's line format), so a request gets the same answer on either path:
 
 - ``endpoint_step``: which endpoint the method and path name (the client's API with it), or the
-  gateway's own answer when no body is needed (unknown endpoint 404, method not allowed 405,
-  headers too large 431, an encoding Envoy did not decode 415, no policy yet, the models); the
-  batch API's paths are an endpoint of their own when the policy has ``batches:``, and the MCP
-  endpoint (``mcp.path``) one when it has ``mcp:`` (with its RFC 9728 metadata, answered here);
+  gateway's own answer when no body is needed (unknown endpoint 404, a stored response's path 404
+  until stored responses exist, method not allowed 405, headers too large 431, an encoding Envoy
+  did not decode 415, no policy yet, the models); the batch API's paths are an endpoint of their
+  own when the policy has ``batches:``, and the MCP endpoint (``mcp.path``) one when it has
+  ``mcp:`` (with its RFC 9728 metadata, answered here);
 - ``batch_rewrite`` / ``mcp_rewrite``: a batch API or MCP request, authenticated, on to the batch
   API or the MCP service with its tenant (``mcp_step``: the MCP endpoint's refusals, JSON-RPC-shaped);
 - ``answer_reply``: a plan's own answer as the client gets it;
@@ -69,7 +70,7 @@ from extproc.plan import Answer, Chain, Forward, undecodable_body
 from extproc.router import Decision
 from extproc.routing_table import ModelRoute, RoutingTable
 from extproc.translate.base import Api
-from extproc.translate.errors import anthropic_error_type, error_body, openai_error_type
+from extproc.translate.errors import error_body, error_type
 
 # Credentials the client sent for the gateway; never forwarded to a provider.
 CLIENT_CREDENTIALS = ("authorization", "x-api-key", "x-goog-api-key")
@@ -79,7 +80,12 @@ MAX_REQUEST_HEADER_BYTES = 60 * 1024
 # Not counted against it: pseudo-headers and what Envoy or the Lua filter handle themselves.
 _UNCOUNTED_HEADERS = ("content-length", "transfer-encoding", "connection")
 # Headers that only mean something to one API; dropped when the provider speaks another.
-_API_HEADER_PREFIXES = {Api.ANTHROPIC: ("anthropic-",), Api.OPENAI: ("openai-",), Api.GEMINI: ("x-goog-",)}
+_API_HEADER_PREFIXES = {
+    Api.ANTHROPIC: ("anthropic-",),
+    Api.OPENAI: ("openai-",),
+    Api.GEMINI: ("x-goog-",),
+    Api.RESPONSES: ("openai-",),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +102,10 @@ ENDPOINTS: dict[tuple[str, str], Endpoint] = {
         ("POST", Endpoint(Api.OPENAI, "generate", "/v1/chat/completions")),
         ("POST", Endpoint(Api.OPENAI, "generate", "/chat/completions")),
         ("POST", Endpoint(Api.ANTHROPIC, "count_tokens", "/v1/messages/count_tokens")),
+        ("POST", Endpoint(Api.RESPONSES, "generate", "/v1/responses")),
+        ("POST", Endpoint(Api.RESPONSES, "generate", "/responses")),
+        ("POST", Endpoint(Api.RESPONSES, "count_tokens", "/v1/responses/input_tokens")),
+        ("POST", Endpoint(Api.RESPONSES, "count_tokens", "/responses/input_tokens")),
         ("GET", Endpoint(None, "models", "/v1/models")),
         ("GET", Endpoint(Api.OPENAI, "models", "/models")),
     )
@@ -118,6 +128,10 @@ MCP_MISSING_KEY_MESSAGE = (
     "this MCP endpoint needs a key: send a virtual key (sk-ccr-...) as 'Authorization: Bearer <key>' "
     "or 'x-api-key: <key>'"
 )
+# A stored response and what hangs off it (GET/DELETE /v1/responses/{id}, .../cancel,
+# .../input_items): stored responses come later; until then every method there gets a 404 that says so.
+STORED_RESPONSE_PREFIXES = ("/v1/responses/", "/responses/")
+STORED_RESPONSES_MESSAGE = "stored responses are not enabled on this gateway"
 MODEL_ENDPOINTS = {
     "/v1/models": Endpoint(None, "model", "/v1/models/{id}"),
     "/models": Endpoint(Api.OPENAI, "model", "/models/{id}"),
@@ -168,7 +182,7 @@ def error_reply(
 
 def error_type_of(api: Api, status: int) -> str:
     """The error type a client of ``api`` reads in an error of ``status`` (extproc.translate.errors)."""
-    return openai_error_type(status) if api is Api.OPENAI else anthropic_error_type(status)
+    return error_type(api, status)
 
 
 def answer_reply(api: Api, path: str, answer: Answer, key: VirtualKey | None = None) -> Reply:
@@ -235,6 +249,9 @@ def endpoint_step(
             allow = ", ".join(allowed)
             message = f"method {method} is not allowed on {path}; it answers {allow}"
             return api, error_reply(api, 405, message, "ccr_method_not_allowed", (("allow", allow),), labels)
+        if path.startswith(STORED_RESPONSE_PREFIXES):
+            message = f"{STORED_RESPONSES_MESSAGE}: no response can be read, cancelled or deleted ({method} {path})"
+            return api, error_reply(api, 404, message, "ccr_stored_responses_disabled", labels=labels)
         return api, error_reply(api, 404, f"no such endpoint: {method} {path}", "ccr_unknown_endpoint", labels=labels)
     if table is None:
         message = "the gateway has no routing policy yet; retry shortly"
@@ -459,6 +476,8 @@ def strip_before_egress(name: str, client: Api, provider: Api) -> bool:
 
 
 def _guess_api(path: str, headers: Mapping[str, str]) -> Api:
+    if path.startswith(("/v1/responses", "/responses")):
+        return Api.RESPONSES
     if "chat/completions" in path or ("anthropic-version" not in headers and "authorization" in headers):
         return Api.OPENAI
     return Api.ANTHROPIC

@@ -43,6 +43,7 @@ _API_OF = {
     policy_pb2.API_ANTHROPIC: Api.ANTHROPIC,
     policy_pb2.API_OPENAI: Api.OPENAI,
     policy_pb2.API_GEMINI: Api.GEMINI,
+    policy_pb2.API_RESPONSES: Api.RESPONSES,
 }
 
 Hook = Callable[[dict, Any], Any]

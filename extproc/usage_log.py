@@ -58,6 +58,7 @@ from extproc.metrics import TOKENS, labelled
 from extproc.routing_table import RoutingTable
 from extproc.state import GatewayState
 from extproc.tokens import SessionUsage
+from extproc.translate.anthropic_responses import usage_from_responses
 from extproc.translate.anthropic_schema import usage_from_anthropic, usage_from_openai
 from extproc.translate.base import Usage
 from extproc.translate.errors import anthropic_error_type, openai_error_type
@@ -94,6 +95,14 @@ def usage_from_counts(counts: Mapping[str, int]) -> Usage:
         )
     if "promptTokenCount" in counts:
         return usage_of(dict(counts))
+    if "cached_tokens" in counts:  # the Responses API: its input_tokens include the cached ones
+        return usage_from_responses(
+            {
+                "input_tokens": counts.get("input_tokens", 0),
+                "output_tokens": counts.get("output_tokens", 0),
+                "input_tokens_details": {"cached_tokens": counts["cached_tokens"]},
+            }
+        )
     return usage_from_anthropic(dict(counts))
 
 
@@ -148,7 +157,7 @@ def usage_record(
     metadata = common.metadata.filter_metadata
     labels = metadata[METADATA_NAMESPACE].fields if METADATA_NAMESPACE in metadata else _NO_LABELS
     path = _string(labels, ENDPOINT_LABEL) or entry.request.path.partition("?")[0]
-    client_api = _string(labels, "client_api") or ("openai" if "chat/completions" in path else "anthropic")
+    client_api = _string(labels, "client_api") or _client_api_of(path)
     if client_api == MCP_CLIENT_API and common.HasField(_FIRST_UPSTREAM_TX):
         return None
     status = entry.response.response_code.value
@@ -224,7 +233,17 @@ def error_type(status: int, client_api: str, labelled_type: str, flags: Response
         return TIMEOUT_ERROR
     if status == 0:
         return CLIENT_CLOSED_ERROR
-    return openai_error_type(status) if client_api == "openai" else anthropic_error_type(status)
+    return openai_error_type(status) if client_api in _OPENAI_SHAPED else anthropic_error_type(status)
+
+
+_OPENAI_SHAPED = ("openai", "responses")  # client APIs whose errors have OpenAI's types
+
+
+def _client_api_of(path: str) -> str:
+    """The client API of a request no decision labelled, from its path alone."""
+    if "chat/completions" in path:
+        return "openai"
+    return "responses" if path.startswith("/v1/responses") else "anthropic"
 
 
 def _answered(

@@ -1,4 +1,5 @@
-"""A fast fake LLM upstream speaking the Anthropic, OpenAI and Gemini APIs, for tests and benchmarks.
+"""A fast fake LLM upstream speaking the Anthropic, OpenAI (Chat Completions and Responses) and Gemini
+APIs, for tests and benchmarks.
 
 Replies are derived from the request (see ``reply``), so tests can predict them exactly. Faults are
 injected per request with ``x-fake-*`` headers (see ``config``) or globally via ``POST /_fake/config``;

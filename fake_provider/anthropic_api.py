@@ -68,7 +68,7 @@ class AnthropicApi:
     def wants_stream(self, body: Any) -> bool:
         return body.get("stream") is True
 
-    def render_json(self, reply: Reply) -> bytes:
+    def render_json(self, reply: Reply, body: Any = None) -> bytes:
         content: list[dict] = []
         if reply.thinking is not None:
             content.append({"type": "thinking", "thinking": reply.thinking, "signature": THINKING_SIGNATURE})

@@ -1,4 +1,4 @@
-"""The one interface each API module (anthropic_api, openai_api, gemini_api) implements.
+"""The one interface each API module (anthropic_api, openai_api, gemini_api, responses_api) implements.
 
 Parsing and rendering are pure (no I/O), so the server owns every await and every API module can be
 tested, or read, without a socket in sight.
@@ -14,6 +14,7 @@ SSE_CONTENT_TYPE = "text/event-stream"
 JSON_CONTENT_TYPE = "application/json"
 _REMINDER_OPEN = "<system-reminder>"
 _REMINDER_CLOSE = "</system-reminder>"
+_BLOCKS = {_REMINDER_OPEN: _REMINDER_CLOSE, "<environment_context>": "</environment_context>"}
 
 
 class BadRequest(ValueError):
@@ -21,7 +22,7 @@ class BadRequest(ValueError):
 
 
 class ProviderApi(Protocol):
-    name: str  # "anthropic" | "openai" | "gemini", also the word used in the reply text
+    name: str  # "anthropic" | "openai" | "gemini" | "responses", also the word used in the reply text
 
     def parse(self, body: Any, body_size: int, path_model: str | None) -> Conversation:
         """Pull the reply-deciding facts out of a request body; raises BadRequest."""
@@ -29,7 +30,9 @@ class ProviderApi(Protocol):
 
     def wants_stream(self, body: Any) -> bool: ...
 
-    def render_json(self, reply: Reply) -> bytes: ...
+    def render_json(self, reply: Reply, body: Any = None) -> bytes:
+        """The whole answer; ``body`` is the request, for what the answer echoes (the Responses API's)."""
+        ...
 
     def render_stream(self, reply: Reply, body: Any, chunks: int) -> list[bytes]:
         """The complete SSE body as a list of encoded events, the text split into ``chunks``;
@@ -84,14 +87,16 @@ def first_words(texts: list[str]) -> str:
 
 
 def without_reminders(text: str) -> str:
-    """``text`` without the ``<system-reminder>`` blocks it starts with.
+    """``text`` without the ``<system-reminder>`` or ``<environment_context>`` blocks it starts with.
 
-    Claude Code adds such blocks to user messages (as text blocks of their own or ahead of the prompt);
-    they are not the user's words, and echoing them would push the prompt a test looks for out of the
-    reply. A text that is all reminder gives "", and an unclosed reminder runs to the end."""
-    rest = text
-    while rest.lstrip().startswith(_REMINDER_OPEN):
-        _, closed, rest = rest.partition(_REMINDER_CLOSE)
+    Claude Code adds reminders to user messages (as text blocks of their own or ahead of the prompt),
+    and Codex sends its environment as a user message before the prompt (which a translation to
+    Anthropic merges into one turn); they are not the user's words, and echoing them would push the
+    prompt a test looks for out of the reply. A text that is all such blocks gives "", and an
+    unclosed block runs to the end."""
+    rest = text.lstrip()
+    while (closing := _BLOCKS.get(rest[: rest.find(">") + 1])) is not None:
+        _, closed, rest = rest.partition(closing)
         if not closed:
             return ""
         rest = rest.strip()

@@ -78,7 +78,7 @@ class GeminiApi:
     def wants_stream(self, body: Any) -> bool:
         return False  # decided by the method in the path, see the module docstring
 
-    def render_json(self, reply: Reply) -> bytes:
+    def render_json(self, reply: Reply, body: Any = None) -> bytes:
         return orjson.dumps(_envelope(reply, _parts(reply, None), f"fake-{next_id()}", final=True))
 
     def render_stream(self, reply: Reply, body: Any, chunks: int) -> list[bytes]:

@@ -71,7 +71,7 @@ class OpenAIApi:
     def wants_stream(self, body: Any) -> bool:
         return body.get("stream") is True
 
-    def render_json(self, reply: Reply) -> bytes:
+    def render_json(self, reply: Reply, body: Any = None) -> bytes:
         message: dict[str, Any] = {
             "role": "assistant",
             "content": reply.text or None,

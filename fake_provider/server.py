@@ -1,8 +1,9 @@
 """The aiohttp server: routes, fault injection, request recording, control endpoints and the CLI.
 
-One process serves the Anthropic, OpenAI and Gemini APIs side by side. Everything an API looks like
-on the wire lives in its own module; this one only decides *when* and *how* bytes are sent (delays,
-errors, hangs, cut streams), which is the part tests and benchmarks tune.
+One process serves the Anthropic, OpenAI (Chat Completions and Responses) and Gemini APIs side by
+side. Everything an API looks like on the wire lives in its own module; this one only decides *when*
+and *how* bytes are sent (delays, errors, hangs, cut streams), which is the part tests and
+benchmarks tune.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from fake_provider.config import FakeConfig, Faults, Midstream, take_faults
 from fake_provider.gemini_api import GeminiApi
 from fake_provider.openai_api import OpenAIApi
 from fake_provider.reply import plan_reply
+from fake_provider.responses_api import ResponsesApi
 
 RECORDED_REQUESTS = 100
 DEFAULT_PORT = 9100
@@ -32,6 +34,7 @@ _HANG_POLL_S = 0.05
 _ANTHROPIC = AnthropicApi()
 _OPENAI = OpenAIApi()
 _GEMINI = GeminiApi()
+_RESPONSES = ResponsesApi()
 
 _JSON_HEADERS = {"Content-Type": JSON_CONTENT_TYPE}
 _SSE_HEADERS = {"Content-Type": SSE_CONTENT_TYPE, "Cache-Control": "no-cache"}
@@ -104,6 +107,9 @@ class FakeProvider:
     async def openai_chat(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, _OPENAI, path_model=None, stream=None)
 
+    async def openai_responses(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, _RESPONSES, path_model=None, stream=None)
+
     async def gemini(self, request: web.Request) -> web.StreamResponse:
         # aiohttp cannot split "{model}:{method}" in a route, so the last ":" separates them here.
         model, _, method = request.match_info["target"].rpartition(":")
@@ -129,7 +135,7 @@ class FakeProvider:
             api.name, conversation, force_tool_call=faults.force_tool_call, cached_tokens=faults.cached_tokens
         )
         if not (api.wants_stream(body) if stream is None else stream):
-            return _json(api.render_json(reply))
+            return _json(api.render_json(reply, body))
         events = api.render_stream(reply, body, faults.chunks)
         if api is _GEMINI and request.query.get("alt") != "sse":
             # Without alt=sse Gemini streams one JSON array; "data: " and the blank line come off.
@@ -288,6 +294,8 @@ def build_app(config: FakeConfig) -> web.Application:
         web.post("/v1/messages/count_tokens", provider.anthropic_count_tokens),
         web.post("/v1/chat/completions", provider.openai_chat),
         web.post("/chat/completions", provider.openai_chat),
+        web.post("/v1/responses", provider.openai_responses),
+        web.post("/responses", provider.openai_responses),
         web.get("/v1/models", _models),
         web.get("/models", _models),
         web.get("/v1beta/models", _gemini_models),

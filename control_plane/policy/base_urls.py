@@ -1,14 +1,15 @@
 """Does a provider's base_url fit its API? The gateway appends each API's own path to it.
 
 ext_proc builds upstream paths as base_url's path + a fixed suffix (extproc/translate/passthrough.py,
-anthropic_openai.py, openai_anthropic.py, gemini_common.py):
+anthropic_openai.py, openai_anthropic.py, gemini_common.py, anthropic_responses.py):
 
     anthropic   {base}/v1/messages                                  https://api.anthropic.com
     openai      {base}/chat/completions                             https://api.openai.com/v1
     gemini      {base}/models/{model}:generateContent (or stream)   https://generativelanguage.googleapis.com/v1beta
+    responses   {base}/responses                                    https://api.openai.com/v1
 
 A base that already holds part of the suffix is certainly wrong (…/v1/v1/messages): an error. An
-OpenAI-format base without a version segment is only suspicious: most servers want /v1, but some
+OpenAI-format (Chat or Responses) base without a version segment is only suspicious: most servers want /v1, but some
 serve /chat/completions at their root (DeepSeek's https://api.deepseek.com, Perplexity's), and
 others version differently (/api/paas/v4, /v1beta/openai): a warning.
 """
@@ -40,6 +41,8 @@ def check_base_url(api: str, host: str, base_path: str, url: str) -> BaseUrlAdvi
         return _anthropic(base_path, url)
     if api == "openai":
         return _openai(host, base_path, url)
+    if api == "responses":
+        return _openai(host, base_path, url, "/responses", "OpenAI Responses requests")
     if api == "gemini":
         return _gemini(base_path, url)
     return None
@@ -54,8 +57,10 @@ def _anthropic(base_path: str, url: str) -> BaseUrlAdvice | None:
     return None
 
 
-def _openai(host: str, base_path: str, url: str) -> BaseUrlAdvice | None:
-    calls = f"OpenAI-format requests go to base_url + /chat/completions ({url}/chat/completions)"
+def _openai(
+    host: str, base_path: str, url: str, endpoint: str = "/chat/completions", what: str = "OpenAI-format requests"
+) -> BaseUrlAdvice | None:
+    calls = f"{what} go to base_url + {endpoint} ({url}{endpoint})"
     for suffix in _ENDPOINT_SUFFIXES:
         if base_path.endswith(suffix):
             expected = url.removesuffix(suffix)
@@ -69,7 +74,7 @@ def _openai(host: str, base_path: str, url: str) -> BaseUrlAdvice | None:
     if not _VERSION_SEGMENT.search(base_path) and host not in _UNVERSIONED_HOSTS:
         return BaseUrlAdvice(
             f"{calls}; most OpenAI-compatible servers expect a version there, as in https://api.openai.com/v1 "
-            "(fine if the server answers at /chat/completions without one, as DeepSeek's https://api.deepseek.com does)",
+            f"(fine if the server answers at {endpoint} without one, as DeepSeek's https://api.deepseek.com does)",
             is_error=False,
         )
     return None

@@ -29,11 +29,12 @@ from control_plane.policy.tracing import TracingSpec
 from control_plane.policy.vault import VaultSpec
 from control_plane.policy.yaml_check import Problem
 
-API_NAMES = ("anthropic", "openai", "gemini")
+API_NAMES = ("anthropic", "openai", "gemini", "responses")
 _PROTO_API = {
     "anthropic": policy_pb2.API_ANTHROPIC,
     "openai": policy_pb2.API_OPENAI,
     "gemini": policy_pb2.API_GEMINI,
+    "responses": policy_pb2.API_RESPONSES,
 }
 DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
 DECISION_PATHS = ("hop", "ext_proc")  # GatewayPolicy.decision_path, the default first

@@ -46,6 +46,7 @@ _HEADERS = {
     "openai": ("Authorization", "Bearer "),
     "anthropic": ("x-api-key", ""),
     "gemini": ("x-goog-api-key", ""),
+    "responses": ("Authorization", "Bearer "),
 }
 
 

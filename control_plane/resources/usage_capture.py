@@ -12,7 +12,12 @@ streaming it through ext_proc would cost a gRPC round trip per chunk. Envoy read
 Both filters sit after ext_proc in the chain, so on the response path they see the provider's raw
 bytes, before any translation. Each key is named after the field it comes from, which tells the
 reader the provider's API: Anthropic ``input_tokens``, OpenAI ``prompt_tokens``, Gemini
-``promptTokenCount``. Later events overwrite earlier ones, so a stream leaves its final counts.
+``promptTokenCount``. The Responses API also says ``input_tokens`` (cached tokens included, unlike
+Anthropic's), always beside ``input_tokens_details.cached_tokens``: that key (``cached_tokens``,
+which Anthropic never sends) tells the two apart. Later events overwrite earlier ones, so a stream
+leaves its final counts (a Responses stream's usage is in its terminal ``response.completed`` /
+``response.incomplete`` event, which repeats the whole output: over MAX_SSE_EVENT_BYTES it is
+skipped).
 """
 
 from __future__ import annotations
@@ -43,9 +48,18 @@ MAX_SSE_EVENT_BYTES = 1 << 20
 
 # metadata key -> JSON paths in the provider's events or body that carry it
 USAGE_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
-    # Anthropic: message_start.message.usage, then message_delta.usage; non-streaming body.usage
-    "input_tokens": (("message", "usage", "input_tokens"), ("usage", "input_tokens")),
-    "output_tokens": (("message", "usage", "output_tokens"), ("usage", "output_tokens")),
+    # Anthropic: message_start.message.usage, then message_delta.usage; non-streaming body.usage.
+    # OpenAI Responses: body.usage; streams: the terminal event's response.usage.
+    "input_tokens": (
+        ("message", "usage", "input_tokens"),
+        ("usage", "input_tokens"),
+        ("response", "usage", "input_tokens"),
+    ),
+    "output_tokens": (
+        ("message", "usage", "output_tokens"),
+        ("usage", "output_tokens"),
+        ("response", "usage", "output_tokens"),
+    ),
     "cache_read_input_tokens": (
         ("message", "usage", "cache_read_input_tokens"),
         ("usage", "cache_read_input_tokens"),
@@ -57,7 +71,12 @@ USAGE_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
     # OpenAI Chat Completions (streams: the final chunk, when the client asked for include_usage)
     "prompt_tokens": (("usage", "prompt_tokens"),),
     "completion_tokens": (("usage", "completion_tokens"),),
-    "cached_tokens": (("usage", "prompt_tokens_details", "cached_tokens"),),
+    # ... and the Responses API's cached part of input_tokens (the same key: the same meaning)
+    "cached_tokens": (
+        ("usage", "prompt_tokens_details", "cached_tokens"),
+        ("usage", "input_tokens_details", "cached_tokens"),
+        ("response", "usage", "input_tokens_details", "cached_tokens"),
+    ),
     "prompt_cache_hit_tokens": (("usage", "prompt_cache_hit_tokens"),),
     # Gemini: usageMetadata on every chunk, cumulative
     "promptTokenCount": (("usageMetadata", "promptTokenCount"),),

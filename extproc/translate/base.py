@@ -1,9 +1,10 @@
 """The one narrow interface every translator implements, and the values it trades in.
 
 A translator converts one request and its response between a client API (what the caller speaks:
-Anthropic Messages or OpenAI Chat Completions) and a provider API (what the upstream speaks). It is
-sans-IO: dicts and bytes in, dicts and bytes out, no sockets, no clocks, no globals. One instance
-serves one HTTP request; instances are not thread-safe and keep their streaming state on `self`.
+Anthropic Messages, OpenAI Chat Completions or OpenAI Responses) and a provider API (what the
+upstream speaks). It is sans-IO: dicts and bytes in, dicts and bytes out, no sockets, no clocks, no
+globals. One instance serves one HTTP request; instances are not thread-safe and keep their
+streaming state on `self`.
 
 Phases, in the order the ext_proc processor calls them:
 
@@ -37,11 +38,13 @@ if TYPE_CHECKING:  # the typed request is built from these values' module: no im
 
 
 class Api(enum.StrEnum):
-    """Wire formats. Clients speak ANTHROPIC or OPENAI; providers may also speak GEMINI."""
+    """Wire formats. Clients speak ANTHROPIC, OPENAI (Chat Completions) or RESPONSES (OpenAI's
+    Responses API); providers speak any of these or GEMINI."""
 
     ANTHROPIC = "anthropic"
     OPENAI = "openai"
     GEMINI = "gemini"
+    RESPONSES = "responses"
 
 
 @dataclass(frozen=True, slots=True)

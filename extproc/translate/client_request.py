@@ -1,9 +1,10 @@
 """Each client API's request as typed, frozen values: parsed once, read by every pair translator.
 
 ``parse_request(api, body)`` runs the client API's checks (extproc.translate.request_checks) and
-then reads the top level of the checked body into an ``AnthropicRequest`` or an ``OpenAIRequest``:
+then reads the top level of the checked body into an ``AnthropicRequest``, an ``OpenAIRequest`` or
+a ``ResponsesRequest``:
 the model, the output limit, sampling, stop sequences, the caller's user id, the tools offered and
-the tool choice, thinking and effort, the answer's JSON schema. Both APIs' tools and tool choices
+the tool choice, thinking and effort, the answer's JSON schema. Every API's tools and tool choices
 come out in one neutral shape (``Tool``, ``ToolChoice``), so a pair translator only says how its
 provider spells them. The messages stay the checked JSON (``messages``): their content blocks are
 converted block by block by each pair, and copying them into objects first would cost a walk of the
@@ -109,7 +110,38 @@ class OpenAIRequest:
     api = Api.OPENAI
 
 
-ClientRequest = AnthropicRequest | OpenAIRequest
+@dataclass(frozen=True, slots=True)
+class ResponsesRequest:
+    """OpenAI's Responses API. ``items``: the input as a list of items (a string input is one user
+    message); ``hosted_tools``: the tool definitions that are no function (OpenAI's built-in
+    tools, namespaces, freeform ``custom`` tools), kept as sent for the translator to map, drop or
+    refuse."""
+
+    body: Mapping[str, Any]
+    model: str
+    stream: bool
+    max_tokens: int | None  # max_output_tokens
+    items: Sequence[Mapping[str, Any]]
+    instructions: str | None
+    temperature: float | None
+    top_p: float | None
+    user: str | None
+    tools: tuple[Tool, ...]  # function tools
+    hosted_tools: tuple[Mapping[str, Any], ...]
+    tool_choice: ToolChoice | None  # None also for a built-in tool's choice (``hosted_choice``)
+    hosted_choice: str | None  # the type a tool_choice object names when it is no function's
+    parallel_tool_calls: bool
+    reasoning_effort: str | None
+    reasoning_summary: str | None
+    response_format: str | None  # text.format.type: "text", "json_object" or "json_schema"
+    response_schema: Mapping[str, Any] | None
+    turns: int  # assistant turns in the history (assistant messages and function calls, runs of them)
+    raw: bytes = b""
+
+    api = Api.RESPONSES
+
+
+ClientRequest = AnthropicRequest | OpenAIRequest | ResponsesRequest
 
 
 def parse_request(api: Api, body: Mapping[str, Any], counting: bool = False, raw: bytes = b"") -> ClientRequest:
@@ -129,6 +161,8 @@ def read_request(api: Api, body: Mapping[str, Any], raw: bytes = b"") -> ClientR
         return _anthropic(body, raw)
     if api is Api.OPENAI:
         return _openai(body, raw)
+    if api is Api.RESPONSES:
+        return _responses(body, raw)
     raise ValueError(f"{api} is not a client API")
 
 
@@ -281,6 +315,82 @@ def _openai_tool_choice(body: Mapping[str, Any]) -> ToolChoice | None:
         if isinstance(t, dict) and isinstance(t.get("function"), dict) and isinstance(t["function"].get("name"), str)
     )
     return ToolChoice("any" if mode == "required" else "auto", allowed=names)
+
+
+def _responses(body: Mapping[str, Any], raw: bytes) -> ResponsesRequest:
+    items = body["input"]
+    if isinstance(items, str):
+        items = ({"type": "message", "role": "user", "content": items},)
+    functions: list[Tool] = []
+    hosted: list[Mapping[str, Any]] = []
+    for tool in body.get("tools") or ():
+        if tool["type"] == "function":
+            functions.append(_function(tool))
+        else:
+            hosted.append(tool)
+    choice = body.get("tool_choice")
+    hosted_choice = None
+    if choice == "required":
+        tool_choice: ToolChoice | None = ToolChoice("any")
+    elif isinstance(choice, str):
+        tool_choice = ToolChoice(choice)
+    elif choice is None:
+        tool_choice = None
+    elif choice["type"] in ("function", "custom"):
+        tool_choice = ToolChoice("tool", choice["name"])
+    elif choice["type"] == "allowed_tools":
+        names = tuple(
+            tool["name"]
+            for tool in choice["tools"]
+            if isinstance(tool, dict)
+            and tool.get("type") in ("function", "custom")
+            and isinstance(tool.get("name"), str)
+        )
+        tool_choice = ToolChoice("any" if choice["mode"] == "required" else "auto", allowed=names)
+    else:
+        tool_choice, hosted_choice = None, choice["type"]
+    reasoning = body.get("reasoning") or {}
+    fmt = (body.get("text") or {}).get("format")
+    user = body.get("user")
+    instructions = body.get("instructions")
+    return ResponsesRequest(
+        body=body,
+        model=_model(body),
+        stream=body.get("stream") is True,
+        max_tokens=body.get("max_output_tokens"),
+        items=items,
+        instructions=instructions if instructions else None,
+        temperature=body.get("temperature"),
+        top_p=body.get("top_p"),
+        user=user if isinstance(user, str) and user else None,
+        tools=tuple(functions) or _NO_TOOLS,
+        hosted_tools=tuple(hosted),
+        tool_choice=tool_choice,
+        hosted_choice=hosted_choice,
+        parallel_tool_calls=body.get("parallel_tool_calls") is not False,
+        reasoning_effort=reasoning.get("effort"),
+        reasoning_summary=reasoning.get("summary"),
+        response_format=fmt["type"] if fmt is not None else None,
+        response_schema=fmt.get("schema") if fmt is not None and fmt["type"] == "json_schema" else None,
+        turns=_responses_turns(items),
+        raw=raw,
+    )
+
+
+def _responses_turns(items: Sequence[Mapping[str, Any]]) -> int:
+    """Assistant turns: runs of assistant messages and function calls (one Anthropic assistant
+    message each, as the translators merge them)."""
+    turns, in_turn = 0, False
+    for item in items:
+        kind = item.get("type", "message")
+        assistant = kind in ("function_call", "custom_tool_call") or (
+            kind == "message" and item.get("role") == "assistant"
+        )
+        if assistant and not in_turn:
+            turns += 1
+        if kind != "reasoning":
+            in_turn = assistant
+    return turns
 
 
 def _model(body: Mapping[str, Any]) -> str:

@@ -2,11 +2,15 @@
 
 Anthropic: ``{"type":"error","error":{"type":...,"message":...}}``
 OpenAI:    ``{"error":{"message":...,"type":...,"param":null,"code":...}}``
+Responses: OpenAI's shape; a request the gateway refuses names the offending field in ``param``
+           (``input[2].content``), read off the message's leading path (``input.2.content: ...``).
 The same builders are used by ext_proc immediate responses and, as literal templates, by Envoy's
 local_reply_config (see control_plane.resources.gateway) so every error a client sees has one shape.
 """
 
 from __future__ import annotations
+
+import re
 
 import orjson
 
@@ -38,6 +42,12 @@ _OPENAI_TYPES = {
 }
 
 
+# Client APIs whose errors take OpenAI's shape.
+OPENAI_SHAPED = frozenset({Api.OPENAI, Api.RESPONSES})
+# The field path a ClientRequestError message starts with ("input.2.content.0.text: required ...").
+_PARAM = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*): ")
+
+
 def anthropic_error_type(status: int) -> str:
     return _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
 
@@ -46,10 +56,28 @@ def openai_error_type(status: int) -> str:
     return _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
 
 
+def error_type(api: Api, status: int) -> str:
+    """The error type a client of ``api`` reads in an error of ``status``."""
+    return openai_error_type(status) if api in OPENAI_SHAPED else anthropic_error_type(status)
+
+
 def error_body(api: Api, status: int, message: str, code: str | None = None) -> bytes:
     """The JSON error body a client of ``api`` expects for ``status``."""
     if api is Api.OPENAI:
         return orjson.dumps(
             {"error": {"message": message, "type": openai_error_type(status), "param": None, "code": code}}
         )
+    if api is Api.RESPONSES:
+        return orjson.dumps(
+            {"error": {"message": message, "type": openai_error_type(status), "param": param_of(message), "code": code}}
+        )
     return orjson.dumps({"type": "error", "error": {"type": anthropic_error_type(status), "message": message}})
+
+
+def param_of(message: str) -> str | None:
+    """The request field a refusal names first, in OpenAI's spelling (``input[2].content``)."""
+    found = _PARAM.match(message)
+    if found is None:
+        return None
+    head, *rest = found.group(1).split(".")
+    return head + "".join(f"[{part}]" if part.isdigit() else f".{part}" for part in rest)

@@ -11,7 +11,7 @@ from extproc.translate.base import Api, Target, TranslatedBody, TranslatedChunk,
 from extproc.translate.client_request import AnthropicRequest, ClientRequest
 
 # Path of each API's endpoint relative to the provider's base URL path.
-_PATHS = {Api.ANTHROPIC: "/v1/messages", Api.OPENAI: "/chat/completions"}
+_PATHS = {Api.ANTHROPIC: "/v1/messages", Api.OPENAI: "/chat/completions", Api.RESPONSES: "/responses"}
 
 
 class PassthroughTranslator:
@@ -100,3 +100,11 @@ class CountTokensPassthrough(PassthroughTranslator):
 class OpenAIPassthrough(PassthroughTranslator):
     def __init__(self) -> None:
         super().__init__(Api.OPENAI)
+
+
+class ResponsesPassthrough(PassthroughTranslator):
+    """A Responses client to a Responses provider (``POST {base}/responses``): built-in tools,
+    reasoning items with their ``encrypted_content`` and every other field go on as sent."""
+
+    def __init__(self) -> None:
+        super().__init__(Api.RESPONSES)

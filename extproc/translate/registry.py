@@ -1,23 +1,39 @@
-"""{(client API, provider API): translator class}: the whole translation table on one screen.
+"""{(client API, provider API): translator}: the whole translation table on one screen.
 
-A new provider format is one new module and one line here. Classes are imported on first use so
-that a process only loads the translators its policy needs.
+A translator is named by its class ("module:Class"), or, for a pair with no code of its own, by a
+chain of two through the hub format, Anthropic Messages: (client -> Anthropic, Anthropic ->
+provider), composed by extproc.translate.chained. Classes are imported on first use so that a
+process only loads the translators its policy needs.
 """
 
 from __future__ import annotations
 
 import importlib
-from functools import cache
+from collections.abc import Callable
+from functools import cache, partial
 
 from extproc.translate.base import Api, Translator
+from extproc.translate.chained import Chained
 
-TRANSLATORS: dict[tuple[Api, Api], str] = {
+_ANTHROPIC_TO_OPENAI = "extproc.translate.anthropic_openai:AnthropicToOpenAI"
+_ANTHROPIC_TO_GEMINI = "extproc.translate.anthropic_gemini:AnthropicToGemini"
+_ANTHROPIC_TO_RESPONSES = "extproc.translate.anthropic_responses:AnthropicToResponses"
+_OPENAI_TO_ANTHROPIC = "extproc.translate.openai_anthropic:OpenAIToAnthropic"
+_RESPONSES_TO_ANTHROPIC = "extproc.translate.responses_anthropic:ResponsesToAnthropic"
+
+TRANSLATORS: dict[tuple[Api, Api], str | tuple[str, str]] = {
     (Api.ANTHROPIC, Api.ANTHROPIC): "extproc.translate.passthrough:AnthropicPassthrough",
     (Api.OPENAI, Api.OPENAI): "extproc.translate.passthrough:OpenAIPassthrough",
-    (Api.ANTHROPIC, Api.OPENAI): "extproc.translate.anthropic_openai:AnthropicToOpenAI",
-    (Api.ANTHROPIC, Api.GEMINI): "extproc.translate.anthropic_gemini:AnthropicToGemini",
-    (Api.OPENAI, Api.ANTHROPIC): "extproc.translate.openai_anthropic:OpenAIToAnthropic",
+    (Api.RESPONSES, Api.RESPONSES): "extproc.translate.passthrough:ResponsesPassthrough",
+    (Api.ANTHROPIC, Api.OPENAI): _ANTHROPIC_TO_OPENAI,
+    (Api.ANTHROPIC, Api.GEMINI): _ANTHROPIC_TO_GEMINI,
+    (Api.ANTHROPIC, Api.RESPONSES): _ANTHROPIC_TO_RESPONSES,
+    (Api.OPENAI, Api.ANTHROPIC): _OPENAI_TO_ANTHROPIC,
     (Api.OPENAI, Api.GEMINI): "extproc.translate.openai_gemini:OpenAIToGemini",
+    (Api.OPENAI, Api.RESPONSES): (_OPENAI_TO_ANTHROPIC, _ANTHROPIC_TO_RESPONSES),
+    (Api.RESPONSES, Api.ANTHROPIC): _RESPONSES_TO_ANTHROPIC,
+    (Api.RESPONSES, Api.OPENAI): (_RESPONSES_TO_ANTHROPIC, _ANTHROPIC_TO_OPENAI),
+    (Api.RESPONSES, Api.GEMINI): (_RESPONSES_TO_ANTHROPIC, _ANTHROPIC_TO_GEMINI),
 }
 
 
@@ -29,8 +45,12 @@ COUNT_TOKENS: dict[Api, str] = {
 
 
 @cache
-def translator_class(client: Api, provider: Api) -> type[Translator] | None:
-    return _load(TRANSLATORS.get((client, provider)))
+def translator_class(client: Api, provider: Api) -> Callable[[], Translator] | None:
+    """What makes a fresh translator for the pair (a class, or a chain's factory); None if none."""
+    entry = TRANSLATORS.get((client, provider))
+    if isinstance(entry, tuple):
+        return partial(_chain, _load(entry[0]), _load(entry[1]))
+    return _load(entry)
 
 
 def count_tokens_translator(provider: Api) -> Translator | None:
@@ -47,11 +67,16 @@ def _load(dotted: str | None) -> type[Translator] | None:
     return getattr(importlib.import_module(module), name)
 
 
+def _chain(outer: type[Translator] | None, inner: type[Translator] | None) -> Translator:
+    assert outer is not None and inner is not None
+    return Chained(outer(), inner())
+
+
 def supports(client: Api, provider: Api) -> bool:
     return (client, provider) in TRANSLATORS
 
 
 def translator_for(client: Api, provider: Api) -> Translator | None:
     """A fresh translator for one request, or None when the pair is not supported."""
-    cls = translator_class(client, provider)
-    return cls() if cls is not None else None
+    factory = translator_class(client, provider)
+    return factory() if factory is not None else None

@@ -28,6 +28,12 @@ _OPENAI_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 _OPENAI_TOOL_CHOICES = ("auto", "required", "none")
 _REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 _RESPONSE_FORMATS = ("text", "json_object", "json_schema")
+_RESPONSES_ROLES = ("user", "assistant", "system", "developer")
+_RESPONSES_TEXT_PARTS = ("input_text", "output_text")
+_RESPONSES_PARTS = (*_RESPONSES_TEXT_PARTS, "refusal", "input_image", "input_file")
+_REASONING_SUMMARIES = ("auto", "concise", "detailed")
+# Stored state (previous_response_id, conversations, item references, background runs) comes later.
+STORED_RESPONSES_DISABLED = "stored responses are not enabled on this gateway: send the whole conversation in input"
 
 
 def check_request(api: Api, body: Mapping[str, Any], counting: bool = False) -> None:
@@ -37,6 +43,8 @@ def check_request(api: Api, body: Mapping[str, Any], counting: bool = False) -> 
         check_anthropic(body, counting)
     elif api is Api.OPENAI:
         check_openai(body)
+    elif api is Api.RESPONSES:
+        check_responses(body)
 
 
 # --- Anthropic Messages ---------------------------------------------------------------------------
@@ -95,7 +103,8 @@ def _anthropic_message(i: int, message: Any, called: set[str]) -> None:
             else:
                 _anthropic_tool_use(f"messages.{i}.content.{j}", block, role, called)
         elif kind == "tool_result":
-            if role == "assistant" or block.get("tool_use_id") not in called or not _is_name(block["tool_use_id"]):
+            # The name test first: an unhashable id (a list) cannot be looked up in ``called``.
+            if role == "assistant" or not _is_name(block.get("tool_use_id")) or block["tool_use_id"] not in called:
                 _anthropic_tool_result(f"messages.{i}.content.{j}", block, role, called)
         elif kind in _USER_ONLY_BLOCKS:
             path = f"messages.{i}.content.{j}"
@@ -268,6 +277,177 @@ def _response_format(fmt: Any) -> None:
         spec = fmt.get("json_schema")
         if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
             raise ClientRequestError("response_format.json_schema.schema: must be an object")
+
+
+# --- OpenAI Responses -----------------------------------------------------------------------------
+
+
+def check_responses(body: Mapping[str, Any]) -> None:
+    """The Responses API's own rules. Which tools and items a provider can take (built-in tools,
+    computer calls...) is the translator's to say: a Responses provider takes them all."""
+    for key in ("previous_response_id", "conversation"):
+        if body.get(key) is not None:
+            raise ClientRequestError(f"{key}: {STORED_RESPONSES_DISABLED}")
+    if body.get("background") is True:
+        raise ClientRequestError(f"background: {STORED_RESPONSES_DISABLED}")
+    items = body.get("input")
+    if isinstance(items, str):
+        if not items:
+            raise ClientRequestError("input: must not be empty")
+    elif isinstance(items, list) and items:
+        called: set[str] = set()  # function_call ids so far: an output must answer one of them
+        for i, item in enumerate(items):
+            _responses_item(i, item, called)
+    else:
+        raise ClientRequestError("input: required, must be a string or a non-empty array of input items")
+    instructions = body.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise ClientRequestError("instructions: must be a string")
+    _positive_int(body, "max_output_tokens")
+    for key in ("temperature", "top_p"):
+        _number(body, key)
+    for key in ("stream", "store", "parallel_tool_calls"):
+        if body.get(key) is not None and not isinstance(body[key], bool):
+            raise ClientRequestError(f"{key}: must be a boolean")
+    if body.get("user") is not None and not isinstance(body["user"], str):
+        raise ClientRequestError("user: must be a string")
+    _object(body, "metadata")
+    _strings(body, "include")
+    _responses_tools(body.get("tools"))
+    _responses_tool_choice(body.get("tool_choice"))
+    reasoning = _object(body, "reasoning") or {}
+    effort, summary = reasoning.get("effort"), reasoning.get("summary")
+    if effort is not None and effort not in _REASONING_EFFORTS:
+        raise ClientRequestError(
+            f"reasoning.effort: must be one of {', '.join(_REASONING_EFFORTS)}, got {short(effort)}"
+        )
+    if summary is not None and summary not in _REASONING_SUMMARIES:
+        raise ClientRequestError(
+            f"reasoning.summary: must be one of {', '.join(_REASONING_SUMMARIES)}, got {short(summary)}"
+        )
+    text = _object(body, "text") or {}
+    fmt = text.get("format")
+    if fmt is None:
+        return
+    if not isinstance(fmt, dict) or fmt.get("type") not in _RESPONSE_FORMATS:
+        kind = fmt.get("type") if isinstance(fmt, dict) else fmt
+        raise ClientRequestError(f"text.format.type: must be one of {', '.join(_RESPONSE_FORMATS)}, got {short(kind)}")
+    if fmt["type"] == "json_schema":
+        _required_name(fmt.get("name"), "text.format.name")
+        if not isinstance(fmt.get("schema"), dict):
+            raise ClientRequestError("text.format.schema: required, must be an object")
+
+
+def _responses_item(i: int, item: Any, called: set[str]) -> None:
+    path = f"input.{i}"
+    if not isinstance(item, dict):
+        raise ClientRequestError(f"{path}: must be an object")
+    kind = item.get("type", "message" if "role" in item else None)
+    if kind == "message":
+        role = item.get("role")
+        if role not in _RESPONSES_ROLES:
+            raise ClientRequestError(f"{path}.role: must be one of {', '.join(_RESPONSES_ROLES)}, got {short(role)}")
+        content = item.get("content")
+        if isinstance(content, str):
+            return
+        if not isinstance(content, list):
+            raise ClientRequestError(f"{path}.content: required, must be a string or an array of content parts")
+        for j, part in enumerate(content):
+            _responses_part(f"{path}.content.{j}", part)
+    elif kind == "function_call":
+        for field in ("call_id", "name"):
+            _required_name(item.get(field), f"{path}.{field}")
+        if not isinstance(item.get("arguments"), str):
+            raise ClientRequestError(f"{path}.arguments: required, must be a string")
+        called.add(item["call_id"])
+    elif kind == "custom_tool_call":
+        for field in ("call_id", "name"):
+            _required_name(item.get(field), f"{path}.{field}")
+        if not isinstance(item.get("input"), str):
+            raise ClientRequestError(f"{path}.input: required, must be a string")
+        called.add(item["call_id"])
+    elif kind in ("function_call_output", "custom_tool_call_output"):
+        answered = item.get("call_id")
+        _required_name(answered, f"{path}.call_id")
+        if answered not in called:
+            raise ClientRequestError(f"{path}.call_id: {short(answered)} answers no earlier tool call")
+        output = item.get("output")
+        if isinstance(output, list):
+            for j, part in enumerate(output):
+                _responses_part(f"{path}.output.{j}", part)
+        elif not isinstance(output, str):
+            raise ClientRequestError(f"{path}.output: required, must be a string or an array of content parts")
+    elif kind == "reasoning":
+        summary = item.get("summary", [])
+        if not isinstance(summary, list) or not all(
+            isinstance(part, dict) and isinstance(part.get("text"), str) for part in summary
+        ):
+            raise ClientRequestError(f"{path}.summary: must be an array of summary_text parts")
+        if item.get("encrypted_content") is not None and not isinstance(item["encrypted_content"], str):
+            raise ClientRequestError(f"{path}.encrypted_content: must be a string")
+    elif kind == "item_reference":
+        raise ClientRequestError(f"{path}: {STORED_RESPONSES_DISABLED}")
+    elif not isinstance(kind, str) or not kind:
+        raise ClientRequestError(f"{path}.type: required, must be a string")
+
+
+def _responses_part(path: str, part: Any) -> None:
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind in _RESPONSES_TEXT_PARTS:
+        if not isinstance(part.get("text"), str):
+            raise ClientRequestError(f"{path}.text: required, must be a string")
+    elif kind == "refusal":
+        if not isinstance(part.get("refusal"), str):
+            raise ClientRequestError(f"{path}.refusal: required, must be a string")
+    elif kind == "input_image":
+        if not any(isinstance(part.get(key), str) and part[key] for key in ("image_url", "file_id")):
+            raise ClientRequestError(f"{path}: an input_image needs an image_url or a file_id")
+    elif kind == "input_file":
+        if not any(isinstance(part.get(key), str) and part[key] for key in ("file_data", "file_url", "file_id")):
+            raise ClientRequestError(f"{path}: an input_file needs file_data, file_url or a file_id")
+    elif not isinstance(kind, str):
+        raise ClientRequestError(f"{path}: must be an object with a string 'type'")
+    else:
+        raise ClientRequestError(f"{path}.type: must be one of {', '.join(_RESPONSES_PARTS)}, got {short(kind)}")
+
+
+def _responses_tools(tools: Any) -> None:
+    for k, tool in _objects(tools, "tools"):
+        kind = tool.get("type")
+        if kind == "function":
+            _responses_function(f"tools.{k}", tool)
+        elif kind == "namespace":
+            for n, inner in _objects(tool.get("tools"), f"tools.{k}.tools"):
+                _responses_function(f"tools.{k}.tools.{n}", inner)
+        elif kind == "custom":
+            _required_name(tool.get("name"), f"tools.{k}.name")
+            if tool.get("format") is not None and not isinstance(tool["format"], dict):
+                raise ClientRequestError(f"tools.{k}.format: must be an object")
+        elif not isinstance(kind, str) or not kind:
+            raise ClientRequestError(f"tools.{k}.type: required, must be a string")
+
+
+def _responses_function(path: str, tool: Mapping[str, Any]) -> None:
+    _required_name(tool.get("name"), f"{path}.name")
+    if tool.get("parameters") is not None and not isinstance(tool["parameters"], dict):
+        raise ClientRequestError(f"{path}.parameters: must be an object")
+    if tool.get("strict") is not None and not isinstance(tool["strict"], bool):
+        raise ClientRequestError(f"{path}.strict: must be a boolean")
+
+
+def _responses_tool_choice(choice: Any) -> None:
+    if choice is None or choice in _OPENAI_TOOL_CHOICES:
+        return
+    if not isinstance(choice, dict):
+        raise ClientRequestError(f"tool_choice: must be 'auto', 'required', 'none' or an object, got {short(choice)}")
+    kind = choice.get("type")
+    if kind in ("function", "custom"):
+        _required_name(choice.get("name"), "tool_choice.name")
+    elif kind == "allowed_tools":
+        if choice.get("mode") not in ("auto", "required") or not isinstance(choice.get("tools"), list):
+            raise ClientRequestError("tool_choice: allowed_tools needs mode 'auto' or 'required' and a tools array")
+    elif not isinstance(kind, str) or not kind:
+        raise ClientRequestError("tool_choice.type: required, must be a string")
 
 
 # --- shared ---------------------------------------------------------------------------------------

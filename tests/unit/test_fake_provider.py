@@ -727,3 +727,10 @@ def test_a_script_of_tool_directives_is_called_one_after_another() -> None:
     assert reply(1, ("x",)).tool_call.name == "b__add"
     last = reply(2, ("3",))
     assert last.tool_call is None and last.text == "Tool result: 3"
+
+
+def test_codex_environment_context_is_not_the_users_words() -> None:
+    context = "<environment_context>\n  <cwd>/tmp/p</cwd>\n</environment_context>"
+    assert without_reminders(f"{context}\n\nlist the files") == "list the files"
+    assert without_reminders(context) == ""
+    assert without_reminders("<environment_context> unclosed") == ""
