@@ -57,6 +57,8 @@ SOAK_REQUESTS = 200_000
 RPS_RATIO_MIN = {MAIN_CASE: 0.20, PASSTHROUGH_CASE: 0.30}  # non-streaming 40 KB, translated / passthrough
 CPU_MULTIPLE_MAX = 10.0  # gateway (Envoy + ext_proc) CPU per request / plain Envoy's, translated 40 KB
 PYTHON_CPU_MS_MAX = {MAIN_CASE: 0.35, PASSTHROUGH_CASE: 0.2}  # ext_proc component, ms per request
+CHAT_CASE, RESPONSES_CASE = "chat-to-anthropic-40k", "responses-to-anthropic-40k"
+RESPONSES_CPU_EXCESS_MAX = 0.10  # a Responses request's gateway CPU over the same Chat request's
 CHUNK_CPU_MS_MAX = 0.2  # ext_proc CPU per upstream SSE event of a translated stream
 ADDED_P99_MS_MAX = 10.0  # at half the gateway's max req/s, open loop
 RSS_GROWTH_PCT_MAX = 10.0  # over SOAK_REQUESTS
@@ -221,6 +223,22 @@ def _gateway_row(derived: dict[str, dict[str, Any]], case: str) -> dict[str, Any
     return derived.get(case, {}).get(GATEWAY, {})
 
 
+def _client_api_line(derived: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Issue 24: a Responses request (Codex) costs what the same conversation costs from a Chat
+    client, both translated to an Anthropic-format provider: gateway CPU per request."""
+    chat = _gateway_row(derived, CHAT_CASE).get("gateway_cpu_ms_per_request")
+    responses = _gateway_row(derived, RESPONSES_CASE).get("gateway_cpu_ms_per_request")
+    excess = responses / chat - 1 if chat and responses is not None else None
+    return _judge(
+        f"Responses 40 KB -> Anthropic provider: gateway CPU per request <= {RESPONSES_CPU_EXCESS_MAX:.0%} over the Chat path's",
+        excess,
+        lambda v: v <= RESPONSES_CPU_EXCESS_MAX,
+        "{:+.1%}",
+        f"run the {CHAT_CASE} and {RESPONSES_CASE} cases",
+        f"{responses:.3f} vs {chat:.3f} ms" if excess is not None else "",
+    )
+
+
 def budget(results: dict[str, Any], derived: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
     """The budget verdicts, for the gateway on its default path (hop); gateway-ext_proc is not judged."""
     lines = []
@@ -259,6 +277,8 @@ def budget(results: dict[str, Any], derived: dict[str, dict[str, Any]]) -> list[
                 f"run the {case} case",
             )
         )
+    if CHAT_CASE in derived or RESPONSES_CASE in derived:  # judged when the run compared the client APIs
+        lines.append(_client_api_line(derived))
     for case, label in ((STREAM_CASE, "60 chunks at once"), (PACED_STREAM_CASE, "200 chunks one by one")):
         row = _gateway_row(derived, case)
         lines.append(

@@ -47,6 +47,7 @@ from bench.report import HOP_CALLS
 from bench.targets import GATEWAY, GATEWAY_EXTPROC, TARGET_BY_DECISION_PATH
 from bench.workloads import CASES_BY_NAME, MAIN_CASE, Case
 from ccr.v1.contract import CACHE_HEADER  # x-ccr-cache: hit, miss or bypass
+from extproc.translate.base import Api
 
 __all__ = ["DECISION_PATHS", "DEFAULT_PATHS", "BenchError", "Settings", "run_bench"]
 
@@ -245,13 +246,19 @@ class Bench:
     def check_answer(self, where: str, target: Target, case: Case, status: int, body: bytes) -> None:
         if status != 200:
             raise BenchError(f"{where}: HTTP {status}: {body[:500]!r}")
-        openai = not target.is_gateway and case.translated  # plain Envoy returns the provider's answer as is
+        # Plain Envoy returns the provider's answer as is; a gateway answers in the client's format.
+        shape = (
+            case.client_api
+            if target.is_gateway
+            else (Api.OPENAI if case.translated and not case.from_other_client else Api.ANTHROPIC)
+        )
+        openai = shape is Api.OPENAI
         if case.stream:
             end = b"data: [DONE]" if openai else b"event: message_stop"
             if end not in body:
                 raise BenchError(f"{where}: stream did not end with {end!r}: {body[-300:]!r}")
         else:
-            text = answer_text(body, openai)
+            text = answer_text(body, openai) if shape is not Api.RESPONSES else responses_text(body)
             if text is None:
                 raise BenchError(f"{where}: unexpected response {body[:300]!r}")
             if case.direct and text != DIRECT_ANSWER_TEXT:
@@ -481,6 +488,18 @@ def answer_text(body: bytes, openai: bool) -> str | None:
             return None
         return next(block["text"] for block in parsed["content"] if block.get("type") == "text")
     except (ValueError, KeyError, IndexError, TypeError, AttributeError, StopIteration):
+        return None
+
+
+def responses_text(body: bytes) -> str | None:
+    """The text of a whole Responses answer: its first message's output_text; None otherwise."""
+    try:
+        parsed = json.loads(body)
+        if parsed.get("object") != "response" or parsed.get("status") != "completed":
+            return None
+        message = next(item for item in parsed["output"] if item.get("type") == "message")
+        return next(part["text"] for part in message["content"] if part.get("type") == "output_text")
+    except (ValueError, KeyError, TypeError, AttributeError, StopIteration):
         return None
 
 

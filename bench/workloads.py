@@ -227,6 +227,33 @@ def claude_code_body(
     return encode(body)
 
 
+def client_body_for(api: Api, anthropic_body: bytes, model: str) -> bytes:
+    """``anthropic_body`` as a ``api`` client would send it (Chat Completions or Responses), made by
+    the gateway's own translators (Anthropic -> that format): the same conversation, tools and size
+    class, so the client APIs' cases compare like with like."""
+    if api is Api.ANTHROPIC:
+        return anthropic_body
+    return _translated(Api.ANTHROPIC, api, anthropic_body, model)
+
+
+def anthropic_upstream_body(api: Api, client_body: bytes, model: str) -> bytes:
+    """The Anthropic Messages request the gateway sends upstream for ``client_body`` (an ``api``
+    client's) to ``model``: the plain-Envoy baseline sends exactly this."""
+    return _translated(api, Api.ANTHROPIC, client_body, model)
+
+
+def _translated(client: Api, provider: Api, body: bytes, model: str) -> bytes:
+    parsed = json.loads(body)
+    translator = translator_for(client, provider)
+    if translator is None:
+        raise RuntimeError(f"no {client} -> {provider} translator registered")
+    base_path = "/v1" if provider in (Api.OPENAI, Api.RESPONSES) else ""
+    target = Target(
+        model=model, base_path=base_path, stream=bool(parsed.get("stream")), max_output_tokens=MAX_OUTPUT_TOKENS
+    )
+    return translator.request(parse_request(client, parsed), target).body
+
+
 def openai_body(anthropic_body: bytes, model: str = OPENAI_MODEL) -> bytes:
     """The OpenAI Chat Completions request the gateway sends upstream for ``anthropic_body`` to
     ``model``, produced by the gateway's own translator: the plain-Envoy baseline sends exactly this."""
@@ -256,6 +283,13 @@ class Case:
     chunk_gap_ms: float = 0.0  # gap between streamed events; 0 = the whole stream in one write
     # Distinct deterministic requests sent in turn to a cached model; 0: one request, not cached.
     pool: int = 0
+    # The client's API for the cases that compare client APIs (an Anthropic-format provider, the
+    # upstream Envoy's canned answer): Chat Completions or Responses; Anthropic for the others.
+    client_api: Api = Api.ANTHROPIC
+
+    @property
+    def from_other_client(self) -> bool:
+        return self.client_api is not Api.ANTHROPIC
 
     @property
     def cached(self) -> bool:
@@ -275,12 +309,17 @@ class Case:
         """The model the client asks for; the provider serving it has the same model id upstream."""
         if self.cached:
             return ANTHROPIC_DIRECT_CACHED_MODEL if self.direct else ANTHROPIC_CACHED_MODEL
+        if self.from_other_client:
+            return ANTHROPIC_DIRECT_MODEL if self.direct else ANTHROPIC_MODEL
         if self.translated:
             return OPENAI_DIRECT_MODEL if self.direct else OPENAI_MODEL
         return ANTHROPIC_DIRECT_MODEL if self.direct else ANTHROPIC_MODEL
 
     def client_bodies(self) -> list[bytes]:
         """The requests the load sends in turn: one, or a cached case's pool (seeds SEED, SEED + 1, ...)."""
+        if self.from_other_client:
+            body = claude_code_body(SIZES[self.size], model=self.model, stream=self.stream)
+            return [client_body_for(self.client_api, body, self.model)]
         if not self.cached:
             return [claude_code_body(SIZES[self.size], model=self.model, stream=self.stream)]
         return [
@@ -291,6 +330,8 @@ class Case:
     def baseline_bodies(self) -> list[bytes]:
         """What plain Envoy forwards: the bodies the gateway would send upstream, in the same order."""
         bodies = self.client_bodies()
+        if self.from_other_client:
+            return [anthropic_upstream_body(self.client_api, body, self.model) for body in bodies]
         return [openai_body(body, self.model) for body in bodies] if self.translated else bodies
 
     def client_body(self) -> bytes:
@@ -300,10 +341,10 @@ class Case:
         return self.baseline_bodies()[0]
 
     def client_path(self) -> str:
-        return "/v1/messages"
+        return _CLIENT_PATHS[self.client_api]
 
     def baseline_path(self) -> str:
-        return "/v1/chat/completions" if self.translated else "/v1/messages"
+        return "/v1/chat/completions" if self.translated and not self.from_other_client else "/v1/messages"
 
     def fake_headers(self) -> dict[str, str]:
         if not self.stream:
@@ -311,6 +352,8 @@ class Case:
         return {"x-fake-chunks": str(self.chunks), "x-fake-chunk-delay-ms": f"{self.chunk_gap_ms:g}"}
 
     def client_headers(self) -> dict[str, str]:
+        if self.from_other_client:  # an OpenAI SDK's headers (the key in x-api-key: the bench's targets read it there)
+            return {"content-type": "application/json", "x-api-key": "sk-bench-client-key"}
         return {
             "content-type": "application/json",
             "anthropic-version": "2023-06-01",
@@ -321,7 +364,13 @@ class Case:
     def baseline_headers(self) -> dict[str, str]:
         """The client's headers (passthrough) or the provider's (translated), plus plain Envoy's
         upstream choice."""
-        if self.translated:
+        if self.from_other_client:  # what the gateway sends an Anthropic-format provider
+            headers = {
+                "content-type": "application/json",
+                "anthropic-version": "2023-06-01",
+                "x-api-key": "sk-ant-bench-provider-key",
+            }
+        elif self.translated:
             headers = {
                 "content-type": "application/json",
                 "authorization": "Bearer sk-bench-provider-key",
@@ -391,8 +440,25 @@ CASES: tuple[Case, ...] = (
         chunks=60,
         pool=CACHE_POOL,
     ),
+    # Issue 24's comparison: the same 40 KB conversation from a Chat Completions client and from a
+    # Responses client (as Codex sends it), both translated to an Anthropic-format provider.
+    Case(
+        "chat-to-anthropic-40k",
+        "OpenAI Chat -> Anthropic provider, 40 KB (the Claude Code-shaped conversation), non-streaming",
+        "40k",
+        translated=True,
+        client_api=Api.OPENAI,
+    ),
+    Case(
+        "responses-to-anthropic-40k",
+        "OpenAI Responses -> Anthropic provider, 40 KB (the same conversation), non-streaming",
+        "40k",
+        translated=True,
+        client_api=Api.RESPONSES,
+    ),
 )
 CASES_BY_NAME = {case.name: case for case in CASES}
+_CLIENT_PATHS = {Api.ANTHROPIC: "/v1/messages", Api.OPENAI: "/v1/chat/completions", Api.RESPONSES: "/v1/responses"}
 QUICK_CASES = ("translated-40k", "translated-stream-40k", "cached-40k")
 # The budget's reference cases.
 MAIN_CASE = "translated-40k"

@@ -97,7 +97,18 @@ def test_every_case_has_a_baseline_body_for_plain_envoy() -> None:
         body = json.loads(case.baseline_body())
         assert "messages" in body and body["model"] == case.model == json.loads(case.client_body())["model"]
         assert body.get("stream", False) == case.stream
-        assert ("max_completion_tokens" in body) == case.translated  # the translator's, not the client's
+        # The translator's, not the client's (an OpenAI-format provider's field).
+        assert ("max_completion_tokens" in body) == (case.translated and not case.from_other_client)
+
+
+def test_the_client_api_cases_send_one_conversation_to_an_anthropic_provider() -> None:
+    chat, responses = CASES_BY_NAME["chat-to-anthropic-40k"], CASES_BY_NAME["responses-to-anthropic-40k"]
+    assert (chat.client_path(), responses.client_path()) == ("/v1/chat/completions", "/v1/responses")
+    assert "messages" in json.loads(chat.client_body()) and "input" in json.loads(responses.client_body())
+    upstream = [json.loads(case.baseline_body()) for case in (chat, responses)]
+    assert all(body["model"] == ANTHROPIC_DIRECT_MODEL for body in upstream)
+    assert len(upstream[0]["messages"]) == len(upstream[1]["messages"])  # the same turns either way
+    assert all(abs(len(case.client_body()) - SIZES["40k"]) < 4096 for case in (chat, responses))
 
 
 def test_non_streaming_cases_go_to_the_upstream_envoy_on_both_sides() -> None:
@@ -630,3 +641,16 @@ def test_a_rewrite_keeps_the_hand_written_notes_and_only_them() -> None:
     assert new == f"# Performance\nnew figures\n\n{document.NOTES_MARKER}\n## By hand\nworker scaling\n"
     assert document.with_kept_notes("# new\n", "# old, no notes\n") == "# new\n"
     assert document.with_kept_notes("# new\n", None) == "# new\n"
+
+
+def test_a_responses_request_is_judged_against_the_same_conversation_from_a_chat_client() -> None:
+    def verdicts_with(responses_ext_proc: float) -> dict[str, str]:
+        results = _results()
+        for name, ext_proc in (("chat-to-anthropic-40k", 0.30), ("responses-to-anthropic-40k", responses_ext_proc)):
+            gateway = _window(GATEWAY, 2_500, 6.0, {"envoy": 0.5, "ext_proc": ext_proc}, _hop(2))
+            results["cases"].append(_case(name, gateway, _window(GATEWAY_EXTPROC, 1_000, 9.0, {"envoy": 0.8}, _hop(0))))
+        return _verdicts(results)
+
+    assert _verdict(verdicts_with(0.35), "over the Chat path") == MET  # 0.85 vs 0.80 ms: +6.3%
+    assert _verdict(verdicts_with(0.40), "over the Chat path") == NOT_MET  # 0.90 vs 0.80 ms: +12.5%
+    assert not any("over the Chat path" in text for text in _verdicts(_results()))  # not run: no line
