@@ -23,6 +23,7 @@ from typing import Any
 
 from bench import batches as batch_bench
 from bench import document, report
+from bench import mcp as mcp_bench
 from bench.environment import REDIS_HOST, REDIS_PORT, redis_listening
 from bench.load import LoadError, pick_driver
 from bench.runner import DECISION_PATHS, DEFAULT_PATHS, BenchError, Settings, run_bench
@@ -87,6 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"smoke run: {QUICK_DURATION_S:g} s per measurement, cases {','.join(QUICK_CASES)}, 4 connections",
     )
     batch_bench.add_arguments(parser)  # --batches and its options: bench/batches.py
+    mcp_bench.add_arguments(parser)  # --mcp and its options: bench/mcp.py
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -171,10 +173,10 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.batches:
+    if args.batches or args.mcp:
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
-            return batch_bench.run(args, _progress)
+            return (batch_bench if args.batches else mcp_bench).run(args, _progress)
         finally:
             signal.signal(signal.SIGTERM, previous)
     if args.from_json:

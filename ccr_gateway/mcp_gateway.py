@@ -3,9 +3,10 @@
 Composition only: the policy from the control plane (the same xDS subscription as an ext_proc
 worker, ``RoutingTable.mcp``), the session store and call counter (in this process, or Redis with
 ``--redis``), the usage sink the ext_proc worker would use (ccr_gateway.ledger_wiring), the audit
-log (audit.hooks.AuditLog, appended off the request path), Prometheus on ``--metrics``. Served
-until SIGINT/SIGTERM, then stdio servers are shut down as the MCP spec says (close stdin, SIGTERM,
-SIGKILL) and the sinks flushed.
+log (audit.hooks.AuditLog, appended off the request path), Prometheus on ``--metrics``, spans to
+the policy's ``tracing:`` collector (extproc.tracing_export, as an ext_proc worker does; service
+name ``<service_name>-mcp``). Served until SIGINT/SIGTERM, then stdio servers are shut down as the
+MCP spec says (close stdin, SIGTERM, SIGKILL) and the sinks flushed.
 
 The service believes the x-ccr-tenant / x-ccr-key headers: it must listen where only the
 gateway's Envoy can reach it (a Unix socket, or loopback), like the batch API.
@@ -22,7 +23,7 @@ import os
 import signal
 import socket
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from audit.chain import Draft
 from audit.hooks import AUDIT_FAILURES, AuditLog, enabled
@@ -33,6 +34,10 @@ from ccr_gateway.ledger_wiring import add_worker_arguments, open_sink
 from extproc.mcp_observe import Recorder, ToolCall
 from extproc.mcp_service import McpService, ServiceConfig, start
 from extproc.mcp_store import DEFAULT_PREFIX
+
+if TYPE_CHECKING:
+    from extproc.routing_table import RoutingTable
+    from extproc.tracing_export import TracingFollower
 
 log = logging.getLogger("ccr.mcp.gateway")
 
@@ -180,9 +185,22 @@ async def _serve(
 
         start_http_server(metrics[1], addr=metrics[0])
     credentials = TlsFiles(*tls).grpc_channel_credentials() if tls else None
+    follower: TracingFollower | None = None  # made on the first policy that traces
+
+    def install(table: RoutingTable) -> None:
+        nonlocal follower
+        service.install(table.mcp)
+        if table.tracing is not None and follower is None:
+            # Imported only then, as in an ext_proc worker: the OTLP messages are MBs.
+            from extproc.tracing_export import TracingFollower
+
+            follower = TracingFollower(role="mcp")
+        if follower is not None:
+            follower.install(table.tracing)
+
     subscriber = PolicySubscriber(
         args.control_plane,
-        lambda table: service.install(table.mcp),
+        install,
         node_id=f"mcp-gateway-{socket.gethostname()}-{os.getpid()}",
         credentials=credentials,
     )
@@ -215,5 +233,7 @@ async def _serve(
         service.close_streams()
         await runner.cleanup()
         await service.close()
+        if follower is not None:
+            follower.close()  # the last requests' spans, sent within a moment
         if redis is not None:
             await redis.aclose()

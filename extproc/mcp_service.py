@@ -23,6 +23,14 @@ before anything goes upstream: over it, the JSON-RPC error ``RATE_LIMITED`` (-32
 leaves -32000..-32099 to the implementation; 29 for HTTP's 429), HTTP 200, ``data`` with the
 limit and the seconds to the next window. Then the usage record, audit entry and metrics
 (extproc.mcp_observe).
+
+Spans (ccr.v1.tracing; no-ops when the policy traces nothing): each POST is a server span
+``mcp.<method>`` (``mcp.tools/call``), the child of the ``traceparent`` Envoy sent, with
+``mcp.server``, ``mcp.tool`` (tools/call only), ``ccr.tenant``, ``ccr.mcp.outcome`` and the HTTP
+status; never arguments or results. Each upstream call under it is a client span
+``mcp.upstream.<method>`` (opening the upstream session: ``mcp.upstream.initialize``), and its
+context is the ``traceparent`` sent upstream, so the server's own spans hang below it. A request
+that failed upstream, or with a 5xx, is exported even when Envoy did not sample it.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ import orjson
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from ccr.v1 import log_context
+from ccr.v1 import log_context, tracing
 from ccr.v1.contract import ANONYMOUS_TENANT_VALUE, KEY_HEADER, TENANT_HEADER
 from extproc.mcp import router
 from extproc.mcp.access import Access
@@ -63,6 +71,9 @@ MAX_FETCHES = 64  # catalog pages one client request may need (a merged page spa
 KEEPALIVE_S = 15.0
 READY_PATH = "/ready"
 SERVER_INFO = {"name": "ccr-gateway", "version": "0.1.0"}
+SPAN_PREFIX = "mcp"  # a request's span is mcp.<JSON-RPC method>; an upstream call mcp.upstream.<method>
+OUTCOME_ATTRIBUTE = "ccr.mcp.outcome"  # extproc.mcp_observe.OUTCOMES for tools/call; also ok / refused
+FAILED_OUTCOMES = frozenset({"upstream_error", "upstream_timeout"})  # the gateway's failure: always exported
 
 
 @dataclass(frozen=True)
@@ -217,6 +228,20 @@ class McpService:
         request_id = headers.get("x-request-id") or uuid.uuid4().hex
         caller = Caller.from_headers(headers)
         token = log_context.bind(request_id=request_id, tenant=caller.tenant)
+        # POSTs only: a GET stream lives as long as its session, a span over it says nothing.
+        opened = tracing.begin(SPAN_PREFIX, headers.get("traceparent")) if request.method == "POST" else None
+        status = 499  # cancelled: the client went away before its answer
+        try:
+            response = await self._handle(request, headers, request_id, caller)
+            status = response.status
+            return response
+        finally:
+            _end_span(opened, status)
+            log_context.reset(token)
+
+    async def _handle(
+        self, request: web.Request, headers: dict[str, str], request_id: str, caller: Caller
+    ) -> web.StreamResponse:
         try:
             if request.path == READY_PATH and request.method == "GET":
                 return web.Response(status=200 if self.policy_seen else 503, text="ready\n" if self.policy_seen else "")
@@ -232,8 +257,6 @@ class McpService:
         except Exception:
             log.exception("MCP request failed")
             return _json_reply(500, error_response(None, INTERNAL_ERROR, "Internal error in the MCP gateway"))
-        finally:
-            log_context.reset(token)
 
     async def _dispatch(
         self,
@@ -261,6 +284,9 @@ class McpService:
                 await self._terminate(session)
             return self._reply(decision)
         body = await _read_body(request, config.max_body_bytes)
+        root = tracing.current()  # the request's span (None when not traced)
+        if root is not None:
+            _name_span(root, body, caller)
         access = caller.access(settings)
         passed = {k: headers[k] for k in PASSED_HEADERS if k in headers}
         await self.keeper.ensure()
@@ -268,8 +294,12 @@ class McpService:
         fetches = 0
         while decision.action is Action.FETCH and decision.fetch is not None and fetches < MAX_FETCHES:
             fetches += 1
-            await self.keeper.fetch(decision.fetch, passed)
+            need = decision.fetch
+            with _upstream_span(need.kind.method, need.server) as span:
+                await self.keeper.fetch(need, _traced(passed, span))
             decision = router.handle_post(config, self.keeper.catalog, headers, body, session, access, now, _new_id())
+        if root is not None:
+            _describe(root, decision, body)
         if decision.action is Action.FETCH:
             return _json_reply(200, error_response(_request_id(body), INTERNAL_ERROR, "Catalog pages did not settle"))
         await self._store(decision)
@@ -367,7 +397,11 @@ class McpService:
         server, tool = decision.target or (out.server, "")
         answer = _Answer(request, {"mcp-session-id": session.id})
 
+        root = tracing.current()
+
         def record(outcome: str) -> None:
+            if root is not None:
+                root.set(OUTCOME_ATTRIBUTE, outcome)
             if is_call:
                 self.recorder.tool_call(
                     ToolCall(
@@ -413,7 +447,8 @@ class McpService:
                 if upstream is None:
                     raise UpstreamFailed("it is no longer in the policy")
                 if attempt.initialize is not None:
-                    opened = await upstream.open(attempt.initialize, passed)
+                    with _upstream_span("initialize", attempt.server) as span:
+                        opened = await upstream.open(attempt.initialize, _traced(passed, span))
                     refused = router.open_upstream(session, attempt.server, opened.answer, opened.token)
                     if refused is not None:
                         entry = session.finish(attempt.message.get("id"))
@@ -426,20 +461,22 @@ class McpService:
                 current = session.upstream_open(attempt.server)
                 token, version = (current.session_id, current.protocol_version) if current else (None, "")
                 # aclosing: leaving at the final message releases the upstream response now.
-                async with contextlib.aclosing(upstream.exchange(attempt.message, token, version, passed)) as replies:
-                    async for message in replies:
-                        delivery = router.on_upstream_message(session, attempt.server, message)
-                        if delivery.reply_upstream is not None:
-                            with contextlib.suppress(UpstreamFailed, UpstreamLost):
-                                await upstream.send(delivery.reply_upstream, token, version)
-                        if delivery.invalidate:
-                            self.keeper.invalidate(attempt.server, delivery.invalidate)
-                        if delivery.session_changed:
-                            await self.store.put(session)
-                        if delivery.to_client is not None:
-                            await answer.message(encode(delivery.to_client), delivery.final)
-                        if delivery.final:
-                            return _outcome(delivery.to_client)
+                with _upstream_span(attempt.message.get("method"), attempt.server, attempt.message) as span:
+                    replies = upstream.exchange(attempt.message, token, version, _traced(passed, span))
+                    async with contextlib.aclosing(replies):
+                        async for message in replies:
+                            delivery = router.on_upstream_message(session, attempt.server, message)
+                            if delivery.reply_upstream is not None:
+                                with contextlib.suppress(UpstreamFailed, UpstreamLost):
+                                    await upstream.send(delivery.reply_upstream, token, version)
+                            if delivery.invalidate:
+                                self.keeper.invalidate(attempt.server, delivery.invalidate)
+                            if delivery.session_changed:
+                                await self.store.put(session)
+                            if delivery.to_client is not None:
+                                await answer.message(encode(delivery.to_client), delivery.final)
+                            if delivery.final:
+                                return _outcome(delivery.to_client)
                 if attempt.message.get("id") not in session.in_flight:
                     return "cancelled"  # the client cancelled it: no answer is due
                 raise UpstreamFailed("it closed the stream without an answer")
@@ -504,6 +541,78 @@ class McpService:
             for queue in queues:
                 with contextlib.suppress(asyncio.QueueFull):
                     queue.put_nowait(event)
+
+
+# --- spans (only called when the request is traced: they may parse what the hot path does not) ----
+
+
+def _name_span(root: tracing.Span, body: bytes, caller: Caller) -> None:
+    """The request's span named after its JSON-RPC method, and the caller's tenant on it."""
+    method = "invalid"
+    with contextlib.suppress(orjson.JSONDecodeError):
+        raw = orjson.loads(body)
+        if isinstance(raw, dict):
+            named = raw.get("method")
+            method = named[:100] if isinstance(named, str) else "response" if "id" in raw else "invalid"
+    root.name = f"{SPAN_PREFIX}.{method}"
+    root.set("mcp.method.name", method)
+    root.set("ccr.tenant", caller.tenant or ANONYMOUS_TENANT_VALUE)
+    root.set("ccr.key_id", caller.key_id)
+
+
+def _describe(root: tracing.Span, decision: Decision, body: bytes) -> None:
+    """Server and tool from the core's decision; for an answer the gateway gives itself, whether
+    it refused (a JSON-RPC error or a transport refusal) or answered."""
+    if decision.target is not None:
+        root.set("mcp.server", decision.target[0])
+        if root.name == f"{SPAN_PREFIX}.tools/call":
+            root.set("mcp.tool", decision.target[1])
+    if decision.action is Action.FORWARD:
+        return  # its outcome is the upstream's (_forward)
+    refused = decision.status >= 400
+    if not refused and decision.body:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            answer = orjson.loads(decision.body)
+            refused = isinstance(answer, dict) and "error" in answer
+    root.set(OUTCOME_ATTRIBUTE, "refused" if refused else "ok")
+    if refused and root.name == f"{SPAN_PREFIX}.tools/call" and "mcp.server" not in root.attributes:
+        # An unknown or denied tool: the name the client asked for says which (never a grant's detail).
+        with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
+            params = orjson.loads(body).get("params")
+            name = params.get("name") if isinstance(params, dict) else None
+            if isinstance(name, str) and (split := split_name(name)) is not None:
+                root.set("mcp.server", split[0][:100])
+                root.set("mcp.tool", split[1][:200])
+
+
+def _end_span(opened: tracing.Opened | None, status: int) -> None:
+    if opened is None:
+        return
+    root = opened[0]
+    root.set("http.response.status_code", status)
+    outcome = root.attributes.get(OUTCOME_ATTRIBUTE)
+    failed = status >= 500 or outcome in FAILED_OUTCOMES
+    tracing.end(opened, f"MCP request failed: {outcome if outcome in FAILED_OUTCOMES else status}" if failed else None)
+
+
+def _upstream_span(method: Any, server: str, message: Mapping[str, Any] | None = None) -> Any:
+    """A client span around one call to an upstream (a no-op when the request is not traced)."""
+    if tracing.current() is None:
+        return tracing.NO_SPAN
+    attributes: dict[str, tracing.AttributeValue] = {"mcp.server": server}
+    name = method if isinstance(method, str) else "message"
+    if name == "tools/call" and message is not None:
+        params = message.get("params")
+        if isinstance(params, dict) and isinstance(params.get("name"), str):
+            attributes["mcp.tool"] = params["name"]  # the upstream's own name (no prefix)
+    return tracing.span(f"{SPAN_PREFIX}.upstream.{name}", tracing.CLIENT, attributes)
+
+
+def _traced(passed: Mapping[str, str], span: Any) -> Mapping[str, str]:
+    """The headers passed upstream, with the client span as the parent the upstream continues."""
+    if isinstance(span, tracing.Span):
+        return {**passed, "traceparent": span.traceparent()}
+    return passed
 
 
 def _outcome(final: Mapping[str, Any] | None) -> str:
