@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -78,6 +78,8 @@ class AuditStore(Protocol):
     embedded: bool  # True: the local file (a missing key file may be created)
 
     async def append(self, key: ChainKey, draft: Draft) -> Entry: ...
+    # Several entries in one transaction (one fsync), in order: for writers that queue many.
+    async def append_many(self, key: ChainKey, drafts: Sequence[Draft]) -> list[Entry]: ...
     async def entries(self, since: str | None = None) -> list[Entry]: ...  # by seq; since: ISO time
     async def head(self) -> Head: ...
     async def close(self) -> None: ...
@@ -142,18 +144,30 @@ class SqliteAuditStore:
         return await self._connection.run(work)
 
     async def append(self, key: ChainKey, draft: Draft) -> Entry:
-        def work(connection: sqlite3.Connection) -> Entry:
+        (entry,) = await self.append_many(key, (draft,))
+        return entry
+
+    async def append_many(self, key: ChainKey, drafts: Sequence[Draft]) -> list[Entry]:
+        if not drafts:
+            return []
+
+        def work(connection: sqlite3.Connection) -> list[Entry]:
             connection.execute("BEGIN IMMEDIATE")  # the write lock first: no other writer reads this head
             try:
-                head = _sqlite_head(connection)
-                entry = seal(key, draft, head, now_iso())
-                connection.execute(f"INSERT INTO audit_log VALUES ({', '.join('?' for _ in _COLUMNS)})", _row(entry))
+                head, entries = _sqlite_head(connection), []
+                for draft in drafts:
+                    entry = seal(key, draft, head, now_iso())
+                    connection.execute(
+                        f"INSERT INTO audit_log VALUES ({', '.join('?' for _ in _COLUMNS)})", _row(entry)
+                    )
+                    entries.append(entry)
+                    head = Head(entry.seq, entry.hash)
                 connection.execute(
                     "INSERT INTO audit_head VALUES (1, ?, ?) ON CONFLICT (one) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-                    (entry.seq, entry.hash),
+                    (head.seq, head.hash),
                 )
                 connection.execute("COMMIT")
-                return entry
+                return entries
             except BaseException:
                 connection.execute("ROLLBACK")
                 raise
@@ -223,20 +237,30 @@ class PostgresAuditStore:
             raise AuditUnavailable(f"audit log {self.description}: {type(exc).__name__}: {exc}") from None
 
     async def append(self, key: ChainKey, draft: Draft) -> Entry:
-        async def work(connection: Any) -> Entry:
+        (entry,) = await self.append_many(key, (draft,))
+        return entry
+
+    async def append_many(self, key: ChainKey, drafts: Sequence[Draft]) -> list[Entry]:
+        if not drafts:
+            return []
+
+        async def work(connection: Any) -> list[Entry]:
             async with connection.transaction():
                 # Held to commit: the next writer reads the head this one writes.
                 await connection.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_ID)
-                head = await _postgres_head(connection)
-                entry = seal(key, draft, head, now_iso())
+                head, entries = await _postgres_head(connection), []
                 placeholders = ", ".join(f"${i}" for i in range(1, len(_COLUMNS) + 1))
-                await connection.execute(f"INSERT INTO audit_log VALUES ({placeholders})", *_row(entry))
+                for draft in drafts:
+                    entry = seal(key, draft, head, now_iso())
+                    await connection.execute(f"INSERT INTO audit_log VALUES ({placeholders})", *_row(entry))
+                    entries.append(entry)
+                    head = Head(entry.seq, entry.hash)
                 await connection.execute(
                     "INSERT INTO audit_head VALUES (1, $1, $2) ON CONFLICT (one) DO UPDATE SET seq = $1, hash = $2",
-                    entry.seq,
-                    entry.hash,
+                    head.seq,
+                    head.hash,
                 )
-                return entry
+                return entries
 
         return await self._call(work)
 

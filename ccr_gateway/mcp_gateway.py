@@ -80,6 +80,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_worker_arguments(parser)
 
 
+MAX_AUDIT_BATCH = 256  # tool call entries written in one audit transaction
+
+
 class ToolCallAudit:
     """One audit entry per tool call, appended in order by one background task: a call never waits
     on the audit store, and a store that is down costs a warning and a counted failure (the rule
@@ -106,15 +109,18 @@ class ToolCallAudit:
             self._task = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
+        # Whatever queued up while the last write ran goes in one transaction: one fsync for a
+        # batch, not one per call (the SQLite audit log's FULL sync was 0.5-0.7 ms per call).
         while not self._queue.empty():
-            draft = self._queue.get_nowait()
+            drafts = [self._queue.get_nowait() for _ in range(min(self._queue.qsize(), MAX_AUDIT_BATCH))]
             try:
-                await self.audit.append(draft)
+                await self.audit.append_many(drafts)
             except (AuditKeyError, AuditUnavailable) as exc:
-                log.warning("audit: %s %s not recorded: %s", draft.action, draft.target, exc)
+                log.warning("audit: %d tool calls not recorded: %s", len(drafts), exc)
             except Exception:
-                AUDIT_FAILURES.labels(draft.action).inc()
-                log.exception("audit: %s not recorded", draft.action)
+                for draft in drafts:
+                    AUDIT_FAILURES.labels(draft.action).inc()
+                log.exception("audit: %d tool calls not recorded", len(drafts))
 
     async def close(self) -> None:
         if self._task is not None:

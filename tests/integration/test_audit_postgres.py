@@ -45,6 +45,21 @@ async def test_two_writers_appending_at_once_keep_one_chain(audit_dsn):
     assert verify(KEY, entries, head) is None
 
 
+async def test_batches_and_single_entries_interleaved_keep_one_chain(audit_dsn):
+    store = PostgresAuditStore(audit_dsn)
+    try:
+        drafts = [Draft("w", "mcp.tool_call", f"s/t{i}", "pg", "host", "", {"i": i}) for i in range(5)]
+        first = await store.append_many(KEY, drafts[:3])
+        await store.append(KEY, drafts[3])
+        assert await store.append_many(KEY, []) == []
+        await store.append_many(KEY, drafts[4:])
+        head, entries = await store.head(), await store.entries()
+    finally:
+        await store.close()
+    assert [e.seq for e in first] == [1, 2, 3] and [e.target for e in entries] == [d.target for d in drafts]
+    assert head.seq == 5 and verify(KEY, entries, head) is None
+
+
 def cli(*argv: str) -> int:
     with pytest.raises(SystemExit) as exit_:
         main(["audit", *argv])

@@ -156,3 +156,20 @@ def test_any_single_mutation_is_detected(logged, data):
     broken = verify(KEY, mutated, head)
     assert broken is not None, mutation
     assert 1 <= broken.seq <= len(entries) + 1
+
+
+async def test_the_sqlite_store_appends_a_batch_in_one_chain(tmp_path):
+    from audit.chain import ChainKey, Draft, verify
+    from audit.stores import SqliteAuditStore
+
+    key = ChainKey(bytes(32))
+    store = SqliteAuditStore(tmp_path / "audit.db")
+    try:
+        drafts = [Draft("w", "mcp.tool_call", f"s/t{i}", "mcp-gateway", "host", "", {"i": i}) for i in range(4)]
+        await store.append(key, drafts[0])
+        batch = await store.append_many(key, drafts[1:])
+        head, entries = await store.head(), await store.entries()
+    finally:
+        await store.close()
+    assert [e.seq for e in batch] == [2, 3, 4] and head.seq == 4
+    assert verify(key, entries, head) is None
