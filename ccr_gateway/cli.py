@@ -219,6 +219,7 @@ def cmd_extproc(args: argparse.Namespace) -> int:
     from ccr_gateway.auth_wiring import opened_authenticator
     from ccr_gateway.cache_wiring import opened_cache
     from ccr_gateway.ledger_wiring import open_sink
+    from ccr_gateway.responses_wiring import opened_responses
     from extproc.server import ExtProcConfig, TlsFiles, serve
 
     try:
@@ -249,8 +250,14 @@ def cmd_extproc(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         # The key cache refreshes on this loop; the sink starts on it.
-        async with opened_authenticator(args) as auth, opened_cache(args) as (cache, flights):
-            await serve(config, sink=open_sink(args), auth=auth, cache=cache, flights=flights, **register)
+        async with (
+            opened_authenticator(args) as auth,
+            opened_cache(args) as (cache, flights),
+            opened_responses(args) as responses,
+        ):
+            await serve(
+                config, sink=open_sink(args), auth=auth, cache=cache, flights=flights, responses=responses, **register
+            )
 
     run(main())
     return 0

@@ -30,6 +30,8 @@ import asyncio
 import base64
 import enum
 import logging
+import secrets
+import time
 from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -38,6 +40,7 @@ import orjson
 
 from ccr.v1 import log_context, tracing
 from ccr.v1.contract import (
+    ANONYMOUS_TENANT_VALUE,
     CACHE_STORE_KEY,
     HOP_CONTEXT_KEY,
     HOP_ROUTE_KEY,
@@ -59,6 +62,8 @@ from extproc.cache.store import LocalLruStore
 from extproc.metrics import RESPONSES, ROUTED, labelled
 from extproc.plan import Answer, Chain, Forward, Outcome, plan
 from extproc.request_steps import (
+    STORED_ENDPOINT,
+    STORED_RESPONSES_MESSAGE,
     Endpoint,
     Reply,
     answer_reply,
@@ -70,6 +75,16 @@ from extproc.request_steps import (
     mcp_step,
     request_labels,
 )
+from extproc.responses_state import (
+    continued_body,
+    deleted_body,
+    input_items,
+    input_items_page,
+    query_order,
+    response_of,
+    stored_path,
+)
+from extproc.responses_store import SAVE_FAILURES, AnswerHalf, RequestHalf, Saver
 from extproc.routing_table import RoutingTable
 from extproc.state import GatewayState
 from extproc.translate.base import Api, ResponseContext, Translator, UpstreamProtocolError
@@ -94,6 +109,8 @@ class HopContext:
     # A fallback chain's providers, (name, API, model id, model name) each: the one that answered
     # (Envoy's x-ccr-provider response header) says which translator reads the answer.
     chain: tuple[tuple[str, str, str, str], ...] = ()
+    # A Responses answer to keep (``Keep``): whoever reads the answer writes its half of the record.
+    keep: Keep | None = None
 
     def translator(self) -> Translator | None:
         """The pair's translator, primed to read the answer; None if the pair has none (the
@@ -135,17 +152,48 @@ class HopContext:
             self.provider_name,
             self.session,
             self.chain,
+            sorted(c.custom_tools),
         ]
+        if self.keep is not None:
+            k = self.keep
+            fields.append([k.token, k.tenant, k.key_id, k.created_at, k.expires_at, k.previous])
         return base64.urlsafe_b64encode(orjson.dumps(fields)).decode()
 
     @classmethod
     def decode(cls, token: str) -> HopContext:
-        client, provider, counting, stream, model, estimate, shown, usage, turn, name, session, chain = orjson.loads(
-            base64.urlsafe_b64decode(token)
+        client, provider, counting, stream, model, estimate, shown, usage, turn, name, session, chain, *rest = (
+            orjson.loads(base64.urlsafe_b64decode(token))
         )
-        context = ResponseContext(model, stream, estimate, show_thinking=shown, include_usage=usage, turn=turn)
+        custom = frozenset(rest[0]) if rest else frozenset()
+        context = ResponseContext(
+            model, stream, estimate, show_thinking=shown, include_usage=usage, turn=turn, custom_tools=custom
+        )
         members = tuple(tuple(member) for member in chain)
-        return cls(Api(client), Api(provider), counting, context, name, session, members)  # type: ignore[arg-type]
+        keep = Keep(*rest[1]) if len(rest) > 1 else None
+        return cls(Api(client), Api(provider), counting, context, name, session, members, keep)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class Keep:
+    """A Responses answer the gateway keeps (extproc.responses_store): the record's token, whose
+    it is, when it expires, and the previous response it continues ("" for none)."""
+
+    token: str
+    tenant: str
+    key_id: str
+    created_at: float
+    expires_at: float
+    previous: str = ""
+
+    def answer(self, response: dict[str, Any]) -> AnswerHalf:
+        """The answer's half of the record: the response object as the client gets it."""
+        return AnswerHalf(
+            self.token, self.tenant, self.key_id, self.created_at, self.expires_at, response["id"], response
+        )
+
+    def stamp(self, response: dict[str, Any]) -> dict[str, Any]:
+        """The response object as a stored one reads: ``store`` true, its previous response named."""
+        return {**response, "store": True, "previous_response_id": self.previous or None}
 
 
 class Carriage(enum.Enum):
@@ -203,6 +251,12 @@ def decide(state: GatewayState, method: str, path: str, headers: Mapping[str, st
     if step.kind == "batch":  # to the batch API as it came, with the caller's tenant
         rewrite = batch_rewrite(api, step, headers, key)
         return _forward(rewrite.set_headers, rewrite.remove_headers, rewrite.labels, b"")
+    if step.kind == "stored":  # a stored response: from the store, never from a provider
+        return _stored(state, method, path, key)
+    if api is Api.RESPONSES and _PREVIOUS in raw:  # the conversation so far comes from the store
+        continued = _continued(state, api, step, headers, raw, key)
+        if continued is not None:
+            return continued
     # The request's log lines name its tenant while it is decided here (and in its task, if any).
     logged = log_context.bind(tenant=key.tenant) if key is not None else None
     try:
@@ -227,9 +281,11 @@ def _decide_routed(
     raw: bytes,
     key: VirtualKey | None,
     rememberable: bytes | None,
+    previous: str = "",
 ) -> bytes | Pending:
     """``decide`` past authentication: parsed, checked, routed, then answered or rewritten.
-    ``rememberable``: the body, when a cache lookup of it may be remembered among repeats."""
+    ``rememberable``: the body, when a cache lookup of it may be remembered among repeats;
+    ``previous``: the stored response a Responses request continues (its input expanded already)."""
     table, auth = state.table, state.auth
     assert table is not None
     tenant = key.tenant if key else None
@@ -244,7 +300,7 @@ def _decide_routed(
     cache = None
     if state.cache is not None and isinstance(outcome, Forward):
         cache = cache_step(table, api, step.kind, outcome, headers, tenant)
-    routed = _Routed(api, step, outcome, headers, key, rememberable)
+    routed = _Routed(api, step, outcome, headers, key, rememberable, previous)
     if (cache is not None and cache.directive.lookup) or (charge is not None and auth.shared):
         return Pending(_decide_later(state, routed, charge, cache))
     admission = auth.admit_local(charge) if charge is not None else None
@@ -261,6 +317,7 @@ class _Routed:
     headers: Mapping[str, str]
     key: VirtualKey | None
     rememberable: bytes | None = None  # the body, when its lookup may be remembered (extproc.cache.repeats)
+    previous: str = ""  # the stored response it continues (previous_response_id, expanded)
 
 
 def _unrestricted(table: RoutingTable, key: VirtualKey | None) -> bool:
@@ -391,7 +448,8 @@ def _admitted(
         route = outcome.route
         count_cache(route.provider.name, route.target.model, cache.outcome())
         labels = cache.store_labels(api, route.provider.name, route.target.model, state.hop_cluster, flight_id)
-    return _routed(api, routed.step, outcome, routed.headers, routed.key, answer_headers, labels)
+    keep = _keep(state, routed)
+    return _routed(api, routed.step, outcome, routed.headers, routed.key, answer_headers, labels, keep)
 
 
 def _end_soon(flights: Flights, key: str, flight_id: str) -> None:
@@ -411,11 +469,13 @@ def _routed(
     key: VirtualKey | None,
     answer_headers: tuple[tuple[str, str], ...] = (),
     extra_labels: Mapping[str, str] | None = None,
+    keep: Keep | None = None,
 ) -> bytes:
     """The rewrite of an admitted request; ``answer_headers`` go on its answer (rate-limit headers,
-    x-ccr-cache), ``extra_labels`` with its labels (the cache's store instruction)."""
+    x-ccr-cache), ``extra_labels`` with its labels (the cache's store instruction); ``keep``: the
+    answer is a stored response (its reader writes the answer's half)."""
     if isinstance(outcome, Chain):
-        return _chain(api, step, outcome, headers, key, answer_headers)
+        return _chain(api, step, outcome, headers, key, answer_headers, keep)
     carriage = carriage_of(outcome)
     decision = outcome.decision
     labelled(ROUTED, api.value, decision.scenario, outcome.route.provider.name, outcome.route.model).inc()
@@ -437,6 +497,7 @@ def _routed(
             outcome.context,
             outcome.route.provider.name,
             decision.session or "",
+            keep=keep,
         ).encode()
         if carriage is Carriage.STREAM:
             labels[HOP_STREAM_KEY] = context
@@ -457,6 +518,7 @@ def _chain(
     headers: Mapping[str, str],
     key: VirtualKey | None,
     answer_headers: tuple[tuple[str, str], ...],
+    keep: Keep | None = None,
 ) -> bytes:
     """A fallback chain: the client's body goes to the chain cluster (each attempt is rewritten by
     the upstream ext_proc); ext_proc reads the answer, on the response only, with the translator of
@@ -470,7 +532,7 @@ def _chain(
     rewrite = chain_rewrite(api, endpoint, outcome, headers, key)
     members = tuple((r.provider.name, r.provider.api.value, r.target.model, r.model) for r in decision.chain)
     context = HopContext(
-        api, route.provider.api, False, outcome.context, route.provider.name, decision.session or "", members
+        api, route.provider.api, False, outcome.context, route.provider.name, decision.session or "", members, keep
     )
     labels = {**rewrite.labels, HOP_STREAM_KEY: context.encode()}
     set_headers = (*rewrite.set_headers, (REWRITE_HEADER, REWRITE_RESPONSE))
@@ -509,7 +571,21 @@ def respond(state: GatewayState, token: str, status: int, content_type: str, raw
         return _response(502, error_reply(hop.client, 502, message, "ccr_bad_upstream"))
     if out.usage is not None:
         state.sessions.record(hop.session or None, out.usage.prompt_tokens)
-    return _encode("response", [("status", str(status), ""), *_headers(headers)], out.body)
+    body = out.body
+    if hop.keep is not None and state.saver is not None:
+        body = _kept(state.saver, hop.keep, body)
+    return _encode("response", [("status", str(status), ""), *_headers(headers)], body)
+
+
+def _kept(saver: Saver, keep: Keep, body: bytes) -> bytes:
+    """A whole translated answer that is a stored response: saved in the background, and the
+    client's copy says it is stored (what GET /v1/responses/{id} gives back later)."""
+    response = response_of(body)
+    if response is None:
+        return body
+    response = keep.stamp(response)
+    saver.answer(keep.answer(response))
+    return orjson.dumps(response)
 
 
 async def store(state: GatewayState, token: str, status: int, content_type: str, raw: bytes) -> bytes:
@@ -518,6 +594,130 @@ async def store(state: GatewayState, token: str, status: int, content_type: str,
     if state.cache is not None:
         await store_answer(state.cache, state.flights, token, status, content_type, raw)
     return b"stored"
+
+
+# --- stored responses (extproc.responses_store) ------------------------------------------------------
+
+_PREVIOUS = b'"previous_response_id"'
+
+
+def _owner(key: VirtualKey | None) -> tuple[str, str]:
+    """Whose stored responses a caller reads: its tenant and key (anonymous callers share one)."""
+    return (key.tenant, key.key_id) if key is not None else (ANONYMOUS_TENANT_VALUE, ANONYMOUS_TENANT_VALUE)
+
+
+def _keep(state: GatewayState, routed: _Routed) -> Keep | None:
+    """Whether this request's answer is kept, and if so its request's half written (in the
+    background): a Responses request with ``store`` not false (OpenAI's default is true), storage
+    on, to a provider whose answer the gateway reads. A Responses-format provider's answer goes to
+    the client untouched (passthrough): not kept (docs/responses.md, "Stored responses")."""
+    table, saver, outcome = state.table, state.saver, routed.outcome
+    if saver is None or table is None or routed.api is not Api.RESPONSES or routed.step.kind != "generate":
+        return None
+    if not table.responses.store or (isinstance(outcome, Forward) and not outcome.translator.rewrites_response):
+        return None
+    body = outcome.decision.body
+    if body.get("store") is False:
+        return None
+    tenant, key_id = _owner(routed.key)
+    now = time.time()
+    keep = Keep(secrets.token_urlsafe(16), tenant, key_id, now, now + table.responses.retention_s, routed.previous)
+    instructions = body.get("instructions")
+    saver.request(
+        RequestHalf(
+            keep.token,
+            tenant,
+            key_id,
+            now,
+            keep.expires_at,
+            input_items(body.get("input")),
+            instructions if isinstance(instructions, str) else None,
+        )
+    )
+    return keep
+
+
+def _continued(
+    state: GatewayState, api: Api, step: Endpoint, headers: Mapping[str, str], raw: bytes, key: VirtualKey | None
+) -> bytes | Pending | None:
+    """A Responses request naming ``previous_response_id``: decided as if the client had sent the
+    whole conversation (the stored input and output, then its own input); None when it names none
+    after all (the bytes only mentioned it)."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None  # the plan says what is wrong with it
+    previous = body.get("previous_response_id") if isinstance(body, dict) else None
+    if previous is None:
+        return None
+    labels = request_labels(api, step.path, key=key)
+    if not isinstance(previous, str) or not previous:
+        message = "previous_response_id: must be a response id (a non-empty string)"
+        return _reply(error_reply(api, 400, message, "ccr_bad_request", labels=labels))
+    table, store = state.table, state.responses
+    if table is None or not table.responses.store or store is None:
+        message = (
+            f"previous_response_id cannot be used: {STORED_RESPONSES_MESSAGE}; send the whole conversation in input"
+        )
+        return _reply(error_reply(api, 400, message, "ccr_stored_responses_disabled", labels=labels))
+    tenant, key_id = _owner(key)
+
+    async def later() -> bytes:
+        if key is not None:
+            log_context.bind(tenant=key.tenant)
+        try:
+            record = await store.get(tenant, key_id, previous, time.time())
+        except Exception:
+            SAVE_FAILURES.labels("get").inc()
+            log.exception("stored responses: reading %s failed", previous)
+            message = "stored responses are unavailable right now; retry, or send the whole conversation in input"
+            return _reply(error_reply(api, 503, message, "ccr_stored_responses_unavailable", labels=labels))
+        if record is None:
+            message = f"previous response '{previous}' not found"
+            return _reply(error_reply(api, 400, message, "ccr_previous_response_not_found", labels=labels))
+        expanded = orjson.dumps(continued_body(body, record.input_items, record.response))
+        answer = _decide_routed(state, api, step, headers, expanded, key, None, previous)
+        return await answer.answer if isinstance(answer, Pending) else answer
+
+    return Pending(later())
+
+
+def _stored(state: GatewayState, method: str, path: str, key: VirtualKey | None) -> bytes | Pending:
+    """``GET``/``DELETE /v1/responses/{id}``, ``GET .../input_items``: the caller's own stored
+    response (another tenant's or key's is not found, like an unknown id)."""
+    api = Api.RESPONSES
+    labels = request_labels(api, STORED_ENDPOINT.path, key=key)
+    store = state.responses
+    found = stored_path(path)
+    if store is None or found is None:
+        message = f"{STORED_RESPONSES_MESSAGE}: no response can be read, cancelled or deleted ({method} {path})"
+        return _reply(error_reply(api, 404, message, "ccr_stored_responses_disabled", labels=labels))
+    rid, suffix = found
+    tenant, key_id = _owner(key)
+    missing = f"Response with id '{rid}' not found."
+
+    async def later() -> bytes:
+        if key is not None:
+            log_context.bind(tenant=key.tenant)
+        now = time.time()
+        try:
+            if method == "DELETE":
+                if suffix or not await store.delete(tenant, key_id, rid, now):
+                    return _reply(error_reply(api, 404, missing, "ccr_stored_response_not_found", labels=labels))
+                return _reply(Reply(200, deleted_body(rid), labels=labels))
+            record = await store.get(tenant, key_id, rid, now)
+        except Exception:
+            SAVE_FAILURES.labels("delete" if method == "DELETE" else "get").inc()
+            log.exception("stored responses: %s %s failed", method, rid)
+            message = "stored responses are unavailable right now; retry shortly"
+            return _reply(error_reply(api, 503, message, "ccr_stored_responses_unavailable", labels=labels))
+        if record is None:
+            return _reply(error_reply(api, 404, missing, "ccr_stored_response_not_found", labels=labels))
+        if suffix:
+            return _reply(Reply(200, input_items_page(record.input_items, query_order(path)), labels=labels))
+        return _reply(Reply(200, orjson.dumps(record.response), labels=labels))
+
+    return Pending(later())
 
 
 # --- encoding ---------------------------------------------------------------------------------------

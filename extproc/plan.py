@@ -189,7 +189,11 @@ def response_context(request: ClientRequest, estimate: int) -> ResponseContext:
     if isinstance(request, OpenAIRequest):
         return ResponseContext("", request.stream, estimate, include_usage=request.include_usage, turn=request.turns)
     if isinstance(request, ResponsesRequest):
-        return ResponseContext("", request.stream, estimate, turn=request.turns)
+        from extproc.translate.responses_anthropic import custom_tools  # loaded by Responses traffic only
+
+        # The freeform tools: a translator primed with this context writes their calls as
+        # custom_tool_call items, as the one that translated the request does.
+        return ResponseContext("", request.stream, estimate, turn=request.turns, custom_tools=custom_tools(request))
     shown = request.thinking is None or request.thinking.shown
     return ResponseContext("", request.stream, estimate, show_thinking=shown, turn=request.turns)
 

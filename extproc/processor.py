@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable
 from dataclasses import replace
-from typing import cast
+from typing import Any, cast
 
 from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, ProcessingRequest, ProcessingResponse
 
@@ -30,7 +30,7 @@ from extproc import mutations as m
 from extproc.auth.admission import Charge
 from extproc.auth.keys import VirtualKey
 from extproc.auth.limits import Admission
-from extproc.hop import HopContext
+from extproc.hop import HopContext, Keep
 from extproc.metrics import RESPONSES, ROUTED, labelled
 from extproc.plan import Answer, Chain, Forward, plan
 from extproc.request_steps import (
@@ -46,6 +46,7 @@ from extproc.request_steps import (
     request_labels,
     route_header,
 )
+from extproc.responses_state import completed_response, response_of
 from extproc.router import Decision
 from extproc.routing_table import ModelRoute
 from extproc.state import GatewayState
@@ -53,6 +54,11 @@ from extproc.translate.base import Api, Primable, ResponseContext, Translator, U
 from extproc.translate.registry import translator_for
 
 log = logging.getLogger("ccr.extproc")
+
+STORED_ON_HOP_ONLY = (
+    "stored responses are served on the decision hop only (listener.decision: hop); "
+    "this gateway decides on ext_proc: no response can be read or deleted here"
+)
 
 
 class RequestProcessor:
@@ -155,6 +161,11 @@ class RequestProcessor:
             rewrite = batch_rewrite(self.api, step, headers, key)
             metadata = {METADATA_NAMESPACE: dict(rewrite.labels)}
             return m.request_headers_forward(rewrite.set_headers, rewrite.remove_headers, metadata)
+        if step.kind == "stored":  # read from the store by the decision hop only (extproc.hop)
+            labels = request_labels(self.api, step.path, key=key)
+            return m.reply(
+                error_reply(self.api, 501, STORED_ON_HOP_ONLY, "ccr_stored_responses_hop_only", labels=labels)
+            )
         self.key = key
         self.endpoint = step
         return m.CONTINUE_REQUEST_HEADERS
@@ -277,6 +288,16 @@ class RequestProcessor:
         elif self.hop is not None:
             self.state.sessions.record(self.hop.session or None, usage.prompt_tokens)
 
+    def _keep(self, keep: Keep, body: bytes) -> None:
+        """A stored response's answer (a translated stream: its response.completed event; a
+        chain's whole answer): saved in the background, the client's bytes untouched. On the
+        decision hop's requests only: the ext_proc decision path keeps no responses."""
+        saver = self.state.saver
+        response = _kept(body, self.stream) if saver is not None else None
+        if saver is not None and response is not None:
+            saver.answer(keep.answer(keep.stamp(response)))
+            self.hop = replace(self.hop, keep=None) if self.hop is not None else None  # once
+
     def _primed_translator(self, route: ModelRoute) -> Translator | None:
         """A translator for the provider of the chain that answered, primed with the plan's response
         context (the request is never translated again here: each attempt was, upstream). An
@@ -298,6 +319,8 @@ class RequestProcessor:
             out = translator.response_body(chunk, end_of_stream)
             if out.usage is not None:
                 self._record_usage(out.usage)
+            if self.hop is not None and self.hop.keep is not None and out.body:
+                self._keep(self.hop.keep, out.body)
         except UpstreamProtocolError as exc:
             provider = (
                 self.decision.route.provider.name if self.decision else self.hop.provider_name if self.hop else "?"
@@ -305,6 +328,10 @@ class RequestProcessor:
             log.warning("request %s: provider %s broke its API: %s", self.request_id, provider, exc)
             return m.immediate_error(self.api, 502, f"the provider sent an invalid response: {exc}", "ccr_bad_upstream")
         return m.response_body_response(out.body)
+
+
+def _kept(body: bytes, stream: bool) -> dict[str, Any] | None:
+    return completed_response(body) if stream else response_of(body)
 
 
 def _continue(phase: str | None) -> ProcessingResponse:

@@ -6,7 +6,7 @@ mutations, or the hop's line format), so a request gets the same answer on eithe
 
 - ``endpoint_step``: which endpoint the method and path name (the client's API with it), or the
   gateway's own answer when no body is needed (unknown endpoint 404, a stored response's path 404
-  until stored responses exist, method not allowed 405, headers too large 431, an encoding Envoy
+  when the policy keeps none, method not allowed 405, headers too large 431, an encoding Envoy
   did not decode 415, no policy yet, the models); the batch API's paths are an endpoint of their
   own when the policy has ``batches:``, and the MCP endpoint (``mcp.path``) one when it has
   ``mcp:`` (with its RFC 9728 metadata, answered here);
@@ -67,6 +67,7 @@ from extproc.mcp import protected_resource
 from extproc.mcp.settings import McpSettings
 from extproc.metrics import REJECTED, labelled
 from extproc.plan import Answer, Chain, Forward, undecodable_body
+from extproc.responses_state import stored_path
 from extproc.router import Decision
 from extproc.routing_table import ModelRoute, RoutingTable
 from extproc.translate.base import Api
@@ -91,7 +92,7 @@ _API_HEADER_PREFIXES = {
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     api: Api | None  # None: decided from the request's headers (GET /v1/models)
-    kind: str  # "generate" | "count_tokens" | "models" | "model" | "batch" | "mcp"
+    kind: str  # "generate" | "count_tokens" | "models" | "model" | "batch" | "mcp" | "stored"
     path: str  # the path it is called on ("/v1/models/{id}" for a model's)
 
 
@@ -129,9 +130,14 @@ MCP_MISSING_KEY_MESSAGE = (
     "or 'x-api-key: <key>'"
 )
 # A stored response and what hangs off it (GET/DELETE /v1/responses/{id}, .../cancel,
-# .../input_items): stored responses come later; until then every method there gets a 404 that says so.
+# .../input_items): when the policy keeps none (responses.store: false), every method there gets a
+# 404 that says so.
 STORED_RESPONSE_PREFIXES = ("/v1/responses/", "/responses/")
 STORED_RESPONSES_MESSAGE = "stored responses are not enabled on this gateway"
+# When the policy keeps them (responses.store, the default) and the worker has a store: a stored
+# response, its input items, or its deletion, answered by the decision (extproc.hop), per tenant and key.
+STORED_METHODS = ("GET", "HEAD", "DELETE")
+STORED_ENDPOINT = Endpoint(Api.RESPONSES, "stored", "/v1/responses/{id}")
 MODEL_ENDPOINTS = {
     "/v1/models": Endpoint(None, "model", "/v1/models/{id}"),
     "/models": Endpoint(Api.OPENAI, "model", "/models/{id}"),
@@ -210,6 +216,8 @@ def endpoint_step(
     path, _, query = path.partition("?")
     # HEAD is GET without the body (Envoy drops it from the answer).
     endpoint = ENDPOINTS.get(("GET" if method == "HEAD" else method, path))
+    if endpoint is None and method in STORED_METHODS and _stores_responses(table) and stored_path(path) is not None:
+        endpoint = STORED_ENDPOINT  # answered by the decision from the store (extproc.hop)
     if endpoint is None and table is not None and table.batch_api:
         endpoint = batch_endpoint(path)  # looked for only past the model endpoints: off their path
     mcp = table.mcp if table is not None else None
@@ -218,7 +226,8 @@ def endpoint_step(
             endpoint = Endpoint(Api.ANTHROPIC, "mcp", mcp.path)
         elif method in ("GET", "HEAD") and path in protected_resource.metadata_paths(mcp.path):
             return Api.ANTHROPIC, _protected_resource_reply(mcp, path, headers)
-    batch = endpoint is not None and endpoint.kind in ("batch", "mcp")  # forwarded on their headers
+    # Forwarded on their headers, or answered from the store: no body.
+    batch = endpoint is not None and endpoint.kind in ("batch", "mcp", "stored")
     model_id = None
     if endpoint is None and method in ("GET", "HEAD"):
         model_id = models.model_id_of(path)
@@ -249,7 +258,7 @@ def endpoint_step(
             allow = ", ".join(allowed)
             message = f"method {method} is not allowed on {path}; it answers {allow}"
             return api, error_reply(api, 405, message, "ccr_method_not_allowed", (("allow", allow),), labels)
-        if path.startswith(STORED_RESPONSE_PREFIXES):
+        if path.startswith(STORED_RESPONSE_PREFIXES) and not _stores_responses(table):
             message = f"{STORED_RESPONSES_MESSAGE}: no response can be read, cancelled or deleted ({method} {path})"
             return api, error_reply(api, 404, message, "ccr_stored_responses_disabled", labels=labels)
         return api, error_reply(api, 404, f"no such endpoint: {method} {path}", "ccr_unknown_endpoint", labels=labels)
@@ -273,6 +282,10 @@ def endpoint_step(
             return api, error_reply(api, 400, message, "ccr_bad_encoding", labels=labels)
         return api, error_reply(api, 400, "request body is required", "ccr_empty_body", labels=labels)
     return api, endpoint
+
+
+def _stores_responses(table: RoutingTable | None) -> bool:
+    return table is not None and table.responses.store
 
 
 def batch_endpoint(path: str) -> Endpoint | None:

@@ -9,6 +9,21 @@ The order is load-bearing (it is what CCR users expect) and lives in `decide` al
 
     custom hook -> explicit "provider,model" -> longContext -> <CCR-SUBAGENT-MODEL> tag
     -> background (haiku-class model) -> webSearch -> think -> image -> alias / model name -> default
+
+Bodies of every client API are read alike (Anthropic Messages, OpenAI Chat Completions, OpenAI
+Responses: a body with ``input`` and no ``messages``), each fact from the fields its API names:
+
+- think: Anthropic ``thinking`` enabled/adaptive; Chat ``reasoning_effort``, Responses
+  ``reasoning.effort``, other than "none" ("minimal" is still reasoning, as for Chat);
+- webSearch: an Anthropic ``web_search*`` tool, Chat ``web_search_options``; a Responses request
+  only when its ``tool_choice`` forces web search (``{"type": "web_search"}`` or
+  ``web_search_preview``, or ``allowed_tools`` required to use only those). The Codex CLI offers
+  a ``web_search`` tool on every request: its mere presence would send all Codex traffic there;
+- image: an image in a user message (Anthropic ``image``, Chat ``image_url``, Responses
+  ``input_image``), also inside tool results;
+- the session (weighted splits, long-context memory): Claude Code's ``metadata.user_id``, else
+  ``user``, else, for a Responses request, ``prompt_cache_key`` (the Codex CLI's session id);
+- long context: the token count reads each API's conversation (extproc.tokens).
 """
 
 from __future__ import annotations
@@ -189,7 +204,8 @@ def decide(
 
     # 5. webSearch (before think: CCR gives web search the higher priority).
     if router.web_search is not None and wants_web_search(body):
-        return _scenario(done, "webSearch", router.web_search, session, tokens, "the request carries a web_search tool")
+        why = "the request forces web search" if is_responses(body) else "the request carries a web_search tool"
+        return _scenario(done, "webSearch", router.web_search, session, tokens, why)
 
     # 6. think.
     if router.think is not None and wants_thinking(body):
@@ -240,7 +256,16 @@ def session_id(body: Mapping[str, Any]) -> str | None:
     user = body.get("user")
     if isinstance(user, str) and user:
         return user
+    if is_responses(body):  # the Codex CLI sends no user: its session id is its prompt cache key
+        key = body.get("prompt_cache_key")
+        if isinstance(key, str) and key:
+            return key
     return None
+
+
+def is_responses(body: Mapping[str, Any]) -> bool:
+    """An OpenAI Responses body: ``input``, never ``messages`` (Anthropic's and Chat's)."""
+    return "input" in body and "messages" not in body
 
 
 def _session_of(user_id: str) -> str:
@@ -259,9 +284,13 @@ def _session_of(user_id: str) -> str:
 
 
 def wants_web_search(body: Mapping[str, Any]) -> bool:
-    """An Anthropic/OpenAI web_search* tool, or OpenAI's web_search_options."""
+    """An Anthropic/OpenAI web_search* tool, or OpenAI's web_search_options; a Responses request
+    only when its tool_choice forces web search (an offered tool is not an ask: the Codex CLI
+    offers one on every request)."""
     if body.get("web_search_options") is not None:
         return True
+    if is_responses(body):
+        return _forces_web_search(body.get("tool_choice"))
     tools = body.get("tools")
     if isinstance(tools, list):
         for tool in tools:
@@ -272,12 +301,34 @@ def wants_web_search(body: Mapping[str, Any]) -> bool:
     return False
 
 
+def _forces_web_search(choice: Any) -> bool:
+    """A Responses tool_choice that leaves the model web search alone: ``{"type": "web_search"}``
+    (or ``web_search_preview``...), or ``allowed_tools`` in mode "required" with only such tools."""
+    if not isinstance(choice, dict):
+        return False
+    kind = choice.get("type")
+    if isinstance(kind, str) and kind.startswith("web_search"):
+        return True
+    if kind != "allowed_tools" or choice.get("mode") != "required":
+        return False
+    tools = choice.get("tools")
+    return (
+        isinstance(tools, list)
+        and bool(tools)
+        and all(isinstance(t, dict) and str(t.get("type", "")).startswith("web_search") for t in tools)
+    )
+
+
 def wants_thinking(body: Mapping[str, Any]) -> bool:
-    """Anthropic thinking enabled/adaptive, or an OpenAI reasoning_effort other than "none"."""
+    """Anthropic thinking enabled/adaptive, or an OpenAI reasoning effort (Chat's reasoning_effort,
+    Responses' reasoning.effort) other than "none"."""
     thinking = body.get("thinking")
     if isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive"):
         return True
     effort = body.get("reasoning_effort")
+    reasoning = body.get("reasoning")
+    if effort is None and isinstance(reasoning, dict):
+        effort = reasoning.get("effort")
     return isinstance(effort, str) and effort != "none"
 
 
@@ -286,6 +337,8 @@ def has_image(body: Mapping[str, Any]) -> bool:
 
     Walks from the newest message, where a fresh screenshot sits, and stops at the first image.
     """
+    if is_responses(body):
+        return _responses_image(body.get("input"))
     messages = body.get("messages")
     if not isinstance(messages, list):
         return False
@@ -307,6 +360,22 @@ def has_image(body: Mapping[str, Any]) -> bool:
                     for part in inner:
                         if isinstance(part, dict) and part.get("type") == "image":
                             return True
+    return False
+
+
+def _responses_image(items: Any) -> bool:
+    """An ``input_image`` in a Responses user message or tool output, newest first."""
+    if not isinstance(items, list):
+        return False
+    for item in reversed(items):
+        if not isinstance(item, dict):
+            continue
+        if item.get("type", "message") == "message":
+            parts = item.get("content") if item.get("role") == "user" else None
+        else:
+            parts = item.get("output") if str(item.get("type")).endswith("_output") else None
+        if isinstance(parts, list) and any(isinstance(p, dict) and p.get("type") == "input_image" for p in parts):
+            return True
     return False
 
 

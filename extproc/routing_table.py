@@ -191,6 +191,18 @@ class FallbackRoute:
     chain: tuple[ModelRoute, ...]  # the primary first, then the fallbacks in order
 
 
+DEFAULT_RESPONSES_RETENTION_S = 30 * 86_400
+
+
+@dataclass(frozen=True, slots=True)
+class ResponsesSettings:
+    """Stored responses of the Responses API (the policy's `responses:`): whether they are kept
+    (and previous_response_id served) and for how long."""
+
+    store: bool = True
+    retention_s: int = DEFAULT_RESPONSES_RETENTION_S
+
+
 @dataclass(frozen=True, slots=True)
 class TracingSettings:
     """Where this process sends its spans (extproc.tracing_export) and the policy's sampling ratio."""
@@ -227,6 +239,7 @@ class RoutingTable:
     caches: bool = False  # some level (default, model, tenant) has a `cache:`: else nothing to resolve
     tracing: TracingSettings | None = None  # the policy's `tracing:`; None: off
     mcp: McpSettings | None = None  # the policy's `mcp:` (servers and grants); None: no MCP endpoint
+    responses: ResponsesSettings = field(default_factory=lambda: ResponsesSettings())  # the policy's `responses:`
 
     def cache_rules(self, tenant: str | None, route: ModelRoute) -> CacheRules | None:
         """The response cache's rules for ``tenant`` (a virtual key's; None: anonymous) on ``route``:
@@ -451,6 +464,9 @@ def compile_policy(
         or any(rule.cache is not None for rule in rules.values()),
         tracing=_tracing(policy.tracing) if policy.HasField("tracing") else None,
         mcp=mcp_settings(policy.mcp) if policy.HasField("mcp") else None,
+        responses=ResponsesSettings(
+            not policy.responses.store_disabled, policy.responses.retention_s or DEFAULT_RESPONSES_RETENTION_S
+        ),
     )
 
 

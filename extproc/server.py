@@ -38,6 +38,7 @@ from extproc.cache.store import CacheStore
 from extproc.metrics import BUILD, SESSIONS
 from extproc.policy_client import PolicySubscriber
 from extproc.processor import RequestProcessor
+from extproc.responses_store import ResponseStore
 from extproc.routing_table import RoutingTable
 from extproc.state import GatewayState
 from extproc.usage_log import UsageLogService
@@ -157,6 +158,7 @@ async def serve(
     auth: Authenticator | None = None,
     cache: CacheStore | None = None,
     flights: Flights | None = None,
+    responses: ResponseStore | None = None,
 ) -> None:
     """``sink`` takes the usage records this worker makes (from the counting copy of Envoy's usage
     log); the composition root picks it (the ledger's publisher or local store), default NullSink.
@@ -167,6 +169,7 @@ async def serve(
     ``flights``: its in-flight deduplication (default: this worker's alone)."""
     sink = sink if sink is not None else NullSink()
     state = GatewayState(auth, cache, flights)
+    state.keep_responses(responses)  # stored responses (opened and closed by the caller); None: none kept
     BUILD.labels(_version()).set(1)
     state.hop_cluster = config.hop_cluster
 
@@ -247,6 +250,8 @@ async def serve(
     async with register("ccr-extproc", config.listen, lambda: state.table is not None):
         await stop.wait()
     await _drain(server, processor, hop, usage_streams_end)
+    if state.saver is not None:  # the last answers' records, before the caller closes the store
+        await state.saver.drain()
     await sink.close()  # after the usage log streams ended: the records of the last requests are in it
     gauges.cancel()
     subscription.cancel()

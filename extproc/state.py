@@ -6,6 +6,7 @@ from extproc.auth.decision import Authenticator
 from extproc.cache.inflight import Flights
 from extproc.cache.repeats import Repeats
 from extproc.cache.store import CacheStore
+from extproc.responses_store import ResponseStore, Saver
 from extproc.routing_table import RoutingTable
 from extproc.tokens import SessionUsage
 
@@ -28,3 +29,11 @@ class GatewayState:
         # Byte-identical repeats of cached requests: looked up without being parsed or routed again.
         self.repeats = Repeats() if cache is not None else None
         self.hop_cluster = ""  # Envoy's cluster of this worker's hop alone: the cache's answers come back here
+        # Stored responses of the Responses API (extproc.responses_store), and the background writer
+        # of their records; None: none kept, whatever the policy says (set by extproc.server.serve).
+        self.responses: ResponseStore | None = None
+        self.saver: Saver | None = None
+
+    def keep_responses(self, store: ResponseStore | None) -> None:
+        self.responses = store
+        self.saver = Saver(store) if store is not None else None

@@ -85,13 +85,18 @@ def _binary(body: dict) -> tuple[int, int]:
     tally = [0, 0]
     messages = body.get("messages")
     if not isinstance(messages, list):
-        return 0, 0
+        messages = body.get("input")  # OpenAI Responses: items (messages, tool outputs)
+        if not isinstance(messages, list):
+            return 0, 0
     for message in messages:
         if not isinstance(message, dict):
             continue
         content = message.get("content")
         if isinstance(content, list):
             _binary_in(content, True, tally)
+        output = message.get("output")  # a Responses tool output of parts
+        if isinstance(output, list):
+            _binary_in(output, False, tally)
     return tally[0], tally[1]
 
 
@@ -115,6 +120,11 @@ def _binary_in(blocks: list, nested: bool, tally: list[int]) -> None:
         elif kind == "file":
             file = block.get("file")
             data = file.get("file_data", "") if isinstance(file, dict) else ""
+        elif kind == "input_image":  # Responses: image_url is a URL string, maybe a data: URL
+            url = block.get("image_url")
+            data = url if isinstance(url, str) and url.startswith("data:") else ""
+        elif kind == "input_file":
+            data = block.get("file_data", "")
         elif kind == "tool_result" and nested and isinstance(inner := block.get("content"), list):
             _binary_in(inner, False, tally)
         if data is not None:
@@ -135,9 +145,11 @@ def count_for_client(body: dict) -> int:
 def texts(body: dict) -> list[str]:
     """The text CCR tokenizes: messages, tool calls and results, system, tool definitions.
 
-    Anthropic and OpenAI shapes alike. Images and other binary blocks are left out.
+    Anthropic, OpenAI Chat and OpenAI Responses shapes alike (Responses: ``instructions`` and the
+    ``input`` items). Images and other binary blocks are left out.
     """
     out: list[str] = []
+    _responses_texts(body, out)
     messages = body.get("messages")
     if isinstance(messages, list):
         for message in messages:
@@ -177,6 +189,52 @@ def texts(body: dict) -> list[str]:
             if schema is not None:
                 out.append(_json(schema))
     return out
+
+
+def _responses_texts(body: dict, out: list[str]) -> None:
+    """A Responses body's conversation: instructions, then each input item's text (messages, the
+    calls the model made, tool outputs, reasoning summaries; encrypted reasoning is no text)."""
+    instructions = body.get("instructions")
+    if isinstance(instructions, str):
+        out.append(instructions)
+    items = body.get("input")
+    if isinstance(items, str):
+        out.append(items)
+        return
+    if not isinstance(items, list):
+        return
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        kind = item.get("type", "message")
+        if not isinstance(kind, str):
+            continue
+        if kind == "message":
+            _parts_texts(item.get("content"), out)
+        elif kind == "function_call":
+            out.append(str(item.get("name") or ""))
+            arguments = item.get("arguments")
+            if isinstance(arguments, str):
+                out.append(arguments)
+        elif kind == "custom_tool_call":
+            out.append(str(item.get("name") or ""))
+            text = item.get("input")
+            if isinstance(text, str):
+                out.append(text)
+        elif kind.endswith("_output"):  # function_call_output, custom_tool_call_output...
+            _parts_texts(item.get("output"), out)
+        elif kind == "reasoning":
+            _parts_texts(item.get("summary"), out)
+
+
+def _parts_texts(content: Any, out: list[str]) -> None:
+    """A Responses message's content or a tool's output: a string, or parts with ``text``."""
+    if isinstance(content, str):
+        out.append(content)
+    elif isinstance(content, list):
+        for part in content:
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                out.append(part["text"])
 
 
 def _block_texts(blocks: list, out: list[str]) -> None:

@@ -243,7 +243,7 @@ def _client_api_of(path: str) -> str:
     """The client API of a request no decision labelled, from its path alone."""
     if "chat/completions" in path:
         return "openai"
-    return "responses" if path.startswith("/v1/responses") else "anthropic"
+    return "responses" if path.startswith(("/v1/responses", "/responses")) else "anthropic"  # both are served
 
 
 def _answered(

@@ -36,6 +36,19 @@ _STREAM_ERROR = (
     + b"\n\n"
 )
 _ENCRYPTED_REASONING = "ZmFrZS1lbmNyeXB0ZWQtcmVhc29uaW5n"  # base64("fake-encrypted-reasoning")
+# The input item types the real API takes (the openai SDK's ResponseInputItemParam); any other is
+# refused with a 400 naming the item, as the real API does.
+ITEM_TYPES = frozenset(
+    {
+        "additional_tools", "apply_patch_call", "apply_patch_call_output", "code_interpreter_call", "compaction",
+        "compaction_trigger", "computer_call", "computer_call_output", "configuration_update", "custom_tool_call",
+        "custom_tool_call_output", "file_search_call", "function_call", "function_call_output",
+        "image_generation_call", "item_reference", "local_shell_call", "local_shell_call_output",
+        "mcp_approval_request", "mcp_approval_response", "mcp_call", "mcp_list_tools", "message", "program",
+        "program_output", "reasoning", "shell_call", "shell_call_output", "tool_search_call", "tool_search_output",
+        "web_search_call",
+    }
+)  # fmt: skip
 
 
 class ResponsesApi:
@@ -249,8 +262,13 @@ def _input_items(value: Any) -> list[dict[str, Any]]:
         return [{"type": "message", "role": "user", "content": value}]
     if not isinstance(value, list) or not value:
         raise BadRequest("'input' must be a string or a non-empty array of input items")
-    if not all(isinstance(item, dict) for item in value):
-        raise BadRequest("every input item must be an object")
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise BadRequest("every input item must be an object")
+        kind = item.get("type", "message" if "role" in item else None)
+        if kind not in ITEM_TYPES:
+            supported = ", ".join(f"'{name}'" for name in sorted(ITEM_TYPES))
+            raise BadRequest(f"Invalid value for 'input[{i}].type': {kind!r}. Supported values are: {supported}.")
     return value
 
 

@@ -22,6 +22,7 @@ from control_plane.policy.mcp import McpSpec
 from control_plane.policy.pools import PoolEndpoint
 from control_plane.policy.resilience import DEFAULT as DEFAULT_RESILIENCE
 from control_plane.policy.resilience import Resilience
+from control_plane.policy.responses import ResponsesSpec
 from control_plane.policy.routes import RoutingSpec
 from control_plane.policy.storage import StorageSpec
 from control_plane.policy.tls import TlsSpec
@@ -135,6 +136,8 @@ class GatewayPolicy:
     batches: BatchesSpec | None = None
     # The MCP servers the gateway fronts and their grants (mcp:); None: no MCP endpoint.
     mcp: McpSpec | None = None
+    # Stored responses of the Responses API (responses:): on by default, kept 30 days.
+    responses: ResponsesSpec = field(default_factory=ResponsesSpec)
     # What parsing found suspicious but not wrong (an OpenAI base_url without a version): shown by
     # `validate` and logged, never a reason to reject. Not part of what the policy means.
     warnings: tuple[Problem, ...] = field(default=(), compare=False)
@@ -208,6 +211,7 @@ class GatewayPolicy:
             vault=self.vault.to_proto() if self.vault is not None else None,
             # Templates and references only: ext_proc reads the values from its environment or Vault.
             mcp=self.mcp.to_proto() if self.mcp is not None else None,
+            responses=self.responses.to_proto(),
             **self.routing.to_proto_fields(),
         )
 

@@ -36,6 +36,7 @@ from control_plane.policy.pools import PoolEndpoint, parse_endpoints
 from control_plane.policy.pricing import default_prices, parse_pricing, unpriced_warning
 from control_plane.policy.resilience import DEFAULT as DEFAULT_RESILIENCE
 from control_plane.policy.resilience import HealthCheck, Http2, OutlierDetection, Resilience, RetryBudget, TlsSettings
+from control_plane.policy.responses import ResponsesSpec, parse_responses
 from control_plane.policy.routes import parse_routing
 from control_plane.policy.storage import StorageSpec, parse_storage
 from control_plane.policy.tls import TlsSpec, parse_listener_tls
@@ -76,6 +77,7 @@ _TOP_FIELDS = (
     "vault",
     "batches",
     "mcp",
+    "responses",
 )
 
 
@@ -152,6 +154,7 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
     tracing = parse_tracing(check, top["tracing"]) if "tracing" in top else None
     vault: VaultSpec | None = parse_vault(check, top["vault"]) if "vault" in top else None
     batches = parse_batches(check, top["batches"]) if "batches" in top else None
+    responses = parse_responses(check, top["responses"]) if "responses" in top else ResponsesSpec()
     mcp = (
         parse_mcp(check, top["mcp"], vault_configured="vault" in top, listener=(listener_address, listener_port))
         if "mcp" in top
@@ -182,6 +185,7 @@ def load_policy(text: str, source: str = "<policy>") -> GatewayPolicy:
         hardening=hardening,
         batches=batches,
         mcp=mcp,
+        responses=responses,
     )
 
 

@@ -65,7 +65,7 @@ from extproc.plan import Chain, Forward
 from extproc.request_steps import Endpoint, Reply, error_reply, request_labels
 from extproc.routing_table import TenantRules
 from extproc.translate.base import Api
-from extproc.translate.errors import error_body
+from extproc.translate.errors import OPENAI_SHAPED, error_body
 
 # OpenAI answers a wrong key with this code (and type invalid_request_error); its SDK reads the status.
 OPENAI_INVALID_KEY_CODE = "invalid_api_key"
@@ -311,7 +311,7 @@ class Authenticator:
         what = _LIMIT_WORDS.get(refused.name if refused is not None else "rpm", "requests per minute")
         message = f"rate limit of {_owner(refused, key)} exceeded ({what}); retry after {retry} s"
         reply = error_reply(api, 429, message, "ccr_auth_rate_limited", headers_out, labels)
-        if api is not Api.OPENAI:
+        if api not in OPENAI_SHAPED:
             return reply
         # As OpenAI writes a 429: type "requests" or "tokens", code "rate_limit_exceeded".
         kind = "tokens" if refused is not None and refused.name in TOKEN_LIMITS else "requests"
@@ -427,7 +427,7 @@ def rate_limit_headers(api: Api, key: VirtualKey, admission: Admission, now: flo
             continue
         remaining = str(int(admission.remaining[name]))
         reset_s = admission.reset_after_s.get(name, 0.0)
-        if api is Api.OPENAI:
+        if api in OPENAI_SHAPED:
             out += [
                 (f"x-ratelimit-limit-{kind}", str(configured)),
                 (f"x-ratelimit-remaining-{kind}", remaining),
@@ -472,18 +472,19 @@ def _presented(headers: Mapping[str, str]) -> str | None:
 
 
 def _missing_key_message(api: Api) -> str:
-    if api is Api.OPENAI:
+    if api in OPENAI_SHAPED:  # the openai SDKs and the Codex CLI send a Bearer token
         return "You didn't provide an API key: send a virtual key (sk-ccr-...) as 'Authorization: Bearer <key>'"
     return "x-api-key header is required: send a virtual key (sk-ccr-...)"
 
 
 def _unauthorized(api: Api, path: str, message: str, details: str, code: str | None = OPENAI_INVALID_KEY_CODE) -> Reply:
     """A 401 as the real API answers it: Anthropic ``authentication_error``; OpenAI
-    ``invalid_request_error`` with code ``invalid_api_key``."""
+    ``invalid_request_error`` with code ``invalid_api_key`` (Chat Completions and Responses alike)."""
     reply = error_reply(api, 401, message, details, labels=request_labels(api, path))
-    if api is not Api.OPENAI:
+    if api not in OPENAI_SHAPED:
         return reply
-    body = error_body(api, 400, message, code)  # 400's type is invalid_request_error, as OpenAI's 401 says
+    # 400's type is invalid_request_error, as OpenAI's 401 says; no request field is at fault.
+    body = error_body(Api.OPENAI, 400, message, code)
     labels = {**reply.labels, ERROR_TYPE_LABEL: "invalid_request_error"}
     return Reply(401, body, details, headers=reply.headers, labels=labels)
 
@@ -492,7 +493,7 @@ def _quota_reply(api: Api, message: str, headers: tuple[tuple[str, str], ...], l
     """A spent budget: 429 as OpenAI answers an exhausted quota (type and code ``insufficient_quota``);
     Anthropic's ``rate_limit_error``."""
     reply = error_reply(api, 429, message, "ccr_auth_budget_spent", headers, labels)
-    if api is not Api.OPENAI:
+    if api not in OPENAI_SHAPED:
         return reply
     body = orjson.dumps({"error": {"message": message, "type": QUOTA_ERROR, "param": None, "code": QUOTA_ERROR}})
     return Reply(

@@ -18,7 +18,7 @@ import base64
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -37,12 +37,13 @@ from extproc.cache.inflight import Flights
 from extproc.cache.key import cache_key
 from extproc.cache.metrics import REQUESTS
 from extproc.cache.replay import answer_from_sse, sse_from_answer
-from extproc.cache.rules import CacheDirective, directive
+from extproc.cache.rules import KEPT, CacheDirective, directive
 from extproc.cache.store import CacheStore, LocalLruStore
 from extproc.metrics import labelled
 from extproc.plan import Forward
 from extproc.request_steps import Reply
 from extproc.routing_table import RoutingTable
+from extproc.translate.anthropic_responses import usage_from_responses
 from extproc.translate.anthropic_schema import usage_from_anthropic, usage_from_openai
 from extproc.translate.base import Api
 
@@ -116,7 +117,10 @@ def cache_step(
     if rules is None:
         return None
     body = outcome.decision.body
-    decided = directive(rules, api, headers, body)
+    if api is Api.RESPONSES and table.responses.store and body.get("store") is not False:
+        decided = CacheDirective(False, False, 0.0, KEPT)  # its own stored response, never another's
+    else:
+        decided = directive(rules, api, headers, body)
     beta = ",".join(sorted(flag.strip() for flag in headers.get("anthropic-beta", "").split(",") if flag.strip()))
     key = cache_key(tenant, api, route.provider.name, route.target.model, body, beta)
     include_usage = _include_usage(body)
@@ -134,9 +138,9 @@ def hit_reply(step: CacheStep, api: Api, entry: CachedAnswer, labels: Mapping[st
         return Reply(200, entry.body, "ccr_cache_hit", headers=headers, labels=hit_labels)
     try:
         answer = orjson.loads(entry.body)
-    except orjson.JSONDecodeError:
+        body = sse_from_answer(api, answer, include_usage=step.include_usage)
+    except ValueError:  # not JSON (orjson's error is one), or not an answer a stream can replay
         return None
-    body = sse_from_answer(api, answer, include_usage=step.include_usage)
     return Reply(200, body, "ccr_cache_hit", headers=headers, labels=hit_labels, content_type=SSE_CONTENT_TYPE)
 
 
@@ -181,7 +185,8 @@ async def _store(
         if answer is None:  # cut short, or an error event: never stored
             return False
         if not isinstance(answer.get("usage"), dict):
-            # An OpenAI stream without stream_options.include_usage: a hit must give the original
+            # An OpenAI stream without stream_options.include_usage (a Responses stream always
+            # ends with its usage): a hit must give the original
             # usage (a JSON client, or a stream that asks for it, would get none), never an invented one.
             return False
         body = orjson.dumps(answer)
@@ -196,8 +201,20 @@ async def _store(
 
 
 def saved_usage(api: Api, usage: Mapping[str, Any]) -> str:
-    """``CACHE_SAVED_LABEL``'s value: the cached answer's usage, in Anthropic's meaning."""
-    counts = usage_from_openai(usage) if api is Api.OPENAI else usage_from_anthropic(usage)
+    """``CACHE_SAVED_LABEL``'s value: the cached answer's usage, in Anthropic's meaning (cached
+    input tokens apart from the rest: OpenAI's and Responses' input counts include them)."""
+    if api is Api.OPENAI:
+        counts = usage_from_openai(usage)
+    elif api is Api.RESPONSES:
+        counts = usage_from_responses(dict(usage))
+        # The gateway's own Responses answers also say how many input tokens were written to the
+        # provider's cache (input_tokens_details.cache_write_tokens): priced as cache writes.
+        details = usage.get("input_tokens_details")
+        written = details.get("cache_write_tokens") if isinstance(details, Mapping) else None
+        if isinstance(written, int) and not isinstance(written, bool) and 0 < written <= counts.input_tokens:
+            counts = replace(counts, input_tokens=counts.input_tokens - written, cache_creation_input_tokens=written)
+    else:
+        counts = usage_from_anthropic(usage)
     return (
         f"{counts.input_tokens},{counts.output_tokens},"
         f"{counts.cache_read_input_tokens},{counts.cache_creation_input_tokens}"

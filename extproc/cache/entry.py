@@ -34,14 +34,14 @@ COMPRESS_ABOVE = 4096  # bytes of body; JSON answers this size shrink 3-6x
 COMPRESSION_LEVEL = 6  # zlib's default: level 9 costs ~2x the CPU for a few percent less
 FLAG_ZLIB = 0x01
 MAX_BODY_BYTES = 64 * 1024 * 1024  # inflating more than this is a corrupt (or hostile) entry
-CLIENT_APIS = frozenset({"anthropic", "openai"})
+CLIENT_APIS = frozenset({"anthropic", "openai", "responses"})
 
 _HEAD = struct.Struct(">4sBBI")  # magic, version, flags, meta length
 
 
 @dataclass(frozen=True, slots=True)
 class CachedAnswer:
-    api: str  # the client API value: "anthropic" | "openai" (extproc.translate.base.Api)
+    api: str  # the client API value: "anthropic" | "openai" | "responses" (extproc.translate.base.Api)
     status: int
     body: bytes  # the JSON answer in the client's format, non-streaming form
     created_at: float  # Unix time the provider's answer arrived (a hit's age is measured from it)
@@ -112,7 +112,8 @@ def decode(raw: bytes) -> CachedAnswer | None:
 
 def cacheable_answer(status: int, content_type: str | None, body: bytes) -> bool:
     """Only a successful JSON answer is stored: a 2xx status, a JSON media type, and a body that is
-    a JSON object which is not an error (some servers answer errors with a 200)."""
+    a JSON object which is not an error (some servers answer errors with a 200), nor a Responses
+    ``response`` that did not finish (failed, or still queued or in progress)."""
     if not 200 <= status < 300 or not content_type or not body:
         return False
     media_type = content_type.partition(";")[0].strip().lower()
@@ -122,7 +123,9 @@ def cacheable_answer(status: int, content_type: str | None, body: bytes) -> bool
         answer = orjson.loads(body)
     except orjson.JSONDecodeError:
         return False
-    return isinstance(answer, dict) and answer.get("type") != "error" and answer.get("error") is None
+    if not isinstance(answer, dict) or answer.get("type") == "error" or answer.get("error") is not None:
+        return False
+    return answer.get("object") != "response" or answer.get("status") in ("completed", "incomplete")
 
 
 def _inflate(data: bytes, size: int) -> bytes | None:

@@ -73,14 +73,44 @@ _NOT_IN_KEY: Mapping[Api, frozenset[str]] = {
             "prompt_cache_retention",
         }
     ),
+    Api.RESPONSES: frozenset(
+        {
+            "model",  # replaced by the served provider and upstream model id
+            "stream",  # as for Anthropic
+            # include_obfuscation: padding on the stream's delta events, not the answer.
+            "stream_options",
+            # As for Chat Completions: dashboard tags, the end user's id for abuse monitoring.
+            "metadata",
+            "user",
+            "safety_identifier",
+            # Whether the response is kept: a request the gateway keeps never uses the cache (its
+            # own stored response: extproc.cache.answers.cache_step), and no provider is asked to
+            # keep one, so among the requests that reach a key it changes nothing.
+            "store",
+            "service_tier",
+            # Cost hints for the provider's prompt cache. The Codex CLI sends its session id here:
+            # in the key, no request of one session would ever hit for another.
+            "prompt_cache_key",
+            "prompt_cache_retention",
+            # The Codex CLI's per-turn ids (turn, session, installation), never shown to the model.
+            "client_metadata",
+            # In the key, on purpose: ``include`` changes what the answer carries (a reasoning
+            # item's encrypted_content, which a stateless client replays on its next turn;
+            # logprobs), ``parallel_tool_calls``, ``truncation``, ``reasoning`` and ``text`` what
+            # the model may write.
+        }
+    ),
     # Not a client API today (providers only); a generateContent body carries neither the model nor
     # the stream flag (both are in its URL). labels: Vertex AI billing labels, never shown to the model.
     Api.GEMINI: frozenset({"labels"}),
 }
 
 # The conversation and the tools as the model reads them: hashed exactly as parsed (numbers kept as
-# written). Everything else is parameters, where an integral float is the integer.
-_CONTENT = frozenset({"messages", "system", "tools", "functions", "contents", "systemInstruction"})
+# written). Everything else is parameters, where an integral float is the integer. Responses: the
+# conversation is ``input`` and ``instructions``.
+_CONTENT = frozenset(
+    {"messages", "system", "tools", "functions", "contents", "systemInstruction", "input", "instructions"}
+)
 
 # Floats in this range that are whole numbers become ints (beyond it a float is no longer exact).
 _EXACT_FLOAT = float(2**53)
@@ -93,6 +123,9 @@ _INT64 = (-(2**63), 2**64 - 1)  # what orjson writes as an integer
 _DEFAULT_TEMPERATURE: Mapping[Api, float | None] = {
     Api.ANTHROPIC: 1.0,  # Anthropic Messages: "Defaults to 1.0"
     Api.OPENAI: 1.0,  # Chat Completions: "Defaults to 1"
+    # Responses: "Defaults to 1" (the Codex CLI sends none: its requests are cached under
+    # ``when: always`` only).
+    Api.RESPONSES: 1.0,
     Api.GEMINI: None,  # generationConfig.temperature: the model's own default (1.0 for 2.x)
 }
 

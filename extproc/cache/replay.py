@@ -6,7 +6,8 @@ The cache keeps one form of an answer: the JSON a non-streaming client gets (ext
   expects: every event in order, the original id, model, stop reason and usage, tool calls intact.
 - ``answer_from_sse`` goes the other way for a stream the gateway sent a client, so a streamed
   answer can be stored. Only a finished stream is reassembled: no terminal event (Anthropic
-  ``message_stop``; OpenAI a ``finish_reason`` on every choice), an error event, anything out of
+  ``message_stop``; OpenAI a ``finish_reason`` on every choice; Responses ``response.completed``
+  or ``response.incomplete``), an error event (Responses ``response.failed``), anything out of
   order or unparseable, or tool input that is not a JSON object -> None. A stream that cannot be
   stored faithfully is not stored at all: a miss costs one provider call, a wrong hit costs a
   wrong answer.
@@ -17,6 +18,14 @@ long answer, or a file written through a tool call, in one ``data:`` line breaks
 reader has a fixed buffer: Go's ``bufio.Scanner`` stops at 64 KiB; JSON escaping makes 4096
 characters 24 KiB at most), for 100-200 bytes of framing a piece (3-5% of a long answer). Tool
 input JSON is cut the same way, anywhere (clients join ``partial_json`` before parsing it).
+
+A Responses answer (a ``response`` object) is replayed as the typed events the gateway's own
+Responses stream writes (extproc.translate.responses_sse, framed by its ``event_frame``): the
+same events, fields and ``sequence_number`` order for the items that stream makes (message,
+reasoning summary, function call, custom tool call, web search), so that a stream replayed from
+the JSON a translator wrote is the stream that translator would have sent; any other item (a
+Responses provider's own: file search, an MCP call...) is sent whole in its added and done events.
+The ``response`` object itself goes out as it was stored: the cached usage, ids and status.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import orjson
 
 from extproc.sse import SSEDecoder, SSEEvent, encode_event
 from extproc.translate.base import Api
+from extproc.translate.responses_schema import event_frame
 
 PIECE_CHARS = 4096
 
@@ -49,6 +59,8 @@ def sse_from_answer(api: Api | str, answer: Mapping[str, Any], include_usage: bo
         return b"".join(_anthropic_frames(answer))
     if api is Api.OPENAI:
         return b"".join(_openai_frames(answer, include_usage))
+    if api is Api.RESPONSES:
+        return b"".join(_ResponsesReplay().frames(answer))
     raise ValueError(f"{api.value} is not a client API")
 
 
@@ -62,6 +74,8 @@ def answer_from_sse(api: Api | str, raw: bytes) -> dict[str, Any] | None:
             return _anthropic_answer(events)
         if Api(api) is Api.OPENAI:
             return _openai_answer(events)
+        if Api(api) is Api.RESPONSES:
+            return _responses_answer(events)
     except (_Unstorable, orjson.JSONDecodeError, orjson.JSONEncodeError):  # encode: nested past orjson's depth
         return None
     raise ValueError(f"{api} is not a client API")
@@ -427,3 +441,171 @@ def _merge(target: dict[str, Any], key: str, value: Any) -> None:
             _merge(old, inner_key, inner_value)
     else:
         target[key] = value
+
+
+# --- OpenAI Responses -------------------------------------------------------------------------
+
+_RESPONSE_ENDS = {"completed": "response.completed", "incomplete": "response.incomplete"}
+
+
+class _ResponsesReplay:
+    """One ``response`` object as its typed events, ``sequence_number`` from 0."""
+
+    def __init__(self) -> None:
+        self.sequence = 0
+        self.frames_out: list[bytes] = []
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        payload = {"type": kind, **fields, "sequence_number": self.sequence}
+        self.sequence += 1
+        self.frames_out.append(event_frame(kind, payload))
+
+    def frames(self, response: Mapping[str, Any]) -> list[bytes]:
+        if not isinstance(response, Mapping) or response.get("object") != "response":
+            raise ValueError("not a Responses response object")
+        output = response.get("output")
+        if not isinstance(output, list):
+            raise ValueError("a response without its output list")
+        status = response.get("status")
+        end = _RESPONSE_ENDS.get(status) if isinstance(status, str) else None
+        if end is None:
+            raise ValueError(f"a response with status {response.get('status')!r} is no finished answer")
+        opening = {**response, "status": "in_progress", "output": [], "usage": None}
+        opening.update(incomplete_details=None, error=None)
+        self.emit("response.created", response=opening)
+        self.emit("response.in_progress", response=opening)
+        for index, item in enumerate(output):
+            if not isinstance(item, Mapping) or not isinstance(item.get("type"), str):
+                raise ValueError(f"output item {index} has no type")
+            self.item(index, item)
+        self.emit(end, response=dict(response))
+        return self.frames_out
+
+    def item(self, index: int, item: Mapping[str, Any]) -> None:
+        kind, where = item["type"], {"item_id": item.get("id"), "output_index": index}
+        if kind == "message" and isinstance(item.get("content"), list):
+            self.emit(
+                "response.output_item.added", output_index=index, item={**item, "content": [], "status": "in_progress"}
+            )
+            for part_index, part in enumerate(item["content"]):
+                self.message_part(where, part_index, part)
+        elif kind == "reasoning" and isinstance(item.get("summary"), list):
+            added = {**item, "summary": []}
+            if isinstance(item.get("content"), list):
+                added["content"] = []
+            self.emit("response.output_item.added", output_index=index, item=added)
+            for summary_index, part in enumerate(item["summary"]):
+                text = _text(part, "text")
+                self.emit(
+                    "response.reasoning_summary_part.added",
+                    **where,
+                    summary_index=summary_index,
+                    part={**part, "text": ""},
+                )
+                for piece in pieces(text):
+                    self.emit(
+                        "response.reasoning_summary_text.delta", **where, summary_index=summary_index, delta=piece
+                    )
+                self.emit("response.reasoning_summary_text.done", **where, summary_index=summary_index, text=text)
+                self.emit("response.reasoning_summary_part.done", **where, summary_index=summary_index, part=part)
+            for content_index, part in enumerate(item.get("content") or []):
+                text = _text(part, "text")
+                for piece in pieces(text):
+                    self.emit("response.reasoning_text.delta", **where, content_index=content_index, delta=piece)
+                self.emit("response.reasoning_text.done", **where, content_index=content_index, text=text)
+        elif kind == "function_call":
+            arguments = _text(item, "arguments")
+            self.emit(
+                "response.output_item.added",
+                output_index=index,
+                item={**item, "arguments": "", "status": "in_progress"},
+            )
+            # A call without arguments ("{}") is all in its done event, as the gateway streams it.
+            for piece in pieces(arguments) if arguments != "{}" else ():
+                self.emit("response.function_call_arguments.delta", **where, delta=piece)
+            self.emit("response.function_call_arguments.done", **where, arguments=arguments)
+        elif kind == "custom_tool_call":
+            text = _text(item, "input")
+            self.emit("response.output_item.added", output_index=index, item={**item, "input": ""})
+            for piece in pieces(text):
+                self.emit("response.custom_tool_call_input.delta", **where, delta=piece)
+            self.emit("response.custom_tool_call_input.done", **where, input=text)
+        elif kind == "web_search_call":
+            added = {**item, "status": "in_progress"}
+            action = item.get("action")
+            if isinstance(action, Mapping) and action.get("type") == "search":
+                added["action"] = {**action, "query": ""}  # the query is known once the search is done
+            self.emit("response.output_item.added", output_index=index, item=added)
+            self.emit("response.web_search_call.in_progress", **where)
+            self.emit("response.web_search_call.searching", **where)
+            self.emit("response.web_search_call.completed", **where)
+        else:  # a Responses provider's own item: whole in both events
+            self.emit("response.output_item.added", output_index=index, item=dict(item))
+        self.emit("response.output_item.done", output_index=index, item=dict(item))
+
+    def message_part(self, where: dict[str, Any], content_index: int, part: Any) -> None:
+        if not isinstance(part, Mapping):
+            raise ValueError("message content part is not an object")
+        kind = part.get("type")
+        if kind == "refusal":
+            text = _text(part, "refusal")
+            self.emit("response.content_part.added", **where, content_index=content_index, part={**part, "refusal": ""})
+            for piece in pieces(text):
+                self.emit("response.refusal.delta", **where, content_index=content_index, delta=piece)
+            self.emit("response.refusal.done", **where, content_index=content_index, refusal=text)
+        else:
+            text = _text(part, "text")
+            started = {**part, "text": ""}
+            if "annotations" in part:
+                started["annotations"] = []
+            self.emit("response.content_part.added", **where, content_index=content_index, part=started)
+            for piece in pieces(text):
+                self.emit("response.output_text.delta", **where, content_index=content_index, delta=piece, logprobs=[])
+            for annotation_index, annotation in enumerate(part.get("annotations") or []):
+                self.emit(
+                    "response.output_text.annotation.added",
+                    **where,
+                    content_index=content_index,
+                    annotation_index=annotation_index,
+                    annotation=annotation,
+                )
+            logprobs = part.get("logprobs")
+            self.emit(
+                "response.output_text.done",
+                **where,
+                content_index=content_index,
+                text=text,
+                logprobs=logprobs if isinstance(logprobs, list) else [],
+            )
+        self.emit("response.content_part.done", **where, content_index=content_index, part=dict(part))
+
+
+def _responses_answer(events: list[SSEEvent]) -> dict[str, Any] | None:
+    """The ``response`` of a stream's terminal event (it carries the whole answer: output and
+    usage), checked against the items the stream said were done."""
+    done: dict[int, Any] = {}
+    for event in events:
+        if not event.data:
+            continue
+        payload = _object(orjson.loads(event.data))
+        kind = payload.get("type")
+        if event.event == "error" or kind in ("error", "response.failed"):
+            return None
+        if kind == "response.output_item.done":
+            index = payload.get("output_index")
+            if not isinstance(index, int) or index < 0:
+                raise _Unstorable
+            done[index] = payload.get("item")
+        elif kind in ("response.completed", "response.incomplete"):
+            response = dict(_object(payload.get("response")))
+            output = response.get("output")
+            if response.get("object") != "response" or not isinstance(output, list):
+                raise _Unstorable
+            if not output and done:  # a server that leaves the output out of its terminal event
+                if sorted(done) != list(range(len(done))):
+                    raise _Unstorable
+                response["output"] = [done[index] for index in range(len(done))]
+            elif any(index >= len(output) or output[index] != item for index, item in done.items()):
+                raise _Unstorable  # the items streamed are not the answer's
+            return response
+    return None  # no terminal event: unfinished

@@ -48,6 +48,10 @@ NO_STORE = "no-store"
 NO_CACHE = "no-cache"
 ON = "on"
 TTL_IGNORED = "x-ccr-cache-ttl ignored"  # appended: "on, x-ccr-cache-ttl ignored"
+# A Responses request whose answer the gateway stores (store not false, the policy's responses.store
+# on): each gets its own stored response (its id readable and continued by its own key only), which
+# a hit, the answer of another request, is not.
+KEPT = "kept"
 
 
 @dataclass(frozen=True, slots=True)

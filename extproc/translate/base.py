@@ -106,6 +106,9 @@ class ResponseContext:
     show_thinking: bool = True  # Anthropic clients: thinking.display != "omitted"
     include_usage: bool = False  # OpenAI clients: stream_options.include_usage
     turn: int = 0  # assistant turns in the history (part of the tool ids Gemini translators make)
+    # Responses clients: names of the freeform (``custom``) tools, e.g. the Codex CLI's apply_patch,
+    # whose calls go back as custom_tool_call items rather than function calls.
+    custom_tools: frozenset[str] = frozenset()
 
 
 class ClientRequestError(Exception):

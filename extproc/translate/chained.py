@@ -8,7 +8,10 @@ provider API); extproc.translate.registry names such pairs as (outer, inner).
 - Request: ``outer.request`` gives the hub body, which is checked and typed as an Anthropic client's
   request (client_request.parse_request) before ``inner.request`` reads it, exactly as a real
   Anthropic client's request would be. A ClientRequestError from either step reaches the client in
-  its own format like any other (the message may name a field of the hub request).
+  its own format like any other (the message may name a field of the hub request). One addition on
+  the way: a client's JSON schema for the answer (Chat ``response_format``, Responses
+  ``text.format``), which the outer turns into a system-prompt instruction, also goes into the hub
+  body as ``output_config.format``, so the provider gets its own structured output as well.
 - Response: every phase runs ``inner`` first (provider -> Anthropic), then ``outer`` (Anthropic ->
   client), for JSON and SSE alike; the inner's output is a complete Anthropic answer or stream
   prefix, so the outer reads it as it would read an Anthropic provider. The usage reported is the
@@ -34,7 +37,7 @@ from extproc.translate.base import (
     Translator,
     UpstreamRequest,
 )
-from extproc.translate.client_request import ClientRequest, parse_request
+from extproc.translate.client_request import AnthropicRequest, ClientRequest, parse_request
 
 
 class Chained:
@@ -60,7 +63,18 @@ class Chained:
     def request(self, request: ClientRequest, target: Target) -> UpstreamRequest:
         hub = self.outer.request(request, target)
         body: Any = orjson.loads(hub.body)
-        return self.inner.request(parse_request(Api.ANTHROPIC, body, raw=hub.body), target)
+        raw = hub.body
+        schema = _answer_schema(request)
+        if schema is not None:
+            # The outer asks for JSON in the system prompt (an Anthropic provider has no JSON mode
+            # every model takes), but the hub can carry the schema itself: every inner translator
+            # gives its provider output_config.format as that provider's own structured output.
+            body["output_config"] = {
+                **(body.get("output_config") or {}),
+                "format": {"type": "json_schema", "schema": schema},
+            }
+            raw = orjson.dumps(body)
+        return self.inner.request(parse_request(Api.ANTHROPIC, body, raw=raw), target)
 
     def prime(self, context: ResponseContext) -> None:
         for translator in (self.inner, self.outer):
@@ -86,3 +100,10 @@ class Chained:
     def response_error(self, status: int, body: bytes) -> TranslatedBody:
         hub = self.inner.response_error(status, body)
         return self.outer.response_error(hub.status, hub.body)
+
+
+def _answer_schema(request: ClientRequest) -> Mapping[str, Any] | None:
+    """The JSON schema a Chat or Responses client's answer must follow (json_schema format), if any."""
+    if isinstance(request, AnthropicRequest) or request.response_format != "json_schema":
+        return None
+    return request.response_schema

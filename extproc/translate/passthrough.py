@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from extproc.translate.base import Api, Target, TranslatedBody, TranslatedChunk, UpstreamRequest
-from extproc.translate.client_request import AnthropicRequest, ClientRequest
+from extproc.translate.client_request import AnthropicRequest, ClientRequest, ResponsesRequest
 
 # Path of each API's endpoint relative to the provider's base URL path.
 _PATHS = {Api.ANTHROPIC: "/v1/messages", Api.OPENAI: "/chat/completions", Api.RESPONSES: "/responses"}
@@ -34,6 +34,8 @@ class PassthroughTranslator:
             limit = target.max_output_tokens
             if limit is not None and request.max_tokens is not None and request.max_tokens > limit:
                 upstream["max_tokens"] = limit
+        elif isinstance(request, ResponsesRequest):
+            upstream["store"] = False
         return UpstreamRequest(path=path, body=orjson.dumps(upstream))
 
     @staticmethod
@@ -46,6 +48,8 @@ class PassthroughTranslator:
             if limit is not None and request.max_tokens is not None and request.max_tokens > limit:
                 return False
             return not _has_unsigned_thinking(request.messages)
+        if isinstance(request, ResponsesRequest):
+            return request.body.get("store") is False
         return True
 
     def response_headers(self, status: int, headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
@@ -104,7 +108,9 @@ class OpenAIPassthrough(PassthroughTranslator):
 
 class ResponsesPassthrough(PassthroughTranslator):
     """A Responses client to a Responses provider (``POST {base}/responses``): built-in tools,
-    reasoning items with their ``encrypted_content`` and every other field go on as sent."""
+    reasoning items with their ``encrypted_content`` and every other field go on as sent, except
+    ``store``, always false: the gateway never asks a provider to keep state for it (OpenAI stores
+    a response unless told not to; stored responses are the gateway's own, never the provider's)."""
 
     def __init__(self) -> None:
         super().__init__(Api.RESPONSES)

@@ -449,8 +449,8 @@ class ResponsesToAnthropic(JsonOrSseResponse[ResponsesStream]):
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         super().__init__()
         self._clock = clock
-        # Freeform tools' names, known from the request only: a translator primed for a fallback
-        # chain's answer writes their calls as function calls (ResponseContext does not carry them).
+        # Freeform tools' names: from the request, or from the ResponseContext a translator primed
+        # for a fallback chain's answer (or the decision hop's /respond) is given.
         self._custom: frozenset[str] = frozenset()
 
     def request(self, request: ResponsesRequest, target: Target) -> UpstreamRequest:
@@ -463,6 +463,7 @@ class ResponsesToAnthropic(JsonOrSseResponse[ResponsesStream]):
     def prime(self, context: ResponseContext) -> None:
         self._model = context.model
         self._stream = self._upstream_sse = context.stream
+        self._custom = context.custom_tools
 
     def _new_stream_machine(self) -> ResponsesStream:
         return ResponsesStream(self._model, int(self._clock()), self._custom)

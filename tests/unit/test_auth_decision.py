@@ -26,7 +26,9 @@ def answer(name: str) -> dict:
     return result
 
 
-@pytest.mark.parametrize("name", ["anonymous", "foreign-key", "valid", "valid-chain", "model-allowed"])
+@pytest.mark.parametrize(
+    "name", ["anonymous", "foreign-key", "valid", "valid-chain", "model-allowed", "valid-bearer-responses"]
+)
 def test_admitted_requests_go_on(name: str) -> None:
     assert "forward" in answer(name)
 
@@ -63,6 +65,8 @@ def test_anthropic_clients_get_a_401_authentication_error(name: str, message: st
         ("anonymous-required-openai", "You didn't provide an API key", None),
         ("wrong-secret-openai", "invalid API key", "invalid_api_key"),
         ("expired-openai", "invalid API key: this key has expired", "invalid_api_key"),
+        ("anonymous-required-responses", "You didn't provide an API key", None),
+        ("wrong-secret-responses", "invalid API key", "invalid_api_key"),
     ],
 )
 def test_openai_clients_get_a_401_as_openai_answers_it(name: str, message: str, code: str | None) -> None:
@@ -70,6 +74,31 @@ def test_openai_clients_get_a_401_as_openai_answers_it(name: str, message: str, 
     assert status == 401
     assert body["error"]["type"] == "invalid_request_error" and body["error"]["code"] == code
     assert body["error"]["message"].startswith(message)
+
+
+def test_a_responses_client_is_told_to_send_a_bearer_token_as_an_openai_client_is() -> None:
+    """The Codex CLI sends its key as ``Authorization: Bearer``: the message says so, in the
+    OpenAI shape (no request field at fault: param null)."""
+    status, body, _ = answer("anonymous-required-responses")["reply"]
+    assert status == 401 and "'Authorization: Bearer <key>'" in body["error"]["message"]
+    assert body == answer("anonymous-required-openai")["reply"][1]
+    assert answer("wrong-secret-responses")["reply"][1] == answer("wrong-secret-openai")["reply"][1]
+
+
+def test_a_model_a_responses_key_may_not_use_is_an_openai_403() -> None:
+    status, body, _ = answer("model-refused-responses")["reply"]
+    assert status == 403 and body["error"]["type"] == "permission_error" and body["error"]["param"] is None
+    assert "claude-sonnet-4-5" in body["error"]["message"]
+
+
+def test_over_its_rpm_a_responses_client_gets_the_openai_429_and_headers() -> None:
+    status, body, headers = answer("rate-limited-responses")["reply"]
+    assert status == 429 and (body["error"]["type"], body["error"]["code"]) == ("requests", "rate_limit_exceeded")
+    assert headers["retry-after"] == "60"
+    assert headers["x-ratelimit-limit-requests"] == "1"
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert headers["x-ratelimit-reset-requests"] == "1m0s"
+    assert not any(name.startswith("anthropic-ratelimit") for name in headers)
 
 
 def test_an_unknown_key_and_a_wrong_secret_read_alike() -> None:
@@ -121,6 +150,7 @@ def test_tokens_are_admitted_against_the_estimate() -> None:
     assert auth.limiter.admit((limit,), "r1", token_estimate=10, now=0).allowed
     refused = auth.limiter.admit((limit,), "r2", token_estimate=5, now=0)
     headers = dict(rate_limit_headers(Api.OPENAI, key, refused, 0))
+    assert dict(rate_limit_headers(Api.RESPONSES, key, refused, 0)) == headers
     assert headers["x-ratelimit-limit-tokens"] == "10" and headers["x-ratelimit-remaining-tokens"] == "0"
 
 

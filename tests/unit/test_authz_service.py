@@ -205,7 +205,8 @@ def test_a_client_cannot_claim_a_verified_token_with_internal_headers(required: 
         ("/v1/models", {"authorization": "Bearer x"}, (Api.OPENAI, "/v1/models")),
         ("/v1/models", {"x-api-key": "x", "anthropic-version": "2023-06-01"}, (Api.ANTHROPIC, "/v1/models")),
         ("/models/gpt-4o", {}, (Api.OPENAI, "/models/{id}")),
-        ("/v1/responses", {"authorization": "Bearer x"}, (Api.OPENAI, "")),  # a route the gateway does not serve
+        ("/v1/responses", {}, (Api.RESPONSES, "/v1/responses")),  # OpenAI-shaped refusals (errors.OPENAI_SHAPED)
+        ("/v1/embeddings", {"authorization": "Bearer x"}, (Api.OPENAI, "")),  # a route the gateway does not serve
         ("/internal/tool", {"x-api-key": "x"}, (Api.ANTHROPIC, "")),
     ],
 )

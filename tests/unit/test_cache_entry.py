@@ -134,6 +134,11 @@ def test_foreign_damaged_or_other_version_entries_are_misses(raw: bytes) -> None
     assert decode(raw) is None
 
 
+def test_a_responses_entry_round_trips() -> None:
+    answer = CachedAnswer("responses", 200, b'{"object":"response"}', 1.0, "p", "m", {"input_tokens": 3})
+    assert decode(encode(answer)) == answer
+
+
 def test_the_envelope_itself_is_version_one() -> None:
     assert decode(_envelope(GOOD_META, b"{}")) == CachedAnswer("openai", 200, b"{}", 1.0, "p", "m", {})
 
@@ -153,6 +158,12 @@ def test_the_envelope_itself_is_version_one() -> None:
         (200, "application/json", b"{truncated", False),
         (200, "application/json", b'{"type":"error","error":{"type":"overloaded_error","message":"x"}}', False),
         (200, "application/json", b'{"error":{"message":"quota","type":"insufficient_quota"}}', False),
+        # A Responses answer: only a finished one (completed, or incomplete at its output limit).
+        (200, "application/json", b'{"object":"response","status":"completed","error":null}', True),
+        (200, "application/json", b'{"object":"response","status":"incomplete","error":null}', True),
+        (200, "application/json", b'{"object":"response","status":"in_progress","error":null}', False),
+        (200, "application/json", b'{"object":"response","status":"queued"}', False),
+        (200, "application/json", b'{"object":"response","status":"failed","error":{"code":"server_error"}}', False),
         (204, "application/json", b"", False),
         (301, "application/json", b"{}", False),
         (429, "application/json", b'{"type":"error"}', False),

@@ -90,7 +90,35 @@ openai_bodies = st.fixed_dictionaries(
         "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}),
     },
 )
-bodies = st.tuples(st.just(Api.ANTHROPIC), anthropic_bodies) | st.tuples(st.just(Api.OPENAI), openai_bodies)
+responses_inputs = texts | st.lists(
+    st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "assistant", "developer"]), "content": texts | json_values}
+    ),
+    min_size=1,
+    max_size=3,
+)
+responses_bodies = st.fixed_dictionaries(
+    {"model": st.sampled_from(["gpt-5.5", "gateway-default"]), "input": responses_inputs},
+    optional={
+        "instructions": texts,
+        "temperature": temperatures,
+        "max_output_tokens": st.integers(16, 64_000),
+        "reasoning": st.fixed_dictionaries({"effort": st.sampled_from(["low", "medium", "high"])}),
+        "text": st.fixed_dictionaries({"verbosity": st.sampled_from(["low", "high"])}),
+        "include": st.lists(st.sampled_from(["reasoning.encrypted_content"]), max_size=1),
+        "parallel_tool_calls": st.booleans(),
+        "tool_choice": st.sampled_from(["auto", "none", "required"]),
+        "prompt_cache_key": texts,
+        "client_metadata": st.dictionaries(texts, texts, max_size=2),
+        "store": st.booleans(),
+        "stream": st.booleans(),
+    },
+)
+bodies = (
+    st.tuples(st.just(Api.ANTHROPIC), anthropic_bodies)
+    | st.tuples(st.just(Api.OPENAI), openai_bodies)
+    | st.tuples(st.just(Api.RESPONSES), responses_bodies)
+)
 tenants = st.none() | st.text(min_size=1, max_size=12)
 
 
@@ -155,6 +183,22 @@ def test_fields_that_do_not_change_the_answer_never_change_the_key(api_body, dat
                 "service_tier": "flex",
                 "prompt_cache_key": "k",
                 "prompt_cache_retention": "24h",
+            },
+        ),
+        (
+            Api.RESPONSES,
+            {
+                "metadata": {"run": "7"},
+                "stream": True,
+                "stream_options": {"include_obfuscation": False},
+                "user": "someone-else",
+                "safety_identifier": "hash",
+                "store": True,
+                "service_tier": "flex",
+                # The Codex CLI's session id and per-turn ids: every Codex request differs in these.
+                "prompt_cache_key": "019a-session",
+                "prompt_cache_retention": "24h",
+                "client_metadata": {"turn_id": "t-2"},
             },
         ),
     ],
@@ -256,6 +300,20 @@ ANSWER_FIELDS = {
         "logit_bias": st.dictionaries(st.integers(0, 100_000).map(str), st.integers(-100, 100), max_size=3),
         "reasoning_effort": st.sampled_from(["low", "medium", "high"]),
     },
+    Api.RESPONSES: {
+        "input": responses_inputs,
+        "instructions": texts,
+        "temperature": temperatures,
+        "max_output_tokens": st.integers(16, 64_000),
+        "tools": st.lists(st.fixed_dictionaries({"type": st.just("function"), "name": texts}), max_size=2),
+        "tool_choice": st.sampled_from(["auto", "none", "required"]),
+        "reasoning": st.fixed_dictionaries({"effort": st.sampled_from(["low", "medium", "high"])}),
+        "text": st.fixed_dictionaries({"verbosity": st.sampled_from(["low", "medium", "high"])}),
+        # What the answer carries (encrypted reasoning, logprobs) and what the model may write.
+        "include": st.lists(st.sampled_from(["reasoning.encrypted_content", "message.output_text.logprobs"])),
+        "parallel_tool_calls": st.booleans(),
+        "truncation": st.sampled_from(["auto", "disabled"]),
+    },
 }
 
 
@@ -291,6 +349,13 @@ def test_a_field_the_gateway_does_not_know_is_in_the_key(api_body, name, value):
     api, body = api_body
     assume(name not in body and name not in _NOT_IN_KEY[api])
     assert key(api, {**body, name: value}) != key(api, body)
+
+
+def test_numbers_in_a_responses_conversation_are_kept_as_written():
+    body = {"input": [{"role": "user", "content": [{"type": "input_text", "text": "x", "n": 1}]}]}
+    floated = {"input": [{"role": "user", "content": [{"type": "input_text", "text": "x", "n": 1.0}]}]}
+    assert key(Api.RESPONSES, body) != key(Api.RESPONSES, floated)
+    assert key(Api.RESPONSES, {**body, "instructions": "a"}) != key(Api.RESPONSES, {**body, "instructions": "b"})
 
 
 def test_numbers_in_the_conversation_are_kept_as_written():
@@ -341,6 +406,10 @@ def test_values_orjson_cannot_write_still_get_distinct_keys():
         # Not a number: false is not 0.
         (Api.OPENAI, {"temperature": False}, False),
         (Api.ANTHROPIC, {"temperature": "0"}, False),
+        (Api.RESPONSES, {"temperature": 0}, True),
+        (Api.RESPONSES, {"temperature": 0.0, "reasoning": {"effort": "low"}}, True),
+        (Api.RESPONSES, {}, False),  # "Defaults to 1": the Codex CLI's requests (no temperature)
+        (Api.RESPONSES, {"temperature": 0.7}, False),
         (Api.GEMINI, {"generationConfig": {"temperature": 0}}, True),
         (Api.GEMINI, {"generationConfig": {"temperature": 0, "candidateCount": 2}}, False),
         (Api.GEMINI, {"generationConfig": {}}, False),  # the model's own default

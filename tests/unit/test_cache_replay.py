@@ -609,3 +609,216 @@ def test_reassembly_never_raises_on_a_damaged_stream(points: list[int], byte: in
         damaged = bytes([byte]).join(split_at(stream, [p % (len(stream) + 1) for p in points]))
         result = answer_from_sse(api, damaged)
         assert result is None or isinstance(result, dict)
+
+
+# --- OpenAI Responses --------------------------------------------------------------------------
+
+
+def _responses_cases():
+    from tests.unit.translate.test_responses_anthropic import CASES
+
+    return [case for case in CASES if case.status < 300 and case.streams and case.target().stream]
+
+
+def _gateway_responses_stream(case) -> bytes:
+    from tests.unit.translate.test_responses_anthropic import make
+    from tests.unit.translating import translate
+
+    translator = make()
+    translate(translator, case.client_request, case.target())
+    translator.response_headers(200, {"content-type": case.content_type()})
+    return translator.response_body(case.provider_response(), True).body
+
+
+_CUSTOM_CALL = {
+    "type": "tool_use",
+    "id": "toolu_01Patch",
+    "name": "apply_patch",
+    "input": {"input": "*** Begin Patch\n*** Add File: a.txt\n+hi\n*** End Patch"},
+}
+
+
+@pytest.mark.parametrize("stop_reason", ["end_turn", "max_tokens"])
+def test_a_responses_answer_replays_as_the_stream_the_gateway_would_have_sent(stop_reason: str) -> None:
+    """The JSON a Responses client got for an Anthropic message, replayed, is the very stream the
+    translator writes for that message: same events, fields and sequence numbers."""
+    from extproc.translate import anthropic_schema
+    from extproc.translate.responses_anthropic import response_from_message
+    from extproc.translate.responses_sse import ResponsesStream
+    from tests.unit.translate.test_responses_anthropic import check_responses_stream
+
+    message = {**ANTHROPIC_NATIVE, "content": [*ANTHROPIC_NATIVE["content"], _CUSTOM_CALL]}
+    message["stop_reason"] = stop_reason
+    custom = frozenset({"apply_patch"})
+    answer, _ = response_from_message(message, 1_700_000_000, "fallback", custom)
+    machine, streamed = ResponsesStream("fallback", 1_700_000_000, custom), []
+    for event in anthropic_schema.events_from_message(message):
+        machine.event(event, streamed)
+    replayed = sse_from_answer(Api.RESPONSES, answer)
+    assert sse_events(replayed) == sse_events(b"".join(streamed))
+    payloads = check_responses_stream(replayed)
+    assert payloads[-1]["response"] == answer
+    assert {item["type"] for item in answer["output"]} == {
+        "reasoning",
+        "message",
+        "web_search_call",
+        "function_call",
+        "custom_tool_call",
+    }
+
+
+@pytest.mark.parametrize("case", _responses_cases(), ids=lambda case: case.name)
+def test_a_gateway_responses_stream_is_stored_and_replays_as_the_sdk_reads_it(case) -> None:
+    from tests.unit.translate.test_responses_anthropic import check_responses_stream, sdk_client
+
+    stream = _gateway_responses_stream(case)
+    final = sse_events(stream)[-1][1]
+    answer = answer_from_sse(Api.RESPONSES, stream)
+    if final["type"] == "response.failed":
+        assert answer is None
+        return
+    assert answer == final["response"]
+    replayed = sse_from_answer(Api.RESPONSES, answer)
+    payloads = check_responses_stream(replayed)
+    assert payloads[-1] == {**final, "sequence_number": len(payloads) - 1}
+    assert answer_from_sse(Api.RESPONSES, replayed) == answer
+    request = {k: v for k, v in case.client_request.items() if k in ("model", "input")}
+    with sdk_client(replayed, "text/event-stream").responses.stream(**request) as sdk_stream:
+        for _ in sdk_stream:
+            pass
+        response = sdk_stream.get_final_response()
+    assert [(item.id, item.type) for item in response.output] == [(i["id"], i["type"]) for i in answer["output"]]
+    texts = [p["text"] for i in answer["output"] if i["type"] == "message" for p in i["content"]]
+    assert response.output_text == "".join(texts)
+    assert response.usage is not None and response.usage.model_dump(exclude_unset=True) == answer["usage"]
+
+
+RESPONSES_NATIVE = {
+    "id": "resp_68af0c1",
+    "object": "response",
+    "created_at": 1_756_000_000,
+    "status": "completed",
+    "error": None,
+    "incomplete_details": None,
+    "instructions": "Be brief.",
+    "model": "gpt-5.5-2026-01-01",
+    "output": [
+        {
+            "id": "rs_1",
+            "type": "reasoning",
+            "summary": [{"type": "summary_text", "text": "Think."}, {"type": "summary_text", "text": "More."}],
+            "encrypted_content": "gAAAAB-opaque",
+        },
+        {
+            "id": "fs_1",
+            "type": "file_search_call",
+            "status": "completed",
+            "queries": ["units"],
+            "results": None,
+        },
+        {
+            "id": "msg_1",
+            "type": "message",
+            "status": "completed",
+            "role": "assistant",
+            "content": [
+                {
+                    "type": "output_text",
+                    "text": "Celsius. " + "x" * (replay.PIECE_CHARS + 10),
+                    "annotations": [
+                        {
+                            "type": "url_citation",
+                            "url": "https://a.example",
+                            "title": "A",
+                            "start_index": 0,
+                            "end_index": 8,
+                        }
+                    ],
+                },
+                {"type": "refusal", "refusal": "Not that part."},
+            ],
+        },
+        {
+            "id": "fc_1",
+            "type": "function_call",
+            "status": "completed",
+            "call_id": "call_1",
+            "name": "get_weather",
+            "arguments": '{"city": "Paris"}',
+        },
+    ],
+    "parallel_tool_calls": True,
+    "temperature": 0.0,
+    "tool_choice": "auto",
+    "tools": [],
+    "top_p": 1.0,
+    "usage": {
+        "input_tokens": 2100,
+        "input_tokens_details": {"cached_tokens": 2048, "cache_write_tokens": 0},
+        "output_tokens": 40,
+        "output_tokens_details": {"reasoning_tokens": 25},
+        "total_tokens": 2140,
+    },
+}
+
+
+def test_a_responses_providers_own_answer_replays_whole_with_its_usage() -> None:
+    """Items the gateway's translators never write (a file search, several parts, a refusal, an
+    encrypted reasoning item) replay too, and the SDK accumulates the cached response."""
+    from tests.unit.translate.test_responses_anthropic import check_responses_stream, sdk_client
+
+    replayed = sse_from_answer(Api.RESPONSES, RESPONSES_NATIVE)
+    payloads = check_responses_stream(replayed)
+    assert payloads[-1]["response"] == RESPONSES_NATIVE
+    assert all(len(orjson.dumps(p)) < 24 * 1024 + 2048 for p in payloads[:-1])  # text in bounded pieces
+    assert answer_from_sse(Api.RESPONSES, replayed) == RESPONSES_NATIVE
+    with sdk_client(replayed, "text/event-stream").responses.stream(model="m", input="hi") as sdk_stream:
+        for _ in sdk_stream:
+            pass
+        response = sdk_stream.get_final_response()
+    assert response.output_text.startswith("Celsius. ")
+    assert response.usage is not None and response.usage.output_tokens_details.reasoning_tokens == 25
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {**RESPONSES_NATIVE, "status": "failed"},
+        {**RESPONSES_NATIVE, "status": "in_progress"},
+        {**RESPONSES_NATIVE, "output": None},
+        {**RESPONSES_NATIVE, "object": "chat.completion"},
+        {**RESPONSES_NATIVE, "output": [{"id": "x"}]},
+        ANTHROPIC_NATIVE,
+    ],
+)
+def test_something_that_is_not_a_finished_responses_answer_is_refused(answer: dict) -> None:
+    with pytest.raises(ValueError):
+        sse_from_answer(Api.RESPONSES, answer)
+
+
+def test_a_responses_stream_that_failed_or_was_cut_is_not_stored() -> None:
+    replayed = sse_from_answer(Api.RESPONSES, RESPONSES_NATIVE)
+    end = replayed.rindex(b"event: response.completed")
+    assert answer_from_sse(Api.RESPONSES, replayed[:end]) is None
+    failed = replayed[:end] + b'event: response.failed\ndata: {"type":"response.failed","response":{}}\n\n'
+    assert answer_from_sse(Api.RESPONSES, failed) is None
+    error = b'event: error\ndata: {"type":"error","message":"boom"}\n\n'
+    assert answer_from_sse(Api.RESPONSES, error + replayed) is None
+    # An item streamed that the final response does not hold: not the answer the client saw.
+    frames = []
+    for name, payload in sse_events(replayed):
+        if payload["type"] == "response.output_item.done" and payload["item"]["type"] == "function_call":
+            payload = {**payload, "item": {**payload["item"], "arguments": "{}"}}
+        frames.append(f"event: {name}\ndata: {orjson.dumps(payload).decode()}\n\n".encode())
+    assert answer_from_sse(Api.RESPONSES, b"".join(frames)) is None
+
+
+@given(st.lists(st.integers(0, 20_000), max_size=10), st.integers(0, 255))
+@settings(max_examples=60, deadline=None)
+def test_a_damaged_responses_stream_never_raises(points: list[int], byte: int) -> None:
+    raw = bytearray(sse_from_answer(Api.RESPONSES, RESPONSES_NATIVE))
+    for point in points:
+        if point < len(raw):
+            raw[point] = byte
+    answer = answer_from_sse(Api.RESPONSES, bytes(raw))
+    assert answer is None or isinstance(answer, dict)

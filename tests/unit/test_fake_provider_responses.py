@@ -195,6 +195,11 @@ async def test_injected_errors_map_to_sdk_exceptions(gpt: openai.AsyncOpenAI) ->
         await gpt.responses.create(model="m", input=[])
 
 
+async def test_an_unknown_input_item_type_is_refused_naming_it(gpt: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match=r"'input\[1\]\.type': 'bogus'"):
+        await gpt.responses.create(model="m", input=[{"role": "user", "content": "Hi"}, {"type": "bogus"}])  # type: ignore[list-item]
+
+
 async def test_a_midstream_error_is_an_error_event(gpt: openai.AsyncOpenAI) -> None:
     headers = {"x-fake-midstream-error": "1"}
     async with gpt.responses.stream(model="m", input="Hi", extra_headers=headers) as stream:

@@ -82,6 +82,7 @@ PATHS = {
     (Api.ANTHROPIC, GENERATE): "/v1/messages",
     (Api.ANTHROPIC, COUNT_TOKENS): "/v1/messages/count_tokens",
     (Api.OPENAI, GENERATE): "/v1/chat/completions",
+    (Api.RESPONSES, GENERATE): "/v1/responses",
 }
 
 
@@ -273,6 +274,45 @@ AUTH_CASES = [
         {"model": "gpt-4o", "messages": USER},
         2,
     ),
+    # A Responses client (the Codex CLI, the openai SDK's client.responses) is answered as an
+    # OpenAI client is: Bearer in the missing-key message, OpenAI's 401/403/429 shapes and headers.
+    ("anonymous-required-responses", True, Api.RESPONSES, GENERATE, {}, {"model": "gpt-4o", "input": "hi"}, 1),
+    (
+        "valid-bearer-responses",
+        True,
+        Api.RESPONSES,
+        GENERATE,
+        {"authorization": "Bearer " + presented("validkey")},
+        {"model": "claude-sonnet-4-5", "input": "hi"},
+        1,
+    ),
+    (
+        "wrong-secret-responses",
+        False,
+        Api.RESPONSES,
+        GENERATE,
+        {"authorization": "Bearer " + presented("wrongsec")},
+        {"model": "gpt-4o", "input": "hi"},
+        1,
+    ),
+    (
+        "model-refused-responses",
+        False,
+        Api.RESPONSES,
+        GENERATE,
+        {"authorization": "Bearer " + presented("onlygptx")},
+        {"model": "claude-sonnet-4-5", "input": "hi"},
+        1,
+    ),
+    (
+        "rate-limited-responses",
+        False,
+        Api.RESPONSES,
+        GENERATE,
+        {"authorization": "Bearer " + presented("onerpmxx")},
+        {"model": "claude-sonnet-4-5", "input": "hi"},
+        2,
+    ),
     (
         "count-tokens-not-limited",
         False,
@@ -283,3 +323,50 @@ AUTH_CASES = [
         3,
     ),
 ]
+
+
+# --- Responses requests: what reading their answer needs ---------------------------------------
+
+APPLY_PATCH = {
+    "type": "custom",
+    "name": "apply_patch",
+    "format": {"type": "grammar", "syntax": "lark", "definition": "x"},
+}
+
+
+@pytest.mark.parametrize("model", ["claude-sonnet-4-5", "claude-opus-4-1"])
+def test_a_responses_requests_context_names_its_freeform_tools(state: GatewayState, model: str) -> None:
+    """One provider or a fallback chain (claude-opus-4-1's): the translator that reads the answer,
+    primed from the context, writes the freeform tools' calls as custom_tool_call items."""
+    body = {"model": model, "input": "patch it", "tools": [APPLY_PATCH, {"type": "function", "name": "ls"}]}
+    outcome = plan(state.table, Api.RESPONSES, GENERATE, {}, orjson.dumps(body))
+    assert isinstance(outcome, Chain if model == "claude-opus-4-1" else Forward)
+    assert outcome.context.custom_tools == frozenset({"apply_patch"})
+    chat = plan(state.table, Api.OPENAI, GENERATE, {}, orjson.dumps({"model": model, "messages": USER}))
+    assert isinstance(chat, Forward | Chain) and chat.context.custom_tools == frozenset()
+
+
+def test_the_hop_carries_a_responses_contexts_freeform_tools_to_respond() -> None:
+    """/respond reads the answer with a translator primed from the context the hop encoded: the
+    freeform tools survive the encoding, so a Codex apply_patch call comes back as a
+    custom_tool_call item on the hop path too."""
+    from extproc.hop import HopContext
+    from extproc.translate.base import ResponseContext
+
+    context = ResponseContext("m", False, custom_tools=frozenset({"apply_patch"}))
+    hop = HopContext.decode(HopContext(Api.RESPONSES, Api.ANTHROPIC, False, context, "ant", "").encode())
+    assert hop.context.custom_tools == context.custom_tools
+    translator = hop.translator()
+    assert translator is not None
+    message = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "m",
+        "content": [{"type": "tool_use", "id": "toolu_1", "name": "apply_patch", "input": {"input": "*** Begin"}}],
+        "stop_reason": "tool_use",
+        "usage": {"input_tokens": 5, "output_tokens": 2},
+    }
+    translator.response_headers(200, {"content-type": "application/json"})
+    [item] = orjson.loads(translator.response_body(orjson.dumps(message), True).body)["output"]
+    assert (item["type"], item["name"], item["input"]) == ("custom_tool_call", "apply_patch", "*** Begin")

@@ -831,3 +831,121 @@ def test_session_usage_forgets_the_least_recently_recorded_session():
 def test_session_usage_needs_room_for_one_session():
     with pytest.raises(ValueError, match="at least 1"):
         SessionUsage(max_sessions=0)
+
+
+# --- OpenAI Responses requests (the Codex CLI) -----------------------------------------------------
+
+CODEX_TOOLS = [
+    {"type": "function", "name": "exec_command", "parameters": {"type": "object", "properties": {}}},
+    {"type": "web_search", "external_web_access": True},  # on every Codex request
+]
+
+
+def responses_body(model: str = "gpt-4o", **fields: Any) -> dict:
+    return {"model": model, "input": [{"role": "user", "content": "hi"}], "tools": CODEX_TOOLS, **fields}
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({}, False),  # the tool is offered, not asked for
+        ({"tool_choice": "auto"}, False),
+        ({"tool_choice": "required"}, False),
+        ({"tool_choice": {"type": "function", "name": "exec_command"}}, False),
+        ({"tool_choice": {"type": "web_search"}}, True),
+        ({"tool_choice": {"type": "web_search_preview"}}, True),
+        ({"tool_choice": {"type": "allowed_tools", "mode": "required", "tools": [{"type": "web_search"}]}}, True),
+        ({"tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "web_search"}]}}, False),
+        (
+            {
+                "tool_choice": {
+                    "type": "allowed_tools",
+                    "mode": "required",
+                    "tools": [{"type": "web_search"}, {"type": "function", "name": "exec_command"}],
+                }
+            },
+            False,
+        ),
+        ({"tool_choice": {"type": "allowed_tools", "mode": "required", "tools": []}}, False),
+    ],
+)
+def test_a_responses_request_wants_web_search_only_when_its_tool_choice_forces_it(fields, expected):
+    assert wants_web_search(responses_body(**fields)) is expected
+    assert ask(responses_body(**fields)).scenario == ("webSearch" if expected else "model")
+
+
+def test_the_codex_clis_requests_are_not_all_sent_to_web_search():
+    """Every captured Codex request offers web_search: none of them is routed to webSearch."""
+    import orjson
+
+    from tests.unit.test_codex_fixtures import FIXTURES
+
+    bodies = [orjson.loads(path.read_bytes())["body"] for path in sorted(FIXTURES.glob("*/*.json"))]
+    assert bodies and all(any(str(t.get("type")).startswith("web_search") for t in b["tools"]) for b in bodies)
+    assert not any(wants_web_search(body) for body in bodies)
+
+
+@pytest.mark.parametrize(
+    ("reasoning", "expected"),
+    [
+        ({"effort": "high"}, True),
+        ({"effort": "medium", "summary": "auto"}, True),  # the Codex CLI with a model it knows
+        ({"effort": "minimal"}, True),  # as Chat's reasoning_effort: still reasoning
+        ({"effort": "none"}, False),
+        ({"summary": "auto"}, False),  # the Codex CLI with a model it does not know: no effort asked
+        (None, False),
+    ],
+)
+def test_a_responses_reasoning_effort_asks_for_thinking_as_chats_does(reasoning, expected):
+    body = responses_body(reasoning=reasoning) if reasoning is not None else responses_body()
+    assert wants_thinking(body) is expected
+    assert ask(body).scenario == ("think" if expected else "model")
+
+
+@pytest.mark.parametrize(
+    ("items", "expected"),
+    [
+        ([{"role": "user", "content": [{"type": "input_image", "image_url": "data:image/png;base64,iVBO"}]}], True),
+        (
+            [{"type": "function_call_output", "call_id": "c", "output": [{"type": "input_image", "image_url": "u"}]}],
+            True,
+        ),
+        ([{"role": "assistant", "content": [{"type": "input_image", "image_url": "u"}]}], False),
+        ([{"role": "user", "content": [{"type": "input_text", "text": "hi"}]}], False),
+        ([{"type": "function_call_output", "call_id": "c", "output": "text"}], False),
+    ],
+)
+def test_a_responses_image_is_an_input_image_in_a_user_message_or_tool_output(items, expected):
+    assert has_image({"model": "gpt-4o", "input": items}) is expected
+
+
+def test_a_responses_session_is_its_user_else_its_prompt_cache_key():
+    assert session_id(responses_body(prompt_cache_key="019a-session")) == "019a-session"
+    assert session_id(responses_body(prompt_cache_key="k", user="u")) == "u"
+    assert session_id({"model": "m", "messages": [], "prompt_cache_key": "k"}) is None  # Chat: unchanged
+    assert ask(responses_body(prompt_cache_key="019a-session")).session == "019a-session"
+
+
+def test_a_haiku_class_responses_request_is_background_and_a_long_one_is_long_context():
+    assert ask(responses_body("claude-3-5-haiku-20241022")).scenario == "background"
+    assert ask(responses_body(), raw_size=LARGE).scenario == "longContext"
+
+
+def test_near_the_threshold_a_responses_conversation_is_counted_exactly():
+    """The exact count reads a Responses body's instructions and input items as it reads Chat's
+    messages: the same words count alike in either shape."""
+    words = "the quick brown fox jumps over the lazy dog " * 30
+    chat = {"messages": [{"role": "system", "content": words}, {"role": "user", "content": words}]}
+    responses = {"instructions": words, "input": [{"role": "user", "content": [{"type": "input_text", "text": words}]}]}
+    assert tokens.count_exact(responses) == tokens.count_exact(chat) > 500
+    call = {"type": "function_call", "call_id": "c", "name": "exec_command", "arguments": '{"cmd": "ls"}'}
+    output = {"type": "function_call_output", "call_id": "c", "output": words}
+    assert tokens.count_exact({"input": [call, output]}) > tokens.count_exact({"input": [output]}) > 250
+
+
+def test_a_responses_base64_image_does_not_count_towards_long_context(exact):
+    image = {"type": "input_image", "image_url": "data:image/png;base64," + "A" * 400_000}
+    body = {"model": "gpt-4o", "input": [{"role": "user", "content": [image, {"type": "input_text", "text": "hi"}]}]}
+    decision = ask(body, raw_size=400_422)  # the data URL (400,022) and 400 bytes more
+    assert (decision.scenario, decision.tokens, exact.calls) == ("image", 100, 0)  # not longContext
+    assert tokens.binary_blocks(body) == 1

@@ -307,3 +307,45 @@ def test_what_a_keyed_request_spent_comes_from_its_record_or_else_its_usage_alon
     assert spent_of(None, None, table).tokens == 0  # no usage: nothing to correct
     hit = ProviderUsage("p1", "m1", None, used.usage, cache_hit=True)
     assert spent_of(None, hit, table) == Spent(0, 0.0)  # a cache hit costs its key nothing
+
+
+@pytest.mark.parametrize("path", ["/v1/responses", "/responses", "/responses/input_tokens"])
+def test_an_unlabelled_responses_request_is_recorded_as_responses_on_either_path(path: str) -> None:
+    from extproc.usage_log import usage_record
+
+    entry = _entry(None, None)
+    entry.request.request_id, entry.request.path = "r-responses", path
+    entry.response.response_code.value = 413
+    record = usage_record(entry, None)
+    assert record is not None and record.client_api == "responses"
+    assert record.error_type == "invalid_request_error"  # OpenAI's type, not Anthropic's
+
+
+def test_a_responses_cache_hit_spends_nothing_and_remembers_the_whole_prompt() -> None:
+    """Envoy's rules read a replayed Responses stream's usage (its terminal event) like a
+    provider's: the session's prompt size counts the cached tokens; nothing is counted or spent;
+    the record's cost avoided is the cached usage at the route's prices."""
+    from ccr.v1.contract import CACHE_SAVED_LABEL
+    from extproc.cache.answers import saved_usage
+    from extproc.cache.replay import sse_from_answer
+    from extproc.usage_log import cost_avoided, spent_of, usage_record
+    from tests.unit.test_cache_replay import RESPONSES_NATIVE
+
+    decoder = SSEDecoder()
+    events = decoder.feed(sse_from_answer(Api.RESPONSES, RESPONSES_NATIVE)) + decoder.close()
+    counts = envoy_counts([orjson.loads(event.data) for event in events if event.data])
+    saved = saved_usage(Api.RESPONSES, RESPONSES_NATIVE["usage"])
+    labels = {**LABELS, "client_api": "responses", "provider": "p-rhit", CACHE_LABEL: "hit", CACHE_SAVED_LABEL: saved}
+    entry = _entry({k: float(v) for k, v in counts.items()}, labels)
+    entry.request.request_id = "r-hit"
+    used = provider_usage(entry)
+    assert used is not None and used.cache_hit
+    assert used.usage == Usage(input_tokens=52, output_tokens=40, cache_read_input_tokens=2048)
+    sessions = GatewayState().sessions
+    record_usage(used, sessions)
+    assert sessions.last("s-1") == 2100
+    assert TOKENS.labels("p-rhit", "m1", "input")._value.get() == 0
+    record = usage_record(entry, None, used)
+    assert record is not None and (record.input_tokens, record.output_tokens, record.cost_usd) == (0, 0, 0.0)
+    assert spent_of(record, used, None).tokens == 0
+    assert saved == "52,40,2048,0" and cost_avoided(saved, None) == 0.0  # no prices known: nothing priced

@@ -21,7 +21,7 @@ API_GEMINI: Api
 API_RESPONSES: Api
 
 class Policy(_message.Message):
-    __slots__ = ("version", "providers", "limits", "router", "aliases", "fallbacks", "tenants", "auth_required", "cache", "tracing", "vault", "cert_identities", "batch_api", "batch_workers", "mcp")
+    __slots__ = ("version", "providers", "limits", "router", "aliases", "fallbacks", "tenants", "auth_required", "cache", "tracing", "vault", "cert_identities", "batch_api", "batch_workers", "mcp", "responses")
     class AliasesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,7 @@ class Policy(_message.Message):
     BATCH_API_FIELD_NUMBER: _ClassVar[int]
     BATCH_WORKERS_FIELD_NUMBER: _ClassVar[int]
     MCP_FIELD_NUMBER: _ClassVar[int]
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
     version: str
     providers: _containers.RepeatedCompositeFieldContainer[Provider]
     limits: Limits
@@ -66,7 +67,16 @@ class Policy(_message.Message):
     batch_api: bool
     batch_workers: _containers.RepeatedScalarFieldContainer[str]
     mcp: Mcp
-    def __init__(self, version: _Optional[str] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., router: _Optional[_Union[Router, _Mapping]] = ..., aliases: _Optional[_Mapping[str, Choice]] = ..., fallbacks: _Optional[_Iterable[_Union[FallbackChain, _Mapping]]] = ..., tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ..., auth_required: bool = ..., cache: _Optional[_Union[CacheRules, _Mapping]] = ..., tracing: _Optional[_Union[Tracing, _Mapping]] = ..., vault: _Optional[_Union[Vault, _Mapping]] = ..., cert_identities: _Optional[_Mapping[str, str]] = ..., batch_api: bool = ..., batch_workers: _Optional[_Iterable[str]] = ..., mcp: _Optional[_Union[Mcp, _Mapping]] = ...) -> None: ...
+    responses: Responses
+    def __init__(self, version: _Optional[str] = ..., providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., router: _Optional[_Union[Router, _Mapping]] = ..., aliases: _Optional[_Mapping[str, Choice]] = ..., fallbacks: _Optional[_Iterable[_Union[FallbackChain, _Mapping]]] = ..., tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ..., auth_required: bool = ..., cache: _Optional[_Union[CacheRules, _Mapping]] = ..., tracing: _Optional[_Union[Tracing, _Mapping]] = ..., vault: _Optional[_Union[Vault, _Mapping]] = ..., cert_identities: _Optional[_Mapping[str, str]] = ..., batch_api: bool = ..., batch_workers: _Optional[_Iterable[str]] = ..., mcp: _Optional[_Union[Mcp, _Mapping]] = ..., responses: _Optional[_Union[Responses, _Mapping]] = ...) -> None: ...
+
+class Responses(_message.Message):
+    __slots__ = ("store_disabled", "retention_s")
+    STORE_DISABLED_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_S_FIELD_NUMBER: _ClassVar[int]
+    store_disabled: bool
+    retention_s: int
+    def __init__(self, store_disabled: bool = ..., retention_s: _Optional[int] = ...) -> None: ...
 
 class Mcp(_message.Message):
     __slots__ = ("path", "session_ttl_s", "servers", "grants", "api", "egress", "authorization_servers")

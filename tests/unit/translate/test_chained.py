@@ -136,6 +136,29 @@ def test_what_the_hub_cannot_carry_is_refused_or_said_another_way() -> None:
     assert "JSON schema" in composed["systemInstruction"]["parts"][0]["text"]
 
 
+def test_a_json_schema_for_the_answer_crosses_the_hub_as_structured_output() -> None:
+    """The outer asks for JSON in words; the hub also carries the schema (output_config.format), so
+    the provider gets its own structured output, as from the direct translator."""
+    [schema] = [c for c in GEMINI_CASES if c.path.name in SCHEMA_AS_INSTRUCTION]
+    direct = orjson.loads(translate(make_translator(schema.pair), schema.client_request, schema.target()).body)
+    composed = orjson.loads(translate(_chain(), schema.client_request, schema.target()).body)
+    for key in ("responseMimeType", "responseSchema"):
+        assert composed["generationConfig"][key] == direct["generationConfig"][key]
+    responses = {
+        "model": "m",
+        "input": "hi",
+        "text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "object"}}},
+    }
+    chat = orjson.loads(translate(translator_for(Api.RESPONSES, Api.OPENAI), responses, Target(model="gpt-4o")).body)
+    assert chat["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "answer", "schema": {"type": "object"}},
+    }
+    plain = {**responses, "text": {"format": {"type": "json_object"}}}
+    chat = orjson.loads(translate(translator_for(Api.RESPONSES, Api.OPENAI), plain, Target(model="gpt-4o")).body)
+    assert "response_format" not in chat and "JSON" in chat["messages"][0]["content"]
+
+
 def test_a_primed_chain_reads_the_answer_as_one_that_translated() -> None:
     case = next(c for c in GEMINI_CASES if c.path.name == "stream_text_split")
     translated = _chain()

@@ -5,6 +5,7 @@ that says so for the stored-response paths."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import orjson
@@ -13,7 +14,7 @@ import pytest
 from control_plane.policy import load_policy
 from extproc.plan import COUNT_TOKENS, Answer, plan
 from extproc.request_steps import Endpoint, Reply, endpoint_step
-from extproc.routing_table import compile_policy
+from extproc.routing_table import ResponsesSettings, compile_policy
 from extproc.tokens import count_for_client
 from extproc.translate.anthropic_openai import AnthropicToOpenAI
 from extproc.translate.base import Api, ClientRequestError, Target
@@ -269,12 +270,21 @@ def test_a_chat_provider_is_reached_through_the_hub() -> None:
 
 
 def test_responses_passthrough_forwards_the_body_to_the_responses_path() -> None:
-    raw = orjson.dumps(request(tools=[{"type": "web_search"}], include=["reasoning.encrypted_content"]))
+    raw = orjson.dumps(request(tools=[{"type": "web_search"}], include=["reasoning.encrypted_content"], store=False))
     parsed = parse_request(Api.RESPONSES, orjson.loads(raw), raw=raw)
     same = ResponsesPassthrough().request(parsed, Target(model="gpt-5", base_path="/v1"))
     assert (same.path, same.body, same.unchanged) == ("/v1/responses", raw, True)
     renamed = ResponsesPassthrough().request(parsed, Target(model="gpt-5.1", base_path="/v1"))
     assert orjson.loads(renamed.body)["model"] == "gpt-5.1" and not renamed.unchanged
+
+
+@pytest.mark.parametrize("store", [None, True])
+def test_responses_passthrough_never_asks_the_provider_to_store(store: bool | None) -> None:
+    fields = {} if store is None else {"store": store}
+    raw = orjson.dumps(request(**fields))
+    parsed = parse_request(Api.RESPONSES, orjson.loads(raw), raw=raw)
+    sent = ResponsesPassthrough().request(parsed, Target(model="gpt-5", base_path="/v1"))
+    assert orjson.loads(sent.body) == {**request(), "store": False} and not sent.unchanged
 
 
 # --- endpoints ------------------------------------------------------------------------------------
@@ -304,8 +314,11 @@ def test_the_responses_endpoints(table, path: str, kind: str) -> None:
     ("method", "path"),
     [("GET", "/v1/responses/resp_1"), ("DELETE", "/v1/responses/resp_1"), ("POST", "/v1/responses/resp_1/cancel")],
 )
-def test_stored_response_paths_are_a_404_that_says_why(table, method: str, path: str) -> None:
-    api, reply = endpoint_step(table, method, path, {}, has_body=False)
+def test_stored_response_paths_are_a_404_that_says_why_when_the_policy_keeps_none(
+    table, method: str, path: str
+) -> None:
+    off = dataclasses.replace(table, responses=ResponsesSettings(store=False))
+    api, reply = endpoint_step(off, method, path, {}, has_body=False)
     assert api is Api.RESPONSES and isinstance(reply, Reply) and reply.status == 404
     error = orjson.loads(reply.body)["error"]
     assert error["type"] == "not_found_error" and "stored responses are not enabled" in error["message"]
