@@ -44,19 +44,16 @@ from extproc.translate import openai_schema as O
 from extproc.translate.base import (
     Api,
     ClientRequestError,
-    ResponseContext,
     Target,
     TranslatedChunk,
     UpstreamProtocolError,
-    UpstreamRequest,
     Usage,
 )
-from extproc.translate.buffering import JsonOrSseResponse, SseStreamMachine
+from extproc.translate.buffering import FromAnthropicClient, SseStreamMachine
 from extproc.translate.client_request import AnthropicRequest
 from extproc.translate.wire import error_message, error_status, short
 
 _USER_ID_LIMIT = 64
-_IMAGE_TOKENS = 1600  # rough cost of one image, for the input-token estimate only
 _EFFORT_VALUES = ("low", "medium", "high", "max")
 _TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 
@@ -405,35 +402,17 @@ class _Stream(SseStreamMachine):
         return None
 
 
-class AnthropicToOpenAI(JsonOrSseResponse[_Stream]):
+class AnthropicToOpenAI(FromAnthropicClient[_Stream]):
     """One instance per request; not thread-safe."""
 
-    client_api = Api.ANTHROPIC
     provider_api = Api.OPENAI
-    rewrites_response = True
+    upstream_path = "/chat/completions"
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._show_thinking = True
+    def _builder(self, target: Target) -> _RequestBuilder:
+        return _RequestBuilder(target)
 
-    def request(self, request: AnthropicRequest, target: Target) -> UpstreamRequest:
-        builder = _RequestBuilder(target)
-        upstream = orjson.dumps(builder.build(request))
-        self._model = target.model
-        self._stream = self._upstream_sse = target.stream
-        self._show_thinking = request.thinking is None or request.thinking.shown
-        # ~4 characters per token for text and JSON; base64 payloads count as a flat per-image cost.
-        self._estimate = (len(upstream) - builder.binary_chars) // 4 + builder.images * _IMAGE_TOKENS
-        return UpstreamRequest(path=target.base_path + "/chat/completions", body=upstream)
-
-    def prime(self, context: ResponseContext) -> None:
-        self._model = context.model
-        self._stream = self._upstream_sse = context.stream
-        self._show_thinking = context.show_thinking
-        self._estimate = context.estimate
-
-    def _new_stream_machine(self) -> _Stream:
-        return _Stream(self._model, self._estimate, self._show_thinking)
+    def _machine_for(self, model: str, estimate: int, show_thinking: bool) -> _Stream:
+        return _Stream(model, estimate, show_thinking)
 
     def _replay_as_stream(self, machine: _Stream, completion: Any) -> TranslatedChunk:
         out: list[bytes] = []

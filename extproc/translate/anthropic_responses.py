@@ -50,21 +50,18 @@ from extproc.translate import openai_schema as O
 from extproc.translate.base import (
     Api,
     ClientRequestError,
-    ResponseContext,
     Target,
     TranslatedChunk,
     UpstreamProtocolError,
-    UpstreamRequest,
     Usage,
 )
-from extproc.translate.buffering import JsonOrSseResponse, SseStreamMachine
+from extproc.translate.buffering import FromAnthropicClient, SseStreamMachine
 from extproc.translate.client_request import AnthropicRequest
 from extproc.translate.wire import as_int, error_message, error_status, short
 
 log = logging.getLogger("ccr.extproc.translate")
 
 _USER_ID_LIMIT = 64
-_IMAGE_TOKENS = 1600  # rough cost of one image, for the input-token estimate only
 _MIN_OUTPUT_TOKENS = 16  # the Responses API refuses a smaller max_output_tokens
 _EFFORT_VALUES = ("low", "medium", "high", "max")
 _TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
@@ -562,35 +559,17 @@ class _Stream(SseStreamMachine):
         return self.fail(out, 502, "upstream closed the stream before the response completed")
 
 
-class AnthropicToResponses(JsonOrSseResponse[_Stream]):
+class AnthropicToResponses(FromAnthropicClient[_Stream]):
     """One instance per request; not thread-safe."""
 
-    client_api = Api.ANTHROPIC
     provider_api = Api.RESPONSES
-    rewrites_response = True
+    upstream_path = "/responses"
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._show_thinking = True
+    def _builder(self, target: Target) -> _RequestBuilder:
+        return _RequestBuilder(target)
 
-    def request(self, request: AnthropicRequest, target: Target) -> UpstreamRequest:
-        builder = _RequestBuilder(target)
-        upstream = orjson.dumps(builder.build(request))
-        self._model = target.model
-        self._stream = self._upstream_sse = target.stream
-        self._show_thinking = request.thinking is None or request.thinking.shown
-        # ~4 characters per token for text and JSON; base64 payloads count as a flat per-image cost.
-        self._estimate = (len(upstream) - builder.binary_chars) // 4 + builder.images * _IMAGE_TOKENS
-        return UpstreamRequest(path=target.base_path + "/responses", body=upstream)
-
-    def prime(self, context: ResponseContext) -> None:
-        self._model = context.model
-        self._stream = self._upstream_sse = context.stream
-        self._show_thinking = context.show_thinking
-        self._estimate = context.estimate
-
-    def _new_stream_machine(self) -> _Stream:
-        return _Stream(self._model, self._estimate, self._show_thinking)
+    def _machine_for(self, model: str, estimate: int, show_thinking: bool) -> _Stream:
+        return _Stream(model, estimate, show_thinking)
 
     def _replay_as_stream(self, machine: _Stream, response: Any) -> TranslatedChunk:
         out: list[bytes] = []

@@ -16,12 +16,21 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 
 from extproc.sse import SSEDecoder, SSEEvent
-from extproc.translate.base import Api, TranslatedBody, TranslatedChunk, UpstreamProtocolError, Usage
+from extproc.translate.base import (
+    Api,
+    ResponseContext,
+    Target,
+    TranslatedBody,
+    TranslatedChunk,
+    UpstreamProtocolError,
+    UpstreamRequest,
+    Usage,
+)
 from extproc.translate.errors import error_body
 from extproc.translate.wire import upstream_error_message
 
@@ -74,6 +83,7 @@ class SseStreamMachine:
 
 
 Machine = TypeVar("Machine", bound=SseStreamMachine)
+IMAGE_TOKENS = 1600  # rough cost of one image, for the input-token estimate only
 
 
 class ResponsePhases:
@@ -172,3 +182,51 @@ class JsonOrSseResponse(ResponsePhases, Generic[Machine]):
     def _whole(self, parsed: Any) -> TranslatedChunk:
         """A JSON answer to a buffered request, in the client's format."""
         raise NotImplementedError
+
+
+class RequestBuilder(Protocol):
+    """What FromAnthropicClient needs of a translator's request builder."""
+
+    binary_chars: int  # characters of base64 payloads in the upstream body (not counted as text)
+    images: int
+
+    def build(self, request: Any) -> dict[str, Any]: ...
+
+
+class FromAnthropicClient(JsonOrSseResponse[Machine]):
+    """The request phase and priming of a translator whose client speaks Anthropic Messages and
+    whose provider answers one JSON body or an SSE stream (OpenAI Chat, Responses): the subclass
+    names the upstream path, its request builder and its stream machine."""
+
+    client_api = Api.ANTHROPIC
+    rewrites_response = True
+    upstream_path = ""  # after the target's base path, e.g. "/chat/completions"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._show_thinking = True
+
+    def _builder(self, target: Target) -> RequestBuilder:
+        raise NotImplementedError
+
+    def _machine_for(self, model: str, estimate: int, show_thinking: bool) -> Machine:
+        raise NotImplementedError
+
+    def request(self, request: Any, target: Target) -> UpstreamRequest:
+        builder = self._builder(target)
+        upstream = orjson.dumps(builder.build(request))
+        self._model = target.model
+        self._stream = self._upstream_sse = target.stream
+        self._show_thinking = request.thinking is None or request.thinking.shown
+        # ~4 characters per token for text and JSON; base64 payloads count as a flat per-image cost.
+        self._estimate = (len(upstream) - builder.binary_chars) // 4 + builder.images * IMAGE_TOKENS
+        return UpstreamRequest(path=target.base_path + self.upstream_path, body=upstream)
+
+    def prime(self, context: ResponseContext) -> None:
+        self._model = context.model
+        self._stream = self._upstream_sse = context.stream
+        self._show_thinking = context.show_thinking
+        self._estimate = context.estimate
+
+    def _new_stream_machine(self) -> Machine:
+        return self._machine_for(self._model, self._estimate, self._show_thinking)

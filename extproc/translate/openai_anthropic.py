@@ -25,7 +25,6 @@ Thinking becomes ``reasoning_content``; text blocks are joined with a blank line
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -35,6 +34,7 @@ import orjson
 from extproc.sse import SSEEvent
 from extproc.translate import anthropic_schema as A
 from extproc.translate import openai_schema as O
+from extproc.translate import to_anthropic as T
 from extproc.translate.base import (
     Api,
     ClientRequestError,
@@ -46,12 +46,9 @@ from extproc.translate.base import (
     Usage,
 )
 from extproc.translate.buffering import JsonOrSseResponse, SseStreamMachine
-from extproc.translate.client_request import OpenAIRequest, Tool
+from extproc.translate.client_request import OpenAIRequest
 from extproc.translate.wire import error_message, error_status
 
-_DEFAULT_MAX_TOKENS = 4096
-_USER_ID_LIMIT = 256
-_EMPTY_SCHEMA = {"type": "object", "properties": {}}
 _HEADERS = (("anthropic-version", A.ANTHROPIC_VERSION),)
 
 
@@ -71,35 +68,21 @@ class _RequestBuilder:
         if self.system:
             out["system"] = self.system
         out["messages"] = self.messages
-        choice = _tool_choice(request) if request.tools else None
+        choice = T.tool_choice(request.tool_choice, request.parallel_tool_calls) if request.tools else None
         if request.tools:
-            out["tools"] = [_tool(tool) for tool in request.tools]
+            out["tools"] = [T.tool(tool) for tool in request.tools]
             if choice is not None:
                 out["tool_choice"] = choice
 
-        budget = self.thinking_budget(request.reasoning_effort, choice)
-        max_tokens = request.max_tokens or _DEFAULT_MAX_TOKENS + (budget or 0)
-        if target.max_output_tokens is not None:
-            max_tokens = min(max_tokens, target.max_output_tokens)
-        out["max_tokens"] = max_tokens
-        if budget:
-            if budget >= max_tokens:  # Anthropic needs budget < max_tokens: share the client's cap
-                budget = max_tokens // 2
-            if budget >= A.MIN_THINKING_BUDGET:
-                out["thinking"] = {"type": "enabled", "budget_tokens": budget}
-        if "thinking" not in out:  # Anthropic takes no sampling settings with thinking on
-            if request.temperature is not None:
-                out["temperature"] = min(max(request.temperature, 0), 1)
-            elif request.top_p is not None:
-                out["top_p"] = request.top_p
+        budget = T.thinking_budget(target, self.messages, request.reasoning_effort, choice)
+        max_tokens = request.max_tokens or T.DEFAULT_MAX_TOKENS + (budget or 0)
+        T.settle_limits(out, target, max_tokens, budget, request.temperature, request.top_p)
         stop = [s for s in request.stop if s.strip()]
         if stop:
             out["stop_sequences"] = stop
-        user = request.user
-        if user is not None:
-            out["metadata"] = {
-                "user_id": hashlib.sha256(user.encode()).hexdigest() if len(user) > _USER_ID_LIMIT else user
-            }
+        metadata = T.user_metadata(request.user)
+        if metadata is not None:
+            out["metadata"] = metadata
         if target.stream:
             out["stream"] = True
         return out
@@ -178,52 +161,9 @@ class _RequestBuilder:
         return {"type": "tool_use", "id": call_id, "name": name, "input": O.parse_arguments(function.get("arguments"))}
 
     def response_format(self, request: OpenAIRequest) -> None:
-        """Anthropic has no portable JSON mode: ask for it in the system prompt (best effort)."""
-        if request.response_format not in ("json_object", "json_schema"):
-            return
-        text = "Respond with a single valid JSON object and nothing else"
-        if request.response_schema is not None:
-            text += ", matching this JSON schema: " + orjson.dumps(request.response_schema).decode()
-        self.system.append({"type": "text", "text": text + "."})
-
-    def thinking_budget(self, effort: str | None, choice: dict[str, Any] | None) -> int | None:
-        if effort is None or effort == "none":
-            return None
-        if "thinking" not in self.target.capabilities:
-            return None
-        if choice is not None and choice["type"] in ("any", "tool"):
-            return None  # Anthropic refuses thinking with a forced tool
-        last = self.messages[-1]
-        if last["role"] == "user" and any(b["type"] == "tool_result" for b in last["content"]):
-            return None  # mid tool loop: the previous turn's signed thinking block is not available
-        return A.BUDGET_FOR_EFFORT[effort]
-
-
-def _tool(tool: Tool) -> dict[str, Any]:
-    converted: dict[str, Any] = {"name": tool.name}
-    if tool.description:
-        converted["description"] = tool.description
-    schema = tool.schema
-    if schema is None:
-        schema = _EMPTY_SCHEMA
-    elif schema.get("type") != "object":
-        schema = {**schema, "type": "object"}  # Anthropic requires an object schema
-    converted["input_schema"] = schema
-    return converted
-
-
-def _tool_choice(request: OpenAIRequest) -> dict[str, Any] | None:
-    choice = request.tool_choice
-    if choice is not None and choice.mode == "none":
-        return {"type": "none"}
-    result: dict[str, Any] | None = None
-    if choice is not None and choice.mode == "tool":
-        result = {"type": "tool", "name": choice.name}
-    elif choice is not None and choice.mode == "any":
-        result = {"type": "any"}
-    if not request.parallel_tool_calls:
-        result = {**(result or {"type": "auto"}), "disable_parallel_tool_use": True}
-    return result
+        instruction = T.json_instruction(request.response_format, request.response_schema)
+        if instruction is not None:
+            self.system.append(instruction)
 
 
 _TEXT, _THINKING, _IGNORED = -1, -2, -3  # block kinds; a tool_use block's kind is its tool position

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -63,6 +62,7 @@ import orjson
 from extproc.translate import anthropic_schema as A
 from extproc.translate import openai_schema as O
 from extproc.translate import responses_schema as R
+from extproc.translate import to_anthropic as T
 from extproc.translate.base import (
     Api,
     ClientRequestError,
@@ -74,15 +74,12 @@ from extproc.translate.base import (
     Usage,
 )
 from extproc.translate.buffering import JsonOrSseResponse
-from extproc.translate.client_request import ResponsesRequest, Tool
+from extproc.translate.client_request import ResponsesRequest
 from extproc.translate.responses_sse import ResponsesStream
 from extproc.translate.wire import error_message, short
 
 log = logging.getLogger("ccr.extproc.translate")
 
-_DEFAULT_MAX_TOKENS = 4096
-_USER_ID_LIMIT = 256
-_EMPTY_SCHEMA = {"type": "object", "properties": {}}
 _HEADERS = (("anthropic-version", A.ANTHROPIC_VERSION),)
 _TEXT_PARTS = ("input_text", "output_text")
 _WEB_SEARCH_TOOLS = ("web_search", "web_search_preview")
@@ -122,32 +119,18 @@ class _RequestBuilder:
             out["system"] = self.system
         out["messages"] = self.messages
         tools = self.tools(request)
-        choice = _tool_choice(request) if tools else None
+        choice = T.tool_choice(request.tool_choice, request.parallel_tool_calls) if tools else None
         if tools:
             out["tools"] = tools
             if choice is not None:
                 out["tool_choice"] = choice
 
-        budget = self.thinking_budget(request.reasoning_effort, choice)
-        max_tokens = request.max_tokens or target.max_output_tokens or _DEFAULT_MAX_TOKENS + (budget or 0)
-        if target.max_output_tokens is not None:
-            max_tokens = min(max_tokens, target.max_output_tokens)
-        out["max_tokens"] = max_tokens
-        if budget:
-            if budget >= max_tokens:  # Anthropic needs budget < max_tokens: share the client's cap
-                budget = max_tokens // 2
-            if budget >= A.MIN_THINKING_BUDGET:
-                out["thinking"] = {"type": "enabled", "budget_tokens": budget}
-        if "thinking" not in out:  # Anthropic takes no sampling settings with thinking on
-            if request.temperature is not None:
-                out["temperature"] = min(max(request.temperature, 0), 1)
-            elif request.top_p is not None:
-                out["top_p"] = request.top_p
-        user = request.user
-        if user is not None:
-            out["metadata"] = {
-                "user_id": hashlib.sha256(user.encode()).hexdigest() if len(user) > _USER_ID_LIMIT else user
-            }
+        budget = T.thinking_budget(target, self.messages, request.reasoning_effort, choice)
+        max_tokens = request.max_tokens or target.max_output_tokens or T.DEFAULT_MAX_TOKENS + (budget or 0)
+        T.settle_limits(out, target, max_tokens, budget, request.temperature, request.top_p)
+        metadata = T.user_metadata(request.user)
+        if metadata is not None:
+            out["metadata"] = metadata
         if target.stream:
             out["stream"] = True
         if self.dropped:
@@ -236,13 +219,9 @@ class _RequestBuilder:
         return out
 
     def response_format(self, request: ResponsesRequest) -> None:
-        """Anthropic has no portable JSON mode: ask for it in the system prompt (best effort)."""
-        if request.response_format not in ("json_object", "json_schema"):
-            return
-        text = "Respond with a single valid JSON object and nothing else"
-        if request.response_schema is not None:
-            text += ", matching this JSON schema: " + orjson.dumps(request.response_schema).decode()
-        self.system.append({"type": "text", "text": text + "."})
+        instruction = T.json_instruction(request.response_format, request.response_schema)
+        if instruction is not None:
+            self.system.append(instruction)
 
     # --- tools --------------------------------------------------------------------------------
 
@@ -272,33 +251,8 @@ class _RequestBuilder:
             )
         choice = request.tool_choice
         allowed = set(choice.allowed) if choice is not None and choice.allowed else None
-        functions = [_tool(tool) for tool in request.tools if allowed is None or tool.name in allowed]
+        functions = [T.tool(tool) for tool in request.tools if allowed is None or tool.name in allowed]
         return functions + [tool for tool in others if allowed is None or tool["name"] in allowed]
-
-    def thinking_budget(self, effort: str | None, choice: dict[str, Any] | None) -> int | None:
-        if effort is None or effort == "none":
-            return None
-        if "thinking" not in self.target.capabilities:
-            return None
-        if choice is not None and choice["type"] in ("any", "tool"):
-            return None  # Anthropic refuses thinking with a forced tool
-        last = self.messages[-1]
-        if last["role"] == "user" and any(b["type"] == "tool_result" for b in last["content"]):
-            return None  # mid tool loop: the previous turn's signed thinking block is not available
-        return A.BUDGET_FOR_EFFORT[effort]
-
-
-def _tool(tool: Tool) -> dict[str, Any]:
-    converted: dict[str, Any] = {"name": tool.name}
-    if tool.description:
-        converted["description"] = tool.description
-    schema = tool.schema
-    if schema is None:
-        schema = _EMPTY_SCHEMA
-    elif schema.get("type") != "object":
-        schema = {**schema, "type": "object"}  # Anthropic requires an object schema
-    converted["input_schema"] = schema
-    return converted
 
 
 def _custom_tool(tool: Mapping[str, Any]) -> dict[str, Any]:
@@ -315,20 +269,6 @@ def _custom_tool(tool: Mapping[str, Any]) -> dict[str, Any]:
         out["description"] = description.strip()
     out["input_schema"] = schema
     return out
-
-
-def _tool_choice(request: ResponsesRequest) -> dict[str, Any] | None:
-    choice = request.tool_choice
-    if choice is not None and choice.mode == "none":
-        return {"type": "none"}
-    result: dict[str, Any] | None = None
-    if choice is not None and choice.mode == "tool":
-        result = {"type": "tool", "name": choice.name}
-    elif choice is not None and choice.mode == "any":
-        result = {"type": "any"}
-    if not request.parallel_tool_calls:
-        result = {**(result or {"type": "auto"}), "disable_parallel_tool_use": True}
-    return result
 
 
 def _data_url(path: str, url: str) -> tuple[str, str]:
