@@ -572,16 +572,7 @@ class AnthropicToResponses(FromAnthropicClient[_Stream]):
         return _Stream(model, estimate, show_thinking)
 
     def _replay_as_stream(self, machine: _Stream, response: Any) -> TranslatedChunk:
-        out: list[bytes] = []
-        usage = None
-        try:
-            events = events_from_response(response)
-        except UpstreamProtocolError as exc:
-            machine.fail(out, 502, str(exc))
-            events = []
-        for event in events:
-            usage = machine.event(event, out) or usage
-        return TranslatedChunk(body=b"".join(out), usage=usage)
+        return machine.replay(events_from_response, response)
 
     def _whole(self, response: Any) -> TranslatedChunk:
         message, usage = message_from_response(response, self._model, self._show_thinking)

@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
@@ -63,6 +63,28 @@ class SseStreamMachine:
 
     def __init__(self) -> None:
         self.decoder = SSEDecoder()
+
+    def replay(self, events_of: Callable[[Any], Iterable[dict[str, Any]]], answer: Any) -> TranslatedChunk:
+        """A provider's JSON answer to a stream request, fed through ``event`` as the stream events
+        it stands for (``events_of``); one it cannot stand for fails the stream with a 502."""
+        out: list[bytes] = []
+        usage = None
+        try:
+            events = events_of(answer)
+        except UpstreamProtocolError as exc:
+            self.fail(out, 502, str(exc))
+            events = []
+        for event in events:
+            usage = self.event(event, out) or usage
+        return TranslatedChunk(body=b"".join(out), usage=usage)
+
+    def event(self, obj: dict[str, Any], out: list[bytes]) -> Usage | None:
+        """One decoded event's JSON (the machines that ``replay`` answers implement it)."""
+        raise NotImplementedError
+
+    def fail(self, out: list[bytes], status: int, message: str) -> None:
+        """End the stream with an error event in the client's format."""
+        raise NotImplementedError
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> TranslatedChunk:
         out: list[bytes] = []

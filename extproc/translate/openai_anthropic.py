@@ -41,7 +41,6 @@ from extproc.translate.base import (
     ResponseContext,
     Target,
     TranslatedChunk,
-    UpstreamProtocolError,
     UpstreamRequest,
     Usage,
 )
@@ -360,16 +359,7 @@ class OpenAIToAnthropic(JsonOrSseResponse[_Stream]):
         return _Stream(self._model, int(self._clock()), self._include_usage)
 
     def _replay_as_stream(self, machine: _Stream, message: Any) -> TranslatedChunk:
-        out: list[bytes] = []
-        usage = None
-        try:
-            events = A.events_from_message(message)
-        except UpstreamProtocolError as exc:
-            machine.fail(out, 502, str(exc))
-            events = []
-        for event in events:
-            usage = machine.event(event, out) or usage
-        return TranslatedChunk(body=b"".join(out), usage=usage)
+        return machine.replay(A.events_from_message, message)
 
     def _whole(self, message: Any) -> TranslatedChunk:
         completion, usage = A.completion_from_message(message, int(self._clock()), self._model)

@@ -409,16 +409,7 @@ class ResponsesToAnthropic(JsonOrSseResponse[ResponsesStream]):
         return ResponsesStream(self._model, int(self._clock()), self._custom)
 
     def _replay_as_stream(self, machine: ResponsesStream, message: Any) -> TranslatedChunk:
-        out: list[bytes] = []
-        usage = None
-        try:
-            events = A.events_from_message(message)
-        except UpstreamProtocolError as exc:
-            machine.fail(out, 502, str(exc))
-            events = []
-        for event in events:
-            usage = machine.event(event, out) or usage
-        return TranslatedChunk(body=b"".join(out), usage=usage)
+        return machine.replay(A.events_from_message, message)
 
     def _whole(self, message: Any) -> TranslatedChunk:
         response, usage = response_from_message(message, int(self._clock()), self._model, self._custom)
