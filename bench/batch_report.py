@@ -14,6 +14,7 @@ from typing import Any
 
 from bench.document import NOTES_MARKER
 from bench.loadgen import percentile
+from bench.report import markdown_table, text_table
 
 PERCENTILES = (50, 95, 99)
 SECTION_HEADING = "## Message batches: items/s per worker, interactive latency while a batch drains"
@@ -120,20 +121,11 @@ def batch_line(result: dict[str, Any]) -> str:
 
 
 def _text_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    lines = []
-    for row in [header, *rows]:
-        cells = [
-            str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
+    return text_table(header, rows, text_columns=1, rule=False)
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+    return markdown_table(header, rows, text_columns=1)
 
 
 def stdout_report(result: dict[str, Any]) -> str:

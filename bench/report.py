@@ -541,14 +541,22 @@ def at_rest_rows(results: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def text_table(header: list[str], rows: list[list[str]]) -> str:
+def text_table(header: list[str], rows: list[list[str]], text_columns: int = 2, rule: bool = True) -> str:
+    """Columns after the first ``text_columns`` hold numbers: right-aligned; ``rule``: a dashed line
+    under the header."""
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    out = ["  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths, strict=True)))]
-    out.append("  ".join("-" * w for w in widths))
-    for row in rows:
-        out.append(
-            "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+
+    def line(cells: list[str]) -> str:
+        aligned = (
+            str(c).ljust(w) if i < text_columns else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
         )
+        return "  ".join(aligned).rstrip()
+
+    out = [line(header)]
+    if rule:
+        out.append("  ".join("-" * w for w in widths))
+    out += [line(row) for row in rows]
     return "\n".join(out)
 
 
