@@ -57,7 +57,7 @@ class ProviderKeys:
 
     def follow(self, policy: GatewayPolicy) -> None:
         """The references of a newly accepted policy; new ones are read now."""
-        injected = [p for p in policy.providers if p.name in policy.envoy_injected_keys]
+        injected = [p for p in policy.providers if p.name in policy.envoy_injected_keys and p.api_key_ref]
         by_ref: dict[str, list[str]] = {}
         for provider in injected:
             by_ref.setdefault(provider.api_key_ref, []).append(provider.name)

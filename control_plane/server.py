@@ -21,6 +21,7 @@ from prometheus_client import Counter, Gauge, start_http_server
 from audit.hooks import PolicyAudit
 from ccr.v1.contract import EXTPROC_CLUSTER
 from control_plane.admin.settings import AdminSettings
+from control_plane.gcp_tokens import TokenRefresher
 from control_plane.policy import GatewayPolicy, PolicyError
 from control_plane.policy.file_source import FilePolicySource
 from control_plane.policy.source import PolicySource
@@ -114,7 +115,11 @@ class ControlPlane:
         # Provider keys Envoy injects, read from Vault here (docs/security-vault.md): a re-read that
         # changed one goes to the rollout (a new SDS secret version); a rotation is audited.
         self.provider_keys = ProviderKeys()
-        self.provider_keys.on_change = self.rollout.set_provider_keys
+        self.provider_keys.on_change = lambda keys, problems: self._keys_changed()
+        # Vertex providers' OAuth tokens, obtained and refreshed here (control_plane.gcp_tokens):
+        # injected by Envoy the same way, each refresh a new version of the provider's secret.
+        self.gcp_tokens = TokenRefresher()
+        self.gcp_tokens.on_change = lambda tokens, problems: self._keys_changed()
         self.provider_keys.on_rotation = self._audit_key_rotation
         self._server: grpc.aio.Server | None = None
         self._catalog: dict[str, tuple[str, asyncio.Task[None]]] = {}  # cluster -> (service, watcher)
@@ -206,6 +211,16 @@ class ControlPlane:
         }
         self.audit.record("secret.rotated", str(change.ref), "", details)
 
+    def _injected_values(self) -> tuple[dict[str, str], dict[str, str]]:
+        """What Envoy injects (reference -> value) and why some is missing: Vault's provider keys
+        and the Vertex tokens, under references that cannot collide (vault: / gcp:)."""
+        values = {**self.provider_keys.keys(), **self.gcp_tokens.values()}
+        problems = {**self.provider_keys.problems(), **self.gcp_tokens.problems()}
+        return values, problems
+
+    def _keys_changed(self) -> None:
+        self.rollout.set_provider_keys(*self._injected_values())
+
     def _apply(self, policy: GatewayPolicy) -> None:
         problem = self._catalog_problem(policy) or self._tls_problem(policy)
         if problem is not None:
@@ -215,8 +230,9 @@ class ControlPlane:
             self._watch_catalog(policy)
         # The keys Envoy injects, read before the snapshot that names their secrets is built.
         self.provider_keys.follow(policy)
-        self.rollout.provider_keys = self.provider_keys.keys()
-        self.rollout.key_problems = self.provider_keys.problems()
+        with contextlib.suppress(RuntimeError):  # no running loop: unit tests drive the rollout directly
+            self.gcp_tokens.follow(policy)
+        self.rollout.provider_keys, self.rollout.key_problems = self._injected_values()
         version = self.rollout.update(policy)
         POLICY_VERSION.set(int(version))
         self.last_error = None
@@ -320,6 +336,7 @@ class ControlPlane:
         for _, task in self._catalog.values():
             task.cancel()
         self.provider_keys.store.stop()
+        self.gcp_tokens.stop()
         await self.stop()
         await self.source.close()
         await self.audit.close()

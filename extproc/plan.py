@@ -35,6 +35,7 @@ from extproc.translate.client_request import (
     ClientRequest,
     OpenAIRequest,
     ResponsesRequest,
+    from_vertex,
     parse_request,
     read_request,
 )
@@ -98,8 +99,11 @@ def plan(
     raw: bytes,
     sessions: SessionUsage | None = None,
     tenant: str | None = None,
+    vertex_model: str | None = None,
 ) -> Outcome:
-    """``tenant``: the virtual key's, whose routing overrides (the policy's ``tenants``) apply."""
+    """``tenant``: the virtual key's, whose routing overrides (the policy's ``tenants``) apply.
+    ``vertex_model``: the request came on a Vertex rawPredict path (request_steps.vertex_endpoint),
+    which names this model ("" for count-tokens): its body is read as the Anthropic request it is."""
     if table is None:
         return Answer(503, "the gateway has no routing policy yet; retry shortly", "ccr_no_policy")
     try:
@@ -108,6 +112,13 @@ def plan(
         return _not_json(raw, headers, exc)
     if not isinstance(body, dict):
         return Answer(400, "request body must be a JSON object", "ccr_bad_json")
+    size = len(raw)
+    if vertex_model is not None:
+        # From here on an Anthropic request like any other; its bytes are not the client's any
+        # more (raw b"": no translator forwards them as they are, a chain sends the new body).
+        body, raw, rewritten = from_vertex(body, vertex_model), b"", True
+    else:
+        rewritten = False
     model = body.get("model")
     if not isinstance(model, str) or not model:
         return Answer(400, "model: a model name (string) is required", "ccr_no_model")
@@ -119,7 +130,7 @@ def plan(
         return Answer(exc.status, exc.message, "ccr_bad_request", requested_model=model, stream=asked_stream)
     try:
         with tracing.span("ccr.route", attributes={"gen_ai.request.model": model}) as span:
-            decision = decide(table, body, headers, len(raw), sessions, tenant)
+            decision = decide(table, body, headers, size, sessions, tenant)
             span.set("ccr.scenario", decision.scenario)
     except RoutingError as exc:  # count_tokens too: it is refused whatever /v1/messages refuses
         asked_stream = body.get("stream") is True
@@ -140,7 +151,7 @@ def plan(
             if translator_class(api, route.provider.api) is None:
                 message = f"fallback provider {route.provider.name!r} cannot serve {api}-format requests"
                 return Answer(400, message, "ccr_no_translator", decision=decision)
-        changed = decision.body is not body
+        changed = decision.body is not body or rewritten
         context = response_context(request, decision.tokens)
         return Chain(decision, orjson.dumps(decision.body) if changed else None, stream, context)
     provider_api = decision.route.provider.api

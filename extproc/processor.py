@@ -175,7 +175,17 @@ class RequestProcessor:
         if self.endpoint is None:  # headers were answered already; nothing to plan
             return m.CONTINUE_REQUEST_BODY
         tenant = self.key.tenant if self.key is not None else None
-        outcome = plan(self.state.table, self.api, self.endpoint.kind, self.headers, raw, self.state.sessions, tenant)
+        endpoint = self.endpoint
+        outcome = plan(
+            self.state.table,
+            self.api,
+            endpoint.kind,
+            self.headers,
+            raw,
+            self.state.sessions,
+            tenant,
+            endpoint.vertex_model,
+        )
         decision = outcome.decision
         if decision is not None:
             self.decision = decision

@@ -31,8 +31,10 @@ refuses, an unknown model) carry none: there is no provider or model to name.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 import orjson
 
@@ -94,6 +96,9 @@ class Endpoint:
     api: Api | None  # None: decided from the request's headers (GET /v1/models)
     kind: str  # "generate" | "count_tokens" | "models" | "model" | "batch" | "mcp" | "stored"
     path: str  # the path it is called on ("/v1/models/{id}" for a model's)
+    # A Vertex rawPredict path (vertex_endpoint): the model it names ("" for count-tokens, whose
+    # body names it); None for every other endpoint.
+    vertex_model: str | None = None
 
 
 ENDPOINTS: dict[tuple[str, str], Endpoint] = {
@@ -138,6 +143,15 @@ STORED_RESPONSES_MESSAGE = "stored responses are not enabled on this gateway"
 # response, its input items, or its deletion, answered by the decision (extproc.hop), per tenant and key.
 STORED_METHODS = ("GET", "HEAD", "DELETE")
 STORED_ENDPOINT = Endpoint(Api.RESPONSES, "stored", "/v1/responses/{id}")
+# Google Vertex AI's rawPredict paths for Anthropic models, as the Anthropic SDKs' Vertex clients
+# and Claude Code in Vertex mode (CLAUDE_CODE_USE_VERTEX, ANTHROPIC_VERTEX_BASE_URL=<gateway>/v1)
+# call them: an Anthropic Messages request whose model is in the path and whose body has
+# ``anthropic_version`` instead (normalised in extproc.plan: client_request.from_vertex). Project
+# and region are the client's, and mean nothing here: the request is routed like any other.
+_VERTEX_PATH = re.compile(
+    r"(?:/v1)?/projects/[^/]+/locations/[^/]+/publishers/anthropic/models/([^/:]+):(rawPredict|streamRawPredict)"
+)
+VERTEX_COUNT_TOKENS_MODEL = "count-tokens"  # .../models/count-tokens:rawPredict: Vertex's token counting
 MODEL_ENDPOINTS = {
     "/v1/models": Endpoint(None, "model", "/v1/models/{id}"),
     "/models": Endpoint(Api.OPENAI, "model", "/models/{id}"),
@@ -216,6 +230,8 @@ def endpoint_step(
     path, _, query = path.partition("?")
     # HEAD is GET without the body (Envoy drops it from the answer).
     endpoint = ENDPOINTS.get(("GET" if method == "HEAD" else method, path))
+    if endpoint is None and method == "POST" and "/publishers/anthropic/" in path:
+        endpoint = vertex_endpoint(path)
     if endpoint is None and method in STORED_METHODS and _stores_responses(table) and stored_path(path) is not None:
         endpoint = STORED_ENDPOINT  # answered by the decision from the store (extproc.hop)
     if endpoint is None and table is not None and table.batch_api:
@@ -286,6 +302,18 @@ def endpoint_step(
 
 def _stores_responses(table: RoutingTable | None) -> bool:
     return table is not None and table.responses.store
+
+
+def vertex_endpoint(path: str) -> Endpoint | None:
+    """The endpoint of a Vertex rawPredict path (no query), or None. Labelled with the path itself:
+    the model in it is part of what the request is (the repeats cache keys on the endpoint's path)."""
+    found = _VERTEX_PATH.fullmatch(path)
+    if found is None:
+        return None
+    model, verb = unquote(found.group(1)), found.group(2)
+    if model == VERTEX_COUNT_TOKENS_MODEL:
+        return Endpoint(Api.ANTHROPIC, "count_tokens", path, vertex_model="") if verb == "rawPredict" else None
+    return Endpoint(Api.ANTHROPIC, "generate", path, vertex_model=model)
 
 
 def batch_endpoint(path: str) -> Endpoint | None:
@@ -485,6 +513,8 @@ def strip_before_egress(name: str, client: Api, provider: Api) -> bool:
         return False
     if name in CLIENT_CREDENTIALS or name.startswith(INTERNAL_HEADER_PREFIX):
         return True
+    if provider is Api.VERTEX and client is Api.ANTHROPIC:  # Claude on Vertex reads anthropic-beta as Anthropic does
+        return False
     return client is not provider and name.startswith(_API_HEADER_PREFIXES[client])
 
 

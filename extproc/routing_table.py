@@ -44,6 +44,8 @@ _API_OF = {
     policy_pb2.API_OPENAI: Api.OPENAI,
     policy_pb2.API_GEMINI: Api.GEMINI,
     policy_pb2.API_RESPONSES: Api.RESPONSES,
+    policy_pb2.API_VERTEX: Api.VERTEX,
+    policy_pb2.API_BEDROCK: Api.BEDROCK,
 }
 
 Hook = Callable[[dict, Any], Any]
@@ -54,6 +56,8 @@ class PolicyCompileError(ValueError):
 
 
 def auth_headers(api: Api, key: str) -> tuple[tuple[str, str], ...]:
+    if api is Api.BEDROCK:  # signed with SigV4 by Envoy: a key header would only confuse AWS
+        return ()
     if api is Api.ANTHROPIC:
         return (("x-api-key", key),)
     if api is Api.GEMINI:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from typing import Any
 
 from multidict import CIMultiDictProxy
@@ -45,6 +46,9 @@ class FakeConfig:
     retry_after_s: int = 1
     cached_tokens: int = 0
     record_requests: bool = True
+    # Vertex AI's bearer tokens accepted (fake_provider.vertex_api), comma-separated ("" accepts any
+    # token, but one must be sent); FAKE_VERTEX_TOKEN by default.
+    vertex_token: str = field(default_factory=lambda: os.environ.get("FAKE_VERTEX_TOKEN", ""))
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply a partial update from the control endpoint; ValueError names what is wrong."""
@@ -55,6 +59,11 @@ class FakeConfig:
         converted = {}
         for name, value in changes.items():
             kind = known[name].type  # a string, since this module uses postponed annotations
+            if kind == "str":
+                if not isinstance(value, str):
+                    raise ValueError(f"{name} must be a string")
+                converted[name] = value
+                continue
             if kind == "bool":
                 if not isinstance(value, bool):
                     raise ValueError(f"{name} must be a boolean")

@@ -20,11 +20,13 @@ from aiohttp import web
 
 from fake_provider.anthropic_api import AnthropicApi
 from fake_provider.api import JSON_CONTENT_TYPE, SSE_CONTENT_TYPE, BadRequest, ProviderApi
+from fake_provider.bedrock_api import BedrockApi
 from fake_provider.config import FakeConfig, Faults, Midstream, take_faults
 from fake_provider.gemini_api import GeminiApi
 from fake_provider.openai_api import OpenAIApi
 from fake_provider.reply import plan_reply
 from fake_provider.responses_api import ResponsesApi
+from fake_provider.vertex_api import COUNT_TOKENS_MODEL, VertexApi, token_problem
 
 RECORDED_REQUESTS = 100
 DEFAULT_PORT = 9100
@@ -35,6 +37,8 @@ _ANTHROPIC = AnthropicApi()
 _OPENAI = OpenAIApi()
 _GEMINI = GeminiApi()
 _RESPONSES = ResponsesApi()
+_BEDROCK = BedrockApi()
+_VERTEX = VertexApi()
 
 _JSON_HEADERS = {"Content-Type": JSON_CONTENT_TYPE}
 _SSE_HEADERS = {"Content-Type": SSE_CONTENT_TYPE, "Cache-Control": "no-cache"}
@@ -120,6 +124,51 @@ class FakeProvider:
         if method == "countTokens":
             return await self._count_tokens(request, _GEMINI)
         return _error(_GEMINI, 404, f"method {method!r} is not found for model {model!r}")
+
+    async def vertex(self, request: web.Request) -> web.StreamResponse:
+        """Claude on Vertex AI: rawPredict, streamRawPredict and count-tokens, behind a bearer token."""
+        model, _, method = request.match_info["target"].rpartition(":")
+        problem = token_problem(request.headers, self.config.vertex_token)
+        if problem is not None:
+            if self.config.record_requests:  # refused requests are recorded too: tests read their headers
+                raw = await request.read()
+                try:
+                    self._record(request, orjson.loads(raw), len(raw))
+                except orjson.JSONDecodeError:
+                    self._record(request, _MALFORMED, len(raw))
+            return _error(_VERTEX, 401, problem)
+        if model == COUNT_TOKENS_MODEL and method == "rawPredict":
+            return await self._count_tokens(request, _VERTEX)
+        if method == "rawPredict":
+            return await self._generate(request, _VERTEX, path_model=model, stream=False)
+        if method == "streamRawPredict":
+            return await self._generate(request, _VERTEX, path_model=model, stream=True)
+        return _error(_VERTEX, 404, f"method {method!r} is not found for publisher model {model!r}")
+
+    async def bedrock_invoke(self, request: web.Request) -> web.StreamResponse:
+        return await self._bedrock(request, stream=False)
+
+    async def bedrock_invoke_stream(self, request: web.Request) -> web.StreamResponse:
+        return await self._bedrock(request, stream=True)
+
+    async def _bedrock(self, request: web.Request, *, stream: bool) -> web.StreamResponse:
+        """Bedrock InvokeModel for Anthropic models; every error says its type in x-amzn-ErrorType."""
+        raw = await request.read()
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        problem = _BEDROCK.verify_request(request.method, request.raw_path, headers, raw)
+        if problem is not None:
+            if self.config.record_requests:  # refused requests are recorded too: tests read their headers
+                try:
+                    self._record(request, orjson.loads(raw), len(raw))
+                except orjson.JSONDecodeError:
+                    self._record(request, _MALFORMED, len(raw))
+            response = _error(_BEDROCK, 403, problem)
+            response.headers["x-amzn-ErrorType"] = "InvalidSignatureException"
+            return response
+        response = await self._generate(request, _BEDROCK, path_model=request.match_info["model_id"], stream=stream)
+        if response.status >= 400:
+            response.headers["x-amzn-ErrorType"] = _BEDROCK.error_type(response.status)
+        return response
 
     async def _generate(
         self, request: web.Request, api: ProviderApi, *, path_model: str | None, stream: bool | None
@@ -236,10 +285,13 @@ async def _send_events(
         events = events[: max(2, len(events) // 2)]
         if faults.midstream is Midstream.ERROR:
             events.append(api.stream_error_event())
+    # Bedrock streams AWS event-stream frames, every other API SSE.
+    content_type = getattr(api, "stream_content_type", None)
+    headers = {"Content-Type": content_type} if content_type is not None else _SSE_HEADERS
     if faults.chunk_delay_ms <= 0 and faults.midstream is not Midstream.ABORT:
         # The fast path: the whole stream in one write (and one Content-Length response).
-        return web.Response(body=b"".join(events), headers=_SSE_HEADERS)
-    response = web.StreamResponse(headers=_SSE_HEADERS)
+        return web.Response(body=b"".join(events), headers=headers)
+    response = web.StreamResponse(headers=headers)
     await response.prepare(request)
     delay_s = faults.chunk_delay_ms / 1000
     for index, event in enumerate(events):
@@ -308,6 +360,15 @@ def build_app(config: FakeConfig) -> web.Application:
     ]
     # Gemini's stable (v1), beta and prefix-less paths all lead to the same handler.
     routes += [web.post(f"{prefix}/models/{{target}}", provider.gemini) for prefix in ("/v1beta", "/v1", "")]
+    # Vertex AI's publisher models (Claude): "{model}:{method}" split in the handler, as Gemini's.
+    routes.append(
+        web.post("/v1/projects/{project}/locations/{region}/publishers/anthropic/models/{target}", provider.vertex)
+    )
+    # Bedrock InvokeModel: a model id may be an inference profile's ARN, slashes and all.
+    routes += [
+        web.post("/model/{model_id:.+}/invoke", provider.bedrock_invoke),
+        web.post("/model/{model_id:.+}/invoke-with-response-stream", provider.bedrock_invoke_stream),
+    ]
     app.add_routes(routes)
     return app
 

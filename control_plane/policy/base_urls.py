@@ -7,6 +7,9 @@ anthropic_openai.py, openai_anthropic.py, gemini_common.py, anthropic_responses.
     openai      {base}/chat/completions                             https://api.openai.com/v1
     gemini      {base}/models/{model}:generateContent (or stream)   https://generativelanguage.googleapis.com/v1beta
     responses   {base}/responses                                    https://api.openai.com/v1
+    bedrock     {base}/model/{model}/invoke (or -with-response-stream)  https://bedrock-runtime.us-east-1.amazonaws.com
+    vertex      {base}/v1/projects/{p}/locations/{r}/publishers/anthropic/models/{model}:rawPredict
+                (control_plane.policy.vertex: project and region fields; base_url from the region by default)
 
 A base that already holds part of the suffix is certainly wrong (…/v1/v1/messages): an error. An
 OpenAI-format (Chat or Responses) base without a version segment is only suspicious: most servers want /v1, but some
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 _VERSION_SEGMENT = re.compile(r"/v\d+[a-z0-9]*(/|$)")
 _ENDPOINT_SUFFIXES = ("/chat/completions", "/completions", "/responses", "/messages")
 _GEMINI_HOST = "generativelanguage.googleapis.com"
+_BEDROCK_MODEL_SEGMENT = re.compile(r"/model(/|$)")
 # OpenAI-compatible APIs known to answer at /chat/completions without a version: no warning for them.
 _UNVERSIONED_HOSTS = frozenset({"api.deepseek.com", "api.perplexity.ai"})
 
@@ -45,7 +49,22 @@ def check_base_url(api: str, host: str, base_path: str, url: str) -> BaseUrlAdvi
         return _openai(host, base_path, url, "/responses", "OpenAI Responses requests")
     if api == "gemini":
         return _gemini(base_path, url)
+    if api == "bedrock":
+        return _bedrock(base_path, url)
     return None
+
+
+def _bedrock(base_path: str, url: str) -> BaseUrlAdvice | None:
+    """Bedrock's runtime endpoint has no path of its own: a base holding /model/... is certainly wrong."""
+    found = _BEDROCK_MODEL_SEGMENT.search(base_path)
+    if found is None:
+        return None
+    expected = url[: len(url) - len(base_path) + found.start()]
+    return BaseUrlAdvice(
+        "Bedrock requests go to base_url + /model/<model id>/invoke; "
+        f"write it without {base_path[found.start() :]}: {expected}",
+        is_error=True,
+    )
 
 
 def _anthropic(base_path: str, url: str) -> BaseUrlAdvice | None:

@@ -30,12 +30,14 @@ from control_plane.policy.tracing import TracingSpec
 from control_plane.policy.vault import VaultSpec
 from control_plane.policy.yaml_check import Problem
 
-API_NAMES = ("anthropic", "openai", "gemini", "responses")
+API_NAMES = ("anthropic", "openai", "gemini", "responses", "vertex", "bedrock")
 _PROTO_API = {
     "anthropic": policy_pb2.API_ANTHROPIC,
     "openai": policy_pb2.API_OPENAI,
     "gemini": policy_pb2.API_GEMINI,
     "responses": policy_pb2.API_RESPONSES,
+    "vertex": policy_pb2.API_VERTEX,
+    "bedrock": policy_pb2.API_BEDROCK,
 }
 DEFAULT_MAX_REQUEST_BYTES = 32 * 1024 * 1024
 DECISION_PATHS = ("hop", "ext_proc")  # GatewayPolicy.decision_path, the default first
@@ -78,10 +80,24 @@ class ProviderSpec:
     api_key_ref: str = ""
     # Its own hosts across regions and zones instead of base_url's host (control_plane.policy.pools).
     endpoints: tuple[PoolEndpoint, ...] = ()
+    # A cloud provider's credentials (bedrock: how Envoy signs; vertex: where the control plane
+    # gets its OAuth token): control_plane.policy.credentials. Never a secret; "" the default.
+    credentials: str = ""
+    # A bedrock provider's AWS region (SigV4's, control_plane.policy.bedrock): its ``region:``, else
+    # read from a bedrock-runtime.<region>.amazonaws.com base_url; "" for other providers.
+    region: str = ""
 
     @property
     def cluster(self) -> str:
         return f"provider_{self.name}"
+
+    @property
+    def injected_key_ref(self) -> str:
+        """What Envoy injects is kept under this reference: the Vault reference of ``api_key``, or
+        for a vertex provider its OAuth token's source (control_plane.gcp_tokens.token_ref)."""
+        if self.api == "vertex":
+            return "gcp:" + (self.credentials or "metadata")
+        return self.api_key_ref
 
     @property
     def uses_eds(self) -> bool:
@@ -162,7 +178,9 @@ class GatewayPolicy:
         keeps its key in ext_proc for its own cluster too (one path per key). Keys from the
         environment (api_key_env) stay with ext_proc (docs/security-vault.md)."""
         chained = {name for chain in self.routing.fallbacks for name in chain.providers}
-        return frozenset(p.name for p in self.providers if p.api_key_ref and p.name not in chained)
+        # A vertex provider's OAuth token, refreshed by the control plane, goes the same way
+        # (control_plane.gcp_tokens).
+        return frozenset(p.name for p in self.providers if p.injected_key_ref and p.name not in chained)
 
     def to_proto(self, version: str, key_problems: Mapping[str, str] | None = None) -> policy_pb2.Policy:
         """The ext_proc-facing contract (no listener details, no secrets). ``key_problems``: why

@@ -18,8 +18,10 @@ from ccr.v1.pricing import Prices
 from control_plane.policy.auth import AuthSpec, parse_auth
 from control_plane.policy.base_urls import check_base_url
 from control_plane.policy.batches import parse_batches
+from control_plane.policy.bedrock import parse_bedrock
 from control_plane.policy.cache import CacheSpec, parse_cache
 from control_plane.policy.cors import CorsSpec, parse_cors
+from control_plane.policy.credentials import credentials_problem
 from control_plane.policy.edge_limits import PerIpLimits, parse_per_ip_limits
 from control_plane.policy.hardening import HardeningSpec, parse_hardening
 from control_plane.policy.limit_sets import RateLimitSpec, parse_rate_limits
@@ -42,6 +44,7 @@ from control_plane.policy.storage import StorageSpec, parse_storage
 from control_plane.policy.tls import TlsSpec, parse_listener_tls
 from control_plane.policy.tracing import parse_tracing
 from control_plane.policy.vault import VaultSpec, check_vault_used, parse_key_reference, parse_vault
+from control_plane.policy.vertex import VERTEX_FIELDS, parse_vertex
 from control_plane.policy.yaml_check import Checker, Located, PolicyError, Problem, compose, join, kind_of
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -212,12 +215,16 @@ _PROVIDER_FIELDS = (
     "resilience",
     "consul_service",
     "endpoints",
+    *VERTEX_FIELDS,
+    "credentials",
 )
 
 
 def _provider(check: Checker, at: Located, path: str) -> ProviderSpec | None:
     before = len(check.problems)
-    fields = check.mapping(at, path, _PROVIDER_FIELDS, required=("name", "api", "base_url", "models"))
+    # A vertex provider's base_url may be left out: it follows from its region.
+    url_required = ("base_url",) if not _is_vertex(at) else ()
+    fields = check.mapping(at, path, _PROVIDER_FIELDS, required=("name", "api", *url_required, "models"))
     name = (
         check.string(fields["name"], join(path, "name"), _NAME, "provider name ([a-z0-9_-])")
         if "name" in fields
@@ -278,9 +285,11 @@ def _provider(check: Checker, at: Located, path: str) -> ProviderSpec | None:
             check.problem(
                 flag_at, join(path, "forward_count_tokens"), f"must be true or false, got {kind_of(flag_at.value)}"
             )
-        elif flag_at.value and api not in ("anthropic", "gemini"):
+        elif flag_at.value and api not in ("anthropic", "gemini", "vertex"):
             check.problem(
-                flag_at, join(path, "forward_count_tokens"), "only Anthropic- and Gemini-format providers count tokens"
+                flag_at,
+                join(path, "forward_count_tokens"),
+                "only Anthropic-, Gemini- and Vertex-format providers count tokens",
             )
         else:
             forward_count_tokens = flag_at.value
@@ -297,6 +306,18 @@ def _provider(check: Checker, at: Located, path: str) -> ProviderSpec | None:
     if "resilience" in fields:
         scheme = url[0] if url is not None else None
         resilience = _resilience(check, fields["resilience"], join(path, "resilience"), scheme)
+    credentials = ""
+    if "credentials" in fields:
+        credentials = check.string(fields["credentials"], join(path, "credentials")) or ""
+        problem = credentials_problem(api or "", credentials) if credentials else None
+        if problem is not None:
+            check.problem(fields["credentials"], join(path, "credentials"), problem)
+    region = ""
+    if api == "bedrock":
+        region = parse_bedrock(check, fields, path, url[1] if url is not None else None)
+        # region: is the bedrock provider's own too (its SigV4 region), not only a vertex one's.
+        fields = {key: value for key, value in fields.items() if key != "region"}
+    url = parse_vertex(check, at, fields, path, api, url)
     if len(check.problems) > before or name is None or api is None or url is None:
         return None
     scheme, host, port, base_path = url
@@ -315,6 +336,8 @@ def _provider(check: Checker, at: Located, path: str) -> ProviderSpec | None:
         consul_service,
         key_ref,
         endpoints,
+        credentials=credentials,
+        region=region,
     )
 
 
@@ -348,6 +371,12 @@ def _key_references(providers_at: Located | None) -> list[tuple[Located, str]]:
         for index, item in enumerate(items)
         if isinstance(item.value, dict) and "api_key" in item.value
     ]
+
+
+def _is_vertex(at: Located) -> bool:
+    """Whether a provider's mapping says ``api: vertex`` (read before its fields are checked)."""
+    api = at.value.get("api") if isinstance(at.value, dict) else None
+    return isinstance(api, tuple) and getattr(api[1], "value", None) == "vertex"
 
 
 def _base_url(check: Checker, at: Located, path: str) -> tuple[str, str, int, str] | None:

@@ -7,6 +7,7 @@ module does I/O.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,8 +39,17 @@ from ccr.v1.contract import (
 from control_plane.policy import GatewayPolicy, ProviderSpec
 from control_plane.policy.cors import CorsSpec
 from control_plane.policy.resilience import TlsSettings
+from control_plane.resources import (
+    aws_signing,
+    edge,
+    edge_limits,
+    localities,
+    provider_keys,
+    resilience,
+    tracing,
+    usage_capture,
+)
 from control_plane.resources import decision_hop as decision_hop_resources
-from control_plane.resources import edge, edge_limits, localities, provider_keys, resilience, tracing, usage_capture
 from control_plane.resources import hardening as hardening_resources
 from control_plane.resources import jwt as jwt_resources
 from control_plane.resources import tls as tls_resources
@@ -98,7 +108,12 @@ def provider_cluster(provider: ProviderSpec, inject_key: bool = False) -> Cluste
     chain (control_plane.resources.provider_keys)."""
     settings = provider.resilience
     options = resilience.protocol_options(settings, provider.scheme)
-    if inject_key:
+    if aws_signing.is_signed(provider):
+        # Bedrock: Envoy signs each attempt with SigV4 (control_plane.resources.aws_signing). The
+        # role and token file of web identity are read from this process's environment (IRSA sets
+        # them in every container of the pod); the rest of the credentials stay Envoy's.
+        options["http_filters"] = [aws_signing.signing_filter(provider, os.environ), provider_keys.codec_filter()]
+    elif inject_key:
         options["http_filters"] = provider_keys.injector_filters(provider)
     cluster: dict[str, Any] = {
         "name": provider.cluster,

@@ -47,6 +47,8 @@ _HEADERS = {
     "anthropic": ("x-api-key", ""),
     "gemini": ("x-goog-api-key", ""),
     "responses": ("Authorization", "Bearer "),
+    # The OAuth access token the control plane obtains and refreshes (control_plane.gcp_tokens).
+    "vertex": ("Authorization", "Bearer "),
 }
 
 
@@ -72,7 +74,7 @@ def key_secret(provider: ProviderSpec, key: str | None) -> Secret:
 
 def key_secrets(providers: list[ProviderSpec], keys: Mapping[str, str]) -> list[tuple[str, Secret]]:
     """One secret per provider whose key Envoy injects (``keys``: reference text -> key read)."""
-    return [(secret_name(p), key_secret(p, keys.get(p.api_key_ref))) for p in providers]
+    return [(secret_name(p), key_secret(p, keys.get(p.injected_key_ref))) for p in providers]
 
 
 def injector_filters(provider: ProviderSpec) -> list[dict[str, Any]]:
@@ -97,11 +99,16 @@ def injector_filters(provider: ProviderSpec) -> list[dict[str, Any]]:
                 },
             },
         },
-        {
-            "name": "envoy.filters.http.upstream_codec",
-            "typed_config": {"@type": TYPE_PREFIX + "envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"},
-        },
+        codec_filter(),
     ]
+
+
+def codec_filter() -> dict[str, Any]:
+    """The upstream codec: the last filter of every cluster's upstream filter chain."""
+    return {
+        "name": "envoy.filters.http.upstream_codec",
+        "typed_config": {"@type": TYPE_PREFIX + "envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"},
+    }
 
 
 def missing_key_bodies() -> dict[str, dict[str, Any]]:
@@ -109,7 +116,8 @@ def missing_key_bodies() -> dict[str, dict[str, Any]]:
     (openai, anthropic, and "either" when the path was not read), as ext_proc words a missing key."""
     message = (
         f"provider '%DYNAMIC_METADATA({METADATA_NAMESPACE}:provider)%' has no API key: Envoy has not received it "
-        "from the control plane (which reads it from Vault) yet; the request was not sent"
+        "from the control plane (which reads it from Vault, or obtains a Vertex OAuth token) yet; the request "
+        "was not sent"
     )
     openai = {"error": {"message": message, "type": "server_error", "param": None, "code": "ccr_provider_unavailable"}}
     anthropic = {"type": "error", "error": {"type": "api_error", "message": message}}

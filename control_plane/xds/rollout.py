@@ -125,12 +125,12 @@ class Rollout:
 
     def _keyed(self, policy: GatewayPolicy) -> frozenset[str]:
         """The providers of ``policy`` whose key Envoy injects and the control plane has."""
-        named = {p.name: p.api_key_ref for p in policy.providers}
+        named = {p.name: p.injected_key_ref for p in policy.providers}
         return frozenset(name for name in policy.envoy_injected_keys if named[name] in self.provider_keys)
 
     def _key_problems(self, policy: GatewayPolicy) -> dict[str, str]:
         """Why a provider whose key Envoy injects has none yet (by provider name)."""
-        missing = {p.name: p.api_key_ref for p in policy.providers if p.name in policy.envoy_injected_keys}
+        missing = {p.name: p.injected_key_ref for p in policy.providers if p.name in policy.envoy_injected_keys}
         return {
             name: self.key_problems.get(ref, "not read from Vault by the control plane yet")
             for name, ref in missing.items()

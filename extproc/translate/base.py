@@ -39,12 +39,14 @@ if TYPE_CHECKING:  # the typed request is built from these values' module: no im
 
 class Api(enum.StrEnum):
     """Wire formats. Clients speak ANTHROPIC, OPENAI (Chat Completions) or RESPONSES (OpenAI's
-    Responses API); providers speak any of these or GEMINI."""
+    Responses API); providers speak any of these, GEMINI, VERTEX or BEDROCK."""
 
     ANTHROPIC = "anthropic"
     OPENAI = "openai"
     GEMINI = "gemini"
     RESPONSES = "responses"
+    VERTEX = "vertex"  # provider-only: Google Vertex AI's rawPredict for Anthropic models
+    BEDROCK = "bedrock"  # provider-only: AWS Bedrock's InvokeModel for Anthropic models
 
 
 @dataclass(frozen=True, slots=True)

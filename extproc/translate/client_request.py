@@ -154,6 +154,24 @@ def parse_request(api: Api, body: Mapping[str, Any], counting: bool = False, raw
     return read_request(api, body, raw)
 
 
+# Body fields of Vertex AI's rawPredict for Anthropic models that Anthropic's own Messages API does
+# not take: dropped when such a request is read as an Anthropic one (from_vertex).
+VERTEX_ONLY_FIELDS = ("anthropic_version", "anthropic_beta")
+
+
+def from_vertex(body: Mapping[str, Any], model: str) -> dict[str, Any]:
+    """A Vertex rawPredict request (model in the path, ``anthropic_version`` in the body) as the
+    Anthropic Messages request it is: ``model`` set from the path ("" keeps the body's: Vertex's
+    count-tokens names it there), Vertex's own fields dropped. Betas come in the
+    ``anthropic-beta`` header from the Anthropic SDKs' Vertex clients and Claude Code; an
+    ``anthropic_beta`` body field is dropped (Anthropic's API refuses it; a Vertex provider gets
+    the header)."""
+    out = {name: value for name, value in body.items() if name not in VERTEX_ONLY_FIELDS}
+    if model:
+        out["model"] = model
+    return out
+
+
 def read_request(api: Api, body: Mapping[str, Any], raw: bytes = b"") -> ClientRequest:
     """The typed values of a body ``parse_request`` already checked (e.g. after the router changed
     its system prompt, or on a fallback attempt)."""

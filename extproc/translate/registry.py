@@ -18,6 +18,8 @@ from extproc.translate.chained import Chained
 _ANTHROPIC_TO_OPENAI = "extproc.translate.anthropic_openai:AnthropicToOpenAI"
 _ANTHROPIC_TO_GEMINI = "extproc.translate.anthropic_gemini:AnthropicToGemini"
 _ANTHROPIC_TO_RESPONSES = "extproc.translate.anthropic_responses:AnthropicToResponses"
+_ANTHROPIC_TO_VERTEX = "extproc.translate.anthropic_vertex:AnthropicToVertex"
+_ANTHROPIC_TO_BEDROCK = "extproc.translate.anthropic_bedrock:AnthropicToBedrock"
 _OPENAI_TO_ANTHROPIC = "extproc.translate.openai_anthropic:OpenAIToAnthropic"
 _RESPONSES_TO_ANTHROPIC = "extproc.translate.responses_anthropic:ResponsesToAnthropic"
 
@@ -34,6 +36,12 @@ TRANSLATORS: dict[tuple[Api, Api], str | tuple[str, str]] = {
     (Api.RESPONSES, Api.ANTHROPIC): _RESPONSES_TO_ANTHROPIC,
     (Api.RESPONSES, Api.OPENAI): (_RESPONSES_TO_ANTHROPIC, _ANTHROPIC_TO_OPENAI),
     (Api.RESPONSES, Api.GEMINI): (_RESPONSES_TO_ANTHROPIC, _ANTHROPIC_TO_GEMINI),
+    (Api.ANTHROPIC, Api.VERTEX): _ANTHROPIC_TO_VERTEX,
+    (Api.OPENAI, Api.VERTEX): (_OPENAI_TO_ANTHROPIC, _ANTHROPIC_TO_VERTEX),
+    (Api.RESPONSES, Api.VERTEX): (_RESPONSES_TO_ANTHROPIC, _ANTHROPIC_TO_VERTEX),
+    (Api.ANTHROPIC, Api.BEDROCK): _ANTHROPIC_TO_BEDROCK,
+    (Api.OPENAI, Api.BEDROCK): (_OPENAI_TO_ANTHROPIC, _ANTHROPIC_TO_BEDROCK),
+    (Api.RESPONSES, Api.BEDROCK): (_RESPONSES_TO_ANTHROPIC, _ANTHROPIC_TO_BEDROCK),
 }
 
 
@@ -41,6 +49,7 @@ TRANSLATORS: dict[tuple[Api, Api], str | tuple[str, str]] = {
 COUNT_TOKENS: dict[Api, str] = {
     Api.ANTHROPIC: "extproc.translate.passthrough:CountTokensPassthrough",
     Api.GEMINI: "extproc.translate.anthropic_gemini:AnthropicToGeminiCountTokens",
+    Api.VERTEX: "extproc.translate.anthropic_vertex:AnthropicToVertexCountTokens",
 }
 
 

@@ -94,7 +94,7 @@ def test_an_invalid_edit_is_rejected_and_traffic_continues(gateway: Gateway):
         with Traffic(gateway, ["claude-sonnet-4-5"], threads=2) as traffic:
             gateway.write_policy(broken)
             wait_until(
-                lambda: "must be one of anthropic, openai, gemini, responses (got 'openia')" in gateway.log(),
+                lambda: "must be one of anthropic, openai, gemini, responses, vertex, bedrock (got 'openia')" in gateway.log(),
                 10,
                 "the rejection to be logged",
             )

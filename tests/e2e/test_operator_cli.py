@@ -69,7 +69,7 @@ def test_status_follows_a_running_gateway_a_rejected_edit_and_its_stop(tmp_path,
         wait_until(lambda: ccr("status").returncode == 1, 15, "status to see the rejected edit")
         text = ccr("status").stdout
         assert "(still pending: the previous policy stays live)" in text
-        assert "providers[1].api: must be one of anthropic, openai, gemini, responses (got 'openia')" in text
+        assert "providers[1].api: must be one of anthropic, openai, gemini, responses, vertex, bedrock (got 'openia')" in text
     finally:
         gateway.stop()
     result = ccr("status")

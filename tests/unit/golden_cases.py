@@ -23,6 +23,7 @@ import orjson
 
 from extproc.translate.anthropic_gemini import AnthropicToGemini
 from extproc.translate.anthropic_openai import AnthropicToOpenAI
+from extproc.translate.anthropic_vertex import AnthropicToVertex
 from extproc.translate.base import Api, Target, Translator, Usage
 from extproc.translate.openai_anthropic import OpenAIToAnthropic
 from extproc.translate.openai_gemini import OpenAIToGemini
@@ -35,12 +36,17 @@ PAIRS = {
     "openai_anthropic": (Api.OPENAI, Api.ANTHROPIC),
     "anthropic_gemini": (Api.ANTHROPIC, Api.GEMINI),
     "openai_gemini": (Api.OPENAI, Api.GEMINI),
+    "anthropic_vertex": (Api.ANTHROPIC, Api.VERTEX),
 }
 # The Target a case gets unless its case.json says otherwise, per provider API.
 DEFAULT_TARGETS: dict[Api, dict[str, Any]] = {
     Api.ANTHROPIC: {"model": "provider-model"},
     Api.OPENAI: {"model": "provider-model"},
     Api.GEMINI: {"model": "gemini-2.5-pro", "base_path": "/v1beta", "capabilities": ["tools", "vision", "thinking"]},
+    Api.VERTEX: {
+        "model": "claude-sonnet-4-5@20250929",
+        "base_path": "/v1/projects/my-project/locations/us-east5/publishers/anthropic/models",
+    },
 }
 
 
@@ -50,6 +56,7 @@ def make_translator(pair: str) -> Translator:
         "openai_anthropic": lambda: OpenAIToAnthropic(clock=lambda: CREATED),
         "anthropic_gemini": AnthropicToGemini,
         "openai_gemini": lambda: OpenAIToGemini(clock=lambda: CREATED),
+        "anthropic_vertex": AnthropicToVertex,
     }[pair]()
 
 

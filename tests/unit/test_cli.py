@@ -32,7 +32,7 @@ def test_validate_reports_problems_with_line_numbers(tmp_path):
     bad.write_text("providers:\n  - name: a\n    api: openia\n    base_url: http://x\n    models: [m]\n")
     result = run("validate", "-c", str(bad))
     assert result.returncode == 2
-    assert f"{bad}:3:10: providers[0].api: must be one of anthropic, openai, gemini, responses (got 'openia')" in result.stderr
+    assert f"{bad}:3:10: providers[0].api: must be one of anthropic, openai, gemini, responses, vertex, bedrock (got 'openia')" in result.stderr
 
 
 def test_up_refuses_an_invalid_policy_before_starting_anything(tmp_path):

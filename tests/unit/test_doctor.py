@@ -81,7 +81,7 @@ def test_an_invalid_policy_fails_with_each_problem_and_skips_the_checks_that_nee
     checks = doctor.run_checks(path, 9901, probes())
     assert outcomes(checks, "policy") == [
         (Outcome.FAIL, f"{path}: invalid (1 problem)"),
-        (Outcome.FAIL, f"  {path}:9:10: providers[1].api: must be one of anthropic, openai, gemini, responses (got 'openia')"),
+        (Outcome.FAIL, f"  {path}:9:10: providers[1].api: must be one of anthropic, openai, gemini, responses, vertex, bedrock (got 'openia')"),
     ]
     assert [c.topic for c in checks[2:]] == ["envoy", "python"]
 

@@ -83,7 +83,7 @@ def test_invalid_content_raises_and_fixing_it_recovers(policy_file):
     with pytest.raises(PolicyError) as caught:
         source.load()
     assert str(caught.value) == (
-        f"{policy_file}:3:10: providers[0].api: must be one of anthropic, openai, gemini, responses (got 'nope')"
+        f"{policy_file}:3:10: providers[0].api: must be one of anthropic, openai, gemini, responses, vertex, bedrock (got 'nope')"
     )
     assert source.load() is None, "the same invalid content is reported once"
     write(policy_file, OTHER, 1_000_002)

@@ -8,7 +8,10 @@ import pytest
 
 from ccr.v1 import policy_pb2
 from control_plane.policy import PolicyError, Problem, load_policy, load_policy_file
+from control_plane.policy.model import API_NAMES
 from tests.unit.cp_helpers import EXAMPLE_POLICY
+
+APIS = ", ".join(API_NAMES)  # every provider api, as the refusal lists them
 
 
 def load(text: str):
@@ -235,9 +238,7 @@ def test_a_misspelt_model_field_is_reported_with_its_full_path():
 
 
 def test_an_unknown_api_lists_the_supported_ones():
-    assert one_problem(provider_yaml(api="cohere")) == (
-        "3:10: providers[0].api: must be one of anthropic, openai, gemini, responses (got 'cohere')"
-    )
+    assert one_problem(provider_yaml(api="cohere")) == (f"3:10: providers[0].api: must be one of {APIS} (got 'cohere')")
 
 
 @pytest.mark.parametrize(
@@ -266,7 +267,7 @@ def test_a_provider_that_is_not_a_mapping_is_reported_and_the_others_still_check
     text = "providers:\n  - 5\n  - name: b\n    api: nope\n    base_url: http://h\n    models: [m]\n"
     assert problems(text) == [
         "2:5: providers[0]: must be a mapping, got an integer",
-        "4:10: providers[1].api: must be one of anthropic, openai, gemini, responses (got 'nope')",
+        f"4:10: providers[1].api: must be one of {APIS} (got 'nope')",
     ]
 
 
@@ -442,7 +443,7 @@ def test_every_problem_is_collected_into_one_error_sorted_by_line():
           adress: 127.0.0.1
         """
     assert problems(text) == [
-        "3:10: providers[0].api: must be one of anthropic, openai, gemini, responses (got 'nope')",
+        f"3:10: providers[0].api: must be one of {APIS} (got 'nope')",
         "4:15: providers[0].base_url: 'ftp://h' must be an http:// or https:// URL with a host",
         "7:24: providers[0].models[0].capabilities[0]: unknown capability 'telepathy' "
         "(known: max_tokens, thinking, tools, vision, web_search)",
@@ -454,7 +455,7 @@ def test_every_problem_is_collected_into_one_error_sorted_by_line():
 def test_cross_checks_see_only_providers_that_are_valid_on_their_own():
     # providers[0] is invalid, so its name does not count as a duplicate of providers[1]'s.
     text = TWO_PROVIDERS.format(second="a", models="[m1]").replace("api: openai", "api: x", 1)
-    assert problems(text) == ["3:10: providers[0].api: must be one of anthropic, openai, gemini, responses (got 'x')"]
+    assert problems(text) == [f"3:10: providers[0].api: must be one of {APIS} (got 'x')"]
 
 
 def test_policy_error_sorts_problems_by_line_then_column():
@@ -536,5 +537,5 @@ def test_anthropic_and_gemini_providers_may_count_tokens(api):
 
 def test_an_openai_provider_cannot_count_tokens():
     assert one_problem(provider_yaml(forward_count_tokens="true")) == (
-        "6:27: providers[0].forward_count_tokens: only Anthropic- and Gemini-format providers count tokens"
+        "6:27: providers[0].forward_count_tokens: only Anthropic-, Gemini- and Vertex-format providers count tokens"
     )

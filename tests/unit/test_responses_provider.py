@@ -51,7 +51,7 @@ def test_a_bad_api_is_still_an_error_at_its_line() -> None:
     with pytest.raises(PolicyError) as caught:
         load_policy(textwrap.dedent(POLICY.replace("api: responses", "api: respones")), source="gw.yaml")
     assert [str(p) for p in caught.value.problems] == [
-        "gw.yaml:3:10: providers[0].api: must be one of anthropic, openai, gemini, responses (got 'respones')"
+        "gw.yaml:3:10: providers[0].api: must be one of anthropic, openai, gemini, responses, vertex, bedrock (got 'respones')"
     ]
 
 

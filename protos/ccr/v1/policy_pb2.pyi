@@ -14,11 +14,15 @@ class Api(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     API_OPENAI: _ClassVar[Api]
     API_GEMINI: _ClassVar[Api]
     API_RESPONSES: _ClassVar[Api]
+    API_VERTEX: _ClassVar[Api]
+    API_BEDROCK: _ClassVar[Api]
 API_UNSPECIFIED: Api
 API_ANTHROPIC: Api
 API_OPENAI: Api
 API_GEMINI: Api
 API_RESPONSES: Api
+API_VERTEX: Api
+API_BEDROCK: Api
 
 class Policy(_message.Message):
     __slots__ = ("version", "providers", "limits", "router", "aliases", "fallbacks", "tenants", "auth_required", "cache", "tracing", "vault", "cert_identities", "batch_api", "batch_workers", "mcp", "responses")

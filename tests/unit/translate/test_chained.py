@@ -193,6 +193,10 @@ def test_pairs_without_code_of_their_own_are_chains_through_the_hub() -> None:
         (Api.OPENAI, Api.RESPONSES),
         (Api.RESPONSES, Api.OPENAI),
         (Api.RESPONSES, Api.GEMINI),
+        (Api.OPENAI, Api.BEDROCK),
+        (Api.RESPONSES, Api.BEDROCK),
+        (Api.OPENAI, Api.VERTEX),
+        (Api.RESPONSES, Api.VERTEX),
     }
     for pair in chains:
         outer, inner = TRANSLATORS[pair]
