@@ -36,40 +36,13 @@ from tests.unit.stream_checks import (
     split_at,
     sse_events,
 )
-from tests.unit.translating import translate
+from tests.unit.translating import FixtureCase, translate
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "responses_provider"
 
 
 @dataclass(frozen=True)
-class Case:
-    path: Path
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
-    def meta(self) -> dict[str, Any]:
-        return json.loads((self.path / "case.json").read_text())
-
-    @property
-    def client(self) -> Api:
-        return Api(self.meta.get("client", "anthropic"))
-
-    @property
-    def client_request(self) -> dict[str, Any]:
-        return orjson.loads((self.path / "client_request.json").read_bytes())
-
-    def target(self) -> Target:
-        settings = {**self.meta.get("target", {}), "stream": self.client_request.get("stream") is True}
-        settings["capabilities"] = frozenset(settings.get("capabilities", ()))
-        return Target(**settings)
-
-    @property
-    def status(self) -> int:
-        return int(self.meta.get("status", 200))
-
+class Case(FixtureCase):
     @property
     def streams(self) -> bool:
         return (self.path / "provider_response.sse").exists()
