@@ -84,14 +84,21 @@ class Setup:
         return openai.OpenAI(base_url=f"{self.gateway.url}/v1", api_key=self.keys[who][0], max_retries=0, timeout=120)
 
     def counts(self, batch_id: str):
-        async def read():
+        return self._read(lambda store: store.counts(batch_id))
+
+    def has_ended(self, batch_id: str) -> bool:
+        batch = self._read(lambda store: store.get_batch(batch_id))
+        return batch is not None and batch.ended_at is not None
+
+    def _read(self, read: Callable[[PostgresBatchStore], Any]) -> Any:
+        async def run():
             store = PostgresBatchStore(self.dsn)
             try:
-                return await store.counts(batch_id)
+                return await read(store)
             finally:
                 await store.close()
 
-        return asyncio.run(read())
+        return asyncio.run(run())
 
     def drive(self, batch_id: str, chaos: bool, timeout: float = 240) -> list[str]:
         """Wait for the batch to end; with ``chaos``, SIGKILL a worker (and start another) once a
@@ -101,7 +108,9 @@ class Setup:
         while True:
             counts = self.counts(batch_id)
             finished = counts.succeeded + counts.errored + counts.canceled + counts.expired
-            if counts.queued == 0 and counts.sent == 0:
+            # The batch ends in a write of its own just after its last item's (batches/pg_store.py):
+            # wait for that too, or a retrieve right after may still say in_progress / canceling.
+            if counts.queued == 0 and counts.sent == 0 and self.has_ended(batch_id):
                 return done
             assert time.monotonic() < deadline, f"batch not ended in {timeout} s: {counts}\n{self.worker_log()}"
             assert self.running(), f"every worker exited:\n{self.worker_log()}"
