@@ -22,7 +22,7 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import HttpHeaders, Proces
 from google.protobuf import json_format, text_format
 from google.protobuf.struct_pb2 import Struct
 
-from ccr.v1.contract import CHAIN_METADATA_KEY, METADATA_NAMESPACE, decode_chain
+from ccr.v1.contract import ATTEMPT_PROVIDER_HEADER, CHAIN_METADATA_KEY, METADATA_NAMESPACE, decode_chain
 from extproc import mutations as m
 from extproc.plan import Answer, translated
 from extproc.request_steps import strip_before_egress
@@ -128,14 +128,28 @@ class AttemptProcessor:
             ("content-type", "application/json"),
             *route.provider.headers,
             *upstream.headers,
+            *self._credentials_by_envoy(route),
         ]
         overwritten = {name for name, _ in set_headers}
         remove = [
             name
             for name in self.headers
-            if name not in overwritten and strip_before_egress(name, self.client_api, route.provider.api)
+            if name not in overwritten
+            # A Bedrock attempt before this one left its SigV4 headers in the map the attempts share.
+            and (name.startswith(_SIGV4_PREFIX) or strip_before_egress(name, self.client_api, route.provider.api))
         ]
         return m.request_body_response(upstream.body, set_headers, remove, None, clear_route_cache=False)
+
+    def _credentials_by_envoy(self, route: ModelRoute) -> tuple[tuple[str, str], ...]:
+        """Names the attempt's provider to the chain cluster's credential filters when Envoy signs
+        for it or injects its token (they drop the header before it leaves)."""
+        if route.provider.api in _HELD_BY_ENVOY and self.provider is not None:
+            return ((ATTEMPT_PROVIDER_HEADER, self.provider),)
+        return ()
+
+
+_SIGV4_PREFIX = "x-amz-"
+_HELD_BY_ENVOY = (Api.BEDROCK, Api.VERTEX)  # control_plane.resources.attempt_credentials.held_by_envoy
 
 
 def attempt_metadata_struct(provider: str) -> Struct:

@@ -179,8 +179,11 @@ class GatewayPolicy:
         environment (api_key_env) stay with ext_proc (docs/security-vault.md)."""
         chained = {name for chain in self.routing.fallbacks for name in chain.providers}
         # A vertex provider's OAuth token, refreshed by the control plane, goes the same way
-        # (control_plane.gcp_tokens).
-        return frozenset(p.name for p in self.providers if p.injected_key_ref and p.name not in chained)
+        # (control_plane.gcp_tokens), chained or not: ext_proc never holds it, so a chain's attempt
+        # to it gets it from Envoy too (control_plane.resources.attempt_credentials).
+        return frozenset(
+            p.name for p in self.providers if p.injected_key_ref and (p.name not in chained or p.api == "vertex")
+        )
 
     def to_proto(self, version: str, key_problems: Mapping[str, str] | None = None) -> policy_pb2.Policy:
         """The ext_proc-facing contract (no listener details, no secrets). ``key_problems``: why

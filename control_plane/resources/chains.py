@@ -14,6 +14,7 @@ provider that actually produced it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import envoy.extensions.filters.http.upstream_codec.v3.upstream_codec_pb2
@@ -30,6 +31,7 @@ from ccr.v1.contract import (
 )
 from control_plane.policy import ProviderSpec
 from control_plane.policy.routes import FallbackSpec
+from control_plane.resources import attempt_credentials
 from control_plane.resources.gateway import (
     CLIENT_CERT_HEADER,
     EXTPROC_CLUSTER,
@@ -47,7 +49,9 @@ ATTEMPT_FILTER = "ccr.attempt_ext_proc"  # the chain cluster's upstream ext_proc
 RETRY_ON = "5xx,reset,connect-failure,refused-stream,retriable-status-codes"
 
 
-def chain_cluster(chain: FallbackSpec, providers: dict[str, ProviderSpec]) -> Cluster:
+def chain_cluster(
+    chain: FallbackSpec, providers: dict[str, ProviderSpec], environ: Mapping[str, str] | None = None
+) -> Cluster:
     """Envoy has one set of limits and one outlier detector per cluster, not per priority, so the
     chain cluster takes them from its primary (it carries the chain's traffic while all is well);
     each fallback's own settings govern its provider cluster. Per endpoint: the provider's TLS.
@@ -55,7 +59,10 @@ def chain_cluster(chain: FallbackSpec, providers: dict[str, ProviderSpec]) -> Cl
     An ejected host is skipped: with no panic threshold, a priority whose only host is ejected has
     no healthy host and its load moves to the next priority, so the next request goes straight to
     the fallback instead of failing on the primary first. At most all providers but one are ejected
-    (chain_ejection_cap): with none left, Envoy would answer 503 without trying anyone."""
+    (chain_ejection_cap): with none left, Envoy would answer 503 without trying anyone.
+
+    Bedrock and Vertex members get their signature or token from Envoy per attempt
+    (control_plane.resources.attempt_credentials); ``environ``: where web identity's role is read."""
     specs = [providers[name] for name in chain.providers]
     primary = specs[0].resilience
     tls_matches = [
@@ -101,7 +108,7 @@ def chain_cluster(chain: FallbackSpec, providers: dict[str, ProviderSpec]) -> Cl
                 "@type": TYPE_PREFIX + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                 "common_http_protocol_options": {"idle_timeout": resilience.duration(primary.idle_timeout_ms)},
                 "explicit_http_config": {"http_protocol_options": {}},
-                "http_filters": [_upstream_extproc(), _upstream_codec()],
+                "http_filters": [_upstream_extproc(), *attempt_credentials.filters(specs, environ), _upstream_codec()],
             }
         },
     }

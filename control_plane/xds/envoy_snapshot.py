@@ -8,6 +8,7 @@ separate steps: the rollout runs snapshot.consistency_errors on the result befor
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping
 
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
@@ -58,7 +59,8 @@ def envoy_snapshot(
     keyed = [p for p in specs if p.name in injected]
     clusters = [(p.cluster, resources.provider_cluster(p, p.name in injected)) for p in specs]
     clusters += [
-        (name, chain_cluster(chain, {p.name: p for p in owner.providers})) for name, (chain, owner) in chains.items()
+        (name, chain_cluster(chain, {p.name: p for p in owner.providers}, os.environ))
+        for name, (chain, owner) in chains.items()
     ]
     # The listener's jwt_authn fetches remote JWKS through these (CDS goes before LDS: they exist first).
     clusters += [(cluster.name, cluster) for cluster in jwks_clusters(policy.auth.jwt)]

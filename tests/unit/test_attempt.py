@@ -15,9 +15,17 @@ from envoy.config.core.v3.base_pb2 import HeaderMap, HeaderValue
 from envoy.service.ext_proc.v3.external_processor_pb2 import HttpBody, HttpHeaders, ProcessingRequest
 from google.protobuf.struct_pb2 import Struct
 
-from ccr.v1.contract import CHAIN_METADATA_KEY, METADATA_NAMESPACE, UPSTREAM_PHASE_METADATA, encode_chain
+from ccr.v1.contract import (
+    ATTEMPT_PROVIDER_HEADER,
+    CHAIN_METADATA_KEY,
+    METADATA_NAMESPACE,
+    UPSTREAM_PHASE_METADATA,
+    encode_chain,
+)
+from control_plane.policy import load_policy
 from extproc.attempt import AttemptProcessor, attempt_metadata_struct
 from extproc.processor import RequestProcessor
+from extproc.routing_table import compile_policy
 from extproc.server import ExternalProcessor
 from extproc.state import GatewayState
 from tests.unit.test_processor import chain_gateway_state, immediate_json, set_headers_of
@@ -127,3 +135,48 @@ def test_the_servicer_sends_upstream_calls_to_the_attempt_processor(state, monke
 
     asyncio.run(drive())
     assert used == [expected]
+
+
+CLOUD_POLICY = """
+listener: {port: 8080}
+providers:
+  - name: ant
+    api: anthropic
+    base_url: https://api.anthropic.com
+    api_key_env: ANT_KEY
+    models: [claude-sonnet-4-5]
+  - name: bed
+    api: bedrock
+    base_url: https://bedrock-runtime.us-east-1.amazonaws.com
+    models: [{name: claude-bed, id: "anthropic.claude-sonnet-4-5-20250929-v1:0"}]
+fallback:
+  ant,claude-sonnet-4-5: ["bed,claude-bed"]
+"""
+CLOUD_CHAIN = encode_chain("anthropic", [("ant", "claude-sonnet-4-5"), ("bed", "claude-bed")])
+
+
+@pytest.fixture
+def cloud_state() -> GatewayState:
+    gateway = GatewayState()
+    gateway.table = compile_policy(load_policy(CLOUD_POLICY).to_proto("1"), environ={"ANT_KEY": "provider-secret"})
+    return gateway
+
+
+def test_a_bedrock_attempt_names_its_provider_for_envoys_signature_and_drops_the_last_ones(cloud_state):
+    processor = AttemptProcessor(cloud_state)
+    # The Anthropic attempt before left its key; a Bedrock attempt before that, its SigV4 headers.
+    stale = {"x-api-key": "provider-secret", "x-amz-date": "20261207T000000Z", "x-amz-security-token": "t"}
+    processor.handle(attempt_headers("bed", CLOUD_CHAIN, **stale))
+    answer = processor.handle(body(MESSAGE))
+    headers = set_headers_of(answer)
+    assert headers[ATTEMPT_PROVIDER_HEADER] == "bed"
+    assert headers[":path"] == "/model/anthropic.claude-sonnet-4-5-20250929-v1%3A0/invoke"
+    removed = set(answer.request_body.response.header_mutation.remove_headers)
+    assert set(stale) <= removed
+
+
+def test_an_attempt_whose_key_ext_proc_sets_names_no_provider_to_envoy(cloud_state):
+    processor = AttemptProcessor(cloud_state)
+    processor.handle(attempt_headers("ant", CLOUD_CHAIN))
+    headers = set_headers_of(processor.handle(body(MESSAGE)))
+    assert headers["x-api-key"] == "provider-secret" and ATTEMPT_PROVIDER_HEADER not in headers

@@ -195,3 +195,65 @@ def test_a_policys_bedrock_cluster_signs_and_its_vertex_cluster_injects_the_toke
     assert provider_keys.header_value(vertex_spec, "ya29.t") == "Bearer ya29.t"
     done = _validate(tmp_path, [resources.provider_cluster(bedrock_spec)])  # the vertex one names an ADS secret
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_chain_signs_or_injects_per_attempt_only_for_its_bedrock_and_vertex_members():
+    """A chain cluster's upstream filters are shared by its attempts: the composite filter applies
+    a member's own signing or injecting filter only to the attempts the rewrite names for it."""
+    from envoy.extensions.common.matching.v3.extension_matcher_pb2 import ExtensionWithMatcher
+    from envoy.extensions.filters.http.composite.v3.composite_pb2 import ExecuteFilterAction
+    from envoy.extensions.filters.http.credential_injector.v3.credential_injector_pb2 import CredentialInjector
+
+    from ccr.v1.contract import ATTEMPT_PROVIDER_HEADER
+    from control_plane.policy import load_policy
+    from control_plane.resources import attempt_credentials
+    from control_plane.resources.chains import ATTEMPT_FILTER, chain_cluster
+
+    text = CLOUD_POLICY.replace("providers:\n", "providers:\n" + DIRECT_PROVIDER) + CHAIN_SECTION
+    policy = load_policy(text)
+    assert policy.envoy_injected_keys == {"vertex"}  # chained, its token is still Envoy's alone
+    (spec,) = policy.routing.fallbacks
+    cluster = chain_cluster(spec, {p.name: p for p in policy.providers})
+    chain_filters = upstream_filters(cluster).http_filters
+    assert [f.name for f in chain_filters] == [
+        ATTEMPT_FILTER,
+        attempt_credentials.COMPOSITE_FILTER,
+        attempt_credentials.DROP_FILTER,
+        "envoy.filters.http.upstream_codec",
+    ]
+    matcher = ExtensionWithMatcher()
+    assert chain_filters[1].typed_config.Unpack(matcher)
+    tree = matcher.xds_matcher.matcher_tree
+    assert tree.input.typed_config.value.endswith(ATTEMPT_PROVIDER_HEADER.encode())
+    actions = {name: on_match.action for name, on_match in tree.exact_match_map.map.items()}
+    assert set(actions) == {"bedrock", "vertex"}  # the Anthropic member's key is ext_proc's
+    signing, injector = AwsRequestSigning(), CredentialInjector()
+    bedrock_action, vertex_action = ExecuteFilterAction(), ExecuteFilterAction()
+    assert actions["bedrock"].typed_config.Unpack(bedrock_action)
+    assert bedrock_action.typed_config.typed_config.Unpack(signing) and signing.region == "eu-west-3"
+    assert actions["vertex"].typed_config.Unpack(vertex_action)
+    assert vertex_action.typed_config.typed_config.Unpack(injector) and not injector.allow_request_without_credential
+
+
+def test_a_chain_of_providers_whose_keys_ext_proc_sets_has_no_credential_filters():
+    from control_plane.policy import load_policy
+    from control_plane.resources.chains import ATTEMPT_FILTER, chain_cluster
+
+    policy = load_policy(
+        "listener: {port: 8080}\nproviders:\n"
+        + DIRECT_PROVIDER
+        + DIRECT_PROVIDER.replace("direct", "other")
+        + 'fallback:\n  direct,claude-direct: ["other,claude-other"]\n'
+    )
+    (spec,) = policy.routing.fallbacks
+    names = [f.name for f in upstream_filters(chain_cluster(spec, {p.name: p for p in policy.providers})).http_filters]
+    assert names == [ATTEMPT_FILTER, "envoy.filters.http.upstream_codec"]
+
+
+DIRECT_PROVIDER = """  - name: direct
+    api: anthropic
+    base_url: https://api.anthropic.com
+    api_key_env: ANT_KEY
+    models: [claude-direct]
+"""
+CHAIN_SECTION = 'fallback:\n  direct,claude-direct: ["bedrock,claude", "vertex,claude-v"]\n'

@@ -15,6 +15,9 @@ from __future__ import annotations
 INTERNAL_HEADER_PREFIX = "x-ccr-"
 CLUSTER_HEADER = "x-ccr-cluster"  # set by ext_proc; the route's cluster_header: the provider's cluster
 PROVIDER_RESPONSE_HEADER = "x-ccr-provider"  # which provider of a chain answered (endpoint metadata)
+# A fallback attempt to a provider whose credentials Envoy holds (Bedrock's SigV4, Vertex's token):
+# set by the attempt rewrite, read by the chain cluster's credential filters, dropped before egress.
+ATTEMPT_PROVIDER_HEADER = "x-ccr-attempt-provider"
 ROUTE_HEADER = "x-ccr-route"  # on every routed response: scenario, provider, model, attempts
 # Set by the decision hop on a translated stream or a fallback chain: the route's variant runs
 # ext_proc on the response only (extproc.processor reads the context from the dynamic metadata).

@@ -1,0 +1,139 @@
+"""Fallback chains across direct Anthropic, Bedrock and Vertex: each attempt gets the credentials of
+the provider it goes to, from Envoy (control_plane.resources.attempt_credentials).
+
+One gateway (`ccr-gateway up`, one worker) whose chains start at a provider nobody listens for
+(connect refused: Envoy's router tries the next priority) and continue to a Bedrock provider (a
+local "Bedrock" that checks SigV4 with botocore, tests/e2e/bedrock_support.py), to a Vertex provider
+(the fake provider's rawPredict, which checks the Bearer token), and, the other way round, from a
+dead Bedrock provider to the fake Anthropic one. What a provider receives says whose credentials
+the attempt carried: a valid signature, the control plane's token, nothing left over from the
+attempt before (no SigV4 header, no internal header, no client key).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import anthropic
+import pytest
+
+from tests.e2e.bedrock_support import CREDENTIALS, REGION, FakeBedrock, FakeBedrockInvoke, serving
+from tests.e2e.gateway import FakeProvider, Gateway, base_policy, free_port
+
+VERTEX_TOKEN = "ya29.e2e-chain-token"
+TOKEN_VAR = "CCR_TEST_CHAIN_VERTEX_TOKEN"
+CLIENT_KEY = "sk-ant-chain-client"
+BEDROCK_ID = "anthropic.claude-sonnet-4-5-20250929-v1:0"
+VERTEX_ID = "claude-sonnet-4-5@20250929"
+USER = [{"role": "user", "content": "Hello through a chain"}]
+
+
+def chain_policy(listener_port: int, fake: FakeProvider, bedrock_port: int) -> dict:
+    policy = base_policy(listener_port, fake)
+    dead = f"http://127.0.0.1:{free_port()}"
+    policy["providers"] += [
+        {"name": "dead", "api": "anthropic", "base_url": dead, "models": ["claude-dead-b", "claude-dead-v"]},
+        {
+            "name": "bedrock",
+            "api": "bedrock",
+            "base_url": f"http://127.0.0.1:{bedrock_port}",
+            "region": REGION,
+            "credentials": "env",
+            "models": [{"name": "claude-bedrock", "id": BEDROCK_ID}],
+        },
+        {
+            "name": "bedrock-dead",
+            "api": "bedrock",
+            "base_url": dead,
+            "region": REGION,
+            "credentials": "env",
+            "models": [{"name": "claude-bedrock-dead", "id": BEDROCK_ID}],
+        },
+        {
+            "name": "vertex",
+            "api": "vertex",
+            "project": "chain-project",
+            "region": "us-east5",
+            "base_url": fake.url,
+            "credentials": f"env:{TOKEN_VAR}",
+            "models": [{"name": "claude-vertex", "id": VERTEX_ID}],
+        },
+    ]
+    policy["fallback"] = {
+        "dead,claude-dead-b": ["bedrock,claude-bedrock"],
+        "dead,claude-dead-v": ["vertex,claude-vertex"],
+        "bedrock-dead,claude-bedrock-dead": ["fake-anthropic,claude-sonnet-4-5"],
+    }
+    return policy
+
+
+@pytest.fixture(scope="module")
+def gw(workdir: Path, fake: FakeProvider) -> Iterator[Gateway]:
+    fake.configure(vertex_token=VERTEX_TOKEN)
+    saved = {name: os.environ.get(name) for name in [*CREDENTIALS, TOKEN_VAR]}
+    os.environ.update(CREDENTIALS)  # Envoy's (credentials: env), never a client's
+    os.environ[TOKEN_VAR] = VERTEX_TOKEN  # the control plane's
+    try:
+        with serving(FakeBedrockInvoke) as bedrock_port:
+            gateway = Gateway.start(workdir, chain_policy(free_port(), fake, bedrock_port), name="chains", workers=1)
+            yield gateway
+            gateway.stop()
+            assert gateway.process.returncode == 0, gateway.log()[-4000:]
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        fake.configure(vertex_token="")
+
+
+@pytest.fixture
+def claude(gw: Gateway) -> Iterator[anthropic.Anthropic]:
+    client = anthropic.Anthropic(base_url=gw.url, api_key=CLIENT_KEY, max_retries=0)
+    yield client
+    client.close()
+
+
+def _leftovers(headers: dict[str, str]) -> list[str]:
+    """Headers no provider should get from an attempt: internal ones and the client's key."""
+    return [name for name in headers if name.startswith("x-ccr-") or CLIENT_KEY in headers[name]]
+
+
+def test_a_chain_falls_back_to_bedrock_with_a_signature_botocore_accepts(claude: anthropic.Anthropic) -> None:
+    FakeBedrock.seen.clear()
+    message = claude.messages.create(model="claude-dead-b", max_tokens=64, messages=USER)
+    assert message.content[0].text == "signed and verified"  # type: ignore[union-attr]
+    (seen,) = FakeBedrock.seen
+    assert seen["problem"] is None
+    assert seen["path"].startswith("/model/anthropic.claude-sonnet-4-5-20250929-v1")
+    assert _leftovers(seen["headers"]) == [] and "x-api-key" not in seen["headers"]
+
+
+def test_a_chain_falls_back_to_vertex_with_the_control_planes_token(
+    claude: anthropic.Anthropic, fake: FakeProvider
+) -> None:
+    fake.clear()
+    message = claude.messages.create(model="claude-dead-v", max_tokens=64, messages=USER)
+    assert f"Hello from fake-vertex model {VERTEX_ID}" in message.content[0].text  # type: ignore[union-attr]
+    (sent,) = [r for r in fake.requests() if r["method"] == "POST"]
+    assert sent["path"].endswith(f"/models/{VERTEX_ID}:rawPredict")
+    assert sent["headers"]["authorization"] == f"Bearer {VERTEX_TOKEN}"
+    assert _leftovers(sent["headers"]) == []
+
+
+def test_after_a_signed_attempt_the_next_provider_gets_no_aws_header(
+    claude: anthropic.Anthropic, fake: FakeProvider
+) -> None:
+    """The attempts share one header map: the dead Bedrock attempt's signature must not travel on."""
+    fake.clear()
+    message = claude.messages.create(model="claude-bedrock-dead", max_tokens=64, messages=USER)
+    assert "Hello from fake-anthropic model fake-sonnet" in message.content[0].text  # type: ignore[union-attr]
+    (sent,) = [r for r in fake.requests() if r["method"] == "POST"]
+    assert sent["path"] == "/v1/messages"
+    assert [name for name in sent["headers"] if name.startswith("x-amz-")] == []
+    assert not sent["headers"].get("authorization", "").startswith("AWS4-HMAC-SHA256")
+    assert sent["headers"]["x-api-key"] == "sk-ant-provider-key"
+    assert _leftovers(sent["headers"]) == []
