@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
@@ -91,10 +91,13 @@ def response_headers_response(
     return response
 
 
-def response_body_response(body: bytes) -> ep.ProcessingResponse:
-    return ep.ProcessingResponse(
+def response_body_response(body: bytes, metadata: dict[str, dict[str, int]] | None = None) -> ep.ProcessingResponse:
+    response = ep.ProcessingResponse(
         response_body=ep.BodyResponse(response=ep.CommonResponse(body_mutation=ep.BodyMutation(body=body)))
     )
+    if metadata:
+        response.dynamic_metadata.CopyFrom(_struct(metadata))
+    return response
 
 
 def immediate(
@@ -125,7 +128,7 @@ def immediate_error(api: Api, status: int, message: str, details: str) -> ep.Pro
     return immediate(reply.status, reply.body, details=details)
 
 
-def _struct(metadata: dict[str, dict[str, str]]) -> Struct:
+def _struct(metadata: Mapping[str, Mapping[str, str | int]]) -> Struct:
     struct = Struct()
     struct.update(metadata)
     return struct

@@ -25,6 +25,7 @@ from ccr.v1.contract import (
     PROVIDER_RESPONSE_HEADER,
     REQUEST_ID_HEADER,
     ROUTE_HEADER,
+    USAGE_NAMESPACE,
 )
 from extproc import mutations as m
 from extproc.auth.admission import Charge
@@ -325,10 +326,13 @@ class RequestProcessor:
         if not 200 <= self.status < 300:
             translated = translator.response_error(self.status, chunk)
             return m.response_body_response(translated.body)
+        usage = None
         try:
             out = translator.response_body(chunk, end_of_stream)
             if out.usage is not None:
                 self._record_usage(out.usage)
+                if translator.provider_api is Api.BEDROCK:
+                    usage = _usage_metadata(out.usage)
             if self.hop is not None and self.hop.keep is not None and out.body:
                 self._keep(self.hop.keep, out.body)
         except UpstreamProtocolError as exc:
@@ -337,7 +341,22 @@ class RequestProcessor:
             )
             log.warning("request %s: provider %s broke its API: %s", self.request_id, provider, exc)
             return m.immediate_error(self.api, 502, f"the provider sent an invalid response: {exc}", "ccr_bad_upstream")
-        return m.response_body_response(out.body)
+        return m.response_body_response(out.body, usage)
+
+
+def _usage_metadata(usage: Usage) -> dict[str, dict[str, int]]:
+    """A Bedrock answer's usage as Envoy's usage filters would have copied it from the provider's
+    bytes (control_plane.resources.usage_capture), for the usage log to read: they cannot read
+    Bedrock's streams (AWS event-stream frames, each event's JSON base64-encoded), so the
+    translator's reading of them is handed to Envoy instead, once, at the end of the stream."""
+    return {
+        USAGE_NAMESPACE: {
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "cache_read_input_tokens": usage.cache_read_input_tokens,
+            "cache_creation_input_tokens": usage.cache_creation_input_tokens,
+        }
+    }
 
 
 def _kept(body: bytes, stream: bool) -> dict[str, Any] | None:

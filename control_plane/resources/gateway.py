@@ -35,6 +35,7 @@ from ccr.v1.contract import (
     MCP_CLIENT_API,
     METADATA_NAMESPACE,
     REWRITE_HEADER,
+    USAGE_NAMESPACE,
 )
 from control_plane.policy import GatewayPolicy, ProviderSpec
 from control_plane.policy.cors import CorsSpec
@@ -453,7 +454,8 @@ def extproc_filter() -> dict[str, Any]:
             # Per request, ext_proc turns response body processing on only when it rewrites it.
             "allow_mode_override": True,
             "metadata_options": {
-                "receiving_namespaces": {"untyped": [METADATA_NAMESPACE]},
+                # ccr.usage: a Bedrock stream's usage, which only ext_proc can read (extproc.processor).
+                "receiving_namespaces": {"untyped": [METADATA_NAMESPACE, USAGE_NAMESPACE]},
                 # A stream the decision hop forwarded brings its stream context this way.
                 "forwarding_namespaces": {"untyped": [METADATA_NAMESPACE]},
             },

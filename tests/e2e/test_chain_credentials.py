@@ -8,6 +8,10 @@ local "Bedrock" that checks SigV4 with botocore, tests/e2e/bedrock_support.py), 
 dead Bedrock provider to the fake Anthropic one. What a provider receives says whose credentials
 the attempt carried: a valid signature, the control plane's token, nothing left over from the
 attempt before (no SigV4 header, no internal header, no client key).
+
+Beside the chains, a Bedrock provider on the fake provider's InvokeModel endpoints: its streams are
+AWS event-stream frames, which Envoy's usage filters cannot read, so ext_proc hands the usage it
+read to Envoy's usage log (extproc.processor): the tokens are counted, not estimated.
 """
 
 from __future__ import annotations
@@ -20,13 +24,14 @@ import anthropic
 import pytest
 
 from tests.e2e.bedrock_support import CREDENTIALS, REGION, FakeBedrock, FakeBedrockInvoke, serving
-from tests.e2e.gateway import FakeProvider, Gateway, base_policy, free_port
+from tests.e2e.gateway import FakeProvider, Gateway, base_policy, free_port, wait_until
 
 VERTEX_TOKEN = "ya29.e2e-chain-token"
 TOKEN_VAR = "CCR_TEST_CHAIN_VERTEX_TOKEN"
 CLIENT_KEY = "sk-ant-chain-client"
 BEDROCK_ID = "anthropic.claude-sonnet-4-5-20250929-v1:0"
 VERTEX_ID = "claude-sonnet-4-5@20250929"
+FAKE_BEDROCK_ID = "anthropic.claude-haiku-4-5-20251001-v1:0"
 USER = [{"role": "user", "content": "Hello through a chain"}]
 
 
@@ -50,6 +55,14 @@ def chain_policy(listener_port: int, fake: FakeProvider, bedrock_port: int) -> d
             "region": REGION,
             "credentials": "env",
             "models": [{"name": "claude-bedrock-dead", "id": BEDROCK_ID}],
+        },
+        {
+            "name": "fake-bedrock",
+            "api": "bedrock",
+            "base_url": fake.url,
+            "region": REGION,
+            "credentials": "env",
+            "models": [{"name": "claude-fake-bedrock", "id": FAKE_BEDROCK_ID}],
         },
         {
             "name": "vertex",
@@ -137,3 +150,21 @@ def test_after_a_signed_attempt_the_next_provider_gets_no_aws_header(
     assert not sent["headers"].get("authorization", "").startswith("AWS4-HMAC-SHA256")
     assert sent["headers"]["x-api-key"] == "sk-ant-provider-key"
     assert _leftovers(sent["headers"]) == []
+
+
+def test_a_bedrock_stream_is_counted_from_its_event_stream(claude: anthropic.Anthropic, gw: Gateway) -> None:
+    def counted() -> dict[str, float]:
+        return {
+            kind: gw.extproc_metric("ccr_tokens_total", provider="fake-bedrock", model=FAKE_BEDROCK_ID, kind=kind)
+            for kind in ("input", "output")
+        }
+
+    before = counted()
+    with claude.messages.stream(model="claude-fake-bedrock", max_tokens=64, messages=USER) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert "Hello from fake-anthropic" in text and final.usage.output_tokens > 0
+    wait_until(lambda: counted()["output"] > before["output"], 10, "the stream's tokens in ccr_tokens_total")
+    after = counted()
+    assert after["input"] - before["input"] == final.usage.input_tokens
+    assert after["output"] - before["output"] == final.usage.output_tokens
