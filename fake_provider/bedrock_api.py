@@ -4,7 +4,8 @@
 event-stream frames whose ``chunk`` events carry each Anthropic stream event's JSON in base64.
 
 Replies come from the Anthropic planner (anthropic_api), so tests predict them the same way.
-``verify_request`` is where a SigV4 check goes (issue 25); for now it accepts everything.
+``verify_request`` checks SigV4 as Bedrock does (fake_provider.sigv4) when the fake is given
+credentials (FakeConfig.aws_credentials), and accepts every request otherwise.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import orjson
 
 from extproc.translate.aws_eventstream import encode_message
+from fake_provider import sigv4
 from fake_provider.anthropic_api import AnthropicApi
 from fake_provider.api import BadRequest
 from fake_provider.reply import Conversation, Reply
@@ -45,10 +47,17 @@ class BedrockApi:
     def __init__(self) -> None:
         self._anthropic = AnthropicApi()
 
-    def verify_request(self, method: str, path: str, headers: dict[str, str], body: bytes) -> str | None:
+    def verify_request(
+        self, method: str, path: str, headers: dict[str, str], body: bytes, credentials: str
+    ) -> str | None:
         """Why the request's signature is refused (answered 403 InvalidSignatureException), or None.
-        Accepts everything until the SigV4 check lands."""
-        return None
+        ``credentials``: FakeConfig.aws_credentials; "" accepts every request."""
+        if not credentials:
+            return None
+        key_id, secret, token, region = [*credentials.split(","), "", "", ""][:4]
+        return sigv4.problem(
+            method, path, headers, body, sigv4.AwsCredentials(key_id, secret, token), region, "bedrock"
+        )
 
     def parse(self, body: Any, body_size: int, path_model: str | None) -> Conversation:
         if not isinstance(body, dict):

@@ -49,6 +49,9 @@ class FakeConfig:
     # Vertex AI's bearer tokens accepted (fake_provider.vertex_api), comma-separated ("" accepts any
     # token, but one must be sent); FAKE_VERTEX_TOKEN by default.
     vertex_token: str = field(default_factory=lambda: os.environ.get("FAKE_VERTEX_TOKEN", ""))
+    # Bedrock's SigV4 check (fake_provider.sigv4): "<access key id>,<secret>,<session token>,<region>"
+    # ("" accepts any request, signed or not); FAKE_AWS_CREDENTIALS by default.
+    aws_credentials: str = field(default_factory=lambda: os.environ.get("FAKE_AWS_CREDENTIALS", ""))
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply a partial update from the control endpoint; ValueError names what is wrong."""

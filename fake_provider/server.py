@@ -155,7 +155,7 @@ class FakeProvider:
         """Bedrock InvokeModel for Anthropic models; every error says its type in x-amzn-ErrorType."""
         raw = await request.read()
         headers = {name.lower(): value for name, value in request.headers.items()}
-        problem = _BEDROCK.verify_request(request.method, request.raw_path, headers, raw)
+        problem = _BEDROCK.verify_request(request.method, request.raw_path, headers, raw, self.config.aws_credentials)
         if problem is not None:
             if self.config.record_requests:  # refused requests are recorded too: tests read their headers
                 try:

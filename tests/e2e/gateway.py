@@ -83,7 +83,10 @@ class FakeProvider:
         http("DELETE", f"{self.url}/_fake/requests")
 
     def configure(self, **settings: object) -> None:
-        http("POST", f"{self.url}/_fake/config", json.dumps(settings).encode(), {"content-type": "application/json"})
+        status, _, body = http(
+            "POST", f"{self.url}/_fake/config", json.dumps(settings).encode(), {"content-type": "application/json"}
+        )
+        assert status == 200, f"the fake provider refused {settings}: {body.decode(errors='replace')}"
 
     def stop(self) -> None:
         self.process.terminate()

@@ -9,7 +9,8 @@ dead Bedrock provider to the fake Anthropic one. What a provider receives says w
 the attempt carried: a valid signature, the control plane's token, nothing left over from the
 attempt before (no SigV4 header, no internal header, no client key).
 
-Beside the chains, a Bedrock provider on the fake provider's InvokeModel endpoints: its streams are
+Beside the chains, a Bedrock provider on the fake provider's InvokeModel endpoints (which check SigV4
+here, fake_provider.sigv4): its streams are
 AWS event-stream frames, which Envoy's usage filters cannot read, so ext_proc hands the usage it
 read to Envoy's usage log (extproc.processor): the tokens are counted, not estimated.
 """
@@ -84,7 +85,6 @@ def chain_policy(listener_port: int, fake: FakeProvider, bedrock_port: int) -> d
 
 @pytest.fixture(scope="module")
 def gw(workdir: Path, fake: FakeProvider) -> Iterator[Gateway]:
-    fake.configure(vertex_token=VERTEX_TOKEN)
     saved = {name: os.environ.get(name) for name in [*CREDENTIALS, TOKEN_VAR]}
     os.environ.update(CREDENTIALS)  # Envoy's (credentials: env), never a client's
     os.environ[TOKEN_VAR] = VERTEX_TOKEN  # the control plane's
@@ -100,7 +100,14 @@ def gw(workdir: Path, fake: FakeProvider) -> Iterator[Gateway]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-        fake.configure(vertex_token="")
+
+
+@pytest.fixture(autouse=True)
+def checking_fake(fake: FakeProvider) -> Iterator[None]:
+    """The fake checks Vertex's token and Bedrock's signature (after conftest's per-test reset)."""
+    fake.configure(vertex_token=VERTEX_TOKEN, aws_credentials=",".join([*CREDENTIALS.values(), REGION]))
+    yield
+    fake.configure(reset=True)
 
 
 @pytest.fixture
