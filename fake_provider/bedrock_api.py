@@ -11,6 +11,7 @@ credentials (FakeConfig.aws_credentials), and accepts every request otherwise.
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any
 
 import orjson
@@ -48,16 +49,16 @@ class BedrockApi:
         self._anthropic = AnthropicApi()
 
     def verify_request(
-        self, method: str, path: str, headers: dict[str, str], body: bytes, credentials: str
+        self, method: str, path: str, headers: dict[str, str], body: bytes, credentials: str, clock_offset_s: float = 0
     ) -> str | None:
         """Why the request's signature is refused (answered 403 InvalidSignatureException), or None.
-        ``credentials``: FakeConfig.aws_credentials; "" accepts every request."""
+        ``credentials``: FakeConfig.aws_credentials, "" accepting every request; ``clock_offset_s``:
+        how far ahead of the signer's the fake's clock runs."""
         if not credentials:
             return None
         key_id, secret, token, region = [*credentials.split(","), "", "", ""][:4]
-        return sigv4.problem(
-            method, path, headers, body, sigv4.AwsCredentials(key_id, secret, token), region, "bedrock"
-        )
+        signer = sigv4.AwsCredentials(key_id, secret, token)
+        return sigv4.problem(method, path, headers, body, signer, region, "bedrock", time.time() + clock_offset_s)
 
     def parse(self, body: Any, body_size: int, path_model: str | None) -> Conversation:
         if not isinstance(body, dict):

@@ -52,6 +52,8 @@ class FakeConfig:
     # Bedrock's SigV4 check (fake_provider.sigv4): "<access key id>,<secret>,<session token>,<region>"
     # ("" accepts any request, signed or not); FAKE_AWS_CREDENTIALS by default.
     aws_credentials: str = field(default_factory=lambda: os.environ.get("FAKE_AWS_CREDENTIALS", ""))
+    # Seconds the fake's clock runs ahead of the signer's: over 900, SigV4 says "Signature expired".
+    aws_clock_offset_s: float = 0.0
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply a partial update from the control endpoint; ValueError names what is wrong."""

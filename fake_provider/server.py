@@ -155,7 +155,10 @@ class FakeProvider:
         """Bedrock InvokeModel for Anthropic models; every error says its type in x-amzn-ErrorType."""
         raw = await request.read()
         headers = {name.lower(): value for name, value in request.headers.items()}
-        problem = _BEDROCK.verify_request(request.method, request.raw_path, headers, raw, self.config.aws_credentials)
+        config = self.config
+        problem = _BEDROCK.verify_request(
+            request.method, request.raw_path, headers, raw, config.aws_credentials, config.aws_clock_offset_s
+        )
         if problem is not None:
             if self.config.record_requests:  # refused requests are recorded too: tests read their headers
                 try:

@@ -66,8 +66,13 @@ _STATUS_BY_ERROR = {
     "servicequotaexceededexception": 429,
     "modelnotreadyexception": 429,
     "accessdeniedexception": 403,
-    "unrecognizedclientexception": 401,
-    "expiredtokenexception": 401,
+    # AWS refusing the gateway's own credentials (Envoy's signature), not anything the client did
+    # (_CREDENTIAL_ERRORS).
+    "unrecognizedclientexception": 502,
+    "expiredtokenexception": 502,
+    "invalidsignatureexception": 502,
+    "incompletesignatureexception": 502,
+    "missingauthenticationtokenexception": 502,
     "validationexception": 400,
     "resourcenotfoundexception": 404,
     "modeltimeoutexception": 504,
@@ -79,13 +84,38 @@ _STATUS_BY_ERROR = {
 _STREAM_STATUS = {**_STATUS_BY_ERROR, "throttlingexception": 529}
 # Bedrock statuses with no Anthropic meaning: 408 is a model timeout, 424 a model error.
 _STATUS_BY_STATUS = {408: 504, 424: 502}
+# The body of a refusal of the signature (its type is only in x-amzn-ErrorType, which an error's
+# translation does not see): AWS's own sentences ("The request signature we calculated does not
+# match...", "Signature expired: ...", "The security token included in the request is expired").
+_CREDENTIAL_WORDS = ("signature", "security token", "authentication token")
+
+
+_CREDENTIAL_ERRORS = frozenset(
+    (
+        "unrecognizedclientexception",
+        "expiredtokenexception",
+        "invalidsignatureexception",
+        "incompletesignatureexception",
+        "missingauthenticationtokenexception",
+    )
+)
+
+
+def _error_name(error_type: str) -> str:
+    return error_type.partition(":")[0].rpartition("#")[2].lower()
+
+
+def refused_credentials(status: int, message: str) -> bool:
+    """Whether a 401/403 from AWS refused the credentials Envoy signed with (a wrong or expired key,
+    a clock too far off), rather than what the request asked for (AccessDenied on a model)."""
+    return status in (401, 403) and any(word in message.lower() for word in _CREDENTIAL_WORDS)
 
 
 def bedrock_error_status(error_type: str, status: int, stream: bool = False) -> int:
     """The status for a Bedrock error of ``error_type`` ("ThrottlingException", or the whole
     x-amzn-ErrorType value "ThrottlingException:http://internal.amazon.com/..."), else by
     ``status``. ``stream``: an exception frame, after the 200 (throttling is overloaded there)."""
-    name = error_type.partition(":")[0].rpartition("#")[2].lower()
+    name = _error_name(error_type)
     found = (_STREAM_STATUS if stream else _STATUS_BY_ERROR).get(name)
     return found if found is not None else _STATUS_BY_STATUS.get(status, status)
 
@@ -147,6 +177,9 @@ class AnthropicToBedrock(ResponsePhases):
             error_type = found if isinstance(found, str) else ""
         answered = bedrock_error_status(error_type, status)
         message = upstream_error_message(status, body)
+        if _error_name(error_type) in _CREDENTIAL_ERRORS or (not error_type and refused_credentials(status, message)):
+            answered = 502
+            message = f"Bedrock refused the gateway's AWS credentials ({message}); check them and this host's clock"
         return TranslatedBody(status=answered, body=error_body(self.client_api, answered, message))
 
     def _streaming(self) -> bool:

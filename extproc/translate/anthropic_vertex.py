@@ -137,6 +137,8 @@ class AnthropicToVertex:
             self._usage = A.usage_from_anthropic(event.get("usage"), self._usage)
 
     def response_error(self, status: int, body: bytes) -> TranslatedBody:
+        if status == 401:  # the token Envoy injected was refused: the gateway's fault, not the client's
+            return TranslatedBody(status=502, body=anthropic_error(502, body, refused_token=True))
         return TranslatedBody(status=status, body=anthropic_error(status, body))
 
 
@@ -159,7 +161,7 @@ class AnthropicToVertexCountTokens(AnthropicToVertex):
         return TranslatedChunk(body=chunk)
 
 
-def anthropic_error(status: int, body: bytes) -> bytes:
+def anthropic_error(status: int, body: bytes, refused_token: bool = False) -> bytes:
     """A Vertex error in Anthropic's shape. Vertex relays the model's own errors as Anthropic wrote
     them (kept as they are); Google's own come as ``{"error": {"code", "message", "status"}}``,
     sometimes wrapped in a one-element list."""
@@ -178,4 +180,6 @@ def anthropic_error(status: int, body: bytes) -> bytes:
     else:
         text = body.decode("utf-8", "replace").strip()[:500]
         message = f"Vertex AI answered HTTP {status}" + (f": {text}" if text else "")
+    if refused_token:
+        message = f"Vertex AI refused the gateway's OAuth token ({message}); check the provider's credentials"
     return error_body(Api.ANTHROPIC, status, message)

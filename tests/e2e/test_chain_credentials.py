@@ -12,12 +12,15 @@ attempt before (no SigV4 header, no internal header, no client key).
 Beside the chains, a Bedrock provider on the fake provider's InvokeModel endpoints (which check SigV4
 here, fake_provider.sigv4): its streams are
 AWS event-stream frames, which Envoy's usage filters cannot read, so ext_proc hands the usage it
-read to Envoy's usage log (extproc.processor): the tokens are counted, not estimated.
+read to Envoy's usage log (extproc.processor): the tokens are counted, not estimated. And when
+Bedrock refuses the gateway's signature (a key rotated elsewhere, a clock too far off), the client
+gets a 502 that says so, not a 401 that would blame its own key.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -175,3 +178,28 @@ def test_a_bedrock_stream_is_counted_from_its_event_stream(claude: anthropic.Ant
     after = counted()
     assert after["input"] - before["input"] == final.usage.input_tokens
     assert after["output"] - before["output"] == final.usage.output_tokens
+
+
+@pytest.mark.parametrize(
+    ("settings", "said"),
+    [
+        ({"aws_credentials": "AKIDEXAMPLE,a-rotated-secret,session-token-example," + REGION}, "does not match"),
+        ({"aws_clock_offset_s": 20 * 60}, "Signature expired"),
+    ],
+    ids=["credentials-refused", "clock-skew"],
+)
+def test_bedrock_refusing_the_gateways_signature_is_a_clear_502_at_once(
+    claude: anthropic.Anthropic, fake: FakeProvider, settings: dict, said: str
+) -> None:
+    """A key rotated at AWS but not here, or this host's clock 20 minutes off: the client is told
+    at once, in its format, that the provider refused the gateway's credentials."""
+    fake.configure(**settings)
+    started = time.monotonic()
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        claude.messages.create(model="claude-fake-bedrock", max_tokens=64, messages=USER)
+    assert time.monotonic() - started < 10
+    error = caught.value
+    assert error.status_code == 502
+    assert isinstance(error.body, dict) and error.body["error"]["type"] == "api_error"
+    message = error.body["error"]["message"]
+    assert message.startswith("Bedrock refused the gateway's AWS credentials") and said in message

@@ -15,7 +15,6 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, EventStreamError
 
-from fake_provider.bedrock_api import BedrockApi
 from fake_provider.config import FakeConfig
 from fake_provider.server import FakeProvider, provider_of, start
 from tests.unit.stream_checks import accumulate_anthropic
@@ -123,18 +122,25 @@ async def test_a_midstream_failure_is_a_model_stream_error_exception(bedrock: An
     assert caught.value.response["Error"]["Code"] == "modelStreamErrorException"
 
 
-async def test_a_refused_signature_is_recorded_and_answered_403(
-    bedrock: Any, server: tuple[FakeProvider, str], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("credentials", "refused"),
+    [
+        ("AKIDEXAMPLE,wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY,,us-east-1", False),
+        ("AKIDEXAMPLE,another-secret,,us-east-1", True),
+        ("AKIDEXAMPLE,wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY,,eu-west-1", True),
+    ],
+    ids=["same-credentials", "other-secret", "other-region"],
+)
+async def test_with_credentials_the_fake_checks_botocores_signature_as_bedrock_does(
+    bedrock: Any, server: tuple[FakeProvider, str], credentials: str, refused: bool
 ) -> None:
-    seen: list[tuple[str, str]] = []
-
-    def refuse(self: BedrockApi, method: str, path: str, headers: dict[str, str], raw: bytes) -> str | None:
-        seen.append((method, path))
-        return "The request signature we calculated does not match the signature you provided."
-
-    monkeypatch.setattr(BedrockApi, "verify_request", refuse)
+    server[0].config.aws_credentials = credentials
+    if not refused:
+        answer = await asyncio.to_thread(bedrock.invoke_model, modelId=MODEL_ID, body=body())
+        assert json.loads(answer["body"].read())["type"] == "message"
+        return
     with pytest.raises(ClientError) as caught:
         await asyncio.to_thread(bedrock.invoke_model, modelId=MODEL_ID, body=body())
     assert caught.value.response["Error"]["Code"] == "InvalidSignatureException"
-    assert seen == [("POST", "/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/invoke")]
+    assert server[0].requests[-1]["path"] == f"/model/{MODEL_ID}/invoke"  # recorded, though refused
     assert server[0].requests[-1]["headers"]["authorization"].startswith("AWS4-HMAC-SHA256")

@@ -283,6 +283,30 @@ def test_bedrock_error_status(error_type: str, status: int, stream: bool, expect
     assert bedrock_error_status(error_type, status, stream) == expected
 
 
+@pytest.mark.parametrize(
+    "message",
+    [
+        "The request signature we calculated does not match the signature you provided.",
+        "Signature expired: 20261207T101010Z is now earlier than 20261207T102510Z (20261207T103010Z - 5 min.)",
+        "The security token included in the request is expired",
+        "Missing Authentication Token",
+    ],
+)
+def test_aws_refusing_the_gateways_credentials_is_a_502_in_the_clients_format(message: str) -> None:
+    """Envoy signed with the gateway's credentials: a refusal (a wrong or expired key, a clock too
+    far off) is not the client's doing, and says what to check."""
+    translated = AnthropicToBedrock().response_error(403, orjson.dumps({"message": message}))
+    assert translated.status == 502
+    error = orjson.loads(translated.body)["error"]
+    assert error["type"] == "api_error" and error["message"].startswith("Bedrock refused the gateway's AWS credentials")
+    assert message in error["message"]
+
+
+def test_access_denied_to_a_model_stays_a_403() -> None:
+    body = orjson.dumps({"message": "You don't have access to the model with the specified model ID."})
+    assert AnthropicToBedrock().response_error(403, body).status == 403
+
+
 @pytest.mark.parametrize("client", [Api.ANTHROPIC, Api.OPENAI, Api.RESPONSES])
 def test_every_client_api_reaches_bedrock(client: Api) -> None:
     translator = registry.translator_for(client, Api.BEDROCK)

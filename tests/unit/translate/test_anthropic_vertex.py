@@ -108,7 +108,6 @@ def test_a_primed_translator_reads_a_stream_after_a_fallback() -> None:
             "permission_error",
             "PERMISSION_DENIED: Permission denied on resource project p.",
         ),
-        (401, b'{"error": {"code": 401, "message": "no token"}}', "authentication_error", "no token"),
         (502, b"<html>Bad Gateway</html>", "api_error", "Vertex AI answered HTTP 502: <html>Bad Gateway</html>"),
         (503, b"", "api_error", "Vertex AI answered HTTP 503"),
     ],
@@ -119,6 +118,14 @@ def test_googles_own_errors_become_anthropics_with_the_status_kept(
     translated = AnthropicToVertex().response_error(status, body)
     assert translated.status == status
     assert orjson.loads(translated.body) == {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def test_a_refused_token_is_the_gateways_failure_a_502_not_the_clients_401() -> None:
+    """Envoy injected the control plane's token: the client's own key was fine."""
+    translated = AnthropicToVertex().response_error(401, b'{"error": {"code": 401, "message": "no token"}}')
+    assert translated.status == 502
+    error = orjson.loads(translated.body)["error"]
+    assert error["type"] == "api_error" and "refused the gateway's OAuth token (no token)" in error["message"]
 
 
 def test_an_error_vertex_relays_from_the_model_is_kept_as_it_is() -> None:
