@@ -25,7 +25,7 @@ from google.protobuf.struct_pb2 import Struct
 from ccr.v1.contract import ATTEMPT_PROVIDER_HEADER, CHAIN_METADATA_KEY, METADATA_NAMESPACE, decode_chain
 from extproc import mutations as m
 from extproc.plan import Answer, translated
-from extproc.request_steps import strip_before_egress
+from extproc.request_steps import strip_before_egress, with_client_betas
 from extproc.routing_table import ModelRoute
 from extproc.state import GatewayState
 from extproc.translate.base import Api
@@ -122,14 +122,17 @@ class AttemptProcessor:
         upstream = translated(request, route, translator, request.stream)
         if isinstance(upstream, Answer):
             return m.immediate_error(self.client_api, upstream.status, upstream.message, upstream.details)
-        set_headers = [
-            (":path", upstream.path),
-            ("content-length", str(len(upstream.body))),
-            ("content-type", "application/json"),
-            *route.provider.headers,
-            *upstream.headers,
-            *self._credentials_by_envoy(route),
-        ]
+        set_headers = with_client_betas(
+            (
+                (":path", upstream.path),
+                ("content-length", str(len(upstream.body))),
+                ("content-type", "application/json"),
+                *route.provider.headers,
+                *upstream.headers,
+                *self._credentials_by_envoy(route),
+            ),
+            self.headers,
+        )
         overwritten = {name for name, _ in set_headers}
         remove = [
             name
@@ -143,13 +146,12 @@ class AttemptProcessor:
     def _credentials_by_envoy(self, route: ModelRoute) -> tuple[tuple[str, str], ...]:
         """Names the attempt's provider to the chain cluster's credential filters when Envoy signs
         for it or injects its token (they drop the header before it leaves)."""
-        if route.provider.api in _HELD_BY_ENVOY and self.provider is not None:
+        if route.provider.credentials_by_envoy and self.provider is not None:
             return ((ATTEMPT_PROVIDER_HEADER, self.provider),)
         return ()
 
 
 _SIGV4_PREFIX = "x-amz-"
-_HELD_BY_ENVOY = (Api.BEDROCK, Api.VERTEX)  # control_plane.resources.attempt_credentials.held_by_envoy
 
 
 def attempt_metadata_struct(provider: str) -> Struct:

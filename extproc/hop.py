@@ -289,7 +289,7 @@ def _decide_routed(
     table, auth = state.table, state.auth
     assert table is not None
     tenant = key.tenant if key else None
-    outcome = plan(table, api, step.kind, headers, raw, state.sessions, tenant, step.vertex_model)
+    outcome = plan(table, api, step.kind, headers, raw, state.sessions, tenant, step.vertex_model, step.bedrock)
     if isinstance(outcome, Answer):
         return _reply(answer_reply(api, step.path, outcome, key))
     charge = None

@@ -32,9 +32,11 @@ from extproc.tokens import SessionUsage, count_for_client
 from extproc.translate.base import Api, ClientRequestError, ResponseContext, Translator, UpstreamRequest
 from extproc.translate.buffering import ResponsePhases
 from extproc.translate.client_request import (
+    BedrockCall,
     ClientRequest,
     OpenAIRequest,
     ResponsesRequest,
+    from_bedrock,
     from_vertex,
     parse_request,
     read_request,
@@ -100,10 +102,13 @@ def plan(
     sessions: SessionUsage | None = None,
     tenant: str | None = None,
     vertex_model: str | None = None,
+    bedrock: BedrockCall | None = None,
 ) -> Outcome:
     """``tenant``: the virtual key's, whose routing overrides (the policy's ``tenants``) apply.
     ``vertex_model``: the request came on a Vertex rawPredict path (request_steps.vertex_endpoint),
-    which names this model ("" for count-tokens): its body is read as the Anthropic request it is."""
+    which names this model ("" for count-tokens): its body is read as the Anthropic request it is.
+    ``bedrock``: it came on a Bedrock InvokeModel path (request_steps.bedrock_endpoint), which names
+    the model and the stream flag; ``api`` is then Api.BEDROCK (answered in Bedrock's framing)."""
     if table is None:
         return Answer(503, "the gateway has no routing policy yet; retry shortly", "ccr_no_policy")
     try:
@@ -117,6 +122,8 @@ def plan(
         # From here on an Anthropic request like any other; its bytes are not the client's any
         # more (raw b"": no translator forwards them as they are, a chain sends the new body).
         body, raw, rewritten = from_vertex(body, vertex_model), b"", True
+    elif bedrock is not None:
+        body, raw, rewritten = from_bedrock(body, bedrock), b"", True
     else:
         rewritten = False
     model = body.get("model")

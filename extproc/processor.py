@@ -186,6 +186,7 @@ class RequestProcessor:
             self.state.sessions,
             tenant,
             endpoint.vertex_model,
+            endpoint.bedrock,
         )
         decision = outcome.decision
         if decision is not None:

@@ -73,6 +73,7 @@ from extproc.responses_state import stored_path
 from extproc.router import Decision
 from extproc.routing_table import ModelRoute, RoutingTable
 from extproc.translate.base import Api
+from extproc.translate.client_request import BedrockCall
 from extproc.translate.errors import error_body, error_type
 
 # Credentials the client sent for the gateway; never forwarded to a provider.
@@ -88,7 +89,11 @@ _API_HEADER_PREFIXES = {
     Api.OPENAI: ("openai-",),
     Api.GEMINI: ("x-goog-",),
     Api.RESPONSES: ("openai-",),
+    Api.BEDROCK: ("x-amzn-",),  # x-amzn-bedrock-*: guardrails, trace, performance config
 }
+# A Bedrock client's SigV4 signature headers (Authorization is among CLIENT_CREDENTIALS): signed
+# for the gateway's host, never sent on (Envoy signs a Bedrock provider's requests itself).
+_SIGV4_PREFIX = "x-amz-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +104,8 @@ class Endpoint:
     # A Vertex rawPredict path (vertex_endpoint): the model it names ("" for count-tokens, whose
     # body names it); None for every other endpoint.
     vertex_model: str | None = None
+    # A Bedrock InvokeModel path (bedrock_endpoint): the model and stream flag it names.
+    bedrock: BedrockCall | None = None
 
 
 ENDPOINTS: dict[tuple[str, str], Endpoint] = {
@@ -152,6 +159,12 @@ _VERTEX_PATH = re.compile(
     r"(?:/v1)?/projects/[^/]+/locations/[^/]+/publishers/anthropic/models/([^/:]+):(rawPredict|streamRawPredict)"
 )
 VERTEX_COUNT_TOKENS_MODEL = "count-tokens"  # .../models/count-tokens:rawPredict: Vertex's token counting
+# AWS Bedrock's InvokeModel paths, as the Anthropic SDKs' Bedrock clients and Claude Code in Bedrock
+# mode (CLAUDE_CODE_USE_BEDROCK, ANTHROPIC_BEDROCK_BASE_URL=<gateway>) call them: an Anthropic
+# Messages request whose model (URL-encoded, or with a literal ":") and stream flag are in the path
+# (normalised in extproc.plan: client_request.from_bedrock), answered in Bedrock's framing
+# (extproc.translate.bedrock_client).
+_BEDROCK_PATH = re.compile(r"/model/([^/]+)/(invoke|invoke-with-response-stream)")
 MODEL_ENDPOINTS = {
     "/v1/models": Endpoint(None, "model", "/v1/models/{id}"),
     "/models": Endpoint(Api.OPENAI, "model", "/models/{id}"),
@@ -232,6 +245,8 @@ def endpoint_step(
     endpoint = ENDPOINTS.get(("GET" if method == "HEAD" else method, path))
     if endpoint is None and method == "POST" and "/publishers/anthropic/" in path:
         endpoint = vertex_endpoint(path)
+    if endpoint is None and method == "POST" and path.startswith("/model/"):
+        endpoint = bedrock_endpoint(path)
     if endpoint is None and method in STORED_METHODS and _stores_responses(table) and stored_path(path) is not None:
         endpoint = STORED_ENDPOINT  # answered by the decision from the store (extproc.hop)
     if endpoint is None and table is not None and table.batch_api:
@@ -314,6 +329,19 @@ def vertex_endpoint(path: str) -> Endpoint | None:
     if model == VERTEX_COUNT_TOKENS_MODEL:
         return Endpoint(Api.ANTHROPIC, "count_tokens", path, vertex_model="") if verb == "rawPredict" else None
     return Endpoint(Api.ANTHROPIC, "generate", path, vertex_model=model)
+
+
+def bedrock_endpoint(path: str) -> Endpoint | None:
+    """The endpoint of a Bedrock InvokeModel path (no query), or None; labelled with the path, as a
+    Vertex one is."""
+    found = _BEDROCK_PATH.fullmatch(path)
+    if found is None:
+        return None
+    model = unquote(found.group(1))
+    if not model:
+        return None
+    call = BedrockCall(model, found.group(2) == "invoke-with-response-stream")
+    return Endpoint(Api.BEDROCK, "generate", path, bedrock=call)
 
 
 def batch_endpoint(path: str) -> Endpoint | None:
@@ -437,6 +465,7 @@ def forward_rewrite(
         *provider.headers,
         *upstream.headers,
     )
+    set_headers = with_client_betas(set_headers, headers)
     overwritten = {name for name, _ in set_headers}
     remove = tuple(name for name in headers if name not in overwritten and strip_before_egress(name, api, provider.api))
     body = None if upstream.unchanged else upstream.body  # None: the client's bytes stay in place
@@ -508,11 +537,33 @@ def request_labels(
     return labels
 
 
+def with_client_betas(
+    set_headers: tuple[tuple[str, str], ...], client: Mapping[str, str]
+) -> tuple[tuple[str, str], ...]:
+    """The headers to set, a translator's ``anthropic-beta`` (a Bedrock client's body betas,
+    extproc.translate.bedrock_client) joined to the client's own header rather than replacing it."""
+    sent = client.get("anthropic-beta")
+    if not sent or not any(name == "anthropic-beta" for name, _ in set_headers):
+        return set_headers
+    joined: list[tuple[str, str]] = []
+    for name, value in set_headers:
+        if name == "anthropic-beta":
+            flags = [flag.strip() for flag in f"{sent},{value}".split(",") if flag.strip()]
+            value = ",".join(dict.fromkeys(flags))  # each once, the client's first
+        joined.append((name, value))
+    return tuple(joined)
+
+
 def strip_before_egress(name: str, client: Api, provider: Api) -> bool:
     if name.startswith(":") or name == "content-length":
         return False
     if name in CLIENT_CREDENTIALS or name.startswith(INTERNAL_HEADER_PREFIX):
         return True
+    if client is Api.BEDROCK:
+        if name.startswith(_SIGV4_PREFIX):
+            return True
+        if name.startswith("anthropic-"):  # Claude Code's in Bedrock mode: read where Anthropic's API is
+            return provider not in (Api.ANTHROPIC, Api.VERTEX, Api.BEDROCK)
     if provider is Api.VERTEX and client is Api.ANTHROPIC:  # Claude on Vertex reads anthropic-beta as Anthropic does
         return False
     return client is not provider and name.startswith(_API_HEADER_PREFIXES[client])
@@ -521,6 +572,8 @@ def strip_before_egress(name: str, client: Api, provider: Api) -> bool:
 def _guess_api(path: str, headers: Mapping[str, str]) -> Api:
     if path.startswith(("/v1/responses", "/responses")):
         return Api.RESPONSES
+    if path.startswith("/model/"):  # Bedrock's paths (Converse, CountTokens...): refused in its shape
+        return Api.BEDROCK
     if "chat/completions" in path or ("anthropic-version" not in headers and "authorization" in headers):
         return Api.OPENAI
     return Api.ANTHROPIC

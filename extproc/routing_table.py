@@ -78,6 +78,9 @@ class ProviderRoute:
     forward_count_tokens: bool = False
     # A key read from Vault: its current value, looked up on every request (rotation).
     key: KeyHandle | None = None
+    # Envoy adds its credentials (a key or token from an SDS secret, Bedrock's SigV4): a fallback
+    # chain's attempt to it names it to Envoy's credential filters (extproc.attempt).
+    credentials_by_envoy: bool = False
 
     @property
     def headers(self) -> tuple[tuple[str, str], ...]:
@@ -324,6 +327,7 @@ def compile_policy(
             unavailable,
             provider.forward_count_tokens,
             key_handle,
+            credentials_by_envoy=provider.key_injected_by_envoy or api is Api.BEDROCK,
         )
         providers[provider.name] = route
         served: list[ModelRoute] = []

@@ -145,6 +145,13 @@ class FakeProvider:
             return await self._generate(request, _VERTEX, path_model=model, stream=True)
         return _error(_VERTEX, 404, f"method {method!r} is not found for publisher model {model!r}")
 
+    async def vertex_gemini(self, request: web.Request) -> web.StreamResponse:
+        """Gemini on Vertex AI: Gemini's own generateContent, behind the same bearer token as Claude's."""
+        problem = token_problem(request.headers, self.config.vertex_token)
+        if problem is not None:
+            return _error(_GEMINI, 401, problem)
+        return await self.gemini(request)
+
     async def bedrock_invoke(self, request: web.Request) -> web.StreamResponse:
         return await self._bedrock(request, stream=False)
 
@@ -366,6 +373,10 @@ def build_app(config: FakeConfig) -> web.Application:
     # Vertex AI's publisher models (Claude): "{model}:{method}" split in the handler, as Gemini's.
     routes.append(
         web.post("/v1/projects/{project}/locations/{region}/publishers/anthropic/models/{target}", provider.vertex)
+    )
+    # And Gemini's (publisher google): Gemini's API under Vertex's path and token.
+    routes.append(
+        web.post("/v1/projects/{project}/locations/{region}/publishers/google/models/{target}", provider.vertex_gemini)
     )
     # Bedrock InvokeModel: a model id may be an inference profile's ARN, slashes and all.
     routes += [

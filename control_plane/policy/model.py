@@ -86,6 +86,9 @@ class ProviderSpec:
     # A bedrock provider's AWS region (SigV4's, control_plane.policy.bedrock): its ``region:``, else
     # read from a bedrock-runtime.<region>.amazonaws.com base_url; "" for other providers.
     region: str = ""
+    # A vertex provider's publisher (control_plane.policy.vertex): "anthropic" (Claude, rawPredict)
+    # or "google" (Gemini, generateContent: translated as a Gemini provider is); "" for the others.
+    publisher: str = ""
 
     @property
     def cluster(self) -> str:
@@ -201,7 +204,8 @@ class GatewayPolicy:
             providers=[
                 policy_pb2.Provider(
                     name=p.name,
-                    api=_PROTO_API[p.api],
+                    # Gemini on Vertex is a Gemini provider to ext_proc, its token injected by Envoy.
+                    api=policy_pb2.API_GEMINI if p.publisher == "google" else _PROTO_API[p.api],
                     cluster=p.cluster,
                     base_path=p.base_path,
                     api_key_env=p.api_key_env,

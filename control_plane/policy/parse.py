@@ -44,7 +44,7 @@ from control_plane.policy.storage import StorageSpec, parse_storage
 from control_plane.policy.tls import TlsSpec, parse_listener_tls
 from control_plane.policy.tracing import parse_tracing
 from control_plane.policy.vault import VaultSpec, check_vault_used, parse_key_reference, parse_vault
-from control_plane.policy.vertex import VERTEX_FIELDS, parse_vertex
+from control_plane.policy.vertex import VERTEX_FIELDS, parse_publisher, parse_vertex
 from control_plane.policy.yaml_check import Checker, Located, PolicyError, Problem, compose, join, kind_of
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -317,7 +317,14 @@ def _provider(check: Checker, at: Located, path: str) -> ProviderSpec | None:
         region = parse_bedrock(check, fields, path, url[1] if url is not None else None)
         # region: is the bedrock provider's own too (its SigV4 region), not only a vertex one's.
         fields = {key: value for key, value in fields.items() if key != "region"}
-    url = parse_vertex(check, at, fields, path, api, url)
+    publisher = parse_publisher(check, fields, path) if api == "vertex" else ""
+    if publisher == "google" and forward_count_tokens:
+        check.problem(
+            fields["forward_count_tokens"],
+            join(path, "forward_count_tokens"),
+            "Gemini on Vertex counts no tokens for the gateway yet: leave it out (the gateway estimates)",
+        )
+    url = parse_vertex(check, at, fields, path, api, url, publisher or "anthropic")
     if len(check.problems) > before or name is None or api is None or url is None:
         return None
     scheme, host, port, base_path = url
@@ -338,6 +345,7 @@ def _provider(check: Checker, at: Located, path: str) -> ProviderSpec | None:
         endpoints,
         credentials=credentials,
         region=region,
+        publisher=publisher,
     )
 
 

@@ -11,9 +11,14 @@ providers:
       - {name: claude-sonnet-4-5, id: "claude-sonnet-4-5@20250929"}
 ```
 
+``publisher: google`` makes it Gemini on Vertex AI instead (``generateContent``, Gemini's own
+request and answer: extproc.translate.anthropic_gemini and the other Gemini translators): the
+models are Gemini's (``{name: gemini-2.5-pro}``), the project, region and token the same.
+
 The base path the gateway sends to is compiled here, so that the translator only appends the model
-and the verb (``{base_path}/{model}:rawPredict``): ``{base_url path}/v1/projects/{project}/
-locations/{region}/publishers/anthropic/models``. No key: Vertex wants a Google OAuth access token,
+and the verb: for Claude ``{base_path}/{model}:rawPredict`` with ``{base_url path}/v1/projects/
+{project}/locations/{region}/publishers/anthropic/models``; for Gemini ``{base_path}/models/
+{model}:generateContent`` (as on Gemini's own API) with ``.../publishers/google``. No key: Vertex wants a Google OAuth access token,
 which Envoy injects on the provider's cluster from the control plane (``credentials``), never
 ext_proc, so ``api_key`` and ``api_key_env`` are refused on such a provider.
 """
@@ -25,7 +30,9 @@ from urllib.parse import urlsplit
 
 from control_plane.policy.yaml_check import Checker, Located, join
 
-VERTEX_FIELDS = ("project", "region")
+VERTEX_FIELDS = ("project", "region", "publisher")
+# Whose models a vertex provider serves: Claude (rawPredict, Anthropic's API) or Gemini (generateContent).
+PUBLISHERS = ("anthropic", "google")
 _KEY_FIELDS = ("api_key", "api_key_env")
 # A provider's base URL as control_plane.policy.parse reads it: (scheme, host, port, base path).
 Url = tuple[str, str, int, str]
@@ -57,9 +64,23 @@ def default_base_url(region: str) -> str:
     return f"https://{region}-aiplatform.googleapis.com"
 
 
-def models_path(project: str, region: str) -> str:
-    """What follows the base URL's own path in a vertex provider's base path."""
-    return f"/v1/projects/{project}/locations/{region}/publishers/anthropic/models"
+def models_path(project: str, region: str, publisher: str = "anthropic") -> str:
+    """What follows the base URL's own path in a vertex provider's base path (Gemini's translators
+    append ``/models/{model}:...`` themselves, as on Gemini's own API)."""
+    collection = f"/v1/projects/{project}/locations/{region}/publishers/{publisher}"
+    return collection + "/models" if publisher == "anthropic" else collection
+
+
+def parse_publisher(check: Checker, fields: dict[str, Located], path: str) -> str:
+    """A vertex provider's ``publisher`` (anthropic by default); problems at its line."""
+    if "publisher" not in fields:
+        return "anthropic"
+    value = check.string(fields["publisher"], join(path, "publisher"))
+    if value is not None and value not in PUBLISHERS:
+        message = f"must be anthropic (Claude, rawPredict) or google (Gemini, generateContent), got {value!r}"
+        check.problem(fields["publisher"], join(path, "publisher"), message)
+        return "anthropic"
+    return value or "anthropic"
 
 
 def base_url_problem(base_path: str, url: str) -> str | None:
@@ -77,7 +98,13 @@ def base_url_problem(base_path: str, url: str) -> str | None:
 
 
 def parse_vertex(
-    check: Checker, at: Located, fields: dict[str, Located], path: str, api: str | None, url: Url | None
+    check: Checker,
+    at: Located,
+    fields: dict[str, Located],
+    path: str,
+    api: str | None,
+    url: Url | None,
+    publisher: str = "anthropic",
 ) -> Url | None:
     """The provider's base URL with the model collection's path appended when it is a vertex
     provider (derived from ``region`` when it gives no base_url); ``url`` unchanged otherwise.
@@ -115,4 +142,4 @@ def parse_vertex(
     if url is None or len(values) < 2:
         return None
     scheme, host, port, base_path = url
-    return scheme, host, port, base_path + models_path(values["project"], values["region"])
+    return scheme, host, port, base_path + models_path(values["project"], values["region"], publisher)

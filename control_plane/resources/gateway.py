@@ -331,6 +331,8 @@ def _error_mappers(max_request_bytes: int) -> list[dict[str, Any]]:
         for match in ({"contains": "/chat/completions"}, {"prefix": "/v1/files"}, {"prefix": "/v1/batches"})
     ]
     openai_path = {"or_filter": {"filters": openai_paths}}
+    # Bedrock's InvokeModel paths (extproc.request_steps.bedrock_endpoint): answered in its shape.
+    bedrock_path = {"header_filter": {"header": {"name": ":path", "string_match": {"prefix": "/model/"}}}}
     no_path = {"header_filter": {"header": {"name": ":path", "present_match": False}}}
     by_metadata = {
         api: {
@@ -343,7 +345,7 @@ def _error_mappers(max_request_bytes: int) -> list[dict[str, Any]]:
                 "match_if_key_not_found": False,
             }
         }
-        for api in ("openai", "anthropic", MCP_CLIENT_API)
+        for api in ("openai", "anthropic", "bedrock", MCP_CLIENT_API)
     }
     # Envoy's own texts ("Payload Too Large", "no healthy upstream", nothing for a failed ext_proc
     # stream) say too little: the failures Envoy's details name get a sentence of their own.
@@ -372,6 +374,7 @@ def _error_mappers(max_request_bytes: int) -> list[dict[str, Any]]:
         return {
             "openai": _json_body(openai),
             "anthropic": _json_body(anthropic),
+            "bedrock": _json_body({"message": message}),  # InvokeModel's error shape
             "either": _json_body(either),
             MCP_CLIENT_API: _json_body(mcp),
         }
@@ -381,8 +384,10 @@ def _error_mappers(max_request_bytes: int) -> list[dict[str, Any]]:
     rules = [
         ([by_metadata["openai"]], "openai"),
         ([by_metadata["anthropic"]], "anthropic"),
+        ([by_metadata["bedrock"]], "bedrock"),
         ([by_metadata[MCP_CLIENT_API]], MCP_CLIENT_API),
         ([openai_path], "openai"),
+        ([bedrock_path], "bedrock"),
         ([no_path], "either"),
         ([], "anthropic"),
     ]

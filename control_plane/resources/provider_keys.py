@@ -113,7 +113,7 @@ def codec_filter() -> dict[str, Any]:
 
 def missing_key_bodies() -> dict[str, dict[str, Any]]:
     """The error bodies of Envoy's refusal to send a request without its key, per client format
-    (openai, anthropic, and "either" when the path was not read), as ext_proc words a missing key."""
+    (openai, anthropic, bedrock, and "either" when the path was not read), as ext_proc words a missing key."""
     message = (
         f"provider '%DYNAMIC_METADATA({METADATA_NAMESPACE}:provider)%' has no API key: Envoy has not received it "
         "from the control plane (which reads it from Vault, or obtains a Vertex OAuth token) yet; the request "
@@ -122,4 +122,4 @@ def missing_key_bodies() -> dict[str, dict[str, Any]]:
     openai = {"error": {"message": message, "type": "server_error", "param": None, "code": "ccr_provider_unavailable"}}
     anthropic = {"type": "error", "error": {"type": "api_error", "message": message}}
     either = {"type": "error", "error": {**openai["error"], "type": "api_error"}}
-    return {"openai": openai, "anthropic": anthropic, "either": either}
+    return {"openai": openai, "anthropic": anthropic, "bedrock": {"message": message}, "either": either}

@@ -474,6 +474,11 @@ def _presented(headers: Mapping[str, str]) -> str | None:
 def _missing_key_message(api: Api) -> str:
     if api in OPENAI_SHAPED:  # the openai SDKs and the Codex CLI send a Bearer token
         return "You didn't provide an API key: send a virtual key (sk-ccr-...) as 'Authorization: Bearer <key>'"
+    if api is Api.BEDROCK:  # a SigV4 signature is no key: Bedrock clients send one in a header of their own
+        return (
+            "no gateway key: send a virtual key (sk-ccr-...) as 'x-api-key: <key>' or "
+            "'Authorization: Bearer <key>' (Claude Code: ANTHROPIC_CUSTOM_HEADERS or AWS_BEARER_TOKEN_BEDROCK)"
+        )
     return "x-api-key header is required: send a virtual key (sk-ccr-...)"
 
 

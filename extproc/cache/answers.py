@@ -109,8 +109,10 @@ def count(provider: str, model: str, outcome: str) -> None:
 def cache_step(
     table: RoutingTable, api: Api, kind: str, outcome: Forward, headers: Mapping[str, str], tenant: str | None
 ) -> CacheStep | None:
-    """None when the policy caches nothing for this request (no header on its answer either)."""
-    if kind != "generate":
+    """None when the policy caches nothing for this request (no header on its answer either). A
+    Bedrock client's request is never cached: its stream is event-stream framed, and entries are
+    kept and replayed as JSON and SSE."""
+    if kind != "generate" or api is Api.BEDROCK:
         return None
     route = outcome.route
     rules = table.cache_rules(tenant, route)

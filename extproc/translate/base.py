@@ -38,15 +38,16 @@ if TYPE_CHECKING:  # the typed request is built from these values' module: no im
 
 
 class Api(enum.StrEnum):
-    """Wire formats. Clients speak ANTHROPIC, OPENAI (Chat Completions) or RESPONSES (OpenAI's
-    Responses API); providers speak any of these, GEMINI, VERTEX or BEDROCK."""
+    """Wire formats. Clients speak ANTHROPIC, OPENAI (Chat Completions), RESPONSES (OpenAI's
+    Responses API) or BEDROCK (InvokeModel's paths, an Anthropic body: extproc.translate.bedrock_client);
+    providers speak any of these, GEMINI or VERTEX."""
 
     ANTHROPIC = "anthropic"
     OPENAI = "openai"
     GEMINI = "gemini"
     RESPONSES = "responses"
     VERTEX = "vertex"  # provider-only: Google Vertex AI's rawPredict for Anthropic models
-    BEDROCK = "bedrock"  # provider-only: AWS Bedrock's InvokeModel for Anthropic models
+    BEDROCK = "bedrock"  # AWS Bedrock's InvokeModel for Anthropic models (a provider's, or a client's)
 
 
 @dataclass(frozen=True, slots=True)

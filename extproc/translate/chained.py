@@ -23,6 +23,7 @@ One instance per request; not thread-safe.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, cast
 
 import orjson
@@ -61,6 +62,11 @@ class Chained:
         return cast(int, getattr(self.inner, "estimate", 0) or getattr(self.outer, "estimate", 0))
 
     def request(self, request: ClientRequest, target: Target) -> UpstreamRequest:
+        hub_request = getattr(self.outer, "hub_request", None)
+        if hub_request is not None:  # the client's request is an Anthropic one already
+            checked, headers = hub_request(request, self.provider_api)
+            upstream = self.inner.request(checked, target)
+            return replace(upstream, headers=(*upstream.headers, *headers)) if headers else upstream
         hub = self.outer.request(request, target)
         body: Any = orjson.loads(hub.body)
         raw = hub.body

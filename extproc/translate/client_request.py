@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from extproc.translate import anthropic_schema as A
 from extproc.translate.base import Api, ClientRequestError
@@ -172,10 +172,38 @@ def from_vertex(body: Mapping[str, Any], model: str) -> dict[str, Any]:
     return out
 
 
+class BedrockCall(NamedTuple):
+    """What a Bedrock InvokeModel path says of its request (extproc.request_steps.bedrock_endpoint):
+    the model id (URL-decoded) and whether it is ``invoke-with-response-stream``."""
+
+    model: str
+    stream: bool
+
+
+# Body fields of Bedrock's InvokeModel for Anthropic models that are no Anthropic request's.
+BEDROCK_ONLY_FIELDS = ("anthropic_version",)
+
+
+def from_bedrock(body: Mapping[str, Any], call: BedrockCall) -> dict[str, Any]:
+    """A Bedrock InvokeModel request (model and stream in the path, ``anthropic_version`` in the
+    body) as the Anthropic Messages request it is. The ``anthropic_beta`` list stays in the body:
+    Bedrock clients send their betas only there (the Anthropic SDKs' Bedrock clients move the
+    ``anthropic-beta`` header into it), and the Bedrock client's codec
+    (extproc.translate.bedrock_client) turns it into the header an Anthropic provider reads,
+    keeps it for a Bedrock or Vertex provider (both take it in the body), and drops it for the rest."""
+    out = {name: value for name, value in body.items() if name not in BEDROCK_ONLY_FIELDS}
+    out["model"] = call.model
+    if call.stream:
+        out["stream"] = True
+    else:
+        out.pop("stream", None)
+    return out
+
+
 def read_request(api: Api, body: Mapping[str, Any], raw: bytes = b"") -> ClientRequest:
     """The typed values of a body ``parse_request`` already checked (e.g. after the router changed
-    its system prompt, or on a fallback attempt)."""
-    if api is Api.ANTHROPIC:
+    its system prompt, or on a fallback attempt). A Bedrock client's is an Anthropic request."""
+    if api is Api.ANTHROPIC or api is Api.BEDROCK:
         return _anthropic(body, raw)
     if api is Api.OPENAI:
         return _openai(body, raw)

@@ -4,6 +4,8 @@ Anthropic: ``{"type":"error","error":{"type":...,"message":...}}``
 OpenAI:    ``{"error":{"message":...,"type":...,"param":null,"code":...}}``
 Responses: OpenAI's shape; a request the gateway refuses names the offending field in ``param``
            (``input[2].content``), read off the message's leading path (``input.2.content: ...``).
+Bedrock:   ``{"message":...}`` (InvokeModel's own; the type, e.g. ``ValidationException``, is in
+           Bedrock's x-amzn-ErrorType header, which no Bedrock SDK needs to tell the errors apart).
 The same builders are used by ext_proc immediate responses and, as literal templates, by Envoy's
 local_reply_config (see control_plane.resources.gateway) so every error a client sees has one shape.
 """
@@ -42,6 +44,21 @@ _OPENAI_TYPES = {
 }
 
 
+# Bedrock's error names (x-amzn-ErrorType) by HTTP status, as InvokeModel documents them.
+_BEDROCK_TYPES = {
+    400: "ValidationException",
+    401: "UnrecognizedClientException",
+    403: "AccessDeniedException",
+    404: "ResourceNotFoundException",
+    408: "ModelTimeoutException",
+    424: "ModelErrorException",
+    429: "ThrottlingException",
+    500: "InternalServerException",
+    503: "ServiceUnavailableException",
+    529: "ThrottlingException",
+}
+
+
 # Client APIs whose errors take OpenAI's shape.
 OPENAI_SHAPED = frozenset({Api.OPENAI, Api.RESPONSES})
 # The field path a ClientRequestError message starts with ("input.2.content.0.text: required ...").
@@ -56,8 +73,14 @@ def openai_error_type(status: int) -> str:
     return _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
 
 
+def bedrock_error_type(status: int) -> str:
+    return _BEDROCK_TYPES.get(status, "InternalServerException" if status >= 500 else "ValidationException")
+
+
 def error_type(api: Api, status: int) -> str:
     """The error type a client of ``api`` reads in an error of ``status``."""
+    if api is Api.BEDROCK:
+        return bedrock_error_type(status)
     return openai_error_type(status) if api in OPENAI_SHAPED else anthropic_error_type(status)
 
 
@@ -71,6 +94,8 @@ def error_body(api: Api, status: int, message: str, code: str | None = None) -> 
         return orjson.dumps(
             {"error": {"message": message, "type": openai_error_type(status), "param": param_of(message), "code": code}}
         )
+    if api is Api.BEDROCK:
+        return orjson.dumps({"message": message})
     return orjson.dumps({"type": "error", "error": {"type": anthropic_error_type(status), "message": message}})
 
 

@@ -22,6 +22,7 @@ _ANTHROPIC_TO_VERTEX = "extproc.translate.anthropic_vertex:AnthropicToVertex"
 _ANTHROPIC_TO_BEDROCK = "extproc.translate.anthropic_bedrock:AnthropicToBedrock"
 _OPENAI_TO_ANTHROPIC = "extproc.translate.openai_anthropic:OpenAIToAnthropic"
 _RESPONSES_TO_ANTHROPIC = "extproc.translate.responses_anthropic:ResponsesToAnthropic"
+_BEDROCK_CLIENT = "extproc.translate.bedrock_client:BedrockClient"  # Bedrock InvokeModel clients
 
 TRANSLATORS: dict[tuple[Api, Api], str | tuple[str, str]] = {
     (Api.ANTHROPIC, Api.ANTHROPIC): "extproc.translate.passthrough:AnthropicPassthrough",
@@ -42,6 +43,12 @@ TRANSLATORS: dict[tuple[Api, Api], str | tuple[str, str]] = {
     (Api.ANTHROPIC, Api.BEDROCK): _ANTHROPIC_TO_BEDROCK,
     (Api.OPENAI, Api.BEDROCK): (_OPENAI_TO_ANTHROPIC, _ANTHROPIC_TO_BEDROCK),
     (Api.RESPONSES, Api.BEDROCK): (_RESPONSES_TO_ANTHROPIC, _ANTHROPIC_TO_BEDROCK),
+    (Api.BEDROCK, Api.BEDROCK): "extproc.translate.bedrock_client:BedrockPassthrough",
+    (Api.BEDROCK, Api.ANTHROPIC): (_BEDROCK_CLIENT, "extproc.translate.passthrough:AnthropicPassthrough"),
+    (Api.BEDROCK, Api.OPENAI): (_BEDROCK_CLIENT, _ANTHROPIC_TO_OPENAI),
+    (Api.BEDROCK, Api.GEMINI): (_BEDROCK_CLIENT, _ANTHROPIC_TO_GEMINI),
+    (Api.BEDROCK, Api.RESPONSES): (_BEDROCK_CLIENT, _ANTHROPIC_TO_RESPONSES),
+    (Api.BEDROCK, Api.VERTEX): (_BEDROCK_CLIENT, _ANTHROPIC_TO_VERTEX),
 }
 
 

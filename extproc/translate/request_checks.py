@@ -39,7 +39,7 @@ STORED_RESPONSES_DISABLED = "stored responses are not enabled on this gateway: s
 def check_request(api: Api, body: Mapping[str, Any], counting: bool = False) -> None:
     """Raise ClientRequestError for a request ``api`` itself would refuse. ``counting``: a
     count_tokens request (no max_tokens)."""
-    if api is Api.ANTHROPIC:
+    if api is Api.ANTHROPIC or api is Api.BEDROCK:  # a Bedrock client's body is Anthropic's (from_bedrock)
         check_anthropic(body, counting)
     elif api is Api.OPENAI:
         check_openai(body)

@@ -1,6 +1,6 @@
 """A local "Bedrock" that checks SigV4 as AWS would, with botocore's signer as the reference: shared
 by the tests of Envoy's signing (tests/e2e/test_bedrock_signing.py) and of a fallback chain's
-attempts (tests/e2e/test_chain_credentials.py).
+attempts and its other cloud cases (tests/e2e/test_cloud_providers.py).
 
 It recomputes the signature of every request it receives (SigV4Auth over an AWSRequest holding the
 headers Envoy says it signed, the same credentials) and answers 403 on any difference; the body

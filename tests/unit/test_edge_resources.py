@@ -94,7 +94,9 @@ def test_envoys_own_errors_get_sentences_naming_the_provider():
     mappers = _hcm(policy(provider("a")))["local_reply_config"]["mappers"]
     # A provider key Envoy lacks first (control_plane.resources.provider_keys), then known failures,
     # then Envoy's own text, per client API (and the MCP endpoint's JSON-RPC), then either.
-    assert len(mappers) == 17
+    assert len(mappers) == 23
+    bedrock = [m for m in mappers if set(m["body_format_override"]["json_format"]) == {"message"}]
+    assert len(bedrock) == 6  # by the decision's label, then by the InvokeModel path
     mcp = [m for m in mappers if "jsonrpc" in m["body_format_override"]["json_format"]]
     assert len(mcp) == 2 and mcp[0]["body_format_override"]["json_format"]["error"]["code"] == -32603
 

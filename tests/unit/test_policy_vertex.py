@@ -104,3 +104,38 @@ def test_an_unknown_api_names_vertex_among_the_choices() -> None:
     with pytest.raises(PolicyError) as refused:
         load_policy(text)
     assert "vertex" in str(refused.value).split("must be one of", 1)[1]
+
+
+# --- Gemini on Vertex (publisher: google) -----------------------------------------------------------
+
+
+def test_gemini_on_vertex_is_a_gemini_provider_to_ext_proc_with_the_token_from_envoy() -> None:
+    fields = "    project: my-project\n    region: us-central1\n    publisher: google"
+    policy = load_policy(vertex_policy(fields).replace('id: "claude-sonnet-4-5@20250929"', "id: gemini-2.5-pro"))
+    (spec,) = policy.providers
+    assert spec.base_path == "/v1/projects/my-project/locations/us-central1/publishers/google"
+    assert policy.envoy_injected_keys == {"vx"}  # the OAuth token, as for Claude on Vertex
+    table = compile_policy(policy.to_proto("1"), environ={})
+    provider = table.providers["vx"]
+    assert provider.api is Api.GEMINI  # Gemini's generateContent: {base_path}/models/{model}:...
+    assert provider.headers == () and provider.credentials_by_envoy  # no x-goog-api-key: Envoy's token
+    assert provider.unavailable is None
+
+
+def test_a_publisher_is_anthropic_or_google_named_at_its_line() -> None:
+    text = problems("    project: my-project\n    region: global\n    publisher: meta")
+    assert "<policy>:7:16: providers[0].publisher: must be anthropic (Claude, rawPredict) or google" in text
+
+
+def test_gemini_on_vertex_does_not_forward_count_tokens() -> None:
+    text = problems(
+        "    project: my-project\n    region: global\n    publisher: google\n    forward_count_tokens: true"
+    )
+    assert "providers[0].forward_count_tokens: Gemini on Vertex counts no tokens for the gateway yet" in text
+
+
+def test_a_publisher_belongs_to_vertex_providers_only() -> None:
+    text = "providers:\n  - {name: x, api: gemini, base_url: 'https://x', publisher: google, models: [m]}\n"
+    with pytest.raises(PolicyError) as refused:
+        load_policy(text)
+    assert "providers[0].publisher: only a vertex provider (api: vertex) takes it" in str(refused.value)

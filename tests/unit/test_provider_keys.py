@@ -322,7 +322,7 @@ def test_envoys_refusal_without_a_key_is_a_503_in_the_clients_format():
     hcm = HttpConnectionManager()
     listener.filter_chains[0].filters[0].typed_config.Unpack(hcm)
     first = [m for m in hcm.local_reply_config.mappers if m.status_code.value == 503]
-    assert len(first) == 5 and list(hcm.local_reply_config.mappers[:5]) == first
+    assert len(first) == 7 and list(hcm.local_reply_config.mappers[:7]) == first
     bodies = [json_format.MessageToDict(m.body_format_override.json_format) for m in first]
     assert bodies[0]["error"]["code"] == "ccr_provider_unavailable"  # OpenAI's shape
     assert bodies[1] == {"type": "error", "error": {"type": "api_error", "message": bodies[1]["error"]["message"]}}

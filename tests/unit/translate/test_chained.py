@@ -182,7 +182,7 @@ def test_only_translators_meeting_at_the_hub_chain() -> None:
 
 
 def test_every_client_reaches_every_provider_format() -> None:
-    for client in (Api.ANTHROPIC, Api.OPENAI, Api.RESPONSES):
+    for client in (Api.ANTHROPIC, Api.OPENAI, Api.RESPONSES, Api.BEDROCK):
         for provider in Api:
             assert supports(client, provider), (client, provider)
 
@@ -197,10 +197,13 @@ def test_pairs_without_code_of_their_own_are_chains_through_the_hub() -> None:
         (Api.RESPONSES, Api.BEDROCK),
         (Api.OPENAI, Api.VERTEX),
         (Api.RESPONSES, Api.VERTEX),
+        # A Bedrock client's codec: the request as it is, the answer re-framed (bedrock_client).
+        *((Api.BEDROCK, provider) for provider in Api if provider is not Api.BEDROCK),
     }
     for pair in chains:
         outer, inner = TRANSLATORS[pair]
-        assert TRANSLATORS[(pair[0], Api.ANTHROPIC)] == outer
+        to_hub = TRANSLATORS[(pair[0], Api.ANTHROPIC)]  # a Bedrock client's is its codec and passthrough
+        assert (to_hub[0] if isinstance(to_hub, tuple) else to_hub) == outer
         assert TRANSLATORS[(Api.ANTHROPIC, pair[1])] == inner
 
 

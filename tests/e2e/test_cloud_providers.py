@@ -1,20 +1,21 @@
-"""Fallback chains across direct Anthropic, Bedrock and Vertex: each attempt gets the credentials of
-the provider it goes to, from Envoy (control_plane.resources.attempt_credentials).
+"""Bedrock and Vertex as providers through the real gateway: in fallback chains, in the usage log,
+refusing the gateway's credentials, and Gemini on Vertex.
 
-One gateway (`ccr-gateway up`, one worker) whose chains start at a provider nobody listens for
-(connect refused: Envoy's router tries the next priority) and continue to a Bedrock provider (a
-local "Bedrock" that checks SigV4 with botocore, tests/e2e/bedrock_support.py), to a Vertex provider
-(the fake provider's rawPredict, which checks the Bearer token), and, the other way round, from a
-dead Bedrock provider to the fake Anthropic one. What a provider receives says whose credentials
-the attempt carried: a valid signature, the control plane's token, nothing left over from the
-attempt before (no SigV4 header, no internal header, no client key).
+One gateway (`ccr-gateway up`, one worker), the fake provider checking Vertex's token and Bedrock's
+SigV4 (fake_provider.sigv4) on every test.
 
-Beside the chains, a Bedrock provider on the fake provider's InvokeModel endpoints (which check SigV4
-here, fake_provider.sigv4): its streams are
-AWS event-stream frames, which Envoy's usage filters cannot read, so ext_proc hands the usage it
-read to Envoy's usage log (extproc.processor): the tokens are counted, not estimated. And when
-Bedrock refuses the gateway's signature (a key rotated elsewhere, a clock too far off), the client
-gets a 502 that says so, not a 401 that would blame its own key.
+- Chains (control_plane.resources.attempt_credentials) start at a provider nobody listens for
+  (connect refused: Envoy's router tries the next priority) and continue to a Bedrock provider (a
+  local "Bedrock" that checks SigV4 with botocore, tests/e2e/bedrock_support.py), to Claude or
+  Gemini on Vertex, and, the other way round, from a dead Bedrock provider to the fake Anthropic
+  one. What a provider receives says whose credentials the attempt carried: a valid signature, the
+  control plane's token, nothing left over from the attempt before (no SigV4 header, no internal
+  header, no client key).
+- A Bedrock stream is AWS event-stream frames, which Envoy's usage filters cannot read: ext_proc
+  hands the usage it read to Envoy's usage log (extproc.processor), so the tokens are counted.
+- Bedrock refusing the gateway's signature (a key rotated elsewhere, a clock too far off) reaches
+  the client as a 502 that says so, not a 401 that would blame its own key.
+- Gemini on Vertex (``publisher: google``): Gemini's generateContent under Vertex's path and token.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ CLIENT_KEY = "sk-ant-chain-client"
 BEDROCK_ID = "anthropic.claude-sonnet-4-5-20250929-v1:0"
 VERTEX_ID = "claude-sonnet-4-5@20250929"
 FAKE_BEDROCK_ID = "anthropic.claude-haiku-4-5-20251001-v1:0"
+GEMINI_ID = "gemini-2.5-flash"
+GEMINI_MODELS = "/v1/projects/chain-project/locations/us-central1/publishers/google/models"
 USER = [{"role": "user", "content": "Hello through a chain"}]
 
 
@@ -43,7 +46,12 @@ def chain_policy(listener_port: int, fake: FakeProvider, bedrock_port: int) -> d
     policy = base_policy(listener_port, fake)
     dead = f"http://127.0.0.1:{free_port()}"
     policy["providers"] += [
-        {"name": "dead", "api": "anthropic", "base_url": dead, "models": ["claude-dead-b", "claude-dead-v"]},
+        {
+            "name": "dead",
+            "api": "anthropic",
+            "base_url": dead,
+            "models": ["claude-dead-b", "claude-dead-v", "claude-dead-g"],
+        },
         {
             "name": "bedrock",
             "api": "bedrock",
@@ -69,6 +77,16 @@ def chain_policy(listener_port: int, fake: FakeProvider, bedrock_port: int) -> d
             "models": [{"name": "claude-fake-bedrock", "id": FAKE_BEDROCK_ID}],
         },
         {
+            "name": "vertex-gemini",
+            "api": "vertex",
+            "publisher": "google",
+            "project": "chain-project",
+            "region": "us-central1",
+            "base_url": fake.url,
+            "credentials": f"env:{TOKEN_VAR}",
+            "models": [{"name": "gemini-on-vertex", "id": GEMINI_ID}, {"name": "gemini-fallback", "id": GEMINI_ID}],
+        },
+        {
             "name": "vertex",
             "api": "vertex",
             "project": "chain-project",
@@ -82,6 +100,7 @@ def chain_policy(listener_port: int, fake: FakeProvider, bedrock_port: int) -> d
         "dead,claude-dead-b": ["bedrock,claude-bedrock"],
         "dead,claude-dead-v": ["vertex,claude-vertex"],
         "bedrock-dead,claude-bedrock-dead": ["fake-anthropic,claude-sonnet-4-5"],
+        "dead,claude-dead-g": ["vertex-gemini,gemini-fallback"],
     }
     return policy
 
@@ -203,3 +222,31 @@ def test_bedrock_refusing_the_gateways_signature_is_a_clear_502_at_once(
     assert isinstance(error.body, dict) and error.body["error"]["type"] == "api_error"
     message = error.body["error"]["message"]
     assert message.startswith("Bedrock refused the gateway's AWS credentials") and said in message
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_gemini_on_vertex_is_reached_with_the_control_planes_token(
+    claude: anthropic.Anthropic, fake: FakeProvider, stream: bool
+) -> None:
+    fake.clear()
+    ask = {"model": "gemini-on-vertex", "max_tokens": 64, "messages": USER}
+    if stream:
+        with claude.messages.stream(**ask) as answer:  # type: ignore[arg-type]
+            text = "".join(answer.text_stream)
+    else:
+        text = claude.messages.create(**ask).content[0].text  # type: ignore[arg-type,union-attr]
+    assert f"Hello from fake-gemini model {GEMINI_ID}" in text
+    (sent,) = [r for r in fake.requests() if r["method"] == "POST"]
+    verb = "streamGenerateContent" if stream else "generateContent"
+    assert sent["path"] == f"{GEMINI_MODELS}/{GEMINI_ID}:{verb}"
+    assert sent["headers"]["authorization"] == f"Bearer {VERTEX_TOKEN}" and "x-goog-api-key" not in sent["headers"]
+    assert "contents" in sent["body"] and _leftovers(sent["headers"]) == []
+
+
+def test_a_chain_falls_back_to_gemini_on_vertex_with_the_token(claude: anthropic.Anthropic, fake: FakeProvider) -> None:
+    fake.clear()
+    message = claude.messages.create(model="claude-dead-g", max_tokens=64, messages=USER)
+    assert f"Hello from fake-gemini model {GEMINI_ID}" in message.content[0].text  # type: ignore[union-attr]
+    (sent,) = [r for r in fake.requests() if r["method"] == "POST"]
+    assert sent["path"] == f"{GEMINI_MODELS}/{GEMINI_ID}:generateContent"
+    assert sent["headers"]["authorization"] == f"Bearer {VERTEX_TOKEN}"
