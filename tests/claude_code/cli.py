@@ -118,6 +118,20 @@ class ClaudeCode:
         return Run(done.returncode, done.stdout, done.stderr)
 
 
+def installed_or_skip(home: Path) -> ClaudeCode:
+    """The installed CLI with ``home`` as its home, for a test module's fixture; without it the
+    test is skipped, or fails under CI (which installs it: a CI run must not skip it silently)."""
+    import pytest  # only the tests that run the CLI need it
+
+    binary = find_binary()
+    if binary is None:
+        message = "Claude Code CLI not installed: npm install --prefix tests/claude_code"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return ClaudeCode(binary, home)
+
+
 def _fresh(path: Path) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)

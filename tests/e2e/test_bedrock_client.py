@@ -13,7 +13,6 @@ gateway key in ANTHROPIC_CUSTOM_HEADERS) does a text turn and a Bash tool loop t
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,9 +20,9 @@ import anthropic
 import pytest
 
 from tests.claude_code import scenarios
-from tests.claude_code.cli import ClaudeCode, find_binary
+from tests.claude_code.cli import ClaudeCode, installed_or_skip
 from tests.claude_code.scenarios import TOOL_MARKER
-from tests.e2e.gateway import FakeProvider, Gateway, base_policy, free_port, wait_until
+from tests.e2e.gateway import FakeProvider, Gateway, base_policy, environment, free_port, wait_until
 
 pytest.importorskip("boto3", reason="the SDK's Bedrock client signs with boto3 (dev extra)")
 
@@ -70,20 +69,12 @@ def bedrock_policy(listener_port: int, fake: FakeProvider, decision: str) -> dic
 @pytest.fixture(scope="module", params=["hop", "ext_proc"])
 def gw(request: pytest.FixtureRequest, workdir: Path, fake: FakeProvider) -> Iterator[Gateway]:
     decision = request.param
-    saved = {name: os.environ.get(name) for name in GATEWAY_AWS}
-    os.environ.update(GATEWAY_AWS)  # read by the gateway's Envoy, never by a client
-    try:
+    with environment(GATEWAY_AWS):  # read by the gateway's Envoy, never by a client
         policy = bedrock_policy(free_port(), fake, decision)
         gateway = Gateway.start(workdir, policy, name=f"bedrock-client-{decision}", workers=1)
         yield gateway
         gateway.stop()
         assert gateway.process.returncode == 0, gateway.log()[-4000:]
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @pytest.fixture(autouse=True)
@@ -225,13 +216,7 @@ def test_the_bedrock_client_with_an_api_key_presents_it_as_a_bearer_token(gw: Ga
 
 @pytest.fixture(scope="module")
 def claude(tmp_path_factory: pytest.TempPathFactory) -> ClaudeCode:
-    binary = find_binary()
-    if binary is None:
-        message = "Claude Code CLI not installed: npm install --prefix tests/claude_code"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return ClaudeCode(binary, tmp_path_factory.mktemp("claude-code-bedrock"))
+    return installed_or_skip(tmp_path_factory.mktemp("claude-code-bedrock"))
 
 
 def bedrock_mode(claude: ClaudeCode, gw: Gateway, model: str, scenario: scenarios.Scenario) -> dict:

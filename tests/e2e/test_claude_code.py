@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.claude_code import scenarios
-from tests.claude_code.cli import PINNED_VERSION, ClaudeCode, Run, find_binary
+from tests.claude_code.cli import PINNED_VERSION, ClaudeCode, Run, installed_or_skip
 from tests.claude_code.scenarios import QUICK_PROMPT, SUBAGENT_PROMPT, TOOL_MARKER, Scenario
 from tests.e2e.gateway import FakeProvider, Gateway, base_policy, free_port, http
 
@@ -116,13 +115,7 @@ def claude_code_policy(listener_port: int, fake: FakeProvider) -> dict:
 
 @pytest.fixture(scope="module")
 def claude(tmp_path_factory: pytest.TempPathFactory) -> ClaudeCode:
-    binary = find_binary()
-    if binary is None:
-        message = "Claude Code CLI not installed: npm install --prefix tests/claude_code"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    cli = ClaudeCode(binary, tmp_path_factory.mktemp("claude-code"))
+    cli = installed_or_skip(tmp_path_factory.mktemp("claude-code"))
     assert cli.version() == PINNED_VERSION
     return cli
 

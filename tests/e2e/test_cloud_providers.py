@@ -20,7 +20,6 @@ SigV4 (fake_provider.sigv4) on every test.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +28,7 @@ import anthropic
 import pytest
 
 from tests.e2e.bedrock_support import CREDENTIALS, REGION, FakeBedrock, FakeBedrockInvoke, serving
-from tests.e2e.gateway import FakeProvider, Gateway, base_policy, free_port, wait_until
+from tests.e2e.gateway import FakeProvider, Gateway, base_policy, environment, free_port, wait_until
 
 VERTEX_TOKEN = "ya29.e2e-chain-token"
 TOKEN_VAR = "CCR_TEST_CHAIN_VERTEX_TOKEN"
@@ -107,21 +106,12 @@ def chain_policy(listener_port: int, fake: FakeProvider, bedrock_port: int) -> d
 
 @pytest.fixture(scope="module")
 def gw(workdir: Path, fake: FakeProvider) -> Iterator[Gateway]:
-    saved = {name: os.environ.get(name) for name in [*CREDENTIALS, TOKEN_VAR]}
-    os.environ.update(CREDENTIALS)  # Envoy's (credentials: env), never a client's
-    os.environ[TOKEN_VAR] = VERTEX_TOKEN  # the control plane's
-    try:
-        with serving(FakeBedrockInvoke) as bedrock_port:
-            gateway = Gateway.start(workdir, chain_policy(free_port(), fake, bedrock_port), name="chains", workers=1)
-            yield gateway
-            gateway.stop()
-            assert gateway.process.returncode == 0, gateway.log()[-4000:]
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    # Envoy's AWS credentials (credentials: env) and the control plane's token, never a client's.
+    with environment({**CREDENTIALS, TOKEN_VAR: VERTEX_TOKEN}), serving(FakeBedrockInvoke) as bedrock_port:
+        gateway = Gateway.start(workdir, chain_policy(free_port(), fake, bedrock_port), name="chains", workers=1)
+        yield gateway
+        gateway.stop()
+        assert gateway.process.returncode == 0, gateway.log()[-4000:]
 
 
 @pytest.fixture(autouse=True)

@@ -25,7 +25,7 @@ import pytest
 
 from extproc.auth.key_store import SqliteKeyStore
 from extproc.auth.keys import new_key
-from tests.claude_code.cli import ClaudeCode, find_binary
+from tests.claude_code.cli import ClaudeCode, installed_or_skip
 from tests.e2e.gateway import FakeProvider, Gateway, base_policy, free_port, http, wait_until
 
 httpx2 = pytest.importorskip("httpx2")
@@ -252,13 +252,7 @@ def test_each_tool_call_is_in_the_ledger_and_the_audit_log(setup: Setup) -> None
 
 @pytest.fixture(scope="module")
 def claude(tmp_path_factory: pytest.TempPathFactory) -> ClaudeCode:
-    binary = find_binary()
-    if binary is None:
-        message = "Claude Code CLI not installed: npm install --prefix tests/claude_code"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return ClaudeCode(binary, tmp_path_factory.mktemp("claude-code-mcp"))
+    return installed_or_skip(tmp_path_factory.mktemp("claude-code-mcp"))
 
 
 def test_claude_code_calls_a_tool_of_each_server_through_the_gateway(setup: Setup, claude: ClaudeCode, fake) -> None:

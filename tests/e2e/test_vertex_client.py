@@ -20,7 +20,7 @@ import anthropic
 import pytest
 
 from tests.claude_code import scenarios
-from tests.claude_code.cli import ClaudeCode, find_binary
+from tests.claude_code.cli import ClaudeCode, installed_or_skip
 from tests.claude_code.scenarios import TOOL_MARKER
 from tests.e2e.gateway import FakeProvider, Gateway, base_policy, free_port
 
@@ -155,13 +155,7 @@ def test_a_google_error_reaches_the_vertex_client_in_anthropics_shape(vertex: an
 
 @pytest.fixture(scope="module")
 def claude(tmp_path_factory: pytest.TempPathFactory) -> ClaudeCode:
-    binary = find_binary()
-    if binary is None:
-        message = "Claude Code CLI not installed: npm install --prefix tests/claude_code"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return ClaudeCode(binary, tmp_path_factory.mktemp("claude-code-vertex"))
+    return installed_or_skip(tmp_path_factory.mktemp("claude-code-vertex"))
 
 
 def vertex_mode(claude: ClaudeCode, gw: Gateway, model: str, scenario: scenarios.Scenario) -> dict:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.gateway import Gateway, free_port, http, wait_until
+from tests.e2e.gateway import Gateway, environment, free_port, http, wait_until
 
 TOKEN_LIFE_S = 4  # refreshed at half its life: two seconds of margin for the push to Envoy
 FLOW_S = 12.0
@@ -114,17 +113,12 @@ def gw(workdir: Path) -> Iterator[Gateway]:
             }
         ],
     }
-    saved = os.environ.get("GCE_METADATA_HOST")
-    os.environ["GCE_METADATA_HOST"] = f"127.0.0.1:{metadata.server_address[1]}"  # the control plane's
     try:
-        gateway = Gateway.start(workdir, policy, name="vertex-rotation", workers=1)
-        yield gateway
-        gateway.stop()
+        with environment({"GCE_METADATA_HOST": f"127.0.0.1:{metadata.server_address[1]}"}):  # the control plane's
+            gateway = Gateway.start(workdir, policy, name="vertex-rotation", workers=1)
+            yield gateway
+            gateway.stop()
     finally:
-        if saved is None:
-            os.environ.pop("GCE_METADATA_HOST", None)
-        else:
-            os.environ["GCE_METADATA_HOST"] = saved
         metadata.shutdown()
         vertex.shutdown()
 
