@@ -23,7 +23,7 @@ import pytest
 
 from tests.e2e.gateway import Gateway, environment, free_port, http, wait_until
 
-TOKEN_LIFE_S = 4  # refreshed at half its life: two seconds of margin for the push to Envoy
+TOKEN_LIFE_S = 6  # refreshed at half its life: three seconds of margin for the push to Envoy
 FLOW_S = 12.0
 CLIENTS = 3
 VERTEX_ID = "claude-sonnet-4-5@20250929"
@@ -161,8 +161,8 @@ def test_requests_flow_without_a_failure_while_the_token_rotates(gw: Gateway) ->
     print(f"\n{answered[0]} requests in {FLOW_S:.0f} s, {len(tokens)} tokens, {len(failures)} failed")
     assert failures == [], f"{len(failures)} of {answered[0]} requests failed: {failures[:3]}"
     assert refused == []
-    # 12 s of tokens living 4 s, each replaced at half its life: about six of them.
-    assert len(tokens) >= 4, tokens
+    # 12 s of tokens living 6 s, each replaced at half its life: about four of them.
+    assert len(tokens) >= 3, tokens
     assert answered[0] >= 30
 
 
