@@ -61,6 +61,7 @@ from extproc.tokens import SessionUsage
 from extproc.translate.anthropic_responses import usage_from_responses
 from extproc.translate.anthropic_schema import usage_from_anthropic, usage_from_openai
 from extproc.translate.base import Usage
+from extproc.translate.bedrock_converse import usage_of as usage_from_converse
 from extproc.translate.errors import anthropic_error_type, openai_error_type
 from extproc.translate.gemini_common import usage_of
 from extproc.usage_sink import NullSink, UsageSink
@@ -95,6 +96,8 @@ def usage_from_counts(counts: Mapping[str, int]) -> Usage:
         )
     if "promptTokenCount" in counts:
         return usage_of(dict(counts))
+    if "inputTokens" in counts:  # Bedrock's Converse (its inputTokens leave the cache's out, as Anthropic's)
+        return usage_from_converse(dict(counts))
     if "cached_tokens" in counts:  # the Responses API: its input_tokens include the cached ones
         return usage_from_responses(
             {

@@ -22,6 +22,7 @@ from fake_provider.anthropic_api import AnthropicApi
 from fake_provider.api import JSON_CONTENT_TYPE, SSE_CONTENT_TYPE, BadRequest, ProviderApi
 from fake_provider.bedrock_api import BedrockApi
 from fake_provider.config import FakeConfig, Faults, Midstream, take_faults
+from fake_provider.converse_api import ConverseApi
 from fake_provider.gemini_api import GeminiApi
 from fake_provider.openai_api import OpenAIApi
 from fake_provider.reply import plan_reply
@@ -38,6 +39,7 @@ _OPENAI = OpenAIApi()
 _GEMINI = GeminiApi()
 _RESPONSES = ResponsesApi()
 _BEDROCK = BedrockApi()
+_CONVERSE = ConverseApi()
 _VERTEX = VertexApi()
 
 _JSON_HEADERS = {"Content-Type": JSON_CONTENT_TYPE}
@@ -158,12 +160,19 @@ class FakeProvider:
     async def bedrock_invoke_stream(self, request: web.Request) -> web.StreamResponse:
         return await self._bedrock(request, stream=True)
 
-    async def _bedrock(self, request: web.Request, *, stream: bool) -> web.StreamResponse:
-        """Bedrock InvokeModel for Anthropic models; every error says its type in x-amzn-ErrorType."""
+    async def bedrock_converse(self, request: web.Request) -> web.StreamResponse:
+        return await self._bedrock(request, stream=False, api=_CONVERSE)
+
+    async def bedrock_converse_stream(self, request: web.Request) -> web.StreamResponse:
+        return await self._bedrock(request, stream=True, api=_CONVERSE)
+
+    async def _bedrock(self, request: web.Request, *, stream: bool, api: BedrockApi = _BEDROCK) -> web.StreamResponse:
+        """Bedrock InvokeModel for Anthropic models, or Converse (``api``) for any model; every error
+        says its type in x-amzn-ErrorType."""
         raw = await request.read()
         headers = {name.lower(): value for name, value in request.headers.items()}
         config = self.config
-        problem = _BEDROCK.verify_request(
+        problem = api.verify_request(
             request.method, request.raw_path, headers, raw, config.aws_credentials, config.aws_clock_offset_s
         )
         if problem is not None:
@@ -172,12 +181,12 @@ class FakeProvider:
                     self._record(request, orjson.loads(raw), len(raw))
                 except orjson.JSONDecodeError:
                     self._record(request, _MALFORMED, len(raw))
-            response = _error(_BEDROCK, 403, problem)
+            response = _error(api, 403, problem)
             response.headers["x-amzn-ErrorType"] = "InvalidSignatureException"
             return response
-        response = await self._generate(request, _BEDROCK, path_model=request.match_info["model_id"], stream=stream)
+        response = await self._generate(request, api, path_model=request.match_info["model_id"], stream=stream)
         if response.status >= 400:
-            response.headers["x-amzn-ErrorType"] = _BEDROCK.error_type(response.status)
+            response.headers["x-amzn-ErrorType"] = api.error_type(response.status)
         return response
 
     async def _generate(
@@ -382,6 +391,9 @@ def build_app(config: FakeConfig) -> web.Application:
     routes += [
         web.post("/model/{model_id:.+}/invoke", provider.bedrock_invoke),
         web.post("/model/{model_id:.+}/invoke-with-response-stream", provider.bedrock_invoke_stream),
+        # Converse, Bedrock's one body for every vendor's models (fake_provider.converse_api).
+        web.post("/model/{model_id:.+}/converse", provider.bedrock_converse),
+        web.post("/model/{model_id:.+}/converse-stream", provider.bedrock_converse_stream),
     ]
     app.add_routes(routes)
     return app

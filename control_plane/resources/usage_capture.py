@@ -84,9 +84,15 @@ USAGE_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
     "cachedContentTokenCount": (("usageMetadata", "cachedContentTokenCount"),),
     "thoughtsTokenCount": (("usageMetadata", "thoughtsTokenCount"),),
     "toolUsePromptTokenCount": (("usageMetadata", "toolUsePromptTokenCount"),),
+    # Bedrock's Converse, a buffered answer (a ConverseStream's frames are binary: ext_proc hands
+    # their usage to Envoy itself, extproc.processor)
+    "inputTokens": (("usage", "inputTokens"),),
+    "outputTokens": (("usage", "outputTokens"),),
+    "cacheReadInputTokens": (("usage", "cacheReadInputTokens"),),
+    "cacheWriteInputTokens": (("usage", "cacheWriteInputTokens"),),
 }
 # One of these is in every usage report of its API: an access log entry without any has no usage.
-PROMPT_KEYS = ("input_tokens", "prompt_tokens", "promptTokenCount")
+PROMPT_KEYS = ("input_tokens", "prompt_tokens", "promptTokenCount", "inputTokens")
 
 
 def _rules() -> list[dict[str, Any]]:

@@ -13,6 +13,10 @@ modelStreamErrorException, ...) ends the stream with an Anthropic ``error`` even
 is ``{"message": ...}`` (its type is in the x-amzn-ErrorType header, which the response_error phase
 does not see: the status says enough) and becomes Anthropic's error shape.
 
+A model that is not Anthropic's (Amazon Nova, Meta Llama, Mistral...: ``uses_converse``) takes no
+Anthropic body: its requests go to Bedrock's Converse API instead, through the codec in
+extproc.translate.bedrock_converse, which this translator hands the request and the response to.
+
 Requests are signed (SigV4) by Envoy, never here: this translator sets no auth header.
 One instance per request; not thread-safe.
 """
@@ -22,8 +26,9 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import orjson
@@ -52,6 +57,9 @@ from extproc.translate.client_request import ClientRequest
 from extproc.translate.errors import error_body
 from extproc.translate.passthrough import _has_unsigned_thinking, _without_unsigned_thinking
 from extproc.translate.wire import as_int, error_message, upstream_error_message
+
+if TYPE_CHECKING:
+    from extproc.translate.bedrock_converse import AnthropicToConverse
 
 log = logging.getLogger("ccr.extproc.translate")
 
@@ -120,6 +128,23 @@ def bedrock_error_status(error_type: str, status: int, stream: bool = False) -> 
     return found if found is not None else _STATUS_BY_STATUS.get(status, status)
 
 
+# A Bedrock model id's vendor: ``amazon`` in ``amazon.nova-pro-v1:0``, ``us.amazon.nova-lite-v1:0``
+# (a cross-region inference profile) or an ARN ending ``foundation-model/amazon.nova-pro-v1:0``.
+_REGIONS = ("us", "eu", "apac", "global", "us-gov", "jp", "au", "ca")  # cross-region profiles' prefixes
+_VENDOR = re.compile(r"(?:(?:" + "|".join(_REGIONS) + r")\.)?([a-z][a-z0-9]*)\.[^.]")
+
+
+def uses_converse(model: str) -> bool:
+    """Whether a Bedrock model id names a model of another vendor than Anthropic, which takes no
+    Anthropic body and is reached through the Converse API. An id that names no vendor (an
+    application inference profile's or a provisioned model's ARN, a test's "m") keeps InvokeModel
+    with the Anthropic body, as before Converse was supported."""
+    if "anthropic." in model:
+        return False
+    found = _VENDOR.match(model.rpartition("/")[2])
+    return found is not None and found.group(1) not in _REGIONS
+
+
 def bedrock_path(base_path: str, model: str, stream: bool) -> str:
     action = "invoke-with-response-stream" if stream else "invoke"
     return f"{base_path}/model/{quote(model, safe='')}/{action}"
@@ -134,8 +159,27 @@ class AnthropicToBedrock(ResponsePhases):
         super().__init__()
         self._eventstream = False  # what the provider actually sends, known from its content-type
         self._machine: BedrockStream | None = None
+        # The Converse codec, for a model that is not Anthropic's: every phase is then its.
+        self._converse: AnthropicToConverse | None = None
+
+    def _converse_for(self, model: str) -> AnthropicToConverse | None:
+        # A Bedrock client (BedrockPassthrough) sends InvokeModel's Anthropic body whatever the model.
+        if self.client_api is not Api.ANTHROPIC or not uses_converse(model):
+            return None
+        # Imported here: the codec imports this module's error handling, and only a policy with a
+        # non-Anthropic Bedrock model needs it loaded (as the registry loads translators).
+        from extproc.translate.bedrock_converse import AnthropicToConverse
+
+        return AnthropicToConverse()
+
+    @property
+    def estimate(self) -> int:
+        return self._converse.estimate if self._converse is not None else self._estimate
 
     def request(self, request: ClientRequest, target: Target) -> UpstreamRequest:
+        self._converse = self._converse_for(target.model)
+        if self._converse is not None:
+            return self._converse.request(request, target)  # type: ignore[arg-type]  # an Anthropic client's
         body = request.body
         # A new dict: the parsed body stays intact for a fallback attempt.
         upstream = {key: value for key, value in body.items() if key not in _DROPPED_FIELDS}
@@ -153,6 +197,10 @@ class AnthropicToBedrock(ResponsePhases):
         )
 
     def prime(self, context: ResponseContext) -> None:
+        self._converse = self._converse_for(context.model)
+        if self._converse is not None:
+            self._converse.prime(context)
+            return
         self._model = context.model
         self._stream = self._eventstream = context.stream
         self._estimate = context.estimate
@@ -160,27 +208,21 @@ class AnthropicToBedrock(ResponsePhases):
     # --- response ---------------------------------------------------------------------------
 
     def response_headers(self, status: int, headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+        if self._converse is not None:
+            return self._converse.response_headers(status, headers)
         if status >= 300 or not self._stream:
             return (("content-type", "application/json"),)
         # invoke-with-response-stream always frames; a JSON answer is replayed as the stream.
         self._eventstream = "json" not in headers.get("content-type", "").lower()
         return (("content-type", "text/event-stream"), ("cache-control", "no-cache"))
 
+    def response_body(self, chunk: bytes, end_of_stream: bool) -> TranslatedChunk:
+        if self._converse is not None:
+            return self._converse.response_body(chunk, end_of_stream)
+        return super().response_body(chunk, end_of_stream)
+
     def response_error(self, status: int, body: bytes) -> TranslatedBody:
-        error_type = ""
-        try:
-            parsed = orjson.loads(body) if body else None
-        except orjson.JSONDecodeError:
-            parsed = None
-        if isinstance(parsed, dict):
-            found = parsed.get("__type") or parsed.get("code") or ""
-            error_type = found if isinstance(found, str) else ""
-        answered = bedrock_error_status(error_type, status)
-        message = upstream_error_message(status, body)
-        if _error_name(error_type) in _CREDENTIAL_ERRORS or (not error_type and refused_credentials(status, message)):
-            answered = 502
-            message = f"Bedrock refused the gateway's AWS credentials ({message}); check them and this host's clock"
-        return TranslatedBody(status=answered, body=error_body(self.client_api, answered, message))
+        return bedrock_error(self.client_api, status, body)  # InvokeModel's and Converse's alike
 
     def _streaming(self) -> bool:
         return self._stream and self._eventstream
@@ -208,6 +250,25 @@ class AnthropicToBedrock(ResponsePhases):
         frames.insert(1, PING_FRAME)  # after message_start, as in Anthropic's own streams
         body = b"".join(frames)
         return TranslatedChunk(body=body, usage=usage_from_anthropic(message.get("usage")))
+
+
+def bedrock_error(client_api: Api, status: int, body: bytes) -> TranslatedBody:
+    """A Bedrock error answer (InvokeModel's or Converse's: ``{"message": ...}``) in the client's
+    format, with the status its type means."""
+    error_type = ""
+    try:
+        parsed = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict):
+        found = parsed.get("__type") or parsed.get("code") or ""
+        error_type = found if isinstance(found, str) else ""
+    answered = bedrock_error_status(error_type, status)
+    message = upstream_error_message(status, body)
+    if _error_name(error_type) in _CREDENTIAL_ERRORS or (not error_type and refused_credentials(status, message)):
+        answered = 502
+        message = f"Bedrock refused the gateway's AWS credentials ({message}); check them and this host's clock"
+    return TranslatedBody(status=answered, body=error_body(client_api, answered, message))
 
 
 class BedrockStream:
@@ -247,7 +308,7 @@ class BedrockStream:
         kind = message.message_type
         if kind == "exception":
             status = bedrock_error_status(message.event_type, 502, stream=True)
-            text = _payload_message(message.payload) or message.event_type or "Bedrock stream exception"
+            text = payload_message(message.payload) or message.event_type or "Bedrock stream exception"
             self._fail(out, status, text)
         elif kind == "error":
             text = message.headers.get(":error-message")
@@ -299,7 +360,7 @@ class BedrockStream:
         self._done = True
 
 
-def _payload_message(payload: bytes) -> str | None:
+def payload_message(payload: bytes) -> str | None:
     """The message of an exception frame's JSON payload (``{"message": ...}``)."""
     try:
         return error_message(orjson.loads(payload)) if payload else None

@@ -286,7 +286,7 @@ def test_the_counting_copy_passes_every_client_request_and_the_session_copies_us
     expression = undecided["extensionFilter"]["typedConfig"]["expression"]
     assert "response.code >= 400" in expression and f"'{METADATA_NAMESPACE}' in metadata.filter_metadata" in expression
     matchers = [f["metadataFilter"]["matcher"] for f in session["orFilter"]["filters"]]
-    assert [m["filter"] for m in matchers] == [USAGE_NAMESPACE] * 3 + [METADATA_NAMESPACE]
+    assert [m["filter"] for m in matchers] == [USAGE_NAMESPACE] * 4 + [METADATA_NAMESPACE]
     assert matchers[-1]["path"] == [{"key": KEY_ID_LABEL}]  # the worker that admitted it settles its limits
 
 
