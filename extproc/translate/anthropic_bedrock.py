@@ -271,32 +271,53 @@ def bedrock_error(client_api: Api, status: int, body: bytes) -> TranslatedBody:
     return TranslatedBody(status=answered, body=error_body(client_api, answered, message))
 
 
-class BedrockStream:
-    """Event-stream frames in, Anthropic SSE out. The usage is reported once, at the end."""
+class FramedStream:
+    """What Bedrock's two streams (InvokeModel's, Converse's) share: the AWS event-stream frames of
+    each chunk decoded and handed to ``_frame`` until the stream is done, a corrupt frame failing it
+    (``_fail``: an Anthropic ``error`` event, after which nothing more goes out)."""
 
-    __slots__ = ("_decoder", "_done", "_open_block", "_started", "_usage")
+    __slots__ = ("_decoder", "_done")
 
     def __init__(self) -> None:
         self._decoder = EventStreamDecoder()
+        self._done = False  # message_stop or an error sent: nothing more goes out
+
+    def _decode(self, chunk: bytes, end_of_stream: bool, out: list[bytes]) -> None:
+        if self._done:
+            return
+        try:
+            messages = self._decoder.feed(chunk)
+            if end_of_stream:
+                messages += self._decoder.close()
+        except EventStreamError as exc:
+            self._fail(out, 502, f"invalid event stream from Bedrock: {exc}")
+            return
+        for message in messages:
+            if self._done:
+                break
+            self._frame(message, out)
+
+    def _frame(self, message: Message, out: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def _fail(self, out: list[bytes], status: int, message: str) -> None:
+        raise NotImplementedError
+
+
+class BedrockStream(FramedStream):
+    """InvokeModel's frames in, Anthropic SSE out. The usage is reported once, at the end."""
+
+    __slots__ = ("_open_block", "_started", "_usage")
+
+    def __init__(self) -> None:
+        super().__init__()
         self._usage: Usage | None = None
         self._started = False  # message_start sent
         self._open_block: int | None = None  # index of the content block started and not stopped
-        self._done = False  # message_stop or an error sent: nothing more goes out
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> TranslatedChunk:
         out: list[bytes] = []
-        if not self._done:
-            try:
-                messages = self._decoder.feed(chunk)
-                if end_of_stream:
-                    messages += self._decoder.close()
-            except EventStreamError as exc:
-                self._fail(out, 502, f"invalid event stream from Bedrock: {exc}")
-                messages = []
-            for message in messages:
-                if self._done:
-                    break
-                self._frame(message, out)
+        self._decode(chunk, end_of_stream, out)
         if end_of_stream and not self._done:
             self._fail(out, 502, "upstream closed the stream before the message completed")
         usage = self._usage if end_of_stream or self._done else None

@@ -37,8 +37,8 @@ import orjson
 
 from extproc.sse import encode_event
 from extproc.translate import anthropic_schema as A
-from extproc.translate.anthropic_bedrock import bedrock_error, bedrock_error_status, payload_message
-from extproc.translate.aws_eventstream import EventStreamDecoder, EventStreamError, Message
+from extproc.translate.anthropic_bedrock import FramedStream, bedrock_error, bedrock_error_status, payload_message
+from extproc.translate.aws_eventstream import Message
 from extproc.translate.base import (
     Api,
     ResponseContext,
@@ -219,15 +219,13 @@ def message_from_converse(
     return anthropic_message, usage
 
 
-class ConverseStream:
+class ConverseStream(FramedStream):
     """ConverseStream's event-stream frames in, Anthropic SSE out. The usage is reported once, at the
     end. Converse sends the usage in a ``metadata`` event after ``messageStop``, so the closing
     ``message_delta`` waits for both (or for the end of the stream)."""
 
     __slots__ = (
         "_blocks",
-        "_decoder",
-        "_done",
         "_estimate",
         "_message_id",
         "_model",
@@ -240,7 +238,7 @@ class ConverseStream:
     )
 
     def __init__(self, message_id: str, model: str, estimate: int, show_thinking: bool) -> None:
-        self._decoder = EventStreamDecoder()
+        super().__init__()
         self._blocks = A.BlockWriter()
         self._message_id = message_id
         self._model = model
@@ -250,23 +248,11 @@ class ConverseStream:
         self._open: int | None = None  # Converse's index of the block open now (BlockWriter's is its own)
         self._stop: str | None = None  # Anthropic's stop_reason, once messageStop came
         self._usage: Usage | None = None  # once metadata came
-        self._done = False  # message_stop or an error sent: nothing more goes out
         self._reported = False  # the usage went out with a chunk
 
     def feed(self, chunk: bytes, end_of_stream: bool) -> TranslatedChunk:
         out: list[bytes] = []
-        if not self._done:
-            try:
-                messages = self._decoder.feed(chunk)
-                if end_of_stream:
-                    messages += self._decoder.close()
-            except EventStreamError as exc:
-                self._fail(out, 502, f"invalid event stream from Bedrock: {exc}")
-                messages = []
-            for message in messages:
-                if self._done:
-                    break
-                self._frame(message, out)
+        self._decode(chunk, end_of_stream, out)
         if end_of_stream and not self._done:
             if self._stop is not None:  # messageStop came, the metadata event did not
                 self._finish(out)
