@@ -14,13 +14,15 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 
+T = TypeVar("T")
 _HANDED_OUT: set[int] = set()  # ports free_port gave this process: a test asking twice gets two
 
 
@@ -322,3 +324,19 @@ def environment(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def settled(read: Callable[[], T], quiet_s: float = 0.3, timeout_s: float = 5.0) -> T:
+    """``read()`` once it stopped changing for ``quiet_s`` (at most ``timeout_s``): the counts a
+    gateway's usage log updates, with the earlier tests' entries arrived. Envoy flushes that log
+    every 100 ms per worker thread, so a request that just ended may still be counted a moment
+    later, inside the next test's window, unless that test waits for quiet first."""
+    last = read()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = read()
+        if now == last:
+            return now
+        last = now
+    return last

@@ -23,7 +23,7 @@ import openai
 import pytest
 
 from tests.e2e.bedrock_support import CREDENTIALS, REGION
-from tests.e2e.gateway import FakeProvider, Gateway, base_policy, free_port, wait_until
+from tests.e2e.gateway import FakeProvider, Gateway, base_policy, free_port, settled, wait_until
 
 MODEL_ID = "amazon.nova-pro-v1:0"
 PROVIDER = "bedrock-converse"
@@ -115,7 +115,7 @@ def test_a_nova_model_is_asked_through_converse_with_a_valid_signature(
 
 
 def test_a_buffered_converse_answer_is_counted(claude: anthropic.Anthropic, gw: Gateway) -> None:
-    before = counted(gw)
+    before = settled(lambda: counted(gw))
     message = claude.messages.create(model="nova-pro", max_tokens=64, messages=[{"role": "user", "content": "Count"}])
     wait_until(lambda: counted(gw)["output"] > before["output"], 10, "the answer's tokens in ccr_tokens_total")
     after = counted(gw)
@@ -126,7 +126,7 @@ def test_a_buffered_converse_answer_is_counted(claude: anthropic.Anthropic, gw: 
 def test_a_converse_stream_reaches_the_client_as_anthropic_events_and_is_counted(
     claude: anthropic.Anthropic, fake: FakeProvider, gw: Gateway
 ) -> None:
-    before = counted(gw)
+    before = settled(lambda: counted(gw))
     with claude.messages.stream(
         model="nova-pro", max_tokens=64, messages=[{"role": "user", "content": "Stream please"}]
     ) as stream:

@@ -28,7 +28,7 @@ import anthropic
 import pytest
 
 from tests.e2e.bedrock_support import CREDENTIALS, REGION, FakeBedrock, FakeBedrockInvoke, serving
-from tests.e2e.gateway import FakeProvider, Gateway, base_policy, environment, free_port, wait_until
+from tests.e2e.gateway import FakeProvider, Gateway, base_policy, environment, free_port, settled, wait_until
 
 VERTEX_TOKEN = "ya29.e2e-chain-token"
 TOKEN_VAR = "CCR_TEST_CHAIN_VERTEX_TOKEN"
@@ -178,7 +178,7 @@ def test_a_bedrock_stream_is_counted_from_its_event_stream(claude: anthropic.Ant
             for kind in ("input", "output")
         }
 
-    before = counted()
+    before = settled(counted)
     with claude.messages.stream(model="claude-fake-bedrock", max_tokens=64, messages=USER) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
