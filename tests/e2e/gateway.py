@@ -326,7 +326,7 @@ def environment(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def settled(read: Callable[[], T], quiet_s: float = 0.3, timeout_s: float = 5.0) -> T:
+def settled(read: Callable[[], T], quiet_s: float = 0.5, timeout_s: float = 5.0) -> T:
     """``read()`` once it stopped changing for ``quiet_s`` (at most ``timeout_s``): the counts a
     gateway's usage log updates, with the earlier tests' entries arrived. Envoy flushes that log
     every 100 ms per worker thread, so a request that just ended may still be counted a moment
