@@ -125,7 +125,11 @@ async def test_flights_on_every_master_wake_their_followers_on_another_client(to
         assert all(leaders)
         await asyncio.sleep(0.3)  # the follower's subscription is up before the ends are published
         followers = asyncio.gather(*(two.join(key, 10.0) for key in keys))
-        await asyncio.sleep(0.2)
+        # Every follower's claim refused and its wait registered before the ends (a fixed sleep was
+        # too short on a loaded CI host: the claims came after the ends and led instead).
+        deadline = asyncio.get_running_loop().time() + 10
+        while set(two.shared._waiting) != set(keys) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
         loop = asyncio.get_running_loop()
         ended = loop.time()
         for key, leader in zip(keys, leaders, strict=True):
