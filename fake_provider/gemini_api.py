@@ -25,7 +25,8 @@ from fake_provider.reply import (
 # Gemini ends a function-call turn with STOP too; only truncation is told apart.
 _FINISH_REASONS = {Stop.END: "STOP", Stop.TOOL: "STOP", Stop.LENGTH: "MAX_TOKENS"}
 
-_STATUSES = {
+# google.rpc.Code names by HTTP status, as Google's JSON errors carry them (Gemini's and Vertex's).
+GOOGLE_STATUSES = {
     400: "INVALID_ARGUMENT",
     401: "UNAUTHENTICATED",
     403: "PERMISSION_DENIED",
@@ -91,7 +92,7 @@ class GeminiApi:
         ]
 
     def error_body(self, status: int, message: str) -> bytes:
-        code = _STATUSES.get(status, "INTERNAL" if status >= 500 else "FAILED_PRECONDITION")
+        code = GOOGLE_STATUSES.get(status, "INTERNAL" if status >= 500 else "FAILED_PRECONDITION")
         return orjson.dumps({"error": {"code": status, "message": message, "status": code}})
 
     def stream_error_event(self) -> bytes:

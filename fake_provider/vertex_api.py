@@ -20,24 +20,11 @@ import orjson
 
 from fake_provider.anthropic_api import AnthropicApi
 from fake_provider.api import BadRequest
+from fake_provider.gemini_api import GOOGLE_STATUSES
 from fake_provider.reply import Conversation
 
 VERTEX_ANTHROPIC_VERSION = "vertex-2023-10-16"
 COUNT_TOKENS_MODEL = "count-tokens"
-# google.rpc.Code names by HTTP status, as Google's JSON errors carry them.
-_STATUS_NAMES = {
-    400: "INVALID_ARGUMENT",
-    401: "UNAUTHENTICATED",
-    403: "PERMISSION_DENIED",
-    404: "NOT_FOUND",
-    409: "ABORTED",
-    429: "RESOURCE_EXHAUSTED",
-    499: "CANCELLED",
-    500: "INTERNAL",
-    501: "NOT_IMPLEMENTED",
-    503: "UNAVAILABLE",
-    504: "DEADLINE_EXCEEDED",
-}
 
 
 class VertexApi(AnthropicApi):
@@ -70,7 +57,7 @@ def _check_vertex_body(body: Any) -> None:
 
 
 def google_error(status: int, message: str) -> bytes:
-    name = _STATUS_NAMES.get(status, "UNKNOWN" if status >= 500 else "FAILED_PRECONDITION")
+    name = GOOGLE_STATUSES.get(status, "UNKNOWN" if status >= 500 else "FAILED_PRECONDITION")
     return orjson.dumps({"error": {"code": status, "message": message, "status": name}})
 
 
