@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import subprocess
+import sys
 from dataclasses import replace
 from urllib.parse import parse_qs
 
@@ -20,12 +22,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from ccr.v1.contract import ENVOY_GROUP, EXTPROC_GROUP
-from control_plane import gcp_tokens
+from control_plane import gcp_token_sources, gcp_tokens
+from control_plane.gcp_token_sources import JWT_BEARER, MetadataSource, ServiceAccountSource
 from control_plane.gcp_tokens import (
-    JWT_BEARER,
     EnvTokenSource,
-    MetadataSource,
-    ServiceAccountSource,
     Token,
     TokenError,
     TokenRefresher,
@@ -102,7 +102,7 @@ async def endpoint(private_key):
     fake = FakeTokenEndpoint(private_key.public_key())
     app = web.Application()
     app.router.add_post("/token", fake.token)
-    app.router.add_get(gcp_tokens.METADATA_TOKEN_PATH, fake.metadata)
+    app.router.add_get(gcp_token_sources.METADATA_TOKEN_PATH, fake.metadata)
     server = TestServer(app)
     await server.start_server()
     fake.url = str(server.make_url(""))  # type: ignore[attr-defined]
@@ -321,3 +321,10 @@ async def test_the_control_plane_follows_a_vertex_providers_token_into_envoys_se
         plane.gcp_tokens.stop()
         await plane.audit.close()
         await plane.source.close()
+
+
+def test_a_control_plane_without_vertex_providers_loads_neither_aiohttp_nor_cryptography():
+    """~16 MB of every control plane's memory (docs/performance.md: the gateway's RSS budget)."""
+    probe = "import sys, control_plane.server; print(sorted({m.split('.')[0] for m in sys.modules} & {'aiohttp', 'cryptography'}))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
