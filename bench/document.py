@@ -207,7 +207,9 @@ def markdown(summary: dict[str, Any], command: str) -> str:
     lines += cache_text(summary)
     if rest := at_rest_rows(summary):
         lines += [
-            "RSS (MB) at rest, right after startup and before any load:",
+            "RSS (MB) at rest, right after startup and before any load; *footprint*: the memory of the "
+            "target's processes together, a page they share (the Python interpreter's and its "
+            "extension modules' code) counted once, where *total* counts it once per process:",
             "",
             markdown_table(AT_REST_HEADER, rest),
             "",

@@ -336,14 +336,13 @@ def gateway_policy(
 
 
 def memory_at_rest(components: procfs.Components, roles: tuple[str, ...]) -> dict[str, Any]:
-    """RSS of each process of ``roles`` now, and the totals per role."""
-    per_process = {
-        role: [round(procfs.read_rss_kb(pid) / 1024, 1) for pid in pids]
-        for role, pids in components.pids().items()
-        if role in roles
-    }
+    """RSS of each process of ``roles`` now, the totals per role, and the footprint of them all
+    (procfs.footprint_kb: pages they share counted once)."""
+    pids = {role: pids for role, pids in components.pids().items() if role in roles}
+    per_process = {role: [round(procfs.read_rss_kb(pid) / 1024, 1) for pid in group] for role, group in pids.items()}
     return {
         "rss_mb": {role: round(sum(values), 1) for role, values in per_process.items()},
+        "footprint_mb": round(procfs.footprint_kb(pid for group in pids.values() for pid in group) / 1024, 1),
         "processes": {role: len(values) for role, values in per_process.items()},
         "rss_mb_per_process": per_process,
     }

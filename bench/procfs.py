@@ -2,7 +2,8 @@
 
 CPU is ``utime + stime`` from ``/proc/<pid>/stat``: all threads of the process, including threads
 that have already exited, in clock ticks (10 ms on most kernels, so measure windows of seconds).
-RSS is ``VmRSS`` from ``/proc/<pid>/status``.
+RSS is ``VmRSS`` from ``/proc/<pid>/status``; a group's footprint (``footprint_kb``) comes from
+``/proc/<pid>/smaps``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,39 @@ def read_stat(pid: int) -> ProcStat | None:
         cpu_s=(int(fields[11]) + int(fields[12])) / CLOCK_TICKS,
         start_ticks=int(fields[19]),
     )
+
+
+def footprint_kb(pids: Iterable[int]) -> int:
+    """The resident memory of a group of processes, each page counted once: its anonymous memory
+    (private to each process: they are exec'd, not forked) plus each file mapping's resident pages
+    once for the group (the largest resident size of that file range among them). A sum of RSS
+    counts the code every Python process maps (the interpreter, grpc's and protobuf's extension
+    modules) once per process; a sum of PSS would count the group's share of pages it shares with
+    processes outside it (the benchmark's other Envoys and Pythons) and come out too small."""
+    anonymous, files = 0, {}  # files: (device, inode, offset, length) -> resident kB
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps", "rb") as f:
+                key = None
+                for line in f:
+                    head = line.split(None, 5)
+                    if b"-" in head[0] and len(head) >= 5:  # "start-end perms offset dev inode [path]"
+                        # A file range: its device, inode, offset and length; None: anonymous memory.
+                        key = None if head[4] == b"0" else (head[3], head[4], head[2], _length(head[0]))
+                    elif head[0] == b"Rss:":
+                        kb = int(head[1])
+                        if key is None:
+                            anonymous += kb
+                        else:
+                            files[key] = max(files.get(key, 0), kb)
+        except OSError:
+            continue
+    return anonymous + sum(files.values())
+
+
+def _length(span: bytes) -> int:
+    start, _, end = span.partition(b"-")
+    return int(end, 16) - int(start, 16)
 
 
 def read_rss_kb(pid: int) -> int:

@@ -10,6 +10,9 @@ import copy
 import json
 import os
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -407,6 +410,7 @@ def _results() -> dict[str, Any]:
             "rss_mb": {"envoy": 60.0, "ext_proc": 110.0, "control_plane": 70.0},
             "processes": {"envoy": 1, "ext_proc": 2, "control_plane": 2},
             "rss_mb_per_process": {"envoy": [60.0], "ext_proc": [55.0, 55.0], "control_plane": [45.0, 25.0]},
+            "footprint_mb": 183.0,
         },
     }
     soak = {
@@ -475,7 +479,7 @@ def test_every_budget_line_is_met_by_a_good_run_and_judges_only_the_hop_gateway(
         (lambda r: r["half_load"][GATEWAY]["load"]["latency_ms"].update(p99=13.5), "added p99"),
         (lambda r: r["soak"]["growth_pct"].update(ext_proc=10.0), "RSS growth"),
         (lambda r: r["at_rest"][GATEWAY]["rss_mb_per_process"].update(ext_proc=[55.0, 61.0]), "an ext_proc worker"),
-        (lambda r: r["at_rest"][GATEWAY]["rss_mb"].update(control_plane=81.0), "whole gateway"),
+        (lambda r: r["at_rest"][GATEWAY].update(footprint_mb=251.0), "whole gateway"),
     ],
 )
 def test_each_budget_line_is_not_met_past_its_limit(change: Any, words: str) -> None:
@@ -484,6 +488,16 @@ def test_each_budget_line_is_not_met_past_its_limit(change: Any, words: str) -> 
     verdicts = _verdicts(results)
     assert _verdict(verdicts, words) == NOT_MET
     assert [text for text, v in verdicts.items() if v != MET] == [t for t in verdicts if words in t]
+
+
+def test_the_whole_gateways_memory_is_judged_on_its_footprint_with_the_rss_sum_beside_it() -> None:
+    results = _results()
+    results["at_rest"][GATEWAY]["rss_mb"].update(control_plane=120.0)  # RSS sum 290: shared pages per process
+    (line,) = [line for line in report.summarize(results)["budget"] if "whole gateway" in line["budget"]]
+    assert line["verdict"] == MET and "footprint" in line["budget"] and line["value"] == "183.0 MB"
+    assert "290.0 MB" in line["detail"]
+    del results["at_rest"][GATEWAY]["footprint_mb"]  # results from before it was recorded: their RSS sum
+    assert _verdict(_verdicts(results), "whole gateway") == NOT_MET
 
 
 def test_budget_lines_without_their_measurement_say_not_measured() -> None:
@@ -654,3 +668,18 @@ def test_a_responses_request_is_judged_against_the_same_conversation_from_a_chat
     assert _verdict(verdicts_with(0.35), "over the Chat path") == MET  # 0.85 vs 0.80 ms: +6.3%
     assert _verdict(verdicts_with(0.40), "over the Chat path") == NOT_MET  # 0.90 vs 0.80 ms: +12.5%
     assert not any("over the Chat path" in text for text in _verdicts(_results()))  # not run: no line
+
+
+def test_a_groups_footprint_counts_the_code_its_processes_share_once() -> None:
+    children = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) for _ in range(2)]
+    try:
+        time.sleep(0.5)
+        one = procfs.footprint_kb([children[0].pid])
+        both = procfs.footprint_kb([child.pid for child in children])
+        rss = sum(procfs.read_rss_kb(child.pid) for child in children)
+        assert one > 0 and both < rss  # the interpreter's pages once, not twice
+        assert one < both < 2 * one
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
