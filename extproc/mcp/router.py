@@ -21,7 +21,7 @@ every refusal is a JSON-RPC error with the HTTP status of ``extproc.mcp.transpor
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
@@ -170,8 +170,10 @@ def handle_post(
     session: Session | None,
     access: Access,
     now: float,
-    new_session_id: str,
+    new_session_id: Callable[[], str],
 ) -> Decision:
+    """``new_session_id``: called for an initialize only (a session id is 16 random bytes from the
+    OS: no system call for the other messages)."""
     for check in (transport.check_origin(headers, config.allowed_origins), transport.check_post_headers(headers)):
         if check is not None:
             return _refuse(check)
@@ -181,7 +183,7 @@ def handle_post(
     if isinstance(parsed, tuple):  # only under a batching revision, which we never negotiate
         return _refuse(ProtocolError(INVALID_REQUEST, "Invalid Request: batches are not supported", 400))
     if isinstance(parsed, Request) and parsed.method == "initialize":
-        return _initialize(config, catalog, parsed, access, now, new_session_id)
+        return _initialize(config, catalog, parsed, access, now, new_session_id())
     found = _session_for(headers, session, now)
     if isinstance(found, ProtocolError):
         return _refuse(found)

@@ -105,7 +105,7 @@ def session_headers(session: Session, **extra: str) -> dict[str, str]:
 
 def start(catalog: Catalog | None = None, access: Access = ALLOW_ALL, **caps: Any) -> Session:
     decision = handle_post(
-        CONFIG, catalog or two_servers(), POST_HEADERS, initialize_body(**caps), None, access, NOW, SESSION_ID
+        CONFIG, catalog or two_servers(), POST_HEADERS, initialize_body(**caps), None, access, NOW, lambda: SESSION_ID
     )
     assert decision.status == 200 and decision.session is not None
     return decision.session
@@ -121,7 +121,7 @@ def post(
     now: float = NOW + 1,
 ) -> Decision:
     hdrs = headers if headers is not None else (session_headers(session) if session else POST_HEADERS)
-    return handle_post(CONFIG, catalog or two_servers(), hdrs, body, session, access, now, "unused-new-id")
+    return handle_post(CONFIG, catalog or two_servers(), hdrs, body, session, access, now, lambda: "unused-new-id")
 
 
 def body_of(decision: Decision) -> dict[str, Any]:

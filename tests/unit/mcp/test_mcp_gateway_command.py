@@ -3,6 +3,7 @@ tool call leaves in the hash-chained audit log (a local SQLite file here)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,24 @@ async def test_each_tool_call_is_a_chained_audit_entry_without_arguments(
     ]
     assert entries[0].details["duration_ms"] == 250.0 and "arguments" not in entries[0].details
     assert verify(load_key(str(key_file)), entries) is None  # an unbroken chain
+
+
+async def test_the_tool_calls_of_a_window_go_in_one_audit_transaction() -> None:
+    class Counting:
+        def __init__(self) -> None:
+            self.batches: list[int] = []
+
+        async def append_many(self, drafts: list) -> list:
+            self.batches.append(len(drafts))
+            return []
+
+        async def close(self) -> None:
+            pass
+
+    log = Counting()
+    audit = ToolCallAudit(log, window_s=0.05)  # type: ignore[arg-type]
+    for _ in range(3):  # one after another, as calls come at 200 calls/s
+        audit.tool_call(ToolCall("req", 1.0, 0.001, "/mcp", "github", "search", "ok", "acme", "k", "sess", False))
+        await asyncio.sleep(0.005)
+    await audit.close()
+    assert log.batches == [3]  # one transaction (one fsync), not three

@@ -450,7 +450,9 @@ def test_each_transport_refusal_gets_its_http_status(
 
     session = start()
     config = replace(CONFIG, allowed_origins=frozenset({"https://ok.example"}))
-    decision = handle_post(config, two_servers(), headers, body, session, Access(Grant(allow=("*",))), NOW + 1, "x")
+    decision = handle_post(
+        config, two_servers(), headers, body, session, Access(Grant(allow=("*",))), NOW + 1, lambda: "x"
+    )
     assert refusal(decision) == expected
     assert decision.session is None and decision.sends == ()
 
