@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import time
@@ -60,6 +61,7 @@ from extproc.mcp.session import Session
 from extproc.mcp.settings import McpSettings
 from extproc.mcp_catalog import CatalogKeeper
 from extproc.mcp_observe import Recorder, ToolCall
+from extproc.mcp_preopen import Preopener
 from extproc.mcp_store import WINDOW_S, CallCounter, MemoryCallCounter, MemorySessionStore, SessionStore
 from extproc.mcp_upstream import PASSED_HEADERS, UpstreamFailed, UpstreamLost
 from extproc.sse import encode_event
@@ -178,6 +180,8 @@ class McpService:
         self.keeper = CatalogKeeper(
             config.server_info, self.instance, egress=config.egress, on_unsolicited=self._unsolicited
         )
+        # Upstream sessions opened when a client session is ready, ahead of its first call.
+        self.preopener = Preopener(lambda: self.keeper.upstreams, self.store)
         self.router_config: Config | None = None
         self.settings: McpSettings | None = None
         self.policy_seen = False
@@ -216,6 +220,7 @@ class McpService:
     async def close(self) -> None:
         """Stop for good: streams, stdio servers (the spec's shutdown), stores, sinks."""
         self.close_streams()
+        await self.preopener.close()
         await self.keeper.close()
         await self.store.close()
         await self.counter.close()
@@ -290,6 +295,7 @@ class McpService:
         access = caller.access(settings)
         passed = {k: headers[k] for k in PASSED_HEADERS if k in headers}
         await self.keeper.ensure()
+        was_ready = session is not None and session.initialized
         decision = router.handle_post(config, self.keeper.catalog, headers, body, session, access, now, _new_id)
         fetches = 0
         while decision.action is Action.FETCH and decision.fetch is not None and fetches < MAX_FETCHES:
@@ -303,6 +309,9 @@ class McpService:
         if decision.action is Action.FETCH:
             return _json_reply(200, error_response(_request_id(body), INTERNAL_ERROR, "Catalog pages did not settle"))
         await self._store(decision)
+        if session is not None and session.initialized and not was_ready:  # notifications/initialized
+            reachable = [name for name in self.keeper.upstreams if access.may_reach(name)]
+            self.preopener.start(session, reachable, passed)
         target_session = decision.session or session
         if decision.action is Action.FORWARD and target_session is not None:
             return await self._forward(request, decision, target_session, caller, request_id, settings, passed)
@@ -447,6 +456,8 @@ class McpService:
             try:
                 if upstream is None:
                     raise UpstreamFailed("it is no longer in the policy")
+                if attempt.initialize is not None and await self.preopener.wait(session, attempt.server):
+                    attempt = dataclasses.replace(attempt, initialize=None)  # opened ahead (extproc.mcp_preopen)
                 if attempt.initialize is not None:
                     with _upstream_span("initialize", attempt.server) as span:
                         opened = await upstream.open(attempt.initialize, _traced(passed, span))
