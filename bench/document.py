@@ -135,7 +135,12 @@ METHOD_TEXT = """\
   every target, latency counted from the scheduled start). wrk cannot hold a rate and h2load's
   `--rps` starts every connection's request at the same instant (bursts).
 - Memory at rest: the RSS of each gateway process right after startup, before any load (the
-  control plane includes the `ccr-gateway up` supervisor).
+  control plane includes the `ccr-gateway up` supervisor), and the *footprint* of each target's
+  processes together (`bench/procfs.py` `footprint_kb`, from `/proc/<pid>/smaps`): their anonymous
+  memory plus each file range they map counted once. Every Python process maps the same
+  interpreter and extension modules (grpc, protobuf, orjson): a sum of RSS counts those pages once
+  per process, which no machine pays. The whole-gateway budget line reads the footprint; the sum
+  of RSS is beside it.
 - Soak (`--soak N`): the translated 40 KB case through the (hop) gateway, in 10 s windows, until N
   requests are done; RSS of Envoy and of the ext_proc processes (summed) after a warm-up and at
   the end, growth in percent. Without `--soak` the RSS growth budget line says *not measured*.
