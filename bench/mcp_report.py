@@ -47,8 +47,9 @@ targets alternate in rounds (each round warmed up first), so a machine that gets
 during the run weighs on both. CPU is per call (every HTTP request the load sent, warm-up included),
 from /proc, summed over a component's processes; *other processes* is the rest of the machine, in %
 of all cores. A new session is initialize + notifications/initialized + tools/list on a warm
-connection, one session after another (the gateway opens its upstream session at the session's
-first tools/call, timed apart). A block per configuration (what the server answers, with or without
+connection, one session after another, then the session's first tools/call, timed apart (the
+gateway opens its upstream session in the background from notifications/initialized on, and a first
+call that comes sooner waits for it). A block per configuration (what the server answers, with or without
 the audit log); a rerun replaces its own, between its two comments.
 """
 
@@ -161,8 +162,8 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         ),
         _verdict(
             s_added["setup_and_first_call"] <= SESSION_ADDED_MS,
-            f"the same up to the session's first tools/call answer (the gateway opens its upstream session "
-            f"then) adds <= {SESSION_ADDED_MS:g} ms: {s_added['setup_and_first_call']:+.2f} ms "
+            f"the same up to the session's first tools/call answer (the gateway's upstream session opened "
+            f"meanwhile) adds <= {SESSION_ADDED_MS:g} ms: {s_added['setup_and_first_call']:+.2f} ms "
             f"(gateway {whole['gateway']:.2f} ms, direct {whole['direct']:.2f} ms)",
         ),
     ]
