@@ -61,6 +61,13 @@ class Preopener:
             await asyncio.wait({task}, timeout=WAIT_S)
         return session.upstream_open(server) is not None
 
+    def cancel(self, session_id: str) -> None:
+        """The client ended its session: its openings in flight stop (a session deleted from the
+        store must not be stored again by an opening that finishes after)."""
+        for (opening_for, _), task in list(self._opening.items()):
+            if opening_for == session_id:
+                task.cancel()
+
     async def close(self) -> None:
         for task in list(self._opening.values()):
             task.cancel()

@@ -379,6 +379,7 @@ class McpService:
                 )
 
     async def _terminate(self, session: Session) -> None:
+        self.preopener.cancel(session.id)
         await self.store.delete(session.id)
         for queue in self._listeners.pop(session.id, set()):
             with contextlib.suppress(asyncio.QueueFull):

@@ -80,3 +80,16 @@ async def test_closing_cancels_the_openings_in_flight() -> None:
     preopener.start(session, ["github"], {})
     await asyncio.wait_for(preopener.close(), 1)
     assert session.upstream_open("github") is None
+
+
+async def test_ending_a_session_stops_its_openings_so_none_stores_it_again() -> None:
+    session, other, store = start(), start(), RecordingStore()
+    other.id = "another-session"
+    upstream = FakeUpstream("github", delay=0.05)
+    preopener = Preopener(lambda: {"github": upstream}, store)
+    preopener.start(session, ["github"], {})
+    preopener.start(other, ["github"], {})
+    preopener.cancel(session.id)
+    assert not await preopener.wait(session, "github")
+    assert await preopener.wait(other, "github")  # another session's opening goes on
+    assert store.put_sessions == ["another-session"]
