@@ -56,6 +56,7 @@ from bench.workloads import (
     OPENAI_DIRECT_MODEL,
     OPENAI_MODEL,
 )
+from ccr_gateway.preflight import free_port
 from extproc.auth.key_store import SqliteKeyStore
 from extproc.auth.keys import new_key
 
@@ -94,9 +95,6 @@ class BenchError(RuntimeError):
     pass
 
 
-_HANDED_OUT: set[int] = set()
-
-
 def redis_listening(timeout: float = 1.0) -> bool:
     """Whether something accepts connections on the machine's Redis port (hop-auth-redis needs it)."""
     try:
@@ -120,18 +118,6 @@ def create_bench_key(keys_db: Path) -> str:
             await store.close()
 
     return asyncio.run(create())
-
-
-def free_port() -> int:
-    """A free local port, never one this run handed out already: two gateways start side by side,
-    and a port free now may be the one the other is about to bind."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
 
 
 def http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 30):

@@ -28,10 +28,21 @@ def positive_int(text: str) -> int:
     return value
 
 
+_HANDED_OUT: set[int] = set()  # the ports free_port gave this process
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A local port nothing listens on now, never one this process was given before: the kernel
+    may offer a port it has just offered again, and a process that asks twice before binding the
+    first (xDS and metrics in `up`; two gateways side by side in the bench) must get two."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no free local port that was not handed out already")
 
 
 def port_free(address: str, port: int) -> bool:

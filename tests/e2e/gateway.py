@@ -22,21 +22,9 @@ from typing import TypeVar
 
 import yaml
 
+from ccr_gateway.preflight import free_port
+
 T = TypeVar("T")
-_HANDED_OUT: set[int] = set()  # ports free_port gave this process: a test asking twice gets two
-
-
-def free_port() -> int:
-    """A port nothing listens on now, never one this process was given before: the kernel may offer
-    a port it just offered again (CI once got one port for Envoy's admin and the fake provider)."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
-    raise AssertionError("no free port that was not handed out already")
 
 
 def free_port_run(length: int) -> int:

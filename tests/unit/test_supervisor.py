@@ -205,3 +205,28 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_free_port_never_hands_out_one_port_twice_in_a_process(monkeypatch) -> None:
+    """The kernel may offer a port it has just offered again: `up` asks for xDS and metrics ports,
+    the bench for two gateways' ports, before binding any of them."""
+    from ccr_gateway import preflight
+
+    offered = iter([41001, 41001, 41002])
+
+    class OneSocket:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def bind(self, address):
+            self.port = next(offered)
+
+        def getsockname(self):
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(preflight, "_HANDED_OUT", set())
+    monkeypatch.setattr(preflight.socket, "socket", OneSocket)
+    assert [preflight.free_port(), preflight.free_port()] == [41001, 41002]
