@@ -4,6 +4,9 @@
 mcp:
   path: /mcp                    # the MCP endpoint on the listener (default /mcp)
   session_ttl: 1h               # a client session expires after this long idle (default 1h)
+  decision_reuse: 2s            # Envoy reuses its decision on a caller (who it is) for the requests
+                                # with the same credentials this long: whole seconds, 0s: decide every
+                                # request (default 2s; a revoked key is refused on the endpoint after it)
   api: 127.0.0.1:9192           # where the MCP service (`ccr-gateway mcp-gateway`) listens: host:port or
                                 # unix:/path (default 127.0.0.1:9192); `up` runs it there when it is local
   egress: 127.0.0.1:9193        # Envoy's MCP egress listener (an IP and a port; default 127.0.0.1:9193):
@@ -75,6 +78,11 @@ _GLOB_CHARS = frozenset("*?[")
 
 DEFAULT_PATH = "/mcp"
 DEFAULT_SESSION_TTL_S = 3600.0  # extproc.mcp.session.DEFAULT_IDLE_TTL_S
+# The decision hop's reuse of a caller's decision (control_plane/resources/decision_hop.lua): long
+# enough that a session's tool calls skip the decision service, short enough that a revoked key stops
+# working on the endpoint at once for any practical purpose.
+DEFAULT_DECISION_REUSE_S = 2
+MAX_DECISION_REUSE_S = 60
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_API = ("127.0.0.1", 9192)
 DEFAULT_EGRESS = ("127.0.0.1", 9193)
@@ -126,7 +134,7 @@ TOKEN_SHAPES = re.compile(
     r"|xox[abpr]-[A-Za-z0-9-]{10,}|glpat-[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{35})"
 )
 
-_FIELDS = ("path", "session_ttl", "api", "egress", "authorization_servers", "servers", "grants")
+_FIELDS = ("path", "session_ttl", "decision_reuse", "api", "egress", "authorization_servers", "servers", "grants")
 _SERVER_FIELDS = ("name", "url", "command", "env", "headers", "timeout")
 _GRANT_FIELDS = ("tenant", "key", "allow", "deny", "calls_per_minute")
 
@@ -190,6 +198,7 @@ class McpSpec:
     egress_host: str = DEFAULT_EGRESS[0]
     egress_port: int = DEFAULT_EGRESS[1]
     authorization_servers: tuple[str, ...] = ()  # RFC 9728 metadata's
+    decision_reuse_s: int = DEFAULT_DECISION_REUSE_S  # Envoy's reuse of a caller's decision (whole seconds)
 
     def server(self, name: str) -> McpServerSpec | None:
         return next((s for s in self.servers if s.name == name), None)
@@ -301,6 +310,14 @@ def parse_mcp(
     if "session_ttl" in fields:
         ttl = _duration(check, fields["session_ttl"], join(path, "session_ttl"), 60, 7 * 24 * 3600)
         session_ttl_s = ttl if ttl is not None else session_ttl_s
+    decision_reuse_s = DEFAULT_DECISION_REUSE_S
+    if "decision_reuse" in fields:
+        reuse_path = join(path, "decision_reuse")
+        reuse = _duration(check, fields["decision_reuse"], reuse_path, 0, MAX_DECISION_REUSE_S)
+        if reuse is not None and reuse != int(reuse):
+            check.problem(fields["decision_reuse"], reuse_path, f"must be whole seconds, got {fields['decision_reuse'].value}")
+        elif reuse is not None:
+            decision_reuse_s = int(reuse)
     servers: list[McpServerSpec] = []
     written_names: set[str] = set()
     if "servers" in fields:
@@ -329,7 +346,7 @@ def parse_mcp(
     if len(check.problems) > before:
         return None
     spec = McpSpec(endpoint, session_ttl_s, tuple(servers), tuple(grants))
-    return replace(spec, **addresses, authorization_servers=authorization_servers)
+    return replace(spec, **addresses, authorization_servers=authorization_servers, decision_reuse_s=decision_reuse_s)
 
 
 def _addresses(
@@ -423,7 +440,7 @@ def _duration(check: Checker, at: Located, path: str, low_s: int, high_s: int) -
 
 def _human(seconds: int) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
+        if seconds and seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
 

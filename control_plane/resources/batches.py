@@ -16,6 +16,7 @@ from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from ccr.v1.contract import BATCH_API_CLUSTER, CLUSTER_HEADER
 from control_plane.policy.batches import BatchesSpec
 from control_plane.resources import decision_hop as decision_hop_resources
+from control_plane.resources import usage_capture
 from control_plane.resources.gateway import CLIENT_CERT_HEADER, TYPE_PREFIX, parse_resource
 
 # A results download of a 100,000-item batch streams for minutes, and an upload of 256 MB on a slow
@@ -79,7 +80,9 @@ def service_route(cluster: str, idle_timeout: str, decision_hop: bool = True) ->
         "route": {"cluster": cluster, "timeout": ROUTE_TIMEOUT, "idle_timeout": idle_timeout},
         # The client's verified certificate (mTLS on the listener) is the gateway's business only.
         "request_headers_to_remove": [CLIENT_CERT_HEADER],
+        # Its answers carry no provider's usage: Envoy parses none of them.
+        "typed_per_filter_config": usage_capture.usage_filters_off(),
     }
     if decision_hop:
-        route["typed_per_filter_config"] = decision_hop_resources.extproc_off()
+        route["typed_per_filter_config"].update(decision_hop_resources.extproc_off())
     return route

@@ -27,6 +27,17 @@ local ENCODING_HEADER = "@ENCODING_HEADER@"
 local REQUEST_ID_HEADER = "@REQUEST_ID_HEADER@"
 -- The policy's MCP endpoint ("" without mcp:): forwarded on its headers like the batch API.
 local MCP_PATH = "@MCP_PATH@"
+-- A tool call is one of many in a session, each with the same credentials: the decision to forward
+-- it (who the caller is) is reused for this many seconds (policy mcp.decision_reuse; 0: never) by
+-- the requests whose headers are the same but for the ones listed, which the decision never reads.
+-- Per Envoy worker thread, bounded; a refusal is never reused, nor a request with large headers
+-- (the decision service answers those: 431 over its limit).
+local MCP_REUSE_S = @MCP_REUSE_S@
+local MCP_IGNORED = { @MCP_IGNORED@ }
+local MCP_REUSE_MAX_HEADER_BYTES = @MCP_REUSE_MAX_HEADER_BYTES@
+local MCP_REUSE_MAX_ENTRIES = 1024
+local mcp_decisions = {}
+local mcp_decision_count = 0
 local TIMEOUT_MS = @TIMEOUT_MS@
 -- /decide may wait for an identical request in flight (the response cache's deduplication): the
 -- hop stops waiting on its own before this; the bound is for a wedged worker.
@@ -156,6 +167,49 @@ local function is_mcp_path(path)
   return MCP_PATH ~= "" and string.match(path, "^[^?]*") == MCP_PATH
 end
 
+-- The key of a request's reusable MCP decision: every header the decision may read, in order; nil
+-- when its headers are too large to reuse a decision for.
+local function mcp_reuse_key(forwarded)
+  local names = {}
+  local size = 0
+  for name, value in pairs(forwarded) do
+    size = size + #name + #value + 4
+    if not MCP_IGNORED[name] then
+      names[#names + 1] = name
+    end
+  end
+  if size > MCP_REUSE_MAX_HEADER_BYTES then
+    return nil
+  end
+  table.sort(names)
+  local parts = {}
+  for i, name in ipairs(names) do
+    parts[i] = name .. "\0" .. forwarded[name]
+  end
+  return table.concat(parts, "\0")
+end
+
+local function reused_mcp_decision(key)
+  local entry = mcp_decisions[key]
+  if entry ~= nil and entry.until_s >= os.time() then
+    return entry.ops
+  end
+  return nil
+end
+
+local function keep_mcp_decision(key, ops)
+  if mcp_decision_count >= MCP_REUSE_MAX_ENTRIES then
+    mcp_decisions = {}
+    mcp_decision_count = 0
+  end
+  if mcp_decisions[key] == nil then
+    mcp_decision_count = mcp_decision_count + 1
+  end
+  -- os.time() counts whole seconds: the decision holds for at most MCP_REUSE_S seconds (at least
+  -- MCP_REUSE_S - 1).
+  mcp_decisions[key] = { until_s = os.time() + MCP_REUSE_S - 1, ops = ops }
+end
+
 local function on_request(handle)
   local headers = handle:headers()
   local forwarded = {}
@@ -190,7 +244,20 @@ local function on_request(handle)
   if body:length() > 0 and not batch and not is_mcp_path(path) then
     raw = body:getBytes(0, body:length())
   end
-  local action, ops, payload = call(handle, "/decide", forwarded, raw, DECIDE_TIMEOUT_MS)
+  local reuse_key = nil
+  if MCP_REUSE_S > 0 and is_mcp_path(path) then
+    reuse_key = mcp_reuse_key(forwarded)
+  end
+  local action, ops, payload
+  local reused = reuse_key and reused_mcp_decision(reuse_key)
+  if reused then
+    action, ops, payload = "forward", reused, ""
+  else
+    action, ops, payload = call(handle, "/decide", forwarded, raw, DECIDE_TIMEOUT_MS)
+    if reuse_key and action == "forward" and payload == "" then
+      keep_mcp_decision(reuse_key, ops)
+    end
+  end
   if action == nil then
     return fail(handle, openai, "the gateway decision service is unavailable")
   end

@@ -26,6 +26,7 @@ from ccr.v1.contract import (
     HOP_CONTEXT_KEY,
     HOP_ROUTE_KEY,
     INTERNAL_HEADER_PREFIX,
+    MCP_DECISION_IGNORED_HEADERS,
     METADATA_NAMESPACE,
     REQUEST_ID_HEADER,
     REWRITE_HEADER,
@@ -41,14 +42,22 @@ LUA_FILTER = "envoy.filters.http.lua"
 HOP_TIMEOUT_MS = 5000
 _SCRIPT = Path(__file__).with_name("decision_hop.lua")
 _MCP_PATH = re.compile(r"^((/[A-Za-z0-9._~-]+)+)?$")  # control_plane.policy.mcp's paths, or ""
+# A request whose headers add up to more is always decided (the decision service's limit, 60 KB,
+# answers 431 above it; this is well below, so that no request near it is let through unchecked).
+MCP_REUSE_MAX_HEADER_BYTES = 16 * 1024
 
 
-def lua_source(timeout_ms: int = HOP_TIMEOUT_MS, decide_timeout_ms: int | None = None, mcp_path: str = "") -> str:
+def lua_source(
+    timeout_ms: int = HOP_TIMEOUT_MS, decide_timeout_ms: int | None = None, mcp_path: str = "", mcp_reuse_s: int = 0
+) -> str:
     """``decide_timeout_ms``: /decide's own bound (default ``timeout_ms``), longer when a request
     may wait there for an identical one in flight (the response cache's deduplication);
-    ``mcp_path``: the policy's MCP endpoint ("" without one), whose bodies are not copied to /decide."""
+    ``mcp_path``: the policy's MCP endpoint ("" without one), whose bodies are not copied to /decide;
+    ``mcp_reuse_s``: how long a decision to forward an MCP request is reused (whole seconds, 0: never)."""
     if not _MCP_PATH.match(mcp_path):  # policy-checked already: the script is never broken by a path
         raise ValueError(f"not an MCP path: {mcp_path!r}")
+    if not (isinstance(mcp_reuse_s, int) and mcp_reuse_s >= 0):
+        raise ValueError(f"not a whole number of seconds: {mcp_reuse_s!r}")
     values = {
         "@HOP_CLUSTER@": HOP_CLUSTER,
         "@NAMESPACE@": METADATA_NAMESPACE,
@@ -66,6 +75,9 @@ def lua_source(timeout_ms: int = HOP_TIMEOUT_MS, decide_timeout_ms: int | None =
         "@CACHE_CAP_LABEL@": CACHE_CAP_KEY,
         "@CACHE_CLUSTER_LABEL@": CACHE_CLUSTER_KEY,
         "@MCP_PATH@": mcp_path,
+        "@MCP_REUSE_S@": str(mcp_reuse_s),
+        "@MCP_IGNORED@": ", ".join(f'["{name}"] = true' for name in MCP_DECISION_IGNORED_HEADERS),
+        "@MCP_REUSE_MAX_HEADER_BYTES@": str(MCP_REUSE_MAX_HEADER_BYTES),
     }
     source = _SCRIPT.read_text()
     for name, value in values.items():
@@ -80,8 +92,10 @@ def decide_timeout_ms(longest_dedup_wait_s: float) -> int:
     return HOP_TIMEOUT_MS + round(longest_dedup_wait_s * 1000)
 
 
-def lua_filter(longest_dedup_wait_s: float = 0.0, mcp_path: str = "") -> dict[str, Any]:
-    source = lua_source(decide_timeout_ms=decide_timeout_ms(longest_dedup_wait_s), mcp_path=mcp_path)
+def lua_filter(longest_dedup_wait_s: float = 0.0, mcp_path: str = "", mcp_reuse_s: int = 0) -> dict[str, Any]:
+    source = lua_source(
+        decide_timeout_ms=decide_timeout_ms(longest_dedup_wait_s), mcp_path=mcp_path, mcp_reuse_s=mcp_reuse_s
+    )
     return {
         "name": LUA_FILTER,
         "typed_config": {

@@ -486,7 +486,13 @@ def listener(policy: GatewayPolicy, usage_log_clusters: Sequence[str] = (EXTPROC
             *edge.decompressor_filters(),
             *jwt_resources.filters(policy.auth.jwt),  # verified claims as x-ccr-jwt-* headers, for both paths
             *(
-                [decision_hop_resources.lua_filter(policy.longest_dedup_wait_s, policy.mcp.path if policy.mcp else "")]
+                [
+                    decision_hop_resources.lua_filter(
+                        policy.longest_dedup_wait_s,
+                        policy.mcp.path if policy.mcp else "",
+                        policy.mcp.decision_reuse_s if policy.mcp else 0,
+                    )
+                ]
                 if policy.decision_path == "hop"
                 else []
             ),

@@ -106,11 +106,23 @@ def _rules() -> list[dict[str, Any]]:
     ]
 
 
+SSE_USAGE_FILTER = "envoy.filters.http.sse_to_metadata"
+JSON_USAGE_FILTER = "envoy.filters.http.json_to_metadata"
+
+
+def usage_filters_off() -> dict[str, Any]:
+    """typed_per_filter_config for a route whose answers carry no provider's usage (the gateway's
+    own services: the MCP service, the batch API): nothing to parse, an MCP server's SSE stream
+    included, which lives as long as its session."""
+    off = {"@type": TYPE_PREFIX + "envoy.config.route.v3.FilterConfig", "disabled": True}
+    return {SSE_USAGE_FILTER: dict(off), JSON_USAGE_FILTER: dict(off)}
+
+
 def sse_usage_filter() -> dict[str, Any]:
     """sse_to_metadata has no Python proto in xds-protos: it goes as a TypedStruct, which Envoy
     converts with its own descriptors (and validates: a bad field is a NACK, not a silent no-op)."""
     return {
-        "name": "envoy.filters.http.sse_to_metadata",
+        "name": SSE_USAGE_FILTER,
         "typed_config": {
             "@type": TYPE_PREFIX + "xds.type.v3.TypedStruct",
             "type_url": TYPE_PREFIX + "envoy.extensions.filters.http.sse_to_metadata.v3.SseToMetadata",
@@ -132,7 +144,7 @@ def sse_usage_filter() -> dict[str, Any]:
 
 def json_usage_filter() -> dict[str, Any]:
     return {
-        "name": "envoy.filters.http.json_to_metadata",
+        "name": JSON_USAGE_FILTER,
         "typed_config": {
             "@type": TYPE_PREFIX + "envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata",
             "response_rules": {"rules": _rules()},

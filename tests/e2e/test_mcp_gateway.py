@@ -42,7 +42,7 @@ async def _create_keys(path: Path) -> dict[str, tuple[str, str]]:
     store = SqliteKeyStore(path)
     made: dict[str, tuple[str, str]] = {}
     try:
-        for label, tenant in (("acme", "acme"), ("limited", "acme"), ("globex", "globex")):
+        for label, tenant in (("acme", "acme"), ("limited", "acme"), ("globex", "globex"), ("revoked", "acme")):
             presented, record = new_key(tenant, f"mcp-{label}", time.time())
             await store.create(record)
             made[label] = (presented, record.key_id)
@@ -213,6 +213,47 @@ def test_an_mcp_request_without_a_key_is_refused_by_the_hop(setup: Setup) -> Non
     assert "resource_metadata=" in answer_headers.get("www-authenticate", "")
     status, _, metadata = http("GET", f"{setup.gateway.url}/.well-known/oauth-protected-resource/mcp")
     assert status == 200 and json.loads(metadata)["resource"].endswith("/mcp")
+
+
+def test_the_hop_decides_a_session_once_per_reuse_window_and_a_revoked_key_is_refused_after_it(
+    setup: Setup,
+) -> None:
+    """The Lua filter reuses its decision on a caller for mcp.decision_reuse (default 2 s): a
+    session's calls skip the decision service, and a key revoked meanwhile stops working on the
+    endpoint within that window plus the key cache's poll."""
+    calls = 20
+
+    def hop_calls() -> int:
+        return setup.gateway.envoy_stat("cluster.ccr_hop.upstream_rq_total")
+
+    async def session_calls() -> None:
+        async with client(setup.mcp_url, setup.key("revoked")) as session:
+            for index in range(calls):
+                assert text_of(await session.call_tool("docs__echo", {"text": f"{index}"})) == f"{index}"
+
+    before = hop_calls()
+    started = time.monotonic()
+    asyncio.run(session_calls())
+    decided = hop_calls() - before
+    # initialize, initialized, the calls and the session's end: decided once per Envoy worker thread
+    # and window (the session's connections may land on either thread, the run may span windows).
+    windows = int(time.monotonic() - started) // 2 + 2
+    assert 0 < decided <= 2 * windows < calls, (decided, windows)
+
+    async def revoke() -> None:
+        store = SqliteKeyStore(setup.directory / "keys.db")
+        try:
+            await store.revoke(setup.keys["revoked"][1])
+        finally:
+            await store.close()
+
+    asyncio.run(revoke())
+    revoked_at = time.monotonic()
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"}).encode()
+    headers = {"content-type": "application/json", "accept": "application/json", "x-api-key": setup.key("revoked")}
+    wait_until(lambda: http("POST", setup.mcp_url, body, headers)[0] == 401, 10, "the revoked key's refusal")
+    # The key cache's poll (0.5 s) and the decision's reuse (2 s), with room for a slow machine.
+    assert time.monotonic() - revoked_at < 6
 
 
 def _exported() -> list[dict]:

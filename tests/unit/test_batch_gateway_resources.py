@@ -84,7 +84,9 @@ def test_the_batch_api_route_matches_its_cluster_header_with_long_transfers_and_
     assert route.route.timeout.seconds == 0  # a results download may stream for minutes
     assert route.route.idle_timeout.seconds >= 60
     assert "envoy.filters.http.ext_proc" in route.typed_per_filter_config
-    assert not resources.parse_resource(Route(), batch_api_route(decision_hop=False)).typed_per_filter_config
+    without_hop = resources.parse_resource(Route(), batch_api_route(decision_hop=False)).typed_per_filter_config
+    assert "envoy.filters.http.ext_proc" not in without_hop  # the decision runs there
+    assert "envoy.filters.http.json_to_metadata" in without_hop  # no usage in the batch API's answers
 
 
 def snapshot_with(batches: BatchesSpec | None):

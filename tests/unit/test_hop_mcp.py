@@ -8,6 +8,8 @@ from __future__ import annotations
 import orjson
 import pytest
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ccr.v1.contract import (
     ANONYMOUS_TENANT_VALUE,
@@ -15,6 +17,7 @@ from ccr.v1.contract import (
     ENDPOINT_LABEL,
     KEY_HEADER,
     MCP_CLUSTER,
+    MCP_DECISION_IGNORED_HEADERS,
     METADATA_NAMESPACE,
     TENANT_HEADER,
 )
@@ -196,3 +199,27 @@ def test_the_ext_proc_path_refuses_and_answers_the_metadata_as_the_hop_does():
     )
     assert int(metadata.immediate_response.status.code) == 200
     assert orjson.loads(metadata.immediate_response.body)["resource"] == "http://gw.example/tools/mcp"
+
+
+# --- what the Lua filter may reuse (policy mcp.decision_reuse) ------------------------------------
+
+_HEADER_VALUE = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    request=st.sampled_from(STREAMABLE_HTTP),
+    caller=st.sampled_from([{"x-api-key": VALID}, {"authorization": f"Bearer {VALID}"}, {}]),
+    varied=st.dictionaries(st.sampled_from(MCP_DECISION_IGNORED_HEADERS), _HEADER_VALUE),
+)
+def test_the_headers_the_lua_filter_ignores_never_change_the_mcp_decision(request, caller, varied):
+    """decision_hop.lua reuses a decision to forward for requests that differ only in
+    MCP_DECISION_IGNORED_HEADERS: the decision must be the same whatever they say, or are absent."""
+    method, path, extra = request
+    gateway = state(required=bool(caller))
+    plain = {name: value for name, value in extra.items() if name not in MCP_DECISION_IGNORED_HEADERS}
+    raw = b'{"jsonrpc":"2.0","id":1,"method":"ping"}' if method == "POST" else b""
+    first = hop.decide(gateway, method, path, {**caller, **plain}, raw)
+    again = hop.decide(gateway, method, path, {**caller, **plain, **varied}, raw)
+    assert first == again
+    assert parse(first)[0] == "forward"

@@ -14,7 +14,13 @@ from envoy.extensions.filters.network.http_connection_manager.v3.http_connection
 from envoy.extensions.transport_sockets.tls.v3.tls_pb2 import UpstreamTlsContext
 from envoy.extensions.upstreams.http.v3.http_protocol_options_pb2 import HttpProtocolOptions
 
-from ccr.v1.contract import CLUSTER_HEADER, EXTPROC_GROUP, MCP_CLUSTER, MCP_SERVER_HEADER
+from ccr.v1.contract import (
+    CLUSTER_HEADER,
+    EXTPROC_GROUP,
+    MCP_CLUSTER,
+    MCP_DECISION_IGNORED_HEADERS,
+    MCP_SERVER_HEADER,
+)
 from control_plane.policy.mcp import McpServerSpec, McpSpec
 from control_plane.resources import gateway as resources
 from control_plane.resources import mcp as mcp_resources
@@ -56,9 +62,8 @@ def test_the_mcp_route_has_no_overall_timeout_a_long_idle_bound_and_no_ext_proc_
     assert route.route.timeout.seconds == 0  # a GET stream lives as long as the session
     assert route.route.idle_timeout.seconds == 3600
     assert "envoy.filters.http.ext_proc" in route.typed_per_filter_config  # no response phase sees a stream
-    assert not resources.parse_resource(
-        Route(), mcp_resources.mcp_service_route(decision_hop=False)
-    ).typed_per_filter_config
+    without_hop = resources.parse_resource(Route(), mcp_resources.mcp_service_route(decision_hop=False))
+    assert "envoy.filters.http.ext_proc" not in without_hop.typed_per_filter_config  # the decision runs there
 
 
 # --- the upstream servers --------------------------------------------------------------------------
@@ -130,11 +135,39 @@ def test_the_lua_filter_forwards_the_host_and_keeps_mcp_bodies_off_the_decision(
     assert 'local MCP_PATH = ""' in lua_source()
 
 
+def test_the_lua_filter_reuses_mcp_decisions_for_the_policys_window_ignoring_the_contracts_headers():
+    source = lua_source(mcp_path="/tools/mcp", mcp_reuse_s=3)
+    assert "local MCP_REUSE_S = 3\n" in source
+    for name in MCP_DECISION_IGNORED_HEADERS:
+        assert f'["{name}"] = true' in source
+    assert "local MCP_REUSE_S = 0\n" in lua_source(mcp_path="/tools/mcp")  # off unless asked
+
+
+def test_the_listeners_lua_filter_reuses_for_the_policys_window():
+    _, snapshot = snapshot_with(dataclasses.replace(SPEC, decision_reuse_s=7))
+    listener = snapshot.get(LISTENER).by_name[resources.LISTENER_NAME]
+    assert b"local MCP_REUSE_S = 7\n" in listener.SerializeToString()
+    _, without = snapshot_with(None)
+    assert b"local MCP_REUSE_S = 0\n" in without.get(LISTENER).by_name[resources.LISTENER_NAME].SerializeToString()
+
+
+def test_the_gateways_own_services_routes_parse_no_usage():
+    route = mcp_resources.mcp_service_route()
+    assert set(route["typed_per_filter_config"]) == {
+        "envoy.filters.http.ext_proc",
+        "envoy.filters.http.sse_to_metadata",
+        "envoy.filters.http.json_to_metadata",
+    }
+    assert route["typed_per_filter_config"]["envoy.filters.http.json_to_metadata"]["disabled"] is True
+
+
 def test_the_lua_source_refuses_a_path_that_could_break_the_script():
     import pytest
 
     with pytest.raises(ValueError):
         lua_source(mcp_path='/mcp" .. os.exit() .. "')
+    with pytest.raises(ValueError):
+        lua_source(mcp_reuse_s=1.5)  # type: ignore[arg-type]
 
 
 # --- the snapshot --------------------------------------------------------------------------------------

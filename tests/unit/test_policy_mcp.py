@@ -25,6 +25,7 @@ FULL = """\
 mcp:
   path: /tools/mcp
   session_ttl: 30m
+  decision_reuse: 5s
   servers:
     - name: github
       url: https://api.githubcopilot.com/mcp/
@@ -73,7 +74,7 @@ def server_section(server: str, grants: str = "  grants: []\n") -> str:
 def test_the_full_section_loads_as_written():
     spec = load(FULL).mcp
     assert spec is not None
-    assert (spec.path, spec.session_ttl_s) == ("/tools/mcp", 1800.0)
+    assert (spec.path, spec.session_ttl_s, spec.decision_reuse_s) == ("/tools/mcp", 1800.0, 5)
     github, files = spec.servers
     assert (github.name, github.transport, github.url, github.timeout_s) == (
         "github",
@@ -95,6 +96,12 @@ def test_defaults_apply_when_only_servers_are_given():
     spec = load(server_section("- {name: github, url: 'https://example.com/mcp'}")).mcp
     assert spec is not None
     assert (spec.path, spec.session_ttl_s, spec.servers[0].timeout_s) == ("/mcp", 3600.0, 60.0)
+    assert spec.decision_reuse_s == policy_mcp.DEFAULT_DECISION_REUSE_S == 2
+
+
+def test_decision_reuse_zero_turns_it_off():
+    spec = load(server_section("- {name: a, command: [x]}").replace("mcp:\n", "mcp:\n  decision_reuse: 0s\n")).mcp
+    assert spec is not None and spec.decision_reuse_s == 0
 
 
 def test_a_policy_without_mcp_has_none():
@@ -307,6 +314,8 @@ def test_no_grants_is_a_warning_that_nobody_gets_anything():
         ("path: mcp", "mcp.path: 'mcp' must be a URL path"),
         ("session_ttl: 10", "mcp.session_ttl: an integer is not a duration"),
         ("session_ttl: 5s", "mcp.session_ttl: must be between 1m and 7d"),
+        ("decision_reuse: 2m", "mcp.decision_reuse: must be between 0s and 1m"),
+        ("decision_reuse: 1500ms", "mcp.decision_reuse: must be whole seconds, got 1500ms"),
         ("sessions: 1h", "mcp.sessions: unknown field"),
     ],
 )

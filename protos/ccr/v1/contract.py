@@ -115,6 +115,20 @@ MCP_CLUSTER = "ccr_mcp"
 MCP_SERVER_HEADER = "x-ccr-mcp-server"
 MCP_SERVER_CLUSTER_PREFIX = "ccr_mcp_"
 MCP_CLIENT_API = "mcp"  # the client_api label of the MCP endpoint's requests
+# The decision hop's Lua filter reuses its decision on the MCP endpoint for a moment (policy
+# ``mcp.decision_reuse``) for a request whose headers are the same but for these, which differ call
+# by call and which that decision never reads (tests/unit/test_hop_mcp.py proves it against
+# extproc.hop.decide): the session, the protocol revision, the trace, the request id.
+MCP_DECISION_IGNORED_HEADERS = (
+    "accept",
+    "content-type",
+    "last-event-id",
+    "mcp-protocol-version",
+    "mcp-session-id",
+    "traceparent",
+    "tracestate",
+    "x-request-id",
+)
 
 
 # --- xDS ----------------------------------------------------------------------------------------
