@@ -13,8 +13,10 @@ Started here, stopped in reverse order on exit (also on Ctrl-C or an error):
   is granted the server), usage ledger and audit log on as a deployment has them (in the work
   dir; ``--mcp-no-audit``: no audit log, to see what an entry per tool call costs), ``--admin-api off``. The policy needs a provider: one that nothing calls.
 
-The way through the gateway: client -> Envoy listener -> the decision hop (ext_proc worker)
--> the MCP service (``ccr-gateway mcp-gateway``) -> Envoy's egress listener -> the server.
+The way through the gateway: client -> Envoy listener -> the decision hop (ext_proc worker; the
+Lua filter reuses its decision on the caller for ``mcp.decision_reuse``, the default 2 s, so most
+calls skip it) -> the MCP service (``ccr-gateway mcp-gateway``) -> Envoy's egress listener -> the
+server.
 
 Then, measured by ``bench.mcp_load`` (its own process, raw HTTP/1.1, no SDK): ``tools/call`` of
 ``echo`` at ``--mcp-rate`` calls/s, open loop, ``--duration`` s per target, cut into

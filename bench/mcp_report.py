@@ -38,7 +38,8 @@ MCP server (`fake_provider.mcp_servers http`, answering JSON: the gateway answer
 reply with JSON too, so both targets send and parse the same kind of bytes) and one gateway
 (`ccr-gateway up`, hop decision path, no keys required, usage ledger and audit log on) whose `mcp:`
 section names it. A call through the gateway goes client -> Envoy listener -> the decision hop
-(ext_proc) -> the MCP service -> Envoy's egress listener -> the server; *direct* is the same client
+(ext_proc; its decision on the caller reused for `mcp.decision_reuse`, 2 s by default) -> the MCP
+service -> Envoy's egress listener -> the server; *direct* is the same client
 calling the server's own `/mcp`. The load is `tools/call` of `echo` (a 20-byte text) in one MCP
 session, open loop (Poisson arrivals at a fixed rate, latency from the scheduled start, no
 coordinated omission) on warm HTTP/1.1 keep-alive connections, raw JSON-RPC POSTs (no SDK client:
