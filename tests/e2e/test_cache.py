@@ -61,7 +61,7 @@ def cached(workdir: Path, fake: FakeProvider, keys: dict[str, str], redis_proxy:
         "ttl": "10m",
         "when": "deterministic",
         "redis": f"redis://127.0.0.1:{redis_proxy.port}/0",
-        "redis_timeout": "250ms",  # a busy test machine is not a Redis outage (the claims of 20 requests)
+        "redis_timeout": "1s",  # a busy test machine is not a Redis outage (the claims of 20 requests; 250 ms was not enough on a slow CI host)
     }
     sonnet = policy["providers"][0]["models"][0]
     sonnet["pricing"] = {"input": 3.0, "output": 15.0}  # the ledger prices what a hit avoided
