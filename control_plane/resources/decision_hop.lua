@@ -241,11 +241,12 @@ local function on_request(handle)
   local raw = ""
   -- A batch API or MCP request is decided by its headers alone (authentication): its body, up to
   -- the whole limit, is not copied to the decision service.
-  if body:length() > 0 and not batch and not is_mcp_path(path) then
+  local mcp = is_mcp_path(path)
+  if body:length() > 0 and not batch and not mcp then
     raw = body:getBytes(0, body:length())
   end
   local reuse_key = nil
-  if MCP_REUSE_S > 0 and is_mcp_path(path) then
+  if MCP_REUSE_S > 0 and mcp then
     reuse_key = mcp_reuse_key(forwarded)
   end
   local action, ops, payload

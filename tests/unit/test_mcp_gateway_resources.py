@@ -131,7 +131,7 @@ def test_the_lua_filter_forwards_the_host_and_keeps_mcp_bodies_off_the_decision(
     source = lua_source(mcp_path="/tools/mcp")
     assert 'local MCP_PATH = "/tools/mcp"' in source
     assert 'forwarded["x-ccr-hop-authority"] = value' in source
-    assert "not batch and not is_mcp_path(path)" in source
+    assert "local mcp = is_mcp_path(path)" in source and "not batch and not mcp" in source
     assert 'local MCP_PATH = ""' in lua_source()
 
 
